@@ -1,0 +1,195 @@
+"""The Assessment: what the engine returns for one case. Every item carries the rules and
+sources it rests on; `sources` holds the full catalogue entry of every source cited anywhere."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Assessment", "NormalizedLab", "FindingOut", "RiskTier", "CtcaeGrade", "Ctcae", "AlertOut", "Evidence",
+           "CauseOut", "StepOut", "BlockedStep", "MissingItem", "TraceItem", "SourceOut", "GeneStatus",
+           "CpicRecommendation", "Pharmacogenomics", "DISCLAIMER"]
+
+DISCLAIMER = ("leukodx supports and does not replace clinical judgement. Verify each item against the cited "
+              "sources and the patient before acting.")
+
+Tier = Literal["normal", "mild", "moderate", "severe", "profound", "unknown"]
+Urgency = Literal["immediate", "urgent", "routine"]
+Scalar = Union[bool, float, str]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OriginalValue(_Out):
+    value: float
+    unit: str
+    test: Optional[str] = None
+    loinc: Optional[str] = None
+
+
+class NormalizedLab(_Out):
+    test: str
+    name: str
+    value: float
+    unit: str
+    time: Optional[Union[datetime, date]] = None
+    lln: Optional[float] = None
+    current: bool
+    derived: bool = False
+    derivation: Optional[str] = None
+    original: Optional[OriginalValue] = None
+
+
+class FindingOut(_Out):
+    id: str
+    title: str
+    description: str
+    rules: list[str]
+    facts: dict[str, Scalar]
+    sources: list[str]
+
+
+class RiskTier(_Out):
+    tier: Tier
+    anc: Optional[float]
+    basis: str
+    anc_derived: bool = False
+    cutoffs: str
+    duffy_null_note: Optional[str] = None
+    sources: list[str]
+
+
+class CtcaeGrade(_Out):
+    term: str
+    grade: int
+    value: float
+    criterion: str
+
+
+class Ctcae(_Out):
+    version: str
+    wbc: Optional[CtcaeGrade] = None
+    anc: Optional[CtcaeGrade] = None
+    lymphocytes: Optional[CtcaeGrade] = None
+    notes: list[str] = []
+    sources: list[str]
+
+
+class AlertOut(_Out):
+    id: str
+    title: str
+    description: str
+    rules: list[str]
+    sources: list[str]
+
+
+class Evidence(_Out):
+    rule: str
+    statement: str
+    weight: float
+    direction: Literal["for", "against", "neutral"]
+    facts: dict[str, Scalar]
+    sources: list[str]
+
+
+class CauseOut(_Out):
+    id: str
+    title: str
+    rank: int
+    score: float
+    likelihood: Literal["likely", "possible", "less_likely"]
+    description: str
+    agents: list[str] = []
+    evidence: list[Evidence]
+    sources: list[str]
+
+
+class StepOut(_Out):
+    id: str
+    title: str
+    urgency: Urgency
+    rationale: str
+    reasons: list[str]
+    rules: list[str]
+    sources: list[str]
+
+
+class BlockedStep(_Out):
+    id: str
+    title: str
+    reason: str
+    rules: list[str]
+    sources: list[str]
+
+
+class MissingItem(_Out):
+    item: str
+    rules: list[str]
+
+
+class TraceItem(_Out):
+    rule: str
+    family: str
+    stage: int
+    facts: dict[str, Scalar]
+
+
+class SourceOut(_Out):
+    id: str
+    citation: str
+    year: int
+    kind: str
+    pmid: Optional[str] = None
+    doi: Optional[str] = None
+    url: Optional[str] = None
+
+
+class GeneStatus(_Out):
+    gene: Literal["TPMT", "NUDT15"]
+    input: Optional[str]
+    phenotype: Literal["normal", "intermediate", "possible_intermediate", "poor", "indeterminate", "unknown"]
+    diplotype: Optional[str] = None
+    method: Optional[str] = None
+
+
+class CpicRecommendation(_Out):
+    drug: str
+    tpmt_phenotype: str
+    nudt15_phenotype: str
+    recommendation: str
+    classification: str
+    implications: list[str]
+    comments: Optional[str] = None
+    update_2024: Optional[str] = None
+    note: Optional[str] = None
+    sources: list[str]
+
+
+class Pharmacogenomics(_Out):
+    tpmt: GeneStatus
+    nudt15: GeneStatus
+    recommendations: list[CpicRecommendation] = []
+
+
+class Assessment(_Out):
+    case_id: str
+    as_of: Optional[date]
+    kb_version: str
+    engine_version: str
+    disclaimer: str = DISCLAIMER
+    risk_tier: RiskTier
+    ctcae: Ctcae
+    alerts: list[AlertOut]
+    findings: list[FindingOut]
+    causes: list[CauseOut]
+    steps: list[StepOut]
+    steps_not_advised: list[BlockedStep]
+    pharmacogenomics: Pharmacogenomics
+    missing_data: list[MissingItem]
+    warnings: list[str]
+    labs: list[NormalizedLab]
+    sources: dict[str, SourceOut]
+    trace: list[TraceItem]

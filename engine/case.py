@@ -1,0 +1,143 @@
+"""The case contract: what a clinician, an EHR adapter or a case file hands the engine.
+
+Structure only. Meaning (units, codes, plausibility, dates against ``as_of``) is checked by
+:mod:`normalize`, which reports every problem at once. Numbers must be JSON numbers (a string
+such as ``"3.2"`` is refused rather than guessed at), finite, and booleans must be booleans.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["Case", "Lab", "Medication", "Dose", "Patient", "History", "Transplant", "Expect", "SMEAR_FINDINGS",
+           "MAX_LABS", "MAX_MEDICATIONS"]
+
+MAX_LABS = 2000
+MAX_MEDICATIONS = 500
+MAX_TEXT = 500
+
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+When = Union[datetime, date]
+
+SMEAR_FINDINGS = ("blasts", "dysplasia", "hypersegmented_neutrophils", "large_granular_lymphocytes",
+                  "leukocyte_agglutination", "platelet_clumping")
+SmearFinding = Literal["blasts", "dysplasia", "hypersegmented_neutrophils", "large_granular_lymphocytes",
+                       "leukocyte_agglutination", "platelet_clumping"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
+
+
+class Patient(_Model):
+    age_years: Optional[Annotated[Number, Field(ge=0, le=130)]] = None
+    sex: Literal["female", "male", "other", "unknown"] = "unknown"
+    weight_kg: Optional[Annotated[Number, Field(gt=0, le=500)]] = None
+    duffy_null: Optional[Annotated[bool, Field(strict=True)]] = Field(
+        None, description="true when the Duffy-null phenotype Fy(a-b-) is known; null when unknown")
+    ancestry: Optional[Text] = None
+
+
+class Lab(_Model):
+    test: Optional[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
+        None, description="wbc, anc, neutrophils_pct, bands_pct, lymphocytes, ... (see rules/labs.yaml)")
+    loinc: Optional[Annotated[str, Field(min_length=3, max_length=12)]] = Field(
+        None, description="LOINC code, instead of `test`")
+    value: Number
+    unit: Annotated[str, Field(min_length=1, max_length=60)]
+    time: Optional[When] = Field(None, description="when the sample was taken; several times make a series")
+    lln: Optional[Number] = Field(None, description="the lab's lower limit of normal, in the same unit as value")
+
+    @model_validator(mode="after")
+    def _test_or_loinc(self) -> "Lab":
+        if not self.test and not self.loinc:
+            raise ValueError("give `test` or `loinc`")
+        return self
+
+
+class Dose(_Model):
+    value: Annotated[Number, Field(ge=0)]
+    unit: Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class Medication(_Model):
+    name: Optional[Text] = None
+    rxnorm: Optional[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]] = None
+    status: Literal["active", "stopped", "completed"] = "active"
+    start: Optional[When] = None
+    end: Optional[When] = None
+    dose: Optional[Union[Dose, Text]] = None
+    indication: Optional[Text] = None
+
+    @model_validator(mode="after")
+    def _name_or_code(self) -> "Medication":
+        if not self.name and not self.rxnorm:
+            raise ValueError("give `name` or `rxnorm`")
+        return self
+
+
+class Transplant(_Model):
+    organ: Text
+    date: Optional[When] = None
+
+
+class History(_Model):
+    tpmt: Optional[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
+        None, description="normal|intermediate|possible_intermediate|poor|indeterminate|unknown, or a diplotype like *1/*3A")
+    nudt15: Optional[Annotated[str, Field(min_length=1, max_length=40)]] = None
+    tpmt_method: Optional[Literal["genotype", "activity"]] = None
+    tpmt_test_date: Optional[When] = None
+    last_transfusion: Optional[When] = None
+    transplant: Optional[Transplant] = None
+    conditions: Annotated[list[Text], Field(max_length=200)] = []
+    temperature_c: Optional[Annotated[Number, Field(ge=25, le=45)]] = Field(
+        None, description="highest recent body temperature in degrees Celsius")
+    fever_sustained_1h: Optional[Annotated[bool, Field(strict=True)]] = None
+    splenomegaly: Optional[Annotated[bool, Field(strict=True)]] = None
+    alcohol_use_disorder: Optional[Annotated[bool, Field(strict=True)]] = None
+    smear_findings: Annotated[list[SmearFinding], Field(max_length=len(SMEAR_FINDINGS))] = []
+
+
+class Expect(_Model):
+    """Expected outcome of a case file, checked by `leukodx replay`. Unknown keys are an error."""
+
+    risk_tier: Optional[Literal["normal", "mild", "moderate", "severe", "profound", "unknown"]] = None
+    top_cause: Optional[str] = None
+    top3_include: list[str] = []
+    causes_include: list[str] = []
+    causes_exclude: list[str] = []
+    steps_include: list[str] = []
+    steps_exclude: list[str] = []
+    alerts_include: list[str] = []
+    alerts_exclude: list[str] = []
+    findings_include: list[str] = []
+    findings_exclude: list[str] = []
+    ctcae: Optional[dict[Literal["wbc", "anc", "lymphocytes"], Annotated[int, Field(ge=0, le=4)]]] = None
+    error: Optional[str] = None
+
+
+class Case(_Model):
+    id: Annotated[str, Field(min_length=1, max_length=200)] = "case"
+    title: Optional[Annotated[str, Field(max_length=MAX_TEXT)]] = None
+    rationale: Optional[Annotated[str, Field(max_length=5000)]] = None
+    as_of: Optional[When] = Field(None, description="date the case is judged at; default: the latest lab time")
+    patient: Patient = Patient()
+    labs: Annotated[list[Lab], Field(max_length=MAX_LABS, validate_default=True)] = []
+    medications: Annotated[list[Medication], Field(max_length=MAX_MEDICATIONS)] = []
+    history: History = History()
+    expect: Optional[Expect] = None
+
+    @field_validator("labs")
+    @classmethod
+    def _some_labs(cls, labs: list[Lab]) -> list[Lab]:
+        if not labs:
+            raise ValueError("no lab values: leukodx needs at least one lab value, such as a WBC or an ANC")
+        return labs
+
+
+def schema() -> dict[str, Any]:
+    """JSON Schema of a case (printed by `leukodx schema case`)."""
+    return Case.model_json_schema()

@@ -1,0 +1,113 @@
+"""Explain: turn firings into the Assessment's findings, alerts, steps, missing data and warnings,
+and gather the full citation of every source cited anywhere in it."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from . import pgx
+from .assessment import (AlertOut, Assessment, BlockedStep, CauseOut, FindingOut, MissingItem, Pharmacogenomics,
+                         SourceOut, StepOut, TraceItem)
+from .derive import Derived
+from .kb import URGENCY_ORDER, KnowledgeBase
+from .normalize import NormCase
+from .reason import Firing
+
+__all__ = ["build_assessment"]
+
+
+def _by_conclusion(firings: list[Firing], kind: str) -> dict[str, list[Firing]]:
+    out: dict[str, list[Firing]] = defaultdict(list)
+    for f in firings:
+        for c in f.rule.then:
+            if c.kind == kind:
+                out[getattr(c, kind)].append(f)
+    return out
+
+
+def _sources(firings: list[Firing], extra: list[str]) -> list[str]:
+    return sorted({s for f in firings for s in f.rule.sources} | set(extra))
+
+
+def _steps(kb: KnowledgeBase, firings: list[Firing]) -> tuple[list[StepOut], list[BlockedStep]]:
+    raised: dict[str, list[tuple[Firing, str]]] = defaultdict(list)
+    for f in firings:
+        for c in f.rule.then:
+            if c.kind == "step":
+                raised[c.step].append((f, c.urgency or "routine"))
+    blocked = _by_conclusion(firings, "block_step")
+    steps, not_advised = [], []
+    order = {sid: i for i, sid in enumerate(kb.steps)}
+    for sid, items in raised.items():
+        entry = kb.steps[sid]
+        if sid in blocked:
+            fs = blocked[sid]
+            not_advised.append(BlockedStep(id=sid, title=entry.title, reason=" ".join(f.rule.statement for f in fs),
+                                           rules=[f.rule.id for f in fs], sources=_sources(fs, [])))
+            continue
+        urgency = min((u for _, u in items), key=URGENCY_ORDER.__getitem__)
+        fs = [f for f, _ in items]
+        steps.append(StepOut(id=sid, title=entry.title, urgency=urgency, rationale=entry.description,
+                             reasons=list(dict.fromkeys(f.rule.statement for f in fs)),
+                             rules=list(dict.fromkeys(f.rule.id for f in fs)), sources=_sources(fs, entry.sources)))
+    steps.sort(key=lambda s: (URGENCY_ORDER[s.urgency], order[s.id]))
+    not_advised.sort(key=lambda s: order[s.id])
+    return steps, not_advised
+
+
+def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[Firing], causes: list[CauseOut],
+                     engine_version: str) -> Assessment:
+    findings = []
+    fired_findings = _by_conclusion(firings, "finding")
+    for fid in kb.findings:           # catalogue order
+        if fid in fired_findings:
+            fs = fired_findings[fid]
+            e = kb.findings[fid]
+            facts: dict[str, Any] = {}
+            for f in fs:
+                facts.update({k: v for k, v in f.facts.items() if not k.startswith(("finding_", "alert_"))})
+            findings.append(FindingOut(id=fid, title=e.title, description=e.description,
+                                       rules=[f.rule.id for f in fs], facts=facts, sources=_sources(fs, e.sources)))
+    alerts = []
+    fired_alerts = _by_conclusion(firings, "alert")
+    for aid in kb.alerts:
+        if aid in fired_alerts:
+            fs = fired_alerts[aid]
+            e = kb.alerts[aid]
+            alerts.append(AlertOut(id=aid, title=e.title, description=e.description, rules=[f.rule.id for f in fs],
+                                   sources=_sources(fs, e.sources)))
+    steps, not_advised = _steps(kb, firings)
+
+    missing: dict[str, list[str]] = {}
+    for item, fs in _by_conclusion(firings, "missing").items():
+        missing[item] = [f.rule.id for f in fs]
+    warnings = list(nc.warnings) + list(d.warnings)
+    for text in _by_conclusion(firings, "warning"):
+        warnings.append(text)
+
+    recs = []
+    for drug in sorted({m.drug_id for m in nc.meds if "thiopurine" in m.classes and m.drug_id}):
+        rec = pgx.recommendation(kb, drug, nc.tpmt, nc.nudt15)
+        if rec is not None:
+            recs.append(rec)
+    pharmacogenomics = Pharmacogenomics(tpmt=nc.tpmt, nudt15=nc.nudt15, recommendations=recs)
+
+    cited: set[str] = set(d.risk_tier.sources) | set(d.ctcae.sources)
+    for group in (findings, alerts, causes, steps, not_advised, recs):
+        for item in group:
+            cited.update(item.sources)
+    for c in causes:
+        for e in c.evidence:
+            cited.update(e.sources)
+    for f in firings:
+        cited.update(f.rule.sources)
+    sources = {sid: SourceOut(**kb.sources[sid].model_dump(include={"id", "citation", "year", "kind", "pmid", "doi",
+                                                                     "url"}))
+               for sid in sorted(cited)}
+    trace = [TraceItem(rule=f.rule.id, family=f.rule.family, stage=f.rule.stage, facts=f.facts) for f in firings]
+    return Assessment(
+        case_id=nc.case.id, as_of=nc.as_of, kb_version=kb.version, engine_version=engine_version,
+        risk_tier=d.risk_tier, ctcae=d.ctcae, alerts=alerts, findings=findings, causes=causes, steps=steps,
+        steps_not_advised=not_advised, pharmacogenomics=pharmacogenomics,
+        missing_data=[MissingItem(item=k, rules=v) for k, v in missing.items()],
+        warnings=warnings, labs=d.labs_out, sources=sources, trace=trace)

@@ -1,0 +1,289 @@
+"""Normalize: a structurally valid Case into canonical units, resolved codes and matched text.
+
+Every problem is collected and raised together as one :class:`CaseError`: unknown test or LOINC
+code, unknown or incompatible unit, implausible value (with the unit probably meant), negative
+count, percentages above 100, a date after ``as_of``, an unknown TPMT/NUDT15 diplotype.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any, Optional, Union
+
+from . import pgx
+from .assessment import GeneStatus
+from .case import Case, Dose, Medication
+from .errors import CaseError, Problem
+from .kb import KnowledgeBase
+from .units import UnitProblem, conversion_factor, registry
+from .vocabulary import DrugIndex, duffy_prevalent, match_conditions, match_organ
+
+__all__ = ["NormLab", "NormMed", "NormCase", "normalize", "PCT_TESTS"]
+
+PCT_TESTS = ("neutrophils_pct", "bands_pct", "lymphocytes_pct", "monocytes_pct", "eosinophils_pct",
+             "basophils_pct", "blasts_pct")
+
+
+@dataclass(frozen=True)
+class NormLab:
+    index: int
+    test: str
+    value: float              # in the test's normalised unit
+    unit: str
+    time: Optional[datetime]  # UTC, naive; None = untimed (taken as current)
+    lln: Optional[float]
+    original_value: float
+    original_unit: str
+    original_test: Optional[str]
+    loinc: Optional[str]
+
+
+@dataclass(frozen=True)
+class NormMed:
+    index: int
+    text: str
+    drug_id: Optional[str]
+    drug_name: Optional[str]
+    classes: frozenset[str]
+    status: str
+    start: Optional[date]
+    end: Optional[date]
+    dose_mg_kg_day: Optional[float]
+
+
+@dataclass
+class NormCase:
+    case: Case
+    as_of: Optional[date]
+    labs: list[NormLab]
+    meds: list[NormMed]
+    conditions: set[str]
+    tpmt: GeneStatus
+    nudt15: GeneStatus
+    transplant_organ: Optional[str]
+    duffy_prevalent_ancestry: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def _as_datetime(v: Union[date, datetime]) -> datetime:
+    if isinstance(v, datetime):
+        return v.astimezone(timezone.utc).replace(tzinfo=None) if v.tzinfo else v
+    return datetime(v.year, v.month, v.day)
+
+
+def _as_date(v: Union[date, datetime, None]) -> Optional[date]:
+    if v is None:
+        return None
+    return _as_datetime(v).date() if isinstance(v, datetime) else v
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem]) -> Optional[NormLab]:
+    where = f"labs[{i}]"
+    test = None
+    if lab.test:
+        test = lab.test.strip().lower()
+        if test not in kb.tests:
+            problems.append(Problem(f"{where}.test", f"unknown test {lab.test!r}; known tests: {', '.join(kb.tests)}"))
+            return None
+    if lab.loinc:
+        by_code = kb.loinc.get(lab.loinc.strip())
+        if by_code is None:
+            problems.append(Problem(f"{where}.loinc", f"unknown LOINC code {lab.loinc!r} (not a CBC, differential, "
+                                                      f"B12, folate or copper code leukodx knows)"))
+            return None
+        if test and test != by_code:
+            problems.append(Problem(where, f"test {test!r} and LOINC {lab.loinc} ({by_code}) disagree"))
+            return None
+        test = by_code
+    spec = kb.tests[test]
+    name = f"{where} ({test})"
+    value = lab.value + 0.0  # -0.0 -> 0.0
+    if value < 0:
+        problems.append(Problem(f"{where}.value", f"{test} is negative ({_fmt(value)}); a count or level cannot be"))
+        return None
+    try:
+        conv = conversion_factor(lab.unit, spec["dimension"], spec["unit"], spec.get("molar_mass"))
+    except UnitProblem as e:
+        problems.append(Problem(f"{where}.unit", f"{test}: {e}"))
+        return None
+    normalized = float(f"{value * conv.factor:.10g}")
+    low, high = spec["plausible"]
+    if not (normalized == 0 and spec.get("zero_allowed")) and not (low <= normalized <= high):
+        meant = [u for u in spec.get("suggest", []) if u != lab.unit and _plausible(value, u, spec)]
+        hint = f"; the unit was probably {meant[0]!r}" if meant else ""
+        problems.append(Problem(f"{where}.value", f"{test} {_fmt(value)} {lab.unit} is not plausible "
+                                                  f"({_fmt(normalized)} {spec['unit']}; plausible range "
+                                                  f"{_fmt(low)}-{_fmt(high)} {spec['unit']}){hint}"))
+        return None
+    lln = None
+    if lab.lln is not None:
+        if lab.lln < 0:
+            problems.append(Problem(f"{where}.lln", f"{name}: lower limit of normal cannot be negative"))
+            return None
+        lln = float(f"{lab.lln * conv.factor:.10g}")
+    return NormLab(index=i, test=test, value=normalized, unit=spec["unit"],
+                   time=_as_datetime(lab.time) if lab.time else None, lln=lln, original_value=value,
+                   original_unit=lab.unit, original_test=lab.test, loinc=lab.loinc)
+
+
+def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:
+    try:
+        f = conversion_factor(unit, spec["dimension"], spec["unit"], spec.get("molar_mass")).factor
+    except UnitProblem:
+        return False
+    low, high = spec["plausible"]
+    return low <= value * f <= high
+
+
+_DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+)*)")
+
+
+def _dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]) -> Optional[float]:
+    """mg/kg/day from a dose with a unit of mass per time or mass per body mass per time (pint)."""
+    if dose is None:
+        return None
+    if isinstance(dose, str):
+        m = _DOSE_TEXT.search(dose)
+        if not m:
+            return None
+        value, unit = float(m.group(1)), m.group(2)
+    else:
+        value, unit = dose.value, dose.unit
+    ureg = registry()
+    try:
+        q = ureg.Quantity(value, ureg.parse_units(unit))
+    except Exception:
+        return None
+    try:
+        if q.check("1/[time]"):        # mg/kg/day: mass/mass/time is 1/time
+            return float(q.to("milligram / kilogram / day").magnitude)
+        if q.check("[mass]/[time]") and weight_kg:
+            return float((q / ureg.Quantity(weight_kg, "kilogram")).to("milligram / kilogram / day").magnitude)
+    except Exception:
+        return None
+    return None
+
+
+def _classes(drug: dict[str, Any], med: Medication, oncologic: bool) -> frozenset[str]:
+    classes = set(drug.get("classes", []))
+    if drug.get("subclass"):
+        classes.add(drug["subclass"])
+    if oncologic and drug.get("oncologic_class"):
+        classes = {drug["oncologic_class"]}
+    elif not oncologic and drug.get("non_oncologic_class"):
+        classes = {drug["non_oncologic_class"]}
+    return frozenset(classes)
+
+
+def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) -> NormCase:
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    labs = [n for i, lab in enumerate(case.labs) if (n := _normalize_lab(kb, i, lab, problems))]
+
+    # as_of: given, else the latest lab time; never the wall clock.
+    lab_times = [lab.time for lab in labs if lab.time]
+    as_of = _as_date(case.as_of) if case.as_of else (max(lab_times).date() if lab_times else None)
+    if as_of is None:
+        warnings.append("No as_of and no lab times: timing rules (drug onset windows, transfusion, trends) were not applied.")
+
+    # untimed values: at most one per test (it is the current value)
+    untimed = defaultdict(list)
+    for lab in labs:
+        if lab.time is None:
+            untimed[lab.test].append(lab.index)
+    for test, idx in untimed.items():
+        if len(idx) > 1:
+            problems.append(Problem("labs", f"{len(idx)} values for {test} without a time (labs{idx}); give each a "
+                                            f"time so they form a series"))
+    # several values of one test at the same time
+    seen: dict[tuple[str, Optional[datetime]], int] = {}
+    for lab in labs:
+        if lab.time is not None:
+            key = (lab.test, lab.time)
+            if key in seen:
+                problems.append(Problem(f"labs[{lab.index}]", f"a second {lab.test} value at {lab.time.isoformat()} "
+                                                              f"(also labs[{seen[key]}])"))
+            seen[key] = lab.index
+
+    # percentages of one sample must not add up to more than 100
+    by_time: dict[Optional[datetime], dict[str, float]] = defaultdict(dict)
+    for lab in labs:
+        if lab.test in PCT_TESTS:
+            by_time[lab.time][lab.test] = lab.value
+    for t, pcts in by_time.items():
+        total = sum(pcts.values())
+        if total > 100.0 + 1e-9:
+            when = f" at {t.isoformat()}" if t else ""
+            problems.append(Problem("labs", f"differential percentages{when} add up to {_fmt(round(total, 6))} percent "
+                                            f"({', '.join(f'{k} {_fmt(v)}' for k, v in sorted(pcts.items()))}); "
+                                            f"they cannot exceed 100"))
+
+    # dates must not lie after as_of
+    def not_future(where: str, v: Union[date, datetime, None]) -> None:
+        d = _as_date(v)
+        if as_of and d and d > as_of:
+            problems.append(Problem(where, f"{d.isoformat()} is in the future relative to as_of {as_of.isoformat()}"))
+
+    for lab in labs:
+        not_future(f"labs[{lab.index}].time", lab.time)
+    h = case.history
+    not_future("history.tpmt_test_date", h.tpmt_test_date)
+    not_future("history.last_transfusion", h.last_transfusion)
+    if h.transplant:
+        not_future("history.transplant.date", h.transplant.date)
+
+    # conditions: history, medication indications
+    conditions: set[str] = set()
+    for i, text in enumerate(h.conditions):
+        found = match_conditions(kb, text)
+        if not found:
+            warnings.append(f"history.conditions[{i}] {text!r} is not in leukodx's condition vocabulary and was not used.")
+        conditions.update(found)
+    for med in case.medications:
+        if med.indication:
+            conditions.update(match_conditions(kb, med.indication))
+    oncologic = bool(conditions & {"cancer", "solid_cancer", "acute_leukemia", "cll", "lymphoma", "myeloma"})
+
+    drugs = drugs or DrugIndex(kb)
+    meds: list[NormMed] = []
+    for i, med in enumerate(case.medications):
+        not_future(f"medications[{i}].start", med.start)
+        start, end = _as_date(med.start), _as_date(med.end)
+        if start and end and end < start:
+            problems.append(Problem(f"medications[{i}].end", f"end {end} is before start {start}"))
+        if med.status == "active" and end and as_of and end < as_of:
+            warnings.append(f"medications[{i}] is 'active' but ended on {end}; it was treated as stopped then.")
+        text = med.name or f"RxNorm {med.rxnorm}"
+        match = drugs.lookup(med.name, med.rxnorm)
+        if match is None:
+            warnings.append(f"medications[{i}] {text!r} is not in leukodx's drug vocabulary; it was not assessed.")
+            continue
+        med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) &
+                                     {"cancer", "solid_cancer", "acute_leukemia", "cll", "lymphoma", "myeloma"})
+        meds.append(NormMed(index=i, text=text, drug_id=match.drug["id"], drug_name=match.drug["name"],
+                            classes=_classes(match.drug, med, med_onco), status=med.status, start=start, end=end,
+                            dose_mg_kg_day=_dose_mg_kg_day(med.dose, case.patient.weight_kg)))
+
+    tpmt = nudt15 = None
+    try:
+        tpmt = pgx.resolve(kb, "tpmt", h.tpmt, h.tpmt_method)
+    except pgx.PhenotypeError as e:
+        problems.append(Problem("history.tpmt", str(e)))
+    try:
+        nudt15 = pgx.resolve(kb, "nudt15", h.nudt15)
+    except pgx.PhenotypeError as e:
+        problems.append(Problem("history.nudt15", str(e)))
+
+    if problems:
+        raise CaseError(problems)
+    assert tpmt is not None and nudt15 is not None
+    return NormCase(case=case, as_of=as_of, labs=labs, meds=meds, conditions=conditions, tpmt=tpmt, nudt15=nudt15,
+                    transplant_organ=match_organ(kb, h.transplant.organ) if h.transplant else None,
+                    duffy_prevalent_ancestry=duffy_prevalent(kb, case.patient.ancestry), warnings=warnings)
+

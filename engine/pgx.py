@@ -1,0 +1,75 @@
+"""TPMT and NUDT15: phenotype from what the case gives (a phenotype word or a diplotype mapped
+through the PharmCAT/CPIC tables), and the CPIC recommendation for a thiopurine."""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from .assessment import CpicRecommendation, GeneStatus
+from .kb import KnowledgeBase
+
+__all__ = ["resolve", "recommendation", "PhenotypeError", "CPIC_LABEL"]
+
+_WORDS = {
+    "normal": "normal", "nm": "normal", "normal metabolizer": "normal", "wild type": "normal", "wildtype": "normal",
+    "intermediate": "intermediate", "im": "intermediate", "intermediate metabolizer": "intermediate",
+    "heterozygous": "intermediate",
+    "possible_intermediate": "possible_intermediate", "possible intermediate": "possible_intermediate",
+    "possible intermediate metabolizer": "possible_intermediate",
+    "poor": "poor", "pm": "poor", "poor metabolizer": "poor", "deficient": "poor", "homozygous deficient": "poor",
+    "indeterminate": "indeterminate", "unknown": "unknown", "not tested": "unknown", "untested": "unknown",
+}
+# Phenotype -> the words the CPIC tables use, per gene.
+CPIC_LABEL = {
+    "tpmt": {"normal": "TPMT normal metabolizer", "intermediate": "TPMT intermediate metabolizer",
+             "possible_intermediate": "Possible TPMT intermediate metabolizer", "poor": "TPMT poor metabolizer",
+             "indeterminate": "Indeterminate"},
+    "nudt15": {"normal": "NUDT15 normal metabolizer", "intermediate": "NUDT15 intermediate metabolizer",
+               "possible_intermediate": "Possible NUDT15 intermediate metabolizer", "poor": "NUDT15 poor metabolizer",
+               "indeterminate": "Indeterminate"},
+}
+_DIPLOTYPE = re.compile(r"^\s*(\*\w+)\s*/\s*(\*\w+)\s*$")
+
+
+class PhenotypeError(ValueError):
+    pass
+
+
+def resolve(kb: KnowledgeBase, gene: str, value: Optional[str], method: Optional[str] = None) -> GeneStatus:
+    """A phenotype word or a diplotype to a GeneStatus. Raises PhenotypeError for what cannot be mapped."""
+    label = "TPMT" if gene == "tpmt" else "NUDT15"
+    if value is None:
+        return GeneStatus(gene=label, input=None, phenotype="unknown", method=method)
+    m = _DIPLOTYPE.match(value)
+    if m:
+        diplotype = f"{m.group(1).upper()}/{m.group(2).upper()}"
+        phenotype = kb.diplotypes[gene].get(diplotype)
+        if phenotype is None:
+            raise PhenotypeError(f"unknown {label} diplotype {value!r}: not in the CPIC/PharmCAT {label} table")
+        return GeneStatus(gene=label, input=value, phenotype=phenotype, diplotype=diplotype, method=method)
+    word = " ".join(value.replace("-", " ").casefold().split())
+    if word.replace(" ", "_") in _WORDS:
+        word = word.replace(" ", "_")
+    if word not in _WORDS:
+        raise PhenotypeError(f"{value!r} is neither a {label} phenotype (normal, intermediate, possible_intermediate, "
+                             f"poor, indeterminate, unknown) nor a diplotype such as *1/*3A")
+    return GeneStatus(gene=label, input=value, phenotype=_WORDS[word], method=method)
+
+
+def recommendation(kb: KnowledgeBase, drug: str, tpmt: GeneStatus, nudt15: GeneStatus) -> Optional[CpicRecommendation]:
+    """The CPIC row for a thiopurine and the two phenotypes; None when either gene is unknown."""
+    if tpmt.phenotype == "unknown" or nudt15.phenotype == "unknown":
+        return None
+    t, n = CPIC_LABEL["tpmt"][tpmt.phenotype], CPIC_LABEL["nudt15"][nudt15.phenotype]
+    row = next((r for r in kb.cpic if r["drug"] == drug and r["tpmt_phenotype"] == t and r["nudt15_phenotype"] == n),
+               None)
+    if row is None:  # the table has every pair; a missing row is a knowledge-base defect
+        raise LookupError(f"CPIC table has no row for {drug}, {t}, {n}")
+    sources = ["relling_cpic_2019", "cpic_thiopurine_tables_2020"]
+    if row["superseded_note"]:
+        sources.append("cpic_thiopurine_update_2024")
+    return CpicRecommendation(
+        drug=drug, tpmt_phenotype=t, nudt15_phenotype=n, recommendation=row["recommendation"],
+        classification=row["classification"],
+        implications=[x for x in (row["tpmt_implication"], row["nudt15_implication"]) if x and x != "n/a"],
+        comments=row["comments"] or None, update_2024=row["superseded_note"] or None, sources=sources)

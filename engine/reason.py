@@ -1,0 +1,143 @@
+"""Reason: run the compiled rules over a case's facts, stage by stage, in durable-rules.
+
+Each family of rules (rules/logic/<family>.yaml) is one durable-rules ruleset. Stages run in
+order; the findings and alerts concluded at one stage become facts (``finding_x``, ``alert_x``)
+of the next, so later rules build on earlier ones.
+
+How durable-rules is used, after ../shared/knowledge/durable-rules-notes.md:
+
+* one Host per process, built after any fork, whose background dispatch loops never start
+  (``_run`` does nothing); actions run synchronously inside ``assert_fact``;
+* one process-wide lock around each case (the C core is not thread-safe; it never releases the
+  GIL, so the lock costs nothing);
+* a fresh session id per case and ruleset, deleted after a clean evaluation; after an error
+  the state is left alone and the engine is marked broken, so its owner recycles it;
+* every fact carries ``kind: case`` and every rule requires it; values are typed before they
+  are asserted; actions take exactly one argument and only record the rule id;
+* ``$or`` can fire a rule once per true branch: firings are de-duplicated;
+* a fact that matches no rule raises ``MessageNotHandledException``, and deleting that session
+  afterwards crashed the process (segfault, measured here): every ruleset therefore carries one
+  catch-all rule (``kind: case``) whose action does nothing, so every fact is handled.
+
+:class:`PlainEvaluator` runs the same parsed conditions in Python. It is the reference the
+differential test compares durable-rules against, and it explains why a rule did not fire.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from durable import engine as durable_engine
+
+from . import conditions as C
+from .errors import ReasoningError
+from .kb import KnowledgeBase, Rule
+
+__all__ = ["Firing", "Reasoner", "DurableReasoner", "PlainEvaluator", "run_stages"]
+
+_LOCK = threading.Lock()
+_NAMES = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Firing:
+    rule: Rule
+    facts: dict[str, Any]     # the facts the rule's condition read, as the case had them
+
+
+class Reasoner(Protocol):
+    def fire(self, family: str, facts: dict[str, Any]) -> set[str]: ...
+
+
+class _QuietHost(durable_engine.Host):
+    """A Host whose timer-driven dispatch loops never start (they race with synchronous use)."""
+
+    def _run(self) -> None:  # noqa: D401 - durable-rules hook
+        return None
+
+
+def _ignore(c: Any) -> None:
+    return None
+
+
+class DurableReasoner:
+    """The knowledge base compiled into durable-rules rulesets, one per family."""
+
+    def __init__(self, kb: KnowledgeBase):
+        self.kb = kb
+        self.broken = False
+        self._sink: list[str] = []
+        self._host = _QuietHost()
+        self._names: dict[str, str] = {}
+        self._sid = itertools.count(1)
+        rulesets: dict[str, dict[str, Any]] = {}
+        for family, rules in kb.families.items():
+            name = f"leukodx_{family}_{next(_NAMES)}"     # a ruleset name can be registered only once
+            self._names[family] = name
+            rulesets[name] = {
+                r.id.replace(".", "__"): {"all": [{"m": {"$and": [{"kind": "case"}, r.durable]}}],
+                                          "run": self._action(r.id)}
+                for r in rules}
+            rulesets[name]["leukodx__catch_all"] = {"all": [{"m": {"kind": "case"}}], "run": _ignore}
+        self._host.set_rulesets(rulesets)
+
+    def _action(self, rule_id: str) -> Callable[[Any], None]:
+        sink = self._sink
+
+        def act(c: Any) -> None:   # exactly one parameter, or durable-rules makes it asynchronous
+            sink.append(rule_id)
+        return act
+
+    def fire(self, family: str, facts: dict[str, Any]) -> set[str]:
+        if self.broken:
+            raise ReasoningError("the rules engine failed earlier in this process and must be recycled")
+        name = self._names[family]
+        sid = str(next(self._sid))
+        with _LOCK:
+            self._sink.clear()
+            try:
+                self._host.assert_fact(name, {**facts, "kind": "case", "sid": sid})
+            except BaseException as e:  # the C core reports errors as generic exceptions
+                self.broken = True
+                raise ReasoningError(f"durable-rules failed in ruleset {family}: {e}") from e
+            fired = set(self._sink)
+            self._sink.clear()
+            try:
+                self._host.delete_state(name, sid)
+            except BaseException as e:
+                self.broken = True
+                raise ReasoningError(f"durable-rules could not delete a session of {family}: {e}") from e
+        return fired
+
+
+class PlainEvaluator:
+    """The same compiled conditions, evaluated in plain Python."""
+
+    def __init__(self, kb: KnowledgeBase):
+        self.kb = kb
+
+    def fire(self, family: str, facts: dict[str, Any]) -> set[str]:
+        return {r.id for r in self.kb.families[family] if C.evaluate(r.condition, facts)}
+
+    def why_not(self, rule_id: str, facts: dict[str, Any]) -> list[str]:
+        return C.explain(self.kb.rule(rule_id).condition, facts)
+
+
+def run_stages(kb: KnowledgeBase, reasoner: Reasoner, base_facts: dict[str, Any]) -> tuple[list[Firing], dict[str, Any]]:
+    """All stages over one case. Returns the firings in knowledge-base order and the final facts."""
+    facts = dict(base_facts)
+    firings: list[Firing] = []
+    for _stage, families in kb.stages:
+        fired_ids: set[str] = set()
+        for family in families:
+            fired_ids |= reasoner.fire(family, facts)
+        stage_rules = sorted((kb.rule(i) for i in fired_ids), key=lambda r: r.order)
+        for r in stage_rules:
+            firings.append(Firing(r, {f: facts[f] for f in r.facts if f in facts}))
+        for r in stage_rules:   # conclusions feed the next stage only
+            for c in r.then:
+                if c.kind in ("finding", "alert"):
+                    facts[f"{c.kind}_{getattr(c, c.kind)}"] = True
+    return firings, facts

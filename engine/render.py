@@ -1,0 +1,90 @@
+"""Render an Assessment: canonical JSON (byte-identical for the same case) or a text report
+for a clinician."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+from .assessment import Assessment
+
+__all__ = ["to_json", "to_text"]
+
+
+def to_json(a: Assessment, indent: int | None = 2) -> str:
+    """Canonical JSON: field order fixed by the model, keys of free mappings sorted."""
+    return json.dumps(a.model_dump(mode="json"), indent=indent, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+def _wrap(text: str, indent: str = "    ") -> str:
+    return textwrap.fill(text, width=100, initial_indent=indent, subsequent_indent=indent)
+
+
+def to_text(a: Assessment) -> str:
+    out: list[str] = []
+    w = out.append
+    w(f"leukodx assessment - case {a.case_id}, as of {a.as_of or 'unknown'} (knowledge base {a.kb_version})")
+    w("")
+    if a.alerts:
+        w("ALERTS")
+        for al in a.alerts:
+            w(f"  !! {al.title}")
+            w(_wrap(al.description))
+        w("")
+    r = a.risk_tier
+    w(f"RISK TIER: {r.tier.upper()}" + (f" (ANC {r.anc:g} x10^9/L)" if r.anc is not None else ""))
+    w(_wrap(r.basis))
+    if r.duffy_null_note:
+        w(_wrap(r.duffy_null_note))
+    grades = [f"{name.upper()} grade {g.grade} ({g.criterion})" for name, g in
+              (("wbc", a.ctcae.wbc), ("anc", a.ctcae.anc), ("lymphocytes", a.ctcae.lymphocytes)) if g]
+    if grades:
+        w(f"  CTCAE v{a.ctcae.version}: " + "; ".join(grades))
+    w("")
+    if a.findings:
+        w("FINDINGS")
+        for f in a.findings:
+            w(f"  - {f.title}: {f.description}")
+        w("")
+    w("CAUSES (ranked)")
+    if not a.causes:
+        w("  none supported by the data given")
+    for c in a.causes:
+        agents = f" - agents: {', '.join(c.agents)}" if c.agents else ""
+        w(f"  {c.rank}. {c.title} [{c.likelihood}, score {c.score:g}]{agents}")
+        for e in c.evidence:
+            sign = {"for": "+", "against": "-", "neutral": "="}[e.direction]
+            w(_wrap(f"{sign} {e.statement} [{', '.join(e.sources)}]", "       "))
+    w("")
+    w("NEXT STEPS")
+    for s in a.steps:
+        w(f"  [{s.urgency}] {s.title}")
+        w(_wrap(s.rationale, "       "))
+    for b in a.steps_not_advised:
+        w(f"  [not advised] {b.title}: {b.reason}")
+    w("")
+    if a.pharmacogenomics.recommendations or a.pharmacogenomics.tpmt.phenotype != "unknown":
+        p = a.pharmacogenomics
+        w(f"TPMT {p.tpmt.phenotype} / NUDT15 {p.nudt15.phenotype}")
+        for rec in p.recommendations:
+            w(f"  CPIC, {rec.drug} ({rec.classification}):")
+            w(_wrap(rec.recommendation, "       "))
+            if rec.update_2024:
+                w(_wrap(rec.update_2024, "       "))
+        w("")
+    if a.missing_data:
+        w("MISSING DATA")
+        for m in a.missing_data:
+            w(f"  - {m.item}")
+        w("")
+    if a.warnings:
+        w("WARNINGS")
+        for x in a.warnings:
+            w(_wrap(f"- {x}", "  "))
+        w("")
+    w("SOURCES")
+    for s in a.sources.values():
+        link = s.url or (f"https://pubmed.ncbi.nlm.nih.gov/{s.pmid}/" if s.pmid else "")
+        w(_wrap(f"[{s.id}] {s.citation} {link}".rstrip(), "  "))
+    w("")
+    w(a.disclaimer)
+    return "\n".join(out) + "\n"

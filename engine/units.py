@@ -1,0 +1,143 @@
+"""Lab units: one pint registry, lab spellings mapped onto it, factors cached per spelling.
+
+pint does every conversion. What this module adds:
+
+* ``engine/units.txt``: the scale words (``tenpow9``) and molar masses pint needs;
+* :func:`to_pint_expression`: lab spellings (``10*3/uL``, ``x10E9/L``, ``K/uL``, ``G/L``,
+  ``/nL``, ``cells/mm3``, ``x10(3)/mcL`` ...) rewritten as pint expressions, so that ``K/uL``
+  is never read as kelvin;
+* :func:`conversion_factor`: parse, check the dimension, and ask pint for the factor to the
+  test's normalised unit, once per (spelling, dimension) thanks to an LRU cache. The hot path
+  multiplies.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import pint
+
+__all__ = ["UnitProblem", "registry", "to_pint_expression", "conversion_factor", "DIMENSIONS"]
+
+#: pint dimensionality each kind of lab must have, and how to say it to a person.
+DIMENSIONS: dict[str, tuple[str, str]] = {
+    "count_per_volume": ("1/[length]**3", "a count per volume such as 10^9/L, 10^3/uL or /uL"),
+    "fraction": ("[]", "a percentage (%)"),
+    "mass_per_volume": ("[mass]/[length]**3", "a mass or substance concentration such as g/dL, g/L or mmol/L"),
+    "volume": ("[length]**3", "a volume such as fL"),
+}
+
+# Pint expression for each normalised unit named in rules/labs.yaml.
+_TARGETS = {"10^9/L": "tenpow9 / liter", "%": "percent", "g/dL": "gram / deciliter", "fL": "femtoliter",
+            "pg/mL": "picogram / milliliter", "ng/mL": "nanogram / milliliter", "ug/dL": "microgram / deciliter"}
+
+
+class UnitProblem(ValueError):
+    """A unit spelling that cannot be used for a test; the message says why."""
+
+
+@lru_cache(maxsize=1)
+def registry() -> pint.UnitRegistry:
+    """The one unit registry: pint's defaults plus engine/units.txt."""
+    ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=False, on_redefinition="raise")
+    with resources.as_file(resources.files(__package__).joinpath("units.txt")) as path:
+        ureg.load_definitions(str(path))
+    return ureg
+
+
+_POWER = re.compile(r"^\s*(?:x|\*|×)?\s*10\s*(?:\*\*|\*|\^|e|E)?\s*\(?\s*(3|6|9|12)\s*\)?\s*", re.UNICODE)
+_PREFIX_WORDS = {
+    # spelling (case matters: G is giga, g is gram) -> pint expression for the multiplier
+    "K": "tenpow3", "k": "tenpow3", "Thousand": "tenpow3", "Thousands": "tenpow3", "thousand": "tenpow3",
+    "thousands": "tenpow3", "G": "tenpow9", "Gpt": "tenpow9", "giga": "tenpow9", "Giga": "tenpow9",
+    "T": "tenpow12", "Tpt": "tenpow12", "M": "tenpow6", "Mill": "tenpow6", "million": "tenpow6", "millions": "tenpow6",
+}
+_VOLUME_WORDS = {
+    "l": "liter", "dl": "deciliter", "ml": "milliliter", "ul": "microliter", "nl": "nanoliter", "fl": "femtoliter",
+    "mm3": "millimeter ** 3", "mm^3": "millimeter ** 3", "mm**3": "millimeter ** 3", "cmm": "millimeter ** 3",
+    "microliter": "microliter", "microlitre": "microliter", "liter": "liter", "litre": "liter", "nanoliter": "nanoliter",
+}
+_MASS_WORDS = {"g": "gram", "mg": "milligram", "ug": "microgram", "ng": "nanogram", "pg": "picogram",
+               "mol": "mole", "mmol": "millimole", "umol": "micromole", "nmol": "nanomole", "pmol": "picomole"}
+
+
+def _clean(spelling: str) -> str:
+    s = spelling.strip()
+    s = s.replace("µ", "u").replace("μ", "u").replace("×", "x").replace("³", "3")
+    s = re.sub(r"(?i)\bmc(?=[lLgG])", "u", s)          # mcL, mcg -> uL, ug
+    s = re.sub(r"(?i)\s+per\s+", "/", s)                 # "Thousands Per MicroLiter"
+    s = re.sub(r"(?i)\bcells?\b\s*", "", s)              # cells/uL -> /uL (a cell is a count)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def to_pint_expression(spelling: str) -> str:
+    """Rewrite a lab unit spelling as a pint expression (``"10*3/uL"`` -> ``"tenpow3 / microliter"``).
+
+    Raises :class:`UnitProblem` for an empty spelling. Spellings it does not recognise are passed
+    through for pint to parse, and the dimension check decides.
+    """
+    s = _clean(spelling)
+    if not s:
+        raise UnitProblem("unit is empty")
+    if s == "%":
+        return "percent"
+    multiplier = ""
+    m = _POWER.match(s)
+    if m:
+        multiplier, s = f"tenpow{m.group(1)}", s[m.end():].strip()
+    if "/" in s:
+        num, _, den = s.partition("/")
+        num, den = num.strip(), den.strip()
+        key_den = den.lower()
+        if not multiplier and num in _PREFIX_WORDS and key_den in _VOLUME_WORDS:
+            multiplier, num = _PREFIX_WORDS[num], ""
+        if key_den in _VOLUME_WORDS and (not num or num.lower() in _MASS_WORDS):
+            numerator = " * ".join(p for p in (multiplier, _MASS_WORDS.get(num.lower(), "")) if p) or "1"
+            return f"{numerator} / ({_VOLUME_WORDS[key_den]})"
+        if multiplier:
+            return f"{multiplier} * {num or '1'} / {den}" if num else f"{multiplier} / {den}"
+        return f"{num or '1'} / {den}"
+    if multiplier:
+        return f"{multiplier} * {s}" if s else multiplier
+    return _VOLUME_WORDS.get(s.lower(), s)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    factor: float          # normalised value = value * factor
+    expression: str        # the pint expression the spelling was read as
+
+
+@lru_cache(maxsize=4096)
+def conversion_factor(spelling: str, dimension: str, target: str, molar_mass: str | None = None) -> Conversion:
+    """Factor that takes a value in ``spelling`` to ``target`` (a unit named in rules/labs.yaml).
+
+    ``dimension`` is a key of :data:`DIMENSIONS`. Mass and substance concentrations convert
+    through pint's chemistry context with the test's molar mass. Raises :class:`UnitProblem`.
+    """
+    ureg = registry()
+    expr = to_pint_expression(spelling)
+    want, wording = DIMENSIONS[dimension]
+    try:
+        unit = ureg.parse_units(expr)
+    except Exception:  # pint raises several types for unparseable strings
+        raise UnitProblem(f"unknown unit {spelling!r}; expected {wording}") from None
+    quantity = ureg.Quantity(1.0, unit)
+    target_unit = ureg.parse_units(_TARGETS[target])
+    if quantity.check(want):
+        factor = quantity.to(target_unit).magnitude
+    elif molar_mass and quantity.check("[substance]/[length]**3"):
+        factor = quantity.to(target_unit, "chemistry", mw=ureg.Quantity(1.0, molar_mass)).magnitude
+    else:
+        hint = ""
+        if dimension == "count_per_volume" and quantity.check("[]"):
+            hint = " (a percentage belongs in the matching *_pct test)"
+        elif dimension == "fraction" and quantity.check("1/[length]**3"):
+            hint = " (an absolute count belongs in the matching count test, e.g. anc, lymphocytes)"
+        raise UnitProblem(f"unit {spelling!r} is not {wording}{hint}")
+    if not math.isfinite(factor) or factor <= 0:
+        raise UnitProblem(f"unit {spelling!r} cannot be converted")
+    return Conversion(factor=float(f"{factor:.12g}"), expression=expr)

@@ -1,0 +1,2 @@
+"""leukodx: leukopenia diagnostic decision support."""
+__version__ = "0.1.0"

@@ -1,0 +1,114 @@
+"""The `leukodx` command: a thin adapter over the engine.
+
+    leukodx assess FILE [--format json|text] [--ctcae 5.0|6.0]
+    leukodx schema case
+    leukodx rules check | list | show ID
+    leukodx replay PATH... (see `leukodx replay --help`)
+
+Exit codes: 0 done; 1 the case was rejected, or a replay expectation failed; 2 usage or
+knowledge-base error. Errors are one line per problem, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from leukodx.engine import CaseError, KnowledgeBaseError
+from leukodx.engine import conditions as C
+
+__all__ = ["main"]
+
+
+def _assess(args: argparse.Namespace) -> int:
+    from leukodx.engine import get_engine
+    from leukodx.engine.render import to_json, to_text
+
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file)
+    assessment = get_engine().assess(raw, ctcae_version=args.ctcae)
+    sys.stdout.write(to_json(assessment) if args.format == "json" else to_text(assessment))
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from leukodx.engine.case import schema
+    print(json.dumps(schema(), indent=2))
+    return 0
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from leukodx.engine.kb import load
+    kb = load()
+    if args.action == "check":
+        print(f"ok: {len(kb.rules)} rules in {len(kb.families)} families, {len(kb.sources)} sources, "
+              f"{len(kb.drugs)} drugs, {len(kb.causes)} causes, {len(kb.steps)} steps; kb_version {kb.version}")
+    elif args.action == "list":
+        for r in kb.rules:
+            print(f"{r.id:48} stage {r.stage}  {r.statement[:70]}")
+    else:
+        if not args.id:
+            raise SystemExit("leukodx rules show: give a rule id (see `leukodx rules list`)")
+        try:
+            r = kb.rule(args.id)
+        except KeyError:
+            print(f"leukodx: unknown rule {args.id!r}", file=sys.stderr)
+            return 2
+        print(f"{r.id}  ({r.file}, family {r.family}, stage {r.stage})")
+        print(f"statement: {r.statement}")
+        if r.rationale:
+            print(f"rationale: {r.rationale}")
+        print(f"when:      {C.describe(r.condition)}")
+        for c in r.then:
+            kind = c.kind
+            extra = f" (weight {c.weight:g})" if c.weight is not None else f" ({c.urgency})" if c.urgency else ""
+            print(f"then:      {kind} {getattr(c, kind)}{extra}")
+        for s in r.sources:
+            print(f"source:    [{s}] {kb.sources[s].citation}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from leukodx.replay import main as replay_main
+    return replay_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="leukodx", description="Leukopenia decision support: causes, risk tier, next steps.")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("assess", help="assess one case file (JSON or YAML; - for standard input)")
+    a.add_argument("file")
+    a.add_argument("--format", choices=["json", "text"], default="json")
+    a.add_argument("--ctcae", choices=["5.0", "6.0"], default=None, help="CTCAE version (default 5.0)")
+    a.set_defaults(func=_assess)
+    s = sub.add_parser("schema", help="print a JSON Schema")
+    s.add_argument("what", choices=["case"])
+    s.set_defaults(func=_schema)
+    r = sub.add_parser("rules", help="check, list or show the knowledge base")
+    r.add_argument("action", choices=["check", "list", "show"])
+    r.add_argument("id", nargs="?")
+    r.set_defaults(func=_rules)
+    from leukodx.replay import add_arguments
+    rp = sub.add_parser("replay", help="replay case files against their expectations")
+    add_arguments(rp)
+    rp.set_defaults(func=_replay)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CaseError as e:
+        print(f"leukodx: {e}", file=sys.stderr)
+        return 1
+    except KnowledgeBaseError as e:
+        print(f"leukodx: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
