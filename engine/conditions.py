@@ -145,12 +145,16 @@ def to_durable(n: Node) -> dict[str, Any]:
         return {"$or": [to_durable(i) for i in n.items]}
     if isinstance(n, Exists):
         return {("$ex" if n.present else "$nex"): {n.fact: 1}}
-    value: Any = {"$m": n.value.fact} if isinstance(n.value, Ref) else n.value
-    if n.op == "eq" and not isinstance(n.value, Ref):
-        return {n.fact: value}
+    if isinstance(n.value, Ref):
+        # durable-rules compares with an absent right-hand fact as if it were present (measured):
+        # require both facts explicitly so that absent facts compare false, as everywhere else.
+        ref = {"$m": n.value.fact}
+        cmp = ({"$and": [{"$gte": {n.fact: ref}}, {"$lte": {n.fact: ref}}]} if n.op == "eq"
+               else {_DURABLE_OP[n.op]: {n.fact: ref}})
+        return {"$and": [{"$ex": {n.fact: 1}}, {"$ex": {n.value.fact: 1}}, cmp]}
     if n.op == "eq":
-        return {"$and": [{"$gte": {n.fact: value}}, {"$lte": {n.fact: value}}]}
-    return {_DURABLE_OP[n.op]: {n.fact: value}}
+        return {n.fact: n.value}
+    return {_DURABLE_OP[n.op]: {n.fact: n.value}}
 
 
 def _rhs(n: Cmp, facts: dict[str, Any]) -> Any:

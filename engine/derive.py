@@ -150,6 +150,12 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         facts[f"{test}_lln"] = float(v)
     facts.setdefault("wbc_lln", kb.value("wbc_lln_default"))
     facts.setdefault("lymphocytes_lln", kb.value("lymphocytes_lln_default"))
+    for test in ("vitamin_b12", "folate", "copper"):
+        if test in values and f"{test}_lln" not in facts:
+            default = kb.thresholds[f"{test}_lln_default"]
+            facts[f"{test}_lln"] = float(default["value"])
+            warnings.append(f"{kb.tests[test]['name']} has no lower limit from the lab; it was judged against "
+                            f"{default['value']:g} {default['unit']} ({', '.join(default['sources'])}).")
 
     # normalized labs out (originals kept), then derived ones
     for lab in sorted(nc.labs, key=lambda x: (x.test, x.time or datetime.max, x.index)):
@@ -320,7 +326,9 @@ def _drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
         since_last = 0.0 if active else _days(as_of, last)
         recent = active or (since_last is not None and since_last <= recent_days)
         days_on = _days(as_of, med.start) if active else None
-        last_dose = _days(as_of, med.end or med.start)
+        # The last dose is known for a stopped or completed course (its end, else its start). For an
+        # active course of a drug given in cycles (rituximab) it is not, so none is assumed.
+        last_dose = None if active else _days(as_of, med.end or med.start)
         for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
             if active:
                 facts[f"{stem}_active"] = True

@@ -115,6 +115,10 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem])
     normalized = float(f"{value * conv.factor:.10g}")
     low, high = spec["plausible"]
     if not (normalized == 0 and spec.get("zero_allowed")) and not (low <= normalized <= high):
+        if spec["dimension"] == "fraction":
+            problems.append(Problem(f"{where}.value", f"{test} {_fmt(value)}% is not a plausible percentage "
+                                                      f"(it must lie between 0 and 100 percent)"))
+            return None
         meant = [u for u in spec.get("suggest", []) if u != lab.unit and _plausible(value, u, spec)]
         hint = f"; the unit was probably {meant[0]!r}" if meant else ""
         problems.append(Problem(f"{where}.value", f"{test} {_fmt(value)} {lab.unit} is not plausible "
