@@ -135,6 +135,7 @@ class KnowledgeBase:
     diplotypes: dict[str, dict[str, str]]
     rules: list[Rule] = field(default_factory=list)
     families: dict[str, list[Rule]] = field(default_factory=dict)   # family -> rules, KB order
+    family_titles: dict[str, str] = field(default_factory=dict)
     stages: list[tuple[int, list[str]]] = field(default_factory=list)  # (stage, families)
 
     def value(self, name: str) -> float:
@@ -325,6 +326,7 @@ def _compile_rules(kb: KnowledgeBase, root: Path, problems: list[str]) -> None:
         if fam.family in kb.families:
             problems.append(f"logic/{fname}: family {fam.family!r} defined twice")
         kb.families[fam.family] = []
+        kb.family_titles[fam.family] = fam.title
         for r in fam.rules:
             where = f"logic/{fname}: {r.id}"
             if r.id in seen:

@@ -15,6 +15,9 @@ How durable-rules is used, after ../shared/knowledge/durable-rules-notes.md:
 * every fact carries ``kind: case`` and every rule requires it; values are typed before they
   are asserted; actions take exactly one argument and only record the rule id;
 * ``$or`` can fire a rule once per true branch: firings are de-duplicated;
+* durable-rules' JSON parser refuses numbers written with an exponent and no decimal point
+  (``1e-05``, ``1e+16``: error 204, measured): :func:`typed_facts` maps magnitudes below 1e-4
+  (far below any clinical resolution) to 0 and caps them at 1e15, for both backends alike;
 * a fact that matches no rule raises ``MessageNotHandledException``, and deleting that session
   afterwards crashed the process (segfault, measured here): every ruleset therefore carries one
   catch-all rule (``kind: case``) whose action does nothing, so every fact is handled.
@@ -35,7 +38,7 @@ from . import conditions as C
 from .errors import ReasoningError
 from .kb import KnowledgeBase, Rule
 
-__all__ = ["Firing", "Reasoner", "DurableReasoner", "PlainEvaluator", "run_stages"]
+__all__ = ["Firing", "Reasoner", "DurableReasoner", "PlainEvaluator", "run_stages", "typed_facts"]
 
 _LOCK = threading.Lock()
 _NAMES = itertools.count(1)
@@ -125,9 +128,28 @@ class PlainEvaluator:
         return C.explain(self.kb.rule(rule_id).condition, facts)
 
 
+_TINY, _HUGE = 1e-4, 1e15
+
+
+def typed_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """Facts as durable-rules can take them: bool, str, or float within (1e-4, 1e15) in magnitude."""
+    out: dict[str, Any] = {}
+    for k, v in facts.items():
+        if isinstance(v, bool) or isinstance(v, str):
+            out[k] = v
+        elif isinstance(v, (int, float)):
+            v = float(v)
+            if abs(v) < _TINY:
+                v = 0.0
+            out[k] = max(-_HUGE, min(_HUGE, v))
+        else:
+            raise TypeError(f"fact {k} has an untyped value {v!r}")
+    return out
+
+
 def run_stages(kb: KnowledgeBase, reasoner: Reasoner, base_facts: dict[str, Any]) -> tuple[list[Firing], dict[str, Any]]:
     """All stages over one case. Returns the firings in knowledge-base order and the final facts."""
-    facts = dict(base_facts)
+    facts = typed_facts(base_facts)
     firings: list[Firing] = []
     for _stage, families in kb.stages:
         fired_ids: set[str] = set()

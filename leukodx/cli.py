@@ -2,7 +2,7 @@
 
     leukodx assess FILE [--format json|text] [--ctcae 5.0|6.0]
     leukodx schema case
-    leukodx rules check | list | show ID
+    leukodx rules check | list | show ID | docs --out DIR [--cases DIR]
     leukodx replay PATH... (see `leukodx replay --help`)
 
 Exit codes: 0 done; 1 the case was rejected, or a replay expectation failed; 2 usage or
@@ -41,6 +41,11 @@ def _schema(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     from leukodx.engine.kb import load
     kb = load()
+    if args.action == "docs":
+        from leukodx.docs import main as docs_main
+        if not args.out:
+            raise SystemExit("leukodx rules docs: give --out DIR")
+        return docs_main(args)
     if args.action == "check":
         print(f"ok: {len(kb.rules)} rules in {len(kb.families)} families, {len(kb.sources)} sources, "
               f"{len(kb.drugs)} drugs, {len(kb.causes)} causes, {len(kb.steps)} steps; kb_version {kb.version}")
@@ -86,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["case"])
     s.set_defaults(func=_schema)
     r = sub.add_parser("rules", help="check, list or show the knowledge base")
-    r.add_argument("action", choices=["check", "list", "show"])
-    r.add_argument("id", nargs="?")
+    r.add_argument("action", choices=["check", "list", "show", "docs"])
+    r.add_argument("id", nargs="?", help="rule id, for show")
+    r.add_argument("--out", help="folder for the reviewer's reference, for docs")
+    r.add_argument("--cases", help="case folder linked from the reference (default: ./cases if present)")
     r.set_defaults(func=_rules)
     from leukodx.replay import add_arguments
     rp = sub.add_parser("replay", help="replay case files against their expectations")
