@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from pydantic import ValidationError
 
-from leukodx.engine import CaseError, get_engine
+from leukodx.engine import CaseError, Engine, get_engine
 from leukodx.engine.assessment import Assessment
 from leukodx.engine.case import Expect
 from leukodx.engine.parse import load_document, problems_from_validation
@@ -57,8 +57,7 @@ def find_case_files(paths: Iterable[str]) -> list[Path]:
     return out
 
 
-def _unknown_ids(exp: Expect) -> list[Failure]:
-    kb = get_engine().kb
+def _unknown_ids(exp: Expect, kb: Any) -> list[Failure]:
     out = []
     for key, catalogue in (("top_cause", kb.causes), ("top3_include", kb.causes), ("causes_include", kb.causes),
                            ("causes_exclude", kb.causes), ("steps_include", kb.steps), ("steps_exclude", kb.steps),
@@ -101,7 +100,9 @@ def check(exp: Expect, a: Assessment) -> list[Failure]:
     return f
 
 
-def replay_file(path: Path) -> CaseResult:
+def replay_file(path: Path, engine: Optional[Engine] = None) -> CaseResult:
+    """Replay one case file with the given engine (default: the process's engine)."""
+    engine = engine or get_engine()
     start = time.perf_counter()
     name = path.stem
     try:
@@ -117,12 +118,12 @@ def replay_file(path: Path) -> CaseResult:
         return CaseResult(name, str(path), False, [Failure("expect", "a valid expect block", reasons)])
     except OSError as e:
         return CaseResult(name, str(path), False, [Failure("file", "a readable file", str(e))])
-    failures = _unknown_ids(exp)
+    failures = _unknown_ids(exp, engine.kb)
     expected_ids = {"causes": [*exp.causes_include, *exp.top3_include, *([exp.top_cause] if exp.top_cause else [])],
                     "steps": list(exp.steps_include), "alerts": list(exp.alerts_include)}
     fired: list[str] = []
     try:
-        a = get_engine().assess(raw)
+        a = engine.assess(raw)
         failures += check(exp, a)
         fired = [t.rule for t in a.trace]
     except CaseError as e:

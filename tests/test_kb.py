@@ -1,0 +1,101 @@
+"""The knowledge base: `rules check` passes, and each kind of defect it must catch is caught."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from leukodx.engine import Engine, KnowledgeBaseError
+from leukodx.engine.kb import load, rules_dir
+from leukodx.replay import find_case_files, replay_file
+
+from conftest import CASES
+
+
+def test_the_shipped_knowledge_base_is_valid(kb):
+    assert len(kb.rules) >= 100
+    assert len(kb.drugs) >= 80
+    assert {"thiopurine_myelotoxicity", "duffy_null_associated_neutrophil_count", "pseudoleukopenia"} <= set(kb.causes)
+    assert len(kb.version) == 16
+
+
+def test_every_rule_cites_known_sources_and_every_source_is_cited(kb):
+    cited = {s for r in kb.rules for s in r.sources}
+    assert all(s in kb.sources for s in cited)
+    for r in kb.rules:
+        assert r.statement.strip() and r.sources
+
+
+def test_drug_vocabulary_has_no_ambiguous_names(kb):
+    seen = {}
+    for d in kb.drugs:
+        for name in [d["name"], *d.get("brands", []), *d.get("synonyms", [])]:
+            key = name.casefold()
+            assert seen.get(key, d["id"]) == d["id"], f"{name} names {seen[key]} and {d['id']}"
+            seen[key] = d["id"]
+
+
+@pytest.fixture
+def kb_copy(tmp_path) -> Path:
+    dest = tmp_path / "rules"
+    shutil.copytree(rules_dir(), dest, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    return dest
+
+
+def _edit(path: Path, fn) -> None:
+    data = yaml.safe_load(path.read_text())
+    fn(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+@pytest.mark.parametrize("defect,message", [
+    ("rule without a source", "at least 1 item"),
+    ("unknown source id", "unknown source id"),
+    ("duplicate rule id", "duplicate rule id"),
+    ("unused source", "cited by nothing"),
+    ("condition that does not compile", "does not compile"),
+    ("unknown fact", "unknown fact"),
+    ("unknown threshold", "unknown threshold"),
+    ("unknown cause", "unknown cause id"),
+    ("finding read at its own stage", "earlier stages"),
+])
+def test_rules_check_catches(kb_copy, defect, message):
+    logic = kb_copy / "logic" / "benign.yaml"
+
+    def first_rule(fn):
+        _edit(logic, lambda d: fn(d["rules"][0]))
+
+    if defect == "rule without a source":
+        first_rule(lambda r: r.update(sources=[]))
+    elif defect == "unknown source id":
+        first_rule(lambda r: r.update(sources=["made_up_2099"]))
+    elif defect == "duplicate rule id":
+        _edit(logic, lambda d: d["rules"].append(dict(d["rules"][0])))
+    elif defect == "unused source":
+        src = kb_copy / "sources" / "extra.yaml"
+        src.write_text(yaml.safe_dump([{"id": "orphan", "citation": "x", "year": 2000, "kind": "study",
+                                        "url": "https://example.org", "supports": "x", "checked": "x"}]))
+    elif defect == "condition that does not compile":
+        first_rule(lambda r: r.update(when={"anc": {"approximately": 1}}))
+    elif defect == "unknown fact":
+        first_rule(lambda r: r.update(when={"ancc": {"lt": 1}}))
+    elif defect == "unknown threshold":
+        first_rule(lambda r: r.update(when={"anc": {"lt": "$no_such"}}))
+    elif defect == "unknown cause":
+        first_rule(lambda r: r.update(then=[{"cause": "bad_luck", "weight": 1}]))
+    elif defect == "finding read at its own stage":
+        _edit(kb_copy / "logic" / "findings.yaml",
+              lambda d: d["rules"][0].update(when={"finding_neutropenia": True}))
+    with pytest.raises(KnowledgeBaseError) as e:
+        load(kb_copy)
+    assert any(message in p for p in e.value.problems), e.value.problems
+
+
+def test_a_flipped_threshold_makes_cases_fail(kb_copy):
+    """Lower the neutropenia cutoff from 1.5 to 1.0: the case library must notice."""
+    _edit(kb_copy / "thresholds.yaml", lambda d: d["thresholds"]["neutropenia_anc"].update(value=1.0))
+    broken = Engine(load(kb_copy), backend="plain")
+    failed = [p.name for p in find_case_files([str(CASES)]) if not replay_file(p, broken).passed]
+    assert len(failed) >= 3, failed
