@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +14,13 @@ from conftest import CASES, ROOT
 EXAMPLE = CASES / "thiopurine" / "tpmt-poor-azathioprine-severe-neutropenia.yaml"
 
 
+# The installed console script, as a user runs it (beside this interpreter, else on PATH).
+LEUKODX = str(Path(sys.executable).with_name("leukodx")) if Path(sys.executable).with_name("leukodx").exists() \
+    else shutil.which("leukodx")
+
+
 def run(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "leukodx.cli", *args], capture_output=True, text=True,
-                          input=stdin, cwd=ROOT, timeout=120)
+    return subprocess.run([LEUKODX, *args], capture_output=True, text=True, input=stdin, cwd=ROOT, timeout=120)
 
 
 def test_assess_json_and_text():
