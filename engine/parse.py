@@ -34,22 +34,22 @@ def _no_constants(token: str) -> Any:
     raise ValueError(f"{token} is not a number leukodx accepts")
 
 
-class _StrictYamlLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicated keys and aliases."""
+class _StrictYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe YAML loading (libyaml when available) that refuses duplicated keys and aliases."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.constructor.ConstructorError(None, None, "YAML aliases are not accepted", event.start_mark)
-        return super().compose_node(parent, index)
+    def construct_object(self, node: Any, deep: bool = False) -> Any:  # type: ignore[override]
+        if node in self.constructed_objects:   # a node met twice is an alias (*name)
+            raise yaml.constructor.ConstructorError(None, None, "YAML aliases are not accepted", node.start_mark)
+        return super().construct_object(node, deep=deep)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:  # type: ignore[override]
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicated key {key!r}", key_node.start_mark)
-            seen.add(key)
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicated key {key_node.value!r}",
+                                                            key_node.start_mark)
+                seen.add(key_node.value)
         return super().construct_mapping(node, deep=deep)
 
 
