@@ -4,6 +4,7 @@
     leukodx schema case
     leukodx rules check | list | show ID | docs --out DIR [--cases DIR]
     leukodx replay PATH... (see `leukodx replay --help`)
+    leukodx serve [--host 127.0.0.1] [--port 8000] [--workers N]
 
 Exit codes: 0 done; 1 the case was rejected, or a replay expectation failed; 2 usage or
 knowledge-base error. Errors are one line per problem, never a traceback.
@@ -74,6 +75,13 @@ def _rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    uvicorn.run("leukodx.api.app:app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level="warning", access_log=False, proxy_headers=False)
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from leukodx.replay import main as replay_main
     return replay_main(args)
@@ -96,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="folder for the reviewer's reference, for docs")
     r.add_argument("--cases", help="case folder linked from the reference (default: ./cases if present)")
     r.set_defaults(func=_rules)
+    sv = sub.add_parser("serve", help="run the REST and CDS Hooks API (uvicorn)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="worker processes (each builds its own engine)")
+    sv.set_defaults(func=_serve)
     from leukodx.replay import add_arguments
     rp = sub.add_parser("replay", help="replay case files against their expectations")
     add_arguments(rp)

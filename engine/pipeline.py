@@ -17,6 +17,7 @@ from .normalize import normalize
 from .parse import parse_case
 from .rank import rank_causes
 from .reason import DurableReasoner, PlainEvaluator, Reasoner, run_stages
+from .units import registry
 from .vocabulary import DrugIndex
 
 __all__ = ["Engine", "get_engine", "assess", "ENGINE_VERSION"]
@@ -33,6 +34,7 @@ class Engine:
         self.drugs = DrugIndex(self.kb)
         self.reasoner: Reasoner = DurableReasoner(self.kb) if backend == "durable" else PlainEvaluator(self.kb)
         self.backend = backend
+        registry()   # load the unit definitions now rather than on the first case
 
     @property
     def healthy(self) -> bool:

@@ -1,0 +1,92 @@
+"""The FastAPI application: REST and CDS Hooks over one engine per worker process.
+
+Run it with `leukodx serve` (uvicorn). The engine is built in the lifespan hook, after uvicorn has
+forked its workers, once per process.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from leukodx.engine import get_engine
+from leukodx.engine.pipeline import ENGINE_VERSION
+
+from . import problems
+from .config import Settings, get_settings
+from .middleware import BodyLimit, RequestContext, configure_logging
+from .routes import rest
+
+__all__ = ["create_app", "app"]
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        get_engine()          # build the rules engine in this worker process, after any fork
+        logging.getLogger("leukodx.api").info("ready", extra={"kb_version": get_engine().kb.version})
+        yield
+
+    app = FastAPI(title="leukodx", version=ENGINE_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Leukopenia decision support: risk tier, ranked causes and next diagnostic steps, "
+                              "each traced to its source. Supports and does not replace clinical judgement.")
+    problems.install(app)
+    app.include_router(rest.router)
+    app.include_router(rest.kb_router)
+
+    static = resources.files("fastapi_offline") / "static"
+    app.mount("/static/docs", StaticFiles(directory=str(static)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="leukodx API",
+                                   swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css",
+                                   swagger_favicon_url="/static/docs/favicon.png")
+
+    @app.get("/healthz", tags=["operations"], summary="Alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Rules loaded and engine answering")
+    def readyz() -> JSONResponse:
+        eng = get_engine()
+        ok = eng.healthy and bool(eng.kb.rules)
+        return JSONResponse({"status": "ready" if ok else "not ready", "kb_version": eng.kb.version,
+                             "rules": len(eng.kb.rules), "engine_version": ENGINE_VERSION},
+                            status_code=200 if ok else 503)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            defs = rest.case_schema()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(defs.pop("$defs", {}))
+            components["Case"] = defs
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    def limit_for(path: str) -> int:
+        return settings.cds_max_body_bytes if path.startswith("/cds-services") else settings.max_body_bytes
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(RequestContext)
+    return app
+
+
+def app() -> FastAPI:
+    """Factory for uvicorn (`uvicorn --factory leukodx.api.app:app`)."""
+    return create_app()

@@ -1,0 +1,31 @@
+"""What routes need, handed out in one place: the engine, the settings, body reading."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from fastapi import Request
+
+from leukodx.engine import Engine, get_engine
+
+from .problems import ProblemError
+
+__all__ = ["engine", "read_body", "JSON_TYPES", "YAML_TYPES", "FHIR_TYPES"]
+
+JSON_TYPES = ("application/json",)
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+FHIR_TYPES = ("application/fhir+json", "application/json")
+
+
+def engine() -> Engine:
+    """The worker's engine (built after the fork, at start-up; rebuilt if it failed)."""
+    return get_engine()
+
+
+async def read_body(request: Request, accepted: Iterable[str]) -> bytes:
+    """The request body, after checking its media type (415 otherwise)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    accepted = tuple(accepted)
+    if media not in accepted:
+        raise ProblemError(415, "Unsupported media type",
+                           f"Send the body as {' or '.join(accepted)} (got {media or 'no content type'}).")
+    return await request.body()

@@ -1,0 +1,110 @@
+"""REST: assess a case (or a FHIR Bundle), and browse the knowledge base."""
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Literal, Optional
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from leukodx.engine import Engine
+from leukodx.engine.assessment import Assessment
+from leukodx.engine.case import Case
+from leukodx.engine.parse import load_document
+from leukodx.engine.render import to_json
+
+from ..deps import FHIR_TYPES, JSON_TYPES, YAML_TYPES, engine, read_body
+from ..problems import PROBLEM_JSON, ProblemError
+
+router = APIRouter(prefix="/v1", tags=["assessment"])
+kb_router = APIRouter(prefix="/v1", tags=["knowledge base"])
+
+_PROBLEM = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
+_ERRORS = {413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 500: _PROBLEM}
+Ctcae = Optional[Literal["5.0", "6.0"]]
+
+
+def _assessment_response(a: Assessment) -> Response:
+    return Response(to_json(a, indent=None), media_type="application/json")
+
+
+@router.post("/assess", summary="Assess a case", response_model=Assessment, responses=_ERRORS,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": {"$ref": "#/components/schemas/Case"}},
+                 "application/yaml": {"schema": {"$ref": "#/components/schemas/Case"}}}}})
+async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE version (default 5.0)"),
+                 eng: Engine = Depends(engine)) -> Response:
+    """A case in the case contract (JSON or YAML) in; the Assessment out, exactly as the engine
+    returns it."""
+    body = await read_body(request, JSON_TYPES + YAML_TYPES)
+    return _assessment_response(eng.assess(body, ctcae_version=ctcae))
+
+
+@router.post("/assess/fhir", summary="Assess a FHIR R4 Bundle", response_model=Assessment, responses=_ERRORS,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/fhir+json": {"schema": {"type": "object", "description": "FHIR R4 Bundle"}}}}})
+async def assess_fhir(request: Request,
+                      patient: Optional[str] = Query(None, description="Patient id when the Bundle holds several"),
+                      as_of: Optional[date] = Query(None, description="date to judge at (default: latest lab)"),
+                      ctcae: Ctcae = Query(None), eng: Engine = Depends(engine)) -> Response:
+    """A FHIR R4 Bundle (Patient, Observation, MedicationRequest, MedicationStatement, Condition) in;
+    the Assessment out. What the mapping could not use is listed in the Assessment's warnings."""
+    from .. import fhir
+    data = load_document(await read_body(request, FHIR_TYPES), name="FHIR Bundle")
+    try:
+        case, warnings = fhir.bundle_to_case(data, patient_id=patient, as_of=as_of)
+    except fhir.FhirMappingError as e:
+        raise ProblemError(422, "The FHIR data cannot be mapped to a case", str(e), e.problems) from None
+    a = eng.assess(case, ctcae_version=ctcae)
+    return _assessment_response(a.model_copy(update={"warnings": [f"FHIR: {w}" for w in warnings] + a.warnings}))
+
+
+def _entry(model: Any) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+@kb_router.get("/rules", summary="All rules")
+def rules(eng: Engine = Depends(engine)) -> list[dict[str, Any]]:
+    from leukodx.engine import conditions as C
+    return [{"id": r.id, "family": r.family, "stage": r.stage, "statement": r.statement,
+             "condition": C.describe(r.condition), "then": [c.model_dump(exclude_none=True) for c in r.then],
+             "sources": list(r.sources)} for r in eng.kb.rules]
+
+
+@kb_router.get("/rules/{rule_id}", summary="One rule", responses={404: _PROBLEM})
+def rule(rule_id: str, eng: Engine = Depends(engine)) -> dict[str, Any]:
+    from leukodx.engine import conditions as C
+    try:
+        r = eng.kb.rule(rule_id)
+    except KeyError:
+        raise ProblemError(404, "Not found", f"No rule {rule_id!r}.") from None
+    return {"id": r.id, "family": r.family, "stage": r.stage, "statement": r.statement, "rationale": r.rationale,
+            "condition": C.describe(r.condition), "when": r.durable, "file": r.file,
+            "then": [c.model_dump(exclude_none=True) for c in r.then],
+            "sources": [_entry(eng.kb.sources[s]) for s in r.sources]}
+
+
+@kb_router.get("/sources", summary="The source catalogue")
+def sources(eng: Engine = Depends(engine)) -> list[dict[str, Any]]:
+    return [_entry(s) for s in eng.kb.sources.values()]
+
+
+@kb_router.get("/sources/{source_id}", summary="One source", responses={404: _PROBLEM})
+def source(source_id: str, eng: Engine = Depends(engine)) -> dict[str, Any]:
+    if source_id not in eng.kb.sources:
+        raise ProblemError(404, "Not found", f"No source {source_id!r}.")
+    return _entry(eng.kb.sources[source_id])
+
+
+@kb_router.get("/causes", summary="The causes leukodx ranks")
+def causes(eng: Engine = Depends(engine)) -> list[dict[str, Any]]:
+    return [_entry(c) for c in eng.kb.causes.values()]
+
+
+@kb_router.get("/steps", summary="The diagnostic steps leukodx proposes")
+def steps(eng: Engine = Depends(engine)) -> list[dict[str, Any]]:
+    return [_entry(s) for s in eng.kb.steps.values()]
+
+
+def case_schema() -> dict[str, Any]:
+    return Case.model_json_schema(ref_template="#/components/schemas/{model}")

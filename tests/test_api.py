@@ -1,0 +1,138 @@
+"""REST API through FastAPI's test client: every endpoint and every error as problem details."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from leukodx.api.app import create_app
+from leukodx.api.config import Settings
+from leukodx.engine import assess
+from leukodx.engine.render import to_json
+
+from conftest import CASES, base_case, lab
+
+EXAMPLE = CASES / "thiopurine" / "tpmt-poor-azathioprine-severe-neutropenia.yaml"
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(Settings(max_body_bytes=64 * 1024))) as c:
+        yield c
+
+
+def is_problem(r, status):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["status"] == status and body["title"]
+    assert "Traceback" not in r.text
+    return body
+
+
+def test_assess_json_equals_the_engine(client):
+    case = base_case(labs=[lab("wbc", 2.0), lab("anc", 0.4)], history={"temperature_c": 38.6})
+    r = client.post("/v1/assess", json=case)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == json.loads(to_json(assess(case)))
+
+
+def test_assess_yaml(client):
+    r = client.post("/v1/assess", content=EXAMPLE.read_bytes(), headers={"content-type": "application/yaml"})
+    assert r.status_code == 200 and r.json()["risk_tier"]["tier"] == "severe"
+
+
+def test_ctcae_version_parameter(client):
+    r = client.post("/v1/assess?ctcae=6.0", json=base_case(labs=[lab("anc", 0.3)]))
+    assert r.json()["ctcae"]["version"] == "6.0" and r.json()["ctcae"]["anc"]["grade"] == 3
+    is_problem(client.post("/v1/assess?ctcae=4.0", json=base_case()), 422)
+
+
+def test_invalid_case_lists_every_field(client):
+    case = base_case(labs=[lab("wbc", 3.8, "/uL"), lab("anc", -1)], history={"tpmt": "*99/*99"})
+    body = is_problem(client.post("/v1/assess", json=case), 422)
+    pointers = {e["pointer"] for e in body["errors"]}
+    assert pointers == {"/labs/0/value", "/labs/1/value", "/history/tpmt"}
+    assert any("probably '10^9/L'" in e["detail"] for e in body["errors"])
+
+
+@pytest.mark.parametrize("body,status,title", [
+    (b"{truncated", 422, "cannot be assessed"),
+    (b"", 422, "cannot be assessed"),
+    (b'{"id": 1, "id": 2}', 422, "cannot be assessed"),
+    (b"[]", 422, "cannot be assessed"),
+])
+def test_malformed_bodies(client, body, status, title):
+    assert title in is_problem(client.post("/v1/assess", content=body, headers=JSON), status)["title"]
+
+
+def test_wrong_content_type_is_415(client):
+    is_problem(client.post("/v1/assess", content=b"{}", headers={"content-type": "text/plain"}), 415)
+    is_problem(client.post("/v1/assess", content=b"{}"), 415)
+
+
+def test_body_over_the_limit_is_413(client):
+    big = b'{"id": "' + b"x" * (70 * 1024) + b'"}'
+    is_problem(client.post("/v1/assess", content=big, headers=JSON), 413)
+
+
+def test_unknown_path_and_method(client):
+    is_problem(client.get("/v1/nothing"), 404)
+    is_problem(client.get("/v1/assess"), 405)
+    is_problem(client.get("/v1/rules/no.such_rule"), 404)
+    is_problem(client.get("/v1/sources/nobody_2099"), 404)
+
+
+def test_knowledge_base_endpoints(client):
+    rules = client.get("/v1/rules").json()
+    assert len(rules) > 100 and {"id", "statement", "condition", "sources"} <= set(rules[0])
+    one = client.get("/v1/rules/alerts.febrile_neutropenia").json()
+    assert one["sources"][0]["citation"] and one["condition"]
+    sources = client.get("/v1/sources").json()
+    assert client.get(f"/v1/sources/{sources[0]['id']}").json() == sources[0]
+    assert {c["id"] for c in client.get("/v1/causes").json()} >= {"thiopurine_myelotoxicity", "pseudoleukopenia"}
+    assert "bone_marrow_examination" in {s["id"] for s in client.get("/v1/steps").json()}
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and len(ready["kb_version"]) == 16
+
+
+def test_openapi_and_offline_docs(client):
+    spec = client.get("/openapi.json").json()
+    assert "/v1/assess" in spec["paths"] and "Case" in spec["components"]["schemas"]
+    page = client.get("/docs").text
+    assert "/static/docs/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+    assert client.get("/static/docs/swagger-ui-bundle.js").status_code == 200
+
+
+def test_request_id_and_security_headers(client):
+    r = client.get("/healthz", headers={"x-request-id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
+    odd = client.get("/healthz", headers={"x-request-id": "<script>"})
+    assert odd.headers["x-request-id"] != "<script>"
+
+
+def test_access_logs_carry_no_patient_data(client):
+    import io
+    import logging
+    from leukodx.api.middleware import JsonFormatter
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("leukodx").addHandler(handler)
+    try:
+        case = base_case(id="secret-case-id-4242", labs=[lab("wbc", 2.345)], history={"conditions": ["Rarecondition"]})
+        client.post("/v1/assess", json=case)
+        client.post("/v1/assess", json=base_case(labs=[lab("wbc", 2.345, "blorps")]))
+    finally:
+        logging.getLogger("leukodx").removeHandler(handler)
+    err = stream.getvalue()
+    assert '"path": "/v1/assess"' in err
+    for secret in ("secret-case-id-4242", "2.345", "Rarecondition"):
+        assert secret not in err

@@ -1,0 +1,71 @@
+"""The real server process on a loopback port: every case file posted over HTTP must get exactly
+what `engine.assess` gives for the same case (or the same problems, for rejected cases)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from leukodx.engine import CaseError, assess
+from leukodx.engine.render import to_json
+from leukodx.replay import find_case_files
+
+from conftest import CASES
+
+LEUKODX = str(Path(sys.executable).with_name("leukodx")) if Path(sys.executable).with_name("leukodx").exists() \
+    else shutil.which("leukodx")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db"}
+    proc = subprocess.Popen([LEUKODX, "serve", "--port", str(port), "--workers", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("server did not become ready")
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_every_case_over_http_equals_the_engine(server):
+    files = find_case_files([str(CASES)])
+    with httpx.Client(base_url=server, timeout=30) as client:
+        for path in files:
+            body = path.read_bytes()
+            r = client.post("/v1/assess", content=body, headers={"content-type": "application/yaml"})
+            try:
+                expected = json.loads(to_json(assess(body)))
+            except CaseError as e:
+                assert r.status_code == 422, path.name
+                assert [x["loc"] for x in r.json()["errors"]] == [p.loc for p in e.problems], path.name
+                continue
+            assert r.status_code == 200, (path.name, r.text[:300])
+            assert r.json() == expected, path.name
