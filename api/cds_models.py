@@ -1,0 +1,155 @@
+"""CDS Hooks 2.0.1 shapes (requests, cards, feedback) as pydantic models, and the card invariants
+of the HL7 logical models (cds-resp-1 .. cds-resp-7, cds-fb-1 .. cds-fb-3)."""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["Coding", "FhirAuthorization", "HookRequest", "Source", "Action", "Suggestion", "Link", "Card",
+           "CardsResponse", "FeedbackEntry", "FeedbackRequest", "card_violations"]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Coding(_Open):
+    system: Optional[str] = None
+    code: Optional[str] = None
+    display: Optional[str] = None
+
+
+class FhirAuthorization(_Open):
+    access_token: str = Field(min_length=1, max_length=8192)
+    token_type: Literal["Bearer"]
+    expires_in: int
+    scope: str
+    subject: str
+    patient: Optional[str] = None
+
+
+class HookRequest(_Open):
+    hook: str = Field(min_length=1, max_length=100)
+    hookInstance: str = Field(min_length=1, max_length=200)
+    fhirServer: Optional[str] = Field(None, max_length=2000)
+    fhirAuthorization: Optional[FhirAuthorization] = None
+    context: dict[str, Any]
+    prefetch: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _cds_r_1(self) -> "HookRequest":
+        if self.fhirAuthorization is not None and not self.fhirServer:
+            raise ValueError("fhirAuthorization is given without fhirServer (cds-r-1)")
+        return self
+
+    def __repr__(self) -> str:   # never print the access token
+        return f"HookRequest(hook={self.hook!r}, hookInstance={self.hookInstance!r})"
+
+
+class Source(_Closed):
+    label: str
+    url: Optional[str] = None
+    icon: Optional[str] = None
+    topic: Optional[Coding] = None
+
+
+class Action(_Closed):
+    type: Literal["create", "update", "delete"]
+    description: str
+    resource: Optional[dict[str, Any]] = None
+    resourceId: Optional[str] = None
+
+
+class Suggestion(_Closed):
+    label: str
+    uuid: Optional[str] = None
+    isRecommended: Optional[bool] = None
+    actions: list[Action] = []
+    actionSelectionBehavior: Optional[Literal["all", "any", "at-most-one"]] = None
+
+
+class Link(_Closed):
+    label: str
+    url: str
+    type: Literal["absolute", "smart"]
+    appContext: Optional[str] = None
+
+
+class Card(_Closed):
+    uuid: Optional[str] = None
+    summary: str = Field(max_length=140)
+    detail: Optional[str] = None
+    indicator: Literal["info", "warning", "critical"]
+    source: Source
+    suggestions: list[Suggestion] = []
+    selectionBehavior: Optional[Literal["at-most-one", "any"]] = None
+    overrideReasons: list[Coding] = []
+    links: list[Link] = []
+
+
+class CardsResponse(_Closed):
+    cards: list[Card]
+
+
+class OverrideReason(_Open):
+    reason: Optional[Coding] = None
+    userComment: Optional[str] = Field(None, max_length=4000)
+
+
+class AcceptedSuggestion(_Open):
+    id: str = Field(min_length=1, max_length=200)
+
+
+class FeedbackEntry(_Open):
+    card: str = Field(min_length=1, max_length=200)
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[AcceptedSuggestion] = []
+    overrideReason: Optional[OverrideReason] = None
+    outcomeTimestamp: str = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _invariants(self) -> "FeedbackEntry":
+        if self.outcome == "accepted" and not self.acceptedSuggestions:
+            raise ValueError("an accepted outcome needs acceptedSuggestions (cds-fb-2)")
+        if self.overrideReason is not None and self.overrideReason.reason is None and not self.overrideReason.userComment:
+            raise ValueError("overrideReason needs a reason, a userComment or both (cds-fb-3)")
+        return self
+
+
+class FeedbackRequest(_Open):
+    feedback: list[FeedbackEntry] = Field(min_length=1, max_length=1000)
+
+
+def card_violations(card: dict[str, Any]) -> list[str]:
+    """The logical-model rules a card (as JSON) breaks; empty when it is valid."""
+    out = []
+    try:
+        Card.model_validate(card)
+    except Exception as e:  # pydantic ValidationError
+        out.append(f"shape: {e}")
+    suggestions = card.get("suggestions") or []
+    if card.get("selectionBehavior") == "at-most-one" and sum(bool(s.get("isRecommended")) for s in suggestions) > 1:
+        out.append("cds-resp-1: at most one suggestion may be recommended with at-most-one")
+    for s in suggestions:
+        for a in s.get("actions") or []:
+            if a.get("type") == "delete" and (not a.get("resourceId") or a.get("resource")):
+                out.append("cds-resp-2: delete needs resourceId and no resource")
+            if not a.get("description"):
+                out.append("cds-resp-5: every action needs a description")
+        if s.get("actionSelectionBehavior") not in (None, "all", "any", "at-most-one"):
+            out.append("cds-resp-7")
+    for link in card.get("links") or []:
+        if link.get("type") != "smart" and link.get("appContext"):
+            out.append("cds-resp-3: appContext only for smart links")
+    if any(not r.get("display") for r in card.get("overrideReasons") or []):
+        out.append("cds-resp-4: every override reason needs a display")
+    if suggestions and not card.get("selectionBehavior"):
+        out.append("cds-resp-6: suggestions need selectionBehavior")
+    if len(card.get("summary", "")) >= 140:
+        out.append("summary must be under 140 characters")
+    return out
