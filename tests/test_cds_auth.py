@@ -328,6 +328,15 @@ def test_header_alg_must_match_jwk_kty(rsa_private, rsa_jwk):
     assert rejected(verifier(jwks={"keys": [SPEC_JWKS_PUBLIC["keys"][0], rsa_jwk]}), token) == "key does not match alg"
 
 
+def test_header_alg_must_match_jwk_kty_when_jwk_has_no_alg(rsa_private, rsa_jwk, spec_private):
+    ec_no_alg = {k: v for k, v in SPEC_JWKS_PUBLIC["keys"][0].items() if k != "alg"}
+    rsa_no_alg = {k: v for k, v in rsa_jwk.items() if k != "alg"}
+    assert rejected(verifier(jwks={"keys": [ec_no_alg]}), rs_token(rsa_private, kid="example-kid")) == "key does not match alg"
+    assert rejected(verifier(jwks={"keys": [rsa_no_alg]}), es384_token(spec_private, headers={"kid": "rsa-1"})) == "key does not match alg"
+    # Without "alg" on the JWK the key still works for its own family.
+    assert verifier(jwks={"keys": [rsa_no_alg]}).verify(f"Bearer {rs_token(rsa_private)}", AUD)
+
+
 def test_header_alg_must_match_jwk_alg(rsa_private, rsa_jwk):
     # Same RSA key, JWK pinned to RS384, token signed RS256.
     assert rejected(verifier(jwks={"keys": [rsa_jwk]}), rs_token(rsa_private, "RS256")) == "key does not match alg"

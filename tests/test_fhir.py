@@ -1,0 +1,564 @@
+"""FHIR R4 -> case mapping (leukodx.api.fhir): real examples from ../shared/fhir-examples, then synthetic
+resources for each rule of the mapping (references, patients, statuses, units, limits)."""
+from __future__ import annotations
+
+import copy
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from leukodx.api.fhir import MAX_DEPTH, MAX_RESOURCES, FhirMappingError, bundle_to_case, resources_from
+from leukodx.engine import CaseError, assess
+from leukodx.engine.errors import Problem
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FHIR = SHARED / "fhir-examples"
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+def load(rel: str):
+    path = FHIR / rel
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (../shared is beside the repository in CI)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def lab_of(case: dict, test: str) -> list[dict]:
+    return [lab for lab in case["labs"] if lab["test"] == test]
+
+
+def assessed(assessment, test: str):
+    return [lab for lab in assessment.labs if lab.test == test and not lab.derived]
+
+
+def has(warnings: list[str], *parts: str) -> bool:
+    return any(all(p in w for p in parts) for w in warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real examples
+
+
+def test_hl7_ghp_differential_is_moderate_neutropenia():
+    case, warnings = bundle_to_case(load("hl7/r4-core-examples/diagnosticreport-example-ghp.json"))
+    wbc, anc = lab_of(case, "wbc"), lab_of(case, "anc")
+    assert wbc == [{"test": "wbc", "loinc": "6690-2", "value": 4.6, "unit": "10*9/L",
+                    "time": "2015-08-16T06:40:17+00:00", "lln": 4.0}]
+    assert anc[0]["value"] == 0.9 and anc[0]["unit"] == "10*9/L"
+    assert [lab_of(case, t)[0]["value"] for t in ("neutrophils_pct", "lymphocytes_pct", "monocytes_pct",
+                                                  "eosinophils_pct", "basophils_pct")] == [20, 20, 20, 20, 20]
+    assert lab_of(case, "hemoglobin")[0] == {"test": "hemoglobin", "loinc": "718-7", "value": 176, "unit": "g/L",
+                                             "time": "2015-08-16T06:40:17+00:00", "lln": 135}
+    assert not has(warnings, "different units")             # 'x10*9/L' and '10*9/L' are the same unit
+    assert has(warnings, "took the time of the report or panel", "Observation/p2")
+    assert has(warnings, "No Patient resource")
+    assert has(warnings, "Observations of codes leukodx does not use", "LOINC 789-8")   # RBC, chemistry, urine
+    assert set(case) == {"id", "patient", "labs"}
+    a = assess(case)
+    assert a.risk_tier.tier == "moderate"
+    assert a.risk_tier.anc == pytest.approx(0.9)
+    assert assessed(a, "wbc")[0].value == pytest.approx(4.6)
+    assert assessed(a, "hemoglobin")[0].value == pytest.approx(17.6)
+
+
+def test_us_core_311_unit_with_system_but_no_code():
+    files = ["patient-example.json", "cbc.json", "neutrophils.json", "hemoglobin.json", "erythrocytes.json",
+             "mchc.json"]
+    case, warnings = bundle_to_case([load(f"hl7/us-core-3.1.1/{f}") for f in files])
+    assert lab_of(case, "neutrophils_pct") == [{"test": "neutrophils_pct", "loinc": "770-8", "value": 40.0,
+                                                "unit": "%", "time": "2005-07-05", "lln": 37.0}]
+    assert lab_of(case, "hemoglobin")[0]["unit"] == "g/dL"
+    assert case["patient"] == {"sex": "female", "age_years": 18, "ancestry": "Mixed; Hispanic or Latino"}
+    assert case["id"] == "example"
+    a = assess(case)
+    assert a.risk_tier.tier == "unknown"                  # a percentage without a WBC gives no ANC
+    assert assessed(a, "neutrophils_pct")[0].value == 40.0
+
+
+def test_us_core_master_cbc_and_medication_references():
+    files = ["patient-example.json", "diagnosticreport-cbc.json", "observation-cbc-leukocytes.json",
+             "observation-cbc-hemoglobin.json", "observation-cbc-platelets.json", "observation-cbc-mcv.json",
+             "medicationrequest-referenced-oral-axid.json", "uscore-med2.json",
+             "medicationrequest-contained-oral-axid.json", "condition-duodenal-ulcer.json"]
+    case, warnings = bundle_to_case([load(f"hl7/us-core-master/{f}") for f in files], as_of=date(2016, 9, 1))
+    assert case["as_of"] == "2016-09-01"
+    assert lab_of(case, "wbc")[0]["value"] == 10 and lab_of(case, "wbc")[0]["unit"] == "10*3/uL"
+    axid = {"name": "Nizatidine 15 MG/ML Oral Solution [Axid]", "rxnorm": "582620", "status": "active",
+            "start": "2008-04-05", "dose": "10 mL bid"}
+    referenced, contained = case["medications"]
+    assert referenced == {**axid, "indication": "Active Duodenal Ulcer"}   # reasonReference -> the Condition
+    assert contained == {**axid, "indication": "Active Duodenal Ulcer"}    # reasonCode text
+    assert case["history"] == {"conditions": ["Active Duodenal Ulcer"]}
+    a = assess(case)
+    assert assessed(a, "wbc")[0].value == pytest.approx(10.0)
+
+
+def test_belgian_macsys_per_microlitre_counts_are_normalised():
+    case, warnings = bundle_to_case(load("units/hl7-be-lab/Macsys__815333044__81365677998_815333044_2.json"))
+    assert lab_of(case, "wbc") == [{"test": "wbc", "loinc": "6690-2", "value": 3810, "unit": "/uL",
+                                    "time": "2021-11-04T00:00:00+01:00", "lln": 3720}]
+    assert case["patient"]["sex"] == "male" and case["patient"]["age_years"] == 81
+    a = assess(case)
+    wbc = assessed(a, "wbc")[0]
+    assert (wbc.value, wbc.unit, wbc.lln) == (pytest.approx(3.81), "10^9/L", pytest.approx(3.72))
+    assert wbc.original.value == 3810 and wbc.original.unit == "/uL"
+    assert a.risk_tier.tier == "normal" and a.risk_tier.anc == pytest.approx(1.791)
+
+
+def test_belgian_molis_thousands_per_cubic_millimetre():
+    case, warnings = bundle_to_case(load("units/hl7-be-lab/examples_molis_1A.json"))
+    assert lab_of(case, "wbc")[0]["unit"] == "10*3/mm3" and lab_of(case, "wbc")[0]["value"] == 40.5
+    assert lab_of(case, "wbc")[0]["time"] == "2023-07-12T14:54:00+02:00"   # from the DiagnosticReport
+    assert has(warnings, "took the time of the report or panel", "DiagnosticReport/")
+    a = assess(case)
+    assert assessed(a, "wbc")[0].value == pytest.approx(40.5)
+    assert a.risk_tier.anc == pytest.approx(0.6) and a.risk_tier.tier == "moderate"
+
+
+def test_belgian_mips_scenario2_code_without_unit_text():
+    case, warnings = bundle_to_case(load("units/hl7-be-lab/MIPS__UZG_scenario2__2_2_bundle_2203161329.json"))
+    assert lab_of(case, "wbc") == [{"test": "wbc", "loinc": "6690-2", "value": 35, "unit": "10*3/uL",
+                                    "time": "2022-01-21T09:53:51+01:00", "lln": 6}]
+    assert has(warnings, "LOINC 718-7 (hemoglobin)", "status 'registered'")
+    a = assess(case)
+    assert assessed(a, "wbc")[0].value == pytest.approx(35.0)
+
+
+def test_belgian_mips_scenario4_no_values_is_a_clear_error():
+    with pytest.raises(FhirMappingError) as err:
+        bundle_to_case(load("units/hl7-be-lab/MIPS__UZG_scenario4__4_1_bundle_2203251701.json"))
+    problems = err.value.problems
+    assert problems[0].loc == "" and "no lab value" in problems[0].msg
+    wbc = [p for p in problems if p.loc == "entry[45].resource"]
+    assert wbc and "wbc" in wbc[0].msg and "no valueQuantity.value" in wbc[0].msg
+    assert any("anc (LOINC 26499-4)" in p.msg for p in problems)
+
+
+def test_scenario4_observations_without_value_beside_a_good_one_give_a_case():
+    bundle = load("units/hl7-be-lab/MIPS__UZG_scenario4__4_1_bundle_2203251701.json")
+    for entry in bundle["entry"]:                     # make the WBC and ANC final, still without a value
+        if entry["resource"].get("id") in ("389060459", "389060462"):
+            entry["resource"]["status"] = "final"
+    bundle["entry"].append({"resource": obs("751-8", 1.2, code="10*9/L", time="2022-03-25T16:00:00+01:00",
+                                            subject="Patient/405636")})
+    case, warnings = bundle_to_case(bundle)
+    assert [lab["test"] for lab in case["labs"]] == ["anc"]
+    assert has(warnings, "Observation/389060459", "LOINC 6690-2 (wbc)", "no valueQuantity.value", "skipped")
+    assert assess(case).risk_tier.tier == "mild"
+
+
+def test_australian_bundle_code_only_units_urn_uuid_subjects_contained_medications():
+    case, warnings = bundle_to_case(load("units/au-fhir-test-data/Bundle-aups-referral-endoconsult-autogen.json"),
+                                    as_of=date(2024, 12, 1))
+    assert lab_of(case, "wbc") == [{"test": "wbc", "loinc": "6690-2", "value": 8.0, "unit": "10*9/L",
+                                    "time": "2024-06-12"}]
+    assert case["patient"] == {"sex": "female", "age_years": 39}
+    names = [m["name"] for m in case["medications"]]
+    assert names[:2] == ["Nitrofurantoin", "Metformin"]         # contained Medication via '#id'
+    assert case["medications"][0]["indication"] == "Urinary tract infection (UTI)"   # reasonReference urn:uuid
+    assert "start" not in case["medications"][1]               # '2024' is a partial date
+    assert has(warnings, "effectivePeriod.start '2024' is a partial date")
+    assert "Gestational diabetes" in case["history"]["conditions"]
+    a = assess(case)
+    assert a.risk_tier.tier == "unknown"
+    assert assessed(a, "hemoglobin")[0].value == pytest.approx(12.5)
+
+
+SYNTHEA = sorted(p.name for p in (FHIR / "synthea").glob("*.json")) or ["absent.json"]
+
+
+@pytest.mark.parametrize("name", SYNTHEA)
+def test_every_synthea_bundle_maps_and_assesses(name):
+    case, warnings = bundle_to_case(load(f"synthea/{name}"))
+    json.dumps(case, allow_nan=False)
+    assert case["patient"]["sex"] in ("female", "male") and case["patient"]["age_years"] >= 0
+    assert case["labs"], "every stored Synthea bundle has CBC values"
+    if not lab_of(case, "wbc"):
+        return
+    try:
+        a = assess(case)
+    except CaseError as e:           # only the engine's plausibility guard may refuse Synthea's values
+        assert all("is not plausible" in p.msg for p in e.problems), e.problems
+        return
+    assert a.risk_tier.tier == "unknown"    # Synthea has WBC, Hb, MCV, platelets: no differential, no ANC
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic resources
+
+
+def obs(loinc, value=None, *, unit=None, code=None, system=UCUM, time="2025-03-10T08:00:00Z", status="final",
+        subject=None, rid=None, low=None, comparator=None):
+    q = {}
+    if value is not None:
+        q["value"] = value
+    if unit is not None:
+        q["unit"] = unit
+    if code is not None:
+        q["code"] = code
+        q["system"] = system
+    if comparator:
+        q["comparator"] = comparator
+    r = {"resourceType": "Observation", "status": status, "code": {"coding": [{"system": LOINC, "code": loinc}]}}
+    if rid:
+        r["id"] = rid
+    if q:
+        r["valueQuantity"] = q
+    if time:
+        r["effectiveDateTime"] = time
+    if subject:
+        r["subject"] = {"reference": subject}
+    if low is not None:
+        r["referenceRange"] = [{"low": low}]
+    return r
+
+
+def bundle(*resources, kind="collection", urls=None):
+    entries = []
+    for i, r in enumerate(resources):
+        e = {"resource": r}
+        if urls and urls[i]:
+            e["fullUrl"] = urls[i]
+        entries.append(e)
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
+
+
+def med_request(**fields):
+    return {"resourceType": "MedicationRequest", "status": "active", "intent": "order", **fields}
+
+
+AZA = {"coding": [{"system": RXNORM, "code": "1256", "display": "azathioprine"}], "text": "Imuran 50 mg tablet"}
+WBC = obs("6690-2", 2.1, code="10*9/L")
+
+
+def test_medication_reference_to_a_contained_medication():
+    mr = med_request(id="m1", contained=[{"resourceType": "Medication", "id": "aza", "code": AZA}],
+                     medicationReference={"reference": "#aza"}, authoredOn="2025-01-20")
+    case, warnings = bundle_to_case(bundle(WBC, obs("751-8", 0.4, code="10*9/L"), mr))
+    assert case["medications"] == [{"name": "Imuran 50 mg tablet", "rxnorm": "1256", "status": "active",
+                                     "start": "2025-01-20"}]
+    assert not has(warnings, "does not resolve")
+    a = assess(case)
+    assert a.risk_tier.tier == "severe"
+    assert any("azathioprine" in c.agents for c in a.causes)
+
+
+def test_medication_reference_to_a_bundled_medication_by_id_and_by_full_url():
+    med = {"resourceType": "Medication", "id": "m-aza", "code": AZA}
+    by_id = med_request(medicationReference={"reference": "Medication/m-aza"})
+    by_url = med_request(medicationReference={"reference": "urn:uuid:0b5c7f2e-1111-4a1a-9e00-000000000001"})
+    absolute = med_request(medicationReference={"reference": "https://ehr.example/fhir/Medication/m-aza/_history/3"})
+    data = bundle(WBC, med, by_id, by_url, absolute,
+                  urls=[None, "urn:uuid:0b5c7f2e-1111-4a1a-9e00-000000000001", None, None, None])
+    case, warnings = bundle_to_case(data)
+    assert [m["rxnorm"] for m in case["medications"]] == ["1256", "1256", "1256"]
+    assert not has(warnings, "does not resolve")
+
+
+def test_unresolvable_medication_reference_warns_and_uses_its_display():
+    with_display = med_request(id="a", medicationReference={"reference": "Medication/nowhere", "display": "Imuran"})
+    bare = med_request(id="b", medicationReference={"reference": "#missing"})
+    case, warnings = bundle_to_case(bundle(WBC, with_display, bare))
+    assert case["medications"] == [{"name": "Imuran", "status": "active"}]
+    assert has(warnings, "MedicationRequest/a", "'Medication/nowhere' does not resolve", "display 'Imuran'")
+    assert has(warnings, "MedicationRequest/b", "does not resolve")
+    assert has(warnings, "MedicationRequest/b", "neither a name nor an RxNorm code; skipped")
+
+
+def test_medication_statuses_and_draft_filtering():
+    meds = [med_request(id=s, status=s, medicationCodeableConcept={"text": f"drug {s}"},
+                        authoredOn="2025-01-01",
+                        dispenseRequest={"validityPeriod": {"end": "2025-02-01"}})
+            for s in ("active", "on-hold", "completed", "stopped", "cancelled", "entered-in-error", "draft")]
+    case, warnings = bundle_to_case(bundle(WBC, *meds))
+    got = {m["name"]: (m["status"], m.get("end")) for m in case["medications"]}
+    assert got == {"drug active": ("active", None), "drug on-hold": ("active", None),
+                   "drug completed": ("completed", "2025-02-01"), "drug stopped": ("stopped", "2025-02-01"),
+                   "drug cancelled": ("stopped", "2025-02-01")}
+    assert has(warnings, "MedicationRequest/draft", "draft", "include_draft=True")
+    assert has(warnings, "MedicationRequest/entered-in-error", "skipped")
+    with_draft, _ = bundle_to_case(bundle(WBC, *meds), include_draft=True)
+    assert {"name": "drug draft", "status": "active", "start": "2025-01-01"} in with_draft["medications"]
+
+
+def test_medication_statement_fields_dose_and_indication():
+    ms = {"resourceType": "MedicationStatement", "status": "completed",
+          "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "121191", "display": "rituximab"}]},
+          "effectivePeriod": {"start": "2024-01-05", "end": "2024-06-01"},
+          "dosage": [{"text": "375 mg/m2 weekly"}], "reasonCode": [{"coding": [{"display": "Follicular lymphoma"}]}]}
+    per_day = med_request(medicationCodeableConcept={"text": "azathioprine"},
+                          dosageInstruction=[{"text": "150 mg daily", "doseAndRate": [
+                              {"doseQuantity": {"value": 150, "unit": "mg/d", "system": UCUM, "code": "mg/d"}}]}])
+    per_kg = med_request(medicationCodeableConcept={"text": "mercaptopurine"},
+                         dosageInstruction=[{"doseAndRate": [{"doseQuantity": {"value": 1.5, "code": "mg/kg/d",
+                                                                               "system": UCUM}}]}])
+    per_take = med_request(medicationCodeableConcept={"text": "methotrexate"},
+                           dosageInstruction=[{"doseAndRate": [{"doseQuantity": {"value": 15, "code": "mg",
+                                                                                 "system": UCUM}}]}])
+    case, _ = bundle_to_case(bundle(WBC, ms, per_day, per_kg, per_take))
+    ritux, aza, mp, mtx = case["medications"]
+    assert ritux == {"name": "rituximab", "rxnorm": "121191", "status": "completed", "start": "2024-01-05",
+                     "end": "2024-06-01", "dose": "375 mg/m2 weekly", "indication": "Follicular lymphoma"}
+    assert aza["dose"] == {"value": 150, "unit": "mg/d"}
+    assert mp["dose"] == {"value": 1.5, "unit": "mg/kg/d"}
+    assert mtx["dose"] == "15 mg"                         # a mass per take is left as text
+    assess(case)
+
+
+def test_medications_started_after_the_case_date_are_left_out():
+    later = med_request(id="later", medicationCodeableConcept={"text": "clozapine"}, authoredOn="2025-04-01")
+    case, warnings = bundle_to_case(bundle(WBC, later))
+    assert "medications" not in case
+    assert has(warnings, "1 medication started after 2025-03-10", "MedicationRequest/later")
+    case, _ = bundle_to_case(bundle(WBC, later), as_of=date(2025, 5, 1))
+    assert case["medications"][0]["name"] == "clozapine"
+    assess(case)
+
+
+def test_urn_uuid_subjects_and_patient_selection():
+    p1, p2 = "urn:uuid:11111111-1111-4111-8111-111111111111", "urn:uuid:22222222-2222-4222-8222-222222222222"
+    pat1 = {"resourceType": "Patient", "gender": "female", "birthDate": "1990-03-11"}
+    pat2 = {"resourceType": "Patient", "id": "other", "gender": "male", "birthDate": "1950-01-01"}
+    data = bundle(pat1, pat2, obs("6690-2", 2.0, code="10*9/L", subject=p1),
+                  obs("6690-2", 9.0, code="10*9/L", subject=p2), obs("751-8", 0.8, code="10*9/L", subject=p1),
+                  obs("751-8", 5.0, code="10*9/L", subject="Patient/other"),
+                  urls=[p1, p2, None, None, None, None])
+    case, warnings = bundle_to_case(data, patient_id="11111111-1111-4111-8111-111111111111",
+                                    as_of=date(2025, 3, 10))
+    assert [(lab["test"], lab["value"]) for lab in case["labs"]] == [("wbc", 2.0), ("anc", 0.8)]
+    assert case["patient"] == {"sex": "female", "age_years": 34}
+    assert has(warnings, "2 Patient resources")
+    assert has(warnings, "2 Observation, medication or Condition resources of another patient")
+    other, _ = bundle_to_case(data, patient_id="Patient/other")
+    assert [(lab["test"], lab["value"]) for lab in other["labs"]] == [("wbc", 9.0), ("anc", 5.0)]
+    assert other["patient"]["sex"] == "male" and other["id"] == "other"
+    first, warnings = bundle_to_case(data)                # no patient_id: the first patient, and only its data
+    assert [lab["value"] for lab in first["labs"]] == [2.0, 0.8]
+    assert has(warnings, "used the first")
+
+
+def test_patient_demographics_weight_and_ancestry():
+    pat = {"resourceType": "Patient", "id": "p", "gender": "male", "birthDate": "1980",
+           "extension": [{"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",
+                          "extension": [{"url": "ombCategory", "valueCoding": {"display": "Black or African American"}}]}]}
+    weights = [obs("29463-7", 180, unit="lb", code="[lb_av]", time="2025-03-01"),
+               obs("29463-7", 70000, unit="g", code="g", time="2025-01-01"),
+               obs("29463-7", 50, code="kg", time="2025-04-01")]           # after as_of: not the latest then
+    case, warnings = bundle_to_case(bundle(pat, WBC, *weights), as_of=date(2025, 3, 10))
+    assert case["patient"] == {"sex": "male", "age_years": 45, "weight_kg": pytest.approx(81.6466),
+                               "ancestry": "Black or African American"}
+    assert has(warnings, "birthDate '1980' is a partial date")
+    a = assess(case)
+    assert a.case_id == "p"
+
+
+def test_comparator_becomes_the_value_with_a_warning():
+    case, warnings = bundle_to_case(bundle(obs("751-8", 0.1, code="10*9/L", comparator="<", rid="anc1")))
+    assert case["labs"][0]["value"] == 0.1
+    assert has(warnings, "Observation/anc1", "reported as <0.1 10*9/L", "a bound", "0.1 was used as the value")
+    case, warnings = bundle_to_case(bundle(obs("751-8", 2.5, code="10*9/L", comparator=">=", rid="anc2")))
+    assert case["labs"][0]["value"] == 2.5 and has(warnings, "Observation/anc2", ">=2.5", "a bound")
+
+
+def test_unit_and_code_that_disagree_use_the_code_with_a_warning():
+    case, warnings = bundle_to_case(bundle(obs("6690-2", 3.1, unit="/uL", code="10*3/uL", rid="w")))
+    assert case["labs"][0]["unit"] == "10*3/uL"
+    assert has(warnings, "Observation/w", "'/uL'", "'10*3/uL'", "different units")
+    same, warnings = bundle_to_case(bundle(obs("6690-2", 3.1, unit="K/uL", code="10*3/uL")))
+    assert same["labs"][0]["unit"] == "10*3/uL" and not has(warnings, "different units")
+    assert assess(case).labs[0].value == pytest.approx(3.1)
+
+
+def test_unit_choice_without_ucum_and_without_any_unit():
+    text_only = obs("6690-2", 3.1, unit="x10(3)/mcL")
+    other_system = obs("751-8", 1.1, unit="10^9/L", code="GIGA/L", system="http://lab.example/units")
+    no_system_code = obs("770-8", 45, code="%", system=None)
+    no_unit = obs("731-0", 1.0, rid="nounit")
+    case, warnings = bundle_to_case(bundle(text_only, other_system, no_system_code, no_unit))
+    assert [(lab["test"], lab["unit"]) for lab in case["labs"]] == [("wbc", "x10(3)/mcL"), ("anc", "10^9/L"),
+                                                                    ("neutrophils_pct", "%")]
+    assert has(warnings, "Observation/nounit", "neither a unit nor a UCUM code", "skipped")
+
+
+def test_reference_range_low_becomes_lln_rescaled_to_the_value_unit():
+    low_other_unit = obs("6690-2", 3800, code="/uL", low={"value": 4.0, "code": "10*9/L", "system": UCUM})
+    low_no_unit = obs("751-8", 1.8, code="10*9/L", low={"value": 2.0})
+    case, _ = bundle_to_case(bundle(low_other_unit, low_no_unit))
+    assert [lab["lln"] for lab in case["labs"]] == [4000, 2.0]
+
+
+def test_statuses_duplicates_and_ignored_codes():
+    data = bundle(obs("6690-2", 2.0, code="10*9/L", rid="first"),
+                  obs("6690-2", 2.5, code="10*9/L", rid="second"),                 # same test, same time
+                  obs("26464-8", 2.6, code="10*9/L", rid="third"),                 # another WBC code, same time
+                  obs("6690-2", 3.0, code="10*9/L", rid="gone", status="entered-in-error",
+                      time="2025-03-09T08:00:00Z"),
+                  obs("6690-2", 3.5, code="10*9/L", rid="prelim", status="preliminary", time="2025-03-08"),
+                  obs("2951-2", 140, code="mmol/L"), obs("2823-3", 4.1, code="mmol/L"))
+    case, warnings = bundle_to_case(data)
+    assert [lab["value"] for lab in case["labs"]] == [2.0, 3.5]
+    assert has(warnings, "Observation/second", "a second wbc value at 2025-03-10T08:00:00+00:00", "Observation/first")
+    assert has(warnings, "Observation/third", "a second wbc value")
+    assert has(warnings, "Observation/gone", "status 'entered-in-error'", "skipped")
+    assert has(warnings, "2 Observations of codes leukodx does not use", "LOINC 2951-2", "LOINC 2823-3")
+    assess(case)
+
+
+def test_conditions_active_ones_once():
+    def cond(text, clinical="active", verification="confirmed", onset=None):
+        c = {"resourceType": "Condition", "code": {"text": text},
+             "clinicalStatus": {"coding": [{"code": clinical}]}, "verificationStatus": {"coding": [{"code": verification}]}}
+        if onset:
+            c["onsetDateTime"] = onset
+        return c
+    data = bundle(WBC, cond("Crohn's disease"), cond("crohn's disease"), cond("Influenza", clinical="resolved"),
+                  cond("HIV", verification="refuted"), cond("Sepsis", clinical="inactive"),
+                  cond("Rheumatoid arthritis", clinical="remission"), cond("Pregnancy", onset="2025-06-01"),
+                  {"resourceType": "Condition", "code": {"coding": [{"system": "http://snomed.info/sct",
+                                                                     "code": "38341003",
+                                                                     "display": "Hypertension"}]}})
+    case, warnings = bundle_to_case(data)
+    assert case["history"] == {"conditions": ["Crohn's disease", "Rheumatoid arthritis", "Hypertension"]}
+    assert has(warnings, "1 condition began after 2025-03-10")
+
+
+def test_nested_bundles_contained_resources_and_empty_entries():
+    inner = bundle(obs("751-8", 0.7, code="10*9/L"), kind="searchset")
+    inner["entry"].append({"fullUrl": "https://ehr.example/fhir/Observation/x", "search": {"mode": "outcome"}})
+    report = {"resourceType": "DiagnosticReport", "id": "dr", "effectiveDateTime": "2025-03-10T07:00:00Z",
+              "contained": [obs("6690-2", 2.2, code="10*9/L", rid="c1", time=None)],
+              "result": [{"reference": "#c1"}]}
+    outer = bundle(bundle(inner, report, kind="transaction"), kind="batch-response")
+    resources = resources_from(outer)
+    assert [r["resourceType"] for r in resources] == ["Observation", "DiagnosticReport", "Observation"]
+    case, warnings = bundle_to_case(outer)
+    assert [(lab["test"], lab.get("time")) for lab in case["labs"]] == [("anc", "2025-03-10T08:00:00+00:00"),
+                                                                        ("wbc", "2025-03-10T07:00:00+00:00")]
+    assert has(warnings, "took the time of the report or panel", "DiagnosticReport/dr")
+    assert assess(case).risk_tier.tier == "moderate"
+
+
+def test_resources_from_single_resource_and_list_with_nulls():
+    one = obs("6690-2", 2.0, code="10*9/L")
+    assert resources_from(one) == [one]
+    prefetch = {"patient": {"resourceType": "Patient", "id": "p"}, "labs": bundle(one, kind="searchset"), "meds": None}
+    assert [r["resourceType"] for r in resources_from(list(prefetch.values()))] == ["Patient", "Observation"]
+
+
+def test_reference_cycle_is_refused():
+    b = {"resourceType": "Bundle", "type": "collection", "entry": []}
+    b["entry"].append({"resource": b})
+    with pytest.raises(FhirMappingError) as err:
+        resources_from(b)
+    assert err.value.problems == [Problem("entry[0].resource", "reference cycle: this object contains itself; refused")]
+    r = {"resourceType": "Observation", "contained": []}
+    r["contained"].append(r)
+    with pytest.raises(FhirMappingError, match="cycle"):
+        bundle_to_case(r)
+    lst: list = []
+    lst.append(lst)
+    with pytest.raises(FhirMappingError, match="cycle"):
+        resources_from(lst)
+
+
+def test_over_deep_nesting_is_refused():
+    data = bundle(obs("6690-2", 2.0, code="10*9/L"))
+    for _ in range(MAX_DEPTH):
+        data = bundle(data)
+    with pytest.raises(FhirMappingError) as err:
+        resources_from(data)
+    assert "nested more than 8 levels" in err.value.problems[0].msg
+    assert err.value.problems[0].loc.startswith("entry[0].resource.entry[0].resource")
+    ok = bundle(obs("6690-2", 2.0, code="10*9/L"))
+    for _ in range(MAX_DEPTH - 1):
+        ok = bundle(ok)
+    assert len(resources_from(ok)) == 1
+
+
+def test_too_many_resources_are_refused():
+    many = bundle(*({"resourceType": "Basic"} for _ in range(MAX_RESOURCES + 1)))
+    with pytest.raises(FhirMappingError, match="more than 20000 resources"):
+        resources_from(many)
+
+
+@pytest.mark.parametrize("bad", ["{}", 3, None, True, b"{}"])
+def test_non_object_input_is_refused(bad):
+    with pytest.raises(FhirMappingError) as err:
+        bundle_to_case(bad)
+    assert err.value.problems[0].loc == ""
+    assert isinstance(err.value, ValueError)
+
+
+def test_malformed_structure_is_refused_with_paths():
+    data = {"resourceType": "Bundle", "entry": [{"resource": obs("6690-2", 2.0, code="10*9/L")}, "oops",
+                                                {"resource": ["not", "a", "resource"]}, {"resource": {"id": "x"}},
+                                                {"resource": {"resourceType": "Observation", "contained": {}}}]}
+    with pytest.raises(FhirMappingError) as err:
+        resources_from(data)
+    assert [p.loc for p in err.value.problems] == ["entry[1]", "entry[2].resource", "entry[3].resource",
+                                                   "entry[4].resource.contained"]
+    with pytest.raises(FhirMappingError) as err:
+        resources_from([obs("6690-2", 2.0, code="10*9/L"), "text"])
+    assert err.value.problems[0].loc == "[1]"
+
+
+def test_no_usable_lab_is_a_mapping_error():
+    with pytest.raises(FhirMappingError) as err:
+        bundle_to_case(bundle({"resourceType": "Patient", "id": "p"}, obs("2951-2", 140, code="mmol/L")))
+    assert len(err.value.problems) == 1 and "no lab value" in err.value.problems[0].msg
+
+
+def test_values_the_contract_refuses_are_passed_to_the_engine():
+    case, _ = bundle_to_case(bundle(obs("6690-2", 3.8, code="/uL"), obs("751-8", "1.2", code="10*9/L",
+                                                                         time="2025-03-09")))
+    assert [lab["value"] for lab in case["labs"]] == [3.8, "1.2"]
+    with pytest.raises(CaseError) as err:              # the contract refuses the text first ...
+        assess(case)
+    assert [(p.loc, p.msg) for p in err.value.problems] == [("labs[1].value", "must be a number, not the text '1.2'")]
+    case["labs"].pop()
+    with pytest.raises(CaseError) as err:              # ... then normalisation the WBC sent in the wrong unit
+        assess(case)
+    assert "not plausible" in err.value.problems[0].msg and "10^9/L" in err.value.problems[0].msg
+
+
+def test_deterministic_and_json_ready():
+    data = load("hl7/r4-core-examples/diagnosticreport-example-ghp.json")
+    first = bundle_to_case(copy.deepcopy(data), case_id="c1")
+    second = bundle_to_case(copy.deepcopy(data), case_id="c1")
+    assert first == second
+    assert json.loads(json.dumps(first[0], allow_nan=False)) == first[0]
+    assert first[0]["id"] == "c1"
+
+
+# Any JSON in the fields the mapping reads: the mapping returns a case or raises FhirMappingError, nothing else.
+_json = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
+                     | st.text(max_size=12), lambda kids: st.lists(kids, max_size=3)
+                     | st.dictionaries(st.sampled_from(["value", "unit", "code", "system", "reference", "text",
+                                                        "coding", "display", "start", "end", "low", "comparator",
+                                                        "url", "extension", "valueString", "doseAndRate",
+                                                        "doseQuantity"]), kids, max_size=4), max_leaves=12)
+_fields = st.dictionaries(st.sampled_from(["status", "code", "valueQuantity", "effectiveDateTime", "effectivePeriod",
+                                           "issued", "subject", "referenceRange", "medicationCodeableConcept",
+                                           "medicationReference", "authoredOn", "dosageInstruction", "reasonCode",
+                                           "reasonReference", "clinicalStatus", "gender", "birthDate", "extension",
+                                           "hasMember", "result", "id", "dispenseRequest", "onsetDateTime"]),
+                          _json, max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["Observation", "MedicationRequest", "MedicationStatement", "Condition",
+                                           "Patient", "DiagnosticReport", "Medication"]), _fields), max_size=5))
+def test_garbage_fields_never_crash_the_mapping(resources):
+    data = bundle(WBC, *({"resourceType": t, **f} for t, f in resources))
+    try:
+        case, warnings = bundle_to_case(data, patient_id=None)
+    except FhirMappingError:
+        return
+    json.dumps(case)
+    assert all(isinstance(w, str) for w in warnings)
