@@ -11,6 +11,7 @@ from importlib import resources
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -22,7 +23,7 @@ from leukodx.engine.pipeline import ENGINE_VERSION
 from . import problems
 from .config import Settings, get_settings
 from .middleware import BodyLimit, RequestContext, configure_logging
-from .routes import rest
+from .routes import cds_hooks, rest
 
 __all__ = ["create_app", "app"]
 
@@ -34,6 +35,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         get_engine()          # build the rules engine in this worker process, after any fork
+        if settings.cds_auth.lower() == "off":
+            logging.getLogger("leukodx.api").warning(
+                "CDS Hooks JWT checks are OFF (LEUKODX_CDS_AUTH=off): any caller can use the CDS services. "
+                "Development only.")
         logging.getLogger("leukodx.api").info("ready", extra={"kb_version": get_engine().kb.version})
         yield
 
@@ -43,6 +48,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(rest.kb_router)
+    app.include_router(cds_hooks.router)
 
     static = resources.files("fastapi_offline") / "static"
     app.mount("/static/docs", StaticFiles(directory=str(static)), name="docs-static")
@@ -82,6 +88,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     def limit_for(path: str) -> int:
         return settings.cds_max_body_bytes if path.startswith("/cds-services") else settings.max_body_bytes
 
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "OPTIONS"],
+                       allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(RequestContext)
     return app

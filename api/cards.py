@@ -209,8 +209,8 @@ def thiopurine_card(a: Optional[Assessment], order: dict[str, Any], drug: str, r
                                                                       f"{drug} ordered; CPIC dosing needs the phenotypes")}]})
     else:
         assert rec is not None
-        indicator = "critical" if poor else ("warning" if rec.recommendation and
-                                             "normal starting dose" not in rec.recommendation.lower() else "info")
+        adjust = {tpmt.phenotype, nudt15.phenotype} & {"intermediate", "possible_intermediate", "indeterminate"}
+        indicator = "critical" if poor else "warning" if adjust else "info"
         summary = _summary(f"{drug.capitalize()} for a {pheno}: " +
                            ("drastically reduce or use an alternative (CPIC)" if poor else
                             "start at a reduced dose (CPIC)" if indicator == "warning" else "normal starting dose (CPIC)"))

@@ -617,10 +617,10 @@ def _choose_patient(items: list[_Item], patient_id: Optional[str], warnings: lis
         matches = [p for p in distinct if f"Patient/{pid}" in _patient_refs(p)
                    or p.full_url in (pid, f"urn:uuid:{pid}")]
         chosen = matches[0] if matches else None
-        refs = {f"Patient/{pid}"} | (_patient_refs(chosen) if chosen else set())
+        refs = {f"Patient/{pid}"} | {r for m in matches for r in _patient_refs(m)}   # all copies of this patient
         if chosen is None:
             warnings.append(f"No Patient resource with id {pid!r}: sex, age, weight and ancestry are unknown.")
-        elif len(distinct) > 1:
+        elif len(distinct) > len(matches):
             warnings.append(f"{len(distinct)} Patient resources; used {chosen.label} and only its data.")
         return _PatientChoice(chosen, refs, True)
     if not distinct:
@@ -736,8 +736,9 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
     rate = _dict(_list(dosage.get("doseAndRate"))[0] if _list(dosage.get("doseAndRate")) else {})
     q = _dict(rate.get("doseQuantity")) or _dict(dosage.get("doseQuantity"))  # STU3 kept it on dosage
     value, unit = q.get("value"), _quantity_unit(q)
-    if _number(value) and unit and _is_dose_rate(unit):
-        return {"value": value, "unit": unit}
+    rate_unit = _dose_rate_unit(unit) if _number(value) and unit else None
+    if rate_unit:
+        return {"value": value, "unit": rate_unit}
     if text:
         return text
     if _number(value) and unit:
@@ -745,21 +746,21 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
     return None
 
 
-def _is_dose_rate(unit: str) -> bool:
-    """mass/time (mg/d) or mass/mass/time (mg/kg/d), read by pint as the engine reads doses."""
+def _dose_rate_unit(unit: str) -> Optional[str]:
+    """The spelling pint reads (as the engine reads doses) when ``unit`` is a mass per time (mg/d) or a mass
+    per body mass per time (mg/kg/d, UCUM mg/(kg.d)); else None."""
     ureg = registry()
     for spelling in dict.fromkeys((unit, unit.replace(".", "*"))):
+        numerator = spelling.split("/", 1)[0].strip()
         try:
-            u = ureg.parse_units(spelling)
-        except Exception:
+            whole = ureg.Quantity(1.0, ureg.parse_units(spelling))
+            if not ureg.Quantity(1.0, ureg.parse_units(numerator)).check("[mass]"):
+                continue
+        except Exception:  # pint raises several types for spellings it cannot parse
             continue
-        q = ureg.Quantity(1.0, u)
-        if q.check("[mass]/[time]"):
-            return True
-        if q.check("1/[time]"):   # mass/mass/time: a mass above and below the line
-            masses = [exp for name, exp in u._units.items() if ureg.Quantity(1.0, name).check("[mass]")]
-            return any(e > 0 for e in masses) and any(e < 0 for e in masses)
-    return False
+        if whole.check("[mass]/[time]") or whole.check("1/[time]"):   # 1/[time]: mass over mass over time
+            return spelling
+    return None
 
 
 def _indication(item: _Item, index: _Index) -> Optional[str]:
@@ -903,9 +904,83 @@ def bundle_to_case(data: Any, *, case_id: Optional[str] = None, patient_id: Opti
     if meds:
         case["medications"] = meds
     conditions = _map_conditions(mine, ref, warnings)
+    history: dict[str, Any] = _map_pgx(mine, warnings)
+    temperature = _map_temperature(mine, ref, warnings)
+    if temperature is not None:
+        history["temperature_c"] = temperature
     if conditions:
-        case["history"] = {"conditions": conditions}
+        history["conditions"] = conditions
+    if history:
+        case["history"] = history
     return case, warnings
+
+
+BODY_TEMPERATURE_LOINC = ("8310-5", "8331-1")
+_TEMPERATURE_UNITS = {"Cel": "degC", "°C": "degC", "C": "degC", "[degF]": "degF", "°F": "degF", "F": "degF"}
+
+
+def _map_temperature(mine: list[_Item], ref: Optional[date], warnings: list[str]) -> Optional[float]:
+    """The latest body temperature (LOINC 8310-5 or 8331-1) not after the case date, in Celsius."""
+    best: Optional[tuple[datetime, float]] = None
+    for item in mine:
+        res = item.resource
+        if item.type != "Observation" or _str(res.get("status")) not in LAB_STATUSES:
+            continue
+        if not any(c in BODY_TEMPERATURE_LOINC for c in _loinc_codes(res)):
+            continue
+        q = _dict(res.get("valueQuantity"))
+        unit = _quantity_unit(q)
+        if not _number(q.get("value")) or unit is None:
+            warnings.append(f"{item.label}: body temperature without a value and unit was not used.")
+            continue
+        try:
+            ureg = registry()
+            celsius = ureg.Quantity(float(q["value"]), _TEMPERATURE_UNITS.get(unit, unit)).to("degC").magnitude
+        except Exception:
+            warnings.append(f"{item.label}: body temperature unit {unit!r} was not understood.")
+            continue
+        when = _own_time(res, item.label, warnings)
+        if when is None or _after(when, ref):
+            continue
+        if best is None or _utc(when) > best[0]:
+            best = (_utc(when), round(float(celsius), 1))
+    return best[1] if best else None
+
+
+_PGX_GENE = re.compile(r"\b(TPMT|NUDT15)\b", re.IGNORECASE)
+_PGX_DIPLOTYPE = re.compile(r"\*\w+\s*/\s*\*\w+")
+_PGX_WORDS = (("possible intermediate", "possible_intermediate"), ("intermediate", "intermediate"),
+              ("poor", "poor"), ("normal", "normal"), ("indeterminate", "indeterminate"))
+
+
+def _map_pgx(mine: list[_Item], warnings: list[str]) -> dict[str, str]:
+    """TPMT/NUDT15 results: Observations whose code names the gene and whose value is a diplotype
+    (*1/*3A) or a metabolizer phenotype; the latest result of each gene wins."""
+    found: dict[str, tuple[str, str]] = {}   # gene -> (time key, value)
+    for item in mine:
+        res = item.resource
+        if item.type != "Observation":
+            continue
+        code_text = " ".join(filter(None, [_concept_text(res.get("code"))] +
+                                    [_str(c.get("display")) for c in _codings(res.get("code"))]))
+        gene = _PGX_GENE.search(code_text or "")
+        if not gene:
+            continue
+        value = _str(res.get("valueString")) or _concept_text(res.get("valueCodeableConcept"))
+        if not value:
+            warnings.append(f"{item.label}: {gene.group(1).upper()} result without a phenotype or diplotype was not used.")
+            continue
+        m = _PGX_DIPLOTYPE.search(value)
+        word = next((w for phrase, w in _PGX_WORDS if phrase in value.casefold()), None)
+        mapped = m.group(0).replace(" ", "") if m else word
+        if mapped is None:
+            warnings.append(f"{item.label}: {gene.group(1).upper()} result {value!r} was not understood.")
+            continue
+        when = _str(res.get("effectiveDateTime")) or _str(res.get("issued")) or ""
+        key = gene.group(1).lower()
+        if key not in found or when > found[key][0]:
+            found[key] = (when, mapped)
+    return {gene: value for gene, (_, value) in sorted(found.items())}
 
 
 def _default_id(choice: _PatientChoice) -> str:
@@ -1058,3 +1133,15 @@ def _later_warning(n: int, what: str, verb: str, ref: Optional[date], labels: li
     return (f"{n} {what}{'s' if n != 1 else ''} {verb} after {ref.isoformat()}, the date the case is judged at, "
             f"and {'were' if n != 1 else 'was'} left out: {shown}.")
 
+
+
+def pgx_results(data: Any) -> dict[str, str]:
+    """TPMT/NUDT15 results (diplotype or phenotype word) found in FHIR data, by gene."""
+    return _map_pgx(_walk(data), [])
+
+
+def medication_name_and_code(resource: dict[str, Any]) -> tuple[Optional[str], Optional[str]]:
+    """(name, RxNorm code) of a MedicationRequest/MedicationStatement's own medicationCodeableConcept."""
+    concept = resource.get("medicationCodeableConcept")
+    code = next((_str(c.get("code")) for c in _codings(concept) if "rxnorm" in str(c.get("system", "")).lower()), None)
+    return _concept_text(concept), code

@@ -301,8 +301,16 @@ def test_medication_statement_fields_dose_and_indication():
     per_take = med_request(medicationCodeableConcept={"text": "methotrexate"},
                            dosageInstruction=[{"doseAndRate": [{"doseQuantity": {"value": 15, "code": "mg",
                                                                                  "system": UCUM}}]}])
-    case, _ = bundle_to_case(bundle(WBC, ms, per_day, per_kg, per_take))
-    ritux, aza, mp, mtx = case["medications"]
+    ucum_per_kg = med_request(medicationCodeableConcept={"text": "thioguanine"},
+                              dosageInstruction=[{"doseAndRate": [{"doseQuantity": {"value": 2, "code": "mg/(kg.d)",
+                                                                                    "system": UCUM}}]}])
+    per_day_text = med_request(medicationCodeableConcept={"text": "clozapine"},
+                               dosageInstruction=[{"doseAndRate": [{"doseQuantity": {"value": 2, "code": "/d",
+                                                                                     "system": UCUM}}]}])
+    case, _ = bundle_to_case(bundle(WBC, ms, per_day, per_kg, per_take, ucum_per_kg, per_day_text))
+    ritux, aza, mp, mtx, tg, cloz = case["medications"]
+    assert tg["dose"] == {"value": 2, "unit": "mg/(kg.d)"}
+    assert cloz["dose"] == "2 /d"                         # a frequency is not a dose
     assert ritux == {"name": "rituximab", "rxnorm": "121191", "status": "completed", "start": "2024-01-05",
                      "end": "2024-06-01", "dose": "375 mg/m2 weekly", "indication": "Follicular lymphoma"}
     assert aza["dose"] == {"value": 150, "unit": "mg/d"}

@@ -1,0 +1,238 @@
+"""CDS Hooks 2.0.1: discovery, the patient-view / order-select / order-sign services, feedback.
+
+A call: check the JWT -> validate the request -> gather the patient's data (prefetch, or the EHR's
+FHIR server with the bearer token it gave) -> map FHIR to a case (api/fhir.py) -> engine.assess ->
+cards (api/cards.py). Prefetch semantics (spec 2.0.1, "Prefetch template"): a key with `null`
+means the EHR has no such data; a missing key, or an OperationOutcome, means it could not be
+provided, so the service fetches it; if it cannot, it answers 412 with an OperationOutcome.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Optional
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from leukodx.engine import CaseError, Engine, pgx
+from leukodx.engine.parse import load_document, problems_from_validation
+
+from .. import cards as C
+from .. import fhir
+from ..cds_auth import AuthError, JwtVerifier, verifier_from_settings
+from ..cds_models import CardsResponse, FeedbackRequest, HookRequest
+from ..config import Settings, get_settings
+from ..deps import engine
+from ..feedback import store_for
+from ..fhir_fetch import FetchError, FhirFetcher, fill_template
+from ..problems import ProblemError
+
+router = APIRouter(tags=["CDS Hooks"])
+log = logging.getLogger("leukodx.cds")
+
+_P = "{{context.patientId}}"
+
+
+def _prefetch(kb_loinc: list[str]) -> dict[str, str]:
+    codes = ",".join(f"http://loinc.org|{c}" for c in kb_loinc)
+    return {
+        "patient": f"Patient/{_P}",
+        "observations": f"Observation?patient={_P}&code={codes}&_sort=-date&_count=200",
+        "pgx": f"Observation?patient={_P}&code:text=TPMT,NUDT15&_sort=-date&_count=20",
+        "medicationRequests": f"MedicationRequest?patient={_P}&_sort=-authoredon&_count=100",
+        "medicationStatements": f"MedicationStatement?patient={_P}&_count=100",
+        "conditions": f"Condition?patient={_P}&clinical-status=active&_count=100",
+    }
+
+
+SERVICES: dict[str, dict[str, str]] = {
+    "leukodx-patient-view": {
+        "hook": "patient-view", "title": "leukodx: leukopenia and neutropenia assessment",
+        "description": "Assesses the latest CBC: neutrophil risk tier with CTCAE grades, alerts (febrile neutropenia, "
+                       "agranulocytosis), ranked causes with their evidence, and next diagnostic steps, each traced to "
+                       "its guideline."},
+    "leukodx-order-select": {
+        "hook": "order-select", "title": "leukodx: thiopurine and clozapine order check",
+        "description": "When a thiopurine (azathioprine, mercaptopurine, thioguanine) or clozapine is selected: the "
+                       "CPIC TPMT/NUDT15 recommendation or the clozapine ANC threshold, with the latest CBC assessment."},
+    "leukodx-order-sign": {
+        "hook": "order-sign", "title": "leukodx: thiopurine and clozapine order check at signing",
+        "description": "Before a thiopurine or clozapine order is signed: the CPIC-adjusted dose (or cancelling the order "
+                       "for a poor metabolizer), genotyping when the status is unknown, and the clozapine ANC threshold."},
+}
+REQUIRED_KEYS = ("patient", "observations", "medicationRequests", "medicationStatements")
+
+
+@lru_cache(maxsize=4)
+def _verifier(issuers: str, allowlist: str) -> JwtVerifier:
+    return verifier_from_settings(issuers, [u.strip() for u in allowlist.split(",") if u.strip()])
+
+
+def _authorize(request: Request, settings: Settings) -> None:
+    if settings.cds_auth.lower() == "off":
+        return
+    audience = (settings.cds_public_base_url.rstrip("/") + request.url.path) if settings.cds_public_base_url \
+        else str(request.url.replace(query=""))
+    try:
+        _verifier(settings.cds_issuers, settings.cds_jku_allowlist).verify(
+            request.headers.get("authorization"), audience)
+    except AuthError as e:
+        log.warning("cds auth refused", extra={"reason": e.reason, "path": request.url.path})
+        raise ProblemError(401, "Unauthorized") from None
+    except ValueError:
+        log.error("cds auth misconfigured: LEUKODX_CDS_ISSUERS is not valid")
+        raise ProblemError(401, "Unauthorized") from None
+
+
+@router.get("/cds-services", summary="CDS Hooks discovery")
+def discovery(eng: Engine = Depends(engine)) -> dict[str, Any]:
+    prefetch = _prefetch(sorted(eng.kb.loinc))
+    return {"services": [{"id": sid, **spec, "prefetch": prefetch} for sid, spec in SERVICES.items()]}
+
+
+def _operation_outcome(status: int, text: str, diagnostics: str) -> JSONResponse:
+    return JSONResponse({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "processing", "details": {"text": text}, "diagnostics": diagnostics}]},
+        status_code=status, media_type="application/fhir+json")
+
+
+def _gather(hook: HookRequest, settings: Settings, loinc: list[str]) -> tuple[list[Any], list[str], list[str]]:
+    """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys, notes)."""
+    prefetch = hook.prefetch or {}
+    fetcher: Optional[FhirFetcher] = None
+    resources: list[Any] = []
+    missing: list[str] = []
+    notes: list[str] = []
+    templates = _prefetch(loinc)
+    for key, template in templates.items():
+        value = prefetch.get(key, ...)
+        if value is None:              # the EHR has no such data
+            continue
+        needs_fetch = value is ... or (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome")
+        paged = isinstance(value, dict) and any(l.get("relation") == "next" for l in value.get("link") or []
+                                                if isinstance(l, dict))
+        if not needs_fetch and not paged:
+            resources.append(value)
+            continue
+        try:
+            if fetcher is None:
+                if not hook.fhirServer:
+                    raise FetchError("no fhirServer was given")
+                fetcher = FhirFetcher(hook.fhirServer, hook.fhirAuthorization.access_token if hook.fhirAuthorization
+                                      else None, settings.fhir_timeout_seconds, settings.fhir_max_pages,
+                                      settings.fhir_allow_private)
+            resources.append(fetcher.get(fill_template(template, hook.context, None)))
+        except FetchError as e:
+            if paged:
+                resources.append(value)
+                notes.append(f"prefetch '{key}' holds only its first page ({e})")
+            elif key in REQUIRED_KEYS:
+                missing.append(f"{key}: {e}")
+            else:
+                notes.append(f"'{key}' could not be had ({e})")
+    return resources, missing, notes
+
+
+def _draft_orders(hook: HookRequest) -> list[dict[str, Any]]:
+    drafts = hook.context.get("draftOrders") if hook.hook in ("order-select", "order-sign") else None
+    if not isinstance(drafts, dict):
+        return []
+    selections = set(hook.context.get("selections") or []) if hook.hook == "order-select" else set()
+    out = []
+    for entry in drafts.get("entry") or []:
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(res, dict) and res.get("resourceType") == "MedicationRequest":
+            if selections and f"MedicationRequest/{res.get('id')}" not in selections:
+                continue
+            out.append(res)
+    return out
+
+
+@router.post("/cds-services/{service_id}", summary="Call a CDS service", response_model=CardsResponse)
+async def call_service(service_id: str, request: Request, eng: Engine = Depends(engine)) -> Any:
+    settings = get_settings()
+    _authorize(request, settings)
+    if service_id not in SERVICES:
+        raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
+    try:
+        raw = load_document(await request.body(), name="CDS Hooks request")
+        hook = HookRequest.model_validate(raw)
+    except CaseError as e:
+        raise ProblemError(400, "Invalid CDS Hooks request", str(e.problems[0].msg) if e.problems else "") from None
+    except ValidationError as e:
+        raise ProblemError(400, "Invalid CDS Hooks request", "", problems_from_validation(e)) from None
+    if hook.hook != SERVICES[service_id]["hook"]:
+        raise ProblemError(400, "Invalid CDS Hooks request",
+                           f"service {service_id} answers {SERVICES[service_id]['hook']}, not {hook.hook}")
+    patient_id = hook.context.get("patientId")
+    if not isinstance(patient_id, str) or not patient_id:
+        raise ProblemError(400, "Invalid CDS Hooks request", "context.patientId is required")
+
+    resources, missing, notes = _gather(hook, settings, sorted(eng.kb.loinc))
+    if missing:
+        return _operation_outcome(412, "leukodx cannot assess this patient without the data it asked for.",
+                                  "Prefetch missing and the FHIR server could not be used: " + "; ".join(missing))
+    drafts = _draft_orders(hook)
+    today = datetime.now(timezone.utc).date()
+    for d in drafts:                   # an order being written starts today
+        d.setdefault("authoredOn", today.isoformat())
+    assessment, mapped = None, None
+    try:
+        case, _warnings = fhir.bundle_to_case(resources + drafts, patient_id=patient_id, as_of=today,
+                                             include_draft=True)
+        mapped = case
+        assessment = eng.assess(case)
+    except fhir.FhirMappingError:
+        assessment = None              # no usable CBC: only order cards can be given
+    except CaseError as e:
+        log.warning("cds case rejected", extra={"problems": len(e.problems), "service": service_id})
+        assessment = None
+    cards = C.assessment_cards(assessment, hook.hookInstance, patient_id) if assessment else []
+    cards += _order_cards(eng, drafts, assessment, mapped, resources, hook, patient_id)
+    if notes and cards:
+        cards[0]["detail"] = (cards[0].get("detail") or "") + "\n\n_Data notes: " + "; ".join(notes) + "_"
+    return JSONResponse({"cards": cards})
+
+
+def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Any, mapped: Optional[dict[str, Any]],
+                 resources: list[Any], hook: HookRequest, patient_id: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if not drafts:
+        return out
+    if assessment is not None:
+        tpmt, nudt15 = assessment.pharmacogenomics.tpmt, assessment.pharmacogenomics.nudt15
+    else:
+        history = fhir.pgx_results(resources)
+        tpmt = pgx.resolve(eng.kb, "tpmt", history.get("tpmt"))
+        nudt15 = pgx.resolve(eng.kb, "nudt15", history.get("nudt15"))
+    for order in drafts:
+        match = eng.drugs.lookup(*fhir.medication_name_and_code(order))
+        if match is None:
+            continue
+        drug = match.drug["id"]
+        if "thiopurine" in match.drug.get("classes", []):
+            rec = pgx.recommendation(eng.kb, drug, tpmt, nudt15)
+            out.append(C.thiopurine_card(assessment, order, drug, rec, tpmt, nudt15, hook.hookInstance, patient_id,
+                                         rec.sources if rec else ["relling_cpic_2019"], eng.kb.version))
+        elif drug == "clozapine":
+            out.append(C.clozapine_card(assessment, hook.hookInstance, str(order.get("id") or drug)))
+    return out
+
+
+@router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards")
+async def feedback(service_id: str, request: Request) -> JSONResponse:
+    settings = get_settings()
+    _authorize(request, settings)
+    if service_id not in SERVICES:
+        raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
+    try:
+        body = FeedbackRequest.model_validate(load_document(await request.body(), name="feedback"))
+    except CaseError as e:
+        raise ProblemError(400, "Invalid feedback", e.problems[0].msg if e.problems else "") from None
+    except ValidationError as e:
+        raise ProblemError(400, "Invalid feedback", "", problems_from_validation(e)) from None
+    stored = store_for(settings.feedback_db_url).add(service_id, body.feedback)   # committed before we answer
+    return JSONResponse({"stored": stored})

@@ -1,0 +1,378 @@
+"""CDS Hooks service: discovery, the three hooks driven with the spec's request shapes, cards valid
+against the HL7 logical-model rules, security (JWT) and feedback."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.testclient import TestClient
+
+from leukodx.api import feedback as feedback_store
+from leukodx.api.app import create_app
+from leukodx.api.cds_models import card_violations
+from leukodx.api.config import Settings, get_settings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SPEC = SHARED / "cds-hooks"
+needs_shared = pytest.mark.skipif(not SPEC.exists(), reason="shared CDS Hooks material not present")
+PATIENT = "1288992"
+
+
+def obs(code: str, value: float, unit: str, when: str = "2025-03-10T08:00:00Z", oid: str = "") -> dict:
+    return {"resourceType": "Observation", "id": oid or f"o-{code}-{when[:10]}", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": when,
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+
+
+def searchset(*resources: dict) -> dict:
+    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+
+
+def prefetch(labs: list[dict], **extra) -> dict:
+    out = {"patient": {"resourceType": "Patient", "id": PATIENT, "gender": "female", "birthDate": "1970-01-01"},
+           "observations": searchset(*labs), "pgx": None, "medicationRequests": None,
+           "medicationStatements": None, "conditions": None}
+    out.update(extra)
+    return out
+
+
+def request(hook: str, pre: dict | None, **context) -> dict:
+    return {"hook": hook, "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/example", "patientId": PATIENT, **context}, "prefetch": pre}
+
+
+def thiopurine_order(drug: str = "azathioprine", oid: str = "draft-aza-1", mg: float = 150) -> dict:
+    return {"resourceType": "MedicationRequest", "id": oid, "status": "draft", "intent": "order",
+            "medicationCodeableConcept": {"text": drug},
+            "subject": {"reference": f"Patient/{PATIENT}"},
+            "dosageInstruction": [{"text": f"{mg} mg daily", "doseAndRate": [
+                {"doseQuantity": {"value": mg, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}]}]}
+
+
+def draft_bundle(*orders: dict) -> dict:
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": o} for o in orders]}
+
+
+def pgx_obs(gene: str, value: str) -> dict:
+    return {"resourceType": "Observation", "id": f"pgx-{gene}", "status": "final",
+            "code": {"text": f"{gene} phenotype"}, "subject": {"reference": f"Patient/{PATIENT}"},
+            "effectiveDateTime": "2024-01-01", "valueCodeableConcept": {"text": value}}
+
+
+CBC_SEVERE = [obs("6690-2", 1.4, "10*9/L"), obs("751-8", 0.3, "10*9/L"), obs("718-7", 12.5, "g/dL"),
+              obs("777-3", 210, "10*9/L")]
+CBC_NORMAL = [obs("6690-2", 6.1, "10*9/L"), obs("751-8", 3.4, "10*9/L"), obs("718-7", 13.8, "g/dL"),
+              obs("777-3", 250, "10*9/L")]
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEUKODX_CDS_AUTH", "off")
+    monkeypatch.setenv("LEUKODX_FEEDBACK_DB_URL", f"sqlite:///{tmp_path}/feedback.db")
+    get_settings.cache_clear()
+    feedback_store.reset_cache()
+    with TestClient(create_app()) as c:
+        yield c
+    get_settings.cache_clear()
+
+
+def cards_of(r) -> list[dict]:
+    assert r.status_code == 200, r.text
+    cards = r.json()["cards"]
+    for card in cards:
+        assert card_violations(card) == [], card
+    return cards
+
+
+# ---- discovery ----------------------------------------------------------------------------------
+
+def test_discovery_lists_the_three_services_with_valid_prefetch(client):
+    services = {s["id"]: s for s in client.get("/cds-services").json()["services"]}
+    assert {s["hook"] for s in services.values()} == {"patient-view", "order-select", "order-sign"}
+    for s in services.values():
+        assert s["title"] and s["description"]
+        obs_query = s["prefetch"]["observations"]
+        assert "_sort=-date" in obs_query and "sort:desc" not in obs_query and "_count=" in obs_query
+        assert "http://loinc.org|6690-2" in obs_query and "http://loinc.org|751-8" in obs_query
+        assert all("{{context.patientId}}" in t for t in s["prefetch"].values())
+
+
+# ---- patient-view ---------------------------------------------------------------------------------
+
+def test_patient_view_severe_neutropenia_is_critical(client):
+    cards = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(CBC_SEVERE))))
+    assert len(cards) == 1
+    card = cards[0]
+    assert card["indicator"] == "critical" and "Severe neutropenia" in card["summary"] and len(card["summary"]) < 140
+    assert "Sources" in card["detail"] and card["source"]["label"] and card["source"]["topic"]["code"]
+    assert card["overrideReasons"] and all(r["display"] for r in card["overrideReasons"])
+    assert card["suggestions"][0]["actions"][0]["resource"]["resourceType"] == "ServiceRequest"
+
+
+def test_patient_view_febrile_neutropenia_leads_the_summary(client):
+    temp = {"resourceType": "Observation", "id": "t", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+            "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": "2025-03-10T08:00:00Z",
+            "valueQuantity": {"value": 101.5, "unit": "[degF]"}}
+    r = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(CBC_SEVERE + [temp])))
+    card = cards_of(r)[0]
+    assert card["indicator"] == "critical" and card["summary"].startswith("FEBRILE NEUTROPENIA")
+    assert "Emergency care for febrile neutropenia" in card["detail"]
+
+
+def test_patient_view_normal_counts_give_no_cards(client):
+    r = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(CBC_NORMAL)))
+    assert r.json() == {"cards": []}
+
+
+def test_mild_and_moderate_indicators(client):
+    mild = [obs("6690-2", 3.1, "10*9/L"), obs("751-8", 1.2, "10*9/L")]
+    moderate = [obs("6690-2", 2.6, "10*9/L"), obs("751-8", 0.7, "10*9/L")]
+    assert cards_of(client.post("/cds-services/leukodx-patient-view",
+                                json=request("patient-view", prefetch(mild))))[0]["indicator"] == "info"
+    assert cards_of(client.post("/cds-services/leukodx-patient-view",
+                                json=request("patient-view", prefetch(moderate))))[0]["indicator"] == "warning"
+
+
+def test_null_prefetch_means_no_data_not_missing(client):
+    pre = prefetch(CBC_NORMAL, observations=None)
+    r = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre))
+    assert r.json() == {"cards": []}
+
+
+@pytest.mark.parametrize("prefetch_value", ["missing", "operation-outcome"])
+def test_missing_prefetch_without_fhir_server_is_412(client, prefetch_value):
+    pre = prefetch(CBC_SEVERE)
+    if prefetch_value == "missing":
+        del pre["observations"]
+    else:
+        pre["observations"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    r = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre))
+    assert r.status_code == 412 and r.json()["resourceType"] == "OperationOutcome"
+
+
+@needs_shared
+def test_spec_example_patient_view_request(client):
+    """The spec's own request: its prefetch has none of our keys and its fhirServer cannot be reached."""
+    body = json.loads((SPEC / "spec-v2.0.1" / "request-patient-view.json").read_text())
+    r = client.post("/cds-services/leukodx-patient-view", json=body)
+    assert r.status_code == 412 and r.json()["issue"][0]["severity"] == "error"
+    assert "some-opaque-fhir-access-token" not in r.text
+
+
+@needs_shared
+@pytest.mark.parametrize("path", sorted((SHARED / "fhir-examples" / "synthea").glob("*.json")) if SPEC.exists() else [],
+                         ids=lambda p: p.stem[:24])
+def test_synthea_patients_as_patient_view(client, path):
+    bundle = json.loads(path.read_text())
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    pre = {"patient": patient, "observations": bundle, "pgx": None, "medicationRequests": bundle,
+           "medicationStatements": None, "conditions": bundle}
+    body = request("patient-view", pre)
+    body["context"]["patientId"] = patient["id"]
+    cards = cards_of(client.post("/cds-services/leukodx-patient-view", json=body))
+    from leukodx.api import fhir
+    from leukodx.engine import assess
+    case, _ = fhir.bundle_to_case(bundle, patient_id=patient["id"])
+    a = assess(case)
+    leukopenic = any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings)
+    assert bool(cards) == bool(leukopenic or a.alerts or a.causes)
+
+
+# ---- order-select / order-sign ----------------------------------------------------------------------
+
+def test_order_sign_thiopurine_for_a_poor_metabolizer_is_critical_with_actions(client):
+    pre = prefetch(CBC_NORMAL, pgx=searchset(pgx_obs("TPMT", "*3A/*3A"), pgx_obs("NUDT15", "Normal metabolizer")))
+    body = request("order-sign", pre, draftOrders=draft_bundle(thiopurine_order()))
+    cards = cards_of(client.post("/cds-services/leukodx-order-sign", json=body))
+    card = next(c for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx")
+    assert card["indicator"] == "critical" and card["selectionBehavior"] == "at-most-one"
+    kinds = {a["type"] for s in card["suggestions"] for a in s["actions"]}
+    assert kinds == {"delete", "update"}
+    delete = next(a for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete")
+    assert delete["resourceId"] == "MedicationRequest/draft-aza-1" and "resource" not in delete
+    update = next(a for s in card["suggestions"] for a in s["actions"] if a["type"] == "update")
+    assert update["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 15.0
+
+
+def test_order_sign_intermediate_metabolizer_gets_the_cpic_adjusted_dose(client):
+    pre = prefetch(CBC_NORMAL, pgx=searchset(pgx_obs("TPMT", "*1/*3A"), pgx_obs("NUDT15", "*1/*1")))
+    body = request("order-sign", pre, draftOrders=draft_bundle(thiopurine_order(mg=150)))
+    card = cards_of(client.post("/cds-services/leukodx-order-sign", json=body))[-1]
+    assert card["indicator"] == "warning"
+    update = card["suggestions"][0]["actions"][0]
+    assert update["type"] == "update" and update["resource"]["id"] == "draft-aza-1"
+    assert update["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 120.0
+
+
+def test_order_select_unknown_status_asks_for_genotyping(client):
+    order = thiopurine_order("mercaptopurine", "draft-6mp")
+    body = request("order-select", prefetch(CBC_NORMAL), draftOrders=draft_bundle(order),
+                   selections=["MedicationRequest/draft-6mp"])
+    card = cards_of(client.post("/cds-services/leukodx-order-select", json=body))[-1]
+    assert card["indicator"] == "warning" and "genotype" in card["summary"].lower()
+    action = card["suggestions"][0]["actions"][0]
+    assert action["type"] == "create" and action["resource"]["resourceType"] == "ServiceRequest"
+
+
+def test_order_select_only_looks_at_the_selected_orders(client):
+    body = request("order-select", prefetch(CBC_NORMAL), draftOrders=draft_bundle(thiopurine_order()),
+                   selections=["NutritionOrder/pureeddiet-simple"])
+    assert cards_of(client.post("/cds-services/leukodx-order-select", json=body)) == []
+
+
+def test_order_sign_clozapine_below_threshold_is_critical(client):
+    order = {"resourceType": "MedicationRequest", "id": "cloz", "status": "draft", "intent": "order",
+             "medicationCodeableConcept": {"text": "Clozaril 25 mg"}, "subject": {"reference": f"Patient/{PATIENT}"}}
+    low = [obs("6690-2", 3.0, "10*9/L"), obs("751-8", 1.2, "10*9/L")]
+    cards = cards_of(client.post("/cds-services/leukodx-order-sign",
+                                 json=request("order-sign", prefetch(low), draftOrders=draft_bundle(order))))
+    clozapine = next(c for c in cards if c["source"]["topic"]["code"] == "clozapine-anc")
+    assert clozapine["indicator"] == "critical"
+
+
+@needs_shared
+def test_hooks_library_order_contexts_are_accepted(client):
+    for name, service in (("order-select-context-R4.json", "leukodx-order-select"),
+                          ("order-sign-context-R4.json", "leukodx-order-sign")):
+        context = json.loads((SPEC / "hooks-library" / name).read_text())["context"]
+        body = {"hook": service.removeprefix("leukodx-"), "hookInstance": str(uuid.uuid4()), "context": context,
+                "prefetch": prefetch(CBC_NORMAL)}
+        assert cards_of(client.post(f"/cds-services/{service}", json=body)) == []
+
+
+# ---- bad requests ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mutate,status", [
+    (lambda b: b.pop("hookInstance"), 400),
+    (lambda b: b.update(hook="order-sign"), 400),
+    (lambda b: b["context"].pop("patientId"), 400),
+    (lambda b: b.update(fhirAuthorization={"access_token": "t", "token_type": "Bearer", "expires_in": 1,
+                                           "scope": "s", "subject": "s"}), 400),
+])
+def test_invalid_requests(client, mutate, status):
+    body = request("patient-view", prefetch(CBC_NORMAL))
+    mutate(body)
+    r = client.post("/cds-services/leukodx-patient-view", json=body)
+    assert r.status_code == status and r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_unknown_service_and_oversized_prefetch(client):
+    assert client.post("/cds-services/nope", json=request("patient-view", None)).status_code == 404
+    big = request("patient-view", prefetch(CBC_NORMAL, conditions={"junk": "x" * (13 * 1024 * 1024)}))
+    assert client.post("/cds-services/leukodx-patient-view", content=json.dumps(big),
+                       headers={"content-type": "application/json"}).status_code == 413
+
+
+# ---- feedback -------------------------------------------------------------------------------------
+
+@needs_shared
+def test_spec_feedback_examples_are_stored(client):
+    for name in ("feedback-accepted.json", "feedback-overridden-with-reason.json", "feedback-overridden-no-reason.json"):
+        r = client.post("/cds-services/leukodx-patient-view/feedback",
+                        content=(SPEC / "spec-v2.0.1" / name).read_bytes(), headers={"content-type": "application/json"})
+        assert r.status_code == 200, (name, r.text)
+    rows = list(feedback_store.store_for(get_settings().feedback_db_url).export())
+    assert len(rows) == 3 and {r["outcome"] for r in rows} == {"accepted", "overridden"}
+
+
+@pytest.mark.parametrize("entry", [
+    {"card": "c", "outcome": "accepted", "outcomeTimestamp": "2020-01-01T00:00:00Z"},
+    {"card": "c", "outcome": "maybe", "outcomeTimestamp": "2020-01-01T00:00:00Z"},
+    {"card": "c", "outcome": "overridden", "overrideReason": {}, "outcomeTimestamp": "2020-01-01T00:00:00Z"},
+    {"outcome": "overridden", "outcomeTimestamp": "2020-01-01T00:00:00Z"},
+])
+def test_invalid_feedback_is_refused(client, entry):
+    r = client.post("/cds-services/leukodx-patient-view/feedback", json={"feedback": [entry]})
+    assert r.status_code == 400
+    assert list(feedback_store.store_for(get_settings().feedback_db_url).export()) == []
+
+
+# ---- security: JWT on every call -----------------------------------------------------------------
+
+ISS = "https://ehr.example.org"
+
+
+@pytest.fixture
+def secured(tmp_path, monkeypatch):
+    key = ec.generate_private_key(ec.SECP384R1())
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    public.update(kid="k1", alg="ES384", use="sig")
+    monkeypatch.setenv("LEUKODX_CDS_AUTH", "on")
+    monkeypatch.setenv("LEUKODX_CDS_ISSUERS", json.dumps([{"iss": ISS, "jwks": {"keys": [public]}}]))
+    monkeypatch.setenv("LEUKODX_FEEDBACK_DB_URL", f"sqlite:///{tmp_path}/fb.db")
+    get_settings.cache_clear()
+    with TestClient(create_app()) as c:
+        yield c, key
+    get_settings.cache_clear()
+
+
+def token(key, aud="http://testserver/cds-services/leukodx-patient-view", **over) -> str:
+    now = int(time.time())
+    claims = {"iss": ISS, "sub": "client", "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
+    claims.update(over)
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm="ES384",
+                      headers={"kid": "k1", "typ": "JWT"})
+
+
+def call(c, bearer: str | None):
+    headers = {"authorization": f"Bearer {bearer}"} if bearer else {}
+    return c.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(CBC_NORMAL)),
+                  headers=headers)
+
+
+def test_a_valid_token_is_accepted_and_a_replay_refused(secured):
+    c, key = secured
+    t = token(key)
+    assert call(c, t).status_code == 200
+    assert call(c, t).status_code == 401
+
+
+def test_discovery_needs_no_token(secured):
+    c, _ = secured
+    assert c.get("/cds-services").status_code == 200
+
+
+@pytest.mark.parametrize("attack", ["none", "tampered", "hs256", "wrong-aud", "expired", "unknown-iss", "no-token",
+                                    "jku-elsewhere"])
+def test_attack_tokens_get_a_bare_401(secured, attack):
+    c, key = secured
+    if attack == "none":
+        t = jwt.encode({"iss": ISS, "aud": "x"}, None, algorithm="none")
+    elif attack == "tampered":
+        head, body, sig = token(key).split(".")
+        t = ".".join((head, body, sig[:-4] + ("AAAA" if sig[-4:] != "AAAA" else "BBBB")))
+    elif attack == "hs256":
+        pem = key.public_key().public_bytes(encoding=__import__("cryptography").hazmat.primitives.serialization.Encoding.PEM,
+                                            format=__import__("cryptography").hazmat.primitives.serialization.PublicFormat.SubjectPublicKeyInfo)
+        now = int(time.time())
+        import hmac, hashlib, base64
+        def b64(x): return base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+        head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode())
+        body = b64(json.dumps({"iss": ISS, "aud": "http://testserver/cds-services/leukodx-patient-view", "iat": now,
+                               "exp": now + 60, "jti": "x"}).encode())
+        sig = b64(hmac.new(pem, f"{head}.{body}".encode(), hashlib.sha256).digest())
+        t = f"{head}.{body}.{sig}"
+    elif attack == "wrong-aud":
+        t = token(key, aud="https://elsewhere.example/cds-services/leukodx-patient-view")
+    elif attack == "expired":
+        t = token(key, iat=int(time.time()) - 4000, exp=int(time.time()) - 3000)
+    elif attack == "unknown-iss":
+        t = token(key, iss="https://evil.example")
+    elif attack == "jku-elsewhere":
+        now = int(time.time())
+        t = jwt.encode({"iss": "https://other.example", "aud": "http://testserver/cds-services/leukodx-patient-view",
+                        "iat": now, "exp": now + 60, "jti": "j"}, key, algorithm="ES384",
+                       headers={"kid": "k1", "jku": "https://attacker.example/jwks.json"})
+    else:
+        t = None
+    r = call(c, t)
+    assert r.status_code == 401
+    assert set(r.json()) <= {"type", "title", "status"}    # nothing about why
