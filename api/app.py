@@ -45,6 +45,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app = FastAPI(title="leukodx", version=ENGINE_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Leukopenia decision support: risk tier, ranked causes and next diagnostic steps, "
                               "each traced to its source. Supports and does not replace clinical judgement.")
+    app.state.settings = settings
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(rest.kb_router)
@@ -86,7 +87,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
 
     def limit_for(path: str) -> int:
-        return settings.cds_max_body_bytes if path.startswith("/cds-services") else settings.max_body_bytes
+        if path.startswith("/cds-services"):
+            return settings.cds_max_body_bytes
+        return settings.fhir_max_body_bytes if path == "/v1/assess/fhir" else settings.max_body_bytes
 
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])

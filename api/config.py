@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     cds_public_base_url: str = Field("", description="external base URL of this service, for the JWT audience "
                                                      "(default: the URL the request arrived at)")
     cds_max_body_bytes: int = Field(12 * 1024 * 1024, ge=1024, description="largest CDS Hooks request (prefetch)")
+    fhir_max_body_bytes: int = Field(12 * 1024 * 1024, ge=1024, description="largest FHIR Bundle for /v1/assess/fhir")
     feedback_db_url: str = Field("sqlite:///leukodx-feedback.db", description="SQLAlchemy URL of the feedback store")
     fhir_timeout_seconds: float = Field(5.0, gt=0, le=30)
     fhir_max_pages: int = Field(5, ge=1, le=50)

@@ -7,9 +7,10 @@ from fastapi import Request
 
 from leukodx.engine import Engine, get_engine
 
+from .config import Settings
 from .problems import ProblemError
 
-__all__ = ["engine", "read_body", "JSON_TYPES", "YAML_TYPES", "FHIR_TYPES"]
+__all__ = ["engine", "settings", "read_body", "JSON_TYPES", "YAML_TYPES", "FHIR_TYPES"]
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
@@ -19,6 +20,11 @@ FHIR_TYPES = ("application/fhir+json", "application/json")
 def engine() -> Engine:
     """The worker's engine (built after the fork, at start-up; rebuilt if it failed)."""
     return get_engine()
+
+
+def settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    return request.app.state.settings
 
 
 async def read_body(request: Request, accepted: Iterable[str]) -> bytes:

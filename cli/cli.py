@@ -5,6 +5,7 @@
     leukodx rules check | list | show ID | docs --out DIR [--cases DIR]
     leukodx replay PATH... (see `leukodx replay --help`)
     leukodx serve [--host 127.0.0.1] [--port 8000] [--workers N]
+    leukodx feedback export [--db URL] [--out FILE]
 
 Exit codes: 0 done; 1 the case was rejected, or a replay expectation failed; 2 usage or
 knowledge-base error. Errors are one line per problem, never a traceback.
@@ -82,6 +83,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feedback(args: argparse.Namespace) -> int:
+    from leukodx.api.config import get_settings
+    from leukodx.api.feedback import store_for
+    url = args.db or get_settings().feedback_db_url
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        for row in store_for(url).export():
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from leukodx.replay import main as replay_main
     return replay_main(args)
@@ -109,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--workers", type=int, default=1, help="worker processes (each builds its own engine)")
     sv.set_defaults(func=_serve)
+    fb = sub.add_parser("feedback", help="CDS Hooks feedback store")
+    fb.add_argument("action", choices=["export"])
+    fb.add_argument("--db", help="SQLAlchemy URL (default: LEUKODX_FEEDBACK_DB_URL or sqlite:///leukodx-feedback.db)")
+    fb.add_argument("--out", help="write JSON lines here instead of standard output")
+    fb.set_defaults(func=_feedback)
     from leukodx.replay import add_arguments
     rp = sub.add_parser("replay", help="replay case files against their expectations")
     add_arguments(rp)

@@ -53,17 +53,17 @@ class _StrictYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type:
         return super().construct_mapping(node, deep=deep)
 
 
-def load_document(text: Union[str, bytes], name: str = "case") -> Any:
+def load_document(text: Union[str, bytes], name: str = "case", max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
     """JSON or YAML text to Python data. Raises CaseError with the reason."""
     if isinstance(text, bytes):
-        if len(text) > MAX_DOCUMENT_BYTES:
-            raise CaseError([Problem("", f"{name} is larger than {MAX_DOCUMENT_BYTES} bytes")])
+        if len(text) > max_bytes:
+            raise CaseError([Problem("", f"{name} is larger than {max_bytes} bytes")])
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise CaseError([Problem("", f"{name} is not UTF-8 text")]) from None
-    if len(text) > MAX_DOCUMENT_BYTES:
-        raise CaseError([Problem("", f"{name} is larger than {MAX_DOCUMENT_BYTES} bytes")])
+    if len(text) > max_bytes:
+        raise CaseError([Problem("", f"{name} is larger than {max_bytes} bytes")])
     stripped = text.lstrip()
     if not stripped:
         raise CaseError([Problem("", f"{name} is empty")])

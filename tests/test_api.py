@@ -19,7 +19,7 @@ JSON = {"content-type": "application/json"}
 
 @pytest.fixture(scope="module")
 def client():
-    with TestClient(create_app(Settings(max_body_bytes=64 * 1024))) as c:
+    with TestClient(create_app(Settings(max_body_bytes=64 * 1024, fhir_max_body_bytes=4 * 1024 * 1024))) as c:
         yield c
 
 
@@ -136,3 +136,64 @@ def test_access_logs_carry_no_patient_data(client):
     assert '"path": "/v1/assess"' in err
     for secret in ("secret-case-id-4242", "2.345", "Rarecondition"):
         assert secret not in err
+
+
+# ---- FHIR R4 bundles through /v1/assess/fhir (real third-party examples) ----------------------------
+
+from pathlib import Path  # noqa: E402
+
+FHIR = Path(__file__).resolve().parents[2] / "shared" / "fhir-examples"
+needs_fhir = pytest.mark.skipif(not FHIR.exists(), reason="shared FHIR examples not present")
+FHIR_JSON = {"content-type": "application/fhir+json"}
+
+
+def lab_value(doc, test):
+    return next(x["value"] for x in doc["labs"] if x["test"] == test and x["current"])
+
+
+@needs_fhir
+def test_fhir_ghp_differential(client):
+    r = client.post("/v1/assess/fhir", content=(FHIR / "hl7/r4-core-examples/diagnosticreport-example-ghp.json")
+                    .read_bytes(), headers=FHIR_JSON)
+    doc = r.json()
+    assert r.status_code == 200 and doc["risk_tier"]["tier"] == "moderate" and doc["risk_tier"]["anc"] == 0.9
+    assert lab_value(doc, "wbc") == 4.6 and lab_value(doc, "hemoglobin") == pytest.approx(17.6)
+
+
+@needs_fhir
+def test_fhir_belgian_per_microlitre_bundle(client):
+    r = client.post("/v1/assess/fhir", content=(FHIR / "units/hl7-be-lab/Macsys__815333044__81365677998_815333044_2.json")
+                    .read_bytes(), headers=FHIR_JSON)
+    doc = r.json()
+    assert r.status_code == 200 and lab_value(doc, "wbc") == pytest.approx(3.81)
+    wbc = next(x for x in doc["labs"] if x["test"] == "wbc" and x["current"])
+    assert wbc["original"] == {"value": 3810, "unit": "/uL", "test": "wbc", "loinc": "6690-2"} or \
+        wbc["original"]["value"] == 3810
+    assert doc["risk_tier"]["tier"] == "normal"
+
+
+@needs_fhir
+def test_fhir_us_core_cbc(client):
+    files = [FHIR / "hl7/us-core-master/observation-cbc-leukocytes.json"]
+    files = [f for f in files if f.exists()] or sorted((FHIR / "hl7/us-core-master").glob("observation-cbc-*.json"))
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": json.loads(f.read_text())} for f in files]}
+    r = client.post("/v1/assess/fhir", json=bundle)
+    assert r.status_code == 200
+    assert r.json()["labs"]
+
+
+@needs_fhir
+def test_fhir_synthea_patients(client):
+    for path in sorted((FHIR / "synthea").glob("*.json"))[:10]:
+        r = client.post("/v1/assess/fhir", content=path.read_bytes(), headers=FHIR_JSON)
+        assert r.status_code == 200, (path.name, r.text[:300])
+        doc = r.json()
+        assert doc["risk_tier"]["tier"] == "unknown"          # Synthea CBCs have no differential
+        assert any(w.startswith("FHIR:") for w in doc["warnings"]) or doc["labs"]
+
+
+def test_fhir_without_labs_is_a_clear_problem(client):
+    body = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Patient", "id": "p"}}]}
+    problem = is_problem(client.post("/v1/assess/fhir", json=body), 422)
+    assert "no lab value" in json.dumps(problem)

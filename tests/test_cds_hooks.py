@@ -281,6 +281,13 @@ def test_spec_feedback_examples_are_stored(client):
         assert r.status_code == 200, (name, r.text)
     rows = list(feedback_store.store_for(get_settings().feedback_db_url).export())
     assert len(rows) == 3 and {r["outcome"] for r in rows} == {"accepted", "overridden"}
+    import subprocess, sys
+    from pathlib import Path as P
+    exe = str(P(sys.executable).with_name("leukodx"))
+    out = subprocess.run([exe, "feedback", "export", "--db", get_settings().feedback_db_url],
+                         capture_output=True, text=True, timeout=60)
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert out.returncode == 0 and [x["card"] for x in lines] == [r["card"] for r in rows]
 
 
 @pytest.mark.parametrize("entry", [

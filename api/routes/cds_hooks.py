@@ -24,8 +24,9 @@ from .. import cards as C
 from .. import fhir
 from ..cds_auth import AuthError, JwtVerifier, verifier_from_settings
 from ..cds_models import CardsResponse, FeedbackRequest, HookRequest
-from ..config import Settings, get_settings
+from ..config import Settings
 from ..deps import engine
+from ..deps import settings as app_settings
 from ..feedback import store_for
 from ..fhir_fetch import FetchError, FhirFetcher, fill_template
 from ..problems import ProblemError
@@ -152,13 +153,13 @@ def _draft_orders(hook: HookRequest) -> list[dict[str, Any]]:
 
 
 @router.post("/cds-services/{service_id}", summary="Call a CDS service", response_model=CardsResponse)
-async def call_service(service_id: str, request: Request, eng: Engine = Depends(engine)) -> Any:
-    settings = get_settings()
+async def call_service(service_id: str, request: Request, eng: Engine = Depends(engine),
+                       settings: Settings = Depends(app_settings)) -> Any:
     _authorize(request, settings)
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
     try:
-        raw = load_document(await request.body(), name="CDS Hooks request")
+        raw = load_document(await request.body(), name="CDS Hooks request", max_bytes=settings.cds_max_body_bytes)
         hook = HookRequest.model_validate(raw)
     except CaseError as e:
         raise ProblemError(400, "Invalid CDS Hooks request", str(e.problems[0].msg) if e.problems else "") from None
@@ -223,8 +224,7 @@ def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Any, map
 
 
 @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards")
-async def feedback(service_id: str, request: Request) -> JSONResponse:
-    settings = get_settings()
+async def feedback(service_id: str, request: Request, settings: Settings = Depends(app_settings)) -> JSONResponse:
     _authorize(request, settings)
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")

@@ -13,7 +13,8 @@ from leukodx.engine.case import Case
 from leukodx.engine.parse import load_document
 from leukodx.engine.render import to_json
 
-from ..deps import FHIR_TYPES, JSON_TYPES, YAML_TYPES, engine, read_body
+from ..config import Settings
+from ..deps import FHIR_TYPES, JSON_TYPES, YAML_TYPES, engine, read_body, settings
 from ..problems import PROBLEM_JSON, ProblemError
 
 router = APIRouter(prefix="/v1", tags=["assessment"])
@@ -46,11 +47,13 @@ async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE
 async def assess_fhir(request: Request,
                       patient: Optional[str] = Query(None, description="Patient id when the Bundle holds several"),
                       as_of: Optional[date] = Query(None, description="date to judge at (default: latest lab)"),
-                      ctcae: Ctcae = Query(None), eng: Engine = Depends(engine)) -> Response:
+                      ctcae: Ctcae = Query(None), eng: Engine = Depends(engine),
+                      config: Settings = Depends(settings)) -> Response:
     """A FHIR R4 Bundle (Patient, Observation, MedicationRequest, MedicationStatement, Condition) in;
     the Assessment out. What the mapping could not use is listed in the Assessment's warnings."""
     from .. import fhir
-    data = load_document(await read_body(request, FHIR_TYPES), name="FHIR Bundle")
+    data = load_document(await read_body(request, FHIR_TYPES), name="FHIR Bundle",
+                         max_bytes=config.fhir_max_body_bytes)
     try:
         case, warnings = fhir.bundle_to_case(data, patient_id=patient, as_of=as_of)
     except fhir.FhirMappingError as e:

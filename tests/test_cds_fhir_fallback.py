@@ -1,0 +1,149 @@
+"""When prefetch is missing, the service fetches from the EHR's FHIR server: tested against a real
+HTTP server process on loopback serving bundles, with pagination, a 500, a timeout and a 401."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from leukodx.api.app import create_app
+from leukodx.api.config import get_settings
+from leukodx.api.fhir_fetch import FetchError, FhirFetcher, check_server
+
+from test_cds_hooks import CBC_SEVERE, PATIENT, searchset
+
+SERVER = textwrap.dedent('''
+    import json, sys, time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit, parse_qs
+    pages = json.loads(sys.argv[2])
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def do_GET(self):
+            path = urlsplit(self.path).path
+            q = parse_qs(urlsplit(self.path).query)
+            mode = path.split("/")[1]
+            if mode == "slow":
+                time.sleep(3)
+            if mode == "broken":
+                self.send_response(500); self.end_headers(); return
+            if mode == "locked" and self.headers.get("Authorization") != "Bearer right-token":
+                self.send_response(401); self.end_headers(); return
+            kind = path.split("/")[2].split("?")[0]
+            if kind == "Patient":
+                body = {"resourceType": "Patient", "id": "%s", "gender": "male", "birthDate": "1960-01-01"}
+            elif kind == "Observation" and "code:text" not in q:
+                page = int(q.get("_page", ["0"])[0])
+                body = {"resourceType": "Bundle", "type": "searchset", "entry": pages[page], "link": []}
+                if page + 1 < len(pages):
+                    body["link"].append({"relation": "next",
+                                         "url": f"http://127.0.0.1:{sys.argv[1]}{path}?_page={page + 1}"})
+            else:
+                body = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+            data = json.dumps(body).encode()
+            self.send_response(200); self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+''' % PATIENT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fhir_server():
+    port = free_port()
+    # two pages of Observations: the WBC on the first, the ANC on the second
+    pages = [[{"resource": r} for r in CBC_SEVERE[:1]], [{"resource": r} for r in CBC_SEVERE[1:]]]
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), json.dumps(pages)])
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(f"{base}/ok/Patient/x", timeout=0.5)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield base
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEUKODX_CDS_AUTH", "off")
+    monkeypatch.setenv("LEUKODX_FHIR_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("LEUKODX_FEEDBACK_DB_URL", f"sqlite:///{tmp_path}/fb.db")
+    get_settings.cache_clear()
+    with TestClient(create_app()) as c:
+        yield c
+    get_settings.cache_clear()
+
+
+def call(client, server: str, token: str = "right-token"):
+    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "fhirServer": server,
+            "fhirAuthorization": {"access_token": token, "token_type": "Bearer", "expires_in": 300,
+                                  "scope": "patient/*.read", "subject": "leukodx"},
+            "context": {"userId": "Practitioner/1", "patientId": PATIENT}}
+    return client.post("/cds-services/leukodx-patient-view", json=body)
+
+
+def test_no_prefetch_is_fetched_across_pages(client, fhir_server):
+    r = call(client, f"{fhir_server}/ok")
+    assert r.status_code == 200, r.text
+    card = r.json()["cards"][0]
+    assert card["indicator"] == "critical" and "ANC 0.3" in card["summary"]   # the ANC came from page 2
+
+
+def test_the_bearer_token_is_sent(client, fhir_server):
+    assert call(client, f"{fhir_server}/locked").status_code == 200
+    r = call(client, f"{fhir_server}/locked", token="wrong-token")
+    assert r.status_code == 412 and "401" in r.json()["issue"][0]["diagnostics"]
+    assert "wrong-token" not in r.text
+
+
+@pytest.mark.parametrize("mode,words", [("broken", "500"), ("slow", "in time")])
+def test_server_errors_and_timeouts_give_412(client, fhir_server, mode, words):
+    r = call(client, f"{fhir_server}/{mode}")
+    assert r.status_code == 412 and r.headers["content-type"].startswith("application/fhir+json")
+    assert words in r.json()["issue"][0]["diagnostics"]
+
+
+def test_paginated_prefetch_is_completed_from_the_server(client, fhir_server):
+    first = searchset(CBC_SEVERE[0])
+    first["link"] = [{"relation": "next", "url": f"{fhir_server}/ok/Observation?_page=1"}]
+    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "fhirServer": f"{fhir_server}/ok",
+            "context": {"userId": "Practitioner/1", "patientId": PATIENT},
+            "prefetch": {"patient": None, "observations": first, "pgx": None, "medicationRequests": None,
+                         "medicationStatements": None, "conditions": None}}
+    r = client.post("/cds-services/leukodx-patient-view", json=body)
+    assert r.status_code == 200 and "ANC 0.3" in r.json()["cards"][0]["summary"]
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3/fhir", "http://192.168.0.10/fhir", "http://169.254.169.254/latest",
+                                 "http://172.16.5.5/fhir", "ftp://127.0.0.1/fhir", "http://user:pw@127.0.0.1/fhir",
+                                 "http://[fd00::1]/fhir"])
+def test_server_side_request_forgery_is_refused(url):
+    with pytest.raises(FetchError):
+        check_server(url, allow_private=False)
+
+
+def test_private_fhir_server_refused_through_the_api(client):
+    r = call(client, "http://10.0.0.7/fhir")
+    assert r.status_code == 412 and "private" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_pages_are_bounded(fhir_server):
+    fetcher = FhirFetcher(f"{fhir_server}/ok", None, timeout=2, max_pages=1)
+    with pytest.raises(FetchError, match="more than 1 pages"):
+        fetcher.get(f"Observation?patient={PATIENT}")
