@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 __all__ = ["Node", "Cmp", "Exists", "All", "Any_", "ConditionError", "parse", "to_durable", "evaluate",
-           "explain", "facts_used", "describe"]
+           "compile_python", "explain", "facts_used", "describe"]
 
 OPS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 _DURABLE_OP = {"ne": "$neq", "lt": "$lt", "le": "$lte", "gt": "$gt", "ge": "$gte"}
@@ -173,6 +173,34 @@ def evaluate(n: Node, facts: dict[str, Any]) -> bool:
     if left is None or right is None:
         return False
     return _PY_OP[n.op](left, right)
+
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+def compile_python(n: Node) -> Predicate:
+    """The condition as a closure over a facts dict: same semantics as :func:`evaluate`, faster."""
+    if isinstance(n, (All, Any_)):
+        parts = tuple(compile_python(i) for i in n.items)
+        combine = all if isinstance(n, All) else any
+        return lambda f: combine(p(f) for p in parts)
+    if isinstance(n, Exists):
+        fact, present = n.fact, n.present
+        return (lambda f: fact in f) if present else (lambda f: fact not in f)
+    op, fact = _PY_OP[n.op], n.fact
+    if isinstance(n.value, Ref):
+        other = n.value.fact
+
+        def ref_cmp(f: dict[str, Any]) -> bool:
+            a, b = f.get(fact), f.get(other)
+            return a is not None and b is not None and op(a, b)
+        return ref_cmp
+    value = n.value
+
+    def cmp(f: dict[str, Any]) -> bool:
+        a = f.get(fact)
+        return a is not None and op(a, value)
+    return cmp
 
 
 def explain(n: Node, facts: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -65,7 +65,7 @@ class Conclusion(_Strict):
     missing: Optional[str] = None
     warning: Optional[str] = None
 
-    @property
+    @cached_property
     def kind(self) -> str:
         return next(k for k in ("finding", "alert", "cause", "step", "block_step", "missing", "warning")
                     if getattr(self, k) is not None)
@@ -109,6 +109,7 @@ class Rule:
     sources: tuple[str, ...]
     facts: tuple[str, ...]          # facts the condition reads (shown in the trace)
     file: str
+    test: C.Predicate               # the condition compiled to plain Python
 
 
 @dataclass
@@ -121,9 +122,9 @@ class KnowledgeBase:
     loinc: dict[str, str]
     drugs: list[dict[str, Any]]
     drug_classes: set[str]
-    conditions: dict[str, list[re.Pattern[str]]]
-    transplant_organs: dict[str, list[re.Pattern[str]]]
-    duffy_ancestry: list[re.Pattern[str]]
+    conditions: dict[str, re.Pattern[str]]
+    transplant_organs: dict[str, re.Pattern[str]]
+    duffy_ancestry: re.Pattern[str]
     duffy_ancestry_sources: list[str]
     causes: dict[str, CatalogueEntry]
     steps: dict[str, CatalogueEntry]
@@ -206,14 +207,19 @@ def _version(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _patterns(items: list[str], where: str, problems: list[str]) -> list[re.Pattern[str]]:
-    out = []
+def _patterns(items: list[str], where: str, problems: list[str]) -> re.Pattern[str]:
+    """One case-insensitive pattern matching any of the vocabulary's patterns, each anchored at a
+    word start (patterns that begin with \\b or a group anchor themselves)."""
+    parts = []
     for p in items:
+        part = p if p.startswith(("\\b", "(?")) else rf"(?<![\w]){p}"
         try:
-            out.append(re.compile(rf"(?<![\w]){p}" if not p.startswith("\\b") else p, re.IGNORECASE))
+            re.compile(part)
         except re.error as e:
             problems.append(f"{where}: bad pattern {p!r}: {e}")
-    return out
+            continue
+        parts.append(f"(?:{part})")
+    return re.compile("|".join(parts) or r"(?!)", re.IGNORECASE)
 
 
 def _catalogue(data: Any, key: str, name: str, problems: list[str]) -> dict[str, CatalogueEntry]:
@@ -348,7 +354,8 @@ def _compile_rules(kb: KnowledgeBase, root: Path, problems: list[str]) -> None:
                 problems.extend(f"{where}: {p}" for p in _check_conclusion(kb, c))
             rule = Rule(id=r.id, family=fam.family, stage=fam.stage, order=order, statement=r.statement,
                         rationale=r.rationale, condition=node, durable=C.to_durable(node), then=tuple(r.then),
-                        sources=tuple(r.sources), facts=tuple(C.facts_used(node)), file=f"logic/{fname}")
+                        sources=tuple(r.sources), facts=tuple(C.facts_used(node)), file=f"logic/{fname}",
+                        test=C.compile_python(node))
             order += 1
             kb.rules.append(rule)
             kb.families[fam.family].append(rule)

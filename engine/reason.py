@@ -122,7 +122,7 @@ class PlainEvaluator:
         self.kb = kb
 
     def fire(self, family: str, facts: dict[str, Any]) -> set[str]:
-        return {r.id for r in self.kb.families[family] if C.evaluate(r.condition, facts)}
+        return {r.id for r in self.kb.families[family] if r.test(facts)}
 
     def why_not(self, rule_id: str, facts: dict[str, Any]) -> list[str]:
         return C.explain(self.kb.rule(rule_id).condition, facts)

@@ -16,10 +16,10 @@ __all__ = ["clean_text", "DrugIndex", "match_conditions", "match_organ", "duffy_
 _INVISIBLE = re.compile(r"[\u0000-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
 
 
-def clean_text(text: str) -> str:
-    """NFKC, without invisible characters, case-folded, with runs of spaces folded."""
+def clean_text(text: str, fold: bool = True) -> str:
+    """NFKC, without invisible characters, case-folded (unless fold=False), with runs of spaces folded."""
     t = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
-    return " ".join(t.casefold().split())
+    return " ".join((t.casefold() if fold else t).split())
 
 
 def _key(text: str) -> str:
@@ -75,14 +75,14 @@ class DrugIndex:
 
 
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:
-    t = clean_text(text)
-    return [cid for cid, pats in kb.conditions.items() if any(p.search(t) for p in pats)]
+    t = clean_text(text, fold=False)       # the patterns ignore case, except abbreviations
+    return [cid for cid, pattern in kb.conditions.items() if pattern.search(t)]
 
 
 def match_organ(kb: KnowledgeBase, text: str) -> str:
-    t = clean_text(text)
-    for organ, pats in kb.transplant_organs.items():
-        if any(p.search(t) for p in pats):
+    t = clean_text(text, fold=False)
+    for organ, pattern in kb.transplant_organs.items():
+        if pattern.search(t):
             return organ
     return "other"
 
@@ -90,5 +90,4 @@ def match_organ(kb: KnowledgeBase, text: str) -> str:
 def duffy_prevalent(kb: KnowledgeBase, ancestry: Optional[str]) -> bool:
     if not ancestry:
         return False
-    t = clean_text(ancestry)
-    return any(p.search(t) for p in kb.duffy_ancestry)
+    return bool(kb.duffy_ancestry.search(clean_text(ancestry, fold=False)))

@@ -306,3 +306,24 @@ def test_lower_anc_never_gives_a_milder_tier(engine, x, y):
 
 def test_durable_and_plain_backends_give_the_same_assessment(engine, plain_engine):
     assert to_json(engine.assess(RICH)) == to_json(plain_engine.assess(RICH))
+
+
+@pytest.mark.parametrize("text,expected,absent", [
+    ("allergic to all penicillins", set(), {"acute_leukemia"}),
+    ("ALL in remission", {"acute_leukemia", "cancer"}, set()),
+    ("uses hearing aids", set(), {"hiv"}),
+    ("hiv infection, on ART", {"hiv", "viral_infection"}, set()),
+    ("Crohn's disease", {"crohns_disease", "inflammatory_bowel_disease"}, set()),
+    ("cap on a tooth", set(), {"pneumonia"}),
+])
+def test_condition_vocabulary_does_not_mistake_words_for_abbreviations(kb, text, expected, absent):
+    from leukodx.engine.vocabulary import match_conditions
+    found = set(match_conditions(kb, text))
+    assert expected <= found and not (absent & found)
+
+
+@pytest.mark.parametrize("text,organ", [("kidney allograft", "kidney"), ("allo-HCT", "hsct"),
+                                        ("allogeneic stem cell transplant", "hsct"), ("renal", "kidney")])
+def test_transplant_organs(kb, text, organ):
+    from leukodx.engine.vocabulary import match_organ
+    assert match_organ(kb, text) == organ

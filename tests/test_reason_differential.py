@@ -70,6 +70,14 @@ def test_every_family_fires_the_same_rules(facts):
 
 @given(facts_strategy)
 @settings(max_examples=500, deadline=None)
+def test_compiled_closures_agree_with_the_condition_tree(facts):
+    facts = typed_facts(facts)
+    for r in KB.rules:
+        assert r.test(facts) == C.evaluate(r.condition, facts), r.id
+
+
+@given(facts_strategy)
+@settings(max_examples=500, deadline=None)
 def test_staged_reasoning_agrees(facts):
     base = {k: v for k, v in facts.items() if not k.startswith(("finding_", "alert_"))}
     d, _ = run_stages(KB, DURABLE, base)
