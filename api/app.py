@@ -91,10 +91,11 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             return settings.cds_max_body_bytes
         return settings.fhir_max_body_bytes if path == "/v1/assess/fhir" else settings.max_body_bytes
 
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "OPTIONS"],
-                       allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
+    # The last middleware added is the outermost: CORS headers go on every answer, 413s and 500s included.
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(RequestContext)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "OPTIONS"],
+                       allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
     return app
 
 

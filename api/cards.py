@@ -105,8 +105,7 @@ def _detail(a: Assessment) -> str:
             agents = f" - agents: {', '.join(c.agents)}" if c.agents else ""
             lines.append(f"{c.rank}. **{c.title}** ({c.likelihood}, score {c.score:g}){agents}")
             for e in c.evidence[:4]:
-                sign = {"for": "+", "against": "-", "neutral": "="}[e.direction]
-                lines.append(f"    - {sign} {e.statement} [{', '.join(e.sources)}]")
+                lines.append(f"    - *{e.direction}*: {e.statement} [{', '.join(e.sources)}]")
     if a.steps:
         lines += ["", "**Next steps**"] + [f"- *{s.urgency}*: {s.title}" for s in a.steps]
     if a.steps_not_advised:
@@ -188,7 +187,8 @@ def _scaled_order(order: dict[str, Any], fraction: float, note: str) -> Optional
     return new
 
 
-def thiopurine_card(a: Optional[Assessment], order: dict[str, Any], drug: str, rec: Optional[CpicRecommendation],
+def thiopurine_card(a: Optional[Assessment], order: dict[str, Any], key: str, drug: str,
+                    rec: Optional[CpicRecommendation],
                     tpmt: GeneStatus, nudt15: GeneStatus, hook_instance: str, patient_id: Optional[str],
                     sources: dict[str, Any], kb_version: str) -> dict[str, Any]:
     """A card for one ordered thiopurine: the CPIC recommendation for the patient's phenotypes."""
@@ -196,7 +196,7 @@ def thiopurine_card(a: Optional[Assessment], order: dict[str, Any], drug: str, r
     poor = "poor" in (tpmt.phenotype, nudt15.phenotype)
     unknown = "unknown" in (tpmt.phenotype, nudt15.phenotype)
     pheno = f"TPMT {tpmt.phenotype.replace('_', ' ')}, NUDT15 {nudt15.phenotype.replace('_', ' ')}"
-    cid = card_id(hook_instance, "thiopurine", order.get("id") or drug)
+    cid = card_id(hook_instance, "thiopurine", key)
     suggestions: list[dict[str, Any]] = []
     if unknown:
         indicator = "warning"

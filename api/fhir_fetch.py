@@ -3,6 +3,7 @@
 * the prefetch template is filled from the hook context (`{{context.patientId}}`, `{{userPractitionerId}}` ...);
 * the `fhirAuthorization` bearer token is sent, and never logged;
 * strict timeouts, a bounded number of pages (`Bundle.link[relation=next]`) and a bounded body;
+* the token only travels over https (plain http only to loopback, for an EHR's local test server);
 * no server-side request forgery: the fhirServer must be http(s), and its address must not be a
   private, link-local, multicast or reserved one unless it is loopback (the EHR's own test
   servers) or the operator allowed private networks (LEUKODX_FHIR_ALLOW_PRIVATE);
@@ -64,6 +65,8 @@ def check_server(url: str, allow_private: bool) -> None:
         ip = ipaddress.ip_address(info[4][0])
         if ip.is_loopback:
             continue
+        if parts.scheme != "https":
+            raise FetchError("fhirServer must use https (the access token must not travel in clear)")
         if not allow_private and (ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved
                                   or ip.is_unspecified):
             raise FetchError("fhirServer points to a private or reserved address, which is not allowed")

@@ -76,8 +76,25 @@ class RequestContext:
                 message = {**message, "headers": headers}
             await send(message)
 
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_wrapper(message)
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, tracking_send)
+        except Exception as e:   # answer here, inside CORS, with the request id: never a stack trace
+            logging.getLogger("leukodx.api").error("unhandled error", extra={"request_id": request_id,
+                                                                            "error_type": type(e).__name__})
+            if not started:
+                body = json.dumps({"type": "about:blank", "title": "Internal error", "status": 500,
+                                   "detail": "The request could not be completed; it has been logged.",
+                                   "request_id": request_id}).encode()
+                await send_wrapper({"type": "http.response.start", "status": 500, "headers": [
+                    (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]})
+                await send_wrapper({"type": "http.response.body", "body": body})
         finally:
             self.log.info("request", extra={"request_id": request_id, "method": scope.get("method"),
                                             "path": scope.get("path"), "status": status,

@@ -159,14 +159,14 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
 
     # normalized labs out (originals kept), then derived ones
     for lab in sorted(nc.labs, key=lambda x: (x.test, x.time or datetime.max, x.index)):
-        labs_out.append(NormalizedLab(
+        labs_out.append(NormalizedLab.model_construct(
             test=lab.test, name=kb.tests[lab.test]["name"], value=lab.value, unit=lab.unit, time=lab.time, lln=lab.lln,
             current=current.get(lab.test) is lab and lab.test not in derived_current,
-            original=OriginalValue(value=lab.original_value, unit=lab.original_unit, test=lab.original_test,
+            original=OriginalValue.model_construct(value=lab.original_value, unit=lab.original_unit, test=lab.original_test,
                                    loinc=lab.loinc)))
     for target, points in derived_points.items():
         for t, v in sorted(points.items(), key=lambda kv: kv[0] or datetime.max):
-            labs_out.append(NormalizedLab(
+            labs_out.append(NormalizedLab.model_construct(
                 test=target, name=kb.tests[target]["name"], value=v, unit="10^9/L", time=t,
                 current=target in derived_current and derived_current[target] == t,
                 derived=True, derivation=derivation_text[(target, t)]))

@@ -25,6 +25,15 @@ def _by_conclusion(firings: list[Firing], kind: str) -> dict[str, list[Firing]]:
     return out
 
 
+def _source_out(kb: KnowledgeBase, sid: str) -> SourceOut:
+    """The catalogue entry as it appears in an assessment (built once per knowledge base)."""
+    cache: dict[str, SourceOut] = kb.__dict__.setdefault("_source_out", {})
+    if sid not in cache:
+        cache[sid] = SourceOut(**kb.sources[sid].model_dump(include={"id", "citation", "year", "kind", "pmid",
+                                                                       "doi", "url"}))
+    return cache[sid]
+
+
 def _sources(firings: list[Firing], extra: list[str]) -> list[str]:
     return sorted({s for f in firings for s in f.rule.sources} | set(extra))
 
@@ -101,10 +110,8 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
             cited.update(e.sources)
     for f in firings:
         cited.update(f.rule.sources)
-    sources = {sid: SourceOut(**kb.sources[sid].model_dump(include={"id", "citation", "year", "kind", "pmid", "doi",
-                                                                     "url"}))
-               for sid in sorted(cited)}
-    trace = [TraceItem(rule=f.rule.id, family=f.rule.family, stage=f.rule.stage, facts=f.facts) for f in firings]
+    sources = {sid: _source_out(kb, sid) for sid in sorted(cited)}
+    trace = [TraceItem.model_construct(rule=f.rule.id, family=f.rule.family, stage=f.rule.stage, facts=f.facts) for f in firings]
     return Assessment(
         case_id=nc.case.id, as_of=nc.as_of, kb_version=kb.version, engine_version=engine_version,
         risk_tier=d.risk_tier, ctcae=d.ctcae, alerts=alerts, findings=findings, causes=causes, steps=steps,

@@ -138,6 +138,8 @@ class KnowledgeBase:
     families: dict[str, list[Rule]] = field(default_factory=dict)   # family -> rules, KB order
     family_titles: dict[str, str] = field(default_factory=dict)
     stages: list[tuple[int, list[str]]] = field(default_factory=list)  # (stage, families)
+    rulesets: dict[str, list[Rule]] = field(default_factory=dict)       # durable-rules ruleset -> rules
+    stage_rulesets: list[tuple[int, list[str]]] = field(default_factory=list)   # (stage, ruleset names)
 
     def value(self, name: str) -> float:
         return float(self.thresholds[name]["value"])
@@ -363,7 +365,28 @@ def _compile_rules(kb: KnowledgeBase, root: Path, problems: list[str]) -> None:
         if not kb.stages or kb.stages[-1][0] != fam.stage:
             kb.stages.append((fam.stage, []))
         kb.stages[-1][1].append(fam.family)
+    _pack_rulesets(kb)
     kb._by_id = {r.id: r for r in kb.rules}
+
+
+MAX_RULES_PER_RULESET = 60
+
+
+def _pack_rulesets(kb: KnowledgeBase) -> None:
+    """Whole families of one stage packed into as few rulesets as durable-rules' limits allow
+    (first fit, largest family first; a family is never split). Fewer rulesets, fewer sessions."""
+    for stage, families in kb.stages:
+        packs: list[list[str]] = []
+        for family in sorted(families, key=lambda f: (-len(kb.families[f]), f)):
+            room = next((p for p in packs if sum(len(kb.families[f]) for f in p) + len(kb.families[family])
+                         <= MAX_RULES_PER_RULESET), None)
+            if room is None:
+                packs.append(room := [])
+            room.append(family)
+        names = ["+".join(sorted(p)) for p in packs]
+        for name in names:
+            kb.rulesets[name] = [r for f in name.split("+") for r in kb.families[f]]
+        kb.stage_rulesets.append((stage, names))
 
 
 def _check_conclusion(kb: KnowledgeBase, c: Conclusion) -> list[str]:

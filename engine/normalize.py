@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import date, datetime, timezone
 from typing import Any, Optional, Union
 
@@ -148,8 +149,23 @@ def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:
 _DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+)*)")
 
 
+@lru_cache(maxsize=512)
+def _dose_unit(unit: str) -> Optional[tuple[bool, float]]:
+    """(per body weight?, factor to mg/kg/day or mg/day) for a dose unit spelling, through pint."""
+    ureg = registry()
+    try:
+        q = ureg.Quantity(1.0, ureg.parse_units(unit))
+        if q.check("1/[time]"):        # mg/kg/day: mass/mass/time is 1/time
+            return True, float(q.to("milligram / kilogram / day").magnitude)
+        if q.check("[mass]/[time]"):
+            return False, float(q.to("milligram / day").magnitude)
+    except Exception:   # pint raises several types for unreadable units
+        return None
+    return None
+
+
 def _dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]) -> Optional[float]:
-    """mg/kg/day from a dose with a unit of mass per time or mass per body mass per time (pint)."""
+    """mg/kg/day from a dose with a unit of mass per time (needs the weight) or mass per body mass per time."""
     if dose is None:
         return None
     if isinstance(dose, str):
@@ -159,19 +175,13 @@ def _dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]) ->
         value, unit = float(m.group(1)), m.group(2)
     else:
         value, unit = dose.value, dose.unit
-    ureg = registry()
-    try:
-        q = ureg.Quantity(value, ureg.parse_units(unit))
-    except Exception:
+    found = _dose_unit(unit)
+    if found is None:
         return None
-    try:
-        if q.check("1/[time]"):        # mg/kg/day: mass/mass/time is 1/time
-            return float(q.to("milligram / kilogram / day").magnitude)
-        if q.check("[mass]/[time]") and weight_kg:
-            return float((q / ureg.Quantity(weight_kg, "kilogram")).to("milligram / kilogram / day").magnitude)
-    except Exception:
-        return None
-    return None
+    per_kg, factor = found
+    if per_kg:
+        return value * factor
+    return value * factor / weight_kg if weight_kg else None
 
 
 def _classes(drug: dict[str, Any], med: Medication, oncologic: bool) -> frozenset[str]:

@@ -27,7 +27,7 @@ def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed]) -
             if c.kind != "cause":
                 continue
             w = float(c.weight or 0.0)
-            evidence[c.cause].append(Evidence(
+            evidence[c.cause].append(Evidence.model_construct(
                 rule=f.rule.id, statement=f.rule.statement, weight=w,
                 direction="for" if w > 0 else "against" if w < 0 else "neutral",
                 facts=f.facts, sources=list(f.rule.sources)))

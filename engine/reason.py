@@ -1,7 +1,7 @@
 """Reason: run the compiled rules over a case's facts, stage by stage, in durable-rules.
 
-Each family of rules (rules/logic/<family>.yaml) is one durable-rules ruleset. Stages run in
-order; the findings and alerts concluded at one stage become facts (``finding_x``, ``alert_x``)
+Families of rules (rules/logic/<family>.yaml) of one stage are packed, whole, into durable-rules
+rulesets of at most 60 rules (kb.rulesets), so a case needs few sessions. Stages run in order; the findings and alerts concluded at one stage become facts (``finding_x``, ``alert_x``)
 of the next, so later rules build on earlier ones.
 
 How durable-rules is used, after ../shared/knowledge/durable-rules-notes.md:
@@ -51,7 +51,7 @@ class Firing:
 
 
 class Reasoner(Protocol):
-    def fire(self, family: str, facts: dict[str, Any]) -> set[str]: ...
+    def fire(self, ruleset: str, facts: dict[str, Any]) -> set[str]: ...
 
 
 class _QuietHost(durable_engine.Host):
@@ -66,7 +66,7 @@ def _ignore(c: Any) -> None:
 
 
 class DurableReasoner:
-    """The knowledge base compiled into durable-rules rulesets, one per family."""
+    """The knowledge base compiled into durable-rules rulesets (kb.rulesets)."""
 
     def __init__(self, kb: KnowledgeBase):
         self.kb = kb
@@ -76,9 +76,9 @@ class DurableReasoner:
         self._names: dict[str, str] = {}
         self._sid = itertools.count(1)
         rulesets: dict[str, dict[str, Any]] = {}
-        for family, rules in kb.families.items():
-            name = f"leukodx_{family}_{next(_NAMES)}"     # a ruleset name can be registered only once
-            self._names[family] = name
+        for key, rules in kb.rulesets.items():
+            name = f"leukodx_{next(_NAMES)}_{key.replace('+', '_')}"[:120]   # a name can be registered only once
+            self._names[key] = name
             rulesets[name] = {
                 r.id.replace(".", "__"): {"all": [{"m": {"$and": [{"kind": "case"}, r.durable]}}],
                                           "run": self._action(r.id)}
@@ -93,10 +93,10 @@ class DurableReasoner:
             sink.append(rule_id)
         return act
 
-    def fire(self, family: str, facts: dict[str, Any]) -> set[str]:
+    def fire(self, ruleset: str, facts: dict[str, Any]) -> set[str]:
         if self.broken:
             raise ReasoningError("the rules engine failed earlier in this process and must be recycled")
-        name = self._names[family]
+        name = self._names[ruleset]
         sid = str(next(self._sid))
         with _LOCK:
             self._sink.clear()
@@ -104,14 +104,14 @@ class DurableReasoner:
                 self._host.assert_fact(name, {**facts, "kind": "case", "sid": sid})
             except BaseException as e:  # the C core reports errors as generic exceptions
                 self.broken = True
-                raise ReasoningError(f"durable-rules failed in ruleset {family}: {e}") from e
+                raise ReasoningError(f"durable-rules failed in ruleset {ruleset}: {e}") from e
             fired = set(self._sink)
             self._sink.clear()
             try:
                 self._host.delete_state(name, sid)
             except BaseException as e:
                 self.broken = True
-                raise ReasoningError(f"durable-rules could not delete a session of {family}: {e}") from e
+                raise ReasoningError(f"durable-rules could not delete a session of {ruleset}: {e}") from e
         return fired
 
 
@@ -121,8 +121,8 @@ class PlainEvaluator:
     def __init__(self, kb: KnowledgeBase):
         self.kb = kb
 
-    def fire(self, family: str, facts: dict[str, Any]) -> set[str]:
-        return {r.id for r in self.kb.families[family] if r.test(facts)}
+    def fire(self, ruleset: str, facts: dict[str, Any]) -> set[str]:
+        return {r.id for r in self.kb.rulesets[ruleset] if r.test(facts)}
 
     def why_not(self, rule_id: str, facts: dict[str, Any]) -> list[str]:
         return C.explain(self.kb.rule(rule_id).condition, facts)
@@ -151,10 +151,10 @@ def run_stages(kb: KnowledgeBase, reasoner: Reasoner, base_facts: dict[str, Any]
     """All stages over one case. Returns the firings in knowledge-base order and the final facts."""
     facts = typed_facts(base_facts)
     firings: list[Firing] = []
-    for _stage, families in kb.stages:
+    for _stage, rulesets in kb.stage_rulesets:
         fired_ids: set[str] = set()
-        for family in families:
-            fired_ids |= reasoner.fire(family, facts)
+        for ruleset in rulesets:
+            fired_ids |= reasoner.fire(ruleset, facts)
         stage_rules = sorted((kb.rule(i) for i in fired_ids), key=lambda r: r.order)
         for r in stage_rules:
             firings.append(Firing(r, {f: facts[f] for f in r.facts if f in facts}))

@@ -2,7 +2,6 @@
 for a clinician."""
 from __future__ import annotations
 
-import json
 import textwrap
 
 from .assessment import Assessment
@@ -11,8 +10,9 @@ __all__ = ["to_json", "to_text"]
 
 
 def to_json(a: Assessment, indent: int | None = 2) -> str:
-    """Canonical JSON: field order fixed by the model, keys of free mappings sorted."""
-    return json.dumps(a.model_dump(mode="json"), indent=indent, sort_keys=False, ensure_ascii=False) + "\n"
+    """Canonical JSON (pydantic's serializer): field order fixed by the model, so the same case gives
+    byte-identical output."""
+    return a.model_dump_json(indent=indent) + "\n"
 
 
 def _wrap(text: str, indent: str = "    ") -> str:

@@ -123,6 +123,8 @@ def test_paginated_prefetch_is_completed_from_the_server(client, fhir_server):
     first = searchset(CBC_SEVERE[0])
     first["link"] = [{"relation": "next", "url": f"{fhir_server}/ok/Observation?_page=1"}]
     body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "fhirServer": f"{fhir_server}/ok",
+            "fhirAuthorization": {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
+                                  "scope": "patient/*.read", "subject": "leukodx"},
             "context": {"userId": "Practitioner/1", "patientId": PATIENT},
             "prefetch": {"patient": None, "observations": first, "pgx": None, "medicationRequests": None,
                          "medicationStatements": None, "conditions": None}}
@@ -132,14 +134,14 @@ def test_paginated_prefetch_is_completed_from_the_server(client, fhir_server):
 
 @pytest.mark.parametrize("url", ["http://10.1.2.3/fhir", "http://192.168.0.10/fhir", "http://169.254.169.254/latest",
                                  "http://172.16.5.5/fhir", "ftp://127.0.0.1/fhir", "http://user:pw@127.0.0.1/fhir",
-                                 "http://[fd00::1]/fhir"])
+                                 "http://[fd00::1]/fhir", "http://93.184.216.34/fhir"])
 def test_server_side_request_forgery_is_refused(url):
     with pytest.raises(FetchError):
         check_server(url, allow_private=False)
 
 
 def test_private_fhir_server_refused_through_the_api(client):
-    r = call(client, "http://10.0.0.7/fhir")
+    r = call(client, "https://10.0.0.7/fhir")
     assert r.status_code == 412 and "private" in r.json()["issue"][0]["diagnostics"]
 
 

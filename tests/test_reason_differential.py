@@ -64,8 +64,8 @@ PLAIN = PlainEvaluator(KB)
 @settings(max_examples=2500, deadline=None)
 def test_every_family_fires_the_same_rules(facts):
     facts = typed_facts(facts)
-    for family in KB.families:
-        assert DURABLE.fire(family, facts) == PLAIN.fire(family, facts), family
+    for ruleset in KB.rulesets:
+        assert DURABLE.fire(ruleset, facts) == PLAIN.fire(ruleset, facts), ruleset
 
 
 @given(facts_strategy)
@@ -97,8 +97,8 @@ def test_generated_facts_reach_every_rule():
                 t = TYPES[name]
                 facts[name] = (rnd.random() < 0.7) if t is bool else (
                     rnd.choice(sorted(CONSTS[name] | {0.0})) if t is float else rnd.choice(sorted(CONSTS[name] | {"x"})))
-        for family in KB.families:
-            for rid in PLAIN.fire(family, facts):
+        for ruleset in KB.rulesets:
+            for rid in PLAIN.fire(ruleset, facts):
                 fired[rid] += 1
     assert len(fired) > 0.8 * len(KB.rules)
 

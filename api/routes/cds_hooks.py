@@ -122,6 +122,8 @@ def _gather(hook: HookRequest, settings: Settings, loinc: list[str]) -> tuple[li
             if fetcher is None:
                 if not hook.fhirServer:
                     raise FetchError("no fhirServer was given")
+                if hook.fhirAuthorization is None:   # every FHIR call carries the EHR's access token
+                    raise FetchError("no fhirAuthorization access token was given for the fhirServer")
                 fetcher = FhirFetcher(hook.fhirServer, hook.fhirAuthorization.access_token if hook.fhirAuthorization
                                       else None, settings.fhir_timeout_seconds, settings.fhir_max_pages,
                                       settings.fhir_allow_private)
@@ -209,17 +211,18 @@ def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Any, map
         history = fhir.pgx_results(resources)
         tpmt = pgx.resolve(eng.kb, "tpmt", history.get("tpmt"))
         nudt15 = pgx.resolve(eng.kb, "nudt15", history.get("nudt15"))
-    for order in drafts:
+    for index, order in enumerate(drafts):
+        key = str(order.get("id") or f"#{index}")     # an order without an id still gets its own card uuid
         match = eng.drugs.lookup(*fhir.medication_name_and_code(order))
         if match is None:
             continue
         drug = match.drug["id"]
         if "thiopurine" in match.drug.get("classes", []):
             rec = pgx.recommendation(eng.kb, drug, tpmt, nudt15)
-            out.append(C.thiopurine_card(assessment, order, drug, rec, tpmt, nudt15, hook.hookInstance, patient_id,
-                                         rec.sources if rec else ["relling_cpic_2019"], eng.kb.version))
+            out.append(C.thiopurine_card(assessment, order, key, drug, rec, tpmt, nudt15, hook.hookInstance,
+                                         patient_id, rec.sources if rec else ["relling_cpic_2019"], eng.kb.version))
         elif drug == "clozapine":
-            out.append(C.clozapine_card(assessment, hook.hookInstance, str(order.get("id") or drug)))
+            out.append(C.clozapine_card(assessment, hook.hookInstance, key))
     return out
 
 
