@@ -27,7 +27,6 @@ from ..cds_models import CardsResponse, FeedbackRequest, HookRequest
 from ..config import Settings
 from ..deps import engine
 from ..deps import settings as app_settings
-from ..feedback import store_for
 from ..fhir_fetch import FetchError, FhirFetcher, fill_template
 from ..problems import ProblemError
 
@@ -237,5 +236,6 @@ async def feedback(service_id: str, request: Request, settings: Settings = Depen
         raise ProblemError(400, "Invalid feedback", e.problems[0].msg if e.problems else "") from None
     except ValidationError as e:
         raise ProblemError(400, "Invalid feedback", "", problems_from_validation(e)) from None
+    from ..feedback import store_for   # SQLAlchemy is loaded on first feedback, not at start-up
     stored = store_for(settings.feedback_db_url).add(service_id, body.feedback)   # committed before we answer
     return JSONResponse({"stored": stored})

@@ -1,0 +1,171 @@
+"""HTTP throughput and latency: `leukodx serve` with 1 and 2 workers, driven by a load generator in
+a separate process (asyncio + httpx) at several concurrency levels for a fixed duration, for
+POST /v1/assess and a CDS Hooks patient-view call with prefetch; plus the same calls' in-process
+engine time, so the HTTP overhead is a ratio; plus start-up time to /readyz.
+
+    python bench/http_load.py [--duration 10] [--workers 1 2] [--clients 1 8 64] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE = ROOT / "cases" / "thiopurine" / "tpmt-poor-azathioprine-severe-neutropenia.yaml"
+
+
+def cds_body() -> dict[str, Any]:
+    def obs(code: str, value: float) -> dict[str, Any]:
+        return {"resourceType": "Observation", "id": f"o{code}", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2025-03-10T08:00:00Z",
+                "valueQuantity": {"value": value, "unit": "10*9/L", "system": "http://unitsofmeasure.org",
+                                  "code": "10*9/L"}}
+    labs = [obs("6690-2", 1.4), obs("751-8", 0.3), obs("777-3", 210)]
+    return {"hook": "patient-view", "hookInstance": "b0c9c4a0-0000-4000-8000-000000000001",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-01"},
+                         "observations": {"resourceType": "Bundle", "type": "searchset",
+                                          "entry": [{"resource": r} for r in labs]},
+                         "pgx": None, "medicationRequests": None, "medicationStatements": None, "conditions": None}}
+
+
+CALLS = {
+    "assess": ("/v1/assess", CASE.read_bytes(), "application/yaml"),
+    "cds_patient_view": ("/cds-services/leukodx-patient-view", json.dumps(cds_body()).encode(), "application/json"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(workers: int) -> tuple[subprocess.Popen, str, float]:
+    port = free_port()
+    exe = shutil.which("leukodx") or str(Path(sys.executable).with_name("leukodx"))
+    env = {**os.environ, "LEUKODX_CDS_AUTH": "off", "LEUKODX_LOG_LEVEL": "WARNING"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--workers", str(workers)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - t0 < 60:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=0.5).status_code == 200:
+                return proc, base, time.perf_counter() - t0
+        except httpx.HTTPError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+LOADGEN = r'''
+import asyncio, json, sys, time
+import httpx
+base, path, ctype, clients, duration = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+body = sys.stdin.buffer.read()
+lat, errors = [], 0
+async def worker(client, stop):
+    global errors
+    while time.perf_counter() < stop:
+        t = time.perf_counter()
+        r = await client.post(path, content=body, headers={"content-type": ctype})
+        lat.append(time.perf_counter() - t)
+        if r.status_code != 200:
+            errors += 1
+async def main():
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        await client.post(path, content=body, headers={"content-type": ctype})
+        start = time.perf_counter(); stop = start + duration
+        await asyncio.gather(*(worker(client, stop) for _ in range(clients)))
+        return time.perf_counter() - start
+elapsed = asyncio.run(main())
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+print(json.dumps({"requests": len(lat), "errors": errors, "rps": round(len(lat) / elapsed, 1),
+                  "p50_ms": round(q(0.5), 2), "p95_ms": round(q(0.95), 2), "p99_ms": round(q(0.99), 2)}))
+'''
+
+
+def load(base: str, call: str, clients: int, duration: float) -> dict[str, Any]:
+    path, body, ctype = CALLS[call]
+    out = subprocess.run([sys.executable, "-c", LOADGEN, base, path, ctype, str(clients), str(duration)],
+                         input=body, capture_output=True, timeout=duration + 120)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.decode()[-2000:])
+    return json.loads(out.stdout)
+
+
+def in_process_ms(call: str, rounds: int = 200) -> float:
+    from fastapi.testclient import TestClient
+    from leukodx.engine import get_engine
+    from leukodx.api import fhir
+    eng = get_engine()
+    if call == "assess":
+        raw = CASE.read_bytes()
+        work = lambda: eng.assess(raw)  # noqa: E731
+    else:
+        prefetch = cds_body()["prefetch"]
+        work = lambda: eng.assess(fhir.bundle_to_case(list(prefetch.values()), patient_id="p1")[0])  # noqa: E731
+    work()
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - t)
+    del TestClient
+    return round(statistics.median(times) * 1000, 3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=10)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--calls", nargs="+", default=list(CALLS))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rows, startup = [], {}
+    engine_ms = {call: in_process_ms(call) for call in args.calls}
+    for workers in args.workers:
+        proc, base, ready = start_server(workers)
+        startup[workers] = round(ready, 2)
+        try:
+            for call in args.calls:
+                for clients in args.clients:
+                    r = load(base, call, clients, args.duration)
+                    rows.append({"workers": workers, "call": call, "clients": clients, **r,
+                                 "http_over_engine_p50": round(r["p50_ms"] / engine_ms[call], 2)})
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    result = {"engine_in_process_ms": engine_ms, "startup_to_ready_s": startup, "load": rows,
+              "duration_s": args.duration, "cpus": os.cpu_count()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"in-process engine, median ms: {engine_ms}; start-up to /readyz, s: {startup}")
+    print(f"{'workers':>7} {'call':>17} {'clients':>7} {'req':>7} {'err':>4} {'req/s':>8} {'p50':>7} {'p95':>7} "
+          f"{'p99':>7} {'http/engine':>11}")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['call']:>17} {r['clients']:>7} {r['requests']:>7} {r['errors']:>4} {r['rps']:>8} "
+              f"{r['p50_ms']:>7} {r['p95_ms']:>7} {r['p99_ms']:>7} {r['http_over_engine_p50']:>11}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

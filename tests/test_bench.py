@@ -1,0 +1,37 @@
+"""The benchmarks run once in a tiny configuration, so they cannot rot. No timing is asserted."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run(script: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--json"], capture_output=True,
+                         text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_engine_bench():
+    r = run("engine.py", "--rounds", "1")
+    assert r["durable"]["n"] == r["cases"] > 50 and r["ratio_median"] > 0
+    assert set(r["stages_us_durable"]) == {"parse", "normalize", "derive", "reason", "rank", "explain", "serialize"}
+
+
+def test_replay_bench():
+    r = run("replay.py", "--cases", "40", "--jobs", "1", "2")
+    assert [x["failed"] for x in r["replay"]] == [0, 0] and r["replay"][1]["cases"] == 40
+
+
+def test_memory_bench():
+    r = run("memory.py", "--assessments", "200")
+    assert r["assessments"] == 200 and r["rss_after_mb"] > 0
+
+
+def test_http_bench():
+    r = run("http_load.py", "--duration", "0.5", "--workers", "1", "--clients", "2")
+    assert {x["call"] for x in r["load"]} == {"assess", "cds_patient_view"}
+    assert all(x["errors"] == 0 and x["requests"] > 0 for x in r["load"])
