@@ -69,3 +69,20 @@ def test_every_case_over_http_equals_the_engine(server):
                 continue
             assert r.status_code == 200, (path.name, r.text[:300])
             assert r.json() == expected, path.name
+
+
+def test_concurrent_requests_never_get_another_requests_answer(server):
+    """Many clients at once, each with a different case: every answer is its own case's assessment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [p for p in find_case_files([str(CASES)]) if "bad_input" not in p.parts][:40]
+    expected = {p: json.loads(to_json(assess(p.read_bytes()))) for p in files}
+
+    def post(path: Path) -> tuple[Path, dict]:
+        with httpx.Client(base_url=server, timeout=60) as client:
+            r = client.post("/v1/assess", content=path.read_bytes(), headers={"content-type": "application/yaml"})
+            return path, r.json()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for path, got in pool.map(post, files * 3):
+            assert got == expected[path], path.name
