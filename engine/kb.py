@@ -227,18 +227,24 @@ def _patterns(items: list[str], where: str, problems: list[str]) -> re.Pattern[s
     return re.compile("|".join(parts) or r"(?!)", re.IGNORECASE)
 
 
-def _catalogue(data: Any, key: str, name: str, problems: list[str]) -> dict[str, CatalogueEntry]:
-    out: dict[str, CatalogueEntry] = {}
-    for i, raw in enumerate((data or {}).get(key, [])):
+def _entries(model: type[Any], items: Any, where: str, problems: list[str], into: Optional[dict[str, Any]] = None
+             ) -> dict[str, Any]:
+    """Validate a list of catalogue entries (each with an `id`), reporting bad entries and duplicates."""
+    out: dict[str, Any] = {} if into is None else into
+    for i, raw in enumerate(items or []):
         try:
-            e = CatalogueEntry.model_validate(raw)
+            e = model.model_validate(raw)
         except ValidationError as err:
-            problems.append(f"{name}[{i}]: {err.errors()[0]['msg']} at {err.errors()[0]['loc']}")
+            problems.append(f"{where}[{i}]: {err.errors()[0]['msg']} at {err.errors()[0]['loc']}")
             continue
         if e.id in out:
-            problems.append(f"{name}: duplicate id {e.id!r}")
+            problems.append(f"{where}: duplicate id {e.id!r}")
         out[e.id] = e
     return out
+
+
+def _catalogue(data: Any, key: str, name: str, problems: list[str]) -> dict[str, CatalogueEntry]:
+    return _entries(CatalogueEntry, (data or {}).get(key, []), name, problems)
 
 
 def _diplotypes(root: Path, problems: list[str]) -> dict[str, dict[str, str]]:
@@ -267,17 +273,10 @@ def load(root: Path | None = None) -> KnowledgeBase:
 
     sources: dict[str, Source] = {}
     for path in sorted((root / "sources").glob("*.yaml")):
-        for i, raw in enumerate(_read_yaml(path, problems) or []):
-            try:
-                s = Source.model_validate(raw)
-            except ValidationError as err:
-                problems.append(f"sources/{path.name}[{i}]: {err.errors()[0]['msg']} at {err.errors()[0]['loc']}")
-                continue
-            if s.id in sources:
-                problems.append(f"sources: duplicate id {s.id!r}")
-            if not (s.url or s.pmid or s.doi) and s.kind != "review":
-                problems.append(f"sources: {s.id} has no url, pmid or doi")
-            sources[s.id] = s
+        _entries(Source, _read_yaml(path, problems), f"sources/{path.name}", problems, into=sources)
+    for s in sources.values():
+        if not (s.url or s.pmid or s.doi) and s.kind != "review":
+            problems.append(f"sources: {s.id} has no url, pmid or doi")
 
     th = _read_yaml(root / "thresholds.yaml", problems) or {}
     thresholds = th.get("thresholds", {})
