@@ -8,7 +8,6 @@ engine time, so the HTTP overhead is a ratio; plus start-up time to /readyz.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil

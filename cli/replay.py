@@ -66,7 +66,7 @@ def _unknown_ids(exp: Expect, kb: Any) -> list[Failure]:
         value = getattr(exp, key)
         for v in [value] if isinstance(value, str) else value or []:
             if v not in catalogue:
-                out.append(Failure(f"expect.{key}", f"a known id", f"unknown id {v!r}"))
+                out.append(Failure(f"expect.{key}", "a known id", f"unknown id {v!r}"))
     return out
 
 

@@ -325,7 +325,7 @@ def _compile_rules(kb: KnowledgeBase, root: Path, problems: list[str]) -> None:
                 problems.append(f"logic/{path.name}: {e['msg']} at {'.'.join(map(str, e['loc']))}")
     specs.sort(key=lambda s: (s[0].stage, s[0].family))
     seen: set[str] = set()
-    for fam, fname in specs:
+    for fam, _ in specs:
         for r in fam.rules:
             for c in r.then:
                 if c.kind in ("finding", "alert"):

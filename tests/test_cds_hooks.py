@@ -2,7 +2,6 @@
 against the HL7 logical-model rules, security (JWT) and feedback."""
 from __future__ import annotations
 
-import copy
 import json
 import time
 import uuid
@@ -16,7 +15,7 @@ from fastapi.testclient import TestClient
 from leukodx.api import feedback as feedback_store
 from leukodx.api.app import create_app
 from leukodx.api.cds_models import card_violations
-from leukodx.api.config import Settings, get_settings
+from leukodx.api.config import get_settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SPEC = SHARED / "cds-hooks"
