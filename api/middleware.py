@@ -38,10 +38,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on standard error for the `leukodx` loggers (replacing only leukodx's own handler)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.set_name("leukodx-json")
     root = logging.getLogger("leukodx")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "leukodx-json"] + [handler]
     root.setLevel(level.upper())
     root.propagate = False
 

@@ -1,6 +1,8 @@
 """Shared fixtures: one knowledge base and one engine of each backend per test session."""
 from __future__ import annotations
 
+import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,19 @@ from leukodx.engine.kb import KnowledgeBase, default
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "cases"
+
+
+LOG_CAPTURE = io.StringIO()   # every leukodx log line of the test run (read by test_zz_log_hygiene.py)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def capture_leukodx_logs():
+    from leukodx.api.middleware import JsonFormatter
+    handler = logging.StreamHandler(LOG_CAPTURE)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("leukodx").addHandler(handler)
+    yield
+    logging.getLogger("leukodx").removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,197 @@
+"""Load and faults on the real server: `leukodx serve --workers 2`, 64 concurrent clients sending a
+mix of valid cases, invalid cases, CDS Hooks calls and feedback for a bounded time, while one worker
+is killed. Every response must be the right one for its request (compared with the engine in this
+process), no 5xx may be returned, and no acknowledged feedback row may be missing, also after the
+whole server is killed with SIGKILL during a feedback burst and restarted.
+
+Run with `-s` to see the figures (they are in the README's reliability section).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from leukodx.api.app import create_app
+from leukodx.api.config import Settings
+from leukodx.api.feedback import FeedbackStore
+from leukodx.engine import CaseError, assess
+from leukodx.engine.render import to_json
+from leukodx.replay import find_case_files
+
+from conftest import CASES
+from test_cds_hooks import CBC_SEVERE, prefetch
+
+LEUKODX = str(Path(sys.executable).with_name("leukodx")) if Path(sys.executable).with_name("leukodx").exists() \
+    else shutil.which("leukodx")
+DURATION = float(os.environ.get("LEUKODX_LOAD_SECONDS", "6"))
+CLIENTS = 64
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(port: int, db: str) -> subprocess.Popen:
+    env = {**os.environ, "LEUKODX_CDS_AUTH": "off", "LEUKODX_FEEDBACK_DB_URL": db, "LEUKODX_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([LEUKODX, "serve", "--port", str(port), "--workers", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def workload() -> list[tuple[str, str, bytes, str, object]]:
+    """(kind, path, body, content type, expected) for a mix of requests."""
+    items = []
+    for path in find_case_files([str(CASES)]):
+        body = path.read_bytes()
+        try:
+            expected: object = json.loads(to_json(assess(body)))
+            kind = "valid"
+        except CaseError as e:
+            expected = [p.loc for p in e.problems]
+            kind = "invalid"
+        items.append((kind, "/v1/assess", body, "application/yaml", expected))
+    with TestClient(create_app(Settings(cds_auth="off", feedback_db_url="sqlite://", log_level="WARNING"))) as local:
+        for i in range(20):
+            hook = {"hook": "patient-view", "hookInstance": f"00000000-0000-4000-8000-{i:012d}",
+                    "context": {"userId": "Practitioner/1", "patientId": "1288992"}, "prefetch": prefetch(CBC_SEVERE)}
+            body = json.dumps(hook).encode()
+            expected = local.post("/cds-services/leukodx-patient-view", content=body,
+                                  headers={"content-type": "application/json"}).json()
+            items.append(("cds", "/cds-services/leukodx-patient-view", body, "application/json", expected))
+    return items
+
+
+def feedback_body(card: str) -> bytes:
+    return json.dumps({"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2025-01-01T00:00:00Z",
+                                     "overrideReason": {"userComment": "load test"}}]}).encode()
+
+
+def test_load_with_a_killed_worker_and_a_killed_server(tmp_path):
+    db = f"sqlite:///{tmp_path}/feedback.db"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    items = workload()
+    proc = start(port, db)
+    counts: Counter[str] = Counter()
+    wrong: list[str] = []
+    acked: set[str] = set()
+    lock = threading.Lock()
+    stop = time.monotonic() + DURATION
+
+    def client(seed: int) -> None:
+        rnd = random.Random(seed)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while time.monotonic() < stop:
+                if rnd.random() < 0.15:
+                    card = str(uuid.uuid4())
+                    try:
+                        r = http.post("/cds-services/leukodx-patient-view/feedback", content=feedback_body(card),
+                                      headers={"content-type": "application/json"})
+                    except httpx.HTTPError as e:
+                        with lock:
+                            counts[f"connection error ({type(e).__name__})"] += 1
+                        continue
+                    with lock:
+                        counts[f"feedback {r.status_code}"] += 1
+                        if r.status_code == 200:
+                            acked.add(card)
+                    continue
+                kind, path, body, ctype, expected = rnd.choice(items)
+                try:
+                    r = http.post(path, content=body, headers={"content-type": ctype})
+                except httpx.HTTPError as e:
+                    with lock:
+                        counts[f"connection error ({type(e).__name__})"] += 1
+                    continue
+                ok = (r.status_code == 200 and r.json() == expected) if kind in ("valid", "cds") else \
+                    (r.status_code == 422 and [x["loc"] for x in r.json()["errors"]] == expected)
+                with lock:
+                    counts[f"{kind} {r.status_code}"] += 1
+                    if not ok:
+                        wrong.append(f"{kind} {path} -> {r.status_code}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    time.sleep(DURATION / 3)
+    workers = children(proc.pid)
+    killed = workers[0] if workers else None
+    if killed:
+        os.kill(killed, signal.SIGKILL)
+    for t in threads:
+        t.join()
+    alive_after = httpx.get(f"{base}/readyz", timeout=5).status_code
+
+    # SIGKILL the whole server during a feedback burst, restart, count the acknowledged rows
+    burst_acked: set[str] = set()
+
+    def burst() -> None:
+        with httpx.Client(base_url=base, timeout=5) as http:
+            for _ in range(200):
+                card = str(uuid.uuid4())
+                try:
+                    r = http.post("/cds-services/leukodx-patient-view/feedback", content=feedback_body(card),
+                                  headers={"content-type": "application/json"})
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    with lock:
+                        burst_acked.add(card)
+
+    burst_threads = [threading.Thread(target=burst) for _ in range(8)]
+    for t in burst_threads:
+        t.start()
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for t in burst_threads:
+        t.join()
+    proc.wait()
+    restarted = start(port, db)
+    try:
+        stored = {row["card"] for row in FeedbackStore(db).export()}
+    finally:
+        os.killpg(restarted.pid, signal.SIGTERM)
+        restarted.wait(timeout=30)
+
+    total = sum(counts.values())
+    five_xx = sum(n for k, n in counts.items() if k.split()[-1].startswith("5"))
+    print(f"\nrequests {total} in {DURATION:.0f} s with {CLIENTS} clients; killed worker {killed}; "
+          f"by kind: {dict(sorted(counts.items()))}; 5xx: {five_xx}; wrong answers: {len(wrong)}; "
+          f"feedback acknowledged {len(acked)} (+{len(burst_acked)} in the SIGKILL burst), "
+          f"found after restart {len(stored & (acked | burst_acked))}")
+    assert killed is not None
+    assert wrong == []
+    assert five_xx == 0
+    assert alive_after == 200
+    assert acked | burst_acked <= stored
+    assert total > 100 and burst_acked

@@ -1,0 +1,31 @@
+"""Runs last (file order): the logs of the whole test run must hold no patient data and no token.
+
+Every leukodx log line written in this process during the run (conftest.LOG_CAPTURE) is searched for
+the tokens the tests sent and for values of the cases they sent."""
+from __future__ import annotations
+
+from conftest import CASES, LOG_CAPTURE
+from leukodx.engine import CaseError
+from leukodx.engine.parse import load_document
+from leukodx.replay import find_case_files
+
+TOKENS = ["right-token", "wrong-token", "some-opaque-fhir-access-token", "Bearer ey"]
+PLANTED = ["secret-case-id-4242", "Rarecondition"]
+
+
+def test_the_run_logged_something():
+    assert '"path"' in LOG_CAPTURE.getvalue()
+
+
+def test_no_tokens_or_case_values_in_the_logs():
+    logs = LOG_CAPTURE.getvalue()
+    case_ids = []
+    for path in find_case_files([str(CASES)]):
+        try:
+            doc = load_document(path.read_bytes())
+        except CaseError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str) and len(doc["id"]) > 12:
+            case_ids.append(doc["id"])
+    leaked = [s for s in TOKENS + PLANTED + case_ids if s in logs]
+    assert leaked == []
