@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -41,15 +42,15 @@ PROBLEM_JSON = "application/problem+json"
 FHIR_JSON = "application/fhir+json"
 
 
-@pytest.fixture(scope="module")
-def api_schema(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fuzz")
-    app = create_app(Settings(cds_auth="off", feedback_db_url=f"sqlite:///{tmp}/fb.db"))
-    config = schemathesis.Config.from_dict({"seed": SEED, "generation": {"max-examples": MAX_EXAMPLES}})
-    return schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
+# The schema is loaded eagerly, at import, so pytest gets one test per operation.
+# (schemathesis.pytest.from_fixture would allow a tmp_path fixture, but schemathesis 4.32 reads
+# `Function._nodeid`, which pytest 9.2 no longer has.) The temporary directory, holding the
+# feedback store, is removed when the interpreter exits.
+_TMP = tempfile.TemporaryDirectory(prefix="leukodx-fuzz-")
+APP = create_app(Settings(cds_auth="off", feedback_db_url=f"sqlite:///{_TMP.name}/fb.db"))
+schema = schemathesis.openapi.from_asgi(
+    "/openapi.json", APP,
+    config=schemathesis.Config.from_dict({"seed": SEED, "generation": {"max-examples": MAX_EXAMPLES}}))
 
 
 def _media_type(response) -> str:
