@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Any, Optional
 
 from .assessment import Ctcae, CtcaeGrade, NormalizedLab, OriginalValue, RiskTier
@@ -80,6 +80,11 @@ def ctcae_grades(kb: KnowledgeBase, values: dict[str, float], llns: dict[str, fl
     if "lymphocytes" not in spec["terms"] and "lymphocytes" in values:
         notes.append(f"Lymphocyte count decreased is not graded in CTCAE v{version}.")
     return Ctcae(version=version, notes=notes, sources=list(spec["sources"]) + list(kb.ctcae.get("sources", [])), **out)
+
+
+def _utc(t: Optional[datetime]) -> Optional[datetime]:
+    """Sample times are kept as naive UTC inside the engine; the output says so (RFC 3339, with Z)."""
+    return t.replace(tzinfo=timezone.utc) if t is not None else None
 
 
 def _later(a: Optional[datetime], b: Optional[datetime]) -> bool:
@@ -160,14 +165,15 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     # normalized labs out (originals kept), then derived ones
     for lab in sorted(nc.labs, key=lambda x: (x.test, x.time or datetime.max, x.index)):
         labs_out.append(NormalizedLab.model_construct(
-            test=lab.test, name=kb.tests[lab.test]["name"], value=lab.value, unit=lab.unit, time=lab.time, lln=lab.lln,
+            test=lab.test, name=kb.tests[lab.test]["name"], value=lab.value, unit=lab.unit, time=_utc(lab.time),
+            lln=lab.lln,
             current=current.get(lab.test) is lab and lab.test not in derived_current,
             original=OriginalValue.model_construct(value=lab.original_value, unit=lab.original_unit, test=lab.original_test,
                                    loinc=lab.loinc)))
     for target, points in derived_points.items():
         for t, v in sorted(points.items(), key=lambda kv: kv[0] or datetime.max):
             labs_out.append(NormalizedLab.model_construct(
-                test=target, name=kb.tests[target]["name"], value=v, unit="10^9/L", time=t,
+                test=target, name=kb.tests[target]["name"], value=v, unit="10^9/L", time=_utc(t),
                 current=target in derived_current and derived_current[target] == t,
                 derived=True, derivation=derivation_text[(target, t)]))
 

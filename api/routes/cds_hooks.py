@@ -153,7 +153,14 @@ def _draft_orders(hook: HookRequest) -> list[dict[str, Any]]:
     return out
 
 
-@router.post("/cds-services/{service_id}", summary="Call a CDS service", response_model=CardsResponse)
+_PROBLEM = {"content": {"application/problem+json": {}}, "description": "Problem details (RFC 9457)"}
+_CALL_ERRORS = {400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM,
+                412: {"content": {"application/fhir+json": {}},
+                      "description": "OperationOutcome: the data the service needs could not be had"}}
+
+
+@router.post("/cds-services/{service_id}", summary="Call a CDS service", response_model=CardsResponse,
+             responses=_CALL_ERRORS)
 async def call_service(service_id: str, request: Request, eng: Engine = Depends(engine),
                        settings: Settings = Depends(app_settings)) -> Any:
     _authorize(request, settings)
@@ -225,7 +232,8 @@ def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Any, map
     return out
 
 
-@router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards")
+@router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards",
+             responses={400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM})
 async def feedback(service_id: str, request: Request, settings: Settings = Depends(app_settings)) -> JSONResponse:
     _authorize(request, settings)
     if service_id not in SERVICES:
