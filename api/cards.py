@@ -187,10 +187,9 @@ def _scaled_order(order: dict[str, Any], fraction: float, note: str) -> Optional
     return new
 
 
-def thiopurine_card(a: Optional[Assessment], order: dict[str, Any], key: str, drug: str,
-                    rec: Optional[CpicRecommendation],
+def thiopurine_card(order: dict[str, Any], key: str, drug: str, rec: Optional[CpicRecommendation],
                     tpmt: GeneStatus, nudt15: GeneStatus, hook_instance: str, patient_id: Optional[str],
-                    sources: dict[str, Any], kb_version: str) -> dict[str, Any]:
+                    sources: list[str], kb_version: str) -> dict[str, Any]:
     """A card for one ordered thiopurine: the CPIC recommendation for the patient's phenotypes."""
     order_ref = f"MedicationRequest/{order['id']}" if order.get("id") else None
     poor = "poor" in (tpmt.phenotype, nudt15.phenotype)

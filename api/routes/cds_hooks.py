@@ -225,7 +225,7 @@ def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Any, map
         drug = match.drug["id"]
         if "thiopurine" in match.drug.get("classes", []):
             rec = pgx.recommendation(eng.kb, drug, tpmt, nudt15)
-            out.append(C.thiopurine_card(assessment, order, key, drug, rec, tpmt, nudt15, hook.hookInstance,
+            out.append(C.thiopurine_card(order, key, drug, rec, tpmt, nudt15, hook.hookInstance,
                                          patient_id, rec.sources if rec else ["relling_cpic_2019"], eng.kb.version))
         elif drug == "clozapine":
             out.append(C.clozapine_card(assessment, hook.hookInstance, key))
