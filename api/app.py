@@ -53,6 +53,13 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     static = resources.files("fastapi_offline") / "static"
     app.mount("/static/docs", StaticFiles(directory=str(static)), name="docs-static")
+    page = resources.files(__package__) / "static"
+    app.mount("/static/app", StaticFiles(directory=str(page)), name="app-static")
+
+    @app.get("/", include_in_schema=False)
+    def clinician_page() -> HTMLResponse:
+        """The page for clinicians: a case form, or a pasted/uploaded case or FHIR Bundle."""
+        return HTMLResponse((page / "index.html").read_text(encoding="utf-8"))
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

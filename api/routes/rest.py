@@ -104,6 +104,11 @@ def causes(eng: Engine = Depends(engine)) -> list[dict[str, Any]]:
     return [_entry(c) for c in eng.kb.causes.values()]
 
 
+@kb_router.get("/drugs", summary="Drug names the vocabulary knows (generic and brand), for autocomplete")
+def drugs(eng: Engine = Depends(engine)) -> list[str]:
+    return eng.drugs.names()
+
+
 @kb_router.get("/steps", summary="The diagnostic steps leukodx proposes")
 def steps(eng: Engine = Depends(engine)) -> list[dict[str, Any]]:
     return [_entry(s) for s in eng.kb.steps.values()]
