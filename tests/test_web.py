@@ -148,3 +148,24 @@ def test_the_page_uses_no_outside_resources(page, server):
     page.goto(server + "/")
     page.wait_for_selector("#labs tbody tr")
     assert outside == []
+
+
+def test_a_history_error_shows_beside_its_field(page, server):
+    page.goto(server + "/")
+    page.wait_for_selector("#labs tbody tr")
+    page.locator("#labs tbody tr").first.locator(".lab-value").fill("3.1")
+    page.fill("#tpmt", "*99/*99")
+    page.click("#submit")
+    playwright_api.expect(page.locator("#tpmt + .field-error")).to_contain_text("diplotype")
+    assert page.get_attribute("#tpmt", "aria-invalid") == "true"
+
+
+def test_readable_at_200_percent_zoom(page, server):
+    """A 600 px wide viewport is what a 1200 px screen shows at 200% zoom: nothing may need sideways scrolling."""
+    page.set_viewport_size({"width": 600, "height": 900})
+    try:
+        page.goto(server + "/")
+        page.wait_for_selector("#labs tbody tr")
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+    finally:
+        page.set_viewport_size({"width": 1200, "height": 900})

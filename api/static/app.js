@@ -100,10 +100,26 @@ function clearErrors() {
   for (const e of document.querySelectorAll("[aria-invalid]")) e.removeAttribute("aria-invalid");
 }
 
+// Fields outside the tables, by the JSON pointer of the case field they fill.
+const FIELDS = { "/patient/age_years": "age", "/patient/sex": "sex", "/patient/weight_kg": "weight",
+  "/patient/duffy_null": "duffy", "/patient/ancestry": "ancestry", "/as_of": "as_of", "/history/tpmt": "tpmt",
+  "/history/nudt15": "nudt15", "/history/last_transfusion": "transfusion", "/history/temperature_c": "temperature",
+  "/history/conditions": "conditions" };
+
+function besideField(id, message) {
+  const input = $(id);
+  let slot = input.parentElement.querySelector(".field-error");
+  if (!slot) { slot = el("span", { class: "field-error" }); input.insertAdjacentElement("afterend", slot); }
+  slot.textContent = message;
+  input.setAttribute("aria-invalid", "true");
+}
+
 // Problem details -> messages beside the fields they concern (pointer /labs/2/unit -> row 3, unit).
 function showProblem(problem, fromForm) {
   const general = [];
   for (const err of problem.errors || []) {
+    const field = fromForm && Object.keys(FIELDS).find((p) => (err.pointer || "").startsWith(p));
+    if (field) { besideField(FIELDS[field], err.detail); continue; }
     const m = /^\/(labs|medications)\/(\d+)\/?(\w*)/.exec(err.pointer || "");
     const table = m && fromForm ? $(m[1] === "labs" ? "labs" : "meds") : null;
     const row = table ? table.tBodies[0].rows[Number(m[2])] : null;
