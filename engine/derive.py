@@ -177,6 +177,12 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                 current=target in derived_current and derived_current[target] == t,
                 derived=True, derivation=derivation_text[(target, t)]))
 
+    age = nc.case.patient.age_years
+    if age is not None and age < 15:
+        warnings.append("The WBC (4.0) and anaemia (WHO adult) cutoffs are for adolescents and adults; children's "
+                        "reference ranges differ, so give the lab's age-specific lower limits (lln)."
+                        + (" The neutropenia tiers (ANC below 1.5) apply from 1 year of age; an infant's normal ANC "
+                           "can be lower." if age < 1 else ""))
     _series_facts(kb, nc, samples, derived_points["anc"], facts)
     _patient_facts(kb, nc, facts)
     _drug_facts(kb, nc, facts)

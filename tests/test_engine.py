@@ -327,3 +327,12 @@ def test_condition_vocabulary_does_not_mistake_words_for_abbreviations(kb, text,
 def test_transplant_organs(kb, text, organ):
     from leukodx.engine.vocabulary import match_organ
     assert match_organ(kb, text) == organ
+
+
+def test_children_are_warned_that_the_cutoffs_are_for_adults(engine):
+    child = engine.assess(base_case(patient={"age_years": 6, "sex": "female"}))
+    infant = engine.assess(base_case(patient={"age_years": 0.5, "sex": "male"}))
+    adult = engine.assess(base_case())
+    assert any("children" in w for w in child.warnings) and not any("infant" in w for w in child.warnings)
+    assert any("infant" in w for w in infant.warnings)
+    assert not any("children" in w for w in adult.warnings)
