@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 
 from . import pgx
 from .assessment import GeneStatus
-from .case import Case, Dose, Medication
+from .case import Case, Dose
 from .errors import CaseError, Problem
 from .kb import KnowledgeBase
 from .units import UnitProblem, conversion_factor, registry
@@ -23,6 +23,8 @@ from .vocabulary import DrugIndex, duffy_prevalent, match_conditions, match_orga
 
 __all__ = ["NormLab", "NormMed", "NormCase", "normalize", "PCT_TESTS"]
 
+# Conditions that make a drug with an oncologic/non-oncologic class (cyclophosphamide, methotrexate) oncologic.
+ONCOLOGIC_CONDITIONS = frozenset({"cancer", "solid_cancer", "acute_leukemia", "cll", "lymphoma", "myeloma"})
 PCT_TESTS = ("neutrophils_pct", "bands_pct", "lymphocytes_pct", "monocytes_pct", "eosinophils_pct",
              "basophils_pct", "blasts_pct")
 
@@ -184,7 +186,7 @@ def _dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]) ->
     return value * factor / weight_kg if weight_kg else None
 
 
-def _classes(drug: dict[str, Any], med: Medication, oncologic: bool) -> frozenset[str]:
+def _classes(drug: dict[str, Any], oncologic: bool) -> frozenset[str]:
     classes = set(drug.get("classes", []))
     if drug.get("subclass"):
         classes.add(drug["subclass"])
@@ -262,7 +264,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     for med in case.medications:
         if med.indication:
             conditions.update(match_conditions(kb, med.indication))
-    oncologic = bool(conditions & {"cancer", "solid_cancer", "acute_leukemia", "cll", "lymphoma", "myeloma"})
+    oncologic = bool(conditions & ONCOLOGIC_CONDITIONS)
 
     drugs = drugs or DrugIndex(kb)
     meds: list[NormMed] = []
@@ -278,10 +280,9 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
         if match is None:
             warnings.append(f"medications[{i}] {text!r} is not in leukodx's drug vocabulary; it was not assessed.")
             continue
-        med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) &
-                                     {"cancer", "solid_cancer", "acute_leukemia", "cll", "lymphoma", "myeloma"})
+        med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) & ONCOLOGIC_CONDITIONS)
         meds.append(NormMed(index=i, text=text, drug_id=match.drug["id"], drug_name=match.drug["name"],
-                            classes=_classes(match.drug, med, med_onco), status=med.status, start=start, end=end,
+                            classes=_classes(match.drug, med_onco), status=med.status, start=start, end=end,
                             dose_mg_kg_day=_dose_mg_kg_day(med.dose, case.patient.weight_kg)))
 
     tpmt = nudt15 = None

@@ -3,6 +3,13 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +19,40 @@ from leukodx.engine.kb import KnowledgeBase, default
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "cases"
+# The installed console script, as a user runs it (beside this interpreter, else on PATH).
+LEUKODX = str(Path(sys.executable).with_name("leukodx")) if Path(sys.executable).with_name("leukodx").exists() \
+    else shutil.which("leukodx")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, db_url: str, workers: int = 1, **env: str) -> subprocess.Popen:
+    """`leukodx serve` on a loopback port, in its own process group, once /readyz answers."""
+    import httpx
+    proc = subprocess.Popen([LEUKODX, "serve", "--port", str(port), "--workers", str(workers)],
+                            env={**os.environ, "LEUKODX_FEEDBACK_DB_URL": db_url, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("server did not start")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 LOG_CAPTURE = io.StringIO()   # every leukodx log line of the test run (read by test_zz_log_hygiene.py)

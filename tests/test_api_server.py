@@ -3,12 +3,6 @@ what `engine.assess` gives for the same case (or the same problems, for rejected
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,41 +12,14 @@ from leukodx.engine import CaseError, assess
 from leukodx.engine.render import to_json
 from leukodx.replay import find_case_files
 
-from conftest import CASES
-
-LEUKODX = str(Path(sys.executable).with_name("leukodx")) if Path(sys.executable).with_name("leukodx").exists() \
-    else shutil.which("leukodx")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from conftest import CASES, free_port, start_server, stop_server
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
-    env = {**os.environ, "LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db"}
-    proc = subprocess.Popen([LEUKODX, "serve", "--port", str(port), "--workers", "2"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready")
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    proc = start_server(port, f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db", workers=2)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)
 
 
 def test_every_case_over_http_equals_the_engine(server):

@@ -3,7 +3,6 @@ HTTP server process on loopback serving bundles, with pagination, a 500, a timeo
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from leukodx.api.app import create_app
 from leukodx.api.config import get_settings
 from leukodx.api.fhir_fetch import FetchError, FhirFetcher, check_server
 
+from conftest import free_port
 from test_cds_hooks import CBC_SEVERE, PATIENT, searchset
 
 SERVER = textwrap.dedent('''
@@ -53,12 +53,6 @@ SERVER = textwrap.dedent('''
             self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
     ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 ''' % PATIENT)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import CASES, ROOT
+from conftest import CASES, LEUKODX, ROOT
 
 EXAMPLE = CASES / "thiopurine" / "tpmt-poor-azathioprine-severe-neutropenia.yaml"
 
 
-# The installed console script, as a user runs it (beside this interpreter, else on PATH).
-LEUKODX = str(Path(sys.executable).with_name("leukodx")) if Path(sys.executable).with_name("leukodx").exists() \
-    else shutil.which("leukodx")
 
 
 def run(*args, stdin=None):

@@ -11,19 +11,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 
 from leukodx.api.app import create_app
@@ -33,34 +28,15 @@ from leukodx.engine import CaseError, assess
 from leukodx.engine.render import to_json
 from leukodx.replay import find_case_files
 
-from conftest import CASES
+from conftest import CASES, free_port, start_server, stop_server
 from test_cds_hooks import CBC_SEVERE, prefetch
 
-LEUKODX = str(Path(sys.executable).with_name("leukodx")) if Path(sys.executable).with_name("leukodx").exists() \
-    else shutil.which("leukodx")
 DURATION = float(os.environ.get("LEUKODX_LOAD_SECONDS", "6"))
 CLIENTS = 64
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(port: int, db: str) -> subprocess.Popen:
-    env = {**os.environ, "LEUKODX_CDS_AUTH": "off", "LEUKODX_FEEDBACK_DB_URL": db, "LEUKODX_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([LEUKODX, "serve", "--port", str(port), "--workers", "2"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    return start_server(port, db, workers=2, LEUKODX_CDS_AUTH="off", LEUKODX_LOG_LEVEL="WARNING")
 
 
 def children(pid: int) -> list[int]:
@@ -180,8 +156,7 @@ def test_load_with_a_killed_worker_and_a_killed_server(tmp_path):
     try:
         stored = {row["card"] for row in FeedbackStore(db).export()}
     finally:
-        os.killpg(restarted.pid, signal.SIGTERM)
-        restarted.wait(timeout=30)
+        stop_server(restarted)
 
     total = sum(counts.values())
     five_xx = sum(n for k, n in counts.items() if k.split()[-1].startswith("5"))

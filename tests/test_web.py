@@ -6,54 +6,31 @@ must show its error beside the field. Skipped when Chromium or Playwright is not
 installs both)."""
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from conftest import CASES, ROOT
+from conftest import CASES, ROOT, free_port, start_server, stop_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
-LEUKODX = str(Path(sys.executable).with_name("leukodx"))
 SHOTS = ROOT / ".artifacts" / "web"
 CASE_FILES = ["thiopurine/tpmt-poor-azathioprine-severe-neutropenia.yaml",
               "benign/duffy-null-stable-mild-isolated.yaml",
               "drugs/bactrim-agranulocytosis-day-24.yaml"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = free_port()
-    env = {**os.environ, "LEUKODX_CDS_AUTH": "off", "LEUKODX_LOG_LEVEL": "WARNING",
-           "LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db"}
-    proc = subprocess.Popen([LEUKODX, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield base
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    proc = start_server(port, f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db",
+                        LEUKODX_CDS_AUTH="off", LEUKODX_LOG_LEVEL="WARNING")
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")

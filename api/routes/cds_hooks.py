@@ -36,7 +36,8 @@ log = logging.getLogger("leukodx.cds")
 _P = "{{context.patientId}}"
 
 
-def _prefetch(kb_loinc: list[str]) -> dict[str, str]:
+@lru_cache(maxsize=4)
+def _prefetch(kb_loinc: tuple[str, ...]) -> dict[str, str]:
     codes = ",".join(f"http://loinc.org|{c}" for c in kb_loinc)
     return {
         "patient": f"Patient/{_P}",
@@ -89,7 +90,7 @@ def _authorize(request: Request, settings: Settings) -> None:
 
 @router.get("/cds-services", summary="CDS Hooks discovery")
 def discovery(eng: Engine = Depends(engine)) -> dict[str, Any]:
-    prefetch = _prefetch(sorted(eng.kb.loinc))
+    prefetch = _prefetch(tuple(sorted(eng.kb.loinc)))
     return {"services": [{"id": sid, **spec, "prefetch": prefetch} for sid, spec in SERVICES.items()]}
 
 
@@ -99,7 +100,7 @@ def _operation_outcome(status: int, text: str, diagnostics: str) -> JSONResponse
         status_code=status, media_type="application/fhir+json")
 
 
-def _gather(hook: HookRequest, settings: Settings, loinc: list[str]) -> tuple[list[Any], list[str], list[str]]:
+def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...]) -> tuple[list[Any], list[str], list[str]]:
     """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys, notes)."""
     prefetch = hook.prefetch or {}
     fetcher: Optional[FhirFetcher] = None
@@ -180,7 +181,7 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     if not isinstance(patient_id, str) or not patient_id:
         raise ProblemError(400, "Invalid CDS Hooks request", "context.patientId is required")
 
-    resources, missing, notes = _gather(hook, settings, sorted(eng.kb.loinc))
+    resources, missing, notes = _gather(hook, settings, tuple(sorted(eng.kb.loinc)))
     if missing:
         return _operation_outcome(412, "leukodx cannot assess this patient without the data it asked for.",
                                   "Prefetch missing and the FHIR server could not be used: " + "; ".join(missing))
