@@ -95,6 +95,18 @@ def check(exp: Expect, a: Assessment) -> list[Failure]:
         actual = g.grade if g else None
         if actual != grade:
             f.append(Failure(f"ctcae.{test}", grade, actual))
+    rt = a.risk_tier
+    for key, actual in (("tier_at_least", rt.tier_at_least), ("anc_source", rt.anc_source),
+                        ("cbc_current", a.cbc.current)):
+        expected = getattr(exp, key)
+        if expected is not None and expected != actual:
+            f.append(Failure(key, expected, actual))
+    if exp.anc is not None and (rt.anc is None or abs(rt.anc - exp.anc) > 1e-6):
+        f.append(Failure("anc", exp.anc, rt.anc))
+    left_out = [n.field for n in a.not_assessed]
+    for prefix in exp.not_assessed_include:
+        if not any(field.startswith(prefix) for field in left_out):
+            f.append(Failure("not_assessed_include", prefix, left_out))
     if exp.error:
         f.append(Failure("error", exp.error, "the case was accepted"))
     return f
@@ -123,7 +135,7 @@ def replay_file(path: Path, engine: Optional[Engine] = None) -> CaseResult:
                     "steps": list(exp.steps_include), "alerts": list(exp.alerts_include)}
     fired: list[str] = []
     try:
-        a = engine.assess(raw)
+        a = engine.assess(raw, partial=exp.mode == "partial")
         failures += check(exp, a)
         fired = [t.rule for t in a.trace]
     except CaseError as e:

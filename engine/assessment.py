@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Assessment", "NormalizedLab", "FindingOut", "RiskTier", "CtcaeGrade", "Ctcae", "AlertOut", "Evidence",
            "CauseOut", "StepOut", "BlockedStep", "MissingItem", "TraceItem", "SourceOut", "GeneStatus",
-           "CpicRecommendation", "Pharmacogenomics", "DISCLAIMER"]
+           "CpicRecommendation", "Pharmacogenomics", "CbcStatus", "NotAssessed", "DISCLAIMER"]
 
 DISCLAIMER = ("leukodx supports and does not replace clinical judgement. Verify each item against the cited "
               "sources and the patient before acting.")
@@ -38,9 +38,11 @@ class NormalizedLab(_Out):
     time: Optional[Union[datetime, date]] = None
     lln: Optional[float] = None
     current: bool
+    age_days: Optional[int] = None
     derived: bool = False
     derivation: Optional[str] = None
     original: Optional[OriginalValue] = None
+    ref: Optional[str] = None
 
 
 class FindingOut(_Out):
@@ -52,11 +54,19 @@ class FindingOut(_Out):
     sources: list[str]
 
 
+AncSource = Literal["reported", "derived", "lower_of_reported_and_derived", "bounded_by_wbc"]
+
+
 class RiskTier(_Out):
     tier: Tier
     anc: Optional[float]
     basis: str
     anc_derived: bool = False
+    anc_source: Optional[AncSource] = None
+    anc_time: Optional[Union[datetime, date]] = None
+    anc_age_days: Optional[int] = None
+    anc_at_most: Optional[float] = None
+    tier_at_least: Optional[Tier] = None
     cutoffs: str
     duffy_null_note: Optional[str] = None
     sources: list[str]
@@ -174,6 +184,23 @@ class Pharmacogenomics(_Out):
     recommendations: list[CpicRecommendation] = []
 
 
+class CbcStatus(_Out):
+    """Which blood draw the tier, findings and alerts rest on, and how old it is."""
+    current: bool
+    time: Optional[Union[datetime, date]] = None
+    age_days: Optional[int] = None
+    max_age_days: int
+    tests: list[str] = []
+    note: str
+
+
+class NotAssessed(_Out):
+    """A piece of the input that could not be read and was left out (partial assessment)."""
+    field: str
+    value: Optional[str] = None
+    reason: str
+
+
 class Assessment(_Out):
     case_id: str
     as_of: Optional[date]
@@ -181,6 +208,7 @@ class Assessment(_Out):
     engine_version: str
     disclaimer: str = DISCLAIMER
     risk_tier: RiskTier
+    cbc: CbcStatus
     ctcae: Ctcae
     alerts: list[AlertOut]
     findings: list[FindingOut]
@@ -189,6 +217,7 @@ class Assessment(_Out):
     steps_not_advised: list[BlockedStep]
     pharmacogenomics: Pharmacogenomics
     missing_data: list[MissingItem]
+    not_assessed: list[NotAssessed] = []
     warnings: list[str]
     labs: list[NormalizedLab]
     sources: dict[str, SourceOut]

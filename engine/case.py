@@ -50,6 +50,10 @@ class Lab(_Model):
     unit: Annotated[str, Field(min_length=1, max_length=60)]
     time: Optional[When] = Field(None, description="when the sample was taken; several times make a series")
     lln: Optional[Number] = Field(None, description="the lab's lower limit of normal, in the same unit as value")
+    specimen: Optional[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        None, description="the specimen or report the value belongs to; values sharing it are one blood draw (one CBC)")
+    ref: Optional[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        None, description="where the value came from (a FHIR reference such as Observation/123), echoed in the output")
 
     @model_validator(mode="after")
     def _test_or_loinc(self) -> "Lab":
@@ -117,6 +121,13 @@ class Expect(_Model):
     findings_exclude: list[str] = []
     ctcae: Optional[dict[Literal["wbc", "anc", "lymphocytes"], Annotated[int, Field(ge=0, le=4)]]] = None
     error: Optional[str] = None
+    mode: Literal["strict", "partial"] = Field(
+        "strict", description="assess strictly (a person's case) or partially (EHR data: unreadable items left out)")
+    tier_at_least: Optional[Literal["mild", "moderate", "severe", "profound"]] = None
+    anc: Optional[Annotated[float, Field(ge=0)]] = None
+    anc_source: Optional[Literal["reported", "derived", "lower_of_reported_and_derived", "bounded_by_wbc"]] = None
+    cbc_current: Optional[bool] = None
+    not_assessed_include: list[str] = Field([], description="fields (or their prefixes) listed as not assessed")
 
 
 class Case(_Model):

@@ -10,14 +10,14 @@
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Optional
 
-from .assessment import Ctcae, CtcaeGrade, NormalizedLab, OriginalValue, RiskTier
+from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, OriginalValue, RiskTier
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormLab
+from .samples import DIFFERENTIAL_TESTS, Sample, age_days, group_samples
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
 
@@ -26,6 +26,8 @@ _SUSPECT_CLASSES = ("thiopurine", "immunosuppressant", "cytotoxic_chemotherapy",
 # Anti-CD20 late-onset neutropenia appears weeks to months after the last dose, so the drug stays
 # a suspect for a year after it (longer than any onset reported by Wolach 2010 / Dunleavy 2010).
 _ANTI_CD20_SUSPECT_DAYS = 365
+_NUTRIENT_TESTS = ("vitamin_b12", "folate", "copper")
+_DERIVABLE = (("anc", ("neutrophils_pct", "bands_pct")), ("lymphocytes", ("lymphocytes_pct",)))
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Derived:
     risk_tier: RiskTier
     ctcae: Ctcae
     warnings: list[str] = field(default_factory=list)
+    cbc: Optional[CbcStatus] = None
 
 
 def _r(x: float) -> float:
@@ -87,95 +90,141 @@ def _utc(t: Optional[datetime]) -> Optional[datetime]:
     return t.replace(tzinfo=timezone.utc) if t is not None else None
 
 
-def _later(a: Optional[datetime], b: Optional[datetime]) -> bool:
-    """Is sample time a later than b? An untimed value is the current sample, later than any timed one."""
-    if a is None:
-        return b is not None
-    return b is not None and a > b
-
-
 def _days(a: Optional[date], b: Optional[date]) -> Optional[float]:
     return float((a - b).days) if a and b else None
+
+
+def _derived_count(sample: Sample, target: str, pcts: tuple[str, ...]) -> Optional[tuple[float, str]]:
+    """WBC x (percentages) / 100 within one draw, with the arithmetic as text."""
+    wbc = sample.values.get("wbc")
+    if wbc is None or pcts[0] not in sample.values:
+        return None
+    present = [p for p in pcts if p in sample.values]
+    value = _r(wbc.value * sum(sample.values[p].value for p in present) / 100.0)
+    parts = " + ".join(f"{p.replace('_pct', '')} {sample.values[p].value:g}%" for p in present)
+    return value, f"WBC {wbc.value:g} x ({parts}) / 100"
+
+
+def _current_values(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Optional[Sample]
+                    ) -> dict[str, NormLab]:
+    """Current value per test: WBC, ANC and the differential from the current CBC only (when there is one);
+    any other value the latest within the CBC window (B12, folate and copper: within theirs)."""
+    current: dict[str, NormLab] = {}
+    if cbc is not None:
+        current.update(cbc.values)
+    cbc_days, nutrient_days = kb.value("current_cbc_max_age_days"), kb.value("current_nutrient_max_age_days")
+    for sample in samples:                 # oldest first, so later values replace earlier ones
+        for test, lab in sample.values.items():
+            if test in DIFFERENTIAL_TESTS and cbc is not None:
+                continue
+            limit = nutrient_days if test in _NUTRIENT_TESTS else cbc_days
+            age = age_days(lab.time, nc.as_of)
+            if age is None or age <= limit:
+                current[test] = lab
+    return current
 
 
 def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None) -> Derived:
     warnings: list[str] = []
     labs_out: list[NormalizedLab] = []
-    # samples: time -> test -> lab (untimed values are the current sample)
-    samples: dict[Optional[datetime], dict[str, NormLab]] = defaultdict(dict)
-    for lab in nc.labs:
-        samples[lab.time][lab.test] = lab
-    current: dict[str, NormLab] = {}
-    for lab in nc.labs:
-        if lab.test not in current or _later(lab.time, current[lab.test].time):
-            current[lab.test] = lab
+    samples = group_samples(nc.labs, kb.value("cbc_same_draw_hours"))
+    max_age = int(kb.value("current_cbc_max_age_days"))
+    cbcs = [s for s in samples if s.is_cbc]
+    latest_cbc = cbcs[-1] if cbcs else None
+    latest_age = age_days(latest_cbc.time, nc.as_of) if latest_cbc else None
+    cbc = latest_cbc if latest_cbc is not None and (latest_age is None or latest_age <= max_age) else None
+    current = _current_values(kb, nc, samples, cbc)
 
-    # per-sample derived absolute counts
-    derived_points: dict[str, dict[Optional[datetime], float]] = {"anc": {}, "lymphocytes": {}}
-    derivation_text: dict[tuple[str, Optional[datetime]], str] = {}
-    for t, sample in samples.items():
-        wbc = sample.get("wbc")
-        if not wbc:
-            continue
-        for target, pcts in (("anc", ("neutrophils_pct", "bands_pct")), ("lymphocytes", ("lymphocytes_pct",))):
-            if pcts[0] not in sample:
-                continue
-            pct = sum(sample[p].value for p in pcts if p in sample)
-            value = _r(wbc.value * pct / 100.0)
-            parts = " + ".join(f"{p.replace('_pct', '')} {sample[p].value:g}%" for p in pcts if p in sample)
-            text = f"WBC {wbc.value:g} x ({parts}) / 100"
-            given = sample.get(target)
-            if given is None:
-                derived_points[target][t] = value
-                derivation_text[(target, t)] = text
-            elif value > 0 and abs(given.value - value) / max(given.value, value) > 0.10:
-                when = f" at {t.isoformat()}" if t else ""
-                warnings.append(f"{target.upper() if target == 'anc' else target}{when}: the reported absolute count "
-                                f"{given.value:g} and the one computed from the differential ({text} = {value:g}) "
-                                f"differ by more than 10%; the reported value was used.")
+    # absolute counts derived within each draw
+    derived_points: dict[str, dict[str, tuple[Optional[datetime], float, str]]] = {"anc": {}, "lymphocytes": {}}
+    for sample in samples:
+        for target, pcts in _DERIVABLE:
+            got = _derived_count(sample, target, pcts)
+            if got is not None:
+                derived_points[target][sample.key] = (sample.time, got[0], got[1])
 
     facts: dict[str, Any] = {}
     values: dict[str, float] = {test: lab.value for test, lab in current.items()}
     llns: dict[str, float] = {test: lab.lln for test, lab in current.items() if lab.lln is not None}
-    derived_current: dict[str, Optional[datetime]] = {}
-    for target, points in derived_points.items():
-        # a derived count is current when its sample is later than any reported one
-        for t in points:
-            reported = current.get(target)
-            if (reported is None or _later(t, reported.time)) and (
-                    target not in derived_current or _later(t, derived_current[target])):
-                derived_current[target] = t
-        if target in derived_current:
-            values[target] = points[derived_current[target]]
-            llns.pop(target, None)
-            facts[f"{target}_derived"] = True
+    derived_current: dict[str, str] = {}     # target -> key of the draw its current value was derived in
+    anc_source: Optional[str] = None
+    anc_text = ""
+    tolerance = kb.value("anc_disagreement_fraction")
+    if cbc is not None:
+        for target, _pcts in _DERIVABLE:
+            point = derived_points[target].get(cbc.key)
+            given = cbc.values.get(target)
+            if point is None:
+                if target == "anc" and given is not None:
+                    anc_source, anc_text = "reported", "as reported"
+                continue
+            _t, value, text = point
+            if given is None:
+                values[target] = value
+                llns.pop(target, None)
+                derived_current[target] = cbc.key
+                facts[f"{target}_derived"] = True
+                if target == "anc":
+                    anc_source, anc_text = "derived", f"derived from {text}"
+                continue
+            differs = value > 0 and abs(given.value - value) / max(given.value, value) > tolerance
+            if target == "anc":
+                anc_source, anc_text = "reported", "as reported"
+                if differs:
+                    low = min(given.value, value)
+                    values["anc"] = low
+                    anc_source = "lower_of_reported_and_derived"
+                    anc_text = (f"the lower of the reported ANC {given.value:g} and the one computed from the same "
+                                f"draw ({text} = {value:g}), which differ by more than {tolerance:.0%}")
+                    warnings.append(f"ANC: the reported absolute count {given.value:g} and the one computed from "
+                                    f"the differential ({text} = {value:g}) differ by more than {tolerance:.0%}; the "
+                                    f"lower ({low:g}) was used for the tier and the alerts. Check the differential "
+                                    f"(a manual count) before acting on the higher value.")
+                    if low == value:
+                        derived_current["anc"] = cbc.key
+                        facts["anc_derived"] = True
+                        llns.pop("anc", None)
+            elif differs:
+                warnings.append(f"{target}: the reported absolute count {given.value:g} and the one computed from "
+                                f"the differential ({text} = {value:g}) differ by more than {tolerance:.0%}; the "
+                                f"reported value was used.")
+    # the ANC cannot exceed the WBC of the same draw: a bound when no ANC can be had
+    anc_at_most: Optional[float] = None
+    if "anc" not in values and "wbc" in values:
+        anc_at_most = values["wbc"]
+        anc_source, anc_text = "bounded_by_wbc", ""
+    if "anc" in values or anc_at_most is not None:
+        facts["anc_max"] = float(values.get("anc", anc_at_most))   # type: ignore[arg-type]
     for test, v in values.items():
         facts[test] = float(v)
     for test, v in llns.items():
         facts[f"{test}_lln"] = float(v)
     facts.setdefault("wbc_lln", kb.value("wbc_lln_default"))
     facts.setdefault("lymphocytes_lln", kb.value("lymphocytes_lln_default"))
-    for test in ("vitamin_b12", "folate", "copper"):
+    for test in _NUTRIENT_TESTS:
         if test in values and f"{test}_lln" not in facts:
             default = kb.thresholds[f"{test}_lln_default"]
             facts[f"{test}_lln"] = float(default["value"])
             warnings.append(f"{kb.tests[test]['name']} has no lower limit from the lab; it was judged against "
                             f"{default['value']:g} {default['unit']} ({', '.join(default['sources'])}).")
+    if latest_cbc is not None and cbc is None:
+        facts["cbc_stale"] = True
+        facts["latest_cbc_age_days"] = float(latest_age or 0)
 
     # normalized labs out (originals kept), then derived ones
+    current_ids = {id(lab) for test, lab in current.items() if test not in derived_current}
     for lab in sorted(nc.labs, key=lambda x: (x.test, x.time or datetime.max, x.index)):
         labs_out.append(NormalizedLab.model_construct(
             test=lab.test, name=kb.tests[lab.test]["name"], value=lab.value, unit=lab.unit, time=_utc(lab.time),
-            lln=lab.lln,
-            current=current.get(lab.test) is lab and lab.test not in derived_current,
+            lln=lab.lln, age_days=age_days(lab.time, nc.as_of), current=id(lab) in current_ids, ref=lab.ref,
             original=OriginalValue.model_construct(value=lab.original_value, unit=lab.original_unit, test=lab.original_test,
                                    loinc=lab.loinc)))
     for target, points in derived_points.items():
-        for t, v in sorted(points.items(), key=lambda kv: kv[0] or datetime.max):
+        for key, (t, v, text) in sorted(points.items(), key=lambda kv: kv[1][0] or datetime.max):
             labs_out.append(NormalizedLab.model_construct(
                 test=target, name=kb.tests[target]["name"], value=v, unit="10^9/L", time=_utc(t),
-                current=target in derived_current and derived_current[target] == t,
-                derived=True, derivation=derivation_text[(target, t)]))
+                age_days=age_days(t, nc.as_of), current=derived_current.get(target) == key,
+                derived=True, derivation=text))
 
     age = nc.case.patient.age_years
     if age is not None and age < 15:
@@ -183,47 +232,101 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                         "reference ranges differ, so give the lab's age-specific lower limits (lln)."
                         + (" The neutropenia tiers (ANC below 1.5) apply from 1 year of age; an infant's normal ANC "
                            "can be lower." if age < 1 else ""))
-    _series_facts(kb, nc, samples, derived_points["anc"], facts)
+    if cbc is not None:
+        _series_facts(kb, nc, samples, cbc, derived_points["anc"], facts)
     _patient_facts(kb, nc, facts)
     _drug_facts(kb, nc, facts)
 
-    tier = tier_for(kb, values.get("anc"))
-    facts["risk_tier"] = tier
     anc = values.get("anc")
-    if anc is None:
-        basis = "No ANC: neither an absolute neutrophil count nor a WBC with neutrophil percentage was given."
-    elif facts.get("anc_derived"):
-        basis = f"ANC {anc:g} x10^9/L derived from {derivation_text[('anc', derived_current['anc'])]}."
+    tier = tier_for(kb, anc)
+    facts["risk_tier"] = tier
+    anc_lab = current.get("anc") if derived_current.get("anc") is None else None
+    anc_time = (anc_lab.time if anc_lab else cbc.time) if cbc is not None else None
+    anc_age = age_days(anc_time, nc.as_of)
+    when = f" (blood drawn {anc_time.date().isoformat()}, {anc_age} days before {nc.as_of.isoformat()})" \
+        if anc_time is not None and anc_age is not None and nc.as_of else ""
+    tier_at_least = None
+    if cbc is None and latest_cbc is not None:
+        assert latest_cbc.time is not None and latest_age is not None
+        basis = (f"No current CBC: the latest count was drawn {latest_cbc.time.date().isoformat()}, {latest_age} days "
+                 f"before {nc.as_of}; counts older than {max_age} days are history and set no tier.")
+    elif anc is not None:
+        basis = f"ANC {anc:g} x10^9/L {anc_text}{when}."
+    elif anc_at_most is not None:
+        tier_at_least = tier_for(kb, anc_at_most) if anc_at_most < kb.value("neutropenia_anc") else None
+        bound = (f"; the ANC cannot exceed the WBC, so the tier is {tier_at_least} or worse" if tier_at_least
+                 else "; the WBC does not bound the ANC below the neutropenia cutoff")
+        basis = (f"No ANC: no neutrophil count or percentage in the same draw as the WBC {anc_at_most:g} x10^9/L"
+                 f"{when}{bound}.")
     else:
-        basis = f"ANC {anc:g} x10^9/L as reported."
+        basis = "No ANC: neither an absolute neutrophil count nor a WBC with neutrophil percentage was given."
     duffy_note = None
     if nc.case.patient.duffy_null:
         duffy_note = ("Duffy-null phenotype: the healthy neutrophil count is lower (median ANC 2.8 vs 5.0 x10^9/L; "
                       "23.8% of Duffy-null people are below 2.0) and infections are not increased. The tier uses the "
                       "standard cutoffs; a mild neutropenia may be this patient's normal.")
     risk = RiskTier(tier=tier, anc=anc, basis=basis, anc_derived=bool(facts.get("anc_derived")),
-                    cutoffs="normal >= 1.5; mild 1.0 to < 1.5; moderate 0.5 to < 1.0; severe 0.1 to < 0.5; "
-                            "profound < 0.1 (x10^9/L); a value on a cutoff falls in the milder tier",
-                    duffy_null_note=duffy_note,
+                    anc_source=anc_source if cbc is not None else None, anc_time=_utc(anc_time), anc_age_days=anc_age,
+                    anc_at_most=anc_at_most, tier_at_least=tier_at_least,
+                    cutoffs=_cutoffs_text(kb), duffy_null_note=duffy_note,
                     sources=["taplitz_asco_idsa_2018_prophylaxis", "freifeld_idsa_2011"] +
                             (["merz_2023"] if duffy_note else []))
+    cbc_status = _cbc_status(nc, cbc, latest_cbc, latest_age, max_age)
     version = ctcae_version or kb.ctcae.get("default_version", "5.0")
     grade_llns = {"wbc": facts["wbc_lln"], "lymphocytes": facts["lymphocytes_lln"]}
     if "anc_lln" in facts:
         grade_llns["anc"] = facts["anc_lln"]
     ctcae = ctcae_grades(kb, {k: values[k] for k in ("wbc", "anc", "lymphocytes") if k in values}, grade_llns, version)
-    return Derived(facts=facts, current=values, labs_out=labs_out, risk_tier=risk, ctcae=ctcae, warnings=warnings)
+    return Derived(facts=facts, current=values, labs_out=labs_out, risk_tier=risk, ctcae=ctcae, warnings=warnings,
+                   cbc=cbc_status)
 
 
-def _series_facts(kb: KnowledgeBase, nc: NormCase, samples: dict[Optional[datetime], dict[str, NormLab]],
-                  derived_anc: dict[Optional[datetime], float], facts: dict[str, Any]) -> None:
-    """Trend facts over the ANC series (the WBC series when no ANC can be had)."""
-    anc_points = {t: s["anc"].value for t, s in samples.items() if "anc" in s}
-    for t, v in derived_anc.items():
-        anc_points.setdefault(t, v)
-    wbc_points = {t: s["wbc"].value for t, s in samples.items() if "wbc" in s}
-    # the ANC series where it has at least two points, else the WBC series
-    basis, points = ("anc", anc_points) if len(anc_points) >= 2 or len(wbc_points) < 2 else ("wbc", wbc_points)
+def _cutoffs_text(kb: KnowledgeBase) -> str:
+    """The tier cutoffs, rendered from rules/thresholds.yaml."""
+    n, m, s, p = (f"{kb.value(k):.1f}" for k in ("neutropenia_anc", "moderate_anc", "severe_anc", "profound_anc"))
+    return (f"normal >= {n}; mild {m} to < {n}; moderate {s} to < {m}; severe {p} to < {s}; profound < {p} "
+            f"(x10^9/L); a value on a cutoff falls in the milder tier")
+
+
+def _cbc_status(nc: NormCase, cbc: Optional[Sample], latest: Optional[Sample], latest_age: Optional[int],
+                max_age: int) -> CbcStatus:
+    if cbc is not None:
+        age = age_days(cbc.time, nc.as_of)
+        if cbc.time is None:
+            note = "The current CBC has no collection time; it was taken as current."
+        else:
+            note = (f"Current CBC drawn {cbc.time.date().isoformat()}"
+                    + (f", {age} days before {nc.as_of.isoformat()}" if age is not None and nc.as_of else "") + ".")
+        return CbcStatus(current=True, time=_utc(cbc.time), age_days=age, max_age_days=max_age,
+                         tests=sorted(cbc.values), note=note)
+    if latest is not None and latest.time is not None:
+        years = f" (about {latest_age / 365.25:.0f} years)" if latest_age and latest_age >= 730 else ""
+        return CbcStatus(current=False, time=_utc(latest.time), age_days=latest_age, max_age_days=max_age,
+                         tests=sorted(latest.values),
+                         note=f"No current CBC: the latest CBC was drawn {latest.time.date().isoformat()}, "
+                              f"{latest_age} days{years} before {nc.as_of}; it is older than {max_age} days and "
+                              f"was used for history only.")
+    return CbcStatus(current=False, max_age_days=max_age, note="No CBC: no WBC or ANC was given.")
+
+
+def _series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sample,
+                  derived_anc: dict[str, tuple[Optional[datetime], float, str]], facts: dict[str, Any]) -> None:
+    """Trend facts over the ANC series (the WBC series when the current CBC has no ANC), one point per draw,
+    ending at the current CBC."""
+    anc_points: dict[Optional[datetime], float] = {}
+    wbc_points: dict[Optional[datetime], float] = {}
+    for sample in samples:
+        reported = sample.values.get("anc")
+        derived = derived_anc.get(sample.key)
+        if reported is not None and derived is not None:
+            anc_points[sample.time] = min(reported.value, derived[1])   # the safer side, as for the tier
+        elif reported is not None or derived is not None:
+            anc_points[sample.time] = reported.value if reported is not None else derived[1]   # type: ignore[index]
+        if "wbc" in sample.values:
+            wbc_points[sample.time] = sample.values["wbc"].value
+    # the ANC series where it has at least two points and reaches the current CBC, else the WBC series
+    use_anc = cbc.time in anc_points and (len(anc_points) >= 2 or len(wbc_points) < 2)
+    basis, points = ("anc", anc_points) if use_anc else ("wbc", wbc_points)
     if not points:
         return
     as_of_dt = datetime.combine(nc.as_of, datetime.min.time()) if nc.as_of else None

@@ -18,6 +18,7 @@ class Problem:
 
     loc: str
     msg: str
+    items: tuple[str, ...] = ()   # the input items the problem concerns, when loc names their list ("labs")
 
     def __str__(self) -> str:
         return f"{self.loc}: {self.msg}" if self.loc else self.msg

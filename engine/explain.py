@@ -3,11 +3,11 @@ and gather the full citation of every source cited anywhere in it."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, Sequence
 
 from . import pgx
-from .assessment import (AlertOut, Assessment, BlockedStep, CauseOut, FindingOut, MissingItem, Pharmacogenomics,
-                         SourceOut, StepOut, TraceItem)
+from .assessment import (AlertOut, Assessment, BlockedStep, CauseOut, FindingOut, MissingItem, NotAssessed,
+                         Pharmacogenomics, SourceOut, StepOut, TraceItem)
 from .derive import Derived
 from .kb import URGENCY_ORDER, KnowledgeBase
 from .normalize import NormCase
@@ -65,7 +65,7 @@ def _steps(kb: KnowledgeBase, firings: list[Firing]) -> tuple[list[StepOut], lis
 
 
 def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[Firing], causes: list[CauseOut],
-                     engine_version: str) -> Assessment:
+                     engine_version: str, not_assessed: Sequence[NotAssessed] = ()) -> Assessment:
     findings = []
     fired_findings = _by_conclusion(firings, "finding")
     for fid in kb.findings:           # catalogue order
@@ -114,7 +114,7 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
     trace = [TraceItem.model_construct(rule=f.rule.id, family=f.rule.family, stage=f.rule.stage, facts=f.facts) for f in firings]
     return Assessment(
         case_id=nc.case.id, as_of=nc.as_of, kb_version=kb.version, engine_version=engine_version,
-        risk_tier=d.risk_tier, ctcae=d.ctcae, alerts=alerts, findings=findings, causes=causes, steps=steps,
+        risk_tier=d.risk_tier, cbc=d.cbc, ctcae=d.ctcae, alerts=alerts, findings=findings, causes=causes, steps=steps,
         steps_not_advised=not_advised, pharmacogenomics=pharmacogenomics,
-        missing_data=[MissingItem(item=k, rules=v) for k, v in missing.items()],
+        missing_data=[MissingItem(item=k, rules=v) for k, v in missing.items()], not_assessed=list(not_assessed),
         warnings=warnings, labs=d.labs_out, sources=sources, trace=trace)

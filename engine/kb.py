@@ -160,7 +160,8 @@ _STATIC_FACTS: dict[str, type] = {
     "temperature_c": float, "fever_sustained_1h": bool, "splenomegaly": bool, "alcohol_use_disorder": bool,
     "days_since_transfusion": float, "transplant_organ": str, "days_since_transplant": float,
     "tpmt_phenotype": str, "nudt15_phenotype": str, "tpmt_method": str, "tpmt_activity_days_after_transfusion": float,
-    "anc_derived": bool, "lymphocytes_derived": bool, "risk_tier": str,
+    "anc_derived": bool, "lymphocytes_derived": bool, "risk_tier": str, "anc_max": float,
+    "cbc_stale": bool, "latest_cbc_age_days": float,
     "series_points": float, "count_drop_pct": float, "low_span_days": float, "cyclic_intervals": float,
     "any_suspect_drug_recent": bool,
 }

@@ -41,6 +41,8 @@ class NormLab:
     original_unit: str
     original_test: Optional[str]
     loinc: Optional[str]
+    specimen: Optional[str] = None
+    ref: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem])
         lln = float(f"{lab.lln * conv.factor:.10g}")
     return NormLab(index=i, test=test, value=normalized, unit=spec["unit"],
                    time=_as_datetime(lab.time) if lab.time else None, lln=lln, original_value=value,
-                   original_unit=lab.unit, original_test=lab.test, loinc=lab.loinc)
+                   original_unit=lab.unit, original_test=lab.test, loinc=lab.loinc, specimen=lab.specimen,
+                   ref=lab.ref)
 
 
 def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:
@@ -216,7 +219,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     for test, idx in untimed.items():
         if len(idx) > 1:
             problems.append(Problem("labs", f"{len(idx)} values for {test} without a time (labs{idx}); give each a "
-                                            f"time so they form a series"))
+                                            f"time so they form a series", tuple(f"labs[{i}]" for i in idx[1:])))
     # several values of one test at the same time
     seen: dict[tuple[str, Optional[datetime]], int] = {}
     for lab in labs:
@@ -229,16 +232,18 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
 
     # percentages of one sample must not add up to more than 100
     by_time: dict[Optional[datetime], dict[str, float]] = defaultdict(dict)
+    pct_index: dict[Optional[datetime], list[str]] = defaultdict(list)
     for lab in labs:
         if lab.test in PCT_TESTS:
             by_time[lab.time][lab.test] = lab.value
+            pct_index[lab.time].append(f"labs[{lab.index}]")
     for t, pcts in by_time.items():
         total = sum(pcts.values())
         if total > 100.0 + 1e-9:
             when = f" at {t.isoformat()}" if t else ""
             problems.append(Problem("labs", f"differential percentages{when} add up to {_fmt(round(total, 6))} percent "
                                             f"({', '.join(f'{k} {_fmt(v)}' for k, v in sorted(pcts.items()))}); "
-                                            f"they cannot exceed 100"))
+                                            f"they cannot exceed 100", tuple(pct_index[t])))
 
     # dates must not lie after as_of
     def not_future(where: str, v: Union[date, datetime, None]) -> None:

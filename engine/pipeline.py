@@ -6,15 +6,19 @@ after any fork (:func:`get_engine` does that lazily).
 """
 from __future__ import annotations
 
+import copy
 import threading
+from pathlib import Path
 from typing import Any, Optional
 
-from .assessment import Assessment
+from .assessment import Assessment, NotAssessed
+from .case import Case
 from .derive import derive
 from .explain import build_assessment
 from .kb import KnowledgeBase, default as default_kb
-from .normalize import normalize
-from .parse import parse_case
+from .normalize import NormCase, normalize
+from .parse import load_document, parse_case
+from .partial import assess_partially
 from .rank import rank_causes
 from .reason import DurableReasoner, PlainEvaluator, Reasoner, run_stages
 from .units import registry
@@ -40,17 +44,43 @@ class Engine:
     def healthy(self) -> bool:
         return not getattr(self.reasoner, "broken", False)
 
-    def assess(self, raw: Any, ctcae_version: Optional[str] = None) -> Assessment:
+    def assess(self, raw: Any, ctcae_version: Optional[str] = None, partial: bool = False) -> Assessment:
         """Assess one case (a Case, a mapping, JSON/YAML text or bytes, or a path).
 
-        Raises :class:`CaseError` (with every problem found) when the case cannot be judged.
+        Strict (the default): raises :class:`CaseError` (with every problem found) when anything in
+        the case cannot be judged. ``partial=True`` (data from an EHR): each lab, medication or field
+        that cannot be read is left out and listed in ``not_assessed``, and the rest is assessed;
+        CaseError only when nothing assessable is left.
         """
-        case = parse_case(raw)
-        nc = normalize(self.kb, case, self.drugs)
+        left_out: list[NotAssessed] = []
+        if partial:
+            (case, nc), left_out = assess_partially(_document(raw), self._read)
+        else:
+            case, nc = self._read(raw)
         d = derive(self.kb, nc, ctcae_version)
         firings, _ = run_stages(self.kb, self.reasoner, d.facts)
         causes = rank_causes(self.kb, firings, nc.meds)
-        return build_assessment(self.kb, nc, d, firings, causes, ENGINE_VERSION)
+        return build_assessment(self.kb, nc, d, firings, causes, ENGINE_VERSION, left_out)
+
+    def _read(self, raw: Any) -> tuple[Case, NormCase]:
+        case = parse_case(raw)
+        return case, normalize(self.kb, case, self.drugs)
+
+
+def _document(raw: Any) -> dict[str, Any]:
+    """A private, mutable copy of the case as a mapping (for partial assessment)."""
+    if isinstance(raw, Case):
+        return raw.model_dump(mode="json", exclude_unset=True)
+    if isinstance(raw, Path):
+        try:
+            raw = raw.read_bytes()
+        except OSError:
+            parse_case(raw)   # raises the CaseError that says why
+    if isinstance(raw, (str, bytes)):
+        raw = load_document(raw)
+    if not isinstance(raw, dict):
+        parse_case(raw)   # raises the CaseError that says why
+    return copy.deepcopy(raw)
 
 
 _ENGINE: Optional[Engine] = None
@@ -66,6 +96,6 @@ def get_engine() -> Engine:
         return _ENGINE
 
 
-def assess(raw: Any, ctcae_version: Optional[str] = None) -> Assessment:
+def assess(raw: Any, ctcae_version: Optional[str] = None, partial: bool = False) -> Assessment:
     """Assess one case with the process's engine. See :meth:`Engine.assess`."""
-    return get_engine().assess(raw, ctcae_version)
+    return get_engine().assess(raw, ctcae_version, partial)

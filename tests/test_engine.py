@@ -248,7 +248,7 @@ def test_causes_without_support_are_not_listed_and_each_item_has_sources(engine)
 def test_trace_lists_fired_rules_with_the_facts_they_read(engine):
     a = engine.assess(base_case(labs=[lab("wbc", 3.0), lab("anc", 1.2)]))
     t = next(x for x in a.trace if x.rule == "findings.neutropenia")
-    assert t.facts == {"anc": 1.2}
+    assert t.facts == {"anc_max": 1.2}
 
 
 def test_the_output_says_it_supports_clinical_judgement(engine):

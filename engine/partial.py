@@ -1,0 +1,95 @@
+"""Partial assessment: leave out what cannot be read, assess the rest, and say what was left out.
+
+A person's case is judged strictly (every problem is an error). Data from an EHR is judged
+partially: each problem's input item (a lab, a medication, a condition, a history or patient field)
+is removed and listed as :class:`NotAssessed`, and the rest is assessed. What cannot be removed
+(the document itself, or no lab left) is still an error.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional, TypeVar
+
+from .assessment import NotAssessed
+from .errors import CaseError, Problem
+
+__all__ = ["assess_partially"]
+
+T = TypeVar("T")
+_ITEM = re.compile(r"^(labs|medications|history\.conditions)\[(\d+)\]")
+_FIELD = re.compile(r"^(patient|history)\.([a-z_0-9]+)")
+_TOP = ("as_of", "id", "title", "rationale")
+
+
+def _describe(item: Any) -> Optional[str]:
+    if isinstance(item, dict):
+        if "value" in item and ("test" in item or "loinc" in item):
+            return " ".join(str(item.get(k)) for k in ("test", "loinc", "value", "unit") if item.get(k) is not None)[:200]
+        if "name" in item or "rxnorm" in item:
+            return str(item.get("name") or f"RxNorm {item.get('rxnorm')}")[:200]
+        return None
+    return None if item is None else str(item)[:200]
+
+
+def _target(loc: str) -> Optional[tuple[str, Any]]:
+    """(list name, index) or (section, field) or ("", top-level key) that a problem's location names."""
+    m = _ITEM.match(loc)
+    if m:
+        return m.group(1), int(m.group(2))
+    m = _FIELD.match(loc)
+    if m:
+        return m.group(1), m.group(2)
+    if loc in _TOP:
+        return "", loc
+    return None
+
+
+def _remove(doc: dict[str, Any], problems: list[Problem], out: list[NotAssessed]) -> list[Problem]:
+    """Remove what each problem names from doc; returns the problems that name nothing removable."""
+    drop: dict[str, set[int]] = {}
+    fatal: list[Problem] = []
+    for p in problems:
+        targets = [t for loc in (p.items or (p.loc,)) if (t := _target(loc)) is not None]
+        if not targets:
+            fatal.append(p)
+            continue
+        for where, key in targets:
+            if isinstance(key, int):
+                items = doc.get("history", {}).get("conditions") if where == "history.conditions" else doc.get(where)
+                if not isinstance(items, list) or key >= len(items):
+                    fatal.append(p)
+                    continue
+                item = items[key]
+                ref = item.get("ref") if isinstance(item, dict) else None
+                field = f"{where}[{key}]" + (f" ({ref})" if isinstance(ref, str) else "")
+                out.append(NotAssessed(field=field, value=_describe(item), reason=p.msg))
+                drop.setdefault(where, set()).add(key)
+            else:
+                section = doc if where == "" else doc.get(where)
+                if not isinstance(section, dict) or key not in section:
+                    fatal.append(p)
+                    continue
+                out.append(NotAssessed(field=p.loc, value=_describe(section[key]), reason=p.msg))
+                del section[key]
+    for where, idx in drop.items():
+        if where == "history.conditions":
+            doc["history"]["conditions"] = [c for i, c in enumerate(doc["history"]["conditions"]) if i not in idx]
+        else:
+            doc[where] = [x for i, x in enumerate(doc[where]) if i not in idx]
+    return fatal
+
+
+def assess_partially(doc: dict[str, Any], run: Callable[[dict[str, Any]], T], rounds: int = 4
+                     ) -> tuple[T, list[NotAssessed]]:
+    """run(doc) until it no longer raises CaseError, removing what each error names. Raises CaseError
+    (with what was left out listed first) when the rest cannot be assessed."""
+    left_out: list[NotAssessed] = []
+    for _ in range(rounds):
+        try:
+            return run(doc), left_out
+        except CaseError as e:
+            fatal = _remove(doc, e.problems, left_out)
+            if fatal or not doc.get("labs"):
+                raise CaseError(fatal or [Problem("labs", "no lab value could be read; nothing was assessed")]
+                                + [Problem(n.field, f"left out: {n.reason}") for n in left_out]) from None
+    return run(doc), left_out
