@@ -13,11 +13,14 @@ from __future__ import annotations
 import copy
 import re
 import uuid
+from datetime import datetime
 from typing import Any, Optional
 
 from leukodx.engine.assessment import Assessment, CpicRecommendation, GeneStatus
 
-__all__ = ["assessment_cards", "thiopurine_card", "clozapine_card", "OVERRIDE_REASONS", "card_id"]
+__all__ = ["assessment_cards", "thiopurine_card", "clozapine_card", "stale_card", "unassessed_card", "checked_card",
+           "note_left_out",
+           "OVERRIDE_REASONS", "card_id"]
 
 _NS = uuid.UUID("6f1c2b7e-4d0a-4f59-9a59-1f7b3d6a8c21")
 TOPIC_SYSTEM = "urn:leukodx:cds-topic"
@@ -67,11 +70,24 @@ def _indicator(a: Assessment) -> str:
     return "info"
 
 
+def _drawn(a: Assessment) -> str:
+    """When the count the card rests on was drawn, e.g. "2026-11-30, 1 day ago"."""
+    if a.cbc.time is None:
+        return "undated"
+    day = a.cbc.time.date() if isinstance(a.cbc.time, datetime) else a.cbc.time
+    n = a.cbc.age_days
+    ago = "" if n is None else (", today" if n == 0 else f", {n} day{'s' if n != 1 else ''} ago")
+    return f"{day.isoformat()}{ago}"
+
+
 def _headline(a: Assessment) -> str:
     tier = a.risk_tier
     parts = []
     if tier.tier in TIER_WORDS:
-        parts.append(f"{TIER_WORDS[tier.tier]} (ANC {tier.anc:g} x10^9/L)")
+        parts.append(f"{TIER_WORDS[tier.tier]} (ANC {tier.anc:g} x10^9/L, {_drawn(a)})")
+    elif tier.tier_at_least:
+        parts.append(f"Neutropenia {tier.tier_at_least} or worse (WBC {tier.anc_at_most:g} x10^9/L, no differential, "
+                     f"{_drawn(a)})")
     elif any(f.id == "leukopenia" for f in a.findings):
         wbc = a.ctcae.wbc.value if a.ctcae.wbc else None
         parts.append(f"Leukopenia (WBC {wbc:g} x10^9/L)" if wbc is not None else "Leukopenia")
@@ -89,8 +105,10 @@ def _headline(a: Assessment) -> str:
 
 def _detail(a: Assessment) -> str:
     t = a.risk_tier
-    lines = [f"**Risk tier:** {t.tier}" + (f" - ANC {t.anc:g} x10^9/L ({'derived' if t.anc_derived else 'reported'})"
-                                            if t.anc is not None else " - no ANC available")]
+    lines = [f"**Blood count of {_drawn(a)}.** {a.cbc.note}",
+             f"**Risk tier:** {t.tier}" + (f" - ANC {t.anc:g} x10^9/L ({(t.anc_source or '').replace('_', ' ')})"
+                                           if t.anc is not None else " - no ANC available"),
+             t.basis]
     grades = [f"{n} grade {g.grade}" for n, g in (("WBC", a.ctcae.wbc), ("ANC", a.ctcae.anc),
                                                   ("lymphocytes", a.ctcae.lymphocytes)) if g]
     if grades:
@@ -135,8 +153,51 @@ def _service_request(patient_id: Optional[str], code: dict[str, Any], text: str,
 
 
 def _has_something_to_say(a: Assessment) -> bool:
-    return bool(a.alerts or a.causes or a.risk_tier.tier in TIER_WORDS or
+    return bool(a.alerts or a.causes or a.risk_tier.tier in TIER_WORDS or a.risk_tier.tier_at_least or
                 any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings))
+
+
+def _info_card(hook_instance: str, key: str, summary: str, detail: str, indicator: str = "info",
+               kb_version: Optional[str] = None) -> dict[str, Any]:
+    label = f"leukodx knowledge base {kb_version}" if kb_version else "leukodx"
+    return {"uuid": card_id(hook_instance, key), "summary": _summary(summary), "indicator": indicator,
+            "detail": detail, "source": {"label": label, "topic": {"system": TOPIC_SYSTEM, "code": "data-quality",
+                                                                   "display": "Data leukodx could not use"}},
+            "overrideReasons": OVERRIDE_REASONS}
+
+
+def stale_card(a: Assessment, hook_instance: str) -> dict[str, Any]:
+    """No current CBC: no acute card; one info card saying how old the latest count is."""
+    years = a.cbc.age_days / 365.25 if a.cbc.age_days is not None else None
+    age = (f"{years:.0f} years" if years is not None and years >= 2 else
+           f"{a.cbc.age_days} days" if a.cbc.age_days is not None else "of unknown age")
+    summary = (f"No current CBC: the latest is {age} old ({_drawn(a).split(',')[0]}); not assessed"
+               if a.cbc.time is not None else "No CBC to assess (no WBC or ANC)")
+    return _info_card(hook_instance, "stale", summary,
+                      f"{a.cbc.note}\n\nleukodx raises no alert and names no cause from a count this old. "
+                      f"Repeat the CBC with a differential if a current assessment is needed.\n\n_{a.disclaimer}_",
+                      kb_version=a.kb_version)
+
+
+def checked_card(a: Assessment, hook_instance: str) -> dict[str, Any]:
+    """A current CBC with nothing to flag, shown only when some data could not be read."""
+    return _info_card(hook_instance, "checked", f"CBC of {_drawn(a)}: no neutropenia or leukopenia found",
+                      f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\n_{a.disclaimer}_", kb_version=a.kb_version)
+
+
+def unassessed_card(hook_instance: str, reasons: list[str], indicator: str = "info") -> dict[str, Any]:
+    """Nothing could be assessed: one card saying what could not be read (never an empty answer)."""
+    shown = reasons[:12] + ([f"... and {len(reasons) - 12} more"] if len(reasons) > 12 else [])
+    return _info_card(hook_instance, "not-assessed", "leukodx could not assess this patient: " + (reasons[0] if
+                      reasons else "no usable blood count"),
+                      "**What could not be used**\n" + "\n".join(f"- {r}" for r in shown), indicator)
+
+
+def note_left_out(cards: list[dict[str, Any]], items: list[str]) -> None:
+    """Add a line naming what was left out to the first card."""
+    if cards and items:
+        shown = "; ".join(items[:8]) + (f"; ... and {len(items) - 8} more" if len(items) > 8 else "")
+        cards[0]["detail"] = (cards[0].get("detail") or "") + f"\n\n**Not assessed ({len(items)}):** {shown}"
 
 
 def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str]) -> list[dict[str, Any]]:

@@ -62,14 +62,16 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Optional, Union
 
+from ..engine.assessment import NotAssessed
+from ..engine.case import MAX_LABS
 from ..engine.errors import Problem
 from ..engine.kb import KnowledgeBase, default as default_kb
 from ..engine.units import conversion_factor, registry
 
-__all__ = ["FhirMappingError", "resources_from", "bundle_to_case", "MAX_DEPTH", "MAX_RESOURCES"]
+__all__ = ["FhirMappingError", "Mapped", "resources_from", "bundle_to_case", "map_bundle", "MAX_DEPTH", "MAX_RESOURCES"]
 
 MAX_DEPTH = 8               # Bundles within Bundles (and contained resources) deeper than this are refused
-MAX_RESOURCES = 20_000      # resources in one request, contained ones included
+MAX_RESOURCES = 250_000     # resources in one request, contained ones included (years of labs)
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -470,6 +472,7 @@ class _Lab:
     unit: str
     time: Optional[When]
     lln: Optional[float]
+    specimen: Optional[str] = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"test": self.test, "loinc": self.loinc, "value": self.value, "unit": self.unit}
@@ -477,6 +480,10 @@ class _Lab:
             out["time"] = _iso(self.time)
         if self.lln is not None:
             out["lln"] = self.lln
+        if self.specimen:
+            out["specimen"] = self.specimen[:200]
+        rid = _str(self.item.resource.get("id"))
+        out["ref"] = (f"Observation/{rid}" if rid else self.item.loc or "Observation")[:200]
         return out
 
 
@@ -545,6 +552,27 @@ def _observation_lab(item: _Item, test: str, code: str, spec: dict[str, Any], ti
         what = "a bound and not a measurement" if comparator in COMPARATORS else "with an unknown comparator"
         warnings.append(f"{name}: reported as {comparator}{shown} {unit}, {what}; {shown} was used as the value.")
     return _Lab(item, test, code, value, unit, time, _lln(q, res, unit, spec, name, warnings))
+
+
+def _draws(items: list[_Item], index: _Index) -> dict[int, str]:
+    """Observation -> the draw it belongs to: its ``specimen`` reference, else the DiagnosticReport whose
+    ``result`` lists it (one report, one draw), else the panel Observation whose ``hasMember`` lists it."""
+    out: dict[int, str] = {}
+    for item in items:
+        if item.type == "Observation":
+            ref = _reference(item.resource.get("specimen"))
+            if ref:
+                out[id(item.resource)] = ref
+    for kind, field in (("DiagnosticReport", "result"), ("Observation", "hasMember")):
+        for parent in items:
+            if parent.type != kind:
+                continue
+            key = parent.full_url or f"{kind}/{_str(parent.resource.get('id')) or parent.loc}"
+            for ref in _list(parent.resource.get(field)):
+                child = index.resolve(_reference(ref), parent)
+                if child is not None and child.type == "Observation":
+                    out.setdefault(id(child.resource), out.get(id(parent.resource), key))
+    return out
 
 
 def _inherited_times(items: list[_Item], index: _Index) -> dict[int, tuple[When, _Item]]:
@@ -863,34 +891,82 @@ def _ignored_summary(ignored: dict[str, int]) -> str:
             f"ignored ({shown}).")
 
 
+@dataclass
+class Mapped:
+    """A case dict in the engine's contract, and what the mapping left out: ``warnings`` (text) and
+    ``not_assessed`` (each resource or group of resources left out, with the reason)."""
+    case: dict[str, Any]
+    warnings: list[str]
+    not_assessed: list[NotAssessed]
+
+
 def bundle_to_case(data: Any, *, case_id: Optional[str] = None, patient_id: Optional[str] = None,
                    as_of: Optional[date] = None, include_draft: bool = False) -> tuple[dict, list[str]]:
-    """A case dict for :func:`leukodx.engine.assess` from FHIR R4 data, and the mapping's warnings.
+    """``(case, warnings)``: see :func:`map_bundle`."""
+    m = map_bundle(data, case_id=case_id, patient_id=patient_id, as_of=as_of, include_draft=include_draft)
+    return m.case, m.warnings
+
+
+def _subjects(items: list[_Item]) -> list[str]:
+    return list(dict.fromkeys(ref for i in items if (ref := _subject_ref(i))))
+
+
+def map_bundle(data: Any, *, case_id: Optional[str] = None, patient_id: Optional[str] = None,
+               as_of: Optional[date] = None, include_draft: bool = False, max_labs: int = MAX_LABS) -> Mapped:
+    """A case for :func:`leukodx.engine.assess` from FHIR R4 data, with what was left out.
 
     ``data``: a Bundle, a resource, or a list of them (see :func:`resources_from`). ``patient_id``
     selects the patient (and only its resources); ``as_of`` is the date the case is judged at (put in
     the case; default: the engine takes the latest lab time); ``include_draft`` keeps draft
-    MedicationRequests (counted as active). Raises :class:`FhirMappingError` when the data is not FHIR
-    resources, or when it holds no lab value leukodx can use (each skipped lab Observation is then a
-    problem with its reason).
+    MedicationRequests (counted as active). Only the ``max_labs`` most recent lab values are kept (the
+    current CBC and the trend need the recent ones); the older ones are counted in ``not_assessed``.
+    Raises :class:`FhirMappingError` when the data is not FHIR resources, or when it holds no lab value
+    leukodx can use for this patient (each skipped lab Observation is then a problem with its reason,
+    and data of another patient is named).
     """
     kb: KnowledgeBase = default_kb()
     warnings: list[str] = []
+    left_out: list[NotAssessed] = []
     items = _walk(data)
     index = _Index(items)
     choice = _choose_patient(items, patient_id, warnings)
     mine = [i for i in items if i.type != "Patient" and _belongs(i, choice)]
-    others = sum(1 for i in items if i.type in ("Observation", "MedicationRequest", "MedicationStatement",
-                                                "Condition") and not _belongs(i, choice))
-    if others:
-        warnings.append(f"{others} Observation, medication or Condition resource{'s' if others != 1 else ''} of "
-                        f"another patient or with no subject {'were' if others != 1 else 'was'} left out.")
+    theirs = [i for i in items if i.type in ("Observation", "MedicationRequest", "MedicationStatement",
+                                             "Condition") and not _belongs(i, choice)]
+    wanted = f"Patient/{patient_id.strip().removeprefix('Patient/')}" if patient_id else "the chosen patient"
+    if theirs:
+        subjects = _subjects(theirs)
+        shown = ", ".join(subjects[:5]) + (", ..." if len(subjects) > 5 else "") if subjects else "no subject"
+        warnings.append(f"{len(theirs)} Observation, medication or Condition resource{'s' if len(theirs) != 1 else ''} "
+                        f"of another patient or with no subject {'were' if len(theirs) != 1 else 'was'} left out.")
+        left_out.append(NotAssessed(field="subject", value=shown[:200],
+                                    reason=f"{len(theirs)} resource{'s' if len(theirs) != 1 else ''} belong to "
+                                           f"another patient than {wanted} (or name no subject) and were not used"))
 
     labs, weights, skipped = _map_observations(kb, items, mine, index, warnings)
+    left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in skipped]
     if not labs:
+        problems = list(skipped)
+        theirs_labs = [i for i in theirs if i.type == "Observation"]
+        if theirs_labs:
+            subjects = _subjects(theirs_labs)
+            problems.insert(0, Problem("subject", f"the lab Observations belong to {', '.join(subjects[:5]) or 'no patient'}, "
+                                                  f"not to {wanted}; data of another patient is never used"))
         raise FhirMappingError([Problem("", "no lab value leukodx can use: it needs an Observation with a LOINC "
                                             "code of rules/labs.yaml (a WBC, ANC, differential ...), a usable "
-                                            "status and a valueQuantity with a unit"), *skipped])
+                                            "status and a valueQuantity with a unit"), *problems])
+    if len(labs) > max_labs:
+        labs.sort(key=lambda lab: (lab.time is None, _utc(lab.time) if lab.time is not None else datetime.min),
+                  reverse=True)
+        dropped = labs[max_labs:]
+        del labs[max_labs:]
+        oldest = min((_utc(x.time) for x in dropped if x.time is not None), default=None)
+        newest = max((_utc(x.time) for x in dropped if x.time is not None), default=None)
+        span = f" ({oldest.date()} to {newest.date()})" if oldest and newest else ""
+        left_out.append(NotAssessed(field="Observation", value=f"{len(dropped)} lab values{span}",
+                                    reason=f"older than the {max_labs} most recent lab values, which hold the "
+                                           f"current CBC and the trend"))
+        warnings.append(f"{len(dropped)} older lab values{span} beyond the {max_labs} most recent were not used.")
 
     lab_times = [_utc(lab.time) for lab in labs if lab.time is not None]
     ref = _ref_date(as_of) or (max(lab_times).date() if lab_times else None)
@@ -912,7 +988,7 @@ def bundle_to_case(data: Any, *, case_id: Optional[str] = None, patient_id: Opti
         history["conditions"] = conditions
     if history:
         case["history"] = history
-    return case, warnings
+    return Mapped(case, warnings, left_out)
 
 
 BODY_TEMPERATURE_LOINC = ("8310-5", "8331-1")
@@ -991,6 +1067,7 @@ def _default_id(choice: _PatientChoice) -> str:
 def _map_observations(kb: KnowledgeBase, items: list[_Item], mine: list[_Item], index: _Index,
                       warnings: list[str]) -> tuple[list[_Lab], list[tuple[Optional[datetime], float]], list[Problem]]:
     inherited = _inherited_times(items, index)
+    draws = _draws(items, index)
     labs: list[_Lab] = []
     weights: list[tuple[Optional[datetime], float]] = []
     skipped: list[Problem] = []
@@ -1018,6 +1095,7 @@ def _map_observations(kb: KnowledgeBase, items: list[_Item], mine: list[_Item], 
         lab = _observation_lab(item, test, code, kb.tests[test], time, warnings, skipped)
         if lab is None:
             continue
+        lab.specimen = draws.get(id(res))
         key = (test, _utc(time) if time is not None else None)
         if key in first_at:
             when = f"at {_iso(time)}" if time is not None else "without a time"
@@ -1135,9 +1213,12 @@ def _later_warning(n: int, what: str, verb: str, ref: Optional[date], labels: li
 
 
 
-def pgx_results(data: Any) -> dict[str, str]:
-    """TPMT/NUDT15 results (diplotype or phenotype word) found in FHIR data, by gene."""
-    return _map_pgx(_walk(data), [])
+def pgx_results(data: Any, patient_id: Optional[str] = None) -> dict[str, str]:
+    """TPMT/NUDT15 results (diplotype or phenotype word) found in FHIR data, by gene (of ``patient_id``'s
+    resources only, when given)."""
+    items = _walk(data)
+    choice = _choose_patient(items, patient_id, [])
+    return _map_pgx([i for i in items if _belongs(i, choice)], [])
 
 
 def medication_name_and_code(resource: dict[str, Any]) -> tuple[Optional[str], Optional[str]]:

@@ -9,6 +9,7 @@ provided, so the service fetches it; if it cannot, it answers 412 with an Operat
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Optional
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from leukodx.engine import CaseError, Engine, pgx
+from leukodx.engine.assessment import Assessment, NotAssessed
 from leukodx.engine.parse import load_document, problems_from_validation
 
 from .. import cards as C
@@ -64,7 +66,9 @@ SERVICES: dict[str, dict[str, str]] = {
         "description": "Before a thiopurine or clozapine order is signed: the CPIC-adjusted dose (or cancelling the order "
                        "for a poor metabolizer), genotyping when the status is unknown, and the clozapine ANC threshold."},
 }
-REQUIRED_KEYS = ("patient", "observations", "medicationRequests", "medicationStatements")
+# Without the lab Observations there is nothing to assess (412); any other key that cannot be had is
+# named on the cards and the rest is assessed.
+REQUIRED_KEYS = ("observations",)
 
 
 @lru_cache(maxsize=4)
@@ -183,31 +187,60 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
 
     resources, missing, notes = _gather(hook, settings, tuple(sorted(eng.kb.loinc)))
     if missing:
+        log.warning("cds no data", extra={"hook_instance": hook.hookInstance, "service": service_id,
+                                          "reason": "; ".join(missing)})
         return _operation_outcome(412, "leukodx cannot assess this patient without the data it asked for.",
                                   "Prefetch missing and the FHIR server could not be used: " + "; ".join(missing))
     drafts = _draft_orders(hook)
     today = datetime.now(timezone.utc).date()
     for d in drafts:                   # an order being written starts today
         d.setdefault("authoredOn", today.isoformat())
-    assessment, mapped = None, None
+    assessment: Optional[Assessment] = None
+    left_out: list[str] = list(notes)
+    problems: list[str] = []
+    mismatch = False
     try:
-        case, _warnings = fhir.bundle_to_case(resources + drafts, patient_id=patient_id, as_of=today,
-                                             include_draft=True)
-        mapped = case
-        assessment = eng.assess(case)
-    except fhir.FhirMappingError:
-        assessment = None              # no usable CBC: only order cards can be given
+        mapped = fhir.map_bundle(resources + drafts, patient_id=patient_id, as_of=today, include_draft=True)
+        left_out += [_left_out_text(n) for n in mapped.not_assessed]
+        assessment = eng.assess(mapped.case, partial=True)
+        left_out += [_left_out_text(n) for n in assessment.not_assessed]
+    except fhir.FhirMappingError as e:
+        mismatch = any(p.loc == "subject" for p in e.problems)
+        # no lab Observation at all (nothing skipped, nobody else's): nothing to assess and nothing hidden
+        nothing = len(e.problems) == 1 and e.problems[0].loc == "" and not notes
+        problems = [] if nothing else [p.msg if p.loc in ("", "subject") else f"{p.loc}: {p.msg}" for p in e.problems]
     except CaseError as e:
-        log.warning("cds case rejected", extra={"problems": len(e.problems), "service": service_id})
-        assessment = None
-    cards = C.assessment_cards(assessment, hook.hookInstance, patient_id) if assessment else []
-    cards += _order_cards(eng, drafts, assessment, mapped, resources, hook, patient_id)
-    if notes and cards:
-        cards[0]["detail"] = (cards[0].get("detail") or "") + "\n\n_Data notes: " + "; ".join(notes) + "_"
+        problems = [str(p) for p in e.problems]
+    if problems or left_out:   # the reason without resource ids or patient references
+        log.warning("cds partial data", extra={
+            "hook_instance": hook.hookInstance, "service": service_id, "assessed": assessment is not None,
+            "patient_mismatch": mismatch, "left_out": len(left_out),
+            "reason": _REF.sub(r"\1/-", "; ".join((problems or left_out)[:3]))[:500]})
+    cards: list[dict[str, Any]] = []
+    if assessment is None and problems:
+        cards.append(C.unassessed_card(hook.hookInstance, problems + notes, "warning" if mismatch else "info"))
+    elif assessment is None:
+        pass                           # the EHR has no blood count for this patient: nothing to say
+    elif not assessment.cbc.current:
+        cards.append(C.stale_card(assessment, hook.hookInstance))
+    else:
+        cards += C.assessment_cards(assessment, hook.hookInstance, patient_id)
+    cards += _order_cards(eng, drafts, assessment, resources, hook, patient_id)
+    if left_out:
+        if not cards and assessment is not None:
+            cards.append(C.checked_card(assessment, hook.hookInstance))
+        C.note_left_out(cards, left_out)
     return JSONResponse({"cards": cards})
 
 
-def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Any, mapped: Optional[dict[str, Any]],
+_REF = re.compile(r"\b([A-Z][A-Za-z]+)/[^\s,;:()]+")
+
+
+def _left_out_text(n: NotAssessed) -> str:
+    return f"{n.field}" + (f" ({n.value})" if n.value else "") + f": {n.reason}"
+
+
+def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[Assessment],
                  resources: list[Any], hook: HookRequest, patient_id: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not drafts:
@@ -215,7 +248,7 @@ def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Any, map
     if assessment is not None:
         tpmt, nudt15 = assessment.pharmacogenomics.tpmt, assessment.pharmacogenomics.nudt15
     else:
-        history = fhir.pgx_results(resources)
+        history = fhir.pgx_results(resources, patient_id)   # never another patient's results
         tpmt = pgx.resolve(eng.kb, "tpmt", history.get("tpmt"))
         nudt15 = pgx.resolve(eng.kb, "nudt15", history.get("nudt15"))
     for index, order in enumerate(drafts):
