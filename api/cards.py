@@ -169,7 +169,7 @@ def _info_card(hook_instance: str, key: str, summary: str, detail: str, indicato
 def stale_card(a: Assessment, hook_instance: str) -> dict[str, Any]:
     """No current CBC: no acute card; one info card saying how old the latest count is."""
     years = a.cbc.age_days / 365.25 if a.cbc.age_days is not None else None
-    age = (f"{years:.0f} years" if years is not None and years >= 2 else
+    age = (f"{int(years)} years" if years is not None and years >= 2 else
            f"{a.cbc.age_days} days" if a.cbc.age_days is not None else "of unknown age")
     summary = (f"No current CBC: the latest is {age} old ({_drawn(a).split(',')[0]}); not assessed"
                if a.cbc.time is not None else "No CBC to assess (no WBC or ANC)")

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     cds_jku_allowlist: str = Field("", description="comma-separated JWKS URLs a token's jku may point to")
     cds_public_base_url: str = Field("", description="external base URL of this service, for the JWT audience "
                                                      "(default: the URL the request arrived at)")
-    cds_max_body_bytes: int = Field(12 * 1024 * 1024, ge=1024, description="largest CDS Hooks request (prefetch)")
+    cds_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest CDS Hooks request (prefetch): years of labs fit")
     fhir_max_body_bytes: int = Field(12 * 1024 * 1024, ge=1024, description="largest FHIR Bundle for /v1/assess/fhir")
     feedback_db_url: str = Field("sqlite:///leukodx-feedback.db", description="SQLAlchemy URL of the feedback store")
     fhir_timeout_seconds: float = Field(5.0, gt=0, le=30)

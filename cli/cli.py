@@ -1,6 +1,6 @@
 """The `leukodx` command: a thin adapter over the engine.
 
-    leukodx assess FILE [--format json|text] [--ctcae 5.0|6.0]
+    leukodx assess FILE [--format json|text] [--ctcae 5.0|6.0] [--partial]
     leukodx schema case
     leukodx rules check | list | show ID | docs --out DIR [--cases DIR]
     leukodx replay PATH... (see `leukodx replay --help`)
@@ -29,7 +29,7 @@ def _assess(args: argparse.Namespace) -> int:
     from leukodx.engine.render import to_json, to_text
 
     raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file)
-    assessment = get_engine().assess(raw, ctcae_version=args.ctcae)
+    assessment = get_engine().assess(raw, ctcae_version=args.ctcae, partial=args.partial)
     sys.stdout.write(to_json(assessment) if args.format == "json" else to_text(assessment))
     return 0
 
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("file")
     a.add_argument("--format", choices=["json", "text"], default="json")
     a.add_argument("--ctcae", choices=["5.0", "6.0"], default=None, help="CTCAE version (default 5.0)")
+    a.add_argument("--partial", action="store_true",
+                   help="leave out what cannot be read (listed under NOT ASSESSED) and assess the rest")
     a.set_defaults(func=_assess)
     s = sub.add_parser("schema", help="print a JSON Schema")
     s.add_argument("what", choices=["case"])

@@ -300,7 +300,7 @@ def _cbc_status(nc: NormCase, cbc: Optional[Sample], latest: Optional[Sample], l
         return CbcStatus(current=True, time=_utc(cbc.time), age_days=age, max_age_days=max_age,
                          tests=sorted(cbc.values), note=note)
     if latest is not None and latest.time is not None:
-        years = f" (about {latest_age / 365.25:.0f} years)" if latest_age and latest_age >= 730 else ""
+        years = f" (over {int(latest_age / 365.25)} years)" if latest_age and latest_age >= 730 else ""
         return CbcStatus(current=False, time=_utc(latest.time), age_days=latest_age, max_age_days=max_age,
                          tests=sorted(latest.values),
                          note=f"No current CBC: the latest CBC was drawn {latest.time.date().isoformat()}, "

@@ -23,7 +23,13 @@ def to_text(a: Assessment) -> str:
     out: list[str] = []
     w = out.append
     w(f"leukodx assessment - case {a.case_id}, as of {a.as_of or 'unknown'} (knowledge base {a.kb_version})")
+    w(_wrap(("COUNT: " if a.cbc.current else "NO CURRENT COUNT: ") + a.cbc.note, ""))
     w("")
+    if a.not_assessed:
+        w(f"NOT ASSESSED ({len(a.not_assessed)}): left out because they could not be read")
+        for n in a.not_assessed:
+            w(_wrap(f"- {n.field}" + (f" ({n.value})" if n.value else "") + f": {n.reason}", "  "))
+        w("")
     if a.alerts:
         w("ALERTS")
         for al in a.alerts:
@@ -31,7 +37,8 @@ def to_text(a: Assessment) -> str:
             w(_wrap(al.description))
         w("")
     r = a.risk_tier
-    w(f"RISK TIER: {r.tier.upper()}" + (f" (ANC {r.anc:g} x10^9/L)" if r.anc is not None else ""))
+    at_least = f" - {r.tier_at_least.upper()} OR WORSE (ANC at most {r.anc_at_most:g}, the WBC)" if r.tier_at_least else ""
+    w(f"RISK TIER: {r.tier.upper()}" + (f" (ANC {r.anc:g} x10^9/L)" if r.anc is not None else "") + at_least)
     w(_wrap(r.basis))
     if r.duffy_null_note:
         w(_wrap(r.duffy_null_note))

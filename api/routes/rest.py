@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from leukodx.engine import Engine
 from leukodx.engine.assessment import Assessment
 from leukodx.engine.case import Case
+from leukodx.engine.errors import Problem
 from leukodx.engine.parse import load_document
 from leukodx.engine.render import to_json
 
@@ -34,11 +35,13 @@ def _assessment_response(a: Assessment) -> Response:
                  "application/json": {"schema": {"$ref": "#/components/schemas/Case"}},
                  "application/yaml": {"schema": {"$ref": "#/components/schemas/Case"}}}}})
 async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE version (default 5.0)"),
+                 partial: bool = Query(False, description="leave out what cannot be read (listed in not_assessed) "
+                                                          "and assess the rest, instead of answering 422"),
                  eng: Engine = Depends(engine)) -> Response:
     """A case in the case contract (JSON or YAML) in; the Assessment out, exactly as the engine
-    returns it."""
+    returns it. Strict by default: any problem in the case is a 422 naming every field."""
     body = await read_body(request, JSON_TYPES + YAML_TYPES)
-    return _assessment_response(eng.assess(body, ctcae_version=ctcae))
+    return _assessment_response(eng.assess(body, ctcae_version=ctcae, partial=partial))
 
 
 @router.post("/assess/fhir", summary="Assess a FHIR R4 Bundle", response_model=Assessment, responses=_ERRORS,
@@ -47,19 +50,27 @@ async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE
 async def assess_fhir(request: Request,
                       patient: Optional[str] = Query(None, description="Patient id when the Bundle holds several"),
                       as_of: Optional[date] = Query(None, description="date to judge at (default: latest lab)"),
-                      ctcae: Ctcae = Query(None), eng: Engine = Depends(engine),
-                      config: Settings = Depends(settings)) -> Response:
+                      ctcae: Ctcae = Query(None),
+                      partial: bool = Query(True, description="leave out resources that cannot be read (listed in "
+                                                              "not_assessed) and assess the rest; false: 422"),
+                      eng: Engine = Depends(engine), config: Settings = Depends(settings)) -> Response:
     """A FHIR R4 Bundle (Patient, Observation, MedicationRequest, MedicationStatement, Condition) in;
-    the Assessment out. What the mapping could not use is listed in the Assessment's warnings."""
+    the Assessment out. EHR data is assessed partially by default: what could not be read is listed in
+    ``not_assessed`` (and the mapping's notes in ``warnings``); 422 only when nothing could be assessed."""
     from .. import fhir
     data = load_document(await read_body(request, FHIR_TYPES), name="FHIR Bundle",
                          max_bytes=config.fhir_max_body_bytes)
     try:
-        case, warnings = fhir.bundle_to_case(data, patient_id=patient, as_of=as_of)
+        mapped = fhir.map_bundle(data, patient_id=patient, as_of=as_of)
     except fhir.FhirMappingError as e:
         raise ProblemError(422, "The FHIR data cannot be mapped to a case", str(e), e.problems) from None
-    a = eng.assess(case, ctcae_version=ctcae)
-    return _assessment_response(a.model_copy(update={"warnings": [f"FHIR: {w}" for w in warnings] + a.warnings}))
+    if mapped.not_assessed and not partial:
+        raise ProblemError(422, "The FHIR data cannot be mapped to a case", "",
+                           [Problem(n.field, n.reason) for n in mapped.not_assessed])
+    a = eng.assess(mapped.case, ctcae_version=ctcae, partial=partial)
+    return _assessment_response(a.model_copy(update={
+        "warnings": [f"FHIR: {w}" for w in mapped.warnings] + a.warnings,
+        "not_assessed": mapped.not_assessed + a.not_assessed}))
 
 
 def _entry(model: Any) -> dict[str, Any]:

@@ -169,10 +169,20 @@ function render(a) {
   out.replaceChildren();
   out.hidden = false;
   out.append(el("h2", { text: `Assessment of ${a.case_id}` + (a.as_of ? ` (as of ${a.as_of})` : "") }));
+  out.append(el("p", { class: a.cbc.current ? "cbc" : "cbc stale", id: "cbc" }, el("strong", { text: a.cbc.current ? "Count: " : "No current count: " }), a.cbc.note));
+  if (a.not_assessed.length) {
+    const box = el("div", { class: "not-assessed", id: "not-assessed" }, el("strong", { text: `Not assessed (${a.not_assessed.length}): left out because they could not be read` }));
+    const ul = el("ul");
+    for (const n of a.not_assessed) ul.append(el("li", { text: `${n.field}${n.value ? ` (${n.value})` : ""}: ${n.reason}` }));
+    box.append(ul);
+    out.append(box);
+  }
   for (const al of a.alerts) out.append(el("div", { class: "alert", role: "alert" }, el("strong", { text: al.title }), ` ${al.description}`));
   const t = a.risk_tier;
+  const source = t.anc_source ? t.anc_source.replaceAll("_", " ") : "";
   out.append(el("p", { class: "tier", id: "tier" }, el("strong", { text: `Risk tier: ${t.tier}` }),
-    t.anc !== null ? ` (ANC ${t.anc} x10^9/L, ${t.anc_derived ? "derived" : "reported"})` : ""));
+    (t.anc !== null ? ` (ANC ${t.anc} x10^9/L, ${source})` : "") +
+    (t.tier_at_least ? ` - ${t.tier_at_least} or worse (the ANC cannot exceed the WBC ${t.anc_at_most})` : "")));
   out.append(el("p", { text: t.basis }));
   if (t.duffy_null_note) out.append(el("p", { text: t.duffy_null_note }));
   const grades = ["wbc", "anc", "lymphocytes"].filter((k) => a.ctcae[k]).map((k) => `${k.toUpperCase()} grade ${a.ctcae[k].grade}`);

@@ -1,0 +1,288 @@
+"""Never silent, never stale (issue 11): bounds from the WBC, one draw one CBC, the safer of two
+ANCs, the current-CBC window, partial EHR data, volume and another patient's data, through the
+engine, REST, the CLI report and CDS Hooks.
+
+Expected values follow the sources the rules cite: ASCO/IDSA 2018 tiers (mild 1.0-<1.5, moderate
+0.5-<1.0, severe 0.1-<0.5, profound <0.1), IDSA 2010 fever (single >= 38.3 C), CTCAE v5 febrile
+neutropenia (ANC < 1.0 with fever), and the thresholds rules/thresholds.yaml labels as leukodx's
+choice (2-hour draw, 30-day current CBC, 10% ANC disagreement)."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from leukodx.engine import CaseError
+from leukodx.engine.render import to_text
+
+from conftest import LOG_CAPTURE
+from test_cds_hooks import PATIENT, RECENT, cards_of, client, obs, prefetch, request, searchset  # noqa: F401
+
+T0 = "2025-03-10T08:00:00Z"
+
+
+def lab(test, value, unit="10^9/L", time=T0, **extra):
+    return {"test": test, "value": value, "unit": unit, "time": time, **extra}
+
+
+def case(labs, as_of="2025-03-10", **history):
+    return {"id": "ns", "as_of": as_of, "patient": {"age_years": 50, "sex": "female"}, "labs": labs,
+            "history": history}
+
+
+def alerts(a) -> set[str]:
+    return {x.id for x in a.alerts}
+
+
+# ---- 1. bounds, not blanks ------------------------------------------------------------------------
+
+def test_low_wbc_without_differential_and_fever_is_febrile_neutropenia(engine):
+    a = engine.assess(case([lab("wbc", 0.7)], temperature_c=38.7))
+    assert a.risk_tier.tier == "unknown"
+    assert (a.risk_tier.tier_at_least, a.risk_tier.anc_at_most, a.risk_tier.anc_source) == ("moderate", 0.7, "bounded_by_wbc")
+    assert "cannot exceed the WBC" in a.risk_tier.basis
+    assert "febrile_neutropenia" in alerts(a) and "agranulocytosis" not in alerts(a)
+    assert any(s.id == "emergency_febrile_neutropenia_care" and s.urgency == "immediate" for s in a.steps)
+
+
+@pytest.mark.parametrize("wbc,at_least,expected_alerts", [
+    (0.4, "severe", {"agranulocytosis"}),
+    (0.05, "profound", {"agranulocytosis", "profound_neutropenia"}),
+    (1.2, "mild", set()),
+    (1.5, None, set()),          # on the cutoff: the ANC may be 1.5, which is not neutropenia
+    (3.0, None, set()),
+])
+def test_the_wbc_bounds_the_tier(engine, wbc, at_least, expected_alerts):
+    a = engine.assess(case([lab("wbc", wbc)]))
+    assert a.risk_tier.tier == "unknown" and a.risk_tier.tier_at_least == at_least
+    assert alerts(a) == expected_alerts
+
+
+def test_no_fever_alert_below_the_fever_threshold(engine):
+    a = engine.assess(case([lab("wbc", 0.8)], temperature_c=38.1))   # single reading below 38.3
+    assert "febrile_neutropenia" not in alerts(a)
+
+
+def test_a_differential_gives_the_anc_not_a_bound(engine):
+    a = engine.assess(case([lab("wbc", 2.0), lab("neutrophils_pct", 30, "%")]))
+    assert (a.risk_tier.tier, a.risk_tier.anc, a.risk_tier.anc_source, a.risk_tier.tier_at_least) == \
+        ("moderate", 0.6, "derived", None)
+
+
+# ---- 2. one draw, one CBC ---------------------------------------------------------------------------
+
+def test_values_minutes_apart_are_one_draw(engine):
+    a = engine.assess(case([lab("wbc", 2.0), lab("neutrophils_pct", 20, "%", "2025-03-10T08:12:00Z")],
+                           temperature_c=38.7))
+    assert (a.risk_tier.tier, a.risk_tier.anc) == ("severe", 0.4)
+    assert {"febrile_neutropenia", "agranulocytosis"} <= alerts(a)
+    assert "neutrophil" not in " ".join(m.item for m in a.missing_data).lower().split("anc or wbc")[0]
+
+
+def test_values_hours_apart_are_different_draws(engine):
+    a = engine.assess(case([lab("wbc", 2.0), lab("neutrophils_pct", 20, "%", "2025-03-10T13:00:00Z")]))
+    assert a.risk_tier.tier == "unknown" and a.risk_tier.anc is None
+
+
+def test_one_specimen_is_one_draw_whatever_the_times(engine):
+    a = engine.assess(case([lab("wbc", 2.0, specimen="S1"),
+                            lab("neutrophils_pct", 20, "%", "2025-03-10T11:00:00Z", specimen="S1")]))
+    assert (a.risk_tier.tier, a.risk_tier.anc) == ("severe", 0.4)
+
+
+def test_the_latest_draw_sets_the_tier_even_without_a_differential(engine):
+    """An earlier full CBC with a normal ANC does not hide today's WBC of 0.4."""
+    a = engine.assess(case([lab("wbc", 6.0, time="2025-03-08T08:00:00Z"), lab("anc", 4.0, time="2025-03-08T08:00:00Z"),
+                            lab("wbc", 0.4)]))
+    assert a.risk_tier.tier == "unknown" and a.risk_tier.tier_at_least == "severe"
+    assert "agranulocytosis" in alerts(a)
+    assert a.cbc.tests == ["wbc"] and a.cbc.time.isoformat().startswith("2025-03-10T08:00")
+
+
+# ---- 3. disagreement takes the safer side ------------------------------------------------------------
+
+def test_reported_and_derived_anc_disagree_the_lower_is_used(engine):
+    a = engine.assess(case([lab("wbc", 2.0), lab("neutrophils_pct", 20, "%"), lab("anc", 1.2)], temperature_c=38.7))
+    assert (a.risk_tier.tier, a.risk_tier.anc, a.risk_tier.anc_source) == ("severe", 0.4, "lower_of_reported_and_derived")
+    assert {"febrile_neutropenia", "agranulocytosis"} <= alerts(a)
+    assert any("the lower (0.4) was used" in w for w in a.warnings)
+
+
+def test_reported_anc_within_tolerance_is_used(engine):
+    a = engine.assess(case([lab("wbc", 2.0), lab("neutrophils_pct", 50, "%"), lab("anc", 1.05)]))
+    assert (a.risk_tier.tier, a.risk_tier.anc, a.risk_tier.anc_source) == ("mild", 1.05, "reported")
+
+
+# ---- 4. freshness -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("drawn", ["1967-05-02T08:00:00Z", "1988-01-01T08:00:00Z", "2009-06-30T08:00:00Z"])
+def test_old_counts_raise_nothing_acute(engine, drawn):
+    a = engine.assess(case([lab("wbc", 1.0, time=drawn), lab("anc", 0.3, time=drawn)], as_of="2026-12-01",
+                           temperature_c=38.9))
+    assert a.risk_tier.tier == "unknown" and not a.cbc.current and a.alerts == [] and a.causes == []
+    assert a.cbc.age_days == (datetime(2026, 12, 1) - datetime.fromisoformat(drawn[:10])).days
+    assert drawn[:10] in a.cbc.note and drawn[:10] in a.risk_tier.basis
+    assert {s.id for s in a.steps} >= {"repeat_cbc_with_differential", "review_prior_counts"}
+    assert not any(s.urgency == "immediate" for s in a.steps)
+
+
+@pytest.mark.parametrize("days,current", [(0, True), (30, True), (31, False)])
+def test_the_current_cbc_window_is_30_days(engine, days, current):
+    drawn = (datetime(2026, 12, 1, 8) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    a = engine.assess(case([lab("anc", 0.8, time=drawn)], as_of="2026-12-01"))
+    assert a.cbc.current is current and (a.risk_tier.tier == "moderate") is current
+    assert a.cbc.age_days == days and a.risk_tier.anc_age_days == (days if current else None)
+
+
+def test_every_value_carries_its_date_and_age(engine):
+    a = engine.assess(case([lab("anc", 0.8, time="2026-11-28T08:00:00Z"), lab("anc", 2.0, time="2026-10-01T08:00:00Z")],
+                           as_of="2026-12-01"))
+    assert sorted((x.age_days, x.current) for x in a.labs) == [(3, True), (61, False)]
+    assert a.risk_tier.anc_time.isoformat().startswith("2026-11-28") and a.risk_tier.anc_age_days == 3
+    report = to_text(a)
+    assert "COUNT: Current CBC drawn 2026-11-28, 3 days before 2026-12-01" in report
+
+
+# ---- 5. partial data ---------------------------------------------------------------------------------
+
+UNREADABLE = case([lab("wbc", 2.0), lab("anc", 0.3), lab("platelets", 210, "K/cumm")], temperature_c=38.6)
+
+
+def test_a_persons_case_stays_strict(engine):
+    with pytest.raises(CaseError) as e:
+        engine.assess(UNREADABLE)
+    assert [p.loc for p in e.value.problems] == ["labs[2].unit"]
+
+
+def test_partial_mode_leaves_out_what_cannot_be_read_and_says_so(engine):
+    a = engine.assess(UNREADABLE, partial=True)
+    assert [(n.field, n.value) for n in a.not_assessed] == [("labs[2]", "platelets 210 K/cumm")]
+    assert "unknown unit 'K/cumm'" in a.not_assessed[0].reason
+    assert {"febrile_neutropenia", "agranulocytosis"} <= alerts(a)
+    assert "NOT ASSESSED (1)" in to_text(a)
+
+
+def test_partial_mode_with_nothing_readable_is_still_an_error(engine):
+    with pytest.raises(CaseError) as e:
+        engine.assess(case([lab("wbc", 2.0, "K/cumm")]), partial=True)
+    assert "no lab value could be read" in str(e.value) and "K/cumm" in str(e.value)
+
+
+def test_partial_mode_drops_a_bad_history_field_and_keeps_the_rest(engine):
+    a = engine.assess(case([lab("anc", 0.3)], tpmt="*99/*98"), partial=True)
+    assert [n.field for n in a.not_assessed] == ["history.tpmt"] and "agranulocytosis" in alerts(a)
+
+
+def test_rest_assess_is_strict_unless_asked(client):
+    assert client.post("/v1/assess", json=UNREADABLE).status_code == 422
+    r = client.post("/v1/assess?partial=true", json=UNREADABLE)
+    assert r.status_code == 200 and [n["field"] for n in r.json()["not_assessed"]] == ["labs[2]"]
+
+
+def fhir_obs(code, value, unit, when=RECENT, oid=None, subject=PATIENT):
+    o = obs(code, value, unit, when, oid or f"o-{code}-{value}")
+    o["subject"] = {"reference": f"Patient/{subject}"}
+    return o
+
+
+def test_rest_fhir_leaves_out_an_unreadable_observation(client):
+    bundle = searchset(fhir_obs("6690-2", 2.0, "10*9/L"), fhir_obs("751-8", 0.3, "10*9/L"),
+                       fhir_obs("777-3", 210, "K/cumm", oid="plt"))
+    r = client.post("/v1/assess/fhir", content=json.dumps(bundle), headers={"content-type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["risk_tier"]["tier"] == "severe"
+    assert [n["field"] for n in doc["not_assessed"]] == ["labs[2] (Observation/plt)"]
+    strict = client.post("/v1/assess/fhir?partial=false", content=json.dumps(bundle),
+                         headers={"content-type": "application/fhir+json"})
+    assert strict.status_code == 422
+
+
+# ---- CDS Hooks: never an empty answer because something could not be read ------------------------------
+
+def post(client, pre, hook="patient-view"):
+    body = request(hook, pre)
+    return body["hookInstance"], client.post(f"/cds-services/leukodx-{hook}", json=body)
+
+
+def test_cds_unreadable_unit_among_good_labs_still_raises_the_critical_card(client):
+    pre = prefetch([obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L"), obs("777-3", 210, "K/cumm")])
+    hook_instance, r = post(client, pre)
+    cards = cards_of(r)
+    assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"]
+    assert "Not assessed (1)" in cards[0]["detail"] and "K/cumm" in cards[0]["detail"]
+    logged = [json.loads(line) for line in LOG_CAPTURE.getvalue().splitlines() if hook_instance in line]
+    assert logged and logged[-1]["msg"] == "cds partial data" and "unknown unit" in logged[-1]["reason"]
+
+
+def test_cds_nothing_readable_gives_one_info_card(client):
+    _, r = post(client, prefetch([obs("6690-2", 1.0, "K/cumm")]))
+    cards = cards_of(r)
+    assert [c["indicator"] for c in cards] == ["info"]
+    assert cards[0]["summary"].startswith("leukodx could not assess") and "K/cumm" in cards[0]["detail"]
+
+
+@pytest.mark.parametrize("year", [1967, 1988, 2009])
+def test_cds_old_counts_give_one_info_card_with_their_age(client, year):
+    when = f"{year}-04-01T08:00:00Z"
+    _, r = post(client, prefetch([obs("6690-2", 1.4, "10*9/L", when), obs("751-8", 0.3, "10*9/L", when)]))
+    cards = cards_of(r)
+    assert [c["indicator"] for c in cards] == ["info"]
+    years = int((datetime.now(timezone.utc).date() - datetime(year, 4, 1).date()).days / 365.25)
+    assert cards[0]["summary"] == f"No current CBC: the latest is {years} years old ({year}-04-01); not assessed"
+    assert "malignancy" not in json.dumps(cards).lower()
+
+
+def test_cds_every_card_states_the_date_of_the_count(client):
+    _, r = post(client, prefetch([obs("6690-2", 1.4, "10*9/L"), obs("751-8", 0.3, "10*9/L")]))
+    cards = cards_of(r)
+    assert cards and all(RECENT[:10] in c["summary"] and RECENT[:10] in c["detail"] for c in cards)
+
+
+def test_cds_another_patients_data_is_never_used_and_is_named(client):
+    pre = prefetch([fhir_obs("6690-2", 1.4, "10*9/L", subject="someone-else"),
+                    fhir_obs("751-8", 0.3, "10*9/L", subject="someone-else")])
+    _, r = post(client, pre)
+    cards = cards_of(r)
+    assert [c["indicator"] for c in cards] == ["warning"]
+    assert "Patient/someone-else" in cards[0]["summary"] + cards[0]["detail"]
+    assert f"Patient/{PATIENT}" in cards[0]["summary"] + cards[0]["detail"]
+    assert "0.3" not in cards[0]["summary"]
+
+
+def test_cds_years_of_labs_are_assessed_from_the_latest(client):
+    """3,000 Observations over eight years (more than a case holds): the latest CBC decides."""
+    start = datetime.now(timezone.utc) - timedelta(days=3000)
+    labs = [fhir_obs("6690-2", 6.0, "10*9/L", (start + timedelta(days=i)).strftime("%Y-%m-%dT08:00:00Z"), f"w{i}")
+            for i in range(2999)]
+    labs.append(fhir_obs("751-8", 0.3, "10*9/L", oid="anc-now"))
+    labs.append(fhir_obs("6690-2", 1.0, "10*9/L", oid="wbc-now"))
+    _, r = post(client, prefetch(labs))
+    cards = cards_of(r)
+    assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"]
+    assert "most recent lab values" in cards[0]["detail"]
+
+
+def test_cds_a_20_mb_prefetch_is_assessed(client):
+    """A prefetch of about 20 MB (long Observations with narrative) is within the CDS body limit."""
+    text = {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">" + "x" * 2000 + "</div>"}
+    labs = []
+    for i in range(8000):
+        o = fhir_obs("6690-2", 5.0, "10*9/L", (datetime.now(timezone.utc) - timedelta(days=40 + i)).strftime(
+            "%Y-%m-%dT08:00:00Z"), f"old{i}")
+        o["text"] = text
+        labs.append(o)
+    labs += [fhir_obs("6690-2", 1.0, "10*9/L", oid="w"), fhir_obs("751-8", 0.3, "10*9/L", oid="a")]
+    body = request("patient-view", prefetch(labs))
+    raw = json.dumps(body)
+    assert len(raw) > 18_000_000
+    r = client.post("/cds-services/leukodx-patient-view", content=raw, headers={"content-type": "application/json"})
+    cards = cards_of(r)
+    assert cards[0]["indicator"] == "critical"
+
+
+def test_cds_beyond_the_body_limit_is_an_explicit_413(client):
+    r = client.post("/cds-services/leukodx-patient-view", content=b"{" + b" " * (33 * 1024 * 1024) + b"}",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413
