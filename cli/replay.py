@@ -96,7 +96,7 @@ def check(exp: Expect, a: Assessment) -> list[Failure]:
         if actual != grade:
             f.append(Failure(f"ctcae.{test}", grade, actual))
     rt = a.risk_tier
-    for key, actual in (("tier_at_least", rt.tier_at_least), ("anc_source", rt.anc_source),
+    for key, actual in (("tier_at_least", rt.tier_at_least or "none"), ("anc_source", rt.anc_source),
                         ("cbc_current", a.cbc.current)):
         expected = getattr(exp, key)
         if expected is not None and expected != actual:

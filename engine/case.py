@@ -123,7 +123,8 @@ class Expect(_Model):
     error: Optional[str] = None
     mode: Literal["strict", "partial"] = Field(
         "strict", description="assess strictly (a person's case) or partially (EHR data: unreadable items left out)")
-    tier_at_least: Optional[Literal["mild", "moderate", "severe", "profound"]] = None
+    tier_at_least: Optional[Literal["mild", "moderate", "severe", "profound", "none"]] = Field(
+        None, description="the tier the WBC bounds the ANC to; 'none' when it must not bound it")
     anc: Optional[Annotated[float, Field(ge=0)]] = None
     anc_source: Optional[Literal["reported", "derived", "lower_of_reported_and_derived", "bounded_by_wbc"]] = None
     cbc_current: Optional[bool] = None
