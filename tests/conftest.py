@@ -19,6 +19,7 @@ from leukodx.engine.kb import KnowledgeBase, default
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "cases"
+FIXTURES = ROOT / "tests" / "fixtures"   # third-party test data kept in the repository (see its README.md)
 # The installed console script, as a user runs it (beside this interpreter, else on PATH).
 LEUKODX = str(Path(sys.executable).with_name("leukodx")) if Path(sys.executable).with_name("leukodx").exists() \
     else shutil.which("leukodx")
@@ -66,6 +67,11 @@ def capture_leukodx_logs():
     logging.getLogger("leukodx").addHandler(handler)
     yield
     logging.getLogger("leukodx").removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")

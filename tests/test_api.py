@@ -140,10 +140,10 @@ def test_access_logs_carry_no_patient_data(client):
 
 # ---- FHIR R4 bundles through /v1/assess/fhir (real third-party examples) ----------------------------
 
-from pathlib import Path  # noqa: E402
+from conftest import FIXTURES  # noqa: E402
 
-FHIR = Path(__file__).resolve().parents[2] / "shared" / "fhir-examples"
-needs_fhir = pytest.mark.skipif(not FHIR.exists(), reason="shared FHIR examples not present")
+FHIR = FIXTURES / "fhir-examples"
+needs_fhir = pytest.mark.skipif(not FHIR.exists(), reason="tests/fixtures/fhir-examples not present")
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
 

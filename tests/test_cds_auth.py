@@ -2,7 +2,7 @@
 
 The spec material below is copied verbatim from CDS Hooks 2.0.1 (HL7/cds-hooks tag v2.0.1,
 input/pagecontent/index.md, section "Trusting CDS Clients" > "Example"); when the research
-copy in /work/shared/cds-hooks is present, test_embedded_spec_material_matches_shared_copy
+copy in tests/fixtures/cds-hooks is present, test_embedded_spec_material_matches_shared_copy
 checks that the two agree.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ SPEC_JWK_PRIVATE = {
 # sane max lifetime; the spec-example test raises max_lifetime_seconds for that reason.
 SPEC_LIFETIME = SPEC_PAYLOAD["exp"] - SPEC_PAYLOAD["iat"]
 
-SHARED = Path("/work/shared/cds-hooks")
+SHARED = Path(__file__).resolve().parent / "fixtures" / "cds-hooks"
 
 ISS = SPEC_PAYLOAD["iss"]
 AUD = SPEC_PAYLOAD["aud"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 
 import jwt
 import pytest
@@ -17,9 +16,11 @@ from leukodx.api.app import create_app
 from leukodx.api.cds_models import card_violations
 from leukodx.api.config import get_settings
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from conftest import FIXTURES
+
+SHARED = FIXTURES   # third-party material kept in the repository (tests/fixtures/README.md)
 SPEC = SHARED / "cds-hooks"
-needs_shared = pytest.mark.skipif(not SPEC.exists(), reason="shared CDS Hooks material not present")
+needs_shared = pytest.mark.skipif(not SPEC.exists(), reason="tests/fixtures/cds-hooks not present")
 PATIENT = "1288992"
 
 

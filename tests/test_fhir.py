@@ -1,11 +1,10 @@
-"""FHIR R4 -> case mapping (leukodx.api.fhir): real examples from ../shared/fhir-examples, then synthetic
+"""FHIR R4 -> case mapping (leukodx.api.fhir): real examples from tests/fixtures/fhir-examples, then synthetic
 resources for each rule of the mapping (references, patients, statuses, units, limits)."""
 from __future__ import annotations
 
 import copy
 import json
 from datetime import date
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +14,9 @@ from leukodx.api.fhir import MAX_DEPTH, MAX_RESOURCES, FhirMappingError, bundle_
 from leukodx.engine import CaseError, assess
 from leukodx.engine.errors import Problem
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FHIR = SHARED / "fhir-examples"
+from conftest import FIXTURES
+
+FHIR = FIXTURES / "fhir-examples"
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -25,7 +25,7 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 def load(rel: str):
     path = FHIR / rel
     if not path.is_file():
-        pytest.skip(f"{path} is absent (../shared is beside the repository in CI)")
+        pytest.skip(f"{path} is absent (tests/fixtures/fhir-examples is part of the repository)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
