@@ -213,7 +213,7 @@ def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str
         step = next(s for s in a.steps if s.id == "repeat_cbc_with_differential")
         card["suggestions"] = [{
             "label": f"Order a CBC with differential ({step.urgency})",
-            "uuid": card_id(hook_instance, "assessment", "cbc"),
+            "uuid": card_id(hook_instance, "assessment", "cbc"), "isRecommended": True,
             "actions": [{"type": "create", "description": "Create a ServiceRequest for a CBC with automated differential",
                          "resource": _service_request(patient_id, CBC_WITH_DIFFERENTIAL, "CBC with differential",
                                                       step.reasons[0])}]}]
@@ -264,7 +264,7 @@ def thiopurine_card(order: dict[str, Any], key: str, drug: str, rec: Optional[Cp
         detail = (f"**{pheno}.** CPIC recommends dosing {drug} by TPMT and NUDT15 phenotype; genotype both before "
                   f"starting, and monitor the CBC closely meanwhile.")
         suggestions.append({"label": "Order TPMT and NUDT15 genotyping", "uuid": card_id(cid, "genotype"),
-                            "actions": [{"type": "create", "description": "Create a ServiceRequest for TPMT and NUDT15 genotyping",
+                            "isRecommended": True, "actions": [{"type": "create", "description": "Create a ServiceRequest for TPMT and NUDT15 genotyping",
                                          "resource": _service_request(patient_id, {}, "TPMT and NUDT15 genotype",
                                                                       f"{drug} ordered; CPIC dosing needs the phenotypes")}]})
     else:

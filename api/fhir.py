@@ -1213,6 +1213,15 @@ def _later_warning(n: int, what: str, verb: str, ref: Optional[date], labels: li
 
 
 
+def resources_of_type(data: Any, resource_type: str) -> list[dict[str, Any]]:
+    """Every resource of one type in FHIR data (Bundles and contained resources flattened); [] when the
+    data is not FHIR."""
+    try:
+        return [i.resource for i in _walk(data) if i.type == resource_type]
+    except FhirMappingError:
+        return []
+
+
 def pgx_results(data: Any, patient_id: Optional[str] = None) -> dict[str, str]:
     """TPMT/NUDT15 results (diplotype or phenotype word) found in FHIR data, by gene (of ``patient_id``'s
     resources only, when given)."""

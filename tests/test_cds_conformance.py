@@ -33,7 +33,7 @@ from leukodx.api.fhir_fetch import FhirFetcher, fill_template
 from leukodx.api.routes import cds_hooks as cds_routes
 from leukodx.engine.kb import default as default_kb
 
-from test_cds_hooks import (CBC_NORMAL, CBC_SEVERE, PATIENT, SPEC, draft_bundle, needs_shared, obs, pgx_obs,
+from test_cds_hooks import (CBC_NORMAL, CBC_SEVERE, PATIENT, RECENT, SPEC, draft_bundle, needs_shared, obs, pgx_obs,
                             prefetch, request, searchset, thiopurine_order)
 
 ORIGIN = "https://ehr.example.org"
@@ -52,7 +52,7 @@ HOOK_EXAMPLE_CONTEXTS = {   # the hooks library's own examples (../shared/cds-ho
 
 FEVER = {"resourceType": "Observation", "id": "temp-1", "status": "final",
          "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
-         "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": "2025-03-10T08:00:00Z",
+         "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": RECENT,
          "valueQuantity": {"value": 101.5, "unit": "[degF]"}}
 POOR = searchset(pgx_obs("TPMT", "*3A/*3A"), pgx_obs("NUDT15", "Normal metabolizer"))
 INTERMEDIATE = searchset(pgx_obs("TPMT", "*1/*3A"), pgx_obs("NUDT15", "*1/*1"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import jwt
 import pytest
@@ -22,9 +23,11 @@ SHARED = FIXTURES   # third-party material kept in the repository (tests/fixture
 SPEC = SHARED / "cds-hooks"
 needs_shared = pytest.mark.skipif(not SPEC.exists(), reason="tests/fixtures/cds-hooks not present")
 PATIENT = "1288992"
+# CDS Hooks judges a patient today: the test counts are drawn yesterday, so that they are current.
+RECENT = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT08:00:00Z")
 
 
-def obs(code: str, value: float, unit: str, when: str = "2025-03-10T08:00:00Z", oid: str = "") -> dict:
+def obs(code: str, value: float, unit: str, when: str = RECENT, oid: str = "") -> dict:
     return {"resourceType": "Observation", "id": oid or f"o-{code}-{when[:10]}", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
             "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": when,
@@ -119,7 +122,7 @@ def test_patient_view_severe_neutropenia_is_critical(client):
 def test_patient_view_febrile_neutropenia_leads_the_summary(client):
     temp = {"resourceType": "Observation", "id": "t", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
-            "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": "2025-03-10T08:00:00Z",
+            "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": RECENT,
             "valueQuantity": {"value": 101.5, "unit": "[degF]"}}
     r = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(CBC_SEVERE + [temp])))
     card = cards_of(r)[0]
@@ -181,9 +184,16 @@ def test_synthea_patients_as_patient_view(client, path):
     from leukodx.api import fhir
     from leukodx.engine import assess
     case, _ = fhir.bundle_to_case(bundle, patient_id=patient["id"])
-    a = assess(case)
-    leukopenic = any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings)
-    assert bool(cards) == bool(leukopenic or a.alerts or a.causes)
+    a = assess(case)   # judged at its latest lab; the service judges it today
+    drawn = a.cbc.time.date()
+    if (datetime.now(timezone.utc).date() - drawn).days > a.cbc.max_age_days:
+        # an old count raises no acute card: one info card that says how old it is
+        assert [c["indicator"] for c in cards] == ["info"]
+        assert cards[0]["summary"].startswith("No current CBC") and drawn.isoformat() in cards[0]["detail"]
+    else:
+        leukopenic = any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings)
+        assert bool(cards) == bool(leukopenic or a.alerts or a.causes)
+        assert all(drawn.isoformat() in c["detail"] for c in cards)
 
 
 # ---- order-select / order-sign ----------------------------------------------------------------------

@@ -187,10 +187,11 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
 
     resources, missing, notes = _gather(hook, settings, tuple(sorted(eng.kb.loinc)))
     if missing:
+        why = "; ".join(missing) + _prefetch_mismatch(hook, _prefetch(tuple(sorted(eng.kb.loinc))), patient_id)
         log.warning("cds no data", extra={"hook_instance": hook.hookInstance, "service": service_id,
-                                          "reason": "; ".join(missing)})
+                                          "reason": _REF.sub(r"\1/-", why)[:500]})
         return _operation_outcome(412, "leukodx cannot assess this patient without the data it asked for.",
-                                  "Prefetch missing and the FHIR server could not be used: " + "; ".join(missing))
+                                  "Prefetch missing and the FHIR server could not be used: " + why)
     drafts = _draft_orders(hook)
     today = datetime.now(timezone.utc).date()
     for d in drafts:                   # an order being written starts today
@@ -231,6 +232,24 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
             cards.append(C.checked_card(assessment, hook.hookInstance))
         C.note_left_out(cards, left_out)
     return JSONResponse({"cards": cards})
+
+
+def _prefetch_mismatch(hook: HookRequest, templates: dict[str, str], patient_id: str) -> str:
+    """What a 412 should also say about a prefetch: keys the service did not ask for, and a Patient in
+    it that is not the context patient (some test clients send both)."""
+    prefetch = hook.prefetch or {}
+    out = ""
+    unknown = sorted(k for k in prefetch if k not in templates)
+    if unknown:
+        out += (f"; the prefetch has keys leukodx did not ask for ({', '.join(unknown[:10])}), which are not read: "
+                f"use the keys of the discovery document ({', '.join(templates)})")
+    given = [v for v in prefetch.values() if isinstance(v, dict)]
+    others = sorted({f"Patient/{r.get('id')}" for r in fhir.resources_of_type(given, "Patient")
+                     if r.get("id") and r.get("id") != patient_id.removeprefix("Patient/")})
+    if others:
+        out += (f"; the prefetch holds {', '.join(others[:3])}, not the context patient Patient/"
+                f"{patient_id.removeprefix('Patient/')}: another patient's data is never used")
+    return out
 
 
 _REF = re.compile(r"\b([A-Z][A-Za-z]+)/[^\s,;:()]+")
