@@ -37,6 +37,7 @@ from test_cds_hooks import (CBC_NORMAL, CBC_SEVERE, PATIENT, RECENT, SPEC, draft
                             prefetch, request, searchset, thiopurine_order)
 
 ORIGIN = "https://ehr.example.org"
+CDS_LIMIT = Settings().cds_max_body_bytes   # one byte more is refused
 FHIR_BASE = "http://127.0.0.1:9/fhir"        # loopback: passes the SSRF guard; never contacted (mock transport)
 SERVICE_IDS = ("leukodx-patient-view", "leukodx-order-select", "leukodx-order-sign")
 JSON_MEDIA = re.compile(r"^application/(?:[a-z0-9.+-]+\+)?json$")
@@ -153,7 +154,7 @@ def _assert_json(r: httpx.Response) -> Any:
     (lambda c: c.post("/cds-services/no-such-service", json=request("patient-view", None)), 404),
     (lambda c: c.get("/cds-services/leukodx-patient-view"), 405),
     (lambda c: c.post("/cds-services/leukodx-patient-view", json=request("patient-view", {})), 412),
-    (lambda c: c.post("/cds-services/leukodx-patient-view", content=b"{" + b" " * (13 * 1024 * 1024) + b"}",
+    (lambda c: c.post("/cds-services/leukodx-patient-view", content=b"{" + b" " * CDS_LIMIT + b"}",
                       headers={"content-type": "application/json"}), 413),
 ], ids=["discovery-200", "service-200", "feedback-200", "malformed-400", "invalid-400", "unknown-404",
         "method-405", "no-data-412", "too-large-413"])
@@ -572,7 +573,7 @@ def test_cors_header_on_413_and_500(svc, monkeypatch, status):
     """208: a browser client must be able to read a 413 (prefetch too large) or a 500 as well,
     not see a bare network error."""
     if status == 413:
-        r = svc.post("/cds-services/leukodx-patient-view", content=b"{" + b" " * (13 * 1024 * 1024) + b"}",
+        r = svc.post("/cds-services/leukodx-patient-view", content=b"{" + b" " * CDS_LIMIT + b"}",
                      headers={"content-type": "application/json", "Origin": ORIGIN})
     else:
         monkeypatch.setattr(cards_module, "assessment_cards", _boom)

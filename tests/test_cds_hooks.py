@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from leukodx.api import feedback as feedback_store
 from leukodx.api.app import create_app
 from leukodx.api.cds_models import card_violations
-from leukodx.api.config import get_settings
+from leukodx.api.config import Settings, get_settings
 
 from conftest import FIXTURES
 
@@ -23,6 +23,7 @@ SHARED = FIXTURES   # third-party material kept in the repository (tests/fixture
 SPEC = SHARED / "cds-hooks"
 needs_shared = pytest.mark.skipif(not SPEC.exists(), reason="tests/fixtures/cds-hooks not present")
 PATIENT = "1288992"
+CDS_LIMIT = Settings().cds_max_body_bytes   # one byte more is refused
 # CDS Hooks judges a patient today: the test counts are drawn yesterday, so that they are current.
 RECENT = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT08:00:00Z")
 
@@ -276,7 +277,7 @@ def test_invalid_requests(client, mutate, status):
 
 def test_unknown_service_and_oversized_prefetch(client):
     assert client.post("/cds-services/nope", json=request("patient-view", None)).status_code == 404
-    big = request("patient-view", prefetch(CBC_NORMAL, conditions={"junk": "x" * (13 * 1024 * 1024)}))
+    big = request("patient-view", prefetch(CBC_NORMAL, conditions={"junk": "x" * CDS_LIMIT}))
     assert client.post("/cds-services/leukodx-patient-view", content=json.dumps(big),
                        headers={"content-type": "application/json"}).status_code == 413
 
