@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import Any, Optional, Union
 
 from . import pgx
@@ -18,6 +18,7 @@ from .assessment import GeneStatus
 from .case import Case, Dose
 from .errors import CaseError, Problem
 from .kb import KnowledgeBase
+from .timeutil import utc_naive
 from .units import UnitProblem, conversion_factor, registry
 from .vocabulary import DrugIndex, duffy_prevalent, match_conditions, match_organ
 
@@ -73,9 +74,7 @@ class NormCase:
 
 
 def _as_datetime(v: Union[date, datetime]) -> datetime:
-    if isinstance(v, datetime):
-        return v.astimezone(timezone.utc).replace(tzinfo=None) if v.tzinfo else v
-    return datetime(v.year, v.month, v.day)
+    return utc_naive(v)   # never OverflowError, even for 9999-12-31T23:59:59-14:00
 
 
 def _as_date(v: Union[date, datetime, None]) -> Optional[date]:
