@@ -1,4 +1,4 @@
-"""Settings from environment variables (prefix LEUKODX_), documented in the README."""
+"""Settings from environment variables (prefix LEUKODX_), documented in the README and docs/security.md."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -6,27 +6,71 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "get_settings", "DeploymentError", "check_deployment"]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEUKODX_", extra="ignore")
 
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body accepted (413 above)")
+    # -- request bodies (checked before any parser sees them) -------------------------------------
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest /v1/assess body accepted (413 above)")
+    max_yaml_bytes: int = Field(256 * 1024, ge=1024, description="largest YAML case (application/yaml) accepted")
+    max_depth: int = Field(64, ge=8, le=512, description="deepest nesting of a JSON or YAML body (422/400 above)")
+    max_case_nodes: int = Field(200_000, ge=1000, description="most values in a case body (JSON or YAML)")
+    max_fhir_nodes: int = Field(1_000_000, ge=1000, description="most values in a FHIR Bundle or CDS Hooks body")
+    cds_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024,
+                                    description="largest CDS Hooks request (prefetch): years of labs fit")
+    fhir_max_body_bytes: int = Field(12 * 1024 * 1024, ge=1024, description="largest FHIR Bundle for /v1/assess/fhir")
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    # -- CDS Hooks authentication ------------------------------------------------------------------
     cds_auth: str = Field("on", description="'off' disables CDS Hooks JWT checks (development only)")
     cds_issuers: str = Field("[]", description='JSON list of trusted issuers: [{"iss": ..., "jwks": {...} | "jwks_url": ...}]')
     cds_jku_allowlist: str = Field("", description="comma-separated JWKS URLs a token's jku may point to")
-    cds_public_base_url: str = Field("", description="external base URL of this service, for the JWT audience "
-                                                     "(default: the URL the request arrived at)")
-    cds_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest CDS Hooks request (prefetch): years of labs fit")
-    fhir_max_body_bytes: int = Field(12 * 1024 * 1024, ge=1024, description="largest FHIR Bundle for /v1/assess/fhir")
-    feedback_db_url: str = Field("sqlite:///leukodx-feedback.db", description="SQLAlchemy URL of the feedback store")
-    fhir_timeout_seconds: float = Field(5.0, gt=0, le=30)
+    cds_public_base_url: str = Field("", description="external base URL of this service, for the JWT audience; "
+                                                     "required to start `leukodx serve` with CDS auth on")
+    cds_audience_from_request: bool = Field(False, description="development only: without cds_public_base_url, "
+                                                               "take the JWT audience from the request's Host header")
+
+    feedback_db_url: str = Field("sqlite:///leukodx-feedback.db",
+                                 description="SQLAlchemy URL of the feedback store and of the JWT replay table")
+
+    # -- outbound FHIR (CDS Hooks without prefetch) -----------------------------------------------
+    fhir_deadline_seconds: float = Field(3.0, gt=0, le=30, description="one total deadline for all the FHIR queries "
+                                                                      "of one CDS call (connect, pages, bodies)")
+    fhir_timeout_seconds: float = Field(5.0, gt=0, le=30, description="deprecated: replaced by fhir_deadline_seconds")
     fhir_max_pages: int = Field(5, ge=1, le=50)
     fhir_allow_private: bool = Field(False, description="allow fhirServer URLs on private networks (SSRF guard)")
+    fhir_allow_loopback: bool = Field(False, description="development only: allow a fhirServer on loopback "
+                                                         "(127.0.0.1, ::1), over plain http")
+
+    # -- the server (`leukodx serve`), per worker process -----------------------------------------
+    keep_alive_seconds: int = Field(5, ge=1, le=300, description="an idle keep-alive connection is closed after this")
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300, description="a connection that has not sent a whole "
+                                                                          "request head in this time is closed")
+    body_timeout_seconds: float = Field(30.0, gt=0, le=600, description="a request body not received whole in this "
+                                                                        "time closes its connection")
+    limit_concurrency: int = Field(64, ge=1, description="requests in progress per worker; more get 503 at once")
+    max_connections: int = Field(512, ge=8, description="open connections per worker; more are closed at once")
+    worker_healthcheck_seconds: int = Field(10, ge=1, le=300, description="a worker that does not answer the "
+                                                                          "supervisor's ping in this time is replaced")
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+class DeploymentError(Exception):
+    """The settings are not safe to serve with; the message says what to set."""
+
+
+def check_deployment(settings: Settings) -> None:
+    """Refuse settings that would run the service unsafely (raised by `leukodx serve` and the app
+    factory before any request is answered)."""
+    if settings.cds_auth.lower() != "off" and not settings.cds_public_base_url and not settings.cds_audience_from_request:
+        raise DeploymentError(
+            "LEUKODX_CDS_PUBLIC_BASE_URL is not set: with CDS Hooks authentication on, the JWT audience must be the "
+            "service's external URL (e.g. https://cds.example.org), not the Host header a caller chooses. Set it, or "
+            "for development only set LEUKODX_CDS_AUDIENCE_FROM_REQUEST=true (or LEUKODX_CDS_AUTH=off).")

@@ -1,4 +1,10 @@
-"""REST: assess a case (or a FHIR Bundle), and browse the knowledge base."""
+"""REST: assess a case (or a FHIR Bundle), and browse the knowledge base.
+
+Bodies are parsed by media type, never guessed: JSON (``application/json``) or YAML
+(``application/yaml``, ``text/yaml``) on ``/v1/assess``, JSON only on ``/v1/assess/fhir``. The size,
+nesting and value-count limits are checked before the parser runs (engine/parse.py), and the
+parsing, mapping and assessing run in a worker thread (api/offload.py), never on the event loop.
+"""
 from __future__ import annotations
 
 from datetime import date
@@ -11,11 +17,12 @@ from leukodx.engine import Engine
 from leukodx.engine.assessment import Assessment
 from leukodx.engine.case import Case
 from leukodx.engine.errors import Problem
-from leukodx.engine.parse import load_document
+from leukodx.engine.parse import load_json_document, load_yaml_document
 from leukodx.engine.render import to_json
 
 from ..config import Settings
 from ..deps import FHIR_TYPES, JSON_TYPES, YAML_TYPES, engine, read_body, settings
+from ..offload import run_cpu
 from ..problems import PROBLEM_JSON, ProblemError
 
 router = APIRouter(prefix="/v1", tags=["assessment"])
@@ -26,8 +33,12 @@ _ERRORS = {413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 500: _PROBLEM}
 Ctcae = Optional[Literal["5.0", "6.0"]]
 
 
-def _assessment_response(a: Assessment) -> Response:
-    return Response(to_json(a, indent=None), media_type="application/json")
+def _json_response(text: str) -> Response:
+    return Response(text, media_type="application/json")
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 @router.post("/assess", summary="Assess a case", response_model=Assessment, responses=_ERRORS,
@@ -40,8 +51,21 @@ async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE
                  eng: Engine = Depends(engine)) -> Response:
     """A case in the case contract (JSON or YAML) in; the Assessment out, exactly as the engine
     returns it. Strict by default: any problem in the case is a 422 naming every field."""
+    config: Settings = request.app.state.settings
     body = await read_body(request, JSON_TYPES + YAML_TYPES)
-    return _assessment_response(eng.assess(body, ctcae_version=ctcae, partial=partial))
+    yaml_body = _media_type(request) in YAML_TYPES
+    if yaml_body and len(body) > config.max_yaml_bytes:
+        raise ProblemError(413, "Request body too large",
+                           f"A YAML case is at most {config.max_yaml_bytes} bytes (send larger cases as JSON).")
+
+    def work() -> str:
+        if yaml_body:
+            doc = load_yaml_document(body, "case", config.max_yaml_bytes, config.max_depth, config.max_case_nodes)
+        else:
+            doc = load_json_document(body, "case", config.max_body_bytes, config.max_depth, config.max_case_nodes)
+        return to_json(eng.assess(doc, ctcae_version=ctcae, partial=partial), indent=None)
+
+    return _json_response(await run_cpu(work))
 
 
 @router.post("/assess/fhir", summary="Assess a FHIR R4 Bundle", response_model=Assessment, responses=_ERRORS,
@@ -58,19 +82,24 @@ async def assess_fhir(request: Request,
     the Assessment out. EHR data is assessed partially by default: what could not be read is listed in
     ``not_assessed`` (and the mapping's notes in ``warnings``); 422 only when nothing could be assessed."""
     from .. import fhir
-    data = load_document(await read_body(request, FHIR_TYPES), name="FHIR Bundle",
-                         max_bytes=config.fhir_max_body_bytes)
-    try:
-        mapped = fhir.map_bundle(data, patient_id=patient, as_of=as_of)
-    except fhir.FhirMappingError as e:
-        raise ProblemError(422, "The FHIR data cannot be mapped to a case", str(e), e.problems) from None
-    if mapped.not_assessed and not partial:
-        raise ProblemError(422, "The FHIR data cannot be mapped to a case", "",
-                           [Problem(n.field, n.reason) for n in mapped.not_assessed])
-    a = eng.assess(mapped.case, ctcae_version=ctcae, partial=partial)
-    return _assessment_response(a.model_copy(update={
-        "warnings": [f"FHIR: {w}" for w in mapped.warnings] + a.warnings,
-        "not_assessed": mapped.not_assessed + a.not_assessed}))
+    body = await read_body(request, FHIR_TYPES)
+
+    def work() -> str:   # JSON only: a FHIR route never parses YAML
+        data = load_json_document(body, "FHIR Bundle", config.fhir_max_body_bytes, config.max_depth,
+                                  config.max_fhir_nodes)
+        try:
+            mapped = fhir.map_bundle(data, patient_id=patient, as_of=as_of)
+        except fhir.FhirMappingError as e:
+            raise ProblemError(422, "The FHIR data cannot be mapped to a case", str(e), e.problems) from None
+        if mapped.not_assessed and not partial:
+            raise ProblemError(422, "The FHIR data cannot be mapped to a case", "",
+                               [Problem(n.field, n.reason) for n in mapped.not_assessed])
+        a = eng.assess(mapped.case, ctcae_version=ctcae, partial=partial)
+        return to_json(a.model_copy(update={
+            "warnings": [f"FHIR: {w}" for w in mapped.warnings] + a.warnings,
+            "not_assessed": mapped.not_assessed + a.not_assessed}), indent=None)
+
+    return _json_response(await run_cpu(work))
 
 
 def _entry(model: Any) -> dict[str, Any]:

@@ -1,0 +1,37 @@
+"""CPU work (parsing a body, assessing a case, mapping FHIR) off the event loop.
+
+A route that parses or assesses on the event loop stops every other request of its worker for as
+long as that takes (a 1 MiB YAML body took 5-12 s). :func:`run_cpu` runs the work in a worker
+thread, at most ``cpu_threads`` at once per process: more threads would only fight the event loop
+for the GIL, and the loop must stay free to answer ``/healthz`` and to read other requests.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, TypeVar
+
+import anyio
+import anyio.to_thread
+
+__all__ = ["run_cpu", "CPU_THREADS"]
+
+T = TypeVar("T")
+CPU_THREADS = 2
+_LIMITERS: dict[int, tuple[asyncio.AbstractEventLoop, anyio.CapacityLimiter]] = {}
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    loop = asyncio.get_running_loop()
+    entry = _LIMITERS.get(id(loop))
+    if entry is None or entry[0] is not loop:   # one limiter per event loop (tests run several)
+        for key in [k for k, (other, _) in _LIMITERS.items() if other.is_closed()]:
+            del _LIMITERS[key]
+        entry = (loop, anyio.CapacityLimiter(CPU_THREADS))
+        _LIMITERS[id(loop)] = entry
+    return entry[1]
+
+
+async def run_cpu(fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False) -> T:
+    """``fn(*args)`` in a worker thread (bounded per process); its exceptions are raised here. With
+    ``abandon_on_cancel``, a cancelled caller stops waiting at once (the thread finishes alone)."""
+    return await anyio.to_thread.run_sync(fn, *args, limiter=_limiter(), abandon_on_cancel=abandon_on_cancel)
