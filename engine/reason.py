@@ -20,7 +20,15 @@ How durable-rules is used, after ../shared/knowledge/durable-rules-notes.md:
   (far below any clinical resolution) to 0 and caps them at 1e15, for both backends alike;
 * a fact that matches no rule raises ``MessageNotHandledException``, and deleting that session
   afterwards crashed the process (segfault, measured here): every ruleset therefore carries one
-  catch-all rule (``kind: case``) whose action does nothing, so every fact is handled.
+  catch-all rule (``kind: case``) whose action does nothing, so every fact is handled;
+* an asserted fact holds at most 253 properties: the C core keeps an object's properties in a
+  fixed table of 255 slots (``MAX_OBJECT_PROPERTIES``) and adds ``id`` itself, and one more gives
+  error 302 (``ERR_EVENT_MAX_PROPERTIES``; measured: 251 properties plus ``kind`` and ``sid``
+  pass, 252 fail). A case's facts grow with its drugs (``drug_x_active``, ``_recent``,
+  ``_days_on`` ... per drug and per class), so a case with about 71 distinct known drugs went
+  over. Each ruleset is therefore sent only the facts its rules read (at most 68 today), and
+  :class:`DurableReasoner` refuses, when it is built, a ruleset whose rules read more than
+  :data:`MAX_FACTS_PER_ASSERT`.
 
 :class:`PlainEvaluator` runs the same parsed conditions in Python. It is the reference the
 differential test compares durable-rules against, and it explains why a rule did not fire.
@@ -35,13 +43,16 @@ from typing import Any, Callable, Protocol
 from durable import engine as durable_engine
 
 from . import conditions as C
-from .errors import ReasoningError
+from .errors import KnowledgeBaseError, ReasoningError
 from .kb import KnowledgeBase, Rule
 
 __all__ = ["Firing", "Reasoner", "DurableReasoner", "PlainEvaluator", "run_stages", "typed_facts"]
 
 _LOCK = threading.Lock()
 _NAMES = itertools.count(1)
+#: facts one ruleset may read: durable-rules takes at most 253 properties per asserted fact,
+#: ``kind`` and ``sid`` included (error 302 above); a margin is kept.
+MAX_FACTS_PER_ASSERT = 240
 
 
 @dataclass(frozen=True)
@@ -74,9 +85,15 @@ class DurableReasoner:
         self._sink: list[str] = []
         self._host = _QuietHost()
         self._names: dict[str, str] = {}
+        self._reads: dict[str, frozenset[str]] = {}
         self._sid = itertools.count(1)
         rulesets: dict[str, dict[str, Any]] = {}
+        too_wide = []
         for key, rules in kb.rulesets.items():
+            self._reads[key] = frozenset(f for r in rules for f in r.facts)
+            if len(self._reads[key]) > MAX_FACTS_PER_ASSERT:
+                too_wide.append(f"ruleset {key} reads {len(self._reads[key])} facts; durable-rules takes at most "
+                                f"{MAX_FACTS_PER_ASSERT} per assertion: split its families")
             name = f"leukodx_{next(_NAMES)}_{key.replace('+', '_')}"[:120]   # a name can be registered only once
             self._names[key] = name
             rulesets[name] = {
@@ -84,6 +101,8 @@ class DurableReasoner:
                                           "run": self._action(r.id)}
                 for r in rules}
             rulesets[name]["leukodx__catch_all"] = {"all": [{"m": {"kind": "case"}}], "run": _ignore}
+        if too_wide:
+            raise KnowledgeBaseError(too_wide)
         self._host.set_rulesets(rulesets)
 
     def _action(self, rule_id: str) -> Callable[[Any], None]:
@@ -98,10 +117,13 @@ class DurableReasoner:
             raise ReasoningError("the rules engine failed earlier in this process and must be recycled")
         name = self._names[ruleset]
         sid = str(next(self._sid))
+        reads = self._reads[ruleset]
+        # Only what this ruleset's rules read: a fact's size is bounded by the knowledge base, not by the case.
+        fact = {k: v for k, v in facts.items() if k in reads}
         with _LOCK:
             self._sink.clear()
             try:
-                self._host.assert_fact(name, {**facts, "kind": "case", "sid": sid})
+                self._host.assert_fact(name, {**fact, "kind": "case", "sid": sid})
             except BaseException as e:  # the C core reports errors as generic exceptions
                 self.broken = True
                 raise ReasoningError(f"durable-rules failed in ruleset {ruleset}: {e}") from e
