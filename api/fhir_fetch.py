@@ -1,38 +1,82 @@
 """Fetch what the EHR did not prefetch from its FHIR server (CDS Hooks 2.0.1, "FHIR resource access").
 
-* the prefetch template is filled from the hook context (`{{context.patientId}}`, `{{userPractitionerId}}` ...);
-* the `fhirAuthorization` bearer token is sent, and never logged;
-* strict timeouts, a bounded number of pages (`Bundle.link[relation=next]`) and a bounded body;
-* the token only travels over https (plain http only to loopback, for an EHR's local test server);
-* no server-side request forgery: the fhirServer must be http(s), and its address must not be a
-  private, link-local, multicast or reserved one unless it is loopback (the EHR's own test
-  servers) or the operator allowed private networks (LEUKODX_FHIR_ALLOW_PRIVATE);
-  redirects are not followed, and every page URL must stay on the fhirServer's origin.
+:func:`fetch_queries` runs the queries of one CDS call concurrently on one ``httpx.AsyncClient``
+under ONE total deadline (connect, every page, every body; ``LEUKODX_FHIR_DEADLINE_SECONDS``), and
+never raises: each query gets a :class:`FetchOutcome` (what was had, and a short note when not
+complete). What it guarantees:
+
+* the prefetch template is filled from the hook context (`{{context.patientId}}`,
+  `{{userPractitionerId}}` ...): a value must be a FHIR id, and ``.``/``..`` are refused, so a
+  query can never climb out of the server's base path;
+* every URL (the first and each ``Bundle.link[relation=next]``) is parsed with urllib, must carry
+  no user information (``user@host``), no backslash, space or control character, and must have
+  the fhirServer's scheme, host and port; a page link is never compared as a string;
+* every host is resolved for every URL and every address it resolves to is checked: loopback only
+  when ``allow_loopback`` (development), private and other non-global addresses only when
+  ``allow_private``, link-local (cloud metadata), multicast, unspecified and reserved never; the
+  request then goes to the checked address itself (the Host header and the TLS server name stay
+  the server's name), so a second DNS answer cannot send it elsewhere;
+* the ``fhirAuthorization`` bearer token is sent only there, only over https (plain http only to
+  loopback in development), and never logged; redirects are not followed;
+* at most ``max_pages`` pages per query (the entries fetched so far come back with a note), at most
+  8 MiB per answer and 24 MiB per call, JSON only, parsed with the same depth and size pre-checks
+  as request bodies (engine/parse.py);
+* the notes are uniform: a closed port, a port that never answers, an answer that is not FHIR JSON
+  and a refused address all read "the FHIR server could not be used" (the log says which, without
+  the URL); 404 and 400 on a search read "not available on the FHIR server (404)", which callers
+  may treat as "this resource type is not offered".
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import json
+import logging
 import re
 import socket
-from dataclasses import dataclass
-from typing import Any, Optional
-from urllib.parse import urljoin, urlsplit
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-__all__ = ["FetchError", "fill_template", "FhirFetcher", "check_server"]
+__all__ = ["FetchError", "FetchOutcome", "fetch_queries", "fill_template", "check_url", "address_allowed",
+           "UNUSABLE", "MAX_BODY", "MAX_CALL_BYTES", "FhirFetcher", "check_server"]
+
+log = logging.getLogger("leukodx.fhir_fetch")
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_RELATIVE_PATH = re.compile(r"[A-Z][A-Za-z]{1,63}(/[A-Za-z0-9\-.]{1,64})?")
+_BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f-\uffff\\]")
 MAX_BODY = 8 * 1024 * 1024
+MAX_CALL_BYTES = 24 * 1024 * 1024
+MAX_DEPTH = 64
+UNUSABLE = "the FHIR server could not be used"
+
+
+def not_available(status: int) -> str:
+    return f"not available on the FHIR server ({status})"
+
+
+def pages_note(pages: int) -> str:
+    return f"stopped after {pages} pages: later pages not read"
 
 
 class FetchError(Exception):
-    """The data could not be had; the message says why (no token in it)."""
+    """The data could not be had; the message says why (no token, no URL in it)."""
+
+
+@dataclass
+class FetchOutcome:
+    key: str
+    resources: Optional[dict]   # a searchset Bundle of what was fetched (possibly partial), or the resource read
+    note: Optional[str]         # None when complete; else a short uniform reason
 
 
 def fill_template(template: str, context: dict[str, Any], fhir_authorization: Optional[dict[str, Any]]) -> str:
-    """Replace `{{context.x}}` (and `{{userPractitionerId}}`-style shortcuts) with values from the hook."""
+    """Replace `{{context.x}}` (and `{{userPractitionerId}}`-style shortcuts) with values from the hook.
+    A value must be a FHIR id (letters, digits, '-', '.'; at most 64) and not '.', '..' or anything
+    with '..' in it. Raises :class:`FetchError`."""
     def value(m: re.Match[str]) -> str:
         name = m.group(1)
         if name.startswith("context."):
@@ -43,37 +87,284 @@ def fill_template(template: str, context: dict[str, Any], fhir_authorization: Op
             v = str(context.get("userId", "")).split("/")[-1]
         else:
             v = None
-        if v is None or not isinstance(v, (str, int)) or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", str(v)):
+        if isinstance(v, bool) or not isinstance(v, (str, int)) or not _FHIR_ID.fullmatch(str(v)) \
+                or ".." in str(v) or not str(v).strip("."):
             raise FetchError(f"prefetch template token {name!r} has no usable value in the context")
         return str(v)
     return _TOKEN.sub(value, template)
 
 
-def check_server(url: str, allow_private: bool) -> None:
-    """Refuse fhirServer URLs that would let a caller reach internal networks."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise FetchError("fhirServer must be an http(s) URL")
-    if parts.username or parts.password:
-        raise FetchError("fhirServer must not carry credentials")
+# -- URLs and addresses -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Url:
+    scheme: str
+    host: str           # lower case, without brackets
+    port: int           # effective port
+    path: str
+    query: str
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return self.scheme, self.host, self.port
+
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def check_url(url: Any) -> _Url:
+    """Parse an absolute http(s) URL strictly: no user information, no backslash, space or control
+    character, a host, a valid port. Raises :class:`FetchError`."""
+    if not isinstance(url, str) or not url or len(url) > 4096 or _BAD_URL_CHARS.search(url):
+        raise FetchError("the URL is not a plain http(s) URL")
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
-    except socket.gaierror:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise FetchError("the URL is not a plain http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError("the URL is not an http(s) URL")
+    if "@" in parts.netloc or parts.username is not None or parts.password is not None:
+        raise FetchError("the URL carries user information")
+    return _Url(parts.scheme, parts.hostname.lower().rstrip("."),
+                port if port is not None else (443 if parts.scheme == "https" else 80), parts.path, parts.query)
+
+
+def address_allowed(ip: Union[ipaddress.IPv4Address, ipaddress.IPv6Address], *, allow_private: bool,
+                    allow_loopback: bool) -> bool:
+    """May leukodx connect to this address? Loopback only in development; link-local (cloud
+    metadata), multicast, unspecified and reserved never; other non-global addresses (private
+    networks, shared and documentation ranges) only with ``allow_private``."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return allow_loopback
+    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        return False
+    if not ip.is_global:
+        return allow_private
+    return True
+
+
+async def _resolve(url: _Url, *, allow_private: bool, allow_loopback: bool) -> str:
+    """The address to connect to for ``url``: every address the host resolves to must be allowed.
+    Raises :class:`FetchError`."""
+    try:
+        ips = [ipaddress.ip_address(url.host)]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError, OSError):
+            raise FetchError("the host cannot be resolved") from None
+        ips = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not ips:
+        raise FetchError("the host cannot be resolved")
+    for ip in ips:
+        if not address_allowed(ip, allow_private=allow_private, allow_loopback=allow_loopback):
+            raise FetchError("the host has an address leukodx must not reach")
+    if url.scheme != "https" and not all(ip.is_loopback or (isinstance(ip, ipaddress.IPv6Address) and
+                                                            ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+                                         for ip in ips):
+        raise FetchError("plain http is only allowed to loopback (the access token must not travel in clear)")
+    first = ips[0]
+    return f"[{first}]" if first.version == 6 else str(first)
+
+
+# -- one call ---------------------------------------------------------------------------------------
+
+class _Status(Exception):
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass
+class _Progress:
+    first: Optional[dict] = None
+    entries: list[Any] = field(default_factory=list)
+    pages: int = 0
+
+
+class _Call:
+    def __init__(self, base: _Url, base_text: str, token: Optional[str], max_pages: int, allow_private: bool,
+                 allow_loopback: bool, client: httpx.AsyncClient):
+        self.base, self.base_text, self.token = base, base_text, token
+        self.max_pages, self.allow_private, self.allow_loopback = max_pages, allow_private, allow_loopback
+        self.client = client
+        self.bytes_read = 0
+
+    def first_url(self, relative: str) -> str:
+        path = relative.split("?", 1)[0] if isinstance(relative, str) else ""
+        if not _RELATIVE_PATH.fullmatch(path) or path.rsplit("/", 1)[-1].strip(".") == "" or ".." in path \
+                or "#" in relative:
+            raise FetchError("the query is not a relative FHIR query")
+        url = urljoin(self.base_text.rstrip("/") + "/", relative)
+        parsed = check_url(url)
+        base_path = self.base.path.rstrip("/") + "/"
+        if parsed.origin != self.base.origin or not (parsed.path + "/").startswith(base_path):
+            raise FetchError("the query leaves the fhirServer")
+        return url
+
+    async def get_json(self, url: str) -> dict:
+        parsed = check_url(url)
+        if parsed.origin != self.base.origin:
+            raise FetchError("a page link leaves the fhirServer")
+        address = await _resolve(parsed, allow_private=self.allow_private, allow_loopback=self.allow_loopback)
+        pinned = urlunsplit((parsed.scheme, f"{address}:{parsed.port}", parsed.path or "/", parsed.query, ""))
+        headers = {"Accept": "application/fhir+json", "Host": parsed.host_header()}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
+        request = self.client.build_request("GET", pinned, headers=headers, extensions=extensions)
+        response = await self.client.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                raise _Status(response.status_code)
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY:
+                raise FetchError("the answer is too large")
+            body = bytearray()
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise FetchError("the answer is too large")
+        finally:
+            await response.aclose()
+        self.bytes_read += len(body)
+        if self.bytes_read > MAX_CALL_BYTES:
+            raise FetchError("the answers of this call are too large")
+        from leukodx.engine.errors import CaseError
+        from leukodx.engine.parse import load_json_document
+
+        from .offload import run_cpu
+        try:
+            doc = await run_cpu(load_json_document, bytes(body), "FHIR answer", MAX_BODY, MAX_DEPTH,
+                                abandon_on_cancel=True)
+        except CaseError:
+            raise FetchError("the answer is not usable JSON") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+            raise FetchError("the answer is not a FHIR resource")
+        if doc["resourceType"] == "OperationOutcome":
+            raise FetchError("the answer is an OperationOutcome")
+        return doc
+
+    async def run(self, key: str, relative: str, progress: _Progress) -> FetchOutcome:
+        url: Optional[str] = self.first_url(relative)
+        while url is not None:
+            if progress.pages == self.max_pages:
+                return self._partial(key, progress, pages_note(self.max_pages))
+            try:
+                doc = await self.get_json(url)
+            except _Status as e:
+                if progress.pages == 0 and e.status in (400, 404):
+                    return FetchOutcome(key, None, not_available(e.status))
+                raise FetchError(f"the server answered {e.status}") from None
+            if doc["resourceType"] != "Bundle":
+                if progress.pages == 0:
+                    return FetchOutcome(key, doc, None)
+                raise FetchError("a page is not a Bundle")
+            entries, links = doc.get("entry", []), doc.get("link", [])
+            if entries is None:
+                entries = []
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries) \
+                    or not isinstance(links, list):
+                raise FetchError("the Bundle is malformed (entry or link is not a list of objects)")
+            progress.first = progress.first or doc
+            progress.entries.extend(entries)
+            progress.pages += 1
+            nxt = [lk.get("url") for lk in links if isinstance(lk, dict) and lk.get("relation") == "next"]
+            url = urljoin(url, nxt[0]) if nxt and isinstance(nxt[0], str) else None
+        return FetchOutcome(key, self._bundle(progress), None)
+
+    @staticmethod
+    def _bundle(progress: _Progress) -> dict:
+        first = {k: v for k, v in (progress.first or {"resourceType": "Bundle", "type": "searchset"}).items()
+                 if k not in ("entry", "link", "total")}
+        return {**first, "entry": list(progress.entries), "link": []}
+
+    def _partial(self, key: str, progress: _Progress, note: str) -> FetchOutcome:
+        if progress.pages == 0:
+            return FetchOutcome(key, None, UNUSABLE)
+        return FetchOutcome(key, self._bundle(progress), note)
+
+
+async def fetch_queries(server: str, token: Optional[str], queries: dict[str, str], *, deadline_seconds: float,
+                        max_pages: int, allow_private: bool, allow_loopback: bool,
+                        transport: Optional[httpx.AsyncBaseTransport] = None) -> dict[str, FetchOutcome]:
+    """Run the ``queries`` (key -> query relative to ``server``, already filled) concurrently, all
+    within ``deadline_seconds``. Never raises: every key gets a :class:`FetchOutcome`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_seconds
+    failed = {key: FetchOutcome(key, None, UNUSABLE) for key in queries}
+    try:
+        base = check_url(server)
+        await asyncio.wait_for(_resolve(base, allow_private=allow_private, allow_loopback=allow_loopback),
+                               timeout=max(0.0, deadline - loop.time()))
+    except (FetchError, asyncio.TimeoutError) as e:
+        log.warning("fhirServer refused", extra={"reason": str(e) or "timed out"})
+        return failed
+    timeout = httpx.Timeout(deadline_seconds)
+    limits = httpx.Limits(max_connections=max(1, min(len(queries), 8)), max_keepalive_connections=0)
+    progress = {key: _Progress() for key in queries}
+    outcomes: dict[str, FetchOutcome] = {}
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, transport=transport,
+                                 trust_env=False) as client:
+        call = _Call(base, server, token, max_pages, allow_private, allow_loopback, client)
+
+        async def one(key: str, relative: str) -> None:
+            try:
+                outcomes[key] = await call.run(key, relative, progress[key])
+            except Exception as e:   # noqa: BLE001 - any failure of one query is that query's outcome
+                log.warning("FHIR query failed", extra={"key": key, "reason": _reason(e)})
+                outcomes[key] = call._partial(key, progress[key], f"{UNUSABLE}: later pages not read")
+
+        tasks = [asyncio.create_task(one(key, relative)) for key, relative in queries.items()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    for key in queries:
+        if key not in outcomes:
+            log.warning("FHIR query failed", extra={"key": key, "reason": "deadline"})
+            outcomes[key] = call._partial(key, progress[key], f"{UNUSABLE} in time: later pages not read")
+    return {key: outcomes[key] for key in queries}
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, FetchError):
+        return str(e)
+    return type(e).__name__
+
+
+# -- deprecated: the synchronous client the CDS route used before fetch_queries ----------------------
+
+def check_server(url: str, allow_private: bool, allow_loopback: bool = True) -> None:
+    """Deprecated (use :func:`fetch_queries`). Refuse fhirServer URLs that would let a caller reach
+    internal networks; loopback stays allowed here as it always was for this function."""
+    parsed = check_url(url)
+    try:
+        infos = socket.getaddrinfo(parsed.host, parsed.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
         raise FetchError("fhirServer host cannot be resolved") from None
     for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if ip.is_loopback:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if ip.is_loopback and allow_loopback:
             continue
-        if parts.scheme != "https":
+        if parsed.scheme != "https":
             raise FetchError("fhirServer must use https (the access token must not travel in clear)")
-        if not allow_private and (ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved
-                                  or ip.is_unspecified):
+        if not address_allowed(ip, allow_private=allow_private, allow_loopback=allow_loopback):
             raise FetchError("fhirServer points to a private or reserved address, which is not allowed")
 
 
 @dataclass
 class FhirFetcher:
+    """Deprecated synchronous client, kept only until api/routes/cds_hooks.py calls
+    :func:`fetch_queries`; then remove it. Page links are compared by parsed scheme, host and port
+    (user information refused), as in :func:`fetch_queries`."""
+
     base_url: str
     token: Optional[str]
     timeout: float = 5.0
@@ -83,11 +374,9 @@ class FhirFetcher:
 
     def __post_init__(self) -> None:
         check_server(self.base_url, self.allow_private)
-        self._origin = urlsplit(self.base_url)._replace(path="", query="", fragment="").geturl()
+        self._base = check_url(self.base_url)
 
     def get(self, relative: str) -> Any:
-        """GET a FHIR query relative to the server base; follows `next` links up to max_pages and
-        returns one searchset Bundle (or the single resource read)."""
         url = urljoin(self.base_url.rstrip("/") + "/", relative.lstrip("/"))
         headers = {"Accept": "application/fhir+json"}
         if self.token:
@@ -95,18 +384,24 @@ class FhirFetcher:
         entries: list[Any] = []
         first: Optional[dict[str, Any]] = None
         with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 3.0)),
-                          follow_redirects=False, transport=self.transport) as client:
+                          follow_redirects=False, transport=self.transport, trust_env=False) as client:
             for _ in range(self.max_pages):
-                if not url.startswith(self._origin):
+                if check_url(url).origin != self._base.origin:
                     raise FetchError("a FHIR page link leaves the fhirServer")
+                check_server(url, self.allow_private)
                 doc = self._get_json(client, url, headers)
                 if doc.get("resourceType") == "OperationOutcome":
                     raise FetchError("the FHIR server answered with an OperationOutcome")
                 if doc.get("resourceType") != "Bundle":
                     return doc
                 first = first or doc
-                entries.extend(doc.get("entry") or [])
-                url = next((link.get("url") for link in doc.get("link") or [] if link.get("relation") == "next"), None)
+                page = doc.get("entry") or []
+                links = doc.get("link") or []
+                if not isinstance(page, list) or not isinstance(links, list):
+                    raise FetchError("the FHIR server's Bundle is malformed")
+                entries.extend(page)
+                url = next((link.get("url") for link in links
+                            if isinstance(link, dict) and link.get("relation") == "next"), None)
                 if not url:
                     break
             else:
@@ -128,9 +423,11 @@ class FhirFetcher:
             raise FetchError("the FHIR server did not answer in time") from None
         except httpx.HTTPError as e:
             raise FetchError(f"the FHIR server could not be reached ({type(e).__name__})") from None
+        from leukodx.engine.errors import CaseError
+        from leukodx.engine.parse import load_json_document
         try:
-            doc = json.loads(body)
-        except ValueError:
+            doc = load_json_document(body, "FHIR answer", MAX_BODY, MAX_DEPTH)
+        except CaseError:
             raise FetchError("the FHIR server's answer is not JSON") from None
         if not isinstance(doc, dict):
             raise FetchError("the FHIR server's answer is not a FHIR resource")
