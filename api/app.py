@@ -20,8 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from leukodx.engine import get_engine
 from leukodx.engine.pipeline import ENGINE_VERSION
 
-from . import problems
-from .config import Settings, get_settings
+from . import cds_auth, problems
+from .config import Settings, check_deployment, get_settings
 from .middleware import BodyLimit, RequestContext, configure_logging
 from .routes import cds_hooks, rest
 
@@ -31,6 +31,14 @@ __all__ = ["create_app", "app"]
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    db_url = settings.feedback_db_url
+
+    def replay_store() -> cds_auth.ReplayStore:
+        from .feedback import store_for   # SQLAlchemy is loaded on first use, not at start-up
+        return store_for(db_url).replay
+
+    # Token ids live in the feedback database, shared by every worker and replica (api/feedback.py).
+    cds_auth.configure_replay_store(replay_store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,6 +46,14 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         if settings.cds_auth.lower() == "off":
             logging.getLogger("leukodx.api").warning(
                 "CDS Hooks JWT checks are OFF (LEUKODX_CDS_AUTH=off): any caller can use the CDS services. "
+                "Development only.")
+        elif not settings.cds_public_base_url:
+            logging.getLogger("leukodx.api").warning(
+                "LEUKODX_CDS_PUBLIC_BASE_URL is not set: the JWT audience is taken from the request's Host header "
+                "(LEUKODX_CDS_AUDIENCE_FROM_REQUEST). Development only.")
+        if settings.fhir_allow_loopback:
+            logging.getLogger("leukodx.api").warning(
+                "LEUKODX_FHIR_ALLOW_LOOPBACK is on: a CDS call may make leukodx fetch from this machine. "
                 "Development only.")
         logging.getLogger("leukodx.api").info("ready", extra={"kb_version": get_engine().kb.version})
         yield
@@ -69,7 +85,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                                    swagger_favicon_url="/static/docs/favicon.png")
 
     @app.get("/healthz", tags=["operations"], summary="Alive")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:   # on the event loop itself: it answers whenever the loop is free
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], summary="Rules loaded and engine answering")
@@ -107,5 +123,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
 
 def app() -> FastAPI:
-    """Factory for uvicorn (`uvicorn --factory leukodx.api.app:app`)."""
-    return create_app()
+    """Factory for uvicorn (`leukodx serve`, or `uvicorn --factory leukodx.api.app:app`). Refuses settings
+    that are unsafe to serve with (:func:`~leukodx.api.config.check_deployment`)."""
+    settings = get_settings()
+    check_deployment(settings)
+    return create_app(settings)

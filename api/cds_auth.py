@@ -26,7 +26,11 @@ What :class:`JwtVerifier` checks, in order:
 7. time, against the injected clock: ``exp`` not passed, ``iat`` (and ``nbf``) not in
    the future, ``exp - iat`` at most ``max_lifetime_seconds``; all with ``leeway_seconds``;
 8. ``tenant`` equals the issuer's configured tenant, when one is configured;
-9. ``(iss, jti)`` not seen before; it is remembered until ``exp + leeway``.
+9. ``(iss, jti)`` not seen before; it is remembered until ``exp + leeway``, in a
+   :class:`ReplayStore`. The service's verifier (:func:`verifier_from_settings`) uses the store the
+   application configured with :func:`configure_replay_store`: the ``cds_jti`` table of the
+   feedback database (api/feedback.py), shared by every worker process and every replica, so a
+   token is accepted once in all. A verifier built directly keeps its own in-memory store.
 
 Every failure raises :class:`AuthError` with a short fixed reason for the logs. The HTTP
 layer answers a bare 401 and never echoes the reason. Neither the token nor any claim
@@ -42,7 +46,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -52,7 +56,9 @@ __all__ = [
     "ALLOWED_ALGORITHMS",
     "AuthError",
     "JwtVerifier",
+    "ReplayStore",
     "TrustedIssuer",
+    "configure_replay_store",
     "http_fetch_jwks",
     "verifier_from_settings",
 ]
@@ -214,8 +220,15 @@ class _JwksCache:
         return jwks, True
 
 
+class ReplayStore(Protocol):
+    """Where seen ``(iss, jti)`` pairs are remembered."""
+
+    def add(self, key: tuple[str, str], expires_at: float, now: float) -> bool:
+        """Remember ``key`` until ``expires_at``; False if it is already remembered (a replay)."""
+
+
 class _ReplayCache:
-    """Seen ``(iss, jti)`` pairs, each kept until the token could no longer be accepted.
+    """Seen ``(iss, jti)`` pairs in this process's memory, each kept until the token could no longer be accepted.
     Bounded: when full of live entries it fails closed (refuses new tokens) rather than
     forget a live jti, which would re-open a replay window."""
 
@@ -294,6 +307,7 @@ class JwtVerifier:
         clock: Callable[[], float] = time.time,
         fetch: Callable[[str], dict] | None = None,
         jti_cache_size: int = 100_000,
+        replay_store: Optional[ReplayStore] = None,
     ) -> None:
         self._issuers: dict[str, TrustedIssuer] = {}
         for issuer in issuers:
@@ -311,7 +325,7 @@ class JwtVerifier:
         self._max_lifetime = max_lifetime_seconds
         self._clock = clock
         self._jwks_cache = _JwksCache(fetch or http_fetch_jwks, clock)
-        self._replay = _ReplayCache(jti_cache_size)
+        self._replay: ReplayStore = replay_store if replay_store is not None else _ReplayCache(jti_cache_size)
 
     # -- public -------------------------------------------------------------------
 
@@ -333,9 +347,22 @@ class JwtVerifier:
         jti = claims["jti"]
         if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
             raise AuthError("bad jti")
-        if not self._replay.add((issuer.iss, jti), exp + self._leeway, now):
+        try:
+            fresh = self._replay.add((issuer.iss, jti), exp + self._leeway, now)
+        except AuthError:
+            raise
+        except Exception as exc:   # the shared store is down: fail closed
+            log.error("JWT replay store failed; refusing the token", extra={"error_type": type(exc).__name__})
+            raise AuthError("replay store unavailable") from None
+        if not fresh:
             raise AuthError("replayed jti")
         return claims
+
+    async def verify_async(self, authorization_header: str | None, audience: str) -> dict:
+        """:meth:`verify` in a worker thread: a JWKS fetch or the replay store's database write never
+        holds the event loop."""
+        from starlette.concurrency import run_in_threadpool
+        return await run_in_threadpool(self.verify, authorization_header, audience)
 
     # -- steps --------------------------------------------------------------------
 
@@ -477,6 +504,27 @@ class JwtVerifier:
         return float(exp)
 
 
+_SHARED_REPLAY: Optional[Callable[[], ReplayStore]] = None
+_PROCESS_REPLAY = _ReplayCache(100_000)
+
+
+def configure_replay_store(factory: Optional[Callable[[], ReplayStore]]) -> None:
+    """Set where the service's verifiers remember token ids: ``factory()`` is asked for the store at
+    each verification (so the database is opened on first use). The application calls this with the
+    feedback database's ``cds_jti`` table; ``None`` falls back to this process's memory."""
+    global _SHARED_REPLAY
+    _SHARED_REPLAY = factory
+
+
+class _ConfiguredReplayStore:
+    """The store :func:`configure_replay_store` named, looked up at each call."""
+
+    def add(self, key: tuple[str, str], expires_at: float, now: float) -> bool:
+        factory = _SHARED_REPLAY
+        store = factory() if factory is not None else _PROCESS_REPLAY
+        return store.add(key, expires_at, now)
+
+
 _ISSUER_FIELDS = frozenset({"iss", "jwks", "jwks_url", "tenant"})
 
 
@@ -486,7 +534,8 @@ def verifier_from_settings(issuers_json: str, jku_allowlist: list[str], **option
         [{"iss": "https://ehr.example.org", "jwks": {"keys": [...]}},
          {"iss": "https://other.example.org", "jwks_url": "https://other.example.org/jwks", "tenant": "t1"}]
 
-    ``options`` go to :class:`JwtVerifier` (leeway_seconds, max_lifetime_seconds, ...).
+    ``options`` go to :class:`JwtVerifier` (leeway_seconds, max_lifetime_seconds, replay_store ...);
+    without ``replay_store``, token ids go to the store set by :func:`configure_replay_store`.
     Raises ValueError on bad configuration (never starts with a half-read allowlist)."""
     try:
         raw = json.loads(issuers_json)
@@ -504,4 +553,5 @@ def verifier_from_settings(issuers_json: str, jku_allowlist: list[str], **option
         if "iss" not in item:
             raise ValueError(f"trusted issuers[{i}]: 'iss' is required")
         issuers.append(TrustedIssuer(**item))
+    options.setdefault("replay_store", _ConfiguredReplayStore())
     return JwtVerifier(issuers, jku_allowlist=list(jku_allowlist), **options)
