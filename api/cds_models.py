@@ -47,8 +47,31 @@ class HookRequest(_Open):
             raise ValueError("fhirAuthorization is given without fhirServer (cds-r-1)")
         return self
 
+    @model_validator(mode="after")
+    def _shapes(self) -> "HookRequest":
+        """The parts the service walks must have their FHIR shape (a wrong type is a 400, not a 500)."""
+        drafts = self.context.get("draftOrders")
+        if drafts is not None:
+            if not isinstance(drafts, dict):
+                raise ValueError("context.draftOrders must be a FHIR Bundle (an object)")
+            _list_of_objects(drafts.get("entry"), "context.draftOrders.entry")
+        selections = self.context.get("selections")
+        if selections is not None and (not isinstance(selections, list)
+                                       or not all(isinstance(s, str) for s in selections)):
+            raise ValueError("context.selections must be a list of strings (references such as MedicationRequest/1)")
+        for key, value in (self.prefetch or {}).items():
+            if isinstance(value, dict) and value.get("resourceType") == "Bundle":
+                _list_of_objects(value.get("entry"), f"prefetch.{key}.entry")
+                _list_of_objects(value.get("link"), f"prefetch.{key}.link")
+        return self
+
     def __repr__(self) -> str:   # never print the access token
         return f"HookRequest(hook={self.hook!r}, hookInstance={self.hookInstance!r})"
+
+
+def _list_of_objects(value: Any, where: str) -> None:
+    if value is not None and (not isinstance(value, list) or not all(isinstance(x, dict) for x in value)):
+        raise ValueError(f"{where} must be a list of objects")
 
 
 class Source(_Closed):
