@@ -77,9 +77,18 @@ def _rules(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-    uvicorn.run("leukodx.api.app:app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="warning", access_log=False, proxy_headers=False)
+    from leukodx.api.config import DeploymentError, check_deployment, get_settings
+    from leukodx.api.serving import serve
+    settings = get_settings()
+    try:
+        check_deployment(settings)      # refuse unsafe settings before any worker starts
+    except DeploymentError as e:
+        print(f"leukodx serve: {e}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("leukodx serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    serve(settings, args.host, args.port, args.workers)   # supervised workers, even one; see api/serving.py
     return 0
 
 
@@ -124,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the REST and CDS Hooks API (uvicorn)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--workers", type=int, default=1, help="worker processes (each builds its own engine)")
+    sv.add_argument("--workers", type=int, default=1, help="worker processes (each builds its own engine); a "
+                    "supervisor replaces any that dies. Limits and timeouts: LEUKODX_* settings (docs/security.md)")
     sv.set_defaults(func=_serve)
     fb = sub.add_parser("feedback", help="CDS Hooks feedback store")
     fb.add_argument("action", choices=["export"])

@@ -35,7 +35,9 @@ def start_server(port: int, db_url: str, workers: int = 1, **env: str) -> subpro
     """`leukodx serve` on a loopback port, in its own process group, once /readyz answers."""
     import httpx
     proc = subprocess.Popen([LEUKODX, "serve", "--port", str(port), "--workers", str(workers)],
-                            env={**os.environ, "LEUKODX_FEEDBACK_DB_URL": db_url, **env},
+                            env={**os.environ, "LEUKODX_FEEDBACK_DB_URL": db_url,
+                                 # with CDS auth on, `leukodx serve` needs its public URL (the JWT audience)
+                                 "LEUKODX_CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -1,0 +1,199 @@
+"""`leukodx serve`: uvicorn workers under a supervisor, with the connection limits uvicorn lacks.
+
+* **Supervised, even with one worker.** ``uvicorn.run(workers=1)`` runs the server in the calling
+  process: a worker that dies (a crash in C code, the kernel's OOM killer) takes the service with
+  it. :func:`serve` always runs uvicorn's multiprocess supervisor (uvicorn 0.54: it pings each
+  worker every half second, kills one that does not answer in ``worker_healthcheck_seconds`` and
+  starts a replacement for any that died), and logs each replacement as a warning.
+* **Timeouts on every connection state.** uvicorn closes an idle keep-alive connection after
+  ``timeout_keep_alive``, but has no timer for a connection that never sends a request, sends its
+  head slowly, or trickles its body. :class:`GuardedHttpToolsProtocol` adds them:
+  ``header_timeout_seconds`` from the connection (or the first byte of a request) to the end of
+  the request head, ``body_timeout_seconds`` from there to the end of the body; the connection is
+  closed when one runs out. A request head is at most 64 KiB (400 above).
+* **Limits.** At most ``max_connections`` open connections per worker (more are closed as soon
+  as they are accepted, before anything is read) and at most ``limit_concurrency`` requests in
+  progress per worker (more get 503 at once). uvicorn's own ``limit_concurrency`` also counts
+  open connections, so idle connections could turn every request into a 503: it is left unset and
+  the count of requests in progress is checked here instead. The soft limit on open files is
+  raised to the hard limit at start-up.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+from socket import socket
+from typing import Any, Optional
+
+import uvicorn.supervisors.multiprocess as uvicorn_multiprocess
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+from .config import Settings, get_settings
+
+__all__ = ["GuardedHttpToolsProtocol", "Supervisor", "serve", "MAX_HEAD_BYTES"]
+
+log = logging.getLogger("leukodx.serve")
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class HeadTooLarge(Exception):
+    """Raised inside the HTTP parser: uvicorn answers 400 and closes the connection."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head timeout, a body timeout, a head size limit, a cap on
+    open connections and a cap on requests in progress (all per worker process)."""
+
+    _refused_logged_at = 0.0
+
+    def __init__(self, config: Config, server_state: Any, app_state: dict[str, Any],
+                 _loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        settings = get_settings()
+        self._head_timeout = settings.header_timeout_seconds
+        self._body_timeout = settings.body_timeout_seconds
+        self._max_connections = settings.max_connections
+        self._max_in_progress = settings.limit_concurrency
+        self._guard: Optional[asyncio.TimerHandle] = None
+        self._head_bytes = 0
+
+    # -- timers ---------------------------------------------------------------------------------
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._guard = self.loop.call_later(seconds, self._expire)
+
+    def _disarm(self) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
+            self._guard = None
+
+    def _expire(self) -> None:
+        self._guard = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    # -- connection -----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._max_connections:
+            now = time.monotonic()
+            if now - GuardedHttpToolsProtocol._refused_logged_at > 10:
+                GuardedHttpToolsProtocol._refused_logged_at = now
+                log.warning("connection limit reached; new connections are closed",
+                            extra={"max_connections": self._max_connections})
+            transport.abort()
+            return
+        self._arm(self._head_timeout)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Bytes between requests (a keep-alive connection starting its next request, or stray CRLFs
+        # the parser skips) cancel uvicorn's keep-alive timer: the head timer takes over.
+        if self._guard is None and not self.transport.is_closing() and \
+                (self.cycle is None or self.cycle.response_complete) and self.timeout_keep_alive_task is None:
+            self._arm(self._head_timeout)
+
+    # -- parser callbacks -----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        if self._guard is None:
+            self._arm(self._head_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge()
+
+    def on_headers_complete(self) -> None:
+        # uvicorn answers 503 when limit_concurrency is set and reached; set it per request from
+        # the number of requests in progress only (not from the number of open connections).
+        self.limit_concurrency = 0 if len(self.tasks) >= self._max_in_progress else None
+        super().on_headers_complete()
+        self._arm(self._body_timeout)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+
+class WorkerProcess(Process):
+    """A uvicorn worker process that stops itself (gracefully) when its supervisor is gone, so a
+    supervisor killed with SIGKILL never leaves an orphan worker holding the port."""
+
+    def target(self, sockets: Optional[list[socket]] = None) -> None:  # pragma: no cover - in the worker
+        parent = os.getppid()
+
+        def watch() -> None:
+            while True:
+                time.sleep(1.0)
+                if os.getppid() != parent:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+        threading.Thread(target=watch, daemon=True, name="leukodx-parent-watch").start()
+        super().target(sockets)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's multiprocess supervisor, starting :class:`WorkerProcess` workers and logging each
+    worker it replaces."""
+
+    def keep_subprocess_alive(self) -> None:
+        before = [p.pid for p in self.processes]
+        super().keep_subprocess_alive()
+        for old, new in zip(before, [p.pid for p in self.processes]):
+            if old != new:
+                log.warning("worker process died and was replaced", extra={"old_pid": old, "new_pid": new})
+
+
+def _raise_open_files_limit() -> None:
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        if soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):   # not allowed here: keep the current limit
+        pass
+
+
+def uvicorn_config(settings: Settings, host: str, port: int, workers: int) -> Config:
+    return Config("leukodx.api.app:app", factory=True, host=host, port=port, workers=max(1, workers),
+                  http=GuardedHttpToolsProtocol, ws="none", lifespan="on", log_level="warning", access_log=False,
+                  proxy_headers=False, server_header=False, timeout_keep_alive=settings.keep_alive_seconds,
+                  limit_concurrency=None, timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
+                  timeout_graceful_shutdown=10)
+
+
+def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Bind, start ``workers`` supervised worker processes, and run until SIGINT/SIGTERM."""
+    from .middleware import configure_logging
+    configure_logging(settings.log_level)
+    _raise_open_files_limit()
+    config = uvicorn_config(settings, host, port, workers)
+    sock = config.bind_socket()
+    uvicorn_multiprocess.Process = WorkerProcess   # type: ignore[misc] - the class the supervisor starts
+    log.info("serving", extra={"host": host, "port": port, "workers": config.workers, "pid": os.getpid()})
+    try:
+        Supervisor(config, sockets=[sock]).run()
+    finally:
+        sock.close()

@@ -1,0 +1,172 @@
+"""Issue 12, findings 1, 7 and 8 on the real `leukodx serve`: a worker that dies is replaced even
+with one worker; idle, slow-head and slow-body connections are closed; open connections are capped;
+a killed supervisor leaves no worker behind; serving with CDS auth on needs the public base URL."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from conftest import LEUKODX, free_port, start_server, stop_server
+from test_load_faults import children
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True if the server closes ``sock`` within ``seconds`` (reading and discarding any answer)."""
+    sock.settimeout(seconds)
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except (socket.timeout, TimeoutError):
+        return False
+    return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    proc = start_server(port, f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db", workers=1,
+                        LEUKODX_CDS_AUTH="off", LEUKODX_HEADER_TIMEOUT_SECONDS="1",
+                        LEUKODX_BODY_TIMEOUT_SECONDS="2", LEUKODX_KEEP_ALIVE_SECONDS="1",
+                        LEUKODX_MAX_CONNECTIONS="16", LEUKODX_LOG_LEVEL="WARNING")
+    yield proc, port
+    stop_server(proc)
+
+
+def connect(port: int, payload: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if payload:
+        sock.sendall(payload)
+    return sock
+
+
+@pytest.mark.parametrize("payload", [
+    b"",                                                        # connects and says nothing
+    b"POST /v1/assess HTTP/1.1\r\nHost: x\r\n",                 # a head that never ends
+    b"POST /v1/assess HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+])
+def test_idle_slow_head_and_slow_body_connections_are_closed(server, payload):
+    _, port = server
+    with connect(port, payload) as sock:
+        assert _closed_within(sock, 15)
+
+
+def test_a_keep_alive_connection_that_goes_quiet_is_closed(server):
+    _, port = server
+    with connect(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
+        assert b"200 OK" in sock.recv(4096)
+        sock.sendall(b"\r\n")            # a byte between requests cancels uvicorn's own keep-alive timer
+        assert _closed_within(sock, 15)
+
+
+def test_a_huge_request_head_is_refused(server):
+    _, port = server
+    with connect(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 70_000 + b"\r\n\r\n") as sock:
+        assert sock.recv(64).startswith(b"HTTP/1.1 400")
+
+
+def test_a_killed_worker_is_replaced_with_one_worker(server):
+    proc, port = server
+    workers = [p for p in children(proc.pid) if _is_worker(p)]
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                new = [p for p in children(proc.pid) if _is_worker(p)]
+                if new and new != workers:
+                    return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail("the worker was not replaced")
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"resource_tracker" not in f.read()
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory):
+    """A server with a long head timeout and at most 8 open connections (one worker)."""
+    port = free_port()
+    proc = start_server(port, f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db", workers=1,
+                        LEUKODX_CDS_AUTH="off", LEUKODX_HEADER_TIMEOUT_SECONDS="60", LEUKODX_MAX_CONNECTIONS="8",
+                        LEUKODX_LOG_LEVEL="WARNING")
+    yield proc, port
+    try:
+        stop_server(proc)
+    except ProcessLookupError:
+        pass
+
+
+def test_open_connections_are_capped(capped):
+    _, port = capped
+    held = [connect(port) for _ in range(8)]
+    try:
+        time.sleep(0.5)
+        with connect(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") as extra:
+            extra.settimeout(10)
+            try:
+                answer = extra.recv(64)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""               # closed without an answer: the cap is 8
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    pytest.fail("/healthz did not answer once the connections were closed")
+
+
+def test_a_killed_supervisor_leaves_no_worker_behind(capped):
+    proc, _ = capped
+    workers = [p for p in children(proc.pid) if _is_worker(p)]
+    assert workers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers)
+    finally:
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_serve_refuses_cds_auth_without_a_public_base_url(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKODX_")}
+    env["LEUKODX_FEEDBACK_DB_URL"] = f"sqlite:///{tmp_path}/fb.db"
+    out = subprocess.run([LEUKODX, "serve", "--port", str(free_port())], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "LEUKODX_CDS_PUBLIC_BASE_URL" in out.stderr
