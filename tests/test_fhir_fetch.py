@@ -65,6 +65,8 @@ SERVER = textwrap.dedent('''
                 return self.send(200, {"resourceType": "Patient", "id": "p", "host": self.headers.get("Host")})
             if mode == "broken":
                 return self.send(500, {})
+            if mode == "big":               # 9 MiB: over the 8 MiB answer limit
+                return self.send(200, None, b'{"resourceType": "Bundle", "x": "' + b"a" * (9 << 20) + b'"}')
             if mode == "notjson":
                 return self.send(200, None, b"<html>hello</html>")
             if mode == "outcome":
@@ -221,7 +223,7 @@ def test_closed_hung_and_failing_ports_give_the_same_note(fhir):
     assert set(notes.values()) == {UNUSABLE}, notes
 
 
-@pytest.mark.parametrize("mode", ["entry5", "link5", "deep", "notjson"])
+@pytest.mark.parametrize("mode", ["entry5", "link5", "deep", "notjson", "big"])
 def test_hostile_answers_are_an_outcome_not_an_exception(fhir, mode):
     out = fetch(f"{fhir}/{mode}", {"observations": "Observation?patient=p1"})["observations"]
     assert out.resources is None and out.note == UNUSABLE

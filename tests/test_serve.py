@@ -110,11 +110,11 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory):
-    """A server with a long head timeout and at most 8 open connections (one worker)."""
+    """A server with a long head timeout, at most 8 open connections and 1 request in progress (one worker)."""
     port = free_port()
     proc = start_server(port, f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db", workers=1,
                         LEUKODX_CDS_AUTH="off", LEUKODX_HEADER_TIMEOUT_SECONDS="60", LEUKODX_MAX_CONNECTIONS="8",
-                        LEUKODX_LOG_LEVEL="WARNING")
+                        LEUKODX_LIMIT_CONCURRENCY="1", LEUKODX_LOG_LEVEL="WARNING")
     yield proc, port
     try:
         stop_server(proc)
@@ -145,6 +145,22 @@ def test_open_connections_are_capped(capped):
         except httpx.HTTPError:
             time.sleep(0.2)
     pytest.fail("/healthz did not answer once the connections were closed")
+
+
+def test_requests_beyond_the_concurrency_limit_get_503(capped):
+    _, port = capped
+    # A request whose body is still arriving is in progress; the limit is 1.
+    with connect(port, b"POST /v1/assess HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n{") as slow:
+        time.sleep(0.5)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 503
+        slow.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200:
+            return
+        time.sleep(0.2)
+    pytest.fail("/healthz did not answer 200 once the slow request was gone")
 
 
 def test_a_killed_supervisor_leaves_no_worker_behind(capped):
