@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     # -- outbound FHIR (CDS Hooks without prefetch) -----------------------------------------------
     fhir_deadline_seconds: float = Field(3.0, gt=0, le=30, description="one total deadline for all the FHIR queries "
                                                                       "of one CDS call (connect, pages, bodies)")
-    fhir_timeout_seconds: float = Field(5.0, gt=0, le=30, description="deprecated: replaced by fhir_deadline_seconds")
-    fhir_max_pages: int = Field(5, ge=1, le=50)
+    fhir_max_pages: int = Field(5, ge=1, le=50, description="pages followed per FHIR search; later pages are "
+                                                         "named as not read and the rest is assessed")
     fhir_allow_private: bool = Field(False, description="allow fhirServer URLs on private networks (SSRF guard)")
     fhir_allow_loopback: bool = Field(False, description="development only: allow a fhirServer on loopback "
                                                          "(127.0.0.1, ::1), over plain http")

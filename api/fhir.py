@@ -65,6 +65,7 @@ from typing import Any, Optional, Union
 from ..engine.assessment import NotAssessed
 from ..engine.case import MAX_LABS
 from ..engine.errors import Problem
+from ..engine.timeutil import utc_naive
 from ..engine.kb import KnowledgeBase, default as default_kb
 from ..engine.units import conversion_factor, registry
 
@@ -328,9 +329,7 @@ def _parse_when(text: Any) -> tuple[Optional[When], Optional[str]]:
 
 def _utc(v: When) -> datetime:
     """Comparable instant: UTC, naive (as the engine compares times)."""
-    if isinstance(v, datetime):
-        return v.astimezone(timezone.utc).replace(tzinfo=None) if v.tzinfo else v
-    return datetime(v.year, v.month, v.day)
+    return utc_naive(v)
 
 
 def _iso(v: When) -> str:

@@ -40,7 +40,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 
 __all__ = ["FetchError", "FetchOutcome", "fetch_queries", "fill_template", "check_url", "address_allowed",
-           "UNUSABLE", "MAX_BODY", "MAX_CALL_BYTES", "FhirFetcher", "check_server"]
+           "UNUSABLE", "MAX_BODY", "MAX_CALL_BYTES"]
 
 log = logging.getLogger("leukodx.fhir_fetch")
 
@@ -226,7 +226,7 @@ class _Call:
             if declared.isdigit() and int(declared) > MAX_BODY:
                 raise FetchError("the answer is too large")
             body = bytearray()
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():   # decoded, so a gzip bomb meets the limit too
                 body += chunk
                 if len(body) > MAX_BODY:
                     raise FetchError("the answer is too large")
@@ -337,98 +337,3 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, FetchError):
         return str(e)
     return type(e).__name__
-
-
-# -- deprecated: the synchronous client the CDS route used before fetch_queries ----------------------
-
-def check_server(url: str, allow_private: bool, allow_loopback: bool = True) -> None:
-    """Deprecated (use :func:`fetch_queries`). Refuse fhirServer URLs that would let a caller reach
-    internal networks; loopback stays allowed here as it always was for this function."""
-    parsed = check_url(url)
-    try:
-        infos = socket.getaddrinfo(parsed.host, parsed.port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise FetchError("fhirServer host cannot be resolved") from None
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        if ip.is_loopback and allow_loopback:
-            continue
-        if parsed.scheme != "https":
-            raise FetchError("fhirServer must use https (the access token must not travel in clear)")
-        if not address_allowed(ip, allow_private=allow_private, allow_loopback=allow_loopback):
-            raise FetchError("fhirServer points to a private or reserved address, which is not allowed")
-
-
-@dataclass
-class FhirFetcher:
-    """Deprecated synchronous client, kept only until api/routes/cds_hooks.py calls
-    :func:`fetch_queries`; then remove it. Page links are compared by parsed scheme, host and port
-    (user information refused), as in :func:`fetch_queries`."""
-
-    base_url: str
-    token: Optional[str]
-    timeout: float = 5.0
-    max_pages: int = 5
-    allow_private: bool = False
-    transport: Optional[httpx.BaseTransport] = None   # tests
-
-    def __post_init__(self) -> None:
-        check_server(self.base_url, self.allow_private)
-        self._base = check_url(self.base_url)
-
-    def get(self, relative: str) -> Any:
-        url = urljoin(self.base_url.rstrip("/") + "/", relative.lstrip("/"))
-        headers = {"Accept": "application/fhir+json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        entries: list[Any] = []
-        first: Optional[dict[str, Any]] = None
-        with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 3.0)),
-                          follow_redirects=False, transport=self.transport, trust_env=False) as client:
-            for _ in range(self.max_pages):
-                if check_url(url).origin != self._base.origin:
-                    raise FetchError("a FHIR page link leaves the fhirServer")
-                check_server(url, self.allow_private)
-                doc = self._get_json(client, url, headers)
-                if doc.get("resourceType") == "OperationOutcome":
-                    raise FetchError("the FHIR server answered with an OperationOutcome")
-                if doc.get("resourceType") != "Bundle":
-                    return doc
-                first = first or doc
-                page = doc.get("entry") or []
-                links = doc.get("link") or []
-                if not isinstance(page, list) or not isinstance(links, list):
-                    raise FetchError("the FHIR server's Bundle is malformed")
-                entries.extend(page)
-                url = next((link.get("url") for link in links
-                            if isinstance(link, dict) and link.get("relation") == "next"), None)
-                if not url:
-                    break
-            else:
-                raise FetchError(f"the FHIR search has more than {self.max_pages} pages")
-        return {**(first or {}), "entry": entries, "link": []}
-
-    @staticmethod
-    def _get_json(client: httpx.Client, url: str, headers: dict[str, str]) -> dict[str, Any]:
-        try:
-            with client.stream("GET", url, headers=headers) as r:
-                if r.status_code != 200:
-                    raise FetchError(f"the FHIR server answered {r.status_code}")
-                body = b""
-                for chunk in r.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_BODY:
-                        raise FetchError("the FHIR server's answer is too large")
-        except httpx.TimeoutException:
-            raise FetchError("the FHIR server did not answer in time") from None
-        except httpx.HTTPError as e:
-            raise FetchError(f"the FHIR server could not be reached ({type(e).__name__})") from None
-        from leukodx.engine.errors import CaseError
-        from leukodx.engine.parse import load_json_document
-        try:
-            doc = load_json_document(body, "FHIR answer", MAX_BODY, MAX_DEPTH)
-        except CaseError:
-            raise FetchError("the FHIR server's answer is not JSON") from None
-        if not isinstance(doc, dict):
-            raise FetchError("the FHIR server's answer is not a FHIR resource")
-        return doc

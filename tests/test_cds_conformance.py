@@ -29,7 +29,7 @@ from leukodx.api import cards as cards_module
 from leukodx.api.app import create_app
 from leukodx.api.cds_models import card_violations
 from leukodx.api.config import Settings
-from leukodx.api.fhir_fetch import FhirFetcher, fill_template
+from leukodx.api.fhir_fetch import UNUSABLE, fetch_queries, fill_template
 from leukodx.api.routes import cds_hooks as cds_routes
 from leukodx.engine.kb import default as default_kb
 
@@ -625,12 +625,11 @@ def recording_fhir_server(monkeypatch, answer=_fhir_answer) -> list[httpx.Reques
         seen.append(req)
         return answer(req)
 
-    class Recording(FhirFetcher):
-        def __post_init__(self) -> None:
-            self.transport = httpx.MockTransport(handler)
-            super().__post_init__()
+    async def recording(*args, **kwargs):
+        kwargs.update(transport=httpx.MockTransport(handler), allow_loopback=True)   # FHIR_BASE is loopback
+        return await fetch_queries(*args, **kwargs)
 
-    monkeypatch.setattr(cds_routes, "FhirFetcher", Recording)
+    monkeypatch.setattr(cds_routes, "fetch_queries", recording)
     return seen
 
 
@@ -672,7 +671,8 @@ def test_a_fhir_answer_that_is_not_json_is_refused(svc, monkeypatch):
             "fhirAuthorization": fhir_authorization()}
     r = svc.post("/cds-services/leukodx-patient-view", json=body)
     assert r.status_code == 412 and _assert_json(r)["resourceType"] == "OperationOutcome"
-    assert "not JSON" in r.json()["issue"][0]["diagnostics"]
+    assert r.json()["issue"][0]["diagnostics"] == f"Prefetch missing and the FHIR server could not be used: " \
+                                                  f"observations: {UNUSABLE}"
 
 
 def test_no_fhir_call_without_an_access_token(svc, monkeypatch):

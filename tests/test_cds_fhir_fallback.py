@@ -39,6 +39,8 @@ SERVER = textwrap.dedent('''
             if mode == "locked" and self.headers.get("Authorization") != "Bearer right-token":
                 self.send_response(401); self.end_headers(); return
             kind = path.split("/")[2].split("?")[0]
+            if mode == "nomeds" and kind in ("MedicationStatement", "MedicationRequest"):
+                self.send_response(404 if kind == "MedicationStatement" else 400); self.end_headers(); return
             if kind == "Patient":
                 body = {"resourceType": "Patient", "id": "%s", "gender": "male", "birthDate": "1960-01-01"}
             elif kind == "Observation" and "code:text" not in q:
@@ -77,7 +79,8 @@ def fhir_server():
 @pytest.fixture
 def client(tmp_path, monkeypatch):
     monkeypatch.setenv("LEUKODX_CDS_AUTH", "off")
-    monkeypatch.setenv("LEUKODX_FHIR_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("LEUKODX_FHIR_DEADLINE_SECONDS", "1")
+    monkeypatch.setenv("LEUKODX_FHIR_ALLOW_LOOPBACK", "true")   # the test FHIR server is on loopback
     monkeypatch.setenv("LEUKODX_FEEDBACK_DB_URL", f"sqlite:///{tmp_path}/fb.db")
     get_settings.cache_clear()
     with TestClient(create_app()) as c:
@@ -103,15 +106,42 @@ def test_no_prefetch_is_fetched_across_pages(client, fhir_server):
 def test_the_bearer_token_is_sent(client, fhir_server):
     assert call(client, f"{fhir_server}/locked").status_code == 200
     r = call(client, f"{fhir_server}/locked", token="wrong-token")
-    assert r.status_code == 412 and "401" in r.json()["issue"][0]["diagnostics"]
+    assert r.status_code == 412 and UNUSABLE in r.json()["issue"][0]["diagnostics"]
     assert "wrong-token" not in r.text
 
 
-@pytest.mark.parametrize("mode,words", [("broken", "500"), ("slow", "in time")])
-def test_server_errors_and_timeouts_give_412(client, fhir_server, mode, words):
-    r = call(client, f"{fhir_server}/{mode}")
+@pytest.mark.parametrize("mode", ["broken", "slow", "locked"])
+def test_server_errors_and_timeouts_give_412_with_one_uniform_reason(client, fhir_server, mode):
+    """A 500, a timeout and a 401 read the same from outside (no port or server probing)."""
+    r = call(client, f"{fhir_server}/{mode}", token="wrong-token")
     assert r.status_code == 412 and r.headers["content-type"].startswith("application/fhir+json")
-    assert words in r.json()["issue"][0]["diagnostics"]
+    assert r.json()["issue"][0]["diagnostics"] == \
+        f"Prefetch missing and the FHIR server could not be used: observations: {UNUSABLE}"
+
+
+def test_optional_resource_types_the_server_lacks_are_named_not_fatal(client, fhir_server):
+    """No MedicationStatement endpoint (404), a search parameter refused (400): assessed all the same."""
+    r = call(client, f"{fhir_server}/nomeds")
+    assert r.status_code == 200, r.text
+    card = r.json()["cards"][0]
+    assert card["indicator"] == "critical" and "ANC 0.3" in card["summary"]
+    assert "'medicationStatements' could not be had (not available on the FHIR server (404))" in card["detail"]
+    assert "'medicationRequests' could not be had (not available on the FHIR server (400))" in card["detail"]
+
+
+def test_paging_beyond_the_budget_assesses_what_was_fetched(fhir_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LEUKODX_CDS_AUTH", "off")
+    monkeypatch.setenv("LEUKODX_FHIR_ALLOW_LOOPBACK", "true")
+    monkeypatch.setenv("LEUKODX_FHIR_MAX_PAGES", "1")
+    monkeypatch.setenv("LEUKODX_FEEDBACK_DB_URL", f"sqlite:///{tmp_path}/fb.db")
+    get_settings.cache_clear()
+    with TestClient(create_app()) as c:
+        r = call(c, f"{fhir_server}/ok")
+    get_settings.cache_clear()
+    assert r.status_code == 200, r.text
+    card = r.json()["cards"][0]       # page 1 holds only the WBC 1.4: the ANC is bounded by it
+    assert "Neutropenia mild or worse (WBC 1.4" in card["summary"]
+    assert f"'observations' is partial ({pages_note(1)})" in card["detail"]
 
 
 def test_paginated_prefetch_is_completed_from_the_server(client, fhir_server):
@@ -138,7 +168,7 @@ def test_server_side_request_forgery_is_refused(url):
 
 def test_private_fhir_server_refused_through_the_api(client):
     r = call(client, "https://10.0.0.7/fhir")
-    assert r.status_code == 412 and "private" in r.json()["issue"][0]["diagnostics"]
+    assert r.status_code == 412 and UNUSABLE in r.json()["issue"][0]["diagnostics"]
 
 
 def test_pages_are_bounded(fhir_server):

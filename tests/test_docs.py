@@ -155,3 +155,10 @@ def test_cli_writes_the_pages(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert docs.main(args) == 0
     assert capsys.readouterr().out.strip() == f"wrote {len(PAGES)} files to {tmp_path / 'out'}"
     assert "cases/units/" in (tmp_path / "out" / "rules.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_lists_every_setting():
+    from leukodx.api.config import Settings
+    readme = (CASES.parent / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`LEUKODX_{name.upper()}`" not in readme]
+    assert missing == []

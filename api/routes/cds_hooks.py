@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Request
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from leukodx.engine import CaseError, Engine, pgx
 from leukodx.engine.assessment import Assessment, NotAssessed
-from leukodx.engine.parse import load_document, problems_from_validation
+from leukodx.engine.parse import load_json_document, problems_from_validation
 
 from .. import cards as C
 from .. import fhir
@@ -29,7 +29,8 @@ from ..cds_models import CardsResponse, FeedbackRequest, HookRequest
 from ..config import Settings
 from ..deps import engine
 from ..deps import settings as app_settings
-from ..fhir_fetch import FetchError, FhirFetcher, fill_template
+from ..fhir_fetch import FetchError, fetch_queries, fill_template
+from ..offload import run_cpu
 from ..problems import ProblemError
 
 router = APIRouter(tags=["CDS Hooks"])
@@ -76,13 +77,13 @@ def _verifier(issuers: str, allowlist: str) -> JwtVerifier:
     return verifier_from_settings(issuers, [u.strip() for u in allowlist.split(",") if u.strip()])
 
 
-def _authorize(request: Request, settings: Settings) -> None:
+async def _authorize(request: Request, settings: Settings) -> None:
     if settings.cds_auth.lower() == "off":
         return
     audience = (settings.cds_public_base_url.rstrip("/") + request.url.path) if settings.cds_public_base_url \
         else str(request.url.replace(query=""))
     try:
-        _verifier(settings.cds_issuers, settings.cds_jku_allowlist).verify(
+        await _verifier(settings.cds_issuers, settings.cds_jku_allowlist).verify_async(
             request.headers.get("authorization"), audience)
     except AuthError as e:
         log.warning("cds auth refused", extra={"reason": e.reason, "path": request.url.path})
@@ -104,15 +105,25 @@ def _operation_outcome(status: int, text: str, diagnostics: str) -> JSONResponse
         status_code=status, media_type="application/fhir+json")
 
 
-def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...]) -> tuple[list[Any], list[str], list[str]]:
+async def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...]) -> tuple[list[Any], list[str], list[str]]:
     """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys, notes)."""
     prefetch = hook.prefetch or {}
-    fetcher: Optional[FhirFetcher] = None
     resources: list[Any] = []
     missing: list[str] = []
     notes: list[str] = []
-    templates = _prefetch(loinc)
-    for key, template in templates.items():
+    paged_values: dict[str, Any] = {}
+    to_fetch: dict[str, str] = {}
+
+    def cannot(key: str, why: str) -> None:
+        if key in paged_values:
+            resources.append(paged_values[key])
+            notes.append(f"prefetch '{key}' holds only its first page ({why})")
+        elif key in REQUIRED_KEYS:
+            missing.append(f"{key}: {why}")
+        else:
+            notes.append(f"'{key}' could not be had ({why})")
+
+    for key, template in _prefetch(loinc).items():
         value = prefetch.get(key, ...)
         if value is None:              # the EHR has no such data
             continue
@@ -122,24 +133,29 @@ def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...]) -> tu
         if not needs_fetch and not paged:
             resources.append(value)
             continue
+        if paged:
+            paged_values[key] = value
         try:
-            if fetcher is None:
-                if not hook.fhirServer:
-                    raise FetchError("no fhirServer was given")
-                if hook.fhirAuthorization is None:   # every FHIR call carries the EHR's access token
-                    raise FetchError("no fhirAuthorization access token was given for the fhirServer")
-                fetcher = FhirFetcher(hook.fhirServer, hook.fhirAuthorization.access_token if hook.fhirAuthorization
-                                      else None, settings.fhir_timeout_seconds, settings.fhir_max_pages,
-                                      settings.fhir_allow_private)
-            resources.append(fetcher.get(fill_template(template, hook.context, None)))
+            if not hook.fhirServer:
+                raise FetchError("no fhirServer was given")
+            if hook.fhirAuthorization is None:   # every FHIR call carries the EHR's access token
+                raise FetchError("no fhirAuthorization access token was given for the fhirServer")
+            to_fetch[key] = fill_template(template, hook.context, None)
         except FetchError as e:
-            if paged:
-                resources.append(value)
-                notes.append(f"prefetch '{key}' holds only its first page ({e})")
-            elif key in REQUIRED_KEYS:
-                missing.append(f"{key}: {e}")
-            else:
-                notes.append(f"'{key}' could not be had ({e})")
+            cannot(key, str(e))
+    if to_fetch:
+        assert hook.fhirServer and hook.fhirAuthorization
+        outcomes = await fetch_queries(hook.fhirServer, hook.fhirAuthorization.access_token, to_fetch,
+                                       deadline_seconds=settings.fhir_deadline_seconds,
+                                       max_pages=settings.fhir_max_pages, allow_private=settings.fhir_allow_private,
+                                       allow_loopback=settings.fhir_allow_loopback)
+        for key, out in outcomes.items():
+            if out.resources is None:
+                cannot(key, out.note or "the FHIR server could not be used")
+                continue
+            resources.append(out.resources)
+            if out.note:
+                notes.append(f"'{key}' is partial ({out.note})")
     return resources, missing, notes
 
 
@@ -168,11 +184,12 @@ _CALL_ERRORS = {400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM,
              responses=_CALL_ERRORS)
 async def call_service(service_id: str, request: Request, eng: Engine = Depends(engine),
                        settings: Settings = Depends(app_settings)) -> Any:
-    _authorize(request, settings)
+    await _authorize(request, settings)
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
     try:
-        raw = load_document(await request.body(), name="CDS Hooks request", max_bytes=settings.cds_max_body_bytes)
+        raw = await run_cpu(load_json_document, await request.body(), "CDS Hooks request",
+                            settings.cds_max_body_bytes, settings.max_depth, settings.max_fhir_nodes)
         hook = HookRequest.model_validate(raw)
     except CaseError as e:
         raise ProblemError(400, "Invalid CDS Hooks request", str(e.problems[0].msg) if e.problems else "") from None
@@ -185,7 +202,7 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     if not isinstance(patient_id, str) or not patient_id:
         raise ProblemError(400, "Invalid CDS Hooks request", "context.patientId is required")
 
-    resources, missing, notes = _gather(hook, settings, tuple(sorted(eng.kb.loinc)))
+    resources, missing, notes = await _gather(hook, settings, tuple(sorted(eng.kb.loinc)))
     if missing:
         why = "; ".join(missing) + _prefetch_mismatch(hook, _prefetch(tuple(sorted(eng.kb.loinc))), patient_id)
         log.warning("cds no data", extra={"hook_instance": hook.hookInstance, "service": service_id,
@@ -201,9 +218,10 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     problems: list[str] = []
     mismatch = False
     try:
-        mapped = fhir.map_bundle(resources + drafts, patient_id=patient_id, as_of=today, include_draft=True)
+        mapped = await run_cpu(partial(fhir.map_bundle, resources + drafts, patient_id=patient_id, as_of=today,
+                                       include_draft=True))
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
-        assessment = eng.assess(mapped.case, partial=True)
+        assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True))
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
     except fhir.FhirMappingError as e:
         mismatch = any(p.loc == "subject" for p in e.problems)
@@ -288,15 +306,16 @@ def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional
 @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards",
              responses={400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM})
 async def feedback(service_id: str, request: Request, settings: Settings = Depends(app_settings)) -> JSONResponse:
-    _authorize(request, settings)
+    await _authorize(request, settings)
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
     try:
-        body = FeedbackRequest.model_validate(load_document(await request.body(), name="feedback"))
+        body = FeedbackRequest.model_validate(load_json_document(await request.body(), "feedback",
+                                                                 settings.max_body_bytes, settings.max_depth))
     except CaseError as e:
         raise ProblemError(400, "Invalid feedback", e.problems[0].msg if e.problems else "") from None
     except ValidationError as e:
         raise ProblemError(400, "Invalid feedback", "", problems_from_validation(e)) from None
     from ..feedback import store_for   # SQLAlchemy is loaded on first feedback, not at start-up
-    stored = store_for(settings.feedback_db_url).add(service_id, body.feedback)   # committed before we answer
+    stored = await store_for(settings.feedback_db_url).add_async(service_id, body.feedback)   # committed first
     return JSONResponse({"stored": stored})
