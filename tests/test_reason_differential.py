@@ -107,5 +107,5 @@ def test_why_not_explains_a_rule_that_did_not_fire():
     facts = {"anc": 0.7, "anc_max": 0.7, "temperature_c": 37.0}
     reasons = PLAIN.why_not("alerts.agranulocytosis", facts)
     assert reasons and "anc" in reasons[0] and "0.7" in reasons[0]
-    assert PLAIN.why_not("alerts.agranulocytosis", {"anc": 0.4}) == []
+    assert PLAIN.why_not("alerts.agranulocytosis", {"anc": 0.4, "anc_max": 0.4}) == []
     assert "absent" in PLAIN.why_not("alerts.agranulocytosis", {})[0]

@@ -150,9 +150,12 @@ def _known_inputs():
     """pytest.param(operation path, method, Case keyword arguments, expected status)."""
     for f in sorted(CASES.rglob("*.yaml")):
         rel = f.relative_to(CASES).as_posix()
-        bad = rel.startswith("bad_input/")
-        yield pytest.param("/v1/assess", "POST", {"body": yaml.safe_load(f.read_text()), "media_type": "application/yaml"},
-                           422 if bad else 200, id=f"assess:{rel}")
+        doc = yaml.safe_load(f.read_text())
+        expect = doc.get("expect") or {}
+        partial = expect.get("mode") == "partial"      # EHR-shaped data: assessed with ?partial=true
+        bad = rel.startswith("bad_input/") or "error" in expect
+        kwargs = {"body": doc, "media_type": "application/yaml", **({"query": {"partial": "true"}} if partial else {})}
+        yield pytest.param("/v1/assess", "POST", kwargs, 422 if bad else 200, id=f"assess:{rel}")
     yield pytest.param("/v1/assess/fhir", "POST", {"body": _BUNDLE, "media_type": FHIR_JSON}, 200,
                        id="assess-fhir")
     yield pytest.param("/v1/assess/fhir", "POST",
