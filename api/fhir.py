@@ -62,12 +62,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Optional, Union
 
-from ..engine.assessment import NotAssessed
-from ..engine.case import MAX_LABS
-from ..engine.errors import Problem
-from ..engine.timeutil import utc_naive
-from ..engine.kb import KnowledgeBase, default as default_kb
-from ..engine.units import conversion_factor, registry
+from leukodx.engine.assessment import NotAssessed
+from leukodx.engine.case import MAX_LABS
+from leukodx.engine.errors import Problem
+from leukodx.engine.timeutil import utc_naive
+from leukodx.engine.kb import KnowledgeBase, default as default_kb
+from leukodx.engine.units import conversion_factor, registry
 
 __all__ = ["FhirMappingError", "Mapped", "resources_from", "bundle_to_case", "map_bundle", "MAX_DEPTH", "MAX_RESOURCES"]
 

@@ -1,2 +1,4 @@
-"""leukodx: leukopenia diagnostic decision support."""
-__version__ = "0.1.0"
+"""The leukodx command line: ``leukodx assess | replay | rules | schema | serve | feedback``."""
+from .main import main
+
+__all__ = ["main"]

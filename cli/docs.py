@@ -9,7 +9,7 @@
                   every catalogue entry with its sources, the rules concluding it and the cases expecting it
     sources.md    every source with its links, what it supports, how it was checked, and who cites it
 
-Which cases fire a rule comes from replaying the case files (:mod:`leukodx.replay`, so with the
+Which cases fire a rule comes from replaying the case files (:mod:`leukodx.cli.replay`, so with the
 installed engine). Anchors are the ids themselves (``rules.md#drug_induced.chemotherapy``). The
 output depends only on the knowledge base, the case files and the output folder (case links are
 relative to it), so the same input gives byte-identical files.
@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from leukodx.engine.conditions import describe
 from leukodx.engine.kb import CatalogueEntry, Conclusion, KnowledgeBase, Rule, Source, load
-from leukodx.replay import find_case_files, replay_file
+from leukodx.cli.replay import find_case_files, replay_file
 
 __all__ = ["write_docs", "add_arguments", "main"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from leukodx.engine import CaseError, assess
 from leukodx.engine.render import to_json
-from leukodx.replay import find_case_files
+from leukodx.cli.replay import find_case_files
 
 from conftest import CASES, free_port, start_server, stop_server
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from leukodx.replay import coverage, find_case_files, replay_file
+from leukodx.cli.replay import coverage, find_case_files, replay_file
 
 from conftest import CASES
 

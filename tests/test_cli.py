@@ -89,3 +89,19 @@ def test_replay_in_parallel_gives_the_same_results():
     one = json.loads(run("replay", str(CASES), "--format", "json").stdout)
     two = json.loads(run("replay", str(CASES), "--format", "json", "--jobs", "2").stdout)
     assert one == two
+
+
+def test_rules_check_reads_the_knowledge_base_given(tmp_path):
+    """`--rules DIR` checks a copy being edited: a defect there fails, the installed one is untouched."""
+    import shutil
+    from leukodx.engine.kb import rules_dir
+    copy = tmp_path / "rules"
+    shutil.copytree(rules_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    ok = subprocess.run([LEUKODX, "rules", "check", "--rules", str(copy)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: ")
+    alerts = copy / "logic" / "alerts.yaml"
+    alerts.write_text(alerts.read_text().replace("tpmt_phenotype: poor}", "tpmt_phenotype: poor, bogus_fact: true}"))
+    bad = subprocess.run([LEUKODX, "rules", "check", "--rules", str(copy)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown fact 'bogus_fact'" in bad.stderr

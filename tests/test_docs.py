@@ -1,4 +1,4 @@
-"""The reviewer's reference (`leukodx.docs`): every rule, catalogue entry and source is documented,
+"""The reviewer's reference (`leukodx.cli.docs`): every rule, catalogue entry and source is documented,
 links resolve, cases that fire a rule are linked, and the output is deterministic."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from leukodx import docs
+from leukodx.cli import docs
 from leukodx.engine.kb import KnowledgeBase, load
-from leukodx.replay import find_case_files, replay_file
+from leukodx.cli.replay import find_case_files, replay_file
 
 CASES = Path(__file__).parents[1] / "cases"
 PAGES = ("index", "rules", "causes", "steps", "alerts", "findings", "sources")

@@ -9,7 +9,7 @@ import yaml
 
 from leukodx.engine import Engine, KnowledgeBaseError
 from leukodx.engine.kb import load, rules_dir
-from leukodx.replay import find_case_files, replay_file
+from leukodx.cli.replay import find_case_files, replay_file
 
 from conftest import CASES
 

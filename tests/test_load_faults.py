@@ -26,7 +26,7 @@ from leukodx.api.config import Settings
 from leukodx.api.feedback import FeedbackStore
 from leukodx.engine import CaseError, assess
 from leukodx.engine.render import to_json
-from leukodx.replay import find_case_files
+from leukodx.cli.replay import find_case_files
 
 from conftest import CASES, free_port, start_server, stop_server
 from test_cds_hooks import CBC_SEVERE, prefetch

@@ -9,7 +9,7 @@ import pytest
 from conftest import CASES, LOG_CAPTURE
 from leukodx.engine import CaseError
 from leukodx.engine.parse import load_document
-from leukodx.replay import find_case_files
+from leukodx.cli.replay import find_case_files
 
 TOKENS = ["right-token", "wrong-token", "some-opaque-fhir-access-token", "Bearer ey"]
 PLANTED = ["secret-case-id-4242", "Rarecondition"]

@@ -2,7 +2,7 @@
 
     leukodx assess FILE [--format json|text] [--ctcae 5.0|6.0] [--partial]
     leukodx schema case
-    leukodx rules check | list | show ID | docs --out DIR [--cases DIR]
+    leukodx rules check | list | show ID | docs --out DIR [--cases DIR] [--rules DIR]
     leukodx replay PATH... (see `leukodx replay --help`)
     leukodx serve [--host 127.0.0.1] [--port 8000] [--workers N]
     leukodx feedback export [--db URL] [--out FILE]
@@ -42,9 +42,9 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _rules(args: argparse.Namespace) -> int:
     from leukodx.engine.kb import load
-    kb = load()
+    kb = load(Path(args.rules) if args.rules else None)
     if args.action == "docs":
-        from leukodx.docs import main as docs_main
+        from leukodx.cli.docs import main as docs_main
         if not args.out:
             raise SystemExit("leukodx rules docs: give --out DIR")
         return docs_main(args)
@@ -107,7 +107,7 @@ def _feedback(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from leukodx.replay import main as replay_main
+    from leukodx.cli.replay import main as replay_main
     return replay_main(args)
 
 
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("id", nargs="?", help="rule id, for show")
     r.add_argument("--out", help="folder for the reviewer's reference, for docs")
     r.add_argument("--cases", help="case folder linked from the reference (default: ./cases if present)")
+    r.add_argument("--rules", metavar="DIR", help="the knowledge base to read (default: the installed rules/), "
+                                                 "e.g. a copy being edited")
     r.set_defaults(func=_rules)
     sv = sub.add_parser("serve", help="run the REST and CDS Hooks API (uvicorn)")
     sv.add_argument("--host", default="127.0.0.1")
@@ -141,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--db", help="SQLAlchemy URL (default: LEUKODX_FEEDBACK_DB_URL or sqlite:///leukodx-feedback.db)")
     fb.add_argument("--out", help="write JSON lines here instead of standard output")
     fb.set_defaults(func=_feedback)
-    from leukodx.replay import add_arguments
+    from leukodx.cli.replay import add_arguments
     rp = sub.add_parser("replay", help="replay case files against their expectations")
     add_arguments(rp)
     rp.set_defaults(func=_replay)
