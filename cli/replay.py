@@ -14,14 +14,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Annotated, Any, Iterable, Literal, Optional
 from xml.sax.saxutils import escape, quoteattr
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from leukodx.engine import CaseError, Engine, get_engine
 from leukodx.engine.assessment import Assessment
-from leukodx.engine.case import Expect
 from leukodx.engine.parse import load_document, problems_from_validation
 
 __all__ = ["CaseResult", "Failure", "find_case_files", "replay_file", "check", "add_arguments", "main"]
@@ -45,6 +44,35 @@ class CaseResult:
     fired: list[str] = field(default_factory=list)
     expected_ids: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+class Expect(BaseModel):
+    """Expected outcome of a case file (its `expect` block), checked by `leukodx replay`. Unknown keys are
+    an error. Part of the case-file format, not of the engine's case contract."""
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    risk_tier: Optional[Literal["normal", "mild", "moderate", "severe", "profound", "unknown"]] = None
+    top_cause: Optional[str] = None
+    top3_include: list[str] = []
+    causes_include: list[str] = []
+    causes_exclude: list[str] = []
+    steps_include: list[str] = []
+    steps_exclude: list[str] = []
+    alerts_include: list[str] = []
+    alerts_exclude: list[str] = []
+    findings_include: list[str] = []
+    findings_exclude: list[str] = []
+    ctcae: Optional[dict[Literal["wbc", "anc", "lymphocytes"], Annotated[int, Field(ge=0, le=4)]]] = None
+    error: Optional[str] = None
+    mode: Literal["strict", "partial"] = Field(
+        "strict", description="assess strictly (a person's case) or partially (EHR data: unreadable items left out)")
+    tier_at_least: Optional[Literal["mild", "moderate", "severe", "profound", "none"]] = Field(
+        None, description="the tier the WBC bounds the ANC to; 'none' when it must not bound it")
+    anc: Optional[Annotated[float, Field(ge=0)]] = None
+    anc_source: Optional[Literal["reported", "derived", "lower_of_reported_and_derived", "bounded_by_wbc"]] = None
+    cbc_current: Optional[bool] = None
+    not_assessed_include: list[str] = Field([], description="fields (or their prefixes) listed as not assessed")
+
 
 
 def find_case_files(paths: Iterable[str]) -> list[Path]:

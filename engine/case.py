@@ -10,8 +10,9 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-__all__ = ["Case", "Lab", "Medication", "Dose", "Patient", "History", "Transplant", "Expect", "SMEAR_FINDINGS",
+__all__ = ["Case", "Lab", "Medication", "Dose", "Patient", "History", "Transplant", "SMEAR_FINDINGS",
            "MAX_LABS", "MAX_MEDICATIONS"]
 
 MAX_LABS = 2000
@@ -105,32 +106,6 @@ class History(_Model):
     smear_findings: Annotated[list[SmearFinding], Field(max_length=len(SMEAR_FINDINGS))] = []
 
 
-class Expect(_Model):
-    """Expected outcome of a case file, checked by `leukodx replay`. Unknown keys are an error."""
-
-    risk_tier: Optional[Literal["normal", "mild", "moderate", "severe", "profound", "unknown"]] = None
-    top_cause: Optional[str] = None
-    top3_include: list[str] = []
-    causes_include: list[str] = []
-    causes_exclude: list[str] = []
-    steps_include: list[str] = []
-    steps_exclude: list[str] = []
-    alerts_include: list[str] = []
-    alerts_exclude: list[str] = []
-    findings_include: list[str] = []
-    findings_exclude: list[str] = []
-    ctcae: Optional[dict[Literal["wbc", "anc", "lymphocytes"], Annotated[int, Field(ge=0, le=4)]]] = None
-    error: Optional[str] = None
-    mode: Literal["strict", "partial"] = Field(
-        "strict", description="assess strictly (a person's case) or partially (EHR data: unreadable items left out)")
-    tier_at_least: Optional[Literal["mild", "moderate", "severe", "profound", "none"]] = Field(
-        None, description="the tier the WBC bounds the ANC to; 'none' when it must not bound it")
-    anc: Optional[Annotated[float, Field(ge=0)]] = None
-    anc_source: Optional[Literal["reported", "derived", "lower_of_reported_and_derived", "bounded_by_wbc"]] = None
-    cbc_current: Optional[bool] = None
-    not_assessed_include: list[str] = Field([], description="fields (or their prefixes) listed as not assessed")
-
-
 class Case(_Model):
     id: Annotated[str, Field(min_length=1, max_length=200)] = "case"
     title: Optional[Annotated[str, Field(max_length=MAX_TEXT)]] = None
@@ -140,7 +115,8 @@ class Case(_Model):
     labs: Annotated[list[Lab], Field(max_length=MAX_LABS, validate_default=True)] = []
     medications: Annotated[list[Medication], Field(max_length=MAX_MEDICATIONS)] = []
     history: History = History()
-    expect: Optional[Expect] = None
+    expect: SkipJsonSchema[Optional[dict[str, Any]]] = Field(
+        None, description="a case file's expected outcome, read by `leukodx replay` (cli/replay.py); ignored here")
 
     @field_validator("labs")
     @classmethod
