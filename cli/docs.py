@@ -8,6 +8,8 @@
     causes.md, steps.md, alerts.md, findings.md
                   every catalogue entry with its sources, the rules concluding it and the cases expecting it
     sources.md    every source with its links, what it supports, how it was checked, and who cites it
+    facts.md      every fact a rule can read (rules/facts.yaml): type, values, producer, meaning, and the
+                  rules that read it
 
 Which cases fire a rule comes from replaying the case files (:mod:`leukodx.cli.replay`, so with the
 installed engine). Anchors are the ids themselves (``rules.md#drug_induced.chemotherapy``). The
@@ -159,7 +161,8 @@ def _index(kb: KnowledgeBase, titles: dict[str, str], usage: CaseUsage) -> list[
              "## Pages", "", "- [Rules](rules.md): every rule by family, with its condition, conclusions, "
              "sources and the cases that fire it"]
     lines += [f"- [{heading}]({page}.md)" for page, _, _, heading in CATALOGUES]
-    lines += ["- [Sources](sources.md): every source, what it supports and how it was checked", "",
+    lines += ["- [Sources](sources.md): every source, what it supports and how it was checked",
+              "- [Facts](facts.md): every fact a rule can read, its type, values and meaning", "",
               "## Families", "", "| family | stage | title | rules |", "|---|---:|---|---:|"]
     for family, rules in kb.families.items():
         stage = rules[0].stage if rules else ""
@@ -274,6 +277,29 @@ def _sources(kb: KnowledgeBase) -> list[str]:
 
 # ---- entry points ------------------------------------------------------------------------------
 
+# ---- facts.md ----------------------------------------------------------------------------------
+
+def _facts(kb: KnowledgeBase) -> list[str]:
+    lines = ["# Facts a rule can read", "", "From `rules/facts.yaml`: the one table the rule compiler, "
+             "`leukodx rules check` and this page read. A `{...}` in a name stands for every id of that "
+             "catalogue. [Index](index.md)", "", "| fact | type | values | producer | meaning | read by |",
+             "|---|---|---|---|---|---|"]
+    readers: dict[int, list[str]] = {}
+    for r in kb.rules:
+        for name in r.facts:
+            spec = kb.facts.spec(name)
+            if spec is not None:
+                readers.setdefault(id(spec), []).append(r.id)
+    for spec in kb.facts.specs:
+        rules = sorted(set(readers.get(id(spec), [])))
+        shown = ", ".join(_id_link("rules.md", r) for r in rules[:6]) + (f" and {len(rules) - 6} more"
+                                                                          if len(rules) > 6 else "")
+        values = ", ".join(_code(v) for v in spec.values) if spec.values else ""
+        lines.append(f"| {_code(spec.name)} | {spec.type} | {values} | {spec.producer} | {md(spec.meaning)} | "
+                     f"{shown or 'no rule yet'} |")
+    return lines
+
+
 def write_docs(out_dir: Path, cases_dir: Optional[Path] = None, kb: Optional[KnowledgeBase] = None) -> list[Path]:
     """Write the reference pages into out_dir (created if needed) and return their paths.
 
@@ -288,6 +314,7 @@ def write_docs(out_dir: Path, cases_dir: Optional[Path] = None, kb: Optional[Kno
     for page, kind, expect_key, heading in CATALOGUES:
         pages[page] = _catalogue(kb, page, kind, expect_key, heading, usage)
     pages["sources"] = _sources(kb)
+    pages["facts"] = _facts(kb)
     return [_write(out_dir / f"{name}.md", lines) for name, lines in pages.items()]
 
 

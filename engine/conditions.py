@@ -18,7 +18,7 @@ durable-rules evaluates it. The same parsed condition compiles to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 __all__ = ["Node", "Cmp", "Exists", "All", "Any_", "ConditionError", "parse", "to_durable", "evaluate",
            "compile_python", "explain", "facts_used", "describe"]
@@ -67,9 +67,11 @@ class Any_:
 Node = Union[Cmp, Exists, All, Any_]
 
 
-def parse(raw: Any, thresholds: dict[str, float], fact_type: Callable[[str], type | None]) -> Node:
+def parse(raw: Any, thresholds: dict[str, float], fact_type: Callable[[str], type | None],
+          check_value: Callable[[str, Any], Optional[str]] = lambda name, value: None) -> Node:
     """Parse a YAML condition. ``fact_type(name)`` gives a fact's type (float, bool, str) or None
-    when the fact is unknown; ``$name`` values are looked up in ``thresholds``."""
+    when the fact is unknown; ``check_value(name, value)`` says why a text value is not one the fact
+    can take (None when it is); ``$name`` values are looked up in ``thresholds``."""
 
     def operand(fact: str, value: Any, where: str) -> Union[float, str, bool, Ref]:
         want = fact_type(fact)
@@ -96,6 +98,9 @@ def parse(raw: Any, thresholds: dict[str, float], fact_type: Callable[[str], typ
             return value
         if not isinstance(value, str):
             raise ConditionError(f"{where}: {fact} is text, got {value!r}")
+        why = check_value(fact, value)
+        if why:
+            raise ConditionError(f"{where}: {why}")
         return value
 
     def node(raw: Any, where: str) -> Node:

@@ -27,7 +27,7 @@ def _by_conclusion(firings: list[Firing], kind: str) -> dict[str, list[Firing]]:
 
 def _source_out(kb: KnowledgeBase, sid: str) -> SourceOut:
     """The catalogue entry as it appears in an assessment (built once per knowledge base)."""
-    cache: dict[str, SourceOut] = kb.__dict__.setdefault("_source_out", {})
+    cache: dict[str, SourceOut] = kb.derived.setdefault("source_out", {})
     if sid not in cache:
         cache[sid] = SourceOut(**kb.sources[sid].model_dump(include={"id", "citation", "year", "kind", "pmid",
                                                                        "doi", "url"}))

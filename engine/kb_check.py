@@ -1,0 +1,46 @@
+"""Cross-checks of a loaded knowledge base: every id a rule, catalogue entry, threshold, drug or
+table cites exists, every source is cited, every catalogue entry is concluded by some rule."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .kb import KnowledgeBase
+
+__all__ = ["check_references"]
+
+
+def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
+    cited: set[str] = set()
+
+    def need(ids: Any, where: str) -> None:
+        for s in ids or []:
+            cited.add(s)
+            if s not in kb.sources:
+                problems.append(f"{where}: unknown source id {s!r}")
+
+    for r in kb.rules:
+        need(r.sources, f"{r.file}: {r.id}")
+    for name, cat in (("causes", kb.causes), ("steps", kb.steps), ("alerts", kb.alerts), ("findings", kb.findings)):
+        for e in cat.values():
+            need(e.sources, f"{name}.yaml: {e.id}")
+    for cause in kb.causes.values():
+        for cls in cause.drug_classes:
+            if cls not in kb.drug_classes:
+                problems.append(f"causes.yaml: {cause.id}: unknown drug class {cls!r}")
+    for k, t in kb.thresholds.items():
+        need(t.get("sources"), f"thresholds.yaml: {k}")
+    for d in kb.drugs:
+        need(d.get("sources"), f"drugs.yaml: {d.get('id')}")
+    need(kb.duffy_ancestry_sources, "conditions.yaml: duffy_prevalent_ancestry")
+    need(kb.ctcae.get("sources"), "ctcae.yaml")
+    for v in (kb.ctcae.get("versions") or {}).values():
+        need(v.get("sources"), "ctcae.yaml")
+    need(kb.cpic_source.get("leukodx_sources"), "pgx/cpic_thiopurine_recommendations_2020-05.json")
+    for s in sorted(set(kb.sources) - cited):
+        problems.append(f"sources: {s} is cited by nothing (remove it or cite it)")
+    fired_kinds = {(c.kind, getattr(c, c.kind)) for r in kb.rules for c in r.then}
+    for kind, cat in (("cause", kb.causes), ("step", kb.steps), ("alert", kb.alerts), ("finding", kb.findings)):
+        for cid in cat:
+            if (kind, cid) not in fired_kinds:
+                problems.append(f"{kind} {cid!r} is in the catalogue but no rule concludes it")

@@ -1,0 +1,119 @@
+"""Compile rules/logic/*.yaml: parse each condition against the fact vocabulary, check each
+conclusion against the catalogues, order the families into stages and pack them into durable-rules
+rulesets."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from . import conditions as C
+from .kb_models import CONCLUSION_KINDS, Conclusion, FamilySpec, Rule
+from .kb_read import read_yaml
+
+if TYPE_CHECKING:
+    from .kb import KnowledgeBase
+
+__all__ = ["compile_rules", "MAX_RULES_PER_RULESET"]
+
+
+def compile_rules(kb: KnowledgeBase, root: Path, problems: list[str]) -> None:
+    numbers = {k: float(v["value"]) for k, v in kb.thresholds.items() if isinstance(v, dict) and "value" in v}
+    produced_at: dict[str, int] = {}     # "finding_x" / "alert_x" -> stage that concludes it
+    specs: list[tuple[FamilySpec, str]] = []
+    for path in sorted((root / "logic").glob("*.yaml")):
+        raw = read_yaml(path, problems)
+        try:
+            specs.append((FamilySpec.model_validate(raw), path.name))
+        except ValidationError as err:
+            for e in err.errors()[:5]:
+                problems.append(f"logic/{path.name}: {e['msg']} at {'.'.join(map(str, e['loc']))}")
+    specs.sort(key=lambda s: (s[0].stage, s[0].family))
+    seen: set[str] = set()
+    for fam, _ in specs:
+        for r in fam.rules:
+            for c in r.then:
+                if c.kind in ("finding", "alert"):
+                    name = f"{c.kind}_{getattr(c, c.kind)}"
+                    produced_at[name] = min(produced_at.get(name, fam.stage), fam.stage)
+    order = 0
+    for fam, fname in specs:
+        if fam.family in kb.families:
+            problems.append(f"logic/{fname}: family {fam.family!r} defined twice")
+        kb.families[fam.family] = []
+        kb.family_titles[fam.family] = fam.title
+        for r in fam.rules:
+            where = f"logic/{fname}: {r.id}"
+            if r.id in seen:
+                problems.append(f"{where}: duplicate rule id")
+            seen.add(r.id)
+            try:
+                node = C.parse(r.when, numbers, kb.facts.type_of, kb.facts.check_value)
+            except C.ConditionError as e:
+                problems.append(f"{where}: condition does not compile: {e}")
+                continue
+            for name in C.facts_used(node):
+                if name.startswith(("finding_", "alert_")):
+                    if name not in produced_at:
+                        problems.append(f"{where}: reads {name}, which no rule concludes")
+                    elif produced_at[name] >= fam.stage:
+                        problems.append(f"{where}: reads {name} concluded at stage {produced_at[name]}; "
+                                        f"a rule may only read findings and alerts of earlier stages")
+            for c in r.then:
+                problems.extend(f"{where}: {p}" for p in _check_conclusion(kb, c))
+            rule = Rule(id=r.id, family=fam.family, stage=fam.stage, order=order, statement=r.statement,
+                        rationale=r.rationale, condition=node, durable=C.to_durable(node), then=tuple(r.then),
+                        sources=tuple(r.sources), facts=tuple(C.facts_used(node)), file=f"logic/{fname}",
+                        test=C.compile_python(node))
+            order += 1
+            kb.rules.append(rule)
+            kb.families[fam.family].append(rule)
+    for fam, _ in specs:
+        if not kb.stages or kb.stages[-1][0] != fam.stage:
+            kb.stages.append((fam.stage, []))
+        kb.stages[-1][1].append(fam.family)
+    _pack_rulesets(kb)
+    kb._by_id = {r.id: r for r in kb.rules}
+
+
+MAX_RULES_PER_RULESET = 60
+
+
+def _pack_rulesets(kb: KnowledgeBase) -> None:
+    """Whole families of one stage packed into as few rulesets as durable-rules' limits allow
+    (first fit, largest family first; a family is never split). Fewer rulesets, fewer sessions."""
+    for stage, families in kb.stages:
+        packs: list[list[str]] = []
+        for family in sorted(families, key=lambda f: (-len(kb.families[f]), f)):
+            room = next((p for p in packs if sum(len(kb.families[f]) for f in p) + len(kb.families[family])
+                         <= MAX_RULES_PER_RULESET), None)
+            if room is None:
+                packs.append(room := [])
+            room.append(family)
+        names = ["+".join(sorted(p)) for p in packs]
+        for name in names:
+            kb.rulesets[name] = [r for f in name.split("+") for r in kb.families[f]]
+        kb.stage_rulesets.append((stage, names))
+
+
+def _check_conclusion(kb: KnowledgeBase, c: Conclusion) -> list[str]:
+    set_fields = [k for k in CONCLUSION_KINDS if getattr(c, k) is not None]
+    if len(set_fields) != 1:
+        return [f"a conclusion needs exactly one of finding/alert/cause/step/block_step/missing/warning, got {set_fields}"]
+    kind = set_fields[0]
+    value = getattr(c, kind)
+    catalogue = {"finding": kb.findings, "alert": kb.alerts, "cause": kb.causes, "step": kb.steps,
+                 "block_step": kb.steps}.get(kind)
+    out = []
+    if catalogue is not None and value not in catalogue:
+        out.append(f"unknown {kind} id {value!r}")
+    if kind == "cause" and c.weight is None:
+        out.append(f"cause {value} needs a weight")
+    if kind != "cause" and c.weight is not None:
+        out.append("weight only goes with cause")
+    if kind == "step" and c.urgency is None:
+        out.append(f"step {value} needs an urgency")
+    if kind != "step" and c.urgency is not None:
+        out.append("urgency only goes with step")
+    return out

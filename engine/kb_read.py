@@ -1,0 +1,92 @@
+"""Reading rules/: YAML (safe, libyaml when available), catalogue entries validated one by one,
+vocabulary patterns, the PharmCAT diplotype tables, and the knowledge base's version hash. Every
+problem is appended to ``problems`` rather than raised, so that `leukodx rules check` lists them all."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import ValidationError
+
+from .kb_models import CatalogueEntry
+
+__all__ = ["read_yaml", "version_of", "patterns", "entries", "catalogue", "diplotypes"]
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when available: 10x faster
+
+
+def read_yaml(path: Path, problems: list[str]) -> Any:
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+    except (OSError, yaml.YAMLError) as e:
+        problems.append(f"{path.name}: cannot read: {e}")
+        return None
+
+
+def version_of(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix in (".yaml", ".json") :
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(b"\0")
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def patterns(items: list[str], where: str, problems: list[str]) -> re.Pattern[str]:
+    """One case-insensitive pattern matching any of the vocabulary's patterns, each anchored at a
+    word start (patterns that begin with \\b or a group anchor themselves)."""
+    parts = []
+    for p in items:
+        part = p if p.startswith(("\\b", "(?")) else rf"(?<![\w]){p}"
+        try:
+            re.compile(part)
+        except re.error as e:
+            problems.append(f"{where}: bad pattern {p!r}: {e}")
+            continue
+        parts.append(f"(?:{part})")
+    return re.compile("|".join(parts) or r"(?!)", re.IGNORECASE)
+
+
+def entries(model: type[Any], items: Any, where: str, problems: list[str], into: Optional[dict[str, Any]] = None
+             ) -> dict[str, Any]:
+    """Validate a list of catalogue entries (each with an `id`), reporting bad entries and duplicates."""
+    out: dict[str, Any] = {} if into is None else into
+    for i, raw in enumerate(items or []):
+        try:
+            e = model.model_validate(raw)
+        except ValidationError as err:
+            problems.append(f"{where}[{i}]: {err.errors()[0]['msg']} at {err.errors()[0]['loc']}")
+            continue
+        if e.id in out:
+            problems.append(f"{where}: duplicate id {e.id!r}")
+        out[e.id] = e
+    return out
+
+
+def catalogue(data: Any, key: str, name: str, problems: list[str]) -> dict[str, CatalogueEntry]:
+    return entries(CatalogueEntry, (data or {}).get(key, []), name, problems)
+
+
+def diplotypes(root: Path, problems: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    words = {"Normal Metabolizer": "normal", "Intermediate Metabolizer": "intermediate",
+             "Possible Intermediate Metabolizer": "possible_intermediate", "Poor Metabolizer": "poor",
+             "Indeterminate": "indeterminate"}
+    for gene in ("TPMT", "NUDT15"):
+        try:
+            data = json.loads((root / "pgx" / f"{gene}_phenotype.json").read_text())
+        except (OSError, ValueError) as e:
+            problems.append(f"pgx/{gene}_phenotype.json: {e}")
+            continue
+        table: dict[str, str] = {}
+        for d in data["diplotypes"]:
+            a, b = d["diplotype"].split("/")
+            table[f"{a}/{b}"] = table[f"{b}/{a}"] = words[d["phenotype"]]
+        out[gene.lower()] = table
+    return out
