@@ -14,7 +14,7 @@ from leukodx.engine.kb import KnowledgeBase, load
 from leukodx.cli.replay import find_case_files, replay_file
 
 CASES = Path(__file__).parents[1] / "cases"
-PAGES = ("index", "rules", "causes", "steps", "alerts", "findings", "sources")
+PAGES = ("index", "rules", "causes", "steps", "alerts", "findings", "sources", "facts")
 
 
 def _plain(text: str) -> str:
