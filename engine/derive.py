@@ -21,11 +21,6 @@ from .samples import DIFFERENTIAL_TESTS, Sample, age_days, group_samples
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
 
-_SUSPECT_CLASSES = ("thiopurine", "immunosuppressant", "cytotoxic_chemotherapy", "idiosyncratic_agranulocytosis",
-                    "antimicrobial_myelotoxic", "immune_checkpoint_inhibitor")
-# Anti-CD20 late-onset neutropenia appears weeks to months after the last dose, so the drug stays
-# a suspect for a year after it (longer than any onset reported by Wolach 2010 / Dunleavy 2010).
-_ANTI_CD20_SUSPECT_DAYS = 365
 _NUTRIENT_TESTS = ("vitamin_b12", "folate", "copper")
 _DERIVABLE = (("anc", ("neutrophils_pct", "bands_pct")), ("lymphocytes", ("lymphocytes_pct",)))
 
@@ -228,10 +223,11 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
 
     age = nc.case.patient.age_years
     if age is not None and age < 15:
-        warnings.append("The WBC (4.0) and anaemia (WHO adult) cutoffs are for adolescents and adults; children's "
-                        "reference ranges differ, so give the lab's age-specific lower limits (lln)."
-                        + (" The neutropenia tiers (ANC below 1.5) apply from 1 year of age; an infant's normal ANC "
-                           "can be lower." if age < 1 else ""))
+        warnings.append(f"The WBC ({kb.value('wbc_lln_default'):g}) and anaemia (WHO adult) cutoffs are for "
+                        f"adolescents and adults; children's reference ranges differ, so give the lab's age-specific "
+                        f"lower limits (lln)." + (f" The neutropenia tiers (ANC below {kb.value('neutropenia_anc'):g}) "
+                                                  f"apply from 1 year of age; an infant's normal ANC can be lower."
+                                                  if age < 1 else ""))
     if cbc is not None:
         _series_facts(kb, nc, samples, cbc, derived_points["anc"], facts)
     _patient_facts(kb, nc, facts)
@@ -260,11 +256,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                  f"{when}{bound}.")
     else:
         basis = "No ANC: neither an absolute neutrophil count nor a WBC with neutrophil percentage was given."
-    duffy_note = None
-    if nc.case.patient.duffy_null:
-        duffy_note = ("Duffy-null phenotype: the healthy neutrophil count is lower (median ANC 2.8 vs 5.0 x10^9/L; "
-                      "23.8% of Duffy-null people are below 2.0) and infections are not increased. The tier uses the "
-                      "standard cutoffs; a mild neutropenia may be this patient's normal.")
+    duffy_note = kb.duffy_null_note if nc.case.patient.duffy_null else None
     risk = RiskTier(tier=tier, anc=anc, basis=basis, anc_derived=bool(facts.get("anc_derived")),
                     anc_source=anc_source if cbc is not None else None, anc_time=_utc(anc_time), anc_age_days=anc_age,
                     anc_at_most=anc_at_most, tier_at_least=tier_at_least,
@@ -457,9 +449,9 @@ def _drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
             if med.dose_mg_kg_day is not None:
                 key = f"{stem}_dose_mg_kg_day"
                 facts[key] = _r(max(facts.get(key, 0.0), med.dose_mg_kg_day))
-        if recent and med.classes & set(_SUSPECT_CLASSES):
+        if recent and med.classes & kb.suspect_classes:
             suspect = True
-        if "anti_cd20" in med.classes and last_dose is not None and last_dose <= _ANTI_CD20_SUSPECT_DAYS:
+        if "anti_cd20" in med.classes and last_dose is not None and last_dose <= kb.value("anti_cd20_suspect_days"):
             suspect = True
     if suspect:
         facts["any_suspect_drug_recent"] = True

@@ -52,6 +52,9 @@ class KnowledgeBase:
     transplant_organs: dict[str, re.Pattern[str]]
     duffy_ancestry: re.Pattern[str]
     duffy_ancestry_sources: list[str]
+    duffy_null_note: str
+    oncologic_conditions: frozenset[str]
+    suspect_classes: frozenset[str]
     causes: dict[str, CatalogueEntry]
     steps: dict[str, CatalogueEntry]
     alerts: dict[str, CatalogueEntry]
@@ -105,7 +108,8 @@ def load(root: Path | None = None) -> KnowledgeBase:
     labs = read_yaml(root / "labs.yaml", problems) or {}
     tests = labs.get("tests", {})
     loinc = {code: test for test, spec in tests.items() for code in spec.get("loinc", [])}
-    drugs = (read_yaml(root / "drugs.yaml", problems) or {}).get("drugs", [])
+    drug_doc = read_yaml(root / "drugs.yaml", problems) or {}
+    drugs = drug_doc.get("drugs", [])
     classes = {c for d in drugs for c in d.get("classes", [])}
     classes |= {d[k] for d in drugs for k in ("subclass", "oncologic_class", "non_oncologic_class") if d.get(k)}
     vocab = read_yaml(root / "conditions.yaml", problems) or {}
@@ -124,7 +128,9 @@ def load(root: Path | None = None) -> KnowledgeBase:
         tests=tests, loinc=loinc, drugs=drugs, drug_classes=classes,
         conditions=conditions, transplant_organs=organs,
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),
-        duffy_ancestry_sources=duffy.get("sources", []),
+        duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),
+        oncologic_conditions=frozenset(vocab.get("oncologic", [])),
+        suspect_classes=frozenset(drug_doc.get("suspect_classes", [])),
         causes=catalogue(read_yaml(root / "causes.yaml", problems), "causes", "causes.yaml", problems),
         steps=catalogue(read_yaml(root / "steps.yaml", problems), "steps", "steps.yaml", problems),
         alerts=alerts, findings=findings,

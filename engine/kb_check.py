@@ -28,6 +28,12 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         for cls in cause.drug_classes:
             if cls not in kb.drug_classes:
                 problems.append(f"causes.yaml: {cause.id}: unknown drug class {cls!r}")
+    for cls in kb.suspect_classes - kb.drug_classes:
+        problems.append(f"drugs.yaml: suspect_classes: unknown drug class {cls!r}")
+    for cond in kb.oncologic_conditions - set(kb.conditions):
+        problems.append(f"conditions.yaml: oncologic: unknown condition {cond!r}")
+    if not kb.duffy_null_note:
+        problems.append("conditions.yaml: duffy_prevalent_ancestry needs a note")
     for k, t in kb.thresholds.items():
         need(t.get("sources"), f"thresholds.yaml: {k}")
     for d in kb.drugs:

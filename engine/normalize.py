@@ -24,8 +24,6 @@ from .vocabulary import DrugIndex, duffy_prevalent, match_conditions, match_orga
 
 __all__ = ["NormLab", "NormMed", "NormCase", "normalize", "PCT_TESTS"]
 
-# Conditions that make a drug with an oncologic/non-oncologic class (cyclophosphamide, methotrexate) oncologic.
-ONCOLOGIC_CONDITIONS = frozenset({"cancer", "solid_cancer", "acute_leukemia", "cll", "lymphoma", "myeloma"})
 PCT_TESTS = ("neutrophils_pct", "bands_pct", "lymphocytes_pct", "monocytes_pct", "eosinophils_pct",
              "basophils_pct", "blasts_pct")
 
@@ -268,7 +266,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     for med in case.medications:
         if med.indication:
             conditions.update(match_conditions(kb, med.indication))
-    oncologic = bool(conditions & ONCOLOGIC_CONDITIONS)
+    oncologic = bool(conditions & kb.oncologic_conditions)
 
     drugs = drugs or DrugIndex(kb)
     meds: list[NormMed] = []
@@ -284,7 +282,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
         if match is None:
             warnings.append(f"medications[{i}] {text!r} is not in leukodx's drug vocabulary; it was not assessed.")
             continue
-        med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) & ONCOLOGIC_CONDITIONS)
+        med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) & kb.oncologic_conditions)
         meds.append(NormMed(index=i, text=text, drug_id=match.drug["id"], drug_name=match.drug["name"],
                             classes=_classes(match.drug, med_onco), status=med.status, start=start, end=end,
                             dose_mg_kg_day=_dose_mg_kg_day(med.dose, case.patient.weight_kg)))
