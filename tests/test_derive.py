@@ -1,0 +1,126 @@
+"""Derive (engine/derive.py): from normalized labs to the facts the rules read. The neutrophil risk
+tier and CTCAE grades exactly on every cutoff, the lab's LLN, ANC and lymphocytes computed from the
+differential, the current sample and the series (falling, stable chronic, cyclic), age warnings."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import base_case, lab
+
+
+# ---- tiers and CTCAE exactly on every cutoff -------------------------------------------------------
+
+@pytest.mark.parametrize("anc,tier,grade", [
+    (3.0, "normal", 0), (1.5, "normal", 0), (1.4999, "mild", 2), (1.0, "mild", 2), (0.9999, "moderate", 3),
+    (0.5, "moderate", 3), (0.4999, "severe", 4), (0.1, "severe", 4), (0.0999, "profound", 4), (0.0, "profound", 4),
+])
+def test_tier_and_ctcae_anc_at_cutoffs(engine, anc, tier, grade):
+    a = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", anc)]))
+    assert a.risk_tier.tier == tier
+    assert a.ctcae.anc.grade == grade
+
+
+@pytest.mark.parametrize("anc,grade", [(1.5, 0), (1.0, 1), (0.9999, 2), (0.5, 2), (0.4999, 3), (0.1, 3), (0.0999, 4)])
+def test_ctcae_v6_neutrophil_grades(engine, anc, grade):
+    a = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", anc)]), ctcae_version="6.0")
+    assert a.ctcae.version == "6.0" and a.ctcae.anc.grade == grade
+
+
+@pytest.mark.parametrize("wbc,grade", [(4.0, 0), (3.99, 1), (3.0, 1), (2.99, 2), (2.0, 2), (1.99, 3), (1.0, 3),
+                                       (0.99, 4)])
+def test_ctcae_wbc_at_cutoffs(engine, wbc, grade):
+    assert engine.assess(base_case(labs=[lab("wbc", wbc)])).ctcae.wbc.grade == grade
+
+
+@pytest.mark.parametrize("lymph,grade", [(1.0, 0), (0.99, 1), (0.8, 1), (0.79, 2), (0.5, 2), (0.49, 3), (0.2, 3),
+                                         (0.19, 4)])
+def test_ctcae_lymphocytes_at_cutoffs(engine, lymph, grade):
+    assert engine.assess(base_case(labs=[lab("lymphocytes", lymph)])).ctcae.lymphocytes.grade == grade
+
+
+def test_anc_grade_1_needs_the_labs_lln(engine):
+    without = engine.assess(base_case(labs=[lab("anc", 1.8)]))
+    with_lln = engine.assess(base_case(labs=[lab("anc", 1.8, lln=2.0)]))
+    assert without.ctcae.anc.grade == 0 and "LLN" in without.ctcae.anc.criterion
+    assert with_lln.ctcae.anc.grade == 1
+
+
+def test_lab_lln_moves_the_leukopenia_cutoff(engine):
+    assert "leukopenia" in [f.id for f in engine.assess(base_case(labs=[lab("wbc", 4.2, lln=4.5)])).findings]
+    assert "leukopenia" not in [f.id for f in engine.assess(base_case(labs=[lab("wbc", 3.6, lln=3.5)])).findings]
+
+
+def test_tier_unknown_without_any_anc(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 2.0)]))
+    assert a.risk_tier.tier == "unknown" and a.risk_tier.anc is None
+    assert any("ANC" in m.item for m in a.missing_data)
+    assert "repeat_cbc_with_differential" in [s.id for s in a.steps]
+
+
+@given(st.floats(min_value=0, max_value=3, allow_nan=False), st.floats(min_value=0, max_value=3, allow_nan=False))
+@settings(max_examples=80, deadline=None)
+def test_lower_anc_never_gives_a_milder_tier(engine, x, y):
+    rank = ["normal", "mild", "moderate", "severe", "profound"]
+    lo, hi = sorted((round(x, 2), round(y, 2)))   # counts are reported to 2 decimals
+    t_lo = engine.assess(base_case(labs=[lab("anc", lo)])).risk_tier.tier
+    t_hi = engine.assess(base_case(labs=[lab("anc", hi)])).risk_tier.tier
+    assert rank.index(t_lo) >= rank.index(t_hi)
+
+
+# ---- counts derived from the differential --------------------------------------------------------
+
+def test_anc_is_derived_from_wbc_and_segs_plus_bands(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 3.2), lab("neutrophils_pct", 40, "%"), lab("bands_pct", 5, "%")]))
+    assert a.risk_tier.anc == pytest.approx(1.44) and a.risk_tier.anc_derived
+    assert a.risk_tier.tier == "mild" and a.ctcae.anc.grade == 2 and a.ctcae.wbc.grade == 1
+    derived = [x for x in a.labs if x.derived]
+    assert derived and derived[0].test == "anc" and "40" in derived[0].derivation
+
+
+def test_lymphocytes_are_derived_too(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("lymphocytes_pct", 30, "%")]))
+    assert "lymphopenia" in [f.id for f in a.findings]
+    assert a.ctcae.lymphocytes.value == pytest.approx(0.6)
+
+
+def test_disagreeing_absolute_and_computed_anc_is_warned(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 4.0), lab("anc", 1.0), lab("neutrophils_pct", 60, "%")]))
+    assert any("differ by more than 10%" in w for w in a.warnings)
+    assert a.risk_tier.anc == 1.0 and not a.risk_tier.anc_derived
+    quiet = engine.assess(base_case(labs=[lab("wbc", 4.0), lab("anc", 2.3), lab("neutrophils_pct", 60, "%")]))
+    assert not any("differ" in w for w in quiet.warnings)
+
+
+# ---- the current sample and the series -----------------------------------------------------------
+
+def test_latest_sample_is_current_and_series_make_trends(engine):
+    labs = [lab("anc", 3.0, time="2025-01-01T08:00:00Z"), lab("anc", 2.0, time="2025-02-01T08:00:00Z"),
+            lab("anc", 1.2, time="2025-03-01T08:00:00Z")]
+    a = engine.assess(base_case(as_of=None, labs=labs))
+    assert a.risk_tier.anc == 1.2 and str(a.as_of) == "2025-03-01"
+    assert "falling_counts" in [f.id for f in a.findings]
+
+
+def test_stable_chronic_and_cyclic_patterns(engine):
+    stable = [lab("anc", v, time=f"2025-{m:02d}-01T08:00:00Z") for m, v in ((1, 1.2), (2, 1.3), (3, 1.2), (4, 1.25))]
+    a = engine.assess(base_case(as_of="2025-04-01", labs=stable))
+    assert "stable_chronic" in [f.id for f in a.findings]
+    cyclic = [lab("anc", v, time=t) for t, v in [("2025-01-01T08:00:00Z", 0.2), ("2025-01-11T08:00:00Z", 2.5),
+                                                 ("2025-01-22T08:00:00Z", 0.3), ("2025-02-01T08:00:00Z", 2.2),
+                                                 ("2025-02-12T08:00:00Z", 0.25)]]
+    b = engine.assess(base_case(as_of="2025-02-12", labs=cyclic))
+    assert "cyclic_pattern" in [f.id for f in b.findings]
+    assert b.causes[0].id == "cyclic_neutropenia"
+
+
+# ---- the patient -------------------------------------------------------------------------------------
+
+def test_children_are_warned_that_the_cutoffs_are_for_adults(engine):
+    child = engine.assess(base_case(patient={"age_years": 6, "sex": "female"}))
+    infant = engine.assess(base_case(patient={"age_years": 0.5, "sex": "male"}))
+    adult = engine.assess(base_case())
+    assert any("children" in w for w in child.warnings) and not any("infant" in w for w in child.warnings)
+    assert any("infant" in w for w in infant.warnings)
+    assert not any("children" in w for w in adult.warnings)

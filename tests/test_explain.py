@@ -1,0 +1,23 @@
+"""Explain (engine/explain.py): firings into the Assessment's alerts, steps (ordered by urgency),
+findings, missing data and the trace of the rules that fired with the facts they read."""
+from __future__ import annotations
+
+from conftest import base_case, lab
+
+
+def test_febrile_neutropenia_is_an_emergency(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 1.5), lab("anc", 0.45)], history={"temperature_c": 38.4}))
+    assert [x.id for x in a.alerts][:2] == ["febrile_neutropenia", "agranulocytosis"]
+    assert a.steps[0].id == "emergency_febrile_neutropenia_care" and a.steps[0].urgency == "immediate"
+
+
+def test_steps_are_ordered_by_urgency(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 1.5), lab("anc", 0.3)], history={"temperature_c": 38.5}))
+    order = {"immediate": 0, "urgent": 1, "routine": 2}
+    assert [order[s.urgency] for s in a.steps] == sorted(order[s.urgency] for s in a.steps)
+
+
+def test_trace_lists_fired_rules_with_the_facts_they_read(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 3.0), lab("anc", 1.2)]))
+    t = next(x for x in a.trace if x.rule == "findings.neutropenia")
+    assert t.facts == {"anc_max": 1.2}

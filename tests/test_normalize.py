@@ -1,0 +1,84 @@
+"""Normalize (engine/normalize.py): a parsed Case into canonical units, resolved codes and matched
+text. Every case refused here passes ``parse_case`` and is refused by ``normalize`` (units, LOINC and
+test names, plausibility, percentages, dates after ``as_of``, TPMT/NUDT15 values, duplicates), with
+every problem reported together."""
+from __future__ import annotations
+
+import pytest
+
+from leukodx.engine import CaseError
+from leukodx.engine.normalize import normalize
+from leukodx.engine.parse import parse_case
+from leukodx.engine.render import to_json
+
+from conftest import base_case, lab
+
+
+def normalize_problems(kb, raw) -> list[str]:
+    case = parse_case(raw)               # structurally valid: parse accepts it
+    with pytest.raises(CaseError) as e:
+        normalize(kb, case)
+    return [str(p) for p in e.value.problems]
+
+
+@pytest.mark.parametrize("raw,where,words", [
+    (base_case(labs=[lab("wbc", 3.0, "furlongs")]), "labs[0].unit", "not a count per volume"),
+    (base_case(labs=[lab("wbc", 3.0, "blorps")]), "labs[0].unit", "unknown unit"),
+    (base_case(labs=[lab("anc", 40, "%")]), "labs[0].unit", "percentage"),
+    (base_case(labs=[lab("neutrophils_pct", 1.5, "10^9/L")]), "labs[0].unit", "absolute count"),
+    (base_case(labs=[lab("wbc", 3.8, "/uL")]), "labs[0].value", "probably '10^9/L'"),
+    (base_case(labs=[lab("wbc", 3100, "10^9/L")]), "labs[0].value", "probably '/uL'"),
+    (base_case(labs=[lab("hemoglobin", 120, "g/dL")]), "labs[0].value", "probably 'g/L'"),
+    (base_case(labs=[lab("wbc", -1.0)]), "labs[0].value", "negative"),
+    (base_case(labs=[lab("neutrophils_pct", 70, "%"), lab("lymphocytes_pct", 40, "%")]), "labs", "exceed 100"),
+    (base_case(labs=[lab("lymphocytes_pct", 140, "%")]), "labs[0].value", "percentage"),
+    (base_case(as_of="2025-01-01", labs=[lab("wbc", 3.0)]), "labs[0].time", "future"),
+    (base_case(medications=[{"name": "azathioprine", "start": "2026-01-01"}]), "medications[0].start", "future"),
+    (base_case(history={"last_transfusion": "2030-01-01"}), "history.last_transfusion", "future"),
+    (base_case(history={"tpmt": "*99/*99"}), "history.tpmt", "diplotype"),
+    (base_case(history={"nudt15": "somewhat low"}), "history.nudt15", "phenotype"),
+    (base_case(labs=[{"test": "ferritin", "value": 3, "unit": "ng/mL"}]), "labs[0].test", "unknown test"),
+    (base_case(labs=[{"loinc": "2345-7", "value": 3, "unit": "mg/dL"}]), "labs[0].loinc", "unknown LOINC"),
+    (base_case(labs=[lab("wbc", 3.0), lab("wbc", 3.5)]), "labs[1]", "second wbc"),
+    (base_case(labs=[lab("wbc", 3.0, time=None), lab("wbc", 3.5, time=None)]), "labs", "without a time"),
+    (base_case(medications=[{"name": "x", "start": "2025-02-01", "end": "2025-01-01"}]), "medications[0].end",
+     "before start"),
+])
+def test_bad_input_is_refused_with_field_and_reason(kb, raw, where, words):
+    found = normalize_problems(kb, raw)
+    assert any(p.startswith(where) and words.lower() in p.lower() for p in found), found
+
+
+def test_every_problem_is_reported_not_just_the_first(kb):
+    raw = base_case(labs=[lab("wbc", 3.0, "blorps"), lab("anc", -1), lab("hemoglobin", 130, "g/dL")],
+                    history={"tpmt": "*99/*99"})
+    found = normalize_problems(kb, raw)
+    assert len(found) == 4, found
+
+
+def test_the_engine_reports_normalize_problems_unchanged(engine, kb):
+    raw = base_case(labs=[lab("wbc", 3.0, "blorps"), lab("anc", -1)], history={"tpmt": "*99/*99"})
+    with pytest.raises(CaseError) as e:
+        engine.assess(raw)
+    assert [str(p) for p in e.value.problems] == normalize_problems(kb, raw)
+
+
+def test_unknown_drug_and_condition_are_reported_not_dropped(engine):
+    a = engine.assess(base_case(medications=[{"name": "unobtainium"}], history={"conditions": ["gout of the soul"]}))
+    assert any("unobtainium" in w for w in a.warnings)
+    assert any("gout of the soul" in w for w in a.warnings)
+
+
+def test_negative_zero_is_zero(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 0.5), lab("anc", -0.0)]))
+    assert a.risk_tier.anc == 0.0 and "-0.0" not in to_json(a)
+    assert a.risk_tier.tier == "profound"
+
+
+def test_normalized_labs_keep_their_originals(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 3100, "/uL"), {"loinc": "718-7", "value": 6.2, "unit": "mmol/L",
+                                                                 "time": "2025-03-10T08:00:00Z"}]))
+    wbc = next(x for x in a.labs if x.test == "wbc")
+    hb = next(x for x in a.labs if x.test == "hemoglobin")
+    assert wbc.value == pytest.approx(3.1) and wbc.original.value == 3100 and wbc.original.unit == "/uL"
+    assert hb.value == pytest.approx(9.99, abs=0.01) and hb.original.loinc == "718-7"
