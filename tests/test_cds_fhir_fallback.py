@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from leukodx.api.app import create_app
 from leukodx.api.config import get_settings
-from leukodx.api.fhir_fetch import UNUSABLE, fetch_queries, pages_note
+from leukodx.api.fhir import UNUSABLE, fetch_queries, pages_note
 
 from conftest import free_port
 from test_cds_hooks import CBC_SEVERE, PATIENT, searchset

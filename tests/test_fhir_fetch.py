@@ -1,4 +1,4 @@
-"""The async FHIR client (api/fhir_fetch.py) against a real HTTP server process on loopback: one
+"""The async FHIR client (api/fhir/fetch.py) against a real HTTP server process on loopback: one
 deadline per call, concurrent queries, page links compared by scheme, host and port (the
 ``user@host`` trick refused, proven by a listener that must never be contacted), addresses checked,
 uniform notes, 404 on an optional type, paging past the budget, hostile answers."""
@@ -16,8 +16,8 @@ import time
 import httpx
 import pytest
 
-from leukodx.api.fhir_fetch import (UNUSABLE, FetchError, address_allowed, check_url, fetch_queries, fill_template,
-                                    not_available, pages_note)
+from leukodx.api.fhir import (UNUSABLE, FetchError, address_allowed, check_url, fetch_queries, fill_template,
+                              not_available, pages_note)
 
 from conftest import free_port
 

@@ -218,8 +218,8 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     problems: list[str] = []
     mismatch = False
     try:
-        mapped = await run_cpu(partial(fhir.map_bundle, resources + drafts, patient_id=patient_id, as_of=today,
-                                       include_draft=True))
+        mapped = await run_cpu(partial(fhir.map_bundle, resources + drafts, kb=eng.kb, patient_id=patient_id,
+                                       as_of=today, include_draft=True))
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
         assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True))
         left_out += [_left_out_text(n) for n in assessment.not_assessed]

@@ -88,7 +88,7 @@ async def assess_fhir(request: Request,
         data = load_json_document(body, "FHIR Bundle", config.fhir_max_body_bytes, config.max_depth,
                                   config.max_fhir_nodes)
         try:
-            mapped = fhir.map_bundle(data, patient_id=patient, as_of=as_of)
+            mapped = fhir.map_bundle(data, kb=eng.kb, patient_id=patient, as_of=as_of)
         except fhir.FhirMappingError as e:
             raise ProblemError(422, "The FHIR data cannot be mapped to a case", str(e), e.problems) from None
         if mapped.not_assessed and not partial:

@@ -1,0 +1,151 @@
+"""Read FHIR data types without ever raising on an unexpected shape: strings, numbers,
+CodeableConcept, Reference, Quantity units, and the FHIR dates (date, dateTime, instant).
+
+This is the one home of the mapping's date helpers. Partial dates (``2024``, ``2024-03``) are
+not a date the case contract can hold and are reported as such; times are compared as naive
+UTC through :func:`leukodx.engine.timeutil.utc_naive`, as the engine compares them.
+"""
+from __future__ import annotations
+
+import math
+import re
+from datetime import date, datetime
+from typing import Any, Optional
+
+from leukodx.engine.timeutil import When, utc_naive
+
+__all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "codings", "codes", "concept_text",
+           "reference", "quantity_unit", "parse_when", "first_when", "own_time", "utc_date", "after",
+           "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE"]
+
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
+PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
+_FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Primitives and structures
+
+
+def as_dict(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def as_list(x: Any) -> list[Any]:
+    return x if isinstance(x, list) else []
+
+
+def as_str(x: Any) -> Optional[str]:
+    """A non-blank string, stripped; else None."""
+    return (x.strip() or None) if isinstance(x, str) else None
+
+
+def is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def kind(x: Any) -> str:
+    """What a JSON value is, for a message (``a string``, ``a list`` ...)."""
+    return {type(None): "null", bool: "a boolean", str: "a string", int: "a number", float: "a number",
+            list: "a list"}.get(type(x), type(x).__name__)
+
+
+def fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def codings(concept: Any) -> list[dict[str, Any]]:
+    return [c for c in as_list(as_dict(concept).get("coding")) if isinstance(c, dict)]
+
+
+def codes(concept: Any) -> list[str]:
+    return [code for c in codings(concept) if (code := as_str(c.get("code")))]
+
+
+def concept_text(concept: Any) -> Optional[str]:
+    """CodeableConcept.text, else the first coding display."""
+    text = as_str(as_dict(concept).get("text"))
+    if text:
+        return text
+    return next((d for c in codings(concept) if (d := as_str(c.get("display")))), None)
+
+
+def loinc_codes(concept: Any) -> list[str]:
+    """LOINC codes of a CodeableConcept: codings of system http://loinc.org or of no system."""
+    return [code for c in codings(concept)
+            if as_str(c.get("system")) in (LOINC, None) and (code := as_str(c.get("code")))]
+
+
+def reference(x: Any) -> Optional[str]:
+    """Reference.reference."""
+    return as_str(as_dict(x).get("reference"))
+
+
+def quantity_unit(q: dict[str, Any]) -> Optional[str]:
+    """The unit of a Quantity: its UCUM code, else its unit text, else a code without a system."""
+    code, unit, system = as_str(q.get("code")), as_str(q.get("unit")), as_str(q.get("system"))
+    if code and system == UCUM:
+        return code
+    if unit:
+        return unit
+    if code and not system:
+        return code
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Dates
+
+
+def parse_when(text: Any) -> tuple[Optional[When], Optional[str]]:
+    """A FHIR date/dateTime/instant -> (value, None), or (None, why it cannot be used); (None, None)
+    when there is no value."""
+    s = as_str(text)
+    if s is None:
+        return None, None
+    if PARTIAL_DATE.match(s):
+        return None, f"{s!r} is a partial date"
+    try:
+        if _FULL_DATE.match(s):
+            return date.fromisoformat(s), None
+        return datetime.fromisoformat(s.replace("z", "Z")), None
+    except ValueError:
+        return None, f"{s!r} is not a FHIR date or dateTime"
+
+
+def first_when(candidates: list[tuple[str, Any]], where: str, warnings: list[str]) -> Optional[When]:
+    """The first usable date among (field name, value) pairs; unusable present values are warned about."""
+    for name, raw in candidates:
+        value, why = parse_when(raw)
+        if value is not None:
+            return value
+        if why:
+            warnings.append(f"{where}: {name} {why}; not used.")
+    return None
+
+
+def own_time(res: dict[str, Any], where: str, warnings: list[str]) -> Optional[When]:
+    """An Observation's (or DiagnosticReport's) own time: effective[x], else ``issued``."""
+    return first_when([("effectiveDateTime", res.get("effectiveDateTime")),
+                       ("effectiveInstant", res.get("effectiveInstant")),
+                       ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
+                       ("issued", res.get("issued"))], where, warnings)
+
+
+def utc_date(v: When) -> date:
+    """The UTC calendar date of a date or datetime (a naive datetime is taken as UTC)."""
+    return utc_naive(v).date()
+
+
+def after(when: Optional[When], ref: Optional[date]) -> bool:
+    """``when`` lies after the date ``ref`` the case is judged at."""
+    return when is not None and ref is not None and utc_date(when) > ref
+
+
+def later_warning(n: int, what: str, verb: str, ref: date, labels: list[str]) -> str:
+    """The warning for ``n`` resources left out because they begin after ``ref``."""
+    shown = ", ".join(labels[:3]) + (", ..." if n > 3 else "")
+    return (f"{n} {what}{'s' if n != 1 else ''} {verb} after {ref.isoformat()}, the date the case is judged at, "
+            f"and {'were' if n != 1 else 'was'} left out: {shown}.")

@@ -1,0 +1,152 @@
+"""FHIR R4 -> leukodx case: :func:`map_bundle`, the one mapping used by ``POST /v1/assess/fhir`` and
+the CDS Hooks service.
+
+It builds a case in the contract of :mod:`leukodx.engine.case` from the resources of one patient
+(:mod:`.patient`), plus what was left out and why. Nothing is guessed; each part is its own module:
+labs (:mod:`.observations`), body weight and temperature (:mod:`.vitals`), medications
+(:mod:`.medications`), conditions (:mod:`.conditions`), TPMT/NUDT15 results (:mod:`.pgx`).
+
+Snapshot date: a medication that starts, or a condition whose onset is, after the date the case is
+judged at (``as_of``, else the date of the latest lab, as the engine does) did not exist then; it is
+left out with a warning rather than sent to the engine, which would refuse it. Partial FHIR dates
+(``2024``, ``2024-03``) are left out with a warning (a partial ``birthDate`` gives an age that may
+be a year off). Anything else the contract or the engine would refuse (a value in a wrong unit, an
+implausible count) is passed through unchanged, so that the engine reports it with its reason. The
+output holds numbers as JSON numbers and dates as ISO 8601 strings, and only the keys of the
+contract; the same input always gives the same case and the same warnings in the same order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Optional
+
+from leukodx.engine.assessment import NotAssessed
+from leukodx.engine.case import MAX_LABS
+from leukodx.engine.errors import Problem
+from leukodx.engine.kb import KnowledgeBase
+from leukodx.engine.timeutil import utc_naive
+
+from .conditions import map_conditions
+from .datatypes import utc_date
+from .medications import map_medications
+from .observations import LabValue, map_observations
+from .patient import belongs, choose_patient, default_id, demographics, subjects
+from .pgx import map_pgx
+from .resources import FhirMappingError, Index, walk
+from .vitals import temperature
+
+__all__ = ["Mapped", "map_bundle", "bundle_to_case"]
+
+_SUBJECT_TYPES = ("Observation", "MedicationRequest", "MedicationStatement", "Condition")
+
+
+@dataclass
+class Mapped:
+    """A case dict in the engine's contract, and what the mapping left out: ``warnings`` (text) and
+    ``not_assessed`` (each resource or group of resources left out, with the reason)."""
+    case: dict[str, Any]
+    warnings: list[str]
+    not_assessed: list[NotAssessed]
+
+
+def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, patient_id: Optional[str] = None,
+               as_of: Optional[date] = None, include_draft: bool = False, max_labs: int = MAX_LABS) -> Mapped:
+    """A case for the engine whose knowledge base is ``kb`` from FHIR R4 data, with what was left out.
+
+    ``data``: a Bundle, a resource, or a list of them (see :func:`~.resources.resources_from`).
+    ``patient_id`` selects the patient (and only its resources); ``as_of`` is the date the case is
+    judged at (put in the case; default: the engine takes the latest lab time); ``include_draft``
+    keeps draft MedicationRequests (counted as active). Only the ``max_labs`` most recent lab values
+    are kept (the current CBC and the trend need the recent ones); the older ones are counted in
+    ``not_assessed``. Raises :class:`FhirMappingError` when the data is not FHIR resources, or when
+    it holds no lab value leukodx can use for this patient (each skipped lab Observation is then a
+    problem with its reason, and data of another patient is named).
+    """
+    warnings: list[str] = []
+    left_out: list[NotAssessed] = []
+    items = walk(data)
+    index = Index(items)
+    choice = choose_patient(items, patient_id, warnings)
+    mine = [i for i in items if i.type != "Patient" and belongs(i, choice)]
+    theirs = [i for i in items if i.type in _SUBJECT_TYPES and not belongs(i, choice)]
+    wanted = f"Patient/{patient_id.strip().removeprefix('Patient/')}" if patient_id else "the chosen patient"
+    if theirs:
+        left_out.append(_theirs(theirs, wanted, warnings))
+
+    labs, weights, skipped = map_observations(kb, items, mine, index, warnings)
+    left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in skipped]
+    if not labs:
+        problems = list(skipped)
+        theirs_labs = [i for i in theirs if i.type == "Observation"]
+        if theirs_labs:
+            shown = ", ".join(subjects(theirs_labs)[:5]) or "no patient"
+            problems.insert(0, Problem("subject", f"the lab Observations belong to {shown}, not to {wanted}; data "
+                                                  f"of another patient is never used"))
+        raise FhirMappingError([Problem("", "no lab value leukodx can use: it needs an Observation with a LOINC "
+                                            "code of rules/labs.yaml (a WBC, ANC, differential ...), a usable "
+                                            "status and a valueQuantity with a unit"), *problems])
+    if len(labs) > max_labs:
+        left_out.append(_keep_recent(labs, max_labs, warnings))
+
+    lab_times = [utc_naive(lab.time) for lab in labs if lab.time is not None]
+    ref = utc_date(as_of) if as_of is not None else (max(lab_times).date() if lab_times else None)
+
+    case: dict[str, Any] = {"id": case_id or default_id(choice)}
+    if as_of is not None:
+        case["as_of"] = as_of.isoformat()
+    case["patient"] = demographics(choice, weights, ref, warnings)
+    case["labs"] = [lab.as_dict() for lab in labs]
+    meds = map_medications(kb, mine, index, ref, include_draft, warnings)
+    if meds:
+        case["medications"] = meds
+    conditions = map_conditions(mine, ref, warnings)
+    history: dict[str, Any] = map_pgx(mine, warnings)
+    celsius = temperature(mine, ref, warnings)
+    if celsius is not None:
+        history["temperature_c"] = celsius
+    if conditions:
+        history["conditions"] = conditions
+    if history:
+        case["history"] = history
+    return Mapped(case, warnings, left_out)
+
+
+def bundle_to_case(data: Any, *, kb: Optional[KnowledgeBase] = None, case_id: Optional[str] = None,
+                   patient_id: Optional[str] = None, as_of: Optional[date] = None,
+                   include_draft: bool = False) -> tuple[dict, list[str]]:
+    """``(case, warnings)``: see :func:`map_bundle`. Without ``kb``, the knowledge base of the
+    process's engine (the one :func:`leukodx.engine.assess` uses): for tests and scripts."""
+    if kb is None:
+        from leukodx.engine import get_engine
+        kb = get_engine().kb
+    m = map_bundle(data, kb=kb, case_id=case_id, patient_id=patient_id, as_of=as_of, include_draft=include_draft)
+    return m.case, m.warnings
+
+
+def _theirs(theirs: list, wanted: str, warnings: list[str]) -> NotAssessed:
+    """The resources of another patient (or of none), left out."""
+    n = len(theirs)
+    found = subjects(theirs)
+    shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "") if found else "no subject"
+    warnings.append(f"{n} Observation, medication or Condition resource{'s' if n != 1 else ''} of another patient "
+                    f"or with no subject {'were' if n != 1 else 'was'} left out.")
+    return NotAssessed(field="subject", value=shown[:200],
+                       reason=f"{n} resource{'s' if n != 1 else ''} belong to another patient than {wanted} (or "
+                              f"name no subject) and were not used")
+
+
+def _keep_recent(labs: list[LabValue], max_labs: int, warnings: list[str]) -> NotAssessed:
+    """Keep the ``max_labs`` most recent values in ``labs`` (untimed ones last); the rest, left out."""
+    labs.sort(key=lambda lab: (lab.time is None, utc_naive(lab.time) if lab.time is not None else datetime.min),
+              reverse=True)
+    dropped = labs[max_labs:]
+    del labs[max_labs:]
+    oldest = min((utc_naive(x.time) for x in dropped if x.time is not None), default=None)
+    newest = max((utc_naive(x.time) for x in dropped if x.time is not None), default=None)
+    span = f" ({oldest.date()} to {newest.date()})" if oldest and newest else ""
+    warnings.append(f"{len(dropped)} older lab values{span} beyond the {max_labs} most recent were not used.")
+    return NotAssessed(field="Observation", value=f"{len(dropped)} lab values{span}",
+                       reason=f"older than the {max_labs} most recent lab values, which hold the current CBC and the "
+                              f"trend")
+

@@ -1,0 +1,175 @@
+"""MedicationRequest and MedicationStatement -> ``case.medications``.
+
+Status active/on-hold -> active, completed -> completed, stopped/cancelled -> stopped, unknown ->
+active (warned); entered-in-error, intended and not-taken are skipped, ``draft`` too unless
+``include_draft`` (the order being signed in a CDS Hooks call), when it counts as active. The drug
+is ``medicationCodeableConcept`` or the Medication that ``medicationReference`` points to (``#id``
+in ``contained``, ``Medication/<id>`` or a ``fullUrl``): ``name`` is its text or display,
+``rxnorm`` its RxNorm code (one the knowledge base knows first). ``start``: ``authoredOn``,
+``effectivePeriod.start`` or ``effectiveDateTime``; ``end`` (stopped/completed only):
+``effectivePeriod.end`` or ``dispenseRequest.validityPeriod.end``. ``dose``: the first dose
+quantity as ``{value, unit}`` when its unit is a mass per time (mg/d) or per body mass per time
+(mg/kg/d), else the dosage text. ``indication``: ``reasonCode[0]``, else the Condition that
+``reasonReference[0]`` points to. A medication that starts after the case date is left out.
+"""
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Optional, Union
+
+from leukodx.engine.kb import KnowledgeBase
+from leukodx.engine.units import registry
+
+from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, fmt, is_number,
+                        later_warning, quantity_unit, reference)
+from .resources import Index, Item
+
+__all__ = ["map_medications", "medication_name_and_code", "RXNORM", "MED_STATUS"]
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+MED_STATUS = {"active": "active", "on-hold": "active", "unknown": "active", "completed": "completed",
+              "stopped": "stopped", "cancelled": "stopped", "draft": "active"}
+
+
+def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Optional[date],
+                    include_draft: bool, warnings: list[str]) -> list[dict[str, Any]]:
+    """``case.medications`` from the patient's MedicationRequests and MedicationStatements, in input
+    order (an RxNorm code of a drug in ``kb`` is preferred over other RxNorm codings)."""
+    known_rxnorm = {code for d in kb.drugs for code in (d.get("rxnorm") or [])}
+    meds: list[dict[str, Any]] = []
+    later: list[str] = []
+    for item in mine:
+        if item.type not in ("MedicationRequest", "MedicationStatement"):
+            continue
+        mapped = _medication(item, index, known_rxnorm, include_draft, warnings)
+        if mapped is None:
+            continue
+        med, start = mapped
+        if after(start, ref):
+            later.append(item.label)
+            continue
+        meds.append(med)
+    if later:
+        assert ref is not None
+        warnings.append(later_warning(len(later), "medication", "started", ref, later))
+    return meds
+
+
+def medication_name_and_code(resource: dict[str, Any]) -> tuple[Optional[str], Optional[str]]:
+    """(name, RxNorm code) of a MedicationRequest/MedicationStatement's own medicationCodeableConcept."""
+    concept = resource.get("medicationCodeableConcept")
+    code = next((as_str(c.get("code")) for c in codings(concept) if "rxnorm" in str(c.get("system", "")).lower()),
+                None)
+    return concept_text(concept), code
+
+
+def _medication(item: Item, index: Index, known_rxnorm: set[str], include_draft: bool,
+                warnings: list[str]) -> Optional[tuple[dict[str, Any], Optional[When]]]:
+    res = item.resource
+    fhir_status = as_str(res.get("status"))
+    if fhir_status == "draft" and not include_draft:
+        warnings.append(f"{item.label}: a draft, not an order yet; skipped (include_draft=True keeps drafts).")
+        return None
+    status = MED_STATUS.get(fhir_status or "")
+    if status is None:
+        why = f"status {fhir_status!r} means it is not being taken" if fhir_status else "no status"
+        warnings.append(f"{item.label}: {why}; skipped.")
+        return None
+    if fhir_status == "unknown":
+        warnings.append(f"{item.label}: status 'unknown'; counted as active.")
+    concept, display = _med_concept(item, index, warnings)
+    rxnorm, rx_display = _rxnorm(concept, known_rxnorm)
+    name = as_str(as_dict(concept).get("text")) or rx_display or concept_text(concept) or display
+    if not name and not rxnorm:
+        warnings.append(f"{item.label}: the drug has neither a name nor an RxNorm code; skipped.")
+        return None
+    start = first_when([("authoredOn", res.get("authoredOn")),
+                        ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
+                        ("effectiveDateTime", res.get("effectiveDateTime"))], item.label, warnings)
+    end = None
+    if status in ("stopped", "completed"):
+        end = first_when([("effectivePeriod.end", as_dict(res.get("effectivePeriod")).get("end")),
+                          ("dispenseRequest.validityPeriod.end",
+                           as_dict(as_dict(res.get("dispenseRequest")).get("validityPeriod")).get("end"))],
+                         item.label, warnings)
+    dosages = as_list(res.get("dosageInstruction")) or as_list(res.get("dosage"))
+    med: dict[str, Any] = {"name": name, "rxnorm": rxnorm, "status": status,
+                           "start": start.isoformat() if start else None, "end": end.isoformat() if end else None,
+                           "dose": _dose(as_dict(dosages[0])) if dosages else None,
+                           "indication": _indication(item, index)}
+    return {k: v for k, v in med.items() if v is not None}, start
+
+
+def _med_concept(item: Item, index: Index, warnings: list[str]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """(CodeableConcept of the drug, fallback display name)."""
+    res = item.resource
+    if isinstance(res.get("medicationCodeableConcept"), dict):
+        return res["medicationCodeableConcept"], None
+    ref_obj = as_dict(res.get("medicationReference"))
+    ref, display = reference(ref_obj), as_str(ref_obj.get("display"))
+    target = index.resolve(ref, item)
+    if target is not None and target.type == "Medication":
+        return as_dict(target.resource.get("code")), display
+    if ref or display:
+        used = f"; its display {display!r} was used as the name" if display else ""
+        warnings.append(f"{item.label}: medicationReference {ref!r} does not resolve to a Medication in the "
+                        f"data{used}.")
+    return None, display
+
+
+def _rxnorm(concept: Optional[dict[str, Any]], known: set[str]) -> tuple[Optional[str], Optional[str]]:
+    """(RxNorm code, RxNorm display): a code the knowledge base knows first, else the first RxNorm coding."""
+    rx = [c for c in codings(concept) if as_str(c.get("system")) == RXNORM and as_str(c.get("code"))]
+    if not rx:
+        return None, None
+    best = next((c for c in rx if as_str(c.get("code")) in known), rx[0])
+    return as_str(best.get("code")), as_str(best.get("display"))
+
+
+def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
+    """{value, unit} for a mass per time or mass per body mass per time; else the dosage text."""
+    text = as_str(dosage.get("text"))
+    rate = as_dict(as_list(dosage.get("doseAndRate"))[0] if as_list(dosage.get("doseAndRate")) else {})
+    q = as_dict(rate.get("doseQuantity")) or as_dict(dosage.get("doseQuantity"))  # STU3 kept it on dosage
+    value, unit = q.get("value"), quantity_unit(q)
+    rate_unit = _dose_rate_unit(unit) if is_number(value) and unit else None
+    if rate_unit:
+        return {"value": value, "unit": rate_unit}
+    if text:
+        return text
+    if is_number(value) and unit:
+        return f"{fmt(value)} {unit}"
+    return None
+
+
+def _dose_rate_unit(unit: str) -> Optional[str]:
+    """The spelling pint reads (as the engine reads doses) when ``unit`` is a mass per time (mg/d) or a mass
+    per body mass per time (mg/kg/d, UCUM mg/(kg.d)); else None."""
+    ureg = registry()
+    for spelling in dict.fromkeys((unit, unit.replace(".", "*"))):
+        numerator = spelling.split("/", 1)[0].strip()
+        try:
+            whole = ureg.Quantity(1.0, ureg.parse_units(spelling))
+            if not ureg.Quantity(1.0, ureg.parse_units(numerator)).check("[mass]"):
+                continue
+        except Exception:  # pint raises several types for spellings it cannot parse
+            continue
+        if whole.check("[mass]/[time]") or whole.check("1/[time]"):   # 1/[time]: mass over mass over time
+            return spelling
+    return None
+
+
+def _indication(item: Item, index: Index) -> Optional[str]:
+    res = item.resource
+    reason = concept_text(as_list(res.get("reasonCode"))[0] if as_list(res.get("reasonCode")) else None)
+    if reason:
+        return reason
+    refs = as_list(res.get("reasonReference"))
+    if not refs:
+        return None
+    target = index.resolve(reference(refs[0]), item)
+    if target is not None and target.type == "Condition":
+        text = concept_text(target.resource.get("code"))
+        if text:
+            return text
+    return as_str(as_dict(refs[0]).get("display"))

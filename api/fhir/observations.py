@@ -1,0 +1,302 @@
+"""Lab Observations -> ``case.labs``.
+
+An Observation is a lab value when its code has a LOINC coding (system ``http://loinc.org`` or no
+system) that the knowledge base knows (``rules/labs.yaml``) and its status is final, amended,
+corrected or preliminary. The case gets its test and code, the value and the unit as the
+Observation gives them; the engine converts the value. What the mapping decides:
+
+* the unit is ``valueQuantity.code`` when its system is UCUM, else ``valueQuantity.unit`` (else a
+  code with no system); when unit and code both exist and mean different units for the test, the
+  code wins and a warning says so (the engine's :func:`~leukodx.engine.units.conversion_factor`
+  tells whether it reads a spelling, and whether two spellings are one unit);
+* a ``comparator`` (``<0.5``) keeps the bound as the value, with a warning;
+* the time is ``effectiveDateTime``, ``effectiveInstant``, ``effectivePeriod.start`` or ``issued``,
+  else the time of the DiagnosticReport (``result``) or panel Observation (``hasMember``) listing it;
+* ``referenceRange[0].low`` -> ``lln`` (in the value's unit: rescaled when given in another);
+* the draw (``specimen``) is the Observation's specimen, else its report or panel;
+* a second value of one test at the same time is dropped (the first is kept).
+
+Observations of other codes are counted in one warning (body weight is read by :mod:`.vitals`); a
+known test with an unusable status, no value or no unit is skipped with a warning and a problem
+naming the Observation.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+from leukodx.engine.errors import Problem
+from leukodx.engine.kb import KnowledgeBase
+from leukodx.engine.timeutil import utc_naive
+from leukodx.engine.units import conversion_factor
+
+from .datatypes import (RESULT_STATUSES, UCUM, When, as_dict, as_list, as_str, codings, concept_text, fmt,
+                        is_number, loinc_codes, own_time, quantity_unit, reference)
+from .resources import MAX_DEPTH, Index, Item
+from .vitals import BODY_WEIGHT_LOINC, Weight, body_weight
+
+__all__ = ["LabValue", "map_observations"]
+
+COMPARATORS = ("<", "<=", ">", ">=")
+_UCUM_ANNOTATION = re.compile(r"\{[^{}]*\}")
+
+
+@dataclass
+class LabValue:
+    """One lab value for the case, and the Observation it came from."""
+    item: Item
+    test: str
+    loinc: str
+    value: Any
+    unit: str
+    time: Optional[When]
+    lln: Optional[float]
+    specimen: Optional[str] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The lab in the case contract."""
+        out: dict[str, Any] = {"test": self.test, "loinc": self.loinc, "value": self.value, "unit": self.unit}
+        if self.time is not None:
+            out["time"] = self.time.isoformat()
+        if self.lln is not None:
+            out["lln"] = self.lln
+        if self.specimen:
+            out["specimen"] = self.specimen[:200]
+        rid = as_str(self.item.resource.get("id"))
+        out["ref"] = (f"Observation/{rid}" if rid else self.item.loc or "Observation")[:200]
+        return out
+
+
+def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], index: Index,
+                     warnings: list[str]) -> tuple[list[LabValue], list[Weight], list[Problem]]:
+    """(lab values, body weights, skipped lab Observations) of the patient's Observations ``mine``;
+    ``items`` (all resources) give the times and draws of reports and panels."""
+    inherited = _inherited_times(items, index)
+    draws = _draws(items, index)
+    labs: list[LabValue] = []
+    weights: list[Weight] = []
+    skipped: list[Problem] = []
+    ignored: dict[str, int] = {}
+    first_at: dict[tuple[str, Optional[datetime]], LabValue] = {}
+    borrowed: list[Item] = []
+    for item in mine:
+        if item.type != "Observation":
+            continue
+        res = item.resource
+        codes = loinc_codes(res.get("code"))
+        code = next((c for c in codes if c in kb.loinc), None)
+        if code is None:
+            if any(c in BODY_WEIGHT_LOINC for c in codes):
+                body_weight(item, weights, warnings)
+            else:
+                key = _code_label(res.get("code"), codes)
+                ignored[key] = ignored.get(key, 0) + 1
+            continue
+        test = kb.loinc[code]
+        time = own_time(res, item.label, warnings)
+        if time is None and id(res) in inherited:
+            time, parent = inherited[id(res)]
+            borrowed.append(parent)
+        lab = _lab_value(item, test, code, kb.tests[test], time, warnings, skipped)
+        if lab is None:
+            continue
+        lab.specimen = draws.get(id(res))
+        key = (test, utc_naive(time) if time is not None else None)
+        if key in first_at:
+            when = f"at {time.isoformat()}" if time is not None else "without a time"
+            warnings.append(f"{item.label}: a second {test} value {when} (first: {first_at[key].item.label}); "
+                            f"the first was kept.")
+            continue
+        first_at[key] = lab
+        labs.append(lab)
+    if borrowed:
+        parents = ", ".join(dict.fromkeys(p.label for p in borrowed))
+        n = len(borrowed)
+        warnings.append(f"{n} lab value{'s' if n != 1 else ''} had no time of {'their' if n != 1 else 'its'} own and "
+                        f"took the time of the report or panel listing {'them' if n != 1 else 'it'}: {parents}.")
+    if ignored:
+        n = sum(ignored.values())
+        shown = ", ".join(list(ignored)[:8]) + (", ..." if len(ignored) > 8 else "")
+        warnings.append(f"{n} Observation{'s' if n != 1 else ''} of codes leukodx does not use "
+                        f"{'were' if n != 1 else 'was'} ignored ({shown}).")
+    return labs, weights, skipped
+
+
+def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Optional[When],
+               warnings: list[str], skipped: list[Problem]) -> Optional[LabValue]:
+    res = item.resource
+    name = f"{item.label}, LOINC {code} ({test})"
+
+    def skip(why: str) -> None:
+        warnings.append(f"{name}: {why}; skipped.")
+        skipped.append(Problem(item.loc, f"{test} (LOINC {code}): {why}"))
+
+    status = as_str(res.get("status"))
+    q = as_dict(res.get("valueQuantity"))
+    has_value = q.get("value") is not None
+    if status not in RESULT_STATUSES:
+        shown = f"status {status!r}" if status else "no status"
+        also = "" if has_value else f" and it has {_absent_value_reason(res)}"
+        skip(f"{shown} is not a result (final, amended, corrected or preliminary){also}")
+        return None
+    if not has_value:
+        skip(_absent_value_reason(res))
+        return None
+    unit = _value_unit(q, spec, name, warnings)
+    if unit is None:
+        skip("valueQuantity has neither a unit nor a UCUM code")
+        return None
+    value = q["value"]
+    comparator = as_str(q.get("comparator"))
+    if comparator:
+        shown = fmt(value) if is_number(value) else repr(value)
+        what = "a bound and not a measurement" if comparator in COMPARATORS else "with an unknown comparator"
+        warnings.append(f"{name}: reported as {comparator}{shown} {unit}, {what}; {shown} was used as the value.")
+    return LabValue(item, test, code, value, unit, time, _lln(res, unit, spec, name, warnings))
+
+
+# ---------------------------------------------------------------------------------------------
+# Units: which spelling to send. The engine converts; here its factors are only compared.
+
+
+def _factor(spelling: str, spec: dict[str, Any]) -> Optional[float]:
+    """The engine's factor from ``spelling`` to the test's unit, or None when the engine cannot read it."""
+    try:
+        return conversion_factor(spelling, spec["dimension"], spec["unit"], spec.get("molar_mass")).factor
+    except Exception:  # UnitProblem, or pint on odd spellings: the engine will say why
+        return None
+
+
+def _same_unit(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9)
+
+
+def _readable(spelling: str, spec: dict[str, Any]) -> str:
+    """A UCUM code with annotations (`10*3/uL{cells}`) the engine cannot read, without them."""
+    if _factor(spelling, spec) is None:
+        bare = _UCUM_ANNOTATION.sub("", spelling).strip()
+        if bare and _factor(bare, spec) is not None:
+            return bare
+    return spelling
+
+
+def _value_unit(q: dict[str, Any], spec: dict[str, Any], where: str, warnings: list[str]) -> Optional[str]:
+    code, unit, system = as_str(q.get("code")), as_str(q.get("unit")), as_str(q.get("system"))
+    if code and system == UCUM:
+        code = _readable(code, spec)
+        if unit and unit != code:
+            f_code, f_unit = _factor(code, spec), _factor(unit, spec)
+            if f_code is not None and f_unit is not None and not _same_unit(f_code, f_unit):
+                warnings.append(f"{where}: valueQuantity.unit {unit!r} and its UCUM code {code!r} are different "
+                                f"units; the code {code!r} was used.")
+            elif f_code is None and f_unit is not None:
+                warnings.append(f"{where}: UCUM code {code!r} is not a unit leukodx reads; the unit text {unit!r} "
+                                f"was used.")
+                return unit
+        return code
+    if unit:
+        return unit
+    if code and not system:
+        return _readable(code, spec)
+    return None
+
+
+def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str, warnings: list[str]) -> Optional[float]:
+    """``referenceRange[0].low`` in the value's unit ``unit``."""
+    ranges = as_list(res.get("referenceRange"))
+    low = as_dict(as_dict(ranges[0] if ranges else {}).get("low"))
+    value = low.get("value")
+    if not is_number(value):
+        return None
+    low_unit = quantity_unit(low)
+    if low_unit is None or low_unit == unit:
+        return value
+    f_low, f_val = _factor(_readable(low_unit, spec), spec), _factor(unit, spec)
+    if f_low is None or f_val is None:
+        if f_val is not None:
+            warnings.append(f"{where}: referenceRange[0].low is in {low_unit!r}, which leukodx does not read; "
+                            f"the lower limit of normal was left out.")
+        return None
+    return value if _same_unit(f_low, f_val) else float(f"{value * f_low / f_val:.12g}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports and panels: the time and the draw a value without its own takes
+
+
+def _draws(items: list[Item], index: Index) -> dict[int, str]:
+    """Observation -> the draw it belongs to: its ``specimen`` reference, else the DiagnosticReport whose
+    ``result`` lists it (one report, one draw), else the panel Observation whose ``hasMember`` lists it."""
+    out: dict[int, str] = {}
+    for item in items:
+        if item.type == "Observation":
+            ref = reference(item.resource.get("specimen"))
+            if ref:
+                out[id(item.resource)] = ref
+    for kind, field in (("DiagnosticReport", "result"), ("Observation", "hasMember")):
+        for parent in items:
+            if parent.type != kind:
+                continue
+            key = parent.full_url or f"{kind}/{as_str(parent.resource.get('id')) or parent.loc}"
+            for ref in as_list(parent.resource.get(field)):
+                child = index.resolve(reference(ref), parent)
+                if child is not None and child.type == "Observation":
+                    out.setdefault(id(child.resource), out.get(id(parent.resource), key))
+    return out
+
+
+def _inherited_times(items: list[Item], index: Index) -> dict[int, tuple[When, Item]]:
+    """Observations without a time of their own -> (time, parent) of the DiagnosticReport (`result`) or
+    panel Observation (`hasMember`) listing them, through at most MAX_DEPTH levels of panels."""
+    own: dict[int, Optional[When]] = {}
+    scratch: list[str] = []
+    for item in items:
+        if item.type in ("Observation", "DiagnosticReport"):
+            own[id(item.resource)] = own_time(item.resource, item.loc, scratch)
+    inherited: dict[int, tuple[When, Item]] = {}
+    for _ in range(MAX_DEPTH):
+        changed = False
+        for parent in items:
+            if parent.type not in ("Observation", "DiagnosticReport"):
+                continue
+            t = own.get(id(parent.resource))
+            if t is None and id(parent.resource) in inherited:
+                t = inherited[id(parent.resource)][0]
+            if t is None:
+                continue
+            refs = parent.resource.get("result" if parent.type == "DiagnosticReport" else "hasMember")
+            for ref in as_list(refs):
+                child = index.resolve(reference(ref), parent)
+                if (child is None or child.type != "Observation" or own.get(id(child.resource)) is not None
+                        or id(child.resource) in inherited):
+                    continue
+                inherited[id(child.resource)] = (t, parent)
+                changed = True
+        if not changed:
+            break
+    return inherited
+
+
+def _absent_value_reason(res: dict[str, Any]) -> str:
+    for key in ("valueString", "valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio"):
+        if key in res:
+            shown = res[key] if key in ("valueString", "valueBoolean", "valueInteger") else concept_text(res[key])
+            return f"no valueQuantity.value (it has {key} {shown!r})" if shown is not None else \
+                f"no valueQuantity.value (it has {key})"
+    reason = concept_text(res.get("dataAbsentReason"))
+    return f"no valueQuantity.value (dataAbsentReason: {reason})" if reason else "no valueQuantity.value"
+
+
+def _code_label(concept: Any, loinc: list[str]) -> str:
+    """`LOINC 789-8`, else `system|code` of the first coding, else the concept's text."""
+    if loinc:
+        return f"LOINC {loinc[0]}"
+    for c in codings(concept):
+        code = as_str(c.get("code"))
+        if code:
+            system = as_str(c.get("system"))
+            return f"{system}|{code}" if system else code
+    return repr(concept_text(concept) or "no code")

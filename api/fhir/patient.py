@@ -1,0 +1,160 @@
+"""The patient: which Patient resource the case is about, which resources are theirs, and the
+demographics of the case (``sex``, ``age_years``, ``weight_kg``, ``ancestry``).
+
+With ``patient_id``, or when the data holds several patients, only resources whose ``subject`` is
+that patient (``Patient/<id>``, or the ``fullUrl`` of the Patient entry such as ``urn:uuid:...``)
+are used; a contained resource without a subject takes its container's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Optional
+
+from .datatypes import PARTIAL_DATE, as_dict, as_list, as_str
+from .resources import REFERENCE, Item, subject_ref
+from .vitals import Weight, latest_weight
+
+__all__ = ["PatientChoice", "choose_patient", "belongs", "subjects", "demographics", "default_id"]
+
+SEXES = ("female", "male", "other", "unknown")
+RACE_EXT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+ETHNICITY_EXT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+
+
+@dataclass
+class PatientChoice:
+    item: Optional[Item]
+    refs: set[str]              # references that point to the patient (Patient/<id>, fullUrl)
+    filtering: bool             # only resources of this patient are used
+
+
+def choose_patient(items: list[Item], patient_id: Optional[str], warnings: list[str]) -> PatientChoice:
+    """The Patient whose id is ``patient_id``, else the first; warns when there are several or none."""
+    patients = [i for i in items if i.type == "Patient"]
+    distinct: list[Item] = []
+    seen: set[frozenset[str]] = set()
+    for p in patients:
+        key = frozenset(_patient_refs(p)) or frozenset({p.loc})
+        if key not in seen:
+            seen.add(key)
+            distinct.append(p)
+    if patient_id:
+        pid = patient_id.strip().removeprefix("Patient/")
+        matches = [p for p in distinct if f"Patient/{pid}" in _patient_refs(p)
+                   or p.full_url in (pid, f"urn:uuid:{pid}")]
+        chosen = matches[0] if matches else None
+        refs = {f"Patient/{pid}"} | {r for m in matches for r in _patient_refs(m)}   # all copies of this patient
+        if chosen is None:
+            warnings.append(f"No Patient resource with id {pid!r}: sex, age, weight and ancestry are unknown.")
+        elif len(distinct) > len(matches):
+            warnings.append(f"{len(distinct)} Patient resources; used {chosen.label} and only its data.")
+        return PatientChoice(chosen, refs, True)
+    if not distinct:
+        warnings.append("No Patient resource: sex, age, weight and ancestry are unknown.")
+        return PatientChoice(None, set(), False)
+    chosen = distinct[0]
+    if len(distinct) > 1:
+        warnings.append(f"{len(distinct)} Patient resources; used the first, {chosen.label}, and only its data "
+                        f"(pass patient_id to choose).")
+        return PatientChoice(chosen, _patient_refs(chosen), True)
+    return PatientChoice(chosen, _patient_refs(chosen), False)
+
+
+def belongs(item: Item, choice: PatientChoice) -> bool:
+    """``item`` is a resource of the chosen patient (always, when not filtering)."""
+    if not choice.filtering:
+        return True
+    ref = subject_ref(item)
+    if ref is None:
+        return False
+    if ref in choice.refs:
+        return True
+    m = REFERENCE.search(ref)
+    return bool(m and f"{m.group(1)}/{m.group(2)}" in choice.refs)
+
+
+def subjects(items: list[Item]) -> list[str]:
+    """The distinct subject references of ``items``, in order."""
+    return list(dict.fromkeys(ref for i in items if (ref := subject_ref(i))))
+
+
+def demographics(choice: PatientChoice, weights: list[Weight], ref: Optional[date],
+                 warnings: list[str]) -> dict[str, Any]:
+    """``case.patient``: sex from ``gender``, age at ``ref`` (else at the latest weight), the latest
+    weight, and the text of the US Core race and ethnicity extensions as ancestry."""
+    out: dict[str, Any] = {}
+    weight = latest_weight(weights, ref)
+    if choice.item is not None:
+        res, where = choice.item.resource, choice.item.label
+        gender = as_str(res.get("gender"))
+        if gender in SEXES:
+            out["sex"] = gender
+        elif gender:
+            warnings.append(f"{where}: gender {gender!r} is not a FHIR gender; sex left unknown.")
+        at = ref or (max(t for t, _ in weights if t).date() if any(t for t, _ in weights) else None)
+        age = _age(res.get("birthDate"), at, where, warnings)
+        if age is not None:
+            out["age_years"] = age
+    if weight is not None:
+        out["weight_kg"] = weight
+    if choice.item is not None:
+        ancestry = _ancestry(choice.item.resource)
+        if ancestry:
+            out["ancestry"] = ancestry
+    return out
+
+
+def default_id(choice: PatientChoice) -> str:
+    """The case id when none is given: the Patient's id, else ``fhir``."""
+    rid = as_str(choice.item.resource.get("id")) if choice.item else None
+    return rid[:200] if rid else "fhir"
+
+
+def _patient_refs(item: Item) -> set[str]:
+    refs: set[str] = set()
+    rid = as_str(item.resource.get("id"))
+    if rid:
+        refs.add(f"Patient/{rid}")
+    if item.full_url:
+        refs.add(item.full_url)
+        m = REFERENCE.search(item.full_url)
+        if m and m.group(1) == "Patient":
+            refs.add(f"Patient/{m.group(2)}")
+    return refs
+
+
+def _age(birth: Any, at: Optional[date], where: str, warnings: list[str]) -> Optional[int]:
+    s = as_str(birth)
+    if s is None:
+        return None
+    if at is None:
+        warnings.append(f"{where}: no as_of and no dated lab, so age_years could not be computed.")
+        return None
+    if PARTIAL_DATE.match(s):
+        s = s + ("-01" if len(s) == 7 else "-01-01")
+        warnings.append(f"{where}: birthDate {as_str(birth)!r} is a partial date; the age may be a year off.")
+    try:
+        born = date.fromisoformat(s[:10])
+    except ValueError:
+        warnings.append(f"{where}: birthDate {s!r} is not a date; age left out.")
+        return None
+    return at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+
+
+def _ancestry(res: dict[str, Any]) -> Optional[str]:
+    """Text of the US Core race and ethnicity extensions (their `text`, else their codings' displays)."""
+    parts: list[str] = []
+    for ext in as_list(res.get("extension")):
+        url = as_str(as_dict(ext).get("url")) or ""
+        if url.split("|")[0] not in (RACE_EXT, ETHNICITY_EXT):
+            continue
+        subs = [s for s in as_list(ext.get("extension")) if isinstance(s, dict)]
+        text = next((t for s in subs if s.get("url") == "text" and (t := as_str(s.get("valueString")))), None)
+        if not text:
+            displays = [d for s in subs if s.get("url") in ("ombCategory", "detailed")
+                        and (d := as_str(as_dict(s.get("valueCoding")).get("display")))]
+            text = ", ".join(dict.fromkeys(displays)) or None
+        if text:
+            parts.append(text)
+    return "; ".join(parts)[:500] or None

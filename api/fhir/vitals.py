@@ -1,0 +1,92 @@
+"""Vital signs the case holds in fixed units: body weight (``patient.weight_kg``) and body
+temperature (``history.temperature_c``), read from Observations and converted with the engine's
+unit registry (pint)."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Optional
+
+from leukodx.engine.timeutil import utc_naive
+from leukodx.engine.units import registry
+
+from .datatypes import RESULT_STATUSES, as_dict, as_str, after, is_number, loinc_codes, own_time, quantity_unit
+from .resources import Item
+
+__all__ = ["BODY_WEIGHT_LOINC", "BODY_TEMPERATURE_LOINC", "body_weight", "latest_weight", "temperature"]
+
+BODY_WEIGHT_LOINC = ("29463-7", "3141-9")
+BODY_TEMPERATURE_LOINC = ("8310-5", "8331-1")
+_WEIGHT_UNITS = {"[lb_av]": "lb", "[oz_av]": "oz", "lbs": "lb", "kgs": "kg"}
+_TEMPERATURE_UNITS = {"Cel": "degC", "°C": "degC", "C": "degC", "[degF]": "degF", "°F": "degF", "F": "degF"}
+
+Weight = tuple[Optional[datetime], float]   # (UTC time or None, kg)
+
+
+def body_weight(item: Item, weights: list[Weight], warnings: list[str]) -> None:
+    """Add the body weight of a weight Observation with a result status to ``weights`` (or warn why not)."""
+    if as_str(item.resource.get("status")) not in RESULT_STATUSES:
+        return
+    kg, why = _weight_kg(item)
+    if kg is None:
+        warnings.append(f"{item.label}: body weight not used: {why}.")
+        return
+    when = own_time(item.resource, item.label, warnings)
+    weights.append((utc_naive(when) if when is not None else None, kg))
+
+
+def latest_weight(weights: list[Weight], ref: Optional[date]) -> Optional[float]:
+    """The latest timed weight not after ``ref``, else the first untimed one."""
+    timed = [(t, kg) for t, kg in weights if t is not None and (ref is None or t.date() <= ref)]
+    if timed:
+        best = timed[0]
+        for t, kg in timed[1:]:
+            if t > best[0]:
+                best = (t, kg)
+        return best[1]
+    untimed = [kg for t, kg in weights if t is None]
+    return untimed[0] if untimed else None
+
+
+def temperature(mine: list[Item], ref: Optional[date], warnings: list[str]) -> Optional[float]:
+    """The latest body temperature (LOINC 8310-5 or 8331-1) not after the case date, in Celsius."""
+    best: Optional[tuple[datetime, float]] = None
+    for item in mine:
+        res = item.resource
+        if item.type != "Observation" or as_str(res.get("status")) not in RESULT_STATUSES:
+            continue
+        if not any(c in BODY_TEMPERATURE_LOINC for c in loinc_codes(res.get("code"))):
+            continue
+        q = as_dict(res.get("valueQuantity"))
+        unit = quantity_unit(q)
+        if not is_number(q.get("value")) or unit is None:
+            warnings.append(f"{item.label}: body temperature without a value and unit was not used.")
+            continue
+        try:
+            ureg = registry()
+            celsius = ureg.Quantity(float(q["value"]), _TEMPERATURE_UNITS.get(unit, unit)).to("degC").magnitude
+        except Exception:
+            warnings.append(f"{item.label}: body temperature unit {unit!r} was not understood.")
+            continue
+        when = own_time(res, item.label, warnings)
+        if when is None or after(when, ref):
+            continue
+        if best is None or utc_naive(when) > best[0]:
+            best = (utc_naive(when), round(float(celsius), 1))
+    return best[1] if best else None
+
+
+def _weight_kg(item: Item) -> tuple[Optional[float], Optional[str]]:
+    q = as_dict(item.resource.get("valueQuantity"))
+    value, unit = q.get("value"), quantity_unit(q)
+    if not is_number(value):
+        return None, "no numeric valueQuantity.value"
+    if unit is None:
+        return None, "no unit"
+    ureg = registry()
+    try:
+        quantity = ureg.Quantity(float(value), ureg.parse_units(_WEIGHT_UNITS.get(unit, unit)))
+        if not quantity.check("[mass]"):
+            return None, f"unit {unit!r} is not a mass"
+        return float(f"{quantity.to('kilogram').magnitude:.6g}"), None
+    except Exception:
+        return None, f"unit {unit!r} is not a unit of mass leukodx reads"
