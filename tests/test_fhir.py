@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leukodx.api.fhir import MAX_DEPTH, MAX_RESOURCES, FhirMappingError, bundle_to_case, resources_from
-from leukodx.engine import CaseError, assess
+from leukodx.engine import CaseError, assess, get_engine
 from leukodx.engine.errors import Problem
 
 from conftest import FIXTURES
@@ -29,8 +29,13 @@ def load(rel: str):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def resolved_test(lab: dict) -> str:
+    """The test the engine resolves a mapped lab's LOINC code to (the case carries the code only)."""
+    return get_engine().kb.loinc[lab["loinc"]]
+
+
 def lab_of(case: dict, test: str) -> list[dict]:
-    return [lab for lab in case["labs"] if lab["test"] == test]
+    return [lab for lab in case["labs"] if resolved_test(lab) == test]
 
 
 def assessed(assessment, test: str):
@@ -48,13 +53,13 @@ def has(warnings: list[str], *parts: str) -> bool:
 def test_hl7_ghp_differential_is_moderate_neutropenia():
     case, warnings = bundle_to_case(load("hl7/r4-core-examples/diagnosticreport-example-ghp.json"))
     wbc, anc = lab_of(case, "wbc"), lab_of(case, "anc")
-    assert wbc == [{"test": "wbc", "loinc": "6690-2", "value": 4.6, "unit": "10*9/L",
+    assert wbc == [{"loinc": "6690-2", "value": 4.6, "unit": "10*9/L",
                     "time": "2015-08-16T06:40:17+00:00", "lln": 4.0,
                     "specimen": "Specimen/ltt", "ref": "Observation/r7"}]
     assert anc[0]["value"] == 0.9 and anc[0]["unit"] == "10*9/L"
     assert [lab_of(case, t)[0]["value"] for t in ("neutrophils_pct", "lymphocytes_pct", "monocytes_pct",
                                                   "eosinophils_pct", "basophils_pct")] == [20, 20, 20, 20, 20]
-    assert lab_of(case, "hemoglobin")[0] == {"test": "hemoglobin", "loinc": "718-7", "value": 176, "unit": "g/L",
+    assert lab_of(case, "hemoglobin")[0] == {"loinc": "718-7", "value": 176, "unit": "g/L",
                                              "time": "2015-08-16T06:40:17+00:00", "lln": 135,
                                              "specimen": "Specimen/ltt", "ref": "Observation/r1"}
     assert not has(warnings, "different units")             # 'x10*9/L' and '10*9/L' are the same unit
@@ -73,7 +78,7 @@ def test_us_core_311_unit_with_system_but_no_code():
     files = ["patient-example.json", "cbc.json", "neutrophils.json", "hemoglobin.json", "erythrocytes.json",
              "mchc.json"]
     case, warnings = bundle_to_case([load(f"hl7/us-core-3.1.1/{f}") for f in files])
-    assert lab_of(case, "neutrophils_pct") == [{"test": "neutrophils_pct", "loinc": "770-8", "value": 40.0,
+    assert lab_of(case, "neutrophils_pct") == [{"loinc": "770-8", "value": 40.0,
                                                 "unit": "%", "time": "2005-07-05", "lln": 37.0,
                                                 "specimen": "DiagnosticReport/cbc", "ref": "Observation/neutrophils"}]
     assert lab_of(case, "hemoglobin")[0]["unit"] == "g/dL"
@@ -104,7 +109,7 @@ def test_us_core_master_cbc_and_medication_references():
 
 def test_belgian_macsys_per_microlitre_counts_are_normalised():
     case, warnings = bundle_to_case(load("units/hl7-be-lab/Macsys__815333044__81365677998_815333044_2.json"))
-    assert lab_of(case, "wbc") == [{"test": "wbc", "loinc": "6690-2", "value": 3810, "unit": "/uL",
+    assert lab_of(case, "wbc") == [{"loinc": "6690-2", "value": 3810, "unit": "/uL",
                                     "time": "2021-11-04T00:00:00+01:00", "lln": 3720,
                                     "specimen": "Specimen/002815333044", "ref": "Observation/Observation.1.0.0.8"}]
     assert case["patient"]["sex"] == "male" and case["patient"]["age_years"] == 81
@@ -112,6 +117,7 @@ def test_belgian_macsys_per_microlitre_counts_are_normalised():
     wbc = assessed(a, "wbc")[0]
     assert (wbc.value, wbc.unit, wbc.lln) == (pytest.approx(3.81), "10^9/L", pytest.approx(3.72))
     assert wbc.original.value == 3810 and wbc.original.unit == "/uL"
+    assert (wbc.original.loinc, wbc.original.test) == ("6690-2", None)   # the engine resolved the code, once
     assert a.risk_tier.tier == "normal" and a.risk_tier.anc == pytest.approx(1.791)
 
 
@@ -127,7 +133,7 @@ def test_belgian_molis_thousands_per_cubic_millimetre():
 
 def test_belgian_mips_scenario2_code_without_unit_text():
     case, warnings = bundle_to_case(load("units/hl7-be-lab/MIPS__UZG_scenario2__2_2_bundle_2203161329.json"))
-    assert lab_of(case, "wbc") == [{"test": "wbc", "loinc": "6690-2", "value": 35, "unit": "10*3/uL",
+    assert lab_of(case, "wbc") == [{"loinc": "6690-2", "value": 35, "unit": "10*3/uL",
                                     "time": "2022-01-21T09:53:51+01:00", "lln": 6,
                                     "specimen": "Specimen/220121100303", "ref": "Observation/389059664"}]
     assert has(warnings, "LOINC 718-7 (hemoglobin)", "status 'registered'")
@@ -153,7 +159,7 @@ def test_scenario4_observations_without_value_beside_a_good_one_give_a_case():
     bundle["entry"].append({"resource": obs("751-8", 1.2, code="10*9/L", time="2022-03-25T16:00:00+01:00",
                                             subject="Patient/405636")})
     case, warnings = bundle_to_case(bundle)
-    assert [lab["test"] for lab in case["labs"]] == ["anc"]
+    assert [resolved_test(lab) for lab in case["labs"]] == ["anc"]
     assert has(warnings, "Observation/389060459", "LOINC 6690-2 (wbc)", "no valueQuantity.value", "skipped")
     assert assess(case).risk_tier.tier == "mild"
 
@@ -161,7 +167,7 @@ def test_scenario4_observations_without_value_beside_a_good_one_give_a_case():
 def test_australian_bundle_code_only_units_urn_uuid_subjects_contained_medications():
     case, warnings = bundle_to_case(load("units/au-fhir-test-data/Bundle-aups-referral-endoconsult-autogen.json"),
                                     as_of=date(2024, 12, 1))
-    assert lab_of(case, "wbc") == [{"test": "wbc", "loinc": "6690-2", "value": 8.0, "unit": "10*9/L",
+    assert lab_of(case, "wbc") == [{"loinc": "6690-2", "value": 8.0, "unit": "10*9/L",
                                     "time": "2024-06-12", "ref": "entry[53].resource"}]
     assert case["patient"] == {"sex": "female", "age_years": 39}
     names = [m["name"] for m in case["medications"]]
@@ -344,12 +350,12 @@ def test_urn_uuid_subjects_and_patient_selection():
                   urls=[p1, p2, None, None, None, None])
     case, warnings = bundle_to_case(data, patient_id="11111111-1111-4111-8111-111111111111",
                                     as_of=date(2025, 3, 10))
-    assert [(lab["test"], lab["value"]) for lab in case["labs"]] == [("wbc", 2.0), ("anc", 0.8)]
+    assert [(resolved_test(lab), lab["value"]) for lab in case["labs"]] == [("wbc", 2.0), ("anc", 0.8)]
     assert case["patient"] == {"sex": "female", "age_years": 34}
     assert has(warnings, "2 Patient resources")
     assert has(warnings, "2 Observation, medication or Condition resources of another patient")
     other, _ = bundle_to_case(data, patient_id="Patient/other")
-    assert [(lab["test"], lab["value"]) for lab in other["labs"]] == [("wbc", 9.0), ("anc", 5.0)]
+    assert [(resolved_test(lab), lab["value"]) for lab in other["labs"]] == [("wbc", 9.0), ("anc", 5.0)]
     assert other["patient"]["sex"] == "male" and other["id"] == "other"
     first, warnings = bundle_to_case(data)                # no patient_id: the first patient, and only its data
     assert [lab["value"] for lab in first["labs"]] == [2.0, 0.8]
@@ -394,7 +400,7 @@ def test_unit_choice_without_ucum_and_without_any_unit():
     no_system_code = obs("770-8", 45, code="%", system=None)
     no_unit = obs("731-0", 1.0, rid="nounit")
     case, warnings = bundle_to_case(bundle(text_only, other_system, no_system_code, no_unit))
-    assert [(lab["test"], lab["unit"]) for lab in case["labs"]] == [("wbc", "x10(3)/mcL"), ("anc", "10^9/L"),
+    assert [(resolved_test(lab), lab["unit"]) for lab in case["labs"]] == [("wbc", "x10(3)/mcL"), ("anc", "10^9/L"),
                                                                     ("neutrophils_pct", "%")]
     assert has(warnings, "Observation/nounit", "neither a unit nor a UCUM code", "skipped")
 
@@ -402,8 +408,10 @@ def test_unit_choice_without_ucum_and_without_any_unit():
 def test_reference_range_low_becomes_lln_rescaled_to_the_value_unit():
     low_other_unit = obs("6690-2", 3800, code="/uL", low={"value": 4.0, "code": "10*9/L", "system": UCUM})
     low_no_unit = obs("751-8", 1.8, code="10*9/L", low={"value": 2.0})
-    case, _ = bundle_to_case(bundle(low_other_unit, low_no_unit))
-    assert [lab["lln"] for lab in case["labs"]] == [4000, 2.0]
+    low_unread = obs("731-0", 1.1, code="10*9/L", low={"value": 1.0, "unit": "furlongs"}, rid="ly")
+    case, warnings = bundle_to_case(bundle(low_other_unit, low_no_unit, low_unread))
+    assert [lab.get("lln") for lab in case["labs"]] == [4000, 2.0, None]
+    assert has(warnings, "Observation/ly", "referenceRange[0].low is in 'furlongs'", "left out")
 
 
 def test_statuses_duplicates_and_ignored_codes():
@@ -451,7 +459,7 @@ def test_nested_bundles_contained_resources_and_empty_entries():
     resources = resources_from(outer)
     assert [r["resourceType"] for r in resources] == ["Observation", "DiagnosticReport", "Observation"]
     case, warnings = bundle_to_case(outer)
-    assert [(lab["test"], lab.get("time")) for lab in case["labs"]] == [("anc", "2025-03-10T08:00:00+00:00"),
+    assert [(resolved_test(lab), lab.get("time")) for lab in case["labs"]] == [("anc", "2025-03-10T08:00:00+00:00"),
                                                                         ("wbc", "2025-03-10T07:00:00+00:00")]
     assert has(warnings, "took the time of the report or panel", "DiagnosticReport/dr")
     assert assess(case).risk_tier.tier == "moderate"

@@ -2,8 +2,11 @@
 
 An Observation is a lab value when its code has a LOINC coding (system ``http://loinc.org`` or no
 system) that the knowledge base knows (``rules/labs.yaml``) and its status is final, amended,
-corrected or preliminary. The case gets its test and code, the value and the unit as the
-Observation gives them; the engine converts the value. What the mapping decides:
+corrected or preliminary. The case gets the code (``loinc``, not the test), the value and the unit
+as the Observation gives them: the engine resolves the code to its test and converts the value.
+The mapping reads the knowledge base's LOINC table only to choose the Observations, to name their
+test in warnings and to keep one value per test and time; the engine's factors only to choose
+which spelling of the unit to send. What it decides is format:
 
 * the unit is ``valueQuantity.code`` when its system is UCUM, else ``valueQuantity.unit`` (else a
   code with no system); when unit and code both exist and mean different units for the test, the
@@ -16,9 +19,9 @@ Observation gives them; the engine converts the value. What the mapping decides:
 * the draw (``specimen``) is the Observation's specimen, else its report or panel;
 * a second value of one test at the same time is dropped (the first is kept).
 
-Observations of other codes are counted in one warning (body weight is read by :mod:`.vitals`); a
-known test with an unusable status, no value or no unit is skipped with a warning and a problem
-naming the Observation.
+Observations of other codes are counted in one warning (body weight and temperature are read by
+:mod:`.vitals`); a known test with an unusable status, no value or no unit is skipped with a
+warning and a problem naming the Observation.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from leukodx.engine.units import conversion_factor
 from .datatypes import (RESULT_STATUSES, UCUM, When, as_dict, as_list, as_str, codings, concept_text, fmt,
                         is_number, loinc_codes, own_time, quantity_unit, reference)
 from .resources import MAX_DEPTH, Index, Item
-from .vitals import BODY_WEIGHT_LOINC, Weight, body_weight
+from .vitals import BODY_TEMPERATURE_LOINC, BODY_WEIGHT_LOINC, Weight, body_weight
 
 __all__ = ["LabValue", "map_observations"]
 
@@ -48,7 +51,7 @@ _UCUM_ANNOTATION = re.compile(r"\{[^{}]*\}")
 class LabValue:
     """One lab value for the case, and the Observation it came from."""
     item: Item
-    test: str
+    test: str                  # what the mapping calls it in warnings and de-duplication; not sent to the engine
     loinc: str
     value: Any
     unit: str
@@ -57,8 +60,8 @@ class LabValue:
     specimen: Optional[str] = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The lab in the case contract."""
-        out: dict[str, Any] = {"test": self.test, "loinc": self.loinc, "value": self.value, "unit": self.unit}
+        """The lab in the case contract: the engine resolves ``loinc`` to its test."""
+        out: dict[str, Any] = {"loinc": self.loinc, "value": self.value, "unit": self.unit}
         if self.time is not None:
             out["time"] = self.time.isoformat()
         if self.lln is not None:
@@ -91,7 +94,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if code is None:
             if any(c in BODY_WEIGHT_LOINC for c in codes):
                 body_weight(item, weights, warnings)
-            else:
+            elif not any(c in BODY_TEMPERATURE_LOINC for c in codes):
                 key = _code_label(res.get("code"), codes)
                 ignored[key] = ignored.get(key, 0) + 1
             continue
