@@ -18,8 +18,10 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app(Settings(max_body_bytes=64 * 1024, fhir_max_body_bytes=4 * 1024 * 1024))) as c:
+def client(tmp_path_factory):
+    settings = Settings(max_body_bytes=64 * 1024, fhir_max_body_bytes=4 * 1024 * 1024,
+                        feedback_db_url=f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db")   # not ./leukodx-feedback.db
+    with TestClient(create_app(settings)) as c:
         yield c
 
 
@@ -142,8 +144,7 @@ def test_access_logs_carry_no_patient_data(client):
 
 from conftest import FIXTURES  # noqa: E402
 
-FHIR = FIXTURES / "fhir-examples"
-needs_fhir = pytest.mark.skipif(not FHIR.exists(), reason="tests/fixtures/fhir-examples not present")
+FHIR = FIXTURES / "fhir-examples"       # in the repository: a missing file fails, it is not skipped
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
 
@@ -151,7 +152,6 @@ def lab_value(doc, test):
     return next(x["value"] for x in doc["labs"] if x["test"] == test and x["current"])
 
 
-@needs_fhir
 def test_fhir_ghp_differential(client):
     r = client.post("/v1/assess/fhir", content=(FHIR / "hl7/r4-core-examples/diagnosticreport-example-ghp.json")
                     .read_bytes(), headers=FHIR_JSON)
@@ -160,37 +160,62 @@ def test_fhir_ghp_differential(client):
     assert lab_value(doc, "wbc") == 4.6 and lab_value(doc, "hemoglobin") == pytest.approx(17.6)
 
 
-@needs_fhir
 def test_fhir_belgian_per_microlitre_bundle(client):
     r = client.post("/v1/assess/fhir", content=(FHIR / "units/hl7-be-lab/Macsys__815333044__81365677998_815333044_2.json")
                     .read_bytes(), headers=FHIR_JSON)
     doc = r.json()
     assert r.status_code == 200 and lab_value(doc, "wbc") == pytest.approx(3.81)
     wbc = next(x for x in doc["labs"] if x["test"] == "wbc" and x["current"])
-    assert wbc["original"] == {"value": 3810, "unit": "/uL", "test": "wbc", "loinc": "6690-2"} or \
-        wbc["original"]["value"] == 3810
+    # what the bundle gave, kept beside the converted value (FHIR gives a LOINC code, not a test name)
+    assert wbc["original"] == {"value": 3810, "unit": "/uL", "test": None, "loinc": "6690-2"}
     assert doc["risk_tier"]["tier"] == "normal"
 
 
-@needs_fhir
 def test_fhir_us_core_cbc(client):
-    files = [FHIR / "hl7/us-core-master/observation-cbc-leukocytes.json"]
-    files = [f for f in files if f.exists()] or sorted((FHIR / "hl7/us-core-master").glob("observation-cbc-*.json"))
-    bundle = {"resourceType": "Bundle", "type": "collection",
-              "entry": [{"resource": json.loads(f.read_text())} for f in files]}
+    leukocytes = json.loads((FHIR / "hl7/us-core-master/observation-cbc-leukocytes.json").read_text())
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": leukocytes}]}
     r = client.post("/v1/assess/fhir", json=bundle)
     assert r.status_code == 200
-    assert r.json()["labs"]
+    doc = r.json()
+    assert [(x["test"], x["value"], x["unit"], x["time"], x["current"]) for x in doc["labs"]] == \
+        [("wbc", 10.0, "10^9/L", "2005-07-05T00:00:00Z", True)]                # 10 10*3/uL, LOINC 6690-2
+    assert doc["labs"][0]["original"] == {"value": 10, "unit": "10*3/uL", "test": None, "loinc": "6690-2"}
+    assert doc["risk_tier"]["tier"] == "unknown"
+    assert doc["warnings"] == ["FHIR: No Patient resource: sex, age, weight and ancestry are unknown."]
 
 
-@needs_fhir
 def test_fhir_synthea_patients(client):
     for path in sorted((FHIR / "synthea").glob("*.json"))[:10]:
         r = client.post("/v1/assess/fhir", content=path.read_bytes(), headers=FHIR_JSON)
         assert r.status_code == 200, (path.name, r.text[:300])
         doc = r.json()
-        assert doc["risk_tier"]["tier"] == "unknown"          # Synthea CBCs have no differential
-        assert any(w.startswith("FHIR:") for w in doc["warnings"]) or doc["labs"]
+        # Synthea's CBC panel: WBC, haemoglobin, platelets and MCV, no differential; the latest is current
+        assert doc["cbc"]["current"] is True and doc["cbc"]["tests"] == ["hemoglobin", "mcv", "platelets", "wbc"]
+        assert sorted(x["test"] for x in doc["labs"] if x["current"]) == ["hemoglobin", "mcv", "platelets", "wbc"]
+        assert doc["risk_tier"]["tier"] == "unknown" and doc["risk_tier"]["anc"] is None
+
+
+def test_fhir_body_temperature_is_not_reported_as_an_unused_code(client):
+    """LOINC 8310-5 and 8331-1 are read (history.temperature_c), so they are not "codes leukodx does not use"."""
+    obs = lambda oid, code, value, unit: {
+        "resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "effectiveDateTime": "2025-03-10T08:00:00Z",
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1975-01-01"}},
+        {"resource": obs("w", "6690-2", 1.5, "10*9/L")}, {"resource": obs("n", "751-8", 0.4, "10*9/L")},
+        {"resource": obs("t", "8331-1", 38.6, "Cel")}]}
+    doc = client.post("/v1/assess/fhir", json=bundle).json()
+    assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]        # the temperature was read
+    assert [w for w in doc["warnings"] if "does not use" in w] == []
+
+
+@pytest.mark.xfail(strict=True, reason="product: a body temperature measured after the case date is left out "
+                   "without a word, while medications and conditions after it are named in a warning")
+def test_fhir_body_temperature_after_the_case_date_is_named_when_left_out(client):
+    path = next((FHIR / "synthea").glob("Andy_Schaden_*.json"))   # CBC 2017-02-02, oral temperature 2019-05-16
+    doc = client.post("/v1/assess/fhir", content=path.read_bytes(), headers=FHIR_JSON).json()
+    assert [w for w in doc["warnings"] if "temperature" in w.lower()] != []
 
 
 def test_fhir_without_labs_is_a_clear_problem(client):

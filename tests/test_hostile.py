@@ -63,13 +63,20 @@ def test_negative_zero_is_accepted_as_zero(client):
     assert r.status_code == 200 and r.json()["risk_tier"]["tier"] == "profound"
 
 
-@pytest.mark.parametrize("name", ["\u202eenirpoihtazA", "Aza\u200dthio\u200cprine", "ＡＺＡＴＨＩＯＰＲＩＮＥ", "azathioprine\x00"])
-def test_unicode_tricks_in_drug_names(client, name):
+@pytest.mark.parametrize("name,matched", [
+    ("\u202eenirpoihtazA", False),      # right-to-left override: it only looks like azathioprine; its letters are not
+    ("Aza\u200dthio\u200cprine", True), ("ＡＺＡＴＨＩＯＰＲＩＮＥ", True), ("azathioprine\x00", True),
+])
+def test_unicode_tricks_in_drug_names(client, name, matched):
+    """Invisible characters are removed and NFKC applied before matching: a match, or an unknown drug named
+    in a warning; never a crash."""
     r = post(client, base_case(labs=[lab("wbc", 2.5), lab("anc", 1.0)],
                                medications=[{"name": name, "start": "2025-01-01"}]))
-    assert r.status_code in (200, 422)
-    if r.status_code == 200 and "\u202e" not in name:
-        assert "thiopurine_myelotoxicity" in [c["id"] for c in r.json()["causes"]]
+    assert r.status_code == 200, r.text[:300]
+    doc = r.json()
+    assert ("thiopurine_myelotoxicity" in [c["id"] for c in doc["causes"]]) == matched
+    unknown = [w for w in doc["warnings"] if "is not in leukodx's drug vocabulary" in w]
+    assert len(unknown) == (0 if matched else 1), doc["warnings"]
 
 
 def test_cds_prefetch_of_10_mb_is_handled(client):
@@ -89,7 +96,21 @@ def test_cds_prefetch_entries_of_the_wrong_resource_type(client):
             "prefetch": {"patient": {"resourceType": "Observation", "id": "x"}, "observations": "not a bundle",
                          "pgx": 42, "medicationRequests": [1, 2], "medicationStatements": None, "conditions": None}}
     r = client.post(CDS, json=body)
-    assert r.status_code in (200, 400) and "Traceback" not in r.text
+    assert r.status_code == 200 and "Traceback" not in r.text
+    cards = r.json()["cards"]     # nothing assessable: one card that says so and lists each unusable entry
+    assert len(cards) == 1 and cards[0]["indicator"] == "info"
+    assert cards[0]["summary"].startswith("leukodx could not assess this patient")
+    assert cards[0]["detail"].count("must be a FHIR resource or Bundle (a JSON object)") == 4   # "...", 42, 1, 2
+
+
+@pytest.mark.xfail(strict=True, reason="product: the card names unusable prefetch entries by their position in an "
+                   "internal list ('[1]', '[3][0]') instead of the prefetch key the EHR filled")
+def test_cds_unusable_prefetch_entries_are_named_by_their_key(client):
+    body = {"hook": "patient-view", "hookInstance": "h-keys", "context": {"userId": "Practitioner/1", "patientId": "p"},
+            "prefetch": {"patient": None, "observations": "not a bundle", "pgx": 42, "medicationRequests": [1, 2],
+                         "medicationStatements": None, "conditions": None}}
+    detail = client.post(CDS, json=body).json()["cards"][0]["detail"]
+    assert all(key in detail for key in ("observations", "pgx", "medicationRequests")), detail
 
 
 def test_fhir_bundle_with_reference_cycles(client):
