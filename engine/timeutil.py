@@ -5,14 +5,15 @@ outside years 1-9999: ``9999-12-31T23:59:59-14:00`` is 10000-01-01T13:59:59Z and
 ``0001-01-01T00:00:00+14:00`` is 0000-12-31T10:00:00Z. Those inputs are valid ISO 8601, so they
 must give an answer (a date problem), never a 500. :func:`utc_naive` clamps them to the first or
 last representable instant, which every later date check treats as "in the future" or "too long
-ago"; :func:`utc_overflows` tells a caller that wants to name the field instead.
+ago"; :func:`utc_overflows` tells a caller that wants to name the field instead. :func:`utc_date`
+is the calendar date of such an instant (what ``as_of`` and "after the case date" compare).
 """
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from typing import Union
 
-__all__ = ["utc_naive", "utc_overflows"]
+__all__ = ["utc_naive", "utc_date", "utc_overflows", "When"]
 
 When = Union[date, datetime]
 
@@ -43,6 +44,11 @@ def utc_naive(v: When) -> datetime:
         return datetime.max
     assert isinstance(instant, datetime)
     return instant
+
+
+def utc_date(v: When) -> date:
+    """The UTC calendar date of ``v``: a date is itself, a datetime the date of :func:`utc_naive`."""
+    return utc_naive(v).date()
 
 
 def utc_overflows(v: When) -> bool:

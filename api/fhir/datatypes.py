@@ -3,7 +3,7 @@ CodeableConcept, Reference, Quantity units, and the FHIR dates (date, dateTime, 
 
 This is the one home of the mapping's date helpers. Partial dates (``2024``, ``2024-03``) are
 not a date the case contract can hold and are reported as such; times are compared as naive
-UTC through :func:`leukodx.engine.timeutil.utc_naive`, as the engine compares them.
+UTC through :mod:`leukodx.engine.timeutil` (``utc_naive``, ``utc_date``), as the engine compares them.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import re
 from datetime import date, datetime
 from typing import Any, Optional
 
-from leukodx.engine.timeutil import When, utc_naive
+from leukodx.engine.timeutil import When, utc_date
 
 __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "codings", "codes", "concept_text",
-           "reference", "quantity_unit", "parse_when", "first_when", "own_time", "utc_date", "after",
+           "reference", "quantity_unit", "parse_when", "first_when", "own_time", "after",
            "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE"]
 
 UCUM = "http://unitsofmeasure.org"
@@ -132,11 +132,6 @@ def own_time(res: dict[str, Any], where: str, warnings: list[str]) -> Optional[W
                        ("effectiveInstant", res.get("effectiveInstant")),
                        ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
                        ("issued", res.get("issued"))], where, warnings)
-
-
-def utc_date(v: When) -> date:
-    """The UTC calendar date of a date or datetime (a naive datetime is taken as UTC)."""
-    return utc_naive(v).date()
 
 
 def after(when: Optional[When], ref: Optional[date]) -> bool:

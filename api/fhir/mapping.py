@@ -25,10 +25,9 @@ from leukodx.engine.assessment import NotAssessed
 from leukodx.engine.case import MAX_LABS
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
-from leukodx.engine.timeutil import utc_naive
+from leukodx.engine.timeutil import utc_date, utc_naive
 
 from .conditions import map_conditions
-from .datatypes import utc_date
 from .medications import map_medications
 from .observations import LabValue, map_observations
 from .patient import belongs, choose_patient, default_id, demographics, subjects
