@@ -50,7 +50,9 @@ class Lab(_Model):
     value: Number
     unit: Annotated[str, Field(min_length=1, max_length=60)]
     time: Optional[When] = Field(None, description="when the sample was taken; several times make a series")
-    lln: Optional[Number] = Field(None, description="the lab's lower limit of normal, in the same unit as value")
+    lln: Optional[Number] = Field(None, description="the lab's lower limit of normal, in lln_unit (default: unit)")
+    lln_unit: Optional[Annotated[str, Field(min_length=1, max_length=60)]] = Field(
+        None, description="the unit of lln when it is given in another unit than value")
     specimen: Optional[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         None, description="the specimen or report the value belongs to; values sharing it are one blood draw (one CBC)")
     ref: Optional[Annotated[str, Field(min_length=1, max_length=200)]] = Field(

@@ -132,7 +132,14 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem])
         if lab.lln < 0:
             problems.append(Problem(f"{where}.lln", f"{name}: lower limit of normal cannot be negative"))
             return None
-        lln = float(f"{lab.lln * conv.factor:.10g}")
+        factor = conv.factor
+        if lab.lln_unit is not None and lab.lln_unit != lab.unit:
+            try:
+                factor = conversion_factor(lab.lln_unit, spec["dimension"], spec["unit"], spec.get("molar_mass")).factor
+            except UnitProblem as e:
+                problems.append(Problem(f"{where}.lln_unit", f"{test}: {e}"))
+                return None
+        lln = float(f"{lab.lln * factor:.10g}")
     return NormLab(index=i, test=test, value=normalized, unit=spec["unit"],
                    time=_as_datetime(lab.time) if lab.time else None, lln=lln, original_value=value,
                    original_unit=lab.unit, original_test=lab.test, loinc=lab.loinc, specimen=lab.specimen,

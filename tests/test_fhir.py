@@ -405,13 +405,17 @@ def test_unit_choice_without_ucum_and_without_any_unit():
     assert has(warnings, "Observation/nounit", "neither a unit nor a UCUM code", "skipped")
 
 
-def test_reference_range_low_becomes_lln_rescaled_to_the_value_unit():
+def test_reference_range_low_becomes_lln_in_its_own_unit_converted_by_the_engine():
     low_other_unit = obs("6690-2", 3800, code="/uL", low={"value": 4.0, "code": "10*9/L", "system": UCUM})
     low_no_unit = obs("751-8", 1.8, code="10*9/L", low={"value": 2.0})
     low_unread = obs("731-0", 1.1, code="10*9/L", low={"value": 1.0, "unit": "furlongs"}, rid="ly")
     case, warnings = bundle_to_case(bundle(low_other_unit, low_no_unit, low_unread))
-    assert [lab.get("lln") for lab in case["labs"]] == [4000, 2.0, None]
+    assert [(lab.get("lln"), lab.get("lln_unit")) for lab in case["labs"]] == [(4.0, "10*9/L"), (2.0, None),
+                                                                                (None, None)]
     assert has(warnings, "Observation/ly", "referenceRange[0].low is in 'furlongs'", "left out")
+    a = assess(case)
+    assert {lab.test: (lab.value, lab.lln) for lab in a.labs if lab.test in ("wbc", "anc") and not lab.derived} == \
+        {"wbc": (pytest.approx(3.8), pytest.approx(4.0)), "anc": (pytest.approx(1.8), pytest.approx(2.0))}
 
 
 def test_statuses_duplicates_and_ignored_codes():

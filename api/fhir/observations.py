@@ -15,7 +15,8 @@ which spelling of the unit to send. What it decides is format:
 * a ``comparator`` (``<0.5``) keeps the bound as the value, with a warning;
 * the time is ``effectiveDateTime``, ``effectiveInstant``, ``effectivePeriod.start`` or ``issued``,
   else the time of the DiagnosticReport (``result``) or panel Observation (``hasMember``) listing it;
-* ``referenceRange[0].low`` -> ``lln`` (in the value's unit: rescaled when given in another);
+* ``referenceRange[0].low`` -> ``lln``, with ``lln_unit`` when its unit is not the value's (the
+  engine converts it); left out with a warning when the engine does not read that unit;
 * the draw (``specimen``) is the Observation's specimen, else its report or panel;
 * a second value of one test at the same time is dropped (the first is kept).
 
@@ -57,6 +58,7 @@ class LabValue:
     unit: str
     time: Optional[When]
     lln: Optional[float]
+    lln_unit: Optional[str]
     specimen: Optional[str] = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,6 +68,8 @@ class LabValue:
             out["time"] = self.time.isoformat()
         if self.lln is not None:
             out["lln"] = self.lln
+        if self.lln_unit is not None:
+            out["lln_unit"] = self.lln_unit
         if self.specimen:
             out["specimen"] = self.specimen[:200]
         rid = as_str(self.item.resource.get("id"))
@@ -158,7 +162,7 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
         shown = fmt(value) if is_number(value) else repr(value)
         what = "a bound and not a measurement" if comparator in COMPARATORS else "with an unknown comparator"
         warnings.append(f"{name}: reported as {comparator}{shown} {unit}, {what}; {shown} was used as the value.")
-    return LabValue(item, test, code, value, unit, time, _lln(res, unit, spec, name, warnings))
+    return LabValue(item, test, code, value, unit, time, *_lln(res, unit, spec, name, warnings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,23 +211,24 @@ def _value_unit(q: dict[str, Any], spec: dict[str, Any], where: str, warnings: l
     return None
 
 
-def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str, warnings: list[str]) -> Optional[float]:
-    """``referenceRange[0].low`` in the value's unit ``unit``."""
+def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str,
+         warnings: list[str]) -> tuple[Optional[float], Optional[str]]:
+    """(``referenceRange[0].low``, its unit when it is not the value's ``unit``)."""
     ranges = as_list(res.get("referenceRange"))
     low = as_dict(as_dict(ranges[0] if ranges else {}).get("low"))
     value = low.get("value")
     if not is_number(value):
-        return None
+        return None, None
     low_unit = quantity_unit(low)
     if low_unit is None or low_unit == unit:
-        return value
-    f_low, f_val = _factor(_readable(low_unit, spec), spec), _factor(unit, spec)
-    if f_low is None or f_val is None:
-        if f_val is not None:
+        return value, None
+    low_unit = _readable(low_unit, spec)
+    if _factor(low_unit, spec) is None:
+        if _factor(unit, spec) is not None:
             warnings.append(f"{where}: referenceRange[0].low is in {low_unit!r}, which leukodx does not read; "
                             f"the lower limit of normal was left out.")
-        return None
-    return value if _same_unit(f_low, f_val) else float(f"{value * f_low / f_val:.12g}")
+        return None, None
+    return value, low_unit
 
 
 # ---------------------------------------------------------------------------------------------
