@@ -92,7 +92,7 @@ class Suggestion(_Closed):
     label: str
     uuid: Optional[str] = None
     isRecommended: Optional[bool] = None
-    actions: list[Action] = []
+    actions: Optional[list[Action]] = None
     actionSelectionBehavior: Optional[Literal["all", "any", "at-most-one"]] = None
 
 
@@ -109,10 +109,10 @@ class Card(_Closed):
     detail: Optional[str] = None
     indicator: Literal["info", "warning", "critical"]
     source: Source
-    suggestions: list[Suggestion] = []
+    suggestions: Optional[list[Suggestion]] = None
     selectionBehavior: Optional[Literal["at-most-one", "any"]] = None
-    overrideReasons: list[Coding] = []
-    links: list[Link] = []
+    overrideReasons: Optional[list[Coding]] = None
+    links: Optional[list[Link]] = None
 
 
 class CardsResponse(_Closed):

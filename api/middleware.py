@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .problems import send_problem
+
 __all__ = ["RequestContext", "BodyLimit", "configure_logging", "JsonFormatter"]
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -91,12 +93,8 @@ class RequestContext:
             logging.getLogger("leukodx.api").error("unhandled error", extra={"request_id": request_id,
                                                                             "error_type": type(e).__name__})
             if not started:
-                body = json.dumps({"type": "about:blank", "title": "Internal error", "status": 500,
-                                   "detail": "The request could not be completed; it has been logged.",
-                                   "request_id": request_id}).encode()
-                await send_wrapper({"type": "http.response.start", "status": 500, "headers": [
-                    (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]})
-                await send_wrapper({"type": "http.response.body", "body": body})
+                await send_problem(send_wrapper, 500, "Internal error",
+                                   "The request could not be completed; it has been logged.", request_id=request_id)
         finally:
             self.log.info("request", extra={"request_id": request_id, "method": scope.get("method"),
                                             "path": scope.get("path"), "status": status,
@@ -148,8 +146,4 @@ class BodyLimit:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps({"type": "about:blank", "title": "Request body too large", "status": 413,
-                       "detail": f"The body exceeds {limit} bytes."}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send_problem(send, 413, "Request body too large", f"The body exceeds {limit} bytes.")

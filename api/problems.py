@@ -1,6 +1,7 @@
 """Errors as RFC 9457 problem details (application/problem+json), never a stack trace."""
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leukodx.engine import CaseError, Problem
 
-__all__ = ["problem", "ProblemError", "install", "PROBLEM_JSON", "pointer"]
+__all__ = ["problem", "problem_body", "send_problem", "ProblemError", "install", "PROBLEM_JSON", "pointer"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -23,15 +24,30 @@ def pointer(loc: str) -> str:
     return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts if p != "")
 
 
-def problem(status: int, title: str, detail: str = "", errors: Optional[list[Problem]] = None,
-            headers: Optional[dict[str, str]] = None, **extra: Any) -> JSONResponse:
+def problem_body(status: int, title: str, detail: str = "", errors: Optional[list[Problem]] = None,
+                 **extra: Any) -> dict[str, Any]:
+    """The one shape of every problem leukodx answers (routes, exception handlers, ASGI middleware)."""
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
     if errors:
         body["errors"] = [{"pointer": pointer(p.loc), "loc": p.loc, "detail": p.msg} for p in errors]
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return body
+
+
+def problem(status: int, title: str, detail: str = "", errors: Optional[list[Problem]] = None,
+            headers: Optional[dict[str, str]] = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(problem_body(status, title, detail, errors, **extra), status_code=status,
+                        media_type=PROBLEM_JSON, headers=headers)
+
+
+async def send_problem(send: Any, status: int, title: str, detail: str = "", **extra: Any) -> None:
+    """Answer with a problem from raw ASGI middleware (outside FastAPI's exception handling)."""
+    body = json.dumps(problem_body(status, title, detail, **extra)).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ProblemError(Exception):

@@ -88,9 +88,13 @@ class Ctcae(_Out):
     sources: list[str]
 
 
+Priority = Literal["critical", "warning", "info"]
+
+
 class AlertOut(_Out):
     id: str
     title: str
+    severity: Priority
     description: str
     rules: list[str]
     sources: list[str]
@@ -156,6 +160,11 @@ class SourceOut(_Out):
     doi: Optional[str] = None
     url: Optional[str] = None
 
+    def link(self) -> Optional[str]:
+        """Where a reader opens the source: its URL, else PubMed, else the DOI resolver."""
+        return self.url or (f"https://pubmed.ncbi.nlm.nih.gov/{self.pmid}/" if self.pmid else None) or (
+            f"https://doi.org/{self.doi}" if self.doi else None)
+
 
 class GeneStatus(_Out):
     gene: Literal["TPMT", "NUDT15"]
@@ -207,6 +216,7 @@ class Assessment(_Out):
     kb_version: str
     engine_version: str
     disclaimer: str = DISCLAIMER
+    priority: Priority = "info"
     risk_tier: RiskTier
     cbc: CbcStatus
     ctcae: Ctcae
@@ -217,6 +227,7 @@ class Assessment(_Out):
     steps_not_advised: list[BlockedStep]
     pharmacogenomics: Pharmacogenomics
     missing_data: list[MissingItem]
+    conditions: list[str] = []
     not_assessed: list[NotAssessed] = []
     warnings: list[str]
     labs: list[NormalizedLab]

@@ -83,8 +83,8 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
         if aid in fired_alerts:
             fs = fired_alerts[aid]
             e = kb.alerts[aid]
-            alerts.append(AlertOut(id=aid, title=e.title, description=e.description, rules=[f.rule.id for f in fs],
-                                   sources=_sources(fs, e.sources)))
+            alerts.append(AlertOut(id=aid, title=e.title, severity=e.severity or "warning", description=e.description,
+                                   rules=[f.rule.id for f in fs], sources=_sources(fs, e.sources)))
     steps, not_advised = _steps(kb, firings)
 
     missing: dict[str, list[str]] = {}
@@ -112,9 +112,15 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
         cited.update(f.rule.sources)
     sources = {sid: _source_out(kb, sid) for sid in sorted(cited)}
     trace = [TraceItem.model_construct(rule=f.rule.id, family=f.rule.family, stage=f.rule.stage, facts=f.facts) for f in firings]
+    order = ("critical", "warning", "info")
+    levels = [a.severity for a in alerts] + [kb.tier_priority.get(d.risk_tier.tier, "info")]
+    if d.risk_tier.tier_at_least:
+        levels.append(kb.tier_priority.get(d.risk_tier.tier_at_least, "info"))
+    priority = min(levels, key=order.index)
     return Assessment(
-        case_id=nc.case.id, as_of=nc.as_of, kb_version=kb.version, engine_version=engine_version,
+        case_id=nc.case.id, priority=priority, as_of=nc.as_of, kb_version=kb.version, engine_version=engine_version,
         risk_tier=d.risk_tier, cbc=d.cbc, ctcae=d.ctcae, alerts=alerts, findings=findings, causes=causes, steps=steps,
         steps_not_advised=not_advised, pharmacogenomics=pharmacogenomics,
         missing_data=[MissingItem(item=k, rules=v) for k, v in missing.items()], not_assessed=list(not_assessed),
+        conditions=sorted(nc.conditions),
         warnings=warnings, labs=d.labs_out, sources=sources, trace=trace)

@@ -6,7 +6,8 @@ rules/ holds data a clinician can review (see rules/README.md):
     labs.yaml        tests, LOINC codes, units, plausible ranges     drugs.yaml       drug vocabulary
     conditions.yaml  free-text vocabulary                            ctcae.yaml       CTCAE grading
     causes.yaml, steps.yaml, alerts.yaml, findings.yaml              catalogues of what rules conclude
-    facts.yaml       the facts rules may read                        pgx/             CPIC and PharmCAT tables
+    facts.yaml       the facts rules may read                        pgx/             CPIC and PharmCAT tables,
+    orders.yaml      what the order check says (clozapine)                            thiopurine dose changes
     logic/*.yaml     the rules, one file per family
 
 :func:`load` returns a :class:`KnowledgeBase` or raises :class:`KnowledgeBaseError` listing every
@@ -64,6 +65,10 @@ class KnowledgeBase:
     cpic_source: dict[str, Any]
     diplotypes: dict[str, dict[str, str]]
     facts: FactVocabulary
+    dose_adjustments: list[dict[str, Any]]
+    orders: dict[str, Any]
+    tier_priority: dict[str, str]
+    tier_priority_sources: list[str]
     rules: list[Rule] = field(default_factory=list)
     families: dict[str, list[Rule]] = field(default_factory=dict)   # family -> rules, KB order
     family_titles: dict[str, str] = field(default_factory=dict)
@@ -119,7 +124,8 @@ def load(root: Path | None = None) -> KnowledgeBase:
     conditions = {k: patterns(v, f"conditions.{k}", problems) for k, v in vocab.get("conditions", {}).items()}
     organs = {k: patterns(v, f"transplant_organs.{k}", problems) for k, v in vocab.get("transplant_organs", {}).items()}
     findings = catalogue(read_yaml(root / "findings.yaml", problems), "findings", "findings.yaml", problems)
-    alerts = catalogue(read_yaml(root / "alerts.yaml", problems), "alerts", "alerts.yaml", problems)
+    alert_doc = read_yaml(root / "alerts.yaml", problems) or {}
+    alerts = catalogue(alert_doc, "alerts", "alerts.yaml", problems)
     facts = FactVocabulary(read_yaml(root / "facts.yaml", problems), {
         "test": tests, "finding": findings, "alert": alerts, "condition": conditions, "smear": SMEAR_FINDINGS,
         "class": sorted(classes), "drug": [d.get("id") for d in drugs], "transplant_organs": organs}, problems)
@@ -136,6 +142,9 @@ def load(root: Path | None = None) -> KnowledgeBase:
         alerts=alerts, findings=findings,
         ctcae=read_yaml(root / "ctcae.yaml", problems) or {},
         cpic=cpic_doc["rows"], cpic_source=cpic_doc, diplotypes=diplotypes(root, problems), facts=facts,
+        dose_adjustments=(read_yaml(root / "pgx" / "dose_adjustments.yaml", problems) or {}).get("adjustments", []),
+        orders=read_yaml(root / "orders.yaml", problems) or {},
+        tier_priority=alert_doc.get("tier_priority", {}), tier_priority_sources=alert_doc.get("tier_priority_sources", []),
     )
     compile_rules(kb, root, problems)
     check_references(kb, problems)

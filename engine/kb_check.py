@@ -34,6 +34,21 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         problems.append(f"conditions.yaml: oncologic: unknown condition {cond!r}")
     if not kb.duffy_null_note:
         problems.append("conditions.yaml: duffy_prevalent_ancestry needs a note")
+    thiopurines = [d["id"] for d in kb.drugs if "thiopurine" in d.get("classes", [])]
+    for pattern in ("tpmt_poor", "nudt15_poor", "both_intermediate", "one_intermediate", "normal", "indeterminate"):
+        for drug in thiopurines:
+            rows = [r for r in kb.dose_adjustments if r.get("pattern") == pattern and drug in r.get("drugs", [])]
+            if len(rows) != 1:
+                problems.append(f"pgx/dose_adjustments.yaml: {len(rows)} rows for {drug}, {pattern} (need exactly 1)")
+    for r in kb.dose_adjustments:
+        need(r.get("sources"), f"pgx/dose_adjustments.yaml: {r.get('pattern')}")
+        if r.get("priority") not in ("critical", "warning", "info"):
+            problems.append(f"pgx/dose_adjustments.yaml: {r.get('pattern')}: priority must be critical, warning or info")
+    need(kb.orders.get("clozapine", {}).get("sources"), "orders.yaml: clozapine")
+    need(kb.tier_priority_sources, "alerts.yaml: tier_priority")
+    for e in kb.alerts.values():
+        if e.severity is None:
+            problems.append(f"alerts.yaml: {e.id} needs a severity (critical or warning)")
     for k, t in kb.thresholds.items():
         need(t.get("sources"), f"thresholds.yaml: {k}")
     for d in kb.drugs:

@@ -70,6 +70,7 @@ class CatalogueEntry(_Strict):
     description: str
     sources: list[str] = Field(min_length=1)
     drug_classes: list[str] = []
+    severity: Optional[Literal["critical", "warning"]] = None   # alerts only
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from .derive import derive
 from .explain import build_assessment
 from .kb import KnowledgeBase, default as default_kb
 from .normalize import NormCase, normalize
+from .orders import OrderCheck, OrderInput, check_orders
 from .parse import load_document, parse_case
 from .partial import assess_partially
 from .rank import rank_causes
@@ -61,6 +62,12 @@ class Engine:
         firings, _ = run_stages(self.kb, self.reasoner, d.facts)
         causes = rank_causes(self.kb, firings, nc.meds)
         return build_assessment(self.kb, nc, d, firings, causes, ENGINE_VERSION, left_out)
+
+    def check_orders(self, orders: list[OrderInput], assessment: Optional[Assessment] = None,
+                     tpmt: Optional[str] = None, nudt15: Optional[str] = None) -> list[OrderCheck]:
+        """What leukodx says about drugs being ordered (thiopurines against TPMT/NUDT15, clozapine against
+        the ANC). Phenotypes come from the assessment, else from the results given. See :mod:`orders`."""
+        return check_orders(self.kb, self.drugs, orders, assessment, tpmt, nudt15)
 
     def _read(self, raw: Any) -> tuple[Case, NormCase]:
         case = parse_case(raw)

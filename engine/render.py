@@ -90,8 +90,7 @@ def to_text(a: Assessment) -> str:
         w("")
     w("SOURCES")
     for s in a.sources.values():
-        link = s.url or (f"https://pubmed.ncbi.nlm.nih.gov/{s.pmid}/" if s.pmid else "")
-        w(_wrap(f"[{s.id}] {s.citation} {link}".rstrip(), "  "))
+        w(_wrap(f"[{s.id}] {s.citation} {s.link() or ''}".rstrip(), "  "))
     w("")
     w(a.disclaimer)
     return "\n".join(out) + "\n"

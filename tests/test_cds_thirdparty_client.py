@@ -315,7 +315,8 @@ def assess_today(resources: list[dict], pid: str) -> Any:
     """leukodx's own reading of the same data, judged today as the service judges it."""
     from leukodx.api import fhir
     from leukodx.engine import assess
-    mapped = fhir.map_bundle(list(resources), patient_id=pid, as_of=datetime.now(timezone.utc).date())
+    from leukodx.engine import get_engine
+    mapped = fhir.map_bundle(list(resources), kb=get_engine().kb, patient_id=pid, as_of=datetime.now(timezone.utc).date())
     return assess(mapped.case, partial=True)
 
 

@@ -1,7 +1,7 @@
 """CDS Hooks 2.0.1: discovery, the patient-view / order-select / order-sign services, feedback.
 
 A call: check the JWT -> validate the request -> gather the patient's data (prefetch, or the EHR's
-FHIR server with the bearer token it gave) -> map FHIR to a case (api/fhir.py) -> engine.assess ->
+FHIR server with the bearer token it gave) -> map FHIR to a case (api/fhir/) -> engine.assess ->
 cards (api/cards.py). Prefetch semantics (spec 2.0.1, "Prefetch template"): a key with `null`
 means the EHR has no such data; a missing key, or an OperationOutcome, means it could not be
 provided, so the service fetches it; if it cannot, it answers 412 with an OperationOutcome.
@@ -18,18 +18,17 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from leukodx.engine import CaseError, Engine, pgx
-from leukodx.engine.assessment import Assessment, NotAssessed
+from leukodx.engine import Assessment, CaseError, Engine, NotAssessed, OrderInput
 from leukodx.engine.parse import load_json_document, problems_from_validation
 
 from .. import cards as C
 from .. import fhir
 from ..cds_auth import AuthError, JwtVerifier, verifier_from_settings
-from ..cds_models import CardsResponse, FeedbackRequest, HookRequest
+from ..cds_models import Card, CardsResponse, FeedbackRequest, HookRequest
 from ..config import Settings
 from ..deps import engine
 from ..deps import settings as app_settings
-from ..fhir_fetch import FetchError, fetch_queries, fill_template
+from ..fhir import FetchError, fetch_queries, fill_template
 from ..offload import run_cpu
 from ..problems import ProblemError
 
@@ -181,7 +180,7 @@ _CALL_ERRORS = {400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM,
 
 
 @router.post("/cds-services/{service_id}", summary="Call a CDS service", response_model=CardsResponse,
-             responses=_CALL_ERRORS)
+             response_model_exclude_none=True, responses=_CALL_ERRORS)
 async def call_service(service_id: str, request: Request, eng: Engine = Depends(engine),
                        settings: Settings = Depends(app_settings)) -> Any:
     await _authorize(request, settings)
@@ -235,7 +234,7 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
             "hook_instance": hook.hookInstance, "service": service_id, "assessed": assessment is not None,
             "patient_mismatch": mismatch, "left_out": len(left_out),
             "reason": _REF.sub(r"\1/-", "; ".join((problems or left_out)[:3]))[:500]})
-    cards: list[dict[str, Any]] = []
+    cards: list[Card] = []
     if assessment is None and problems:
         cards.append(C.unassessed_card(hook.hookInstance, problems + notes, "warning" if mismatch else "info"))
     elif assessment is None:
@@ -249,7 +248,7 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
         if not cards and assessment is not None:
             cards.append(C.checked_card(assessment, hook.hookInstance))
         C.note_left_out(cards, left_out)
-    return JSONResponse({"cards": cards})
+    return CardsResponse(cards=cards)
 
 
 def _prefetch_mismatch(hook: HookRequest, templates: dict[str, str], patient_id: str) -> str:
@@ -278,29 +277,21 @@ def _left_out_text(n: NotAssessed) -> str:
 
 
 def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[Assessment],
-                 resources: list[Any], hook: HookRequest, patient_id: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+                 resources: list[Any], hook: HookRequest, patient_id: str) -> list[Card]:
+    """A card per ordered drug the engine's order check speaks about."""
     if not drafts:
-        return out
-    if assessment is not None:
-        tpmt, nudt15 = assessment.pharmacogenomics.tpmt, assessment.pharmacogenomics.nudt15
-    else:
-        history = fhir.pgx_results(resources, patient_id)   # never another patient's results
-        tpmt = pgx.resolve(eng.kb, "tpmt", history.get("tpmt"))
-        nudt15 = pgx.resolve(eng.kb, "nudt15", history.get("nudt15"))
+        return []
+    orders, by_key = [], {}
     for index, order in enumerate(drafts):
         key = str(order.get("id") or f"#{index}")     # an order without an id still gets its own card uuid
-        match = eng.drugs.lookup(*fhir.medication_name_and_code(order))
-        if match is None:
-            continue
-        drug = match.drug["id"]
-        if "thiopurine" in match.drug.get("classes", []):
-            rec = pgx.recommendation(eng.kb, drug, tpmt, nudt15)
-            out.append(C.thiopurine_card(order, key, drug, rec, tpmt, nudt15, hook.hookInstance,
-                                         patient_id, rec.sources if rec else ["relling_cpic_2019"], eng.kb.version))
-        elif drug == "clozapine":
-            out.append(C.clozapine_card(assessment, hook.hookInstance, key))
-    return out
+        name, code = fhir.medication_name_and_code(order)
+        reason = (order.get("reasonCode") or [{}])[0] if isinstance(order.get("reasonCode"), list) else {}
+        indication = reason.get("text") if isinstance(reason, dict) and isinstance(reason.get("text"), str) else None
+        orders.append(OrderInput(key=key, name=name, rxnorm=code, indication=indication))
+        by_key[key] = order
+    history = fhir.pgx_results(resources, patient_id) if assessment is None else {}   # never another patient's
+    checks = eng.check_orders(orders, assessment, history.get("tpmt"), history.get("nudt15"))
+    return [C.order_card(c, by_key[c.order], hook.hookInstance, patient_id, eng.kb.version) for c in checks]
 
 
 @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards",

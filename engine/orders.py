@@ -1,0 +1,189 @@
+"""Order checks: what leukodx says about a drug being ordered (CDS order-select / order-sign).
+
+A thiopurine is checked against the patient's TPMT and NUDT15 phenotypes: the CPIC row, and the
+starting-dose change of rules/pgx/dose_adjustments.yaml (a fraction of the ordered dose, a change
+of frequency, or an alternative drug), or genotyping when a phenotype is unknown. Clozapine is
+checked against the label's ANC thresholds (rules/orders.yaml, thresholds.yaml) and the current
+assessment. Adapters turn an :class:`OrderCheck` into their own format (a CDS card with
+suggestions); they decide nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from . import pgx
+from .assessment import Assessment, CpicRecommendation, GeneStatus
+from .kb import KnowledgeBase
+from .vocabulary import DrugIndex, match_conditions
+
+__all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
+
+Priority = Literal["critical", "warning", "info"]
+Advice = Literal["recommended", "possible", "no"]
+_INTERMEDIATE = ("intermediate", "possible_intermediate")
+
+
+class OrderInput(BaseModel):
+    """A draft medication order as an adapter reads it."""
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    name: Optional[str] = None
+    rxnorm: Optional[str] = None
+    indication: Optional[str] = None
+
+
+class DoseChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    factor: Optional[float] = None          # multiply the ordered dose by this
+    times: Optional[int] = None             # new frequency: times per `per`
+    per: Optional[Literal["day", "week"]] = None
+    wording: str
+    percent_range: Optional[tuple[int, int]] = None
+
+
+class OrderCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    order: str
+    drug: str
+    drug_name: str
+    topic: Literal["thiopurine_pgx", "clozapine_anc"]
+    priority: Priority
+    summary: str
+    detail: str
+    genotype: Advice = "no"                 # order TPMT and NUDT15 genotyping
+    adjust: Advice = "no"                   # change the ordered dose as dose_change says
+    cancel: Advice = "no"                   # choose another drug
+    dose_change: Optional[DoseChange] = None
+    recommendation: Optional[CpicRecommendation] = None
+    sources: list[str]
+
+
+def _pattern(tpmt: str, nudt15: str) -> str:
+    if tpmt == "poor":
+        return "tpmt_poor"
+    if nudt15 == "poor":
+        return "nudt15_poor"
+    if tpmt in _INTERMEDIATE and nudt15 in _INTERMEDIATE:
+        return "both_intermediate"
+    if tpmt in _INTERMEDIATE or nudt15 in _INTERMEDIATE:
+        return "one_intermediate"
+    if tpmt == "normal" and nudt15 == "normal":
+        return "normal"
+    return "indeterminate"
+
+
+def _adjustment(kb: KnowledgeBase, drug: str, pattern: str) -> dict[str, Any]:
+    for row in kb.dose_adjustments:
+        if row["pattern"] == pattern and drug in row["drugs"]:
+            return row
+    raise LookupError(f"pgx/dose_adjustments.yaml has no row for {drug}, {pattern}")   # rules check prevents it
+
+
+def _phenotype(status: GeneStatus) -> str:
+    return status.phenotype.replace("_", " ")
+
+
+def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt: GeneStatus, nudt15: GeneStatus,
+                malignant: Optional[bool]) -> OrderCheck:
+    name, did = drug["name"], drug["id"]
+    pheno = f"TPMT {_phenotype(tpmt)}, NUDT15 {_phenotype(nudt15)}"
+    base = {"order": order.key, "drug": did, "drug_name": name, "topic": "thiopurine_pgx"}
+    unknown = [g.gene for g in (tpmt, nudt15) if g.phenotype == "unknown"]
+    poor = "poor" in (tpmt.phenotype, nudt15.phenotype)
+    if unknown and not poor:
+        return OrderCheck(**base, priority="warning", genotype="recommended",
+                          summary=f"{name.capitalize()} ordered with {' and '.join(unknown)} status unknown: genotype "
+                                  f"before dosing (CPIC)",
+                          detail=f"**{pheno}.** CPIC doses {name} by TPMT and NUDT15 phenotype; genotype "
+                                 f"{' and '.join(unknown)} before starting, and monitor the CBC closely meanwhile.",
+                          sources=["relling_cpic_2019"])
+    pattern = _pattern(tpmt.phenotype, nudt15.phenotype)
+    row = _adjustment(kb, did, pattern)
+    rec = None if unknown else pgx.recommendation(kb, did, tpmt, nudt15)
+    sources = list(dict.fromkeys([*row["sources"], *(rec.sources if rec else [])]))
+    change = None
+    if row.get("percent") or row.get("frequency"):
+        low, high = row.get("percent") or (100, 100)
+        freq = row.get("frequency") or {}
+        change = DoseChange(factor=high / 100.0 if row.get("percent") and high != 100 else None,
+                            times=freq.get("times"), per=freq.get("per"), wording=row["wording"],
+                            percent_range=(low, high) if row.get("percent") else None)
+    adjust: Advice = "recommended" if change and (change.factor or change.times) else "no"
+    cancel: Advice = "no"
+    if row.get("non_malignant") == "alternative":
+        # malignancy: the reduced dose; other uses: another drug; indication unknown: both possible
+        adjust = ("recommended" if malignant else "no" if malignant is False else "possible") if change else "no"
+        cancel = "recommended" if malignant is False else "possible" if malignant is None else "no"
+    if unknown:          # a poor metabolizer with the other gene untested: still critical
+        detail = (f"**{pheno}.** A poor metabolizer faces life-threatening myelosuppression at normal doses; CPIC "
+                  f"advises {row['wording']}, or an alternative drug for non-malignant conditions. Genotype "
+                  f"{' and '.join(unknown)} as well.")
+    else:
+        assert rec is not None
+        detail = f"**{pheno}** ({rec.classification} recommendation)\n\n{rec.update_2024 or rec.recommendation}"
+        if rec.update_2024:
+            detail += f"\n\n*Superseded 2020 text:* {rec.recommendation}"
+        if rec.comments:
+            detail += f"\n\n{rec.comments}"
+    what = ("drastically reduce the dose or use an alternative (CPIC)" if poor else
+            "start at a reduced dose (CPIC)" if row["priority"] == "warning" and change else
+            "normal starting dose (CPIC)" if pattern == "normal" else "monitor closely (CPIC)")
+    return OrderCheck(**base, priority=row["priority"], summary=f"{name.capitalize()} for a {pheno}: {what}",
+                      detail=detail, genotype="recommended" if unknown else "no", adjust=adjust, cancel=cancel,
+                      dose_change=change, recommendation=rec, sources=sources)
+
+
+def _clozapine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment]) -> OrderCheck:
+    spec = kb.orders["clozapine"]
+    numbers = {k: f"{kb.value(k):g}" for k in kb.thresholds}
+    base = {"order": order.key, "drug": drug["id"], "drug_name": drug["name"], "topic": "clozapine_anc",
+            "sources": list(spec["sources"])}
+    alert = next((x for x in a.alerts if x.id == "clozapine_neutropenia"), None) if a else None
+    if alert is not None:
+        shown = a.risk_tier.anc if a.risk_tier.anc is not None else f"at most {a.risk_tier.anc_at_most:g}"
+        entry = spec["below_threshold"]
+        return OrderCheck(**base, priority=entry["priority"], cancel="recommended",
+                          summary=entry["summary"].format(anc=shown, **numbers), detail=alert.description)
+    if a is None or a.risk_tier.anc is None or not a.cbc.current:
+        entry = spec["no_anc"]
+        return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(**numbers),
+                          detail=" ".join(entry["detail"].format(**numbers).split()))
+    entry = spec["proceed"]
+    return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(anc=f"{a.risk_tier.anc:g}"),
+                      detail=" ".join(entry["detail"].split()))
+
+
+def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], assessment: Optional[Assessment],
+                 tpmt: Optional[str] = None, nudt15: Optional[str] = None) -> list[OrderCheck]:
+    """One check per ordered drug leukodx has something to say about (thiopurines, clozapine).
+
+    The phenotypes come from the assessment when there is one, else from the ``tpmt``/``nudt15``
+    results given (a phenotype word or a diplotype; an unreadable one counts as unknown)."""
+    if assessment is not None:
+        t, n = assessment.pharmacogenomics.tpmt, assessment.pharmacogenomics.nudt15
+    else:
+        t, n = (_resolve(kb, gene, value) for gene, value in (("tpmt", tpmt), ("nudt15", nudt15)))
+    oncologic = set(assessment.conditions) & kb.oncologic_conditions if assessment is not None else set()
+    out: list[OrderCheck] = []
+    for order in orders:
+        match = drugs.lookup(order.name, order.rxnorm)
+        if match is None:
+            continue
+        drug = match.drug
+        if "thiopurine" in drug.get("classes", []):
+            indication = set(match_conditions(kb, order.indication)) if order.indication else set()
+            malignant = True if (oncologic or indication & kb.oncologic_conditions) else (
+                False if indication or (assessment is not None and assessment.conditions) else None)
+            out.append(_thiopurine(kb, order, drug, t, n, malignant))
+        elif drug["id"] == "clozapine":
+            out.append(_clozapine(kb, order, drug, assessment))
+    return out
+
+
+def _resolve(kb: KnowledgeBase, gene: str, value: Optional[str]) -> GeneStatus:
+    try:
+        return pgx.resolve(kb, gene, value)
+    except pgx.PhenotypeError:
+        return pgx.resolve(kb, gene, None)

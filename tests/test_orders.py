@@ -1,0 +1,98 @@
+"""The engine's order check (engine/orders.py): a thiopurine against TPMT and NUDT15 (CPIC 2018 tables,
+2020 rows, March 2024 update), clozapine against the label's ANC thresholds. Expected values are
+CPIC's and the label's, not the engine's output."""
+from __future__ import annotations
+
+import pytest
+
+from leukodx.engine import OrderInput
+
+from conftest import base_case, lab
+
+AZA = OrderInput(key="o1", name="azathioprine")
+
+
+def check(engine, order=AZA, assessment=None, tpmt=None, nudt15=None):
+    [c] = engine.check_orders([order], assessment, tpmt, nudt15)
+    return c
+
+
+@pytest.mark.parametrize("tpmt,nudt15,priority,factor,times,percent", [
+    ("normal", "normal", "info", None, None, (100, 100)),              # normal starting dose
+    ("intermediate", "normal", "warning", 0.8, None, (30, 80)),        # CPIC: 30-80% of normal
+    ("normal", "possible_intermediate", "warning", 0.8, None, (30, 80)),
+    ("intermediate", "intermediate", "warning", 0.5, None, (20, 50)),  # CPIC 2024 update: 20-50%
+    ("poor", "normal", "critical", 0.1, 3, (10, 10)),                  # 10-fold, thrice weekly (malignancy)
+    ("normal", "poor", "critical", 0.1, None, (10, 10)),               # azathioprine: 10-fold daily (malignancy)
+])
+def test_thiopurine_dose_changes_follow_cpic(engine, tpmt, nudt15, priority, factor, times, percent):
+    c = check(engine, tpmt=tpmt, nudt15=nudt15)
+    assert (c.topic, c.priority) == ("thiopurine_pgx", priority)
+    assert c.dose_change.percent_range == percent
+    assert (c.dose_change.factor, c.dose_change.times) == (factor, times)
+    if times:
+        assert c.dose_change.per == "week"
+
+
+def test_thioguanine_intermediate_range_is_50_to_80(engine):
+    c = check(engine, OrderInput(key="t", name="thioguanine"), tpmt="intermediate", nudt15="normal")
+    assert c.dose_change.percent_range == (50, 80) and c.dose_change.factor == 0.8
+
+
+def test_the_2024_range_comes_before_the_superseded_2020_text(engine):
+    c = check(engine, tpmt="intermediate", nudt15="intermediate")
+    assert c.detail.index("20-50%") < c.detail.index("30%-80%")
+
+
+def test_unknown_status_asks_for_genotyping(engine):
+    c = check(engine)
+    assert (c.priority, c.genotype, c.adjust, c.cancel, c.dose_change) == ("warning", "recommended", "no", "no", None)
+
+
+def test_a_poor_metabolizer_with_the_other_gene_untested_is_still_critical(engine):
+    c = check(engine, tpmt="poor")
+    assert c.priority == "critical" and c.genotype == "recommended"
+    assert (c.dose_change.factor, c.dose_change.times) == (0.1, 3)
+
+
+@pytest.mark.parametrize("indication,adjust,cancel", [
+    ("acute lymphoblastic leukemia", "recommended", "no"),   # malignancy: the reduced dose
+    ("Crohn's disease", "no", "recommended"),                 # non-malignant: an alternative drug
+    (None, "possible", "possible"),                           # indication unknown: the clinician chooses
+])
+def test_a_poor_metabolizer_by_indication(engine, indication, adjust, cancel):
+    c = check(engine, OrderInput(key="o", name="mercaptopurine", indication=indication), tpmt="poor", nudt15="normal")
+    assert (c.adjust, c.cancel) == (adjust, cancel)
+
+
+def test_diplotypes_are_resolved_and_unreadable_ones_count_as_unknown(engine):
+    assert check(engine, tpmt="*3A/*3A", nudt15="*1/*1").priority == "critical"
+    assert check(engine, tpmt="*99/*98", nudt15="*1/*1").genotype == "recommended"
+
+
+def test_phenotypes_come_from_the_assessment_when_there_is_one(engine):
+    a = engine.assess(base_case(history={"tpmt": "poor", "nudt15": "normal"}))
+    c = check(engine, assessment=a, tpmt="normal", nudt15="normal")   # the results given are not used
+    assert c.priority == "critical"
+
+
+CLOZ = OrderInput(key="c1", name="Clozaril")
+
+
+@pytest.mark.parametrize("anc,priority", [(0.8, "critical"), (2.0, "info")])   # label: interrupt below 1.0
+def test_clozapine_against_the_label_threshold(engine, anc, priority):
+    a = engine.assess(base_case(labs=[lab("wbc", 4.0), lab("anc", anc)],
+                                medications=[{"name": "clozapine", "start": "2024-01-01"}]))
+    c = check(engine, CLOZ, a)
+    assert (c.topic, c.priority) == ("clozapine_anc", priority)
+    assert (c.cancel == "recommended") is (priority == "critical")
+
+
+def test_clozapine_without_a_current_anc_asks_for_a_baseline(engine):
+    a = engine.assess(base_case(labs=[lab("hemoglobin", 13.0, "g/dL")]))
+    c = check(engine, CLOZ, a)
+    assert c.priority == "warning" and "at least 1.5" in c.detail and "at least 1" in c.detail
+
+
+def test_other_drugs_get_no_check(engine):
+    assert engine.check_orders([OrderInput(key="x", name="amoxicillin"), OrderInput(key="y", name="zzz")], None) == []
