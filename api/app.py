@@ -20,10 +20,11 @@ from fastapi.staticfiles import StaticFiles
 from leukodx.engine import get_engine
 from leukodx.engine.pipeline import ENGINE_VERSION
 
-from . import cds_auth, problems
+from . import problems, rest
+from .cds import auth as cds_auth
+from .cds import routes as cds_routes
 from .config import Settings, check_deployment, get_settings
 from .middleware import BodyLimit, RequestContext, configure_logging
-from .routes import cds_hooks, rest
 
 __all__ = ["create_app", "app"]
 
@@ -65,7 +66,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(rest.kb_router)
-    app.include_router(cds_hooks.router)
+    app.include_router(cds_routes.router)
 
     static = resources.files("fastapi_offline") / "static"
     app.mount("/static/docs", StaticFiles(directory=str(static)), name="docs-static")

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from .cds_models import FeedbackEntry
+from .cds.models import FeedbackEntry
 
 __all__ = ["FeedbackStore", "SqlReplayStore", "store_for", "reset_cache"]
 
@@ -155,7 +155,7 @@ class FeedbackStore:
 
 
 class SqlReplayStore:
-    """Seen ``(iss, jti)`` pairs in the shared database (the ``ReplayStore`` of cds_auth)."""
+    """Seen ``(iss, jti)`` pairs in the shared database (the ``ReplayStore`` of cds/auth.py)."""
 
     def __init__(self, store: FeedbackStore, purge_every: float = PURGE_EVERY_SECONDS):
         self.store = store

@@ -1,4 +1,4 @@
-"""JWT verification of incoming CDS Hooks calls (leukodx.api.cds_auth). No network.
+"""JWT verification of incoming CDS Hooks calls (leukodx.api.cds.auth). No network.
 
 The spec material below is copied verbatim from CDS Hooks 2.0.1 (HL7/cds-hooks tag v2.0.1,
 input/pagecontent/index.md, section "Trusting CDS Clients" > "Example"); when the research
@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from leukodx.api.cds_auth import (
+from leukodx.api.cds.auth import (
     AuthError,
     JwtVerifier,
     TrustedIssuer,
@@ -600,7 +600,7 @@ def test_http_fetch_refuses(response):
         seen.append(str(request.url))
         return response
 
-    from leukodx.api.cds_auth import JwksFetchError
+    from leukodx.api.cds.auth import JwksFetchError
 
     with pytest.raises(JwksFetchError):
         http_fetch_jwks(JKU, transport=httpx.MockTransport(handler))

@@ -25,12 +25,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
-from leukodx.api import cards as cards_module
+from leukodx.api.cds import cards as cards_module
 from leukodx.api.app import create_app
-from leukodx.api.cds_models import card_violations
+from leukodx.api.cds.models import card_violations
 from leukodx.api.config import Settings
 from leukodx.api.fhir import UNUSABLE, fetch_queries, fill_template
-from leukodx.api.routes import cds_hooks as cds_routes
+from leukodx.api.cds import routes as cds_routes
 from leukodx.engine.kb import default as default_kb
 
 from test_cds_hooks import (CBC_NORMAL, CBC_SEVERE, PATIENT, RECENT, SPEC, draft_bundle, needs_shared, obs, pgx_obs,
@@ -496,7 +496,7 @@ def test_no_links_system_actions_or_extensions_are_sent(svc, answers):
 
 @needs_shared
 def test_card_checker_agrees_with_the_spec_examples():
-    """The checker the card tests rely on (cds_models.card_violations) accepts the spec's and
+    """The checker the card tests rely on (cds/models.py card_violations) accepts the spec's and
     Inferno's example cards, and catches what the link / override / action rules forbid - so it
     would catch links (103, 138-147) or bad codings if leukodx ever sent them."""
     examples = json.loads((SPEC / "spec-v2.0.1" / "response-cards.json").read_text())["cards"]

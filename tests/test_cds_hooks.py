@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from leukodx.api import feedback as feedback_store
 from leukodx.api.app import create_app
-from leukodx.api.cds_models import card_violations
+from leukodx.api.cds.models import card_violations
 from leukodx.api.config import Settings, get_settings
 
 from conftest import FIXTURES

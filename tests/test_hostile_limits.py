@@ -131,7 +131,7 @@ def test_parsing_runs_off_the_event_loop(client, monkeypatch, path, headers, bod
             entered.set()
             released.append(release.wait(20))   # False if /healthz could only answer after this gave up
             return _real(*args, **kwargs)
-        monkeypatch.setattr(f"leukodx.api.routes.rest.{name}", held)
+        monkeypatch.setattr(f"leukodx.api.rest.{name}", held)
     answers = {}
     worker = threading.Thread(target=lambda: answers.setdefault("post", client.post(path, content=body,
                                                                                     headers=headers)))

@@ -12,9 +12,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from leukodx.api import cds_auth
-from leukodx.api.cds_auth import AuthError, JwtVerifier, TrustedIssuer, verifier_from_settings
-from leukodx.api.cds_models import FeedbackEntry
+from leukodx.api.cds import auth as cds_auth
+from leukodx.api.cds.auth import AuthError, JwtVerifier, TrustedIssuer, verifier_from_settings
+from leukodx.api.cds.models import FeedbackEntry
 from leukodx.api.feedback import FeedbackStore, SqlReplayStore
 
 ISS = "https://ehr.example.org"

@@ -20,10 +20,10 @@ from leukodx.engine.errors import Problem
 from leukodx.engine.parse import load_json_document, load_yaml_document
 from leukodx.engine.render import to_json
 
-from ..config import Settings
-from ..deps import FHIR_TYPES, JSON_TYPES, YAML_TYPES, engine, read_body, settings
-from ..offload import run_cpu
-from ..problems import PROBLEM_JSON, ProblemError
+from .config import Settings
+from .deps import FHIR_TYPES, JSON_TYPES, YAML_TYPES, engine, read_body, settings
+from .offload import run_cpu
+from .problems import PROBLEM_JSON, ProblemError
 
 router = APIRouter(prefix="/v1", tags=["assessment"])
 kb_router = APIRouter(prefix="/v1", tags=["knowledge base"])
@@ -81,7 +81,7 @@ async def assess_fhir(request: Request,
     """A FHIR R4 Bundle (Patient, Observation, MedicationRequest, MedicationStatement, Condition) in;
     the Assessment out. EHR data is assessed partially by default: what could not be read is listed in
     ``not_assessed`` (and the mapping's notes in ``warnings``); 422 only when nothing could be assessed."""
-    from .. import fhir
+    from . import fhir
     body = await read_body(request, FHIR_TYPES)
 
     def work() -> str:   # JSON only: a FHIR route never parses YAML

@@ -63,7 +63,7 @@ __all__ = [
     "verifier_from_settings",
 ]
 
-log = logging.getLogger("leukodx.cds_auth")
+log = logging.getLogger("leukodx.cds.auth")
 
 # alg -> (required JWK kty, required EC curve or None). Asymmetric algorithms only:
 # "none" and HS256/HS384/HS512 are refused before any key is looked at (CDS Hooks 2.0.1,

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from leukodx.engine import Assessment, OrderCheck
 
-from .cds_models import Action, Card, Coding, Source, Suggestion
+from .models import Action, Card, Coding, Source, Suggestion
 
 __all__ = ["assessment_cards", "order_card", "stale_card", "unassessed_card", "checked_card", "note_left_out",
            "OVERRIDE_REASONS", "card_id"]

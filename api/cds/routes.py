@@ -2,7 +2,7 @@
 
 A call: check the JWT -> validate the request -> gather the patient's data (prefetch, or the EHR's
 FHIR server with the bearer token it gave) -> map FHIR to a case (api/fhir/) -> engine.assess ->
-cards (api/cards.py). Prefetch semantics (spec 2.0.1, "Prefetch template"): a key with `null`
+cards (cards.py). Prefetch semantics (spec 2.0.1, "Prefetch template"): a key with `null`
 means the EHR has no such data; a missing key, or an OperationOutcome, means it could not be
 provided, so the service fetches it; if it cannot, it answers 412 with an OperationOutcome.
 """
@@ -21,16 +21,16 @@ from pydantic import ValidationError
 from leukodx.engine import Assessment, CaseError, Engine, NotAssessed, OrderInput
 from leukodx.engine.parse import load_json_document, problems_from_validation
 
-from .. import cards as C
 from .. import fhir
-from ..cds_auth import AuthError, JwtVerifier, verifier_from_settings
-from ..cds_models import Card, CardsResponse, FeedbackRequest, HookRequest
 from ..config import Settings
 from ..deps import engine
 from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
 from ..offload import run_cpu
 from ..problems import ProblemError
+from . import cards as C
+from .auth import AuthError, JwtVerifier, verifier_from_settings
+from .models import Card, CardsResponse, FeedbackRequest, HookRequest
 
 router = APIRouter(tags=["CDS Hooks"])
 log = logging.getLogger("leukodx.cds")
