@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from leukodx.engine import get_engine
-from leukodx.engine.pipeline import ENGINE_VERSION
+from leukodx.engine import ENGINE_VERSION
 
 from . import problems, rest
 from .cds import auth as cds_auth

@@ -1,23 +1,26 @@
 """Derive: from normalized labs, medications and history to the facts the rules read.
 
-* ANC = WBC x (neutrophils% + bands%) / 100 when no absolute count is given (likewise
-  lymphocytes), per sample; a given absolute count that disagrees with the computed one by more
-  than 10% is reported.
-* the series (ANC where it can be had, else WBC): points, fall from the prior 90-day maximum,
-  span of the current run of low values, nadir-to-nadir intervals;
-* the neutrophil risk tier and CTCAE grades (tables from rules/);
-* one flat fact per attribute, typed (float, bool, str) before durable-rules sees it.
+* the current CBC: values grouped into draws (samples.py), the latest draw with a WBC or ANC no older
+  than current_cbc_max_age_days; older counts are history;
+* ANC = WBC x (neutrophils% + bands%) / 100 within one draw when no absolute count is given (likewise
+  lymphocytes); a reported ANC that disagrees with the derived one by more than
+  anc_disagreement_fraction gives way to the lower; without any ANC, the WBC bounds it (anc_max);
+* the neutrophil risk tier and CTCAE grades (tables from rules/), with the count's date and age;
+* trends (trends.py) and the patient's context and drug exposure (exposure.py) as facts;
+* one flat fact per attribute, typed (float, bool, str) as rules/facts.yaml declares.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, OriginalValue, RiskTier
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormLab
+from .exposure import drug_facts, patient_facts
 from .samples import DIFFERENTIAL_TESTS, Sample, age_days, group_samples
+from .trends import series_facts
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
 
@@ -83,10 +86,6 @@ def ctcae_grades(kb: KnowledgeBase, values: dict[str, float], llns: dict[str, fl
 def _utc(t: Optional[datetime]) -> Optional[datetime]:
     """Sample times are kept as naive UTC inside the engine; the output says so (RFC 3339, with Z)."""
     return t.replace(tzinfo=timezone.utc) if t is not None else None
-
-
-def _days(a: Optional[date], b: Optional[date]) -> Optional[float]:
-    return float((a - b).days) if a and b else None
 
 
 def _derived_count(sample: Sample, target: str, pcts: tuple[str, ...]) -> Optional[tuple[float, str]]:
@@ -229,9 +228,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                                                   f"apply from 1 year of age; an infant's normal ANC can be lower."
                                                   if age < 1 else ""))
     if cbc is not None:
-        _series_facts(kb, nc, samples, cbc, derived_points["anc"], facts)
-    _patient_facts(kb, nc, facts)
-    _drug_facts(kb, nc, facts)
+        series_facts(kb, nc, samples, cbc, derived_points["anc"], facts)
+    patient_facts(kb, nc, facts)
+    drug_facts(kb, nc, facts)
 
     anc = values.get("anc")
     tier = tier_for(kb, anc)
@@ -299,159 +298,3 @@ def _cbc_status(nc: NormCase, cbc: Optional[Sample], latest: Optional[Sample], l
                               f"{latest_age} days{years} before {nc.as_of}; it is older than {max_age} days and "
                               f"was used for history only.")
     return CbcStatus(current=False, max_age_days=max_age, note="No CBC: no WBC or ANC was given.")
-
-
-def _series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sample,
-                  derived_anc: dict[str, tuple[Optional[datetime], float, str]], facts: dict[str, Any]) -> None:
-    """Trend facts over the ANC series (the WBC series when the current CBC has no ANC), one point per draw,
-    ending at the current CBC."""
-    anc_points: dict[Optional[datetime], float] = {}
-    wbc_points: dict[Optional[datetime], float] = {}
-    for sample in samples:
-        reported = sample.values.get("anc")
-        derived = derived_anc.get(sample.key)
-        if reported is not None and derived is not None:
-            anc_points[sample.time] = min(reported.value, derived[1])   # the safer side, as for the tier
-        elif reported is not None or derived is not None:
-            anc_points[sample.time] = reported.value if reported is not None else derived[1]   # type: ignore[index]
-        if "wbc" in sample.values:
-            wbc_points[sample.time] = sample.values["wbc"].value
-    # the ANC series where it has at least two points and reaches the current CBC, else the WBC series
-    use_anc = cbc.time in anc_points and (len(anc_points) >= 2 or len(wbc_points) < 2)
-    basis, points = ("anc", anc_points) if use_anc else ("wbc", wbc_points)
-    if not points:
-        return
-    as_of_dt = datetime.combine(nc.as_of, datetime.min.time()) if nc.as_of else None
-    series = sorted(((t or as_of_dt, v) for t, v in points.items() if (t or as_of_dt) is not None),
-                    key=lambda p: p[0])
-    facts["series_points"] = float(len(series)) if series else 1.0
-    if len(series) < 2:
-        return
-    low = kb.value("neutropenia_anc") if basis == "anc" else facts["wbc_lln"]
-    latest_t, latest_v = series[-1]
-    window = kb.value("trend_lookback_days")
-    prior = [v for t, v in series[:-1] if (latest_t - t).days <= window]
-    if prior and max(prior) > 0:
-        facts["count_drop_pct"] = _r(max(0.0, (max(prior) - latest_v) / max(prior) * 100.0))
-    run_start = None
-    for t, v in reversed(series):
-        if v < low:
-            run_start = t
-        else:
-            break
-    facts["low_span_days"] = float((latest_t - run_start).days) if run_start else 0.0
-    if basis == "anc":
-        facts["cyclic_intervals"] = float(_cyclic_intervals(kb, series))
-
-
-def _cyclic_intervals(kb: KnowledgeBase, series: list[tuple[datetime, float]]) -> int:
-    """Nadir-to-nadir intervals of cyclic length (14-35 days) with a recovery between the nadirs.
-
-    A nadir episode is a run of consecutive values below the nadir level; its time is that of its
-    lowest value. Two episodes count as one interval when a value at or above the neutropenia
-    cutoff lies between them.
-    """
-    nadir_level, recovery = kb.value("cyclic_nadir_anc"), kb.value("neutropenia_anc")
-    lo, hi = kb.value("cyclic_min_days"), kb.value("cyclic_max_days")
-    episodes: list[tuple[datetime, float, bool]] = []   # (time of minimum, minimum, recovered before it)
-    current: Optional[list[Any]] = None
-    recovered = False
-    for t, v in series:
-        if v < nadir_level:
-            if current is None:
-                current, recovered = [t, v, recovered], False
-            elif v < current[1]:
-                current[0], current[1] = t, v
-        else:
-            if current is not None:
-                episodes.append((current[0], current[1], current[2]))
-                current = None
-            recovered = recovered or v >= recovery
-    if current is not None:
-        episodes.append((current[0], current[1], current[2]))
-    return sum(1 for a, b in zip(episodes, episodes[1:]) if b[2] and lo <= (b[0] - a[0]).days <= hi)
-
-
-def _patient_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
-    p, h = nc.case.patient, nc.case.history
-    facts["sex"] = p.sex
-    if p.age_years is not None:
-        facts["age_years"] = float(p.age_years)
-    if p.weight_kg is not None:
-        facts["weight_kg"] = float(p.weight_kg)
-    if p.duffy_null is not None:
-        facts["duffy_null"] = p.duffy_null
-    if nc.duffy_prevalent_ancestry:
-        facts["duffy_prevalent_ancestry"] = True
-    if h.temperature_c is not None:
-        facts["temperature_c"] = float(h.temperature_c)
-    if h.fever_sustained_1h is not None:
-        facts["fever_sustained_1h"] = h.fever_sustained_1h
-    if h.splenomegaly or "splenomegaly" in nc.conditions:
-        facts["splenomegaly"] = True
-    elif h.splenomegaly is False:
-        facts["splenomegaly"] = False
-    if h.alcohol_use_disorder or "alcohol_use_disorder" in nc.conditions:
-        facts["alcohol_use_disorder"] = True
-    elif h.alcohol_use_disorder is False:
-        facts["alcohol_use_disorder"] = False
-    for s in h.smear_findings:
-        facts[f"smear_{s}"] = True
-    for c in nc.conditions:
-        facts[f"condition_{c}"] = True
-    as_of = nc.as_of
-    transfusion = h.last_transfusion and _as_day(h.last_transfusion)
-    if transfusion and as_of:
-        facts["days_since_transfusion"] = _days(as_of, transfusion)
-    if nc.transplant_organ:
-        facts["transplant_organ"] = nc.transplant_organ
-        if h.transplant and h.transplant.date and as_of:
-            facts["days_since_transplant"] = _days(as_of, _as_day(h.transplant.date))
-    facts["tpmt_phenotype"] = nc.tpmt.phenotype
-    facts["nudt15_phenotype"] = nc.nudt15.phenotype
-    if h.tpmt_method:
-        facts["tpmt_method"] = h.tpmt_method
-        if h.tpmt_method == "activity" and transfusion:
-            tested = _as_day(h.tpmt_test_date) if h.tpmt_test_date else as_of   # undated: assume tested now
-            if tested:
-                facts["tpmt_activity_days_after_transfusion"] = _days(tested, transfusion)
-
-
-def _as_day(v: Any) -> date:
-    return v.date() if isinstance(v, datetime) else v
-
-
-def _drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
-    """Per class and per drug: active, recent (active or stopped within recent_drug_days), days on,
-    days since the last dose, and the highest computable dose in mg/kg/day."""
-    as_of = nc.as_of
-    recent_days = kb.value("recent_drug_days")
-    suspect = False
-    for med in nc.meds:
-        last = med.end or (med.start if med.status != "active" else None)
-        active = med.status == "active" and not (med.end and as_of and med.end < as_of)
-        since_last = 0.0 if active else _days(as_of, last)
-        recent = active or (since_last is not None and since_last <= recent_days)
-        days_on = _days(as_of, med.start) if active else None
-        # The last dose is known for a stopped or completed course (its end, else its start). For an
-        # active course of a drug given in cycles (rituximab) it is not, so none is assumed.
-        last_dose = None if active else _days(as_of, med.end or med.start)
-        for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
-            if active:
-                facts[f"{stem}_active"] = True
-            if recent:
-                facts[f"{stem}_recent"] = True
-            if days_on is not None:
-                facts[f"{stem}_days_on"] = max(facts.get(f"{stem}_days_on", 0.0), days_on)
-            if last_dose is not None:
-                key = f"{stem}_days_since_last_dose"
-                facts[key] = min(facts.get(key, last_dose), last_dose)
-            if med.dose_mg_kg_day is not None:
-                key = f"{stem}_dose_mg_kg_day"
-                facts[key] = _r(max(facts.get(key, 0.0), med.dose_mg_kg_day))
-        if recent and med.classes & kb.suspect_classes:
-            suspect = True
-        if "anti_cd20" in med.classes and last_dose is not None and last_dose <= kb.value("anti_cd20_suspect_days"):
-            suspect = True
-    if suspect:
-        facts["any_suspect_drug_recent"] = True

@@ -1,5 +1,8 @@
 """Verification of the JWT that a CDS Client (the EHR) sends with every CDS Hooks call.
 
+(Longer than leukodx's other modules on purpose: token parsing, key selection, JWKS fetching and
+the replay check are one security boundary, read and reviewed as one piece, in the order below.)
+
 CDS Hooks 2.0.1, "Trusting CDS Clients": each request carries
 ``Authorization: Bearer <JWT>``. The JOSE header has ``alg`` (ES384 and RS384 are the
 recommended algorithms; ``none`` and every symmetric algorithm SHALL NOT be used),

@@ -1,0 +1,92 @@
+"""Trends over the count series: one point per draw (samples.py), ending at the current CBC.
+
+* ``count_drop_pct``: the fall of the current count from the highest of the previous
+  ``trend_lookback_days``;
+* ``low_span_days``: how long the count has been low;
+* ``cyclic_intervals``: nadir-to-nadir intervals of cyclic length with recovery between.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from .kb import KnowledgeBase
+from .normalize import NormCase
+from .samples import Sample
+
+__all__ = ["series_facts", "cyclic_intervals"]
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sample,
+                  derived_anc: dict[str, tuple[Optional[datetime], float, str]], facts: dict[str, Any]) -> None:
+    """Trend facts over the ANC series (the WBC series when the current CBC has no ANC), one point per draw,
+    ending at the current CBC."""
+    anc_points: dict[Optional[datetime], float] = {}
+    wbc_points: dict[Optional[datetime], float] = {}
+    for sample in samples:
+        reported = sample.values.get("anc")
+        derived = derived_anc.get(sample.key)
+        if reported is not None and derived is not None:
+            anc_points[sample.time] = min(reported.value, derived[1])   # the safer side, as for the tier
+        elif reported is not None or derived is not None:
+            anc_points[sample.time] = reported.value if reported is not None else derived[1]   # type: ignore[index]
+        if "wbc" in sample.values:
+            wbc_points[sample.time] = sample.values["wbc"].value
+    # the ANC series where it has at least two points and reaches the current CBC, else the WBC series
+    use_anc = cbc.time in anc_points and (len(anc_points) >= 2 or len(wbc_points) < 2)
+    basis, points = ("anc", anc_points) if use_anc else ("wbc", wbc_points)
+    if not points:
+        return
+    as_of_dt = datetime.combine(nc.as_of, datetime.min.time()) if nc.as_of else None
+    series = sorted(((t or as_of_dt, v) for t, v in points.items() if (t or as_of_dt) is not None),
+                    key=lambda p: p[0])
+    facts["series_points"] = float(len(series)) if series else 1.0
+    if len(series) < 2:
+        return
+    low = kb.value("neutropenia_anc") if basis == "anc" else facts["wbc_lln"]
+    latest_t, latest_v = series[-1]
+    window = kb.value("trend_lookback_days")
+    prior = [v for t, v in series[:-1] if (latest_t - t).days <= window]
+    if prior and max(prior) > 0:
+        facts["count_drop_pct"] = _r(max(0.0, (max(prior) - latest_v) / max(prior) * 100.0))
+    run_start = None
+    for t, v in reversed(series):
+        if v < low:
+            run_start = t
+        else:
+            break
+    facts["low_span_days"] = float((latest_t - run_start).days) if run_start else 0.0
+    if basis == "anc":
+        facts["cyclic_intervals"] = float(cyclic_intervals(kb, series))
+
+
+def cyclic_intervals(kb: KnowledgeBase, series: list[tuple[datetime, float]]) -> int:
+    """Nadir-to-nadir intervals of cyclic length (14-35 days) with a recovery between the nadirs.
+
+    A nadir episode is a run of consecutive values below the nadir level; its time is that of its
+    lowest value. Two episodes count as one interval when a value at or above the neutropenia
+    cutoff lies between them.
+    """
+    nadir_level, recovery = kb.value("cyclic_nadir_anc"), kb.value("neutropenia_anc")
+    lo, hi = kb.value("cyclic_min_days"), kb.value("cyclic_max_days")
+    episodes: list[tuple[datetime, float, bool]] = []   # (time of minimum, minimum, recovered before it)
+    current: Optional[list[Any]] = None
+    recovered = False
+    for t, v in series:
+        if v < nadir_level:
+            if current is None:
+                current, recovered = [t, v, recovered], False
+            elif v < current[1]:
+                current[0], current[1] = t, v
+        else:
+            if current is not None:
+                episodes.append((current[0], current[1], current[2]))
+                current = None
+            recovered = recovered or v >= recovery
+    if current is not None:
+        episodes.append((current[0], current[1], current[2]))
+    return sum(1 for a, b in zip(episodes, episodes[1:]) if b[2] and lo <= (b[0] - a[0]).days <= hi)
