@@ -5,7 +5,7 @@
 Public API: :func:`assess`, :class:`Engine` (``assess``, ``check_orders``), :class:`CaseError`, and the
 public modules: ``case`` (the input contract), ``assessment`` and ``orders`` (the outputs), ``parse``
 (documents with limits), ``render`` (JSON and text), ``errors``, ``kb`` and ``conditions`` (the knowledge
-base, for reviewers' tools), ``units`` and ``timeutil`` (shared by the FHIR mapping). Every other module
+base, for reviewers' tools), ``units``, ``timeutil`` and ``pgx`` (shared by the FHIR mapping). Every other module
 is internal to the pipeline (tests/test_layout.py keeps the adapters off them).
 """
 from .assessment import Assessment, NotAssessed

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import date, datetime
 from typing import Any, Optional, Union
 
@@ -18,8 +17,8 @@ from .assessment import GeneStatus
 from .case import Case, Dose
 from .errors import CaseError, Problem
 from .kb import KnowledgeBase
-from .timeutil import utc_naive
-from .units import UnitProblem, conversion_factor, registry
+from .timeutil import utc_date, utc_naive
+from .units import UnitProblem, conversion_factor, dose_rate
 from .vocabulary import DrugIndex, duffy_prevalent, match_conditions, match_organ
 
 __all__ = ["NormLab", "NormMed", "NormCase", "normalize", "PCT_TESTS"]
@@ -69,16 +68,6 @@ class NormCase:
     transplant_organ: Optional[str]
     duffy_prevalent_ancestry: bool
     warnings: list[str] = field(default_factory=list)
-
-
-def _as_datetime(v: Union[date, datetime]) -> datetime:
-    return utc_naive(v)   # never OverflowError, even for 9999-12-31T23:59:59-14:00
-
-
-def _as_date(v: Union[date, datetime, None]) -> Optional[date]:
-    if v is None:
-        return None
-    return _as_datetime(v).date() if isinstance(v, datetime) else v
 
 
 def _fmt(x: float) -> str:
@@ -141,7 +130,7 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem])
                 return None
         lln = float(f"{lab.lln * factor:.10g}")
     return NormLab(index=i, test=test, value=normalized, unit=spec["unit"],
-                   time=_as_datetime(lab.time) if lab.time else None, lln=lln, original_value=value,
+                   time=utc_naive(lab.time) if lab.time else None, lln=lln, original_value=value,
                    original_unit=lab.unit, original_test=lab.test, loinc=lab.loinc, specimen=lab.specimen,
                    ref=lab.ref)
 
@@ -158,21 +147,6 @@ def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:
 _DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+)*)")
 
 
-@lru_cache(maxsize=512)
-def _dose_unit(unit: str) -> Optional[tuple[bool, float]]:
-    """(per body weight?, factor to mg/kg/day or mg/day) for a dose unit spelling, through pint."""
-    ureg = registry()
-    try:
-        q = ureg.Quantity(1.0, ureg.parse_units(unit))
-        if q.check("1/[time]"):        # mg/kg/day: mass/mass/time is 1/time
-            return True, float(q.to("milligram / kilogram / day").magnitude)
-        if q.check("[mass]/[time]"):
-            return False, float(q.to("milligram / day").magnitude)
-    except Exception:   # pint raises several types for unreadable units
-        return None
-    return None
-
-
 def _dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]) -> Optional[float]:
     """mg/kg/day from a dose with a unit of mass per time (needs the weight) or mass per body mass per time."""
     if dose is None:
@@ -184,13 +158,12 @@ def _dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]) ->
         value, unit = float(m.group(1)), m.group(2)
     else:
         value, unit = dose.value, dose.unit
-    found = _dose_unit(unit)
-    if found is None:
+    rate = dose_rate(unit)
+    if rate is None:
         return None
-    per_kg, factor = found
-    if per_kg:
-        return value * factor
-    return value * factor / weight_kg if weight_kg else None
+    if rate.per_kg:
+        return value * rate.factor
+    return value * rate.factor / weight_kg if weight_kg else None
 
 
 def _classes(drug: dict[str, Any], oncologic: bool) -> frozenset[str]:
@@ -211,7 +184,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
 
     # as_of: given, else the latest lab time; never the wall clock.
     lab_times = [lab.time for lab in labs if lab.time]
-    as_of = _as_date(case.as_of) if case.as_of else (max(lab_times).date() if lab_times else None)
+    as_of = utc_date(case.as_of) if case.as_of else (max(lab_times).date() if lab_times else None)
     if as_of is None:
         warnings.append("No as_of and no lab times: timing rules (drug onset windows, transfusion, trends) were not applied.")
 
@@ -251,7 +224,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
 
     # dates must not lie after as_of
     def not_future(where: str, v: Union[date, datetime, None]) -> None:
-        d = _as_date(v)
+        d = utc_date(v)
         if as_of and d and d > as_of:
             problems.append(Problem(where, f"{d.isoformat()} is in the future relative to as_of {as_of.isoformat()}"))
 
@@ -279,7 +252,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     meds: list[NormMed] = []
     for i, med in enumerate(case.medications):
         not_future(f"medications[{i}].start", med.start)
-        start, end = _as_date(med.start), _as_date(med.end)
+        start, end = utc_date(med.start), utc_date(med.end)
         if start and end and end < start:
             problems.append(Problem(f"medications[{i}].end", f"end {end} is before start {start}"))
         if med.status == "active" and end and as_of and end < as_of:

@@ -8,7 +8,7 @@ from typing import Optional
 from .assessment import CpicRecommendation, GeneStatus
 from .kb import KnowledgeBase
 
-__all__ = ["resolve", "recommendation", "PhenotypeError", "CPIC_LABEL"]
+__all__ = ["resolve", "recommendation", "result_in_text", "PhenotypeError", "CPIC_LABEL"]
 
 _WORDS = {
     "normal": "normal", "nm": "normal", "normal metabolizer": "normal", "wild type": "normal", "wildtype": "normal",
@@ -33,6 +33,22 @@ _DIPLOTYPE = re.compile(r"^\s*(\*\w+)\s*/\s*(\*\w+)\s*$")
 
 class PhenotypeError(ValueError):
     pass
+
+
+_IN_TEXT = re.compile(r"\*\w+\s*/\s*\*\w+")
+# phrases as labs write them, longest first so that "possible intermediate" wins over "intermediate"
+_PHRASES = sorted((w for w in _WORDS if len(w) > 2), key=len, reverse=True)
+
+
+def result_in_text(text: str) -> Optional[str]:
+    """A diplotype (``*1/*3A``) or a phenotype word found in a lab's free text ("TPMT: Intermediate
+    metabolizer (*1/*3A)"), in the form :func:`resolve` reads; None when there is neither. The one
+    reader of these words (the case and the FHIR mapping alike)."""
+    m = _IN_TEXT.search(text)
+    if m:
+        return m.group(0).replace(" ", "")
+    folded = " ".join(text.casefold().replace("_", " ").split())
+    return next((_WORDS[p] for p in _PHRASES if re.search(rf"\b{re.escape(p)}\b", folded)), None)
 
 
 def resolve(kb: KnowledgeBase, gene: str, value: Optional[str], method: Optional[str] = None) -> GeneStatus:

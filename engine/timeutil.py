@@ -11,7 +11,7 @@ is the calendar date of such an instant (what ``as_of`` and "after the case date
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Union
+from typing import Optional, Union
 
 __all__ = ["utc_naive", "utc_date", "utc_overflows", "When"]
 
@@ -46,9 +46,10 @@ def utc_naive(v: When) -> datetime:
     return instant
 
 
-def utc_date(v: When) -> date:
-    """The UTC calendar date of ``v``: a date is itself, a datetime the date of :func:`utc_naive`."""
-    return utc_naive(v).date()
+def utc_date(v: Optional[When]) -> Optional[date]:
+    """The UTC calendar date of ``v``: a date is itself, a datetime the date of :func:`utc_naive`; None
+    stays None."""
+    return None if v is None else utc_naive(v).date()
 
 
 def utc_overflows(v: When) -> bool:

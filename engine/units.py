@@ -17,10 +17,11 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import Optional
 
 import pint
 
-__all__ = ["UnitProblem", "registry", "to_pint_expression", "conversion_factor", "DIMENSIONS"]
+__all__ = ["UnitProblem", "registry", "to_pint_expression", "conversion_factor", "dose_rate", "DoseRate", "DIMENSIONS"]
 
 #: pint dimensionality each kind of lab must have, and how to say it to a person.
 DIMENSIONS: dict[str, tuple[str, str]] = {
@@ -141,3 +142,30 @@ def conversion_factor(spelling: str, dimension: str, target: str, molar_mass: st
     if not math.isfinite(factor) or factor <= 0:
         raise UnitProblem(f"unit {spelling!r} cannot be converted")
     return Conversion(factor=float(f"{factor:.12g}"), expression=expr)
+
+
+@dataclass(frozen=True)
+class DoseRate:
+    spelling: str        # the spelling pint reads (UCUM's `mg/(kg.d)` becomes `mg/(kg*d)`)
+    per_kg: bool         # mass per body mass per time (mg/kg/day), else mass per time (mg/day)
+    factor: float        # to mg/kg/day (per_kg) or mg/day
+
+
+@lru_cache(maxsize=512)
+def dose_rate(unit: str) -> Optional[DoseRate]:
+    """A dose unit of mass per time or mass per body mass per time, through pint; None for any other
+    (a dose per take, a unit pint cannot read). The one reader of dose units (case and FHIR alike)."""
+    ureg = registry()
+    for spelling in dict.fromkeys((unit, unit.replace(".", "*"))):
+        numerator = spelling.split("/", 1)[0].strip().strip("(")
+        try:
+            q = ureg.Quantity(1.0, ureg.parse_units(spelling))
+            if not ureg.Quantity(1.0, ureg.parse_units(numerator)).check("[mass]"):
+                continue
+            if q.check("1/[time]"):        # mg/kg/day: mass over mass over time
+                return DoseRate(spelling, True, float(q.to("milligram / kilogram / day").magnitude))
+            if q.check("[mass]/[time]"):
+                return DoseRate(spelling, False, float(q.to("milligram / day").magnitude))
+        except Exception:   # pint raises several types for spellings it cannot read  # noqa: BLE001
+            continue
+    return None

@@ -10,7 +10,8 @@ from conftest import ROOT
 # what api/ and cli/ may import from the engine: the package and the modules its docstring names
 PUBLIC = {"leukodx.engine", "leukodx.engine.case", "leukodx.engine.assessment", "leukodx.engine.orders",
           "leukodx.engine.parse", "leukodx.engine.render", "leukodx.engine.errors", "leukodx.engine.kb",
-          "leukodx.engine.conditions", "leukodx.engine.units", "leukodx.engine.timeutil"}
+          "leukodx.engine.conditions", "leukodx.engine.units", "leukodx.engine.timeutil",
+          "leukodx.engine.pgx"}
 
 
 def _imports(path: Path, package: str) -> set[str]:

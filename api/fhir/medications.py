@@ -18,7 +18,7 @@ from datetime import date
 from typing import Any, Optional, Union
 
 from leukodx.engine.kb import KnowledgeBase
-from leukodx.engine.units import registry
+from leukodx.engine.units import dose_rate
 
 from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, fmt, is_number,
                         later_warning, quantity_unit, reference)
@@ -132,30 +132,14 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
     rate = as_dict(as_list(dosage.get("doseAndRate"))[0] if as_list(dosage.get("doseAndRate")) else {})
     q = as_dict(rate.get("doseQuantity")) or as_dict(dosage.get("doseQuantity"))  # STU3 kept it on dosage
     value, unit = q.get("value"), quantity_unit(q)
-    rate_unit = _dose_rate_unit(unit) if is_number(value) and unit else None
+    rate = dose_rate(unit) if is_number(value) and unit else None
+    rate_unit = rate.spelling if rate else None
     if rate_unit:
         return {"value": value, "unit": rate_unit}
     if text:
         return text
     if is_number(value) and unit:
         return f"{fmt(value)} {unit}"
-    return None
-
-
-def _dose_rate_unit(unit: str) -> Optional[str]:
-    """The spelling pint reads (as the engine reads doses) when ``unit`` is a mass per time (mg/d) or a mass
-    per body mass per time (mg/kg/d, UCUM mg/(kg.d)); else None."""
-    ureg = registry()
-    for spelling in dict.fromkeys((unit, unit.replace(".", "*"))):
-        numerator = spelling.split("/", 1)[0].strip()
-        try:
-            whole = ureg.Quantity(1.0, ureg.parse_units(spelling))
-            if not ureg.Quantity(1.0, ureg.parse_units(numerator)).check("[mass]"):
-                continue
-        except Exception:  # pint raises several types for spellings it cannot parse
-            continue
-        if whole.check("[mass]/[time]") or whole.check("1/[time]"):   # 1/[time]: mass over mass over time
-            return spelling
     return None
 
 

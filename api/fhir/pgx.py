@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
+from leukodx.engine.pgx import result_in_text
+
 from .datatypes import as_str, codings, concept_text
 from .patient import belongs, choose_patient
 from .resources import Item, walk
@@ -17,9 +19,6 @@ from .resources import Item, walk
 __all__ = ["pgx_results", "map_pgx"]
 
 _PGX_GENE = re.compile(r"\b(TPMT|NUDT15)\b", re.IGNORECASE)
-_PGX_DIPLOTYPE = re.compile(r"\*\w+\s*/\s*\*\w+")
-_PGX_WORDS = (("possible intermediate", "possible_intermediate"), ("intermediate", "intermediate"),
-              ("poor", "poor"), ("normal", "normal"), ("indeterminate", "indeterminate"))
 
 
 def pgx_results(data: Any, patient_id: Optional[str] = None) -> dict[str, str]:
@@ -47,9 +46,7 @@ def map_pgx(mine: list[Item], warnings: list[str]) -> dict[str, str]:
             warnings.append(f"{item.label}: {gene.group(1).upper()} result without a phenotype or diplotype was "
                             f"not used.")
             continue
-        m = _PGX_DIPLOTYPE.search(value)
-        word = next((w for phrase, w in _PGX_WORDS if phrase in value.casefold()), None)
-        mapped = m.group(0).replace(" ", "") if m else word
+        mapped = result_in_text(value)
         if mapped is None:
             warnings.append(f"{item.label}: {gene.group(1).upper()} result {value!r} was not understood.")
             continue
