@@ -58,17 +58,59 @@ def stop_server(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-LOG_CAPTURE = io.StringIO()   # every leukodx log line of the test run (read by test_zz_log_hygiene.py)
+# ---- the test run's leukodx logs (searched by test_zz_log_hygiene.py) -------------------------------
+# Every leukodx log line a test process writes goes to LOG_CAPTURE (this process's lines, in memory)
+# and to <run's base temp>/leukodx-logs/<process>.jsonl. Under pytest-xdist each worker (gw0, gw1 ...)
+# writes its own file in the directory all workers share, and marks <worker>.done when its session
+# ends, so the hygiene test can read every worker's lines once the others have finished.
+
+LOG_CAPTURE = io.StringIO()
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")          # "gw0", "gw1" ... under pytest-xdist, else None
+
+
+def log_dir(factory: pytest.TempPathFactory) -> Path:
+    base = factory.getbasetemp()
+    return (base.parent if WORKER else base) / "leukodx-logs"   # a worker's base temp is <run's>/popen-gwN
 
 
 @pytest.fixture(scope="session", autouse=True)
-def capture_leukodx_logs():
+def capture_leukodx_logs(tmp_path_factory):
     from leukodx.api.middleware import JsonFormatter
-    handler = logging.StreamHandler(LOG_CAPTURE)
-    handler.setFormatter(JsonFormatter())
-    logging.getLogger("leukodx").addHandler(handler)
+    directory = log_dir(tmp_path_factory)
+    directory.mkdir(exist_ok=True)
+    handlers = [logging.StreamHandler(LOG_CAPTURE),
+                logging.FileHandler(directory / f"{WORKER or 'main'}.jsonl", encoding="utf-8")]
+    for handler in handlers:
+        handler.setFormatter(JsonFormatter())
+        logging.getLogger("leukodx").addHandler(handler)
     yield
-    logging.getLogger("leukodx").removeHandler(handler)
+    for handler in handlers:
+        logging.getLogger("leukodx").removeHandler(handler)
+        handler.close()
+
+
+def pytest_sessionfinish(session):
+    """An xdist worker marks that it has written its last log line (also a worker that ran no test)."""
+    if WORKER:
+        directory = log_dir(session.config._tmp_path_factory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{WORKER}.done").touch()
+
+
+def run_logs(config: pytest.Config, wait_seconds: float = 1800) -> str:
+    """Every leukodx log line of the test run: this process's; under xdist, every worker's, after waiting
+    for the other workers to finish (the caller must be the last test on its worker, as test_zz_... is:
+    xdist hands out tests in file order and tells a worker to stop once none are left)."""
+    if not WORKER:
+        return LOG_CAPTURE.getvalue()
+    directory = log_dir(config._tmp_path_factory)
+    others = [f"gw{i}" for i in range(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])) if f"gw{i}" != WORKER]
+    deadline = time.monotonic() + wait_seconds        # a guard against a worker that died, not a timing check
+    while missing := [w for w in others if not (directory / f"{w}.done").exists()]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"xdist workers {missing} never finished; their logs cannot be searched")
+        time.sleep(0.5)
+    return "".join(p.read_text(encoding="utf-8") for p in sorted(directory.glob("*.jsonl")))
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,13 @@
 """Runs last (file order): the logs of the whole test run must hold no patient data and no token.
 
-Every leukodx log line written in this process during the run (conftest.LOG_CAPTURE) is searched for
-the tokens the tests sent and for values of the cases they sent."""
+Every leukodx log line written by the test processes during the run (conftest.run_logs: this
+process's, and under pytest-xdist every worker's, read once the other workers have finished) is
+searched for the tokens the tests sent and for values of the cases they sent."""
 from __future__ import annotations
 
 import pytest
 
-from conftest import CASES, LOG_CAPTURE
+from conftest import CASES, run_logs
 from leukodx.engine import CaseError
 from leukodx.engine.parse import load_document
 from leukodx.cli.replay import find_case_files
@@ -15,8 +16,8 @@ TOKENS = ["right-token", "wrong-token", "some-opaque-fhir-access-token", "Bearer
 PLANTED = ["secret-case-id-4242", "Rarecondition"]
 
 
-def test_no_tokens_or_case_values_in_the_logs():
-    logs = LOG_CAPTURE.getvalue()
+def test_no_tokens_or_case_values_in_the_logs(request):
+    logs = run_logs(request.config)
     if '"path"' not in logs:
         pytest.skip("run alone: the API tests that write logs did not run in this session")
     case_ids = []
