@@ -30,7 +30,8 @@ def test_per_microlitre_spellings_are_a_thousandth(spelling):
 
 
 def test_spellings_from_the_unit_survey():
-    """Every count spelling in ../shared/fhir-examples/units/UNIT_STRINGS.tsv that is a count unit."""
+    """Every count spelling of the unit survey (UNIT_STRINGS.tsv of the research copies; not read here)
+    that is a count unit."""
     assert factor("10*12/L") == pytest.approx(1000)       # RBC spelling, still a count per volume
     assert factor("10*6/mm3") == pytest.approx(1000)
     assert factor("x10*12/L") == pytest.approx(1000)
