@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Assessment", "NormalizedLab", "FindingOut", "RiskTier", "CtcaeGrade", "Ctcae", "AlertOut", "Evidence",
            "CauseOut", "StepOut", "BlockedStep", "MissingItem", "TraceItem", "SourceOut", "GeneStatus",
-           "CpicRecommendation", "Pharmacogenomics", "CbcStatus", "NotAssessed", "DISCLAIMER"]
+           "CpicRecommendation", "Pharmacogenomics", "CbcStatus", "NotAssessed", "ReferenceLimit", "InteractionOut", "DISCLAIMER"]
 
 DISCLAIMER = ("leukodx supports and does not replace clinical judgement. Verify each item against the cited "
               "sources and the patient before acting.")
@@ -193,6 +193,25 @@ class Pharmacogenomics(_Out):
     recommendations: list[CpicRecommendation] = []
 
 
+class InteractionOut(_Out):
+    """Two drugs taken together that raise marrow toxicity (rules/interactions.yaml)."""
+    id: str
+    title: str
+    drugs: list[list[str]]          # the patient's drugs on each side
+    effect: str
+    action: str
+    sources: list[str]
+
+
+class ReferenceLimit(_Out):
+    """The lower limit a value was judged against, and where it came from."""
+    test: str
+    lln: float
+    unit: str
+    basis: str
+    sources: list[str] = []
+
+
 class CbcStatus(_Out):
     """Which blood draw the tier, findings and alerts rest on, and how old it is."""
     current: bool
@@ -228,6 +247,8 @@ class Assessment(_Out):
     pharmacogenomics: Pharmacogenomics
     missing_data: list[MissingItem]
     conditions: list[str] = []
+    interactions: list[InteractionOut] = []
+    reference_limits: list[ReferenceLimit] = []
     not_assessed: list[NotAssessed] = []
     warnings: list[str]
     labs: list[NormalizedLab]

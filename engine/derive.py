@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, OriginalValue, RiskTier
+from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, OriginalValue, ReferenceLimit, RiskTier
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormLab
 from .exposure import drug_facts, patient_facts
@@ -37,6 +37,7 @@ class Derived:
     ctcae: Ctcae
     warnings: list[str] = field(default_factory=list)
     cbc: Optional[CbcStatus] = None
+    reference_limits: list[ReferenceLimit] = field(default_factory=list)
 
 
 def _r(x: float) -> float:
@@ -193,7 +194,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         facts[test] = float(v)
     for test, v in llns.items():
         facts[f"{test}_lln"] = float(v)
-    facts.setdefault("wbc_lln", kb.value("wbc_lln_default"))
+    limits = _reference_limits(kb, nc, llns, facts)
     facts.setdefault("lymphocytes_lln", kb.value("lymphocytes_lln_default"))
     for test in _NUTRIENT_TESTS:
         if test in values and f"{test}_lln" not in facts:
@@ -221,12 +222,14 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                 derived=True, derivation=text))
 
     age = nc.case.patient.age_years
-    if age is not None and age < 15:
-        warnings.append(f"The WBC ({kb.value('wbc_lln_default'):g}) and anaemia (WHO adult) cutoffs are for "
-                        f"adolescents and adults; children's reference ranges differ, so give the lab's age-specific "
-                        f"lower limits (lln)." + (f" The neutropenia tiers (ANC below {kb.value('neutropenia_anc'):g}) "
-                                                  f"apply from 1 year of age; an infant's normal ANC can be lower."
-                                                  if age < 1 else ""))
+    for test in ("wbc", "hemoglobin"):
+        if test in values and f"{test}_lln" not in facts:
+            warnings.append(f"{kb.tests[test]['name']}: no lower limit for a patient of this age from the lab or from "
+                            f"leukodx's reference table (rules/reference_intervals.yaml); give the lab's "
+                            f"age-specific lower limit (lln) so that it can be judged.")
+    if age is not None and age < 1:
+        warnings.append(f"The neutropenia tiers (ANC below {kb.value('neutropenia_anc'):g}) apply from 1 year of age; "
+                        f"an infant's normal ANC can be lower.")
     if cbc is not None:
         series_facts(kb, nc, samples, cbc, derived_points["anc"], facts)
     patient_facts(kb, nc, facts)
@@ -264,12 +267,39 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                             (["merz_2023"] if duffy_note else []))
     cbc_status = _cbc_status(nc, cbc, latest_cbc, latest_age, max_age)
     version = ctcae_version or kb.ctcae.get("default_version", "5.0")
-    grade_llns = {"wbc": facts["wbc_lln"], "lymphocytes": facts["lymphocytes_lln"]}
-    if "anc_lln" in facts:
-        grade_llns["anc"] = facts["anc_lln"]
+    grade_llns = {k: facts[f"{k}_lln"] for k in ("wbc", "lymphocytes", "anc") if f"{k}_lln" in facts}
     ctcae = ctcae_grades(kb, {k: values[k] for k in ("wbc", "anc", "lymphocytes") if k in values}, grade_llns, version)
     return Derived(facts=facts, current=values, labs_out=labs_out, risk_tier=risk, ctcae=ctcae, warnings=warnings,
-                   cbc=cbc_status)
+                   cbc=cbc_status, reference_limits=limits)
+
+
+def _reference_limits(kb: KnowledgeBase, nc: NormCase, llns: dict[str, float], facts: dict[str, Any]
+                      ) -> list[ReferenceLimit]:
+    """The lower limit of WBC and haemoglobin: the lab's when given, else rules/reference_intervals.yaml by
+    age, sex and pregnancy. Sets `<test>_lln` and says which was used."""
+    p = nc.case.patient
+    pregnant = "pregnancy" in nc.conditions
+    out: list[ReferenceLimit] = []
+    for test, table in kb.reference_intervals.items():
+        unit = kb.tests[test]["unit"]
+        if test in llns:
+            out.append(ReferenceLimit(test=test, lln=llns[test], unit=unit, basis="the lab's lower limit"))
+            continue
+        for row in table.get("rows", []):
+            if row.get("pregnant") and not pregnant:
+                continue
+            if row.get("age_unknown"):
+                if p.age_years is not None:
+                    continue
+            elif p.age_years is None or not (row.get("min_age", 0) <= p.age_years < row.get("max_age", 200)):
+                continue
+            if "sex" in row and p.sex not in row["sex"]:
+                continue
+            facts[f"{test}_lln"] = float(row["lln"])
+            out.append(ReferenceLimit(test=test, lln=float(row["lln"]), unit=unit, basis=row["basis"],
+                                      sources=list(table.get("sources", []))))
+            break
+    return out
 
 
 def _cutoffs_text(kb: KnowledgeBase) -> str:

@@ -6,8 +6,8 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 from . import pgx
-from .assessment import (AlertOut, Assessment, BlockedStep, CauseOut, FindingOut, MissingItem, NotAssessed,
-                         Pharmacogenomics, SourceOut, StepOut, TraceItem)
+from .assessment import (AlertOut, Assessment, BlockedStep, CauseOut, FindingOut, InteractionOut, MissingItem,
+                         NotAssessed, Pharmacogenomics, SourceOut, StepOut, TraceItem)
 from .derive import Derived
 from .kb import URGENCY_ORDER, KnowledgeBase
 from .normalize import NormCase
@@ -65,7 +65,8 @@ def _steps(kb: KnowledgeBase, firings: list[Firing]) -> tuple[list[StepOut], lis
 
 
 def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[Firing], causes: list[CauseOut],
-                     engine_version: str, not_assessed: Sequence[NotAssessed] = ()) -> Assessment:
+                     engine_version: str, not_assessed: Sequence[NotAssessed] = (),
+                     interactions: Sequence[dict[str, Any]] = ()) -> Assessment:
     findings = []
     fired_findings = _by_conclusion(firings, "finding")
     for fid in kb.findings:           # catalogue order
@@ -101,7 +102,9 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
             recs.append(rec)
     pharmacogenomics = Pharmacogenomics(tpmt=nc.tpmt, nudt15=nc.nudt15, recommendations=recs)
 
-    cited: set[str] = set(d.risk_tier.sources) | set(d.ctcae.sources)
+    interaction_out = [InteractionOut(id=i["id"], title=i["title"], drugs=i["names"], effect=" ".join(i["effect"].split()),
+                                      action=" ".join(i["action"].split()), sources=list(i["sources"])) for i in interactions]
+    cited: set[str] = {s for i in interaction_out for s in i.sources} | set(d.risk_tier.sources) | set(d.ctcae.sources) | {s for r in d.reference_limits for s in r.sources}
     for group in (findings, alerts, causes, steps, not_advised, recs):
         for item in group:
             cited.update(item.sources)
@@ -122,5 +125,5 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
         risk_tier=d.risk_tier, cbc=d.cbc, ctcae=d.ctcae, alerts=alerts, findings=findings, causes=causes, steps=steps,
         steps_not_advised=not_advised, pharmacogenomics=pharmacogenomics,
         missing_data=[MissingItem(item=k, rules=v) for k, v in missing.items()], not_assessed=list(not_assessed),
-        conditions=sorted(nc.conditions),
+        conditions=sorted(nc.conditions), reference_limits=d.reference_limits, interactions=interaction_out,
         warnings=warnings, labs=d.labs_out, sources=sources, trace=trace)

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from .kb import KnowledgeBase
 from .normalize import NormCase
 
-__all__ = ["patient_facts", "drug_facts"]
+__all__ = ["patient_facts", "drug_facts", "active_interactions"]
 
 
 def _r(x: float) -> float:
@@ -103,3 +103,56 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
             suspect = True
     if suspect:
         facts["any_suspect_drug_recent"] = True
+    for interaction in active_interactions(kb, nc):
+        facts[f"interaction_{interaction['id']}"] = True
+    _baseline_facts(kb, nc, facts)
+
+
+def _recent(kb: KnowledgeBase, nc: NormCase) -> list[Any]:
+    """The medications taken now or stopped within recent_drug_days."""
+    out = []
+    for med in nc.meds:
+        active = med.status == "active" and not (med.end and nc.as_of and med.end < nc.as_of)
+        last = med.end or (med.start if med.status != "active" else None)
+        since = _days(nc.as_of, last)
+        if active or (since is not None and since <= kb.value("recent_drug_days")):
+            out.append(med)
+    return out
+
+
+def active_interactions(kb: KnowledgeBase, nc: NormCase) -> list[dict[str, Any]]:
+    """The interactions of rules/interactions.yaml whose two sides are both taken, each with the names of
+    the drugs on each side (``names``)."""
+    recent = _recent(kb, nc)
+    out = []
+    for interaction in kb.interactions:
+        names = []
+        for side in interaction["sides"]:
+            drugs, classes = set(side.get("drugs", [])), set(side.get("classes", []))
+            names.append(sorted({m.drug_name or m.text for m in recent if m.drug_id in drugs or m.classes & classes}))
+        if all(names):
+            out.append({**interaction, "names": names})
+    return out
+
+
+def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
+    """A drug whose patient was already neutropenic before it started, and whose count has not fallen by
+    falling_drop_pct since: `drug_<id>_low_before_start` and `<class>_low_before_start` (evidence
+    against that drug). The count is the reported ANC, else the WBC against its lower limit."""
+    current_anc, current_wbc = facts.get("anc"), facts.get("wbc")
+    drop = kb.value("falling_drop_pct") / 100.0
+    for med in nc.meds:
+        if med.start is None:
+            continue
+        before = [lab for lab in nc.labs if lab.time is not None and lab.time.date() < med.start
+                  and lab.test in ("anc", "wbc")]
+        anc = max((lab for lab in before if lab.test == "anc"), key=lambda lab: lab.time, default=None)
+        wbc = max((lab for lab in before if lab.test == "wbc"), key=lambda lab: lab.time, default=None)
+        low = None
+        if anc is not None and current_anc is not None:
+            low = anc.value < kb.value("neutropenia_anc") and current_anc >= anc.value * (1 - drop)
+        elif wbc is not None and current_wbc is not None and "wbc_lln" in facts:
+            low = wbc.value < facts["wbc_lln"] and current_wbc >= wbc.value * (1 - drop)
+        if low:
+            for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
+                facts[f"{stem}_low_before_start"] = True

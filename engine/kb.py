@@ -68,6 +68,8 @@ class KnowledgeBase:
     dose_adjustments: list[dict[str, Any]]
     orders: dict[str, Any]
     tier_priority: dict[str, str]
+    reference_intervals: dict[str, Any]
+    interactions: list[dict[str, Any]]
     tier_priority_sources: list[str]
     rules: list[Rule] = field(default_factory=list)
     families: dict[str, list[Rule]] = field(default_factory=dict)   # family -> rules, KB order
@@ -126,7 +128,8 @@ def load(root: Path | None = None) -> KnowledgeBase:
     findings = catalogue(read_yaml(root / "findings.yaml", problems), "findings", "findings.yaml", problems)
     alert_doc = read_yaml(root / "alerts.yaml", problems) or {}
     alerts = catalogue(alert_doc, "alerts", "alerts.yaml", problems)
-    facts = FactVocabulary(read_yaml(root / "facts.yaml", problems), {
+    interaction_ids = [i.get("id") for i in (read_yaml(root / "interactions.yaml", problems) or {}).get("interactions", [])]
+    facts = FactVocabulary(read_yaml(root / "facts.yaml", problems), {"interaction": interaction_ids,
         "test": tests, "finding": findings, "alert": alerts, "condition": conditions, "smear": SMEAR_FINDINGS,
         "class": sorted(classes), "drug": [d.get("id") for d in drugs], "transplant_organs": organs}, problems)
     kb = KnowledgeBase(
@@ -144,6 +147,8 @@ def load(root: Path | None = None) -> KnowledgeBase:
         cpic=cpic_doc["rows"], cpic_source=cpic_doc, diplotypes=diplotypes(root, problems), facts=facts,
         dose_adjustments=(read_yaml(root / "pgx" / "dose_adjustments.yaml", problems) or {}).get("adjustments", []),
         orders=read_yaml(root / "orders.yaml", problems) or {},
+        reference_intervals=read_yaml(root / "reference_intervals.yaml", problems) or {},
+        interactions=(read_yaml(root / "interactions.yaml", problems) or {}).get("interactions", []),
         tier_priority=alert_doc.get("tier_priority", {}), tier_priority_sources=alert_doc.get("tier_priority_sources", []),
     )
     compile_rules(kb, root, problems)

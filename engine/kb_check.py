@@ -46,6 +46,20 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
             problems.append(f"pgx/dose_adjustments.yaml: {r.get('pattern')}: priority must be critical, warning or info")
     need(kb.orders.get("clozapine", {}).get("sources"), "orders.yaml: clozapine")
     need(kb.tier_priority_sources, "alerts.yaml: tier_priority")
+    drug_ids = {d.get("id") for d in kb.drugs}
+    for i in kb.interactions:
+        need(i.get("sources"), f"interactions.yaml: {i.get('id')}")
+        if len(i.get("sides", [])) != 2:
+            problems.append(f"interactions.yaml: {i.get('id')}: needs two sides")
+        for side in i.get("sides", []):
+            for d in set(side.get("drugs", [])) - drug_ids:
+                problems.append(f"interactions.yaml: {i.get('id')}: unknown drug {d!r}")
+            for c in set(side.get("classes", [])) - kb.drug_classes:
+                problems.append(f"interactions.yaml: {i.get('id')}: unknown drug class {c!r}")
+    for test, table in kb.reference_intervals.items():
+        need(table.get("sources"), f"reference_intervals.yaml: {test}")
+        if test not in kb.tests:
+            problems.append(f"reference_intervals.yaml: unknown test {test!r}")
     for e in kb.alerts.values():
         if e.severity is None:
             problems.append(f"alerts.yaml: {e.id} needs a severity (critical or warning)")

@@ -71,6 +71,7 @@ class CatalogueEntry(_Strict):
     sources: list[str] = Field(min_length=1)
     drug_classes: list[str] = []
     severity: Optional[Literal["critical", "warning"]] = None   # alerts only
+    agents_from: Optional[Literal["interactions"]] = None        # causes whose agents are combinations
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from .assessment import Assessment, NotAssessed
 from .case import Case
 from .derive import derive
 from .explain import build_assessment
+from .exposure import active_interactions
 from .kb import KnowledgeBase, default as default_kb
 from .normalize import NormCase, normalize
 from .orders import OrderCheck, OrderInput, check_orders
@@ -60,8 +61,9 @@ class Engine:
             case, nc = self._read(raw)
         d = derive(self.kb, nc, ctcae_version)
         firings, _ = run_stages(self.kb, self.reasoner, d.facts)
-        causes = rank_causes(self.kb, firings, nc.meds)
-        return build_assessment(self.kb, nc, d, firings, causes, ENGINE_VERSION, left_out)
+        interactions = active_interactions(self.kb, nc)
+        causes = rank_causes(self.kb, firings, nc.meds, interactions)
+        return build_assessment(self.kb, nc, d, firings, causes, ENGINE_VERSION, left_out, interactions)
 
     def check_orders(self, orders: list[OrderInput], assessment: Optional[Assessment] = None,
                      tpmt: Optional[str] = None, nudt15: Optional[str] = None) -> list[OrderCheck]:

@@ -1,11 +1,16 @@
 """Rank: the evidence that fired for and against each cause, summed into a score, ranked.
 
 A cause is listed only when at least one rule supports it (positive weight). Likelihood bands
-come from rules/thresholds.yaml (`likelihood`); ties keep the order of rules/causes.yaml.
+come from rules/thresholds.yaml (`likelihood`). Equal scores: the cause with the strongest single piece
+of supporting evidence first, then the one with less evidence against, then the order of
+rules/causes.yaml. One drug exposure is counted once: a drug in two classes (penicillin G is a
+beta-lactam and an agranulocytosis drug) supports only the higher-ranked of its causes; the other is
+dropped with a note on the kept one.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any, Optional
 
 from .assessment import CauseOut, Evidence
 from .kb import KnowledgeBase
@@ -15,12 +20,16 @@ from .reason import Firing
 __all__ = ["rank_causes"]
 
 
-def _agents(kb: KnowledgeBase, cause_id: str, meds: list[NormMed]) -> list[str]:
-    classes = set(kb.causes[cause_id].drug_classes)
+def _agents(kb: KnowledgeBase, cause_id: str, meds: list[NormMed], interactions: list[dict[str, Any]]) -> list[str]:
+    entry = kb.causes[cause_id]
+    if entry.agents_from == "interactions":      # the combination is the agent, not one drug of it
+        return [" + ".join("/".join(side) for side in i["names"]) for i in interactions]
+    classes = set(entry.drug_classes)
     return sorted({m.drug_name or m.text for m in meds if m.classes & classes})
 
 
-def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed]) -> list[CauseOut]:
+def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed],
+                interactions: Optional[list[dict[str, Any]]] = None) -> list[CauseOut]:
     evidence: dict[str, list[Evidence]] = defaultdict(list)
     for f in firings:
         for c in f.rule.then:
@@ -38,14 +47,31 @@ def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed]) -
         if not any(e.weight > 0 for e in items):
             continue
         score = sum(e.weight for e in items)
-        scored.append((-score, order[cid], cid, score, items))
+        strongest = max(e.weight for e in items)
+        against = sum(e.weight for e in items if e.weight < 0)
+        # ties: the strongest single piece of evidence first, then less evidence against, then the order of
+        # rules/causes.yaml (the causes a clinician must act on first)
+        scored.append((-score, -strongest, -against, order[cid], cid, score, items))
     scored.sort()
-    out = []
-    for rank, (_, _, cid, score, items) in enumerate(scored, start=1):
+    out: list[CauseOut] = []
+    counted: dict[frozenset[str], CauseOut] = {}     # one exposure is counted once
+    for _, _, _, _, cid, score, items in scored:
         entry = kb.causes[cid]
-        out.append(CauseOut(
-            id=cid, title=entry.title, rank=rank, score=score,
+        agents = _agents(kb, cid, meds, interactions or [])
+        key = frozenset(agents)
+        if entry.drug_classes and agents and key in counted:
+            kept = counted[key]
+            kept.evidence.append(Evidence.model_construct(
+                rule="rank.one_exposure_once", weight=0.0, direction="neutral", facts={}, sources=[],
+                statement=f"{', '.join(agents)} also belongs to '{entry.title}'; one exposure is counted once, "
+                          f"under the cause it supports most."))
+            continue
+        cause = CauseOut(
+            id=cid, title=entry.title, rank=len(out) + 1, score=score,
             likelihood="likely" if score >= likely else "possible" if score >= possible else "less_likely",
-            description=entry.description, agents=_agents(kb, cid, meds), evidence=items,
-            sources=sorted({s for e in items for s in e.sources} | set(entry.sources))))
+            description=entry.description, agents=agents, evidence=items,
+            sources=sorted({s for e in items for s in e.sources} | set(entry.sources)))
+        if entry.drug_classes and agents:
+            counted[key] = cause
+        out.append(cause)
     return out

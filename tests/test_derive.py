@@ -117,10 +117,34 @@ def test_stable_chronic_and_cyclic_patterns(engine):
 
 # ---- the patient -------------------------------------------------------------------------------------
 
-def test_children_are_warned_that_the_cutoffs_are_for_adults(engine):
+def test_children_are_judged_against_their_age_not_adult_cutoffs(engine):
+    """WHO 2024 anaemia cut-offs by age; no adult WBC limit for a child without the lab's own (issue 14.4)."""
+    def hb_limit(a):
+        return next((r.lln, r.basis) for r in a.reference_limits if r.test == "hemoglobin")
     child = engine.assess(base_case(patient={"age_years": 6, "sex": "female"}))
     infant = engine.assess(base_case(patient={"age_years": 0.5, "sex": "male"}))
     adult = engine.assess(base_case())
-    assert any("children" in w for w in child.warnings) and not any("infant" in w for w in child.warnings)
-    assert any("infant" in w for w in infant.warnings)
-    assert not any("children" in w for w in adult.warnings)
+    assert hb_limit(child) == (11.5, "WHO 2024, 5-11 years") and hb_limit(infant)[0] == 10.5
+    assert hb_limit(adult) == (12.0, "WHO 2024, non-pregnant women 15 years and older (also for other or unknown "
+                                     "sex, so that anaemia is not missed)")
+    no_wbc_limit = "White blood cell count: no lower limit for a patient of this age"
+    assert any(no_wbc_limit in w for w in child.warnings) and not any(no_wbc_limit in w for w in adult.warnings)
+    assert any("infant" in w for w in infant.warnings) and not any("infant" in w for w in child.warnings)
+
+
+def test_a_three_year_old_with_hb_11_4_is_not_anaemic_and_the_labs_own_limit_wins(engine):
+    labs = [lab("wbc", 7.0), lab("anc", 2.5), lab("hemoglobin", 11.4, "g/dL"), lab("platelets", 250)]
+    three = engine.assess(base_case(patient={"age_years": 3, "sex": "female"}, labs=labs))
+    assert "anemia" not in {f.id for f in three.findings}          # WHO: 11.0 at 24-59 months
+    own = [*labs[:2], lab("hemoglobin", 11.4, "g/dL", lln=11.5), labs[3]]
+    with_lab = engine.assess(base_case(patient={"age_years": 3, "sex": "female"}, labs=own))
+    assert "anemia" in {f.id for f in with_lab.findings}
+    assert [(r.test, r.basis) for r in with_lab.reference_limits if r.test == "hemoglobin"] == \
+        [("hemoglobin", "the lab's lower limit")]
+
+
+def test_pregnancy_lowers_the_anaemia_cutoff(engine):
+    labs = [lab("wbc", 7.0), lab("anc", 4.0), lab("hemoglobin", 11.4, "g/dL"), lab("platelets", 250)]
+    pregnant = engine.assess(base_case(labs=labs, history={"conditions": ["pregnancy, 28 weeks"]}))
+    not_pregnant = engine.assess(base_case(labs=labs))
+    assert "anemia" not in {f.id for f in pregnant.findings} and "anemia" in {f.id for f in not_pregnant.findings}
