@@ -190,7 +190,9 @@ class CpicRecommendation(_Out):
 class Pharmacogenomics(_Out):
     tpmt: GeneStatus
     nudt15: GeneStatus
+    tpmt_reliable: bool = True          # False: a TPMT activity measured too soon after a transfusion
     recommendations: list[CpicRecommendation] = []
+    note: Optional[str] = None          # why no CPIC recommendation is shown for a thiopurine taken
 
 
 class InteractionOut(_Out):

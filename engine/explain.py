@@ -64,6 +64,29 @@ def _steps(kb: KnowledgeBase, firings: list[Firing]) -> tuple[list[StepOut], lis
     return steps, not_advised
 
 
+def _pharmacogenomics(kb: KnowledgeBase, nc: NormCase, d: Derived) -> Pharmacogenomics:
+    """TPMT/NUDT15 status and the CPIC row for each thiopurine taken, but only where CPIC's row applies:
+    never for a TPMT activity measured too soon after a transfusion (unreliable), and only when both genes
+    are known (the note says what is missing instead)."""
+    thiopurines = sorted({m.drug_id for m in nc.meds if "thiopurine" in m.classes and m.drug_id})
+    days = d.facts.get("tpmt_activity_days_after_transfusion")
+    reliable = not (days is not None and 0 <= days <= kb.value("tpmt_activity_transfusion_days"))
+    recs, note = [], None
+    if thiopurines and not reliable:
+        note = (f"The TPMT activity was measured {days:g} days after a red cell transfusion and reflects donor cells: "
+                f"no CPIC dose is given from it. Genotype TPMT and NUDT15.")
+    elif thiopurines:
+        unknown = [g.gene for g in (nc.tpmt, nc.nudt15) if g.phenotype == "unknown"]
+        if unknown:
+            note = (f"{' and '.join(unknown)} not tested: CPIC's recommendation needs both TPMT and NUDT15; genotype "
+                    f"{' and '.join(unknown)} before dosing" + (" (a poor metabolizer of the gene that is known is at "
+                                                                "high risk whatever the other)" if "poor" in
+                                                               (nc.tpmt.phenotype, nc.nudt15.phenotype) else "") + ".")
+        else:
+            recs = [rec for drug in thiopurines if (rec := pgx.recommendation(kb, drug, nc.tpmt, nc.nudt15))]
+    return Pharmacogenomics(tpmt=nc.tpmt, nudt15=nc.nudt15, tpmt_reliable=reliable, recommendations=recs, note=note)
+
+
 def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[Firing], causes: list[CauseOut],
                      engine_version: str, not_assessed: Sequence[NotAssessed] = (),
                      interactions: Sequence[dict[str, Any]] = ()) -> Assessment:
@@ -95,17 +118,12 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
     for text in _by_conclusion(firings, "warning"):
         warnings.append(text)
 
-    recs = []
-    for drug in sorted({m.drug_id for m in nc.meds if "thiopurine" in m.classes and m.drug_id}):
-        rec = pgx.recommendation(kb, drug, nc.tpmt, nc.nudt15)
-        if rec is not None:
-            recs.append(rec)
-    pharmacogenomics = Pharmacogenomics(tpmt=nc.tpmt, nudt15=nc.nudt15, recommendations=recs)
+    pharmacogenomics = _pharmacogenomics(kb, nc, d)
 
     interaction_out = [InteractionOut(id=i["id"], title=i["title"], drugs=i["names"], effect=" ".join(i["effect"].split()),
                                       action=" ".join(i["action"].split()), sources=list(i["sources"])) for i in interactions]
     cited: set[str] = {s for i in interaction_out for s in i.sources} | set(d.risk_tier.sources) | set(d.ctcae.sources) | {s for r in d.reference_limits for s in r.sources}
-    for group in (findings, alerts, causes, steps, not_advised, recs):
+    for group in (findings, alerts, causes, steps, not_advised, pharmacogenomics.recommendations):
         for item in group:
             cited.update(item.sources)
     for c in causes:

@@ -69,14 +69,18 @@ def to_text(a: Assessment) -> str:
     for b in a.steps_not_advised:
         w(f"  [not advised] {b.title}: {b.reason}")
     w("")
-    if a.pharmacogenomics.recommendations or a.pharmacogenomics.tpmt.phenotype != "unknown":
+    if a.pharmacogenomics.recommendations or a.pharmacogenomics.note or a.pharmacogenomics.tpmt.phenotype != "unknown":
         p = a.pharmacogenomics
         w(f"TPMT {p.tpmt.phenotype} / NUDT15 {p.nudt15.phenotype}")
         for rec in p.recommendations:
             w(f"  CPIC, {rec.drug} ({rec.classification}):")
-            w(_wrap(rec.recommendation, "       "))
-            if rec.update_2024:
+            if rec.update_2024:            # the 2024 update first; the 2020 text it supersedes after it
                 w(_wrap(rec.update_2024, "       "))
+                w(_wrap(f"Superseded 2020 text: {rec.recommendation}", "       "))
+            else:
+                w(_wrap(rec.recommendation, "       "))
+        if p.note:
+            w(_wrap(p.note, "  "))
         w("")
     if a.missing_data:
         w("MISSING DATA")

@@ -96,3 +96,31 @@ def test_clozapine_without_a_current_anc_asks_for_a_baseline(engine):
 
 def test_other_drugs_get_no_check(engine):
     assert engine.check_orders([OrderInput(key="x", name="amoxicillin"), OrderInput(key="y", name="zzz")], None) == []
+
+
+# ---- where CPIC's row is not shown (issue 14.2) ------------------------------------------------------
+
+AZA_ACTIVE = [{"name": "azathioprine", "start": "2025-01-01", "indication": "Crohn's disease"}]
+
+
+def test_a_tpmt_activity_soon_after_a_transfusion_gives_no_cpic_dose(engine):
+    """CPIC: erythrocyte TPMT activity is unreliable after a recent transfusion; genotype instead."""
+    a = engine.assess(base_case(medications=AZA_ACTIVE, history={
+        "tpmt": "normal", "nudt15": "normal", "tpmt_method": "activity", "tpmt_test_date": "2025-02-20",
+        "last_transfusion": "2025-01-30"}))
+    p = a.pharmacogenomics
+    assert (p.tpmt_reliable, p.recommendations) == (False, []) and "21 days after a red cell transfusion" in p.note
+    assert check(engine, assessment=a).genotype == "recommended"
+
+
+def test_with_nudt15_untested_no_cpic_row_and_the_note_says_why(engine):
+    a = engine.assess(base_case(medications=AZA_ACTIVE, history={"tpmt": "intermediate"}))
+    p = a.pharmacogenomics
+    assert p.recommendations == [] and p.note.startswith("NUDT15 not tested")
+
+
+def test_the_text_report_puts_the_2024_update_before_the_2020_text(engine):
+    from leukodx.engine.render import to_text
+    a = engine.assess(base_case(medications=AZA_ACTIVE, history={"tpmt": "intermediate", "nudt15": "intermediate"}))
+    report = to_text(a)
+    assert report.index("20-50%") < report.index("Superseded 2020 text") < report.index("30%-80%")
