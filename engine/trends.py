@@ -47,12 +47,14 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
     facts["series_points"] = float(len(series)) if series else 1.0
     if len(series) < 2:
         return
-    low = kb.value("neutropenia_anc") if basis == "anc" else facts["wbc_lln"]
+    low = kb.value("neutropenia_anc") if basis == "anc" else facts.get("wbc_lln")   # a child may have no WBC limit
     latest_t, latest_v = series[-1]
     window = kb.value("trend_lookback_days")
     prior = [v for t, v in series[:-1] if (latest_t - t).days <= window]
     if prior and max(prior) > 0:
         facts["count_drop_pct"] = _r(max(0.0, (max(prior) - latest_v) / max(prior) * 100.0))
+    if low is None:
+        return
     run_start = None
     for t, v in reversed(series):
         if v < low:

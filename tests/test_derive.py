@@ -148,3 +148,10 @@ def test_pregnancy_lowers_the_anaemia_cutoff(engine):
     pregnant = engine.assess(base_case(labs=labs, history={"conditions": ["pregnancy, 28 weeks"]}))
     not_pregnant = engine.assess(base_case(labs=labs))
     assert "anemia" not in {f.id for f in pregnant.findings} and "anemia" in {f.id for f in not_pregnant.findings}
+
+
+def test_a_childs_wbc_series_without_a_lab_limit_still_gives_trends(engine):
+    labs = [lab("wbc", 9.0, time="2025-03-01T08:00:00Z"), lab("wbc", 3.0)]
+    a = engine.assess(base_case(patient={"age_years": 4, "sex": "male"}, labs=labs))
+    facts = {k: v for t in a.trace for k, v in t.facts.items()}
+    assert a.risk_tier.tier == "unknown" and "low_span_days" not in facts
