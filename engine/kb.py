@@ -70,6 +70,7 @@ class KnowledgeBase:
     tier_priority: dict[str, str]
     reference_intervals: dict[str, Any]
     interactions: list[dict[str, Any]]
+    label_thresholds: list[dict[str, Any]]
     tier_priority_sources: list[str]
     rules: list[Rule] = field(default_factory=list)
     families: dict[str, list[Rule]] = field(default_factory=dict)   # family -> rules, KB order
@@ -149,6 +150,7 @@ def load(root: Path | None = None) -> KnowledgeBase:
         orders=read_yaml(root / "orders.yaml", problems) or {},
         reference_intervals=read_yaml(root / "reference_intervals.yaml", problems) or {},
         interactions=(read_yaml(root / "interactions.yaml", problems) or {}).get("interactions", []),
+        label_thresholds=(read_yaml(root / "label_thresholds.yaml", problems) or {}).get("labels", []),
         tier_priority=alert_doc.get("tier_priority", {}), tier_priority_sources=alert_doc.get("tier_priority_sources", []),
     )
     compile_rules(kb, root, problems)

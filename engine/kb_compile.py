@@ -25,10 +25,13 @@ def compile_rules(kb: KnowledgeBase, root: Path, problems: list[str]) -> None:
     for path in sorted((root / "logic").glob("*.yaml")):
         raw = read_yaml(path, problems)
         try:
-            specs.append((FamilySpec.model_validate(raw), path.name))
+            specs.append((FamilySpec.model_validate(raw), f"logic/{path.name}"))
         except ValidationError as err:
             for e in err.errors()[:5]:
                 problems.append(f"logic/{path.name}: {e['msg']} at {'.'.join(map(str, e['loc']))}")
+    labels = _label_family(kb, problems)
+    if labels is not None:
+        specs.append((labels, "label_thresholds.yaml"))
     specs.sort(key=lambda s: (s[0].stage, s[0].family))
     seen: set[str] = set()
     for fam, _ in specs:
@@ -40,11 +43,11 @@ def compile_rules(kb: KnowledgeBase, root: Path, problems: list[str]) -> None:
     order = 0
     for fam, fname in specs:
         if fam.family in kb.families:
-            problems.append(f"logic/{fname}: family {fam.family!r} defined twice")
+            problems.append(f"{fname}: family {fam.family!r} defined twice")
         kb.families[fam.family] = []
         kb.family_titles[fam.family] = fam.title
         for r in fam.rules:
-            where = f"logic/{fname}: {r.id}"
+            where = f"{fname}: {r.id}"
             if r.id in seen:
                 problems.append(f"{where}: duplicate rule id")
             seen.add(r.id)
@@ -64,7 +67,7 @@ def compile_rules(kb: KnowledgeBase, root: Path, problems: list[str]) -> None:
                 problems.extend(f"{where}: {p}" for p in _check_conclusion(kb, c))
             rule = Rule(id=r.id, family=fam.family, stage=fam.stage, order=order, statement=r.statement,
                         rationale=r.rationale, condition=node, durable=C.to_durable(node), then=tuple(r.then),
-                        sources=tuple(r.sources), facts=tuple(C.facts_used(node)), file=f"logic/{fname}",
+                        sources=tuple(r.sources), facts=tuple(C.facts_used(node)), file=fname,
                         test=C.compile_python(node))
             order += 1
             kb.rules.append(rule)
@@ -75,6 +78,31 @@ def compile_rules(kb: KnowledgeBase, root: Path, problems: list[str]) -> None:
         kb.stages[-1][1].append(fam.family)
     _pack_rulesets(kb)
     kb._by_id = {r.id: r for r in kb.rules}
+
+
+def _label_family(kb: "KnowledgeBase", problems: list[str]) -> "FamilySpec | None":
+    """rules/label_thresholds.yaml as the rule family `labels`: one rule per drug, count and value."""
+    if not kb.label_thresholds:
+        return None
+    names = {"anc_max": "ANC", "wbc": "WBC", "hemoglobin": "haemoglobin", "platelets": "platelet count"}
+    rules = []
+    for i, t in enumerate(kb.label_thresholds):
+        try:
+            test, unit = t["test"], ("g/dL" if t["test"] == "hemoglobin" else "x10^9/L")
+            rules.append({
+                "id": f"labels.{t['drug']}_{test}_{str(t['below']).replace('.', '_')}",
+                "statement": f"The {t['drug'].replace('_', ' ')} label: {names.get(test, test)} below {t['below']:g} "
+                             f"{unit}: {t['action']}.",
+                "when": {f"drug_{t['drug']}_active": True, test: {"lt": t["below"]}},
+                "then": [{"step": t["step"], "urgency": t["urgency"]}], "sources": t["sources"]})
+        except (KeyError, TypeError, ValueError) as e:
+            problems.append(f"label_thresholds.yaml: labels[{i}]: {e}")
+    try:
+        return FamilySpec.model_validate({"family": "labels", "stage": 3, "title": "Counts at which a drug's label "
+                                          "asks to interrupt or not start it", "rules": rules})
+    except ValidationError as e:
+        problems.append(f"label_thresholds.yaml: {e.errors()[0]['msg']}")
+        return None
 
 
 MAX_RULES_PER_RULESET = 60
