@@ -6,8 +6,8 @@ of the next, so later rules build on earlier ones.
 
 How durable-rules is used, after ../shared/knowledge/durable-rules-notes.md:
 
-* one Host per process, built after any fork, whose background dispatch loops never start
-  (``_run`` does nothing); actions run synchronously inside ``assert_fact``;
+* the C core driven directly (no Host, so no background dispatch loops), built after any fork;
+  the actions durable-rules starts for a case are taken and completed in the same call;
 * one process-wide lock around each case (the C core is not thread-safe; it never releases the
   GIL, so the lock costs nothing);
 * a fresh session id per case and ruleset, deleted after a clean evaluation; after an error
@@ -36,11 +36,12 @@ differential test compares durable-rules against, and it explains why a rule did
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from durable import engine as durable_engine
+import durable_rules_engine
 
 from . import conditions as C
 from .errors import KnowledgeBaseError, ReasoningError
@@ -49,6 +50,7 @@ from .kb import KnowledgeBase, Rule
 __all__ = ["Firing", "Reasoner", "DurableReasoner", "PlainEvaluator", "run_stages", "typed_facts"]
 
 _LOCK = threading.Lock()
+_CATCH_ALL = "leukodx__catch_all"
 _NAMES = itertools.count(1)
 #: facts one ruleset may read: durable-rules takes at most 253 properties per asserted fact,
 #: ``kind`` and ``sid`` included (error 302 above); a margin is kept.
@@ -65,76 +67,75 @@ class Reasoner(Protocol):
     def fire(self, ruleset: str, facts: dict[str, Any]) -> set[str]: ...
 
 
-class _QuietHost(durable_engine.Host):
-    """A Host whose timer-driven dispatch loops never start (they race with synchronous use)."""
-
-    def _run(self) -> None:  # noqa: D401 - durable-rules hook
-        return None
-
-
-def _ignore(c: Any) -> None:
-    return None
-
-
 class DurableReasoner:
-    """The knowledge base compiled into durable-rules rulesets (kb.rulesets)."""
+    """The knowledge base compiled into durable-rules rulesets (kb.rulesets), driven through its C core.
+
+    durable-rules decides every firing; leukodx only reads which rules it fired. The Python layer of
+    durable-rules (a Host, a Closure and a Promise per firing, the session state written to JSON and
+    read back after each action) is not used: each case is asserted with ``assert_fact``, the fired
+    actions are taken one by one with ``start_action_for_state`` / ``complete_and_start_action`` (their
+    rule names are the rule ids), and the session is deleted.
+    """
 
     def __init__(self, kb: KnowledgeBase):
         self.kb = kb
         self.broken = False
-        self._sink: list[str] = []
-        self._host = _QuietHost()
-        self._names: dict[str, str] = {}
+        self._handles: dict[str, int] = {}
+        self._rule_of: dict[str, str] = {}
         self._reads: dict[str, frozenset[str]] = {}
         self._sid = itertools.count(1)
-        rulesets: dict[str, dict[str, Any]] = {}
         too_wide = []
         for key, rules in kb.rulesets.items():
             self._reads[key] = frozenset(f for r in rules for f in r.facts)
             if len(self._reads[key]) > MAX_FACTS_PER_ASSERT:
                 too_wide.append(f"ruleset {key} reads {len(self._reads[key])} facts; durable-rules takes at most "
                                 f"{MAX_FACTS_PER_ASSERT} per assertion: split its families")
+            definition = {}
+            for r in rules:
+                name = r.id.replace(".", "__")
+                self._rule_of[name] = r.id
+                definition[name] = {"all": [{"m": {"$and": [{"kind": "case"}, r.durable]}}]}
+            definition[_CATCH_ALL] = {"all": [{"m": {"kind": "case"}}]}
             name = f"leukodx_{next(_NAMES)}_{key.replace('+', '_')}"[:120]   # a name can be registered only once
-            self._names[key] = name
-            rulesets[name] = {
-                r.id.replace(".", "__"): {"all": [{"m": {"$and": [{"kind": "case"}, r.durable]}}],
-                                          "run": self._action(r.id)}
-                for r in rules}
-            rulesets[name]["leukodx__catch_all"] = {"all": [{"m": {"kind": "case"}}], "run": _ignore}
+            self._handles[key] = durable_rules_engine.create_ruleset(name, json.dumps(definition))
         if too_wide:
             raise KnowledgeBaseError(too_wide)
-        self._host.set_rulesets(rulesets)
-
-    def _action(self, rule_id: str) -> Callable[[Any], None]:
-        sink = self._sink
-
-        def act(c: Any) -> None:   # exactly one parameter, or durable-rules makes it asynchronous
-            sink.append(rule_id)
-        return act
 
     def fire(self, ruleset: str, facts: dict[str, Any]) -> set[str]:
         if self.broken:
             raise ReasoningError("the rules engine failed earlier in this process and must be recycled")
-        name = self._names[ruleset]
+        handle = self._handles[ruleset]
         sid = str(next(self._sid))
         reads = self._reads[ruleset]
         # Only what this ruleset's rules read: a fact's size is bounded by the knowledge base, not by the case.
         fact = {k: v for k, v in facts.items() if k in reads}
+        fact.update(kind="case", sid=sid)
+        fired: set[str] = set()
         with _LOCK:
-            self._sink.clear()
             try:
-                self._host.assert_fact(name, {**fact, "kind": "case", "sid": sid})
+                code, state = durable_rules_engine.assert_fact(handle, json.dumps(fact))
+                if code == 1:              # not handled: impossible with the catch-all rule
+                    raise ReasoningError(f"durable-rules did not handle the case in ruleset {ruleset}")
+                if code != 3:
+                    result = durable_rules_engine.start_action_for_state(handle, state)
+                    while result:
+                        message = json.loads(result[1])
+                        fired.update(message)          # {rule name: the matched fact}
+                        nxt = durable_rules_engine.complete_and_start_action(handle, state)
+                        result = (None, nxt) if nxt else None
+            except ReasoningError:
+                self.broken = True
+                raise
             except BaseException as e:  # the C core reports errors as generic exceptions
                 self.broken = True
                 raise ReasoningError(f"durable-rules failed in ruleset {ruleset}: {e}") from e
-            fired = set(self._sink)
-            self._sink.clear()
             try:
-                self._host.delete_state(name, sid)
+                durable_rules_engine.delete_state(handle, sid)
             except BaseException as e:
                 self.broken = True
                 raise ReasoningError(f"durable-rules could not delete a session of {ruleset}: {e}") from e
-        return fired
+        fired.discard(_CATCH_ALL)
+        return {self._rule_of[name] for name in fired}
 
 
 class PlainEvaluator:
