@@ -140,7 +140,10 @@ def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> N
     falling_drop_pct since: `drug_<id>_low_before_start` and `<class>_low_before_start` (evidence
     against that drug). The count is the reported ANC, else the WBC against its lower limit."""
     current_anc, current_wbc = facts.get("anc"), facts.get("wbc")
-    drop = kb.value("falling_drop_pct") / 100.0
+    falling = kb.value("falling_drop_pct")
+
+    def not_fallen(before: float, now: float) -> bool:   # as count_drop_pct: a fall of falling_drop_pct or more is falling
+        return before <= 0 or (before - now) / before * 100.0 < falling
     for med in nc.meds:
         if med.start is None:
             continue
@@ -150,9 +153,9 @@ def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> N
         wbc = max((lab for lab in before if lab.test == "wbc"), key=lambda lab: lab.time, default=None)
         low = None
         if anc is not None and current_anc is not None:
-            low = anc.value < kb.value("neutropenia_anc") and current_anc >= anc.value * (1 - drop)
+            low = anc.value < kb.value("neutropenia_anc") and not_fallen(anc.value, current_anc)
         elif wbc is not None and current_wbc is not None and "wbc_lln" in facts:
-            low = wbc.value < facts["wbc_lln"] and current_wbc >= wbc.value * (1 - drop)
+            low = wbc.value < facts["wbc_lln"] and not_fallen(wbc.value, current_wbc)
         if low:
             for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
                 facts[f"{stem}_low_before_start"] = True
