@@ -1,17 +1,70 @@
 """Free text to knowledge-base ids: drug names and RxNorm codes, conditions, transplant organs,
 ancestry. Text is NFKC-normalised, zero-width and control characters removed, and case-folded
-before matching, so look-alike spellings cannot slip a drug past the vocabulary."""
+before matching, so look-alike spellings cannot slip a drug past the vocabulary.
+
+RxNorm codes are ingredient codes (drugs.yaml ``rxnorm``) or product codes (SCD, SBD, GPCK, BPCK) that
+rules/rxnorm_products.json maps to an ingredient's drug id. A misspelled name is never matched
+silently: :meth:`DrugIndex.suggest` offers the close names, and the caller says so."""
 from __future__ import annotations
 
+import difflib
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Optional
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Optional
 
-from .kb import KnowledgeBase
+from .kb import KnowledgeBase, rules_dir
 
-__all__ = ["clean_text", "DrugIndex", "match_conditions", "match_organ", "duffy_prevalent"]
+__all__ = ["clean_text", "DrugIndex", "DrugMatch", "Product", "load_products", "product_problems",
+           "SUGGEST_MIN_RATIO", "match_conditions", "match_organ", "duffy_prevalent"]
+
+PRODUCTS_FILE = "rxnorm_products.json"
+PRODUCT_TTYS = ("SCD", "SBD", "GPCK", "BPCK")
+
+# suggest(): a vocabulary name is offered only when difflib's similarity ratio (2 x matching characters /
+# total characters, case-folded) with the text, or with a run of 1-3 of its words, is at least this.
+# 0.8 takes one or two slips in a word of eight letters or more ("azathiprine" 0.96, "Imuren" 0.83)
+# and nothing for text that merely shares a few letters with a drug name ("xyzzy").
+SUGGEST_MIN_RATIO = 0.8
+_SUGGEST_MIN_LETTERS = 4          # words shorter than this (mg, po, 50) are not compared on their own
+
+
+class Product(NamedTuple):
+    drug: str       # drug id in drugs.yaml
+    tty: str        # SCD, SBD, GPCK or BPCK
+    name: str       # the RxNorm name as the source gave it
+
+
+@lru_cache(maxsize=8)
+def load_products(path: Optional[Path] = None) -> dict[str, Product]:
+    """RxNorm product code -> Product, from rules/rxnorm_products.json (or ``path``)."""
+    doc = json.loads((path or rules_dir() / PRODUCTS_FILE).read_text(encoding="utf-8"))
+    return {str(code): Product(*row) for code, row in doc.get("products", {}).items()}
+
+
+def product_problems(kb: KnowledgeBase, products: Optional[Mapping[str, Product]] = None) -> list[str]:
+    """What is wrong with the product-code map against ``kb``: a drug id drugs.yaml does not have, a
+    code that is not an RxCUI, a term type other than SCD/SBD/GPCK/BPCK, or a product code that is
+    also a drug's ingredient code."""
+    products = load_products() if products is None else products
+    ids = {d["id"] for d in kb.drugs}
+    ingredient_codes = {c: d["id"] for d in kb.drugs for c in d.get("rxnorm", []) or []}
+    problems = []
+    for code, p in products.items():
+        where = f"{PRODUCTS_FILE}: {code}"
+        if not code.isdigit():
+            problems.append(f"{where}: not an RxCUI")
+        if p.drug not in ids:
+            problems.append(f"{where}: unknown drug id {p.drug!r}")
+        if p.tty not in PRODUCT_TTYS:
+            problems.append(f"{where}: term type {p.tty!r} is not one of {', '.join(PRODUCT_TTYS)}")
+        if code in ingredient_codes:
+            problems.append(f"{where}: also the ingredient code of {ingredient_codes[code]!r} in drugs.yaml")
+    return problems
+
 
 _INVISIBLE = re.compile(r"[\u0000-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
 
@@ -34,14 +87,23 @@ class DrugMatch:
 
 
 class DrugIndex:
-    """Looks a medication up by RxNorm code, exact name, or the longest known name inside it."""
+    """Looks a medication up by RxNorm code (ingredient, else product), exact name, or the longest
+    known name inside it; suggests close names for a name it does not know."""
 
-    def __init__(self, kb: KnowledgeBase):
+    def __init__(self, kb: KnowledgeBase, products: Optional[Mapping[str, Product]] = None):
         self.kb = kb
+        self._products_given = products
 
     @cached_property
     def _by_code(self) -> dict[str, dict[str, Any]]:
         return {code: d for d in self.kb.drugs for code in d.get("rxnorm", []) or []}
+
+    @cached_property
+    def _by_product(self) -> dict[str, tuple[dict[str, Any], Product]]:
+        """Product code -> (drug, product), for products whose drug the knowledge base has."""
+        products = load_products() if self._products_given is None else self._products_given
+        drugs = {d["id"]: d for d in self.kb.drugs}
+        return {code: (drugs[p.drug], p) for code, p in products.items() if p.drug in drugs}
 
     @cached_property
     def _by_name(self) -> dict[str, dict[str, Any]]:
@@ -57,8 +119,12 @@ class DrugIndex:
         return re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
 
     def lookup(self, name: Optional[str], rxnorm: Optional[str]) -> Optional[DrugMatch]:
-        if rxnorm and rxnorm in self._by_code:
-            return DrugMatch(self._by_code[rxnorm], f"RxNorm {rxnorm}")
+        code = clean_text(str(rxnorm)) if rxnorm else ""
+        if code in self._by_code:
+            return DrugMatch(self._by_code[code], f"RxNorm {code}")
+        if code in self._by_product:
+            drug, product = self._by_product[code]
+            return DrugMatch(drug, f"RxNorm {code} ({product.tty} {product.name})")
         if not name:
             return None
         key = _key(name)
@@ -72,6 +138,51 @@ class DrugIndex:
     def names(self) -> list[str]:
         """Every name the vocabulary knows (for autocomplete)."""
         return sorted({n for d in self.kb.drugs for n in [d["name"], *d.get("brands", [])]}, key=str.casefold)
+
+    @cached_property
+    def _suggestable(self) -> dict[str, str]:
+        """Matching key -> the vocabulary's own spelling, for generic names, brands and synonyms."""
+        out: dict[str, str] = {}
+        for d in self.kb.drugs:
+            for n in [d["name"], *d.get("brands", []), *d.get("synonyms", [])]:
+                out.setdefault(_key(n), n)
+        return out
+
+    def suggest(self, text: str, n: int = 3) -> list[str]:
+        """Up to ``n`` vocabulary names (generic, brand or synonym) close to ``text``, closest first.
+
+        Case-insensitive; the text as a whole and each run of 1-3 of its words (words of at least
+        4 letters) are compared with every name, and a name is offered only when its similarity
+        ratio reaches SUGGEST_MIN_RATIO. Nothing close gives [], never a guess. This never changes
+        what :meth:`lookup` matches: the caller decides what to tell the user."""
+        key = _key(text or "")
+        if not key or n <= 0:
+            return []
+        words = key.split()
+        units = {key}
+        for size in (1, 2, 3):
+            for i in range(len(words) - size + 1):
+                run = words[i:i + size]
+                if sum(c.isalpha() for c in run[0]) >= _SUGGEST_MIN_LETTERS or size > 1:
+                    units.add(" ".join(run))
+        units = {u for u in units if sum(c.isalpha() for c in u) >= _SUGGEST_MIN_LETTERS}
+        best: dict[str, tuple[float, bool]] = {}      # name -> (best ratio, reached by the whole text)
+        for unit in units:
+            matcher = difflib.SequenceMatcher(None, "", unit, autojunk=False)
+            for cand in self._suggestable:
+                matcher.set_seq1(cand)
+                if (matcher.real_quick_ratio() >= SUGGEST_MIN_RATIO and matcher.quick_ratio() >= SUGGEST_MIN_RATIO
+                        and (r := matcher.ratio()) >= SUGGEST_MIN_RATIO):
+                    best[cand] = max(best.get(cand, (0.0, False)), (r, unit == key))
+        ranked = sorted(best, key=lambda c: (-best[c][0], not best[c][1], len(c), c))
+        out: list[str] = []
+        for cand in ranked:
+            name = self._suggestable[cand]
+            if name not in out:
+                out.append(name)
+            if len(out) == n:
+                break
+        return out
 
 
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:

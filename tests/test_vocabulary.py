@@ -34,3 +34,101 @@ def test_condition_vocabulary_does_not_mistake_words_for_abbreviations(kb, text,
                                         ("allogeneic stem cell transplant", "hsct"), ("renal", "kidney")])
 def test_transplant_organs(kb, text, organ):
     assert match_organ(kb, text) == organ
+
+
+# ---- RxNorm product codes (rules/rxnorm_products.json) and close-name suggestions (issue 14 item 7) ----
+
+from leukodx.engine.vocabulary import (DrugIndex, Product, SUGGEST_MIN_RATIO, load_products,  # noqa: E402
+                                       product_problems)
+
+
+@pytest.fixture(scope="module")
+def drugs(kb):
+    return DrugIndex(kb)
+
+
+def test_every_product_code_maps_to_a_known_drug(kb):
+    products = load_products()
+    assert len(products) > 1000
+    assert product_problems(kb, products) == []
+
+
+def test_the_product_check_catches_an_unknown_drug_a_bad_code_and_an_ingredient_code(kb):
+    bad = {"197388": Product("azathioprin", "SCD", "x"), "12a": Product("azathioprine", "SCD", "x"),
+           "1256": Product("azathioprine", "SCD", "x"), "5": Product("azathioprine", "IN", "x")}
+    problems = " | ".join(product_problems(kb, bad))
+    for word in ("unknown drug id 'azathioprin'", "12a: not an RxCUI", "ingredient code of 'azathioprine'",
+                 "term type 'IN'"):
+        assert word in problems
+
+
+def test_the_product_file_names_its_sources_with_commits():
+    import json
+    from leukodx.engine.kb import rules_dir
+    doc = json.loads((rules_dir() / "rxnorm_products.json").read_text())
+    assert doc["sources"] and all(len(s["commit"]) == 40 and s["repository"] and s["paths"] for s in doc["sources"])
+
+
+@pytest.mark.parametrize("code,drug,tty", [
+    ("197388", "azathioprine", "SCD"),          # azathioprine 50 MG Oral Tablet
+    ("105611", "azathioprine", "SBD"),          # azathioprine 50 MG Oral Tablet [Imuran]
+    ("198335", "trimethoprim_sulfamethoxazole", "SCD"),   # sulfamethoxazole 800 MG / trimethoprim 160 MG
+    ("105585", "methotrexate", "SCD"),          # methotrexate 2.5 MG Oral Tablet
+])
+def test_a_product_code_resolves_to_its_ingredient(drugs, code, drug, tty):
+    m = drugs.lookup(None, code)
+    assert m is not None and m.drug["id"] == drug and f"RxNorm {code} ({tty} " in m.matched
+
+
+def test_an_ingredient_code_still_wins_and_an_unknown_code_falls_back_to_the_name(drugs):
+    assert drugs.lookup(None, "1256").matched == "RxNorm 1256"
+    assert drugs.lookup("Imuran", "999999999").drug["id"] == "azathioprine"
+    assert drugs.lookup(None, "999999999") is None
+
+
+def test_a_product_code_alone_is_assessed_as_its_drug(engine):
+    a = engine.assess(base_case(labs=[lab("wbc", 2.5), lab("anc", 1.0)],
+                                medications=[{"rxnorm": "197388", "start": "2025-01-01"}]))
+    assert "thiopurine_myelotoxicity" in [c.id for c in a.causes]
+
+
+@pytest.mark.parametrize("text,first", [("azathiprine", "azathioprine"), ("metotrexate", "methotrexate"),
+                                        ("AZATHIPRINE 50 mg tablet", "azathioprine"), ("Imuren", "Imuran"),
+                                        ("zidovudin", "zidovudine")])
+def test_suggest_offers_the_close_name_first(drugs, text, first):
+    assert drugs.suggest(text)[0] == first
+
+
+@pytest.mark.parametrize("text", ["xyzzy", "", "mg", "AZT", "paracetamol"])
+def test_suggest_never_guesses(drugs, text):
+    assert drugs.suggest(text) == []
+
+
+def test_suggest_is_bounded_and_ranked(drugs):
+    assert drugs.suggest("prednisine", n=3) == ["prednisone", "prednisolone"]
+    assert drugs.suggest("prednisine", n=1) == ["prednisone"]
+    assert drugs.suggest("prednisine", n=0) == []
+    assert 0.5 < SUGGEST_MIN_RATIO < 1
+
+
+def test_suggest_does_not_change_lookup(drugs):
+    assert drugs.lookup("azathiprine", None) is None
+
+
+@pytest.mark.parametrize("name,drug", [("Retrovir", "zidovudine"), ("Combivir", "zidovudine"), ("Zyloprim", "allopurinol"),
+                                       ("febuxostat 80 mg", "febuxostat"), ("Xeljanz XR", "tofacitinib"),
+                                       ("Jakafi", "ruxolitinib"), ("Pegasys", "peginterferon_alfa_2a"),
+                                       ("omeprazole 20mg", "omeprazole"), ("Advil", "ibuprofen"),
+                                       ("divalproex sodium", "valproate"), ("Unasyn", "ampicillin"),
+                                       ("Largactil", "chlorpromazine"), ("Colcrys", "colchicine")])
+def test_new_vocabulary_names(drugs, name, drug):
+    assert drugs.lookup(name, None).drug["id"] == drug
+
+
+def test_vocabulary_size_and_new_classes(kb):
+    assert len(kb.drugs) >= 150
+    assert {"xanthine_oxidase_inhibitor", "nsaid", "proton_pump_inhibitor", "jak_inhibitor", "interferon",
+            "antipsychotic", "anticonvulsant", "other_myelosuppressive"} <= kb.drug_classes
+    assert {"jak_inhibitor", "interferon", "other_myelosuppressive"} <= kb.suspect_classes
+    assert not {"xanthine_oxidase_inhibitor", "nsaid", "proton_pump_inhibitor", "antipsychotic",
+                "anticonvulsant"} & kb.suspect_classes
