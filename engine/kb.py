@@ -30,7 +30,7 @@ from .facts import FactVocabulary
 from .kb_check import check_references
 from .kb_compile import compile_rules
 from .kb_models import CatalogueEntry, Conclusion, Rule, Source
-from .kb_read import catalogue, diplotypes, entries, patterns, read_yaml, version_of
+from .kb_read import DocumentCache, catalogue, diplotypes, entries, patterns, read_yaml, use_cache, version_of
 
 __all__ = ["KnowledgeBase", "Rule", "Conclusion", "load", "default", "rules_dir", "TIERS", "URGENCY_ORDER"]
 
@@ -102,6 +102,18 @@ def rules_dir() -> Path:
 def load(root: Path | None = None) -> KnowledgeBase:
     """Load, check and compile the knowledge base. Raises KnowledgeBaseError with every problem."""
     root = root or rules_dir()
+    version = version_of(root)
+    cache = DocumentCache(root, version)
+    use_cache(cache)
+    try:
+        kb = _load(root, version)
+    finally:
+        use_cache(None)
+    cache.save()           # only a knowledge base that loaded without problems is cached
+    return kb
+
+
+def _load(root: Path, version: str) -> KnowledgeBase:
     problems: list[str] = []
 
     sources: dict[str, Source] = {}
@@ -134,7 +146,7 @@ def load(root: Path | None = None) -> KnowledgeBase:
         "test": tests, "finding": findings, "alert": alerts, "condition": conditions, "smear": SMEAR_FINDINGS,
         "class": sorted(classes), "drug": [d.get("id") for d in drugs], "transplant_organs": organs}, problems)
     kb = KnowledgeBase(
-        version=version_of(root), sources=sources, thresholds=thresholds, likelihood=th.get("likelihood", {}),
+        version=version, sources=sources, thresholds=thresholds, likelihood=th.get("likelihood", {}),
         tests=tests, loinc=loinc, drugs=drugs, drug_classes=classes,
         conditions=conditions, transplant_organs=organs,
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -14,18 +15,70 @@ from pydantic import ValidationError
 
 from .kb_models import CatalogueEntry
 
-__all__ = ["read_yaml", "version_of", "patterns", "entries", "catalogue", "diplotypes"]
+__all__ = ["read_yaml", "version_of", "patterns", "entries", "catalogue", "diplotypes", "DocumentCache", "use_cache"]
 
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when available: 10x faster
 
 
+class DocumentCache:
+    """The parsed YAML documents of one knowledge-base version, kept as JSON in the cache folder
+    (LEUKODX_CACHE_DIR, else the user's cache) so that a new process skips YAML parsing. The version is
+    the hash of every file's bytes, so an edited file never reads a stale document. JSON, not pickle: a
+    cache file can never run code. Without a writable folder, nothing is cached."""
+
+    def __init__(self, root: Path, version: str):
+        base = os.environ.get("LEUKODX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "leukodx")
+        self.root, self.path = root, Path(base) / f"kb-{version}.json"
+        self.docs: dict[str, Any] = {}
+        self.loaded = False
+        try:
+            self.docs = json.loads(self.path.read_text(encoding="utf-8"))
+            self.loaded = True
+        except (OSError, ValueError):
+            pass
+
+    def get(self, path: Path) -> Any:
+        key = path.relative_to(self.root).as_posix()
+        return self.docs[key] if key in self.docs else _MISSING
+
+    def put(self, path: Path, doc: Any) -> None:
+        self.docs[path.relative_to(self.root).as_posix()] = doc
+
+    def save(self) -> None:
+        if self.loaded:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.docs), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except (OSError, TypeError, ValueError):   # read-only folder, or a value JSON cannot hold
+            pass
+
+
+_MISSING = object()
+_CACHE: Optional[DocumentCache] = None
+
+
+def use_cache(cache: Optional[DocumentCache]) -> None:
+    global _CACHE
+    _CACHE = cache
+
+
 def read_yaml(path: Path, problems: list[str]) -> Any:
+    if _CACHE is not None:
+        doc = _CACHE.get(path)
+        if doc is not _MISSING:
+            return doc
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except (OSError, yaml.YAMLError) as e:
         problems.append(f"{path.name}: cannot read: {e}")
         return None
+    if _CACHE is not None:
+        _CACHE.put(path, doc)
+    return doc
 
 
 def version_of(root: Path) -> str:

@@ -13,6 +13,7 @@ pint does every conversion. What this module adds:
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -42,11 +43,19 @@ class UnitProblem(ValueError):
 
 @lru_cache(maxsize=1)
 def registry() -> pint.UnitRegistry:
-    """The one unit registry: pint's defaults plus engine/units.txt."""
-    ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=False, on_redefinition="raise")
-    with resources.as_file(resources.files(__package__).joinpath("units.txt")) as path:
-        ureg.load_definitions(str(path))
-    return ureg
+    """The one unit registry: pint's defaults plus engine/units.txt. pint caches its parsed definition files
+    (keyed by their content) in the user's cache folder, or LEUKODX_CACHE_DIR; without a writable one it
+    parses them each time."""
+    folder = os.environ.get("LEUKODX_CACHE_DIR")
+    for cache in (os.path.join(folder, "pint") if folder else ":auto:", None):
+        try:
+            ureg = pint.UnitRegistry(autoconvert_offset_to_baseunit=False, on_redefinition="raise", cache_folder=cache)
+            with resources.as_file(resources.files(__package__).joinpath("units.txt")) as path:
+                ureg.load_definitions(str(path))
+            return ureg
+        except OSError:        # no writable cache folder: parse without one
+            continue
+    raise RuntimeError("unreachable")
 
 
 _POWER = re.compile(r"^\s*(?:x|\*|×)?\s*10\s*(?:\*\*|\*|\^|e|E)?\s*\(?\s*(3|6|9|12)\s*\)?\s*", re.UNICODE)
