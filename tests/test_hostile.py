@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import durable_rules_engine
 import pytest
 from fastapi.testclient import TestClient
 
@@ -133,19 +134,19 @@ def test_an_engine_failure_fails_that_request_and_the_next_is_correct(client, mo
     case = base_case(labs=[lab("wbc", 2.0), lab("anc", 0.4)])
     good = post(client, case).json()
     engine = pipeline.get_engine()
-    original = engine.reasoner._host.assert_fact
+    original = durable_rules_engine.assert_fact      # the C core the DurableReasoner calls for each case
     calls = {"n": 0}
 
     def explode(*args, **kwargs):
         calls["n"] += 1
         raise RuntimeError("Could not assert fact, error code: 303")
 
-    monkeypatch.setattr(engine.reasoner._host, "assert_fact", explode)
+    monkeypatch.setattr(durable_rules_engine, "assert_fact", explode)
     r = post(client, case)
     body = problem(r, 500)
     assert calls["n"] == 1 and "303" not in r.text and body["title"] == "Internal error"
     assert not engine.healthy
-    monkeypatch.setattr(engine.reasoner._host, "assert_fact", original)
+    monkeypatch.setattr(durable_rules_engine, "assert_fact", original)
     again = post(client, case)
     assert again.status_code == 200 and again.json() == good
     assert pipeline.get_engine() is not engine
