@@ -91,6 +91,7 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
                 facts[f"{stem}_recent"] = True
             if days_on is not None:
                 facts[f"{stem}_days_on"] = max(facts.get(f"{stem}_days_on", 0.0), days_on)
+                facts[f"{stem}_min_days_on"] = min(facts.get(f"{stem}_min_days_on", days_on), days_on)
             if last_dose is not None:
                 key = f"{stem}_days_since_last_dose"
                 facts[key] = min(facts.get(key, last_dose), last_dose)
@@ -128,8 +129,9 @@ def active_interactions(kb: KnowledgeBase, nc: NormCase) -> list[dict[str, Any]]
     for interaction in kb.interactions:
         names = []
         for side in interaction["sides"]:
-            drugs, classes = set(side.get("drugs", [])), set(side.get("classes", []))
-            names.append(sorted({m.drug_name or m.text for m in recent if m.drug_id in drugs or m.classes & classes}))
+            drugs, classes, needs = set(side.get("drugs", [])), set(side.get("classes", [])), side.get("with_class")
+            names.append(sorted({m.drug_name or m.text for m in recent if (m.drug_id in drugs or m.classes & classes)
+                                 and (needs is None or needs in m.classes)}))
         if all(names):
             out.append({**interaction, "names": names})
     return out

@@ -28,6 +28,7 @@ from .case import SMEAR_FINDINGS
 from .errors import KnowledgeBaseError
 from .facts import FactVocabulary
 from .kb_check import check_references
+from .kb_numbers import check_numbers
 from .kb_compile import compile_rules
 from .kb_models import CatalogueEntry, Conclusion, Rule, Source
 from .kb_read import DocumentCache, catalogue, diplotypes, entries, patterns, read_yaml, use_cache, version_of
@@ -167,6 +168,7 @@ def _load(root: Path, version: str) -> KnowledgeBase:
     )
     compile_rules(kb, root, problems)
     check_references(kb, problems)
+    problems.extend(check_numbers(root, kb.thresholds))   # a statement's numbers agree with its thresholds
     if problems:
         raise KnowledgeBaseError(problems)
     return kb

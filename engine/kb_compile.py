@@ -84,7 +84,8 @@ def _label_family(kb: "KnowledgeBase", problems: list[str]) -> "FamilySpec | Non
     """rules/label_thresholds.yaml as the rule family `labels`: one rule per drug, count and value."""
     if not kb.label_thresholds:
         return None
-    names = {"anc_max": "ANC", "wbc": "WBC", "hemoglobin": "haemoglobin", "platelets": "platelet count"}
+    names = {"anc_max": "ANC", "wbc": "WBC", "hemoglobin": "haemoglobin", "platelets": "platelet count",
+             "lymphocytes": "lymphocyte count"}
     rules = []
     for i, t in enumerate(kb.label_thresholds):
         try:

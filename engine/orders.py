@@ -178,10 +178,38 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             indication = set(match_conditions(kb, order.indication)) if order.indication else set()
             malignant = True if (oncologic or indication & kb.oncologic_conditions) else (
                 False if indication or (assessment is not None and assessment.conditions) else None)
-            out.append(_thiopurine(kb, order, drug, t, n, malignant))
+            check = _thiopurine(kb, order, drug, t, n, malignant)
+            out.append(_with_interactions(kb, check, drug, assessment))
         elif drug["id"] == "clozapine":
             out.append(_clozapine(kb, order, drug, assessment))
     return out
+
+
+def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],
+                       assessment: Optional[Assessment]) -> OrderCheck:
+    """A dose reduction an interaction demands (allopurinol with azathioprine: a quarter) on top of CPIC's."""
+    if assessment is None:
+        return check
+    by_id = {i["id"]: i for i in kb.interactions}
+    for found in assessment.interactions:
+        spec = by_id.get(found.id, {})
+        first = spec.get("sides", [{}])[0]
+        if not spec.get("dose_factor") or drug["id"] not in first.get("drugs", []):
+            continue
+        factor = spec["dose_factor"]
+        base = check.dose_change
+        wording = (f"{base.wording if base else 'the normal dose'}, then cut to {factor:.0%} for "
+                   f"{' and '.join(found.drugs[1])} ({found.title.lower()})")
+        change = DoseChange(factor=(base.factor if base and base.factor else 1.0) * factor,
+                            times=base.times if base else None, per=base.per if base else None, wording=wording,
+                            percent_range=base.percent_range if base else None)
+        priority = "critical" if check.priority == "critical" else "warning"
+        return check.model_copy(update={
+            "dose_change": change, "adjust": "recommended" if check.adjust == "no" else check.adjust,
+            "priority": priority, "summary": f"{check.summary}; with {' and '.join(found.drugs[1])}: cut the dose",
+            "detail": f"**{found.title}.** {found.effect} {found.action}\n\n{check.detail}",
+            "sources": list(dict.fromkeys([*check.sources, *found.sources]))})
+    return check
 
 
 def _resolve(kb: KnowledgeBase, gene: str, value: Optional[str]) -> GeneStatus:

@@ -124,3 +124,14 @@ def test_the_text_report_puts_the_2024_update_before_the_2020_text(engine):
     a = engine.assess(base_case(medications=AZA_ACTIVE, history={"tpmt": "intermediate", "nudt15": "intermediate"}))
     report = to_text(a)
     assert report.index("20-50%") < report.index("Superseded 2020 text") < report.index("30%-80%")
+
+
+def test_allopurinol_cuts_the_thiopurine_dose_to_a_quarter_on_top_of_cpic(engine):
+    """Medsafe 1998 / febuxostat label: azathioprine with a xanthine oxidase inhibitor at 25% of the dose."""
+    a = engine.assess(base_case(medications=[{"name": "azathioprine", "start": "2025-01-01"},
+                                             {"name": "allopurinol", "start": "2025-02-01"}],
+                                history={"tpmt": "normal", "nudt15": "normal"}))
+    assert [i.id for i in a.interactions] == ["thiopurine_xanthine_oxidase"]
+    c = check(engine, assessment=a)
+    assert c.priority == "warning" and c.adjust == "recommended" and c.dose_change.factor == 0.25
+    assert "normal starting dose" not in c.summary.split(";")[1]
