@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Assessment", "NormalizedLab", "FindingOut", "RiskTier", "CtcaeGrade", "Ctcae", "AlertOut", "Evidence",
            "CauseOut", "StepOut", "BlockedStep", "MissingItem", "TraceItem", "SourceOut", "GeneStatus",
-           "CpicRecommendation", "Pharmacogenomics", "CbcStatus", "NotAssessed", "ReferenceLimit", "InteractionOut", "DISCLAIMER"]
+           "CpicRecommendation", "Pharmacogenomics", "CbcStatus", "NotAssessed", "ReferenceLimit", "InteractionOut", "Unrecognised", "DISCLAIMER"]
 
 DISCLAIMER = ("leukodx supports and does not replace clinical judgement. Verify each item against the cited "
               "sources and the patient before acting.")
@@ -195,6 +195,14 @@ class Pharmacogenomics(_Out):
     note: Optional[str] = None          # why no CPIC recommendation is shown for a thiopurine taken
 
 
+class Unrecognised(_Out):
+    """A drug or condition leukodx does not know, and was therefore not assessed; never silently assumed."""
+    field: str
+    text: str
+    kind: Literal["drug", "condition"]
+    suggestions: list[str] = []      # close names in the vocabulary: "did you mean" (never applied by leukodx)
+
+
 class InteractionOut(_Out):
     """Two drugs taken together that raise marrow toxicity (rules/interactions.yaml)."""
     id: str
@@ -238,6 +246,7 @@ class Assessment(_Out):
     engine_version: str
     disclaimer: str = DISCLAIMER
     priority: Priority = "info"
+    unrecognised: list[Unrecognised] = []
     risk_tier: RiskTier
     cbc: CbcStatus
     ctcae: Ctcae

@@ -139,7 +139,7 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
         levels.append(kb.tier_priority.get(d.risk_tier.tier_at_least, "info"))
     priority = min(levels, key=order.index)
     return Assessment(
-        case_id=nc.case.id, priority=priority, as_of=nc.as_of, kb_version=kb.version, engine_version=engine_version,
+        case_id=nc.case.id, priority=priority, unrecognised=nc.unrecognised, as_of=nc.as_of, kb_version=kb.version, engine_version=engine_version,
         risk_tier=d.risk_tier, cbc=d.cbc, ctcae=d.ctcae, alerts=alerts, findings=findings, causes=causes, steps=steps,
         steps_not_advised=not_advised, pharmacogenomics=pharmacogenomics,
         missing_data=[MissingItem(item=k, rules=v) for k, v in missing.items()], not_assessed=list(not_assessed),

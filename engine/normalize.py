@@ -13,7 +13,7 @@ from datetime import date, datetime
 from typing import Any, Optional, Union
 
 from . import pgx
-from .assessment import GeneStatus
+from .assessment import GeneStatus, Unrecognised
 from .case import Case, Dose
 from .errors import CaseError, Problem
 from .kb import KnowledgeBase
@@ -68,6 +68,7 @@ class NormCase:
     transplant_organ: Optional[str]
     duffy_prevalent_ancestry: bool
     warnings: list[str] = field(default_factory=list)
+    unrecognised: list[Unrecognised] = field(default_factory=list)
 
 
 def _fmt(x: float) -> str:
@@ -185,6 +186,7 @@ def _classes(drug: dict[str, Any], oncologic: bool) -> frozenset[str]:
 def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) -> NormCase:
     problems: list[Problem] = []
     warnings: list[str] = []
+    unrecognised: list[Unrecognised] = []
     labs = [n for i, lab in enumerate(case.labs) if (n := _normalize_lab(kb, i, lab, problems))]
 
     # as_of: given, else the latest lab time; never the wall clock.
@@ -246,7 +248,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     for i, text in enumerate(h.conditions):
         found = match_conditions(kb, text)
         if not found:
-            warnings.append(f"history.conditions[{i}] {text!r} is not in leukodx's condition vocabulary and was not used.")
+            unrecognised.append(Unrecognised(field=f"history.conditions[{i}]", text=text, kind="condition"))
         conditions.update(found)
     for med in case.medications:
         if med.indication:
@@ -265,7 +267,8 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
         text = med.name or f"RxNorm {med.rxnorm}"
         match = drugs.lookup(med.name, med.rxnorm)
         if match is None:
-            warnings.append(f"medications[{i}] {text!r} is not in leukodx's drug vocabulary; it was not assessed.")
+            unrecognised.append(Unrecognised(field=f"medications[{i}]", text=text, kind="drug",
+                                             suggestions=drugs.suggest(med.name) if med.name else []))
             continue
         med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) & kb.oncologic_conditions)
         dose, why = _dose_mg_kg_day(med.dose, case.patient.weight_kg)
@@ -290,5 +293,6 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     assert tpmt is not None and nudt15 is not None
     return NormCase(case=case, as_of=as_of, labs=labs, meds=meds, conditions=conditions, tpmt=tpmt, nudt15=nudt15,
                     transplant_organ=match_organ(kb, h.transplant.organ) if h.transplant else None,
-                    duffy_prevalent_ancestry=duffy_prevalent(kb, case.patient.ancestry), warnings=warnings)
+                    duffy_prevalent_ancestry=duffy_prevalent(kb, case.patient.ancestry), warnings=warnings,
+                    unrecognised=unrecognised)
 

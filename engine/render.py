@@ -25,6 +25,12 @@ def to_text(a: Assessment) -> str:
     w(f"leukodx assessment - case {a.case_id}, as of {a.as_of or 'unknown'} (knowledge base {a.kb_version})")
     w(_wrap(("COUNT: " if a.cbc.current else "NO CURRENT COUNT: ") + a.cbc.note, ""))
     w("")
+    if a.unrecognised:
+        w(f"NOT RECOGNISED ({len(a.unrecognised)}): not assessed; check the spelling")
+        for u in a.unrecognised:
+            hint = f" - did you mean {' or '.join(u.suggestions)}?" if u.suggestions else ""
+            w(_wrap(f"- {u.field} {u.text!r} ({u.kind}){hint}", "  "))
+        w("")
     if a.not_assessed:
         w(f"NOT ASSESSED ({len(a.not_assessed)}): left out because they could not be read")
         for n in a.not_assessed:

@@ -210,8 +210,6 @@ def test_fhir_body_temperature_is_not_reported_as_an_unused_code(client):
     assert [w for w in doc["warnings"] if "does not use" in w] == []
 
 
-@pytest.mark.xfail(strict=True, reason="product: a body temperature measured after the case date is left out "
-                   "without a word, while medications and conditions after it are named in a warning")
 def test_fhir_body_temperature_after_the_case_date_is_named_when_left_out(client):
     path = next((FHIR / "synthea").glob("Andy_Schaden_*.json"))   # CBC 2017-02-02, oral temperature 2019-05-16
     doc = client.post("/v1/assess/fhir", content=path.read_bytes(), headers=FHIR_JSON).json()

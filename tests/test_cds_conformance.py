@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import statistics
 import time
 import uuid
 from typing import Any, Iterator
@@ -33,7 +32,7 @@ from leukodx.api.fhir import UNUSABLE, fetch_queries, fill_template
 from leukodx.api.cds import routes as cds_routes
 from leukodx.engine.kb import default as default_kb
 
-from test_cds_hooks import (CBC_NORMAL, CBC_SEVERE, PATIENT, RECENT, SPEC, draft_bundle, needs_shared, obs, pgx_obs,
+from test_cds_hooks import (CBC_NORMAL, CBC_SEVERE, PATIENT, RECENT, SPEC, draft_bundle, obs, pgx_obs,
                             prefetch, request, searchset, thiopurine_order)
 
 ORIGIN = "https://ehr.example.org"
@@ -247,7 +246,6 @@ def test_prefetch_keys_identify_the_prefetched_data(svc):
     assert svc.post("/cds-services/leukodx-patient-view", json=request("patient-view", renamed)).status_code == 412
 
 
-@needs_shared
 def test_prefetch_tokens_are_root_level_primitive_context_fields(svc):
     """55: tokens are delimited by {{ and }}; 56, 59: each is `context.<field>` (or a user
     identifier); 57: the field is a root-level primitive in the hooks library's example contexts
@@ -494,7 +492,6 @@ def test_no_links_system_actions_or_extensions_are_sent(svc, answers):
     assert '"extension"' not in svc.get("/cds-services").text
 
 
-@needs_shared
 def test_card_checker_agrees_with_the_spec_examples():
     """The checker the card tests rely on (cds/models.py card_violations) accepts the spec's and
     Inferno's example cards, and catches what the link / override / action rules forbid - so it
@@ -722,17 +719,3 @@ def test_public_base_url_sets_the_jwt_audience(tmp_path):
         assert internal.status_code == 401
 
 
-# ---- SHOULD 27: respond quickly --------------------------------------------------------------------
-
-def test_a_call_is_answered_well_within_500_ms(svc):
-    """SHOULD 27 (on the order of 500 ms): the order-sign call with the most work (assessment card
-    plus thiopurine card with actions), in process, after one warm-up; network and FHIR fetches
-    not included."""
-    body = scenario_bodies()["order-sign poor metabolizer"][1]
-    svc.post("/cds-services/leukodx-order-sign", json=body)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        assert svc.post("/cds-services/leukodx-order-sign", json=body).status_code == 200
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 0.5, times

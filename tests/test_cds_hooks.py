@@ -21,7 +21,6 @@ from conftest import FIXTURES
 
 SHARED = FIXTURES   # third-party material kept in the repository (tests/fixtures/README.md)
 SPEC = SHARED / "cds-hooks"
-needs_shared = pytest.mark.skipif(not SPEC.exists(), reason="tests/fixtures/cds-hooks not present")
 PATIENT = "1288992"
 CDS_LIMIT = Settings().cds_max_body_bytes   # one byte more is refused
 # CDS Hooks judges a patient today: the test counts are drawn yesterday, so that they are current.
@@ -162,7 +161,6 @@ def test_missing_prefetch_without_fhir_server_is_412(client, prefetch_value):
     assert r.status_code == 412 and r.json()["resourceType"] == "OperationOutcome"
 
 
-@needs_shared
 def test_spec_example_patient_view_request(client):
     """The spec's own request: its prefetch has none of our keys and its fhirServer cannot be reached."""
     body = json.loads((SPEC / "spec-v2.0.1" / "request-patient-view.json").read_text())
@@ -171,7 +169,6 @@ def test_spec_example_patient_view_request(client):
     assert "some-opaque-fhir-access-token" not in r.text
 
 
-@needs_shared
 @pytest.mark.parametrize("path", sorted((SHARED / "fhir-examples" / "synthea").glob("*.json")) if SPEC.exists() else [],
                          ids=lambda p: p.stem[:24])
 def test_synthea_patients_as_patient_view(client, path):
@@ -249,7 +246,6 @@ def test_order_sign_clozapine_below_threshold_is_critical(client):
     assert clozapine["indicator"] == "critical"
 
 
-@needs_shared
 def test_hooks_library_order_contexts_are_accepted(client):
     for name, service in (("order-select-context-R4.json", "leukodx-order-select"),
                           ("order-sign-context-R4.json", "leukodx-order-sign")):
@@ -284,7 +280,6 @@ def test_unknown_service_and_oversized_prefetch(client):
 
 # ---- feedback -------------------------------------------------------------------------------------
 
-@needs_shared
 def test_spec_feedback_examples_are_stored(client):
     for name in ("feedback-accepted.json", "feedback-overridden-with-reason.json", "feedback-overridden-no-reason.json"):
         r = client.post("/cds-services/leukodx-patient-view/feedback",

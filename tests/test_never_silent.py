@@ -286,3 +286,13 @@ def test_cds_beyond_the_body_limit_is_an_explicit_413(client):
     r = client.post("/cds-services/leukodx-patient-view", content=b"{" + b" " * (33 * 1024 * 1024) + b"}",
                     headers={"content-type": "application/json"})
     assert r.status_code == 413
+
+
+def test_a_misspelled_drug_is_named_first_with_its_close_match(engine):
+    """Never silently dropped, never silently assumed (issue 14.7): the output names it and offers the match."""
+    a = engine.assess(case([lab("wbc", 2.0), lab("anc", 0.8)]) | {"medications": [{"name": "azathiprine"}]})
+    assert [(u.field, u.text, u.kind, u.suggestions) for u in a.unrecognised] == \
+        [("medications[0]", "azathiprine", "drug", ["azathioprine"])]
+    assert "thiopurine_myelotoxicity" not in [c.id for c in a.causes]
+    report = to_text(a)
+    assert report.index("NOT RECOGNISED") < report.index("RISK TIER") and "did you mean azathioprine?" in report

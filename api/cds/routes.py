@@ -8,6 +8,7 @@ provided, so the service fetches it; if it cannot, it answers 412 with an Operat
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 from datetime import datetime, timezone
@@ -108,6 +109,7 @@ async def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...])
     """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys, notes)."""
     prefetch = hook.prefetch or {}
     resources: list[Any] = []
+    keys: list[str] = []            # the prefetch key each resource came from, to name it in messages
     missing: list[str] = []
     notes: list[str] = []
     paged_values: dict[str, Any] = {}
@@ -116,6 +118,7 @@ async def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...])
     def cannot(key: str, why: str) -> None:
         if key in paged_values:
             resources.append(paged_values[key])
+            keys.append(key)
             notes.append(f"prefetch '{key}' holds only its first page ({why})")
         elif key in REQUIRED_KEYS:
             missing.append(f"{key}: {why}")
@@ -131,6 +134,7 @@ async def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...])
                                                 if isinstance(l, dict))
         if not needs_fetch and not paged:
             resources.append(value)
+            keys.append(key)
             continue
         if paged:
             paged_values[key] = value
@@ -153,8 +157,10 @@ async def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...])
                 cannot(key, out.note or "the FHIR server could not be used")
                 continue
             resources.append(out.resources)
+            keys.append(key)
             if out.note:
                 notes.append(f"'{key}' is partial ({out.note})")
+    _KEYS.set(keys)
     return resources, missing, notes
 
 
@@ -222,11 +228,15 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
         assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True))
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
+        left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
+                                                                  if u.suggestions else "")
+                     for u in assessment.unrecognised]
     except fhir.FhirMappingError as e:
         mismatch = any(p.loc == "subject" for p in e.problems)
         # no lab Observation at all (nothing skipped, nobody else's): nothing to assess and nothing hidden
         nothing = len(e.problems) == 1 and e.problems[0].loc == "" and not notes
-        problems = [] if nothing else [p.msg if p.loc in ("", "subject") else f"{p.loc}: {p.msg}" for p in e.problems]
+        problems = [] if nothing else [p.msg if p.loc in ("", "subject") else f"{_named(p.loc)}: {p.msg}"
+                                       for p in e.problems]
     except CaseError as e:
         problems = [str(p) for p in e.problems]
     if problems or left_out:   # the reason without resource ids or patient references
@@ -272,8 +282,23 @@ def _prefetch_mismatch(hook: HookRequest, templates: dict[str, str], patient_id:
 _REF = re.compile(r"\b([A-Z][A-Za-z]+)/[^\s,;:()]+")
 
 
+_KEYS: contextvars.ContextVar[list[str]] = contextvars.ContextVar("prefetch_keys", default=[])
+_POSITION = re.compile(r"^\[(\d+)\](.*)$")
+
+
+def _named(loc: str) -> str:
+    """`[1].entry[3].resource` (a position in the resources gathered) -> `prefetch 'observations'.entry[3].resource`."""
+    m = _POSITION.match(loc)
+    keys = _KEYS.get()
+    if not m:
+        return loc
+    i = int(m.group(1))
+    where = f"prefetch '{keys[i]}'" if i < len(keys) else "draftOrders"
+    return where + m.group(2)
+
+
 def _left_out_text(n: NotAssessed) -> str:
-    return f"{n.field}" + (f" ({n.value})" if n.value else "") + f": {n.reason}"
+    return f"{_named(n.field)}" + (f" ({n.value})" if n.value else "") + f": {n.reason}"
 
 
 def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[Assessment],

@@ -101,7 +101,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         case["medications"] = meds
     conditions = map_conditions(mine, ref, warnings)
     history: dict[str, Any] = map_pgx(mine, warnings)
-    celsius = temperature(mine, ref, warnings)
+    celsius = temperature(mine, ref, warnings, kb.value("current_temperature_max_age_days"))
     if celsius is not None:
         history["temperature_c"] = celsius
     if conditions:

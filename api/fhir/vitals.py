@@ -47,8 +47,10 @@ def latest_weight(weights: list[Weight], ref: Optional[date]) -> Optional[float]
     return untimed[0] if untimed else None
 
 
-def temperature(mine: list[Item], ref: Optional[date], warnings: list[str]) -> Optional[float]:
-    """The latest body temperature (LOINC 8310-5 or 8331-1) not after the case date, in Celsius."""
+def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_age_days: float) -> Optional[float]:
+    """The latest body temperature (LOINC 8310-5 or 8331-1) not after the case date and at most
+    ``max_age_days`` before it (an older one says nothing about fever now), in Celsius."""
+    later = old = 0
     best: Optional[tuple[datetime, float]] = None
     for item in mine:
         res = item.resource
@@ -68,10 +70,22 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str]) -> O
             warnings.append(f"{item.label}: body temperature unit {unit!r} was not understood.")
             continue
         when = own_time(res, item.label, warnings)
-        if when is None or after(when, ref):
+        if when is None:
+            continue
+        if after(when, ref):
+            later += 1
+            continue
+        if ref is not None and (ref - utc_naive(when).date()).days > max_age_days:
+            old += 1
             continue
         if best is None or utc_naive(when) > best[0]:
             best = (utc_naive(when), round(float(celsius), 1))
+    if later:
+        warnings.append(f"{later} body temperature{'s' if later != 1 else ''} measured after the date the case is "
+                        f"judged at ({ref}) {'were' if later != 1 else 'was'} left out.")
+    if old and best is None:
+        warnings.append(f"{old} body temperature{'s' if old != 1 else ''} older than {max_age_days:g} days before "
+                        f"{ref} {'were' if old != 1 else 'was'} not used: no current temperature.")
     return best[1] if best else None
 
 

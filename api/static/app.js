@@ -170,6 +170,13 @@ function render(a) {
   out.hidden = false;
   out.append(el("h2", { text: `Assessment of ${a.case_id}` + (a.as_of ? ` (as of ${a.as_of})` : "") }));
   out.append(el("p", { class: a.cbc.current ? "cbc" : "cbc stale", id: "cbc" }, el("strong", { text: a.cbc.current ? "Count: " : "No current count: " }), a.cbc.note));
+  if (a.unrecognised.length) {
+    const box = el("div", { class: "not-assessed", id: "unrecognised" }, el("strong", { text: `Not recognised (${a.unrecognised.length}): not assessed; check the spelling` }));
+    const ul = el("ul");
+    for (const u of a.unrecognised) ul.append(el("li", { text: `${u.field} "${u.text}" (${u.kind})` + (u.suggestions.length ? ` - did you mean ${u.suggestions.join(" or ")}?` : "") }));
+    box.append(ul);
+    out.append(box);
+  }
   if (a.not_assessed.length) {
     const box = el("div", { class: "not-assessed", id: "not-assessed" }, el("strong", { text: `Not assessed (${a.not_assessed.length}): left out because they could not be read` }));
     const ul = el("ul");
