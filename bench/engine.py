@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -37,17 +38,25 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def latency(engine: Engine, cases: list[dict], rounds: int) -> dict[str, float]:
-    for c in cases:
-        engine.assess(c)
-    times = []
-    for _ in range(rounds):
+def interleaved(engines: dict[str, Engine], cases: list[dict], rounds: int) -> dict[str, dict[str, float]]:
+    """Latency of each engine, A and B alternated case by case (so drift and load hit both alike), in
+    wall time and in this thread's CPU time (what a busy, shared machine does not distort)."""
+    for e in engines.values():
         for c in cases:
-            t = time.perf_counter()
-            engine.assess(c)
-            times.append((time.perf_counter() - t) * 1e6)
-    return {"median_us": round(statistics.median(times)), "p95_us": round(pct(times, 0.95)),
-            "p99_us": round(pct(times, 0.99)), "n": len(times)}
+            e.assess(c)
+    wall: dict[str, list[float]] = {k: [] for k in engines}
+    cpu: dict[str, list[float]] = {k: [] for k in engines}
+    order = list(engines)
+    for r in range(rounds):
+        for c in cases:
+            for name in (order if r % 2 == 0 else order[::-1]):
+                t, ct = time.perf_counter(), time.thread_time()
+                engines[name].assess(c)
+                cpu[name].append((time.thread_time() - ct) * 1e6)
+                wall[name].append((time.perf_counter() - t) * 1e6)
+    return {name: {"median_us": round(statistics.median(wall[name])), "p95_us": round(pct(wall[name], 0.95)),
+                   "p99_us": round(pct(wall[name], 0.99)), "cpu_median_us": round(statistics.median(cpu[name])),
+                   "cpu_p99_us": round(pct(cpu[name], 0.99)), "n": len(wall[name])} for name in engines}
 
 
 def stage_split(engine: Engine, cases: list[dict], rounds: int) -> dict[str, float]:
@@ -76,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cases = library()
     durable, plain = Engine(), Engine(backend="plain")
-    result = {"cases": len(cases), "durable": latency(durable, cases, args.rounds),
-              "plain": latency(plain, cases, args.rounds)}
+    result = {"cases": len(cases), "load_average": [round(x, 2) for x in os.getloadavg()],
+              **interleaved({"durable": durable, "plain": plain}, cases, args.rounds)}
     result["ratio_median"] = round(result["durable"]["median_us"] / result["plain"]["median_us"], 2)
     result["ratio_p99"] = round(result["durable"]["p99_us"] / result["plain"]["p99_us"], 2)
+    result["ratio_cpu_median"] = round(result["durable"]["cpu_median_us"] / result["plain"]["cpu_median_us"], 2)
     result["stages_us_durable"] = stage_split(durable, cases, max(1, args.rounds // 4))
     result["stages_us_plain"] = stage_split(plain, cases, max(1, args.rounds // 4))
     fired = [len(durable.assess(c).trace) for c in cases]
@@ -88,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"engine latency over {len(cases)} cases x {args.rounds} rounds (microseconds)")
-    print(f"{'backend':<10}{'median':>10}{'p95':>10}{'p99':>10}")
+    print(f"engine latency over {len(cases)} cases x {args.rounds} rounds, durable and plain interleaved case by case "
+          f"(microseconds; load average {result['load_average']})")
+    print(f"{'backend':<10}{'median':>10}{'p95':>10}{'p99':>10}{'cpu med':>10}{'cpu p99':>10}")
     for b in ("durable", "plain"):
         r = result[b]
-        print(f"{b:<10}{r['median_us']:>10}{r['p95_us']:>10}{r['p99_us']:>10}")
-    print(f"durable/plain: median {result['ratio_median']}x, p99 {result['ratio_p99']}x")
+        print(f"{b:<10}{r['median_us']:>10}{r['p95_us']:>10}{r['p99_us']:>10}{r['cpu_median_us']:>10}{r['cpu_p99_us']:>10}")
+    print(f"durable/plain: median {result['ratio_median']}x, p99 {result['ratio_p99']}x, "
+          f"CPU median {result['ratio_cpu_median']}x")
     print("stage split, mean us per case:  " + "  ".join(STAGES))
     for b in ("durable", "plain"):
         print(f"  {b:<8}" + "".join(f"{result[f'stages_us_{b}'][s]:>10}" for s in STAGES))

@@ -148,7 +148,29 @@ class DrugIndex:
                 out.setdefault(_key(n), n)
         return out
 
+    @cached_property
+    def _by_length(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for cand in self._suggestable:
+            out.setdefault(len(cand), []).append(cand)
+        return out
+
     def suggest(self, text: str, n: int = 3) -> list[str]:
+        """See :meth:`_suggest`; answers are remembered (names that are not drugs recur: a hospital's statin,
+        vitamin D, paracetamol), at most 4,096 of them."""
+        key = (text, n)
+        cached = self._suggested.get(key)
+        if cached is None:
+            if len(self._suggested) >= 4096:
+                self._suggested.clear()
+            cached = self._suggested[key] = tuple(self._suggest(text, n))
+        return list(cached)
+
+    @cached_property
+    def _suggested(self) -> dict[tuple[str, int], tuple[str, ...]]:
+        return {}
+
+    def _suggest(self, text: str, n: int = 3) -> list[str]:
         """Up to ``n`` vocabulary names (generic, brand or synonym) close to ``text``, closest first.
 
         Case-insensitive; the text as a whole and each run of 1-3 of its words (words of at least
@@ -167,9 +189,13 @@ class DrugIndex:
                     units.add(" ".join(run))
         units = {u for u in units if sum(c.isalpha() for c in u) >= _SUGGEST_MIN_LETTERS}
         best: dict[str, tuple[float, bool]] = {}      # name -> (best ratio, reached by the whole text)
+        by_length = self._by_length
         for unit in units:
             matcher = difflib.SequenceMatcher(None, "", unit, autojunk=False)
-            for cand in self._suggestable:
+            # ratio = 2M/(a+b) <= 2*min(a,b)/(a+b): only names of a length that could reach the threshold
+            low = int(len(unit) * SUGGEST_MIN_RATIO / (2 - SUGGEST_MIN_RATIO))
+            high = int(len(unit) * (2 - SUGGEST_MIN_RATIO) / SUGGEST_MIN_RATIO) + 1
+            for cand in (c for length in range(low, high + 1) for c in by_length.get(length, ())):
                 matcher.set_seq1(cand)
                 if (matcher.real_quick_ratio() >= SUGGEST_MIN_RATIO and matcher.quick_ratio() >= SUGGEST_MIN_RATIO
                         and (r := matcher.ratio()) >= SUGGEST_MIN_RATIO):
