@@ -193,6 +193,9 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     sock = config.bind_socket()
     uvicorn_multiprocess.Process = WorkerProcess   # type: ignore[misc] - the class the supervisor starts
     log.info("serving", extra={"host": host, "port": port, "workers": config.workers, "pid": os.getpid()})
+    shown = f"[{host}]" if ":" in host else host
+    print(f"leukodx listening on http://{shown}:{port}/ ({config.workers} worker{'s' if config.workers != 1 else ''}; "
+          f"the page at /, the API at /v1, CDS Hooks at /cds-services)", flush=True)
     try:
         Supervisor(config, sockets=[sock]).run()
     finally:

@@ -113,6 +113,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leukodx", description="Leukopenia decision support: causes, risk tier, next steps.")
+    from leukodx import __version__
+    p.add_argument("--version", action="version", version=f"leukodx {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("assess", help="assess one case file (JSON or YAML; - for standard input)")
     a.add_argument("file")

@@ -48,6 +48,11 @@ def card_id(hook_instance: str, *parts: str) -> str:
     return str(uuid.uuid5(_NS, "|".join((hook_instance, *parts))))
 
 
+def _n(x: float) -> str:
+    """A count as a lab reports it (two decimals at most): 3.78761 -> 3.79."""
+    return f"{round(x, 2):g}"
+
+
 def _summary(text: str) -> str:
     return text if len(text) < 140 else text[:136].rstrip() + "..."
 
@@ -78,13 +83,13 @@ def _headline(a: Assessment) -> str:
     tier = a.risk_tier
     parts = []
     if tier.tier in TIER_WORDS:
-        parts.append(f"{TIER_WORDS[tier.tier]} (ANC {tier.anc:g} x10^9/L, {_drawn(a)})")
+        parts.append(f"{TIER_WORDS[tier.tier]} (ANC {_n(tier.anc)} x10^9/L, {_drawn(a)})")
     elif tier.tier_at_least:
-        parts.append(f"Neutropenia {tier.tier_at_least} or worse (WBC {tier.anc_at_most:g} x10^9/L, no differential, "
+        parts.append(f"Neutropenia {tier.tier_at_least} or worse (WBC {_n(tier.anc_at_most)} x10^9/L, no differential, "
                      f"{_drawn(a)})")
     elif any(f.id == "leukopenia" for f in a.findings):
         wbc = a.ctcae.wbc.value if a.ctcae.wbc else None
-        parts.append(f"Leukopenia (WBC {wbc:g} x10^9/L, {_drawn(a)})" if wbc is not None else "Leukopenia")
+        parts.append(f"Leukopenia (WBC {_n(wbc)} x10^9/L, {_drawn(a)})" if wbc is not None else "Leukopenia")
     elif any(f.id == "lymphopenia" for f in a.findings):
         parts.append(f"Lymphopenia ({_drawn(a)})")
     for alert in a.alerts:
@@ -100,7 +105,7 @@ def _headline(a: Assessment) -> str:
 def _detail(a: Assessment) -> str:
     t = a.risk_tier
     lines = [f"**Blood count of {_drawn(a)}.** {a.cbc.note}",
-             f"**Risk tier:** {t.tier}" + (f" - ANC {t.anc:g} x10^9/L ({(t.anc_source or '').replace('_', ' ')})"
+             f"**Risk tier:** {t.tier}" + (f" - ANC {_n(t.anc)} x10^9/L ({(t.anc_source or '').replace('_', ' ')})"
                                            if t.anc is not None else " - no ANC available"),
              t.basis]
     grades = [f"{n} grade {g.grade}" for n, g in (("WBC", a.ctcae.wbc), ("ANC", a.ctcae.anc),
@@ -155,8 +160,10 @@ def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str
     """The assessment card, or no card when the counts give nothing to say."""
     if not _has_something_to_say(a):
         return []
-    cited = [s for x in a.alerts for s in x.sources] + [s for c in a.causes[:1] for s in c.sources]
-    url = next((link for s in cited if s in a.sources and (link := a.sources[s].link())), None)
+    cited = [s for x in a.alerts for s in x.sources] + [s for c in a.causes[:1] for s in c.sources] + \
+        list(a.risk_tier.sources)         # the tier's guidelines when alerts and causes cite no primary source
+    primary = [s for s in cited if s in a.sources and a.sources[s].kind in ("guideline", "label", "study")]
+    url = next((link for s in primary if (link := a.sources[s].link())), None)
     suggestions = None
     step = next((s for s in a.steps if s.id == "repeat_cbc_with_differential"), None)
     if step is not None:

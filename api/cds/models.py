@@ -101,6 +101,7 @@ class Link(_Closed):
     url: str
     type: Literal["absolute", "smart"]
     appContext: Optional[str] = None
+    autolaunchable: Optional[bool] = None
 
 
 class Card(_Closed):
@@ -117,6 +118,7 @@ class Card(_Closed):
 
 class CardsResponse(_Closed):
     cards: list[Card]
+    systemActions: Optional[list[Action]] = None     # CDS Hooks 2.0.1; leukodx sends none
 
 
 class OverrideReason(_Open):
