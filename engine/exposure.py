@@ -130,8 +130,11 @@ def active_interactions(kb: KnowledgeBase, nc: NormCase) -> list[dict[str, Any]]
         names = []
         for side in interaction["sides"]:
             drugs, classes, needs = set(side.get("drugs", [])), set(side.get("classes", [])), side.get("with_class")
+            low = side.get("not_at_or_below_mg_day", {})     # e.g. aspirin at antiplatelet doses does not count
             names.append(sorted({m.drug_name or m.text for m in recent if (m.drug_id in drugs or m.classes & classes)
-                                 and (needs is None or needs in m.classes)}))
+                                 and (needs is None or needs in m.classes)
+                                 and not (m.drug_id in low and m.dose_mg_day is not None
+                                          and m.dose_mg_day <= low[m.drug_id])}))
         if all(names):
             out.append({**interaction, "names": names})
     return out

@@ -54,6 +54,7 @@ class NormMed:
     start: Optional[date]
     end: Optional[date]
     dose_mg_kg_day: Optional[float]
+    dose_mg_day: Optional[float] = None
 
 
 @dataclass
@@ -148,28 +149,31 @@ def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:
 _DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+)*)")
 
 
-def _dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]) -> tuple[Optional[float], Optional[str]]:
-    """(mg/kg/day, why not) from a dose with a unit of mass per time (needs the weight) or mass per body mass
-    per time. The reason is given when a dose was sent but cannot be read, so that it is never ignored silently."""
+def _dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]
+                    ) -> tuple[Optional[float], Optional[float], Optional[str]]:
+    """(mg/kg/day, mg/day, why not) from a dose with a unit of mass per time (mg/kg/day needs the weight) or
+    mass per body mass per time (mg/day then needs it). The reason is given when a dose was sent but cannot be
+    read, so that it is never ignored silently."""
     if dose is None:
-        return None, None
+        return None, None, None
     shown = dose if isinstance(dose, str) else f"{dose.value:g} {dose.unit}"
     if isinstance(dose, str):
         m = _DOSE_TEXT.search(dose)
         if not m:
-            return None, f"the dose {shown!r} has no number and unit leukodx can read"
+            return None, None, f"the dose {shown!r} has no number and unit leukodx can read"
         value, unit = float(m.group(1)), m.group(2)
     else:
         value, unit = dose.value, dose.unit
     rate = dose_rate(unit)
     if rate is None:
-        return None, (f"the dose {shown!r} is not a mass per day (mg/day) or per kg per day (mg/kg/day), which "
-                      f"the dose rules read (units of activity or doses per take are not converted)")
+        return None, None, (f"the dose {shown!r} is not a mass per day (mg/day) or per kg per day (mg/kg/day), "
+                            f"which the dose rules read (units of activity or doses per take are not converted)")
     if rate.per_kg:
-        return value * rate.factor, None
+        return value * rate.factor, (value * rate.factor * weight_kg if weight_kg else None), None
+    per_day = value * rate.factor
     if not weight_kg:
-        return None, f"the dose {shown!r} needs the patient's weight to give mg/kg/day"
-    return value * rate.factor / weight_kg, None
+        return None, per_day, f"the dose {shown!r} needs the patient's weight to give mg/kg/day"
+    return per_day / weight_kg, per_day, None
 
 
 def _classes(drug: dict[str, Any], oncologic: bool) -> frozenset[str]:
@@ -271,12 +275,12 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
                                              suggestions=drugs.suggest(med.name) if med.name else []))
             continue
         med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) & kb.oncologic_conditions)
-        dose, why = _dose_mg_kg_day(med.dose, case.patient.weight_kg)
+        dose, per_day, why = _dose_mg_kg_day(med.dose, case.patient.weight_kg)
         if why:
             warnings.append(f"medications[{i}] {text!r}: {why}; dose-based rules were not applied to it.")
         meds.append(NormMed(index=i, text=text, drug_id=match.drug["id"], drug_name=match.drug["name"],
                             classes=_classes(match.drug, med_onco), status=med.status, start=start, end=end,
-                            dose_mg_kg_day=dose))
+                            dose_mg_kg_day=dose, dose_mg_day=per_day))
 
     tpmt = nudt15 = None
     try:
