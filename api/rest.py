@@ -4,44 +4,139 @@ Bodies are parsed by media type, never guessed: JSON (``application/json``) or Y
 (``application/yaml``, ``text/yaml``) on ``/v1/assess``, JSON only on ``/v1/assess/fhir``. The size,
 nesting and value-count limits are checked before the parser runs (engine/parse.py), and the
 parsing, mapping and assessing run in a worker thread (api/offload.py), never on the event loop.
+
+Both assess routes negotiate the answer on ``Accept``: with ``application/fhir+json`` (preferred at
+least as much as ``application/json``) the Assessment is a FHIR R4 Bundle (api/fhir/answer.py) and
+every error the route raises is an ``OperationOutcome`` (``_Negotiated``, a route class, so the
+app-wide problem-details handlers of api/problems.py stay as they are for every other request).
 """
 from __future__ import annotations
 
+import json
+import logging
 from datetime import date
-from typing import Any, Literal, Optional
+from typing import Any, Awaitable, Callable, Literal, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leukodx.engine import Engine
 from leukodx.engine.assessment import Assessment
 from leukodx.engine.case import Case
-from leukodx.engine.errors import Problem
+from leukodx.engine.errors import CaseError, Problem
 from leukodx.engine.parse import load_json_document, load_yaml_document
 from leukodx.engine.render import to_json
 
 from .config import Settings
+from .fhir import answer
 from .deps import FHIR_TYPES, JSON_TYPES, YAML_TYPES, engine, read_body, settings
 from .offload import run_cpu
 from .problems import PROBLEM_JSON, ProblemError
 
-router = APIRouter(prefix="/v1", tags=["assessment"])
-kb_router = APIRouter(prefix="/v1", tags=["knowledge base"])
-
 _PROBLEM = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
 _ERRORS = {413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 500: _PROBLEM}
+_OUTCOME = {"schema": {"type": "object", "description": "FHIR R4 OperationOutcome (Accept: application/fhir+json)"}}
+_NEGOTIATED = {
+    200: {"content": {"application/fhir+json": {"schema": {
+        "type": "object", "description": "FHIR R4 Bundle (collection) when Accept asks for application/fhir+json: "
+                                         "RiskAssessment, DetectedIssue, ServiceRequest, Provenance"}}}},
+    **{status: {"content": {PROBLEM_JSON: {}, "application/fhir+json": _OUTCOME},
+                "description": "Problem details (RFC 9457); an OperationOutcome when Accept asks for FHIR"}
+       for status in (406, 413, 415, 422, 500)}}
 Ctcae = Optional[Literal["5.0", "6.0"]]
+VARY = {"Vary": "Accept"}
 
 
 def _json_response(text: str) -> Response:
-    return Response(text, media_type="application/json")
+    return Response(text, media_type="application/json", headers=VARY)
+
+
+# ---- content negotiation: Accept: application/fhir+json -------------------------------------------
+
+
+class NotAcceptable(Exception):
+    """Accept names only FHIR versions other than R4."""
+
+
+def wants_fhir(request: Request) -> bool:
+    """True when Accept asks for FHIR R4 (:func:`answer.negotiate`); raises :class:`NotAcceptable`
+    when it names FHIR only in other versions and accepts nothing else leukodx answers."""
+    choice = answer.negotiate(request.headers.get("accept", ""))
+    if choice is None:
+        raise NotAcceptable()
+    return choice == "fhir"
+
+
+class _InputProblem(ProblemError):
+    """A ProblemError that keeps the parsed input, so an OperationOutcome can name FHIRPath locations."""
+
+    def __init__(self, status: int, title: str, detail: str = "", errors: Optional[list[Problem]] = None,
+                 root: Any = None):
+        super().__init__(status, title, detail, errors)
+        self.root = root
+
+
+_TITLES = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed", 413: "Request body too large",
+           415: "Unsupported media type"}
+
+
+def _outcome(status: int, title: str, detail: str = "", problems: Optional[list[Problem]] = None,
+             root: Any = None) -> Response:
+    body = answer.operation_outcome(status, title, detail, problems or [], root)
+    return Response(json.dumps(body), status_code=status, media_type=answer.FHIR_MEDIA_TYPE, headers=VARY)
+
+
+class _Negotiated(APIRoute):
+    """The assess routes: when the client asked for FHIR, every error is an OperationOutcome (the
+    same statuses, titles and locations as the problem details the app answers otherwise)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                fhir_wanted = wants_fhir(request)
+            except NotAcceptable:
+                return _outcome(406, "Not acceptable", "leukodx answers FHIR R4 (application/fhir+json; "
+                                                       "fhirVersion=4.0) or application/json.")
+            if not fhir_wanted:
+                return await handler(request)
+            try:
+                return await handler(request)
+            except CaseError as e:
+                return _outcome(422, "The case cannot be assessed", "", e.problems)
+            except ProblemError as e:
+                return _outcome(e.status, e.title, e.detail, e.errors, getattr(e, "root", None))
+            except RequestValidationError as e:
+                return _outcome(422, "Invalid request", "", [
+                    Problem(".".join(str(x) for x in err["loc"] if x != "body"), err["msg"]) for err in e.errors()])
+            except StarletteHTTPException as e:
+                return _outcome(e.status_code, _TITLES.get(e.status_code, "Error"), str(e.detail or ""))
+            except Exception as e:  # noqa: BLE001 - never a stack trace, as api/problems.py does
+                logging.getLogger("leukodx.api").error("unhandled error", extra={"error_type": type(e).__name__})
+                return _outcome(500, "Internal error", "The request could not be completed; it has been logged.")
+
+        return route
+
+
+router = APIRouter(prefix="/v1", tags=["assessment"], route_class=_Negotiated)   # the assess routes
+kb_router = APIRouter(prefix="/v1", tags=["knowledge base"])
+_ASSESS_RESPONSES = {**_ERRORS, **_NEGOTIATED}
+
+
+def _case_subject(case_id: str) -> dict[str, Any]:
+    return {"identifier": {"system": "urn:leukodx:case-id", "value": case_id},
+            "display": "the patient of the assessed case"}
 
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-@router.post("/assess", summary="Assess a case", response_model=Assessment, responses=_ERRORS,
+@router.post("/assess", summary="Assess a case", response_model=Assessment, responses=_ASSESS_RESPONSES,
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": {"$ref": "#/components/schemas/Case"}},
                  "application/yaml": {"schema": {"$ref": "#/components/schemas/Case"}}}}})
@@ -50,8 +145,10 @@ async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE
                                                           "and assess the rest, instead of answering 422"),
                  eng: Engine = Depends(engine)) -> Response:
     """A case in the case contract (JSON or YAML) in; the Assessment out, exactly as the engine
-    returns it. Strict by default: any problem in the case is a 422 naming every field."""
+    returns it. Strict by default: any problem in the case is a 422 naming every field. With
+    ``Accept: application/fhir+json``: a FHIR R4 Bundle, and errors as an OperationOutcome."""
     config: Settings = request.app.state.settings
+    fhir_wanted = wants_fhir(request)
     body = await read_body(request, JSON_TYPES + YAML_TYPES)
     yaml_body = _media_type(request) in YAML_TYPES
     if yaml_body and len(body) > config.max_yaml_bytes:
@@ -63,13 +160,17 @@ async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE
             doc = load_yaml_document(body, "case", config.max_yaml_bytes, config.max_depth, config.max_case_nodes)
         else:
             doc = load_json_document(body, "case", config.max_body_bytes, config.max_depth, config.max_case_nodes)
-        return to_json(eng.assess(doc, ctcae_version=ctcae, partial=partial), indent=None)
+        a = eng.assess(doc, ctcae_version=ctcae, partial=partial)
+        if fhir_wanted:
+            return json.dumps(answer.assessment_bundle(a, _case_subject(a.case_id)), ensure_ascii=False)
+        return to_json(a, indent=None)
 
-    return _json_response(await run_cpu(work))
+    text = await run_cpu(work)
+    return Response(text, media_type=answer.FHIR_MEDIA_TYPE, headers=VARY) if fhir_wanted else _json_response(text)
 
 
-@router.post("/assess/fhir", summary="Assess a FHIR R4 Bundle", response_model=Assessment, responses=_ERRORS,
-             openapi_extra={"requestBody": {"required": True, "content": {
+@router.post("/assess/fhir", summary="Assess a FHIR R4 Bundle", response_model=Assessment,
+             responses=_ASSESS_RESPONSES, openapi_extra={"requestBody": {"required": True, "content": {
                  "application/fhir+json": {"schema": {"type": "object", "description": "FHIR R4 Bundle"}}}}})
 async def assess_fhir(request: Request,
                       patient: Optional[str] = Query(None, description="Patient id when the Bundle holds several"),
@@ -80,8 +181,13 @@ async def assess_fhir(request: Request,
                       eng: Engine = Depends(engine), config: Settings = Depends(settings)) -> Response:
     """A FHIR R4 Bundle (Patient, Observation, MedicationRequest, MedicationStatement, Condition) in;
     the Assessment out. EHR data is assessed partially by default: what could not be read is listed in
-    ``not_assessed`` (and the mapping's notes in ``warnings``); 422 only when nothing could be assessed."""
+    ``not_assessed`` (and the mapping's notes in ``warnings``); 422 only when nothing could be assessed.
+
+    With ``Accept: application/fhir+json``: a FHIR R4 Bundle (RiskAssessment, DetectedIssue,
+    ServiceRequest, Provenance; see api/fhir/answer.py), and errors as an OperationOutcome whose
+    issues locate each problem in the Bundle (``Bundle.entry[3].resource``)."""
     from . import fhir
+    fhir_wanted = wants_fhir(request)
     body = await read_body(request, FHIR_TYPES)
 
     def work() -> str:   # JSON only: a FHIR route never parses YAML
@@ -90,16 +196,20 @@ async def assess_fhir(request: Request,
         try:
             mapped = fhir.map_bundle(data, kb=eng.kb, patient_id=patient, as_of=as_of)
         except fhir.FhirMappingError as e:
-            raise ProblemError(422, "The FHIR data cannot be mapped to a case", str(e), e.problems) from None
+            raise _InputProblem(422, "The FHIR data cannot be mapped to a case", str(e), e.problems, data) from None
         if mapped.not_assessed and not partial:
-            raise ProblemError(422, "The FHIR data cannot be mapped to a case", "",
-                               [Problem(n.field, n.reason) for n in mapped.not_assessed])
+            raise _InputProblem(422, "The FHIR data cannot be mapped to a case", "",
+                                [Problem(n.field, n.reason) for n in mapped.not_assessed], data)
         a = eng.assess(mapped.case, ctcae_version=ctcae, partial=partial)
-        return to_json(a.model_copy(update={
-            "warnings": [f"FHIR: {w}" for w in mapped.warnings] + a.warnings,
-            "not_assessed": mapped.not_assessed + a.not_assessed}), indent=None)
+        a = a.model_copy(update={"warnings": [f"FHIR: {w}" for w in mapped.warnings] + a.warnings,
+                                 "not_assessed": mapped.not_assessed + a.not_assessed})
+        if fhir_wanted:
+            return json.dumps(answer.assessment_bundle(a, answer.patient_reference(data, patient), root=data),
+                              ensure_ascii=False)
+        return to_json(a, indent=None)
 
-    return _json_response(await run_cpu(work))
+    text = await run_cpu(work)
+    return Response(text, media_type=answer.FHIR_MEDIA_TYPE, headers=VARY) if fhir_wanted else _json_response(text)
 
 
 def _entry(model: Any) -> dict[str, Any]:
