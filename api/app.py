@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from leukodx.engine import get_engine
 from leukodx.engine import ENGINE_VERSION
 
-from . import problems, rest
+from . import audit, deps, metrics, problems, rest, tracing
 from .cds import auth as cds_auth
 from .cds import routes as cds_routes
 from .config import Settings, check_deployment, get_settings
@@ -43,7 +43,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        get_engine()          # build the rules engine in this worker process, after any fork
+        metrics.note_engine(get_engine())   # build the rules engine in this worker process, after any fork
         if settings.cds_auth.lower() == "off":
             logging.getLogger("leukodx.api").warning(
                 "CDS Hooks JWT checks are OFF (LEUKODX_CDS_AUTH=off): any caller can use the CDS services. "
@@ -56,6 +56,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             logging.getLogger("leukodx.api").warning(
                 "LEUKODX_FHIR_ALLOW_LOOPBACK is on: a CDS call may make leukodx fetch from this machine. "
                 "Development only.")
+        if not settings.audit_key.get_secret_value():
+            logging.getLogger("leukodx.api").warning(
+                "LEUKODX_AUDIT_KEY is not set: audit records carry no patient hash, so a patient's records cannot be "
+                "found (docs/audit.md). Development only.")
         logging.getLogger("leukodx.api").info("ready", extra={"kb_version": get_engine().kb.version})
         yield
 
@@ -63,6 +67,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                   description="Leukopenia decision support: risk tier, ranked causes and next diagnostic steps, "
                               "each traced to its source. Supports and does not replace clinical judgement.")
     app.state.settings = settings
+    # Routes get the worker's engine wrapped for metrics, spans and the audit record (api/metrics.py).
+    app.dependency_overrides[deps.engine] = metrics.observed_engine
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(rest.kb_router)
@@ -78,6 +84,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         """The page for clinicians: a case form, or a pasted/uploaded case or FHIR Bundle."""
         return HTMLResponse((page / "index.html").read_text(encoding="utf-8"))
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> HTMLResponse:
+        """The page's icon, where browsers look for it (api/static/favicon.ico)."""
+        return HTMLResponse((page / "favicon.ico").read_bytes(), media_type="image/x-icon",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="leukodx API",
@@ -91,7 +103,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @app.get("/readyz", tags=["operations"], summary="Rules loaded and engine answering")
     def readyz() -> JSONResponse:
-        eng = get_engine()
+        eng = metrics.note_engine(get_engine())
         ok = eng.healthy and bool(eng.kb.rules)
         return JSONResponse({"status": "ready" if ok else "not ready", "kb_version": eng.kb.version,
                              "rules": len(eng.kb.rules), "engine_version": ENGINE_VERSION},
@@ -115,11 +127,17 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             return settings.cds_max_body_bytes
         return settings.fhir_max_body_bytes if path == "/v1/assess/fhir" else settings.max_body_bytes
 
-    # The last middleware added is the outermost: CORS headers go on every answer, 413s and 500s included.
+    # The last middleware added is the outermost: CORS headers go on every answer, 413s and 500s included;
+    # the audit record and the HTTP metrics see 413s and 500s too.
     app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(audit.AuditTrail, auditor=audit.Auditor(settings.audit_key.get_secret_value(),
+                                                               settings.audit_log_file))
     app.add_middleware(RequestContext)
+    if settings.metrics:
+        metrics.install(app)
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
+    tracing.configure(app)   # only when the OTEL_* variables ask for it (api/tracing.py)
     return app
 
 

@@ -1,12 +1,15 @@
 """Settings from environment variables (prefix LEUKODX_), documented in the README and docs/security.md."""
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings", "DeploymentError", "check_deployment"]
+__all__ = ["Settings", "get_settings", "DeploymentError", "check_deployment", "MIN_AUDIT_KEY"]
+
+MIN_AUDIT_KEY = 32
 
 
 class Settings(BaseSettings):
@@ -56,6 +59,16 @@ class Settings(BaseSettings):
     worker_healthcheck_seconds: int = Field(10, ge=1, le=300, description="a worker that does not answer the "
                                                                           "supervisor's ping in this time is replaced")
 
+    # -- operations: metrics and the audit log (docs/audit.md) -------------------------------------
+    metrics: bool = Field(True, description="serve Prometheus metrics at /metrics (scrape it from the monitoring "
+                                            "network only); OpenTelemetry tracing is set by the standard OTEL_* "
+                                            "variables")
+    audit_key: SecretStr = Field(SecretStr(""), description="secret (at least 32 characters) keying the HMAC-SHA256 "
+                                                            "of patient references in audit records; unset: records "
+                                                            "carry no patient hash")
+    audit_log_file: str = Field("", description="append-only file for the audit records (JSON lines, opened with "
+                                                "O_APPEND, mode 0600); empty: standard error, as logger leukodx.audit")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
@@ -74,3 +87,18 @@ def check_deployment(settings: Settings) -> None:
             "LEUKODX_CDS_PUBLIC_BASE_URL is not set: with CDS Hooks authentication on, the JWT audience must be the "
             "service's external URL (e.g. https://cds.example.org), not the Host header a caller chooses. Set it, or "
             "for development only set LEUKODX_CDS_AUDIENCE_FROM_REQUEST=true (or LEUKODX_CDS_AUTH=off).")
+    key = settings.audit_key.get_secret_value()
+    if key and len(key) < MIN_AUDIT_KEY:
+        raise DeploymentError(
+            f"LEUKODX_AUDIT_KEY is {len(key)} characters long: it keys the hash of patient references in the audit "
+            f"log and must be at least {MIN_AUDIT_KEY} random characters (e.g. `openssl rand -hex 32`).")
+    if settings.audit_log_file:
+        if not key:
+            raise DeploymentError(
+                "LEUKODX_AUDIT_LOG_FILE is set but LEUKODX_AUDIT_KEY is not: audit records name patients only by a "
+                "keyed hash, so an audit file needs its key (e.g. `openssl rand -hex 32`, kept in the secret store).")
+        from .audit import open_append_only   # the file must be writable before any worker starts
+        try:
+            os.close(open_append_only(settings.audit_log_file))
+        except OSError as e:
+            raise DeploymentError(f"LEUKODX_AUDIT_LOG_FILE cannot be opened for appending: {e.strerror}") from None

@@ -17,6 +17,11 @@
   open connections, so idle connections could turn every request into a 503: it is left unset and
   the count of requests in progress is checked here instead. The soft limit on open files is
   raised to the hard limit at start-up.
+* **Metrics across workers.** With more than one worker, each worker counts in prometheus-client's
+  multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is a fresh temporary directory (removed at exit)
+  unless the environment names one, whose ``*.db`` files are then cleared at start-up, as
+  prometheus-client requires; ``/metrics`` adds up every worker's counts, those of replaced workers
+  included (api/metrics.py).
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ import asyncio
 import logging
 import os
 import resource
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from socket import socket
@@ -184,6 +191,23 @@ def uvicorn_config(settings: Settings, host: str, port: int, workers: int) -> Co
                   timeout_graceful_shutdown=10)
 
 
+def _metrics_dir(workers: int) -> Optional[str]:
+    """Set up prometheus-client's multiprocess directory for the workers (inherited through the
+    environment); returns the directory to remove at exit, if leukodx made it."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):   # counts of an earlier run would be added to this one's
+            if name.endswith(".db"):
+                os.unlink(os.path.join(given, name))
+        return None
+    if workers > 1:
+        made = tempfile.mkdtemp(prefix="leukodx-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        return made
+    return None
+
+
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     """Bind, start ``workers`` supervised worker processes, and run until SIGINT/SIGTERM."""
     from .middleware import configure_logging
@@ -192,6 +216,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     config = uvicorn_config(settings, host, port, workers)
     sock = config.bind_socket()
     uvicorn_multiprocess.Process = WorkerProcess   # type: ignore[misc] - the class the supervisor starts
+    metrics_dir = _metrics_dir(config.workers)
     log.info("serving", extra={"host": host, "port": port, "workers": config.workers, "pid": os.getpid()})
     shown = f"[{host}]" if ":" in host else host
     print(f"leukodx listening on http://{shown}:{port}/ ({config.workers} worker{'s' if config.workers != 1 else ''}; "
@@ -200,3 +225,5 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         Supervisor(config, sockets=[sock]).run()
     finally:
         sock.close()
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

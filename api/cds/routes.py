@@ -22,13 +22,14 @@ from pydantic import ValidationError
 from leukodx.engine import Assessment, CaseError, Engine, NotAssessed, OrderInput
 from leukodx.engine.parse import load_json_document, problems_from_validation
 
-from .. import fhir
+from .. import audit, fhir, metrics
 from ..config import Settings
 from ..deps import engine
 from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
 from ..offload import run_cpu
 from ..problems import ProblemError
+from ..tracing import traced
 from . import cards as C
 from .auth import AuthError, JwtVerifier, verifier_from_settings
 from .models import Card, CardsResponse, FeedbackRequest, HookRequest
@@ -77,19 +78,22 @@ def _verifier(issuers: str, allowlist: str) -> JwtVerifier:
     return verifier_from_settings(issuers, [u.strip() for u in allowlist.split(",") if u.strip()])
 
 
-async def _authorize(request: Request, settings: Settings) -> None:
+async def _authorize(request: Request, settings: Settings) -> Optional[dict[str, Any]]:
+    """The verified token's claims (for the audit record), or None when CDS authentication is off."""
     if settings.cds_auth.lower() == "off":
-        return
+        return None
     audience = (settings.cds_public_base_url.rstrip("/") + request.url.path) if settings.cds_public_base_url \
         else str(request.url.replace(query=""))
     try:
-        await _verifier(settings.cds_issuers, settings.cds_jku_allowlist).verify_async(
+        return await _verifier(settings.cds_issuers, settings.cds_jku_allowlist).verify_async(
             request.headers.get("authorization"), audience)
     except AuthError as e:
         log.warning("cds auth refused", extra={"reason": e.reason, "path": request.url.path})
+        audit.note_reason(f"unauthorized: {e.reason}")
         raise ProblemError(401, "Unauthorized") from None
     except ValueError:
         log.error("cds auth misconfigured: LEUKODX_CDS_ISSUERS is not valid")
+        audit.note_reason("unauthorized: LEUKODX_CDS_ISSUERS is not valid")
         raise ProblemError(401, "Unauthorized") from None
 
 
@@ -148,10 +152,10 @@ async def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...])
             cannot(key, str(e))
     if to_fetch:
         assert hook.fhirServer and hook.fhirAuthorization
-        outcomes = await fetch_queries(hook.fhirServer, hook.fhirAuthorization.access_token, to_fetch,
-                                       deadline_seconds=settings.fhir_deadline_seconds,
-                                       max_pages=settings.fhir_max_pages, allow_private=settings.fhir_allow_private,
-                                       allow_loopback=settings.fhir_allow_loopback)
+        outcomes = await metrics.observed_fetch(   # timed, in a span, each query's outcome counted
+            fetch_queries, hook.fhirServer, hook.fhirAuthorization.access_token, to_fetch,
+            deadline_seconds=settings.fhir_deadline_seconds, max_pages=settings.fhir_max_pages,
+            allow_private=settings.fhir_allow_private, allow_loopback=settings.fhir_allow_loopback)
         for key, out in outcomes.items():
             if out.resources is None:
                 cannot(key, out.note or "the FHIR server could not be used")
@@ -189,17 +193,18 @@ _CALL_ERRORS = {400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM,
              response_model_exclude_none=True, responses=_CALL_ERRORS)
 async def call_service(service_id: str, request: Request, eng: Engine = Depends(engine),
                        settings: Settings = Depends(app_settings)) -> Any:
-    await _authorize(request, settings)
+    audit.note_client(await _authorize(request, settings))
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
     try:
-        raw = await run_cpu(load_json_document, await request.body(), "CDS Hooks request",
+        raw = await run_cpu(traced("leukodx.parse", load_json_document), await request.body(), "CDS Hooks request",
                             settings.cds_max_body_bytes, settings.max_depth, settings.max_fhir_nodes)
         hook = HookRequest.model_validate(raw)
     except CaseError as e:
         raise ProblemError(400, "Invalid CDS Hooks request", str(e.problems[0].msg) if e.problems else "") from None
     except ValidationError as e:
         raise ProblemError(400, "Invalid CDS Hooks request", "", problems_from_validation(e)) from None
+    audit.note_call(hook.hook, hook.hookInstance, hook.context.get("patientId"))
     if hook.hook != SERVICES[service_id]["hook"]:
         raise ProblemError(400, "Invalid CDS Hooks request",
                            f"service {service_id} answers {SERVICES[service_id]['hook']}, not {hook.hook}")
@@ -212,6 +217,7 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
         why = "; ".join(missing) + _prefetch_mismatch(hook, _prefetch(tuple(sorted(eng.kb.loinc))), patient_id)
         log.warning("cds no data", extra={"hook_instance": hook.hookInstance, "service": service_id,
                                           "reason": _REF.sub(r"\1/-", why)[:500]})
+        audit.note_reason("no data: " + "; ".join(missing))
         return _operation_outcome(412, "leukodx cannot assess this patient without the data it asked for.",
                                   "Prefetch missing and the FHIR server could not be used: " + why)
     drafts = _draft_orders(hook)
@@ -223,8 +229,8 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     problems: list[str] = []
     mismatch = False
     try:
-        mapped = await run_cpu(partial(fhir.map_bundle, resources + drafts, kb=eng.kb, patient_id=patient_id,
-                                       as_of=today, include_draft=True))
+        mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + drafts, kb=eng.kb,
+                                                             patient_id=patient_id, as_of=today, include_draft=True)))
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
         assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True))
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
@@ -252,12 +258,13 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     elif not assessment.cbc.current:
         cards.append(C.stale_card(assessment, hook.hookInstance))
     else:
-        cards += C.assessment_cards(assessment, hook.hookInstance, patient_id)
-    cards += _order_cards(eng, drafts, assessment, resources, hook, patient_id)
+        cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
+    cards += traced("leukodx.orders", _order_cards)(eng, drafts, assessment, resources, hook, patient_id)
     if left_out:
         if not cards and assessment is not None:
             cards.append(C.checked_card(assessment, hook.hookInstance))
         C.note_left_out(cards, left_out)
+    metrics.cards_returned(service_id, cards)   # counted by indicator, and their uuids in the audit record
     return CardsResponse(cards=cards)
 
 
@@ -322,7 +329,7 @@ def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional
 @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards",
              responses={400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM})
 async def feedback(service_id: str, request: Request, settings: Settings = Depends(app_settings)) -> JSONResponse:
-    await _authorize(request, settings)
+    audit.note_client(await _authorize(request, settings))
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
     try:
@@ -334,4 +341,5 @@ async def feedback(service_id: str, request: Request, settings: Settings = Depen
         raise ProblemError(400, "Invalid feedback", "", problems_from_validation(e)) from None
     from ..feedback import store_for   # SQLAlchemy is loaded on first feedback, not at start-up
     stored = await store_for(settings.feedback_db_url).add_async(service_id, body.feedback)   # committed first
+    audit.note_feedback(body.feedback)
     return JSONResponse({"stored": stored})
