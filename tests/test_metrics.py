@@ -201,7 +201,8 @@ def test_two_workers_report_one_sum_and_stale_counts_are_cleared(tmp_path):
 
 def test_serve_sets_up_the_multiprocess_directory_only_for_several_workers(monkeypatch, tmp_path):
     from leukodx.api import serving
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")     # recorded, so what serve sets below is undone
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     assert serving._metrics_dir(1) is None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     made = serving._metrics_dir(2)
     try:
