@@ -93,8 +93,17 @@ def test_rules_check_catches(kb_copy, defect, message):
     assert any(message in p for p in e.value.problems), e.value.problems
 
 
-def test_a_flipped_threshold_makes_cases_fail(kb_copy):
-    """Lower the neutropenia cutoff from 1.5 to 1.0: the case library must notice."""
+def test_a_flipped_threshold_is_refused_by_the_number_check(kb_copy):
+    """Lower the neutropenia cutoff from 1.5 to 1.0: its own meaning and the rules' prose still say 1.5."""
+    _edit(kb_copy / "thresholds.yaml", lambda d: d["thresholds"]["neutropenia_anc"].update(value=1.0))
+    with pytest.raises(KnowledgeBaseError) as e:
+        load(kb_copy)
+    assert any("neutropenia_anc" in p for p in e.value.problems)
+
+
+def test_a_flipped_threshold_makes_cases_fail(kb_copy, monkeypatch):
+    """The second safety net: with the number check off, the case library notices the same flip."""
+    monkeypatch.setattr("leukodx.engine.kb.check_numbers", lambda root, thresholds: [])
     _edit(kb_copy / "thresholds.yaml", lambda d: d["thresholds"]["neutropenia_anc"].update(value=1.0))
     broken = Engine(load(kb_copy), backend="plain")
     failed = [p.name for p in find_case_files([str(CASES)]) if not replay_file(p, broken).passed]

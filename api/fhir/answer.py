@@ -1,5 +1,8 @@
 """An Assessment as FHIR R4: a ``collection`` Bundle, and errors as an ``OperationOutcome``.
 
+(Longer than leukodx's other modules on purpose: one resource builder per section of the Assessment,
+read together against the FHIR R4 resource definitions they follow.)
+
 ``POST /v1/assess/fhir`` (and ``/v1/assess``) answer this when the client sends
 ``Accept: application/fhir+json``. The Bundle holds, each with a ``urn:uuid`` fullUrl:
 
