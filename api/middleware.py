@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .problems import send_problem
+from .problems import fhir_wanted, send_problem
 
 __all__ = ["RequestContext", "BodyLimit", "configure_logging", "JsonFormatter"]
 
@@ -116,7 +116,7 @@ class BodyLimit:
         limit = self.limit_for(scope.get("path", ""))
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            await _too_large(send, limit)
+            await _too_large(send, limit, scope)
             return
         chunks: list[bytes] = []
         size = 0
@@ -127,7 +127,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _too_large(send, limit)
+                await _too_large(send, limit, scope)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -145,5 +145,14 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    await send_problem(send, 413, "Request body too large", f"The body exceeds {limit} bytes.")
+async def _too_large(send: Send, limit: int, scope: Scope) -> None:
+    detail = f"The body exceeds {limit} bytes."
+    accept = dict(scope.get("headers") or []).get(b"accept", b"").decode("latin-1")
+    if fhir_wanted(scope.get("path", ""), accept):     # a FHIR client gets its errors as FHIR
+        from .fhir.answer import FHIR_MEDIA_TYPE, operation_outcome
+        body = json.dumps(operation_outcome(413, "Request body too large", detail)).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", FHIR_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    await send_problem(send, 413, "Request body too large", detail)

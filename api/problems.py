@@ -11,7 +11,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leukodx.engine import CaseError, Problem
 
-__all__ = ["problem", "problem_body", "send_problem", "ProblemError", "install", "PROBLEM_JSON", "pointer"]
+__all__ = ["problem", "problem_body", "send_problem", "fhir_wanted", "ProblemError", "install", "PROBLEM_JSON",
+           "pointer"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -22,6 +23,17 @@ def pointer(loc: str) -> str:
         return ""
     parts = loc.replace("[", ".").replace("]", "").split(".")
     return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts if p != "")
+
+
+FHIR_ROUTES = ("/v1/assess", "/v1/assess/fhir")
+
+
+def fhir_wanted(path: str, accept: str) -> bool:
+    """Does a client of an assess route ask for FHIR (so that its errors are OperationOutcomes)?"""
+    if path.rstrip("/") not in FHIR_ROUTES or "fhir" not in accept.lower():
+        return False
+    from .fhir.answer import negotiate
+    return negotiate(accept) == "fhir"
 
 
 def problem_body(status: int, title: str, detail: str = "", errors: Optional[list[Problem]] = None,
@@ -76,6 +88,11 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         titles = {404: "Not found", 405: "Method not allowed", 413: "Request body too large",
                   415: "Unsupported media type", 401: "Unauthorized"}
+        if fhir_wanted(request.url.path, request.headers.get("accept", "")):
+            from .fhir.answer import FHIR_MEDIA_TYPE, operation_outcome
+            return JSONResponse(operation_outcome(exc.status_code, titles.get(exc.status_code, "Error"),
+                                                  str(exc.detail or "")), status_code=exc.status_code,
+                                media_type=FHIR_MEDIA_TYPE, headers=getattr(exc, "headers", None))
         return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail or ""),
                        headers=getattr(exc, "headers", None))
 

@@ -425,3 +425,14 @@ def test_openapi_declares_the_fhir_answers(client):
         responses = spec["paths"][path]["post"]["responses"]
         assert set(responses["200"]["content"]) == {"application/json", FHIR}
         assert set(responses["422"]["content"]) == {"application/problem+json", FHIR}
+
+
+def test_a_too_large_body_and_a_wrong_method_answer_fhir_clients_in_fhir(client):
+    big = client.post("/v1/assess/fhir", content=b"{" + b" " * (13 * 1024 * 1024) + b"}",
+                      headers={"content-type": "application/fhir+json", "accept": "application/fhir+json"})
+    assert big.status_code == 413 and big.headers["content-type"].startswith("application/fhir+json")
+    assert big.json()["resourceType"] == "OperationOutcome"
+    get = client.get("/v1/assess/fhir", headers={"accept": "application/fhir+json"})
+    assert get.status_code == 405 and get.json()["resourceType"] == "OperationOutcome"
+    plain = client.get("/v1/assess/fhir")
+    assert plain.status_code == 405 and plain.headers["content-type"].startswith("application/problem+json")
