@@ -1,42 +1,53 @@
 """The service's one database: CDS Hooks feedback, and the JWT ids already used (replay protection).
 
-An embedded SQLite file by default, any SQLAlchemy URL (PostgreSQL for several replicas). Every
-worker process and every replica pointing at the same database shares both tables:
+An embedded SQLite file by default; PostgreSQL for several replicas (``postgresql://`` or
+``postgresql+psycopg://``, driver from ``pip install 'leukodx[postgres]'``: psycopg 3); other
+SQLAlchemy URLs at the operator's risk. Every worker process and every replica pointing at the same
+database shares both tables:
 
 * ``cds_feedback``: a row is acknowledged only after its transaction committed;
 * ``cds_jti``: one row per accepted ``(iss, jti)`` (a SHA-256 of the pair), kept until the token
-  could no longer be accepted. A token is accepted by the INSERT of its row, on a unique key, so
-  two workers (or replicas) cannot both accept it; a key whose row has expired is taken over by a
-  conditional UPDATE. Expired rows are purged at most once a minute per process.
+  could no longer be accepted. A token is accepted by one ``INSERT ... ON CONFLICT (key) DO UPDATE
+  ... WHERE expires_at <= now RETURNING key`` on the primary key: a new key is inserted, an expired
+  one taken over, a live one left alone (no row returned: a replay). Of two connections racing for
+  one key, the second waits for the first's row lock and then finds it live, so only one wins.
+  Expired rows are purged at most once a minute per process.
 
-SQLite, several processes on one file: tables are created with ``CREATE TABLE IF NOT EXISTS``
-inside one ``BEGIN IMMEDIATE`` transaction (two workers starting on a fresh file used to race
-between "no table yet" and ``CREATE TABLE`` and one got ``OperationalError``), the file is in WAL
-mode, every connection waits up to 30 s for a lock (busy timeout), and every transaction starts
-with ``BEGIN IMMEDIATE`` so that a writer never has to upgrade a read lock (an upgrade that fails
-at once, without waiting, with "database is locked"). A write that still finds the database
-locked is retried a few times before the error reaches the caller.
+The schema is Alembic's (api/migrations/): opening a store brings the database to the newest
+revision first, under the database's write lock, or refuses a database a newer leukodx migrated.
+
+SQLite, several processes on one file: the file is in WAL mode, every connection waits up to 30 s
+for a lock (busy timeout), and every transaction starts with ``BEGIN IMMEDIATE`` so that a writer
+never has to upgrade a read lock (an upgrade that fails at once, without waiting, with "database is
+locked"); writes in one process are serialised. A write that still finds the database locked is
+retried a few times before the error reaches the caller. PostgreSQL: a pool per process whose
+connections are checked before use (a database restart or fail-over costs no request), a 10 s
+connect timeout, and no per-process write lock.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, TypeVar
 
 from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event,
                         insert, select, update)
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.schema import CreateIndex, CreateTable
 
+from . import migrations
 from .cds.models import FeedbackEntry
 
-__all__ = ["FeedbackStore", "SqlReplayStore", "store_for", "reset_cache"]
+__all__ = ["FeedbackStore", "SqlReplayStore", "StoreError", "engine_url", "make_engine", "store_for", "reset_cache"]
 
+# The tables as the queries below see them; their schema is made by api/migrations/ (kept equal to
+# this by tests/test_postgres.py::test_migrations_from_empty_to_head_give_the_schema_the_code_uses).
 metadata = MetaData()
 feedback_table = Table(
     "cds_feedback", metadata,
@@ -58,6 +69,11 @@ jti_table = Table(
 T = TypeVar("T")
 _RETRIES = 4
 PURGE_EVERY_SECONDS = 60.0
+_UPSERT_DIALECTS = {"postgresql"} | ({"sqlite"} if sqlite3.sqlite_version_info >= (3, 35) else set())  # RETURNING
+
+
+class StoreError(RuntimeError):
+    """The database URL cannot be used as it is; the message says what to do."""
 
 
 def _locked(e: OperationalError) -> bool:
@@ -65,35 +81,63 @@ def _locked(e: OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+def engine_url(url: str) -> URL:
+    """The URL SQLAlchemy is given: ``postgresql://`` and ``postgres://`` mean psycopg 3 here (SQLAlchemy
+    alone would pick psycopg2, which leukodx does not ship)."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with leukodx's connection settings; creates and migrates nothing."""
+    u = engine_url(url)
+    sqlite = u.get_backend_name() == "sqlite"
+    kwargs: dict[str, Any] = {}
+    if sqlite:
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        if u.database in (None, "", ":memory:"):   # one in-memory database shared by every thread
+            kwargs["poolclass"] = StaticPool
+    elif u.get_backend_name() == "postgresql":
+        kwargs["pool_pre_ping"] = True
+        if u.get_driver_name() == "psycopg":
+            kwargs["connect_args"] = {"connect_timeout": 10, "application_name": "leukodx"}
+    try:
+        engine = create_engine(u, **kwargs)
+    except ModuleNotFoundError as e:
+        extra = " Install it with: pip install 'leukodx[postgres]'" if u.get_backend_name() == "postgresql" else ""
+        raise StoreError(f"the database URL needs the Python module {e.name!r}, which is not installed.{extra}") \
+            from None
+    if sqlite:
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            conn.isolation_level = None              # transactions are begun below, IMMEDIATE
+            cur = conn.cursor()
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=FULL")   # durable on power loss
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    return engine
+
+
 class FeedbackStore:
     def __init__(self, url: str):
         self.url = url
-        self.sqlite = url.startswith("sqlite")
-        self.memory = self.sqlite and (":memory:" in url or url in ("sqlite://", "sqlite:///"))
-        kwargs: dict[str, Any] = {}
-        if self.sqlite:
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        if self.memory:     # one in-memory database shared by every thread (not one per thread)
-            kwargs["poolclass"] = StaticPool
-        self.engine: Engine = create_engine(url, future=True, **kwargs)
-        if self.sqlite:
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(conn: Any, _record: Any) -> None:
-                conn.isolation_level = None              # transactions are begun below, IMMEDIATE
-                cur = conn.cursor()
-                cur.execute("PRAGMA busy_timeout=30000")
-                cur.execute("PRAGMA synchronous=FULL")   # durable on power loss
-                cur.close()
-
-            @event.listens_for(self.engine, "begin")
-            def _begin(conn: Any) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-        self._lock = threading.Lock()          # one writer per process at a time (and the memory database's one connection)
-        self._create_tables()
+        self.engine: Engine = make_engine(url)
+        self.sqlite = self.engine.dialect.name == "sqlite"
+        self.memory = self.sqlite and self.engine.url.database in (None, "", ":memory:")
+        # SQLite: one writer per process at a time (and the memory database's one connection).
+        # PostgreSQL locks rows, not the database: writes from one process run side by side.
+        self._lock: ContextManager[Any] = threading.Lock() if self.sqlite else contextlib.nullcontext()
+        self._migrate()
         self.replay = SqlReplayStore(self)
 
-    def _create_tables(self) -> None:
-        """Every table and index, created once whatever the number of processes starting together."""
+    def _migrate(self) -> None:
+        """This version's schema, made or checked once whatever the number of processes starting together."""
         for attempt in range(_RETRIES + 1):
             try:
                 if self.sqlite and not self.memory:     # WAL is a property of the file: set once, outside a transaction
@@ -102,15 +146,10 @@ class FeedbackStore:
                         raw.cursor().execute("PRAGMA journal_mode=WAL")
                     finally:
                         raw.close()
-                with self._lock, self.engine.begin() as conn:
-                    for table in metadata.sorted_tables:
-                        conn.execute(CreateTable(table, if_not_exists=True))
-                        for index in sorted(table.indexes, key=lambda i: i.name or ""):
-                            conn.execute(CreateIndex(index, if_not_exists=True))
+                migrations.ensure(self.engine, self._lock)
                 return
-            except (OperationalError, ProgrammingError, IntegrityError):
-                # PostgreSQL: two CREATE TABLE IF NOT EXISTS at once can still collide; SQLite: locked
-                if attempt == _RETRIES:
+            except OperationalError as e:
+                if attempt == _RETRIES or not (self.sqlite and _locked(e)):
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
@@ -170,15 +209,25 @@ class SqlReplayStore:
 
     def add(self, key: tuple[str, str], expires_at: float, now: float) -> bool:
         """Remember ``key`` until ``expires_at``; False if it is remembered and not expired (a replay).
-        Atomic across processes: the INSERT succeeds for exactly one of two concurrent callers."""
+        Atomic across processes and replicas: of concurrent callers, exactly one gets True."""
         digest = self.key(*key)
         self._purge(now)
-        try:
+        dialect = self.store.engine.dialect.name
+        if dialect in _UPSERT_DIALECTS:
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            ins = dialect_insert(jti_table).values(key=digest, expires_at=expires_at)
+            stmt = ins.on_conflict_do_update(index_elements=[jti_table.c.key],
+                                             set_={"expires_at": ins.excluded.expires_at},
+                                             where=jti_table.c.expires_at <= now).returning(jti_table.c.key)
+            return self.store.write(lambda conn: conn.execute(stmt).first() is not None)
+        try:      # other databases: INSERT on the unique key, else take over an expired row
             self.store.write(lambda conn: conn.execute(insert(jti_table).values(key=digest, expires_at=expires_at)))
             return True
         except IntegrityError:
             pass
-        # The key is there. Accept only if its row has expired (and only one caller can win this UPDATE).
         taken = self.store.write(lambda conn: conn.execute(
             update(jti_table).where(jti_table.c.key == digest, jti_table.c.expires_at <= now)
             .values(expires_at=expires_at)).rowcount)
