@@ -88,6 +88,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("leukodx serve: --workers must be at least 1", file=sys.stderr)
         return 2
+    from leukodx.api.feedback import store_for
+    try:
+        store_for(settings.feedback_db_url)    # migrate the database now: fail before any worker starts
+    except Exception as e:  # noqa: BLE001 - a driver, a schema or a connection problem: one line, no traceback
+        print(f"leukodx serve: the feedback database cannot be used: {e}", file=sys.stderr)
+        return 2
     serve(settings, args.host, args.port, args.workers)   # supervised workers, even one; see api/serving.py
     return 0
 
@@ -100,6 +106,9 @@ def _feedback(args: argparse.Namespace) -> int:
     try:
         for row in store_for(url).export():
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except Exception as e:  # noqa: BLE001 - one line, no traceback
+        print(f"leukodx feedback export: the feedback database cannot be read: {e}", file=sys.stderr)
+        return 2
     finally:
         if args.out:
             out.close()
@@ -149,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="replay case files against their expectations")
     add_arguments(rp)
     rp.set_defaults(func=_replay)
+    __import__("leukodx.cli.screen", fromlist=["register"]).register(sub)   # leukodx screen: cli/screen.py
     return p
 
 
