@@ -213,7 +213,8 @@ def test_cds_unreadable_unit_among_good_labs_still_raises_the_critical_card(clie
     assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"]
     assert "Not assessed (1)" in cards[0]["detail"] and "K/cumm" in cards[0]["detail"]
     logged = [json.loads(line) for line in LOG_CAPTURE.getvalue().splitlines() if hook_instance in line]
-    assert logged and logged[-1]["msg"] == "cds partial data" and "unknown unit" in logged[-1]["reason"]
+    partial = [r for r in logged if r["msg"] == "cds partial data"]
+    assert len(partial) == 1 and "unknown unit" in partial[0]["reason"]
 
 
 def test_cds_nothing_readable_gives_one_info_card(client):
