@@ -58,7 +58,7 @@ def _steps(kb: KnowledgeBase, firings: list[Firing]) -> tuple[list[StepOut], lis
         fs = [f for f, _ in items]
         steps.append(StepOut(id=sid, title=entry.title, urgency=urgency, rationale=entry.description,
                              reasons=list(dict.fromkeys(f.rule.statement for f in fs)),
-                             rules=list(dict.fromkeys(f.rule.id for f in fs)), sources=_sources(fs, entry.sources)))
+                             rules=list(dict.fromkeys(f.rule.id for f in fs)), sources=_sources(fs, [])))
     steps.sort(key=lambda s: (URGENCY_ORDER[s.urgency], order[s.id]))
     not_advised.sort(key=lambda s: order[s.id])
     return steps, not_advised
