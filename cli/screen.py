@@ -25,7 +25,6 @@ import json
 import math
 import multiprocessing
 import os
-import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -174,7 +173,20 @@ def _check_drug_classes(values: list[str]) -> list[str]:
     return sorted(set(values))
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (0 where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:      # not on Windows
+        return 0.0
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _raise_open_files(n: int) -> None:
+    try:
+        import resource
+    except ImportError:      # not on Windows
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = n + 256
     if soft != resource.RLIM_INFINITY and soft < want:
@@ -384,7 +396,7 @@ def _finish(out: Path, export: Path, run: dict[str, Any], plan: Partitioned, res
                cpu_seconds={"read": timings.pop("read_cpu", 0.0),    # this run's CPU time, whatever else runs
                             "screen": round(sum(r.get("cpu_seconds", 0.0) for r in results.values()), 3)},
                engine_builds={r["worker"]: r["engine_builds"] for r in results.values()},
-               peak_rss_mb={"driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               peak_rss_mb={"driver": peak_rss_mb(),
                             "worker_max": max((r["peak_rss_mb"] for r in results.values()), default=0.0)})
     if not failed:
         t = time.perf_counter()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource as _resource
 import socket
 import threading
 import time
@@ -28,7 +27,7 @@ from leukodx.api.fhir import FhirMappingError, map_bundle
 from leukodx.engine import CaseError, Engine
 
 from .bulk import PROBLEMS_KEPT_PER_KIND, read_partition, remove_quietly
-from .screen import TIERS
+from .screen import TIERS, peak_rss_mb
 
 __all__ = ["screen_partition", "row_schema", "TIERS", "engine_builds", "matches"]
 
@@ -244,7 +243,7 @@ def screen_partition(task: dict[str, Any]) -> dict[str, Any]:
         "orphans": orphans, "orphan_lines": orphan_lines, "orphan_patients": orphan_patients, "worker": f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}",
         "engine_builds": engine_builds(), "seconds": round(time.perf_counter() - started, 3),
         "cpu_seconds": round(time.thread_time() - cpu, 3),
-        "peak_rss_mb": round(_resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        "peak_rss_mb": peak_rss_mb()}
     with open(base + ".done.json.tmp", "w", encoding="utf-8") as f:
         json.dump(result, f)
     os.replace(base + ".done.json.tmp", base + ".done.json")
