@@ -127,6 +127,11 @@ kb_router = APIRouter(prefix="/v1", tags=["knowledge base"])
 _ASSESS_RESPONSES = {**_ERRORS, **_NEGOTIATED}
 
 
+View = Literal["full", "compact"]
+_VIEW = ("full: the whole Assessment; compact: the count, tier, alerts, causes and steps only "
+         "(engine/assessment.py CompactAssessment)")
+
+
 def _case_subject(case_id: str) -> dict[str, Any]:
     return {"identifier": {"system": "urn:leukodx:case-id", "value": case_id},
             "display": "the patient of the assessed case"}
@@ -143,6 +148,7 @@ def _media_type(request: Request) -> str:
 async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE version (default 5.0)"),
                  partial: bool = Query(False, description="leave out what cannot be read (listed in not_assessed) "
                                                           "and assess the rest, instead of answering 422"),
+                 view: View = Query("full", description=_VIEW),
                  eng: Engine = Depends(engine)) -> Response:
     """A case in the case contract (JSON or YAML) in; the Assessment out, exactly as the engine
     returns it. Strict by default: any problem in the case is a 422 naming every field. With
@@ -163,7 +169,7 @@ async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE
         a = eng.assess(doc, ctcae_version=ctcae, partial=partial)
         if fhir_wanted:
             return json.dumps(answer.assessment_bundle(a, _case_subject(a.case_id)), ensure_ascii=False)
-        return to_json(a, indent=None)
+        return a.compact().model_dump_json() if view == "compact" else to_json(a, indent=None)
 
     text = await run_cpu(work)
     return Response(text, media_type=answer.FHIR_MEDIA_TYPE, headers=VARY) if fhir_wanted else _json_response(text)
@@ -178,6 +184,7 @@ async def assess_fhir(request: Request,
                       ctcae: Ctcae = Query(None),
                       partial: bool = Query(True, description="leave out resources that cannot be read (listed in "
                                                               "not_assessed) and assess the rest; false: 422"),
+                      view: View = Query("full", description=_VIEW),
                       eng: Engine = Depends(engine), config: Settings = Depends(settings)) -> Response:
     """A FHIR R4 Bundle (Patient, Observation, MedicationRequest, MedicationStatement, Condition) in;
     the Assessment out. EHR data is assessed partially by default: what could not be read is listed in
@@ -206,7 +213,7 @@ async def assess_fhir(request: Request,
         if fhir_wanted:
             return json.dumps(answer.assessment_bundle(a, answer.patient_reference(data, patient), root=data),
                               ensure_ascii=False)
-        return to_json(a, indent=None)
+        return a.compact().model_dump_json() if view == "compact" else to_json(a, indent=None)
 
     text = await run_cpu(work)
     return Response(text, media_type=answer.FHIR_MEDIA_TYPE, headers=VARY) if fhir_wanted else _json_response(text)

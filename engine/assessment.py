@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Assessment", "NormalizedLab", "FindingOut", "RiskTier", "CtcaeGrade", "Ctcae", "AlertOut", "Evidence",
            "CauseOut", "StepOut", "BlockedStep", "MissingItem", "TraceItem", "SourceOut", "GeneStatus",
-           "CpicRecommendation", "Pharmacogenomics", "CbcStatus", "NotAssessed", "ReferenceLimit", "InteractionOut", "Unrecognised", "DISCLAIMER"]
+           "CpicRecommendation", "Pharmacogenomics", "CbcStatus", "NotAssessed", "ReferenceLimit", "InteractionOut", "Unrecognised", "CompactAssessment", "DISCLAIMER"]
 
 DISCLAIMER = ("leukodx supports and does not replace clinical judgement. Verify each item against the cited "
               "sources and the patient before acting.")
@@ -239,6 +239,26 @@ class NotAssessed(_Out):
     reason: str
 
 
+class CompactAssessment(_Out):
+    """What a caller that acts on the result needs (issue 15: one representation of each value): the count
+    it rests on, tier, alerts, causes and steps, with the source ids; the full Assessment has the rest."""
+    case_id: str
+    as_of: Optional[date]
+    kb_version: str
+    priority: Priority
+    cbc: CbcStatus
+    tier: Tier
+    anc: Optional[float]
+    anc_source: Optional[str] = None
+    tier_at_least: Optional[Tier] = None
+    alerts: list[dict[str, str]]
+    causes: list[dict[str, Union[str, float, list[str]]]]
+    steps: list[dict[str, str]]
+    unrecognised: list[Unrecognised] = []
+    not_assessed: list[str] = []
+    disclaimer: str = DISCLAIMER
+
+
 class Assessment(_Out):
     case_id: str
     as_of: Optional[date]
@@ -265,3 +285,15 @@ class Assessment(_Out):
     labs: list[NormalizedLab]
     sources: dict[str, SourceOut]
     trace: list[TraceItem]
+
+    def compact(self) -> CompactAssessment:
+        """The compact view (``?view=compact``): tier, alerts, causes and steps."""
+        t = self.risk_tier
+        return CompactAssessment(
+            case_id=self.case_id, as_of=self.as_of, kb_version=self.kb_version, priority=self.priority, cbc=self.cbc,
+            tier=t.tier, anc=t.anc, anc_source=t.anc_source, tier_at_least=t.tier_at_least,
+            alerts=[{"id": a.id, "title": a.title, "severity": a.severity} for a in self.alerts],
+            causes=[{"id": c.id, "title": c.title, "likelihood": c.likelihood, "score": c.score, "agents": c.agents}
+                    for c in self.causes],
+            steps=[{"id": s.id, "title": s.title, "urgency": s.urgency} for s in self.steps],
+            unrecognised=self.unrecognised, not_assessed=[n.field for n in self.not_assessed])

@@ -220,3 +220,13 @@ def test_fhir_without_labs_is_a_clear_problem(client):
     body = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Patient", "id": "p"}}]}
     problem = is_problem(client.post("/v1/assess/fhir", json=body), 422)
     assert "no lab value" in json.dumps(problem)
+
+
+def test_the_compact_view_keeps_what_a_caller_acts_on(client):
+    full = client.post("/v1/assess", json=base_case(labs=[lab("wbc", 1.4), lab("anc", 0.3)])).json()
+    compact = client.post("/v1/assess?view=compact", json=base_case(labs=[lab("wbc", 1.4), lab("anc", 0.3)])).json()
+    assert (compact["tier"], compact["anc"], compact["priority"]) == ("severe", 0.3, "critical")
+    assert [a["id"] for a in compact["alerts"]] == [a["id"] for a in full["alerts"]]
+    assert [c["id"] for c in compact["causes"]] == [c["id"] for c in full["causes"]]
+    assert [(s["id"], s["urgency"]) for s in compact["steps"]] == [(s["id"], s["urgency"]) for s in full["steps"]]
+    assert "trace" not in compact and "sources" not in compact and len(json.dumps(compact)) < len(json.dumps(full)) / 3
