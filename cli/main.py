@@ -1,6 +1,6 @@
 """The `leukodx` command: a thin adapter over the engine.
 
-    leukodx assess FILE [--format json|text] [--ctcae 5.0|6.0] [--partial]
+    leukodx assess FILE [--format json|text] [--ctcae 5.0|6.0] [--partial] [--patient ID]   (a case or a FHIR Bundle)
     leukodx schema case
     leukodx rules check | list | show ID | docs --out DIR [--cases DIR] [--rules DIR]
     leukodx replay PATH... (see `leukodx replay --help`)
@@ -28,8 +28,20 @@ def _assess(args: argparse.Namespace) -> int:
     from leukodx.engine import get_engine
     from leukodx.engine.render import to_json, to_text
 
-    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file)
-    assessment = get_engine().assess(raw, ctcae_version=args.ctcae, partial=args.partial)
+    from leukodx.engine.parse import load_document
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    doc = load_document(data, name=args.file)
+    engine = get_engine()
+    if isinstance(doc, dict) and isinstance(doc.get("resourceType"), str):
+        # a FHIR R4 Bundle or resource (an EHR export): mapped, and assessed as EHR data is (partially)
+        from leukodx.api.fhir import map_bundle
+        mapped = map_bundle(doc, kb=engine.kb, patient_id=args.patient)
+        assessment = engine.assess(mapped.case, ctcae_version=args.ctcae, partial=True)
+        assessment = assessment.model_copy(update={
+            "warnings": [f"FHIR: {w}" for w in mapped.warnings] + assessment.warnings,
+            "not_assessed": mapped.not_assessed + assessment.not_assessed})
+    else:
+        assessment = engine.assess(doc, ctcae_version=args.ctcae, partial=args.partial)
     sys.stdout.write(to_json(assessment) if args.format == "json" else to_text(assessment))
     return 0
 
@@ -125,12 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     from leukodx import __version__
     p.add_argument("--version", action="version", version=f"leukodx {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("assess", help="assess one case file (JSON or YAML; - for standard input)")
+    a = sub.add_parser("assess", help="assess one case file or FHIR R4 Bundle (JSON or YAML; - for standard input)")
     a.add_argument("file")
     a.add_argument("--format", choices=["json", "text"], default="json")
     a.add_argument("--ctcae", choices=["5.0", "6.0"], default=None, help="CTCAE version (default 5.0)")
     a.add_argument("--partial", action="store_true",
                    help="leave out what cannot be read (listed under NOT ASSESSED) and assess the rest")
+    a.add_argument("--patient", help="for a FHIR Bundle holding several patients: the Patient id to assess")
     a.set_defaults(func=_assess)
     s = sub.add_parser("schema", help="print a JSON Schema")
     s.add_argument("what", choices=["case"])
@@ -172,6 +185,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KnowledgeBaseError as e:
         print(f"leukodx: {e}", file=sys.stderr)
         return 2
+    except ValueError as e:      # a FHIR Bundle that cannot be mapped (FhirMappingError) names its problems
+        if type(e).__name__ != "FhirMappingError":
+            raise
+        print(f"leukodx: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"leukodx: cannot read {getattr(e, 'filename', '') or 'the input'}: {e.strerror}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
 

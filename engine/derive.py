@@ -249,12 +249,12 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         basis = (f"No current CBC: the latest count was drawn {latest_cbc.time.date().isoformat()}, {latest_age} days "
                  f"before {nc.as_of}; counts older than {max_age} days are history and set no tier.")
     elif anc is not None:
-        basis = f"ANC {anc:g} x10^9/L {anc_text}{when}."
+        basis = f"ANC {round(anc, 2):g} x10^9/L {anc_text}{when}."
     elif anc_at_most is not None:
         tier_at_least = tier_for(kb, anc_at_most) if anc_at_most < kb.value("neutropenia_anc") else None
         bound = (f"; the ANC cannot exceed the WBC, so the tier is {tier_at_least} or worse" if tier_at_least
                  else "; the WBC does not bound the ANC below the neutropenia cutoff")
-        basis = (f"No ANC: no neutrophil count or percentage in the same draw as the WBC {anc_at_most:g} x10^9/L"
+        basis = (f"No ANC: no neutrophil count or percentage in the same draw as the WBC {round(anc_at_most, 2):g} x10^9/L"
                  f"{when}{bound}.")
     else:
         basis = "No ANC: neither an absolute neutrophil count nor a WBC with neutrophil percentage was given."

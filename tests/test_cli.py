@@ -105,3 +105,23 @@ def test_rules_check_reads_the_knowledge_base_given(tmp_path):
     bad = subprocess.run([LEUKODX, "rules", "check", "--rules", str(copy)],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown fact 'bogus_fact'" in bad.stderr
+
+
+def test_assess_takes_a_fhir_bundle_file_as_ehr_data(tmp_path):
+    """`leukodx assess` maps a FHIR Bundle (an EHR export) and assesses it partially, naming what it left out."""
+    obs = lambda oid, code, value, unit: {  # noqa: E731
+        "resourceType": "Observation", "id": oid, "status": "final", "effectiveDateTime": "2025-03-10T08:00:00Z",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "subject": {"reference": "Patient/p"},
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1970-01-01"}},
+        {"resource": obs("w", "6690-2", 1.4, "10*9/L")}, {"resource": obs("a", "751-8", 0.3, "10*9/L")},
+        {"resource": obs("t", "777-3", 210, "K/cumm")}]}
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(bundle))
+    out = run("assess", str(path))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["risk_tier"]["tier"] == "severe" and [n["field"] for n in doc["not_assessed"]] == ["labs[2] (Observation/t)"]
+    bad = run("assess", "-", stdin='{"resourceType": "Bundle", "type": "collection", "entry": []}')
+    assert bad.returncode == 1 and "no lab value leukodx can use" in bad.stderr
