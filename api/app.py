@@ -64,6 +64,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         yield
 
     app = FastAPI(title="leukodx", version=ENGINE_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  generate_unique_id_function=lambda route: route.name,   # operation ids: assess, call_service ...
                   description="Leukopenia decision support: risk tier, ranked causes and next diagnostic steps, "
                               "each traced to its source. Supports and does not replace clinical judgement.")
     app.state.settings = settings
@@ -117,6 +118,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(defs.pop("$defs", {}))
             components["Case"] = defs
+            _document_errors_and_security(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -147,3 +149,32 @@ def app() -> FastAPI:
     settings = get_settings()
     check_deployment(settings)
     return create_app(settings)
+
+
+_PROBLEM_SCHEMA = {
+    "type": "object", "description": "RFC 9457 problem details; `errors` names every field and why.",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string"}, "request_id": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "pointer": {"type": "string", "description": "JSON Pointer into the request body"},
+            "loc": {"type": "string"}, "detail": {"type": "string"}}}}}}
+
+
+def _document_errors_and_security(schema: dict[str, Any]) -> None:
+    """The Problem schema behind every application/problem+json answer, and the CDS Hooks bearer JWT
+    (CDS Hooks 2.0.1, "Trusting CDS Clients") on the service and feedback calls."""
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
+    components.setdefault("securitySchemes", {})["cdsHooksJwt"] = {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "A JWT signed by a trusted CDS Client (ES384 or RS384), aud = the called URL, jti once."}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if "application/problem+json" in content:
+                    content["application/problem+json"] = {"schema": {"$ref": "#/components/schemas/Problem"}}
+            if path.startswith("/cds-services/"):
+                operation["security"] = [{"cdsHooksJwt": []}]

@@ -230,3 +230,14 @@ def test_the_compact_view_keeps_what_a_caller_acts_on(client):
     assert [c["id"] for c in compact["causes"]] == [c["id"] for c in full["causes"]]
     assert [(s["id"], s["urgency"]) for s in compact["steps"]] == [(s["id"], s["urgency"]) for s in full["steps"]]
     assert "trace" not in compact and "sources" not in compact and len(json.dumps(compact)) < len(json.dumps(full)) / 3
+
+
+def test_openapi_names_operations_and_documents_problems_and_the_cds_jwt(client):
+    doc = client.get("/openapi.json").json()
+    ids = [op["operationId"] for ops in doc["paths"].values() for op in ops.values()]
+    assert {"assess", "assess_fhir", "call_service", "feedback", "discovery"} <= set(ids) and len(ids) == len(set(ids))
+    assert doc["paths"]["/v1/assess"]["post"]["responses"]["422"]["content"]["application/problem+json"] == \
+        {"schema": {"$ref": "#/components/schemas/Problem"}}
+    assert doc["components"]["securitySchemes"]["cdsHooksJwt"]["bearerFormat"] == "JWT"
+    assert doc["paths"]["/cds-services/{service_id}"]["post"]["security"] == [{"cdsHooksJwt": []}]
+    assert "security" not in doc["paths"]["/cds-services"]["get"]          # discovery is public
