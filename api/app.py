@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from leukodx.engine import get_engine
 from leukodx.engine import ENGINE_VERSION
 
-from . import audit, deps, metrics, problems, rest, tracing
+from . import audit, deps, metrics, problems, reports, rest, tracing
 from .cds import auth as cds_auth
 from .cds import routes as cds_routes
 from .config import Settings, check_deployment, get_settings
@@ -74,6 +74,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(rest.router)
     app.include_router(rest.kb_router)
     app.include_router(cds_routes.router)
+    app.include_router(reports.router)
 
     static = resources.files("fastapi_offline") / "static"
     app.mount("/static/docs", StaticFiles(directory=str(static)), name="docs-static")

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     feedback_db_url: str = Field("sqlite:///leukodx-feedback.db",
                                  description="SQLAlchemy URL of the feedback store and of the JWT replay table")
+    report_link_minutes: float = Field(60.0, ge=0, le=24 * 60, description="how long the full assessment behind a "
+                                        "CDS card's report link can be opened (0: no link); the link holds no patient "
+                                        "identifier")
 
     # -- outbound FHIR (CDS Hooks without prefetch) -----------------------------------------------
     fhir_deadline_seconds: float = Field(3.0, gt=0, le=30, description="one total deadline for all the FHIR queries "

@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, ContextManager, Iterator, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Optional, TypeVar
 
 from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event,
                         insert, select, update)
@@ -44,7 +44,7 @@ from sqlalchemy.pool import StaticPool
 from . import migrations
 from .cds.models import FeedbackEntry
 
-__all__ = ["FeedbackStore", "SqlReplayStore", "StoreError", "engine_url", "make_engine", "store_for", "reset_cache"]
+__all__ = ["FeedbackStore", "SqlReplayStore", "ReportStore", "StoreError", "engine_url", "make_engine", "store_for", "reset_cache"]
 
 # The tables as the queries below see them; their schema is made by api/migrations/ (kept equal to
 # this by tests/test_postgres.py::test_migrations_from_empty_to_head_give_the_schema_the_code_uses).
@@ -59,6 +59,12 @@ feedback_table = Table(
     Column("accepted_suggestions", Text, nullable=False),
     Column("override_reason", Text, nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
+)
+reports_table = Table(
+    "cds_reports", metadata,
+    Column("key", String(64), primary_key=True),               # sha256(token), hex
+    Column("expires_at", Float, nullable=False, index=True),   # POSIX seconds
+    Column("body", Text, nullable=False),                      # the Assessment, JSON
 )
 jti_table = Table(
     "cds_jti", metadata,
@@ -243,6 +249,37 @@ class SqlReplayStore:
     def __len__(self) -> int:
         with self.store.engine.connect() as conn:
             return len(conn.execute(select(jti_table.c.key)).all())
+
+
+class ReportStore:
+    """Full assessments behind the CDS card's report link, for ``minutes`` each. The link's token is 32
+    random bytes (unguessable, no patient identifier in it); the database keeps only its SHA-256, so a
+    copy of the database opens no report. Expired rows are deleted as new ones are written."""
+
+    def __init__(self, store: FeedbackStore):
+        self.store = store
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+    def put(self, body: str, minutes: float, now: Optional[float] = None) -> str:
+        import secrets
+        now = time.time() if now is None else now
+        token = secrets.token_urlsafe(32)
+
+        def work(conn: Any) -> None:
+            conn.execute(delete(reports_table).where(reports_table.c.expires_at <= now))
+            conn.execute(insert(reports_table).values(key=self._key(token), expires_at=now + minutes * 60, body=body))
+        self.store.write(work)
+        return token
+
+    def get(self, token: str, now: Optional[float] = None) -> Optional[str]:
+        now = time.time() if now is None else now
+        with self.store.engine.connect() as conn:
+            row = conn.execute(select(reports_table.c.body).where(
+                reports_table.c.key == self._key(token), reports_table.c.expires_at > now)).first()
+        return row[0] if row else None
 
 
 _STORES: dict[str, FeedbackStore] = {}

@@ -483,13 +483,53 @@ def test_override_reasons_are_codings_with_display(all_cards):
         assert len(set(codes)) == len(codes)
 
 
-def test_no_links_system_actions_or_extensions_are_sent(svc, answers):
-    """103, 138-147: leukodx sends no links; 75: no systemActions; 214: no extensions."""
+def test_links_are_absolute_reports_and_no_system_actions_or_extensions_are_sent(svc, answers):
+    """103, 138-147: the only link is the assessment card's absolute link to the full report (no SMART
+    app, no appContext, not autolaunched), holding no patient id or hookInstance; 75: no systemActions;
+    214: no extensions."""
     for name, a in answers.items():
         assert set(a["json"]) == {"cards"}, name
-        text = json.dumps(a["json"])
-        assert '"links"' not in text and '"extension"' not in text, name
+        assert '"extension"' not in json.dumps(a["json"]), name
+        for card in a["json"]["cards"]:
+            for link in card.get("links", []):
+                assert card["source"]["topic"]["code"] == "leukopenia-assessment", name
+                assert link["type"] == "absolute" and link["autolaunchable"] is False and "appContext" not in link
+                assert re.fullmatch(r"https?://[^/]+/report/[A-Za-z0-9_-]{40,}", link["url"]), link["url"]
+                assert PATIENT not in link["url"] and a["body"]["hookInstance"] not in link["url"]
+    assert any(card.get("links") for a in answers.values() for card in a["json"]["cards"])
     assert '"extension"' not in svc.get("/cds-services").text
+
+
+def test_the_report_link_opens_the_full_assessment_then_expires(svc, answers, tmp_path):
+    """The card's link opens leukodx's page; the page reads the same assessment the cards came from
+    (GET /v1/reports/<token>). Unknown, malformed and expired tokens are 404 problems; with
+    LEUKODX_REPORT_LINK_MINUTES=0 no link is sent."""
+    from urllib.parse import urlsplit
+    from leukodx.api.feedback import ReportStore, store_for
+
+    a = answers["patient-view severe"]
+    link = next(lk for c in a["json"]["cards"] for lk in c.get("links", []))
+    token = urlsplit(link["url"]).path.rsplit("/", 1)[1]
+    page = svc.get(urlsplit(link["url"]).path)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert page.headers["cache-control"] == "no-store"
+    report = svc.get(f"/v1/reports/{token}")
+    assert report.status_code == 200 and report.headers["cache-control"] == "no-store"
+    body = report.json()
+    assert body["risk_tier"]["tier"] == "severe" and [x["id"] for x in body["alerts"]] == ["agranulocytosis"]
+    assert body["steps"] and body["sources"] and body["labs"]        # the whole assessment, not the card
+    for bad in (token[:-1] + ("A" if token[-1] != "A" else "B"), "x", "../../etc/passwd"):
+        r = svc.get(f"/v1/reports/{bad}")
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), bad
+    store = ReportStore(store_for(f"sqlite:///{tmp_path}/r.db"))
+    t = store.put('{"x": 1}', minutes=1, now=1000.0)
+    assert store.get(t, now=1059.0) == '{"x": 1}' and store.get(t, now=1061.0) is None
+    assert t not in str(store.store.engine.url) and len(t) >= 40
+    settings = Settings(cds_auth="off", report_link_minutes=0, feedback_db_url=f"sqlite:///{tmp_path}/fb.db")
+    with TestClient(create_app(settings)) as off:
+        again = off.post(f"/cds-services/{a['service']}", json={**a["body"], "hookInstance": str(uuid.uuid4())})
+    assert again.status_code == 200 and again.json()["cards"]
+    assert not any(c.get("links") for c in again.json()["cards"])
 
 
 def test_card_checker_agrees_with_the_spec_examples():

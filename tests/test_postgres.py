@@ -185,7 +185,8 @@ def test_migrations_from_empty_to_head_give_the_schema_the_code_uses(any_url):
     assert migrations.current(engine) == migrations.HEAD
     with engine.connect() as conn:
         tables = set(inspect(conn).get_table_names())
-        assert tables == {"alembic_version", "cds_feedback", "cds_jti"}
+        assert tables == {"alembic_version", "cds_feedback", "cds_jti", "cds_reports"}
+        assert {i["name"] for i in inspect(conn).get_indexes("cds_reports")} == {"ix_cds_reports_expires_at"}
         assert {i["name"] for i in inspect(conn).get_indexes("cds_jti")} == {"ix_cds_jti_expires_at"}
         assert {i["name"] for i in inspect(conn).get_indexes("cds_feedback")} == {"ix_cds_feedback_card"}
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)

@@ -698,3 +698,22 @@ def test_the_page_uses_no_outside_resources_and_nothing_it_asks_for_is_missing(p
     assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
     assert icon.content[:4] == b"\x00\x00\x01\x00"          # an ICO file
     assert httpx.get(server + "/static/app/favicon.svg").status_code == 200
+
+
+def test_the_cds_cards_report_link_opens_the_full_assessment_on_the_page(page, server):
+    """An EHR user follows the card's link: the page shows the assessment behind the card (alert
+    banner, tier, steps) without the form being filled; an unknown link says it has expired."""
+    from test_cds_hooks import CBC_SEVERE, prefetch, request
+    r = httpx.post(f"{server}/cds-services/leukodx-patient-view", timeout=30,
+                   json=request("patient-view", prefetch(CBC_SEVERE)))
+    assert r.status_code == 200, r.text
+    url = next(lk["url"] for c in r.json()["cards"] for lk in c.get("links", []))
+    assert url.startswith(f"{server}/report/")
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]")
+    assert not page.locator("#result").is_hidden()
+    assert "Agranulocytosis" in page.inner_text("#alerts")
+    assert page.locator("#tier .badge").inner_text() == "Risk tier: severe"
+    page.goto(f"{server}/report/{'A' * 43}")
+    page.wait_for_selector("body[data-ready=true]")
+    expect(page.locator("#form-error")).to_contain_text("expired")

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from leukodx.engine import Assessment, OrderCheck
 
-from .models import Action, Card, Coding, Source, Suggestion
+from .models import Action, Card, Coding, Link, Source, Suggestion
 
 __all__ = ["assessment_cards", "order_card", "stale_card", "unassessed_card", "checked_card", "note_left_out",
            "OVERRIDE_REASONS", "card_id"]
@@ -208,6 +208,13 @@ def unassessed_card(hook_instance: str, reasons: list[str], indicator: str = "in
     return _data_card(hook_instance, "not-assessed", "leukodx could not assess this patient: " + (
         reasons[0] if reasons else "no usable blood count"),
         "**What could not be used**\n" + "\n".join(f"- {r}" for r in shown), indicator)
+
+
+def add_report_link(card: Card, url: str, minutes: float) -> None:
+    """The card's link to the full assessment in leukodx's page (an absolute, short-lived URL)."""
+    card.links = [*(card.links or []), Link(
+        label=f"Open the full assessment in leukodx (for {minutes:g} minutes)", url=url, type="absolute",
+        autolaunchable=False, autoLaunchable=False)]
 
 
 def note_left_out(cards: list[Card], items: list[str]) -> None:

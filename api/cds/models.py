@@ -102,6 +102,8 @@ class Link(_Closed):
     type: Literal["absolute", "smart"]
     appContext: Optional[str] = None
     autolaunchable: Optional[bool] = None
+    # HealthChain's CDSResponse (a client EHR teams test with) requires this spelling; the spec's is above
+    autoLaunchable: Optional[bool] = None
 
 
 class Card(_Closed):

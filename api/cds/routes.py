@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from leukodx.engine import Assessment, CaseError, Engine, NotAssessed, OrderInput
+from leukodx.engine.render import to_json
 from leukodx.engine.parse import load_json_document, problems_from_validation
 
 from .. import audit, fhir, metrics
@@ -29,6 +30,7 @@ from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
 from ..offload import run_cpu
 from ..problems import ProblemError
+from ..reports import store_report
 from ..tracing import traced
 from . import cards as C
 from .auth import AuthError, JwtVerifier, verifier_from_settings
@@ -259,6 +261,10 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
         cards.append(C.stale_card(assessment, hook.hookInstance))
     else:
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
+        if cards and settings.report_link_minutes > 0:     # the full assessment in leukodx's own page
+            base = settings.cds_public_base_url.rstrip("/") or str(request.base_url).rstrip("/")
+            token = await run_cpu(partial(store_report, settings, to_json(assessment, indent=None)))
+            C.add_report_link(cards[0], f"{base}/report/{token}", settings.report_link_minutes)
     cards += traced("leukodx.orders", _order_cards)(eng, drafts, assessment, resources, hook, patient_id)
     if left_out:
         if not cards and assessment is not None:

@@ -696,6 +696,12 @@ async function init() {
     drugIndex = makeDrugIndex(names);
     for (const input of document.querySelectorAll(".med-name")) if (input.value) drugHint(input, input.parentElement.querySelector(".drug-hint"));
   } catch (e) { /* the hints and autocomplete are a convenience; the server still checks every name */ }
+  const report = /^\/report\/([A-Za-z0-9_-]{20,100})$/.exec(window.location.pathname);
+  if (report) {          // the CDS card's link: the full assessment, for as long as the link lives
+    const r = await fetch(`/v1/reports/${report[1]}`);
+    if (r.ok) render(await r.json());
+    else showProblem(r.status, await r.json().catch(() => ({ title: "The report has expired or does not exist." })), false);
+  }
   document.body.dataset.ready = "true";
 }
 init();
