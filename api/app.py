@@ -138,8 +138,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.add_middleware(RequestContext)
     if settings.metrics:
         metrics.install(app)
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "OPTIONS"],
-                       allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
+    origins = Settings.origins_of(settings.cors_origins)
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
     tracing.configure(app)   # only when the OTEL_* variables ask for it (api/tracing.py)
     return app
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+import re
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "DeploymentError", "check_deployment", "MIN_AUDIT_KEY"]
@@ -62,6 +64,14 @@ class Settings(BaseSettings):
     worker_healthcheck_seconds: int = Field(10, ge=1, le=300, description="a worker that does not answer the "
                                                                           "supervisor's ping in this time is replaced")
 
+    # -- the network in front of the service (docs/deploy.md) -------------------------------------
+    cors_origins: str = Field("*", description="comma-separated origins whose browser pages may call the service "
+                                               "(https://ehr.example.org); '*' (CDS Hooks' default, 208): any; empty: "
+                                               "no CORS headers")
+    forwarded_allow_ips: str = Field("", description="comma-separated addresses of the reverse proxies whose "
+                                                     "X-Forwarded-For and X-Forwarded-Proto are believed (client "
+                                                     "address, https scheme); empty: those headers are ignored")
+
     # -- operations: metrics and the audit log (docs/audit.md) -------------------------------------
     metrics: bool = Field(True, description="serve Prometheus metrics at /metrics (scrape it from the monitoring "
                                             "network only); OpenTelemetry tracing is set by the standard OTEL_* "
@@ -71,6 +81,21 @@ class Settings(BaseSettings):
                                                             "carry no patient hash")
     audit_log_file: str = Field("", description="append-only file for the audit records (JSON lines, opened with "
                                                 "O_APPEND, mode 0600); empty: standard error, as logger leukodx.audit")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        bad = [o for o in cls.origins_of(v) if o != "*" and not _ORIGIN.fullmatch(o)]
+        if bad:
+            raise ValueError(f"not an origin (scheme://host[:port], no path): {', '.join(bad)}")
+        return v
+
+    @staticmethod
+    def origins_of(v: str) -> list[str]:
+        return [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 @lru_cache(maxsize=1)

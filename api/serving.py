@@ -186,7 +186,8 @@ def _raise_open_files_limit() -> None:
 def uvicorn_config(settings: Settings, host: str, port: int, workers: int) -> Config:
     return Config("leukodx.api.app:app", factory=True, host=host, port=port, workers=max(1, workers),
                   http=GuardedHttpToolsProtocol, ws="none", lifespan="on", log_level="warning", access_log=False,
-                  proxy_headers=False, server_header=False, timeout_keep_alive=settings.keep_alive_seconds,
+                  proxy_headers=bool(settings.forwarded_allow_ips),
+                  forwarded_allow_ips=settings.forwarded_allow_ips or None, server_header=False, timeout_keep_alive=settings.keep_alive_seconds,
                   limit_concurrency=None, timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
                   timeout_graceful_shutdown=10)
 

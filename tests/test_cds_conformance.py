@@ -759,3 +759,28 @@ def test_public_base_url_sets_the_jwt_audience(tmp_path):
         assert internal.status_code == 401
 
 
+
+
+def test_cors_origins_are_a_setting(tmp_path):
+    """LEUKODX_CORS_ORIGINS: a listed origin is allowed, another gets no CORS header, empty sends
+    none; a value that is not an origin is refused naming the setting."""
+    from pydantic import ValidationError
+    db = f"sqlite:///{tmp_path}/fb.db"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    narrow = Settings(cds_auth="off", feedback_db_url=db, cors_origins=f"{ORIGIN}, https://ehr-test.example.org/")
+    with TestClient(create_app(narrow)) as c:
+        assert c.get("/cds-services", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"] == ORIGIN
+        assert "access-control-allow-origin" not in c.get(
+            "/cds-services", headers={"Origin": "https://evil.example.com"}).headers
+        ok = c.options("/cds-services/leukodx-patient-view", headers={"Origin": "https://ehr-test.example.org",
+                                                                       **preflight})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://ehr-test.example.org"
+        refused = c.options("/cds-services/leukodx-patient-view", headers={"Origin": "https://evil.example.com",
+                                                                            **preflight})
+        assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+    with TestClient(create_app(Settings(cds_auth="off", feedback_db_url=db, cors_origins=""))) as c:
+        r = c.get("/cds-services", headers={"Origin": ORIGIN})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    with pytest.raises(ValidationError) as e:
+        Settings(cors_origins="ehr.example.org")
+    assert e.value.errors()[0]["loc"] == ("cors_origins",) and "ehr.example.org" in str(e.value)

@@ -186,3 +186,22 @@ def test_serve_refuses_cds_auth_without_a_public_base_url(tmp_path):
     out = subprocess.run([LEUKODX, "serve", "--port", str(free_port())], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "LEUKODX_CDS_PUBLIC_BASE_URL" in out.stderr
+
+
+@pytest.mark.parametrize("trusted", ["127.0.0.1", ""])
+def test_forwarded_headers_are_believed_only_from_the_listed_proxies(tmp_path, trusted):
+    """LEUKODX_FORWARDED_ALLOW_IPS: behind a TLS proxy at 127.0.0.1, X-Forwarded-Proto: https makes
+    the URLs leukodx builds (the card's report link) https; unset, a caller's header is ignored."""
+    from test_cds_hooks import CBC_SEVERE, prefetch, request
+    port = free_port()
+    proc = start_server(port, f"sqlite:///{tmp_path}/fb.db", LEUKODX_CDS_AUTH="off", LEUKODX_CDS_PUBLIC_BASE_URL="",
+                        LEUKODX_FORWARDED_ALLOW_IPS=trusted)
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/cds-services/leukodx-patient-view", timeout=30,
+                       json=request("patient-view", prefetch(CBC_SEVERE)),
+                       headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"})
+    finally:
+        stop_server(proc)
+    assert r.status_code == 200, r.text
+    url = next(lk["url"] for c in r.json()["cards"] for lk in c.get("links", []))
+    assert url.startswith(f"{'https' if trusted else 'http'}://127.0.0.1:{port}/report/"), url
