@@ -120,6 +120,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             components.update(defs.pop("$defs", {}))
             components["Case"] = defs
             _document_errors_and_security(schema)
+            rest.document_views(schema)
+            rest.add_examples(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

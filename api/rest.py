@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -273,3 +274,41 @@ def steps(eng: Engine = Depends(engine)) -> list[dict[str, Any]]:
 
 def case_schema() -> dict[str, Any]:
     return Case.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+EXAMPLES = Path(__file__).parent / "examples"   # cases from the case library, without their `expect`
+
+
+def document_views(schema: dict[str, Any]) -> None:
+    """``?view=compact`` answers a CompactAssessment: the 200 answer of both assess calls is either."""
+    from leukodx.engine.assessment import CompactAssessment
+    defs = CompactAssessment.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema["components"]["schemas"]
+    for name, sub in defs.pop("$defs", {}).items():
+        components.setdefault(name, sub)
+    components["CompactAssessment"] = defs
+    for path in ("/v1/assess", "/v1/assess/fhir"):
+        body = schema["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]
+        body["schema"] = {"anyOf": [body["schema"], {"$ref": "#/components/schemas/CompactAssessment"}]}
+
+
+def add_examples(schema: dict[str, Any]) -> None:
+    """Request examples for POST /v1/assess (JSON and YAML) from api/examples/, and the response the
+    engine gives the first of them: the OpenAPI document shows real cases and real answers."""
+    import yaml
+    from leukodx.engine import assess as assess_case
+    from leukodx.engine.render import to_json
+
+    op = schema["paths"]["/v1/assess"]["post"]
+    content = op["requestBody"]["content"]
+    for i, path in enumerate(sorted(EXAMPLES.glob("*.yaml"))):
+        text = path.read_text(encoding="utf-8")
+        case = json.loads(json.dumps(yaml.safe_load(text), default=lambda v: v.isoformat()))
+        name, summary = path.stem, case.get("title", path.stem)
+        content["application/json"].setdefault("examples", {})[name] = {"summary": summary, "value": case}
+        content["application/yaml"].setdefault("examples", {})[name] = {"summary": summary, "value": text}
+        if i == 0:
+            answer = json.loads(to_json(assess_case(text.encode())))
+            op["responses"]["200"]["content"]["application/json"]["examples"] = {name: {"summary": summary,
+                                                                                        "value": answer}}
+

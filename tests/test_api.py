@@ -241,3 +241,25 @@ def test_openapi_names_operations_and_documents_problems_and_the_cds_jwt(client)
     assert doc["components"]["securitySchemes"]["cdsHooksJwt"]["bearerFormat"] == "JWT"
     assert doc["paths"]["/cds-services/{service_id}"]["post"]["security"] == [{"cdsHooksJwt": []}]
     assert "security" not in doc["paths"]["/cds-services"]["get"]          # discovery is public
+
+
+def test_openapi_examples_are_library_cases_and_their_real_answers(client):
+    """The OpenAPI request examples are case-library cases without their `expect` (no drift: the
+    same text), each answered 200 through the API with the tier its case file expects; the response
+    example is the engine's answer to the first, and is a valid Assessment."""
+    import yaml
+    from leukodx.api.rest import EXAMPLES
+    from leukodx.engine import Assessment
+    library = {p.stem: p for p in CASES.rglob("*.yaml")}
+    op = client.get("/openapi.json").json()["paths"]["/v1/assess"]["post"]
+    examples = op["requestBody"]["content"]["application/yaml"]["examples"]
+    assert set(examples) == {p.stem for p in EXAMPLES.glob("*.yaml")} and len(examples) >= 2
+    for name, ex in examples.items():
+        source = library[name].read_text(encoding="utf-8")
+        assert ex["value"] == source[:source.index("\nexpect:") + 1], name
+        as_json = op["requestBody"]["content"]["application/json"]["examples"][name]["value"]
+        r = client.post("/v1/assess", json=as_json)
+        assert r.status_code == 200, r.text
+        assert r.json()["risk_tier"]["tier"] == yaml.safe_load(source)["expect"]["risk_tier"], name
+    (name, answer), = op["responses"]["200"]["content"]["application/json"]["examples"].items()
+    assert Assessment.model_validate(answer["value"]).case_id == name
