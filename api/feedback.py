@@ -44,7 +44,7 @@ from sqlalchemy.pool import StaticPool
 from . import migrations
 from .cds.models import FeedbackEntry
 
-__all__ = ["FeedbackStore", "SqlReplayStore", "ReportStore", "StoreError", "engine_url", "make_engine", "store_for", "reset_cache"]
+__all__ = ["FeedbackStore", "SqlReplayStore", "ReportStore", "StoreError", "engine_url", "make_engine", "store_for", "report_store_for", "reset_cache"]
 
 # The tables as the queries below see them; their schema is made by api/migrations/ (kept equal to
 # this by tests/test_postgres.py::test_migrations_from_empty_to_head_give_the_schema_the_code_uses).
@@ -199,14 +199,28 @@ class FeedbackStore:
                 yield r
 
 
-class SqlReplayStore:
-    """Seen ``(iss, jti)`` pairs in the shared database (the ``ReplayStore`` of cds/auth.py)."""
+class _Expiring:
+    """A table of rows with ``expires_at``: expired rows are deleted at most every ``purge_every``
+    seconds per process, not on every write."""
+    table: Table
 
     def __init__(self, store: FeedbackStore, purge_every: float = PURGE_EVERY_SECONDS):
         self.store = store
         self.purge_every = purge_every
         self._next_purge = 0.0
         self._purge_lock = threading.Lock()
+
+    def _purge(self, now: float) -> None:
+        with self._purge_lock:
+            if now < self._next_purge:
+                return
+            self._next_purge = now + self.purge_every
+        self.store.write(lambda conn: conn.execute(delete(self.table).where(self.table.c.expires_at <= now)))
+
+
+class SqlReplayStore(_Expiring):
+    """Seen ``(iss, jti)`` pairs in the shared database (the ``ReplayStore`` of cds/auth.py)."""
+    table = jti_table
 
     @staticmethod
     def key(iss: str, jti: str) -> str:
@@ -239,25 +253,17 @@ class SqlReplayStore:
             .values(expires_at=expires_at)).rowcount)
         return taken == 1
 
-    def _purge(self, now: float) -> None:
-        with self._purge_lock:
-            if now < self._next_purge:
-                return
-            self._next_purge = now + self.purge_every
-        self.store.write(lambda conn: conn.execute(delete(jti_table).where(jti_table.c.expires_at <= now)))
-
     def __len__(self) -> int:
         with self.store.engine.connect() as conn:
             return len(conn.execute(select(jti_table.c.key)).all())
 
 
-class ReportStore:
+class ReportStore(_Expiring):
     """Full assessments behind the CDS card's report link, for ``minutes`` each. The link's token is 32
     random bytes (unguessable, no patient identifier in it); the database keeps only its SHA-256, so a
-    copy of the database opens no report. Expired rows are deleted as new ones are written."""
-
-    def __init__(self, store: FeedbackStore):
-        self.store = store
+    copy of the database opens no report. ``get`` never returns an expired row; expired rows are
+    deleted as new ones are written, at most once a minute."""
+    table = reports_table
 
     @staticmethod
     def _key(token: str) -> str:
@@ -268,10 +274,9 @@ class ReportStore:
         now = time.time() if now is None else now
         token = secrets.token_urlsafe(32)
 
-        def work(conn: Any) -> None:
-            conn.execute(delete(reports_table).where(reports_table.c.expires_at <= now))
-            conn.execute(insert(reports_table).values(key=self._key(token), expires_at=now + minutes * 60, body=body))
-        self.store.write(work)
+        self._purge(now)
+        self.store.write(lambda conn: conn.execute(insert(reports_table).values(
+            key=self._key(token), expires_at=now + minutes * 60, body=body)))
         return token
 
     def get(self, token: str, now: Optional[float] = None) -> Optional[str]:
@@ -293,7 +298,20 @@ def store_for(url: str) -> FeedbackStore:
         return _STORES[url]
 
 
+_REPORTS: dict[str, ReportStore] = {}
+
+
+def report_store_for(url: str) -> ReportStore:
+    """One ReportStore per database and process, so its purge runs at most once a minute."""
+    store = store_for(url)
+    with _STORES_LOCK:
+        if url not in _REPORTS or _REPORTS[url].store is not store:
+            _REPORTS[url] = ReportStore(store)
+        return _REPORTS[url]
+
+
 def reset_cache() -> None:
     """Forget open stores (tests)."""
     with _STORES_LOCK:
         _STORES.clear()
+        _REPORTS.clear()

@@ -21,14 +21,14 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,100}$")
 _PAGE = Path(__file__).parent / "static" / "index.html"
 
 
-def _store(settings: Settings):   # noqa: ANN202 - ReportStore, loaded on first use (SQLAlchemy)
-    from .feedback import ReportStore, store_for
-    return ReportStore(store_for(settings.feedback_db_url))
+def _store(db_url: str):   # noqa: ANN202 - ReportStore, loaded on first use (SQLAlchemy)
+    from .feedback import report_store_for
+    return report_store_for(db_url)
 
 
 def store_report(settings: Settings, assessment_json: str) -> str:
     """Keep an assessment for the report link; returns the token."""
-    return _store(settings).put(assessment_json, settings.report_link_minutes)
+    return _store(settings.feedback_db_url).put(assessment_json, settings.report_link_minutes)
 
 
 @router.get("/report/{token}", include_in_schema=False)
@@ -40,7 +40,7 @@ def report_page(token: str) -> HTMLResponse:
 @router.get("/v1/reports/{token}", summary="The full assessment behind a CDS card's report link",
             responses={404: {"description": "Expired or unknown"}})
 def report(token: str, settings: Settings = Depends(app_settings)) -> Response:
-    body = _store(settings).get(token) if _TOKEN.match(token) else None
+    body = _store(settings.feedback_db_url).get(token) if _TOKEN.match(token) else None
     if body is None:
         raise ProblemError(404, "Not found", "This report has expired or does not exist.")
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
