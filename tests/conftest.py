@@ -31,6 +31,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_script(script: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """Run a small Python HTTP server script on a free loopback port (its first argument); returns the
+    process and its base URL once ``/ok/Patient/x`` answers."""
+    import httpx
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", script, str(port), *args])
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(f"{base}/ok/Patient/x", timeout=0.5)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    return proc, base
+
+
 def start_server(port: int, db_url: str, workers: int = 1, **env: str) -> subprocess.Popen:
     """`leukodx serve` on a loopback port, in its own process group, once /readyz answers."""
     import httpx

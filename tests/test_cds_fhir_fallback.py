@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import textwrap
-import time
 import uuid
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -18,7 +14,7 @@ from leukodx.api.app import create_app
 from leukodx.api.config import get_settings
 from leukodx.api.fhir import UNUSABLE, fetch_queries, pages_note
 
-from conftest import free_port
+from conftest import serve_script
 from test_cds_hooks import CBC_SEVERE, PATIENT, searchset
 
 SERVER = textwrap.dedent('''
@@ -60,17 +56,9 @@ SERVER = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def fhir_server():
-    port = free_port()
     # two pages of Observations: the WBC on the first, the ANC on the second
     pages = [[{"resource": r} for r in CBC_SEVERE[:1]], [{"resource": r} for r in CBC_SEVERE[1:]]]
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), json.dumps(pages)])
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{base}/ok/Patient/x", timeout=0.5)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
+    proc, base = serve_script(SERVER, json.dumps(pages))
     yield base
     proc.kill()
     proc.wait()

@@ -7,19 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 
-import httpx
 import pytest
 
 from leukodx.api.fhir import (UNUSABLE, FetchError, address_allowed, check_url, fetch_queries, fill_template,
                               not_available, pages_note)
 
-from conftest import free_port
+from conftest import free_port, serve_script
 
 SERVER = textwrap.dedent('''
     import json, sys, threading, time
@@ -141,15 +138,7 @@ def listener():
 
 @pytest.fixture(scope="module")
 def fhir(listener):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(listener.port)])
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(f"{base}/ok/Patient/x", timeout=0.5)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
+    proc, base = serve_script(SERVER, str(listener.port))
     yield base
     proc.kill()
     proc.wait()
