@@ -535,6 +535,20 @@ def test_the_report_link_opens_the_full_assessment_then_expires(svc, answers, tm
     assert not any(c.get("links") for c in again.json()["cards"])
 
 
+def test_cards_go_out_without_the_link_when_the_report_cannot_be_stored(svc, answers, monkeypatch):
+    """The report store down (database locked or gone): the same cards are sent, only the link is left out."""
+    from sqlalchemy.exc import OperationalError
+
+    def down(*_a, **_k):
+        raise OperationalError("INSERT INTO cds_reports", {}, Exception("database is locked"))
+    monkeypatch.setattr(cds_routes, "store_report", down)
+    a = answers["patient-view severe"]
+    r = svc.post(f"/cds-services/{a['service']}", json=a["body"])
+    assert r.status_code == 200
+    before = [{k: v for k, v in c.items() if k != "links"} for c in a["json"]["cards"]]
+    assert r.json()["cards"] == before and not any(c.get("links") for c in r.json()["cards"])
+
+
 def test_card_checker_agrees_with_the_spec_examples():
     """The checker the card tests rely on (cds/models.py card_violations) accepts the spec's and
     Inferno's example cards, and catches what the link / override / action rules forbid - so it

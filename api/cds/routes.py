@@ -261,10 +261,8 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
         cards.append(C.stale_card(assessment, hook.hookInstance))
     else:
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
-        if cards and settings.report_link_minutes > 0:     # the full assessment in leukodx's own page
-            base = settings.cds_public_base_url.rstrip("/") or str(request.base_url).rstrip("/")
-            token = await run_cpu(partial(store_report, settings, to_json(assessment, indent=None)))
-            C.add_report_link(cards[0], f"{base}/report/{token}", settings.report_link_minutes)
+        if cards and settings.report_link_minutes > 0:
+            await _link_report(cards[0], assessment, request, settings)
     cards += traced("leukodx.orders", _order_cards)(eng, drafts, assessment, resources, hook, patient_id)
     if left_out:
         if not cards and assessment is not None:
@@ -272,6 +270,18 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
         C.note_left_out(cards, left_out)
     metrics.cards_returned(service_id, cards)   # counted by indicator, and their uuids in the audit record
     return CardsResponse(cards=cards)
+
+
+async def _link_report(card: Card, assessment: Assessment, request: Request, settings: Settings) -> None:
+    """Link the card to the full assessment in leukodx's own page. If the report cannot be stored the
+    cards still go out, without the link: the link is a convenience, the cards are not."""
+    base = settings.cds_public_base_url.rstrip("/") or str(request.base_url).rstrip("/")
+    try:
+        token = await run_cpu(partial(store_report, settings, to_json(assessment, indent=None)))
+    except Exception as e:   # noqa: BLE001 - the database down or locked must not cost the cards
+        log.warning("report link left out: the report could not be stored (%s)", type(e).__name__)
+        return
+    C.add_report_link(card, f"{base}/report/{token}", settings.report_link_minutes)
 
 
 def _prefetch_mismatch(hook: HookRequest, templates: dict[str, str], patient_id: str) -> str:
