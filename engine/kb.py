@@ -73,6 +73,8 @@ class KnowledgeBase:
     interactions: list[dict[str, Any]]
     label_thresholds: list[dict[str, Any]]
     tier_priority_sources: list[str]
+    pgx_codes: dict[str, Any]        # rules/pgx/result_codes.yaml: LOINC code -> {gene, kind, display}
+    gene_studied_code: str           # the genotype component that names the gene
     rules: list[Rule] = field(default_factory=list)
     families: dict[str, list[Rule]] = field(default_factory=dict)   # family -> rules, KB order
     family_titles: dict[str, str] = field(default_factory=dict)
@@ -135,6 +137,7 @@ def _load(root: Path, version: str) -> KnowledgeBase:
     classes |= {d[k] for d in drugs for k in ("subclass", "oncologic_class", "non_oncologic_class") if d.get(k)}
     vocab = read_yaml(root / "conditions.yaml", problems) or {}
     duffy = vocab.get("duffy_prevalent_ancestry", {})
+    pgx_codes = read_yaml(root / "pgx" / "result_codes.yaml", problems) or {}
     cpic_doc = json.loads((root / "pgx" / "cpic_thiopurine_recommendations_2020-05.json").read_text())
 
     conditions = {k: patterns(v, f"conditions.{k}", problems) for k, v in vocab.get("conditions", {}).items()}
@@ -165,6 +168,7 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         interactions=(read_yaml(root / "interactions.yaml", problems) or {}).get("interactions", []),
         label_thresholds=(read_yaml(root / "label_thresholds.yaml", problems) or {}).get("labels", []),
         tier_priority=alert_doc.get("tier_priority", {}), tier_priority_sources=alert_doc.get("tier_priority_sources", []),
+        pgx_codes=pgx_codes.get("codes", {}), gene_studied_code=str(pgx_codes.get("gene_studied_component", "")),
     )
     compile_rules(kb, root, problems)
     check_references(kb, problems)

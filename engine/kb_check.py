@@ -45,6 +45,13 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         if r.get("priority") not in ("critical", "warning", "info"):
             problems.append(f"pgx/dose_adjustments.yaml: {r.get('pattern')}: priority must be critical, warning or info")
     need(kb.orders.get("clozapine", {}).get("sources"), "orders.yaml: clozapine")
+    if not kb.gene_studied_code:
+        problems.append("pgx/result_codes.yaml: gene_studied_component is missing")
+    for code, spec in kb.pgx_codes.items():
+        if not isinstance(spec, dict) or spec.get("gene") not in ("tpmt", "nudt15", "both", "component") or \
+                spec.get("kind") not in ("genotype", "interpretation", "variant", "activity"):
+            problems.append(f"pgx/result_codes.yaml: {code}: needs gene (tpmt, nudt15, both, component) and kind "
+                            f"(genotype, interpretation, variant, activity)")
     need(kb.tier_priority_sources, "alerts.yaml: tier_priority")
     drug_ids = {d.get("id") for d in kb.drugs}
     for i in kb.interactions:

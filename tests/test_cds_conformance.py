@@ -271,6 +271,24 @@ def test_prefetch_tokens_are_root_level_primitive_context_fields(svc):
                 assert "{{" not in filled and ctx["patientId"] in filled
 
 
+def test_prefetch_queries_keep_to_the_recommended_subset(svc):
+    """58 (SHOULD): reads, type-level searches by patient reference, token equality (no modifier
+    but `:in`), date prefixes eq/lt/gt/ge/le, `_count` and `_sort` only."""
+    from urllib.parse import parse_qsl
+    searchable = {"patient", "subject", "code", "clinical-status", "category", "status", "date", "_count", "_sort"}
+    for s in svc.get("/cds-services").json()["services"]:
+        for key, template in s["prefetch"].items():
+            path, _, query = template.partition("?")
+            assert re.fullmatch(r"[A-Z][A-Za-z]+(/\{\{[^}]+\}\})?", path), (key, template)
+            for name, value in parse_qsl(query):
+                assert ":" not in name or name.endswith(":in"), (key, name)     # no :text, :not, :contains ...
+                assert name in searchable, (key, name)
+                if name == "date":
+                    assert re.fullmatch(r"(eq|lt|gt|ge|le)?\S+", value), (key, value)
+                if name == "code":
+                    assert all(re.fullmatch(r"[^|,]+\|[^|,]+", v) for v in value.split(",")), (key, value)
+
+
 # ---- cards (80, 83, 85, 87, 88, 90, 105, 107, 111, 115) ------------------------------------------
 
 def test_scenarios_are_valid_and_exercise_every_card_feature(answers, all_cards):
@@ -669,7 +687,7 @@ def _fhir_answer(req: httpx.Request) -> httpx.Response:
     path = req.url.path
     if path.endswith(f"/Patient/{PATIENT}"):
         body: dict = {"resourceType": "Patient", "id": PATIENT, "gender": "female", "birthDate": "1970-01-01"}
-    elif path.endswith("/Observation") and "code:text" not in str(req.url):
+    elif path.endswith("/Observation") and "84413-4" not in str(req.url):
         body = searchset(*CBC_SEVERE)
     else:
         body = searchset()

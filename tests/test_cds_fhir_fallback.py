@@ -39,7 +39,7 @@ SERVER = textwrap.dedent('''
                 self.send_response(404 if kind == "MedicationStatement" else 400); self.end_headers(); return
             if kind == "Patient":
                 body = {"resourceType": "Patient", "id": "%s", "gender": "male", "birthDate": "1960-01-01"}
-            elif kind == "Observation" and "code:text" not in q:
+            elif kind == "Observation" and "84413-4" not in str(q):
                 page = int(q.get("_page", ["0"])[0])
                 body = {"resourceType": "Bundle", "type": "searchset", "entry": pages[page], "link": []}
                 if page + 1 < len(pages):

@@ -220,6 +220,27 @@ def test_order_sign_intermediate_metabolizer_gets_the_cpic_adjusted_dose(client)
     assert update["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 120.0
 
 
+def test_order_sign_reads_genotypes_coded_as_the_genomics_reporting_ig_codes_them(client):
+    """The `pgx` prefetch asks by LOINC code: a genotype Observation (84413-4) names its gene only in
+    its gene-studied component (48018-6), as HL7's Genomics Reporting IG profiles it."""
+    def genotype(gene: str, hgnc: str, value: str) -> dict:
+        return {"resourceType": "Observation", "id": f"gt-{gene}", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "84413-4"}]},
+                "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": "2024-01-01",
+                "valueCodeableConcept": {"coding": [{"system": "http://www.pharmvar.org", "code": gene,
+                                                     "display": f"{gene} {value}"}]},   # as the IG's examples
+                "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "48018-6"}]},
+                               "valueCodeableConcept": {"coding": [{"system": "http://www.genenames.org/geneId",
+                                                                    "code": hgnc, "display": gene}]}}]}
+    assert "84413-4" in client.get("/cds-services").json()["services"][0]["prefetch"]["pgx"]
+    pre = prefetch(CBC_NORMAL, pgx=searchset(genotype("TPMT", "HGNC:12014", "*3A/*3A"),
+                                             genotype("NUDT15", "HGNC:23063", "*1/*1")))
+    body = request("order-sign", pre, draftOrders=draft_bundle(thiopurine_order()))
+    card = next(c for c in cards_of(client.post("/cds-services/leukodx-order-sign", json=body))
+                if c["source"]["topic"]["code"] == "thiopurine-pgx")
+    assert card["indicator"] == "critical"       # TPMT poor metabolizer, as with the text-coded results
+
+
 def test_order_select_unknown_status_asks_for_genotyping(client):
     order = thiopurine_order("mercaptopurine", "draft-6mp")
     body = request("order-select", prefetch(CBC_NORMAL), draftOrders=draft_bundle(order),

@@ -221,7 +221,7 @@ def current_record(name: str) -> tuple[str, tuple[dict, ...]]:
 
 def search(template: str, pid: str, resources: tuple[dict, ...]) -> Any:
     """A FHIR server's answer to one prefetch template (read, or search with the parameters the
-    templates use: patient, code, code:text, clinical-status, _sort=-date, _count)."""
+    templates use: patient, code, clinical-status, _sort=-date, _count)."""
     query = template.replace("{{context.patientId}}", pid)
     path, _, params = query.partition("?")
     kind, _, rid = path.partition("/")
@@ -234,9 +234,6 @@ def search(template: str, pid: str, resources: tuple[dict, ...]) -> Any:
         elif key == "code":
             codes = {v.split("|")[-1] for v in value.split(",")}
             hits = [r for r in hits if loinc(r) & codes]
-        elif key == "code:text":
-            words = [w.lower() for w in value.split(",")]
-            hits = [r for r in hits if any(w in json.dumps(r.get("code") or {}).lower() for w in words)]
         elif key == "clinical-status":
             hits = [r for r in hits if value in json.dumps(r.get("clinicalStatus") or {})]
         elif key == "_sort" and value == "-date":

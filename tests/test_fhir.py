@@ -587,3 +587,65 @@ def test_garbage_fields_never_crash_the_mapping(resources):
         return
     json.dumps(case)
     assert all(isinstance(w, str) for w in warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# TPMT and NUDT15 results found by their LOINC code (rules/pgx/result_codes.yaml)
+
+def pgx(loinc, *, text=None, value=None, quantity=None, components=(), time="2024-05-01"):
+    code = {"coding": [{"system": LOINC, "code": loinc}]}
+    if text:
+        code["text"] = text
+    r = {"resourceType": "Observation", "status": "final", "code": code, "effectiveDateTime": time,
+         "component": [{"code": {"coding": [{"system": LOINC, "code": c}]},
+                        "valueCodeableConcept": {"coding": [{"system": "http://www.genenames.org/geneId",
+                                                             "code": hgnc, "display": symbol}]}}
+                       for c, hgnc, symbol in components]}
+    if value is not None:
+        r["valueCodeableConcept"] = {"text": value}
+    if quantity is not None:
+        r["valueQuantity"] = quantity
+    return r
+
+
+def pgx_history(*resources):
+    case, warnings = bundle_to_case(bundle(WBC, obs("751-8", 0.4, code="10*9/L"), *resources))
+    return case.get("history", {}), warnings
+
+
+def test_a_tpmt_genotype_coded_only_by_loinc_is_read():
+    history, _ = pgx_history(pgx("80738-8", value="*1/*3A"))
+    assert history == {"tpmt": "*1/*3A"}
+
+
+def test_a_genomics_reporting_genotype_takes_its_gene_from_the_gene_studied_component():
+    nudt15 = pgx("84413-4", value="*1/*3", components=[("48018-6", "HGNC:23063", "NUDT15")])
+    cyp = pgx("84413-4", value="*1/*2", components=[("48018-6", "HGNC:2623", "CYP2C9")])
+    history, warnings = pgx_history(nudt15, cyp)
+    assert history == {"nudt15": "*1/*3"}           # the CYP2C9 genotype is not taken for either gene
+    assert not has(warnings, "CYP2C9")
+
+
+def test_a_two_gene_result_is_cut_at_each_gene_and_never_lends_one_gene_the_other_gene_s_result():
+    history, _ = pgx_history(pgx("93193-1", value="TPMT *1/*1; NUDT15 *1/*3"))
+    assert history == {"nudt15": "*1/*3", "tpmt": "*1/*1"}
+    history, warnings = pgx_history(pgx("93193-1", value="TPMT *1/*3A"))
+    assert history == {"tpmt": "*1/*3A"}
+    assert has(warnings, "NUDT15 result was not used")
+
+
+def test_a_tpmt_activity_or_single_variant_is_named_and_never_turned_into_a_phenotype():
+    activity = pgx("21563-2", quantity={"value": 8.2, "unit": "U/mL RBC"})
+    variant = pgx("49653-9", value="Not detected")
+    history, warnings = pgx_history(activity, variant)
+    assert "tpmt" not in history
+    assert has(warnings, "TPMT", "8.2 U/mL RBC", "measured enzyme activity")
+    assert has(warnings, "TPMT", "Not detected", "single-variant")
+
+
+def test_the_text_still_names_the_gene_when_the_code_is_local():
+    local = {"resourceType": "Observation", "status": "final", "effectiveDateTime": "2024-05-01",
+             "code": {"coding": [{"system": "urn:local", "code": "PGX1"}], "text": "TPMT phenotype"},
+             "valueString": "Poor metabolizer"}
+    history, _ = pgx_history(local)
+    assert history == {"tpmt": "poor"}

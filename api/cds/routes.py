@@ -13,7 +13,7 @@ import logging
 import re
 from datetime import datetime, timezone
 from functools import lru_cache, partial
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -42,13 +42,19 @@ log = logging.getLogger("leukodx.cds")
 _P = "{{context.patientId}}"
 
 
+def _loinc_list(codes: Iterable[str]) -> str:
+    return ",".join(f"http://loinc.org|{c}" for c in codes)
+
+
 @lru_cache(maxsize=4)
-def _prefetch(kb_loinc: tuple[str, ...]) -> dict[str, str]:
-    codes = ",".join(f"http://loinc.org|{c}" for c in kb_loinc)
+def _prefetch(kb_loinc: tuple[str, ...], pgx_loinc: tuple[str, ...]) -> dict[str, str]:
+    """The prefetch templates: reads, patient references, token equality, _sort and _count only
+    (CDS Hooks 2.0.1's recommended query subset). `pgx` asks for the TPMT/NUDT15 result codes of
+    rules/pgx/result_codes.yaml; HL7 Genomics Reporting genotypes of other genes come with them."""
     return {
         "patient": f"Patient/{_P}",
-        "observations": f"Observation?patient={_P}&code={codes}&_sort=-date&_count=200",
-        "pgx": f"Observation?patient={_P}&code:text=TPMT,NUDT15&_sort=-date&_count=20",
+        "observations": f"Observation?patient={_P}&code={_loinc_list(kb_loinc)}&_sort=-date&_count=200",
+        "pgx": f"Observation?patient={_P}&code={_loinc_list(pgx_loinc)}&_sort=-date&_count=50",
         "medicationRequests": f"MedicationRequest?patient={_P}&_sort=-authoredon&_count=100",
         "medicationStatements": f"MedicationStatement?patient={_P}&_count=100",
         "conditions": f"Condition?patient={_P}&clinical-status=active&_count=100",
@@ -99,9 +105,13 @@ async def _authorize(request: Request, settings: Settings) -> Optional[dict[str,
         raise ProblemError(401, "Unauthorized") from None
 
 
+def _templates(eng: Engine) -> dict[str, str]:
+    return _prefetch(tuple(sorted(eng.kb.loinc)), tuple(eng.kb.pgx_codes))
+
+
 @router.get("/cds-services", summary="CDS Hooks discovery")
 def discovery(eng: Engine = Depends(engine)) -> dict[str, Any]:
-    prefetch = _prefetch(tuple(sorted(eng.kb.loinc)))
+    prefetch = _templates(eng)
     return {"services": [{"id": sid, **spec, "prefetch": prefetch} for sid, spec in SERVICES.items()]}
 
 
@@ -111,7 +121,7 @@ def _operation_outcome(status: int, text: str, diagnostics: str) -> JSONResponse
         status_code=status, media_type="application/fhir+json")
 
 
-async def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...]) -> tuple[list[Any], list[str], list[str]]:
+async def _gather(hook: HookRequest, settings: Settings, templates: dict[str, str]) -> tuple[list[Any], list[str], list[str]]:
     """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys, notes)."""
     prefetch = hook.prefetch or {}
     resources: list[Any] = []
@@ -131,7 +141,7 @@ async def _gather(hook: HookRequest, settings: Settings, loinc: tuple[str, ...])
         else:
             notes.append(f"'{key}' could not be had ({why})")
 
-    for key, template in _prefetch(loinc).items():
+    for key, template in templates.items():
         value = prefetch.get(key, ...)
         if value is None:              # the EHR has no such data
             continue
@@ -214,9 +224,9 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     if not isinstance(patient_id, str) or not patient_id:
         raise ProblemError(400, "Invalid CDS Hooks request", "context.patientId is required")
 
-    resources, missing, notes = await _gather(hook, settings, tuple(sorted(eng.kb.loinc)))
+    resources, missing, notes = await _gather(hook, settings, _templates(eng))
     if missing:
-        why = "; ".join(missing) + _prefetch_mismatch(hook, _prefetch(tuple(sorted(eng.kb.loinc))), patient_id)
+        why = "; ".join(missing) + _prefetch_mismatch(hook, _templates(eng), patient_id)
         log.warning("cds no data", extra={"hook_instance": hook.hookInstance, "service": service_id,
                                           "reason": _REF.sub(r"\1/-", why)[:500]})
         audit.note_reason("no data: " + "; ".join(missing))
@@ -337,7 +347,7 @@ def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional
         indication = reason.get("text") if isinstance(reason, dict) and isinstance(reason.get("text"), str) else None
         orders.append(OrderInput(key=key, name=name, rxnorm=code, indication=indication))
         by_key[key] = order
-    history = fhir.pgx_results(resources, patient_id) if assessment is None else {}   # never another patient's
+    history = fhir.pgx_results(eng.kb, resources, patient_id) if assessment is None else {}   # never another patient's
     checks = eng.check_orders(orders, assessment, history.get("tpmt"), history.get("nudt15"))
     return [C.order_card(c, by_key[c.order], hook.hookInstance, patient_id, eng.kb.version) for c in checks]
 

@@ -100,7 +100,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     if meds:
         case["medications"] = meds
     conditions = map_conditions(mine, ref, warnings)
-    history: dict[str, Any] = map_pgx(mine, warnings)
+    history: dict[str, Any] = map_pgx(kb, mine, warnings)
     celsius = temperature(mine, ref, warnings, kb.value("current_temperature_max_age_days"))
     if celsius is not None:
         history["temperature_c"] = celsius

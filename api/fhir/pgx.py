@@ -1,57 +1,105 @@
 """TPMT and NUDT15 results -> ``history.tpmt`` / ``history.nudt15``.
 
-An Observation whose code (text or a coding display) names the gene and whose value
-(``valueString`` or ``valueCodeableConcept``) holds a diplotype (``*1/*3A``) or a metabolizer
-phenotype word; the latest result of each gene wins. The words are passed on as the case contract
-spells them; the engine resolves diplotypes and phenotypes.
+An Observation is a TPMT or NUDT15 result when its code (text or a coding display) names the gene,
+or when it carries a LOINC code of rules/pgx/result_codes.yaml (the gene then comes from the code,
+from the value for a two-gene test, or from the `gene-studied` component of an HL7 Genomics
+Reporting genotype). Its value (``valueString`` or ``valueCodeableConcept``) must hold a diplotype
+(``*1/*3A``) or a metabolizer phenotype word; the latest result of each gene wins. Single-variant
+results and measured enzyme activities are named in a warning, never turned into a phenotype. The
+words are passed on as the case contract spells them; the engine resolves diplotypes and phenotypes.
 """
 from __future__ import annotations
 
 import re
 from typing import Any, Optional
 
+from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.pgx import result_in_text
 
-from .datatypes import as_str, codings, concept_text
+from .datatypes import as_dict, as_list, as_str, codings, concept_text, loinc_codes
 from .patient import belongs, choose_patient
 from .resources import Item, walk
 
 __all__ = ["pgx_results", "map_pgx"]
 
 _PGX_GENE = re.compile(r"\b(TPMT|NUDT15)\b", re.IGNORECASE)
+_NOT_READ = {"variant": "a single-variant result; a phenotype needs the whole diplotype",
+             "activity": "a measured enzyme activity; leukodx does not turn a number into a phenotype"}
 
 
-def pgx_results(data: Any, patient_id: Optional[str] = None) -> dict[str, str]:
+def pgx_results(kb: KnowledgeBase, data: Any, patient_id: Optional[str] = None) -> dict[str, str]:
     """TPMT/NUDT15 results (diplotype or phenotype word) found in FHIR data, by gene (of ``patient_id``'s
     resources only, when given)."""
     items = walk(data)
     choice = choose_patient(items, patient_id, [])
-    return map_pgx([i for i in items if belongs(i, choice)], [])
+    return map_pgx(kb, [i for i in items if belongs(i, choice)], [])
 
 
-def map_pgx(mine: list[Item], warnings: list[str]) -> dict[str, str]:
+def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str]) -> dict[str, str]:
     """{gene: result} of the patient's TPMT/NUDT15 Observations (genes in alphabetical order)."""
     found: dict[str, tuple[str, str]] = {}   # gene -> (time key, value)
     for item in mine:
-        res = item.resource
         if item.type != "Observation":
             continue
-        code_text = " ".join(filter(None, [concept_text(res.get("code"))] +
-                                    [as_str(c.get("display")) for c in codings(res.get("code"))]))
-        gene = _PGX_GENE.search(code_text or "")
-        if not gene:
+        res = item.resource
+        spec = next((kb.pgx_codes[c] for c in loinc_codes(res.get("code")) if c in kb.pgx_codes), None)
+        genes = _genes(kb, res, spec)
+        if not genes:
             continue
         value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept"))
-        if not value:
-            warnings.append(f"{item.label}: {gene.group(1).upper()} result without a phenotype or diplotype was "
-                            f"not used.")
+        named = "/".join(g.upper() for g in genes)
+        if spec is not None and spec["kind"] in _NOT_READ:
+            shown = value or _quantity(res.get("valueQuantity")) or "without a value"
+            warnings.append(f"{item.label}: {named} result {shown!r} was not used: {_NOT_READ[spec['kind']]}; give "
+                            f"the laboratory's phenotype or diplotype.")
             continue
-        mapped = result_in_text(value)
-        if mapped is None:
-            warnings.append(f"{item.label}: {gene.group(1).upper()} result {value!r} was not understood.")
+        if not value:
+            warnings.append(f"{item.label}: {named} result without a phenotype or diplotype was not used.")
             continue
         when = as_str(res.get("effectiveDateTime")) or as_str(res.get("issued")) or ""
-        key = gene.group(1).lower()
-        if key not in found or when > found[key][0]:
-            found[key] = (when, mapped)
+        for gene, part in _per_gene(genes, value):
+            mapped = result_in_text(part) if part is not None else None
+            if part is None:
+                warnings.append(f"{item.label}: {named} result {value!r} does not say which part is {gene.upper()}'s; "
+                                f"the {gene.upper()} result was not used.")
+            elif mapped is None:
+                warnings.append(f"{item.label}: {gene.upper()} result {part!r} was not understood.")
+            elif gene not in found or when > found[gene][0]:
+                found[gene] = (when, mapped)
     return {gene: value for gene, (_, value) in sorted(found.items())}
+
+
+def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]]) -> list[str]:
+    """The genes an Observation reports on: named in its code's text, else given by its LOINC code."""
+    code_text = " ".join(filter(None, [concept_text(res.get("code"))] +
+                                [as_str(c.get("display")) for c in codings(res.get("code"))]))
+    named = sorted({g.lower() for g in _PGX_GENE.findall(code_text)})
+    if named or spec is None:
+        return named
+    if spec["gene"] == "both":
+        return ["nudt15", "tpmt"]
+    if spec["gene"] == "component":
+        studied = " ".join(filter(None, (concept_text(c.get("valueCodeableConcept"))
+                                         for c in as_list(res.get("component")) if isinstance(c, dict)
+                                         and kb.gene_studied_code in loinc_codes(c.get("code")))))
+        value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept")) or ""
+        # the IG's value is often "TPMT *1/*3A" even when the component is coded without a display
+        return sorted({g.lower() for g in _PGX_GENE.findall(studied or value)})
+    return [spec["gene"]]
+
+
+def _per_gene(genes: list[str], value: str) -> list[tuple[str, Optional[str]]]:
+    """(gene, the part of the value about it): a two-gene result ("TPMT *1/*1; NUDT15 *1/*3") is cut
+    at each gene's name, and a gene the value does not name gets None (never the other gene's
+    result); a one-gene result is the whole value."""
+    if len(genes) == 1:
+        return [(genes[0], value)]
+    parts = re.split(r"\b(TPMT|NUDT15)\b", value, flags=re.IGNORECASE)
+    by_gene = {parts[i].lower(): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+    return [(g, by_gene.get(g)) for g in genes]
+
+
+def _quantity(q: Any) -> Optional[str]:
+    q = as_dict(q)
+    value = q.get("value")
+    return f"{value} {as_str(q.get('unit')) or as_str(q.get('code')) or ''}".strip() if value is not None else None
