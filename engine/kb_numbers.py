@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-import yaml
+from .kb_read import read_yaml
 
 __all__ = ["check_numbers", "check_rule_numbers", "check_threshold_meanings", "comparisons", "mentions",
            "Comparison"]
@@ -283,10 +283,7 @@ def check_threshold_meanings(thresholds: dict[str, dict[str, Any]]) -> list[str]
 def check_numbers(root: Path, thresholds: dict[str, dict[str, Any]]) -> list[str]:
     """Both checks over a rules directory: ``logic/*.yaml`` read as written, and the thresholds'
     meanings. ``thresholds`` is the ``thresholds`` mapping of thresholds.yaml (``KnowledgeBase.thresholds``)."""
-    files = []
-    for path in sorted((root / "logic").glob("*.yaml")):
-        try:
-            files.append((f"logic/{path.name}", yaml.safe_load(path.read_text(encoding="utf-8"))))
-        except yaml.YAMLError:
-            continue   # reported by the loader
+    # read_yaml: the documents the loader parsed (from the knowledge-base cache when there is one); a
+    # file that cannot be read is reported by the loader
+    files = [(f"logic/{path.name}", read_yaml(path, [])) for path in sorted((root / "logic").glob("*.yaml"))]
     return check_rule_numbers(files, thresholds) + check_threshold_meanings(thresholds)
