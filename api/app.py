@@ -5,6 +5,7 @@ forked its workers, once per process.
 """
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -60,6 +61,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             logging.getLogger("leukodx.api").warning(
                 "LEUKODX_AUDIT_KEY is not set: audit records carry no patient hash, so a patient's records cannot be "
                 "found (docs/audit.md). Development only.")
+        # Everything built so far (the engine, the knowledge base, the web framework) lives as long as the
+        # worker: moved out of the collector's reach, so a full collection walks only per-request objects.
+        gc.collect()
+        gc.freeze()
         logging.getLogger("leukodx.api").info("ready", extra={"kb_version": get_engine().kb.version})
         yield
 

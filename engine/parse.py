@@ -5,16 +5,16 @@ than an error); JSON refuses NaN and Infinity tokens, YAML refuses anchors and a
 expansion bombs) and explicit tags (``!!binary``, ``!foo``). Structural errors come back as
 problems with a JSON path (``labs[2].value``).
 
-Limits are checked before a parser builds anything (:func:`scan_json`, :func:`scan_yaml`): size,
+Limits are checked before a parser builds anything (:func:`scan_json`; :func:`build_yaml` while it builds): size,
 nesting depth and number of values. The parsers are never trusted with hostile nesting:
 
 * libyaml's composer (``yaml._yaml.CParser``) recurses in C once per nesting level without any
   depth check, so a YAML document nested about 25,000 levels deep (an 8 MiB thread stack)
   overflows the C stack and kills the process with SIGSEGV; and libyaml's scanner re-checks every
   open flow level for each token, so the time to scan ``[[[[...`` grows with the square of the
-  depth (100,000 levels: about 18 s of C code holding the GIL). :func:`scan_yaml` therefore walks
-  libyaml's *event* stream (an iterative state machine, no recursion) and stops at the first
-  event deeper than the limit: a 100,000-deep document is refused after about 70 events.
+  depth (100,000 levels: about 18 s of C code holding the GIL). :func:`build_yaml` therefore builds
+  the document from libyaml's *event* stream (an iterative state machine, no recursion) and stops at
+  the first event deeper than the limit: a 100,000-deep document is refused after about 70 events.
 * JSON is scanned byte-wise, without any parser: escape sequences are removed, what lies between
   quotes is set aside, and the brackets left are summed in chunks (C-speed ``bytes`` operations,
   each call short, so a scan running in a worker thread lets the event loop run).
@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from .case import Case
 from .errors import CaseError, Problem
 
-__all__ = ["parse_case", "load_document", "load_json_document", "load_yaml_document", "scan_json", "scan_yaml",
+__all__ = ["parse_case", "load_document", "load_json_document", "load_yaml_document", "scan_json", "build_yaml",
            "problems_from_validation", "MAX_DOCUMENT_BYTES", "MAX_DEPTH", "MAX_NODES", "MAX_YAML_BYTES"]
 
 MAX_DOCUMENT_BYTES = 5 * 1024 * 1024
@@ -179,92 +179,111 @@ def load_json_document(data: Union[bytes, str], name: str, max_bytes: int, max_d
         raise _problem(f"{name} is not valid JSON: {_one_line(e)}") from None
 
 
-_ALLOWED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map",
-                                                              "timestamp"))
+_ALLOWED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp"))
+_STR_TAG = "tag:yaml.org,2002:str"
+_RESOLVER = yaml.resolver.Resolver()
+_SCALARS = yaml.constructor.SafeConstructor()      # PyYAML's own constructors for each scalar tag
+_DECIMAL = re.compile(r"[-+]?[0-9]+")
+_EVENT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when available
 
 
-class _StrictYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe YAML loading (libyaml when available) that refuses duplicated keys, aliases and any tag
-    but the plain ones the resolver gives (str, int, float, bool, null, timestamp, seq, map)."""
-
-    def construct_object(self, node: Any, deep: bool = False) -> Any:  # type: ignore[override]
-        if node in self.constructed_objects:   # a node met twice is an alias (*name)
-            raise yaml.constructor.ConstructorError(None, None, "YAML aliases are not accepted", node.start_mark)
-        if node.tag not in _ALLOWED_TAGS:
-            raise yaml.constructor.ConstructorError(None, None, f"the YAML tag {node.tag!r} is not accepted",
-                                                    node.start_mark)
-        return super().construct_object(node, deep=deep)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:  # type: ignore[override]
-        seen = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicated key {key_node.value!r}",
-                                                            key_node.start_mark)
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_yaml_int(self, node: Any) -> Union[int, float]:  # type: ignore[override]
-        text = str(self.construct_scalar(node)).replace("_", "")
-        if re.fullmatch(r"[-+]?[0-9]+", text):
-            return _int_or_infinity(text)
-        return super().construct_yaml_int(node)
+def _scalar(event: Any) -> Any:
+    """A scalar event's value as PyYAML's safe loader gives it: the tag resolved as its composer
+    resolves it (a plain scalar by its text, quoted text as a str), then PyYAML's constructor for
+    that tag. Decimal integers go through :func:`_int_or_infinity`."""
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+    if tag == _STR_TAG:
+        return event.value
+    if tag not in _ALLOWED_TAGS:
+        raise yaml.constructor.ConstructorError(None, None, f"the YAML tag {tag!r} is not accepted", event.start_mark)
+    if tag == "tag:yaml.org,2002:int" and _DECIMAL.fullmatch(event.value.replace("_", "")):
+        return _int_or_infinity(event.value.replace("_", ""))
+    node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+    return _SCALARS.yaml_constructors[tag](_SCALARS, node)
 
 
-_StrictYamlLoader.add_constructor("tag:yaml.org,2002:int", _StrictYamlLoader.construct_yaml_int)
-
-_OPEN_EVENTS = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
-_CLOSE_EVENTS = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
-_NODE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
-
-
-def scan_yaml(text: str, name: str = "document", max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> None:
-    """Refuse YAML nested deeper than ``max_depth``, holding more than ``max_nodes`` values, with an
-    alias or an explicit tag, or with more than one document, before anything is composed.
-
-    Walks libyaml's event stream, which is produced by an iterative state machine (no recursion),
-    and stops at the first offending event. Raises :class:`CaseError`; a syntax error is left
-    for :func:`load_yaml_document` to report."""
-    depth = nodes = documents = 0
-    events = yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+def build_yaml(text: str, name: str = "document", max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> Any:
+    """YAML text to Python data in one pass over libyaml's event stream, which is produced by an
+    iterative state machine (no recursion, so no nesting can overflow a stack). Stops at the first
+    event beyond ``max_depth`` or ``max_nodes``, and refuses aliases, explicit tags, merge keys,
+    duplicated keys, keys that are not plain values and more than one document (a merge key `<<` is
+    refused by its tag). Scalars are typed
+    by PyYAML's own resolver and constructors, so a document reads as ``yaml.safe_load`` reads it.
+    Raises :class:`CaseError` with the reason (and the line, for a syntax error)."""
+    nodes = documents = 0
+    root: list[Any] = []
+    stack: list[Any] = []          # open containers: a list, or a _Mapping
     try:
-        for event in events:
-            if isinstance(event, _NODE_EVENTS):
+        for event in yaml.parse(text, Loader=_EVENT_LOADER):
+            kind = type(event)
+            if kind is yaml.ScalarEvent or kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
                 nodes += 1
                 if nodes > max_nodes:
                     raise _too_many(name, max_nodes)
-                if event.tag is not None and not (event.implicit if isinstance(event, _OPEN_EVENTS)
-                                                   else any(event.implicit)):
+                if event.tag is not None and not (any(event.implicit) if kind is yaml.ScalarEvent else event.implicit):
                     raise _problem(f"{name} uses the YAML tag {event.tag!r}: tags are not accepted, "
                                    "write plain values (quote text that looks like a number or a date)")
-                if isinstance(event, _OPEN_EVENTS):
-                    depth += 1
-                    if depth > max_depth:
+                if kind is yaml.ScalarEvent:
+                    _add(stack, root, _scalar(event), event)
+                else:
+                    if len(stack) >= max_depth:
                         raise _too_deep(name, max_depth)
-            elif isinstance(event, _CLOSE_EVENTS):
-                depth -= 1
-            elif isinstance(event, yaml.AliasEvent):
+                    frame: Any = _Mapping() if kind is yaml.MappingStartEvent else []
+                    _add(stack, root, frame.mapping if kind is yaml.MappingStartEvent else frame, event)
+                    stack.append(frame)
+            elif kind is yaml.SequenceEndEvent or kind is yaml.MappingEndEvent:
+                stack.pop()
+            elif kind is yaml.AliasEvent:
                 raise _problem(f"{name} is not valid YAML: YAML aliases are not accepted")
-            elif isinstance(event, yaml.DocumentStartEvent):
+            elif kind is yaml.DocumentStartEvent:
                 documents += 1
                 if documents > 1:
                     raise _problem(f"{name} holds more than one YAML document")
-    except yaml.YAMLError:
-        return   # the loader reports the syntax error with its position
+    except (ValueError, yaml.YAMLError) as e:
+        raise _problem(f"{name} is not valid YAML: {_one_line(e)}") from None
+    return root[0] if root else None
+
+
+_NO_KEY = object()
+
+
+class _Mapping:
+    """An open mapping: the dict, the raw text of its keys so far, and a key waiting for its value."""
+    __slots__ = ("mapping", "seen", "key")
+
+    def __init__(self) -> None:
+        self.mapping: dict[Any, Any] = {}
+        self.seen: set[str] = set()
+        self.key: Any = _NO_KEY
+
+
+def _add(stack: list[Any], root: list[Any], value: Any, event: Any) -> None:
+    """Put a value where the event stream says: the document, a list, a mapping's key or its value."""
+    if not stack:
+        root.append(value)
+        return
+    top = stack[-1]
+    if isinstance(top, list):
+        top.append(value)
+    elif top.key is not _NO_KEY:
+        top.mapping[top.key] = value
+        top.key = _NO_KEY
+    elif type(event) is not yaml.ScalarEvent:
+        raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value", event.start_mark)
+    elif event.value in top.seen:
+        raise yaml.constructor.ConstructorError(None, None, f"duplicated key {event.value!r}", event.start_mark)
+    else:
+        top.seen.add(event.value)
+        top.key = value
 
 
 def load_yaml_document(data: Union[bytes, str], name: str, max_bytes: int = MAX_YAML_BYTES,
                        max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> Any:
-    """YAML (a superset of JSON) to Python data, limits checked before composing. Raises CaseError."""
-    text = _decode(data, name, max_bytes)
-    scan_yaml(text, name, max_depth, max_nodes)
-    try:
-        return yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise _too_deep(name, max_depth) from None
-    except (ValueError, yaml.YAMLError) as e:
-        raise _problem(f"{name} is not valid YAML: {_one_line(e)}") from None
+    """YAML (a superset of JSON) to Python data, limits checked while it is read (:func:`build_yaml`).
+    Raises CaseError."""
+    return build_yaml(_decode(data, name, max_bytes), name, max_depth, max_nodes)
 
 
 def load_document(text: Union[str, bytes], name: str = "case", max_bytes: int = MAX_DOCUMENT_BYTES,

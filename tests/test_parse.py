@@ -4,11 +4,14 @@ refusals that need the knowledge base (units, codes, plausibility, dates) are in
 from __future__ import annotations
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from leukodx.engine import CaseError
-from leukodx.engine.parse import parse_case
+from leukodx.engine.parse import build_yaml, parse_case
 
-from conftest import base_case, lab
+from conftest import ROOT, base_case, lab
 
 
 def parse_problems(raw) -> list[str]:
@@ -62,3 +65,55 @@ def test_the_engine_reports_parse_problems_unchanged(engine):
     with pytest.raises(CaseError) as e:
         engine.assess(raw)
     assert [str(p) for p in e.value.problems] == parse_problems(raw)
+
+
+# ---- YAML built from libyaml's events reads as yaml.safe_load reads it ---------------------------
+
+_YAML_FILES = sorted(p for d in ("cases", "rules", "api/examples") for p in (ROOT / d).rglob("*.yaml"))
+
+
+def test_every_yaml_file_of_the_project_reads_as_pyyaml_reads_it():
+    assert len(_YAML_FILES) > 250
+    for path in _YAML_FILES:
+        text = path.read_text(encoding="utf-8")
+        assert build_yaml(text, path.name) == yaml.safe_load(text), path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789+-._:eExXoOTZyesnotrufalNuNL~ "), min_size=1, max_size=12))
+def test_a_plain_scalar_is_typed_as_pyyaml_types_it(word):
+    """Numbers, dates, booleans, nulls and text that looks like them: the same type and value."""
+    text = f"v: {word}\n"
+    try:
+        expected = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError):
+        with pytest.raises(CaseError):
+            build_yaml(text, "case")
+        return
+    if isinstance(expected, dict) and isinstance(expected.get("v"), float) and expected["v"] != expected["v"]:
+        assert build_yaml(text, "case")["v"] != build_yaml(text, "case")["v"]      # NaN
+    elif isinstance(expected, dict) and isinstance(expected.get("v"), int) and abs(expected["v"]) > 10 ** 308:
+        assert build_yaml(text, "case")["v"] in (float("inf"), float("-inf"))     # beyond the float range
+    else:
+        assert build_yaml(text, "case") == expected
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("a: 1\na: 2\n", "duplicated key 'a'"),
+    ("a: &x 1\nb: *x\n", "aliases are not accepted"),
+    ("a: !!python/object:os.system x\n", "tags are not accepted"),
+    ("<<: {a: 1}\n", "merge"),
+    ("? [1, 2]\n: 3\n", "a mapping key must be a plain value"),
+    ("--- 1\n--- 2\n", "more than one YAML document"),
+    ("a: [1, 2\n", "line 1"),
+])
+def test_hostile_or_broken_yaml_is_refused_with_its_reason(text, reason):
+    with pytest.raises(CaseError) as e:
+        build_yaml(text, "case")
+    assert reason in e.value.problems[0].msg
+
+
+def test_nesting_beyond_the_limit_is_refused_before_it_is_built():
+    with pytest.raises(CaseError) as e:
+        build_yaml("[" * 100_000 + "]" * 100_000, "case", max_depth=64)
+    assert "nested too deeply" in e.value.problems[0].msg
