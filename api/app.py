@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from leukodx.engine import get_engine
 from leukodx.engine import ENGINE_VERSION
 
-from . import audit, deps, metrics, problems, reports, rest, tracing
+from . import audit, metrics, problems, reports, rest, tracing
 from .cds import auth as cds_auth
 from .cds import routes as cds_routes
 from .config import Settings, check_deployment, get_settings
@@ -74,7 +74,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                               "each traced to its source. Supports and does not replace clinical judgement.")
     app.state.settings = settings
     # Routes get the worker's engine wrapped for metrics, spans and the audit record (api/metrics.py).
-    app.dependency_overrides[deps.engine] = metrics.observed_engine
+    app.state.engine_provider = metrics.observed_engine
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(rest.kb_router)

@@ -17,12 +17,18 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 FHIR_TYPES = ("application/fhir+json", "application/json")
 
 
-def engine() -> Engine:
-    """The worker's engine (built after the fork, at start-up; rebuilt if it failed)."""
-    return get_engine()
+# Dependencies are `async def` (FastAPI runs a plain `def` dependency in a worker thread: a thread
+# hop per dependency per request), and the engine comes from the app's own provider rather than from
+# `app.dependency_overrides` (FastAPI rebuilds an overridden dependency's signature on every request).
+
+async def engine(request: Request) -> Engine:
+    """The worker's engine (built after the fork, at start-up; rebuilt if it failed), as the app
+    provides it (create_app: wrapped for metrics, spans and the audit record)."""
+    provide = getattr(request.app.state, "engine_provider", None)
+    return provide() if provide is not None else get_engine()
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return request.app.state.settings
 

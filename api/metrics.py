@@ -158,7 +158,7 @@ class ObservedEngine:
 
 
 def observed_engine() -> ObservedEngine:
-    """Overrides the routes' ``engine`` dependency (api/deps.py) in create_app."""
+    """The routes' engine (api/deps.py), as create_app provides it."""
     return ObservedEngine(note_engine(get_engine()))
 
 
