@@ -59,7 +59,7 @@ class Settings(BaseSettings):
                                                                           "request head in this time is closed")
     body_timeout_seconds: float = Field(30.0, gt=0, le=600, description="a request body not received whole in this "
                                                                         "time closes its connection")
-    limit_concurrency: int = Field(64, ge=1, description="requests in progress per worker; more get 503 at once")
+    limit_concurrency: int = Field(128, ge=1, description="requests in progress per worker; more get 503 at once")
     max_connections: int = Field(512, ge=8, description="open connections per worker; more are closed at once")
     worker_healthcheck_seconds: int = Field(10, ge=1, le=300, description="a worker that does not answer the "
                                                                           "supervisor's ping in this time is replaced")

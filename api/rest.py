@@ -34,7 +34,7 @@ from leukodx.engine.render import to_json
 from .config import Settings
 from .fhir import answer
 from .deps import FHIR_TYPES, JSON_TYPES, YAML_TYPES, engine, read_body, settings
-from .offload import run_cpu
+from .offload import INLINE_MAX_BYTES, run_cpu
 from .problems import PROBLEM_JSON, ProblemError
 
 _PROBLEM = {"content": {PROBLEM_JSON: {}}, "description": "Problem details (RFC 9457)"}
@@ -172,7 +172,7 @@ async def assess(request: Request, ctcae: Ctcae = Query(None, description="CTCAE
             return json.dumps(answer.assessment_bundle(a, _case_subject(a.case_id)), ensure_ascii=False)
         return a.compact().model_dump_json() if view == "compact" else to_json(a, indent=None)
 
-    text = await run_cpu(work)
+    text = await run_cpu(work, inline=len(body) <= INLINE_MAX_BYTES)   # small bodies on the loop (api/offload.py)
     return Response(text, media_type=answer.FHIR_MEDIA_TYPE, headers=VARY) if fhir_wanted else _json_response(text)
 
 
@@ -216,7 +216,7 @@ async def assess_fhir(request: Request,
                               ensure_ascii=False)
         return a.compact().model_dump_json() if view == "compact" else to_json(a, indent=None)
 
-    text = await run_cpu(work)
+    text = await run_cpu(work, inline=len(body) <= INLINE_MAX_BYTES)   # small bodies on the loop (api/offload.py)
     return Response(text, media_type=answer.FHIR_MEDIA_TYPE, headers=VARY) if fhir_wanted else _json_response(text)
 
 

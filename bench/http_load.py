@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--calls", nargs="+", default=list(CALLS))
+    ap.add_argument("--warmup", type=float, default=2.0,
+                    help="seconds of load per call, not measured, after start-up (lazy imports, first connections)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     rows, startup = [], {}
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         proc, base, ready = start_server(workers)
         startup[workers] = round(ready, 2)
         try:
+            for call in args.calls if args.warmup > 0 else []:
+                load(base, call, 8, args.warmup)
             for call in args.calls:
                 for clients in args.clients:
                     r = load(base, call, clients, args.duration)
@@ -182,13 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(timeout=30)
     result = {"engine_in_process_ms": engine_ms, "startup_to_ready_s": startup, "load": rows,
-              "duration_s": args.duration, "cpus": os.cpu_count(),
+              "duration_s": args.duration, "warmup_s": args.warmup, "cpus": os.cpu_count(),
+              "load_average": os.getloadavg(),
               "load_generator": "wrk" if shutil.which("wrk") else "python (asyncio + httpx)"}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"in-process engine, median ms: {engine_ms}; start-up to /readyz, s: {startup}; "
-          f"load generator: {result['load_generator']}")
+          f"load generator: {result['load_generator']}; load average at the end: {result['load_average']}")
     print(f"{'workers':>7} {'call':>17} {'clients':>7} {'req':>7} {'err':>4} {'req/s':>8} {'p50':>7} {'p90':>7} "
           f"{'p99':>7} {'http/engine':>11}")
     for r in rows:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from leukodx.api.app import create_app
 from leukodx.api.config import Settings
+from leukodx.api.offload import INLINE_MAX_BYTES
 from leukodx.engine import CaseError, get_engine
 from leukodx.engine import parse as parse_module
 from leukodx.engine.parse import load_document, load_json_document, load_yaml_document, scan_json
@@ -115,13 +116,17 @@ def test_yaml_above_its_own_size_limit_is_413(tmp_path):
                       headers=JSON).status_code == 422     # the same size as JSON is read
 
 
+_PAD = b"\n" + b" " * INLINE_MAX_BYTES   # bodies above the size that is parsed on the loop itself
+
+
 @pytest.mark.parametrize("path,headers,body,tier", [
-    ("/v1/assess", JSON, json.dumps(base_case()).encode(), "normal"),
-    ("/v1/assess", YAML, b"labs: [{test: wbc, value: 3, unit: 10^9/L}]\n", "unknown"),
-    ("/v1/assess/fhir", FHIR, json.dumps(searchset(*CBC_SEVERE)).encode(), "severe"),
+    ("/v1/assess", JSON, json.dumps(base_case()).encode() + _PAD, "normal"),
+    ("/v1/assess", YAML, b"labs: [{test: wbc, value: 3, unit: 10^9/L}]\n# " + _PAD, "unknown"),
+    ("/v1/assess/fhir", FHIR, json.dumps(searchset(*CBC_SEVERE)).encode() + _PAD, "severe"),
 ])
 def test_parsing_runs_off_the_event_loop(client, monkeypatch, path, headers, body, tier):
-    """The parser is held inside its call; /healthz must still answer (it is served by the event loop)."""
+    """The parser is held inside its call; /healthz must still answer (it is served by the event loop).
+    Bodies of at most INLINE_MAX_BYTES are parsed on the loop: a millisecond, less than a thread hop."""
     release, entered = threading.Event(), threading.Event()
     released: list[bool] = []
     for name in ("load_json_document", "load_yaml_document"):

@@ -28,7 +28,7 @@ from ..config import Settings
 from ..deps import engine
 from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
-from ..offload import run_cpu
+from ..offload import INLINE_MAX_BYTES, run_cpu
 from ..problems import ProblemError
 from ..reports import store_report
 from ..tracing import traced
@@ -121,8 +121,10 @@ def _operation_outcome(status: int, text: str, diagnostics: str) -> JSONResponse
         status_code=status, media_type="application/fhir+json")
 
 
-async def _gather(hook: HookRequest, settings: Settings, templates: dict[str, str]) -> tuple[list[Any], list[str], list[str]]:
-    """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys, notes)."""
+async def _gather(hook: HookRequest, settings: Settings,
+                  templates: dict[str, str]) -> tuple[list[Any], list[str], list[str], bool]:
+    """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys,
+    notes, whether anything was fetched from the FHIR server)."""
     prefetch = hook.prefetch or {}
     resources: list[Any] = []
     keys: list[str] = []            # the prefetch key each resource came from, to name it in messages
@@ -177,7 +179,7 @@ async def _gather(hook: HookRequest, settings: Settings, templates: dict[str, st
             if out.note:
                 notes.append(f"'{key}' is partial ({out.note})")
     _KEYS.set(keys)
-    return resources, missing, notes
+    return resources, missing, notes, bool(to_fetch)
 
 
 def _draft_orders(hook: HookRequest) -> list[dict[str, Any]]:
@@ -208,9 +210,11 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     audit.note_client(await _authorize(request, settings))
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
+    body = await request.body()
+    small = len(body) <= INLINE_MAX_BYTES           # parsed, mapped and assessed on the loop (api/offload.py)
     try:
-        raw = await run_cpu(traced("leukodx.parse", load_json_document), await request.body(), "CDS Hooks request",
-                            settings.cds_max_body_bytes, settings.max_depth, settings.max_fhir_nodes)
+        raw = await run_cpu(traced("leukodx.parse", load_json_document), body, "CDS Hooks request",
+                            settings.cds_max_body_bytes, settings.max_depth, settings.max_fhir_nodes, inline=small)
         hook = HookRequest.model_validate(raw)
     except CaseError as e:
         raise ProblemError(400, "Invalid CDS Hooks request", str(e.problems[0].msg) if e.problems else "") from None
@@ -224,7 +228,8 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     if not isinstance(patient_id, str) or not patient_id:
         raise ProblemError(400, "Invalid CDS Hooks request", "context.patientId is required")
 
-    resources, missing, notes = await _gather(hook, settings, _templates(eng))
+    resources, missing, notes, fetched = await _gather(hook, settings, _templates(eng))
+    small = small and not fetched                   # what a FHIR server sent can be of any size
     if missing:
         why = "; ".join(missing) + _prefetch_mismatch(hook, _templates(eng), patient_id)
         log.warning("cds no data", extra={"hook_instance": hook.hookInstance, "service": service_id,
@@ -242,9 +247,10 @@ async def call_service(service_id: str, request: Request, eng: Engine = Depends(
     mismatch = False
     try:
         mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + drafts, kb=eng.kb,
-                                                             patient_id=patient_id, as_of=today, include_draft=True)))
+                                                             patient_id=patient_id, as_of=today, include_draft=True)),
+                               inline=small)
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
-        assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True))
+        assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
                                                                   if u.suggestions else "")
