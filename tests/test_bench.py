@@ -35,3 +35,10 @@ def test_http_bench():
     r = run("http_load.py", "--duration", "0.5", "--workers", "1", "--clients", "2")
     assert {x["call"] for x in r["load"]} == {"assess", "cds_patient_view"}
     assert all(x["errors"] == 0 and x["requests"] > 0 for x in r["load"])
+
+
+def test_fhir_map_bench():
+    r = run("fhir_map.py", "--megabytes", "0.3", "--rounds", "1")
+    assert set(r) == {"synthea-shaped", "all-labs"}
+    assert all(x["megabytes"] >= 0.3 and x["labs_in_case"] > 0 for x in r.values())
+    assert r["all-labs"]["labs_in_case"] > r["synthea-shaped"]["labs_in_case"]
