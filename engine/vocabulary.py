@@ -130,10 +130,18 @@ class DrugIndex:
         key = _key(name)
         if key in self._by_name:
             return DrugMatch(self._by_name[key], key)
-        m = self._pattern.search(key)          # longest name first: "mycophenolate sodium" before "mycophenolate"
-        if m:
-            return DrugMatch(self._by_name[m.group(1)], m.group(1))
-        return None
+        found = self._searched.get(key, ...)
+        if found is ...:
+            if len(self._searched) >= 4096:
+                self._searched.clear()
+            m = self._pattern.search(key)      # longest name first: "mycophenolate sodium" before "mycophenolate"
+            found = self._searched[key] = m.group(1) if m else None
+        return DrugMatch(self._by_name[found], found) if found else None
+
+    @cached_property
+    def _searched(self) -> dict[str, Optional[str]]:
+        """Text -> the drug name found in it (or None), remembered: records repeat their product names."""
+        return {}
 
     def names(self) -> list[str]:
         """Every name the vocabulary knows (for autocomplete)."""
@@ -212,8 +220,16 @@ class DrugIndex:
 
 
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:
-    t = clean_text(text, fold=False)       # the patterns ignore case, except abbreviations
-    return [cid for cid, pattern in kb.conditions.items() if pattern.search(t)]
+    """The knowledge base's conditions a text names (one pattern each). Remembered per text, at most
+    4,096 of them: records repeat the same few problem-list texts."""
+    seen = kb.derived.setdefault("condition_matches", {})
+    found = seen.get(text)
+    if found is None:
+        if len(seen) >= 4096:
+            seen.clear()
+        t = clean_text(text, fold=False)       # the patterns ignore case, except abbreviations
+        found = seen[text] = tuple(cid for cid, pattern in kb.conditions.items() if pattern.search(t))
+    return list(found)
 
 
 def match_organ(kb: KnowledgeBase, text: str) -> str:

@@ -4,6 +4,7 @@ unit registry (pint)."""
 from __future__ import annotations
 
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Optional
 
 from leukodx.engine.timeutil import utc_naive
@@ -96,11 +97,21 @@ def _weight_kg(item: Item) -> tuple[Optional[float], Optional[str]]:
         return None, "no numeric valueQuantity.value"
     if unit is None:
         return None, "no unit"
+    factor, problem = _kg_per(unit)
+    if factor is None:
+        return None, problem
+    return float(f"{float(value) * factor:.6g}"), None
+
+
+@lru_cache(maxsize=256)
+def _kg_per(unit: str) -> tuple[Optional[float], Optional[str]]:
+    """Kilograms in one ``unit`` (read by pint), or why not; a record holds dozens of weights in a
+    handful of spellings."""
     ureg = registry()
     try:
-        quantity = ureg.Quantity(float(value), ureg.parse_units(_WEIGHT_UNITS.get(unit, unit)))
+        quantity = ureg.Quantity(1.0, ureg.parse_units(_WEIGHT_UNITS.get(unit, unit)))
         if not quantity.check("[mass]"):
             return None, f"unit {unit!r} is not a mass"
-        return float(f"{quantity.to('kilogram').magnitude:.6g}"), None
+        return float(quantity.to("kilogram").magnitude), None
     except Exception:
         return None, f"unit {unit!r} is not a unit of mass leukodx reads"
