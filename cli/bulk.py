@@ -2,12 +2,16 @@
 gzip) split into partitions on disk by a hash of each resource's patient, so that one partition at a
 time holds every resource of its patients and the export is never in memory.
 
-    partition_export(export_dir, work_dir, n)   -> Partitioned (the partition files, counts, problems)
+    partition_export(export_dir, work_dir, n, stripes, run)   -> Partitioned (the partition files, counts, problems)
 
-Each partition file holds lines ``<patient ref>\\t<file index>\\t<line number>\\t<the resource's JSON>``;
+The export is cut into ``stripes`` of about equal size (byte ranges of the NDJSON files at line
+boundaries; a gzip file is read whole by one stripe), and each stripe is read by one task, so that
+several processes (or a Dask cluster's workers) read at once. A stripe writes one piece per
+partition it meets, ``part-<partition>.s<stripe>.tsv``; a partition is the union of its pieces.
+Each piece holds lines ``<patient ref>\\t<file index>\\t<line number>\\t<the resource's JSON>``;
 the resource's own text is copied, not re-serialised. ``Medication`` resources are not a patient's:
-they go to one side file that every worker reads (a formulary is small). Resource types the mapping
-never reads (Encounter, Claim, ...) are counted and skipped without parsing.
+they go to one side file per stripe that every worker reads (a formulary is small). Resource types
+the mapping never reads (Encounter, Claim, ...) are counted and skipped without parsing.
 
 Bad input never stops the read, and each bad line is a :class:`InputProblem` with its file and line:
 a line that is not UTF-8, a line that is not whole JSON (a truncated line), a resource with no or an
@@ -26,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
-__all__ = ["InputProblem", "Partitioned", "partition_export", "export_files", "patient_key", "partition_of",
+__all__ = ["InputProblem", "Partitioned", "partition_export", "plan_stripes", "read_stripe", "stripe_task",
+           "read_partition", "export_files", "patient_key", "partition_of",
            "USED_TYPES", "SUBJECT_TYPES", "FHIR_R4_TYPES", "PROBLEMS_KEPT_PER_KIND"]
 
 # What the FHIR mapping reads: the Patient and the resources whose subject is the patient, and Medication
@@ -81,10 +86,10 @@ class InputProblem:
 
 @dataclass
 class Partitioned:
-    """What the read found: partition files, the side file of Medications, the export's files (a
-    problem's ``file`` index points into it), counts, and the problems."""
-    parts: list[str]
-    medications: str
+    """What the read found: each partition's piece files, the side files of Medications, the export's
+    files (a problem's ``file`` index points into it), counts, and the problems."""
+    parts: list[list[str]]
+    medications: list[str]
     files: list[str]
     patients_per_part: list[int]
     resources: dict[str, int] = field(default_factory=dict)     # used resource type -> lines
@@ -107,6 +112,32 @@ class Partitioned:
         d = dict(d)
         d["problems"] = [InputProblem(**p) for p in d.get("problems", [])]
         return cls(**d)
+
+    def add(self, other: "Partitioned") -> None:
+        """Count in what another stripe found (its pieces, side file, counts and problems)."""
+        for mine, theirs in zip(self.parts, other.parts):
+            mine.extend(theirs)
+        self.medications.extend(other.medications)
+        self.patients_per_part = [a + b for a, b in zip(self.patients_per_part, other.patients_per_part)]
+        for mine_d, theirs_d in ((self.resources, other.resources), (self.skipped_types, other.skipped_types),
+                                 (self.problem_counts, other.problem_counts)):
+            for k, v in theirs_d.items():
+                mine_d[k] = mine_d.get(k, 0) + v
+        self.problems.extend(other.problems)
+        self.bytes_read += other.bytes_read
+
+    def keep_problems(self) -> None:
+        """In file and line order, at most PROBLEMS_KEPT_PER_KIND of each kind per file (the stripes
+        each kept as many)."""
+        kept: list[InputProblem] = []
+        seen: dict[tuple[str, str], int] = {}
+        for prob in sorted(self.problems, key=lambda q: (self.files.index(q.file) if q.file in self.files else -1,
+                                                         q.line)):
+            n = seen.get((prob.file, prob.kind), 0)
+            seen[(prob.file, prob.kind)] = n + 1
+            if n < PROBLEMS_KEPT_PER_KIND:
+                kept.append(prob)
+        self.problems = kept
 
 
 def export_files(export_dir: Path) -> list[Path]:
@@ -141,49 +172,173 @@ class _Problems:
             self.out.problems.append(InputProblem(file, line, kind, message))
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+Stripe = list[tuple[int, int, Optional[int], int]]   # (file index, first byte, end byte or None, first line number)
+
+STRIPE_BLOCK = 1024 * 1024    # bytes read at a time while cutting the export into stripes
+
+
+def plan_stripes(files: list[Path], stripes: int) -> list[Stripe]:
+    """The export cut into at most ``stripes`` stripes of about equal size, at line boundaries, each
+    range with the number of its first line. Counting the lines before a cut reads the bytes once
+    (C-speed counting, no parsing); a gzip file is one range (it cannot be entered in the middle)."""
+    sizes = [p.stat().st_size * (6 if p.name.endswith(".gz") else 1) for p in files]
+    target = max(1, -(-sum(sizes) // max(1, stripes)))
+    out: list[Stripe] = [[]]
+    filled = 0
+    for fi, path in enumerate(files):
+        if filled >= target:
+            out.append([])
+            filled = 0
+        if path.name.endswith(".gz"):
+            ranges: list[tuple[int, Optional[int], int, int]] = [(0, None, 1, sizes[fi])]
+        else:
+            ranges = _cut(path, target - filled, target)
+        for i, (start, end, first_line, size) in enumerate(ranges):
+            if i > 0:                     # each cut closes a stripe
+                out.append([])
+                filled = 0
+            out[-1].append((fi, start, end, first_line))
+            filled += size
+    return [s for s in out if s]
+
+
+def _cut(path: Path, first: int, every: int) -> list[tuple[int, Optional[int], int, int]]:
+    """(start, end, first line, size) ranges of a plain file: the first cut after about ``first``
+    bytes (what the current stripe still wants), then every ``every`` bytes, each at a line's end."""
+    size = path.stat().st_size
+    out: list[tuple[int, Optional[int], int, int]] = []
+    start, line, want = 0, 1, max(1, first)
+    with open(path, "rb") as f:
+        pos, lines_before = 0, 0
+        while start + want < size:
+            # count lines up to the cut point, then up to the end of the line it falls in
+            cut = start + want
+            while pos < cut:
+                block = f.read(min(STRIPE_BLOCK, cut - pos))
+                if not block:
+                    break
+                lines_before += block.count(b"\n")
+                pos += len(block)
+            rest = f.readline()
+            pos += len(rest)
+            lines_before += rest.endswith(b"\n")
+            if pos >= size:
+                break
+            out.append((start, pos, line, pos - start))
+            start, line, want = pos, lines_before + 1, every
+    out.append((start, None, line, size - start))
+    return out
+
+
+def _lines(path: Path, start: int = 0, end: Optional[int] = None, first_line: int = 1) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a file (gzip or not) from byte ``start`` to ``end`` (both at line starts)."""
     opener: Callable[..., BinaryIO] = gzip.open if path.name.endswith(".gz") else open  # type: ignore[assignment]
     with opener(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
+        if start:
+            f.seek(start)
+        pos = start
+        for n, raw in enumerate(f, first_line):
             yield n, raw
+            pos += len(raw)
+            if end is not None and pos >= end:
+                return
 
 
-def partition_export(export_dir: Path, work_dir: Path, n: int,
+def partition_export(export_dir: Path, work_dir: Path, n: int, stripes: int = 1,
+                     run: Optional[Callable[[list[dict[str, Any]]], Iterator[tuple[dict[str, Any], Any, Optional[str]]]]] = None,
                      progress: Optional[Callable[[int, int], None]] = None) -> Partitioned:
-    """Split every resource of the export into ``n`` partition files in ``work_dir`` (see the module
-    docstring). ``progress(bytes_read, bytes_total)`` is called now and then."""
+    """Split every resource of the export into ``n`` partitions in ``work_dir`` (see the module
+    docstring), reading ``stripes`` stripes as tasks of ``run`` (the screen's executor: yields (task,
+    result, error) as each is done; None: one after another here). ``progress(bytes_read,
+    bytes_total)`` is called as stripes finish (and now and then within one, when read here)."""
     files = export_files(export_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    parts = [work_dir / f"part-{i:05d}.tsv" for i in range(n)]
-    meds_path = work_dir / "medications.ndjson"
-    out = Partitioned(parts=[str(p) for p in parts], medications=str(meds_path),
-                      files=[str(p.relative_to(export_dir)) for p in files], patients_per_part=[0] * n)
-    problems = _Problems(out)
+    names = [str(p.relative_to(export_dir)) for p in files]
+    out = Partitioned(parts=[[] for _ in range(n)], medications=[], files=names, patients_per_part=[0] * n)
     total = sum(p.stat().st_size * (6 if p.name.endswith(".gz") else 1) for p in files) or 1
-    handles = [open(p, "wb", buffering=64 * 1024) for p in parts]
-    try:
-        with open(meds_path, "wb") as meds:
-            for fi, path in enumerate(files):
-                name, last = out.files[fi], 0
-                try:
-                    for last, raw in _lines(path):
-                        out.bytes_read += len(raw)
-                        if progress is not None and last % 2000 == 0:
-                            progress(out.bytes_read, total)
-                        _one_line(raw, fi, name, last, n, handles, meds, out, problems)
-                except (EOFError, OSError, zlib.error) as e:   # a gzip file cut short, or not gzip at all
-                    problems.add(name, last + 1, "gzip" if path.name.endswith(".gz") else "file",
-                                 f"the file cannot be read from this line on: {e}")
-    finally:
-        for h in handles:
-            h.close()
+    tasks = [{"export": str(export_dir), "files": names, "ranges": stripe, "work": str(work_dir), "n": n,
+              "stripe": i} for i, stripe in enumerate(plan_stripes(files, stripes))]
+    if run is None:
+        done = 0
+        for task in tasks:
+            before = done
+            part = read_stripe(task, (lambda b, t, _b=before: progress(_b + b, total)) if progress else None)
+            out.add(part)
+            done += part.bytes_read
+    else:
+        for task, result, error in run(tasks):
+            if error is not None:
+                raise OSError(f"reading stripe {task['stripe']} of the export failed: {error}")
+            out.add(Partitioned.from_dict(result))
+            if progress is not None:
+                progress(out.bytes_read, total)
+    out.keep_problems()
     if progress is not None:
         progress(total, total)
     return out
 
 
-def _one_line(raw: bytes, fi: int, name: str, lineno: int, n: int, handles: list[BinaryIO], meds: BinaryIO,
-              out: Partitioned, problems: _Problems) -> None:
+def read_stripe(task: dict[str, Any], progress: Optional[Callable[[int, int], None]] = None) -> Partitioned:
+    """Read one stripe of the export (``task``: export, files, ranges, work, n, stripe) into its
+    pieces; returns what it found. A task of the screen's executor (:func:`stripe_task`)."""
+    export, work, n, stripe = Path(task["export"]), Path(task["work"]), task["n"], task["stripe"]
+    names: list[str] = task["files"]
+    out = Partitioned(parts=[[] for _ in range(n)], medications=[], files=names, patients_per_part=[0] * n)
+    problems = _Problems(out)
+    handles = _Pieces(work, stripe, out)
+    try:
+        for fi, start, end, first_line in task["ranges"]:
+            path, name, last = export / names[fi], names[fi], first_line - 1
+            try:
+                for last, raw in _lines(path, start, end, first_line):
+                    out.bytes_read += len(raw)
+                    if progress is not None and last % 2000 == 0:
+                        progress(out.bytes_read, 0)
+                    _one_line(raw, fi, name, last, n, handles, out, problems)
+            except (EOFError, OSError, zlib.error) as e:   # a gzip file cut short, or not gzip at all
+                problems.add(name, last + 1, "gzip" if path.name.endswith(".gz") else "file",
+                             f"the file cannot be read from this line on: {e}")
+    finally:
+        handles.close()
+    return out
+
+
+def stripe_task(task: dict[str, Any]) -> dict[str, Any]:
+    """:func:`read_stripe` for a process pool or a Dask worker: the result as a plain dict."""
+    return read_stripe(task).as_dict()
+
+
+class _Pieces:
+    """A stripe's open piece files, opened on first use: one per partition it meets, and its side
+    file of Medications."""
+
+    def __init__(self, work: Path, stripe: int, out: Partitioned):
+        self.work, self.stripe, self.out = work, stripe, out
+        self.handles: dict[int, BinaryIO] = {}
+        self.meds: Optional[BinaryIO] = None
+
+    def part(self, p: int) -> BinaryIO:
+        h = self.handles.get(p)
+        if h is None:
+            path = self.work / f"part-{p:05d}.s{self.stripe:04d}.tsv"
+            h = self.handles[p] = open(path, "wb", buffering=64 * 1024)
+            self.out.parts[p].append(str(path))
+        return h
+
+    def medications(self) -> BinaryIO:
+        if self.meds is None:
+            path = self.work / f"medications.s{self.stripe:04d}.ndjson"
+            self.meds = open(path, "wb")
+            self.out.medications.append(str(path))
+        return self.meds
+
+    def close(self) -> None:
+        for h in [*self.handles.values(), *([self.meds] if self.meds else [])]:
+            h.close()
+
+
+def _one_line(raw: bytes, fi: int, name: str, lineno: int, n: int, pieces: _Pieces, out: Partitioned,
+              problems: _Problems) -> None:
     line = raw.strip()
     if not line:
         return
@@ -217,7 +372,7 @@ def _one_line(raw: bytes, fi: int, name: str, lineno: int, n: int, handles: list
         out.skipped_types[rtype] = out.skipped_types.get(rtype, 0) + 1
         return
     if rtype == "Medication":
-        meds.write(line + b"\n")
+        pieces.medications().write(line + b"\n")
         out.resources[rtype] = out.resources.get(rtype, 0) + 1
         return
     if rtype == "Patient":
@@ -238,15 +393,16 @@ def _one_line(raw: bytes, fi: int, name: str, lineno: int, n: int, handles: list
     if rtype == "Patient":
         out.patients_per_part[p] += 1
     out.resources[rtype] = out.resources.get(rtype, 0) + 1
-    handles[p].write(b"%s\t%d\t%d\t%s\n" % (key.encode("utf-8"), fi, lineno, line))
+    pieces.part(p).write(b"%s\t%d\t%d\t%s\n" % (key.encode("utf-8"), fi, lineno, line))
 
 
-def read_partition(path: str) -> Iterator[tuple[str, int, int, bytes]]:
-    """The lines of a partition file: (patient ref, file index, line number, resource JSON)."""
-    with open(path, "rb") as f:
-        for raw in f:
-            key, fi, lineno, line = raw.rstrip(b"\n").split(b"\t", 3)
-            yield key.decode("utf-8"), int(fi), int(lineno), line
+def read_partition(paths: list[str]) -> Iterator[tuple[str, int, int, bytes]]:
+    """The lines of a partition's pieces: (patient ref, file index, line number, resource JSON)."""
+    for path in paths:
+        with open(path, "rb") as f:
+            for raw in f:
+                key, fi, lineno, line = raw.rstrip(b"\n").split(b"\t", 3)
+                yield key.decode("utf-8"), int(fi), int(lineno), line
 
 
 def remove_quietly(path: str) -> None:

@@ -4,8 +4,11 @@
                    [--tier-at-most TIER] [--since DATE] [--jobs N | --dask tcp://host:port | --dask local]
                    [--partitions N] [--resume]
 
-1. Read (cli/bulk.py): the export's NDJSON files are split into N partition files under RESULTS/work
-   by a hash of each resource's patient; bad lines are input problems (file, line), skipped.
+1. Read (cli/bulk.py): the export's NDJSON files are cut into stripes (byte ranges at line
+   boundaries), read at once by the same workers as step 2, each splitting its resources into
+   partition pieces under RESULTS/work by a hash of each resource's patient; bad lines are input
+   problems (file, line), skipped. With ``--dask``, the workers read the export where the command
+   sees it; when they cannot see it, this process reads it alone.
 2. Screen (cli/screen_worker.py): each partition is one task, run by a local process pool (the
    default, ``--jobs`` processes, all cores), by a Dask distributed cluster (``--dask``: the same
    tasks on the same partition files, which the workers must see at the same path), or in this
@@ -28,11 +31,12 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TextIO
 
-from .bulk import Partitioned, export_files, partition_export, remove_quietly
+from .bulk import Partitioned, export_files, partition_export, remove_quietly, stripe_task
 
 __all__ = ["register", "add_arguments", "main", "run_screen", "ScreenError", "Progress", "PARTITION_BYTES", "TIERS"]
 
@@ -40,6 +44,8 @@ TIERS = ("normal", "mild", "moderate", "severe", "profound")      # mildest firs
 
 PARTITION_BYTES = 32 * 1024 * 1024     # NDJSON per partition: what one worker holds at a time
 MAX_PARTITIONS = 2048                  # open files while reading; beyond 64 GiB partitions grow past the target
+MAX_STRIPES = 256                      # read tasks; each writes one piece per partition it meets
+STRIPE_MIN_BYTES = 8 * 1024 * 1024     # smaller exports are read in fewer stripes
 
 
 class ScreenError(Exception):
@@ -213,7 +219,7 @@ def run_screen(export: Path, out: Path, *, as_of: date, since: Optional[date] = 
                "drug_classes": _check_drug_classes(list(drug_classes or [])), "tier_at_most": tier_at_most}
     from leukodx.engine.kb import default
     default()     # loaded once here: the summary needs it, and forked workers inherit it instead of reading rules/
-    with _executor(jobs, dask, dask_workers, client) as (mode, workers, submit, shared_check):
+    with _executor(jobs, dask, dask_workers, client) as (mode, workers, submit, sees):
         before = out / "run.json"
         if resume and partitions is None and before.exists():   # the run's own count, whatever --jobs is now
             partitions = json.loads(before.read_text()).get("partitions")
@@ -225,24 +231,30 @@ def run_screen(export: Path, out: Path, *, as_of: date, since: Optional[date] = 
         parts_dir.mkdir(parents=True, exist_ok=True)
         marker = work / "partitioned.json"
         timings, read_cpu = {"read": time.perf_counter()}, time.process_time()
+        if not sees(str(out.resolve())):
+            raise ScreenError(f"--dask: the workers do not see {out.resolve()}; put RESULTS on a filesystem every "
+                              f"worker shares, at the same path")
         if resume and marker.exists():
             plan = Partitioned.from_dict(json.loads(marker.read_text()))
         else:
             _raise_open_files(n)
-            plan = partition_export(export, work, n, progress.reading)
+            # the workers read the export at once, in stripes, when they see it (Dask workers may not)
+            parallel = workers > 1 and sees(str(export.resolve()))
+            plan = partition_export(export.resolve(), work.resolve(), n, stripes=_stripes(files, workers) if parallel else 1,
+                                    run=partial(submit, stripe_task) if parallel else None, progress=progress.reading)
             marker.write_text(json.dumps(plan.as_dict()))
         progress.close()
         timings["read"] = round(time.perf_counter() - timings["read"], 3)
         timings["read_cpu"] = round(time.process_time() - read_cpu, 3)
         timings["screen"] = time.perf_counter()
-        shared_check(str(work))
         results: dict[int, dict[str, Any]] = {}
         todo = []
         for i in range(n):
             done = parts_dir / f"part-{i:05d}.done.json"
             if resume and done.exists():
                 results[i] = json.loads(done.read_text())
-                remove_quietly(plan.parts[i])
+                for piece in plan.parts[i]:
+                    remove_quietly(piece)
             else:
                 todo.append({"index": i, "part": plan.parts[i], "medications": plan.medications,
                              "out_dir": str(parts_dir), "options": options})
@@ -251,7 +263,8 @@ def run_screen(export: Path, out: Path, *, as_of: date, since: Optional[date] = 
         failed: list[dict[str, Any]] = []
         progress.restart()
         screened_now = 0
-        for task, result, error in submit(todo):
+        from .screen_worker import screen_partition
+        for task, result, error in submit(screen_partition, todo):
             if error is not None:
                 failed.append({"index": task["index"], "error": error})
                 continue
@@ -261,6 +274,13 @@ def run_screen(export: Path, out: Path, *, as_of: date, since: Optional[date] = 
         timings["screen"] = round(time.perf_counter() - timings["screen"], 3)
     progress.close()
     return _finish(out, export, run, plan, results, failed, mode, workers, n, started, screened_now, timings)
+
+
+def _stripes(files: list[Path], workers: int) -> int:
+    """Stripes to read the export in: a few per worker (so that one slow stripe does not hold the
+    others up), each at least STRIPE_MIN_BYTES, at most MAX_STRIPES (each writes a piece per partition)."""
+    size = sum(p.stat().st_size * (6 if p.name.endswith(".gz") else 1) for p in files)
+    return max(1, min(4 * workers, MAX_STRIPES, math.ceil(size / STRIPE_MIN_BYTES)))
 
 
 def _default_partitions(files: list[Path], workers: int) -> int:
@@ -287,37 +307,37 @@ def _start_run(out: Path, export: Path, options: dict[str, Any], n: int, resume:
     return run
 
 
-Submit = Callable[[list[dict[str, Any]]], Iterator[tuple[dict[str, Any], Optional[dict[str, Any]], Optional[str]]]]
+Submit = Callable[[Callable[[dict[str, Any]], Any], list[dict[str, Any]]],
+                  Iterator[tuple[dict[str, Any], Optional[dict[str, Any]], Optional[str]]]]
 
 
 class _executor:
-    """(mode, workers, submit, shared_check) for the run: ``submit(tasks)`` yields (task, result, error)
-    as each partition finishes; ``shared_check(path)`` fails when Dask workers cannot see ``path``."""
+    """(mode, workers, submit, sees) for the run: ``submit(fn, tasks)`` yields (task, result, error)
+    as each task finishes; ``sees(path)`` says whether every worker sees ``path``."""
 
     def __init__(self, jobs: Optional[int], dask: Optional[str], dask_workers: Optional[int], client: Any):
         self.jobs, self.dask, self.dask_workers, self.client = jobs, dask, dask_workers, client
         self._close: list[Any] = []
 
-    def __enter__(self) -> tuple[str, int, Submit, Callable[[str], None]]:
-        from .screen_worker import screen_partition
+    def __enter__(self) -> tuple[str, int, Submit, Callable[[str], bool]]:
         if self.client is not None or self.dask:
             return self._dask()
         jobs = self.jobs or os.cpu_count() or 1
         if jobs == 1:
-            return "this process", 1, _in_process, lambda path: None
+            return "this process", 1, _in_process, lambda path: True
         pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork" if sys.platform != "win32"
                                                                                 else "spawn"))
         self._close.append(pool)
 
-        def submit(tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any, Optional[str]]]:
-            futures = {pool.submit(screen_partition, t): t for t in tasks}
+        def submit(fn: Callable[[dict[str, Any]], Any],
+                   tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any, Optional[str]]]:
+            futures = {pool.submit(fn, t): t for t in tasks}
             for fut in as_completed(futures):
                 exc = fut.exception()
                 yield futures[fut], (None if exc else fut.result()), (f"{type(exc).__name__}: {exc}" if exc else None)
-        return f"local pool of {jobs} processes", jobs, submit, lambda path: None
+        return f"local pool of {jobs} processes", jobs, submit, lambda path: True
 
-    def _dask(self) -> tuple[str, int, Submit, Callable[[str], None]]:
-        from .screen_worker import screen_partition
+    def _dask(self) -> tuple[str, int, Submit, Callable[[str], bool]]:
         try:
             from distributed import Client, LocalCluster, as_completed as dask_completed
         except ImportError:
@@ -337,10 +357,11 @@ class _executor:
             self._close.insert(0, client)
         workers = max(1, sum(client.nthreads().values()))
 
-        def submit(tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any, Optional[str]]]:
+        def submit(fn: Callable[[dict[str, Any]], Any],
+                   tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any, Optional[str]]]:
             if not tasks:
                 return
-            futures = client.map(screen_partition, tasks, pure=False)
+            futures = client.map(fn, tasks, pure=False)
             by_key = {f.key: t for f, t in zip(futures, tasks)}
             for fut in dask_completed(futures):
                 if fut.status == "error":
@@ -350,13 +371,9 @@ class _executor:
                     yield by_key[fut.key], fut.result(), None
                 fut.release()
 
-        def shared_check(path: str) -> None:
-            seen = client.run(os.path.isdir, path)
-            blind = [w for w, ok in seen.items() if not ok]
-            if blind:
-                raise ScreenError(f"--dask: the workers {', '.join(blind[:3])} do not see {path}; put RESULTS on a "
-                                  f"filesystem every worker shares, at the same path")
-        return f"Dask, {workers} worker threads", workers, submit, shared_check
+        def sees(path: str) -> bool:
+            return all(client.run(os.path.isdir, path).values())
+        return f"Dask, {workers} worker threads", workers, submit, sees
 
     def __exit__(self, *exc: Any) -> None:
         for thing in self._close:
@@ -366,11 +383,11 @@ class _executor:
                 thing.close()
 
 
-def _in_process(tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any, Optional[str]]]:
-    from .screen_worker import screen_partition
+def _in_process(fn: Callable[[dict[str, Any]], Any],
+                tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any, Optional[str]]]:
     for t in tasks:
         try:
-            yield t, screen_partition(t), None
+            yield t, fn(t), None
         except Exception as e:   # noqa: BLE001 - a partition that fails is reported; --resume retries it
             yield t, None, f"{type(e).__name__}: {e}"
 

@@ -63,18 +63,20 @@ def row_schema() -> Any:
         ("not_assessed", strs), ("unrecognised", strs), ("needs_action", pa.bool_()), ("error", s)])
 
 
-def _medications(path: str) -> dict[str, dict[str, Any]]:
-    """The export's Medication resources by ``Medication/<id>``, read once per process and path."""
-    meds = _STATE["meds"].get(path)
+def _medications(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """The export's Medication resources by ``Medication/<id>``, read once per process and run."""
+    key = tuple(paths)
+    meds = _STATE["meds"].get(key)
     if meds is None:
         meds = {}
-        if path and os.path.exists(path):
-            with open(path, "rb") as f:
-                for line in f:
-                    res = json.loads(line)
-                    if isinstance(res.get("id"), str):
-                        meds[f"Medication/{res['id']}"] = res
-        _STATE["meds"] = {path: meds}
+        for path in paths:
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    for line in f:
+                        res = json.loads(line)
+                        if isinstance(res.get("id"), str):
+                            meds[f"Medication/{res['id']}"] = res
+        _STATE["meds"] = {key: meds}
     return meds
 
 
@@ -247,5 +249,6 @@ def screen_partition(task: dict[str, Any]) -> dict[str, Any]:
     with open(base + ".done.json.tmp", "w", encoding="utf-8") as f:
         json.dump(result, f)
     os.replace(base + ".done.json.tmp", base + ".done.json")
-    remove_quietly(task["part"])
+    for piece in task["part"]:
+        remove_quietly(piece)
     return result

@@ -137,7 +137,7 @@ def test_a_patient_lands_in_one_partition_with_all_its_resources(export, tmp_pat
     from leukodx.cli.bulk import partition_export, read_partition
     plan = partition_export(export, tmp_path / "w", 3)
     where: dict[str, set[int]] = {}
-    for i, part in enumerate(plan.parts):
+    for i, part in enumerate(plan.parts):   # each partition: its pieces
         for key, _, _, _ in read_partition(part):
             where.setdefault(key, set()).add(i)
     assert len(where) == N and all(len(v) == 1 for v in where.values())
@@ -309,3 +309,19 @@ def test_the_benchmark_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)["screen"]
     assert out[0]["patients"] == 12 and out[0]["patients_per_second"] > 0 and out[0]["rss_worker_max_mb"] > 0
+
+
+def test_an_export_read_in_stripes_is_the_export_read_whole(export, tmp_path):
+    """Stripes cut files at line boundaries, so every line lands once in its patient's partition with
+    its own line number, and bad lines are reported at the same file and line."""
+    from leukodx.cli.bulk import partition_export, plan_stripes, read_partition
+    _bad_export(export, tmp_path / "bad")
+    whole = partition_export(tmp_path / "bad", tmp_path / "w1", 3, stripes=1)
+    striped = partition_export(tmp_path / "bad", tmp_path / "w7", 3, stripes=7)
+    assert len(plan_stripes(sorted((tmp_path / "bad").iterdir()), 7)) >= 5     # the files were really cut
+    assert max(len(p) for p in striped.parts) > 1
+    assert [sorted(read_partition(p)) for p in striped.parts] == [sorted(read_partition(p)) for p in whole.parts]
+    problems = lambda plan: sorted((p.file, p.line, p.kind) for p in plan.problems)  # noqa: E731
+    assert problems(striped) == problems(whole) and len(problems(whole)) == 3
+    assert (striped.problem_counts, striped.resources, striped.patients_per_part, striped.bytes_read) == \
+        (whole.problem_counts, whole.resources, whole.patients_per_part, whole.bytes_read)
