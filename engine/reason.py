@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -61,6 +62,9 @@ MAX_FACTS_PER_ASSERT = 240
 class Firing:
     rule: Rule
     facts: dict[str, Any]     # the facts the rule's condition read, as the case had them
+
+
+_FIRST_KEY = re.compile(r'\s*\{\s*"([A-Za-z0-9_]+)"\s*:')
 
 
 class Reasoner(Protocol):
@@ -119,8 +123,10 @@ class DurableReasoner:
                 if code != 3:
                     result = durable_rules_engine.start_action_for_state(handle, state)
                     while result:
-                        message = json.loads(result[1])
-                        fired.update(message)          # {rule name: the matched fact}
+                        # {rule name: the matched fact}: only the name is wanted (parsing the fact cost more
+                        # than durable-rules' own work); rule names are plain identifiers
+                        named = _FIRST_KEY.match(result[1])
+                        fired.update((named.group(1),) if named else json.loads(result[1]))
                         nxt = durable_rules_engine.complete_and_start_action(handle, state)
                         result = (None, nxt) if nxt else None
             except ReasoningError:
