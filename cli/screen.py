@@ -26,17 +26,15 @@ import argparse
 import difflib
 import json
 import math
-import multiprocessing
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TextIO
+from typing import Any, Optional, TextIO
 
 from .bulk import Partitioned, export_files, partition_export, remove_quietly, stripe_task
+from .executors import Executor, ScreenError
 
 __all__ = ["register", "add_arguments", "main", "run_screen", "ScreenError", "Progress", "PARTITION_BYTES", "TIERS"]
 
@@ -46,10 +44,6 @@ PARTITION_BYTES = 32 * 1024 * 1024     # NDJSON per partition: what one worker h
 MAX_PARTITIONS = 2048                  # open files while reading; beyond 64 GiB partitions grow past the target
 MAX_STRIPES = 256                      # read tasks; each writes one piece per partition it meets
 STRIPE_MIN_BYTES = 8 * 1024 * 1024     # smaller exports are read in fewer stripes
-
-
-class ScreenError(Exception):
-    """A usage error: exit 2 with this message."""
 
 
 class Progress:
@@ -219,7 +213,7 @@ def run_screen(export: Path, out: Path, *, as_of: date, since: Optional[date] = 
                "drug_classes": _check_drug_classes(list(drug_classes or [])), "tier_at_most": tier_at_most}
     from leukodx.engine.kb import default
     default()     # loaded once here: the summary needs it, and forked workers inherit it instead of reading rules/
-    with _executor(jobs, dask, dask_workers, client) as (mode, workers, submit, sees):
+    with Executor(jobs, dask, dask_workers, client) as (mode, workers, submit, sees):
         before = out / "run.json"
         if resume and partitions is None and before.exists():   # the run's own count, whatever --jobs is now
             partitions = json.loads(before.read_text()).get("partitions")
@@ -305,91 +299,6 @@ def _start_run(out: Path, export: Path, options: dict[str, Any], n: int, resume:
     out.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps(run, indent=1))
     return run
-
-
-Submit = Callable[[Callable[[dict[str, Any]], Any], list[dict[str, Any]]],
-                  Iterator[tuple[dict[str, Any], Optional[dict[str, Any]], Optional[str]]]]
-
-
-class _executor:
-    """(mode, workers, submit, sees) for the run: ``submit(fn, tasks)`` yields (task, result, error)
-    as each task finishes; ``sees(path)`` says whether every worker sees ``path``."""
-
-    def __init__(self, jobs: Optional[int], dask: Optional[str], dask_workers: Optional[int], client: Any):
-        self.jobs, self.dask, self.dask_workers, self.client = jobs, dask, dask_workers, client
-        self._close: list[Any] = []
-
-    def __enter__(self) -> tuple[str, int, Submit, Callable[[str], bool]]:
-        if self.client is not None or self.dask:
-            return self._dask()
-        jobs = self.jobs or os.cpu_count() or 1
-        if jobs == 1:
-            return "this process", 1, _in_process, lambda path: True
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork" if sys.platform != "win32"
-                                                                                else "spawn"))
-        self._close.append(pool)
-
-        def submit(fn: Callable[[dict[str, Any]], Any],
-                   tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any, Optional[str]]]:
-            futures = {pool.submit(fn, t): t for t in tasks}
-            for fut in as_completed(futures):
-                exc = fut.exception()
-                yield futures[fut], (None if exc else fut.result()), (f"{type(exc).__name__}: {exc}" if exc else None)
-        return f"local pool of {jobs} processes", jobs, submit, lambda path: True
-
-    def _dask(self) -> tuple[str, int, Submit, Callable[[str], bool]]:
-        try:
-            from distributed import Client, LocalCluster, as_completed as dask_completed
-        except ImportError:
-            raise ScreenError("--dask needs Dask distributed: pip install 'leukodx[screen]'") from None
-        client = self.client
-        if client is None:
-            if self.dask == "local":
-                n = self.dask_workers or os.cpu_count() or 1
-                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
-                self._close.append(cluster)
-                client = Client(cluster)
-            else:
-                try:
-                    client = Client(self.dask, timeout=30)
-                except (OSError, TimeoutError, ValueError) as e:
-                    raise ScreenError(f"--dask {self.dask}: cannot reach the scheduler: {e}") from None
-            self._close.insert(0, client)
-        workers = max(1, sum(client.nthreads().values()))
-
-        def submit(fn: Callable[[dict[str, Any]], Any],
-                   tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any, Optional[str]]]:
-            if not tasks:
-                return
-            futures = client.map(fn, tasks, pure=False)
-            by_key = {f.key: t for f, t in zip(futures, tasks)}
-            for fut in dask_completed(futures):
-                if fut.status == "error":
-                    exc = fut.exception()
-                    yield by_key[fut.key], None, f"{type(exc).__name__}: {exc}"
-                else:
-                    yield by_key[fut.key], fut.result(), None
-                fut.release()
-
-        def sees(path: str) -> bool:
-            return all(client.run(os.path.isdir, path).values())
-        return f"Dask, {workers} worker threads", workers, submit, sees
-
-    def __exit__(self, *exc: Any) -> None:
-        for thing in self._close:
-            if isinstance(thing, ProcessPoolExecutor):
-                thing.shutdown(wait=True, cancel_futures=True)
-            else:
-                thing.close()
-
-
-def _in_process(fn: Callable[[dict[str, Any]], Any],
-                tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any, Optional[str]]]:
-    for t in tasks:
-        try:
-            yield t, fn(t), None
-        except Exception as e:   # noqa: BLE001 - a partition that fails is reported; --resume retries it
-            yield t, None, f"{type(e).__name__}: {e}"
 
 
 def _finish(out: Path, export: Path, run: dict[str, Any], plan: Partitioned, results: dict[int, dict[str, Any]],

@@ -141,7 +141,8 @@ def test_an_engine_failure_fails_that_request_and_the_next_is_correct(client, mo
     monkeypatch.setattr(durable_rules_engine, "assert_fact", explode)
     r = post(client, case)
     body = problem(r, 500)
-    assert calls["n"] == 1 and "303" not in r.text and body["title"] == "Internal error"
+    shown = {k: v for k, v in body.items() if k != "request_id"}      # a random hex id may hold "303"
+    assert calls["n"] == 1 and "303" not in json.dumps(shown) and body["title"] == "Internal error"
     assert not engine.healthy
     monkeypatch.setattr(durable_rules_engine, "assert_fact", original)
     again = post(client, case)
