@@ -325,3 +325,48 @@ def test_an_export_read_in_stripes_is_the_export_read_whole(export, tmp_path):
     assert problems(striped) == problems(whole) and len(problems(whole)) == 3
     assert (striped.problem_counts, striped.resources, striped.patients_per_part, striped.bytes_read) == \
         (whole.problem_counts, whole.resources, whole.patients_per_part, whole.bytes_read)
+
+
+class _Blind:
+    """An executor of 2 workers (run here) that do not see the paths in ``hidden``, as Dask workers on
+    other machines may not."""
+    hidden: tuple[str, ...] = ()
+    submitted: list[str] = []
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        def submit(fn, tasks):
+            _Blind.submitted += [fn.__name__] * len(tasks)
+            for t in tasks:
+                yield t, fn(t), None
+
+        def sees(path):
+            return not any(path.startswith(h) for h in _Blind.hidden)
+        return "blind", 2, submit, sees
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_workers_that_cannot_see_the_export_leave_the_read_to_the_command(export, baseline, tmp_path, monkeypatch):
+    monkeypatch.setattr("leukodx.cli.screen.Executor", _Blind)
+    monkeypatch.setattr(_Blind, "hidden", (str(export.resolve()),))
+    monkeypatch.setattr(_Blind, "submitted", [])
+    run_screen(export, tmp_path / "r", as_of=AS_OF, partitions=4)
+    assert "stripe_task" not in _Blind.submitted and "screen_partition" in _Blind.submitted
+    assert (tmp_path / "r" / "results.ndjson").read_bytes() == (baseline / "results.ndjson").read_bytes()
+
+    monkeypatch.setattr(_Blind, "hidden", ())       # they see it: they read it, in stripes
+    monkeypatch.setattr(_Blind, "submitted", [])
+    run_screen(export, tmp_path / "r2", as_of=AS_OF, partitions=4)
+    assert "stripe_task" in _Blind.submitted
+    assert (tmp_path / "r2" / "results.ndjson").read_bytes() == (baseline / "results.ndjson").read_bytes()
+
+
+def test_workers_that_cannot_see_the_results_folder_stop_the_run_with_a_clear_error(export, tmp_path, monkeypatch):
+    monkeypatch.setattr("leukodx.cli.screen.Executor", _Blind)
+    monkeypatch.setattr(_Blind, "hidden", (str((tmp_path / "r").resolve()),))
+    with pytest.raises(ScreenError, match="do not see"):
+        run_screen(export, tmp_path / "r", as_of=AS_OF, partitions=4)
