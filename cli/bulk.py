@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
-__all__ = ["InputProblem", "Partitioned", "partition_export", "plan_stripes", "read_stripe", "stripe_task",
+__all__ = ["InputProblem", "Partitioned", "ReadError", "partition_export", "plan_stripes", "read_stripe", "stripe_task",
            "read_partition", "export_files", "patient_key", "partition_of",
            "USED_TYPES", "SUBJECT_TYPES", "FHIR_R4_TYPES", "PROBLEMS_KEPT_PER_KIND"]
 
@@ -71,6 +71,10 @@ _TYPE_FIRST = re.compile(rb'\{\s*"resourceType"\s*:\s*"([^"\\]{1,64})"')   # the
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _SUFFIXES = (".ndjson", ".ndjson.gz")
+
+
+class ReadError(Exception):
+    """A stripe's task failed (its worker died, say): the read cannot be completed."""
 
 
 @dataclass
@@ -268,10 +272,13 @@ def partition_export(export_dir: Path, work_dir: Path, n: int, stripes: int = 1,
     else:
         for task, result, error in run(tasks):
             if error is not None:
-                raise OSError(f"reading stripe {task['stripe']} of the export failed: {error}")
+                raise ReadError(f"reading stripe {task['stripe']} of the export failed: {error}")
             out.add(Partitioned.from_dict(result))
             if progress is not None:
                 progress(out.bytes_read, total)
+    for pieces in out.parts:    # in stripe order (the file names sort so), whichever stripe finished first
+        pieces.sort()
+    out.medications.sort()
     out.keep_problems()
     if progress is not None:
         progress(total, total)

@@ -33,7 +33,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from .bulk import Partitioned, export_files, partition_export, remove_quietly, stripe_task
+from .bulk import Partitioned, ReadError, export_files, partition_export, remove_quietly, stripe_task
 from .executors import Executor, ScreenError
 
 __all__ = ["register", "add_arguments", "main", "run_screen", "ScreenError", "Progress", "PARTITION_BYTES", "TIERS"]
@@ -234,8 +234,13 @@ def run_screen(export: Path, out: Path, *, as_of: date, since: Optional[date] = 
             _raise_open_files(n)
             # the workers read the export at once, in stripes, when they see it (Dask workers may not)
             parallel = workers > 1 and sees(str(export.resolve()))
-            plan = partition_export(export.resolve(), work.resolve(), n, stripes=_stripes(files, workers) if parallel else 1,
-                                    run=partial(submit, stripe_task) if parallel else None, progress=progress.reading)
+            try:
+                plan = partition_export(export.resolve(), work.resolve(), n,
+                                        stripes=_stripes(files, workers) if parallel else 1,
+                                        run=partial(submit, stripe_task) if parallel else None,
+                                        progress=progress.reading)
+            except ReadError as e:
+                raise ScreenError(f"{e}; run the same command again") from None
             marker.write_text(json.dumps(plan.as_dict()))
         progress.close()
         timings["read"] = round(time.perf_counter() - timings["read"], 3)

@@ -370,3 +370,21 @@ def test_workers_that_cannot_see_the_results_folder_stop_the_run_with_a_clear_er
     monkeypatch.setattr(_Blind, "hidden", (str((tmp_path / "r").resolve()),))
     with pytest.raises(ScreenError, match="do not see"):
         run_screen(export, tmp_path / "r", as_of=AS_OF, partitions=4)
+
+
+def test_a_read_task_that_fails_stops_the_run_with_a_clear_error(export, tmp_path, monkeypatch):
+    class Failing(_Blind):
+        def __enter__(self):
+            mode, workers, submit, sees = super().__enter__()
+
+            def failing(fn, tasks):
+                if fn.__name__ == "stripe_task":
+                    for t in tasks:
+                        yield t, None, "BrokenProcessPool: a worker died"
+                    return
+                yield from submit(fn, tasks)
+            return mode, workers, failing, sees
+    monkeypatch.setattr("leukodx.cli.screen.Executor", Failing)
+    monkeypatch.setattr(_Blind, "hidden", ())
+    with pytest.raises(ScreenError, match="reading stripe 0 of the export failed: BrokenProcessPool"):
+        run_screen(export, tmp_path / "r", as_of=AS_OF, partitions=4)
