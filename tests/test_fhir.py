@@ -453,6 +453,25 @@ def test_conditions_active_ones_once():
     assert has(warnings, "1 condition began after 2025-03-10")
 
 
+def test_a_condition_counts_when_it_was_current_at_the_date_judged():
+    """Abatement dates decide over the status: a screening judged at a past date sees the pneumonia of
+    that time, and an 'active' condition that abated before it is not current."""
+    def cond(text, clinical, abated=None, period=False):
+        c = {"resourceType": "Condition", "code": {"text": text}, "clinicalStatus": {"coding": [{"code": clinical}]},
+             "onsetDateTime": "2025-01-01"}
+        if abated:
+            c.update({"abatementPeriod": {"start": "2025-01-01", "end": abated}} if period else {"abatementDateTime": abated})
+        return c
+    data = bundle(WBC, cond("Pneumonia", "resolved", "2025-04-01"), cond("Sepsis", "resolved", "2025-03-10T06:00:00Z"),
+                  cond("Influenza", "active", "2025-02-01"), cond("Gout", "inactive"),
+                  cond("Cellulitis", "resolved", "2025-05-01", period=True), cond("Crohn's disease", "active"))
+    case, warnings = bundle_to_case(data)          # judged at the lab's date, 2025-03-10
+    assert case["history"]["conditions"] == ["Pneumonia", "Cellulitis", "Crohn's disease"]
+    assert has(warnings, "abated on 2025-02-01", "clinical status is active", "not counted as current")
+    later, _ = bundle_to_case(data, as_of=date(2025, 6, 1))
+    assert later["history"]["conditions"] == ["Crohn's disease"]
+
+
 def test_nested_bundles_contained_resources_and_empty_entries():
     inner = bundle(obs("751-8", 0.7, code="10*9/L"), kind="searchset")
     inner["entry"].append({"fullUrl": "https://ehr.example/fhir/Observation/x", "search": {"mode": "outcome"}})

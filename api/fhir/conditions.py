@@ -1,8 +1,14 @@
 """Condition resources -> ``history.conditions``.
 
-A Condition that is not resolved/inactive nor refuted/entered-in-error gives its ``code.text``
-(else a coding display), each text once (case-insensitively). A condition whose onset is after the
-date the case is judged at did not exist then: it is left out with a warning.
+A Condition that is not refuted/entered-in-error gives its ``code.text`` (else a coding display),
+each text once (case-insensitively), when it was current at the date the case is judged at:
+
+* its onset is not after that date (a later one did not exist then: left out with a warning);
+* it had not abated by then: an ``abatementDateTime`` (or ``abatementPeriod.end``) on or before the
+  date leaves it out, whatever its clinical status says (with a warning when the status still says
+  active); a resolved or inactive condition whose abatement is after the date was still current then
+  (a screening judged at a past date) and is kept; resolved or inactive with no abatement date: left
+  out, as the status says.
 """
 from __future__ import annotations
 
@@ -19,13 +25,13 @@ CONDITION_SKIP_VERIFICATION = ("refuted", "entered-in-error")
 
 
 def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str]) -> list[str]:
-    """The texts of the patient's current Conditions, in input order."""
+    """The texts of the patient's Conditions current at ``ref``, in input order."""
     texts: dict[str, str] = {}
     later: list[str] = []
     for item in mine:
         if item.type != "Condition":
             continue
-        mapped = _condition(item, warnings)
+        mapped = _condition(item, ref, warnings)
         if mapped is None:
             continue
         text, onset = mapped
@@ -39,11 +45,21 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str]) -
     return list(texts.values())
 
 
-def _condition(item: Item, warnings: list[str]) -> Optional[tuple[str, Optional[When]]]:
+def _condition(item: Item, ref: Optional[date], warnings: list[str]) -> Optional[tuple[str, Optional[When]]]:
     res = item.resource
     clinical = set(codes(res.get("clinicalStatus")))
     verification = set(codes(res.get("verificationStatus")))
-    if clinical & set(CONDITION_SKIP_CLINICAL) or verification & set(CONDITION_SKIP_VERIFICATION):
+    if verification & set(CONDITION_SKIP_VERIFICATION):
+        return None
+    abated, _ = parse_when(res.get("abatementDateTime") or as_dict(res.get("abatementPeriod")).get("end"))
+    ended = clinical & set(CONDITION_SKIP_CLINICAL)
+    if abated is not None and ref is not None:
+        if not after(abated, ref):            # over by the date the case is judged at
+            if not ended:
+                warnings.append(f"{item.label}: abated on {abated.isoformat()[:10]} although its clinical status "
+                                f"is {', '.join(sorted(clinical)) or 'not given'}; not counted as current.")
+            return None
+    elif ended:
         return None
     text = concept_text(res.get("code"))
     if not text:
