@@ -207,11 +207,10 @@ def _scalar(event: Any) -> Any:
 def build_yaml(text: str, name: str = "document", max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> Any:
     """YAML text to Python data in one pass over libyaml's event stream, which is produced by an
     iterative state machine (no recursion, so no nesting can overflow a stack). Stops at the first
-    event beyond ``max_depth`` or ``max_nodes``, and refuses aliases, explicit tags, merge keys,
-    duplicated keys, keys that are not plain values and more than one document (a merge key `<<` is
-    refused by its tag). Scalars are typed
-    by PyYAML's own resolver and constructors, so a document reads as ``yaml.safe_load`` reads it.
-    Raises :class:`CaseError` with the reason (and the line, for a syntax error)."""
+    event beyond ``max_depth`` or ``max_nodes``, and refuses aliases, explicit tags, merge keys (``<<``,
+    by their tag), duplicated keys, keys that are not plain values and more than one document. Scalars
+    are typed by PyYAML's own resolver and constructors, so a document reads as ``yaml.safe_load``
+    reads it. Raises :class:`CaseError` with the reason (and the line, for a syntax error)."""
     nodes = documents = 0
     root: list[Any] = []
     stack: list[Any] = []          # open containers: a list, or a _Mapping
