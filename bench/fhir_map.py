@@ -29,8 +29,8 @@ SYNTHEA = ROOT / "tests" / "fixtures" / "fhir-examples" / "synthea"
 
 def richest() -> dict[str, Any]:
     def labs(path: Path) -> int:
-        return path.read_text(encoding="utf-8").count('"resourceType": "Observation"') or \
-            path.read_text(encoding="utf-8").count('"resourceType":"Observation"')
+        text = path.read_text(encoding="utf-8")
+        return text.count('"resourceType": "Observation"') + text.count('"resourceType":"Observation"')
     return json.loads(max(sorted(SYNTHEA.glob("*.json")), key=labs).read_text(encoding="utf-8"))
 
 

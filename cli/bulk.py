@@ -133,10 +133,10 @@ class Partitioned:
     def keep_problems(self) -> None:
         """In file and line order, at most PROBLEMS_KEPT_PER_KIND of each kind per file (the stripes
         each kept as many)."""
+        order = {name: i for i, name in enumerate(self.files)}
         kept: list[InputProblem] = []
         seen: dict[tuple[str, str], int] = {}
-        for prob in sorted(self.problems, key=lambda q: (self.files.index(q.file) if q.file in self.files else -1,
-                                                         q.line)):
+        for prob in sorted(self.problems, key=lambda q: (order.get(q.file, -1), q.line)):
             n = seen.get((prob.file, prob.kind), 0)
             seen[(prob.file, prob.kind)] = n + 1
             if n < PROBLEMS_KEPT_PER_KIND:
@@ -263,12 +263,9 @@ def partition_export(export_dir: Path, work_dir: Path, n: int, stripes: int = 1,
     tasks = [{"export": str(export_dir), "files": names, "ranges": stripe, "work": str(work_dir), "n": n,
               "stripe": i} for i, stripe in enumerate(plan_stripes(files, stripes))]
     if run is None:
-        done = 0
         for task in tasks:
-            before = done
-            part = read_stripe(task, (lambda b, t, _b=before: progress(_b + b, total)) if progress else None)
-            out.add(part)
-            done += part.bytes_read
+            done = out.bytes_read
+            out.add(read_stripe(task, (lambda b: progress(done + b, total)) if progress else None))
     else:
         for task, result, error in run(tasks):
             if error is not None:
@@ -285,9 +282,10 @@ def partition_export(export_dir: Path, work_dir: Path, n: int, stripes: int = 1,
     return out
 
 
-def read_stripe(task: dict[str, Any], progress: Optional[Callable[[int, int], None]] = None) -> Partitioned:
+def read_stripe(task: dict[str, Any], progress: Optional[Callable[[int], None]] = None) -> Partitioned:
     """Read one stripe of the export (``task``: export, files, ranges, work, n, stripe) into its
-    pieces; returns what it found. A task of the screen's executor (:func:`stripe_task`)."""
+    pieces; returns what it found. A task of the screen's executor (:func:`stripe_task`).
+    ``progress(bytes read in this stripe)`` is called now and then."""
     export, work, n, stripe = Path(task["export"]), Path(task["work"]), task["n"], task["stripe"]
     names: list[str] = task["files"]
     out = Partitioned(parts=[[] for _ in range(n)], medications=[], files=names, patients_per_part=[0] * n)
@@ -300,7 +298,7 @@ def read_stripe(task: dict[str, Any], progress: Optional[Callable[[int, int], No
                 for last, raw in _lines(path, start, end, first_line):
                     out.bytes_read += len(raw)
                     if progress is not None and last % 2000 == 0:
-                        progress(out.bytes_read, 0)
+                        progress(out.bytes_read)
                     _one_line(raw, fi, name, last, n, handles, out, problems)
             except (EOFError, OSError, zlib.error) as e:   # a gzip file cut short, or not gzip at all
                 problems.add(name, last + 1, "gzip" if path.name.endswith(".gz") else "file",

@@ -46,8 +46,7 @@ def _loinc_list(codes: Iterable[str]) -> str:
     return ",".join(f"http://loinc.org|{c}" for c in codes)
 
 
-@lru_cache(maxsize=4)
-def _prefetch(kb_loinc: tuple[str, ...], pgx_loinc: tuple[str, ...]) -> dict[str, str]:
+def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str]) -> dict[str, str]:
     """The prefetch templates: reads, patient references, token equality, _sort and _count only
     (CDS Hooks 2.0.1's recommended query subset). `pgx` asks for the TPMT/NUDT15 result codes of
     rules/pgx/result_codes.yaml; HL7 Genomics Reporting genotypes of other genes come with them."""
@@ -105,8 +104,15 @@ async def _authorize(request: Request, settings: Settings) -> Optional[dict[str,
         raise ProblemError(401, "Unauthorized") from None
 
 
+_TEMPLATES: dict[str, dict[str, str]] = {}     # knowledge-base version -> its prefetch templates
+
+
 def _templates(eng: Engine) -> dict[str, str]:
-    return _prefetch(tuple(sorted(eng.kb.loinc)), tuple(eng.kb.pgx_codes))
+    """The prefetch templates of the engine's knowledge base, built once per version (every call uses them)."""
+    found = _TEMPLATES.get(eng.kb.version)
+    if found is None:
+        found = _TEMPLATES[eng.kb.version] = _prefetch(sorted(eng.kb.loinc), eng.kb.pgx_codes)
+    return found
 
 
 @router.get("/cds-services", summary="CDS Hooks discovery")

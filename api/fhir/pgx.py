@@ -43,10 +43,10 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str]) -> dict[st
             continue
         res = item.resource
         spec = next((kb.pgx_codes[c] for c in loinc_codes(res.get("code")) if c in kb.pgx_codes), None)
-        genes = _genes(kb, res, spec)
+        value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept"))
+        genes = _genes(kb, res, spec, value)
         if not genes:
             continue
-        value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept"))
         named = "/".join(g.upper() for g in genes)
         if spec is not None and spec["kind"] in _NOT_READ:
             shown = value or _quantity(res.get("valueQuantity")) or "without a value"
@@ -69,7 +69,7 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str]) -> dict[st
     return {gene: value for gene, (_, value) in sorted(found.items())}
 
 
-def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]]) -> list[str]:
+def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]], value: Optional[str]) -> list[str]:
     """The genes an Observation reports on: named in its code's text, else given by its LOINC code."""
     code_text = " ".join(filter(None, [concept_text(res.get("code"))] +
                                 [as_str(c.get("display")) for c in codings(res.get("code"))]))
@@ -82,9 +82,8 @@ def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]
         studied = " ".join(filter(None, (concept_text(c.get("valueCodeableConcept"))
                                          for c in as_list(res.get("component")) if isinstance(c, dict)
                                          and kb.gene_studied_code in loinc_codes(c.get("code")))))
-        value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept")) or ""
         # the IG's value is often "TPMT *1/*3A" even when the component is coded without a display
-        return sorted({g.lower() for g in _PGX_GENE.findall(studied or value)})
+        return sorted({g.lower() for g in _PGX_GENE.findall(studied or value or "")})
     return [spec["gene"]]
 
 
