@@ -3,6 +3,8 @@ with one worker; idle, slow-head and slow-body connections are closed; open conn
 a killed supervisor leaves no worker behind; serving with CDS auth on needs the public base URL."""
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import signal
 import socket
@@ -13,6 +15,8 @@ import httpx
 import pytest
 
 from conftest import LEUKODX, free_port, start_server, stop_server
+from leukodx.api import serving
+from leukodx.api.serving import ACCEPT_BATCH, Acceptor
 from test_load_faults import children
 
 
@@ -205,3 +209,60 @@ def test_forwarded_headers_are_believed_only_from_the_listed_proxies(tmp_path, t
     assert r.status_code == 200, r.text
     url = next(lk["url"] for c in r.json()["cards"] for lk in c.get("links", []))
     assert url.startswith(f"{'https' if trusted else 'http'}://127.0.0.1:{port}/report/"), url
+
+
+# -- accepting: every waiting connection, not one per turn of the event loop -----------------------
+
+class _Made(asyncio.Protocol):
+    made: list[asyncio.BaseTransport] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:   # type: ignore[override]
+        _Made.made.append(transport)
+
+
+def test_a_burst_of_waiting_connections_is_accepted_together():
+    """uvloop's own server accepted one connection per loop turn: a burst of clients waited up to a
+    second behind the requests in progress. The acceptor takes every waiting one, a batch at a time."""
+    async def scenario() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        _Made.made = []
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(64)
+            clients = [socket.create_connection(listener.getsockname()) for _ in range(ACCEPT_BATCH + 4)]
+            acceptor = Acceptor(loop, listener, _Made)
+            acceptor.close()                      # turns driven here, not by the loop
+            counts = [acceptor.accept_waiting() for _ in range(3)]
+            await acceptor.wait_closed()
+            for c in clients:
+                c.close()
+            made = len(_Made.made)
+            for t in _Made.made:
+                t.close()
+            return counts, made
+    counts, made = asyncio.run(scenario())
+    assert counts == [ACCEPT_BATCH, 4, 0]
+    assert made == ACCEPT_BATCH + 4
+
+
+def test_accepting_pauses_when_out_of_file_descriptors(monkeypatch, caplog):
+    class OutOfFiles(socket.socket):
+        def accept(self):  # type: ignore[override]
+            raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(serving, "ACCEPT_RETRY_SECONDS", 0.05)
+
+    async def scenario() -> tuple[int, bool, bool]:
+        loop = asyncio.get_running_loop()
+        with OutOfFiles() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            acceptor = Acceptor(loop, listener, _Made)
+            accepted = acceptor.accept_waiting()
+            watched_while_paused = loop.remove_reader(listener.fileno())   # False: not watched
+            await asyncio.sleep(0.2)
+            watched_again = loop.remove_reader(listener.fileno())          # True: watched again
+            return accepted, watched_while_paused, watched_again
+    accepted, paused, resumed = asyncio.run(scenario())
+    assert (accepted, paused, resumed) == (0, False, True)
+    assert "cannot accept connections for now" in caplog.text
