@@ -171,6 +171,31 @@ class FeedbackStore:
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    def try_write(self, work: Callable[[Any], T]) -> tuple[bool, Optional[T]]:
+        """:meth:`write` that never waits (SQLite only): ``(True, result)``, or ``(False, None)`` when
+        another process holds the database's write lock or another thread of this one is writing.
+        Short writes can then run on the event loop, which must never sleep in a lock wait."""
+        assert self.sqlite, "try_write is for SQLite"
+        lock: Any = self._lock
+        if not lock.acquire(blocking=False):
+            return False, None
+        try:
+            with self.engine.connect() as conn:
+                raw = conn.connection.dbapi_connection      # a pragma, outside SQLAlchemy's transaction
+                assert raw is not None
+                raw.execute("PRAGMA busy_timeout=0")
+                try:
+                    with conn.begin():
+                        return True, work(conn)
+                except OperationalError as e:
+                    if not _locked(e):
+                        raise
+                    return False, None
+                finally:
+                    raw.execute("PRAGMA busy_timeout=30000")
+        finally:
+            lock.release()
+
     def add(self, service_id: str, entries: list[FeedbackEntry]) -> int:
         """Store every entry in one transaction; returns the number stored once committed."""
         now = datetime.now(timezone.utc)
@@ -210,12 +235,16 @@ class _Expiring:
         self._next_purge = 0.0
         self._purge_lock = threading.Lock()
 
-    def _purge(self, now: float) -> None:
+    def purge(self, now: float) -> None:
+        """Delete the expired rows, unless that was done less than ``purge_every`` seconds ago."""
         with self._purge_lock:
             if now < self._next_purge:
                 return
             self._next_purge = now + self.purge_every
         self.store.write(lambda conn: conn.execute(delete(self.table).where(self.table.c.expires_at <= now)))
+
+    def purge_due(self, now: float) -> bool:
+        return now >= self._next_purge
 
 
 class SqlReplayStore(_Expiring):
@@ -231,7 +260,7 @@ class SqlReplayStore(_Expiring):
         """Remember ``key`` until ``expires_at``; False if it is remembered and not expired (a replay).
         Atomic across processes and replicas: of concurrent callers, exactly one gets True."""
         digest = self.key(*key)
-        self._purge(now)
+        self.purge(now)
         dialect = self.store.engine.dialect.name
         if dialect in _UPSERT_DIALECTS:
             if dialect == "postgresql":
@@ -270,14 +299,29 @@ class ReportStore(_Expiring):
         return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
     def put(self, body: str, minutes: float, now: Optional[float] = None) -> str:
-        import secrets
-        now = time.time() if now is None else now
-        token = secrets.token_urlsafe(32)
+        return self.put_many([body], minutes, now)[0]
 
-        self._purge(now)
-        self.store.write(lambda conn: conn.execute(insert(reports_table).values(
-            key=self._key(token), expires_at=now + minutes * 60, body=body)))
-        return token
+    def put_many(self, bodies: list[str], minutes: float, now: Optional[float] = None) -> list[str]:
+        """Keep several assessments in one transaction (one commit, one flush to disk); their tokens,
+        in order, once committed."""
+        now = time.time() if now is None else now
+        tokens, rows = self._rows(bodies, minutes, now)
+        self.purge(now)
+        self.store.write(lambda conn: conn.execute(insert(reports_table), rows))
+        return tokens
+
+    def try_put_many(self, bodies: list[str], minutes: float, now: Optional[float] = None) -> Optional[list[str]]:
+        """:meth:`put_many` without waiting for a lock (SQLite; FeedbackStore.try_write): the tokens,
+        or None while the database is busy. Expired rows are not purged here (``purge``, in a thread)."""
+        tokens, rows = self._rows(bodies, minutes, time.time() if now is None else now)
+        done, _ = self.store.try_write(lambda conn: conn.execute(insert(reports_table), rows))
+        return tokens if done else None
+
+    def _rows(self, bodies: list[str], minutes: float, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+        import secrets
+        tokens = [secrets.token_urlsafe(32) for _ in bodies]
+        return tokens, [{"key": self._key(t), "expires_at": now + minutes * 60, "body": b}
+                        for t, b in zip(tokens, bodies)]
 
     def get(self, token: str, now: Optional[float] = None) -> Optional[str]:
         now = time.time() if now is None else now

@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,15 @@ CASE = ROOT / "cases" / "thiopurine" / "tpmt-poor-azathioprine-severe-neutropeni
 
 
 def cds_body() -> dict[str, Any]:
+    """A patient-view call with a blood count taken this morning: a current count gets the full
+    assessment cards and the report link (a count older than the knowledge base's limit would get
+    only the short "no recent count" card, a lighter call than the one being measured)."""
+    taken = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0).isoformat()
+
     def obs(code: str, value: float) -> dict[str, Any]:
         return {"resourceType": "Observation", "id": f"o{code}", "status": "final",
                 "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2025-03-10T08:00:00Z",
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": taken,
                 "valueQuantity": {"value": value, "unit": "10*9/L", "system": "http://unitsofmeasure.org",
                                   "code": "10*9/L"}}
     labs = [obs("6690-2", 1.4), obs("751-8", 0.3), obs("777-3", 210)]

@@ -299,7 +299,7 @@ async def _link_report(card: Card, assessment: Assessment, request: Request, set
     cards still go out, without the link: the link is a convenience, the cards are not."""
     base = settings.cds_public_base_url.rstrip("/") or str(request.base_url).rstrip("/")
     try:
-        token = await run_cpu(partial(store_report, settings, to_json(assessment, indent=None)))
+        token = await store_report(settings, to_json(assessment, indent=None))   # batched with others (reports.py)
     except Exception as e:   # noqa: BLE001 - the database down or locked must not cost the cards
         log.warning("report link left out: the report could not be stored (%s)", type(e).__name__)
         return
