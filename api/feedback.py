@@ -27,6 +27,7 @@ connect timeout, and no per-process write lock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import sqlite3
@@ -85,6 +86,19 @@ class StoreError(RuntimeError):
 def _locked(e: OperationalError) -> bool:
     text = str(e.orig).lower() if e.orig is not None else str(e).lower()
     return "locked" in text or "busy" in text
+
+
+@functools.lru_cache(maxsize=16)
+def _sql_for(table_name: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def _insert_sql(table: Table, row: dict[str, Any]) -> str:
+    """SQLite's INSERT for rows with ``row``'s keys, which must be columns of ``table``."""
+    unknown = set(row) - set(table.c.keys())
+    if unknown:
+        raise ValueError(f"not columns of {table.name}: {sorted(unknown)}")
+    return _sql_for(table.name, tuple(row))
 
 
 def engine_url(url: str) -> URL:
@@ -171,30 +185,52 @@ class FeedbackStore:
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def try_write(self, work: Callable[[Any], T]) -> tuple[bool, Optional[T]]:
-        """:meth:`write` that never waits (SQLite only): ``(True, result)``, or ``(False, None)`` when
-        another process holds the database's write lock or another thread of this one is writing.
-        Short writes can then run on the event loop, which must never sleep in a lock wait."""
-        assert self.sqlite, "try_write is for SQLite"
+    def try_insert(self, table: Table, rows: list[dict[str, Any]]) -> bool:
+        """Insert ``rows`` in one transaction without waiting for a lock (SQLite only): True once
+        committed, False when another process holds the database's write lock or another thread of
+        this one is writing. Short writes can then run on the event loop, which must never sleep in a
+        lock wait. The commit does not wait for the disk (``synchronous=NORMAL``, WAL): the rows
+        survive a crash of leukodx, and the last ones can be lost if the machine itself goes down;
+        for rows that are copies kept for convenience (the report links), not for the records. Nor
+        does it copy the log into the database file: call :meth:`checkpoint` from a thread."""
+        assert self.sqlite, "try_insert is for SQLite"
         lock: Any = self._lock
         if not lock.acquire(blocking=False):
-            return False, None
+            return False
         try:
             with self.engine.connect() as conn:
-                raw = conn.connection.dbapi_connection      # a pragma, outside SQLAlchemy's transaction
-                assert raw is not None
+                raw: Any = conn.connection.dbapi_connection     # sqlite3, in autocommit mode (make_engine)
                 raw.execute("PRAGMA busy_timeout=0")
+                raw.execute("PRAGMA synchronous=NORMAL")
+                raw.execute("PRAGMA wal_autocheckpoint=0")      # checkpoints: in a thread (checkpoint)
                 try:
-                    with conn.begin():
-                        return True, work(conn)
-                except OperationalError as e:
-                    if not _locked(e):
+                    try:
+                        raw.execute("BEGIN IMMEDIATE")
+                    except sqlite3.OperationalError as e:
+                        if "locked" in str(e).lower() or "busy" in str(e).lower():
+                            return False
                         raise
-                    return False, None
+                    try:
+                        raw.executemany(_insert_sql(table, rows[0]), [tuple(r.values()) for r in rows])
+                        raw.execute("COMMIT")
+                    except BaseException:
+                        raw.execute("ROLLBACK")
+                        raise
+                    return True
                 finally:
+                    raw.execute("PRAGMA wal_autocheckpoint=1000")
+                    raw.execute("PRAGMA synchronous=FULL")
                     raw.execute("PRAGMA busy_timeout=30000")
         finally:
             lock.release()
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file (SQLite; PASSIVE: it waits for no one).
+        :meth:`try_insert` leaves this to a thread: it takes milliseconds and flushes to disk."""
+        if self.sqlite and not self.memory:
+            with self._lock, self.engine.connect() as conn:
+                raw: Any = conn.connection.dbapi_connection
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def add(self, service_id: str, entries: list[FeedbackEntry]) -> int:
         """Store every entry in one transaction; returns the number stored once committed."""
@@ -311,11 +347,10 @@ class ReportStore(_Expiring):
         return tokens
 
     def try_put_many(self, bodies: list[str], minutes: float, now: Optional[float] = None) -> Optional[list[str]]:
-        """:meth:`put_many` without waiting for a lock (SQLite; FeedbackStore.try_write): the tokens,
+        """:meth:`put_many` without waiting for a lock (SQLite; FeedbackStore.try_insert): the tokens,
         or None while the database is busy. Expired rows are not purged here (``purge``, in a thread)."""
         tokens, rows = self._rows(bodies, minutes, time.time() if now is None else now)
-        done, _ = self.store.try_write(lambda conn: conn.execute(insert(reports_table), rows))
-        return tokens if done else None
+        return tokens if self.store.try_insert(reports_table, rows) else None
 
     def _rows(self, bodies: list[str], minutes: float, now: float) -> tuple[list[str], list[dict[str, Any]]]:
         import secrets

@@ -3,10 +3,11 @@ which reads ``/v1/reports/<token>``. The token is unguessable and names no patie
 kept in the feedback database for LEUKODX_REPORT_LINK_MINUTES, keyed by the token's hash
 (api/feedback.py ReportStore). An expired or unknown token is a 404.
 
-Reports are written in batches: the reports of the calls that come in while a write is in progress go
-together in the next transaction, so a worker commits (and waits for the disk) once per batch, not
-once per call. Each call still waits for its own report's commit before its card links to it: a link
-never leads to a report that was not stored."""
+With SQLite a report is written on the event loop, at once, in well under a millisecond; while another
+process holds the database's write lock, the reports of the calls that come in meanwhile queue and go
+together in one transaction once it is free. Other databases: written in a thread, in the same
+batches. Each call waits for its own report's commit before its card links to it: a link never leads
+to a report that was not stored."""
 from __future__ import annotations
 
 import asyncio
@@ -28,6 +29,7 @@ __all__ = ["router", "store_report"]
 router = APIRouter(tags=["CDS Hooks"])
 LOCK_WAIT_SECONDS = 30.0       # as long as a thread's write would wait (the SQLite busy timeout)
 LOCK_RETRY_SECONDS = 0.001
+CHECKPOINT_EVERY = 100         # transactions (about 1,300 pages of 4 KiB at 13 KB a report)
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,100}$")
 _PAGE = Path(__file__).parent / "static" / "index.html"
 
@@ -38,17 +40,26 @@ def _store(db_url: str):   # noqa: ANN202 - ReportStore, loaded on first use (SQ
 
 
 class _Batch:
-    """The reports waiting for one database and lifetime in one event loop, and the task writing them."""
+    """The reports of one database and lifetime in one event loop: written at once when nothing is
+    queued, else queued for the task writing them."""
 
     def __init__(self, db_url: str, minutes: float) -> None:
         self.db_url, self.minutes = db_url, minutes
         self.waiting: list[tuple[str, asyncio.Future[str]]] = []
         self.writing = False
-        self.purging: set[asyncio.Task[Any]] = set()
+        self.housekeeping: set[asyncio.Task[Any]] = set()
         self.store: Any = None          # ReportStore, opened in a thread (it may migrate the database)
+        self.unflushed = 0              # transactions since the last checkpoint (SQLite)
 
     async def add(self, body: str) -> str:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self.store is None:
+            self.store = await run_cpu(_store, self.db_url)
+        if self.store.store.sqlite and not self.writing:   # nothing queued: written now, on the loop
+            tokens = self.store.try_put_many([body], self.minutes)
+            if tokens is not None:
+                self._housekeeping()
+                return tokens[0]
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()   # queued for the writer
         self.waiting.append((body, future))
         if not self.writing:
             self.writing = True
@@ -73,11 +84,9 @@ class _Batch:
             self.writing = False
 
     async def _put(self, bodies: list[str]) -> list[str]:
-        """SQLite: written here on the event loop (a batch takes a millisecond or so), trying again
-        shortly while another process holds the write lock, so no thread has to win the GIL back from
-        a busy loop (that hand-over cost 5-20 ms a write under load). Other databases: in a thread."""
-        if self.store is None:
-            self.store = await run_cpu(_store, self.db_url)
+        """SQLite: written here on the event loop (well under a millisecond), trying again shortly while
+        another process holds the write lock, so no thread has to win the GIL back from a busy loop
+        (that hand-over cost 5-20 ms a write under load). Other databases: in a thread."""
         store = self.store
         if not store.store.sqlite:
             return await run_cpu(store.put_many, bodies, self.minutes)
@@ -87,12 +96,24 @@ class _Batch:
             if loop.time() > give_up:
                 raise TimeoutError(f"the report database stayed locked for {LOCK_WAIT_SECONDS:.0f} s")
             await asyncio.sleep(LOCK_RETRY_SECONDS)
-        now = time.time()
-        if store.purge_due(now):                     # deleting expired rows can take long: a thread
-            task = loop.create_task(run_cpu(store.purge, now))
-            self.purging.add(task)
-            task.add_done_callback(self.purging.discard)
+        self._housekeeping()
         return tokens
+
+    def _housekeeping(self) -> None:
+        """In a thread, as each falls due: delete expired reports, copy the log into the database file
+        (both take milliseconds or more, so neither runs on the loop)."""
+        now = time.time()
+        self.unflushed += 1
+        if self.store.purge_due(now):
+            self._in_thread(self.store.purge, now)
+        if self.unflushed >= CHECKPOINT_EVERY and not self.housekeeping:
+            self.unflushed = 0
+            self._in_thread(self.store.store.checkpoint)
+
+    def _in_thread(self, fn: Any, *args: Any) -> None:
+        task = asyncio.get_running_loop().create_task(run_cpu(fn, *args))
+        self.housekeeping.add(task)
+        task.add_done_callback(self.housekeeping.discard)
 
 
 _BATCHES: dict[tuple[int, str, float], tuple[asyncio.AbstractEventLoop, _Batch]] = {}

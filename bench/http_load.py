@@ -15,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,10 +60,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(workers: int) -> tuple[subprocess.Popen, str, float]:
+def start_server(workers: int, db_dir: str) -> tuple[subprocess.Popen, str, float]:
+    """`leukodx serve` with a database of its own in ``db_dir``: a run must not inherit the reports of
+    earlier runs (a file grown to 2 GB made every report write several times slower)."""
     port = free_port()
     exe = shutil.which("leukodx") or str(Path(sys.executable).with_name("leukodx"))
-    env = {**os.environ, "LEUKODX_CDS_AUTH": "off", "LEUKODX_LOG_LEVEL": "WARNING"}
+    env = {"LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{db_dir}/leukodx-feedback.db", **os.environ,
+           "LEUKODX_CDS_AUTH": "off", "LEUKODX_LOG_LEVEL": "WARNING"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([exe, "serve", "--port", str(port), "--workers", str(workers)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -116,7 +120,6 @@ def _ms(text: str) -> float:
 def load_wrk(base: str, call: str, clients: int, duration: float) -> dict[str, Any]:
     """wrk (a C load generator) when installed: it leaves the CPU to the server."""
     import re
-    import tempfile
     path, body, ctype = CALLS[call]
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "body").write_bytes(body)
@@ -142,6 +145,25 @@ def load(base: str, call: str, clients: int, duration: float) -> dict[str, Any]:
     if out.returncode != 0:
         raise RuntimeError(out.stderr.decode()[-2000:])
     return json.loads(out.stdout)
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of the server: the supervisor and its worker processes (Linux /proc;
+    NaN elsewhere). Per request, it is the figure that holds when the machine is shared."""
+    def stat(p: str) -> list[str]:
+        return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+    try:
+        pids = [str(pid)] + [p for p in os.listdir("/proc") if p.isdigit() and stat(p)[1] == str(pid)]
+    except OSError:
+        return float("nan")
+    total = 0
+    for p in pids:
+        try:
+            fields = stat(p)
+        except OSError:       # gone meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def in_process_ms(call: str, rounds: int = 200) -> float:
@@ -178,19 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     rows, startup = [], {}
     engine_ms = {call: in_process_ms(call) for call in args.calls}
     for workers in args.workers:
-        proc, base, ready = start_server(workers)
+        db_dir = tempfile.mkdtemp(prefix="leukodx-bench-")
+        proc, base, ready = start_server(workers, db_dir)
         startup[workers] = round(ready, 2)
         try:
             for call in args.calls if args.warmup > 0 else []:
                 load(base, call, 8, args.warmup)
             for call in args.calls:
                 for clients in args.clients:
+                    cpu = server_cpu_seconds(proc.pid)
                     r = load(base, call, clients, args.duration)
+                    cpu = server_cpu_seconds(proc.pid) - cpu
                     rows.append({"workers": workers, "call": call, "clients": clients, **r,
+                                 "server_cpu_ms_per_request": round(cpu / max(1, r["requests"]) * 1000, 2),
                                  "http_over_engine_p50": round(r["p50_ms"] / engine_ms[call], 2)})
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            shutil.rmtree(db_dir, ignore_errors=True)
     result = {"engine_in_process_ms": engine_ms, "startup_to_ready_s": startup, "load": rows,
               "duration_s": args.duration, "warmup_s": args.warmup, "cpus": os.cpu_count(),
               "load_average": os.getloadavg(),
@@ -201,10 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"in-process engine, median ms: {engine_ms}; start-up to /readyz, s: {startup}; "
           f"load generator: {result['load_generator']}; load average at the end: {result['load_average']}")
     print(f"{'workers':>7} {'call':>17} {'clients':>7} {'req':>7} {'err':>4} {'req/s':>8} {'p50':>7} {'p90':>7} "
-          f"{'p99':>7} {'http/engine':>11}")
+          f"{'p99':>7} {'cpu ms/req':>10} {'http/engine':>11}")
     for r in rows:
         print(f"{r['workers']:>7} {r['call']:>17} {r['clients']:>7} {r['requests']:>7} {r['errors']:>4} {r['rps']:>8} "
-              f"{r['p50_ms']:>7} {r['p90_ms']:>7} {r['p99_ms']:>7} {r['http_over_engine_p50']:>11}")
+              f"{r['p50_ms']:>7} {r['p90_ms']:>7} {r['p99_ms']:>7} {r['server_cpu_ms_per_request']:>10} "
+              f"{r['http_over_engine_p50']:>11}")
     return 0
 
 

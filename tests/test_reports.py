@@ -1,5 +1,6 @@
-"""The report behind a CDS card's link (api/reports.py): written in batches, on the event loop for
-SQLite, never sleeping in a lock wait there, and committed before its token is handed out."""
+"""The report behind a CDS card's link (api/reports.py): written on the event loop for
+SQLite, at once or, behind another process's lock, queued and batched, never sleeping in a lock wait
+there, and committed before its token is handed out."""
 from __future__ import annotations
 
 import asyncio
@@ -20,30 +21,47 @@ def settings(tmp_path):
     reset_cache()
 
 
-def test_reports_of_concurrent_calls_go_in_one_transaction_and_each_opens_its_own(settings, monkeypatch):
-    transactions = []
+def _other_process_writing(settings: Settings) -> sqlite3.Connection:
+    """Another process's write transaction on the same database (it holds SQLite's write lock)."""
+    report_store_for(settings.feedback_db_url)                 # the database exists, migrated
+    other = sqlite3.connect(settings.feedback_db_url.removeprefix("sqlite:///"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_reports_queued_behind_a_lock_go_in_one_transaction_and_each_opens_its_own(settings, monkeypatch):
+    written = []
     real = ReportStore.try_put_many
 
     def counted(self, bodies, minutes, now=None):
-        transactions.append(len(bodies))
-        return real(self, bodies, minutes, now)
+        tokens = real(self, bodies, minutes, now)
+        if tokens is not None:
+            written.append(len(bodies))
+        return tokens
     monkeypatch.setattr(ReportStore, "try_put_many", counted)
+    first = asyncio.run(reports.store_report(settings, '{"call": "alone"}'))   # no contention: written at once
+    assert written == [1] and json.loads(report_store_for(settings.feedback_db_url).get(first)) == {"call": "alone"}
+
+    other = _other_process_writing(settings)
 
     async def calls() -> list[str]:
-        return await asyncio.gather(*(reports.store_report(settings, json.dumps({"call": i})) for i in range(30)))
+        pending = asyncio.gather(*(reports.store_report(settings, json.dumps({"call": i})) for i in range(30)))
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        other.execute("COMMIT")
+        return await pending
     tokens = asyncio.run(calls())
+    other.close()
     store = report_store_for(settings.feedback_db_url)
     assert [json.loads(store.get(t))["call"] for t in tokens] == list(range(30))   # committed, each its own
     assert len(set(tokens)) == 30
-    assert sum(transactions) == 30 and len(transactions) < 30
+    assert sum(written[1:]) == 30 and len(written[1:]) < 30
 
 
 def test_a_report_waits_for_another_process_lock_without_holding_the_event_loop(settings):
     """Another process holds SQLite's write lock: the report is written once it lets go, and the
     event loop runs other work meanwhile (a write sleeping in SQLite's lock wait would stop it)."""
-    report_store_for(settings.feedback_db_url)                 # the database exists, migrated
-    other = sqlite3.connect(settings.feedback_db_url.removeprefix("sqlite:///"), isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")                           # the other process's write transaction
+    other = _other_process_writing(settings)
 
     async def scenario() -> tuple[bool, str]:
         write = asyncio.ensure_future(reports.store_report(settings, '{"x": 1}'))
@@ -60,12 +78,41 @@ def test_a_report_waits_for_another_process_lock_without_holding_the_event_loop(
 
 def test_a_report_gives_up_when_the_database_stays_locked(settings, monkeypatch):
     monkeypatch.setattr(reports, "LOCK_WAIT_SECONDS", 0.05)
-    report_store_for(settings.feedback_db_url)
-    other = sqlite3.connect(settings.feedback_db_url.removeprefix("sqlite:///"), isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    other = _other_process_writing(settings)
     try:
         with pytest.raises(TimeoutError, match="stayed locked"):
             asyncio.run(reports.store_report(settings, '{"x": 1}'))
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+def test_the_log_is_copied_into_the_database_in_a_thread_and_durable_writes_keep_their_settings(settings, monkeypatch):
+    """The report insert runs on the loop with relaxed settings (no lock wait, no flush, no
+    checkpoint); the pooled connection goes back with the durable ones that feedback and token ids
+    are written with, and the checkpoint runs in a worker thread."""
+    import threading
+    from leukodx.api.feedback import FeedbackStore
+    monkeypatch.setattr(reports, "CHECKPOINT_EVERY", 3)
+    loop_threads, checkpoint_threads = [], []
+    real = FeedbackStore.checkpoint
+
+    def recorded(self):
+        checkpoint_threads.append(threading.current_thread())
+        return real(self)
+    monkeypatch.setattr(FeedbackStore, "checkpoint", recorded)
+
+    async def writes() -> None:
+        loop_threads.append(threading.current_thread())
+        for i in range(4):
+            await reports.store_report(settings, json.dumps({"call": i}))
+            batch = next(b for (loop, b) in reports._BATCHES.values() if loop is asyncio.get_running_loop())
+            await asyncio.gather(*batch.housekeeping)        # the first write's purge, the third's checkpoint
+    asyncio.run(writes())
+    assert len(checkpoint_threads) == 1 and checkpoint_threads[0] is not loop_threads[0]
+    engine = report_store_for(settings.feedback_db_url).store.engine
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw.execute("PRAGMA synchronous").fetchone()[0] == 2            # FULL
+        assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+        assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
