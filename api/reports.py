@@ -11,10 +11,11 @@ to a report that was not stored."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, Response
@@ -27,6 +28,7 @@ from .problems import ProblemError
 __all__ = ["router", "store_report"]
 
 router = APIRouter(tags=["CDS Hooks"])
+log = logging.getLogger("leukodx.reports")
 LOCK_WAIT_SECONDS = 30.0       # as long as a thread's write would wait (the SQLite busy timeout)
 LOCK_RETRY_SECONDS = 0.001
 CHECKPOINT_EVERY = 100         # transactions (about 1,300 pages of 4 KiB at 13 KB a report)
@@ -47,14 +49,16 @@ class _Batch:
         self.db_url, self.minutes = db_url, minutes
         self.waiting: list[tuple[str, asyncio.Future[str]]] = []
         self.writing = False
-        self.housekeeping: set[asyncio.Task[Any]] = set()
+        self.housekeeping: Optional[asyncio.Task[None]] = None   # purge or checkpoint, in a thread
         self.store: Any = None          # ReportStore, opened in a thread (it may migrate the database)
+        self.inline = False             # an SQLite file: written on the loop
         self.unflushed = 0              # transactions since the last checkpoint (SQLite)
 
     async def add(self, body: str) -> str:
         if self.store is None:
             self.store = await run_cpu(_store, self.db_url)
-        if self.store.store.sqlite and not self.writing:   # nothing queued: written now, on the loop
+            self.inline = self.store.store.sqlite and not self.store.store.memory
+        if self.inline and not self.writing:               # nothing queued: written now, on the loop
             tokens = self.store.try_put_many([body], self.minutes)
             if tokens is not None:
                 self._housekeeping()
@@ -84,11 +88,11 @@ class _Batch:
             self.writing = False
 
     async def _put(self, bodies: list[str]) -> list[str]:
-        """SQLite: written here on the event loop (well under a millisecond), trying again shortly while
+        """An SQLite file: written here on the event loop (well under a millisecond), trying again shortly while
         another process holds the write lock, so no thread has to win the GIL back from a busy loop
         (that hand-over cost 5-20 ms a write under load). Other databases: in a thread."""
         store = self.store
-        if not store.store.sqlite:
+        if not self.inline:
             return await run_cpu(store.put_many, bodies, self.minutes)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + LOCK_WAIT_SECONDS
@@ -100,20 +104,27 @@ class _Batch:
         return tokens
 
     def _housekeeping(self) -> None:
-        """In a thread, as each falls due: delete expired reports, copy the log into the database file
-        (both take milliseconds or more, so neither runs on the loop)."""
-        now = time.time()
+        """In a thread, one task at a time, as each falls due: delete expired reports, copy the log
+        into the database file (both take milliseconds or more, so neither runs on the loop)."""
         self.unflushed += 1
-        if self.store.purge_due(now):
-            self._in_thread(self.store.purge, now)
-        if self.unflushed >= CHECKPOINT_EVERY and not self.housekeeping:
-            self.unflushed = 0
-            self._in_thread(self.store.store.checkpoint)
+        if self.housekeeping is not None and not self.housekeeping.done():
+            return
+        now = time.time()
+        purge, checkpoint = self.store.purge_due(now), self.inline and self.unflushed >= CHECKPOINT_EVERY
+        if purge or checkpoint:
+            if checkpoint:
+                self.unflushed = 0
+            self.housekeeping = asyncio.get_running_loop().create_task(
+                run_cpu(self._housework, now, purge, checkpoint))
 
-    def _in_thread(self, fn: Any, *args: Any) -> None:
-        task = asyncio.get_running_loop().create_task(run_cpu(fn, *args))
-        self.housekeeping.add(task)
-        task.add_done_callback(self.housekeeping.discard)
+    def _housework(self, now: float, purge: bool, checkpoint: bool) -> None:
+        try:
+            if purge:
+                self.store.purge(now)
+            if checkpoint:
+                self.store.store.checkpoint()
+        except Exception as e:   # noqa: BLE001 - tried again when next due; the reports are stored
+            log.warning("report housekeeping failed (%s): %s", "purge" if purge else "checkpoint", type(e).__name__)
 
 
 _BATCHES: dict[tuple[int, str, float], tuple[asyncio.AbstractEventLoop, _Batch]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -107,9 +108,14 @@ def test_the_log_is_copied_into_the_database_in_a_thread_and_durable_writes_keep
         for i in range(4):
             await reports.store_report(settings, json.dumps({"call": i}))
             batch = next(b for (loop, b) in reports._BATCHES.values() if loop is asyncio.get_running_loop())
-            await asyncio.gather(*batch.housekeeping)        # the first write's purge, the third's checkpoint
+            if batch.housekeeping:
+                await batch.housekeeping                     # the first write's purge, the third's checkpoint
+    database = Path(settings.feedback_db_url.removeprefix("sqlite:///"))
+    report_store_for(settings.feedback_db_url)
+    before = database.stat().st_size
     asyncio.run(writes())
     assert len(checkpoint_threads) == 1 and checkpoint_threads[0] is not loop_threads[0]
+    assert database.stat().st_size > before + 3 * 4096          # the reports reached the database file
     engine = report_store_for(settings.feedback_db_url).store.engine
     with engine.connect() as conn:
         raw = conn.connection.dbapi_connection
