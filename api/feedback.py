@@ -30,6 +30,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -75,6 +76,10 @@ jti_table = Table(
 
 T = TypeVar("T")
 _RETRIES = 4
+WAL_RESTART_BYTES = 64 * 1024 * 1024
+# try_insert's wait for another connection's write lock (a report insert holds it for about 0.1 ms):
+# long enough for most, short enough to hold an event loop no longer than a request does.
+FAST_LOCK_WAIT_MS = 5
 PURGE_EVERY_SECONDS = 60.0
 _UPSERT_DIALECTS = {"postgresql"} | ({"sqlite"} if sqlite3.sqlite_version_info >= (3, 35) else set())  # RETURNING
 
@@ -188,9 +193,10 @@ class FeedbackStore:
         raise AssertionError("unreachable")
 
     def try_insert(self, table: Table, rows: list[dict[str, Any]]) -> bool:
-        """Insert ``rows`` in one transaction without waiting for a lock (an SQLite file only): True
-        once committed, False while another connection holds the database's write lock. Short writes
-        can then run on the event loop, which must never sleep in a lock wait. It uses a connection
+        """Insert ``rows`` in one transaction, waiting at most :data:`FAST_LOCK_WAIT_MS` for a lock
+        (an SQLite file only): True once committed, False while another connection holds the
+        database's write lock longer. Short writes can then run on the event loop, which must never
+        sleep long in a lock wait. It uses a connection
         of its own that does not wait for the disk (``synchronous=NORMAL``, WAL): the rows survive a
         crash of leukodx, and the last ones can be lost if the machine itself goes down; for rows that
         are copies kept for convenience (the report links), not for the records. Nor does it copy the
@@ -203,7 +209,7 @@ class FeedbackStore:
             if self._fast is None:
                 self._fast = sqlite3.connect(self.engine.url.database or "", isolation_level=None,
                                              check_same_thread=False)
-                for pragma in ("busy_timeout=0", "synchronous=NORMAL", "wal_autocheckpoint=0"):
+                for pragma in (f"busy_timeout={FAST_LOCK_WAIT_MS}", "synchronous=NORMAL", "wal_autocheckpoint=0"):
                     self._fast.execute(f"PRAGMA {pragma}")
             fast = self._fast
             try:
@@ -223,13 +229,18 @@ class FeedbackStore:
             lock.release()
 
     def checkpoint(self) -> None:
-        """Copy the write-ahead log into the database file and let the next writer start the log
-        again (SQLite, RESTART): a PASSIVE checkpoint never caught up with two busy workers and the
-        log grew past 270 MB in 8 s. It waits for the writer of the moment and holds new ones back
-        while it copies (milliseconds): :meth:`try_insert` leaves it to a thread."""
-        if self.sqlite and not self.memory:
-            with self.engine.connect() as conn:
-                raw: Any = conn.connection.dbapi_connection
+        """Copy the write-ahead log into the database file (SQLite). PASSIVE, which holds no writer
+        back; once the log file has passed :data:`WAL_RESTART_BYTES`, RESTART, which waits for the
+        writer of the moment and lets the next one start the log again (PASSIVE alone never caught up
+        with two busy workers: the log grew past 270 MB in 8 s). :meth:`try_insert` leaves this to a
+        thread: it takes milliseconds and flushes to disk."""
+        if not self.sqlite or self.memory:
+            return
+        with self.engine.connect() as conn:
+            raw: Any = conn.connection.dbapi_connection
+            raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            wal = (self.engine.url.database or "") + "-wal"
+            if os.path.exists(wal) and os.path.getsize(wal) > WAL_RESTART_BYTES:
                 raw.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def add(self, service_id: str, entries: list[FeedbackEntry]) -> int:

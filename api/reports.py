@@ -3,9 +3,9 @@ which reads ``/v1/reports/<token>``. The token is unguessable and names no patie
 kept in the feedback database for LEUKODX_REPORT_LINK_MINUTES, keyed by the token's hash
 (api/feedback.py ReportStore). An expired or unknown token is a 404.
 
-With SQLite a report is written on the event loop, at once, in well under a millisecond; while another
-process holds the database's write lock, the reports of the calls that come in meanwhile queue and go
-together in one transaction once it is free. Other databases: written in a thread, in the same
+With SQLite a report is written on the event loop, at once, in well under a millisecond (waiting at
+most 5 ms for another process's write lock); when the lock is held longer, the report queues and the
+queued ones go together in one transaction once it is free. Other databases: written in a thread, in the same
 batches. Each call waits for its own report's commit before its card links to it: a link never leads
 to a report that was not stored."""
 from __future__ import annotations
@@ -42,8 +42,8 @@ def _store(db_url: str):   # noqa: ANN202 - ReportStore, loaded on first use (SQ
 
 
 class _Batch:
-    """The reports of one database and lifetime in one event loop: written at once when nothing is
-    queued, else queued for the task writing them."""
+    """The reports of one database and lifetime in one event loop: written at once, or, while the
+    database is locked, queued for the task writing them."""
 
     def __init__(self, db_url: str, minutes: float) -> None:
         self.db_url, self.minutes = db_url, minutes
@@ -58,7 +58,7 @@ class _Batch:
         if self.store is None:
             self.store = await run_cpu(_store, self.db_url)
             self.inline = self.store.store.sqlite and not self.store.store.memory
-        if self.inline and not self.writing:               # nothing queued: written now, on the loop
+        if self.inline:                                    # written now, on the loop, unless locked
             tokens = self.store.try_put_many([body], self.minutes)
             if tokens is not None:
                 self._housekeeping()
