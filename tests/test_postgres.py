@@ -381,3 +381,24 @@ def test_two_replicas_share_feedback_and_refuse_a_token_replayed_across_them(pg_
     out = subprocess.run([sys.executable, "-m", "leukodx.api.migrations", "current", "--db", pg_url],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == f"database {migrations.HEAD}; this leukodx {migrations.HEAD}", out.stderr
+
+
+def test_report_links_of_concurrent_calls_are_stored_in_postgresql(pg_url):
+    """With PostgreSQL the reports are written in a thread, the calls of the moment batched: each
+    token opens its own report once its call has it."""
+    import asyncio
+    from leukodx.api import reports
+    from leukodx.api.config import Settings
+    from leukodx.api.feedback import report_store_for, reset_cache
+    reset_cache()
+    settings = Settings(cds_auth="off", feedback_db_url=pg_url, report_link_minutes=5)
+
+    async def calls() -> list[str]:
+        return await asyncio.gather(*(reports.store_report(settings, json.dumps({"call": i})) for i in range(12)))
+    try:
+        tokens = asyncio.run(calls())
+        store = report_store_for(pg_url)
+        assert [json.loads(store.get(t))["call"] for t in tokens] == list(range(12))
+    finally:
+        report_store_for(pg_url).store.engine.dispose()
+        reset_cache()
