@@ -125,7 +125,9 @@ def active_interactions(kb: KnowledgeBase, nc: NormCase) -> list[dict[str, Any]]
     """The interactions of rules/interactions.yaml whose two sides are both taken, each with the names of
     the drugs on each side (``names``)."""
     recent = _recent(kb, nc)
-    out = []
+    out: list[dict[str, Any]] = []
+    if not recent:               # no drug taken: no interaction (most CDS calls)
+        return out
     for interaction in kb.interactions:
         names = []
         for side in interaction["sides"]:

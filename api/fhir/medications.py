@@ -35,7 +35,9 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
                     include_draft: bool, warnings: list[str]) -> list[dict[str, Any]]:
     """``case.medications`` from the patient's MedicationRequests and MedicationStatements, in input
     order (an RxNorm code of a drug in ``kb`` is preferred over other RxNorm codings)."""
-    known_rxnorm = {code for d in kb.drugs for code in (d.get("rxnorm") or [])}
+    known_rxnorm = kb.derived.get("rxnorm_codes")
+    if known_rxnorm is None:     # every RxNorm code of rules/drugs, once per knowledge base
+        known_rxnorm = kb.derived["rxnorm_codes"] = frozenset(code for d in kb.drugs for code in (d.get("rxnorm") or []))
     meds: list[dict[str, Any]] = []
     later: list[str] = []
     for item in mine:
@@ -63,7 +65,7 @@ def medication_name_and_code(resource: dict[str, Any]) -> tuple[Optional[str], O
     return concept_text(concept), code
 
 
-def _medication(item: Item, index: Index, known_rxnorm: set[str], include_draft: bool,
+def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_draft: bool,
                 warnings: list[str]) -> Optional[tuple[dict[str, Any], Optional[When]]]:
     res = item.resource
     fhir_status = as_str(res.get("status"))
@@ -117,7 +119,7 @@ def _med_concept(item: Item, index: Index, warnings: list[str]) -> tuple[Optiona
     return None, display
 
 
-def _rxnorm(concept: Optional[dict[str, Any]], known: set[str]) -> tuple[Optional[str], Optional[str]]:
+def _rxnorm(concept: Optional[dict[str, Any]], known: frozenset[str]) -> tuple[Optional[str], Optional[str]]:
     """(RxNorm code, RxNorm display): a code the knowledge base knows first, else the first RxNorm coding."""
     rx = [c for c in codings(concept) if as_str(c.get("system")) == RXNORM and as_str(c.get("code"))]
     if not rx:
