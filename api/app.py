@@ -66,7 +66,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         logging.getLogger("leukodx.api").info("ready", extra={"kb_version": get_engine().kb.version})
+        opening = reports.open_report_store(settings)     # in a thread, while the worker already answers
         yield
+        if opening is not None and not opening.done():
+            opening.cancel()
 
     app = FastAPI(title="leukodx", version=ENGINE_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   generate_unique_id_function=lambda route: route.name,   # operation ids: assess, call_service ...

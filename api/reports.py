@@ -25,7 +25,7 @@ from .deps import settings as app_settings
 from .offload import run_cpu
 from .problems import ProblemError
 
-__all__ = ["router", "store_report"]
+__all__ = ["router", "store_report", "open_report_store"]
 
 router = APIRouter(tags=["CDS Hooks"])
 log = logging.getLogger("leukodx.reports")
@@ -51,13 +51,26 @@ class _Batch:
         self.writing = False
         self.housekeeping: Optional[asyncio.Task[None]] = None   # purge or checkpoint, in a thread
         self.store: Any = None          # ReportStore, opened in a thread (it may migrate the database)
+        self.opening: Optional[asyncio.Task[Any]] = None
         self.inline = False             # an SQLite file: written on the loop
         self.unflushed = 0              # transactions since the last checkpoint (SQLite)
 
+    async def open(self) -> None:
+        """Open the store in a thread, once, however many calls wait for it."""
+        if self.opening is None:
+            self.opening = asyncio.get_running_loop().create_task(run_cpu(_store, self.db_url))
+        try:
+            store = await asyncio.shield(self.opening)
+        except Exception:
+            if self.opening.done():             # the database unreachable now: the next call tries again
+                self.opening = None
+            raise
+        if self.store is None:
+            self.store, self.inline = store, store.store.sqlite and not store.store.memory
+
     async def add(self, body: str) -> str:
         if self.store is None:
-            self.store = await run_cpu(_store, self.db_url)
-            self.inline = self.store.store.sqlite and not self.store.store.memory
+            await self.open()
         if self.inline:                                    # written now, on the loop, unless locked
             tokens = self.store.try_put_many([body], self.minutes)
             if tokens is not None:
@@ -130,8 +143,7 @@ class _Batch:
 _BATCHES: dict[tuple[int, str, float], tuple[asyncio.AbstractEventLoop, _Batch]] = {}
 
 
-async def store_report(settings: Settings, assessment_json: str) -> str:
-    """Keep an assessment for the report link; returns the token once the report is committed."""
+def _batch(settings: Settings) -> _Batch:
     loop = asyncio.get_running_loop()
     key = (id(loop), settings.feedback_db_url, settings.report_link_minutes)
     entry = _BATCHES.get(key)
@@ -139,7 +151,27 @@ async def store_report(settings: Settings, assessment_json: str) -> str:
         for old in [k for k, (other, _) in _BATCHES.items() if other.is_closed()]:
             del _BATCHES[old]
         entry = _BATCHES[key] = (loop, _Batch(settings.feedback_db_url, settings.report_link_minutes))
-    return await entry[1].add(assessment_json)
+    return entry[1]
+
+
+async def store_report(settings: Settings, assessment_json: str) -> str:
+    """Keep an assessment for the report link; returns the token once the report is committed."""
+    return await _batch(settings).add(assessment_json)
+
+
+def open_report_store(settings: Settings) -> Optional[asyncio.Task[None]]:
+    """Start opening the report store in the background (a worker at start-up): the first calls
+    after a restart under load then do not wait for SQLAlchemy and the database's migration check
+    (over a second, measured, when the busy loop kept the opening thread from the GIL)."""
+    if settings.report_link_minutes <= 0:
+        return None
+
+    async def opened() -> None:
+        try:
+            await _batch(settings).open()
+        except Exception as e:   # noqa: BLE001 - the first CDS call tries again, and says so if it fails
+            log.warning("the report store could not be opened yet (%s); report links wait for it", type(e).__name__)
+    return asyncio.get_running_loop().create_task(opened())
 
 
 @router.get("/report/{token}", include_in_schema=False)

@@ -27,6 +27,12 @@
   their first answer, one more accepted per round of the others' requests (seen with strace: one
   ``accept4`` per loop turn). :class:`Acceptor` takes the listening socket from uvicorn and accepts
   up to :data:`ACCEPT_BATCH` connections each time it is readable, as asyncio's own server does.
+* **Connections spread over the workers by the kernel** (Linux). On one shared socket, the worker
+  that woke first took a whole burst: 8 clients all on one worker while the other idled. The
+  supervisor now binds the port with ``SO_REUSEPORT`` without listening on it (it keeps the port
+  reserved), and each worker listens on a socket of its own bound to the same address
+  (:func:`worker_listener`): the kernel hashes each new connection to one of them. A worker that
+  stops closes its socket, and new connections go to the others. Elsewhere: one shared socket.
 """
 from __future__ import annotations
 
@@ -39,6 +45,8 @@ import signal
 import tempfile
 import threading
 import time
+import socket as socket_module
+import sys
 from socket import socket
 from typing import Any, Optional
 
@@ -50,7 +58,8 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from .config import Settings, get_settings
 
-__all__ = ["Acceptor", "GuardedHttpToolsProtocol", "Supervisor", "serve", "MAX_HEAD_BYTES"]
+__all__ = ["Acceptor", "GuardedHttpToolsProtocol", "Supervisor", "bind_socket", "serve", "worker_listener",
+           "MAX_HEAD_BYTES"]
 
 log = logging.getLogger("leukodx.serve")
 MAX_HEAD_BYTES = 64 * 1024
@@ -158,8 +167,9 @@ class Acceptor:
     and hands each to the event loop with ``protocol_factory``. It stands where uvicorn keeps the
     ``asyncio.Server`` it would have made (``close`` and ``wait_closed``, called at shutdown)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket, protocol_factory: Any, ssl: Any = None) -> None:
-        self._loop, self._sock, self._factory, self._ssl = loop, sock, protocol_factory, ssl
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket, protocol_factory: Any, ssl: Any = None,
+                 owned: bool = False) -> None:
+        self._loop, self._sock, self._factory, self._ssl, self._owned = loop, sock, protocol_factory, ssl, owned
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         sock.setblocking(False)
@@ -198,9 +208,13 @@ class Acceptor:
             self._loop.add_reader(self._sock.fileno(), self.accept_waiting)
 
     def close(self) -> None:
+        """Stop accepting; a socket of this worker's own is closed, so the kernel sends new
+        connections to the other workers instead of queueing them here."""
         if not self._closed:
             self._closed = True
             self._loop.remove_reader(self._sock.fileno())
+            if self._owned:
+                self._sock.close()
 
     async def wait_closed(self) -> None:
         if self._tasks:
@@ -222,9 +236,49 @@ class WorkerServer(Server):
         def create_protocol(_loop: Optional[asyncio.AbstractEventLoop] = None) -> asyncio.Protocol:
             return config.http_protocol_class(config=config, server_state=self.server_state,  # type: ignore[call-arg]
                                               app_state=self.lifespan.state, _loop=_loop)
-        for sock in sockets:
-            sock.listen(config.backlog)           # bound by the supervisor; listening is the server's part
-        self.servers = [Acceptor(loop, sock, create_protocol, config.ssl) for sock in sockets]  # type: ignore[misc]
+        self.servers = []
+        for shared in sockets:
+            sock = worker_listener(shared, config.backlog)
+            self.servers.append(Acceptor(loop, sock, create_protocol, config.ssl,   # type: ignore[arg-type]
+                                         owned=sock is not shared))
+
+
+def _reuse_port() -> bool:
+    return sys.platform.startswith("linux") and hasattr(socket_module, "SO_REUSEPORT")
+
+
+def bind_socket(config: Config) -> socket:
+    """The supervisor's socket for ``config.host:port``. On Linux it is bound with ``SO_REUSEPORT``
+    and not listened on: it reserves the port, and each worker listens on its own socket
+    (:func:`worker_listener`). Elsewhere, uvicorn's socket, which the workers share."""
+    if not _reuse_port():
+        return config.bind_socket()
+    host = config.host or "0.0.0.0"
+    sock = socket_module.socket(socket_module.AF_INET6 if ":" in host else socket_module.AF_INET)
+    sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
+    sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, config.port))
+    except OSError as e:
+        sock.close()
+        log.error("cannot listen on %s:%s: %s", host, config.port, e.strerror or e)
+        raise SystemExit(3) from None   # uvicorn's STARTUP_FAILURE
+    sock.set_inheritable(True)
+    return sock
+
+
+def worker_listener(shared: socket, backlog: int) -> socket:
+    """The socket a worker accepts on: its own, bound to ``shared``'s address and listening, when
+    ``shared`` was bound with ``SO_REUSEPORT`` (:func:`bind_socket`); else ``shared``, listening."""
+    if not _reuse_port() or not shared.getsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT):
+        shared.listen(backlog)                  # bound by the supervisor; listening is the server's part
+        return shared
+    own = socket_module.socket(shared.family, socket_module.SOCK_STREAM)
+    own.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
+    own.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, 1)
+    own.bind(shared.getsockname())
+    own.listen(backlog)
+    return own
 
 
 class WorkerProcess(Process):
@@ -305,7 +359,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     configure_logging(settings.log_level)
     _raise_open_files_limit()
     config = uvicorn_config(settings, host, port, workers)
-    sock = config.bind_socket()
+    sock = bind_socket(config)
     uvicorn_multiprocess.Process = WorkerProcess   # type: ignore[misc] - the class the supervisor starts
     metrics_dir = _metrics_dir(config.workers)
     log.info("serving", extra={"host": host, "port": port, "workers": config.workers, "pid": os.getpid()})

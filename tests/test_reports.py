@@ -122,3 +122,23 @@ def test_the_log_is_copied_into_the_database_in_a_thread_and_durable_writes_keep
         assert raw.execute("PRAGMA synchronous").fetchone()[0] == 2            # FULL
         assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
         assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+
+
+def test_a_store_that_cannot_be_opened_is_tried_again_by_the_next_call(settings, monkeypatch):
+    """The database unreachable when the worker starts (or at the first call): that call's card goes
+    without the link, and a later call opens the store once the database is back."""
+    failures = [RuntimeError("database down")]
+    real = reports._store
+
+    def flaky(db_url):
+        if failures:
+            raise failures.pop()
+        return real(db_url)
+    monkeypatch.setattr(reports, "_store", flaky)
+
+    async def two_calls() -> str:
+        with pytest.raises(RuntimeError, match="database down"):
+            await reports.store_report(settings, '{"call": 1}')
+        return await reports.store_report(settings, '{"call": 2}')
+    token = asyncio.run(two_calls())
+    assert report_store_for(settings.feedback_db_url).get(token) == '{"call": 2}'

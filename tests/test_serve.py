@@ -7,6 +7,7 @@ import asyncio
 import errno
 import os
 import signal
+import sys
 import socket
 import subprocess
 import time
@@ -266,3 +267,62 @@ def test_accepting_pauses_when_out_of_file_descriptors(monkeypatch, caplog):
     accepted, paused, resumed = asyncio.run(scenario())
     assert (accepted, paused, resumed) == (0, False, True)
     assert "cannot accept connections for now" in caplog.text
+
+
+# -- the kernel spreads connections over the workers (SO_REUSEPORT, Linux) --------------------------
+
+def _accept_all(sock: socket.socket) -> int:
+    sock.setblocking(False)
+    n = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return n
+        conn.close()
+        n += 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux")
+def test_each_worker_listens_on_its_own_socket_and_new_connections_are_spread():
+    """On one shared socket the worker that woke first took a whole burst (8 clients on one worker,
+    the other idle). The supervisor's socket reserves the port without listening; each worker's own
+    socket on the same address gets a share of the connections."""
+    from uvicorn.config import Config
+    shared = serving.bind_socket(Config("leukodx.api.app:app", host="127.0.0.1", port=free_port()))
+    a, b = serving.worker_listener(shared, 64), serving.worker_listener(shared, 64)
+    try:
+        assert len({id(shared), id(a), id(b)}) == 3
+        assert a.getsockname() == b.getsockname() == shared.getsockname()
+        clients = [socket.create_connection(shared.getsockname(), timeout=5) for _ in range(32)]
+        time.sleep(0.2)                              # every handshake done before counting
+        on_a, on_b = _accept_all(a), _accept_all(b)
+        for c in clients:
+            c.close()
+        assert on_a + on_b == 32                     # all reached a worker's socket, none the supervisor's
+        assert on_a > 0 and on_b > 0                 # both got some (all 32 on one: odds 2 in 4 billion)
+    finally:
+        for s in (shared, a, b):
+            s.close()
+
+
+def test_a_socket_without_reuseport_is_shared_and_listened_on():
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        assert serving.worker_listener(plain, 8) is plain
+        with socket.create_connection(plain.getsockname(), timeout=5):
+            assert _accept_all(plain) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/net/tcp")
+def test_a_two_worker_server_listens_on_two_sockets(tmp_path):
+    port = free_port()
+    proc = start_server(port, f"sqlite:///{tmp_path}/fb.db", workers=2, LEUKODX_CDS_AUTH="off",
+                        LEUKODX_LOG_LEVEL="WARNING")
+    try:
+        listening = [line for line in open("/proc/net/tcp").read().splitlines()[1:]
+                     if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"]
+        assert len(listening) == 2
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        stop_server(proc)
