@@ -20,7 +20,10 @@ SQLite, several processes on one file: the file is in WAL mode, every connection
 for a lock (busy timeout), and every transaction starts with ``BEGIN IMMEDIATE`` so that a writer
 never has to upgrade a read lock (an upgrade that fails at once, without waiting, with "database is
 locked"); writes in one process are serialised. A write that still finds the database locked is
-retried a few times before the error reaches the caller. PostgreSQL: a pool per process whose
+retried a few times before the error reaches the caller. The report link's copies are the exception
+(``FeedbackStore.try_insert``): written from the event loop through a connection of their own that
+waits at most 5 ms for the lock and does not flush to disk, the log copied into the file by a thread
+(``checkpoint``). PostgreSQL: a pool per process whose
 connections are checked before use (a database restart or fail-over costs no request), a 10 s
 connect timeout, and no per-process write lock.
 """
@@ -94,16 +97,12 @@ def _locked(e: OperationalError) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _sql_for(table_name: str, columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-
-
-def _insert_sql(table: Table, row: dict[str, Any]) -> str:
-    """SQLite's INSERT for rows with ``row``'s keys, which must be columns of ``table``."""
-    unknown = set(row) - set(table.c.keys())
+def _insert_sql(table: Table, columns: tuple[str, ...]) -> str:
+    """SQLite's INSERT into ``table``'s ``columns`` (names checked against the table)."""
+    unknown = set(columns) - set(table.c.keys())
     if unknown:
         raise ValueError(f"not columns of {table.name}: {sorted(unknown)}")
-    return _sql_for(table.name, tuple(row))
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def engine_url(url: str) -> URL:
@@ -196,11 +195,11 @@ class FeedbackStore:
         """Insert ``rows`` in one transaction, waiting at most :data:`FAST_LOCK_WAIT_MS` for a lock
         (an SQLite file only): True once committed, False while another connection holds the
         database's write lock longer. Short writes can then run on the event loop, which must never
-        sleep long in a lock wait. It uses a connection
-        of its own that does not wait for the disk (``synchronous=NORMAL``, WAL): the rows survive a
-        crash of leukodx, and the last ones can be lost if the machine itself goes down; for rows that
-        are copies kept for convenience (the report links), not for the records. Nor does it copy the
-        log into the database file: call :meth:`checkpoint` from a thread."""
+        sleep long in a lock wait. It uses a connection of its own that does not wait for the disk
+        (``synchronous=NORMAL``, WAL): the rows survive a crash of leukodx, and the last ones can be
+        lost if the machine itself goes down; for rows that are copies kept for convenience (the
+        report links), not for the records. Nor does it copy the log into the database file: call
+        :meth:`checkpoint` from a thread."""
         assert self.sqlite and not self.memory, "try_insert is for an SQLite file"
         lock: Any = self._fast_lock
         if not lock.acquire(blocking=False):
@@ -219,7 +218,8 @@ class FeedbackStore:
                     return False
                 raise
             try:
-                fast.executemany(_insert_sql(table, rows[0]), [tuple(r.values()) for r in rows])
+                columns = tuple(rows[0])
+                fast.executemany(_insert_sql(table, columns), [tuple(r[c] for c in columns) for r in rows])
                 fast.execute("COMMIT")
             except BaseException:
                 fast.execute("ROLLBACK")
@@ -358,8 +358,9 @@ class ReportStore(_Expiring):
         return tokens
 
     def try_put_many(self, bodies: list[str], minutes: float, now: Optional[float] = None) -> Optional[list[str]]:
-        """:meth:`put_many` without waiting for a lock (SQLite; FeedbackStore.try_insert): the tokens,
-        or None while the database is busy. Expired rows are not purged here (``purge``, in a thread)."""
+        """:meth:`put_many` waiting at most a few milliseconds for a lock (an SQLite file;
+        FeedbackStore.try_insert): the tokens, or None while the database is busy. Expired rows are
+        not purged here (``purge``, in a thread)."""
         tokens, rows = self._rows(bodies, minutes, time.time() if now is None else now)
         return tokens if self.store.try_insert(reports_table, rows) else None
 

@@ -5,9 +5,10 @@ kept in the feedback database for LEUKODX_REPORT_LINK_MINUTES, keyed by the toke
 
 With SQLite a report is written on the event loop, at once, in well under a millisecond (waiting at
 most 5 ms for another process's write lock); when the lock is held longer, the report queues and the
-queued ones go together in one transaction once it is free. Other databases: written in a thread, in the same
-batches. Each call waits for its own report's commit before its card links to it: a link never leads
-to a report that was not stored."""
+queued ones go together in one transaction once it is free. Other databases: written in a thread, in
+the same batches. Each call waits for its own report's commit before its card links to it: a link
+never leads to a report that was not stored. Expired reports are deleted, and SQLite's log copied
+into the database file, by a thread, as each falls due."""
 from __future__ import annotations
 
 import asyncio
@@ -101,9 +102,10 @@ class _Batch:
             self.writing = False
 
     async def _put(self, bodies: list[str]) -> list[str]:
-        """An SQLite file: written here on the event loop (well under a millisecond), trying again shortly while
-        another process holds the write lock, so no thread has to win the GIL back from a busy loop
-        (that hand-over cost 5-20 ms a write under load). Other databases: in a thread."""
+        """The queued reports in one transaction. An SQLite file: on the event loop, tried again every
+        millisecond while another process holds the write lock (for up to LOCK_WAIT_SECONDS), so no
+        thread has to win the GIL back from a busy loop (that hand-over cost 5-20 ms a write under
+        load). Other databases: in a thread."""
         store = self.store
         if not self.inline:
             return await run_cpu(store.put_many, bodies, self.minutes)

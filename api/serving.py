@@ -42,18 +42,18 @@ import os
 import resource
 import shutil
 import signal
+import socket as socket_module
+import sys
 import tempfile
 import threading
 import time
-import socket as socket_module
-import sys
 from socket import socket
 from typing import Any, Optional
 
 import uvicorn.supervisors.multiprocess as uvicorn_multiprocess
 from uvicorn.config import Config
-from uvicorn.server import Server
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import Server
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from .config import Settings, get_settings
@@ -64,7 +64,7 @@ __all__ = ["Acceptor", "GuardedHttpToolsProtocol", "Supervisor", "bind_socket", 
 log = logging.getLogger("leukodx.serve")
 MAX_HEAD_BYTES = 64 * 1024
 # Connections accepted per readiness of the listening socket: a burst of new clients is taken in a
-# turn or two, and two workers woken together still share it rather than the first taking all.
+# turn or two, while one readiness cannot keep the loop from its requests for long.
 ACCEPT_BATCH = 16
 ACCEPT_RETRY_SECONDS = 1.0        # out of file descriptors: stop accepting this long (as asyncio does)
 
