@@ -254,13 +254,21 @@ def bind_socket(config: Config) -> socket:
     if not _reuse_port():
         return config.bind_socket()
     host = config.host or "0.0.0.0"
-    sock = socket_module.socket(socket_module.AF_INET6 if ":" in host else socket_module.AF_INET)
-    sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
-    sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, 1)
+    family = socket_module.AF_INET6 if ":" in host else socket_module.AF_INET
+    sock = None
     try:
+        # First without SO_REUSEPORT: a port another server holds (another leukodx included, whose
+        # sockets would otherwise let this one join them and take half their connections) is refused.
+        with socket_module.socket(family) as probe:
+            probe.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
+            probe.bind((host, config.port))
+        sock = socket_module.socket(family)
+        sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
+        sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, 1)
         sock.bind((host, config.port))
     except OSError as e:
-        sock.close()
+        if sock is not None:
+            sock.close()
         log.error("cannot listen on %s:%s: %s", host, config.port, e.strerror or e)
         raise SystemExit(3) from None   # uvicorn's STARTUP_FAILURE
     sock.set_inheritable(True)

@@ -319,10 +319,31 @@ def test_a_two_worker_server_listens_on_two_sockets(tmp_path):
     port = free_port()
     proc = start_server(port, f"sqlite:///{tmp_path}/fb.db", workers=2, LEUKODX_CDS_AUTH="off",
                         LEUKODX_LOG_LEVEL="WARNING")
+    def listening() -> int:
+        return sum(1 for line in open("/proc/net/tcp").read().splitlines()[1:]
+                   if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
     try:
-        listening = [line for line in open("/proc/net/tcp").read().splitlines()[1:]
-                     if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"]
-        assert len(listening) == 2
+        deadline = time.monotonic() + 60             # /readyz answers once the first worker is ready
+        while listening() < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert listening() == 2
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT")
+def test_a_second_server_on_a_port_in_use_is_refused_not_joined(tmp_path):
+    """SO_REUSEPORT would let a second leukodx on the same port join the first and take half its
+    connections (an old version left running during a deploy): it is refused, as before."""
+    port = free_port()
+    proc = start_server(port, f"sqlite:///{tmp_path}/fb.db", workers=1, LEUKODX_CDS_AUTH="off",
+                        LEUKODX_LOG_LEVEL="WARNING")
+    try:
+        second = subprocess.run([LEUKODX, "serve", "--port", str(port), "--workers", "1"], capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "LEUKODX_CDS_AUTH": "off",
+                                                           "LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{tmp_path}/2.db"})
+        assert second.returncode != 0
+        assert "address already in use" in (second.stdout + second.stderr).lower()
     finally:
         stop_server(proc)
