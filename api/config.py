@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
-
 import re
+from functools import lru_cache
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict

@@ -18,23 +18,28 @@ from typing import Any, Callable, TypeVar
 import anyio
 import anyio.to_thread
 
-__all__ = ["run_cpu", "CPU_THREADS", "INLINE_MAX_BYTES"]
+__all__ = ["run_cpu", "loop_local", "CPU_THREADS", "INLINE_MAX_BYTES"]
 
 T = TypeVar("T")
 CPU_THREADS = 2
 INLINE_MAX_BYTES = 64 * 1024      # a case with about 150 lab values, a CDS call with about 60 resources
-_LIMITERS: dict[int, tuple[asyncio.AbstractEventLoop, anyio.CapacityLimiter]] = {}
+_LIMITERS: dict[Any, tuple[asyncio.AbstractEventLoop, Any]] = {}
+
+
+def loop_local(registry: dict[Any, tuple[asyncio.AbstractEventLoop, Any]], key: Any, make: Callable[[], T]) -> T:
+    """The running event loop's own object under ``key`` in ``registry``, made on first use (tests
+    run several loops; an object of a closed loop is dropped)."""
+    loop = asyncio.get_running_loop()
+    entry = registry.get((id(loop), key))
+    if entry is None or entry[0] is not loop:
+        for old in [k for k, (other, _) in registry.items() if other.is_closed()]:
+            del registry[old]
+        entry = registry[(id(loop), key)] = (loop, make())
+    return entry[1]
 
 
 def _limiter() -> anyio.CapacityLimiter:
-    loop = asyncio.get_running_loop()
-    entry = _LIMITERS.get(id(loop))
-    if entry is None or entry[0] is not loop:   # one limiter per event loop (tests run several)
-        for key in [k for k, (other, _) in _LIMITERS.items() if other.is_closed()]:
-            del _LIMITERS[key]
-        entry = (loop, anyio.CapacityLimiter(CPU_THREADS))
-        _LIMITERS[id(loop)] = entry
-    return entry[1]
+    return loop_local(_LIMITERS, None, lambda: anyio.CapacityLimiter(CPU_THREADS))
 
 
 async def run_cpu(fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False, inline: bool = False) -> T:

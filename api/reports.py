@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from .config import Settings
 from .deps import settings as app_settings
-from .offload import run_cpu
+from .offload import loop_local, run_cpu
 from .problems import ProblemError
 
 __all__ = ["router", "store_report", "open_report_store"]
@@ -142,18 +142,12 @@ class _Batch:
             log.warning("report housekeeping failed (%s): %s", "purge" if purge else "checkpoint", type(e).__name__)
 
 
-_BATCHES: dict[tuple[int, str, float], tuple[asyncio.AbstractEventLoop, _Batch]] = {}
+_BATCHES: dict[Any, tuple[asyncio.AbstractEventLoop, Any]] = {}
 
 
 def _batch(settings: Settings) -> _Batch:
-    loop = asyncio.get_running_loop()
-    key = (id(loop), settings.feedback_db_url, settings.report_link_minutes)
-    entry = _BATCHES.get(key)
-    if entry is None or entry[0] is not loop:   # one batch per event loop (tests run several)
-        for old in [k for k, (other, _) in _BATCHES.items() if other.is_closed()]:
-            del _BATCHES[old]
-        entry = _BATCHES[key] = (loop, _Batch(settings.feedback_db_url, settings.report_link_minutes))
-    return entry[1]
+    db_url, minutes = settings.feedback_db_url, settings.report_link_minutes
+    return loop_local(_BATCHES, (db_url, minutes), lambda: _Batch(db_url, minutes))
 
 
 async def store_report(settings: Settings, assessment_json: str) -> str:

@@ -208,9 +208,7 @@ async def assess_fhir(request: Request,
         if mapped.not_assessed and not partial:
             raise _InputProblem(422, "The FHIR data cannot be mapped to a case", "",
                                 [Problem(n.field, n.reason) for n in mapped.not_assessed], data)
-        a = eng.assess(mapped.case, ctcae_version=ctcae, partial=partial)
-        a = a.model_copy(update={"warnings": [f"FHIR: {w}" for w in mapped.warnings] + a.warnings,
-                                 "not_assessed": mapped.not_assessed + a.not_assessed})
+        a = mapped.noted_in(eng.assess(mapped.case, ctcae_version=ctcae, partial=partial))
         if fhir_wanted:
             return json.dumps(answer.assessment_bundle(a, answer.patient_reference(data, patient), root=data),
                               ensure_ascii=False)
@@ -297,7 +295,6 @@ def add_examples(schema: dict[str, Any]) -> None:
     engine gives the first of them: the OpenAPI document shows real cases and real answers."""
     import yaml
     from leukodx.engine import assess as assess_case
-    from leukodx.engine.render import to_json
 
     op = schema["paths"]["/v1/assess"]["post"]
     content = op["requestBody"]["content"]

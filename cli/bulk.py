@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
-__all__ = ["InputProblem", "Partitioned", "ReadError", "partition_export", "plan_stripes", "read_stripe", "stripe_task",
+__all__ = ["InputProblem", "Partitioned", "ReadError", "expected_bytes", "partition_export", "plan_stripes", "read_stripe", "stripe_task",
            "read_partition", "export_files", "patient_key", "partition_of",
            "USED_TYPES", "SUBJECT_TYPES", "FHIR_R4_TYPES", "PROBLEMS_KEPT_PER_KIND"]
 
@@ -131,8 +131,7 @@ class Partitioned:
         self.bytes_read += other.bytes_read
 
     def keep_problems(self) -> None:
-        """In file and line order, at most PROBLEMS_KEPT_PER_KIND of each kind per file (the stripes
-        each kept as many)."""
+        """In file and line order, at most PROBLEMS_KEPT_PER_KIND of each kind per file (as each stripe kept)."""
         order = {name: i for i, name in enumerate(self.files)}
         kept: list[InputProblem] = []
         seen: dict[tuple[str, str], int] = {}
@@ -142,6 +141,11 @@ class Partitioned:
             if n < PROBLEMS_KEPT_PER_KIND:
                 kept.append(prob)
         self.problems = kept
+
+
+def expected_bytes(path: Path) -> int:
+    """About what a file holds once read: its size, six times it for gzip (NDJSON compresses about so)."""
+    return path.stat().st_size * (6 if path.name.endswith(".gz") else 1)
 
 
 def export_files(export_dir: Path) -> list[Path]:
@@ -185,7 +189,7 @@ def plan_stripes(files: list[Path], stripes: int) -> list[Stripe]:
     """The export cut into at most ``stripes`` stripes of about equal size, at line boundaries, each
     range with the number of its first line. Counting the lines before a cut reads the bytes once
     (C-speed counting, no parsing); a gzip file is one range (it cannot be entered in the middle)."""
-    sizes = [p.stat().st_size * (6 if p.name.endswith(".gz") else 1) for p in files]
+    sizes = [expected_bytes(p) for p in files]
     target = max(1, -(-sum(sizes) // max(1, stripes)))
     out: list[Stripe] = [[]]
     filled = 0
@@ -259,7 +263,7 @@ def partition_export(export_dir: Path, work_dir: Path, n: int, stripes: int = 1,
     work_dir.mkdir(parents=True, exist_ok=True)
     names = [str(p.relative_to(export_dir)) for p in files]
     out = Partitioned(parts=[[] for _ in range(n)], medications=[], files=names, patients_per_part=[0] * n)
-    total = sum(p.stat().st_size * (6 if p.name.endswith(".gz") else 1) for p in files) or 1
+    total = sum(map(expected_bytes, files)) or 1
     tasks = [{"export": str(export_dir), "files": names, "ranges": stripe, "work": str(work_dir), "n": n,
               "stripe": i} for i, stripe in enumerate(plan_stripes(files, stripes))]
     if run is None:
@@ -314,8 +318,7 @@ def stripe_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Pieces:
-    """A stripe's open piece files, opened on first use: one per partition it meets, and its side
-    file of Medications."""
+    """A stripe's piece files, opened on first use: one per partition it meets, and its Medications file."""
 
     def __init__(self, work: Path, stripe: int, out: Partitioned):
         self.work, self.stripe, self.out = work, stripe, out

@@ -36,10 +36,7 @@ def _assess(args: argparse.Namespace) -> int:
         # a FHIR R4 Bundle or resource (an EHR export): mapped, and assessed as EHR data is (partially)
         from leukodx.api.fhir import map_bundle
         mapped = map_bundle(doc, kb=engine.kb, patient_id=args.patient)
-        assessment = engine.assess(mapped.case, ctcae_version=args.ctcae, partial=True)
-        assessment = assessment.model_copy(update={
-            "warnings": [f"FHIR: {w}" for w in mapped.warnings] + assessment.warnings,
-            "not_assessed": mapped.not_assessed + assessment.not_assessed})
+        assessment = mapped.noted_in(engine.assess(mapped.case, ctcae_version=args.ctcae, partial=True))
     else:
         assessment = engine.assess(doc, ctcae_version=args.ctcae, partial=args.partial)
     sys.stdout.write(to_json(assessment) if args.format == "json" else to_text(assessment))

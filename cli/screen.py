@@ -33,7 +33,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from .bulk import Partitioned, ReadError, export_files, partition_export, remove_quietly, stripe_task
+from .bulk import Partitioned, ReadError, expected_bytes, export_files, partition_export, remove_quietly, stripe_task
 from .executors import Executor, ScreenError
 
 __all__ = ["register", "add_arguments", "main", "run_screen", "ScreenError", "Progress", "PARTITION_BYTES", "TIERS"]
@@ -278,12 +278,12 @@ def run_screen(export: Path, out: Path, *, as_of: date, since: Optional[date] = 
 def _stripes(files: list[Path], workers: int) -> int:
     """Stripes to read the export in: a few per worker (so that one slow stripe does not hold the
     others up), each at least STRIPE_MIN_BYTES, at most MAX_STRIPES (each writes a piece per partition)."""
-    size = sum(p.stat().st_size * (6 if p.name.endswith(".gz") else 1) for p in files)
+    size = sum(map(expected_bytes, files))
     return max(1, min(4 * workers, MAX_STRIPES, math.ceil(size / STRIPE_MIN_BYTES)))
 
 
 def _default_partitions(files: list[Path], workers: int) -> int:
-    size = sum(p.stat().st_size * (6 if p.name.endswith(".gz") else 1) for p in files)
+    size = sum(map(expected_bytes, files))
     return max(4 * workers, min(MAX_PARTITIONS, math.ceil(size / PARTITION_BYTES)))
 
 

@@ -14,7 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 from .kb import KnowledgeBase, rules_dir
 
@@ -130,12 +130,10 @@ class DrugIndex:
         key = _key(name)
         if key in self._by_name:
             return DrugMatch(self._by_name[key], key)
-        found = self._searched.get(key, ...)
-        if found is ...:
-            if len(self._searched) >= 4096:
-                self._searched.clear()
-            m = self._pattern.search(key)      # longest name first: "mycophenolate sodium" before "mycophenolate"
-            found = self._searched[key] = m.group(1) if m else None
+        def search() -> Optional[str]:        # longest name first: "mycophenolate sodium" before "mycophenolate"
+            m = self._pattern.search(key)
+            return m.group(1) if m else None
+        found = _remembered(self._searched, key, search)
         return DrugMatch(self._by_name[found], found) if found else None
 
     @cached_property
@@ -222,14 +220,24 @@ class DrugIndex:
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:
     """The knowledge base's conditions a text names (one pattern each). Remembered per text, at most
     4,096 of them: records repeat the same few problem-list texts."""
-    seen = kb.derived.setdefault("condition_matches", {})
-    found = seen.get(text)
-    if found is None:
-        if len(seen) >= 4096:
-            seen.clear()
+    def search() -> tuple[str, ...]:
         t = clean_text(text, fold=False)       # the patterns ignore case, except abbreviations
-        found = seen[text] = tuple(cid for cid, pattern in kb.conditions.items() if pattern.search(t))
-    return list(found)
+        return tuple(cid for cid, pattern in kb.conditions.items() if pattern.search(t))
+    return list(_remembered(kb.derived.setdefault("condition_matches", {}), text, search))
+
+
+_MISSING = object()
+
+
+def _remembered(cache: dict[str, Any], key: str, compute: Callable[[], Any], limit: int = 4096) -> Any:
+    """``compute()``, remembered under ``key`` in ``cache`` (emptied when it reaches ``limit`` entries):
+    records repeat the same few drug and problem-list texts."""
+    found = cache.get(key, _MISSING)
+    if found is _MISSING:
+        if len(cache) >= limit:
+            cache.clear()
+        found = cache[key] = compute()
+    return found
 
 
 def match_organ(kb: KnowledgeBase, text: str) -> str:

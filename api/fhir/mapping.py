@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Optional
 
-from leukodx.engine.assessment import NotAssessed
+from leukodx.engine.assessment import Assessment, NotAssessed
 from leukodx.engine.case import MAX_LABS
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
@@ -47,6 +47,12 @@ class Mapped:
     case: dict[str, Any]
     warnings: list[str]
     not_assessed: list[NotAssessed]
+
+    def noted_in(self, assessment: Assessment) -> Assessment:
+        """The assessment of this case with what the mapping left out in it: its warnings (marked
+        "FHIR:") before the engine's, its not_assessed items before the engine's."""
+        return assessment.model_copy(update={"warnings": [f"FHIR: {w}" for w in self.warnings] + assessment.warnings,
+                                             "not_assessed": self.not_assessed + assessment.not_assessed})
 
 
 def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, patient_id: Optional[str] = None,
