@@ -1,5 +1,5 @@
-"""Prometheus metrics at ``/metrics`` (prometheus-client; HTTP metrics through
-prometheus-fastapi-instrumentator's middleware).
+"""Prometheus metrics at ``/metrics`` (prometheus-client; HTTP metrics through :class:`HttpMetrics`,
+a middleware of its own).
 
 ========================================  ================================================================
 metric                                    what
@@ -34,17 +34,17 @@ import os
 import time
 from typing import Any, Awaitable, Callable, Iterable, Optional
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
                                disable_created_metrics, generate_latest)
-from prometheus_fastapi_instrumentator import Instrumentator
-from prometheus_fastapi_instrumentator.metrics import Info
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leukodx.engine import CaseError, Engine, get_engine
 
 from . import audit, tracing
 
-__all__ = ["install", "observed_engine", "ObservedEngine", "observed_fetch", "cards_returned", "note_engine"]
+__all__ = ["install", "HttpMetrics", "observed_engine", "ObservedEngine", "observed_fetch", "cards_returned", "note_engine"]
 
 disable_created_metrics()   # no *_created series: a start time per label set doubles the series for nothing
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests by route template, method and status",
@@ -69,10 +69,44 @@ AUDIT_FAILURES = Counter("leukodx_audit_write_failures", "Audit records that cou
 
 # -- HTTP -------------------------------------------------------------------------------------------
 
-def _observe_request(info: Info) -> None:
-    labels = (info.modified_handler, info.method, info.modified_status)
-    HTTP_REQUESTS.labels(*labels).inc()
-    HTTP_LATENCY.labels(*labels).observe(info.modified_duration)
+class HttpMetrics:
+    """Counts and times every HTTP request by the template of the route that answered it
+    (``/cds-services/{service_id}``; ``none`` when no route matched, so a scan of random paths adds
+    no series), its method and its status. The route is the one the router chose (``scope["route"]``);
+    where a router leaves it out (older Starlette, whose application lists its routes flat), the path is
+    matched against the routes again. ``/metrics`` itself is not counted. A request that raises is
+    counted as 500 (the error handler outside answers 500)."""
+
+    def __init__(self, app: ASGIApp, routes: Callable[[], Iterable[Any]]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def status_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, status_send)
+        finally:
+            labels = (self._handler(scope), scope.get("method", ""), str(status))
+            HTTP_REQUESTS.labels(*labels).inc()
+            HTTP_LATENCY.labels(*labels).observe(time.perf_counter() - start)
+
+    def _handler(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            route = next((r for r in self.routes() if getattr(r, "path", None) and r.matches(scope)[0] is Match.FULL),
+                         None)
+        return getattr(route, "path", None) or "none"
 
 
 def registry() -> CollectorRegistry:
@@ -88,8 +122,7 @@ def registry() -> CollectorRegistry:
 def install(app: FastAPI) -> None:
     """The HTTP-metrics middleware (call it where it should sit in the middleware stack: outside the
     body limit and the 500 handler, so 413s and 500s are counted) and the /metrics route."""
-    Instrumentator(should_group_status_codes=False, should_ignore_untemplated=False, should_group_untemplated=True,
-                   excluded_handlers=["^/metrics$"]).add(_observe_request).instrument(app)
+    app.add_middleware(HttpMetrics, routes=lambda: app.routes)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
