@@ -113,10 +113,10 @@ class Case(_Model):
     title: Optional[Annotated[str, Field(max_length=MAX_TEXT)]] = None
     rationale: Optional[Annotated[str, Field(max_length=5000)]] = None
     as_of: Optional[When] = Field(None, description="date the case is judged at; default: the latest lab time")
-    patient: Patient = Patient()
+    patient: Patient = Field(default_factory=Patient)   # a factory: a default instance is deep-copied per case
     labs: Annotated[list[Lab], Field(max_length=MAX_LABS, validate_default=True)] = []
     medications: Annotated[list[Medication], Field(max_length=MAX_MEDICATIONS)] = []
-    history: History = History()
+    history: History = Field(default_factory=History)
     expect: SkipJsonSchema[Optional[dict[str, Any]]] = Field(
         None, description="a case file's expected outcome, read by `leukodx replay` (cli/replay.py); ignored here")
 
