@@ -79,6 +79,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     # Routes get the worker's engine wrapped for metrics, spans and the audit record (api/metrics.py).
     app.state.engine_provider = metrics.observed_engine
     problems.install(app)
+    cds_routes.add_call_route(app)      # first: the busiest route
     app.include_router(rest.router)
     app.include_router(rest.kb_router)
     app.include_router(cds_routes.router)

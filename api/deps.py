@@ -1,16 +1,17 @@
 """What routes need, handed out in one place: the engine, the settings, body reading."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Coroutine, Iterable
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 
 from leukodx.engine import Engine, get_engine
 
 from .config import Settings
 from .problems import ProblemError
 
-__all__ = ["engine", "settings", "read_body", "JSON_TYPES", "YAML_TYPES", "FHIR_TYPES"]
+__all__ = ["engine", "settings", "read_body", "LeanRoute", "JSON_TYPES", "YAML_TYPES", "FHIR_TYPES"]
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
@@ -41,3 +42,17 @@ async def read_body(request: Request, accepted: Iterable[str]) -> bytes:
         raise ProblemError(415, "Unsupported media type",
                            f"Send the body as {' or '.join(accepted)} (got {media or 'no content type'}).")
     return await request.body()
+
+
+class LeanRoute(APIRoute):
+    """A route whose endpoint is called with the request and its path parameters, and nothing else:
+    no dependencies solved, no body parsed, no answer validated against ``response_model`` (which
+    still documents it in OpenAPI). For an endpoint that reads its own body and returns a Response:
+    FastAPI's handler around a CDS call cost 1.6% of its instructions (valgrind)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            return await endpoint(request=request, **request.path_params)
+        return handler
