@@ -6,6 +6,7 @@ mangles a condition shows up as a disagreement.
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 from hypothesis import given, settings
@@ -109,3 +110,21 @@ def test_why_not_explains_a_rule_that_did_not_fire():
     assert reasons and "anc" in reasons[0] and "0.7" in reasons[0]
     assert PLAIN.why_not("alerts.agranulocytosis", {"anc": 0.4, "anc_max": 0.4}) == []
     assert "absent" in PLAIN.why_not("alerts.agranulocytosis", {})[0]
+
+
+def test_a_case_leaves_its_rulesets_session_empty():
+    """Each ruleset keeps one durable-rules session; a case's fact is retracted once its firings are
+    read, so the next case meets an empty session (a fact left behind would fire its rules again for
+    every later case), and the same facts twice in a row fire the same rules twice."""
+    import durable_rules_engine
+    from leukodx.engine.reason import SESSION
+    reasoner = DurableReasoner(KB)
+    facts = typed_facts({name: (True if t is bool else (0.1 if t is float else "other")) for name, t in TYPES.items()})
+    fired_any = False
+    for ruleset in KB.rulesets:
+        first = reasoner.fire(ruleset, facts)
+        assert reasoner.fire(ruleset, facts) == first == PLAIN.fire(ruleset, facts), ruleset
+        fired_any = fired_any or bool(first)
+        left = durable_rules_engine.get_facts(reasoner._handles[ruleset], SESSION)
+        assert json.loads(left) == [], (ruleset, left)
+    assert fired_any
