@@ -3,9 +3,9 @@ which reads ``/v1/reports/<token>``. The token is unguessable and names no patie
 kept in the feedback database for LEUKODX_REPORT_LINK_MINUTES, keyed by the token's hash
 (api/feedback.py ReportStore). An expired or unknown token is a 404.
 
-With SQLite a report is written on the event loop, at once, in well under a millisecond (waiting at
-most 5 ms for another process's write lock); when the lock is held longer, the report queues and the
-queued ones go together in one transaction once it is free. Other databases: written in a thread, in
+With SQLite reports are written on the event loop, in well under a millisecond (waiting at most 5 ms
+for another process's write lock), those of the calls that reach this point in the same turn of the
+loop in one transaction; when the lock is held longer, the queued ones go together once it is free. Other databases: written in a thread, in
 the same batches. Each call waits for its own report's commit before its card links to it: a link
 never leads to a report that was not stored. Expired reports are deleted, and SQLite's log copied
 into the database file, by a thread, as each falls due."""
@@ -72,12 +72,10 @@ class _Batch:
     async def add(self, body: str) -> str:
         if self.store is None:
             await self.open()
-        if self.inline:                                    # written now, on the loop, unless locked
-            tokens = self.store.try_put_many([body], self.minutes)
-            if tokens is not None:
-                self._housekeeping()
-                return tokens[0]
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()   # queued for the writer
+        # Queued for the writer task, which runs once the calls ready in this turn of the event loop
+        # have queued theirs: under load one transaction takes several reports (a transaction's
+        # BEGIN and COMMIT cost twice the insert of a 13 KB report).
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.waiting.append((body, future))
         if not self.writing:
             self.writing = True

@@ -1,6 +1,7 @@
 """The report behind a CDS card's link (api/reports.py): written on the event loop for
-SQLite, at once or, behind another process's lock, queued and batched, never sleeping in a lock wait
-there, and committed before its token is handed out."""
+SQLite, the reports of calls ready in the same turn of the loop in one transaction and, behind
+another process's lock, queued and batched, never sleeping in a lock wait there, and committed
+before its token is handed out."""
 from __future__ import annotations
 
 import asyncio
@@ -57,6 +58,26 @@ def test_reports_queued_behind_a_lock_go_in_one_transaction_and_each_opens_its_o
     assert [json.loads(store.get(t))["call"] for t in tokens] == list(range(30))   # committed, each its own
     assert len(set(tokens)) == 30
     assert sum(written[1:]) == 30 and len(written[1:]) < 30
+
+
+def test_reports_of_calls_in_the_same_turn_of_the_loop_share_one_transaction(settings, monkeypatch):
+    written = []
+    real = ReportStore.try_put_many
+
+    def counted(self, bodies, minutes, now=None):
+        tokens = real(self, bodies, minutes, now)
+        written.append(len(bodies) if tokens is not None else 0)
+        return tokens
+    monkeypatch.setattr(ReportStore, "try_put_many", counted)
+
+    async def calls() -> list[str]:
+        alone = await reports.store_report(settings, json.dumps({"call": "alone"}))
+        together = await asyncio.gather(*(reports.store_report(settings, json.dumps({"call": i})) for i in range(8)))
+        return [alone, *together]
+    tokens = asyncio.run(calls())
+    assert written == [1, 8]                      # one transaction each time, none refused
+    store = report_store_for(settings.feedback_db_url)
+    assert [json.loads(store.get(t))["call"] for t in tokens] == ["alone", *range(8)] and len(set(tokens)) == 9
 
 
 def test_a_report_waits_for_another_process_lock_without_holding_the_event_loop(settings):
