@@ -32,7 +32,7 @@ router = APIRouter(tags=["CDS Hooks"])
 log = logging.getLogger("leukodx.reports")
 LOCK_WAIT_SECONDS = 30.0       # as long as a thread's write would wait (the SQLite busy timeout)
 LOCK_RETRY_SECONDS = 0.001
-CHECKPOINT_EVERY = 100         # transactions (about 1,300 pages of 4 KiB at 13 KB a report)
+CHECKPOINT_EVERY = 100         # reports (about 400 pages of 4 KiB at 13 KB a report), however batched
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,100}$")
 _PAGE = Path(__file__).parent / "static" / "index.html"
 
@@ -54,7 +54,7 @@ class _Batch:
         self.store: Any = None          # ReportStore, opened in a thread (it may migrate the database)
         self.opening: Optional[asyncio.Task[Any]] = None
         self.inline = False             # an SQLite file: written on the loop
-        self.unflushed = 0              # transactions since the last checkpoint (SQLite)
+        self.unflushed = 0              # reports written since the last checkpoint (SQLite)
 
     async def open(self) -> None:
         """Open the store in a thread, once, however many calls wait for it."""
@@ -113,13 +113,13 @@ class _Batch:
             if loop.time() > give_up:
                 raise TimeoutError(f"the report database stayed locked for {LOCK_WAIT_SECONDS:.0f} s")
             await asyncio.sleep(LOCK_RETRY_SECONDS)
-        self._housekeeping()
+        self._housekeeping(len(bodies))
         return tokens
 
-    def _housekeeping(self) -> None:
+    def _housekeeping(self, written: int) -> None:
         """In a thread, one task at a time, as each falls due: delete expired reports, copy the log
         into the database file (both take milliseconds or more, so neither runs on the loop)."""
-        self.unflushed += 1
+        self.unflushed += written
         if self.housekeeping is not None and not self.housekeeping.done():
             return
         now = time.time()
