@@ -146,7 +146,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(audit.AuditTrail, auditor=audit.Auditor(settings.audit_key.get_secret_value(),
                                                                settings.audit_log_file))
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext,   # it also times and counts each request for /metrics
+                       observe=metrics.http_observer(lambda: app.routes) if settings.metrics else None)
     if settings.metrics:
         metrics.install(app)
     origins = Settings.origins_of(settings.cors_origins)

@@ -1,5 +1,5 @@
-"""Prometheus metrics at ``/metrics`` (prometheus-client; HTTP metrics through :class:`HttpMetrics`,
-a middleware of its own).
+"""Prometheus metrics at ``/metrics`` (prometheus-client; HTTP requests observed by the request-context
+middleware through :func:`http_observer`).
 
 ========================================  ================================================================
 metric                                    what
@@ -38,13 +38,13 @@ from fastapi import FastAPI, Response
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
                                disable_created_metrics, generate_latest)
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from leukodx.engine import CaseError, Engine, get_engine
 
 from . import audit, tracing
 
-__all__ = ["install", "HttpMetrics", "observed_engine", "ObservedEngine", "observed_fetch", "cards_returned", "note_engine"]
+__all__ = ["install", "http_observer", "route_template", "observed_engine", "ObservedEngine", "observed_fetch", "cards_returned", "note_engine"]
 
 disable_created_metrics()   # no *_created series: a start time per label set doubles the series for nothing
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests by route template, method and status",
@@ -69,44 +69,28 @@ AUDIT_FAILURES = Counter("leukodx_audit_write_failures", "Audit records that cou
 
 # -- HTTP -------------------------------------------------------------------------------------------
 
-class HttpMetrics:
-    """Counts and times every HTTP request by the template of the route that answered it
-    (``/cds-services/{service_id}``; ``none`` when no route matched, so a scan of random paths adds
-    no series), its method and its status. The route is the one the router chose (``scope["route"]``);
-    where a router leaves it out (older Starlette, whose application lists its routes flat), the path is
-    matched against the routes again. ``/metrics`` itself is not counted. A request that raises is
-    counted as 500 (the error handler outside answers 500)."""
+def route_template(scope: Scope, routes: Callable[[], Iterable[Any]]) -> str:
+    """The template of the route that answered (``/cds-services/{service_id}``), ``none`` when no route
+    matched, so a scan of random paths adds no series. The route is the one the router chose
+    (``scope["route"]``); where a router leaves it out (older Starlette, whose application lists its
+    routes flat), the path is matched against the routes again."""
+    route = scope.get("route")
+    if route is None:
+        route = next((r for r in routes() if getattr(r, "path", None) and r.matches(scope)[0] is Match.FULL), None)
+    return getattr(route, "path", None) or "none"
 
-    def __init__(self, app: ASGIApp, routes: Callable[[], Iterable[Any]]) -> None:
-        self.app = app
-        self.routes = routes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/metrics":
-            await self.app(scope, receive, send)
+def http_observer(routes: Callable[[], Iterable[Any]]) -> Callable[[Scope, int, float], None]:
+    """What RequestContext (api/middleware.py) calls once each request is answered: counts and times
+    it by route template, method and status (an exception is counted as the 500 it is answered
+    with). ``/metrics`` itself is not counted."""
+    def observe(scope: Scope, status: int, seconds: float) -> None:
+        if scope.get("path") == "/metrics":
             return
-        start = time.perf_counter()
-        status = 500
-
-        async def status_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, status_send)
-        finally:
-            labels = (self._handler(scope), scope.get("method", ""), str(status))
-            HTTP_REQUESTS.labels(*labels).inc()
-            HTTP_LATENCY.labels(*labels).observe(time.perf_counter() - start)
-
-    def _handler(self, scope: Scope) -> str:
-        route = scope.get("route")
-        if route is None:
-            route = next((r for r in self.routes() if getattr(r, "path", None) and r.matches(scope)[0] is Match.FULL),
-                         None)
-        return getattr(route, "path", None) or "none"
+        labels = (route_template(scope, routes), scope.get("method", ""), str(status))
+        HTTP_REQUESTS.labels(*labels).inc()
+        HTTP_LATENCY.labels(*labels).observe(seconds)
+    return observe
 
 
 def registry() -> CollectorRegistry:
@@ -120,10 +104,7 @@ def registry() -> CollectorRegistry:
 
 
 def install(app: FastAPI) -> None:
-    """The HTTP-metrics middleware (call it where it should sit in the middleware stack: outside the
-    body limit and the 500 handler, so 413s and 500s are counted) and the /metrics route."""
-    app.add_middleware(HttpMetrics, routes=lambda: app.routes)
-
+    """The /metrics route (the HTTP requests are observed by RequestContext with :func:`http_observer`)."""
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)

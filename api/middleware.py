@@ -8,7 +8,7 @@ import re
 import sys
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -53,10 +53,12 @@ def configure_logging(level: str = "INFO") -> None:
 class RequestContext:
     """Gives every request an id (a safe incoming X-Request-ID, else a new one), returns it in the
     response, adds security headers, and logs method, path, status and duration. Never the body,
-    the query string or the Authorization header."""
+    the query string or the Authorization header. ``observe(scope, status, seconds)``, when given,
+    is called with the same status and duration (the HTTP metrics, api/metrics.py)."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, observe: Optional[Callable[[Scope, int, float], None]] = None):
         self.app = app
+        self.observe = observe
         self.log = logging.getLogger("leukodx.access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,9 +98,12 @@ class RequestContext:
                 await send_problem(send_wrapper, 500, "Internal error",
                                    "The request could not be completed; it has been logged.", request_id=request_id)
         finally:
+            seconds = time.perf_counter() - start
+            if self.observe is not None:
+                self.observe(scope, status, seconds)
             self.log.info("request", extra={"request_id": request_id, "method": scope.get("method"),
                                             "path": scope.get("path"), "status": status,
-                                            "duration_ms": round((time.perf_counter() - start) * 1000, 2)})
+                                            "duration_ms": round(seconds * 1000, 2)})
 
 
 class BodyLimit:

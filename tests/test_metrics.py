@@ -219,20 +219,20 @@ def test_serve_sets_up_the_multiprocess_directory_only_for_several_workers(monke
 
 
 def test_a_route_the_router_did_not_name_is_found_by_its_template():
-    """HttpMetrics labels by scope["route"]; where a router leaves it out (older Starlette, whose
-    application lists every route flat), it matches the path against the routes itself, and a path no
+    """Requests are labelled by scope["route"]; where a router leaves it out (older Starlette, whose
+    application lists every route flat), the path is matched against the routes, and a path no
     route takes is `none`."""
     from leukodx.api import rest
     from leukodx.api.cds import routes as cds_routes
-    from leukodx.api.metrics import HttpMetrics
+    from leukodx.api.metrics import route_template
     app = create_app(Settings(cds_auth="off", feedback_db_url="sqlite://"))
     flat = [*rest.router.routes, *cds_routes.router.routes, *(r for r in app.routes if getattr(r, "path", None))]
-    middleware = HttpMetrics(app, routes=lambda: flat)
 
-    def scope(method: str, path: str) -> dict:
-        return {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
-    assert middleware._handler(scope("POST", "/cds-services/leukodx-patient-view")) == "/cds-services/{service_id}"
-    assert middleware._handler(scope("POST", "/v1/assess")) == "/v1/assess"
-    assert middleware._handler(scope("GET", "/no/such/page")) == "none"
-    routed = {**scope("GET", "/no/such/page"), "route": next(r for r in app.routes if getattr(r, "path", "") == "/healthz")}
-    assert middleware._handler(routed) == "/healthz"
+    def template(method: str, path: str, **more) -> str:
+        return route_template({"type": "http", "method": method, "path": path, "root_path": "", "headers": [],
+                               **more}, lambda: flat)
+    assert template("POST", "/cds-services/leukodx-patient-view") == "/cds-services/{service_id}"
+    assert template("POST", "/v1/assess") == "/v1/assess"
+    assert template("GET", "/no/such/page") == "none"
+    healthz = next(r for r in app.routes if getattr(r, "path", "") == "/healthz")
+    assert template("GET", "/no/such/page", route=healthz) == "/healthz"
