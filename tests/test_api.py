@@ -263,3 +263,25 @@ def test_openapi_examples_are_library_cases_and_their_real_answers(client):
         assert r.json()["risk_tier"]["tier"] == yaml.safe_load(source)["expect"]["risk_tier"], name
     (name, answer), = op["responses"]["200"]["content"]["application/json"]["examples"].items()
     assert Assessment.model_validate(answer["value"]).case_id == name
+
+
+def test_what_lives_as_long_as_the_worker_is_frozen_again_once_the_report_store_is_open(tmp_path, monkeypatch):
+    """The worker's long-lived objects are moved out of the collector's reach at start-up, and again
+    once the report store (SQLAlchemy, alembic: 42,000 objects) has opened in the background."""
+    import gc
+    import time
+    from leukodx.api import app as app_module
+    settled = []
+    monkeypatch.setattr(app_module, "_settle_heap", lambda: settled.append(gc.get_freeze_count()))
+    settings = Settings(cds_auth="off", feedback_db_url=f"sqlite:///{tmp_path}/fb.db", report_link_minutes=5)
+    with TestClient(create_app(settings)) as c:
+        deadline = time.monotonic() + 30
+        while len(settled) < 2 and time.monotonic() < deadline:
+            assert c.get("/healthz").status_code == 200
+            time.sleep(0.02)
+    assert len(settled) == 2
+    off = Settings(cds_auth="off", feedback_db_url=f"sqlite:///{tmp_path}/fb2.db", report_link_minutes=0)
+    settled.clear()
+    with TestClient(create_app(off)):
+        pass
+    assert len(settled) == 1            # no report store to wait for
