@@ -209,14 +209,14 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     # normalized labs out (originals kept), then derived ones
     current_ids = {id(lab) for test, lab in current.items() if test not in derived_current}
     for lab in sorted(nc.labs, key=lambda x: (x.test, x.time or datetime.max, x.index)):
-        labs_out.append(NormalizedLab.model_construct(
+        labs_out.append(NormalizedLab(
             test=lab.test, name=kb.tests[lab.test]["name"], value=lab.value, unit=lab.unit, time=_utc(lab.time),
             lln=lab.lln, age_days=age_days(lab.time, nc.as_of), current=id(lab) in current_ids, ref=lab.ref,
-            original=OriginalValue.model_construct(value=lab.original_value, unit=lab.original_unit, test=lab.original_test,
+            original=OriginalValue(value=lab.original_value, unit=lab.original_unit, test=lab.original_test,
                                    loinc=lab.loinc)))
     for target, points in derived_points.items():
         for key, (t, v, text) in sorted(points.items(), key=lambda kv: kv[1][0] or datetime.max):
-            labs_out.append(NormalizedLab.model_construct(
+            labs_out.append(NormalizedLab(
                 test=target, name=kb.tests[target]["name"], value=v, unit="10^9/L", time=_utc(t),
                 age_days=age_days(t, nc.as_of), current=derived_current.get(target) == key,
                 derived=True, derivation=text))

@@ -132,7 +132,7 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
     for f in firings:
         cited.update(f.rule.sources)
     sources = {sid: _source_out(kb, sid) for sid in sorted(cited)}
-    trace = [TraceItem.model_construct(rule=f.rule.id, family=f.rule.family, stage=f.rule.stage, facts=f.facts) for f in firings]
+    trace = [TraceItem(rule=f.rule.id, family=f.rule.family, stage=f.rule.stage, facts=f.facts) for f in firings]
     order = ("critical", "warning", "info")
     levels = [a.severity for a in alerts] + [kb.tier_priority.get(d.risk_tier.tier, "info")]
     if d.risk_tier.tier_at_least:

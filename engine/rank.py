@@ -36,7 +36,7 @@ def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed],
             if c.kind != "cause":
                 continue
             w = float(c.weight or 0.0)
-            evidence[c.cause].append(Evidence.model_construct(
+            evidence[c.cause].append(Evidence(
                 rule=f.rule.id, statement=f.rule.statement, weight=w,
                 direction="for" if w > 0 else "against" if w < 0 else "neutral",
                 facts=f.facts, sources=list(f.rule.sources)))
@@ -61,7 +61,7 @@ def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed],
         key = frozenset(agents)
         if entry.drug_classes and agents and key in counted:
             kept = counted[key]
-            kept.evidence.append(Evidence.model_construct(
+            kept.evidence.append(Evidence(
                 rule="rank.one_exposure_once", weight=0.0, direction="neutral", facts={}, sources=[],
                 statement=f"{', '.join(agents)} also belongs to '{entry.title}'; one exposure is counted once, "
                           f"under the cause it supports most."))
