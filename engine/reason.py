@@ -123,6 +123,8 @@ class DurableReasoner:
                 code, state = durable_rules_engine.assert_fact(handle, text)
                 if code == 1:              # not handled: impossible with the catch-all rule
                     raise ReasoningError(f"durable-rules did not handle the case in ruleset {ruleset}")
+                if code == 2:              # "observed": the same fact is still in the session, so nothing fires
+                    raise ReasoningError(f"durable-rules' session of {ruleset} still holds an earlier case")
                 if code != 3:
                     result = durable_rules_engine.start_action_for_state(handle, state)
                     while result:
@@ -139,7 +141,9 @@ class DurableReasoner:
                 self.broken = True
                 raise ReasoningError(f"durable-rules failed in ruleset {ruleset}: {e}") from e
             try:
-                durable_rules_engine.retract_fact(handle, text)
+                code, _ = durable_rules_engine.retract_fact(handle, text)
+                if code not in (0, 3):
+                    raise RuntimeError(f"code {code}")
             except BaseException as e:
                 self.broken = True
                 raise ReasoningError(f"durable-rules could not retract a case from {ruleset}: {e}") from e

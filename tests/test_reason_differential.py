@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -128,3 +129,24 @@ def test_a_case_leaves_its_rulesets_session_empty():
         left = durable_rules_engine.get_facts(reasoner._handles[ruleset], SESSION)
         assert json.loads(left) == [], (ruleset, left)
     assert fired_any
+
+
+def test_a_case_left_in_a_session_is_an_error_never_an_empty_answer(monkeypatch):
+    """Were a retract ever missed, durable-rules would take the same case again as already observed
+    and fire nothing: the reasoner refuses instead (ReasoningError, and the engine is recycled)."""
+    import durable_rules_engine
+    from leukodx.engine import reason
+    from leukodx.engine.errors import ReasoningError
+    reasoner = DurableReasoner(KB)
+    ruleset = next(iter(KB.rulesets))
+    facts = typed_facts({name: (True if t is bool else (0.1 if t is float else "other")) for name, t in TYPES.items()})
+    monkeypatch.setattr(reason.durable_rules_engine, "retract_fact", lambda handle, text: (0, 1))
+    assert reasoner.fire(ruleset, facts) == PLAIN.fire(ruleset, facts)
+    with pytest.raises(ReasoningError, match="still holds an earlier case"):
+        reasoner.fire(ruleset, facts)
+    assert reasoner.broken
+    monkeypatch.setattr(reason.durable_rules_engine, "retract_fact", lambda handle, text: (2, 1))
+    other = DurableReasoner(KB)
+    with pytest.raises(ReasoningError, match="could not retract"):
+        other.fire(ruleset, facts)
+    assert other.broken and durable_rules_engine is reason.durable_rules_engine
