@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -42,3 +43,23 @@ def test_fhir_map_bench():
     assert set(r) == {"synthea-shaped", "all-labs"}
     assert all(x["megabytes"] >= 0.3 and x["labs_in_case"] > 0 for x in r.values())
     assert r["all-labs"]["labs_in_case"] > r["synthea-shaped"]["labs_in_case"]
+
+
+def test_instructions_bench():
+    """Counted by valgrind where it is installed (the count itself is not judged); said so otherwise."""
+    import shutil
+    r = run("instructions.py", "--calls", "cds_patient_view", "--base", "1", "--more", "2")
+    assert r["valgrind"] is bool(shutil.which("valgrind"))
+    if r["valgrind"]:
+        assert r["instructions_per_call"]["cds_patient_view"] > 0
+    else:
+        assert r["instructions_per_call"] == {}
+
+
+def test_the_instruction_count_runs_the_calls_it_counts(tmp_path):
+    """The measured program: each call goes through the whole application and is answered 200."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "instructions.py"), "--inner", "cds_patient_view", "2"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "LEUKODX_CDS_AUTH": "off",
+                              "LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{tmp_path}/feedback.db"})
+    assert out.returncode == 0, out.stderr[-2000:]

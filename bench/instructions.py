@@ -1,0 +1,124 @@
+"""Instructions per call, counted by valgrind (cachegrind): the figure that holds when the host's speed
+varies (it varied up to 2x within minutes on this project's machine, so wall and CPU times taken an
+hour apart do not compare). Each call goes through the whole ASGI application in-process (middleware,
+routing, parsing, FHIR mapping, engine, cards, report link, audit record; no HTTP server), in
+prometheus-client's multiprocess mode as `leukodx serve` runs it. The count is the difference between
+a run of BASE calls and one of BASE + MORE, divided by MORE, so start-up is left out; it is
+deterministic to about 0.1%. Instructions are not time (system calls are not counted, and an
+instruction of pydantic-core's Rust or of SQLite does not cost what one of the interpreter does), so
+compare counts of the same call before and after a change.
+
+    python bench/instructions.py [--calls cds_patient_view assess] [--base 20] [--more 200] [--json]
+
+Without valgrind it says so and counts nothing. `--inner CALL N` is the measured program itself.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from http_load import CALLS  # noqa: E402 - the same requests as the HTTP benchmark
+
+
+WARM_UP = 3
+
+
+def inner(call: str, n: int) -> list[int]:
+    """Run ``n`` calls through the application, after :data:`WARM_UP` more; returns their statuses."""
+    from leukodx.api.app import create_app
+    path, body, media = CALLS[call]
+    app = create_app()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", media.encode()),
+                         (b"content-length", str(len(body)).encode())]}
+
+    async def one() -> int:
+        sent: list[dict[str, Any]] = []
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)          # the client never disconnects
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+        await app(dict(scope, state={}), receive, send)
+        return sent[0]["status"]
+
+    async def run() -> list[int]:
+        async with app.router.lifespan_context(app):
+            # Warm-up, in every run alike: the first calls wait for the report store, which opens in the
+            # background, and load what is imported on first use.
+            warm = [await one() for _ in range(WARM_UP)]
+            return warm + [await one() for _ in range(n)]
+    return asyncio.run(run())
+
+
+def count(call: str, n: int) -> int:
+    """Instructions of a whole run of ``n`` calls under cachegrind, with a database and a metrics
+    directory of its own (a database another run had already made skips the migration, which would
+    then be counted against the calls)."""
+    with tempfile.TemporaryDirectory(prefix="leukodx-instructions-") as tmp:
+        metrics_dir = Path(tmp) / "metrics"
+        metrics_dir.mkdir()
+        env = {**os.environ, "LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{tmp}/feedback.db", "LEUKODX_CDS_AUTH": "off",
+               "LEUKODX_LOG_LEVEL": os.environ.get("LEUKODX_LOG_LEVEL", "WARNING"),
+               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                              sys.executable, __file__, "--inner", call, str(n)],
+                             capture_output=True, text=True, env=env, timeout=3600)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+    if out.returncode != 0 or not found:
+        raise RuntimeError(f"valgrind run failed: {out.stderr[-1000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", nargs="+", default=["cds_patient_view", "assess"], choices=list(CALLS))
+    ap.add_argument("--base", type=int, default=20)
+    ap.add_argument("--more", type=int, default=200)
+    ap.add_argument("--inner", nargs=2, metavar=("CALL", "N"))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.inner:
+        statuses = inner(args.inner[0], int(args.inner[1]))
+        if any(s != 200 for s in statuses):
+            print(f"calls answered {sorted(set(statuses))}", file=sys.stderr)
+            return 1
+        return 0
+    result: dict[str, Any] = {"valgrind": bool(shutil.which("valgrind")), "base": args.base, "more": args.more,
+                              "instructions_per_call": {}}
+    if result["valgrind"]:
+        for call in args.calls:
+            low, high = count(call, args.base), count(call, args.base + args.more)
+            result["instructions_per_call"][call] = round((high - low) / args.more)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif not result["valgrind"]:
+        print("valgrind is not installed: nothing counted (apt-get install valgrind)")
+    else:
+        for call, n in result["instructions_per_call"].items():
+            print(f"{call:>17}: {n / 1e6:.3f} M instructions per call (runs of {args.base} and "
+                  f"{args.base + args.more} calls)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
