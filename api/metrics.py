@@ -44,7 +44,8 @@ from leukodx.engine import CaseError, Engine, get_engine
 
 from . import audit, tracing
 
-__all__ = ["install", "http_observer", "route_template", "observed_engine", "ObservedEngine", "observed_fetch", "cards_returned", "note_engine"]
+__all__ = ["install", "http_observer", "route_template", "observed_engine", "ObservedEngine", "observed_fetch",
+           "cards_returned", "note_engine"]
 
 disable_created_metrics()   # no *_created series: a start time per label set doubles the series for nothing
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests by route template, method and status",
