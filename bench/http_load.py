@@ -1,6 +1,7 @@
 """HTTP throughput and latency: `leukodx serve` with 1 and 2 workers, driven by a load generator in
 a separate process (wrk when installed, else asyncio + httpx) at several concurrency levels for a fixed duration, for
-POST /v1/assess and a CDS Hooks patient-view call with prefetch; plus the same calls' in-process
+POST /v1/assess and a CDS Hooks patient-view call with prefetch (3 Observations, and 201 as an EHR's
+prefetch of a patient with a history of counts holds); plus the same calls' in-process
 engine time, so the HTTP overhead is a ratio; plus start-up time to /readyz.
 
     python bench/http_load.py [--duration 10] [--workers 1 2] [--clients 1 8 64] [--json]
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,24 @@ ROOT = Path(__file__).resolve().parents[1]
 CASE = ROOT / "cases" / "thiopurine" / "tpmt-poor-azathioprine-severe-neutropenia.yaml"
 
 
-def cds_body() -> dict[str, Any]:
+def cds_body(earlier_counts: int = 0) -> dict[str, Any]:
     """A patient-view call with a blood count taken this morning: a current count gets the full
     assessment cards and the report link (a count older than the knowledge base's limit would get
-    only the short "no recent count" card, a lighter call than the one being measured)."""
-    taken = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0).isoformat()
+    only the short "no recent count" card, a lighter call than the one being measured). With
+    ``earlier_counts``, the counts of as many earlier days come with it (three Observations each), as
+    an EHR's prefetch of a patient with a history of counts does (the template asks for up to 200)."""
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
-    def obs(code: str, value: float) -> dict[str, Any]:
-        return {"resourceType": "Observation", "id": f"o{code}", "status": "final",
+    def obs(code: str, value: float, days_ago: int = 0) -> dict[str, Any]:
+        return {"resourceType": "Observation", "id": f"o{code}-{days_ago}", "status": "final",
                 "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": taken,
+                "subject": {"reference": "Patient/p1"},
+                "effectiveDateTime": (today - timedelta(days=days_ago)).isoformat(),
                 "valueQuantity": {"value": value, "unit": "10*9/L", "system": "http://unitsofmeasure.org",
                                   "code": "10*9/L"}}
     labs = [obs("6690-2", 1.4), obs("751-8", 0.3), obs("777-3", 210)]
+    for day in range(1, earlier_counts + 1):      # a slow fall over the weeks before
+        labs += [obs("6690-2", 1.4 + 0.05 * day, day), obs("751-8", 0.3 + 0.04 * day, day), obs("777-3", 210, day)]
     return {"hook": "patient-view", "hookInstance": "b0c9c4a0-0000-4000-8000-000000000001",
             "context": {"userId": "Practitioner/1", "patientId": "p1"},
             "prefetch": {"patient": {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-01"},
@@ -51,7 +57,11 @@ def cds_body() -> dict[str, Any]:
 CALLS = {
     "assess": ("/v1/assess", CASE.read_bytes(), "application/yaml"),
     "cds_patient_view": ("/cds-services/leukodx-patient-view", json.dumps(cds_body()).encode(), "application/json"),
+    # the same patient with 66 earlier counts: 201 Observations, about what an EHR's prefetch holds
+    "cds_patient_view_201_obs": ("/cds-services/leukodx-patient-view", json.dumps(cds_body(66)).encode(),
+                                 "application/json"),
 }
+CDS_HISTORY = {"cds_patient_view": 0, "cds_patient_view_201_obs": 66}
 
 
 def free_port() -> int:
@@ -175,7 +185,7 @@ def in_process_ms(call: str, rounds: int = 200) -> float:
         raw = CASE.read_bytes()
         work = lambda: eng.assess(raw)  # noqa: E731
     else:
-        prefetch = cds_body()["prefetch"]
+        prefetch = cds_body(CDS_HISTORY[call])["prefetch"]
         work = lambda: eng.assess(fhir.bundle_to_case(list(prefetch.values()), patient_id="p1")[0])  # noqa: E731
     work()
     times = []
@@ -227,10 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"in-process engine, median ms: {engine_ms}; start-up to /readyz, s: {startup}; "
           f"load generator: {result['load_generator']}; load average at the end: {result['load_average']}")
-    print(f"{'workers':>7} {'call':>17} {'clients':>7} {'req':>7} {'err':>4} {'req/s':>8} {'p50':>7} {'p90':>7} "
+    print(f"{'workers':>7} {'call':>24} {'clients':>7} {'req':>7} {'err':>4} {'req/s':>8} {'p50':>7} {'p90':>7} "
           f"{'p99':>7} {'cpu ms/req':>10} {'http/engine':>11}")
     for r in rows:
-        print(f"{r['workers']:>7} {r['call']:>17} {r['clients']:>7} {r['requests']:>7} {r['errors']:>4} {r['rps']:>8} "
+        print(f"{r['workers']:>7} {r['call']:>24} {r['clients']:>7} {r['requests']:>7} {r['errors']:>4} {r['rps']:>8} "
               f"{r['p50_ms']:>7} {r['p90_ms']:>7} {r['p99_ms']:>7} {r['server_cpu_ms_per_request']:>10} "
               f"{r['http_over_engine_p50']:>11}")
     return 0

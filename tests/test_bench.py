@@ -34,7 +34,7 @@ def test_memory_bench():
 
 def test_http_bench():
     r = run("http_load.py", "--duration", "0.5", "--workers", "1", "--clients", "2")
-    assert {x["call"] for x in r["load"]} == {"assess", "cds_patient_view"}
+    assert {x["call"] for x in r["load"]} == {"assess", "cds_patient_view", "cds_patient_view_201_obs"}
     assert all(x["errors"] == 0 and x["requests"] > 0 for x in r["load"])
 
 
