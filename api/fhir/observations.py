@@ -38,7 +38,7 @@ from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import conversion_factor
 
 from .datatypes import (RESULT_STATUSES, UCUM, When, as_dict, as_list, as_str, codings, concept_text, fmt,
-                        is_number, loinc_codes, own_time, quantity_unit, reference)
+                        is_number, own_time, quantity_unit, reference)
 from .resources import MAX_DEPTH, Index, Item
 from .vitals import BODY_TEMPERATURE_LOINC, BODY_WEIGHT_LOINC, Weight, body_weight
 
@@ -93,7 +93,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if item.type != "Observation":
             continue
         res = item.resource
-        codes = loinc_codes(res.get("code"))
+        codes = item.loinc
         code = next((c for c in codes if c in kb.loinc), None)
         if code is None:
             if any(c in BODY_WEIGHT_LOINC for c in codes):

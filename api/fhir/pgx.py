@@ -42,7 +42,9 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str]) -> dict[st
         if item.type != "Observation":
             continue
         res = item.resource
-        spec = next((kb.pgx_codes[c] for c in loinc_codes(res.get("code")) if c in kb.pgx_codes), None)
+        spec = next((kb.pgx_codes[c] for c in item.loinc if c in kb.pgx_codes), None)
+        if spec is None and any(c in kb.loinc for c in item.loinc):
+            continue                   # coded as a blood-count test leukodx reads: a lab, not a genotype
         value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept"))
         genes = _genes(kb, res, spec, value)
         if not genes:

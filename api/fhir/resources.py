@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Optional
 
 from leukodx.engine.errors import Problem
 
-from .datatypes import as_str, kind, reference
+from .datatypes import as_str, kind, loinc_codes, reference
 
 __all__ = ["FhirMappingError", "resources_from", "resources_of_type", "MAX_DEPTH", "MAX_RESOURCES"]
 
@@ -69,6 +70,12 @@ class Item:
     @property
     def type(self) -> str:
         return self.resource["resourceType"]
+
+    @cached_property
+    def loinc(self) -> tuple[str, ...]:
+        """The LOINC codes of the resource's ``code`` (read once, though the lab, pharmacogenomics and
+        temperature mappings each look at every Observation)."""
+        return tuple(loinc_codes(self.resource.get("code")))
 
     @property
     def label(self) -> str:

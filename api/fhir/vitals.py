@@ -10,7 +10,7 @@ from typing import Optional
 from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import registry
 
-from .datatypes import RESULT_STATUSES, as_dict, as_str, after, is_number, loinc_codes, own_time, quantity_unit
+from .datatypes import RESULT_STATUSES, as_dict, as_str, after, is_number, own_time, quantity_unit
 from .resources import Item
 
 __all__ = ["BODY_WEIGHT_LOINC", "BODY_TEMPERATURE_LOINC", "body_weight", "latest_weight", "temperature"]
@@ -57,7 +57,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
         res = item.resource
         if item.type != "Observation" or as_str(res.get("status")) not in RESULT_STATUSES:
             continue
-        if not any(c in BODY_TEMPERATURE_LOINC for c in loinc_codes(res.get("code"))):
+        if not any(c in BODY_TEMPERATURE_LOINC for c in item.loinc):
             continue
         q = as_dict(res.get("valueQuantity"))
         unit = quantity_unit(q)
