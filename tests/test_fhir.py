@@ -662,6 +662,16 @@ def test_a_tpmt_activity_or_single_variant_is_named_and_never_turned_into_a_phen
     assert has(warnings, "TPMT", "Not detected", "single-variant")
 
 
+def test_a_blood_count_is_never_read_as_a_genotype_whatever_its_text():
+    """An Observation coded as a blood-count test leukodx reads is a lab, even when its text names a
+    gene; the same text under a local code is still read as the genotype it names."""
+    mislabelled = obs("751-8", 0.4, code="10*9/L")
+    mislabelled["code"]["text"] = "TPMT phenotype"
+    mislabelled["valueString"] = "Poor metabolizer"
+    history, _ = pgx_history(mislabelled)
+    assert "tpmt" not in history
+
+
 def test_the_text_still_names_the_gene_when_the_code_is_local():
     local = {"resourceType": "Observation", "status": "final", "effectiveDateTime": "2024-05-01",
              "code": {"coding": [{"system": "urn:local", "code": "PGX1"}], "text": "TPMT phenotype"},
