@@ -91,8 +91,10 @@ class StoreError(RuntimeError):
     """The database URL cannot be used as it is; the message says what to do."""
 
 
-def _locked(e: OperationalError) -> bool:
-    text = str(e.orig).lower() if e.orig is not None else str(e).lower()
+def _locked(e: Exception) -> bool:
+    """SQLite's "database is locked" or "busy", from SQLAlchemy's error or sqlite3's own."""
+    orig = getattr(e, "orig", None)
+    text = str(orig if orig is not None else e).lower()
     return "locked" in text or "busy" in text
 
 
@@ -214,7 +216,7 @@ class FeedbackStore:
             try:
                 fast.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as e:
-                if "locked" in str(e).lower() or "busy" in str(e).lower():
+                if _locked(e):
                     return False
                 raise
             try:

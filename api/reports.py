@@ -6,8 +6,8 @@ kept in the feedback database for LEUKODX_REPORT_LINK_MINUTES, keyed by the toke
 With SQLite reports are written on the event loop, in well under a millisecond (waiting at most 5 ms
 for another process's write lock), those of the calls that reach this point in the same turn of the
 loop in one transaction; when the lock is held longer, the queued ones go together once it is free.
-Other databases: written in a thread, in the same batches. Each call waits for its own report's commit before its card links to it: a link
-never leads to a report that was not stored. Expired reports are deleted, and SQLite's log copied
+Other databases: written in a thread, in the same batches. Each call waits for its own report's commit
+before its card links to it: a link never leads to a report that was not stored. Expired reports are deleted, and SQLite's log copied
 into the database file, by a thread, as each falls due."""
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def _store(db_url: str):   # noqa: ANN202 - ReportStore, loaded on first use (SQ
 
 
 class _Batch:
-    """The reports of one database and lifetime in one event loop: written at once, or, while the
-    database is locked, queued for the task writing them."""
+    """The reports of one database and lifetime in one event loop, queued for the task writing them:
+    those of one turn of the loop together, and all that waited while the database was locked."""
 
     def __init__(self, db_url: str, minutes: float) -> None:
         self.db_url, self.minutes = db_url, minutes

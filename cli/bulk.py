@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
-__all__ = ["InputProblem", "Partitioned", "ReadError", "expected_bytes", "partition_export", "plan_stripes", "read_stripe", "stripe_task",
-           "read_partition", "export_files", "patient_key", "partition_of",
+__all__ = ["InputProblem", "Partitioned", "ReadError", "expected_bytes", "partition_export", "plan_stripes",
+           "read_stripe", "stripe_task", "read_partition", "export_files", "patient_key", "partition_of",
            "USED_TYPES", "SUBJECT_TYPES", "FHIR_R4_TYPES", "PROBLEMS_KEPT_PER_KIND"]
 
 # What the FHIR mapping reads: the Patient and the resources whose subject is the patient, and Medication

@@ -41,7 +41,7 @@ def test_reports_queued_behind_a_lock_go_in_one_transaction_and_each_opens_its_o
             written.append(len(bodies))
         return tokens
     monkeypatch.setattr(ReportStore, "try_put_many", counted)
-    first = asyncio.run(reports.store_report(settings, '{"call": "alone"}'))   # no contention: written at once
+    first = asyncio.run(reports.store_report(settings, '{"call": "alone"}'))   # alone: a transaction of its own
     assert written == [1] and json.loads(report_store_for(settings.feedback_db_url).get(first)) == {"call": "alone"}
 
     other = _other_process_writing(settings)

@@ -37,7 +37,8 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
     order (an RxNorm code of a drug in ``kb`` is preferred over other RxNorm codings)."""
     known_rxnorm = kb.derived.get("rxnorm_codes")
     if known_rxnorm is None:     # every RxNorm code of rules/drugs, once per knowledge base
-        known_rxnorm = kb.derived["rxnorm_codes"] = frozenset(code for d in kb.drugs for code in (d.get("rxnorm") or []))
+        known_rxnorm = kb.derived["rxnorm_codes"] = frozenset(code for d in kb.drugs
+                                                              for code in (d.get("rxnorm") or []))
     meds: list[dict[str, Any]] = []
     later: list[str] = []
     for item in mine:
