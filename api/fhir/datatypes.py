@@ -117,21 +117,30 @@ def parse_when(text: Any) -> tuple[Optional[When], Optional[str]]:
 
 def first_when(candidates: list[tuple[str, Any]], where: str, warnings: list[str]) -> Optional[When]:
     """The first usable date among (field name, value) pairs; unusable present values are warned about."""
+    value, unusable = _first_when(candidates)
+    warnings += [f"{where}: {u}; not used." for u in unusable]
+    return value
+
+
+def _first_when(candidates: list[tuple[str, Any]]) -> tuple[Optional[When], list[str]]:
+    """(the first usable date, what was present before it and cannot be used: ``issued '2024' is a partial date``)."""
+    unusable: list[str] = []
     for name, raw in candidates:
         value, why = parse_when(raw)
         if value is not None:
-            return value
+            return value, unusable
         if why:
-            warnings.append(f"{where}: {name} {why}; not used.")
-    return None
+            unusable.append(f"{name} {why}")
+    return None, unusable
 
 
-def own_time(res: dict[str, Any], where: str, warnings: list[str]) -> Optional[When]:
-    """An Observation's (or DiagnosticReport's) own time: effective[x], else ``issued``."""
-    return first_when([("effectiveDateTime", res.get("effectiveDateTime")),
-                       ("effectiveInstant", res.get("effectiveInstant")),
-                       ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
-                       ("issued", res.get("issued"))], where, warnings)
+def own_time(res: dict[str, Any]) -> tuple[Optional[When], list[str]]:
+    """An Observation's (or DiagnosticReport's) own time: effective[x], else ``issued``; and what is present
+    but cannot be used (see :func:`first_when`). :meth:`~.resources.Item.own_time` keeps it."""
+    return _first_when([("effectiveDateTime", res.get("effectiveDateTime")),
+                        ("effectiveInstant", res.get("effectiveInstant")),
+                        ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
+                        ("issued", res.get("issued"))])
 
 
 def after(when: Optional[When], ref: Optional[date]) -> bool:

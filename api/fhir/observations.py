@@ -38,7 +38,7 @@ from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import conversion_factor
 
 from .datatypes import (RESULT_STATUSES, UCUM, When, as_dict, as_list, as_str, codings, concept_text, fmt,
-                        is_number, own_time, quantity_unit, reference)
+                        is_number, quantity_unit, reference)
 from .resources import MAX_DEPTH, Index, Item
 from .vitals import BODY_TEMPERATURE_LOINC, BODY_WEIGHT_LOINC, Weight, body_weight
 
@@ -103,7 +103,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
                 ignored[key] = ignored.get(key, 0) + 1
             continue
         test = kb.loinc[code]
-        time = own_time(res, item.label, warnings)
+        time = item.own_time(warnings)
         if time is None and id(res) in inherited:
             time, parent = inherited[id(res)]
             borrowed.append(parent)
@@ -260,10 +260,9 @@ def _inherited_times(items: list[Item], index: Index) -> dict[int, tuple[When, I
     """Observations without a time of their own -> (time, parent) of the DiagnosticReport (`result`) or
     panel Observation (`hasMember`) listing them, through at most MAX_DEPTH levels of panels."""
     own: dict[int, Optional[When]] = {}
-    scratch: list[str] = []
     for item in items:
         if item.type in ("Observation", "DiagnosticReport"):
-            own[id(item.resource)] = own_time(item.resource, item.loc, scratch)
+            own[id(item.resource)] = item.own_time()
     inherited: dict[int, tuple[When, Item]] = {}
     for _ in range(MAX_DEPTH):
         changed = False

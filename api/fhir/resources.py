@@ -11,13 +11,11 @@ per key). :func:`resources_from` flattens it: Bundle entries, Bundles nested in 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, Optional
 
 from leukodx.engine.errors import Problem
 
-from .datatypes import as_str, kind, loinc_codes, reference
+from .datatypes import When, as_str, kind, loinc_codes, own_time, reference
 
 __all__ = ["FhirMappingError", "resources_from", "resources_of_type", "MAX_DEPTH", "MAX_RESOURCES"]
 
@@ -58,24 +56,38 @@ def resources_of_type(data: Any, resource_type: str) -> list[dict[str, Any]]:
         return []
 
 
-@dataclass(frozen=True)
 class Item:
-    """One resource found in the input, with where it was found."""
+    """One resource found in the input, with where it was found. What the mappings read of every
+    Observation (its LOINC codes, its own time) is read once and kept: the lab, pharmacogenomics,
+    vital-sign and report-time mappings each look at every Observation."""
 
-    resource: dict[str, Any]
-    loc: str                          # JSON path of the resource in the input ("" for the input itself)
-    full_url: Optional[str]           # Bundle.entry.fullUrl
-    container: Optional["Item"]       # the resource whose `contained` holds this one
+    __slots__ = ("resource", "loc", "full_url", "container", "type", "_loinc", "_time")
+
+    def __init__(self, resource: dict[str, Any], loc: str, full_url: Optional[str], container: Optional["Item"]):
+        self.resource = resource
+        self.loc = loc                    # JSON path of the resource in the input ("" for the input itself)
+        self.full_url = full_url          # Bundle.entry.fullUrl
+        self.container = container        # the resource whose `contained` holds this one
+        self.type: str = resource["resourceType"]
+        self._loinc: Optional[tuple[str, ...]] = None
+        self._time: Optional[tuple[Optional[When], list[str]]] = None
 
     @property
-    def type(self) -> str:
-        return self.resource["resourceType"]
-
-    @cached_property
     def loinc(self) -> tuple[str, ...]:
-        """The LOINC codes of the resource's ``code`` (read once, though the lab, pharmacogenomics and
-        temperature mappings each look at every Observation)."""
-        return tuple(loinc_codes(self.resource.get("code")))
+        """The LOINC codes of the resource's ``code``."""
+        if self._loinc is None:
+            self._loinc = tuple(loinc_codes(self.resource.get("code")))
+        return self._loinc
+
+    def own_time(self, warnings: Optional[list[str]] = None) -> Optional[When]:
+        """An Observation's (or DiagnosticReport's) own time (:func:`~.datatypes.own_time`); what is
+        present but cannot be used is added to ``warnings``, when given."""
+        if self._time is None:
+            self._time = own_time(self.resource)
+        when, unusable = self._time
+        if warnings is not None and unusable:
+            warnings += [f"{self.label}: {u}; not used." for u in unusable]
+        return when
 
     @property
     def label(self) -> str:

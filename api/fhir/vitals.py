@@ -10,7 +10,7 @@ from typing import Optional
 from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import registry
 
-from .datatypes import RESULT_STATUSES, as_dict, as_str, after, is_number, own_time, quantity_unit
+from .datatypes import RESULT_STATUSES, as_dict, as_str, after, is_number, quantity_unit
 from .resources import Item
 
 __all__ = ["BODY_WEIGHT_LOINC", "BODY_TEMPERATURE_LOINC", "body_weight", "latest_weight", "temperature"]
@@ -31,7 +31,7 @@ def body_weight(item: Item, weights: list[Weight], warnings: list[str]) -> None:
     if kg is None:
         warnings.append(f"{item.label}: body weight not used: {why}.")
         return
-    when = own_time(item.resource, item.label, warnings)
+    when = item.own_time(warnings)
     weights.append((utc_naive(when) if when is not None else None, kg))
 
 
@@ -70,7 +70,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
         except Exception:
             warnings.append(f"{item.label}: body temperature unit {unit!r} was not understood.")
             continue
-        when = own_time(res, item.label, warnings)
+        when = item.own_time(warnings)
         if when is None:
             continue
         if after(when, ref):
