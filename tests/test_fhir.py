@@ -488,6 +488,18 @@ def test_nested_bundles_contained_resources_and_empty_entries():
     assert assess(case).risk_tier.tier == "moderate"
 
 
+def test_an_unusable_time_is_warned_about_once_and_the_reports_time_is_taken():
+    # the report-time pass and the lab mapping both read the Observation's time: one warning, naming the lab
+    lab = obs("6690-2", 2.2, code="10*9/L", rid="w1", time="2025-03")
+    report = {"resourceType": "DiagnosticReport", "id": "dr", "effectiveDateTime": "2025-03-10T07:00:00Z",
+              "result": [{"reference": "Observation/w1"}]}
+    case, warnings = bundle_to_case(bundle(lab, report))
+    assert [lab.get("time") for lab in case["labs"]] == ["2025-03-10T07:00:00+00:00"]
+    partial = [w for w in warnings if "'2025-03' is a partial date" in w]
+    assert partial == ["entry[0].resource (Observation/w1): effectiveDateTime '2025-03' is a partial date; not used."]
+    assert has(warnings, "took the time of the report or panel", "DiagnosticReport/dr")
+
+
 def test_resources_from_single_resource_and_list_with_nulls():
     one = obs("6690-2", 2.0, code="10*9/L")
     assert resources_from(one) == [one]
