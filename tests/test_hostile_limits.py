@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
@@ -201,6 +201,10 @@ def test_utc_naive_never_overflows():
     assert utc_naive(late) == datetime.max and utc_naive(early) == datetime.min
     assert utc_overflows(late) and utc_overflows(early)
     assert utc_naive(datetime(2025, 3, 10, 8, tzinfo=timezone(timedelta(hours=1)))) == datetime(2025, 3, 10, 7)
+    for v in (datetime(2025, 3, 10, 8, 30, 1, 5), datetime(2025, 3, 10, 8, 30, 1, 5, tzinfo=timezone.utc)):
+        out = utc_naive(v)          # naive and UTC: the same wall time, without a tzinfo
+        assert out == datetime(2025, 3, 10, 8, 30, 1, 5) and out.tzinfo is None and not utc_overflows(v)
+    assert utc_naive(date(2025, 3, 10)) == datetime(2025, 3, 10) and not utc_overflows(date(2025, 3, 10))
 
 
 @pytest.mark.parametrize("body", [b'{"id": "\\ud800", "labs": []}', b'{"id": "x\\udc00y", "labs": []}',
