@@ -27,8 +27,10 @@ PCT_TESTS = ("neutrophils_pct", "bands_pct", "lymphocytes_pct", "monocytes_pct",
              "basophils_pct", "blasts_pct")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class NormLab:
+    """One lab value, read and converted. Not frozen (nothing changes it after :func:`normalize`): a frozen
+    dataclass sets each field through ``object.__setattr__``, 3x the cost, and an EHR's case has hundreds."""
     index: int
     test: str
     value: float              # in the test's normalised unit

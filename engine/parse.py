@@ -48,6 +48,7 @@ MAX_NODES = 1_000_000             # values in one document (a 2,000-lab case has
 
 _SCAN_CHUNK = 1 << 20             # bytes per C call of the JSON scan (keeps each GIL hold short)
 _BRACKETS_ONLY = bytes(range(256)).translate(None, b"[]{}")
+_NOT_STRUCTURE = bytes(range(256)).translate(None, b'"[]{},')    # every byte but quotes, brackets, commas
 _BRACKET_STEPS = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")    # +1 / -1 as signed bytes
 _LONG_DIGITS = b"\x01" * 300        # 300 digits in a row, once every digit is 1 and every other byte 0
 _DIGIT_MAP = bytes(1 if 0x30 <= i <= 0x39 else 0 for i in range(256))   # (a regex took 10 us per KB)
@@ -75,12 +76,16 @@ def scan_json(data: bytes, name: str = "document", max_depth: int = MAX_DEPTH, m
     Malformed JSON may pass (the parser refuses it afterwards); well-formed JSON is measured exactly.
     """
     # Escapes first: "\\" pairs, then the escaped quotes left. What remains between quotes is a string.
-    flat = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    flat = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data   # (replace: 2 us per KB)
     depth = deepest = 0
     nodes = 1
     in_string = False
     for start in range(0, len(flat), _SCAN_CHUNK):
-        parts = flat[start:start + _SCAN_CHUNK].split(b'"')
+        # Only quotes, brackets and commas count. Two quotes in a row enclose nothing that counts (an
+        # empty string, or the colon between a key and its value): dropping them leaves every other byte
+        # inside or outside a string as it was, and the few strings left to split are those holding brackets
+        # or commas (splitting at every quote made an object per string: 40% of the scan).
+        parts = flat[start:start + _SCAN_CHUNK].translate(None, _NOT_STRUCTURE).replace(b'""', b"").split(b'"')
         outside = b"".join(parts[1::2] if in_string else parts[0::2])
         if (len(parts) - 1) % 2:
             in_string = not in_string

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import threading
 from datetime import date, datetime, timedelta, timezone
+from unittest.mock import patch
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from leukodx.api.app import create_app
 from leukodx.api.config import Settings
@@ -245,3 +248,52 @@ def test_load_document_still_sniffs_for_files_and_the_cli():
     with pytest.raises(CaseError, match="empty"):
         load_document(b"   ")
 
+
+
+def _measured(text: str) -> tuple[int, int]:
+    """(deepest nesting, values) of JSON text, one character at a time: what scan_json must find."""
+    depth = deepest = 0
+    values = 1
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            values += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == ",":
+            values += 1
+    return deepest, values
+
+
+_TEXT = st.text(alphabet=st.sampled_from(list('[]{},:"\\ab \u00e9\u2028\U0001F600')), max_size=12)
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | _TEXT,
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+                     max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON, st.booleans(), st.sampled_from([None, 1, 2]), st.integers(1, 40))
+def test_scan_measures_what_a_character_by_character_reading_measures(value, ascii_only, indent, chunk):
+    # strings full of brackets, commas, quotes and backslashes, empty strings, keys next to values; chunks
+    # of a few bytes so that strings, escapes and runs of quotes cross the chunk boundaries
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=indent)
+    data = text.encode()
+    deepest, values = _measured(text)
+    with patch.object(parse_module, "_SCAN_CHUNK", chunk):
+        scan_json(data, "doc", deepest, values)
+        with pytest.raises(CaseError, match="nested too deeply" if deepest else "too many values"):
+            scan_json(data, "doc", deepest - 1 if deepest else 64, values if deepest else values - 1)
+        if deepest:
+            with pytest.raises(CaseError, match="too many values"):
+                scan_json(data, "doc", deepest, values - 1)
