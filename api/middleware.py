@@ -31,12 +31,13 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the record's extra fields."""
 
     _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+    _ENCODER = json.JSONEncoder(default=str)    # one encoder (json.dumps with an argument makes one per call)
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
                                "msg": record.getMessage()}
         out.update({k: v for k, v in record.__dict__.items() if k not in self._STANDARD})
-        return json.dumps(out, default=str)
+        return self._ENCODER.encode(out)
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from functools import wraps
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from opentelemetry import trace
@@ -127,9 +126,11 @@ def span(name: str, **attributes: Any) -> Iterator[Any]:
 
 def traced(name: str, fn: Callable[..., T]) -> Callable[..., T]:
     """``fn`` run inside :func:`span` (for work handed to a worker thread by run_cpu: the thread gets
-    the request's context, so the span has the request's span as its parent)."""
-    @wraps(fn)
+    the request's context, so the span has the request's span as its parent). With tracing off, ``fn``
+    is called as it is (routes wrap their steps on each call: no ``functools.wraps``, no context manager)."""
     def run(*args: Any, **kwargs: Any) -> T:
+        if _off():
+            return fn(*args, **kwargs)
         with span(name):
             return fn(*args, **kwargs)
     return run

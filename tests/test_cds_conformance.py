@@ -819,3 +819,11 @@ def test_cors_origins_are_a_setting(tmp_path):
     with pytest.raises(ValidationError) as e:
         Settings(cors_origins="ehr.example.org")
     assert e.value.errors()[0]["loc"] == ("cors_origins",) and "ehr.example.org" in str(e.value)
+
+
+@pytest.mark.parametrize("instance,parts", [("d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", ("assessment",)),
+                                            ("", ()), ("x", ("a|b", "c")), ("é\u2028", ("\U0001F600", "#0"))])
+def test_card_ids_are_rfc_4122_version_5_uuids_in_leukodx_namespace(instance, parts):
+    expected = uuid.uuid5(cards_module._NS, "|".join((instance, *parts)))
+    got = cards_module.card_id(instance, *parts)
+    assert got == str(expected) and uuid.UUID(got).version == 5 and uuid.UUID(got).variant == uuid.RFC_4122

@@ -12,6 +12,7 @@ maps them to card fields, suggestions and FHIR resources.
 from __future__ import annotations
 
 import copy
+import hashlib
 import uuid
 from datetime import datetime
 from typing import Any, Optional
@@ -44,8 +45,14 @@ DISCLAIMER = "_leukodx supports and does not replace clinical judgement._"
 
 
 def card_id(hook_instance: str, *parts: str) -> str:
-    """Stable uuid for a card or suggestion of one hook call (the same call gives the same ids)."""
-    return str(uuid.uuid5(_NS, "|".join((hook_instance, *parts))))
+    """Stable uuid for a card or suggestion of one hook call (the same call gives the same ids): the
+    RFC 4122 name-based (SHA-1, version 5) uuid of the parts in leukodx's namespace, as ``uuid.uuid5``
+    makes it, without its UUID object (a third of a card's cost)."""
+    b = bytearray(hashlib.sha1(_NS.bytes + "|".join((hook_instance, *parts)).encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50         # version 5
+    b[8] = (b[8] & 0x3F) | 0x80         # the RFC 4122 variant
+    x = b.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def _n(x: float) -> str:
