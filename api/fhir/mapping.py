@@ -25,14 +25,14 @@ from leukodx.engine.assessment import Assessment, NotAssessed
 from leukodx.engine.case import MAX_LABS
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
-from leukodx.engine.timeutil import utc_date, utc_naive
+from leukodx.engine.timeutil import utc_date
 
 from .conditions import map_conditions
 from .medications import map_medications
 from .observations import LabValue, map_observations
 from .patient import belongs, choose_patient, default_id, demographics, subjects
 from .pgx import map_pgx
-from .resources import FhirMappingError, Index, walk
+from .resources import FhirMappingError, Index, Item, walk
 from .vitals import temperature
 
 __all__ = ["Mapped", "map_bundle", "bundle_to_case"]
@@ -73,8 +73,15 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     items = walk(data)
     index = Index(items)
     choice = choose_patient(items, patient_id, warnings)
-    mine = [i for i in items if i.type != "Patient" and belongs(i, choice)]
-    theirs = [i for i in items if i.type in _SUBJECT_TYPES and not belongs(i, choice)]
+    mine: list[Item] = []
+    theirs: list[Item] = []           # the Observations, medications and Conditions of someone else (or no one)
+    for i in items:
+        if i.type == "Patient":
+            continue
+        if belongs(i, choice):
+            mine.append(i)
+        elif i.type in _SUBJECT_TYPES:
+            theirs.append(i)
     wanted = f"Patient/{patient_id.strip().removeprefix('Patient/')}" if patient_id else "the chosen patient"
     if theirs:
         left_out.append(_theirs(theirs, wanted, warnings))
@@ -94,7 +101,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     if len(labs) > max_labs:
         left_out.append(_keep_recent(labs, max_labs, warnings))
 
-    lab_times = [utc_naive(lab.time) for lab in labs if lab.time is not None]
+    lab_times = [lab.utc for lab in labs if lab.utc is not None]
     ref = utc_date(as_of) if as_of is not None else (max(lab_times).date() if lab_times else None)
 
     case: dict[str, Any] = {"id": case_id or default_id(choice)}
@@ -143,12 +150,11 @@ def _theirs(theirs: list, wanted: str, warnings: list[str]) -> NotAssessed:
 
 def _keep_recent(labs: list[LabValue], max_labs: int, warnings: list[str]) -> NotAssessed:
     """Keep the ``max_labs`` most recent values in ``labs`` (untimed ones last); the rest, left out."""
-    labs.sort(key=lambda lab: (lab.time is None, utc_naive(lab.time) if lab.time is not None else datetime.min),
-              reverse=True)
+    labs.sort(key=lambda lab: (lab.utc is None, lab.utc or datetime.min), reverse=True)
     dropped = labs[max_labs:]
     del labs[max_labs:]
-    oldest = min((utc_naive(x.time) for x in dropped if x.time is not None), default=None)
-    newest = max((utc_naive(x.time) for x in dropped if x.time is not None), default=None)
+    oldest = min((x.utc for x in dropped if x.utc is not None), default=None)
+    newest = max((x.utc for x in dropped if x.utc is not None), default=None)
     span = f" ({oldest.date()} to {newest.date()})" if oldest and newest else ""
     warnings.append(f"{len(dropped)} older lab values{span} beyond the {max_labs} most recent were not used.")
     return NotAssessed(field="Observation", value=f"{len(dropped)} lab values{span}",

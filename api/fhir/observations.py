@@ -60,6 +60,7 @@ class LabValue:
     lln: Optional[float]
     lln_unit: Optional[str]
     specimen: Optional[str] = None
+    utc: Optional[datetime] = None     # ``time`` as naive UTC: what values are compared and sorted by
 
     def as_dict(self) -> dict[str, Any]:
         """The lab in the case contract: the engine resolves ``loinc`` to its test."""
@@ -111,7 +112,8 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if lab is None:
             continue
         lab.specimen = draws.get(id(res))
-        key = (test, utc_naive(time) if time is not None else None)
+        lab.utc = utc_naive(time) if time is not None else None
+        key = (test, lab.utc)
         if key in first_at:
             when = f"at {time.isoformat()}" if time is not None else "without a time"
             warnings.append(f"{item.label}: a second {test} value {when} (first: {first_at[key].item.label}); "
@@ -259,16 +261,18 @@ def _draws(items: list[Item], index: Index) -> dict[int, str]:
 def _inherited_times(items: list[Item], index: Index) -> dict[int, tuple[When, Item]]:
     """Observations without a time of their own -> (time, parent) of the DiagnosticReport (`result`) or
     panel Observation (`hasMember`) listing them, through at most MAX_DEPTH levels of panels."""
+    parents = [p for p in items if (p.type == "DiagnosticReport" and "result" in p.resource)
+               or (p.type == "Observation" and "hasMember" in p.resource)]
+    inherited: dict[int, tuple[When, Item]] = {}
+    if not parents:                   # (a search result of lab values alone)
+        return inherited
     own: dict[int, Optional[When]] = {}
     for item in items:
         if item.type in ("Observation", "DiagnosticReport"):
             own[id(item.resource)] = item.own_time()
-    inherited: dict[int, tuple[When, Item]] = {}
     for _ in range(MAX_DEPTH):
         changed = False
-        for parent in items:
-            if parent.type not in ("Observation", "DiagnosticReport"):
-                continue
+        for parent in parents:
             t = own.get(id(parent.resource))
             if t is None and id(parent.resource) in inherited:
                 t = inherited[id(parent.resource)][0]
