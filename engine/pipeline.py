@@ -76,7 +76,10 @@ class Engine:
 
 
 def _document(raw: Any) -> dict[str, Any]:
-    """A private, mutable copy of the case as a mapping (for partial assessment)."""
+    """The case as a mapping that partial assessment may change, never the caller's own: partial
+    assessment (:func:`~.partial.assess_partially`) removes keys of the top level, of ``patient`` and of
+    ``history``, and replaces the lists that hold what it removes, so those two levels are copied. (A deep
+    copy of an EHR's case of hundreds of labs cost more than reading it.)"""
     if isinstance(raw, Case):
         return raw.model_dump(mode="json", exclude_unset=True)
     if isinstance(raw, Path):
@@ -88,17 +91,7 @@ def _document(raw: Any) -> dict[str, Any]:
         raw = load_document(raw)
     if not isinstance(raw, dict):
         parse_case(raw)   # raises the CaseError that says why
-    return _copied(raw)
-
-
-def _copied(value: Any) -> Any:
-    """A copy of parsed data: new dicts and lists, the same (immutable) scalars; a few times faster
-    than copy.deepcopy, which also memoises and dispatches on every value."""
-    if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copied(v) for v in value]
-    return value
+    return {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
 
 
 _ENGINE: Optional[Engine] = None

@@ -50,3 +50,21 @@ def test_same_counts_in_other_units_change_nothing(engine):
 
 def test_durable_and_plain_backends_give_the_same_assessment(engine, plain_engine):
     assert to_json(engine.assess(RICH)) == to_json(plain_engine.assess(RICH))
+
+
+def test_a_partial_assessment_never_changes_the_callers_case(engine):
+    # what partial assessment removes sits at every level it removes from: a lab, a medication, a condition,
+    # a patient field, a history field and a top-level field
+    case = base_case(
+        as_of="2025-03-10",
+        labs=[lab("wbc", 2.4), lab("wbc", 3.0, "furlongs", time="2025-02-01T08:00:00Z"),
+              lab("neutrophils_pct", 30, "%")],
+        medications=[{"name": "methotrexate", "start": "2024-06-01"}, {"name": "Imuran", "start": "2030-01-01"}],
+        history={"conditions": ["rheumatoid arthritis"], "tpmt": "*99/*98", "last_transfusion": "2031-01-01"})
+    case["patient"] = {"age_years": 54, "sex": "female", "weight_kg": 5000}
+    before = copy.deepcopy(case)
+    a = engine.assess(case, partial=True)
+    left_out = {n.field.split(" ")[0] for n in a.not_assessed}
+    assert {"labs[1]", "medications[1]", "history.tpmt", "history.last_transfusion",
+            "patient.weight_kg"} <= left_out, left_out
+    assert case == before
