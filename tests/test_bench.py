@@ -63,3 +63,11 @@ def test_the_instruction_count_runs_the_calls_it_counts(tmp_path):
                          env={**os.environ, "LEUKODX_CDS_AUTH": "off",
                               "LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{tmp_path}/feedback.db"})
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_each_stage_the_instruction_count_can_count_runs(monkeypatch):
+    """`--stages` counts these: each stage of a CDS call, run on what the stages before it made."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import instructions
+    for name in instructions.STAGES:
+        assert instructions.stage("cds_patient_view", name)() is not None, name
