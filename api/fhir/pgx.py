@@ -42,9 +42,12 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str]) -> dict[st
         if item.type != "Observation":
             continue
         res = item.resource
-        spec = next((kb.pgx_codes[c] for c in item.loinc if c in kb.pgx_codes), None)
-        if spec is None and any(c in kb.loinc for c in item.loinc):
-            continue                   # coded as a blood-count test leukodx reads: a lab, not a genotype
+        if kb.pgx_codes.keys().isdisjoint(item.loinc):
+            if not kb.loinc.keys().isdisjoint(item.loinc):
+                continue               # coded as a blood-count test leukodx reads: a lab, not a genotype
+            spec = None
+        else:
+            spec = next(kb.pgx_codes[c] for c in item.loinc if c in kb.pgx_codes)
         value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept"))
         genes = _genes(kb, res, spec, value)
         if not genes:

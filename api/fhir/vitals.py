@@ -17,6 +17,7 @@ __all__ = ["BODY_WEIGHT_LOINC", "BODY_TEMPERATURE_LOINC", "body_weight", "latest
 
 BODY_WEIGHT_LOINC = ("29463-7", "3141-9")
 BODY_TEMPERATURE_LOINC = ("8310-5", "8331-1")
+_TEMPERATURE_CODES = frozenset(BODY_TEMPERATURE_LOINC)
 _WEIGHT_UNITS = {"[lb_av]": "lb", "[oz_av]": "oz", "lbs": "lb", "kgs": "kg"}
 _TEMPERATURE_UNITS = {"Cel": "degC", "°C": "degC", "C": "degC", "[degF]": "degF", "°F": "degF", "F": "degF"}
 
@@ -55,9 +56,9 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
     best: Optional[tuple[datetime, float]] = None
     for item in mine:
         res = item.resource
-        if item.type != "Observation" or as_str(res.get("status")) not in RESULT_STATUSES:
+        if item.type != "Observation" or _TEMPERATURE_CODES.isdisjoint(item.loinc):
             continue
-        if not any(c in BODY_TEMPERATURE_LOINC for c in item.loinc):
+        if as_str(res.get("status")) not in RESULT_STATUSES:
             continue
         q = as_dict(res.get("valueQuantity"))
         unit = quantity_unit(q)
