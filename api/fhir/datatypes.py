@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any, Optional
 
 from leukodx.engine.timeutil import When, utc_date
@@ -105,6 +106,13 @@ def parse_when(text: Any) -> tuple[Optional[When], Optional[str]]:
     s = as_str(text)
     if s is None:
         return None, None
+    return _parse_when(s)
+
+
+@lru_cache(maxsize=4096)
+def _parse_when(s: str) -> tuple[Optional[When], Optional[str]]:
+    """:func:`parse_when` of a string (kept: the values of one blood draw share its time, and dates and
+    datetimes are immutable)."""
     if PARTIAL_DATE.match(s):
         return None, f"{s!r} is a partial date"
     try:
