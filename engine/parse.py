@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, Union
@@ -196,17 +197,39 @@ _EVENT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when a
 def _scalar(event: Any) -> Any:
     """A scalar event's value as PyYAML's safe loader gives it: the tag resolved as its composer
     resolves it (a plain scalar by its text, quoted text as a str), then PyYAML's constructor for
-    that tag. Decimal integers go through :func:`_int_or_infinity`."""
+    that tag. Decimal integers go through :func:`_int_or_infinity`. Both steps are kept per text (a
+    case repeats its units, test names and dates, and PyYAML's resolver and constructors are Python:
+    a third of reading a case); a value that cannot be made is made again with the event's place in
+    the text, so that the error says where."""
     tag = event.tag
     if tag is None or tag == "!":
-        tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+        tag = _resolved(event.value, event.implicit)
     if tag == _STR_TAG:
         return event.value
     if tag not in _ALLOWED_TAGS:
         raise yaml.constructor.ConstructorError(None, None, f"the YAML tag {tag!r} is not accepted", event.start_mark)
-    if tag == "tag:yaml.org,2002:int" and _DECIMAL.fullmatch(event.value.replace("_", "")):
-        return _int_or_infinity(event.value.replace("_", ""))
-    node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+    try:
+        return _typed(tag, event.value)
+    except Exception:
+        return _construct(tag, event.value, event)
+
+
+@lru_cache(maxsize=4096)
+def _resolved(value: str, implicit: tuple[bool, bool]) -> str:
+    return _RESOLVER.resolve(yaml.ScalarNode, value, implicit)
+
+
+@lru_cache(maxsize=4096)
+def _typed(tag: str, value: str) -> Any:
+    """The value of a scalar of an accepted tag other than str: an int, float, bool, None, date or
+    datetime, all immutable, so one made earlier can be given again."""
+    return _construct(tag, value, None)
+
+
+def _construct(tag: str, value: str, event: Any) -> Any:
+    if tag == "tag:yaml.org,2002:int" and _DECIMAL.fullmatch(value.replace("_", "")):
+        return _int_or_infinity(value.replace("_", ""))
+    node = yaml.ScalarNode(tag, value, *((event.start_mark, event.end_mark, event.style) if event else ()))
     return _SCALARS.yaml_constructors[tag](_SCALARS, node)
 
 

@@ -117,3 +117,21 @@ def test_nesting_beyond_the_limit_is_refused_before_it_is_built():
     with pytest.raises(CaseError) as e:
         build_yaml("[" * 100_000 + "]" * 100_000, "case", max_depth=64)
     assert "nested too deeply" in e.value.problems[0].msg
+
+
+def test_yaml_scalars_are_typed_by_their_text_and_quoting_every_time():
+    # the typing of each scalar is kept per text: a quoted and a plain `3` (or date) stay what each is,
+    # in any order and on every reading
+    from datetime import date
+    doc = "a: 3\nb: '3'\nc: 2025-01-02\nd: '2025-01-02'\ne: 3\nf: yes\ng: ~\nh: 0x1F\ni: 1_000\n"
+    expected = {"a": 3, "b": "3", "c": date(2025, 1, 2), "d": "2025-01-02", "e": 3, "f": True, "g": None,
+                "h": 31, "i": 1000}
+    for _ in range(2):
+        assert build_yaml(doc) == expected == yaml.safe_load(doc)
+        assert build_yaml("b: '3'\na: 3\n") == {"b": "3", "a": 3}
+
+
+def test_an_impossible_yaml_date_is_refused_on_every_reading():
+    for _ in range(2):      # a value that cannot be made is never kept
+        with pytest.raises(CaseError, match="not valid YAML: month must be in 1..12"):
+            build_yaml("labs: []\nas_of: 2025-13-45\n")
