@@ -44,8 +44,11 @@ def _target(loc: str) -> Optional[tuple[str, Any]]:
     return None
 
 
-def _remove(doc: dict[str, Any], problems: list[Problem], out: list[NotAssessed]) -> list[Problem]:
-    """Remove what each problem names from doc; returns the problems that name nothing removable."""
+def _remove(doc: dict[str, Any], problems: list[Problem], out: list[NotAssessed],
+            origin: dict[str, list[int]]) -> list[Problem]:
+    """Remove what each problem names from doc; returns the problems that name nothing removable.
+    ``origin`` keeps, for each list items were removed from, the index in the caller's case of each item
+    left, so that what is left out in a later round is named by the caller's index."""
     drop: dict[str, set[int]] = {}
     fatal: list[Problem] = []
     for p in problems:
@@ -61,8 +64,13 @@ def _remove(doc: dict[str, Any], problems: list[Problem], out: list[NotAssessed]
                     continue
                 item = items[key]
                 ref = item.get("ref") if isinstance(item, dict) else None
-                field = f"{where}[{key}]" + (f" ({ref})" if isinstance(ref, str) else "")
-                out.append(NotAssessed(field=field, value=_describe(item), reason=p.msg))
+                first = origin.get(where, range(len(items)))[key]
+                field = f"{where}[{first}]" + (f" ({ref})" if isinstance(ref, str) else "")
+                # the part of the item the problem is about, when the message does not name it (`unit: String
+                # should have at most 60 characters`)
+                part = p.loc[len(f"{where}[{key}]"):].lstrip(".") if p.loc.startswith(f"{where}[{key}].") else ""
+                reason = f"{part}: {p.msg}" if part and part not in p.msg else p.msg
+                out.append(NotAssessed(field=field, value=_describe(item), reason=reason))
                 drop.setdefault(where, set()).add(key)
             else:
                 section = doc if where == "" else doc.get(where)
@@ -72,6 +80,8 @@ def _remove(doc: dict[str, Any], problems: list[Problem], out: list[NotAssessed]
                 out.append(NotAssessed(field=p.loc, value=_describe(section[key]), reason=p.msg))
                 del section[key]
     for where, idx in drop.items():
+        items = doc["history"]["conditions"] if where == "history.conditions" else doc[where]
+        origin[where] = [o for i, o in enumerate(origin.get(where, range(len(items)))) if i not in idx]
         if where == "history.conditions":
             doc["history"]["conditions"] = [c for i, c in enumerate(doc["history"]["conditions"]) if i not in idx]
         else:
@@ -84,11 +94,12 @@ def assess_partially(doc: dict[str, Any], run: Callable[[dict[str, Any]], T], ro
     """run(doc) until it no longer raises CaseError, removing what each error names. Raises CaseError
     (with what was left out listed first) when the rest cannot be assessed."""
     left_out: list[NotAssessed] = []
+    origin: dict[str, list[int]] = {}
     for _ in range(rounds):
         try:
             return run(doc), left_out
         except CaseError as e:
-            fatal = _remove(doc, e.problems, left_out)
+            fatal = _remove(doc, e.problems, left_out, origin)
             if fatal or not doc.get("labs"):
                 raise CaseError(fatal or [Problem("labs", "no lab value could be read; nothing was assessed")]
                                 + [Problem(n.field, f"left out: {n.reason}") for n in left_out]) from None

@@ -68,3 +68,18 @@ def test_a_partial_assessment_never_changes_the_callers_case(engine):
     assert {"labs[1]", "medications[1]", "history.tpmt", "history.last_transfusion",
             "patient.weight_kg"} <= left_out, left_out
     assert case == before
+
+
+def test_what_a_partial_assessment_leaves_out_is_named_by_the_callers_index_and_part(engine):
+    # labs[0] is refused by the case contract (first round), labs[2] and labs[3] by normalisation (second
+    # round, after labs[0] was removed): each is named as the caller numbered it, with the part at fault
+    case = base_case(as_of="2025-03-10", labs=[
+        lab("wbc", 3.0, "x" * 100), lab("anc", 0.8, time="2025-03-10T08:00:00Z"),
+        lab("wbc", 3.0, "furlongs", time="2025-03-09T08:00:00Z"),
+        lab("wbc", 3.1, "parsecs", time="2025-03-08T08:00:00Z")])
+    a = engine.assess(case, partial=True)
+    left_out = [(n.field, n.reason) for n in a.not_assessed]
+    assert [f for f, _ in left_out] == ["labs[0]", "labs[2]", "labs[3]"], left_out
+    assert left_out[0][1] == "unit: String should have at most 60 characters"
+    assert "'furlongs'" in left_out[1][1] and "'parsecs'" in left_out[2][1]
+    assert a.risk_tier.tier == "moderate"          # the ANC 0.8 the caller sent as labs[1] was assessed
