@@ -13,11 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.json_schema import SkipJsonSchema
 
 __all__ = ["Case", "Lab", "Medication", "Dose", "Patient", "History", "Transplant", "SMEAR_FINDINGS",
-           "MAX_LABS", "MAX_MEDICATIONS"]
+           "MAX_LABS", "MAX_MEDICATIONS", "MAX_UNIT"]
 
 MAX_LABS = 2000
 MAX_MEDICATIONS = 500
 MAX_TEXT = 500
+MAX_UNIT = 60          # the longest unit spelling read (real ones are under 20 characters: UNIT_STRINGS.tsv)
 
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
@@ -48,10 +49,10 @@ class Lab(_Model):
     loinc: Optional[Annotated[str, Field(min_length=3, max_length=12)]] = Field(
         None, description="LOINC code, instead of `test`")
     value: Number
-    unit: Annotated[str, Field(min_length=1, max_length=60)]
+    unit: Annotated[str, Field(min_length=1, max_length=MAX_UNIT)]
     time: Optional[When] = Field(None, description="when the sample was taken; several times make a series")
     lln: Optional[Number] = Field(None, description="the lab's lower limit of normal, in lln_unit (default: unit)")
-    lln_unit: Optional[Annotated[str, Field(min_length=1, max_length=60)]] = Field(
+    lln_unit: Optional[Annotated[str, Field(min_length=1, max_length=MAX_UNIT)]] = Field(
         None, description="the unit of lln when it is given in another unit than value")
     specimen: Optional[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         None, description="the specimen or report the value belongs to; values sharing it are one blood draw (one CBC)")

@@ -188,6 +188,7 @@ def load_json_document(data: Union[bytes, str], name: str, max_bytes: int, max_d
 
 _ALLOWED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp"))
 _STR_TAG = "tag:yaml.org,2002:str"
+_CACHED_SCALAR = 64                 # scalars up to this length have their tag and value kept (see _scalar)
 _RESOLVER = yaml.resolver.Resolver()
 _SCALARS = yaml.constructor.SafeConstructor()      # PyYAML's own constructors for each scalar tag
 _DECIMAL = re.compile(r"[-+]?[0-9]+")
@@ -201,17 +202,20 @@ def _scalar(event: Any) -> Any:
     case repeats its units, test names and dates, and PyYAML's resolver and constructors are Python:
     a third of reading a case); a value that cannot be made is made again with the event's place in
     the text, so that the error says where."""
-    tag = event.tag
+    tag, value = event.tag, event.value
+    short = len(value) <= _CACHED_SCALAR      # a long text is never held by a cache
     if tag is None or tag == "!":
-        tag = _resolved(event.value, event.implicit)
+        tag = (_resolved if short else _resolved.__wrapped__)(value, event.implicit)
     if tag == _STR_TAG:
-        return event.value
+        return value
     if tag not in _ALLOWED_TAGS:
         raise yaml.constructor.ConstructorError(None, None, f"the YAML tag {tag!r} is not accepted", event.start_mark)
+    if not short:
+        return _construct(tag, value, event)
     try:
-        return _typed(tag, event.value)
+        return _typed(tag, value)
     except Exception:
-        return _construct(tag, event.value, event)
+        return _construct(tag, value, event)
 
 
 @lru_cache(maxsize=4096)

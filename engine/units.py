@@ -22,7 +22,10 @@ from typing import Optional
 
 import pint
 
-__all__ = ["UnitProblem", "registry", "to_pint_expression", "conversion_factor", "dose_rate", "DoseRate", "DIMENSIONS"]
+from .case import MAX_UNIT
+
+__all__ = ["UnitProblem", "registry", "to_pint_expression", "conversion_factor", "dose_rate", "DoseRate", "DIMENSIONS",
+           "too_long"]
 
 #: pint dimensionality each kind of lab must have, and how to say it to a person.
 DIMENSIONS: dict[str, tuple[str, str]] = {
@@ -121,13 +124,26 @@ class Conversion:
     expression: str        # the pint expression the spelling was read as
 
 
-@lru_cache(maxsize=4096)
+def too_long(spelling: str) -> bool:
+    """A spelling longer than any unit (:data:`~.case.MAX_UNIT` characters) is never parsed: pint's
+    parser takes time that grows with the square of the text (2,000 characters: 70 ms; 100,000: a
+    minute), and FHIR data reaches the unit readers before the case contract bounds it."""
+    return len(spelling) > MAX_UNIT
+
+
 def conversion_factor(spelling: str, dimension: str, target: str, molar_mass: str | None = None) -> Conversion:
     """Factor that takes a value in ``spelling`` to ``target`` (a unit named in rules/labs.yaml).
 
     ``dimension`` is a key of :data:`DIMENSIONS`. Mass and substance concentrations convert
     through pint's chemistry context with the test's molar mass. Raises :class:`UnitProblem`.
     """
+    if too_long(spelling):
+        raise UnitProblem(f"a unit of {len(spelling)} characters is not a unit (at most {MAX_UNIT})")
+    return _conversion_factor(spelling, dimension, target, molar_mass)
+
+
+@lru_cache(maxsize=4096)
+def _conversion_factor(spelling: str, dimension: str, target: str, molar_mass: str | None) -> Conversion:
     ureg = registry()
     expr = to_pint_expression(spelling)
     want, wording = DIMENSIONS[dimension]
@@ -160,10 +176,15 @@ class DoseRate:
     factor: float        # to mg/kg/day (per_kg) or mg/day
 
 
-@lru_cache(maxsize=512)
 def dose_rate(unit: str) -> Optional[DoseRate]:
     """A dose unit of mass per time or mass per body mass per time, through pint; None for any other
-    (a dose per take, a unit pint cannot read). The one reader of dose units (case and FHIR alike)."""
+    (a dose per take, a unit pint cannot read, a text longer than any unit). The one reader of dose
+    units (case and FHIR alike)."""
+    return None if too_long(unit) else _dose_rate(unit)
+
+
+@lru_cache(maxsize=512)
+def _dose_rate(unit: str) -> Optional[DoseRate]:
     ureg = registry()
     for spelling in dict.fromkeys((unit, unit.replace(".", "*"))):
         numerator = spelling.split("/", 1)[0].strip().strip("(")

@@ -690,3 +690,27 @@ def test_the_text_still_names_the_gene_when_the_code_is_local():
              "valueString": "Poor metabolizer"}
     history, _ = pgx_history(local)
     assert history == {"tpmt": "poor"}
+
+
+def test_a_long_date_string_is_refused_and_never_kept():
+    # date text of one draw is parsed once and kept; a long string (a CDS body may hold 32 MB) is never kept
+    from leukodx.api.fhir import datatypes
+    kept = datatypes._parse_when.cache_info().currsize
+    long = "2025-03-10T08:00:00Z" + " " * 10 + "x" * 5000
+    assert datatypes.parse_when(long) == (None, f"{long!r} is not a FHIR date or dateTime")
+    assert datatypes._parse_when.cache_info().currsize == kept
+    assert datatypes.parse_when(" 2025-03-10 ")[0] == date(2025, 3, 10)
+
+
+def test_an_observation_whose_unit_is_a_long_text_is_left_out_and_the_rest_assessed():
+    # a 100,000-character unit took the mapping a minute (pint's parser); now it is refused unread
+    long = "10*9/L" + "x" * 100_000
+    weight = {"resourceType": "Observation", "status": "final", "effectiveDateTime": "2025-03-10T08:00:00Z",
+              "code": {"coding": [{"system": LOINC, "code": "29463-7"}]}, "valueQuantity": {"value": 70, "unit": long}}
+    data = bundle(obs("6690-2", 3.0, unit=long, code=long, rid="w"), obs("751-8", 0.8, code="10*9/L", rid="n"), weight)
+    case, warnings = bundle_to_case(data)
+    assert has(warnings, "body weight not used", f"a unit of {len(long)} characters")
+    a = assess(case, partial=True)
+    assert [(n.field, n.reason) for n in a.not_assessed] == [
+        ("labs[0] (Observation/w)", "unit: String should have at most 60 characters")]
+    assert a.risk_tier.tier == "moderate"

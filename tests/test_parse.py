@@ -135,3 +135,14 @@ def test_an_impossible_yaml_date_is_refused_on_every_reading():
     for _ in range(2):      # a value that cannot be made is never kept
         with pytest.raises(CaseError, match="not valid YAML: month must be in 1..12"):
             build_yaml("labs: []\nas_of: 2025-13-45\n")
+
+
+def test_long_yaml_scalars_are_never_kept():
+    # a case of long texts and numbers, sent again and again with other values, must not fill memory:
+    # only the two short keys may be added to the caches
+    from leukodx.engine import parse as parse_module
+    resolved, typed = parse_module._resolved.cache_info().currsize, parse_module._typed.cache_info().currsize
+    doc = "a: " + "7" * 5000 + "\nb: " + "x" * 5000 + "\nc: 1" + "0" * 100 + "\n"
+    assert build_yaml(doc) == {"a": float("inf"), "b": "x" * 5000, "c": 10 ** 100}
+    assert parse_module._resolved.cache_info().currsize <= resolved + 3
+    assert parse_module._typed.cache_info().currsize == typed

@@ -111,3 +111,15 @@ def test_hemoglobin_round_trip(v, unit):
     f = factor(unit, "mass_per_volume", "g/dL", "hemoglobin_monomer_molar_mass")
     assert math.isclose(v * f / f, v, rel_tol=1e-12)
     assert f > 0
+
+
+def test_a_text_longer_than_any_unit_is_never_parsed():
+    # pint's parser takes time that grows with the square of the text (100,000 characters: a minute);
+    # FHIR data reaches the unit readers before the case contract bounds it
+    from leukodx.engine.case import MAX_UNIT
+    from leukodx.engine.units import dose_rate, too_long
+    long = "10*9/L" + "x" * 100_000
+    with pytest.raises(UnitProblem, match=f"a unit of {len(long)} characters is not a unit \\(at most {MAX_UNIT}\\)"):
+        conversion_factor(long, "count_per_volume", "10^9/L")
+    assert dose_rate("mg/day" + " " * 100_000) is None and dose_rate("mg/day") is not None
+    assert too_long("x" * (MAX_UNIT + 1)) and not too_long("x" * MAX_UNIT)

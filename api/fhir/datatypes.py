@@ -24,6 +24,7 @@ LOINC = "http://loinc.org"
 RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_CACHED_TEXT = 64                   # date text up to this length is parsed once and kept (see parse_when)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,13 +107,14 @@ def parse_when(text: Any) -> tuple[Optional[When], Optional[str]]:
     s = as_str(text)
     if s is None:
         return None, None
-    return _parse_when(s)
+    # kept for date-sized text only: the values of one blood draw share its time, and a long string (the
+    # 32 MB a CDS body may hold) must never be held by a cache
+    return _parse_when(s) if len(s) <= _CACHED_TEXT else _parse_when.__wrapped__(s)
 
 
 @lru_cache(maxsize=4096)
 def _parse_when(s: str) -> tuple[Optional[When], Optional[str]]:
-    """:func:`parse_when` of a string (kept: the values of one blood draw share its time, and dates and
-    datetimes are immutable)."""
+    """:func:`parse_when` of a string (dates and datetimes are immutable, so a result can be given again)."""
     if PARTIAL_DATE.match(s):
         return None, f"{s!r} is a partial date"
     try:
