@@ -674,6 +674,18 @@ def test_a_tpmt_activity_or_single_variant_is_named_and_never_turned_into_a_phen
     assert has(warnings, "TPMT", "Not detected", "single-variant")
 
 
+def test_a_genotype_report_longer_than_any_laboratory_writes_is_named_and_not_searched():
+    # searching 30 MB of text for a diplotype took seconds; a long report (up to the limit) is still read
+    from leukodx.api.fhir.pgx import MAX_RESULT_TEXT
+    report = "TPMT genotype *1/*3A: intermediate metabolizer. " + "Interpretation follows. " * 400
+    assert len(report) < MAX_RESULT_TEXT
+    history, _ = pgx_history(pgx("80738-8", value=report))
+    assert history == {"tpmt": "*1/*3A"}
+    history, warnings = pgx_history(pgx("80738-8", value="*1/*3A " + "x" * MAX_RESULT_TEXT))
+    assert "tpmt" not in history
+    assert has(warnings, "TPMT result text of 10,007 characters was not read", "at most 10,000")
+
+
 def test_a_blood_count_is_never_read_as_a_genotype_whatever_its_text():
     """An Observation coded as a blood-count test leukodx reads is a lab, even when its text names a
     gene; the same text under a local code is still read as the genotype it names."""

@@ -30,7 +30,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
@@ -301,13 +301,14 @@ def _absent_value_reason(res: dict[str, Any]) -> str:
     return f"no valueQuantity.value (dataAbsentReason: {reason})" if reason else "no valueQuantity.value"
 
 
-def _code_label(concept: Any, loinc: list[str]) -> str:
-    """`LOINC 789-8`, else `system|code` of the first coding, else the concept's text."""
+def _code_label(concept: Any, loinc: Sequence[str]) -> str:
+    """`LOINC 789-8`, else `system|code` of the first coding, else the concept's text; at most 100
+    characters (it is quoted in a warning, and an EHR's text can be of any length)."""
     if loinc:
-        return f"LOINC {loinc[0]}"
+        return f"LOINC {loinc[0]}"[:100]
     for c in codings(concept):
         code = as_str(c.get("code"))
         if code:
             system = as_str(c.get("system"))
-            return f"{system}|{code}" if system else code
-    return repr(concept_text(concept) or "no code")
+            return (f"{system}|{code}" if system else code)[:100]
+    return repr(concept_text(concept) or "no code")[:100]

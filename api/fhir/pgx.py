@@ -20,9 +20,10 @@ from .datatypes import as_dict, as_list, as_str, codings, concept_text, loinc_co
 from .patient import belongs, choose_patient
 from .resources import Item, walk
 
-__all__ = ["pgx_results", "map_pgx"]
+__all__ = ["pgx_results", "map_pgx", "MAX_RESULT_TEXT"]
 
 _PGX_GENE = re.compile(r"\b(TPMT|NUDT15)\b", re.IGNORECASE)
+MAX_RESULT_TEXT = 10_000   # a longer result text is not searched for a diplotype (1 MB took 0.35 s, 30 MB 10 s)
 _NOT_READ = {"variant": "a single-variant result; a phenotype needs the whole diplotype",
              "activity": "a measured enzyme activity; leukodx does not turn a number into a phenotype"}
 
@@ -53,6 +54,11 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str]) -> dict[st
         if not genes:
             continue
         named = "/".join(g.upper() for g in genes)
+        if value and len(value) > MAX_RESULT_TEXT:
+            warnings.append(f"{item.label}: {named} result text of {len(value):,} characters was not read (at most "
+                            f"{MAX_RESULT_TEXT:,}: a laboratory's report of a genotype is far shorter); give the "
+                            f"phenotype or diplotype.")
+            continue
         if spec is not None and spec["kind"] in _NOT_READ:
             shown = value or _quantity(res.get("valueQuantity")) or "without a value"
             warnings.append(f"{item.label}: {named} result {shown!r} was not used: {_NOT_READ[spec['kind']]}; give "
