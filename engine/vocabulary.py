@@ -80,6 +80,26 @@ def _key(text: str) -> str:
     return " ".join(re.sub(r"[^\w]+", " ", clean_text(text)).split())
 
 
+# A strength as RxNorm writes it in a clinical drug's name ("10 MG", "0.09 MG/ACTUAT", "100 MG/ML",
+# "5000 UNT"): RxNorm's names of clinical and branded drugs (term types SCD and SBD) read "ingredient
+# strength [/ ingredient strength ...] dose form [brand]", e.g. "Hydrochlorothiazide 50 MG / Metoprolol
+# Tartrate 100 MG Oral Tablet", "atorvastatin 40 MG Oral Tablet [Lipitor]" (RxNorm term types, NLM).
+_STRENGTH = re.compile(r"\b\d+(?:[.,]\d+)?\s*(?:mg|mcg|ug|µg|g|ml|unt|units?|meq|mmol|iu|%)(?:\s*/\s*(?:ml|actuat|"
+                       r"hr|h|g|mg|kg|l))?(?=\W|$)", re.IGNORECASE)
+_BRACKETED = re.compile(r"\[([^\[\]]+)\]")
+
+
+def _drug_name_part(text: str) -> str:
+    """The ingredient and brand parts of a name written as RxNorm writes a clinical or branded drug (what
+    comes before each strength, and the brand in brackets after the dose form); the text itself when it
+    holds no strength, or nothing before one."""
+    parts = _STRENGTH.split(text)
+    if len(parts) == 1:
+        return text
+    named = " ".join(p for p in parts[:-1] + _BRACKETED.findall(parts[-1]) if p.strip(" /,+-"))
+    return named if named.strip() else text
+
+
 @dataclass(frozen=True)
 class DrugMatch:
     drug: dict[str, Any]
@@ -182,8 +202,10 @@ class DrugIndex:
         Case-insensitive; the text as a whole and each run of 1-3 of its words (words of at least
         4 letters) are compared with every name, and a name is offered only when its similarity
         ratio reaches SUGGEST_MIN_RATIO. Nothing close gives [], never a guess. This never changes
-        what :meth:`lookup` matches: the caller decides what to tell the user."""
-        key = _key(text or "")
+        what :meth:`lookup` matches: the caller decides what to tell the user. A name written as
+        RxNorm writes a clinical or branded drug is compared by its ingredient and brand parts only
+        (:func:`_drug_name_part`: "lisinopril 10 MG Oral Tablet" offered "Neoral" for its "Oral")."""
+        key = _key(_drug_name_part(text or ""))
         if not key or n <= 0:
             return []
         words = key.split()

@@ -132,3 +132,17 @@ def test_vocabulary_size_and_new_classes(kb):
     assert {"jak_inhibitor", "interferon", "other_myelosuppressive"} <= kb.suspect_classes
     assert not {"xanthine_oxidase_inhibitor", "nsaid", "proton_pump_inhibitor", "antipsychotic",
                 "anticonvulsant"} & kb.suspect_classes
+
+
+@pytest.mark.parametrize("text,expected", [
+    # RxNorm clinical and branded drug names: the dose form ("Oral Tablet") is not a drug's name
+    ("lisinopril 10 MG Oral Tablet", []),                         # its "Oral" had offered "Neoral"
+    ("gabapentin 300 MG Oral Capsule", []),
+    ("azathiprine 50 MG Oral Tablet", ["azathioprine"]),          # the ingredient part is still compared
+    ("lisinopril 10 MG Oral Tablet [Imuren]", ["Imuran"]),        # and the brand in brackets
+    ("Hydrochlorothiazide 50 MG / Metotrexate 2.5 MG Oral Tablet", ["methotrexate"]),   # every ingredient
+    ("50 mg azathiprine", ["azathioprine"]),                       # nothing before the strength: the whole text
+])
+def test_suggest_reads_rxnorm_drug_names_by_their_ingredients_and_brand(drugs, text, expected):
+    assert drugs.lookup(text, None) is None
+    assert drugs.suggest(text)[:1] == expected

@@ -516,6 +516,20 @@ def test_the_values_used_table_shows_original_and_converted_values_with_dates(pa
 # ---- unknown drugs -----------------------------------------------------------------------------
 
 
+def test_an_rxnorm_product_name_is_hinted_by_its_ingredient_not_its_dose_form(page, server):
+    # as engine/vocabulary.py suggests: "Oral" of "Oral Tablet" had offered the cyclosporine brand Neoral
+    open_form(page, server)
+    name = page.locator(".med-name").first
+    hint = page.locator(".drug-hint").first
+    name.fill("lisinopril 10 MG Oral Tablet")
+    name.dispatch_event("input")
+    expect(hint).to_contain_text("Not in leukodx's drug list")
+    expect(hint.locator("button.suggestion")).to_have_count(0)
+    name.fill("azathiprine 50 MG Oral Tablet")
+    name.dispatch_event("input")
+    expect(hint.locator("button.suggestion")).to_have_text("Use azathioprine")
+
+
 def test_an_unknown_drug_and_its_close_match_show_beside_the_field_as_typed(page, server):
     open_form(page, server)
     name = page.locator(".med-name").first

@@ -59,6 +59,18 @@ function ratio(a, b) {
   return a.length + b.length ? (2 * matched(0, a.length, 0, b.length)) / (a.length + b.length) : 1;
 }
 
+// As engine/vocabulary.py reads a name written as RxNorm writes a clinical or branded drug ("ingredient
+// strength [/ ingredient strength] dose form [brand]"): only its ingredient and brand parts are compared.
+const STRENGTH = /\b\d+(?:[.,]\d+)?\s*(?:mg|mcg|ug|µg|g|ml|unt|units?|meq|mmol|iu|%)(?:\s*\/\s*(?:ml|actuat|hr|h|g|mg|kg|l))?(?=\W|$)/giu;
+
+function drugNamePart(text) {
+  const parts = text.split(STRENGTH);
+  if (parts.length === 1) return text;
+  const brands = [...parts[parts.length - 1].matchAll(/\[([^[\]]+)\]/g)].map((m) => m[1]);
+  const named = parts.slice(0, -1).concat(brands).filter((p) => p.replace(/[ /,+-]/g, "")).join(" ");
+  return named.trim() ? named : text;
+}
+
 function makeDrugIndex(names) {
   const keys = new Map(names.map((n) => [key(n), n]));
   const sorted = [...keys.keys()].sort((x, y) => y.length - x.length);
@@ -70,7 +82,7 @@ function makeDrugIndex(names) {
       return keys.has(k) || pattern.test(k);
     },
     suggest(text, n = 3) {
-      const k = key(text);
+      const k = key(drugNamePart(text));
       const words = k.split(" ");
       const units = new Set([k]);
       for (const size of [1, 2, 3]) for (let i = 0; i + size <= words.length; i++) units.add(words.slice(i, i + size).join(" "));
