@@ -86,6 +86,11 @@ def _key(text: str) -> str:
 # Tartrate 100 MG Oral Tablet", "atorvastatin 40 MG Oral Tablet [Lipitor]" (RxNorm term types, NLM).
 _STRENGTH = re.compile(r"\b\d+(?:[.,]\d+)?\s*(?:mg|mcg|ug|µg|g|ml|unt|units?|meq|mmol|iu|%)(?:\s*/\s*(?:ml|actuat|"
                        r"hr|h|g|mg|kg|l))?(?=\W|$)", re.IGNORECASE)
+# Salts and hydrates in drug names (the part RxNorm's precise ingredients add to an ingredient).
+_SALTS = frozenset("""hydrochloride hcl dihydrochloride hydrobromide sodium disodium potassium calcium magnesium
+    maleate sulfate sulphate succinate tartrate bitartrate acetate citrate besylate mesylate fumarate phosphate
+    hyclate monohydrate dihydrate trihydrate hemihydrate anhydrous bromide chloride nitrate lactate gluconate
+    malate oxalate propionate dipropionate valerate pamoate decanoate enanthate xinafoate furoate""".split())
 _BRACKETED = re.compile(r"\[([^\[\]]+)\]")
 
 
@@ -208,6 +213,9 @@ class DrugIndex:
         key = _key(_drug_name_part(text or ""))
         if not key or n <= 0:
             return []
+        # a salt is never what tells two drugs apart: "memantine hydrochloride" offered "gemcitabine
+        # hydrochloride" and "chlorpheniramine maleate" "prochlorperazine maleate" for their salt alone
+        key = " ".join(w for w in key.split() if w not in _SALTS) or key
         words = key.split()
         units = {key}
         for size in (1, 2, 3):

@@ -146,3 +146,26 @@ def test_vocabulary_size_and_new_classes(kb):
 def test_suggest_reads_rxnorm_drug_names_by_their_ingredients_and_brand(drugs, text, expected):
     assert drugs.lookup(text, None) is None
     assert drugs.suggest(text)[:1] == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    # Synthea's medications: the salt alone had made a close name of another drug (a chemotherapy for memantine)
+    ("Memantine hydrochloride 2 MG/ML Oral Solution", []),             # had offered gemcitabine hydrochloride
+    ("Fexofenadine hydrochloride 60 MG Oral Tablet", []),              # had offered fluphenazine hydrochloride
+    ("Chlorpheniramine Maleate 2 MG/ML Oral Solution", []),            # had offered prochlorperazine maleate
+    ("gemcitabin hydrochloride", ["gemcitabine"]),                     # a misspelled name with its salt: offered
+    ("azathiprine sodium", ["azathioprine"]),
+])
+def test_suggest_never_rests_on_a_salt(drugs, text, expected):
+    assert drugs.lookup(text, None) is None
+    assert drugs.suggest(text)[:1] == expected
+
+
+def test_the_page_leaves_out_the_same_salts_as_the_engine():
+    """api/static/app.js mirrors the suggestion for its as-typed hints: the same salts are left out."""
+    import re
+    from conftest import ROOT
+    from leukodx.engine import vocabulary
+    js = (ROOT / "api" / "static" / "app.js").read_text(encoding="utf-8")
+    page = set(re.search(r"const SALTS = new Set\(`([^`]*)`", js).group(1).split())
+    assert page == set(vocabulary._SALTS) and "hydrochloride" in page

@@ -63,6 +63,12 @@ function ratio(a, b) {
 // strength [/ ingredient strength] dose form [brand]"): only its ingredient and brand parts are compared.
 const STRENGTH = /\b\d+(?:[.,]\d+)?\s*(?:mg|mcg|ug|µg|g|ml|unt|units?|meq|mmol|iu|%)(?:\s*\/\s*(?:ml|actuat|hr|h|g|mg|kg|l))?(?=\W|$)/giu;
 
+// Salts and hydrates in drug names, as engine/vocabulary.py leaves them out of the comparison.
+const SALTS = new Set(`hydrochloride hcl dihydrochloride hydrobromide sodium disodium potassium calcium magnesium
+  maleate sulfate sulphate succinate tartrate bitartrate acetate citrate besylate mesylate fumarate phosphate
+  hyclate monohydrate dihydrate trihydrate hemihydrate anhydrous bromide chloride nitrate lactate gluconate
+  malate oxalate propionate dipropionate valerate pamoate decanoate enanthate xinafoate furoate`.split(/\s+/));
+
 function drugNamePart(text) {
   const parts = text.split(STRENGTH);
   if (parts.length === 1) return text;
@@ -82,7 +88,8 @@ function makeDrugIndex(names) {
       return keys.has(k) || pattern.test(k);
     },
     suggest(text, n = 3) {
-      const k = key(drugNamePart(text));
+      const full = key(drugNamePart(text));
+      const k = full.split(" ").filter((w) => !SALTS.has(w)).join(" ") || full;   // a salt tells no two drugs apart
       const words = k.split(" ");
       const units = new Set([k]);
       for (const size of [1, 2, 3]) for (let i = 0; i + size <= words.length; i++) units.add(words.slice(i, i + size).join(" "));
