@@ -7,8 +7,8 @@ With SQLite reports are written on the event loop, in well under a millisecond (
 for another process's write lock), those of the calls that reach this point in the same turn of the
 loop in one transaction; when the lock is held longer, the queued ones go together once it is free.
 Other databases: written in a thread, in the same batches. Each call waits for its own report's commit
-before its card links to it: a link never leads to a report that was not stored. Expired reports are deleted, and SQLite's log copied
-into the database file, by a thread, as each falls due."""
+before its card links to it: a link never leads to a report that was not stored. Expired reports are
+deleted, and SQLite's log copied into the database file, by a thread, as each falls due."""
 from __future__ import annotations
 
 import asyncio

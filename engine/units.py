@@ -126,8 +126,9 @@ class Conversion:
 
 def too_long(spelling: str) -> bool:
     """A spelling longer than any unit (:data:`~.case.MAX_UNIT` characters) is never parsed: pint's
-    parser takes time that grows with the square of the text (2,000 characters: 70 ms; 100,000: a
-    minute), and FHIR data reaches the unit readers before the case contract bounds it."""
+    parser takes time that grows with the square of the text (2,000 characters: 70 ms; a FHIR lab
+    whose unit had 100,000 took the mapping a minute), and FHIR data reaches the unit readers before
+    the case contract bounds it."""
     return len(spelling) > MAX_UNIT
 
 

@@ -23,7 +23,7 @@ from .resources import Item, walk
 __all__ = ["pgx_results", "map_pgx", "MAX_RESULT_TEXT"]
 
 _PGX_GENE = re.compile(r"\b(TPMT|NUDT15)\b", re.IGNORECASE)
-MAX_RESULT_TEXT = 10_000   # a longer result text is not searched for a diplotype (1 MB took 0.35 s, 30 MB 10 s)
+MAX_RESULT_TEXT = 10_000   # a longer result text is not searched for a diplotype (1 MB took 0.35 s, 5 MB 1.7 s)
 _NOT_READ = {"variant": "a single-variant result; a phenotype needs the whole diplotype",
              "activity": "a measured enzyme activity; leukodx does not turn a number into a phenotype"}
 
