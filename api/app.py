@@ -25,6 +25,7 @@ from . import audit, metrics, problems, reports, rest, tracing
 from .cds import auth as cds_auth
 from .cds import routes as cds_routes
 from .config import Settings, check_deployment, get_settings
+from .deps import LeanRoutes
 from .middleware import BodyLimit, RequestContext, configure_logging
 
 __all__ = ["create_app", "app"]
@@ -142,6 +143,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     # The last middleware added is the outermost: CORS headers go on every answer, 413s and 500s included;
     # the audit record and the HTTP metrics see 413s and 500s too.
+    app.add_middleware(LeanRoutes, fastapi=app)
     app.add_middleware(BodyLimit, limit_for=limit_for)
     app.add_middleware(audit.AuditTrail, auditor=audit.Auditor(settings.audit_key.get_secret_value(),
                                                                settings.audit_log_file))
