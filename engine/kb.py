@@ -51,6 +51,9 @@ class KnowledgeBase:
     drugs: list[dict[str, Any]]
     drug_classes: set[str]
     conditions: dict[str, re.Pattern[str]]
+    negation_before: re.Pattern[str]     # conditions.yaml not_a_diagnosis: cues before a condition's words
+    negation_after: re.Pattern[str]      # ... and after them, in the same clause
+    negation_sources: list[str]
     transplant_organs: dict[str, re.Pattern[str]]
     duffy_ancestry: re.Pattern[str]
     duffy_ancestry_sources: list[str]
@@ -137,6 +140,7 @@ def _load(root: Path, version: str) -> KnowledgeBase:
     classes |= {d[k] for d in drugs for k in ("subclass", "oncologic_class", "non_oncologic_class") if d.get(k)}
     vocab = read_yaml(root / "conditions.yaml", problems) or {}
     duffy = vocab.get("duffy_prevalent_ancestry", {})
+    negation = vocab.get("not_a_diagnosis", {})
     pgx_codes = read_yaml(root / "pgx" / "result_codes.yaml", problems) or {}
     cpic_doc = json.loads((root / "pgx" / "cpic_thiopurine_recommendations_2020-05.json").read_text())
 
@@ -153,6 +157,9 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         version=version, sources=sources, thresholds=thresholds, likelihood=th.get("likelihood", {}),
         tests=tests, loinc=loinc, drugs=drugs, drug_classes=classes,
         conditions=conditions, transplant_organs=organs,
+        negation_before=patterns(negation.get("before", []), "not_a_diagnosis.before", problems),
+        negation_after=patterns(negation.get("after", []), "not_a_diagnosis.after", problems),
+        negation_sources=negation.get("sources", []),
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),
         duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),
         oncologic_conditions=frozenset(vocab.get("oncologic", [])),

@@ -75,6 +75,7 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
     for d in kb.drugs:
         need(d.get("sources"), f"drugs.yaml: {d.get('id')}")
     need(kb.duffy_ancestry_sources, "conditions.yaml: duffy_prevalent_ancestry")
+    need(kb.negation_sources, "conditions.yaml: not_a_diagnosis")
     need(kb.ctcae.get("sources"), "ctcae.yaml")
     for v in (kb.ctcae.get("versions") or {}).values():
         need(v.get("sources"), "ctcae.yaml")

@@ -19,7 +19,7 @@ from .errors import CaseError, Problem
 from .kb import KnowledgeBase
 from .timeutil import utc_date, utc_naive
 from .units import UnitProblem, conversion_factor, dose_rate
-from .vocabulary import DrugIndex, duffy_prevalent, match_conditions, match_organ
+from .vocabulary import DrugIndex, duffy_prevalent, match_conditions, match_organ, read_conditions
 
 __all__ = ["NormLab", "NormMed", "NormCase", "normalize", "PCT_TESTS"]
 
@@ -252,14 +252,17 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
 
     # conditions: history, medication indications
     conditions: set[str] = set()
-    for i, text in enumerate(h.conditions):
-        found = match_conditions(kb, text)
-        if not found:
-            unrecognised.append(Unrecognised(field=f"history.conditions[{i}]", text=text, kind="condition"))
+    for where, text in [(f"history.conditions[{i}]", t) for i, t in enumerate(h.conditions)] + [
+            (f"medications[{i}].indication", m.indication) for i, m in enumerate(case.medications) if m.indication]:
+        found, aside = read_conditions(kb, text)
         conditions.update(found)
-    for med in case.medications:
-        if med.indication:
-            conditions.update(match_conditions(kb, med.indication))
+        if aside:
+            names = " or ".join(cid.replace("_", " ") for cid, _ in aside)
+            warnings.append(f"{where} {text!r} was not read as {names}: {aside[0][1]!r} says it is absent, "
+                            f"uncertain, someone else's, over or being prevented. Enter the condition alone if "
+                            f"the patient has it.")
+        if not found and not aside and where.startswith("history."):
+            unrecognised.append(Unrecognised(field=where, text=text, kind="condition"))
     oncologic = bool(conditions & kb.oncologic_conditions)
 
     drugs = drugs or DrugIndex(kb)

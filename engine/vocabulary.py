@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 from .kb import KnowledgeBase, rules_dir
 
 __all__ = ["clean_text", "DrugIndex", "DrugMatch", "Product", "load_products", "product_problems",
-           "SUGGEST_MIN_RATIO", "match_conditions", "match_organ", "duffy_prevalent"]
+           "SUGGEST_MIN_RATIO", "match_conditions", "read_conditions", "match_organ", "duffy_prevalent"]
 
 PRODUCTS_FILE = "rxnorm_products.json"
 PRODUCT_TTYS = ("SCD", "SBD", "GPCK", "BPCK")
@@ -248,12 +248,39 @@ class DrugIndex:
 
 
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:
-    """The knowledge base's conditions a text names (one pattern each). Remembered per text, at most
-    4,096 of them: records repeat the same few problem-list texts."""
-    def search() -> tuple[str, ...]:
-        t = clean_text(text, fold=False)       # the patterns ignore case, except abbreviations
-        return tuple(cid for cid, pattern in kb.conditions.items() if pattern.search(t))
-    return list(_remembered(kb.derived.setdefault("condition_matches", {}), text, search))
+    """The knowledge base's conditions a text gives the patient (one pattern each), leaving out those it
+    says are absent, uncertain, someone else's, over or being prevented (:func:`read_conditions`)."""
+    return list(read_conditions(kb, text)[0])
+
+
+_CLAUSE = re.compile(r"[,;.:]|\bbut\b", re.IGNORECASE)
+
+
+def read_conditions(kb: KnowledgeBase, text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The conditions a text gives the patient, and those it names but sets aside, each with the cue
+    that does ("SLE ruled out": sle, "ruled out"). A cue of conditions.yaml ``not_a_diagnosis`` counts
+    before the condition's words or after them in the same clause (NegEx's scope, Chapman 2001); a
+    condition named in any clause without a cue is the patient's. Remembered per text, at most 4,096
+    of them: records repeat the same few problem-list texts."""
+    def search() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        clauses = _CLAUSE.split(clean_text(text, fold=False))   # the patterns ignore case, except abbreviations
+        found, aside = [], []
+        for cid, pattern in kb.conditions.items():
+            cues = []
+            for clause in clauses:
+                m = pattern.search(clause)
+                if m is None:
+                    continue
+                cue = kb.negation_before.search(clause, 0, m.start()) or kb.negation_after.search(clause, m.end())
+                if cue is None:
+                    found.append(cid)
+                    break
+                cues.append(cue.group(0).strip())
+            else:
+                if cues:
+                    aside.append((cid, cues[0]))
+        return tuple(found), tuple(aside)
+    return _remembered(kb.derived.setdefault("condition_matches", {}), text, search)
 
 
 _MISSING = object()

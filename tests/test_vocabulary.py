@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from leukodx.engine.vocabulary import match_conditions, match_organ
+from leukodx.engine.vocabulary import match_conditions, match_organ, read_conditions
 
 from conftest import base_case, lab
 
@@ -28,6 +28,51 @@ def test_unicode_tricks_in_drug_names_still_match(engine):
 def test_condition_vocabulary_does_not_mistake_words_for_abbreviations(kb, text, expected, absent):
     found = set(match_conditions(kb, text))
     assert found == expected and not (absent & found)
+
+
+@pytest.mark.parametrize("text,kept,set_aside", [
+    # absent, uncertain, someone else's, over or prevented (rules/conditions.yaml not_a_diagnosis)
+    ("SLE ruled out", set(), {"sle"}),
+    ("HIV test negative", set(), {"hiv", "viral_infection"}),
+    ("family history of lupus", set(), {"sle"}),
+    ("no evidence of HIV", set(), {"hiv", "viral_infection"}),
+    ("rule out sepsis", set(), {"sepsis"}),
+    ("CMV prophylaxis", set(), {"cmv_infection", "viral_infection"}),
+    ("prevention of CMV disease", set(), {"cmv_infection", "viral_infection"}),
+    ("?SLE", set(), {"sle"}),
+    ("suspected MDS", set(), {"myelodysplastic_syndrome", "cancer"}),
+    ("PrEP for HIV", set(), {"hiv", "viral_infection"}),
+    # a cue elsewhere in the text does not reach the condition
+    ("Crohn's disease, no flare", {"crohns_disease", "inflammatory_bowel_disease"}, set()),
+    ("Hodgkin lymphoma, no relapse", {"lymphoma", "cancer"}, set()),
+    ("Crohn's disease; HIV negative", {"crohns_disease", "inflammatory_bowel_disease"}, {"hiv", "viral_infection"}),
+    ("Sepsis ruled out but pneumonia", {"pneumonia"}, {"sepsis"}),
+    ("gram negative sepsis", {"sepsis"}, set()),
+    ("HIV positive", {"hiv", "viral_infection"}, set()),
+])
+def test_a_negated_or_uncertain_condition_is_set_aside_with_its_cue(kb, text, kept, set_aside):
+    found, aside = read_conditions(kb, text)
+    assert set(found) == kept
+    assert {cid for cid, _ in aside} == set_aside
+    assert all(cue for _, cue in aside)
+    assert set(match_conditions(kb, text)) == kept
+
+
+def test_a_ruled_out_diagnosis_changes_nothing_but_a_warning(engine):
+    """'SLE ruled out' and 'HIV test negative' must not make SLE or a viral infection a cause, nor drop
+    the serology steps that look for them (the red-team's vignette: ANC 0.8 with these conditions
+    ranked both as LIKELY and raised no HIV or autoimmune serology)."""
+    labs = [lab("wbc", 2.4), lab("anc", 0.8)]
+    med = {"name": "valganciclovir", "start": "2025-02-01"}
+    plain = engine.assess(base_case(labs=labs, medications=[med]))
+    negated = engine.assess(base_case(labs=labs, history={"conditions": ["SLE ruled out", "HIV test negative"]},
+                                      medications=[{**med, "indication": "CMV prophylaxis"}]))
+    assert not {"sle", "hiv", "viral_infection", "cmv_infection"} & set(negated.conditions)
+    assert {s.id for s in plain.steps} <= {s.id for s in negated.steps}
+    assert "viral_infection" not in {c.id for c in negated.causes}
+    said = [w for w in negated.warnings if "was not read as" in w]
+    assert len(said) == 3 and "'ruled out'" in said[0] and "prophyla" in said[2]
+    assert not negated.unrecognised
 
 
 @pytest.mark.parametrize("text,organ", [("kidney allograft", "kidney"), ("allo-HCT", "hsct"),
