@@ -235,6 +235,20 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
                                             f"({', '.join(f'{k} {_fmt(v)}' for k, v in sorted(pcts.items()))}); "
                                             f"they cannot exceed 100", tuple(pct_index[t])))
 
+    # the ANC cannot exceed the WBC of the same sample: neutrophils are white cells (the engine bounds an unknown
+    # ANC by the WBC for the same reason). Which of the two is wrong cannot be told, so the ANC is the item
+    # named: left out of a partial assessment, the WBC then bounds the ANC, and no tier rests on the ANC.
+    counts: dict[Any, dict[str, NormLab]] = defaultdict(dict)
+    for lab in labs:
+        if lab.test in ("wbc", "anc") and (lab.time is not None or lab.specimen):
+            counts[lab.specimen or lab.time].setdefault(lab.test, lab)
+    for pair in counts.values():
+        wbc, anc = pair.get("wbc"), pair.get("anc")
+        if wbc is not None and anc is not None and anc.value > wbc.value:
+            problems.append(Problem(f"labs[{anc.index}].value", f"ANC {_fmt(anc.value)} {anc.unit} is above the WBC "
+                                    f"{_fmt(wbc.value)} {wbc.unit} of the same draw (labs[{wbc.index}]): neutrophils are "
+                                    f"white cells, so one of the two values is wrong"))
+
     # dates must not lie after as_of
     def not_future(where: str, v: Union[date, datetime, None]) -> None:
         d = utc_date(v)

@@ -83,3 +83,19 @@ def test_normalized_labs_keep_their_originals(engine):
     hb = next(x for x in a.labs if x.test == "hemoglobin")
     assert wbc.value == pytest.approx(3.1) and wbc.original.value == 3100 and wbc.original.unit == "/uL"
     assert hb.value == pytest.approx(9.99, abs=0.01) and hb.original.loinc == "718-7"
+
+
+def test_an_anc_above_the_wbc_of_its_draw_is_refused_and_left_out_of_a_partial_assessment(kb, engine):
+    """ANC 5.0 with WBC 2.0 in one draw had been assessed as a normal tier (red-team vignette): neutrophils
+    are white cells, so one value is wrong. Strictly, the case is refused naming the ANC; partially, the ANC
+    is left out and the WBC bounds it, so no tier rests on the impossible value."""
+    labs = [lab("wbc", 2.0), lab("anc", 5.0)]
+    problems = normalize_problems(kb, base_case(labs=labs))
+    assert len(problems) == 1 and problems[0].startswith("labs[1].value: ANC 5") and "labs[0]" in problems[0]
+    a = engine.assess(base_case(labs=labs), partial=True)
+    assert [n.field for n in a.not_assessed] == ["labs[1]"]
+    assert a.risk_tier.tier != "normal" and a.risk_tier.anc is None and a.risk_tier.anc_at_most == 2.0
+    # equal counts are possible; counts of different draws are not compared
+    assert engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 2.0)])).risk_tier.tier == "normal"
+    engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 5.0, time="2025-03-01T08:00:00Z"),
+                                  lab("wbc", 7.0, time="2025-03-01T08:00:00Z")]))   # strict: not refused
