@@ -78,7 +78,8 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem]) -> Optional[NormLab]:
+def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem],
+                   warnings: list[str]) -> Optional[NormLab]:
     where = f"labs[{i}]"
     test = None
     if lab.test:
@@ -133,6 +134,14 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem])
                 problems.append(Problem(f"{where}.lln_unit", f"{test}: {e}"))
                 return None
         lln = float(f"{lab.lln * factor:.10g}")
+        if not low <= lln <= high:   # a limit in another unit than the value, say: the count itself is still read
+            given = f"{_fmt(lab.lln)} {lab.lln_unit or lab.unit}"
+            if lln != lab.lln:
+                given += f" ({_fmt(lln)} {spec['unit']})"
+            warnings.append(f"{where}.lln: {test}'s lower limit of normal {given} is not plausible (plausible range "
+                            f"{_fmt(low)}-{_fmt(high)} {spec['unit']}); it was not used, and the value was judged "
+                            f"against leukodx's own limits. Give lln_unit when the limit has another unit than the value.")
+            lln = None
     return NormLab(index=i, test=test, value=normalized, unit=spec["unit"],
                    time=utc_naive(lab.time) if lab.time else None, lln=lln, original_value=value,
                    original_unit=lab.unit, original_test=lab.test, loinc=lab.loinc, specimen=lab.specimen,
@@ -193,7 +202,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     problems: list[Problem] = []
     warnings: list[str] = []
     unrecognised: list[Unrecognised] = []
-    labs = [n for i, lab in enumerate(case.labs) if (n := _normalize_lab(kb, i, lab, problems))]
+    labs = [n for i, lab in enumerate(case.labs) if (n := _normalize_lab(kb, i, lab, problems, warnings))]
 
     # as_of: given, else the latest lab time; never the wall clock.
     lab_times = [lab.time for lab in labs if lab.time]

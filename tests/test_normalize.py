@@ -99,3 +99,16 @@ def test_an_anc_above_the_wbc_of_its_draw_is_refused_and_left_out_of_a_partial_a
     assert engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 2.0)])).risk_tier.tier == "normal"
     engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 5.0, time="2025-03-01T08:00:00Z"),
                                   lab("wbc", 7.0, time="2025-03-01T08:00:00Z")]))   # strict: not refused
+
+
+def test_an_implausible_lower_limit_is_set_aside_and_the_count_still_read(engine):
+    """WBC 6.0 x10^9/L with a lab LLN of 4500 (written per uL) had graded CTCAE 1 and found leukopenia for a
+    normal count: the limit is not used (a warning says so) and the value is judged on leukodx's limits."""
+    a = engine.assess(base_case(labs=[lab("wbc", 6.0, lln=4500), lab("anc", 3.5, lln=1800)]))
+    assert a.ctcae.wbc.grade == 0 and a.ctcae.anc.grade == 0
+    assert "leukopenia" not in {f.id for f in a.findings}
+    said = [w for w in a.warnings if ".lln:" in w]
+    assert [w.split(":")[0] for w in said] == ["labs[0].lln", "labs[1].lln"] and "4500" in said[0]
+    # the same limit with its unit is read
+    given = engine.assess(base_case(labs=[lab("wbc", 4.2, lln=4500, lln_unit="/uL"), lab("anc", 3.5)]))
+    assert given.ctcae.wbc.grade == 1 and not [w for w in given.warnings if ".lln:" in w]
