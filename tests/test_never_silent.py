@@ -297,3 +297,18 @@ def test_a_misspelled_drug_is_named_first_with_its_close_match(engine):
     assert "thiopurine_myelotoxicity" not in [c.id for c in a.causes]
     report = to_text(a)
     assert report.index("NOT RECOGNISED") < report.index("RISK TIER") and "did you mean azathioprine?" in report
+
+
+@pytest.mark.parametrize("labs,as_of", [
+    ([lab("wbc", 1.2, time="2025-04-26T08:00:00Z"), lab("anc", 0.2, time="2025-04-26T08:00:00Z")], "2025-06-10"),
+    ([lab("wbc", 3.0)], "2025-03-10"),                      # no differential, and a WBC that bounds nothing
+])
+def test_fever_without_a_current_neutrophil_count_is_an_alert_and_an_immediate_cbc(engine, labs, as_of):
+    """A febrile patient whose only count is 45 days old (ANC 0.2 then, on methimazole) had been given a
+    routine repeat CBC at info priority: febrile neutropenia cannot be ruled out without a count now."""
+    febrile = engine.assess(case(labs, as_of=as_of, temperature_c=38.9))
+    assert "fever_without_current_count" in {a.id for a in febrile.alerts} and febrile.priority == "warning"
+    assert {s.id: s.urgency for s in febrile.steps}["repeat_cbc_with_differential"] == "immediate"
+    afebrile = engine.assess(case(labs, as_of=as_of, temperature_c=37.0))
+    assert "fever_without_current_count" not in {a.id for a in afebrile.alerts}
+    assert {s.id: s.urgency for s in afebrile.steps}["repeat_cbc_with_differential"] != "immediate"
