@@ -120,11 +120,13 @@ def test_reported_anc_within_tolerance_is_used(engine):
 def test_old_counts_raise_nothing_acute(engine, drawn):
     a = engine.assess(case([lab("wbc", 1.0, time=drawn), lab("anc", 0.3, time=drawn)], as_of="2026-12-01",
                            temperature_c=38.9))
-    assert a.risk_tier.tier == "unknown" and not a.cbc.current and a.alerts == [] and a.causes == []
+    # nothing from the old count; the fever itself asks for a count now
+    assert a.risk_tier.tier == "unknown" and not a.cbc.current and a.causes == []
+    assert alerts(a) == {"fever_without_current_count"}
     assert a.cbc.age_days == (datetime(2026, 12, 1) - datetime.fromisoformat(drawn[:10])).days
     assert drawn[:10] in a.cbc.note and drawn[:10] in a.risk_tier.basis
     assert {s.id for s in a.steps} >= {"repeat_cbc_with_differential", "review_prior_counts"}
-    assert not any(s.urgency == "immediate" for s in a.steps)
+    assert [s.id for s in a.steps if s.urgency == "immediate"] == ["repeat_cbc_with_differential"]
 
 
 @pytest.mark.parametrize("days,current", [(0, True), (30, True), (31, False)])
