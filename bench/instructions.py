@@ -113,7 +113,7 @@ def stage(call: str, name: str) -> Callable[[], Any]:
 
     def explain() -> Any:
         interactions = active_interactions(kb, nc)
-        causes = rank_causes(kb, firings, nc.meds, interactions)
+        causes = rank_causes(kb, firings, nc.meds, interactions, d.count_day)
         return build_assessment(kb, nc, d, firings, causes, ENGINE_VERSION, [], interactions)
     steps["explain"] = explain
     return steps[name]

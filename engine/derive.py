@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Optional
 
 from pydantic import TypeAdapter
@@ -21,6 +21,7 @@ from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, ReferenceLi
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormLab
 from .exposure import drug_facts, patient_facts
+from .rank import started_after
 from .samples import DIFFERENTIAL_TESTS, Sample, age_days, group_samples
 from .trends import series_facts
 
@@ -41,6 +42,7 @@ class Derived:
     warnings: list[str] = field(default_factory=list)
     cbc: Optional[CbcStatus] = None
     reference_limits: list[ReferenceLimit] = field(default_factory=list)
+    count_day: Optional[date] = None     # the day the current count was drawn (rank: a drug started later is no cause)
 
 
 def _r(x: float) -> float:
@@ -239,6 +241,11 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         series_facts(kb, nc, samples, cbc, derived_points["anc"], facts)
     patient_facts(kb, nc, facts)
     drug_facts(kb, nc, facts)
+    count_day = cbc.time.date() if cbc is not None and cbc.time is not None else None
+    suspects = kb.derived.setdefault("cause_drug_classes", {c for e in kb.causes.values() for c in e.drug_classes})
+    for med in started_after([m for m in nc.meds if m.classes & suspects], count_day):
+        warnings.append(f"medications[{med.index}] {med.text!r} started {med.start}, after the current count was "
+                        f"drawn ({count_day}): it cannot have caused that count and is not ranked as its cause.")
 
     anc = values.get("anc")
     tier = tier_for(kb, anc)
@@ -275,7 +282,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     grade_llns = {k: facts[f"{k}_lln"] for k in ("wbc", "lymphocytes", "anc") if f"{k}_lln" in facts}
     ctcae = ctcae_grades(kb, {k: values[k] for k in ("wbc", "anc", "lymphocytes") if k in values}, grade_llns, version)
     return Derived(facts=facts, current=values, labs_out=labs_out, risk_tier=risk, ctcae=ctcae, warnings=warnings,
-                   cbc=cbc_status, reference_limits=limits)
+                   cbc=cbc_status, reference_limits=limits, count_day=count_day)
 
 
 def _reference_limits(kb: KnowledgeBase, nc: NormCase, llns: dict[str, float], facts: dict[str, Any]

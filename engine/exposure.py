@@ -154,7 +154,7 @@ def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> N
     for med in nc.meds:
         if med.start is None:
             continue
-        before = [lab for lab in nc.labs if lab.time is not None and lab.time.date() < med.start
+        before = [lab for lab in nc.labs if lab.time is not None and lab.time.date() <= med.start
                   and lab.test in ("anc", "wbc")]
         anc = max((lab for lab in before if lab.test == "anc"), key=lambda lab: lab.time, default=None)
         wbc = max((lab for lab in before if lab.test == "wbc"), key=lambda lab: lab.time, default=None)

@@ -61,7 +61,7 @@ class Engine:
         d = derive(self.kb, nc, ctcae_version)
         firings, _ = run_stages(self.kb, self.reasoner, d.facts)
         interactions = active_interactions(self.kb, nc)
-        causes = rank_causes(self.kb, firings, nc.meds, interactions)
+        causes = rank_causes(self.kb, firings, nc.meds, interactions, d.count_day)
         return build_assessment(self.kb, nc, d, firings, causes, ENGINE_VERSION, left_out, interactions)
 
     def check_orders(self, orders: list[OrderInput], assessment: Optional[Assessment] = None,

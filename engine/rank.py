@@ -5,11 +5,14 @@ come from rules/thresholds.yaml (`likelihood`). Equal scores: the cause with the
 of supporting evidence first, then the one with less evidence against, then the order of
 rules/causes.yaml. One drug exposure is counted once: a drug in two classes (penicillin G is a
 beta-lactam and an agranulocytosis drug) supports only the higher-ranked of its causes; the other is
-dropped with a note on the kept one.
+dropped with a note on the kept one. A drug started after the current count was drawn cannot have caused
+it: it is not an agent of any cause, and a drug cause whose every agent started after the count is not
+listed (derive's warnings say so).
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import date
 from typing import Any, Optional
 
 from .assessment import CauseOut, Evidence
@@ -17,7 +20,7 @@ from .kb import KnowledgeBase
 from .normalize import NormMed
 from .reason import Firing
 
-__all__ = ["rank_causes"]
+__all__ = ["rank_causes", "started_after"]
 
 
 def _agents(kb: KnowledgeBase, cause_id: str, meds: list[NormMed], interactions: list[dict[str, Any]]) -> list[str]:
@@ -28,8 +31,14 @@ def _agents(kb: KnowledgeBase, cause_id: str, meds: list[NormMed], interactions:
     return sorted({m.drug_name or m.text for m in meds if m.classes & classes})
 
 
+def started_after(meds: list[NormMed], count_day: Optional[date]) -> list[NormMed]:
+    """The drugs started after the day the current count was drawn."""
+    return [m for m in meds if count_day is not None and m.start is not None and m.start > count_day]
+
+
 def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed],
-                interactions: Optional[list[dict[str, Any]]] = None) -> list[CauseOut]:
+                interactions: Optional[list[dict[str, Any]]] = None, count_day: Optional[date] = None
+                ) -> list[CauseOut]:
     evidence: dict[str, list[Evidence]] = defaultdict(list)
     for f in firings:
         for c in f.rule.then:
@@ -55,9 +64,13 @@ def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed],
     scored.sort()
     out: list[CauseOut] = []
     counted: dict[frozenset[str], CauseOut] = {}     # one exposure is counted once
+    later = {id(m) for m in started_after(meds, count_day)}
+    before = [m for m in meds if id(m) not in later]
     for _, _, _, _, cid, score, items in scored:
         entry = kb.causes[cid]
-        agents = _agents(kb, cid, meds, interactions or [])
+        agents = _agents(kb, cid, before, interactions or [])
+        if entry.drug_classes and not agents and later and _agents(kb, cid, meds, interactions or []):
+            continue                                  # every agent started after the count
         key = frozenset(agents)
         if entry.drug_classes and agents and key in counted:
             kept = counted[key]

@@ -23,3 +23,18 @@ def test_causes_without_support_are_not_listed_and_each_item_has_sources(engine)
         assert item.sources and all(s in b.sources for s in item.sources)
     assert b.causes[0].id == "idiosyncratic_drug_agranulocytosis"
     assert b.causes[0].agents == ["trimethoprim-sulfamethoxazole"]   # the vocabulary's name for "Bactrim"
+
+
+def test_a_drug_started_after_the_count_is_no_cause_of_it(engine):
+    """Sulfasalazine started four days after the count (ANC 0.9) had been listed as an agranulocytosis agent:
+    it cannot have caused a count drawn before it. Started before the count, it is one."""
+    labs = [lab("wbc", 2.9, time="2025-06-01T08:00:00Z"), lab("anc", 0.9, time="2025-06-01T08:00:00Z")]
+    def assess(start):
+        return engine.assess(base_case(as_of="2025-06-10", labs=labs,
+                                       medications=[{"name": "sulfasalazine", "start": start}]))
+    after, before = assess("2025-06-05"), assess("2025-04-20")
+    assert "idiosyncratic_drug_agranulocytosis" not in {c.id for c in after.causes}
+    assert [w for w in after.warnings if "after the current count was drawn (2025-06-01)" in w][0].startswith(
+        "medications[0] 'sulfasalazine' started 2025-06-05")
+    assert "idiosyncratic_drug_agranulocytosis" in {c.id for c in before.causes}
+    assert not [w for w in before.warnings if "after the current count" in w]
