@@ -25,7 +25,7 @@ import pint
 from .case import MAX_UNIT
 
 __all__ = ["UnitProblem", "registry", "to_pint_expression", "conversion_factor", "dose_rate", "DoseRate", "DIMENSIONS",
-           "too_long"]
+           "unreadable"]
 
 #: pint dimensionality each kind of lab must have, and how to say it to a person.
 DIMENSIONS: dict[str, tuple[str, str]] = {
@@ -124,12 +124,24 @@ class Conversion:
     expression: str        # the pint expression the spelling was read as
 
 
-def too_long(spelling: str) -> bool:
-    """A spelling longer than any unit (:data:`~.case.MAX_UNIT` characters) is never parsed: pint's
-    parser takes time that grows with the square of the text (2,000 characters: 70 ms; a FHIR lab
-    whose unit had 100,000 took the mapping a minute), and FHIR data reaches the unit readers before
-    the case contract bounds it."""
-    return len(spelling) > MAX_UNIT
+# A number or a group raised to a power, or a power of three digits or more: pint evaluates these as
+# arithmetic (a unit written "9**9**9", nine characters, computed 9^(9^9) and stalled a worker until its
+# supervisor killed it). A unit's own power ("mm^3", "m**-1") is not one; "10^9" and its spellings are
+# read as a multiplier before pint sees the text (to_pint_expression).
+_NUMERIC_POWER = re.compile(r"[\d.)\]]\s*(?:\*\*|\^)|(?:\*\*|\^)\s*[(\s]*[-+]?\d{3}")
+
+
+def unreadable(text: str, expression: Optional[str] = None) -> Optional[str]:
+    """Why pint must not parse a unit ``text`` (or the pint ``expression`` written for it), or None.
+    Longer than any unit (:data:`~.case.MAX_UNIT` characters): pint's parser takes time that grows with the
+    square of the text (2,000 characters: 70 ms; a FHIR lab whose unit had 100,000 took the mapping a
+    minute), and FHIR data reaches the unit readers before the case contract bounds it. A power of a
+    number: pint would compute it (:data:`_NUMERIC_POWER`)."""
+    if len(text) > MAX_UNIT:
+        return f"a unit of {len(text)} characters is not a unit (at most {MAX_UNIT})"
+    if _NUMERIC_POWER.search(text if expression is None else expression):
+        return f"{text!r} raises a number to a power; that is not a unit"
+    return None
 
 
 def conversion_factor(spelling: str, dimension: str, target: str, molar_mass: str | None = None) -> Conversion:
@@ -138,8 +150,8 @@ def conversion_factor(spelling: str, dimension: str, target: str, molar_mass: st
     ``dimension`` is a key of :data:`DIMENSIONS`. Mass and substance concentrations convert
     through pint's chemistry context with the test's molar mass. Raises :class:`UnitProblem`.
     """
-    if too_long(spelling):
-        raise UnitProblem(f"a unit of {len(spelling)} characters is not a unit (at most {MAX_UNIT})")
+    if len(spelling) > MAX_UNIT:      # before anything reads it (the power check needs the expression)
+        raise UnitProblem(unreadable(spelling) or "")
     return _conversion_factor(spelling, dimension, target, molar_mass)
 
 
@@ -147,6 +159,9 @@ def conversion_factor(spelling: str, dimension: str, target: str, molar_mass: st
 def _conversion_factor(spelling: str, dimension: str, target: str, molar_mass: str | None) -> Conversion:
     ureg = registry()
     expr = to_pint_expression(spelling)
+    why = unreadable(spelling, expr)
+    if why:
+        raise UnitProblem(why)
     want, wording = DIMENSIONS[dimension]
     try:
         unit = ureg.parse_units(expr)
@@ -181,7 +196,7 @@ def dose_rate(unit: str) -> Optional[DoseRate]:
     """A dose unit of mass per time or mass per body mass per time, through pint; None for any other
     (a dose per take, a unit pint cannot read, a text longer than any unit). The one reader of dose
     units (case and FHIR alike)."""
-    return None if too_long(unit) else _dose_rate(unit)
+    return None if unreadable(unit) else _dose_rate(unit)
 
 
 @lru_cache(maxsize=512)

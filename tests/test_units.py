@@ -117,9 +117,25 @@ def test_a_text_longer_than_any_unit_is_never_parsed():
     # pint's parser takes time that grows with the square of the text (100,000 characters: a minute);
     # FHIR data reaches the unit readers before the case contract bounds it
     from leukodx.engine.case import MAX_UNIT
-    from leukodx.engine.units import dose_rate, too_long
+    from leukodx.engine.units import dose_rate, unreadable
     long = "10*9/L" + "x" * 100_000
     with pytest.raises(UnitProblem, match=f"a unit of {len(long)} characters is not a unit \\(at most {MAX_UNIT}\\)"):
         conversion_factor(long, "count_per_volume", "10^9/L")
     assert dose_rate("mg/day" + " " * 100_000) is None and dose_rate("mg/day") is not None
-    assert too_long("x" * (MAX_UNIT + 1)) and not too_long("x" * MAX_UNIT)
+    assert unreadable("x" * (MAX_UNIT + 1)) and not unreadable("x" * MAX_UNIT)
+
+
+@pytest.mark.parametrize("unit", ["9**9**9", "2^2^2^2^2", "m**9**9**9", "(10)**999", "uL**1000", "9.9**9**9"])
+def test_a_power_of_a_number_is_never_given_to_pint(unit):
+    """'9**9**9' (nine characters, under every length limit) made pint compute 9^(9^9) on the event loop
+    until the supervisor killed the worker (the HTTP red-team: four requests took both workers down).
+    Each form is refused at once, by every reader of unit text."""
+    from leukodx.engine.units import dose_rate, unreadable
+    with pytest.raises(UnitProblem, match="raises a number to a power"):
+        conversion_factor(unit, "count_per_volume", "10^9/L")
+    assert unreadable(unit) and dose_rate(unit) is None
+
+
+@pytest.mark.parametrize("unit", ["10^9/L", "10**9/L", "10*9/L", "x10^3/uL", "10^3/mm^3", "cells/mm**3", "/mm3"])
+def test_a_unit_s_own_power_and_the_ten_power_spellings_are_still_read(unit):
+    assert conversion_factor(unit, "count_per_volume", "10^9/L").factor > 0

@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Optional
 
 from leukodx.engine.timeutil import utc_naive
-from leukodx.engine.units import registry, too_long
+from leukodx.engine.units import registry, unreadable
 
 from .datatypes import RESULT_STATUSES, as_dict, as_str, after, is_number, quantity_unit
 from .resources import Item
@@ -66,7 +66,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
             warnings.append(f"{item.label}: body temperature without a value and unit was not used.")
             continue
         try:
-            if too_long(unit):
+            if unreadable(unit):
                 raise ValueError("not a unit")
             ureg = registry()
             celsius = ureg.Quantity(float(q["value"]), _TEMPERATURE_UNITS.get(unit, unit)).to("degC").magnitude
@@ -100,8 +100,9 @@ def _weight_kg(item: Item) -> tuple[Optional[float], Optional[str]]:
         return None, "no numeric valueQuantity.value"
     if unit is None:
         return None, "no unit"
-    if too_long(unit):
-        return None, f"a unit of {len(unit)} characters is not a unit of mass leukodx reads"
+    why = unreadable(unit)
+    if why:
+        return None, why
     factor, problem = _kg_per(unit)
     if factor is None:
         return None, problem
