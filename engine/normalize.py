@@ -19,7 +19,8 @@ from .errors import CaseError, Problem
 from .kb import KnowledgeBase
 from .timeutil import utc_date, utc_naive
 from .units import UnitProblem, conversion_factor, dose_rate
-from .vocabulary import DrugIndex, duffy_prevalent, match_conditions, match_organ, read_conditions
+from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, duffy_prevalent, match_conditions, match_organ,
+                         read_conditions)
 
 __all__ = ["NormLab", "NormMed", "NormCase", "normalize", "PCT_TESTS"]
 
@@ -290,6 +291,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
 
     drugs = drugs or DrugIndex(kb)
     meds: list[NormMed] = []
+    unknown_drugs = 0
     for i, med in enumerate(case.medications):
         not_future(f"medications[{i}].start", med.start)
         start, end = utc_date(med.start), utc_date(med.end)
@@ -300,8 +302,10 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
         text = med.name or f"RxNorm {med.rxnorm}"
         match = drugs.lookup(med.name, med.rxnorm)
         if match is None:
+            suggest = bool(med.name) and unknown_drugs < SUGGEST_MAX_NAMES   # bounded work per case
+            unknown_drugs += 1
             unrecognised.append(Unrecognised(field=f"medications[{i}]", text=text, kind="drug",
-                                             suggestions=drugs.suggest(med.name) if med.name else []))
+                                             suggestions=drugs.suggest(med.name) if suggest else []))
             continue
         med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) & kb.oncologic_conditions)
         dose, per_day, why = _dose_mg_kg_day(med.dose, case.patient.weight_kg)

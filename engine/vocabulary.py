@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 from .kb import KnowledgeBase, rules_dir
 
 __all__ = ["clean_text", "DrugIndex", "DrugMatch", "Product", "load_products", "product_problems",
-           "SUGGEST_MIN_RATIO", "match_conditions", "read_conditions", "match_organ", "duffy_prevalent"]
+           "SUGGEST_MIN_RATIO", "SUGGEST_MAX_NAMES", "match_conditions", "read_conditions", "match_organ", "duffy_prevalent"]
 
 PRODUCTS_FILE = "rxnorm_products.json"
 PRODUCT_TTYS = ("SCD", "SBD", "GPCK", "BPCK")
@@ -30,6 +30,11 @@ PRODUCT_TTYS = ("SCD", "SBD", "GPCK", "BPCK")
 # and nothing for text that merely shares a few letters with a drug name ("xyzzy").
 SUGGEST_MIN_RATIO = 0.8
 _SUGGEST_MIN_LETTERS = 4          # words shorter than this (mg, po, 50) are not compared on their own
+# Bounds on the comparison work one case can ask for (difflib over the vocabulary costs about 2 ms a word
+# run; 500 names of 30 words each held a worker's event loop for 37 s): the first words of a name (a drug's
+# name and strength fit in them), and the unknown names of one case that get suggestions at all.
+SUGGEST_MAX_WORDS = 6
+SUGGEST_MAX_NAMES = 20
 
 
 class Product(NamedTuple):
@@ -216,6 +221,7 @@ class DrugIndex:
         # a salt is never what tells two drugs apart: "memantine hydrochloride" offered "gemcitabine
         # hydrochloride" and "chlorpheniramine maleate" "prochlorperazine maleate" for their salt alone
         key = " ".join(w for w in key.split() if w not in _SALTS) or key
+        key = " ".join(key.split()[:SUGGEST_MAX_WORDS])
         words = key.split()
         units = {key}
         for size in (1, 2, 3):

@@ -214,3 +214,18 @@ def test_the_page_leaves_out_the_same_salts_as_the_engine():
     js = (ROOT / "api" / "static" / "app.js").read_text(encoding="utf-8")
     page = set(re.search(r"const SALTS = new Set\(`([^`]*)`", js).group(1).split())
     assert page == set(vocabulary._SALTS) and "hydrochloride" in page
+
+
+def test_suggestion_work_is_bounded_per_name_and_per_case(engine):
+    """500 unknown names of 30 words each held a worker's event loop for 37 s (the HTTP red-team): only
+    the first SUGGEST_MAX_WORDS words of a name are compared, and only SUGGEST_MAX_NAMES names of a case get
+    suggestions; every unknown name is still listed."""
+    from leukodx.engine.vocabulary import SUGGEST_MAX_NAMES
+    long = "imurann " + " ".join(["zz"] * 40)
+    meds = [{"name": long if i == 0 else f"qqxx{i:03d} tablet", "start": "2025-01-01"}
+            for i in range(SUGGEST_MAX_NAMES + 5)]
+    meds.append({"name": "imurann", "start": "2025-01-01"})
+    a = engine.assess(base_case(medications=meds))
+    assert len(a.unrecognised) == len(meds)
+    assert a.unrecognised[0].suggestions == ["Imuran"]           # its first words still compared
+    assert [u.suggestions for u in a.unrecognised[SUGGEST_MAX_NAMES:]] == [[]] * (len(meds) - SUGGEST_MAX_NAMES)
