@@ -63,6 +63,7 @@ __all__ = ["Acceptor", "GuardedHttpToolsProtocol", "Supervisor", "bind_socket", 
 
 log = logging.getLogger("leukodx.serve")
 MAX_HEAD_BYTES = 64 * 1024
+_PROBES = (b"/healthz", b"/readyz")      # answered whatever the load (GuardedHttpToolsProtocol)
 # Connections accepted per readiness of the listening socket: a burst of new clients is taken in a
 # turn or two, while one readiness cannot keep the loop from its requests for long.
 ACCEPT_BATCH = 16
@@ -78,6 +79,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     open connections and a cap on requests in progress (all per worker process)."""
 
     _refused_logged_at = 0.0
+    _receiving = 0          # requests of this worker whose body is still arriving
 
     def __init__(self, config: Config, server_state: Any, app_state: dict[str, Any],
                  _loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
@@ -89,6 +91,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._max_in_progress = settings.limit_concurrency
         self._guard: Optional[asyncio.TimerHandle] = None
         self._head_bytes = 0
+        self._receiving_body = False
 
     # -- timers ---------------------------------------------------------------------------------
     def _arm(self, seconds: float) -> None:
@@ -120,6 +123,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._disarm()
+        self._set_receiving(False)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -151,15 +155,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise HeadTooLarge()
 
     def on_headers_complete(self) -> None:
-        # uvicorn answers 503 when limit_concurrency is set and reached; set it per request from
-        # the number of requests in progress only (not from the number of open connections).
-        self.limit_concurrency = 0 if len(self.tasks) >= self._max_in_progress else None
+        # uvicorn answers 503 when limit_concurrency is set and reached; set it per request from the number of
+        # requests in progress whose body has arrived (not from open connections, nor from requests still
+        # sending their body: 260 bodies sent a byte a second had turned every request into a 503 for the 30 s
+        # of the body timeout). The liveness and readiness probes are never refused: they answer from the loop.
+        probe = self.url.split(b"?", 1)[0] in _PROBES and self.parser.get_method() in (b"GET", b"HEAD")
+        busy = len(self.tasks) - GuardedHttpToolsProtocol._receiving
+        self.limit_concurrency = 0 if busy >= self._max_in_progress and not probe else None
         super().on_headers_complete()
         self._arm(self._body_timeout)
+        if self.limit_concurrency is None:     # refused requests have no task to count
+            self._set_receiving(True)
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._set_receiving(False)
         super().on_message_complete()
+
+    def _set_receiving(self, receiving: bool) -> None:
+        if receiving != self._receiving_body:
+            self._receiving_body = receiving
+            GuardedHttpToolsProtocol._receiving += 1 if receiving else -1
 
 
 class Acceptor:

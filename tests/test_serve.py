@@ -10,6 +10,7 @@ import signal
 import sys
 import socket
 import subprocess
+import threading
 import time
 
 import httpx
@@ -119,7 +120,7 @@ def capped(tmp_path_factory):
     port = free_port()
     proc = start_server(port, f"sqlite:///{tmp_path_factory.mktemp('db')}/fb.db", workers=1,
                         LEUKODX_CDS_AUTH="off", LEUKODX_HEADER_TIMEOUT_SECONDS="60", LEUKODX_MAX_CONNECTIONS="8",
-                        LEUKODX_LIMIT_CONCURRENCY="1", LEUKODX_LOG_LEVEL="WARNING")
+                        LEUKODX_LIMIT_CONCURRENCY="1", LEUKODX_LOG_LEVEL="WARNING", LEUKODX_FHIR_ALLOW_LOOPBACK="true")
     yield proc, port
     try:
         stop_server(proc)
@@ -152,20 +153,34 @@ def test_open_connections_are_capped(capped):
     pytest.fail("/healthz did not answer once the connections were closed")
 
 
-def test_requests_beyond_the_concurrency_limit_get_503(capped):
+def test_requests_beyond_the_concurrency_limit_get_503_but_never_the_probes(capped):
+    """The limit (1 here) counts requests in progress: not one whose body is still arriving (260 bodies sent a
+    byte a second had turned every request, /healthz included, into a 503 for the 30 s of the body timeout),
+    and never the liveness and readiness probes."""
     _, port = capped
-    # A request whose body is still arriving is in progress; the limit is 1.
+    base = f"http://127.0.0.1:{port}"
+    case = b'{"labs": [{"test": "wbc", "value": 5, "unit": "10^9/L"}]}'
+    json_type = {"Content-Type": "application/json"}
     with connect(port, b"POST /v1/assess HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: 100\r\n\r\n{") as slow:
+                       b"Content-Length: 100\r\n\r\n{"):
         time.sleep(0.5)
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 503
-        slow.close()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200:
-            return
-        time.sleep(0.2)
-    pytest.fail("/healthz did not answer 200 once the slow request was gone")
+        assert httpx.post(f"{base}/v1/assess", content=case, headers=json_type, timeout=10).status_code == 200
+        # a request in progress: a CDS call waiting for a FHIR server that never answers (the fetch deadline)
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            hook = {"hook": "patient-view", "hookInstance": "d8f4c7b0-0000-4000-8000-000000000001",
+                    "fhirServer": f"http://127.0.0.1:{silent.getsockname()[1]}/fhir",
+                    "fhirAuthorization": {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
+                                          "scope": "patient/*.read", "subject": "leukodx"},
+                    "context": {"userId": "Practitioner/1", "patientId": "p1"}}
+            waiting = threading.Thread(target=lambda: httpx.post(f"{base}/cds-services/leukodx-patient-view",
+                                                                 json=hook, timeout=30))
+            waiting.start()
+            time.sleep(1.0)
+            assert httpx.post(f"{base}/v1/assess", content=case, headers=json_type, timeout=10).status_code == 503
+            assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+            assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
+            waiting.join()
+    assert httpx.post(f"{base}/v1/assess", content=case, headers=json_type, timeout=10).status_code == 200
 
 
 def test_a_killed_supervisor_leaves_no_worker_behind(capped):
