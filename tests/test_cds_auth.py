@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -663,3 +664,44 @@ def test_real_world_jwks_files_load_and_bind_alg():
     ec_kid = next(k["kid"] for k in inferno_jwks["keys"] if k["kty"] == "EC")
     fake = f"{b64json({'alg': 'ES384', 'typ': 'JWT', 'kid': ec_kid})}.{b64json(claims(iss='https://inferno.healthit.gov'))}.{b64url(b'x' * 96)}"
     assert rejected(v, fake) == "bad signature"
+
+
+def test_a_failed_jwks_fetch_is_not_repeated_for_a_while_and_one_fetch_serves_concurrent_calls():
+    """400 forged tokens naming an issuer with a slow JWKS endpoint had made 333 fetches and filled the thread
+    pool (security red-team): a failure is remembered for JWKS_FAILURE_BACKOFF_SECONDS, and callers arriving
+    while a fetch runs take its answer."""
+    from leukodx.api.cds.auth import JWKS_FAILURE_BACKOFF_SECONDS, AuthError, _JwksCache
+    now = [1000.0]
+    calls: list[str] = []
+
+    def failing(url):
+        calls.append(url)
+        raise OSError("down")
+    cache = _JwksCache(failing, lambda: now[0])
+    for _ in range(5):
+        with pytest.raises(AuthError):
+            cache.get("https://ehr.example.org/jwks")
+    assert len(calls) == 1
+    now[0] += JWKS_FAILURE_BACKOFF_SECONDS + 1
+    with pytest.raises(AuthError):
+        cache.get("https://ehr.example.org/jwks")
+    assert len(calls) == 2
+
+    gate = threading.Event()
+
+    def slow(url):
+        calls.append(url)
+        gate.wait(5)
+        return {"keys": []}
+    cache = _JwksCache(slow, time.monotonic)
+    calls.clear()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get("https://ehr.example.org/jwks")))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    gate.set()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 8 and sum(fresh for _, fresh in results) == 1

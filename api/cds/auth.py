@@ -92,6 +92,11 @@ JWKS_CACHE_TTL_SECONDS = 600.0
 # interval (key rotation), so unknown kids cannot be used to hammer the client's server.
 JWKS_MIN_REFRESH_SECONDS = 30.0
 JWKS_CACHE_MAX_URLS = 256
+# After a failed fetch, calls naming that URL fail at once for this long: a token needs no valid signature
+# to make leukodx fetch its issuer's keys, so 400 forged tokens had made 333 fetches of a slow JWKS
+# endpoint and filled the thread pool (security red-team). One fetch per URL runs at a time; the callers
+# that wait for it take its answer.
+JWKS_FAILURE_BACKOFF_SECONDS = 10.0
 
 _BEARER = re.compile(r"^Bearer[ ]+([^ ]+)[ ]*$", re.IGNORECASE)
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
@@ -189,38 +194,63 @@ class _JwksCache:
 
     def __init__(self, fetch: Callable[[str], dict], clock: Callable[[], float], *,
                  ttl: float = JWKS_CACHE_TTL_SECONDS, min_refresh: float = JWKS_MIN_REFRESH_SECONDS,
-                 max_urls: int = JWKS_CACHE_MAX_URLS) -> None:
+                 max_urls: int = JWKS_CACHE_MAX_URLS, backoff: float = JWKS_FAILURE_BACKOFF_SECONDS) -> None:
         self._fetch = fetch
         self._clock = clock
         self._ttl = ttl
         self._min_refresh = min_refresh
         self._max_urls = max_urls
+        self._backoff = backoff
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[dict, float]] = {}
+        self._failed: dict[str, float] = {}                 # url -> when its last fetch failed
+        self._fetching: dict[str, threading.Lock] = {}      # url -> held while one call fetches it
 
-    def get(self, url: str, *, refresh: bool = False) -> tuple[dict, bool]:
-        """The key set for ``url`` and whether it was fetched by this call. ``refresh``
-        asks for a new copy (unknown kid), honoured at most once per ``min_refresh``."""
-        now = self._clock()
+    def _cached(self, url: str, refresh: bool, now: float) -> Optional[dict]:
         with self._lock:
             entry = self._entries.get(url)
+            failed = self._failed.get(url)
         if entry is not None:
             jwks, fetched_at = entry
             age = now - fetched_at
             if 0 <= age < self._ttl and (not refresh or age < self._min_refresh):
-                return jwks, False
-        try:
-            jwks = self._fetch(url)
-            _check_jwks_shape(jwks, "fetched JWK Set")
-        except Exception as exc:  # any failure of the fetch function means "no keys"
-            log.warning("JWKS fetch failed", extra={"jwks_url": url, "error_type": type(exc).__name__})
-            raise AuthError("jwks fetch failed") from None
+                return jwks
+        if failed is not None and 0 <= now - failed < self._backoff:
+            raise AuthError("jwks fetch failed")
+        return None
+
+    def get(self, url: str, *, refresh: bool = False) -> tuple[dict, bool]:
+        """The key set for ``url`` and whether it was fetched by this call. ``refresh``
+        asks for a new copy (unknown kid), honoured at most once per ``min_refresh``; a
+        URL whose fetch failed is not tried again for ``backoff`` seconds."""
+        now = self._clock()
+        cached = self._cached(url, refresh, now)
+        if cached is not None:
+            return cached, False
         with self._lock:
-            self._entries[url] = (jwks, now)
-            while len(self._entries) > self._max_urls:
-                oldest = min(self._entries, key=lambda u: self._entries[u][1])
-                del self._entries[oldest]
-        return jwks, True
+            fetching = self._fetching.setdefault(url, threading.Lock())
+        with fetching:                        # one fetch per URL at a time
+            with self._lock:
+                entry, failed = self._entries.get(url), self._failed.get(url)
+            if entry is not None and entry[1] >= now:        # fetched by the call this one waited for
+                return entry[0], False
+            if failed is not None and failed >= now:         # or failed while this one waited
+                raise AuthError("jwks fetch failed")
+            try:
+                jwks = self._fetch(url)
+                _check_jwks_shape(jwks, "fetched JWK Set")
+            except Exception as exc:  # any failure of the fetch function means "no keys"
+                log.warning("JWKS fetch failed", extra={"jwks_url": url, "error_type": type(exc).__name__})
+                with self._lock:
+                    self._failed[url] = self._clock()
+                raise AuthError("jwks fetch failed") from None
+            with self._lock:
+                self._failed.pop(url, None)
+                self._entries[url] = (jwks, self._clock())
+                while len(self._entries) > self._max_urls:
+                    oldest = min(self._entries, key=lambda u: self._entries[u][1])
+                    del self._entries[oldest]
+            return jwks, True
 
 
 class ReplayStore(Protocol):
