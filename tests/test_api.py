@@ -210,6 +210,25 @@ def test_fhir_body_temperature_is_not_reported_as_an_unused_code(client):
     assert [w for w in doc["warnings"] if "does not use" in w] == []
 
 
+def test_fhir_the_highest_recent_temperature_is_used_not_the_latest(client):
+    """39.2 C at 06:00 then 37.1 C at 10:00 (an antipyretic) with ANC 0.4 had given no febrile neutropenia:
+    one reading of 38.3 C or more is fever (IDSA), so the highest of the window is used, and a warning says so."""
+    def obs(oid, code, value, unit, when="2025-03-10T08:00:00Z"):
+        return {"resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": "Patient/p"},
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "effectiveDateTime": when,
+                "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in [
+        {"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1975-01-01"},
+        obs("w", "6690-2", 1.5, "10*9/L"), obs("n", "751-8", 0.4, "10*9/L"),
+        obs("t1", "8310-5", 39.2, "Cel", "2025-03-10T06:00:00Z"),
+        obs("t2", "8310-5", 37.1, "Cel", "2025-03-10T10:00:00Z"),
+        obs("t0", "8310-5", 40.1, "Cel", "2025-03-01T10:00:00Z")]]}       # days before the window: not used
+    doc = client.post("/v1/assess/fhir", json=bundle).json()
+    assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]
+    said = [w for w in doc["warnings"] if "highest body temperature" in w]
+    assert len(said) == 1 and "39.2 C" in said[0] and "the latest was 37.1 C" in said[0]
+
+
 def test_fhir_body_temperature_after_the_case_date_is_named_when_left_out(client):
     path = next((FHIR / "synthea").glob("Andy_Schaden_*.json"))   # CBC 2017-02-02, oral temperature 2019-05-16
     doc = client.post("/v1/assess/fhir", content=path.read_bytes(), headers=FHIR_JSON).json()

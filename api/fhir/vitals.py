@@ -50,10 +50,11 @@ def latest_weight(weights: list[Weight], ref: Optional[date]) -> Optional[float]
 
 
 def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_age_days: float) -> Optional[float]:
-    """The latest body temperature (LOINC 8310-5 or 8331-1) not after the case date and at most
-    ``max_age_days`` before it (an older one says nothing about fever now), in Celsius."""
+    """The highest body temperature (LOINC 8310-5 or 8331-1), in Celsius, of those not after the case date and
+    at most ``max_age_days`` before it (an older one says nothing about fever now; without a case date, before
+    the latest reading); a warning says so when it is not the latest."""
     later = old = 0
-    best: Optional[tuple[datetime, float]] = None
+    readings: list[tuple[datetime, float]] = []
     for item in mine:
         res = item.resource
         if item.type != "Observation" or _TEMPERATURE_CODES.isdisjoint(item.loinc):
@@ -82,15 +83,26 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
         if ref is not None and (ref - utc_naive(when).date()).days > max_age_days:
             old += 1
             continue
-        if best is None or utc_naive(when) > best[0]:
-            best = (utc_naive(when), round(float(celsius), 1))
+        readings.append((utc_naive(when), round(float(celsius), 1)))
     if later:
         warnings.append(f"{later} body temperature{'s' if later != 1 else ''} measured after the date the case is "
                         f"judged at ({ref}) {'were' if later != 1 else 'was'} left out.")
-    if old and best is None:
+    if old and not readings:
         warnings.append(f"{old} body temperature{'s' if old != 1 else ''} older than {max_age_days:g} days before "
                         f"{ref} {'were' if old != 1 else 'was'} not used: no current temperature.")
-    return best[1] if best else None
+    if ref is None and readings:
+        newest = max(readings)[0]
+        readings = [r for r in readings if (newest - r[0]).days <= max_age_days]
+    if not readings:
+        return None
+    # the highest of the window: one reading of 38.3 C or more is fever (IDSA), whatever came after it (an
+    # antipyretic's 37.1 C four hours after 39.2 C had hidden a febrile neutropenia)
+    latest, highest = max(readings), max(readings, key=lambda r: (r[1], r[0]))
+    if highest != latest:
+        warnings.append(f"The highest body temperature of the {max_age_days:g} days before {ref or 'the latest reading'} "
+                        f"({highest[1]:g} C, {highest[0].isoformat(timespec='minutes')}) was used; the latest was "
+                        f"{latest[1]:g} C ({latest[0].isoformat(timespec='minutes')}).")
+    return highest[1]
 
 
 def _weight_kg(item: Item) -> tuple[Optional[float], Optional[str]]:
