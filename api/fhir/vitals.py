@@ -99,7 +99,8 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
     # antipyretic's 37.1 C four hours after 39.2 C had hidden a febrile neutropenia)
     latest, highest = max(readings), max(readings, key=lambda r: (r[1], r[0]))
     if highest != latest:
-        warnings.append(f"The highest body temperature of the {max_age_days:g} days before {ref or 'the latest reading'} "
+        since = ref or "the latest reading"
+        warnings.append(f"The highest body temperature of the {max_age_days:g} days before {since} "
                         f"({highest[1]:g} C, {highest[0].isoformat(timespec='minutes')}) was used; the latest was "
                         f"{latest[1]:g} C ({latest[0].isoformat(timespec='minutes')}).")
     return highest[1]
