@@ -43,6 +43,7 @@ class NormalizedLab(_Out):
     derivation: Optional[str] = None
     original: Optional[OriginalValue] = None
     ref: Optional[str] = None
+    comparator: Optional[str] = None     # the value was reported as a bound ("<" 0.5)
 
 
 class FindingOut(_Out):

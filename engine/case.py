@@ -51,6 +51,8 @@ class Lab(_Model):
     value: Number
     unit: Annotated[str, Field(min_length=1, max_length=MAX_UNIT)]
     time: Optional[When] = Field(None, description="when the sample was taken; several times make a series")
+    comparator: Optional[Literal["<", "<=", ">", ">="]] = Field(
+        None, description="the value is a bound, not a measurement: '<' 0.5 is a count below 0.5, judged as below it")
     lln: Optional[Number] = Field(None, description="the lab's lower limit of normal, in lln_unit (default: unit)")
     lln_unit: Optional[Annotated[str, Field(min_length=1, max_length=MAX_UNIT)]] = Field(
         None, description="the unit of lln when it is given in another unit than value")

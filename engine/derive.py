@@ -49,6 +49,19 @@ def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
 
+def _shown(lab: NormLab) -> float:
+    """A lab's value as shown: a "<" bound as written (it is judged just below it, normalize)."""
+    return float(f"{lab.value:.10g}") if lab.comparator else lab.value
+
+
+def _as_reported(lab: NormLab) -> str:
+    if lab.comparator in ("<", "<="):
+        return f"as reported ({lab.comparator}{_shown(lab):g}: a bound, judged as below it)"
+    if lab.comparator:
+        return f"as reported ({lab.comparator}{_shown(lab):g}: a bound, judged as the bound)"
+    return "as reported"
+
+
 def tier_for(kb: KnowledgeBase, anc: Optional[float]) -> str:
     """Neutrophil risk tier; a value exactly on a cutoff falls in the milder tier."""
     if anc is None:
@@ -156,7 +169,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
             given = cbc.values.get(target)
             if point is None:
                 if target == "anc" and given is not None:
-                    anc_source, anc_text = "reported", "as reported"
+                    anc_source, anc_text = "reported", _as_reported(given)
                 continue
             _t, value, text = point
             if given is None:
@@ -169,7 +182,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                 continue
             differs = value > 0 and abs(given.value - value) / max(given.value, value) > tolerance
             if target == "anc":
-                anc_source, anc_text = "reported", "as reported"
+                anc_source, anc_text = "reported", _as_reported(given)
                 if differs:
                     low = min(given.value, value)
                     values["anc"] = low
@@ -215,9 +228,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     # and one call into pydantic-core for all of them costs a quarter less than a constructor call for each)
     current_ids = {id(lab) for test, lab in current.items() if test not in derived_current}
     rows: list[dict[str, Any]] = [
-        {"test": lab.test, "name": kb.tests[lab.test]["name"], "value": lab.value, "unit": lab.unit,
+        {"test": lab.test, "name": kb.tests[lab.test]["name"], "value": _shown(lab), "unit": lab.unit,
          "time": _utc(lab.time), "lln": lab.lln, "age_days": age_days(lab.time, nc.as_of),
-         "current": id(lab) in current_ids, "ref": lab.ref,
+         "current": id(lab) in current_ids, "ref": lab.ref, "comparator": lab.comparator,
          "original": {"value": lab.original_value, "unit": lab.original_unit, "test": lab.original_test,
                       "loinc": lab.loinc}}
         for lab in sorted(nc.labs, key=lambda x: (x.test, x.time or datetime.max, x.index))]
@@ -271,7 +284,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     else:
         basis = "No ANC: neither an absolute neutrophil count nor a WBC with neutrophil percentage was given."
     duffy_note = kb.duffy_null_note if nc.case.patient.duffy_null else None
-    risk = RiskTier(tier=tier, anc=anc, basis=basis, anc_derived=bool(facts.get("anc_derived")),
+    shown_anc = _shown(anc_lab) if anc_lab is not None and anc_lab.comparator and anc == anc_lab.value else anc
+    risk = RiskTier(tier=tier, anc=shown_anc, basis=basis, anc_derived=bool(facts.get("anc_derived")),
                     anc_source=anc_source if cbc is not None else None, anc_time=_utc(anc_time), anc_age_days=anc_age,
                     anc_at_most=anc_at_most, tier_at_least=tier_at_least,
                     cutoffs=_cutoffs_text(kb), duffy_null_note=duffy_note,

@@ -6,6 +6,7 @@ count, percentages above 100, a date after ``as_of``, an unknown TPMT/NUDT15 dip
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class NormLab:
     loinc: Optional[str]
     specimen: Optional[str] = None
     ref: Optional[str] = None
+    comparator: Optional[str] = None  # the value was a bound ("<0.5"); below a "<" bound, value is just under it
 
 
 @dataclass(frozen=True)
@@ -143,10 +145,12 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem],
                             f"{_fmt(low)}-{_fmt(high)} {spec['unit']}); it was not used, and the value was judged "
                             f"against leukodx's own limits. Give lln_unit when the limit has another unit than the value.")
             lln = None
+    if lab.comparator in ("<", "<="):   # a count below the bound: judged as below it (a cutoff's value is milder)
+        normalized = math.nextafter(normalized, 0.0)
     return NormLab(index=i, test=test, value=normalized, unit=spec["unit"],
                    time=utc_naive(lab.time) if lab.time else None, lln=lln, original_value=value,
                    original_unit=lab.unit, original_test=lab.test, loinc=lab.loinc, specimen=lab.specimen,
-                   ref=lab.ref)
+                   ref=lab.ref, comparator=lab.comparator)
 
 
 def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:

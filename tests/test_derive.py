@@ -155,3 +155,21 @@ def test_a_childs_wbc_series_without_a_lab_limit_still_gives_trends(engine):
     a = engine.assess(base_case(patient={"age_years": 4, "sex": "male"}, labs=labs))
     facts = {k: v for t in a.trace for k, v in t.facts.items()}
     assert a.risk_tier.tier == "unknown" and "low_span_days" not in facts
+
+
+@pytest.mark.parametrize("comparator,value,tier,alerts", [
+    ("<", 0.5, "severe", {"agranulocytosis"}),           # on the cutoff, a bound below it is the worse tier
+    ("<", 0.1, "profound", {"agranulocytosis", "profound_neutropenia"}),
+    ("<=", 1.0, "moderate", set()),
+    (">", 1.0, "mild", set()),                          # above the bound: judged as the bound (the worse side)
+    (None, 0.5, "moderate", set()),                     # a measured 0.5 is moderate (a cutoff's value is milder)
+])
+def test_a_count_reported_as_a_bound_is_judged_on_the_worse_side(engine, comparator, value, tier, alerts):
+    """An ANC reported as '<0.5' had been graded as 0.5, moderate, with no agranulocytosis alert (FHIR red-team)."""
+    anc = {**lab("anc", value), **({"comparator": comparator} if comparator else {})}
+    a = engine.assess(base_case(labs=[lab("wbc", 2.0), anc]))
+    assert a.risk_tier.tier == tier and {x.id for x in a.alerts} == alerts
+    shown = next(x for x in a.labs if x.test == "anc")
+    assert (shown.value, shown.comparator, a.risk_tier.anc) == (value, comparator, value)
+    if comparator:
+        assert f"{comparator}{value:g}: a bound" in a.risk_tier.basis
