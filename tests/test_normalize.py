@@ -112,3 +112,13 @@ def test_an_implausible_lower_limit_is_set_aside_and_the_count_still_read(engine
     # the same limit with its unit is read
     given = engine.assess(base_case(labs=[lab("wbc", 4.2, lln=4500, lln_unit="/uL"), lab("anc", 3.5)]))
     assert given.ctcae.wbc.grade == 1 and not [w for w in given.warnings if ".lln:" in w]
+
+
+@pytest.mark.parametrize("code", ["769-0", "26505-8", "32200-8"])
+def test_segmented_neutrophil_percentages_derive_the_anc(engine, code):
+    """A manual differential's segmented-neutrophil percentage (with bands) had been ignored, leaving the tier
+    unknown: WBC 2.0 x (10 + 2)% = ANC 0.24, severe."""
+    a = engine.assess(base_case(labs=[lab("wbc", 2.0), {"loinc": code, "value": 10, "unit": "%",
+                                                          "time": "2025-03-10T08:00:00Z"},
+                                      lab("bands_pct", 2, "%")]))
+    assert (a.risk_tier.tier, round(a.risk_tier.anc, 2), a.risk_tier.anc_source) == ("severe", 0.24, "derived")
