@@ -168,6 +168,8 @@ def fill_case(page, server: str, case: dict) -> None:
         row.locator(".lab-unit").fill(lab["unit"])
         if lab.get("lln") is not None:
             row.locator(".lab-lln").fill(num(lab["lln"]))
+        if lab.get("comparator"):
+            row.locator(".lab-cmp").select_option(lab["comparator"])
         if lab.get("time"):
             row.locator(".lab-time").fill(local_time(lab["time"]))
     for i, med in enumerate(case.get("medications", [])):
@@ -446,7 +448,7 @@ EVERYTHING = {
     "as_of": "2025-03-10",
     "patient": {"age_years": 58, "sex": "male", "weight_kg": 81.5, "duffy_null": False, "ancestry": "Ghanaian"},
     "labs": [{"test": "wbc", "value": 2.1, "unit": "K/uL", "time": "2025-03-09T07:30:00Z", "lln": 3.8},
-             {"test": "anc", "value": 900, "unit": "/uL", "time": "2025-03-09T07:30:00Z"},
+             {"test": "anc", "value": 900, "unit": "/uL", "time": "2025-03-09T07:30:00Z", "comparator": "<"},
              {"test": "hemoglobin", "value": 118, "unit": "g/L", "time": "2025-03-09T07:30:00Z", "lln": 130}],
     "medications": [{"name": "azathioprine", "status": "active", "start": "2025-01-20", "dose": "150 mg/day",
                      "indication": "kidney transplant"},
@@ -500,7 +502,7 @@ def test_every_input_the_engine_takes_can_be_entered_on_the_form(page, server):
     # the engine read them: the transplant, the smear and the lab's own limits are in the result
     text = page.inner_text("#result")
     assert "3.8 (the lab's)" in text and "13 (the lab's)" in text
-    assert "2.1 K/uL" in page.inner_text("#values") and "900 /uL" in page.inner_text("#values")
+    assert "2.1 K/uL" in page.inner_text("#values") and "<900 /uL" in page.inner_text("#values")
     shot(page, "form-every-input")
 
 

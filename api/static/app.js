@@ -142,9 +142,14 @@ function addLab(test = "wbc", value = "", unit = "", time = "", lln = "") {
   sel.value = test;
   const unitInput = el("input", { id: `lab-unit-${id}`, class: "lab-unit", list: "unit-list", value: unit || TESTS[test][1], autocomplete: "off" });
   sel.addEventListener("change", () => { unitInput.value = TESTS[sel.value][1]; });
+  // a value the lab reported as a bound ("<0.5"): leukodx judges a count below a "<" bound as below it
+  const cmp = el("select", { id: `lab-cmp-${id}`, class: "lab-cmp", "aria-label": "Reported as a bound (<, ≤, >, ≥)" });
+  for (const [v, t] of [["", "="], ["<", "<"], ["<=", "≤"], [">", ">"], [">=", "≥"]]) cmp.append(el("option", { value: v, text: t }));
+  const valueCell = cell("Value", el("input", { id: `lab-value-${id}`, class: "lab-value", type: "number", step: "any", value, inputmode: "decimal" }), n, "value");
+  valueCell.insertBefore(cmp, valueCell.querySelector(".lab-value"));
   const row = el("tr", {},
     cell("Test", sel, n, "test"),
-    cell("Value", el("input", { id: `lab-value-${id}`, class: "lab-value", type: "number", step: "any", value, inputmode: "decimal" }), n, "value"),
+    valueCell,
     cell("Unit", unitInput, n, "unit"),
     cell("Lab's lower limit", el("input", { id: `lab-lln-${id}`, class: "lab-lln", type: "number", step: "any", min: "0", value: lln, inputmode: "decimal" }), n, "lln"),
     cell("Date and time", el("input", { id: `lab-time-${id}`, class: "lab-time", type: "datetime-local", value: time }), n, "time"),
@@ -239,6 +244,8 @@ function buildCase() {
     if (t) lab.time = (t.length === 16 ? t + ":00" : t) + "Z";
     const lln = row.querySelector(".lab-lln").value;
     if (lln !== "") lab.lln = Number(lln);
+    const cmp = row.querySelector(".lab-cmp").value;
+    if (cmp) lab.comparator = cmp;
     c.labs.push(lab);
     sentRows.labs.push(row);
   }
@@ -674,12 +681,13 @@ function valuesTable(a, c) {
     el("thead", {}, el("tr", {}, ...["Test", "Value used", "As reported", "Lower limit", "Taken", "Count"].map((h) => el("th", { scope: "col", text: h })))));
   const body = el("tbody");
   for (const l of labs) {
-    const reported = l.derived ? `derived: ${l.derivation || ""}` : l.original && (l.original.value !== l.value || l.original.unit !== l.unit)
-      ? `${l.original.value} ${l.original.unit}` : "same";
+    const bound = l.comparator ? { "<=": "≤", ">=": "≥" }[l.comparator] || l.comparator : "";
+    const reported = l.derived ? `derived: ${l.derivation || ""}` : l.original && (bound || l.original.value !== l.value || l.original.unit !== l.unit)
+      ? `${bound}${l.original.value} ${l.original.unit}` : "same";
     const lim = l.lln !== null && l.lln !== undefined ? `${l.lln} (the lab's)` : limits[l.test] ? `${limits[l.test].lln} ${x109(limits[l.test].unit)}` : "";
     body.append(el("tr", { class: l.current ? "current" : "" },
       el("th", { scope: "row", "data-label": "Test", text: (TESTS[l.test] || [l.name])[0] }),
-      el("td", { "data-label": "Value used", text: `${l.value} ${x109(l.unit)}` }),
+      el("td", { "data-label": "Value used", text: `${bound}${l.value} ${x109(l.unit)}` }),
       el("td", { "data-label": "As reported", text: reported }),
       el("td", { "data-label": "Lower limit", text: lim, class: lim ? null : "empty" }),
       el("td", { "data-label": "Taken", text: when(l.time) }),
