@@ -21,8 +21,8 @@ from leukodx.engine import Assessment, OrderCheck
 
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
-__all__ = ["assessment_cards", "order_card", "stale_card", "unassessed_card", "checked_card", "note_left_out",
-           "OVERRIDE_REASONS", "card_id"]
+__all__ = ["assessment_cards", "order_card", "unread_order_card", "stale_card", "unassessed_card", "checked_card",
+           "note_left_out", "OVERRIDE_REASONS", "card_id"]
 
 _NS = uuid.UUID("6f1c2b7e-4d0a-4f59-9a59-1f7b3d6a8c21")
 TOPIC_SYSTEM = "urn:leukodx:cds-topic"
@@ -215,6 +215,16 @@ def unassessed_card(hook_instance: str, reasons: list[str], indicator: str = "in
     return _data_card(hook_instance, "not-assessed", "leukodx could not assess this patient: " + (
         reasons[0] if reasons else "no usable blood count"),
         "**What could not be used**\n" + "\n".join(f"- {r}" for r in shown), indicator)
+
+
+def unread_order_card(hook_instance: str, key: str, order: str, why: str, kb_version: str) -> Card:
+    """A draft order whose drug could not be read: the order check did not run, and the card says so
+    (an unreadable thiopurine order must not pass as one leukodx had nothing to say about)."""
+    return _data_card(hook_instance, f"order-unread|{key}", f"{order}: leukodx could not tell which drug is ordered; "
+                      f"not checked", f"{order}: {why}.\n\nleukodx checks thiopurine orders against TPMT/NUDT15 and "
+                      f"clozapine orders against the ANC; this order was not checked. Check it yourself, or send "
+                      f"its drug as a medicationCodeableConcept or a Medication the order references.\n\n{DISCLAIMER}",
+                      kb_version=kb_version)
 
 
 def add_report_link(card: Card, url: str, minutes: float) -> None:

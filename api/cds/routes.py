@@ -188,7 +188,9 @@ async def _gather(hook: HookRequest, settings: Settings,
     return resources, missing, notes, bool(to_fetch)
 
 
-def _draft_orders(hook: HookRequest) -> list[dict[str, Any]]:
+def _draft_orders(hook: HookRequest, kind: str = "MedicationRequest") -> list[dict[str, Any]]:
+    """The draft MedicationRequests of an order hook (the selected ones, for order-select); with ``kind``
+    "Medication", the Medications the draftOrders Bundle holds (a draft may reference one)."""
     drafts = hook.context.get("draftOrders") if hook.hook in ("order-select", "order-sign") else None
     if not isinstance(drafts, dict):
         return []
@@ -196,8 +198,8 @@ def _draft_orders(hook: HookRequest) -> list[dict[str, Any]]:
     out = []
     for entry in drafts.get("entry") or []:
         res = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(res, dict) and res.get("resourceType") == "MedicationRequest":
-            if selections and f"MedicationRequest/{res.get('id')}" not in selections:
+        if isinstance(res, dict) and res.get("resourceType") == kind:
+            if kind == "MedicationRequest" and selections and f"MedicationRequest/{res.get('id')}" not in selections:
                 continue
             out.append(res)
     return out
@@ -244,6 +246,7 @@ async def call_service(service_id: str, request: Request) -> Response:
         return _operation_outcome(412, "leukodx cannot assess this patient without the data it asked for.",
                                   "Prefetch missing and the FHIR server could not be used: " + why)
     drafts = _draft_orders(hook)
+    resources += _draft_orders(hook, "Medication")   # after the prefetch keys: named as draftOrders
     today = datetime.now(timezone.utc).date()
     for d in drafts:                   # an order being written starts today
         d.setdefault("authoredOn", today.isoformat())
@@ -359,17 +362,20 @@ def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional
     """A card per ordered drug the engine's order check speaks about."""
     if not drafts:
         return []
-    orders, by_key = [], {}
-    for index, order in enumerate(drafts):
+    orders, by_key, unread = [], {}, []
+    for index, (order, drug) in enumerate(zip(drafts, fhir.order_drugs(drafts, resources))):
         key = str(order.get("id") or f"#{index}")     # an order without an id still gets its own card uuid
-        name, code = fhir.medication_name_and_code(order)
+        if drug.unread:                                # said on a card, never dropped in silence
+            named = f"Draft order MedicationRequest/{key}" if order.get("id") else f"Draft order {index + 1}"
+            unread.append(C.unread_order_card(hook.hookInstance, key, named[:100], drug.unread, eng.kb.version))
+            continue
         reason = (order.get("reasonCode") or [{}])[0] if isinstance(order.get("reasonCode"), list) else {}
         indication = reason.get("text") if isinstance(reason, dict) and isinstance(reason.get("text"), str) else None
-        orders.append(OrderInput(key=key, name=name, rxnorm=code, indication=indication))
+        orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, indication=indication))
         by_key[key] = order
     history = fhir.pgx_results(eng.kb, resources, patient_id) if assessment is None else {}   # never another patient's
     checks = eng.check_orders(orders, assessment, history.get("tpmt"), history.get("nudt15"))
-    return [C.order_card(c, by_key[c.order], hook.hookInstance, patient_id, eng.kb.version) for c in checks]
+    return [C.order_card(c, by_key[c.order], hook.hookInstance, patient_id, eng.kb.version) for c in checks] + unread
 
 
 @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards",

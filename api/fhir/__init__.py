@@ -4,6 +4,8 @@
     datatypes.py     read FHIR data types (strings, codes, quantities, dates) without raising
     patient.py       which patient, which resources are theirs, demographics
     observations.py  lab Observations -> case.labs
+    components.py    lab values in an Observation's components (a CBC panel sent as one Observation)
+    duplicates.py    two values of one test at one time: which is kept
     vitals.py        body weight and temperature
     medications.py   MedicationRequest/MedicationStatement -> case.medications
     conditions.py    Condition -> history.conditions
@@ -16,11 +18,11 @@ The names below are the public API; everything else is internal to this package.
 from .fetch import (MAX_BODY, MAX_CALL_BYTES, UNUSABLE, FetchError, FetchOutcome, address_allowed, check_url,
                     fetch_queries, fill_template, not_available, pages_note)
 from .mapping import Mapped, bundle_to_case, map_bundle
-from .medications import medication_name_and_code
+from .medications import OrderDrug, medication_name_and_code, order_drugs
 from .pgx import pgx_results
 from .resources import MAX_DEPTH, MAX_RESOURCES, FhirMappingError, resources_from, resources_of_type
 
 __all__ = ["FhirMappingError", "Mapped", "map_bundle", "bundle_to_case", "resources_from", "resources_of_type",
-           "pgx_results", "medication_name_and_code", "MAX_DEPTH", "MAX_RESOURCES",
+           "pgx_results", "medication_name_and_code", "order_drugs", "OrderDrug", "MAX_DEPTH", "MAX_RESOURCES",
            "fetch_queries", "fill_template", "FetchError", "FetchOutcome", "UNUSABLE", "pages_note", "not_available",
            "check_url", "address_allowed", "MAX_BODY", "MAX_CALL_BYTES"]

@@ -11,12 +11,12 @@ import math
 import re
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from leukodx.engine.timeutil import When, utc_date
 
 __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "codings", "codes", "concept_text",
-           "reference", "quantity_unit", "parse_when", "first_when", "own_time", "after",
+           "reference", "code_label", "quantity_unit", "parse_when", "first_when", "own_time", "after",
            "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE"]
 
 UCUM = "http://unitsofmeasure.org"
@@ -78,6 +78,19 @@ def loinc_codes(concept: Any) -> list[str]:
     """LOINC codes of a CodeableConcept: codings of system http://loinc.org or of no system."""
     return [code for c in codings(concept)
             if as_str(c.get("system")) in (LOINC, None) and (code := as_str(c.get("code")))]
+
+
+def code_label(concept: Any, loinc: Sequence[str]) -> str:
+    """`LOINC 789-8`, else `system|code` of the first coding, else the concept's text; at most 100
+    characters (it is quoted in a warning, and an EHR's text can be of any length)."""
+    if loinc:
+        return f"LOINC {loinc[0]}"[:100]
+    for c in codings(concept):
+        code = as_str(c.get("code"))
+        if code:
+            system = as_str(c.get("system"))
+            return (f"{system}|{code}" if system else code)[:100]
+    return repr(concept_text(concept) or "no code")[:100]
 
 
 def reference(x: Any) -> Optional[str]:

@@ -30,7 +30,8 @@ from leukodx.engine.timeutil import utc_date
 from .conditions import map_conditions
 from .medications import map_medications
 from .observations import LabValue, map_observations
-from .patient import belongs, choose_patient, default_id, demographics, subjects
+from .patient import (PatientChoice, belongs, choose_patient, default_id, demographics, several_subjects,
+                      subjects)
 from .pgx import map_pgx
 from .resources import FhirMappingError, Index, Item, walk
 from .vitals import temperature
@@ -64,15 +65,17 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     judged at (put in the case; default: the engine takes the latest lab time); ``include_draft``
     keeps draft MedicationRequests (counted as active). Only the ``max_labs`` most recent lab values
     are kept (the current CBC and the trend need the recent ones); the older ones are counted in
-    ``not_assessed``. Raises :class:`FhirMappingError` when the data is not FHIR resources, or when
-    it holds no lab value leukodx can use for this patient (each skipped lab Observation is then a
-    problem with its reason, and data of another patient is named).
+    ``not_assessed``. Raises :class:`FhirMappingError` when the data is not FHIR resources, when
+    no Patient (and no ``patient_id``) says whose data it is and the resources name several subjects,
+    or when it holds no lab value leukodx can use for this patient (each skipped lab Observation is
+    then a problem with its reason, and data of another patient is named).
     """
     warnings: list[str] = []
     left_out: list[NotAssessed] = []
     items = walk(data)
     index = Index(items)
     choice = choose_patient(items, patient_id, warnings)
+    _refuse_several_subjects(items, choice)
     mine: list[Item] = []
     theirs: list[Item] = []           # the Observations, medications and Conditions of someone else (or no one)
     for i in items:
@@ -82,7 +85,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
             mine.append(i)
         elif i.type in _SUBJECT_TYPES:
             theirs.append(i)
-    wanted = f"Patient/{patient_id.strip().removeprefix('Patient/')}" if patient_id else "the chosen patient"
+    wanted = f"Patient/{patient_id.strip().removeprefix('Patient/')}" if patient_id else choice.wanted
     if theirs:
         left_out.append(_theirs(theirs, wanted, warnings))
 
@@ -113,7 +116,9 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     if meds:
         case["medications"] = meds
     conditions = map_conditions(mine, ref, warnings)
-    history: dict[str, Any] = map_pgx(kb, mine, warnings)
+    pgx_skipped: list[Problem] = []
+    history: dict[str, Any] = map_pgx(kb, mine, warnings, pgx_skipped)
+    left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in pgx_skipped]
     celsius = temperature(mine, ref, warnings, kb.value("current_temperature_max_age_days"))
     if celsius is not None:
         history["temperature_c"] = celsius
@@ -136,6 +141,18 @@ def bundle_to_case(data: Any, *, kb: Optional[KnowledgeBase] = None, case_id: Op
     return m.case, m.warnings
 
 
+def _refuse_several_subjects(items: list[Item], choice: PatientChoice) -> None:
+    """No Patient says whose data this is and the resources name several subjects: merging them would
+    assess two people as one, and choosing one would be a guess, so the caller must say which."""
+    found = several_subjects(items, choice, _SUBJECT_TYPES)
+    if found:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise FhirMappingError([Problem("subject", f"the resources belong to {len(found)} different subjects "
+                                                   f"({shown}) and no Patient resource says which one this is; "
+                                                   f"data of two patients is never merged: say which patient with "
+                                                   f"?patient=ID (POST /v1/assess/fhir) or --patient ID (CLI)")])
+
+
 def _theirs(theirs: list, wanted: str, warnings: list[str]) -> NotAssessed:
     """The resources of another patient (or of none), left out."""
     n = len(theirs)
@@ -143,9 +160,11 @@ def _theirs(theirs: list, wanted: str, warnings: list[str]) -> NotAssessed:
     shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "") if found else "no subject"
     warnings.append(f"{n} Observation, medication or Condition resource{'s' if n != 1 else ''} of another patient "
                     f"or with no subject {'were' if n != 1 else 'was'} left out.")
+    one = n == 1
     return NotAssessed(field="subject", value=shown[:200],
-                       reason=f"{n} resource{'s' if n != 1 else ''} belong to another patient than {wanted} (or "
-                              f"name no subject) and were not used")
+                       reason=f"{n} resource{'' if one else 's'} belong{'s' if one else ''} to another patient than "
+                              f"{wanted} (or name{'s' if one else ''} no subject) and {'was' if one else 'were'} not "
+                              f"used")
 
 
 def _keep_recent(labs: list[LabValue], max_labs: int, warnings: list[str]) -> NotAssessed:

@@ -14,6 +14,7 @@ quantity as ``{value, unit}`` when its unit is a mass per time (mg/d) or per bod
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Optional, Union
 
@@ -22,9 +23,9 @@ from leukodx.engine.units import dose_rate
 
 from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, fmt, is_number,
                         later_warning, quantity_unit, reference)
-from .resources import Index, Item
+from .resources import Index, Item, walk_readable
 
-__all__ = ["map_medications", "medication_name_and_code", "RXNORM", "MED_STATUS"]
+__all__ = ["map_medications", "medication_name_and_code", "order_drugs", "OrderDrug", "RXNORM", "MED_STATUS"]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 MED_STATUS = {"active": "active", "on-hold": "active", "unknown": "active", "completed": "completed",
@@ -60,7 +61,55 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
 
 def medication_name_and_code(resource: dict[str, Any]) -> tuple[Optional[str], Optional[str]]:
     """(name, RxNorm code) of a MedicationRequest/MedicationStatement's own medicationCodeableConcept."""
-    concept = resource.get("medicationCodeableConcept")
+    return _name_and_code(resource.get("medicationCodeableConcept"))
+
+
+@dataclass
+class OrderDrug:
+    name: Optional[str]
+    rxnorm: Optional[str]
+    unread: Optional[str]          # why no drug could be read from the order (None when one was)
+
+
+def order_drugs(orders: list[dict[str, Any]], data: Any) -> list[OrderDrug]:
+    """The drug of each draft order (a MedicationRequest being written), as the mapping reads it for
+    the assessment: its ``medicationCodeableConcept``, else the Medication its ``medicationReference``
+    points to (``#id`` in its ``contained``, or a Medication in ``data``: the prefetch, the draftOrders),
+    else the reference's display. ``unread`` says why an order's drug could not be told at all. The
+    data is indexed only when an order needs it (a prefetch can hold years of labs)."""
+    index: Optional[Index] = None
+    out: list[OrderDrug] = []
+    for order in orders:
+        if isinstance(order.get("medicationCodeableConcept"), dict):
+            name, code = medication_name_and_code(order)
+            out.append(OrderDrug(name, code, None if name or code else "its medicationCodeableConcept names no "
+                                                                       "drug (no text, display or RxNorm code)"))
+            continue
+        if index is None:
+            index = Index(walk_readable([*orders, data]))
+        out.append(_referenced_drug(order, index))
+    return out
+
+
+def _referenced_drug(order: dict[str, Any], index: Index) -> OrderDrug:
+    ref_obj = as_dict(order.get("medicationReference"))
+    ref, display = reference(ref_obj), as_str(ref_obj.get("display"))
+    if not ref and not display:
+        why = ("its medicationCodeableConcept is not a CodeableConcept (a JSON object)"
+               if order.get("medicationCodeableConcept") is not None else "its drug is not given")
+        return OrderDrug(None, None, f"{why}, and it has no medicationReference")
+    target = index.resolve(ref, Item(order, "", None, None))
+    medication = target is not None and target.type == "Medication"
+    name, code = _name_and_code(target.resource.get("code")) if target is not None and medication else (None, None)
+    if name or code:
+        return OrderDrug(name, code, None)
+    if display:
+        return OrderDrug(display, None, None)
+    why = "names no drug" if medication else "does not resolve to a Medication in the request"
+    return OrderDrug(None, None, f"its medicationReference {ref!r} {why}")
+
+
+def _name_and_code(concept: Any) -> tuple[Optional[str], Optional[str]]:
     code = next((as_str(c.get("code")) for c in codings(concept) if "rxnorm" in str(c.get("system", "")).lower()),
                 None)
     return concept_text(concept), code

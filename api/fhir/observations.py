@@ -17,8 +17,11 @@ which spelling of the unit to send. What it decides is format:
   else the time of the DiagnosticReport (``result``) or panel Observation (``hasMember``) listing it;
 * ``referenceRange[0].low`` -> ``lln``, with ``lln_unit`` when its unit is not the value's (the
   engine converts it); left out with a warning when the engine does not read that unit;
-* the draw (``specimen``) is the Observation's specimen, else its report or panel;
-* a second value of one test at the same time is dropped (the first is kept).
+* the draw (``specimen``) is the Observation's specimen, else its report or panel; the values of
+  reports and panels (and of none) collected at one time are one draw, whatever report holds them;
+* of two values of one test at the same time one is kept: the corrected/amended over the final over
+  the preliminary, else the later ``issued``, else the later ``meta.lastUpdated``, else the first
+  (:mod:`.duplicates`; the warning says which and why, and whether the two values conflict).
 
 Observations of other codes are counted in one warning (body weight and temperature are read by
 :mod:`.vitals`); a known test with an unusable status, no value or no unit is skipped with a
@@ -30,15 +33,17 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import conversion_factor
 
-from .datatypes import (RESULT_STATUSES, UCUM, When, as_dict, as_list, as_str, codings, concept_text, fmt,
+from .components import lab_components
+from .datatypes import (RESULT_STATUSES, UCUM, When, as_dict, as_list, as_str, code_label, concept_text, fmt,
                         is_number, quantity_unit, reference)
+from .duplicates import preferred
 from .resources import MAX_DEPTH, Index, Item
 from .vitals import BODY_TEMPERATURE_LOINC, BODY_WEIGHT_LOINC, Weight, body_weight
 
@@ -83,12 +88,13 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
     """(lab values, body weights, skipped lab Observations) of the patient's Observations ``mine``;
     ``items`` (all resources) give the times and draws of reports and panels."""
     inherited = _inherited_times(items, index)
-    draws = _draws(items, index)
+    draws, specimens = _draws(items, index)
     labs: list[LabValue] = []
     weights: list[Weight] = []
     skipped: list[Problem] = []
     ignored: dict[str, int] = {}
-    first_at: dict[tuple[str, Optional[datetime]], LabValue] = {}
+    ignored_parts: dict[str, int] = {}       # the codes of components beside a lab component
+    first_at: dict[tuple[str, Optional[datetime]], int] = {}    # (test, time) -> its value's place in labs
     borrowed: list[Item] = []
     for item in mine:
         if item.type != "Observation":
@@ -96,31 +102,29 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         res = item.resource
         codes = item.loinc
         code = next((c for c in codes if c in kb.loinc), None)
-        if code is None:
+        parts = lab_components(kb, item, ignored_parts) if "component" in res else []
+        if code is None and not parts:
             if any(c in BODY_WEIGHT_LOINC for c in codes):
                 body_weight(item, weights, warnings)
             elif not any(c in BODY_TEMPERATURE_LOINC for c in codes):
-                key = _code_label(res.get("code"), codes)
+                key = code_label(res.get("code"), codes)
                 ignored[key] = ignored.get(key, 0) + 1
             continue
-        test = kb.loinc[code]
+        if code is not None and (not parts or _has_value(res)):   # (a value only in components: read those)
+            parts.insert(0, (item, code))
         time = item.own_time(warnings)
         if time is None and id(res) in inherited:
             time, parent = inherited[id(res)]
             borrowed.append(parent)
-        lab = _lab_value(item, test, code, kb.tests[test], time, warnings, skipped)
-        if lab is None:
-            continue
-        lab.specimen = draws.get(id(res))
-        lab.utc = utc_naive(time) if time is not None else None
-        key = (test, lab.utc)
-        if key in first_at:
-            when = f"at {time.isoformat()}" if time is not None else "without a time"
-            warnings.append(f"{item.label}: a second {test} value {when} (first: {first_at[key].item.label}); "
-                            f"the first was kept.")
-            continue
-        first_at[key] = lab
-        labs.append(lab)
+        for part, part_code in parts:
+            test = kb.loinc[part_code]
+            lab = _lab_value(part, test, part_code, kb.tests[test], time, warnings, skipped)
+            if lab is None:
+                continue
+            lab.specimen = draws.get(id(res))
+            lab.utc = utc_naive(time) if time is not None else None
+            _keep_one(lab, first_at, labs, warnings, skipped)
+    _one_draw_per_time(labs, specimens, warnings)
     if borrowed:
         parents = ", ".join(dict.fromkeys(p.label for p in borrowed))
         n = len(borrowed)
@@ -131,7 +135,43 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         shown = ", ".join(list(ignored)[:8]) + (", ..." if len(ignored) > 8 else "")
         warnings.append(f"{n} Observation{'s' if n != 1 else ''} of codes leukodx does not use "
                         f"{'were' if n != 1 else 'was'} ignored ({shown}).")
+    if ignored_parts:
+        n = sum(ignored_parts.values())
+        shown = ", ".join(list(ignored_parts)[:8]) + (", ..." if len(ignored_parts) > 8 else "")
+        warnings.append(f"{n} component{'s' if n != 1 else ''} of codes leukodx does not use "
+                        f"{'were' if n != 1 else 'was'} ignored ({shown}).")
     return labs, weights, skipped
+
+
+def _has_value(res: dict[str, Any]) -> bool:
+    """The Observation has a value of its own (value[x] or a dataAbsentReason), not only in components."""
+    return "dataAbsentReason" in res or any(k.startswith("value") for k in res)
+
+
+def _keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int], labs: list[LabValue],
+              warnings: list[str], skipped: list[Problem]) -> None:
+    """Add ``lab`` to ``labs`` unless a value of its test and time is there; of two, the one
+    :func:`~.duplicates.preferred` prefers stays, and a warning says which and why. Two values that
+    conflict are also listed as not assessed, so that a CDS card shows the conflict."""
+    key = (lab.test, lab.utc)
+    at = first_at.get(key)
+    if at is None:
+        first_at[key] = len(labs)
+        labs.append(lab)
+        return
+    old = labs[at]
+    when = f"at {lab.time.isoformat()}" if lab.time is not None else "without a time"
+    replace, warning, conflict = preferred(old.item, _shown(old), lab.item, _shown(lab), f"{lab.test} value {when}")
+    warnings.append(warning)
+    if conflict:
+        skipped.append(Problem(lab.item.loc, f"{lab.test} {_shown(lab)} {when} conflicts with {_shown(old)} of "
+                                             f"{old.item.label}, and nothing says which is right; the first was used"))
+    if replace:
+        labs[at] = lab
+
+
+def _shown(lab: LabValue) -> str:
+    return f"{fmt(lab.value) if is_number(lab.value) else repr(lab.value)[:40]} {lab.unit}"
 
 
 def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Optional[When],
@@ -237,15 +277,18 @@ def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str,
 # Reports and panels: the time and the draw a value without its own takes
 
 
-def _draws(items: list[Item], index: Index) -> dict[int, str]:
-    """Observation -> the draw it belongs to: its ``specimen`` reference, else the DiagnosticReport whose
-    ``result`` lists it (one report, one draw), else the panel Observation whose ``hasMember`` lists it."""
+def _draws(items: list[Item], index: Index) -> tuple[dict[int, str], set[str]]:
+    """(Observation -> the draw it belongs to, the draws that are Specimens). The draw: its ``specimen``
+    reference, else the DiagnosticReport whose ``result`` lists it, else the panel Observation whose
+    ``hasMember`` lists it (a report or panel whose values share a collection time with another's is
+    joined to it by :func:`_one_draw_per_time`)."""
     out: dict[int, str] = {}
     for item in items:
         if item.type == "Observation":
             ref = reference(item.resource.get("specimen"))
             if ref:
                 out[id(item.resource)] = ref
+    specimens = set(out.values())
     for kind, field in (("DiagnosticReport", "result"), ("Observation", "hasMember")):
         for parent in items:
             if parent.type != kind:
@@ -255,7 +298,27 @@ def _draws(items: list[Item], index: Index) -> dict[int, str]:
                 child = index.resolve(reference(ref), parent)
                 if child is not None and child.type == "Observation":
                     out.setdefault(id(child.resource), out.get(id(parent.resource), key))
-    return out
+    return out, specimens
+
+
+def _one_draw_per_time(labs: list[LabValue], specimens: set[str], warnings: list[str]) -> None:
+    """Values collected at one time whose draw is a report or panel (or nothing) are one draw: the draw
+    of the first such report or panel at that time. A CBC report (58410-2) and a differential report
+    (57023-4) of one collection are two reports of one blood sample; as two draws the WBC and the
+    neutrophil percentage were never paired into an ANC. Values naming a Specimen keep it."""
+    first_at: dict[datetime, str] = {}
+    for lab in labs:
+        if lab.utc is not None and lab.specimen and lab.specimen not in specimens:
+            first_at.setdefault(lab.utc, lab.specimen)
+    joined: dict[datetime, set[str]] = {}
+    for lab in labs:
+        key = first_at.get(lab.utc) if lab.utc is not None and lab.specimen not in specimens else None
+        if key is not None and lab.specimen != key:
+            joined.setdefault(lab.utc, {key}).add(lab.specimen or "values in no report")
+            lab.specimen = key
+    for utc, keys in joined.items():
+        warnings.append(f"Values collected at {utc.isoformat()}Z in {', '.join(sorted(keys))} were taken as one "
+                        f"blood draw (the same collection time).")
 
 
 def _inherited_times(items: list[Item], index: Index) -> dict[int, tuple[When, Item]]:
@@ -299,16 +362,3 @@ def _absent_value_reason(res: dict[str, Any]) -> str:
                 f"no valueQuantity.value (it has {key})"
     reason = concept_text(res.get("dataAbsentReason"))
     return f"no valueQuantity.value (dataAbsentReason: {reason})" if reason else "no valueQuantity.value"
-
-
-def _code_label(concept: Any, loinc: Sequence[str]) -> str:
-    """`LOINC 789-8`, else `system|code` of the first coding, else the concept's text; at most 100
-    characters (it is quoted in a warning, and an EHR's text can be of any length)."""
-    if loinc:
-        return f"LOINC {loinc[0]}"[:100]
-    for c in codings(concept):
-        code = as_str(c.get("code"))
-        if code:
-            system = as_str(c.get("system"))
-            return (f"{system}|{code}" if system else code)[:100]
-    return repr(concept_text(concept) or "no code")[:100]

@@ -3,7 +3,12 @@ demographics of the case (``sex``, ``age_years``, ``weight_kg``, ``ancestry``).
 
 With ``patient_id``, or when the data holds several patients, only resources whose ``subject`` is
 that patient (``Patient/<id>``, or the ``fullUrl`` of the Patient entry such as ``urn:uuid:...``)
-are used; a contained resource without a subject takes its container's.
+are used; a contained resource without a subject takes its container's. With exactly one Patient,
+that Patient is the patient: a resource naming another subject is left out (a Bundle of one Patient
+and another patient's labs must never be assessed as one person), one naming no subject is kept
+(many EHR Bundles leave the subject out of the entries of a patient's own document). Without any
+Patient, the subjects the resources name are the only clue: :func:`several_subjects` lets the
+mapping refuse to merge two of them.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from .datatypes import PARTIAL_DATE, as_dict, as_list, as_str
 from .resources import REFERENCE, Item, subject_ref
 from .vitals import Weight, latest_weight
 
-__all__ = ["PatientChoice", "choose_patient", "belongs", "subjects", "demographics", "default_id"]
+__all__ = ["PatientChoice", "choose_patient", "belongs", "subjects", "several_subjects", "demographics", "default_id"]
 
 SEXES = ("female", "male", "other", "unknown")
 RACE_EXT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
@@ -27,6 +32,13 @@ class PatientChoice:
     item: Optional[Item]
     refs: set[str]              # references that point to the patient (Patient/<id>, fullUrl)
     filtering: bool             # only resources of this patient are used
+    unnamed_kept: bool = False  # (when filtering) a resource that names no subject is the patient's too
+
+    @property
+    def wanted(self) -> str:
+        """The patient, as messages name it."""
+        named = sorted(r for r in self.refs if r.startswith("Patient/"))
+        return named[0] if named else (self.item.label if self.item is not None else "the chosen patient")
 
 
 def choose_patient(items: list[Item], patient_id: Optional[str], warnings: list[str]) -> PatientChoice:
@@ -58,7 +70,10 @@ def choose_patient(items: list[Item], patient_id: Optional[str], warnings: list[
         warnings.append(f"{len(distinct)} Patient resources; used the first, {chosen.label}, and only its data "
                         f"(pass patient_id to choose).")
         return PatientChoice(chosen, _patient_refs(chosen), True)
-    return PatientChoice(chosen, _patient_refs(chosen), False)
+    refs = _patient_refs(chosen)
+    # One Patient is the patient; without an id or fullUrl nothing can point to it, so the subjects decide
+    # (see several_subjects), as without a Patient.
+    return PatientChoice(chosen, refs, bool(refs), unnamed_kept=True)
 
 
 def belongs(item: Item, choice: PatientChoice) -> bool:
@@ -67,7 +82,7 @@ def belongs(item: Item, choice: PatientChoice) -> bool:
         return True
     ref = subject_ref(item)
     if ref is None:
-        return False
+        return choice.unnamed_kept
     if ref in choice.refs:
         return True
     m = REFERENCE.search(ref)
@@ -77,6 +92,22 @@ def belongs(item: Item, choice: PatientChoice) -> bool:
 def subjects(items: list[Item]) -> list[str]:
     """The distinct subject references of ``items``, in order."""
     return list(dict.fromkeys(ref for i in items if (ref := subject_ref(i))))
+
+
+def several_subjects(items: list[Item], choice: PatientChoice, types: tuple[str, ...]) -> list[str]:
+    """The distinct subjects (``Patient/p1``, ``urn:uuid:...``) the resources of ``types`` in ``items``
+    name, when the choice could not say whose data it is (no Patient, or one without an id) and they name
+    more than one; else []. Two spellings of one reference (``Patient/p1``, ``https://ehr/fhir/Patient/p1``)
+    are one."""
+    if choice.filtering:
+        return []
+    found: dict[str, None] = {}
+    for item in items:
+        ref = subject_ref(item) if item.type in types else None
+        if ref:
+            m = REFERENCE.search(ref)
+            found.setdefault(f"{m.group(1)}/{m.group(2)}" if m else ref, None)
+    return list(found) if len(found) > 1 else []
 
 
 def demographics(choice: PatientChoice, weights: list[Weight], ref: Optional[date],

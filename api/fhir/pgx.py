@@ -4,21 +4,24 @@ An Observation is a TPMT or NUDT15 result when its code (text or a coding displa
 or when it carries a LOINC code of rules/pgx/result_codes.yaml (the gene then comes from the code,
 from the value for a two-gene test, or from the `gene-studied` component of an HL7 Genomics
 Reporting genotype). Its value (``valueString`` or ``valueCodeableConcept``) must hold a diplotype
-(``*1/*3A``) or a metabolizer phenotype word; the latest result of each gene wins. Single-variant
-results and measured enzyme activities are named in a warning, never turned into a phenotype. The
-words are passed on as the case contract spells them; the engine resolves diplotypes and phenotypes.
+(``*1/*3A``) or a metabolizer phenotype word, and its status must be a result's, as for a lab value
+(final, amended, corrected, preliminary: an entered-in-error or cancelled genotype is skipped with a
+warning); the latest result of each gene wins. Single-variant results and measured enzyme activities
+are named in a warning, never turned into a phenotype. The words are passed on as the case contract
+spells them; the engine resolves diplotypes and phenotypes.
 """
 from __future__ import annotations
 
 import re
 from typing import Any, Optional
 
+from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.pgx import result_in_text
 
-from .datatypes import as_dict, as_list, as_str, codings, concept_text, loinc_codes
-from .patient import belongs, choose_patient
-from .resources import Item, walk
+from .datatypes import RESULT_STATUSES, as_dict, as_list, as_str, codings, concept_text, loinc_codes
+from .patient import belongs, choose_patient, several_subjects
+from .resources import Item, walk_readable
 
 __all__ = ["pgx_results", "map_pgx", "MAX_RESULT_TEXT"]
 
@@ -30,14 +33,19 @@ _NOT_READ = {"variant": "a single-variant result; a phenotype needs the whole di
 
 def pgx_results(kb: KnowledgeBase, data: Any, patient_id: Optional[str] = None) -> dict[str, str]:
     """TPMT/NUDT15 results (diplotype or phenotype word) found in FHIR data, by gene (of ``patient_id``'s
-    resources only, when given)."""
-    items = walk(data)
+    resources only, when given). For an order check when the data could not be assessed: the parts of
+    ``data`` that cannot be read are passed over (the mapping's refusal has named them)."""
+    items = walk_readable(data)
     choice = choose_patient(items, patient_id, [])
+    if several_subjects(items, choice, ("Observation",)):
+        return {}                      # whose genotype it is cannot be told: two patients' are never merged
     return map_pgx(kb, [i for i in items if belongs(i, choice)], [])
 
 
-def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str]) -> dict[str, str]:
-    """{gene: result} of the patient's TPMT/NUDT15 Observations (genes in alphabetical order)."""
+def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
+            skipped: Optional[list[Problem]] = None) -> dict[str, str]:
+    """{gene: result} of the patient's TPMT/NUDT15 Observations (genes in alphabetical order). A result
+    whose status is not a result's is also added to ``skipped`` (when given), to be listed as not assessed."""
     found: dict[str, tuple[str, str]] = {}   # gene -> (time key, value)
     for item in mine:
         if item.type != "Observation":
@@ -54,6 +62,14 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str]) -> dict[st
         if not genes:
             continue
         named = "/".join(g.upper() for g in genes)
+        status = as_str(res.get("status"))
+        if status not in RESULT_STATUSES:          # as for a lab value: a retracted genotype is no genotype
+            shown = f"status {status!r}" if status else "no status"
+            why = f"{shown} is not a result (final, amended, corrected or preliminary)"
+            warnings.append(f"{item.label}: {named} result {(value or '')[:60]!r}: {why}; skipped.")
+            if skipped is not None:
+                skipped.append(Problem(item.loc, f"{named} result: {why}"))
+            continue
         if value and len(value) > MAX_RESULT_TEXT:
             warnings.append(f"{item.label}: {named} result text of {len(value):,} characters was not read (at most "
                             f"{MAX_RESULT_TEXT:,}: a laboratory's report of a genotype is far shorter); give the "

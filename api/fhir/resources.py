@@ -105,6 +105,30 @@ def walk(data: Any) -> list[Item]:
     return walker.items
 
 
+def walk_readable(data: Any) -> list[Item]:
+    """Every resource of the parts of ``data`` (the items of a list, e.g. one per CDS Hooks prefetch key)
+    that can be read, the others passed over: for what must go on when the mapping has refused the
+    data and said why (a draft order is still checked when a prefetch key holds a string)."""
+    if not isinstance(data, list):
+        try:
+            return walk(data)
+        except FhirMappingError:
+            return []
+    items: list[Item] = []
+    for i, x in enumerate(data):
+        part = _Walker()
+        try:
+            if isinstance(x, dict):
+                part._resource(x, f"[{i}]", None, None, 1)
+            elif isinstance(x, list):
+                part._list(x, f"[{i}]", 1)
+        except FhirMappingError:
+            continue
+        if not part.problems:
+            items += part.items
+    return items
+
+
 class Index:
     """Resolves references: `#id` within a container, `Type/id`, absolute URLs and fullUrls."""
 

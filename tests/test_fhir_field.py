@@ -1,0 +1,354 @@
+"""FHIR as EHRs send it in the field (the red-team's FHIR findings): whose data a Bundle holds, retracted
+genotypes, prefetch values that are not objects in the order hooks, orders naming their drug by
+reference, two results of one test at one time, blood counts in components, and one draw reported in
+two DiagnosticReports. Each test builds the trimmed request it needs."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fastapi.testclient import TestClient
+
+from leukodx.api import feedback as feedback_store
+from leukodx.api.app import create_app
+from leukodx.api.cds.models import card_violations
+from leukodx.api.config import get_settings
+from leukodx.api.fhir import FhirMappingError, map_bundle, pgx_results
+from leukodx.engine import assess, get_engine
+
+UCUM = "http://unitsofmeasure.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+T = "2026-12-01T08:00:00Z"
+RECENT = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT08:00:00Z")   # CDS judges today
+
+
+def obs(code, value, unit="10*3/uL", *, pid="p1", t=T, oid=None, status="final", **extra):
+    o = {"resourceType": "Observation", "id": oid or f"o{uuid.uuid4().hex[:8]}", "status": status,
+         "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "effectiveDateTime": t,
+         "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}, **extra}
+    if pid:
+        o["subject"] = {"reference": f"Patient/{pid}"}
+    return o
+
+
+def genotype(value, *, pid="p1", status="final", t="2025-01-10", oid=None, code="36922-3"):
+    return {"resourceType": "Observation", "id": oid or f"g{uuid.uuid4().hex[:6]}", "status": status,
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": t, "valueString": value}
+
+
+def patient(pid="p1"):
+    return {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1980-05-01"}
+
+
+def bundle(*resources, kind="collection"):
+    return {"resourceType": "Bundle", "type": kind,
+            "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": r} for r in resources]}
+
+
+def mapped(*resources, **kw):
+    return map_bundle(bundle(*resources), kb=get_engine().kb, **kw)
+
+
+def values(m, loinc):
+    return [lab["value"] for lab in m.case["labs"] if lab["loinc"] == loinc]
+
+
+def has(texts, *parts):
+    return any(all(p in t for p in parts) for t in texts)
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEUKODX_CDS_AUTH", "off")
+    monkeypatch.setenv("LEUKODX_FEEDBACK_DB_URL", f"sqlite:///{tmp_path}/feedback.db")
+    monkeypatch.setenv("LEUKODX_REPORT_LINK_MINUTES", "0")
+    get_settings.cache_clear()
+    feedback_store.reset_cache()
+    with TestClient(create_app()) as c:
+        yield c
+    get_settings.cache_clear()
+
+
+def post_fhir(client, data, **params):
+    return client.post("/v1/assess/fhir", params=params, content=json.dumps(data),
+                       headers={"content-type": "application/fhir+json"})
+
+
+def order(**drug):
+    return {"resourceType": "MedicationRequest", "id": "ord1", "status": "draft", "intent": "order",
+            "subject": {"reference": "Patient/p1"}, "reasonCode": [{"text": "Crohn's disease"}],
+            "dosageInstruction": [{"text": "150 mg daily", "doseAndRate": [
+                {"doseQuantity": {"value": 150, "unit": "mg", "system": UCUM, "code": "mg"}}]}], **drug}
+
+
+AZA_CC = {"coding": [{"system": RXNORM, "code": "1256", "display": "azathioprine"}]}
+AZA_MED = {"resourceType": "Medication", "id": "aza50", "code": {"coding": [
+    {"system": RXNORM, "code": "197388", "display": "azathioprine 50 MG Oral Tablet"}]}}
+
+
+def hook_call(client, hook, pre, *orders, extra_drafts=()):
+    body = {"hookInstance": str(uuid.uuid4()), "hook": hook,
+            "context": {"userId": "Practitioner/1", "patientId": "p1",
+                        "draftOrders": bundle(*orders, *extra_drafts)},
+            "prefetch": {"patient": patient(), "observations": None, "pgx": None, "medicationRequests": None,
+                         "medicationStatements": None, "conditions": None, **pre}}
+    if hook == "order-select":
+        body["context"]["selections"] = [f"MedicationRequest/{o['id']}" for o in orders]
+    r = client.post(f"/cds-services/leukodx-{hook}", json=body)
+    assert r.status_code == 200, r.text
+    cards = r.json()["cards"]
+    assert [v for c in cards for v in card_violations(c)] == []
+    return cards
+
+
+def normal_cbc(t=RECENT):
+    return bundle(obs("6690-2", 5.0, t=t), obs("751-8", 3.0, t=t), kind="searchset")
+
+
+# ---- 1. whose data: one Patient is the patient; no Patient and two subjects is refused -------------
+
+def test_one_patient_bundle_leaves_out_another_subjects_labs_and_names_them(client):
+    data = bundle(patient(), obs("6690-2", 4.5), obs("751-8", 3.0),
+                  obs("751-8", 0.2, pid="p2", t="2026-12-01T10:00:00Z"),
+                  obs("6690-2", 0.9, pid="p2", t="2026-12-01T10:00:00Z"))
+    a = post_fhir(client, data).json()
+    assert a["risk_tier"]["tier"] == "normal" and a["risk_tier"]["anc"] == 3.0 and a["alerts"] == []
+    assert sorted(lab["value"] for lab in a["labs"]) == [3.0, 4.5]
+    left = [n for n in a["not_assessed"] if n["field"] == "subject"]
+    assert left and left[0]["value"] == "Patient/p2" and "Patient/p1" in left[0]["reason"]
+
+
+def test_one_patient_bundle_keeps_resources_that_name_no_subject():
+    m = mapped(patient(), obs("6690-2", 4.5, pid=None), obs("751-8", 3.0, pid=None))
+    assert values(m, "751-8") == [3.0] and not m.not_assessed
+
+
+def test_no_patient_and_two_subjects_is_refused_naming_both(client):
+    data = bundle(obs("751-8", 3.0), obs("751-8", 0.2, pid="p2", t="2026-12-01T10:00:00Z"))
+    r = post_fhir(client, data)
+    assert r.status_code == 422
+    assert "Patient/p1" in r.text and "Patient/p2" in r.text and "?patient=" in r.text
+    chosen = post_fhir(client, data, patient="p1").json()
+    assert [lab["value"] for lab in chosen["labs"]] == [3.0]
+
+
+def test_two_spellings_of_one_subject_are_one_patient():
+    same = obs("6690-2", 4.5)
+    same["subject"] = {"reference": "https://ehr.example.org/fhir/Patient/p1"}
+    m = mapped(same, obs("751-8", 3.0))
+    assert values(m, "751-8") == [3.0] and values(m, "6690-2") == [4.5]
+
+
+def test_another_patients_genotype_is_never_used():
+    m = mapped(patient(), obs("6690-2", 3.0), obs("751-8", 1.2), genotype("*3A/*3A", pid="p2"))
+    assert "tpmt" not in m.case.get("history", {})
+    assert has([n.value or "" for n in m.not_assessed], "Patient/p2")
+    assert pgx_results(get_engine().kb, bundle(patient(), genotype("*3A/*3A", pid="p2")), "p1") == {}
+    assert pgx_results(get_engine().kb, bundle(patient(), genotype("*3A/*3A", pid="p2"))) == {}
+    assert pgx_results(get_engine().kb, bundle(genotype("*1/*1"), genotype("*3A/*3A", pid="p2"))) == {}
+    assert pgx_results(get_engine().kb, bundle(genotype("*3A/*3A", pid="p2"))) == {"tpmt": "*3A/*3A"}
+
+
+# ---- 2. a retracted genotype is no genotype --------------------------------------------------------
+
+@pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "registered", None])
+def test_genotype_with_a_status_that_is_not_a_result_is_skipped_with_a_warning(status):
+    g = genotype("*3A/*3A", status=status, oid="g1")
+    if status is None:
+        del g["status"]
+    m = mapped(patient(), obs("6690-2", 3.0), obs("751-8", 1.2), g)
+    assert "tpmt" not in m.case.get("history", {})
+    assert has(m.warnings, "Observation/g1", "TPMT", f"status {status!r}" if status else "no status", "skipped")
+    assert any("TPMT result" in n.reason for n in m.not_assessed)
+    assert pgx_results(get_engine().kb, bundle(patient(), g), "p1") == {}
+
+
+def test_a_later_retracted_genotype_leaves_the_earlier_final_one():
+    m = mapped(patient(), obs("6690-2", 3.0), obs("751-8", 1.2), genotype("*1/*1", t="2024-05-01"),
+               genotype("*3A/*3A", status="entered-in-error", t="2025-01-10"))
+    assert m.case["history"]["tpmt"] == "*1/*1"
+
+
+def test_order_sign_gives_no_poor_metabolizer_card_from_a_retracted_genotype(client):
+    pgx = bundle(genotype("*3A/*3A", status="entered-in-error"), kind="searchset")
+    cards = hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx}, order(
+        medicationCodeableConcept=AZA_CC))
+    assert not any(c["indicator"] == "critical" for c in cards)
+    assert any("genotype" in c["summary"].lower() and "unknown" in c["summary"] for c in cards)
+    assert any("entered-in-error" in c["detail"] for c in cards)
+
+
+# ---- 3. order hooks with a prefetch value that is not an object -----------------------------------
+
+@pytest.mark.parametrize("hook", ["order-sign", "order-select"])
+@pytest.mark.parametrize("key", ["observations", "medicationRequests", "pgx"])
+def test_order_hooks_name_a_prefetch_value_that_is_not_an_object_and_still_check_the_order(client, hook, key):
+    pre = {"observations": normal_cbc(), key: json.dumps(normal_cbc()) if key == "observations" else "none"}
+    cards = hook_call(client, hook, pre, order(medicationCodeableConcept=AZA_CC))
+    assert any(f"prefetch '{key}'" in c["summary"] + c["detail"] for c in cards)
+    assert any(c["summary"].startswith("Azathioprine") for c in cards)
+
+
+# ---- 4. an order names its drug by reference -------------------------------------------------------
+
+POOR = {"pgx": bundle(genotype("TPMT *3A/*3A; NUDT15 *1/*1", code="93193-1"), kind="searchset")}
+
+
+@pytest.mark.parametrize("how", ["contained", "prefetch", "draftOrders", "display"])
+def test_order_with_a_medication_reference_is_checked_like_one_with_a_codeable_concept(client, how):
+    extra, pre = (), {"observations": normal_cbc(), **POOR}
+    if how == "contained":
+        o = order(medicationReference={"reference": "#aza50"}, contained=[AZA_MED])
+    elif how == "display":
+        o = order(medicationReference={"reference": "Medication/aza50", "display": "azathioprine 50 MG Oral Tablet"})
+    else:
+        o = order(medicationReference={"reference": "Medication/aza50"})
+        if how == "prefetch":
+            pre["medicationRequests"] = bundle(AZA_MED, kind="searchset")
+        else:
+            extra = (AZA_MED,)
+    cards = hook_call(client, "order-sign", pre, o, extra_drafts=extra)
+    by_cc = hook_call(client, "order-sign", {"observations": normal_cbc(), **POOR},
+                      order(medicationCodeableConcept=AZA_CC))
+    order_cards = [c for c in cards if c["summary"].startswith("Azathioprine")]
+    assert [(c["indicator"], c["summary"]) for c in order_cards] == \
+        [(c["indicator"], c["summary"]) for c in by_cc if c["summary"].startswith("Azathioprine")]
+    assert order_cards and order_cards[0]["indicator"] == "critical"
+
+
+def test_clozapine_order_by_contained_reference_gets_its_anc_card(client):
+    low = bundle(obs("6690-2", 2.5, t=RECENT), obs("751-8", 0.8, t=RECENT), kind="searchset")
+    clz = {"resourceType": "Medication", "id": "c", "code": {"coding": [
+        {"system": RXNORM, "code": "197535", "display": "clozapine 100 MG Oral Tablet"}]}}
+    cards = hook_call(client, "order-select", {"observations": low},
+                      order(medicationReference={"reference": "#c"}, contained=[clz]))
+    assert any(c["indicator"] == "critical" and "clozapine" in c["summary"] for c in cards)
+
+
+@pytest.mark.parametrize("drug", [{"medicationReference": {"reference": "Medication/nowhere"}},
+                                  {"medicationCodeableConcept": {"coding": []}}, {}])
+def test_order_whose_drug_cannot_be_read_is_named_on_a_card(client, drug):
+    cards = hook_call(client, "order-sign", {"observations": normal_cbc()}, order(**drug))
+    unread = [c for c in cards if "could not tell which drug" in c["summary"]]
+    assert len(unread) == 1 and "MedicationRequest/ord1" in unread[0]["summary"]
+    assert "not checked" in unread[0]["detail"]
+
+
+# ---- 5. two results of one test at one time --------------------------------------------------------
+
+@pytest.mark.parametrize("first,second", [("preliminary", "corrected"), ("corrected", "preliminary"),
+                                          ("final", "amended"), ("preliminary", "final")])
+def test_the_later_status_of_a_result_is_kept(first, second):
+    values_by_status = {first: 1.6, second: 0.4} if second != "preliminary" else {first: 0.4, second: 1.6}
+    m = mapped(patient(), obs("6690-2", 2.0), obs("751-8", values_by_status[first], status=first, oid="a"),
+               obs("751-8", values_by_status[second], status=second, oid="b"))
+    assert values(m, "751-8") == [0.4]
+    assert has(m.warnings, "0.4 10*3/uL", "kept over 1.6 10*3/uL", "supersedes")
+    assert assess(m.case, partial=True).risk_tier.tier == "severe"
+
+
+@pytest.mark.parametrize("field", ["issued", "meta"])
+def test_of_two_final_results_the_later_issued_or_updated_is_kept(field):
+    def stamp(when):
+        return {"issued": when} if field == "issued" else {"meta": {"lastUpdated": when}}
+    m = mapped(patient(), obs("751-8", 1.6, oid="a", **stamp("2026-12-01T10:00:00Z")),
+               obs("751-8", 0.4, oid="b", **stamp("2026-12-01T12:00:00+01:00")),     # 11:00Z: later
+               obs("751-8", 0.9, oid="c", **stamp("2026-12-01T09:00:00Z")))
+    assert values(m, "751-8") == [0.4]
+    assert has(m.warnings, "Observation/b", "kept over 1.6", "later")
+
+
+def test_two_final_results_that_nothing_decides_keep_the_first_and_say_they_conflict():
+    m = mapped(patient(), obs("751-8", 1.6, oid="a"), obs("751-8", 0.4, oid="b"))
+    assert values(m, "751-8") == [1.6]
+    assert has(m.warnings, "Observation/b", "conflicts with 1.6", "check which result is valid")
+    assert any("conflicts" in n.reason for n in m.not_assessed)
+    same = mapped(patient(), obs("751-8", 1.6, oid="a"), obs("751-8", 1.6, oid="b"))
+    assert has(same.warnings, "same value") and not same.not_assessed
+
+
+# ---- 6. blood counts in components ----------------------------------------------------------------
+
+def panel(*components, status="final", code="57021-8"):
+    return {"resourceType": "Observation", "id": "cbc1", "status": status, "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "effectiveDateTime": T,
+            "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": c}]},
+                           **({"valueQuantity": {"value": v, "unit": u, "system": UCUM, "code": u}} if u else
+                              {"valueQuantity": {"value": v}})} for c, v, u in components]}
+
+
+def test_cbc_panel_components_are_lab_values_of_its_time():
+    m = mapped(patient(), panel(("6690-2", 1.8, "10*3/uL"), ("751-8", 0.3, "10*3/uL"), ("718-7", 13.1, "g/dL"),
+                                ("789-8", 4.1, "10*6/uL")),
+               obs("6690-2", 5.0, t="2026-11-20T08:00:00Z"), obs("751-8", 3.0, t="2026-11-20T08:00:00Z"))
+    assert values(m, "751-8") == [0.3, 3.0] and values(m, "718-7") == [13.1]
+    assert {lab["ref"] for lab in m.case["labs"] if lab["time"].startswith("2026-12-01")} == {"Observation/cbc1"}
+    assert has(m.warnings, "1 component of codes leukodx does not use", "LOINC 789-8")
+    assert not has(m.warnings, "LOINC 57021-8")
+    a = assess(m.case, partial=True)
+    assert a.risk_tier.tier == "severe" and a.cbc.time.date().isoformat() == "2026-12-01"
+
+
+def test_components_get_the_checks_of_a_top_level_value():
+    m = mapped(patient(), obs("6690-2", 2.0), panel(("751-8", 0.3, None)))
+    assert values(m, "751-8") == []
+    assert any(n.field.endswith("component[0]") and "unit" in n.reason for n in m.not_assessed)
+    retracted = mapped(patient(), obs("6690-2", 2.0), panel(("751-8", 0.3, "10*3/uL"), status="entered-in-error"))
+    assert values(retracted, "751-8") == [] and has(retracted.warnings, "component[0]", "entered-in-error")
+
+
+def test_a_value_given_only_in_a_component_of_its_own_code_is_read():
+    m = mapped(patient(), obs("6690-2", 1.8), panel(("751-8", 0.3, "10*3/uL"), code="751-8"))
+    assert values(m, "751-8") == [0.3] and not m.not_assessed
+
+
+def test_components_of_codes_leukodx_does_not_read_leave_the_observation_ignored_as_before():
+    m = mapped(patient(), obs("751-8", 3.0), panel(("8480-6", 120, "mm[Hg]"), ("8462-4", 80, "mm[Hg]"),
+                                                   code="85354-9"))
+    assert has(m.warnings, "1 Observation of codes leukodx does not use", "LOINC 85354-9")
+    assert not has(m.warnings, "component")
+
+
+def test_cds_patient_view_assesses_a_cbc_sent_as_components(client):
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": patient(), "pgx": None, "medicationRequests": None,
+                         "medicationStatements": None, "conditions": None,
+                         "observations": bundle({**panel(("6690-2", 1.8, "10*3/uL"), ("751-8", 0.3, "10*3/uL")),
+                                                 "effectiveDateTime": RECENT}, kind="searchset")}}
+    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    assert cards and cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"]
+
+
+# ---- 7. one draw reported in two DiagnosticReports --------------------------------------------------
+
+def report(code, *results, t=T):
+    return {"resourceType": "DiagnosticReport", "id": f"r{code}", "status": "final", "effectiveDateTime": t,
+            "subject": {"reference": "Patient/p1"}, "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "result": [{"reference": f"Observation/{r['id']}"} for r in results]}
+
+
+def test_cbc_and_differential_in_two_reports_of_one_collection_time_are_one_draw():
+    wbc, neut = obs("6690-2", 2.0, oid="w"), obs("770-8", 20, "%", oid="n")
+    m = mapped(patient(), report("58410-2", wbc), report("57023-4", neut), wbc, neut)
+    assert has(m.warnings, "taken as one blood draw")
+    a = assess(m.case, partial=True)
+    assert a.risk_tier.tier == "severe" and a.risk_tier.anc == pytest.approx(0.4) and a.risk_tier.anc_derived
+
+
+def test_reports_of_different_times_or_values_of_different_specimens_stay_apart():
+    wbc, neut = obs("6690-2", 2.0, oid="w"), obs("770-8", 20, "%", oid="n", t="2026-12-01T11:00:00Z")
+    apart = mapped(patient(), report("58410-2", wbc), report("57023-4", neut, t="2026-12-01T11:00:00Z"), wbc, neut)
+    assert assess(apart.case, partial=True).risk_tier.tier == "unknown"
+    w2 = obs("6690-2", 2.0, oid="w", specimen={"reference": "Specimen/a"})
+    n2 = obs("770-8", 20, "%", oid="n", specimen={"reference": "Specimen/b"})
+    split = mapped(patient(), report("58410-2", w2), report("57023-4", n2), w2, n2)
+    assert assess(split.case, partial=True).risk_tier.tier == "unknown"
+
+
+def test_mapping_errors_stay_fhir_mapping_errors():
+    with pytest.raises(FhirMappingError):
+        mapped(obs("751-8", 3.0), obs("751-8", 0.2, pid="p2"))
