@@ -377,12 +377,17 @@ def test_patient_demographics_weight_and_ancestry():
     assert a.case_id == "p"
 
 
-def test_comparator_becomes_the_value_with_a_warning():
+def test_a_comparator_is_sent_as_a_bound_and_a_count_below_it_is_judged_below_it():
+    """ANC '<0.5' had been graded as 0.5 (moderate, no agranulocytosis alert; FHIR red-team)."""
     case, warnings = bundle_to_case(bundle(obs("751-8", 0.1, code="10*9/L", comparator="<", rid="anc1")))
-    assert case["labs"][0]["value"] == 0.1
-    assert has(warnings, "Observation/anc1", "reported as <0.1 10*9/L", "a bound", "0.1 was used as the value")
+    assert (case["labs"][0]["value"], case["labs"][0]["comparator"]) == (0.1, "<")
+    assert has(warnings, "Observation/anc1", "reported as <0.1 10*9/L", "a bound", "judged as below it")
     case, warnings = bundle_to_case(bundle(obs("751-8", 2.5, code="10*9/L", comparator=">=", rid="anc2")))
-    assert case["labs"][0]["value"] == 2.5 and has(warnings, "Observation/anc2", ">=2.5", "a bound")
+    assert case["labs"][0]["comparator"] == ">=" and has(warnings, "Observation/anc2", ">=2.5", "judged as the bound")
+    case, _ = bundle_to_case(bundle(obs("6690-2", 1.2, code="10*9/L"),
+                                    obs("751-8", 0.5, code="10*9/L", comparator="<", rid="anc3")))
+    a = assess(case)
+    assert a.risk_tier.tier == "severe" and "agranulocytosis" in {x.id for x in a.alerts}
 
 
 def test_unit_and_code_that_disagree_use_the_code_with_a_warning():

@@ -12,7 +12,8 @@ which spelling of the unit to send. What it decides is format:
   code with no system); when unit and code both exist and mean different units for the test, the
   code wins and a warning says so (the engine's :func:`~leukodx.engine.units.conversion_factor`
   tells whether it reads a spelling, and whether two spellings are one unit);
-* a ``comparator`` (``<0.5``) keeps the bound as the value, with a warning;
+* a ``comparator`` (``<0.5``) is sent with the bound: the engine judges a count below ``<`` 0.5 as below
+  it (severe, not moderate), and one above ``>`` a bound as the bound; a warning says so;
 * the time is ``effectiveDateTime``, ``effectiveInstant``, ``effectivePeriod.start`` or ``issued``,
   else the time of the DiagnosticReport (``result``) or panel Observation (``hasMember``) listing it;
 * ``referenceRange[0].low`` -> ``lln``, with ``lln_unit`` when its unit is not the value's (the
@@ -66,6 +67,7 @@ class LabValue:
     lln_unit: Optional[str]
     specimen: Optional[str] = None
     utc: Optional[datetime] = None     # ``time`` as naive UTC: what values are compared and sorted by
+    comparator: Optional[str] = None   # a bound, not a measurement ("<" 0.5)
 
     def as_dict(self) -> dict[str, Any]:
         """The lab in the case contract: the engine resolves ``loinc`` to its test."""
@@ -76,6 +78,8 @@ class LabValue:
             out["lln"] = self.lln
         if self.lln_unit is not None:
             out["lln_unit"] = self.lln_unit
+        if self.comparator:
+            out["comparator"] = self.comparator
         if self.specimen:
             out["specimen"] = self.specimen[:200]
         rid = as_str(self.item.resource.get("id"))
@@ -202,9 +206,16 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
     comparator = as_str(q.get("comparator"))
     if comparator:
         shown = fmt(value) if is_number(value) else repr(value)
-        what = "a bound and not a measurement" if comparator in COMPARATORS else "with an unknown comparator"
-        warnings.append(f"{name}: reported as {comparator}{shown} {unit}, {what}; {shown} was used as the value.")
-    return LabValue(item, test, code, value, unit, time, *_lln(res, unit, spec, name, warnings))
+        if comparator in COMPARATORS:
+            judged = "below it" if comparator in ("<", "<=") else "the bound"
+            warnings.append(f"{name}: reported as {comparator}{shown} {unit}, a bound and not a measurement; judged as "
+                            f"{judged}.")
+        else:
+            warnings.append(f"{name}: reported as {comparator}{shown} {unit}, with an unknown comparator; {shown} was "
+                            f"used as the value.")
+    lab = LabValue(item, test, code, value, unit, time, *_lln(res, unit, spec, name, warnings))
+    lab.comparator = comparator if comparator in COMPARATORS else None
+    return lab
 
 
 # ---------------------------------------------------------------------------------------------
