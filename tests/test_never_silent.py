@@ -216,7 +216,26 @@ def test_cds_unreadable_unit_among_good_labs_still_raises_the_critical_card(clie
     assert "Not assessed (1)" in cards[0]["detail"] and "K/cumm" in cards[0]["detail"]
     logged = [json.loads(line) for line in LOG_CAPTURE.getvalue().splitlines() if hook_instance in line]
     partial = [r for r in logged if r["msg"] == "cds partial data"]
-    assert len(partial) == 1 and "unknown unit" in partial[0]["reason"]
+    assert len(partial) == 1 and partial[0]["where"] == "labs[2] (Observation/-)"
+    assert "K/cumm" not in json.dumps(partial[0])       # where, never what (docs/security.md: no case values)
+
+
+def test_cds_log_names_where_data_was_left_out_never_the_text(client):
+    """Unrecognised condition and drug texts had been written to the WARNING log as they were sent (security
+    red-team: a diagnosis beside the hookInstance). The log names the places only."""
+    conditions = searchset({"resourceType": "Condition", "id": "c1", "subject": {"reference": f"Patient/{PATIENT}"},
+                            "clinicalStatus": {"coding": [{"code": "active"}]}, "code": {"text": "MARKPHI court order"}})
+    meds = searchset({"resourceType": "MedicationStatement", "id": "m1", "status": "active",
+                      "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": "2025-01-01",
+                      "medicationCodeableConcept": {"text": "MARKPHI tablets"}})
+    pre = prefetch([obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L")], conditions=conditions,
+                   medicationStatements=meds)
+    hook_instance, r = post(client, pre)
+    assert "MARKPHI" in json.dumps(cards_of(r))          # the clinician is told
+    logged = [line for line in LOG_CAPTURE.getvalue().splitlines() if hook_instance in line]
+    partial = [json.loads(line) for line in logged if "cds partial data" in line]
+    assert len(partial) == 1 and "an unknown" in partial[0]["where"]
+    assert not [line for line in logged if "MARKPHI" in line]
 
 
 def test_cds_nothing_readable_gives_one_info_card(client):

@@ -253,6 +253,7 @@ async def call_service(service_id: str, request: Request) -> Response:
     assessment: Optional[Assessment] = None
     left_out: list[str] = list(notes)
     problems: list[str] = []
+    where: list[str] = []            # what was left out or refused, by place only (for the log)
     mismatch = False
     try:
         mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + drafts, kb=eng.kb,
@@ -264,19 +265,23 @@ async def call_service(service_id: str, request: Request) -> Response:
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
                                                                   if u.suggestions else "")
                      for u in assessment.unrecognised]
+        where += [_named(n.field) for n in (*mapped.not_assessed, *assessment.not_assessed)]
+        where += [f"{u.field} (an unknown {u.kind})" for u in assessment.unrecognised]
     except fhir.FhirMappingError as e:
         mismatch = any(p.loc == "subject" for p in e.problems)
         # no lab Observation at all (nothing skipped, nobody else's): nothing to assess and nothing hidden
         nothing = len(e.problems) == 1 and e.problems[0].loc == "" and not notes
         problems = [] if nothing else [p.msg if p.loc in ("", "subject") else f"{_named(p.loc)}: {p.msg}"
                                        for p in e.problems]
+        where += [_named(p.loc) or "the data" for p in e.problems]
     except CaseError as e:
         problems = [str(p) for p in e.problems]
-    if problems or left_out:   # the reason without resource ids or patient references
+        where += [p.loc for p in e.problems]
+    if problems or left_out:   # where, never what: no case value, drug or condition text, id or patient reference
         log.warning("cds partial data", extra={
             "hook_instance": hook.hookInstance, "service": service_id, "assessed": assessment is not None,
-            "patient_mismatch": mismatch, "left_out": len(left_out),
-            "reason": _REF.sub(r"\1/-", "; ".join((problems or left_out)[:3]))[:500]})
+            "patient_mismatch": mismatch, "left_out": len(left_out), "notes": len(notes),
+            "where": _REF.sub(r"\1/-", "; ".join(where[:10]))[:500]})
     cards: list[Card] = []
     if assessment is None and problems:
         cards.append(C.unassessed_card(hook.hookInstance, problems + notes, "warning" if mismatch else "info"))
