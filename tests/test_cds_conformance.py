@@ -537,6 +537,8 @@ def test_the_report_link_opens_the_full_assessment_then_expires(svc, answers, tm
     body = report.json()
     assert body["risk_tier"]["tier"] == "severe" and [x["id"] for x in body["alerts"]] == ["agranulocytosis"]
     assert body["steps"] and body["sources"] and body["labs"]        # the whole assessment, not the card
+    # no patient reference in it (security red-team: the case was named by the EHR's patient id)
+    assert PATIENT not in report.text and body["case_id"] == f"cds-call-{a['body']['hookInstance']}"
     for bad in (token[:-1] + ("A" if token[-1] != "A" else "B"), "x", "../../etc/passwd"):
         r = svc.get(f"/v1/reports/{bad}")
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json"), bad

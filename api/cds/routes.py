@@ -256,7 +256,9 @@ async def call_service(service_id: str, request: Request) -> Response:
     where: list[str] = []            # what was left out or refused, by place only (for the log)
     mismatch = False
     try:
+        # the case is named by the call, not by the patient: the report behind the card's link keeps no patient id
         mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + drafts, kb=eng.kb,
+                                                             case_id=f"cds-call-{hook.hookInstance}"[:200],
                                                              patient_id=patient_id, as_of=today, include_draft=True)),
                                inline=small)
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
