@@ -14,11 +14,12 @@ from leukodx.engine import Engine, get_engine
 from .config import Settings
 from .problems import ProblemError
 
-__all__ = ["engine", "settings", "read_body", "LeanRoute", "LeanRoutes", "JSON_TYPES", "YAML_TYPES", "FHIR_TYPES"]
+__all__ = ["engine", "settings", "read_body", "LeanRoute", "LeanRoutes", "JSON_TYPES", "YAML_TYPES", "FHIR_TYPES", "CDS_TYPES"]
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 FHIR_TYPES = ("application/fhir+json", "application/json")
+CDS_TYPES = ("application/json", "application/fhir+json")     # CDS Hooks: the client POSTs JSON
 
 
 # Dependencies are `async def` (FastAPI runs a plain `def` dependency in a worker thread: a thread

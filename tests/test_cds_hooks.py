@@ -410,3 +410,17 @@ def test_attack_tokens_get_a_bare_401(secured, attack):
     r = call(c, t)
     assert r.status_code == 401
     assert set(r.json()) <= {"type", "title", "status"}    # nothing about why
+
+
+@pytest.mark.parametrize("ctype,status", [("text/plain", 415), ("application/x-www-form-urlencoded", 415),
+                                          (None, 415), ("application/json; charset=utf-8", 200),
+                                          ("application/fhir+json", 200)])
+def test_a_cds_call_is_json_or_415(client, ctype, status):
+    """A CDS call sent as a form or text/plain had been answered 200: such a POST needs no CORS preflight,
+    so with JWT checks off (development) any web page could make one (security red-team)."""
+    body = json.dumps(request("patient-view", prefetch([obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L")])))
+    headers = {"Content-Type": ctype} if ctype else {}
+    r = client.post("/cds-services/leukodx-patient-view", content=body.encode(), headers=headers)
+    assert r.status_code == status
+    if status == 415:
+        assert r.headers["content-type"].startswith("application/problem+json") and "application/json" in r.text

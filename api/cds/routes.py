@@ -25,7 +25,7 @@ from leukodx.engine.parse import load_json_document, problems_from_validation
 
 from .. import audit, fhir, metrics
 from ..config import Settings
-from ..deps import LeanRoute, engine
+from ..deps import CDS_TYPES, LeanRoute, engine, read_body
 from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
 from ..offload import INLINE_MAX_BYTES, run_cpu
@@ -218,7 +218,7 @@ async def call_service(service_id: str, request: Request) -> Response:
     audit.note_client(await _authorize(request, settings))
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
-    body = await request.body()
+    body = await read_body(request, CDS_TYPES)   # JSON only: a form or text/plain POST needs no CORS preflight
     small = len(body) <= INLINE_MAX_BYTES           # parsed, mapped and assessed on the loop (api/offload.py)
     try:
         raw = await run_cpu(traced("leukodx.parse", load_json_document), body, "CDS Hooks request",
