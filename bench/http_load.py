@@ -51,7 +51,8 @@ def cds_body(earlier_counts: int = 0) -> dict[str, Any]:
             "prefetch": {"patient": {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-01-01"},
                          "observations": {"resourceType": "Bundle", "type": "searchset",
                                           "entry": [{"resource": r} for r in labs]},
-                         "pgx": None, "medicationRequests": None, "medicationStatements": None, "conditions": None}}
+                         "pgx": None, "medicationRequests": None, "medicationStatements": None, "conditions": None,
+                         "vitals": None}}
 
 
 CALLS = {

@@ -140,7 +140,8 @@ def count(call: str, n: int, stage_name: str | None = None) -> int:
         metrics_dir.mkdir()
         env = {**os.environ, "LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{tmp}/feedback.db", "LEUKODX_CDS_AUTH": "off",
                "LEUKODX_LOG_LEVEL": os.environ.get("LEUKODX_LOG_LEVEL", "WARNING"),
-               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+               "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+               "PYTHONHASHSEED": "0"}   # the same set and dict orders in every run: start-up counts alike
         what = ["--inner-stage", call, stage_name, str(n)] if stage_name else ["--inner", call, str(n)]
         out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                               sys.executable, __file__, *what],

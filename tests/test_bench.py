@@ -48,7 +48,7 @@ def test_fhir_map_bench():
 def test_instructions_bench():
     """Counted by valgrind where it is installed (the count itself is not judged); said so otherwise."""
     import shutil
-    r = run("instructions.py", "--calls", "cds_patient_view", "--base", "1", "--more", "2")
+    r = run("instructions.py", "--calls", "cds_patient_view", "--base", "1", "--more", "4")
     assert r["valgrind"] is bool(shutil.which("valgrind"))
     if r["valgrind"]:
         assert r["instructions_per_call"]["cds_patient_view"] > 0

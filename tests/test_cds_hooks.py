@@ -41,7 +41,7 @@ def searchset(*resources: dict) -> dict:
 def prefetch(labs: list[dict], **extra) -> dict:
     out = {"patient": {"resourceType": "Patient", "id": PATIENT, "gender": "female", "birthDate": "1970-01-01"},
            "observations": searchset(*labs), "pgx": None, "medicationRequests": None,
-           "medicationStatements": None, "conditions": None}
+           "medicationStatements": None, "conditions": None, "vitals": None}
     out.update(extra)
     return out
 

@@ -28,6 +28,7 @@ from ..config import Settings
 from ..deps import CDS_TYPES, LeanRoute, engine, read_body
 from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
+from ..fhir.vitals import BODY_TEMPERATURE_LOINC, BODY_WEIGHT_LOINC
 from ..offload import INLINE_MAX_BYTES, run_cpu
 from ..problems import ProblemError
 from ..reports import store_report
@@ -40,6 +41,7 @@ router = APIRouter(tags=["CDS Hooks"])
 log = logging.getLogger("leukodx.cds")
 
 _P = "{{context.patientId}}"
+CBC_PANEL_LOINC = ("58410-2",)    # CBC panel - Blood by Automated count (as Synthea codes it)
 
 
 def _loinc_list(codes: Iterable[str]) -> str:
@@ -48,12 +50,18 @@ def _loinc_list(codes: Iterable[str]) -> str:
 
 def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str]) -> dict[str, str]:
     """The prefetch templates: reads, patient references, token equality, _sort and _count only
-    (CDS Hooks 2.0.1's recommended query subset). `pgx` asks for the TPMT/NUDT15 result codes of
-    rules/pgx/result_codes.yaml; HL7 Genomics Reporting genotypes of other genes come with them."""
+    (CDS Hooks 2.0.1's recommended query subset). `observations` asks for the lab codes of the knowledge
+    base and the CBC panel (whose values may come as its components); `pgx` for the TPMT/NUDT15 result
+    codes of rules/pgx/result_codes.yaml (HL7 Genomics Reporting genotypes of other genes come with them);
+    `vitals` for body temperature and weight (without it no EHR sends a temperature, and febrile neutropenia
+    could never be seen)."""
+    vitals = (*BODY_TEMPERATURE_LOINC, *BODY_WEIGHT_LOINC)
     return {
         "patient": f"Patient/{_P}",
-        "observations": f"Observation?patient={_P}&code={_loinc_list(kb_loinc)}&_sort=-date&_count=200",
+        "observations": f"Observation?patient={_P}&code={_loinc_list([*kb_loinc, *CBC_PANEL_LOINC])}&_sort=-date"
+                        f"&_count=200",
         "pgx": f"Observation?patient={_P}&code={_loinc_list(pgx_loinc)}&_sort=-date&_count=50",
+        "vitals": f"Observation?patient={_P}&code={_loinc_list(vitals)}&_sort=-date&_count=50",
         "medicationRequests": f"MedicationRequest?patient={_P}&_sort=-authoredon&_count=100",
         "medicationStatements": f"MedicationStatement?patient={_P}&_count=100",
         "conditions": f"Condition?patient={_P}&clinical-status=active&_count=100",
@@ -78,6 +86,9 @@ SERVICES: dict[str, dict[str, str]] = {
 # Without the lab Observations there is nothing to assess (412); any other key that cannot be had is
 # named on the cards and the rest is assessed.
 REQUIRED_KEYS = ("observations",)
+# Keys whose absence the assessment itself reports (no temperature or weight: its missing data says what they
+# would add), so a client that cannot fill them gets no extra note on every card.
+QUIET_KEYS = ("vitals",)
 
 
 @lru_cache(maxsize=4)
@@ -146,6 +157,8 @@ async def _gather(hook: HookRequest, settings: Settings,
             notes.append(f"prefetch '{key}' holds only its first page ({why})")
         elif key in REQUIRED_KEYS:
             missing.append(f"{key}: {why}")
+        elif key in QUIET_KEYS:
+            pass
         else:
             notes.append(f"'{key}' could not be had ({why})")
 
