@@ -110,6 +110,19 @@ class History(_Model):
     alcohol_use_disorder: Optional[Annotated[bool, Field(strict=True)]] = None
     smear_findings: Annotated[list[SmearFinding], Field(max_length=len(SMEAR_FINDINGS))] = []
 
+    @field_validator("temperature_c", mode="before")
+    @classmethod
+    def _not_fahrenheit(cls, value: Any) -> Any:
+        """A temperature of 77-113 is a body temperature in Fahrenheit, not Celsius: say so, with the
+        Celsius value (converted by pint), rather than only "at most 45"."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 45 < value <= 113:
+            from .units import registry
+            celsius = registry().Quantity(float(value), "degF").to("degC").magnitude
+            if 25 <= celsius <= 45:
+                raise ValueError(f"{value:g} is not a body temperature in Celsius (25-45); if it is {value:g} F, "
+                                 f"send {celsius:.1f}")
+        return value
+
 
 class Case(_Model):
     id: Annotated[str, Field(min_length=1, max_length=200)] = "case"

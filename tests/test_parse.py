@@ -146,3 +146,15 @@ def test_long_yaml_scalars_are_never_kept():
     assert build_yaml(doc) == {"a": float("inf"), "b": "x" * 5000, "c": 10 ** 100}
     assert parse_module._resolved.cache_info().currsize <= resolved + 3
     assert parse_module._typed.cache_info().currsize == typed
+
+
+def test_a_fahrenheit_temperature_is_refused_with_its_celsius_value():
+    """101.3 as temperature_c had been refused with only "less than or equal to 45"."""
+    from leukodx.engine import CaseError, get_engine
+    from conftest import base_case
+    with pytest.raises(CaseError) as e:
+        get_engine().assess(base_case(history={"temperature_c": 101.3}))
+    assert [str(p) for p in e.value.problems] == [
+        "history.temperature_c: 101.3 is not a body temperature in Celsius (25-45); if it is 101.3 F, send 38.5"]
+    with pytest.raises(CaseError, match="less than or equal to 45"):
+        get_engine().assess(base_case(history={"temperature_c": 150}))      # not a body temperature either way
