@@ -130,8 +130,11 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
     what = ("drastically reduce the dose or use an alternative (CPIC)" if poor else
             "start at a reduced dose (CPIC)" if row["priority"] == "warning" and change else
             "normal starting dose (CPIC)" if pattern == "normal" else "monitor closely (CPIC)")
+    # a poor metabolizer's dose or drug change does not wait for the other gene: when one is recommended, genotyping
+    # is offered beside it, not recommended too (a card lets the clinician choose at most one suggestion)
+    genotype: Advice = "no" if not unknown else "possible" if "recommended" in (adjust, cancel) else "recommended"
     return OrderCheck(**base, priority=row["priority"], summary=f"{name.capitalize()} for a {pheno}: {what}",
-                      detail=detail, genotype="recommended" if unknown else "no", adjust=adjust, cancel=cancel,
+                      detail=detail, genotype=genotype, adjust=adjust, cancel=cancel,
                       dose_change=change, recommendation=rec, sources=sources)
 
 

@@ -135,3 +135,15 @@ def test_allopurinol_cuts_the_thiopurine_dose_to_a_quarter_on_top_of_cpic(engine
     c = check(engine, assessment=a)
     assert c.priority == "warning" and c.adjust == "recommended" and c.dose_change.factor == 0.25
     assert "normal starting dose" not in c.summary.split(";")[1]
+
+
+@pytest.mark.parametrize("indication,recommended", [("Crohn's disease", "cancel"),
+                                                     ("acute lymphoblastic leukaemia", "adjust"), (None, "genotype")])
+def test_at_most_one_action_is_recommended_for_a_poor_metabolizer_with_the_other_gene_untested(engine, indication,
+                                                                                                recommended):
+    """TPMT poor with NUDT15 untested had recommended both genotyping and cancelling on one card whose
+    suggestions allow at most one choice (FHIR red-team): the decisive action is recommended, genotyping offered."""
+    [check] = engine.check_orders([OrderInput(key="o1", name="azathioprine", indication=indication)], None, "poor", None)
+    advice = {"genotype": check.genotype, "adjust": check.adjust, "cancel": check.cancel}
+    assert [k for k, v in advice.items() if v == "recommended"] == [recommended]
+    assert advice["genotype"] in ("recommended", "possible")
