@@ -731,3 +731,14 @@ def test_an_observation_whose_unit_is_a_long_text_is_left_out_and_the_rest_asses
     assert [(n.field, n.reason) for n in a.not_assessed] == [
         ("labs[0] (Observation/w)", "unit: String should have at most 60 characters")]
     assert a.risk_tier.tier == "moderate"
+
+
+def test_a_genotype_observation_is_not_counted_among_codes_leukodx_does_not_use():
+    """A TPMT genotype (LOINC 36922-3) is read by the pharmacogenomics mapping; it had also been listed as an
+    Observation 'of codes leukodx does not use'."""
+    genotype = {"resourceType": "Observation", "id": "g1", "status": "final", "subject": {"reference": "Patient/p"},
+                "code": {"coding": [{"system": "http://loinc.org", "code": "36922-3"}]},
+                "effectiveDateTime": "2024-01-01", "valueCodeableConcept": {"text": "*1/*3A"}}
+    case, warnings = bundle_to_case(bundle(obs("6690-2", 5.0, code="10*9/L"), genotype))
+    assert case["history"]["tpmt"] == "*1/*3A"
+    assert not [w for w in warnings if "does not use" in w]

@@ -110,7 +110,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if code is None and not parts:
             if any(c in BODY_WEIGHT_LOINC for c in codes):
                 body_weight(item, weights, warnings)
-            elif not any(c in BODY_TEMPERATURE_LOINC for c in codes):
+            elif not any(c in BODY_TEMPERATURE_LOINC or c in kb.pgx_codes for c in codes):   # read elsewhere
                 key = code_label(res.get("code"), codes)
                 ignored[key] = ignored.get(key, 0) + 1
             continue
