@@ -84,19 +84,13 @@ class RequestContext:
                 message = {**message, "headers": headers}
             await send(message)
 
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send_wrapper(message)
-
+        tracked = _Tracked(send_wrapper)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception as e:   # answer here, inside CORS, with the request id: never a stack trace
             logging.getLogger("leukodx.api").error("unhandled error", extra={"request_id": request_id,
                                                                             "error_type": type(e).__name__})
-            if not started:
+            if not tracked.started:
                 await send_problem(send_wrapper, 500, "Internal error",
                                    "The request could not be completed; it has been logged.", request_id=request_id)
         finally:
@@ -132,7 +126,6 @@ class BodyLimit:
             await _too_large(send, limit, scope)
             return
         size = 0
-        started = False
 
         async def counted() -> Message:
             nonlocal size
@@ -143,20 +136,27 @@ class BodyLimit:
                     raise _TooLarge()
             return message
 
-        async def tracking(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = _Tracked(send)
         try:
-            await self.app(scope, counted, tracking)
+            await self.app(scope, counted, tracked)
         except _TooLarge:
-            if not started:
+            if not tracked.started:
                 await _too_large(send, limit, scope)
         except ClientDisconnect:      # nothing reaches the client; the status is for the access log, audit and metrics
-            if not started:
+            if not tracked.started:
                 await send({"type": "http.response.start", "status": CLIENT_CLOSED, "headers": []})
                 await send({"type": "http.response.body", "body": b""})
+
+
+class _Tracked:
+    """A send that remembers whether the response has started (an error can still be answered until then)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send, self.started = send, False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
 
 
 class _TooLarge(Exception):
