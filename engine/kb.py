@@ -51,8 +51,8 @@ class KnowledgeBase:
     drugs: list[dict[str, Any]]
     drug_classes: set[str]
     conditions: dict[str, re.Pattern[str]]
-    negation_before: re.Pattern[str]     # conditions.yaml not_a_diagnosis: cues before a condition's words
-    negation_after: re.Pattern[str]      # ... and after them, in the same clause
+    negation: dict[str, re.Pattern[str]]  # conditions.yaml not_a_diagnosis: absent/uncertain cues before and after
+    suspicion_counts: frozenset[str]      # conditions a suspicion is enough for (the emergency gate)
     negation_sources: list[str]
     transplant_organs: dict[str, re.Pattern[str]]
     duffy_ancestry: re.Pattern[str]
@@ -157,8 +157,9 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         version=version, sources=sources, thresholds=thresholds, likelihood=th.get("likelihood", {}),
         tests=tests, loinc=loinc, drugs=drugs, drug_classes=classes,
         conditions=conditions, transplant_organs=organs,
-        negation_before=patterns(negation.get("before", []), "not_a_diagnosis.before", problems),
-        negation_after=patterns(negation.get("after", []), "not_a_diagnosis.after", problems),
+        negation={k: patterns(negation.get(k, []), f"not_a_diagnosis.{k}", problems)
+                  for k in ("absent_before", "absent_after", "uncertain_before", "uncertain_after", "pseudo")},
+        suspicion_counts=frozenset(negation.get("suspicion_counts", [])),
         negation_sources=negation.get("sources", []),
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),
         duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),

@@ -263,30 +263,43 @@ _CLAUSE = re.compile(r"[,;.:]|\bbut\b", re.IGNORECASE)
 
 
 def read_conditions(kb: KnowledgeBase, text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The conditions a text gives the patient, and those it names but sets aside, each with the cue
-    that does ("SLE ruled out": sle, "ruled out"). A cue of conditions.yaml ``not_a_diagnosis`` counts
-    before the condition's words or after them in the same clause (NegEx's scope, Chapman 2001); a
-    condition named in any clause without a cue is the patient's. Remembered per text, at most 4,096
-    of them: records repeat the same few problem-list texts."""
+    """The conditions a text gives the patient, and those it names but sets aside, each with the cue that
+    does ("SLE ruled out": sle, "ruled out"). conditions.yaml ``not_a_diagnosis``: a cue counts before the
+    condition's words or right after them, in the same clause (NegEx's scope, Chapman 2001); an absence
+    sets the condition aside, a suspicion too unless the condition is one a suspicion is enough for
+    (``suspicion_counts``: "suspected sepsis" is sepsis for the emergency gate). Pseudo-cues ("no longer",
+    "gram-negative") and suspicion phrases are masked before absences are looked for ("cannot rule out
+    sepsis" is a suspicion, not an absence). Remembered per text, at most 4,096 of them."""
     def search() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-        clauses = _CLAUSE.split(clean_text(text, fold=False))   # the patterns ignore case, except abbreviations
+        cue = kb.negation
+        clauses = [_masked(cue["pseudo"], c) for c in _CLAUSE.split(clean_text(text, fold=False))]
         found, aside = [], []
         for cid, pattern in kb.conditions.items():
-            cues = []
+            reasons = []
             for clause in clauses:
                 m = pattern.search(clause)
                 if m is None:
                     continue
-                cue = kb.negation_before.search(clause, 0, m.start()) or kb.negation_after.search(clause, m.end())
-                if cue is None:
+                doubt = cue["uncertain_before"].search(clause, 0, m.start()) or cue["uncertain_after"].match(clause, m.end())
+                after = cue["uncertain_after"].match(clause, m.end())
+                plain = (_masked(cue["uncertain_before"], clause[:m.start()]) + clause[m.start():m.end()]
+                         + (" " * (after.end() - m.end()) + clause[after.end():] if after else clause[m.end():]))
+                absent = cue["absent_before"].search(plain, 0, m.start()) or cue["absent_after"].match(plain, m.end())
+                reason = absent or (doubt if cid not in kb.suspicion_counts else None)
+                if reason is None:
                     found.append(cid)
                     break
-                cues.append(cue.group(0).strip())
+                reasons.append(reason.group(0).strip())
             else:
-                if cues:
-                    aside.append((cid, cues[0]))
+                if reasons:
+                    aside.append((cid, reasons[0]))
         return tuple(found), tuple(aside)
     return _remembered(kb.derived.setdefault("condition_matches", {}), text, search)
+
+
+def _masked(pattern: re.Pattern[str], text: str) -> str:
+    """``text`` with what ``pattern`` matches blanked (positions kept)."""
+    return pattern.sub(lambda m: " " * len(m.group(0)), text)
 
 
 _MISSING = object()

@@ -333,3 +333,13 @@ def test_fever_without_a_current_neutrophil_count_is_an_alert_and_an_immediate_c
     afebrile = engine.assess(case(labs, as_of=as_of, temperature_c=37.0))
     assert "fever_without_current_count" not in {a.id for a in afebrile.alerts}
     assert {s.id: s.urgency for s in afebrile.steps}["repeat_cbc_with_differential"] != "immediate"
+
+
+@pytest.mark.parametrize("text", ["Suspected neutropenic sepsis", "?sepsis", "cannot rule out sepsis",
+                                  "Sepsis (culture negative)"])
+def test_a_suspected_sepsis_with_neutropenia_is_the_emergency(engine, text):
+    """The first negation cues set these aside, so neutropenia with (suspected) sepsis raised no alert (the
+    re-verification): a suspicion is what the emergency gate acts on."""
+    a = engine.assess(case([lab("wbc", 2.0), lab("anc", 1.2)], conditions=[text]))
+    assert "neutropenia_with_sepsis" in alerts(a) and a.priority == "critical"
+    assert {s.id: s.urgency for s in a.steps}["emergency_department_for_sepsis"] == "immediate"
