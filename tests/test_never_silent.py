@@ -256,6 +256,21 @@ def test_cds_old_counts_give_one_info_card_with_their_age(client, year):
     assert "malignancy" not in json.dumps(cards).lower()
 
 
+def test_cds_an_old_count_with_a_fever_now_is_a_warning_card(client):
+    """A 45-day-old count (ANC 0.2) with 38.9 C today had given the info card "leukodx raises no alert" on CDS
+    while REST raised the fever alert (the re-verification): the assessment's alert reaches the card."""
+    when = (datetime.now(timezone.utc) - timedelta(days=45)).strftime("%Y-%m-%dT08:00:00Z")
+    temp = {"resourceType": "Observation", "id": "t", "status": "final", "subject": {"reference": f"Patient/{PATIENT}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+            "effectiveDateTime": datetime.now(timezone.utc).isoformat(),
+            "valueQuantity": {"value": 38.9, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}
+    _, r = post(client, prefetch([obs("6690-2", 1.0, "10*9/L", when), obs("751-8", 0.2, "10*9/L", when)],
+                                 vitals=searchset(temp)))
+    cards = cards_of(r)
+    assert cards[0]["indicator"] == "warning" and cards[0]["summary"] == "Fever without a current neutrophil count"
+    assert "raises no alert" not in json.dumps(cards)
+
+
 def test_cds_every_card_states_the_date_of_the_count(client):
     _, r = post(client, prefetch([obs("6690-2", 1.4, "10*9/L"), obs("751-8", 0.3, "10*9/L")]))
     cards = cards_of(r)

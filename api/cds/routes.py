@@ -302,7 +302,7 @@ async def call_service(service_id: str, request: Request) -> Response:
         cards.append(C.unassessed_card(hook.hookInstance, problems + notes, "warning" if mismatch else "info"))
     elif assessment is None:
         pass                           # the EHR has no blood count for this patient: nothing to say
-    elif not assessment.cbc.current:
+    elif not assessment.cbc.current and not assessment.alerts:   # an old count alone says nothing acute
         cards.append(C.stale_card(assessment, hook.hookInstance))
     else:
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
