@@ -137,7 +137,8 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem],
                 problems.append(Problem(f"{where}.lln_unit", f"{test}: {e}"))
                 return None
         lln = float(f"{lab.lln * factor:.10g}")
-        if not low <= lln <= high:   # a limit in another unit than the value, say: the count itself is still read
+        if lln != 0 and not low <= lln <= high:   # (0 is a real limit: eosinophils, basophils) a limit in another
+            # unit than the value, say: the count itself is still read
             given = f"{_fmt(lab.lln)} {lab.lln_unit or lab.unit}"
             if lln != lab.lln:
                 given += f" ({_fmt(lln)} {spec['unit']})"
@@ -256,9 +257,10 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     for lab in labs:
         if lab.test in ("wbc", "anc") and (lab.time is not None or lab.specimen):
             counts[lab.specimen or lab.time].setdefault(lab.test, lab)
+    margin = kb.value("anc_above_wbc_margin")      # the two may differ by their rounding
     for pair in counts.values():
         wbc, anc = pair.get("wbc"), pair.get("anc")
-        if wbc is not None and anc is not None and anc.value > wbc.value:
+        if wbc is not None and anc is not None and anc.value > wbc.value + margin:
             problems.append(Problem(f"labs[{anc.index}].value", f"ANC {_fmt(anc.value)} {anc.unit} is above the WBC "
                                     f"{_fmt(wbc.value)} {wbc.unit} of the same draw (labs[{wbc.index}]): neutrophils are "
                                     f"white cells, so one of the two values is wrong"))

@@ -95,8 +95,9 @@ def test_an_anc_above_the_wbc_of_its_draw_is_refused_and_left_out_of_a_partial_a
     a = engine.assess(base_case(labs=labs), partial=True)
     assert [n.field for n in a.not_assessed] == ["labs[1]"]
     assert a.risk_tier.tier != "normal" and a.risk_tier.anc is None and a.risk_tier.anc_at_most == 2.0
-    # equal counts are possible; counts of different draws are not compared
+    # equal counts are possible, and an ANC above the WBC by their rounding; counts of different draws are not compared
     assert engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 2.0)])).risk_tier.tier == "normal"
+    assert engine.assess(base_case(labs=[lab("wbc", 1.0), lab("anc", 1.04)])).risk_tier.tier == "mild"
     engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 5.0, time="2025-03-01T08:00:00Z"),
                                   lab("wbc", 7.0, time="2025-03-01T08:00:00Z")]))   # strict: not refused
 
@@ -122,3 +123,9 @@ def test_segmented_neutrophil_percentages_derive_the_anc(engine, code):
                                                           "time": "2025-03-10T08:00:00Z"},
                                       lab("bands_pct", 2, "%")]))
     assert (a.risk_tier.tier, round(a.risk_tier.anc, 2), a.risk_tier.anc_source) == ("severe", 0.24, "derived")
+
+
+def test_a_lower_limit_of_zero_is_a_real_limit(engine):
+    """Eosinophils and basophils have a lower limit of 0 (the Dutch lab bundle's); it had been called implausible."""
+    a = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", 3.0), lab("eosinophils", 0.1, lln=0)]))
+    assert not [w for w in a.warnings if ".lln:" in w]
