@@ -222,7 +222,8 @@ def test_fhir_the_highest_recent_temperature_is_used_not_the_latest(client):
         obs("w", "6690-2", 1.5, "10*9/L"), obs("n", "751-8", 0.4, "10*9/L"),
         obs("t1", "8310-5", 39.2, "Cel", "2025-03-10T06:00:00Z"),
         obs("t2", "8310-5", 37.1, "Cel", "2025-03-10T10:00:00Z"),
-        obs("t0", "8310-5", 40.1, "Cel", "2025-03-01T10:00:00Z")]]}       # days before the window: not used
+        obs("t0", "8310-5", 40.1, "Cel", "2025-03-01T10:00:00Z"),          # days before the window: not used
+        obs("t3", "8310-5", 39.9, "Cel", "2025-03-09T04:00:00Z")]]}        # 30 h before the latest: not used
     doc = client.post("/v1/assess/fhir", json=bundle).json()
     assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]
     said = [w for w in doc["warnings"] if "highest body temperature" in w]

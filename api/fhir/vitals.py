@@ -49,10 +49,12 @@ def latest_weight(weights: list[Weight], ref: Optional[date]) -> Optional[float]
     return untimed[0] if untimed else None
 
 
-def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_age_days: float) -> Optional[float]:
+def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_age_days: float,
+                lookback_hours: float = 24.0) -> Optional[float]:
     """The highest body temperature (LOINC 8310-5 or 8331-1), in Celsius, of those not after the case date and
     at most ``max_age_days`` before it (an older one says nothing about fever now; without a case date, before
-    the latest reading); a warning says so when it is not the latest."""
+    the latest reading), and within ``lookback_hours`` of the latest reading; a warning says so when it is not
+    the latest."""
     later = old = 0
     readings: list[tuple[datetime, float]] = []
     for item in mine:
@@ -97,10 +99,11 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
         return None
     # the highest of the window: one reading of 38.3 C or more is fever (IDSA), whatever came after it (an
     # antipyretic's 37.1 C four hours after 39.2 C had hidden a febrile neutropenia)
-    latest, highest = max(readings), max(readings, key=lambda r: (r[1], r[0]))
+    latest = max(readings)
+    recent = [r for r in readings if (latest[0] - r[0]).total_seconds() <= lookback_hours * 3600]
+    highest = max(recent, key=lambda r: (r[1], r[0]))
     if highest != latest:
-        since = ref or "the latest reading"
-        warnings.append(f"The highest body temperature of the {max_age_days:g} days before {since} "
+        warnings.append(f"The highest body temperature of the {lookback_hours:g} hours before the latest reading "
                         f"({highest[1]:g} C, {highest[0].isoformat(timespec='minutes')}) was used; the latest was "
                         f"{latest[1]:g} C ({latest[0].isoformat(timespec='minutes')}).")
     return highest[1]
