@@ -117,7 +117,7 @@ class History(_Model):
         Celsius value (converted by pint), rather than only "at most 45"."""
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 45 < value <= 113:
             from .units import registry
-            celsius = registry().Quantity(float(value), "degF").to("degC").magnitude
+            celsius = round(registry().Quantity(float(value), "degF").to("degC").magnitude, 1)
             if 25 <= celsius <= 45:
                 raise ValueError(f"{value:g} is not a body temperature in Celsius (25-45); if it is {value:g} F, "
                                  f"send {celsius:.1f}")

@@ -287,7 +287,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     shown_anc = _shown(anc_lab) if anc_lab is not None and anc_lab.comparator and anc == anc_lab.value else anc
     risk = RiskTier(tier=tier, anc=shown_anc, basis=basis, anc_derived=bool(facts.get("anc_derived")),
                     anc_source=anc_source if cbc is not None else None, anc_time=_utc(anc_time), anc_age_days=anc_age,
-                    anc_at_most=anc_at_most, tier_at_least=tier_at_least,
+                    anc_at_most=None if anc_at_most is None else float(f"{anc_at_most:.10g}"), tier_at_least=tier_at_least,
                     cutoffs=_cutoffs_text(kb), duffy_null_note=duffy_note,
                     sources=["taplitz_asco_idsa_2018_prophylaxis", "freifeld_idsa_2011"] +
                             (["merz_2023"] if duffy_note else []))

@@ -188,7 +188,8 @@ def to_text(a: Assessment) -> str:
     at_least = f" - {r.tier_at_least.upper()} OR WORSE (ANC at most {r.anc_at_most:g}, the WBC)" if r.tier_at_least else ""
     w(f"RISK TIER: {r.tier.upper()}{anc}{at_least}{cite(r.sources)}")
     # a reported ANC's basis only restates the line above and the count's date: not repeated
-    restates = r.anc_source == "reported" and r.anc is not None and r.basis.startswith(f"ANC {r.anc:g} x10^9/L as reported (")
+    restates = r.anc_source == "reported" and r.anc is not None and r.basis.startswith(
+        f"ANC {r.anc:g} x10^9/L as reported (blood drawn")       # (a bound's basis says how it was judged: kept)
     basis = ("" if restates else r.basis) + (f" {r.duffy_null_note}" if r.duffy_null_note else "")
     if basis.strip():
         w(_wrap(basis.strip()))
