@@ -742,3 +742,20 @@ def test_a_genotype_observation_is_not_counted_among_codes_leukodx_does_not_use(
     case, warnings = bundle_to_case(bundle(obs("6690-2", 5.0, code="10*9/L"), genotype))
     assert case["history"]["tpmt"] == "*1/*3A"
     assert not [w for w in warnings if "does not use" in w]
+
+
+def test_a_dose_per_take_with_its_timing_is_read_as_a_dose_per_day():
+    """Azathioprine 125 mg twice a day (doseQuantity with timing.repeat) had been "not a mass per day", so the
+    dose rules (here: above 3 mg/kg/day at 50 kg) never applied to FHIR data (the re-verification)."""
+    aza = med_request(id="a", authoredOn="2025-01-01", medicationCodeableConcept={"text": "azathioprine"},
+                      dosageInstruction=[{"doseAndRate": [{"doseQuantity": {"value": 125, "unit": "mg",
+                                                                            "system": UCUM, "code": "mg"}}],
+                                          "timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}}])
+    weekly = med_request(id="m", authoredOn="2025-01-01", medicationCodeableConcept={"text": "methotrexate"},
+                         dosageInstruction=[{"doseAndRate": [{"doseQuantity": {"value": 14, "unit": "mg"}}],
+                                             "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk"}}}])
+    case, _ = bundle_to_case(bundle(obs("6690-2", 2.8, code="10*9/L"), obs("29463-7", 50, code="kg"), aza, weekly))
+    doses = {m["name"]: m["dose"] for m in case["medications"]}
+    assert doses == {"azathioprine": {"value": 250.0, "unit": "mg/d"}, "methotrexate": {"value": 2.0, "unit": "mg/d"}}
+    a = assess(case)
+    assert "thiopurine.azathioprine_above_usual_dose" in {t.rule for t in a.trace}

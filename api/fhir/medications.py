@@ -9,7 +9,8 @@ in ``contained``, ``Medication/<id>`` or a ``fullUrl``): ``name`` is its text or
 ``effectivePeriod.start`` or ``effectiveDateTime``; ``end`` (stopped/completed only):
 ``effectivePeriod.end`` or ``dispenseRequest.validityPeriod.end``. ``dose``: the first dose
 quantity as ``{value, unit}`` when its unit is a mass per time (mg/d) or per body mass per time
-(mg/kg/d), else the dosage text. ``indication``: ``reasonCode[0]``, else the Condition that
+(mg/kg/d), or a mass per take with its ``timing.repeat`` (frequency per period) as a dose per day, else the
+dosage text. ``indication``: ``reasonCode[0]``, else the Condition that
 ``reasonReference[0]`` points to. A medication that starts after the case date is left out.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import date
 from typing import Any, Optional, Union
 
 from leukodx.engine.kb import KnowledgeBase
-from leukodx.engine.units import dose_rate
+from leukodx.engine.units import dose_rate, registry
 
 from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, fmt, is_number,
                         later_warning, quantity_unit, reference)
@@ -188,11 +189,32 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
     rate_unit = rate.spelling if rate else None
     if rate_unit:
         return {"value": value, "unit": rate_unit}
+    per_day = _per_day(value, unit, as_dict(as_dict(dosage.get("timing")).get("repeat")))
+    if per_day is not None:
+        return per_day
     if text:
         return text
     if is_number(value) and unit:
         return f"{fmt(value)} {unit}"
     return None
+
+
+_PERIOD_UNITS = {"s": "second", "min": "minute", "h": "hour", "d": "day", "wk": "week", "mo": "month", "a": "year"}
+
+
+def _per_day(value: Any, unit: Optional[str], repeat: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """A dose per take (``doseQuantity`` 50 mg) with its timing (``frequency`` takes per ``period``
+    ``periodUnit``: 2 per 1 d) as a dose per day ({value: 100, unit: mg/d}), for the dose rules; None when
+    either is missing or not a mass (per body mass). The period is converted with pint."""
+    frequency, period, period_unit = repeat.get("frequency"), repeat.get("period"), as_str(repeat.get("periodUnit"))
+    if not (is_number(value) and unit and is_number(frequency) and is_number(period) and period > 0
+            and period_unit in _PERIOD_UNITS):
+        return None
+    daily = dose_rate(f"{unit}/d")
+    if daily is None:
+        return None
+    days = registry().Quantity(float(period), _PERIOD_UNITS[period_unit]).to("day").magnitude
+    return {"value": float(f"{float(value) * float(frequency) / days:.6g}"), "unit": daily.spelling}
 
 
 def _indication(item: Item, index: Index) -> Optional[str]:
