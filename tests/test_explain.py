@@ -21,3 +21,16 @@ def test_trace_lists_fired_rules_with_the_facts_they_read(engine):
     a = engine.assess(base_case(labs=[lab("wbc", 3.0), lab("anc", 1.2)]))
     t = next(x for x in a.trace if x.rule == "findings.neutropenia")
     assert t.facts == {"anc_max": 1.2}
+
+
+def test_a_patient_on_no_drug_is_not_shown_a_chemotherapy_label(engine):
+    """The referral, marrow and B12 rules cited the lomustine label for their chemotherapy-nadir exception, so a
+    patient on no drug saw a chemotherapy label among the sources (the clinical red-team). The window's source
+    stays on its threshold (rules/thresholds.yaml chemotherapy_nadir_window_days)."""
+    isolated = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 0.5), lab("hemoglobin", 14, "g/dL"),
+                                             lab("platelets", 250)]))
+    pancytopenic = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 0.4), lab("hemoglobin", 8.5, "g/dL"),
+                                                 lab("platelets", 60)]))
+    for a in (isolated, pancytopenic):
+        assert a.steps and "lomustine_label" not in a.sources
+    assert "hematology_referral" in {s.id for s in isolated.steps}
