@@ -137,8 +137,8 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem],
                 problems.append(Problem(f"{where}.lln_unit", f"{test}: {e}"))
                 return None
         lln = float(f"{lab.lln * factor:.10g}")
-        if lln != 0 and not low <= lln <= high:   # (0 is a real limit: eosinophils, basophils) a limit in another
-            # unit than the value, say: the count itself is still read
+        if not (lln == 0 and spec.get("lln_zero_allowed")) and not low <= lln <= high:   # a limit in another unit
+            # than the value, say (0 is a real limit where the interval starts at 0): the count itself is still read
             given = f"{_fmt(lab.lln)} {lab.lln_unit or lab.unit}"
             if lln != lab.lln:
                 given += f" ({_fmt(lln)} {spec['unit']})"

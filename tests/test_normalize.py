@@ -129,3 +129,5 @@ def test_a_lower_limit_of_zero_is_a_real_limit(engine):
     """Eosinophils and basophils have a lower limit of 0 (the Dutch lab bundle's); it had been called implausible."""
     a = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", 3.0), lab("eosinophils", 0.1, lln=0)]))
     assert not [w for w in a.warnings if ".lln:" in w]
+    wbc = engine.assess(base_case(labs=[lab("wbc", 3.2, lln=0), lab("anc", 2.0)]))     # not for a WBC
+    assert [w.split(":")[0] for w in wbc.warnings if ".lln:" in w] == ["labs[0].lln"] and wbc.ctcae.wbc.grade == 1
