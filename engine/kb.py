@@ -53,6 +53,7 @@ class KnowledgeBase:
     conditions: dict[str, re.Pattern[str]]
     negation: dict[str, re.Pattern[str]]  # conditions.yaml not_a_diagnosis: absent/uncertain cues before and after
     suspicion_counts: frozenset[str]      # conditions a suspicion is enough for (the emergency gate)
+    acute_conditions: frozenset[str]      # conditions a past mention does not make current
     negation_sources: list[str]
     transplant_organs: dict[str, re.Pattern[str]]
     duffy_ancestry: re.Pattern[str]
@@ -158,8 +159,10 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         tests=tests, loinc=loinc, drugs=drugs, drug_classes=classes,
         conditions=conditions, transplant_organs=organs,
         negation={k: patterns(negation.get(k, []), f"not_a_diagnosis.{k}", problems)
-                  for k in ("absent_before", "absent_after", "uncertain_before", "uncertain_after", "pseudo")},
+                  for k in ("absent_before", "absent_after", "uncertain_before", "uncertain_after", "past_before",
+                            "past_after", "pseudo")},
         suspicion_counts=frozenset(negation.get("suspicion_counts", [])),
+        acute_conditions=frozenset(negation.get("acute", [])),
         negation_sources=negation.get("sources", []),
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),
         duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),

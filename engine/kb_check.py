@@ -76,8 +76,8 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         need(d.get("sources"), f"drugs.yaml: {d.get('id')}")
     need(kb.duffy_ancestry_sources, "conditions.yaml: duffy_prevalent_ancestry")
     need(kb.negation_sources, "conditions.yaml: not_a_diagnosis")
-    for cond in kb.suspicion_counts - set(kb.conditions):
-        problems.append(f"conditions.yaml: not_a_diagnosis.suspicion_counts: unknown condition {cond!r}")
+    for cond in (kb.suspicion_counts | kb.acute_conditions) - set(kb.conditions):
+        problems.append(f"conditions.yaml: not_a_diagnosis (suspicion_counts, acute): unknown condition {cond!r}")
     need(kb.ctcae.get("sources"), "ctcae.yaml")
     for v in (kb.ctcae.get("versions") or {}).values():
         need(v.get("sources"), "ctcae.yaml")

@@ -260,36 +260,39 @@ def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:
 
 
 _CLAUSE = re.compile(r"[,;.:]|\bbut\b", re.IGNORECASE)
+_SEPARATORS = re.compile(r"[\s,;:\-\u2013()]*")     # between a condition's words and a cue after them
 
 
 def read_conditions(kb: KnowledgeBase, text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """The conditions a text gives the patient, and those it names but sets aside, each with the cue that
-    does ("SLE ruled out": sle, "ruled out"). conditions.yaml ``not_a_diagnosis``: a cue counts before the
-    condition's words or right after them, in the same clause (NegEx's scope, Chapman 2001); an absence
-    sets the condition aside, a suspicion too unless the condition is one a suspicion is enough for
-    (``suspicion_counts``: "suspected sepsis" is sepsis for the emergency gate). Pseudo-cues ("no longer",
-    "gram-negative") and suspicion phrases are masked before absences are looked for ("cannot rule out
-    sepsis" is a suspicion, not an absence). Remembered per text, at most 4,096 of them."""
+    does ("SLE ruled out": sle, "ruled out"). conditions.yaml ``not_a_diagnosis`` (NegEx's scheme, Chapman
+    2001): a cue counts before the condition's words in the same clause, or right after them (past
+    separators, a year and test words). An absence sets the condition aside; a suspicion too, unless a
+    suspicion is enough for it (``suspicion_counts``: "suspected sepsis" is sepsis for the emergency gate); a
+    past mention, for an acute condition ("history of sepsis", "sepsis 2019, resolved"). Pseudo-cues ("no
+    longer", "gram-negative") are masked first, and suspicion phrases before absences are looked for
+    ("cannot rule out sepsis" is a suspicion). Remembered per text, at most 4,096 of them."""
     def search() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
         cue = kb.negation
-        clauses = [_masked(cue["pseudo"], c) for c in _CLAUSE.split(clean_text(text, fold=False))]
+        full = _masked(cue["pseudo"], clean_text(text, fold=False))   # the patterns ignore case, except abbreviations
+        starts = [0] + [b.end() for b in _CLAUSE.finditer(full)]
         found, aside = [], []
         for cid, pattern in kb.conditions.items():
             reasons = []
-            for clause in clauses:
-                m = pattern.search(clause)
-                if m is None:
-                    continue
-                doubt = cue["uncertain_before"].search(clause, 0, m.start()) or cue["uncertain_after"].match(clause, m.end())
-                after = cue["uncertain_after"].match(clause, m.end())
-                plain = (_masked(cue["uncertain_before"], clause[:m.start()]) + clause[m.start():m.end()]
-                         + (" " * (after.end() - m.end()) + clause[after.end():] if after else clause[m.end():]))
-                absent = cue["absent_before"].search(plain, 0, m.start()) or cue["absent_after"].match(plain, m.end())
-                reason = absent or (doubt if cid not in kb.suspicion_counts else None)
+            for m in pattern.finditer(full):
+                before = full[max(b for b in starts if b <= m.start()):m.start()]
+                after = _SEPARATORS.match(full, m.end()).end()
+                doubt_after = cue["uncertain_after"].match(full, after)
+                doubt = cue["uncertain_before"].search(before) or doubt_after
+                absent = (cue["absent_before"].search(_masked(cue["uncertain_before"], before))
+                          or (None if doubt_after else cue["absent_after"].match(full, after)))
+                past = ((cue["past_before"].search(before) or cue["past_after"].match(full, after))
+                        if cid in kb.acute_conditions else None)
+                reason = absent or past or (doubt if cid not in kb.suspicion_counts else None)
                 if reason is None:
                     found.append(cid)
                     break
-                reasons.append(reason.group(0).strip())
+                reasons.append(reason.group(0).strip(" ,;:-\u2013()"))
             else:
                 if reasons:
                     aside.append((cid, reasons[0]))

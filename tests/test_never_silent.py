@@ -358,3 +358,12 @@ def test_a_suspected_sepsis_with_neutropenia_is_the_emergency(engine, text):
     a = engine.assess(case([lab("wbc", 2.0), lab("anc", 1.2)], conditions=[text]))
     assert "neutropenia_with_sepsis" in alerts(a) and a.priority == "critical"
     assert {s.id: s.urgency for s in a.steps}["emergency_department_for_sepsis"] == "immediate"
+
+
+@pytest.mark.parametrize("text", ["Sepsis - resolved", "History of sepsis 2019", "Sepsis not suspected",
+                                  "Neutropenic sepsis, resolved"])
+def test_a_past_or_excluded_sepsis_is_not_the_emergency(engine, text):
+    """A resolved or excluded sepsis had raised the critical emergency alert (the second re-verification)."""
+    a = engine.assess(case([lab("wbc", 2.0), lab("anc", 1.2)], conditions=[text]))
+    assert "neutropenia_with_sepsis" not in alerts(a)
+    assert any("was not read as sepsis" in w for w in a.warnings)

@@ -66,6 +66,25 @@ def test_condition_vocabulary_does_not_mistake_words_for_abbreviations(kb, text,
     ("HIV on cotrimoxazole/PJP prophylaxis", {"hiv", "viral_infection"}, set()),
     ("AML on posaconazole prophylaxis", {"acute_leukemia", "cancer"}, set()),
     ("No longer on chemotherapy for breast cancer", {"solid_cancer", "cancer"}, set()),
+    # the second re-verification: a past acute condition is not current; more absences; populations, not targets
+    ("Sepsis - resolved", set(), {"sepsis"}),
+    ("Sepsis not suspected", set(), {"sepsis"}),
+    ("History of sepsis 2019", set(), {"sepsis"}),
+    ("Prior neutropenic sepsis (2021)", set(), {"sepsis"}),
+    ("Sepsis 2019, resolved", set(), {"sepsis"}),
+    ("Low suspicion of sepsis", set(), {"sepsis"}),
+    ("Pneumonia 2 weeks ago, treated", set(), {"pneumonia"}),
+    ("History of breast cancer", {"solid_cancer", "cancer"}, set()),       # a past cancer still matters
+    ("COVID-19 PCR negative", set(), {"covid19", "viral_infection"}),
+    ("CMV viraemia not detected", set(), {"cmv_infection", "viral_infection"}),
+    ("Hepatitis B surface antigen negative", set(), {"hepatitis_b", "viral_infection"}),
+    ("Hep B immune (vaccinated)", set(), {"hepatitis_b"}),
+    ("HIV post-exposure prophylaxis", set(), {"hiv", "viral_infection"}),
+    ("Mother had lupus", set(), {"sle"}),
+    ("PJP prophylaxis in HIV", {"hiv", "viral_infection"}, set()),
+    ("No treatment for CLL yet", {"cll", "cancer"}, set()),
+    ("No flare of lupus since 2022", {"sle"}, set()),
+    ("Urosepsis", {"sepsis"}, set()),
 ])
 def test_a_negated_or_uncertain_condition_is_set_aside_with_its_cue(kb, text, kept, set_aside):
     found, aside = read_conditions(kb, text)
