@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 from .kb import KnowledgeBase, rules_dir
 
 __all__ = ["clean_text", "DrugIndex", "DrugMatch", "Product", "load_products", "product_problems",
-           "SUGGEST_MIN_RATIO", "SUGGEST_MAX_NAMES", "match_conditions", "read_conditions", "match_organ", "duffy_prevalent"]
+           "SUGGEST_MIN_RATIO", "SUGGEST_MAX_NAMES", "match_conditions", "read_conditions", "match_organ",
+           "duffy_prevalent"]
 
 PRODUCTS_FILE = "rxnorm_products.json"
 PRODUCT_TTYS = ("SCD", "SBD", "GPCK", "BPCK")

@@ -759,3 +759,19 @@ def test_a_dose_per_take_with_its_timing_is_read_as_a_dose_per_day():
     assert doses == {"azathioprine": {"value": 250.0, "unit": "mg/d"}, "methotrexate": {"value": 2.0, "unit": "mg/d"}}
     a = assess(case)
     assert "thiopurine.azathioprine_above_usual_dose" in {t.rule for t in a.trace}
+
+
+def test_a_split_dose_is_summed_and_mixed_dosages_are_not_read_as_one():
+    """Azathioprine 100 mg in the morning and 100 mg in the evening (two dosage instructions) had been read as
+    100 mg/d from the first alone (the second re-verification)."""
+    def dosage(mg, unit="mg"):
+        return {"doseAndRate": [{"doseQuantity": {"value": mg, "unit": unit}}],
+                "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}}
+    split = med_request(id="a", authoredOn="2025-01-01", medicationCodeableConcept={"text": "azathioprine"},
+                        dosageInstruction=[dosage(100), dosage(100)])
+    mixed = med_request(id="b", authoredOn="2025-01-01", medicationCodeableConcept={"text": "methotrexate"},
+                        dosageInstruction=[dosage(10), {"text": "as directed"}])
+    case, warnings = bundle_to_case(bundle(obs("6690-2", 2.8, code="10*9/L"), split, mixed))
+    doses = {m["name"]: m.get("dose") for m in case["medications"]}
+    assert doses == {"azathioprine": {"value": 200.0, "unit": "mg/d"}, "methotrexate": None}
+    assert has(warnings, "MedicationRequest/b", "2 dosage instructions (10 mg/d; as directed)", "not applied")

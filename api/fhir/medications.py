@@ -148,7 +148,8 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
     dosages = as_list(res.get("dosageInstruction")) or as_list(res.get("dosage"))
     med: dict[str, Any] = {"name": name, "rxnorm": rxnorm, "status": status,
                            "start": start.isoformat() if start else None, "end": end.isoformat() if end else None,
-                           "dose": _dose(as_dict(dosages[0])) if dosages else None,
+                           "dose": (_total_dose([_dose(as_dict(d)) for d in dosages], item.label, warnings)
+                                    if dosages else None),
                            "indication": _indication(item, index)}
     return {k: v for k, v in med.items() if v is not None}, start
 
@@ -196,6 +197,23 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
         return text
     if is_number(value) and unit:
         return f"{fmt(value)} {unit}"
+    return None
+
+
+def _total_dose(doses: list[Union[dict[str, Any], str, None]], label: str,
+                warnings: list[str]) -> Union[dict[str, Any], str, None]:
+    """The dose of all the dosage instructions: their sum when each is a dose per day in one unit (100 mg in
+    the morning and 100 mg in the evening: 200 mg/d; the first alone had hidden a split dose). Instructions
+    that cannot be added up give no dose, with a warning: one part is never taken for the whole."""
+    given = [d for d in doses if d is not None]
+    if len(given) <= 1:
+        return given[0] if given else None
+    per_day = [d for d in given if isinstance(d, dict)]
+    if len(per_day) == len(given) and len({d["unit"] for d in per_day}) == 1:
+        return {"value": float(f"{sum(float(d['value']) for d in per_day):.6g}"), "unit": per_day[0]["unit"]}
+    shown = "; ".join(d if isinstance(d, str) else f"{fmt(d['value'])} {d['unit']}" for d in given)[:200]
+    warnings.append(f"{label}: its {len(given)} dosage instructions ({shown}) could not be added up into a dose per "
+                    f"day; dose-based rules were not applied to it.")
     return None
 
 
