@@ -14,7 +14,8 @@ from leukodx.engine import Engine, get_engine
 from .config import Settings
 from .problems import ProblemError
 
-__all__ = ["engine", "settings", "read_body", "LeanRoute", "LeanRoutes", "JSON_TYPES", "YAML_TYPES", "FHIR_TYPES", "CDS_TYPES"]
+__all__ = ["engine", "settings", "read_body", "LeanRoute", "LeanRoutes", "JSON_TYPES", "YAML_TYPES", "FHIR_TYPES",
+           "CDS_TYPES"]
 
 JSON_TYPES = ("application/json",)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")

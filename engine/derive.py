@@ -20,8 +20,7 @@ from pydantic import TypeAdapter
 from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, ReferenceLimit, RiskTier
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormLab
-from .exposure import drug_facts, patient_facts
-from .rank import started_after
+from .exposure import drug_facts, patient_facts, started_after
 from .samples import DIFFERENTIAL_TESTS, Sample, age_days, group_samples
 from .trends import series_facts
 
@@ -255,7 +254,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     patient_facts(kb, nc, facts)
     drug_facts(kb, nc, facts)
     count_day = cbc.time.date() if cbc is not None and cbc.time is not None else None
-    suspects = kb.derived.setdefault("cause_drug_classes", {c for e in kb.causes.values() for c in e.drug_classes})
+    suspects = kb.derived.get("cause_drug_classes")
+    if suspects is None:
+        suspects = kb.derived["cause_drug_classes"] = {c for e in kb.causes.values() for c in e.drug_classes}
     for med in started_after([m for m in nc.meds if m.classes & suspects], count_day):
         warnings.append(f"medications[{med.index}] {med.text!r} started {med.start}, after the current count was "
                         f"drawn ({count_day}): it cannot have caused that count and is not ranked as its cause.")
@@ -287,7 +288,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     shown_anc = _shown(anc_lab) if anc_lab is not None and anc_lab.comparator and anc == anc_lab.value else anc
     risk = RiskTier(tier=tier, anc=shown_anc, basis=basis, anc_derived=bool(facts.get("anc_derived")),
                     anc_source=anc_source if cbc is not None else None, anc_time=_utc(anc_time), anc_age_days=anc_age,
-                    anc_at_most=None if anc_at_most is None else float(f"{anc_at_most:.10g}"), tier_at_least=tier_at_least,
+                    anc_at_most=None if anc_at_most is None else float(f"{anc_at_most:.10g}"),
+                    tier_at_least=tier_at_least,
                     cutoffs=_cutoffs_text(kb), duffy_null_note=duffy_note,
                     sources=["taplitz_asco_idsa_2018_prophylaxis", "freifeld_idsa_2011"] +
                             (["merz_2023"] if duffy_note else []))

@@ -7,9 +7,9 @@ from datetime import date, datetime
 from typing import Any, Optional
 
 from .kb import KnowledgeBase
-from .normalize import NormCase
+from .normalize import NormCase, NormMed
 
-__all__ = ["patient_facts", "drug_facts", "active_interactions"]
+__all__ = ["patient_facts", "drug_facts", "active_interactions", "started_after"]
 
 
 def _r(x: float) -> float:
@@ -166,3 +166,8 @@ def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> N
         if low:
             for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
                 facts[f"{stem}_low_before_start"] = True
+
+
+def started_after(meds: list[NormMed], count_day: Optional[date]) -> list[NormMed]:
+    """The drugs started after the day the current count was drawn (they cannot have caused it)."""
+    return [m for m in meds if count_day is not None and m.start is not None and m.start > count_day]

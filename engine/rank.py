@@ -16,11 +16,12 @@ from datetime import date
 from typing import Any, Optional
 
 from .assessment import CauseOut, Evidence
+from .exposure import started_after
 from .kb import KnowledgeBase
 from .normalize import NormMed
 from .reason import Firing
 
-__all__ = ["rank_causes", "started_after"]
+__all__ = ["rank_causes"]
 
 
 def _agents(kb: KnowledgeBase, cause_id: str, meds: list[NormMed], interactions: list[dict[str, Any]]) -> list[str]:
@@ -29,11 +30,6 @@ def _agents(kb: KnowledgeBase, cause_id: str, meds: list[NormMed], interactions:
         return [" + ".join("/".join(side) for side in i["names"]) for i in interactions]
     classes = set(entry.drug_classes)
     return sorted({m.drug_name or m.text for m in meds if m.classes & classes})
-
-
-def started_after(meds: list[NormMed], count_day: Optional[date]) -> list[NormMed]:
-    """The drugs started after the day the current count was drawn."""
-    return [m for m in meds if count_day is not None and m.start is not None and m.start > count_day]
 
 
 def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed],

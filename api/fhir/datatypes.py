@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from leukodx.engine.timeutil import When, utc_date
 
 __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "codings", "codes", "concept_text",
-           "reference", "code_label", "quantity_unit", "parse_when", "first_when", "own_time", "after",
+           "reference", "not_a_result", "code_label", "quantity_unit", "parse_when", "first_when", "own_time", "after",
            "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE"]
 
 UCUM = "http://unitsofmeasure.org"
@@ -91,6 +91,14 @@ def code_label(concept: Any, loinc: Sequence[str]) -> str:
             system = as_str(c.get("system"))
             return (f"{system}|{code}" if system else code)[:100]
     return repr(concept_text(concept) or "no code")[:100]
+
+
+def not_a_result(status: Optional[str]) -> Optional[str]:
+    """Why an Observation of this status is not a result (None when it is one)."""
+    if status in RESULT_STATUSES:
+        return None
+    shown = f"status {status!r}" if status else "no status"
+    return f"{shown} is not a result (final, amended, corrected or preliminary)"
 
 
 def reference(x: Any) -> Optional[str]:

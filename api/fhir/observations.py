@@ -42,8 +42,8 @@ from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
-from .datatypes import (RESULT_STATUSES, UCUM, When, as_dict, as_list, as_str, code_label, concept_text, fmt,
-                        is_number, quantity_unit, reference)
+from .datatypes import (UCUM, When, as_dict, as_list, as_str, code_label, concept_text, fmt, is_number,
+                        not_a_result, quantity_unit, reference)
 from .duplicates import preferred
 from .resources import MAX_DEPTH, Index, Item
 from .vitals import BODY_TEMPERATURE_LOINC, BODY_WEIGHT_LOINC, Weight, body_weight
@@ -190,10 +190,9 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
     status = as_str(res.get("status"))
     q = as_dict(res.get("valueQuantity"))
     has_value = q.get("value") is not None
-    if status not in RESULT_STATUSES:
-        shown = f"status {status!r}" if status else "no status"
-        also = "" if has_value else f" and it has {_absent_value_reason(res)}"
-        skip(f"{shown} is not a result (final, amended, corrected or preliminary){also}")
+    why = not_a_result(status)
+    if why:
+        skip(why + ("" if has_value else f" and it has {_absent_value_reason(res)}"))
         return None
     if not has_value:
         skip(_absent_value_reason(res))

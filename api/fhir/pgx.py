@@ -19,7 +19,7 @@ from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.pgx import result_in_text
 
-from .datatypes import RESULT_STATUSES, as_dict, as_list, as_str, codings, concept_text, loinc_codes
+from .datatypes import as_dict, as_list, as_str, codings, concept_text, loinc_codes, not_a_result
 from .patient import belongs, choose_patient, several_subjects
 from .resources import Item, walk_readable
 
@@ -62,10 +62,8 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
         if not genes:
             continue
         named = "/".join(g.upper() for g in genes)
-        status = as_str(res.get("status"))
-        if status not in RESULT_STATUSES:          # as for a lab value: a retracted genotype is no genotype
-            shown = f"status {status!r}" if status else "no status"
-            why = f"{shown} is not a result (final, amended, corrected or preliminary)"
+        why = not_a_result(as_str(res.get("status")))
+        if why:                                    # as for a lab value: a retracted genotype is no genotype
             warnings.append(f"{item.label}: {named} result {(value or '')[:60]!r}: {why}; skipped.")
             if skipped is not None:
                 skipped.append(Problem(item.loc, f"{named} result: {why}"))

@@ -50,7 +50,7 @@ def latest_weight(weights: list[Weight], ref: Optional[date]) -> Optional[float]
 
 
 def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_age_days: float,
-                lookback_hours: float = 24.0) -> Optional[float]:
+                lookback_hours: float) -> Optional[float]:
     """The highest body temperature (LOINC 8310-5 or 8331-1), in Celsius, of those not after the case date and
     at most ``max_age_days`` before it (an older one says nothing about fever now; without a case date, before
     the latest reading), and within ``lookback_hours`` of the latest reading; a warning says so when it is not
