@@ -37,8 +37,10 @@ from http_load import CALLS  # noqa: E402 - the same requests as the HTTP benchm
 WARM_UP = 3
 
 
-def inner(call: str, n: int) -> list[int]:
-    """Run ``n`` calls through the application, after :data:`WARM_UP` more; returns their statuses."""
+def inner(call: str, n: int, concurrency: int = 1) -> list[int]:
+    """Run ``n`` calls through the application, after :data:`WARM_UP` more; returns their statuses. With
+    ``concurrency`` above 1, the calls go in rounds of that many at once, as a worker's clients send them
+    under load (their reports are then written in one transaction, and their objects live together)."""
     from leukodx.api.app import create_app
     path, body, media = CALLS[call]
     app = create_app()
@@ -70,7 +72,12 @@ def inner(call: str, n: int) -> list[int]:
             # Warm-up, in every run alike: the first calls wait for the report store, which opens in the
             # background, and load what is imported on first use.
             warm = [await one() for _ in range(WARM_UP)]
-            return warm + [await one() for _ in range(n)]
+            if concurrency == 1:
+                return warm + [await one() for _ in range(n)]
+            out = warm
+            for start in range(0, n, concurrency):
+                out += await asyncio.gather(*(one() for _ in range(min(concurrency, n - start))))
+            return out
     return asyncio.run(run())
 
 
@@ -131,7 +138,7 @@ def inner_stage(call: str, name: str, n: int) -> None:
         run()
 
 
-def count(call: str, n: int, stage_name: str | None = None) -> int:
+def count(call: str, n: int, stage_name: str | None = None, concurrency: int = 1) -> int:
     """Instructions of a whole run of ``n`` calls under cachegrind, with a database and a metrics
     directory of its own (a database another run had already made skips the migration, which would
     then be counted against the calls)."""
@@ -142,7 +149,8 @@ def count(call: str, n: int, stage_name: str | None = None) -> int:
                "LEUKODX_LOG_LEVEL": os.environ.get("LEUKODX_LOG_LEVEL", "WARNING"),
                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                "PYTHONHASHSEED": "0"}   # the same set and dict orders in every run: start-up counts alike
-        what = ["--inner-stage", call, stage_name, str(n)] if stage_name else ["--inner", call, str(n)]
+        what = (["--inner-stage", call, stage_name, str(n)] if stage_name
+                else ["--inner", call, str(n), "--concurrency", str(concurrency)])
         out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
                               sys.executable, __file__, *what],
                              capture_output=True, text=True, env=env, timeout=3600)
@@ -158,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", type=int, default=20)
     ap.add_argument("--more", type=int, default=200)
     ap.add_argument("--stages", action="store_true", help="count each stage of the CDS calls alone")
+    ap.add_argument("--concurrency", type=int, default=1,
+                    help="whole calls in rounds of this many at once (one worker's share of its clients); "
+                         "--base and --more are then best multiples of it")
     ap.add_argument("--inner", nargs=2, metavar=("CALL", "N"))
     ap.add_argument("--inner-stage", nargs=3, metavar=("CALL", "STAGE", "N"))
     ap.add_argument("--json", action="store_true")
@@ -166,18 +177,20 @@ def main(argv: list[str] | None = None) -> int:
         inner_stage(args.inner_stage[0], args.inner_stage[1], int(args.inner_stage[2]))
         return 0
     if args.inner:
-        statuses = inner(args.inner[0], int(args.inner[1]))
+        statuses = inner(args.inner[0], int(args.inner[1]), args.concurrency)
         if any(s != 200 for s in statuses):
             print(f"calls answered {sorted(set(statuses))}", file=sys.stderr)
             return 1
         return 0
     result: dict[str, Any] = {"valgrind": bool(shutil.which("valgrind")), "base": args.base, "more": args.more,
+                              "concurrency": args.concurrency,
                               "instructions_per_call": {}}
     calls = [c for c in args.calls if c.startswith("cds_")] if args.stages else args.calls
     if result["valgrind"]:
         for call in calls:
             for name in STAGES if args.stages else (None,):
-                low, high = count(call, args.base, name), count(call, args.base + args.more, name)
+                conc = 1 if name else args.concurrency
+                low, high = count(call, args.base, name, conc), count(call, args.base + args.more, name, conc)
                 result["instructions_per_call"][f"{call} {name}" if name else call] = round((high - low) / args.more)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -186,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for call, n in result["instructions_per_call"].items():
             print(f"{call:>32}: {n / 1e6:.3f} M instructions per call (runs of {args.base} and "
-                  f"{args.base + args.more} calls)")
+                  f"{args.base + args.more} calls, {args.concurrency} at a time)")
     return 0
 
 

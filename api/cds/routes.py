@@ -232,6 +232,20 @@ async def call_service(service_id: str, request: Request) -> Response:
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
     body = await read_body(request, CDS_TYPES)   # JSON only: a form or text/plain POST needs no CORS preflight
+    answer = await _answer(service_id, body, request, eng, settings)
+    if isinstance(answer, Response):                 # the data it asked for could not be had (412)
+        return answer
+    cards, report = answer
+    if report is not None:                           # the call's objects are freed while its report is written
+        await _link_report(*report, request, settings)
+    metrics.cards_returned(service_id, cards)   # counted by indicator, and their uuids in the audit record
+    return Response(CardsResponse(cards=cards).model_dump_json(exclude_none=True), media_type="application/json")
+
+
+async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
+                  settings: Settings) -> Response | tuple[list[Card], Optional[tuple[Card, str]]]:
+    """The cards of a call, and the card to link to its report with the report's body (the assessment as
+    JSON) when there is one; or the OperationOutcome saying why there can be no cards."""
     small = len(body) <= INLINE_MAX_BYTES           # parsed, mapped and assessed on the loop (api/offload.py)
     try:
         raw = await run_cpu(traced("leukodx.parse", load_json_document), body, "CDS Hooks request",
@@ -298,6 +312,7 @@ async def call_service(service_id: str, request: Request) -> Response:
             "patient_mismatch": mismatch, "left_out": len(left_out), "notes": len(notes),
             "where": _REF.sub(r"\1/-", "; ".join(where[:10]))[:500]})
     cards: list[Card] = []
+    report: Optional[tuple[Card, str]] = None
     if assessment is None and problems:
         cards.append(C.unassessed_card(hook.hookInstance, problems + notes, "warning" if mismatch else "info"))
     elif assessment is None:
@@ -307,14 +322,13 @@ async def call_service(service_id: str, request: Request) -> Response:
     else:
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
         if cards and settings.report_link_minutes > 0:
-            await _link_report(cards[0], assessment, request, settings)
+            report = cards[0], to_json(assessment, indent=None)
     cards += traced("leukodx.orders", _order_cards)(eng, drafts, assessment, resources, hook, patient_id)
     if left_out:
         if not cards and assessment is not None:
             cards.append(C.checked_card(assessment, hook.hookInstance))
         C.note_left_out(cards, left_out)
-    metrics.cards_returned(service_id, cards)   # counted by indicator, and their uuids in the audit record
-    return Response(CardsResponse(cards=cards).model_dump_json(exclude_none=True), media_type="application/json")
+    return cards, report
 
 
 def add_call_route(app: FastAPI) -> None:
@@ -325,12 +339,12 @@ def add_call_route(app: FastAPI) -> None:
                              response_model_exclude_none=True, responses=_CALL_ERRORS)
 
 
-async def _link_report(card: Card, assessment: Assessment, request: Request, settings: Settings) -> None:
+async def _link_report(card: Card, report: str, request: Request, settings: Settings) -> None:
     """Link the card to the full assessment in leukodx's own page. If the report cannot be stored the
     cards still go out, without the link: the link is a convenience, the cards are not."""
     base = settings.cds_public_base_url.rstrip("/") or str(request.base_url).rstrip("/")
     try:
-        token = await store_report(settings, to_json(assessment, indent=None))   # batched with others (reports.py)
+        token = await store_report(settings, report)   # batched with others (reports.py)
     except Exception as e:   # noqa: BLE001 - the database down or locked must not cost the cards
         log.warning("report link left out: the report could not be stored (%s)", type(e).__name__)
         return
