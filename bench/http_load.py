@@ -20,7 +20,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import httpx
 
@@ -71,16 +71,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(workers: int, db_dir: str) -> tuple[subprocess.Popen, str, float]:
+def pinned(cpu: Optional[int]) -> Optional[Callable[[], None]]:
+    """For ``preexec_fn``: the child (and its children) run on CPU ``cpu`` only (Linux)."""
+    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+
+
+def start_server(workers: int, db_dir: str, env: Optional[dict[str, str]] = None,
+                 cpu: Optional[int] = None) -> tuple[subprocess.Popen, str, float]:
     """`leukodx serve` with a database of its own in ``db_dir``: a run must not inherit the reports of
-    earlier runs (a file grown to 2 GB made every report write several times slower)."""
+    earlier runs (a file grown to 2 GB made every report write several times slower). ``env`` is added
+    to this process's environment; ``cpu`` pins the server to one CPU."""
     port = free_port()
     exe = shutil.which("leukodx") or str(Path(sys.executable).with_name("leukodx"))
     env = {"LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{db_dir}/leukodx-feedback.db", **os.environ,
-           "LEUKODX_CDS_AUTH": "off", "LEUKODX_LOG_LEVEL": "WARNING"}
+           "LEUKODX_CDS_AUTH": "off", "LEUKODX_LOG_LEVEL": "WARNING", **(env or {})}
     t0 = time.perf_counter()
     proc = subprocess.Popen([exe, "serve", "--port", str(port), "--workers", str(workers)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pinned(cpu))
     base = f"http://127.0.0.1:{port}"
     while time.perf_counter() - t0 < 60:
         try:
@@ -128,8 +135,8 @@ def _ms(text: str) -> float:
     return float("nan")
 
 
-def load_wrk(base: str, call: str, clients: int, duration: float) -> dict[str, Any]:
-    """wrk (a C load generator) when installed: it leaves the CPU to the server."""
+def load_wrk(base: str, call: str, clients: int, duration: float, cpu: Optional[int] = None) -> dict[str, Any]:
+    """wrk (a C load generator) when installed: it leaves the CPU to the server. ``cpu`` pins it."""
     import re
     path, body, ctype = CALLS[call]
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +146,7 @@ def load_wrk(base: str, call: str, clients: int, duration: float) -> dict[str, A
                           f'local f = io.open("{tmp}/body", "rb"); wrk.body = f:read("*all"); f:close()\n')
         out = subprocess.run(["wrk", f"-t{min(2, clients)}", f"-c{clients}", f"-d{max(1, int(duration))}s",
                               "--latency", "-s", str(script), base + path], capture_output=True, text=True,
-                             timeout=duration + 60).stdout
+                             timeout=duration + 60, preexec_fn=pinned(cpu)).stdout
     pct = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0

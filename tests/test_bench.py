@@ -38,6 +38,20 @@ def test_http_bench():
     assert all(x["errors"] == 0 and x["requests"] > 0 for x in r["load"])
 
 
+def test_http_pair_bench():
+    """Both sides answer at the same time, each on a CPU of its own (side B here: the report link off); where
+    the machine lacks what it needs, it says what and measures nothing."""
+    r = run("http_pair.py", "--rounds", "2", "--duration", "0.5", "--warmup", "0", "--clients", "2",
+            "--env-b", "LEUKODX_REPORT_LINK_MINUTES=0")
+    if not r["measured"]:
+        assert r["missing"] and r["rounds"] == []
+        return
+    assert [[x["side"] for x in pair] for pair in r["rounds"]] == [["A", "B"], ["A", "B"]]
+    assert [[x["cpu"] for x in pair] for pair in r["rounds"]] == [[0, 1], [1, 0]]   # the CPUs swapped
+    assert all(x["errors"] == 0 and x["requests"] > 0 for pair in r["rounds"] for x in pair)
+    assert len(r["rps_ratio_a_over_b"]) == 2 and r["rps_ratio_median"] > 0
+
+
 def test_fhir_map_bench():
     r = run("fhir_map.py", "--megabytes", "0.3", "--rounds", "1")
     assert set(r) == {"synthea-shaped", "all-labs"}
