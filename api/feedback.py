@@ -33,7 +33,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -232,17 +231,18 @@ class FeedbackStore:
 
     def checkpoint(self) -> None:
         """Copy the write-ahead log into the database file (SQLite). PASSIVE, which holds no writer
-        back; once the log file has passed :data:`WAL_RESTART_BYTES`, RESTART, which waits for the
-        writer of the moment and lets the next one start the log again (PASSIVE alone never caught up
-        with two busy workers: the log grew past 270 MB in 8 s). :meth:`try_insert` leaves this to a
+        back; once the log holds more than :data:`WAL_RESTART_BYTES` of pages, RESTART, which waits for
+        the writer of the moment and lets the next one start the log again (PASSIVE alone never caught
+        up with two busy workers: the log grew past 270 MB in 8 s). The log's pages, not its file's size:
+        the file keeps its largest size, so once it had passed the limit every checkpoint had been a
+        RESTART, holding the workers' writes back ten times a second. :meth:`try_insert` leaves this to a
         thread: it takes milliseconds and flushes to disk."""
         if not self.sqlite or self.memory:
             return
         with self.engine.connect() as conn:
             raw: Any = conn.connection.dbapi_connection
-            raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            wal = (self.engine.url.database or "") + "-wal"
-            if os.path.exists(wal) and os.path.getsize(wal) > WAL_RESTART_BYTES:
+            _, log_pages, _ = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if log_pages * raw.execute("PRAGMA page_size").fetchone()[0] > WAL_RESTART_BYTES:
                 raw.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def add(self, service_id: str, entries: list[FeedbackEntry]) -> int:

@@ -145,6 +145,30 @@ def test_the_log_is_copied_into_the_database_in_a_thread_and_durable_writes_keep
         assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
 
 
+def test_a_restart_checkpoint_only_when_the_log_holds_more_than_the_limit(settings, monkeypatch):
+    """RESTART holds the workers' writes back, so it is for a log that PASSIVE could not keep short; the
+    log file keeps its largest size after a restart, so its size is not how much the log holds."""
+    from sqlalchemy import event
+    from leukodx.api import feedback
+    from leukodx.api.feedback import reports_table
+    store = report_store_for(settings.feedback_db_url).store
+    store.engine.dispose()
+    statements: list[str] = []
+    event.listen(store.engine, "connect", lambda conn, _: conn.set_trace_callback(statements.append))
+    monkeypatch.setattr(feedback, "WAL_RESTART_BYTES", 100 * 1024)
+    rows = [{"key": f"{i:064x}", "expires_at": 2e9, "body": "x" * 13_000} for i in range(20)]
+    assert store.try_insert(reports_table, rows)                 # about 260 KB in the log
+    store.checkpoint()
+    assert [s for s in statements if "wal_checkpoint" in s] == ["PRAGMA wal_checkpoint(PASSIVE)",
+                                                                "PRAGMA wal_checkpoint(RESTART)"]
+    wal = Path(settings.feedback_db_url.removeprefix("sqlite:///") + "-wal")
+    assert store.try_insert(reports_table, [{"key": "f" * 64, "expires_at": 2e9, "body": "small"}])
+    assert wal.stat().st_size > 100 * 1024                       # the file kept its size; the log starts again
+    statements.clear()
+    store.checkpoint()
+    assert [s for s in statements if "wal_checkpoint" in s] == ["PRAGMA wal_checkpoint(PASSIVE)"]
+
+
 def test_a_store_that_cannot_be_opened_is_tried_again_by_the_next_call(settings, monkeypatch):
     """The database unreachable when the worker starts (or at the first call): that call's card goes
     without the link, and a later call opens the store once the database is back."""
