@@ -2,9 +2,10 @@
 
 A call: check the JWT -> validate the request -> gather the patient's data (prefetch, or the EHR's
 FHIR server with the bearer token it gave) -> map FHIR to a case (api/fhir/) -> engine.assess ->
-cards (cards.py). Prefetch semantics (spec 2.0.1, "Prefetch template"): a key with `null`
-means the EHR has no such data; a missing key, or an OperationOutcome, means it could not be
-provided, so the service fetches it; if it cannot, it answers 412 with an OperationOutcome.
+cards (cards.py; an order hook's drafts and their cards: orders.py). Prefetch semantics (spec 2.0.1,
+"Prefetch template"): a key with `null` means the EHR has no such data; a missing key, or an
+OperationOutcome, means it could not be provided, so the service fetches it; if it cannot, it answers
+412 with an OperationOutcome.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from leukodx.engine import Assessment, CaseError, Engine, NotAssessed, OrderInput
+from leukodx.engine import Assessment, CaseError, Engine, NotAssessed
 from leukodx.engine.render import to_json
 from leukodx.engine.parse import load_json_document, problems_from_validation
 
@@ -36,6 +37,7 @@ from ..tracing import traced
 from . import cards as C
 from .auth import AuthError, JwtVerifier, verifier_from_settings
 from .models import Card, CardsResponse, FeedbackRequest, HookRequest
+from .orders import draft_orders, order_cards
 
 router = APIRouter(tags=["CDS Hooks"])
 log = logging.getLogger("leukodx.cds")
@@ -201,23 +203,6 @@ async def _gather(hook: HookRequest, settings: Settings,
     return resources, missing, notes, bool(to_fetch)
 
 
-def _draft_orders(hook: HookRequest, kind: str = "MedicationRequest") -> list[dict[str, Any]]:
-    """The draft MedicationRequests of an order hook (the selected ones, for order-select); with ``kind``
-    "Medication", the Medications the draftOrders Bundle holds (a draft may reference one)."""
-    drafts = hook.context.get("draftOrders") if hook.hook in ("order-select", "order-sign") else None
-    if not isinstance(drafts, dict):
-        return []
-    selections = set(hook.context.get("selections") or []) if hook.hook == "order-select" else set()
-    out = []
-    for entry in drafts.get("entry") or []:
-        res = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(res, dict) and res.get("resourceType") == kind:
-            if kind == "MedicationRequest" and selections and f"MedicationRequest/{res.get('id')}" not in selections:
-                continue
-            out.append(res)
-    return out
-
-
 _PROBLEM = {"content": {"application/problem+json": {}}, "description": "Problem details (RFC 9457)"}
 _CALL_ERRORS = {400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM,
                 412: {"content": {"application/fhir+json": {}},
@@ -272,8 +257,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         audit.note_reason("no data: " + "; ".join(missing))
         return _operation_outcome(412, "leukodx cannot assess this patient without the data it asked for.",
                                   "Prefetch missing and the FHIR server could not be used: " + why)
-    drafts = _draft_orders(hook)
-    resources += _draft_orders(hook, "Medication")   # after the prefetch keys: named as draftOrders
+    drafts = draft_orders(hook)
+    resources += draft_orders(hook, "Medication")   # after the prefetch keys: named as draftOrders
     today = datetime.now(timezone.utc).date()
     for d in drafts:                   # an order being written starts today
         d.setdefault("authoredOn", today.isoformat())
@@ -323,7 +308,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
         if cards and settings.report_link_minutes > 0:
             report = cards[0], to_json(assessment, indent=None)
-    cards += traced("leukodx.orders", _order_cards)(eng, drafts, assessment, resources, hook, patient_id)
+    cards += traced("leukodx.orders", order_cards)(eng, drafts, assessment, resources, hook, patient_id)
     if left_out:
         if not cards and assessment is not None:
             cards.append(C.checked_card(assessment, hook.hookInstance))
@@ -389,27 +374,6 @@ def _named(loc: str) -> str:
 
 def _left_out_text(n: NotAssessed) -> str:
     return f"{_named(n.field)}" + (f" ({n.value})" if n.value else "") + f": {n.reason}"
-
-
-def _order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[Assessment],
-                 resources: list[Any], hook: HookRequest, patient_id: str) -> list[Card]:
-    """A card per ordered drug the engine's order check speaks about."""
-    if not drafts:
-        return []
-    orders, by_key, unread = [], {}, []
-    for index, (order, drug) in enumerate(zip(drafts, fhir.order_drugs(drafts, resources))):
-        key = str(order.get("id") or f"#{index}")     # an order without an id still gets its own card uuid
-        if drug.unread:                                # said on a card, never dropped in silence
-            named = f"Draft order MedicationRequest/{key}" if order.get("id") else f"Draft order {index + 1}"
-            unread.append(C.unread_order_card(hook.hookInstance, key, named[:100], drug.unread, eng.kb.version))
-            continue
-        reason = (order.get("reasonCode") or [{}])[0] if isinstance(order.get("reasonCode"), list) else {}
-        indication = reason.get("text") if isinstance(reason, dict) and isinstance(reason.get("text"), str) else None
-        orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, indication=indication))
-        by_key[key] = order
-    history = fhir.pgx_results(eng.kb, resources, patient_id) if assessment is None else {}   # never another patient's
-    checks = eng.check_orders(orders, assessment, history.get("tpmt"), history.get("nudt15"))
-    return [C.order_card(c, by_key[c.order], hook.hookInstance, patient_id, eng.kb.version) for c in checks] + unread
 
 
 @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards",
