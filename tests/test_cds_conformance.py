@@ -569,6 +569,30 @@ def test_cards_go_out_without_the_link_when_the_report_cannot_be_stored(svc, ans
     assert r.json()["cards"] == before and not any(c.get("links") for c in r.json()["cards"])
 
 
+def test_a_call_waiting_for_its_report_holds_no_assessment(svc, answers, monkeypatch):
+    """While a call waits for its report's commit (with many others, under load), its assessment and what
+    it was made from are already freed: 32 calls waiting together had kept 32 of each alive."""
+    import gc
+    import weakref
+    seen: list[Any] = []
+    real_to_json, real_store = cds_routes.to_json, cds_routes.store_report
+
+    def to_json(assessment, indent=2):
+        seen.append(weakref.ref(assessment))
+        return real_to_json(assessment, indent)
+
+    async def store_report(settings, body):
+        gc.collect()
+        seen.append([ref() is None for ref in seen])
+        return await real_store(settings, body)
+    monkeypatch.setattr(cds_routes, "to_json", to_json)
+    monkeypatch.setattr(cds_routes, "store_report", store_report)
+    a = answers["patient-view severe"]
+    r = svc.post(f"/cds-services/{a['service']}", json=a["body"])
+    assert r.status_code == 200 and any(c.get("links") for c in r.json()["cards"])
+    assert seen[-1] == [True]            # the one assessment serialized for the report, gone by the wait
+
+
 def test_card_checker_agrees_with_the_spec_examples():
     """The checker the card tests rely on (cds/models.py card_violations) accepts the spec's and
     Inferno's example cards, and catches what the link / override / action rules forbid - so it
