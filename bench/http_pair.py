@@ -59,7 +59,11 @@ def one_round(call: str, clients: int, duration: float, warmup: float, sides: li
     try:
         for side, cpu in zip(sides, cpus):
             db_dir = tempfile.mkdtemp(prefix="leukodx-pair-db-")
-            proc, base, _ = start_server(1, db_dir, side["env"], cpu)
+            try:
+                proc, base, _ = start_server(1, db_dir, side["env"], cpu)
+            except BaseException:
+                shutil.rmtree(db_dir, ignore_errors=True)
+                raise
             started.append((proc, base, db_dir, cpu))
         with ThreadPoolExecutor(len(started)) as pool:
             if warmup > 0:
