@@ -134,16 +134,12 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         n = len(borrowed)
         warnings.append(f"{n} lab value{'s' if n != 1 else ''} had no time of {'their' if n != 1 else 'its'} own and "
                         f"took the time of the report or panel listing {'them' if n != 1 else 'it'}: {parents}.")
-    if ignored:
-        n = sum(ignored.values())
-        shown = ", ".join(list(ignored)[:8]) + (", ..." if len(ignored) > 8 else "")
-        warnings.append(f"{n} Observation{'s' if n != 1 else ''} of codes leukodx does not use "
-                        f"{'were' if n != 1 else 'was'} ignored ({shown}).")
-    if ignored_parts:
-        n = sum(ignored_parts.values())
-        shown = ", ".join(list(ignored_parts)[:8]) + (", ..." if len(ignored_parts) > 8 else "")
-        warnings.append(f"{n} component{'s' if n != 1 else ''} of codes leukodx does not use "
-                        f"{'were' if n != 1 else 'was'} ignored ({shown}).")
+    for counts, what in ((ignored, "Observation"), (ignored_parts, "component")):
+        if counts:
+            n = sum(counts.values())
+            shown = ", ".join(list(counts)[:8]) + (", ..." if len(counts) > 8 else "")
+            warnings.append(f"{n} {what}{'s' if n != 1 else ''} of codes leukodx does not use "
+                            f"{'were' if n != 1 else 'was'} ignored ({shown}).")
     return labs, weights, skipped
 
 
