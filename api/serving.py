@@ -22,17 +22,12 @@
   unless the environment names one, whose ``*.db`` files are then cleared at start-up, as
   prometheus-client requires; ``/metrics`` adds up every worker's counts, those of replaced workers
   included (api/metrics.py).
-* **Every waiting connection accepted at once.** uvloop's server (libuv) accepts one connection per
-  turn of the event loop: 32 clients connecting while a worker was busy waited up to a second for
-  their first answer, one more accepted per round of the others' requests (seen with strace: one
-  ``accept4`` per loop turn). :class:`Acceptor` takes the listening socket from uvicorn and accepts
-  up to :data:`ACCEPT_BATCH` connections each time it is readable, as asyncio's own server does.
-* **Connections spread over the workers by the kernel** (Linux). On one shared socket, the worker
-  that woke first took a whole burst: 8 clients all on one worker while the other idled. The
-  supervisor now binds the port with ``SO_REUSEPORT`` without listening on it (it keeps the port
-  reserved), and each worker listens on a socket of its own bound to the same address
-  (:func:`worker_listener`): the kernel hashes each new connection to one of them. A worker that
-  stops closes its socket, and new connections go to the others. Elsewhere: one shared socket.
+* **Every waiting connection accepted at once** (api/accepting.py): uvloop's own server accepted one
+  per turn of the event loop, so clients connecting to a busy worker waited up to a second.
+* **Open connections spread evenly over the workers** (api/balance.py). The workers accept on one
+  socket the supervisor binds, and each hands a new connection to the worker with the fewest open
+  connections (itself among equals), so the counts stay within one of each other (the kernel's own
+  spreading, ``SO_REUSEPORT``, had left 64 clients split 29/35 to 21/43 between two workers).
 """
 from __future__ import annotations
 
@@ -42,13 +37,11 @@ import os
 import resource
 import shutil
 import signal
-import socket as socket_module
-import sys
 import tempfile
 import threading
 import time
 from socket import socket
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import uvicorn.supervisors.multiprocess as uvicorn_multiprocess
 from uvicorn.config import Config
@@ -56,18 +49,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from .accepting import Acceptor
+from .balance import LEDGER_ENV, Ledger
 from .config import Settings, get_settings
 
-__all__ = ["Acceptor", "GuardedHttpToolsProtocol", "Supervisor", "bind_socket", "serve", "worker_listener",
-           "MAX_HEAD_BYTES"]
+__all__ = ["GuardedHttpToolsProtocol", "Supervisor", "serve", "MAX_HEAD_BYTES"]
 
 log = logging.getLogger("leukodx.serve")
 MAX_HEAD_BYTES = 64 * 1024
 _PROBES = (b"/healthz", b"/readyz")      # answered whatever the load (GuardedHttpToolsProtocol)
-# Connections accepted per readiness of the listening socket: a burst of new clients is taken in a
-# turn or two, while one readiness cannot keep the loop from its requests for long.
-ACCEPT_BATCH = 16
-ACCEPT_RETRY_SECONDS = 1.0        # out of file descriptors: stop accepting this long (as asyncio does)
 
 
 class HeadTooLarge(Exception):
@@ -80,6 +70,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     _refused_logged_at = 0.0
     _receiving = 0          # requests of this worker whose body is still arriving
+    on_closed: Optional[Callable[[], None]] = None    # told of every closed connection (Acceptor, balancing)
 
     def __init__(self, config: Config, server_state: Any, app_state: dict[str, Any],
                  _loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
@@ -125,6 +116,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._set_receiving(False)
         super().connection_lost(exc)
+        if GuardedHttpToolsProtocol.on_closed is not None:
+            GuardedHttpToolsProtocol.on_closed()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -178,65 +171,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             GuardedHttpToolsProtocol._receiving += 1 if receiving else -1
 
 
-class Acceptor:
-    """Accepts connections on a listening socket, up to :data:`ACCEPT_BATCH` each time it is readable,
-    and hands each to the event loop with ``protocol_factory``. It stands where uvicorn keeps the
-    ``asyncio.Server`` it would have made (``close`` and ``wait_closed``, called at shutdown)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket, protocol_factory: Any, ssl: Any = None,
-                 owned: bool = False) -> None:
-        self._loop, self._sock, self._factory, self._ssl, self._owned = loop, sock, protocol_factory, ssl, owned
-        self._closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self.accept_waiting)
-
-    def accept_waiting(self) -> int:
-        """Accept the connections waiting, at most :data:`ACCEPT_BATCH`; returns how many."""
-        accepted = 0
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except ConnectionAbortedError:   # the client gave up before it was accepted
-                continue
-            except OSError as e:             # EMFILE, ENFILE, ENOBUFS: pause instead of spinning
-                log.warning("cannot accept connections for now; retrying in %.0f s (%s)", ACCEPT_RETRY_SECONDS, e)
-                self._loop.remove_reader(self._sock.fileno())
-                self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
-                break
-            conn.setblocking(False)
-            task = self._loop.create_task(self._connect(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            accepted += 1
-        return accepted
-
-    async def _connect(self, conn: socket) -> None:
-        try:
-            await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
-        except OSError:   # reset before its transport was made
-            conn.close()
-
-    def _resume(self) -> None:
-        if not self._closed:
-            self._loop.add_reader(self._sock.fileno(), self.accept_waiting)
-
-    def close(self) -> None:
-        """Stop accepting; a socket of this worker's own is closed, so the kernel sends new
-        connections to the other workers instead of queueing them here."""
-        if not self._closed:
-            self._closed = True
-            self._loop.remove_reader(self._sock.fileno())
-            if self._owned:
-                self._sock.close()
-
-    async def wait_closed(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
 class WorkerServer(Server):
     """uvicorn's server, accepting on the supervisor's sockets with :class:`Acceptor`."""
 
@@ -252,57 +186,29 @@ class WorkerServer(Server):
         def create_protocol(_loop: Optional[asyncio.AbstractEventLoop] = None) -> asyncio.Protocol:
             return config.http_protocol_class(config=config, server_state=self.server_state,  # type: ignore[call-arg]
                                               app_state=self.lifespan.state, _loop=_loop)
+        ledger = _worker_ledger()
+        open_connections = self.server_state.connections.__len__
         self.servers = []
-        for shared in sockets:
-            sock = worker_listener(shared, config.backlog)
-            self.servers.append(Acceptor(loop, sock, create_protocol, config.ssl,   # type: ignore[arg-type]
-                                         owned=sock is not shared))
+        for sock in sockets:
+            sock.listen(config.backlog)           # bound by the supervisor; listening is the server's part
+            acceptor = Acceptor(loop, sock, create_protocol, config.ssl, ledger, open_connections)  # type: ignore[arg-type]
+            self.servers.append(acceptor)         # type: ignore[arg-type]
+        if ledger is not None:
+            GuardedHttpToolsProtocol.on_closed = self.servers[0].connection_closed   # type: ignore[attr-defined]
 
 
-def _reuse_port() -> bool:
-    return sys.platform.startswith("linux") and hasattr(socket_module, "SO_REUSEPORT")
-
-
-def bind_socket(config: Config) -> socket:
-    """The supervisor's socket for ``config.host:port``. On Linux it is bound with ``SO_REUSEPORT``
-    and not listened on: it reserves the port, and each worker listens on its own socket
-    (:func:`worker_listener`). Elsewhere, uvicorn's socket, which the workers share."""
-    if not _reuse_port():
-        return config.bind_socket()
-    host = config.host or "0.0.0.0"
-    family = socket_module.AF_INET6 if ":" in host else socket_module.AF_INET
-    sock = None
-    try:
-        # First without SO_REUSEPORT: a port another server holds (another leukodx included, whose
-        # sockets would otherwise let this one join them and take half their connections) is refused.
-        with socket_module.socket(family) as probe:
-            probe.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
-            probe.bind((host, config.port))
-        sock = socket_module.socket(family)
-        sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
-        sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, 1)
-        sock.bind((host, config.port))
-    except OSError as e:
-        if sock is not None:
-            sock.close()
-        log.error("cannot listen on %s:%s: %s", host, config.port, e.strerror or e)
-        raise SystemExit(3) from None   # uvicorn's STARTUP_FAILURE
-    sock.set_inheritable(True)
-    return sock
-
-
-def worker_listener(shared: socket, backlog: int) -> socket:
-    """The socket a worker accepts on: its own, bound to ``shared``'s address and listening, when
-    ``shared`` was bound with ``SO_REUSEPORT`` (:func:`bind_socket`); else ``shared``, listening."""
-    if not _reuse_port() or not shared.getsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT):
-        shared.listen(backlog)                  # bound by the supervisor; listening is the server's part
-        return shared
-    own = socket_module.socket(shared.family, socket_module.SOCK_STREAM)
-    own.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEADDR, 1)
-    own.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, 1)
-    own.bind(shared.getsockname())
-    own.listen(backlog)
-    return own
+def _worker_ledger() -> Optional[Ledger]:
+    """This worker's slot in the supervisor's ledger of open connections (api/balance.py); None with
+    one worker (no ledger), or when every slot is taken (the worker then serves what it accepts)."""
+    directory = os.environ.get(LEDGER_ENV)
+    if not directory or not os.path.isdir(directory):
+        return None
+    ledger = Ledger(directory)
+    if ledger.claim():
+        return ledger
+    log.warning("no free slot in the workers' ledger; this worker accepts connections without balancing")
+    ledger.close()
+    return None
 
 
 class WorkerProcess(Process):
@@ -377,15 +283,28 @@ def _metrics_dir(workers: int) -> Optional[str]:
     return None
 
 
+def _ledger(workers: int) -> Optional[str]:
+    """With more than one worker, the directory of their ledger of open connections and of their
+    inboxes (api/balance.py), named to them through the environment; returns it, to remove at exit."""
+    if workers < 2:
+        os.environ.pop(LEDGER_ENV, None)
+        return None
+    made = tempfile.mkdtemp(prefix="leukodx-workers-")
+    Ledger.create(made, workers)
+    os.environ[LEDGER_ENV] = made
+    return made
+
+
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
     """Bind, start ``workers`` supervised worker processes, and run until SIGINT/SIGTERM."""
     from .middleware import configure_logging
     configure_logging(settings.log_level)
     _raise_open_files_limit()
     config = uvicorn_config(settings, host, port, workers)
-    sock = bind_socket(config)
+    sock = config.bind_socket()                    # every worker listens and accepts on it
     uvicorn_multiprocess.Process = WorkerProcess   # type: ignore[misc] - the class the supervisor starts
     metrics_dir = _metrics_dir(config.workers)
+    ledger = _ledger(config.workers)
     log.info("serving", extra={"host": host, "port": port, "workers": config.workers, "pid": os.getpid()})
     shown = f"[{host}]" if ":" in host else host
     print(f"leukodx listening on http://{shown}:{port}/ ({config.workers} worker{'s' if config.workers != 1 else ''}; "
@@ -394,5 +313,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> None:
         Supervisor(config, sockets=[sock]).run()
     finally:
         sock.close()
+        if ledger:
+            shutil.rmtree(ledger, ignore_errors=True)
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
