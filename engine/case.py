@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.json_schema import SkipJsonSchema
 
 __all__ = ["Case", "Lab", "Medication", "Dose", "Patient", "History", "Transplant", "SMEAR_FINDINGS",
-           "MAX_LABS", "MAX_MEDICATIONS", "MAX_UNIT"]
+           "TEMPERATURE_SITES", "MAX_LABS", "MAX_MEDICATIONS", "MAX_UNIT"]
 
 MAX_LABS = 2000
 MAX_MEDICATIONS = 500
@@ -24,6 +24,8 @@ Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 When = Union[datetime, date]
 
+# Where a body temperature was taken (rules/vitals.yaml says which sites a fever guideline relies on).
+TEMPERATURE_SITES = ("oral", "core", "rectal", "axillary", "tympanic", "temporal")
 SMEAR_FINDINGS = ("blasts", "dysplasia", "hypersegmented_neutrophils", "large_granular_lymphocytes",
                   "leukocyte_agglutination", "platelet_clumping")
 SmearFinding = Literal["blasts", "dysplasia", "hypersegmented_neutrophils", "large_granular_lymphocytes",
@@ -105,6 +107,8 @@ class History(_Model):
     conditions: Annotated[list[Text], Field(max_length=200)] = []
     temperature_c: Optional[Annotated[Number, Field(ge=25, le=45)]] = Field(
         None, description="highest recent body temperature in degrees Celsius")
+    temperature_site: Optional[Literal[TEMPERATURE_SITES]] = Field(  # type: ignore[valid-type]
+        None, description="where the temperature was taken: " + ", ".join(TEMPERATURE_SITES))
     fever_sustained_1h: Optional[Annotated[bool, Field(strict=True)]] = None
     splenomegaly: Optional[Annotated[bool, Field(strict=True)]] = None
     alcohol_use_disorder: Optional[Annotated[bool, Field(strict=True)]] = None

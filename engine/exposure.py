@@ -33,6 +33,9 @@ def patient_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> Non
         facts["duffy_prevalent_ancestry"] = True
     if h.temperature_c is not None:
         facts["temperature_c"] = float(h.temperature_c)
+        if h.temperature_site is not None:
+            site = kb.vitals["body_temperature"]["sites"][h.temperature_site]
+            facts["temperature_site_reliable"] = bool(site["reliable"])
     if h.fever_sustained_1h is not None:
         facts["fever_sustained_1h"] = h.fever_sustained_1h
     if h.splenomegaly or "splenomegaly" in nc.conditions:

@@ -76,6 +76,7 @@ class KnowledgeBase:
     reference_intervals: dict[str, Any]
     interactions: list[dict[str, Any]]
     label_thresholds: list[dict[str, Any]]
+    vitals: dict[str, Any]           # rules/vitals.yaml: body temperature codes and sites, body weight codes
     tier_priority_sources: list[str]
     pgx_codes: dict[str, Any]        # rules/pgx/result_codes.yaml: LOINC code -> {gene, kind, display}
     gene_studied_code: str           # the genotype component that names the gene
@@ -178,6 +179,7 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         reference_intervals=read_yaml(root / "reference_intervals.yaml", problems) or {},
         interactions=(read_yaml(root / "interactions.yaml", problems) or {}).get("interactions", []),
         label_thresholds=(read_yaml(root / "label_thresholds.yaml", problems) or {}).get("labels", []),
+        vitals=read_yaml(root / "vitals.yaml", problems) or {},
         tier_priority=alert_doc.get("tier_priority", {}), tier_priority_sources=alert_doc.get("tier_priority_sources", []),
         pgx_codes=pgx_codes.get("codes", {}), gene_studied_code=str(pgx_codes.get("gene_studied_component", "")),
     )

@@ -79,6 +79,7 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
     for cond in (kb.suspicion_counts | kb.acute_conditions) - set(kb.conditions):
         problems.append(f"conditions.yaml: not_a_diagnosis (suspicion_counts, acute): unknown condition {cond!r}")
     need(kb.ctcae.get("sources"), "ctcae.yaml")
+    _check_vitals(kb, need, problems)
     for v in (kb.ctcae.get("versions") or {}).values():
         need(v.get("sources"), "ctcae.yaml")
     need(kb.cpic_source.get("leukodx_sources"), "pgx/cpic_thiopurine_recommendations_2020-05.json")
@@ -89,3 +90,25 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         for cid in cat:
             if (kind, cid) not in fired_kinds:
                 problems.append(f"{kind} {cid!r} is in the catalogue but no rule concludes it")
+
+
+def _check_vitals(kb: KnowledgeBase, need: Any, problems: list[str]) -> None:
+    """rules/vitals.yaml: sourced, its temperature sites those a case may name, each code in one place."""
+    from .case import TEMPERATURE_SITES
+    temp = kb.vitals.get("body_temperature") or {}
+    need(temp.get("sources"), "vitals.yaml: body_temperature")
+    sites = temp.get("sites") or {}
+    if set(sites) != set(TEMPERATURE_SITES):
+        problems.append(f"vitals.yaml: body_temperature sites {sorted(sites)} are not the case's "
+                        f"{sorted(TEMPERATURE_SITES)}")
+    codes = [*temp.get("unspecified_loinc", []), *(kb.vitals.get("body_weight") or {}).get("loinc", [])]
+    codes += [c for site in sites.values() for c in site.get("loinc", [])]
+    body_sites = [c for site in sites.values() for c in site.get("body_site", [])]
+    for kind, listed in (("LOINC", codes), ("bodySite", body_sites)):
+        for code in sorted({c for c in listed if listed.count(c) > 1}):
+            problems.append(f"vitals.yaml: {kind} code {code} is listed more than once")
+    for code in sorted(set(codes) & set(kb.loinc)):
+        problems.append(f"vitals.yaml: LOINC {code} is also a lab test of labs.yaml")
+    for name, site in sites.items():
+        if not isinstance(site.get("reliable"), bool) or not site.get("title"):
+            problems.append(f"vitals.yaml: body_temperature site {name} needs a title and reliable: true or false")

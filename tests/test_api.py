@@ -210,6 +210,55 @@ def test_fhir_body_temperature_is_not_reported_as_an_unused_code(client):
     assert [w for w in doc["warnings"] if "does not use" in w] == []
 
 
+def _temperature_bundle(*temperatures: dict) -> dict:
+    """ANC 0.4 on 2025-03-10 and the temperature Observations given."""
+    def obs(oid, code, value, unit):
+        return {"resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": "Patient/p"},
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "effectiveDateTime": "2025-03-10T08:00:00Z",
+                "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    temps = [{**obs(f"t{i}", t["code"], t["value"], "Cel"), **({"bodySite": t["bodySite"]} if "bodySite" in t else {})}
+             for i, t in enumerate(temperatures)]
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in [
+        {"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1975-01-01"},
+        obs("w", "6690-2", 1.5, "10*9/L"), obs("n", "751-8", 0.4, "10*9/L"), *temps]]}
+
+
+def _snomed(code: str) -> dict:
+    return {"coding": [{"system": "http://snomed.info/sct", "code": code}]}
+
+
+@pytest.mark.parametrize("temperature, site", [
+    ({"code": "8333-7", "value": 38.6}, "tympanic"),                   # MII ICU's tympanic profile: no 8310-5
+    ({"code": "8328-7", "value": 38.6}, "axillary"),
+    ({"code": "8332-9", "value": 38.6}, "rectal"),
+    ({"code": "8329-5", "value": 38.6}, "core"),
+    ({"code": "8310-5", "value": 38.6, "bodySite": _snomed("422543003")}, "axillary"),   # axillary fossa
+    ({"code": "8310-5", "value": 38.6, "bodySite": _snomed("52795006")}, "temporal"),    # forehead
+    ({"code": "8310-5", "value": 38.6}, None),
+    ({"code": "8331-1", "value": 38.6, "bodySite": _snomed("422543003")}, "oral"),       # the code says more
+])
+def test_fhir_a_temperature_from_any_site_is_read_with_its_site(client, temperature, site):
+    """Only 8310-5 and 8331-1 were read: an ICU's tympanic or rectal temperature was "a code leukodx does not
+    use" and a febrile neutropenia went unseen (the output asked for a temperature the record held)."""
+    from leukodx.api.fhir import bundle_to_case
+    history = bundle_to_case(_temperature_bundle(temperature))[0]["history"]
+    assert history["temperature_c"] == 38.6 and history.get("temperature_site") == site
+    doc = client.post("/v1/assess/fhir", json=_temperature_bundle(temperature)).json()
+    assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]
+    assert [w for w in doc["warnings"] if "does not use" in w] == []
+
+
+def test_fhir_an_axillary_temperature_below_the_threshold_asks_for_an_oral_one(client):
+    def missing(*temps: dict) -> list[str]:
+        doc = client.post("/v1/assess/fhir", json=_temperature_bundle(*temps)).json()
+        assert "febrile_neutropenia" not in [a["id"] for a in doc["alerts"]]
+        return [m for item in doc["missing_data"] for m in item["rules"]]
+    assert "missing_data.reliable_temperature" in missing({"code": "8328-7", "value": 37.9})
+    assert "missing_data.reliable_temperature" not in missing({"code": "8331-1", "value": 37.9})
+    assert "missing_data.reliable_temperature" not in missing({"code": "8310-5", "value": 37.9})   # site not said
+
+
 def test_fhir_the_highest_recent_temperature_is_used_not_the_latest(client):
     """39.2 C at 06:00 then 37.1 C at 10:00 (an antipyretic) with ANC 0.4 had given no febrile neutropenia:
     one reading of 38.3 C or more is fever (IDSA), so the highest of the window is used, and a warning says so."""

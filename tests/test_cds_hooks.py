@@ -104,6 +104,8 @@ def test_discovery_lists_the_three_services_with_valid_prefetch(client):
         obs_query = s["prefetch"]["observations"]
         assert "_sort=-date" in obs_query and "sort:desc" not in obs_query and "_count=" in obs_query
         assert "http://loinc.org|6690-2" in obs_query and "http://loinc.org|751-8" in obs_query
+        vitals = s["prefetch"]["vitals"]        # a temperature of every site of rules/vitals.yaml, and weight
+        assert all(f"http://loinc.org|{c}" in vitals for c in ("8310-5", "8331-1", "8333-7", "8328-7", "29463-7"))
         assert all("{{context.patientId}}" in t for t in s["prefetch"].values())
 
 

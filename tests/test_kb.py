@@ -108,3 +108,17 @@ def test_a_flipped_threshold_makes_cases_fail(kb_copy, monkeypatch):
     broken = Engine(load(kb_copy), backend="plain")
     failed = [p.name for p in find_case_files([str(CASES)]) if not replay_file(p, broken).passed]
     assert len(failed) >= 3, failed
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["body_temperature"]["sites"].pop("temporal"), "are not the case's"),
+    (lambda d: d["body_temperature"]["sites"]["axillary"]["loinc"].append("8331-1"), "LOINC code 8331-1 is listed"),
+    (lambda d: d["body_temperature"]["sites"]["oral"]["loinc"].append("6690-2"), "also a lab test"),
+    (lambda d: d["body_temperature"]["sites"]["rectal"].pop("reliable"), "site rectal needs"),
+    (lambda d: d["body_temperature"].update(sources=["no_such_source"]), "unknown source id 'no_such_source'"),
+])
+def test_a_defect_in_the_vital_sign_codes_is_refused(kb_copy, edit, message):
+    _edit(kb_copy / "vitals.yaml", edit)
+    with pytest.raises(KnowledgeBaseError) as e:
+        load(kb_copy)
+    assert any(message in p for p in e.value.problems), e.value.problems

@@ -201,6 +201,8 @@ def fill_case(page, server: str, case: dict) -> None:
             page.fill("#transplant_date", day(h["transplant"]["date"]))
     if h.get("temperature_c") is not None:
         page.fill("#temperature", num(h["temperature_c"]))
+    if h.get("temperature_site"):
+        page.select_option("#temperature_site", h["temperature_site"])
     if h.get("fever_sustained_1h"):
         page.check("#sustained")
     for key, sel in (("splenomegaly", "#splenomegaly"), ("alcohol_use_disorder", "#alcohol")):
@@ -455,7 +457,7 @@ EVERYTHING = {
                     {"name": "valganciclovir", "status": "stopped", "start": "2025-01-20", "end": "2025-03-01"}],
     "history": {"tpmt": "intermediate", "tpmt_method": "activity", "tpmt_test_date": "2025-01-10",
                 "nudt15": "normal", "last_transfusion": "2024-12-20",
-                "transplant": {"organ": "kidney", "date": "2025-01-15"}, "temperature_c": 38.4,
+                "transplant": {"organ": "kidney", "date": "2025-01-15"}, "temperature_c": 38.4, "temperature_site": "tympanic",
                 "fever_sustained_1h": True, "splenomegaly": True, "alcohol_use_disorder": False,
                 "smear_findings": ["dysplasia", "large_granular_lymphocytes"], "conditions": ["rheumatoid arthritis"]},
 }

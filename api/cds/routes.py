@@ -29,7 +29,7 @@ from ..config import Settings
 from ..deps import CDS_TYPES, LeanRoute, engine, read_body
 from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
-from ..fhir.vitals import BODY_TEMPERATURE_LOINC, BODY_WEIGHT_LOINC
+from ..fhir.vitals import vital_codes
 from ..offload import INLINE_MAX_BYTES, run_cpu
 from ..problems import ProblemError
 from ..reports import store_report
@@ -50,14 +50,13 @@ def _loinc_list(codes: Iterable[str]) -> str:
     return ",".join(f"http://loinc.org|{c}" for c in codes)
 
 
-def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str]) -> dict[str, str]:
+def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str], vitals: Iterable[str]) -> dict[str, str]:
     """The prefetch templates: reads, patient references, token equality, _sort and _count only
     (CDS Hooks 2.0.1's recommended query subset). `observations` asks for the lab codes of the knowledge
     base and the CBC panel (whose values may come as its components); `pgx` for the TPMT/NUDT15 result
     codes of rules/pgx/result_codes.yaml (HL7 Genomics Reporting genotypes of other genes come with them);
     `vitals` for body temperature and weight (without it no EHR sends a temperature, and febrile neutropenia
-    could never be seen)."""
-    vitals = (*BODY_TEMPERATURE_LOINC, *BODY_WEIGHT_LOINC)
+    could never be seen; every site's code of rules/vitals.yaml)."""
     return {
         "patient": f"Patient/{_P}",
         "observations": f"Observation?patient={_P}&code={_loinc_list([*kb_loinc, *CBC_PANEL_LOINC])}&_sort=-date"
@@ -124,7 +123,7 @@ def _templates(eng: Engine) -> dict[str, str]:
     """The prefetch templates of the engine's knowledge base, built once per version (every call uses them)."""
     found = _TEMPLATES.get(eng.kb.version)
     if found is None:
-        found = _TEMPLATES[eng.kb.version] = _prefetch(sorted(eng.kb.loinc), eng.kb.pgx_codes)
+        found = _TEMPLATES[eng.kb.version] = _prefetch(sorted(eng.kb.loinc), eng.kb.pgx_codes, vital_codes(eng.kb).all)
     return found
 
 

@@ -119,10 +119,11 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     pgx_skipped: list[Problem] = []
     history: dict[str, Any] = map_pgx(kb, mine, warnings, pgx_skipped)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in pgx_skipped]
-    celsius = temperature(mine, ref, warnings, kb.value("current_temperature_max_age_days"),
-                          kb.value("fever_lookback_hours"))
+    celsius, site = temperature(mine, ref, warnings, kb)
     if celsius is not None:
         history["temperature_c"] = celsius
+        if site:
+            history["temperature_site"] = site
     if conditions:
         history["conditions"] = conditions
     if history:

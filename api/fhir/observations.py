@@ -46,7 +46,7 @@ from .datatypes import (UCUM, When, as_dict, as_list, as_str, code_label, concep
                         not_a_result, quantity_unit, reference)
 from .duplicates import preferred
 from .resources import MAX_DEPTH, Index, Item
-from .vitals import BODY_TEMPERATURE_LOINC, BODY_WEIGHT_LOINC, Weight, body_weight
+from .vitals import Weight, body_weight, vital_codes
 
 __all__ = ["LabValue", "map_observations"]
 
@@ -100,6 +100,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
     ignored_parts: dict[str, int] = {}       # the codes of components beside a lab component
     first_at: dict[tuple[str, Optional[datetime]], int] = {}    # (test, time) -> its value's place in labs
     borrowed: list[Item] = []
+    vitals = vital_codes(kb)
     for item in mine:
         if item.type != "Observation":
             continue
@@ -108,9 +109,9 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         code = next((c for c in codes if c in kb.loinc), None)
         parts = lab_components(kb, item, ignored_parts) if "component" in res else []
         if code is None and not parts:
-            if any(c in BODY_WEIGHT_LOINC for c in codes):
+            if any(c in vitals.weight for c in codes):
                 body_weight(item, weights, warnings)
-            elif not any(c in BODY_TEMPERATURE_LOINC or c in kb.pgx_codes for c in codes):   # read elsewhere
+            elif not any(c in vitals.temperature or c in kb.pgx_codes for c in codes):   # read elsewhere
                 key = code_label(res.get("code"), codes)
                 ignored[key] = ignored.get(key, 0) + 1
             continue

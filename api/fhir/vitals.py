@@ -1,27 +1,66 @@
 """Vital signs the case holds in fixed units: body weight (``patient.weight_kg``) and body
-temperature (``history.temperature_c``), read from Observations and converted with the engine's
-unit registry (pint)."""
+temperature (``history.temperature_c``, with ``history.temperature_site``), read from Observations
+and converted with the engine's unit registry (pint). Which codes are a temperature or a weight, and
+the site each temperature code or bodySite names, are the knowledge base's (rules/vitals.yaml)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Optional
 
+from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import registry, unreadable
 
-from .datatypes import RESULT_STATUSES, as_dict, as_str, after, is_number, quantity_unit
+from .datatypes import RESULT_STATUSES, as_dict, as_str, after, codings, is_number, quantity_unit
 from .resources import Item
 
-__all__ = ["BODY_WEIGHT_LOINC", "BODY_TEMPERATURE_LOINC", "body_weight", "latest_weight", "temperature"]
+__all__ = ["VitalCodes", "vital_codes", "body_weight", "latest_weight", "temperature"]
 
-BODY_WEIGHT_LOINC = ("29463-7", "3141-9")
-BODY_TEMPERATURE_LOINC = ("8310-5", "8331-1")
-_TEMPERATURE_CODES = frozenset(BODY_TEMPERATURE_LOINC)
+SNOMED = "http://snomed.info/sct"
 _WEIGHT_UNITS = {"[lb_av]": "lb", "[oz_av]": "oz", "lbs": "lb", "kgs": "kg"}
 _TEMPERATURE_UNITS = {"Cel": "degC", "°C": "degC", "C": "degC", "[degF]": "degF", "°F": "degF", "F": "degF"}
 
 Weight = tuple[Optional[datetime], float]   # (UTC time or None, kg)
+
+
+@dataclass(frozen=True)
+class VitalCodes:
+    """rules/vitals.yaml, as the mapping reads it."""
+    temperature: frozenset[str]              # LOINC codes of a body temperature
+    weight: frozenset[str]                   # LOINC codes of a body weight
+    site_of_loinc: dict[str, str]            # LOINC code -> site
+    site_of_body_site: dict[str, str]        # SNOMED CT bodySite code -> site
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return tuple(sorted(self.temperature | self.weight))
+
+
+def vital_codes(kb: KnowledgeBase) -> VitalCodes:
+    """The vital-sign codes of ``kb`` (worked out once per knowledge base)."""
+    found = kb.derived.get("vital_codes")
+    if found is None:
+        temp = kb.vitals["body_temperature"]
+        sites = temp["sites"]
+        by_loinc = {c: name for name, site in sites.items() for c in site.get("loinc", [])}
+        found = kb.derived["vital_codes"] = VitalCodes(
+            temperature=frozenset(temp.get("unspecified_loinc", [])) | frozenset(by_loinc),
+            weight=frozenset(kb.vitals["body_weight"]["loinc"]), site_of_loinc=by_loinc,
+            site_of_body_site={c: name for name, site in sites.items() for c in site.get("body_site", [])})
+    return found
+
+
+def _site(item: Item, codes: VitalCodes) -> Optional[str]:
+    """Where a temperature was taken: from its LOINC code, else from its bodySite (SNOMED CT)."""
+    for code in item.loinc:
+        if code in codes.site_of_loinc:
+            return codes.site_of_loinc[code]
+    for c in codings(item.resource.get("bodySite")):
+        if as_str(c.get("system")) == SNOMED and as_str(c.get("code")) in codes.site_of_body_site:
+            return codes.site_of_body_site[as_str(c.get("code")) or ""]
+    return None
 
 
 def body_weight(item: Item, weights: list[Weight], warnings: list[str]) -> None:
@@ -49,17 +88,20 @@ def latest_weight(weights: list[Weight], ref: Optional[date]) -> Optional[float]
     return untimed[0] if untimed else None
 
 
-def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_age_days: float,
-                lookback_hours: float) -> Optional[float]:
-    """The highest body temperature (LOINC 8310-5 or 8331-1), in Celsius, of those not after the case date and
-    at most ``max_age_days`` before it (an older one says nothing about fever now; without a case date, before
-    the latest reading), and within ``lookback_hours`` of the latest reading; a warning says so when it is not
+def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: KnowledgeBase
+                ) -> tuple[Optional[float], Optional[str]]:
+    """The highest body temperature (a code of rules/vitals.yaml), in Celsius, and where it was taken (None
+    when not said), of those not after the case date and at most ``current_temperature_max_age_days``
+    before it (an older one says nothing about fever now; without a case date, before the latest
+    reading), and within ``fever_lookback_hours`` of the latest reading; a warning says so when it is not
     the latest."""
+    max_age_days, lookback_hours = kb.value("current_temperature_max_age_days"), kb.value("fever_lookback_hours")
+    codes = vital_codes(kb)
     later = old = 0
-    readings: list[tuple[datetime, float]] = []
+    readings: list[tuple[datetime, float, str]] = []
     for item in mine:
         res = item.resource
-        if item.type != "Observation" or _TEMPERATURE_CODES.isdisjoint(item.loinc):
+        if item.type != "Observation" or codes.temperature.isdisjoint(item.loinc):
             continue
         if as_str(res.get("status")) not in RESULT_STATUSES:
             continue
@@ -85,7 +127,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
         if ref is not None and (ref - utc_naive(when).date()).days > max_age_days:
             old += 1
             continue
-        readings.append((utc_naive(when), round(float(celsius), 1)))
+        readings.append((utc_naive(when), round(float(celsius), 1), _site(item, codes) or ""))
     if later:
         warnings.append(f"{later} body temperature{'s' if later != 1 else ''} measured after the date the case is "
                         f"judged at ({ref}) {'were' if later != 1 else 'was'} left out.")
@@ -96,7 +138,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
         newest = max(readings)[0]
         readings = [r for r in readings if (newest - r[0]).days <= max_age_days]
     if not readings:
-        return None
+        return None, None
     # the highest of the window: one reading of 38.3 C or more is fever (IDSA), whatever came after it (an
     # antipyretic's 37.1 C four hours after 39.2 C had hidden a febrile neutropenia)
     latest = max(readings)
@@ -106,7 +148,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], max_
         warnings.append(f"The highest body temperature of the {lookback_hours:g} hours before the latest reading "
                         f"({highest[1]:g} C, {highest[0].isoformat(timespec='minutes')}) was used; the latest was "
                         f"{latest[1]:g} C ({latest[0].isoformat(timespec='minutes')}).")
-    return highest[1]
+    return highest[1], highest[2] or None
 
 
 def _weight_kg(item: Item) -> tuple[Optional[float], Optional[str]]:

@@ -271,6 +271,7 @@ function buildCase() {
     if ($("transplant_date").value) h.transplant.date = $("transplant_date").value;
   }
   if (num("temperature") !== undefined) h.temperature_c = num("temperature");
+  if ($("temperature_site").value) h.temperature_site = $("temperature_site").value;
   if ($("sustained").checked) h.fever_sustained_1h = true;
   if (yesNo("splenomegaly") !== undefined) h.splenomegaly = yesNo("splenomegaly");
   if (yesNo("alcohol") !== undefined) h.alcohol_use_disorder = yesNo("alcohol");
@@ -289,6 +290,7 @@ const FIELDS = { "/patient/age_years": "age", "/patient/sex": "sex", "/patient/w
   "/history/tpmt_test_date": "tpmt_date", "/history/tpmt": "tpmt", "/history/nudt15": "nudt15",
   "/history/last_transfusion": "transfusion", "/history/transplant/date": "transplant_date",
   "/history/transplant": "transplant_organ", "/history/temperature_c": "temperature",
+  "/history/temperature_site": "temperature_site",
   "/history/fever_sustained_1h": "sustained", "/history/splenomegaly": "splenomegaly",
   "/history/alcohol_use_disorder": "alcohol", "/history/smear_findings": "smear-blasts", "/history/conditions": "conditions" };
 const COLUMN = { test: "test", value: "value", unit: "unit", lln: "lower limit", lln_unit: "lower limit", time: "date and time",
