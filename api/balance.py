@@ -117,8 +117,9 @@ class Ledger:
         live = {i: h for i in range(self._slots) if (h := self._read(i))[0] and now - h[2] < STALE_SECONDS}
         if self.slot is not None:
             live[self.slot] = (0, self.connections, now, self.received)
-        sent = {i: self._sent_by(i) for i in live}
-        return {j: connections + max(0, sum(s[j] for s in sent.values()) - received)
+        # every slot's sent counts, a stopped worker's too: what the others received from it is in their counts
+        sent = [self._sent_by(i) for i in range(self._slots)]
+        return {j: connections + max(0, sum(s[j] for s in sent) - received)
                 for j, (_, connections, _, received) in live.items()}
 
     def send(self, slot: int, socks: list[socket.socket]) -> bool:

@@ -113,6 +113,29 @@ def test_a_replacement_takes_the_slot_of_a_worker_that_died_and_its_counts_carry
         a.close()
 
 
+def test_sockets_on_their_way_still_count_after_an_earlier_sender_stopped(ledger_dir):
+    """What a stopped worker sent is in the receiver's received count, so its sent count must stay in the sum,
+    or a socket another worker has on its way would be hidden."""
+    a, b, c = Ledger(ledger_dir), Ledger(ledger_dir), Ledger(ledger_dir)
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        a.claim(), b.claim(), c.claim()
+        b.update(0)
+        assert a.send(b.slot, [pairs[0][0]])
+        [got] = b.receive()                           # received, not yet counted among b's connections
+        got.close()
+        b.update(1)
+        assert c.send(b.slot, [pairs[1][0]])          # on its way
+        a.release()
+        assert c.loads()[b.slot] == 2
+    finally:
+        for pair in pairs:
+            for s in pair:
+                s.close()
+        for ledger in (a, b, c):
+            ledger.close()
+
+
 def test_with_every_slot_taken_a_worker_serves_without_balancing(ledger_dir, monkeypatch, caplog):
     held = [Ledger(ledger_dir) for _ in range(4)]
     try:
