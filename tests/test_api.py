@@ -354,3 +354,36 @@ def test_what_lives_as_long_as_the_worker_is_frozen_again_once_the_report_store_
     with TestClient(create_app(off)):
         pass
     assert len(settled) == 1            # no report store to wait for
+
+
+def _lab_bundle(*labs: tuple[str, float, str, object]) -> dict:
+    """(LOINC, value, unit, effectiveDateTime or None) -> a Bundle with a Patient."""
+    def obs(i, code, value, unit, when):
+        o = {"resourceType": "Observation", "id": f"o{i}", "status": "final", "subject": {"reference": "Patient/p"},
+             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+             "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+        return {**o, "effectiveDateTime": when} if when else o
+    return {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1975-01-01"}},
+        *({"resource": obs(i, *lab)} for i, lab in enumerate(labs))]}
+
+
+def test_fhir_a_value_without_a_usable_date_is_not_taken_as_the_current_count(client):
+    """A partial date ("2019-06", valid FHIR) left the 2019 ANC 4.0 untimed, and the engine takes an untimed
+    value as current: beside today's WBC 0.9 it hid a severe neutropenia. It is now left out and named."""
+    for when in ("2019-06", None, "yesterday"):
+        doc = client.post("/v1/assess/fhir", json=_lab_bundle(("6690-2", 0.9, "10*9/L", "2025-03-10T08:00:00Z"),
+                                                              ("751-8", 4.0, "10*9/L", when))).json()
+        assert [x["test"] for x in doc["labs"]] == ["wbc"], when
+        assert any("no usable date" in n["reason"] and "anc 4" in n["reason"] for n in doc["not_assessed"]), when
+        assert doc["risk_tier"]["anc"] != 4.0
+    undated_only = client.post("/v1/assess/fhir", json=_lab_bundle(("751-8", 0.4, "10*9/L", None))).json()
+    assert undated_only["risk_tier"]["tier"] == "severe"       # nothing dated to place it among: kept, as before
+
+
+def test_fhir_a_value_dated_in_the_future_is_left_out(client):
+    """A haemoglobin dated 2052 had become the date the case was judged at (tier unknown, priority info)."""
+    doc = client.post("/v1/assess/fhir", json=_lab_bundle(("751-8", 0.3, "10*9/L", "2025-03-10T08:00:00Z"),
+                                                          ("718-7", 12.0, "g/dL", "2052-03-10T08:00:00Z"))).json()
+    assert doc["as_of"].startswith("2025-03-10") and doc["risk_tier"]["tier"] == "severe"
+    assert any("after today" in n["reason"] for n in doc["not_assessed"])

@@ -18,7 +18,7 @@ contract; the same input always gives the same case and the same warnings in the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Optional
 
 from leukodx.engine.assessment import Assessment, NotAssessed
@@ -33,11 +33,13 @@ from .observations import LabValue, map_observations
 from .patient import (PatientChoice, belongs, choose_patient, default_id, demographics, several_subjects,
                       subjects)
 from .pgx import map_pgx
+from .datatypes import fmt, is_number
 from .resources import FhirMappingError, Index, Item, walk
 from .vitals import temperature
 
 __all__ = ["Mapped", "map_bundle", "bundle_to_case"]
 
+FUTURE_TOLERANCE_DAYS = 1        # a result dated up to a day ahead (a time zone written wrong) is kept
 _SUBJECT_TYPES = ("Observation", "MedicationRequest", "MedicationStatement", "Condition")
 
 
@@ -90,6 +92,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         left_out.append(_theirs(theirs, wanted, warnings))
 
     labs, weights, skipped = map_observations(kb, items, mine, index, warnings)
+    labs = _placed_in_time(labs, skipped, warnings)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in skipped]
     if not labs:
         problems = list(skipped)
@@ -129,6 +132,30 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     if history:
         case["history"] = history
     return Mapped(case, warnings, left_out)
+
+
+def _placed_in_time(labs: list[LabValue], skipped: list[Problem], warnings: list[str]) -> list[LabValue]:
+    """The lab values that can be placed in time. A value dated after today (a wrong date: a 2052 haemoglobin
+    had become the date the case was judged at, and made every real count too old) is left out, and so is a
+    value with no usable date of its own while others have one (a partial date such as "2019-06" had made a
+    2019 ANC the current count, above today's WBC): the engine takes an undated value as current. Each is
+    named as not assessed."""
+    limit = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=FUTURE_TOLERANCE_DAYS)
+    dated = any(lab.utc is not None for lab in labs)
+    kept = []
+    for lab in labs:
+        shown = f"{lab.test} {fmt(lab.value) if is_number(lab.value) else lab.value} {lab.unit}"
+        if lab.utc is not None and lab.utc > limit:
+            why = f"{shown} is dated {lab.utc.date().isoformat()}, after today: a result cannot come from the future"
+        elif lab.utc is None and dated:
+            why = (f"{shown} has no usable date of its own while the other values are dated: it cannot be placed "
+                   f"among them, and would otherwise be taken as the current value")
+        else:
+            kept.append(lab)
+            continue
+        skipped.append(Problem(lab.item.loc, why))
+        warnings.append(f"{lab.item.label}: {why}; left out.")
+    return kept
 
 
 def bundle_to_case(data: Any, *, kb: Optional[KnowledgeBase] = None, case_id: Optional[str] = None,
