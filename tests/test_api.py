@@ -387,3 +387,28 @@ def test_fhir_a_value_dated_in_the_future_is_left_out(client):
                                                           ("718-7", 12.0, "g/dL", "2052-03-10T08:00:00Z"))).json()
     assert doc["as_of"].startswith("2025-03-10") and doc["risk_tier"]["tier"] == "severe"
     assert any("after today" in n["reason"] for n in doc["not_assessed"])
+
+
+def test_fhir_a_fever_of_38_sustained_over_an_hour_is_read_from_the_readings(client):
+    """38.1, 38.2, 38.1 C over 70 minutes with ANC 0.3 gave no fever: the mapping never set
+    fever_sustained_1h. A reading below 38.0 between them breaks the run."""
+    def bundle(*readings: tuple[str, float]) -> dict:
+        b = _lab_bundle(("751-8", 0.3, "10*9/L", "2025-03-10T08:00:00Z"))
+        for i, (when, value) in enumerate(readings):
+            b["entry"].append({"resource": {
+                "resourceType": "Observation", "id": f"t{i}", "status": "final", "subject": {"reference": "Patient/p"},
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8331-1"}]}, "effectiveDateTime": when,
+                "valueQuantity": {"value": value, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}})
+        return b
+    from leukodx.api.fhir import bundle_to_case
+    run = [("2025-03-10T06:00:00Z", 38.1), ("2025-03-10T06:40:00Z", 38.2), ("2025-03-10T07:10:00Z", 38.1)]
+    assert bundle_to_case(bundle(*run))[0]["history"]["fever_sustained_1h"] is True
+    doc = client.post("/v1/assess/fhir", json=bundle(*run)).json()
+    assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]
+    assert any("sustained" in w for w in doc["warnings"])
+    broken = [run[0], ("2025-03-10T06:40:00Z", 37.6), run[2]]
+    assert "fever_sustained_1h" not in bundle_to_case(bundle(*broken))[0]["history"]
+    short = run[:2]                                     # 40 minutes
+    assert "fever_sustained_1h" not in bundle_to_case(bundle(*short))[0]["history"]
+    doc = client.post("/v1/assess/fhir", json=bundle(*short)).json()
+    assert "febrile_neutropenia" not in [a["id"] for a in doc["alerts"]]

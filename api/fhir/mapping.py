@@ -122,11 +122,13 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     pgx_skipped: list[Problem] = []
     history: dict[str, Any] = map_pgx(kb, mine, warnings, pgx_skipped)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in pgx_skipped]
-    celsius, site = temperature(mine, ref, warnings, kb)
-    if celsius is not None:
-        history["temperature_c"] = celsius
-        if site:
-            history["temperature_site"] = site
+    temp = temperature(mine, ref, warnings, kb)
+    if temp.celsius is not None:
+        history["temperature_c"] = temp.celsius
+        if temp.site:
+            history["temperature_site"] = temp.site
+        if temp.sustained:
+            history["fever_sustained_1h"] = True
     if conditions:
         history["conditions"] = conditions
     if history:

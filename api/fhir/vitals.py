@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_naive
@@ -16,7 +16,7 @@ from leukodx.engine.units import registry, unreadable
 from .datatypes import RESULT_STATUSES, as_dict, as_str, after, codings, is_number, quantity_unit
 from .resources import Item
 
-__all__ = ["VitalCodes", "vital_codes", "body_weight", "latest_weight", "temperature"]
+__all__ = ["Temperature", "VitalCodes", "vital_codes", "body_weight", "latest_weight", "temperature"]
 
 SNOMED = "http://snomed.info/sct"
 _WEIGHT_UNITS = {"[lb_av]": "lb", "[oz_av]": "oz", "lbs": "lb", "kgs": "kg"}
@@ -88,10 +88,15 @@ def latest_weight(weights: list[Weight], ref: Optional[date]) -> Optional[float]
     return untimed[0] if untimed else None
 
 
-def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: KnowledgeBase
-                ) -> tuple[Optional[float], Optional[str]]:
-    """The highest body temperature (a code of rules/vitals.yaml), in Celsius, and where it was taken (None
-    when not said), of those not after the case date and at most ``current_temperature_max_age_days``
+class Temperature(NamedTuple):
+    celsius: Optional[float]
+    site: Optional[str]                      # None: not said
+    sustained: bool                          # a fever sustained over fever_sustained_hours (see _sustained)
+
+
+def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: KnowledgeBase) -> Temperature:
+    """The highest body temperature (a code of rules/vitals.yaml), in Celsius, where it was taken, and
+    whether a fever was sustained, of those not after the case date and at most ``current_temperature_max_age_days``
     before it (an older one says nothing about fever now; without a case date, before the latest
     reading), and within ``fever_lookback_hours`` of the latest reading; a warning says so when it is not
     the latest."""
@@ -138,7 +143,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
         newest = max(readings)[0]
         readings = [r for r in readings if (newest - r[0]).days <= max_age_days]
     if not readings:
-        return None, None
+        return Temperature(None, None, False)
     # the highest of the window: one reading of 38.3 C or more is fever (IDSA), whatever came after it (an
     # antipyretic's 37.1 C four hours after 39.2 C had hidden a febrile neutropenia)
     latest = max(readings)
@@ -148,7 +153,25 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
         warnings.append(f"The highest body temperature of the {lookback_hours:g} hours before the latest reading "
                         f"({highest[1]:g} C, {highest[0].isoformat(timespec='minutes')}) was used; the latest was "
                         f"{latest[1]:g} C ({latest[0].isoformat(timespec='minutes')}).")
-    return highest[1], highest[2] or None
+    return Temperature(highest[1], highest[2] or None, _sustained(sorted(recent), kb, warnings))
+
+
+def _sustained(readings: list[tuple[datetime, float, str]], kb: KnowledgeBase, warnings: list[str]) -> bool:
+    """Whether readings of ``fever_sustained_c`` or more, with none below it between them, span
+    ``fever_sustained_hours`` (IDSA: 38.0 C sustained over one hour is fever); said in a warning when so."""
+    floor, hours = kb.value("fever_sustained_c"), kb.value("fever_sustained_hours")
+    run_start: Optional[datetime] = None
+    for when, celsius, _ in readings:
+        if celsius < floor:
+            run_start = None
+            continue
+        run_start = run_start or when
+        if (when - run_start).total_seconds() >= hours * 3600:
+            warnings.append(f"Body temperatures of {floor:g} C or more from {run_start.isoformat(timespec='minutes')} "
+                            f"to {when.isoformat(timespec='minutes')}: a fever sustained over {hours:g} hour"
+                            f"{'s' if hours != 1 else ''}.")
+            return True
+    return False
 
 
 def _weight_kg(item: Item) -> tuple[Optional[float], Optional[str]]:
