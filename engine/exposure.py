@@ -79,14 +79,9 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
     recent_days = kb.value("recent_drug_days")
     suspect = False
     for med in nc.meds:
-        last = med.end or (med.start if med.status != "active" else None)
-        active = med.status == "active" and not (med.end and as_of and med.end < as_of)
-        since_last = 0.0 if active else _days(as_of, last)
-        recent = active or (since_last is not None and since_last <= recent_days)
+        active, stop_unknown, last_dose = _exposure(med, as_of)
+        recent = active or stop_unknown or (last_dose is not None and last_dose <= recent_days)
         days_on = _days(as_of, med.start) if active else None
-        # The last dose is known for a stopped or completed course (its end, else its start). For an
-        # active course of a drug given in cycles (rituximab) it is not, so none is assumed.
-        last_dose = None if active else _days(as_of, med.end or med.start)
         for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
             if active:
                 facts[f"{stem}_active"] = True
@@ -116,12 +111,23 @@ def _recent(kb: KnowledgeBase, nc: NormCase) -> list[Any]:
     """The medications taken now or stopped within recent_drug_days."""
     out = []
     for med in nc.meds:
-        active = med.status == "active" and not (med.end and nc.as_of and med.end < nc.as_of)
-        last = med.end or (med.start if med.status != "active" else None)
-        since = _days(nc.as_of, last)
-        if active or (since is not None and since <= kb.value("recent_drug_days")):
+        active, stop_unknown, last_dose = _exposure(med, nc.as_of)
+        if active or stop_unknown or (last_dose is not None and last_dose <= kb.value("recent_drug_days")):
             out.append(med)
     return out
+
+
+def _exposure(med: NormMed, as_of: Optional[date]) -> tuple[bool, bool, Optional[float]]:
+    """(taken now, stopped on a day not given, days since the last dose). The last dose of a stopped or completed course is its end;
+    without an end, a completed course's is its start (a course run to its end), while a stopped one may
+    have stopped any day up to now (often because of the count): its last dose is unknown (None), and it
+    counts as recent. For an active course of a drug given in cycles (rituximab) the last dose is not
+    known either, so none is assumed."""
+    if med.status == "active" and not (med.end and as_of and med.end < as_of):
+        return True, False, None
+    if med.end is None and med.status == "stopped":
+        return False, True, None
+    return False, False, _days(as_of, med.end or med.start)
 
 
 def active_interactions(kb: KnowledgeBase, nc: NormCase) -> list[dict[str, Any]]:

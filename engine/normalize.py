@@ -313,6 +313,9 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             unrecognised.append(Unrecognised(field=f"medications[{i}]", text=text, kind="drug",
                                              suggestions=drugs.suggest(med.name) if suggest else []))
             continue
+        if med.status == "stopped" and end is None:
+            warnings.append(f"medications[{i}] {text!r} was stopped on a day not given: it was treated as possibly stopped "
+                            f"recently (a recent suspect), with no date for its last dose.")
         med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) & kb.oncologic_conditions)
         dose, per_day, why = _dose_mg_kg_day(med.dose, case.patient.weight_kg)
         if why:

@@ -38,3 +38,17 @@ def test_a_drug_started_after_the_count_is_no_cause_of_it(engine):
         "medications[0] 'sulfasalazine' started 2025-06-05")
     assert "idiosyncratic_drug_agranulocytosis" in {c.id for c in before.causes}
     assert not [w for w in before.warnings if "after the current count" in w]
+
+
+def test_a_drug_stopped_on_a_day_not_given_stays_a_suspect(engine):
+    """Azathioprine started 14 months ago and stopped on a day not given (a FHIR MedicationRequest rarely has a
+    stop date; it is often stopped because of the count) had been dated by its start and dropped: no cause at
+    all for ANC 0.8. A completed course without an end keeps its start as its last dose."""
+    def assess(status):
+        return engine.assess(base_case(as_of="2025-03-10", labs=[lab("wbc", 2.0), lab("anc", 0.8)],
+                                       medications=[{"name": "azathioprine", "status": status, "start": "2024-01-10"}],
+                                       history={"conditions": ["Crohn's disease"]}))
+    stopped, completed = assess("stopped"), assess("completed")
+    assert "thiopurine_myelotoxicity" in {c.id for c in stopped.causes}
+    assert any("stopped on a day not given" in w for w in stopped.warnings)
+    assert "thiopurine_myelotoxicity" not in {c.id for c in completed.causes}
