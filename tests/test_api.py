@@ -412,3 +412,27 @@ def test_fhir_a_fever_of_38_sustained_over_an_hour_is_read_from_the_readings(cli
     assert "fever_sustained_1h" not in bundle_to_case(bundle(*short))[0]["history"]
     doc = client.post("/v1/assess/fhir", json=bundle(*short)).json()
     assert "febrile_neutropenia" not in [a["id"] for a in doc["alerts"]]
+
+
+def test_fhir_an_unconfirmed_diagnosis_and_an_order_not_given_are_not_taken_as_facts(client):
+    """A Condition 'acute myeloid leukemia' with verificationStatus differential had ranked a haematological
+    malignancy likely; a MedicationRequest with doNotPerform, or intent plan, had made azathioprine a cause."""
+    def bundle(verification=None, **order):
+        b = _lab_bundle(("6690-2", 2.0, "10*9/L", "2025-03-10T08:00:00Z"), ("751-8", 0.8, "10*9/L", "2025-03-10T08:00:00Z"))
+        condition = {"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/p"},
+                     "code": {"text": "acute myeloid leukemia"}, "clinicalStatus": {"coding": [{"code": "active"}]}}
+        if verification:
+            condition["verificationStatus"] = {"coding": [{"code": verification}]}
+        request = {"resourceType": "MedicationRequest", "id": "m", "status": "active", "intent": "order",
+                   "subject": {"reference": "Patient/p"}, "authoredOn": "2025-01-10",
+                   "medicationCodeableConcept": {"text": "azathioprine"}, **order}
+        b["entry"] += [{"resource": condition}, {"resource": request}]
+        return client.post("/v1/assess/fhir", json=b).json()
+    confirmed, differential = bundle("confirmed"), bundle("differential")
+    assert "acute_leukemia" in confirmed["conditions"] and "acute_leukemia" not in differential["conditions"]
+    assert any("verification status differential" in w for w in differential["warnings"])
+    assert "thiopurine_myelotoxicity" in {c["id"] for c in confirmed["causes"]}
+    for order in ({"doNotPerform": True}, {"intent": "plan"}, {"intent": "proposal"}):
+        doc = bundle(**order)
+        assert "thiopurine_myelotoxicity" not in {c["id"] for c in doc["causes"]}, order
+        assert any("MedicationRequest/m" in w and "skipped" in w for w in doc["warnings"]), order

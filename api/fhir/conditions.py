@@ -1,7 +1,9 @@
 """Condition resources -> ``history.conditions``.
 
 A Condition that is not refuted/entered-in-error gives its ``code.text`` (else a coding display),
-each text once (case-insensitively), when it was current at the date the case is judged at:
+each text once (case-insensitively), when it was current at the date the case is judged at; one
+whose verification status is unconfirmed, provisional or differential is given as "suspected <text>",
+which the vocabulary treats as a suspicion (rules/conditions.yaml ``not_a_diagnosis``):
 
 * its onset is not after that date (a later one did not exist then: left out with a warning);
 * it had not abated by then: an ``abatementDateTime`` (or ``abatementPeriod.end``) on or before the
@@ -22,6 +24,7 @@ __all__ = ["map_conditions"]
 
 CONDITION_SKIP_CLINICAL = ("resolved", "inactive")
 CONDITION_SKIP_VERIFICATION = ("refuted", "entered-in-error")
+CONDITION_UNCERTAIN_VERIFICATION = ("unconfirmed", "provisional", "differential")
 
 
 def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str]) -> list[str]:
@@ -65,5 +68,9 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str]) -> Optional
     if not text:
         warnings.append(f"{item.label}: a Condition without text or display; skipped.")
         return None
+    uncertain = sorted(verification & set(CONDITION_UNCERTAIN_VERIFICATION))
+    if uncertain:   # read as a suspicion: the vocabulary sets it aside (a suspicion of sepsis still counts)
+        warnings.append(f"{item.label}: verification status {', '.join(uncertain)}: read as suspected {text!r}.")
+        text = f"suspected {text}"
     onset, _ = parse_when(res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start"))
     return text, onset

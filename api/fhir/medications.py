@@ -1,7 +1,8 @@
 """MedicationRequest and MedicationStatement -> ``case.medications``.
 
 Status active/on-hold -> active, completed -> completed, stopped/cancelled -> stopped, unknown ->
-active (warned); entered-in-error, intended and not-taken are skipped, ``draft`` too unless
+active (warned); entered-in-error, intended and not-taken are skipped, and so are a request with
+``doNotPerform`` true or an intent of proposal, plan or option (not an order); ``draft`` too unless
 ``include_draft`` (the order being signed in a CDS Hooks call), when it counts as active. The drug
 is ``medicationCodeableConcept`` or the Medication that ``medicationReference`` points to (``#id``
 in ``contained``, ``Medication/<id>`` or a ``fullUrl``): ``name`` is its text or display,
@@ -29,6 +30,7 @@ from .resources import Index, Item, walk_readable
 __all__ = ["map_medications", "medication_name_and_code", "order_drugs", "OrderDrug", "RXNORM", "MED_STATUS"]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+NOT_ORDERED_INTENTS = ("proposal", "plan", "option")   # MedicationRequest intents that are not an order
 MED_STATUS = {"active": "active", "on-hold": "active", "unknown": "active", "completed": "completed",
               "stopped": "stopped", "cancelled": "stopped", "draft": "active"}
 
@@ -120,6 +122,13 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
                 warnings: list[str]) -> Optional[tuple[dict[str, Any], Optional[When]]]:
     res = item.resource
     fhir_status = as_str(res.get("status"))
+    if res.get("doNotPerform") is True:
+        warnings.append(f"{item.label}: doNotPerform is true (an order not to give it); skipped.")
+        return None
+    intent = as_str(res.get("intent"))
+    if item.type == "MedicationRequest" and intent in NOT_ORDERED_INTENTS and fhir_status != "draft":
+        warnings.append(f"{item.label}: intent {intent!r} (proposed or planned, not ordered); skipped.")
+        return None
     if fhir_status == "draft" and not include_draft:
         warnings.append(f"{item.label}: a draft, not an order yet; skipped (include_draft=True keeps drafts).")
         return None
