@@ -265,3 +265,24 @@ def test_suggestion_work_is_bounded_per_name_and_per_case(engine):
     assert len(a.unrecognised) == len(meds)
     assert a.unrecognised[0].suggestions == ["Imuran"]           # its first words still compared
     assert [u.suggestions for u in a.unrecognised[SUGGEST_MAX_NAMES:]] == [[]] * (len(meds) - SUGGEST_MAX_NAMES)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Lupus anticoagulant positive", []),            # a test result, not SLE
+    ("Rheumatoid factor negative", []),              # nor RA
+    ("rheumatoid factor positive", []),
+    ("lupus", ["sle"]), ("seropositive rheumatoid arthritis", ["rheumatoid_arthritis"]),
+    ("s/p RYGB 2013", ["gastric_bypass"]), ("duodenal switch 2019", ["gastric_bypass"]),
+])
+def test_test_results_are_not_diagnoses_and_bariatric_abbreviations_are_read(kb, text, expected):
+    assert match_conditions(kb, text) == expected
+
+
+@pytest.mark.parametrize("ancestry,prevalent", [
+    ("Jamaican", True), ("Eritrean", True), ("Haitian", True), ("Congolese", True), ("Guinean", True),
+    ("Papua New Guinea", False), ("Norwegian", False), ("Malaysian", False), ("Chadwick family, Irish", False),
+])
+def test_duffy_null_prevalent_ancestries_by_country(kb, ancestry, prevalent):
+    """Jamaican and Eritrean patients on clozapine had not been asked for a Duffy phenotype (Merz 2023:
+    Duffy-null is common in sub-Saharan Africa and the African diaspora)."""
+    assert bool(kb.duffy_ancestry.search(ancestry)) is prevalent
