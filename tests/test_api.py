@@ -436,3 +436,19 @@ def test_fhir_an_unconfirmed_diagnosis_and_an_order_not_given_are_not_taken_as_f
         doc = bundle(**order)
         assert "thiopurine_myelotoxicity" not in {c["id"] for c in doc["causes"]}, order
         assert any("MedicationRequest/m" in w and "skipped" in w for w in doc["warnings"]), order
+
+
+def test_a_temperature_between_38_0_and_38_3_of_unknown_duration_is_asked_about(client):
+    """ANC 0.05 with a single 38.2 C and no word on its duration: no fever by IDSA's definition yet, and the
+    output had said nothing; it now asks whether the temperature lasted an hour."""
+    def rules(**history):
+        doc = client.post("/v1/assess", json=base_case(labs=[lab("wbc", 0.9), lab("anc", 0.05)],
+                                                       history=history)).json()
+        return {r for item in doc["missing_data"] for r in item["rules"]}, {a["id"] for a in doc["alerts"]}
+    asked, alerts = rules(temperature_c=38.2)
+    assert "missing_data.fever_duration" in asked and "febrile_neutropenia" not in alerts
+    assert "missing_data.fever_duration" not in rules(temperature_c=38.2, fever_sustained_1h=False)[0]
+    asked, alerts = rules(temperature_c=38.2, fever_sustained_1h=True)
+    assert "missing_data.fever_duration" not in asked and "febrile_neutropenia" in alerts
+    assert "missing_data.fever_duration" not in rules(temperature_c=37.9)[0]
+    assert "missing_data.fever_duration" not in rules(temperature_c=38.4)[0]
