@@ -452,3 +452,26 @@ def test_a_temperature_between_38_0_and_38_3_of_unknown_duration_is_asked_about(
     assert "missing_data.fever_duration" not in asked and "febrile_neutropenia" in alerts
     assert "missing_data.fever_duration" not in rules(temperature_c=37.9)[0]
     assert "missing_data.fever_duration" not in rules(temperature_c=38.4)[0]
+
+
+def test_fhir_results_of_a_report_entered_in_error_are_not_used(client):
+    """A DiagnosticReport entered in error, holding a final ANC 0.3 (contained, or listed by reference), had
+    been assessed as severe neutropenia."""
+    anc = {"resourceType": "Observation", "id": "anc", "status": "final", "subject": {"reference": "Patient/p"},
+           "code": {"coding": [{"system": "http://loinc.org", "code": "751-8"}]},
+           "effectiveDateTime": "2025-03-10T08:00:00Z",
+           "valueQuantity": {"value": 0.3, "unit": "10*9/L", "system": "http://unitsofmeasure.org", "code": "10*9/L"}}
+    report = {"resourceType": "DiagnosticReport", "id": "r", "status": "entered-in-error",
+              "subject": {"reference": "Patient/p"}, "code": {"text": "CBC"}}
+    wbc = _lab_bundle(("6690-2", 5.0, "10*9/L", "2025-03-10T08:00:00Z"))
+    contained = {**wbc, "entry": wbc["entry"] + [{"resource": {**report, "contained": [anc], "result": [{"reference": "#anc"}]}}]}
+    listed = {**wbc, "entry": wbc["entry"] + [{"resource": {**report, "result": [{"reference": "Observation/anc"}]}},
+                                               {"resource": anc}]}
+    for bundle in (contained, listed):
+        doc = client.post("/v1/assess/fhir", json=bundle).json()
+        assert [x["test"] for x in doc["labs"]] == ["wbc"]
+        assert any("entered in error" in n["reason"] for n in doc["not_assessed"])
+    final = {**wbc, "entry": wbc["entry"] + [{"resource": {**report, "status": "final",
+                                                           "result": [{"reference": "Observation/anc"}]}},
+                                              {"resource": anc}]}
+    assert client.post("/v1/assess/fhir", json=final).json()["risk_tier"]["tier"] == "severe"

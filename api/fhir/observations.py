@@ -92,6 +92,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
     """(lab values, body weights, skipped lab Observations) of the patient's Observations ``mine``;
     ``items`` (all resources) give the times and draws of reports and panels."""
     inherited = _inherited_times(items, index)
+    withdrawn = _withdrawn(items, index)
     draws, specimens = _draws(items, index)
     labs: list[LabValue] = []
     weights: list[Weight] = []
@@ -105,6 +106,11 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if item.type != "Observation":
             continue
         res = item.resource
+        if id(res) in withdrawn:
+            why = f"it is part of {withdrawn[id(res)].label}, which was entered in error"
+            warnings.append(f"{item.label}: {why}; skipped.")
+            skipped.append(Problem(item.loc, why))
+            continue
         codes = item.loinc
         code = next((c for c in codes if c in kb.loinc), None)
         parts = lab_components(kb, item, ignored_parts) if "component" in res else []
@@ -326,6 +332,29 @@ def _one_draw_per_time(labs: list[LabValue], specimens: set[str], warnings: list
     for utc, keys in joined.items():
         warnings.append(f"Values collected at {utc.isoformat()}Z in {', '.join(sorted(keys))} were taken as one "
                         f"blood draw (the same collection time).")
+
+
+def _withdrawn(items: list[Item], index: Index) -> dict[int, Item]:
+    """Observations that are contained in, or listed by (``result``, ``hasMember``), a DiagnosticReport or
+    panel Observation whose status is entered-in-error -> that report or panel: withdrawn with it, whatever
+    their own status says (a contained resource does not exist apart from its container)."""
+    out: dict[int, Item] = {}
+    for item in items:
+        container = item.container
+        while container is not None:
+            if container.type in ("DiagnosticReport", "Observation") and \
+                    as_str(container.resource.get("status")) == "entered-in-error":
+                out[id(item.resource)] = container
+                break
+            container = container.container
+    for parent in items:
+        if parent.type in ("DiagnosticReport", "Observation") and \
+                as_str(parent.resource.get("status")) == "entered-in-error":
+            for ref in as_list(parent.resource.get("result")) + as_list(parent.resource.get("hasMember")):
+                child = index.resolve(reference(ref), parent)
+                if child is not None and child.type == "Observation":
+                    out.setdefault(id(child.resource), parent)
+    return out
 
 
 def _inherited_times(items: list[Item], index: Index) -> dict[int, tuple[When, Item]]:
