@@ -33,10 +33,10 @@ def obs(code, value, unit="10*3/uL", *, pid="p1", t=T, oid=None, status="final",
     return o
 
 
-def genotype(value, *, pid="p1", status="final", t="2025-01-10", oid=None, code="36922-3"):
+def genotype(value, *, pid="p1", status="final", t="2025-01-10", oid=None, code="36922-3", **extra):
     return {"resourceType": "Observation", "id": oid or f"g{uuid.uuid4().hex[:6]}", "status": status,
             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": t, "valueString": value}
+            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": t, "valueString": value, **extra}
 
 
 def patient(pid="p1"):
@@ -172,6 +172,24 @@ def test_a_later_retracted_genotype_leaves_the_earlier_final_one():
     assert m.case["history"]["tpmt"] == "*1/*1"
 
 
+def test_a_corrected_genotype_at_the_same_time_replaces_the_original():
+    """A TPMT *1/*1 (final) and its correction *3A/*3A (status corrected, issued later) at the same effective time:
+    the first had stayed, and a poor metabolizer was shown as normal. Nothing to choose between two different
+    final results at one time: the first stays, and the conflict is named."""
+    m = mapped(patient(), obs("6690-2", 3.0), obs("751-8", 1.2), genotype("*1/*1", t="2024-06-01", oid="g1"),
+               genotype("*3A/*3A", t="2024-06-01", status="corrected", oid="g2"))
+    assert m.case["history"]["tpmt"] == "*3A/*3A"
+    assert has(m.warnings, "Observation/g2", "supersedes")
+    later_issued = mapped(patient(), obs("6690-2", 3.0), obs("751-8", 1.2),
+                          genotype("*1/*1", t="2024-06-01", issued="2024-06-03T00:00:00Z"),
+                          genotype("*3A/*3A", t="2024-06-01", issued="2024-06-10T00:00:00Z"))
+    assert later_issued.case["history"]["tpmt"] == "*3A/*3A"
+    undecided = mapped(patient(), obs("6690-2", 3.0), obs("751-8", 1.2), genotype("*1/*1", t="2024-06-01"),
+                       genotype("*3A/*3A", t="2024-06-01"))
+    assert undecided.case["history"]["tpmt"] == "*1/*1"
+    assert any("conflicts" in n.reason and "TPMT" in n.reason for n in undecided.not_assessed)
+
+
 def test_order_sign_gives_no_poor_metabolizer_card_from_a_retracted_genotype(client):
     pgx = bundle(genotype("*3A/*3A", status="entered-in-error"), kind="searchset")
     cards = hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx}, order(
@@ -261,11 +279,15 @@ def test_of_two_final_results_the_later_issued_or_updated_is_kept(field):
     assert has(m.warnings, "Observation/b", "kept over 1.6", "later")
 
 
-def test_two_final_results_that_nothing_decides_keep_the_first_and_say_they_conflict():
-    m = mapped(patient(), obs("751-8", 1.6, oid="a"), obs("751-8", 0.4, oid="b"))
-    assert values(m, "751-8") == [1.6]
-    assert has(m.warnings, "Observation/b", "conflicts with 1.6", "check which result is valid")
-    assert any("conflicts" in n.reason for n in m.not_assessed)
+def test_two_final_counts_that_nothing_decides_keep_the_lower_and_say_they_conflict():
+    """An automated ANC 1.6 and a manual 0.4 at one time had set the tier by the order of the Bundle."""
+    for order in ((1.6, 0.4), (0.4, 1.6)):
+        m = mapped(patient(), obs("751-8", order[0], oid="a"), obs("751-8", order[1], oid="b"))
+        assert values(m, "751-8") == [0.4], order
+        assert has(m.warnings, "Observation/b", "the lower count", "check which result is valid")
+        assert any("conflicts" in n.reason and "the lower count was used" in n.reason for n in m.not_assessed)
+    mixed = mapped(patient(), obs("751-8", 0.5, oid="a"), obs("751-8", 400, "/uL", oid="b"))   # 0.4 in 10^9/L
+    assert values(mixed, "751-8") == [400]
     same = mapped(patient(), obs("751-8", 1.6, oid="a"), obs("751-8", 1.6, oid="b"))
     assert has(same.warnings, "same value") and not same.not_assessed
 

@@ -134,7 +134,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
                 continue
             lab.specimen = draws.get(id(res))
             lab.utc = utc_naive(time) if time is not None else None
-            _keep_one(lab, first_at, labs, warnings, skipped)
+            _keep_one(lab, first_at, labs, warnings, skipped, kb.tests[test])
     _one_draw_per_time(labs, specimens, warnings)
     if borrowed:
         parents = ", ".join(dict.fromkeys(p.label for p in borrowed))
@@ -156,10 +156,12 @@ def _has_value(res: dict[str, Any]) -> bool:
 
 
 def _keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int], labs: list[LabValue],
-              warnings: list[str], skipped: list[Problem]) -> None:
+              warnings: list[str], skipped: list[Problem], spec: dict[str, Any]) -> None:
     """Add ``lab`` to ``labs`` unless a value of its test and time is there; of two, the one
     :func:`~.duplicates.preferred` prefers stays, and a warning says which and why. Two values that
-    conflict are also listed as not assessed, so that a CDS card shows the conflict."""
+    conflict (nothing says which is right) are also listed as not assessed, so that a CDS card shows the
+    conflict; of two blood counts the lower stays (the worse side: an automated ANC 1.6 and a manual 0.4
+    had set the tier by the order of the Bundle), of other tests the first."""
     key = (lab.test, lab.utc)
     at = first_at.get(key)
     if at is None:
@@ -169,12 +171,31 @@ def _keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int]
     old = labs[at]
     when = f"at {lab.time.isoformat()}" if lab.time is not None else "without a time"
     replace, warning, conflict = preferred(old.item, _shown(old), lab.item, _shown(lab), f"{lab.test} value {when}")
+    lower = _lower_count(old, lab, spec) if conflict else None
+    if lower is not None:
+        replace = lower is lab
+        warning = (f"{lab.item.label}: a second {lab.test} value {when}, {_shown(lab)}, conflicts with {_shown(old)} of "
+                   f"{old.item.label}; neither status, issued nor meta.lastUpdated says which is right, so the lower "
+                   f"count, {_shown(lower)}, was used (the worse side): check which result is valid.")
     warnings.append(warning)
     if conflict:
+        used = "the lower count was used" if lower is not None else "the first was used"
         skipped.append(Problem(lab.item.loc, f"{lab.test} {_shown(lab)} {when} conflicts with {_shown(old)} of "
-                                             f"{old.item.label}, and nothing says which is right; the first was used"))
+                                             f"{old.item.label}, and nothing says which is right; {used}"))
     if replace:
         labs[at] = lab
+
+
+def _lower_count(a: LabValue, b: LabValue, spec: dict[str, Any]) -> Optional[LabValue]:
+    """The lower of two values of a blood count (in the test's unit), None for another test or when a
+    unit cannot be converted."""
+    if spec.get("dimension") != "count_per_volume" or not (is_number(a.value) and is_number(b.value)):
+        return None
+    try:
+        x, y = (float(v.value) * conversion_factor(v.unit, spec["dimension"], spec["unit"]).factor for v in (a, b))
+    except Exception:      # an unreadable unit: the engine names it
+        return None
+    return b if y < x else a
 
 
 def _shown(lab: LabValue) -> str:

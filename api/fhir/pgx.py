@@ -6,20 +6,24 @@ from the value for a two-gene test, or from the `gene-studied` component of an H
 Reporting genotype). Its value (``valueString`` or ``valueCodeableConcept``) must hold a diplotype
 (``*1/*3A``) or a metabolizer phenotype word, and its status must be a result's, as for a lab value
 (final, amended, corrected, preliminary: an entered-in-error or cancelled genotype is skipped with a
-warning); the latest result of each gene wins. Single-variant results and measured enzyme activities
+warning); the latest result of each gene wins (by its own time, as for a lab value), and of two at the
+same time the one whose status, issued or meta.lastUpdated supersedes the other (a corrected genotype). Single-variant results and measured enzyme activities
 are named in a warning, never turned into a phenotype. The words are passed on as the case contract
 spells them; the engine resolves diplotypes and phenotypes.
 """
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Optional
 
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.pgx import result_in_text
+from leukodx.engine.timeutil import utc_naive
 
 from .datatypes import as_dict, as_list, as_str, codings, concept_text, loinc_codes, not_a_result
+from .duplicates import preferred
 from .patient import belongs, choose_patient, several_subjects
 from .resources import Item, walk_readable
 
@@ -46,7 +50,7 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
             skipped: Optional[list[Problem]] = None) -> dict[str, str]:
     """{gene: result} of the patient's TPMT/NUDT15 Observations (genes in alphabetical order). A result
     whose status is not a result's is also added to ``skipped`` (when given), to be listed as not assessed."""
-    found: dict[str, tuple[str, str]] = {}   # gene -> (time key, value)
+    found: dict[str, Result] = {}
     for item in mine:
         if item.type != "Observation":
             continue
@@ -81,7 +85,8 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
         if not value:
             warnings.append(f"{item.label}: {named} result without a phenotype or diplotype was not used.")
             continue
-        when = as_str(res.get("effectiveDateTime")) or as_str(res.get("issued")) or ""
+        when = item.own_time()
+        utc = utc_naive(when) if when is not None else None
         for gene, part in _per_gene(genes, value):
             mapped = result_in_text(part) if part is not None else None
             if part is None:
@@ -89,9 +94,37 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
                                 f"the {gene.upper()} result was not used.")
             elif mapped is None:
                 warnings.append(f"{item.label}: {gene.upper()} result {part!r} was not understood.")
-            elif gene not in found or when > found[gene][0]:
-                found[gene] = (when, mapped)
-    return {gene: value for gene, (_, value) in sorted(found.items())}
+            elif gene not in found or _later(utc, found[gene][0]):
+                found[gene] = (utc, mapped, item)
+            elif utc == found[gene][0]:
+                _same_time(gene, (utc, mapped, item), found, warnings, skipped)
+    return {gene: value for gene, (_, value, _) in sorted(found.items())}
+
+
+Result = tuple[Optional[datetime], str, Item]     # (UTC time, result, its Observation)
+
+
+def _later(a: Optional[datetime], b: Optional[datetime]) -> bool:
+    """``a`` is later than ``b`` (a result without a time is older than any with one)."""
+    return a is not None and (b is None or a > b)
+
+
+def _same_time(gene: str, new: Result, found: dict[str, Result], warnings: list[str],
+               skipped: Optional[list[Problem]]) -> None:
+    """Two results of ``gene`` at the same time: the one whose status, issued or meta.lastUpdated says it
+    supersedes the other (a corrected genotype over the original) stays, as for a lab value; two that differ
+    with nothing to choose between them are named (the first stays)."""
+    utc, value, item = new
+    old_value, old_item = found[gene][1], found[gene][2]
+    when = f"at {utc.isoformat()}" if utc is not None else "without a time"
+    replace, warning, conflict = preferred(old_item, old_value, item, value, f"{gene.upper()} result {when}")
+    if replace or value != old_value:
+        warnings.append(warning)
+    if conflict and skipped is not None:
+        skipped.append(Problem(item.loc, f"{gene.upper()} result {value!r} {when} conflicts with {old_value!r} of "
+                                         f"{old_item.label}, and nothing says which is right; the first was used"))
+    if replace:
+        found[gene] = new
 
 
 def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]], value: Optional[str]) -> list[str]:
