@@ -475,3 +475,22 @@ def test_fhir_results_of_a_report_entered_in_error_are_not_used(client):
                                                            "result": [{"reference": "Observation/anc"}]}},
                                               {"resource": anc}]}
     assert client.post("/v1/assess/fhir", json=final).json()["risk_tier"]["tier"] == "severe"
+
+
+def test_fhir_a_dose_given_or_a_supply_dispensed_is_a_drug_taken(client):
+    """A MedicationAdministration of clozapine the evening before ANC 0.3 had been dropped without a word."""
+    def doc(resource):
+        b = _lab_bundle(("6690-2", 1.0, "10*9/L", "2025-03-10T08:00:00Z"), ("751-8", 0.3, "10*9/L", "2025-03-10T08:00:00Z"))
+        b["entry"].append({"resource": {"id": "x", "subject": {"reference": "Patient/p"}, **resource}})
+        return client.post("/v1/assess/fhir", json=b).json()
+    given = doc({"resourceType": "MedicationAdministration", "status": "completed",
+                 "medicationCodeableConcept": {"text": "clozapine 100 mg tablet"},
+                 "effectiveDateTime": "2025-03-09T20:00:00Z"})
+    assert "idiosyncratic_drug_agranulocytosis" in {c["id"] for c in given["causes"]}
+    dispensed = doc({"resourceType": "MedicationDispense", "status": "completed",
+                     "medicationCodeableConcept": {"text": "azathioprine 50 mg"},
+                     "whenHandedOver": "2025-01-20T10:00:00Z", "daysSupply": {"value": 90, "unit": "d"}})
+    assert "thiopurine_myelotoxicity" in {c["id"] for c in dispensed["causes"]}
+    not_given = doc({"resourceType": "MedicationAdministration", "status": "not-done",
+                     "medicationCodeableConcept": {"text": "clozapine"}, "effectiveDateTime": "2025-03-09T20:00:00Z"})
+    assert not not_given["causes"] and any("nothing was given" in w for w in not_given["warnings"])

@@ -40,7 +40,8 @@ from .vitals import temperature
 __all__ = ["Mapped", "map_bundle", "bundle_to_case"]
 
 FUTURE_TOLERANCE_DAYS = 1        # a result dated up to a day ahead (a time zone written wrong) is kept
-_SUBJECT_TYPES = ("Observation", "MedicationRequest", "MedicationStatement", "Condition")
+_SUBJECT_TYPES = ("Observation", "MedicationRequest", "MedicationStatement", "MedicationAdministration",
+                  "MedicationDispense", "Condition")
 
 
 @dataclass

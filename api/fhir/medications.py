@@ -1,4 +1,5 @@
-"""MedicationRequest and MedicationStatement -> ``case.medications``.
+"""MedicationRequest, MedicationStatement, MedicationAdministration and MedicationDispense ->
+``case.medications`` (an administration or a dispense: see :func:`_given`).
 
 Status active/on-hold -> active, completed -> completed, stopped/cancelled -> stopped, unknown ->
 active (warned); entered-in-error, intended and not-taken are skipped, and so are a request with
@@ -17,7 +18,7 @@ dosage text. ``indication``: ``reasonCode[0]``, else the Condition that
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Optional, Union
 
 from leukodx.engine.kb import KnowledgeBase
@@ -30,6 +31,9 @@ from .resources import Index, Item, walk_readable
 __all__ = ["map_medications", "medication_name_and_code", "order_drugs", "OrderDrug", "RXNORM", "MED_STATUS"]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+EVENT_TYPES = ("MedicationAdministration", "MedicationDispense")
+EVENT_STATUS = {"MedicationAdministration": {"completed": "completed", "in-progress": "active", "on-hold": "active"},
+                "MedicationDispense": {"completed": "completed"}}
 NOT_ORDERED_INTENTS = ("proposal", "plan", "option")   # MedicationRequest intents that are not an order
 MED_STATUS = {"active": "active", "on-hold": "active", "unknown": "active", "completed": "completed",
               "stopped": "stopped", "cancelled": "stopped", "draft": "active"}
@@ -37,8 +41,8 @@ MED_STATUS = {"active": "active", "on-hold": "active", "unknown": "active", "com
 
 def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Optional[date],
                     include_draft: bool, warnings: list[str]) -> list[dict[str, Any]]:
-    """``case.medications`` from the patient's MedicationRequests and MedicationStatements, in input
-    order (an RxNorm code of a drug in ``kb`` is preferred over other RxNorm codings)."""
+    """``case.medications`` from the patient's MedicationRequests, MedicationStatements, administrations
+    and dispenses, in input order (an RxNorm code of a drug in ``kb`` is preferred over other RxNorm codings)."""
     known_rxnorm = kb.derived.get("rxnorm_codes")
     if known_rxnorm is None:     # every RxNorm code of rules/drugs, once per knowledge base
         known_rxnorm = kb.derived["rxnorm_codes"] = frozenset(code for d in kb.drugs
@@ -46,9 +50,12 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
     meds: list[dict[str, Any]] = []
     later: list[str] = []
     for item in mine:
-        if item.type not in ("MedicationRequest", "MedicationStatement"):
+        if item.type in EVENT_TYPES:
+            mapped = _given(item, index, known_rxnorm, warnings)
+        elif item.type in ("MedicationRequest", "MedicationStatement"):
+            mapped = _medication(item, index, known_rxnorm, include_draft, warnings)
+        else:
             continue
-        mapped = _medication(item, index, known_rxnorm, include_draft, warnings)
         if mapped is None:
             continue
         med, start = mapped
@@ -160,6 +167,46 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
                            "dose": (_total_dose([_dose(as_dict(d)) for d in dosages], item.label, warnings)
                                     if dosages else None),
                            "indication": _indication(item, index)}
+    return {k: v for k, v in med.items() if v is not None}, start
+
+
+def _given(item: Item, index: Index, known_rxnorm: frozenset[str],
+           warnings: list[str]) -> Optional[tuple[dict[str, Any], Optional[When]]]:
+    """A MedicationAdministration (a dose given) or MedicationDispense (a supply handed over) as a course
+    whose last known dose is that day: ``completed`` from its time to its end (a dispense's end is the day
+    handed over plus its daysSupply), so it counts as recent for ``recent_drug_days`` after it; an
+    administration in progress or on hold is active. Other statuses mean nothing was given: skipped."""
+    res = item.resource
+    fhir_status = as_str(res.get("status"))
+    status = EVENT_STATUS[item.type].get(fhir_status or "")
+    if status is None:
+        why = f"status {fhir_status!r}: nothing was given" if fhir_status else "no status"
+        warnings.append(f"{item.label}: {why}; skipped.")
+        return None
+    concept, display = _med_concept(item, index, warnings)
+    rxnorm, rx_display = _rxnorm(concept, known_rxnorm)
+    name = as_str(as_dict(concept).get("text")) or rx_display or concept_text(concept) or display
+    if not name and not rxnorm:
+        warnings.append(f"{item.label}: the drug has neither a name nor an RxNorm code; skipped.")
+        return None
+    period = as_dict(res.get("effectivePeriod"))
+    if item.type == "MedicationAdministration":
+        start = first_when([("effectiveDateTime", res.get("effectiveDateTime")), ("effectivePeriod.start",
+                                                                                  period.get("start"))],
+                           item.label, warnings)
+        end = first_when([("effectivePeriod.end", period.get("end"))], item.label, warnings) or start
+    else:
+        start = first_when([("whenHandedOver", res.get("whenHandedOver")),
+                            ("whenPrepared", res.get("whenPrepared"))], item.label, warnings)
+        supply = as_dict(res.get("daysSupply")).get("value")
+        end = start + timedelta(days=float(supply)) if start is not None and is_number(supply) and supply > 0 else start
+    if start is None:
+        warnings.append(f"{item.label}: no time when it was given; skipped.")
+        return None
+    med = {"name": name, "rxnorm": rxnorm, "status": "active" if status == "active" else "completed",
+           "start": start.isoformat(), "indication": _indication(item, index)}
+    if status != "active":
+        med["end"] = end.isoformat()
     return {k: v for k, v in med.items() if v is not None}, start
 
 
