@@ -374,3 +374,19 @@ def test_reports_of_different_times_or_values_of_different_specimens_stay_apart(
 def test_mapping_errors_stay_fhir_mapping_errors():
     with pytest.raises(FhirMappingError):
         mapped(obs("751-8", 3.0), obs("751-8", 0.2, pid="p2"))
+
+
+def test_only_a_normal_range_for_anyone_gives_the_lower_limit():
+    """A treatment range (low 2.0) had made WBC 2.5 normal, and a newborn's range (low 9) had made WBC 5.0 low."""
+    def lln(*ranges):
+        m = mapped(patient(), obs("6690-2", 2.5, referenceRange=list(ranges)))
+        return next(lab for lab in m.case["labs"] if lab["loinc"] == "6690-2").get("lln"), m.warnings
+    low = lambda v: {"value": v, "unit": "10*3/uL", "system": UCUM, "code": "10*3/uL"}
+    treatment = {"low": low(2.0), "type": {"coding": [{"code": "treatment"}]}}
+    newborn = {"low": low(9.0), "age": {"low": {"value": 0, "unit": "d"}, "high": {"value": 28, "unit": "d"}}}
+    assert lln({"low": low(3.8)})[0] == 3.8
+    assert lln({"low": low(3.8), "type": {"coding": [{"code": "normal"}]}})[0] == 3.8
+    assert lln(treatment, {"low": low(4.0)})[0] == 4.0
+    value, warnings = lln(treatment)
+    assert value is None and has(warnings, "not a normal range")
+    assert lln(newborn)[0] is None and lln(newborn, {"low": low(4.0)})[0] == 4.0

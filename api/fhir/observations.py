@@ -16,7 +16,7 @@ which spelling of the unit to send. What it decides is format:
   it (severe, not moderate), and one above ``>`` a bound as the bound; a warning says so;
 * the time is ``effectiveDateTime``, ``effectiveInstant``, ``effectivePeriod.start`` or ``issued``,
   else the time of the DiagnosticReport (``result``) or panel Observation (``hasMember``) listing it;
-* ``referenceRange[0].low`` -> ``lln``, with ``lln_unit`` when its unit is not the value's (the
+* the first normal ``referenceRange``'s ``low`` -> ``lln``, with ``lln_unit`` when its unit is not the value's (the
   engine converts it); left out with a warning when the engine does not read that unit;
 * the draw (``specimen``) is the Observation's specimen, else its report or panel; the values of
   reports and panels (and of none) collected at one time are one draw, whatever report holds them;
@@ -42,7 +42,7 @@ from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
-from .datatypes import (UCUM, When, as_dict, as_list, as_str, code_label, concept_text, fmt, is_number,
+from .datatypes import (UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt, is_number,
                         not_a_result, quantity_unit, reference)
 from .duplicates import preferred
 from .resources import MAX_DEPTH, Index, Item
@@ -111,14 +111,14 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             warnings.append(f"{item.label}: {why}; skipped.")
             skipped.append(Problem(item.loc, why))
             continue
-        codes = item.loinc
-        code = next((c for c in codes if c in kb.loinc), None)
+        loinc = item.loinc
+        code = next((c for c in loinc if c in kb.loinc), None)
         parts = lab_components(kb, item, ignored_parts) if "component" in res else []
         if code is None and not parts:
-            if any(c in vitals.weight for c in codes):
+            if any(c in vitals.weight for c in loinc):
                 body_weight(item, weights, warnings)
-            elif not any(c in vitals.temperature or c in kb.pgx_codes for c in codes):   # read elsewhere
-                key = code_label(res.get("code"), codes)
+            elif not any(c in vitals.temperature or c in kb.pgx_codes for c in loinc):   # read elsewhere
+                key = code_label(res.get("code"), loinc)
                 ignored[key] = ignored.get(key, 0) + 1
             continue
         if code is not None and (not parts or _has_value(res)):   # (a value only in components: read those)
@@ -289,9 +289,16 @@ def _value_unit(q: dict[str, Any], spec: dict[str, Any], where: str, warnings: l
 
 def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str,
          warnings: list[str]) -> tuple[Optional[float], Optional[str]]:
-    """(``referenceRange[0].low``, its unit when it is not the value's ``unit``)."""
-    ranges = as_list(res.get("referenceRange"))
-    low = as_dict(as_dict(ranges[0] if ranges else {}).get("low"))
+    """(the lower limit of the value's normal range, its unit when it is not the value's ``unit``). The
+    range is the first ``referenceRange`` that is a normal range for anyone: no ``type`` or type normal,
+    and no ``appliesTo`` or ``age`` (a treatment range, or a newborn's, had been read as the lower limit of
+    normal); one that is not is named in a warning."""
+    ranges = [as_dict(r) for r in as_list(res.get("referenceRange"))]
+    usable = [r for r in ranges if _normal_range_for_anyone(r)]
+    if ranges and not usable and any("low" in r for r in ranges):
+        warnings.append(f"{where}: referenceRange is not a normal range for any patient (its type, appliesTo or "
+                        f"age); the lower limit of normal was left out.")
+    low = as_dict(usable[0].get("low")) if usable else {}
     value = low.get("value")
     if not is_number(value):
         return None, None
@@ -305,6 +312,11 @@ def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str,
                             f"the lower limit of normal was left out.")
         return None, None
     return value, low_unit
+
+
+def _normal_range_for_anyone(r: dict[str, Any]) -> bool:
+    kinds = set(codes(r.get("type")))
+    return (not kinds or "normal" in kinds) and not r.get("appliesTo") and not r.get("age")
 
 
 # ---------------------------------------------------------------------------------------------
