@@ -315,8 +315,12 @@ def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str,
 
 
 def _normal_range_for_anyone(r: dict[str, Any]) -> bool:
+    """No type or type normal, no age, and no population in ``appliesTo`` (US Core's own examples put the
+    meaning "normal" there: that is no population)."""
     kinds = set(codes(r.get("type")))
-    return (not kinds or "normal" in kinds) and not r.get("appliesTo") and not r.get("age")
+    populations = {c for concept in as_list(r.get("appliesTo")) for c in codes(concept)} - {"normal"}
+    unnamed = any(not codes(concept) for concept in as_list(r.get("appliesTo")))   # a population in text only
+    return (not kinds or "normal" in kinds) and not populations and not unnamed and not r.get("age")
 
 
 # ---------------------------------------------------------------------------------------------
