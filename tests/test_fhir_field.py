@@ -390,3 +390,17 @@ def test_only_a_normal_range_for_anyone_gives_the_lower_limit():
     value, warnings = lln(treatment)
     assert value is None and has(warnings, "not a normal range")
     assert lln(newborn)[0] is None and lln(newborn, {"low": low(4.0)})[0] == 4.0
+
+
+def test_an_analysers_corrected_wbc_and_loinc_written_other_ways_are_read():
+    """WBC 0.8 coded 33256-9 (corrected for nucleated red cells: what analysers report as the WBC) had been
+    "a code leukodx does not use", and an ANC whose system was 'http://loinc.org/' or LOINC's OID too."""
+    assert values(mapped(patient(), obs("33256-9", 0.8)), "33256-9") == [0.8]
+    assert values(mapped(patient(), obs("12227-5", 0.8)), "12227-5") == [0.8]
+    for system in ("http://loinc.org/", "urn:oid:2.16.840.1.113883.6.1"):
+        anc = obs("751-8", 0.4)
+        anc["code"]["coding"][0]["system"] = system
+        assert values(mapped(patient(), anc), "751-8") == [0.4], system
+    other = obs("751-8", 0.4)
+    other["code"]["coding"][0]["system"] = "http://example.org/local-codes"
+    assert values(mapped(patient(), obs("6690-2", 3.0), other), "751-8") == []

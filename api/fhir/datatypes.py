@@ -21,6 +21,7 @@ __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
+_LOINC_SYSTEMS = frozenset({LOINC, None, "http://loinc.org/", "urn:oid:2.16.840.1.113883.6.1"})
 RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -75,9 +76,10 @@ def concept_text(concept: Any) -> Optional[str]:
 
 
 def loinc_codes(concept: Any) -> list[str]:
-    """LOINC codes of a CodeableConcept: codings of system http://loinc.org or of no system."""
+    """LOINC codes of a CodeableConcept: codings of system http://loinc.org (also written with a closing
+    slash, or as LOINC's OID), or of no system."""
     return [code for c in codings(concept)
-            if as_str(c.get("system")) in (LOINC, None) and (code := as_str(c.get("code")))]
+            if as_str(c.get("system")) in _LOINC_SYSTEMS and (code := as_str(c.get("code")))]
 
 
 def code_label(concept: Any, loinc: Sequence[str]) -> str:
