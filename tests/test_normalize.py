@@ -27,6 +27,8 @@ def normalize_problems(kb, raw) -> list[str]:
     (base_case(labs=[lab("anc", 40, "%")]), "labs[0].unit", "percentage"),
     (base_case(labs=[lab("neutrophils_pct", 1.5, "10^9/L")]), "labs[0].unit", "absolute count"),
     (base_case(labs=[lab("wbc", 3.8, "/uL")]), "labs[0].value", "probably '10^9/L'"),
+    # below the range of a count that can be zero: a real profound count is named too, never only the higher reading
+    (base_case(labs=[lab("anc", 3, "/uL")]), "labs[0].value", "the count is below 0.005 10^9/L (profound)"),
     (base_case(labs=[lab("wbc", 3100, "10^9/L")]), "labs[0].value", "probably '/uL'"),
     (base_case(labs=[lab("hemoglobin", 120, "g/dL")]), "labs[0].value", "probably 'g/L'"),
     (base_case(labs=[lab("wbc", -1.0)]), "labs[0].value", "negative"),
