@@ -118,6 +118,11 @@ def _derived_count(sample: Sample, target: str, pcts: tuple[str, ...]) -> Option
     return value, f"WBC {wbc.value:g} x ({parts}) / 100"
 
 
+def _from_upper_bound(sample: Sample, pcts: tuple[str, ...]) -> bool:
+    """A count derived in ``sample`` rests on a WBC or percentage reported as below a value (``<``)."""
+    return any(lab.comparator in ("<", "<=") for test, lab in sample.values.items() if test == "wbc" or test in pcts)
+
+
 def _current_values(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Optional[Sample]
                     ) -> dict[str, NormLab]:
     """Current value per test: WBC, ANC and the differential from the current CBC only (when there is one);
@@ -161,6 +166,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     derived_current: dict[str, str] = {}     # target -> key of the draw its current value was derived in
     anc_source: Optional[str] = None
     anc_text = ""
+    anc_below = False                        # the ANC was derived from a WBC or percentage reported as "<" a value
     tolerance = kb.value("anc_disagreement_fraction")
     if cbc is not None:
         for target, _pcts in _DERIVABLE:
@@ -178,6 +184,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                 facts[f"{target}_derived"] = True
                 if target == "anc":
                     anc_source, anc_text = "derived", f"derived from {text}"
+                    anc_below = _from_upper_bound(cbc, _pcts)
+                    if anc_below:
+                        anc_text += " (from a value reported as a bound: the ANC is below it)"
                 continue
             differs = value > 0 and abs(given.value - value) / max(given.value, value) > tolerance
             if target == "anc":
@@ -275,7 +284,10 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         basis = (f"No current CBC: the latest count was drawn {latest_cbc.time.date().isoformat()}, {latest_age} days "
                  f"before {nc.as_of}; counts older than {max_age} days are history and set no tier.")
     elif anc is not None:
-        basis = f"ANC {round(anc, 2):g} x10^9/L {anc_text}{when}."
+        if anc_below and anc < kb.value("neutropenia_anc"):
+            tier_at_least = tier
+        worse = f"; the tier is {tier} or worse" if tier_at_least else ""
+        basis = f"ANC {round(anc, 2):g} x10^9/L {anc_text}{when}{worse}."
     elif anc_at_most is not None:
         tier_at_least = tier_for(kb, anc_at_most) if anc_at_most < kb.value("neutropenia_anc") else None
         bound = (f"; the ANC cannot exceed the WBC, so the tier is {tier_at_least} or worse" if tier_at_least

@@ -173,3 +173,13 @@ def test_a_count_reported_as_a_bound_is_judged_on_the_worse_side(engine, compara
     assert (shown.value, shown.comparator, a.risk_tier.anc) == (value, comparator, value)
     if comparator:
         assert f"{comparator}{value:g}: a bound" in a.risk_tier.basis
+
+
+def test_an_anc_derived_from_a_wbc_reported_as_a_bound_is_the_tier_or_worse(engine):
+    """WBC '<0.5' with 40% neutrophils gave ANC 0.2, severe, as if measured: the true ANC is below 0.2 and may
+    be profound."""
+    a = engine.assess(base_case(labs=[lab("wbc", 0.5, comparator="<"), lab("neutrophils_pct", 40, "%")]))
+    assert (a.risk_tier.tier, a.risk_tier.tier_at_least) == ("severe", "severe")
+    assert "bound" in a.risk_tier.basis and "severe or worse" in a.risk_tier.basis
+    plain = engine.assess(base_case(labs=[lab("wbc", 0.5), lab("neutrophils_pct", 40, "%")]))
+    assert (plain.risk_tier.tier, plain.risk_tier.tier_at_least) == ("severe", None)
