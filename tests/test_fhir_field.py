@@ -404,3 +404,23 @@ def test_an_analysers_corrected_wbc_and_loinc_written_other_ways_are_read():
     other = obs("751-8", 0.4)
     other["code"]["coding"][0]["system"] = "http://example.org/local-codes"
     assert values(mapped(patient(), obs("6690-2", 3.0), other), "751-8") == []
+
+
+def test_a_count_sent_as_text_is_read_when_its_unit_can_be_told():
+    """An ANC sent as valueString '<0.1' (how labs report a critical count) had left the tier unknown and the
+    priority info. A number plausible in only one of the test's usual units is read in it, with a warning;
+    one plausible in two ('<100': 100 x10^9/L or 100 /uL) is not guessed."""
+    def anc_text(text):
+        o = obs("751-8", 0)
+        del o["valueQuantity"]
+        o["valueString"] = text
+        return mapped(patient(), obs("6690-2", 0.9), o)
+    m = anc_text("<0.1")
+    [anc] = [lab for lab in m.case["labs"] if lab["loinc"] == "751-8"]
+    assert (anc["value"], anc["unit"], anc.get("comparator")) == (0.1, "10^9/L", "<")
+    assert has(m.warnings, "valueString '<0.1' read as <0.1 10^9/L")
+    assert assess(m.case).risk_tier.tier == "profound"
+    assert values(anc_text("0,3"), "751-8") == [0.3]
+    for unread in ("<100", "see comment", "1,200"):
+        m = anc_text(unread)
+        assert values(m, "751-8") == [] and any("valueString" in n.reason for n in m.not_assessed), unread

@@ -219,8 +219,14 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
         skip(why + ("" if has_value else f" and it has {_absent_value_reason(res)}"))
         return None
     if not has_value:
-        skip(_absent_value_reason(res))
-        return None
+        text_value = _text_value(res, spec)
+        if text_value is None:
+            skip(_absent_value_reason(res))
+            return None
+        q = text_value
+        warnings.append(f"{name}: valueString {as_str(res.get('valueString'))!r} read as "
+                        f"{q.get('comparator', '')}{fmt(q['value'])} {q['unit']}, the only unit of "
+                        f"{test} in which that number is a plausible count.")
     unit = _value_unit(q, spec, name, warnings)
     if unit is None:
         skip("valueQuantity has neither a unit nor a UCUM code")
@@ -425,6 +431,27 @@ def _inherited_times(items: list[Item], index: Index) -> dict[int, tuple[When, I
         if not changed:
             break
     return inherited
+
+
+_TEXT_NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+)\s*$")
+
+
+def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """A count sent as text ("<0.1", "0,3"): a valueQuantity, when the number is plausible in exactly one
+    of the test's usual units (``suggest``, rules/labs.yaml): "<0.1" is an ANC in 10^9/L, never 0.1 cells
+    per uL. None when the text is not a number, or the unit cannot be told."""
+    m = _TEXT_NUMBER.match(as_str(res.get("valueString")) or "")
+    if m is None or spec.get("dimension") != "count_per_volume":
+        return None
+    value = float(m.group(2).replace(",", "."))
+    units = [u for u in spec.get("suggest", []) if (f := _factor(u, spec)) is not None
+             and spec["plausible"][0] <= value * f <= spec["plausible"][1]]
+    if len(units) != 1:
+        return None
+    out: dict[str, Any] = {"value": value, "unit": units[0]}
+    if m.group(1):
+        out["comparator"] = m.group(1)
+    return out
 
 
 def _absent_value_reason(res: dict[str, Any]) -> str:
