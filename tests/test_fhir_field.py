@@ -424,3 +424,18 @@ def test_a_count_sent_as_text_is_read_when_its_unit_can_be_told():
     for unread in ("<100", "see comment", "1,200"):
         m = anc_text(unread)
         assert values(m, "751-8") == [] and any("valueString" in n.reason for n in m.not_assessed), unread
+
+
+def test_a_subject_named_by_another_patients_number_is_not_this_patients():
+    """An ANC whose subject is MRN 999 (by identifier, no reference) had been assessed as the data of the
+    Patient with MRN 123."""
+    mrn = "urn:oid:1.2.3.mrn"
+    person = {**patient(), "identifier": [{"system": mrn, "value": "123"}]}
+    def by_number(value):
+        o = obs("751-8", 0.3, pid=None)
+        o["subject"] = {"identifier": {"system": mrn, "value": value}}
+        return o
+    theirs = mapped(person, obs("6690-2", 4.0), by_number("999"))
+    assert values(theirs, "751-8") == []
+    assert has([n.reason for n in theirs.not_assessed], "belongs to another patient")
+    assert values(mapped(person, obs("6690-2", 4.0), by_number("123")), "751-8") == [0.3]

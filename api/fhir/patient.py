@@ -82,11 +82,30 @@ def belongs(item: Item, choice: PatientChoice) -> bool:
         return True
     ref = subject_ref(item)
     if ref is None:
+        named = _subject_identifier(item)
+        if named is not None and choice.item is not None:
+            own = _identifiers(choice.item.resource)
+            if named in own:
+                return True
+            if any(system == named[0] for system, _ in own):    # the same kind of number, another value
+                return False
         return choice.unnamed_kept
     if ref in choice.refs:
         return True
     m = REFERENCE.search(ref)
     return bool(m and f"{m.group(1)}/{m.group(2)}" in choice.refs)
+
+
+def _subject_identifier(item: Item) -> Optional[tuple[Optional[str], str]]:
+    """(system, value) of a subject given by identifier only (``subject.identifier``), else None."""
+    ident = as_dict(as_dict(item.resource.get("subject")).get("identifier"))
+    value = as_str(ident.get("value"))
+    return (as_str(ident.get("system")), value) if value else None
+
+
+def _identifiers(patient: dict[str, Any]) -> set[tuple[Optional[str], str]]:
+    return {(as_str(i.get("system")), v) for i in as_list(patient.get("identifier")) if isinstance(i, dict)
+            and (v := as_str(i.get("value")))}
 
 
 def subjects(items: list[Item]) -> list[str]:
