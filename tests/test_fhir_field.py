@@ -439,3 +439,14 @@ def test_a_subject_named_by_another_patients_number_is_not_this_patients():
     assert values(theirs, "751-8") == []
     assert has([n.reason for n in theirs.not_assessed], "belongs to another patient")
     assert values(mapped(person, obs("6690-2", 4.0), by_number("123")), "751-8") == [0.3]
+
+
+def test_a_deceased_patient_and_results_a_report_lists_but_the_data_lacks_are_named():
+    dead = {**patient(), "deceasedDateTime": "2024-12-01"}
+    assert has(mapped(dead, obs("751-8", 0.3)).warnings, "recorded as deceased (2024-12-01)")
+    assert not has(mapped(patient(), obs("751-8", 0.3)).warnings, "deceased")
+    report = {"resourceType": "DiagnosticReport", "id": "r", "status": "final", "subject": {"reference": "Patient/p1"},
+              "code": {"text": "CBC"}, "effectiveDateTime": T,
+              "result": [{"reference": "Observation/wbc"}, {"reference": "Observation/anc-not-fetched"}]}
+    m = mapped(patient(), report, obs("6690-2", 3.0, oid="wbc"))
+    assert has(m.warnings, "DiagnosticReport/r", "1 result it lists is not in the data", "Observation/anc-not-fetched")

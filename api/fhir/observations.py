@@ -136,6 +136,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             lab.utc = utc_naive(time) if time is not None else None
             _keep_one(lab, first_at, labs, warnings, skipped, kb.tests[test])
     _one_draw_per_time(labs, specimens, warnings)
+    _results_not_sent(mine, index, warnings)
     if borrowed:
         parents = ", ".join(dict.fromkeys(p.label for p in borrowed))
         n = len(borrowed)
@@ -148,6 +149,20 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             warnings.append(f"{n} {what}{'s' if n != 1 else ''} of codes leukodx does not use "
                             f"{'were' if n != 1 else 'was'} ignored ({shown}).")
     return labs, weights, skipped
+
+
+def _results_not_sent(mine: list[Item], index: Index, warnings: list[str]) -> None:
+    """Name the results a DiagnosticReport lists that are not in the data (not fetched with it): a report's
+    ANC left out of the prefetch is otherwise never seen."""
+    for item in mine:
+        if item.type == "DiagnosticReport":
+            missing = [ref for r in as_list(item.resource.get("result")) if (ref := reference(r))
+                       and index.resolve(ref, item) is None]
+            if missing:
+                shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+                warnings.append(f"{item.label}: {len(missing)} result{'s' if len(missing) != 1 else ''} it lists "
+                                f"{'are' if len(missing) != 1 else 'is'} not in the data and could not be read "
+                                f"({shown}).")
 
 
 def _has_value(res: dict[str, Any]) -> bool:

@@ -146,6 +146,10 @@ def demographics(choice: PatientChoice, weights: list[Weight], ref: Optional[dat
         age = _age(res.get("birthDate"), at, where, warnings)
         if age is not None:
             out["age_years"] = age
+        died = as_str(res.get("deceasedDateTime"))
+        if died or res.get("deceasedBoolean") is True:
+            warnings.append(f"{where}: the patient is recorded as deceased{f' ({died[:10]})' if died else ''}: "
+                            f"check that this is the right patient before acting on the assessment.")
     if weight is not None:
         out["weight_kg"] = weight
     if choice.item is not None:
