@@ -43,9 +43,10 @@ from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
 from .datatypes import (UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt, is_number,
-                        not_a_result, quantity_unit, reference)
+                        not_a_result, quantity_unit)
 from .duplicates import preferred
-from .resources import MAX_DEPTH, Index, Item
+from . import panels
+from .resources import Index, Item
 from .vitals import Weight, body_weight, vital_codes
 
 __all__ = ["LabValue", "map_observations"]
@@ -91,9 +92,9 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
                      warnings: list[str]) -> tuple[list[LabValue], list[Weight], list[Problem]]:
     """(lab values, body weights, skipped lab Observations) of the patient's Observations ``mine``;
     ``items`` (all resources) give the times and draws of reports and panels."""
-    inherited = _inherited_times(items, index)
-    withdrawn = _withdrawn(items, index)
-    draws, specimens = _draws(items, index)
+    inherited = panels.inherited_times(items, index)
+    withdrawn = panels.withdrawn(items, index)
+    draws, specimens = panels.draws(items, index)
     labs: list[LabValue] = []
     weights: list[Weight] = []
     skipped: list[Problem] = []
@@ -136,7 +137,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             lab.utc = utc_naive(time) if time is not None else None
             _keep_one(lab, first_at, labs, warnings, skipped, kb.tests[test])
     _one_draw_per_time(labs, specimens, warnings)
-    _results_not_sent(mine, index, warnings)
+    panels.results_not_sent(mine, index, warnings)
     if borrowed:
         parents = ", ".join(dict.fromkeys(p.label for p in borrowed))
         n = len(borrowed)
@@ -149,20 +150,6 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             warnings.append(f"{n} {what}{'s' if n != 1 else ''} of codes leukodx does not use "
                             f"{'were' if n != 1 else 'was'} ignored ({shown}).")
     return labs, weights, skipped
-
-
-def _results_not_sent(mine: list[Item], index: Index, warnings: list[str]) -> None:
-    """Name the results a DiagnosticReport lists that are not in the data (not fetched with it): a report's
-    ANC left out of the prefetch is otherwise never seen."""
-    for item in mine:
-        if item.type == "DiagnosticReport":
-            missing = [ref for r in as_list(item.resource.get("result")) if (ref := reference(r))
-                       and index.resolve(ref, item) is None]
-            if missing:
-                shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-                warnings.append(f"{item.label}: {len(missing)} result{'s' if len(missing) != 1 else ''} it lists "
-                                f"{'are' if len(missing) != 1 else 'is'} not in the data and could not be read "
-                                f"({shown}).")
 
 
 def _has_value(res: dict[str, Any]) -> bool:
@@ -345,31 +332,7 @@ def _normal_range_for_anyone(r: dict[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reports and panels: the time and the draw a value without its own takes
-
-
-def _draws(items: list[Item], index: Index) -> tuple[dict[int, str], set[str]]:
-    """(Observation -> the draw it belongs to, the draws that are Specimens). The draw: its ``specimen``
-    reference, else the DiagnosticReport whose ``result`` lists it, else the panel Observation whose
-    ``hasMember`` lists it (a report or panel whose values share a collection time with another's is
-    joined to it by :func:`_one_draw_per_time`)."""
-    out: dict[int, str] = {}
-    for item in items:
-        if item.type == "Observation":
-            ref = reference(item.resource.get("specimen"))
-            if ref:
-                out[id(item.resource)] = ref
-    specimens = set(out.values())
-    for kind, field in (("DiagnosticReport", "result"), ("Observation", "hasMember")):
-        for parent in items:
-            if parent.type != kind:
-                continue
-            key = parent.full_url or f"{kind}/{as_str(parent.resource.get('id')) or parent.loc}"
-            for ref in as_list(parent.resource.get(field)):
-                child = index.resolve(reference(ref), parent)
-                if child is not None and child.type == "Observation":
-                    out.setdefault(id(child.resource), out.get(id(parent.resource), key))
-    return out, specimens
+# Draws: values collected at one time are one draw (reports and panels: panels.py)
 
 
 def _one_draw_per_time(labs: list[LabValue], specimens: set[str], warnings: list[str]) -> None:
@@ -390,62 +353,6 @@ def _one_draw_per_time(labs: list[LabValue], specimens: set[str], warnings: list
     for utc, keys in joined.items():
         warnings.append(f"Values collected at {utc.isoformat()}Z in {', '.join(sorted(keys))} were taken as one "
                         f"blood draw (the same collection time).")
-
-
-def _withdrawn(items: list[Item], index: Index) -> dict[int, Item]:
-    """Observations that are contained in, or listed by (``result``, ``hasMember``), a DiagnosticReport or
-    panel Observation whose status is entered-in-error -> that report or panel: withdrawn with it, whatever
-    their own status says (a contained resource does not exist apart from its container)."""
-    out: dict[int, Item] = {}
-    for item in items:
-        container = item.container
-        while container is not None:
-            if container.type in ("DiagnosticReport", "Observation") and \
-                    as_str(container.resource.get("status")) == "entered-in-error":
-                out[id(item.resource)] = container
-                break
-            container = container.container
-    for parent in items:
-        if parent.type in ("DiagnosticReport", "Observation") and \
-                as_str(parent.resource.get("status")) == "entered-in-error":
-            for ref in as_list(parent.resource.get("result")) + as_list(parent.resource.get("hasMember")):
-                child = index.resolve(reference(ref), parent)
-                if child is not None and child.type == "Observation":
-                    out.setdefault(id(child.resource), parent)
-    return out
-
-
-def _inherited_times(items: list[Item], index: Index) -> dict[int, tuple[When, Item]]:
-    """Observations without a time of their own -> (time, parent) of the DiagnosticReport (`result`) or
-    panel Observation (`hasMember`) listing them, through at most MAX_DEPTH levels of panels."""
-    parents = [p for p in items if (p.type == "DiagnosticReport" and "result" in p.resource)
-               or (p.type == "Observation" and "hasMember" in p.resource)]
-    inherited: dict[int, tuple[When, Item]] = {}
-    if not parents:                   # (a search result of lab values alone)
-        return inherited
-    own: dict[int, Optional[When]] = {}
-    for item in items:
-        if item.type in ("Observation", "DiagnosticReport"):
-            own[id(item.resource)] = item.own_time()
-    for _ in range(MAX_DEPTH):
-        changed = False
-        for parent in parents:
-            t = own.get(id(parent.resource))
-            if t is None and id(parent.resource) in inherited:
-                t = inherited[id(parent.resource)][0]
-            if t is None:
-                continue
-            refs = parent.resource.get("result" if parent.type == "DiagnosticReport" else "hasMember")
-            for ref in as_list(refs):
-                child = index.resolve(reference(ref), parent)
-                if (child is None or child.type != "Observation" or own.get(id(child.resource)) is not None
-                        or id(child.resource) in inherited):
-                    continue
-                inherited[id(child.resource)] = (t, parent)
-                changed = True
-        if not changed:
-            break
-    return inherited
 
 
 _TEXT_NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+)\s*$")

@@ -1,0 +1,105 @@
+"""Reports and panels around lab Observations: the draw a value belongs to, the time a value without its
+own takes from the report or panel listing it, the values a report or panel entered in error withdraws,
+and the results a report lists that the data does not hold. Read by :mod:`.observations`."""
+from __future__ import annotations
+
+from typing import Optional
+
+from .datatypes import When, as_list, as_str, reference
+from .resources import MAX_DEPTH, Index, Item
+
+__all__ = ["draws", "inherited_times", "results_not_sent", "withdrawn"]
+
+
+def results_not_sent(mine: list[Item], index: Index, warnings: list[str]) -> None:
+    """Name the results a DiagnosticReport lists that are not in the data (not fetched with it): a report's
+    ANC left out of the prefetch is otherwise never seen."""
+    for item in mine:
+        if item.type == "DiagnosticReport":
+            missing = [ref for r in as_list(item.resource.get("result")) if (ref := reference(r))
+                       and index.resolve(ref, item) is None]
+            if missing:
+                shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+                warnings.append(f"{item.label}: {len(missing)} result{'s' if len(missing) != 1 else ''} it lists "
+                                f"{'are' if len(missing) != 1 else 'is'} not in the data and could not be read "
+                                f"({shown}).")
+
+
+def draws(items: list[Item], index: Index) -> tuple[dict[int, str], set[str]]:
+    """(Observation -> the draw it belongs to, the draws that are Specimens). The draw: its ``specimen``
+    reference, else the DiagnosticReport whose ``result`` lists it, else the panel Observation whose
+    ``hasMember`` lists it (a report or panel whose values share a collection time with another's is
+    joined to it by :func:`.observations._one_draw_per_time`)."""
+    out: dict[int, str] = {}
+    for item in items:
+        if item.type == "Observation":
+            ref = reference(item.resource.get("specimen"))
+            if ref:
+                out[id(item.resource)] = ref
+    specimens = set(out.values())
+    for kind, field in (("DiagnosticReport", "result"), ("Observation", "hasMember")):
+        for parent in items:
+            if parent.type != kind:
+                continue
+            key = parent.full_url or f"{kind}/{as_str(parent.resource.get('id')) or parent.loc}"
+            for ref in as_list(parent.resource.get(field)):
+                child = index.resolve(reference(ref), parent)
+                if child is not None and child.type == "Observation":
+                    out.setdefault(id(child.resource), out.get(id(parent.resource), key))
+    return out, specimens
+
+
+def withdrawn(items: list[Item], index: Index) -> dict[int, Item]:
+    """Observations that are contained in, or listed by (``result``, ``hasMember``), a DiagnosticReport or
+    panel Observation whose status is entered-in-error -> that report or panel: withdrawn with it, whatever
+    their own status says (a contained resource does not exist apart from its container)."""
+    out: dict[int, Item] = {}
+    for item in items:
+        container = item.container
+        while container is not None:
+            if container.type in ("DiagnosticReport", "Observation") and \
+                    as_str(container.resource.get("status")) == "entered-in-error":
+                out[id(item.resource)] = container
+                break
+            container = container.container
+    for parent in items:
+        if parent.type in ("DiagnosticReport", "Observation") and \
+                as_str(parent.resource.get("status")) == "entered-in-error":
+            for ref in as_list(parent.resource.get("result")) + as_list(parent.resource.get("hasMember")):
+                child = index.resolve(reference(ref), parent)
+                if child is not None and child.type == "Observation":
+                    out.setdefault(id(child.resource), parent)
+    return out
+
+
+def inherited_times(items: list[Item], index: Index) -> dict[int, tuple[When, Item]]:
+    """Observations without a time of their own -> (time, parent) of the DiagnosticReport (`result`) or
+    panel Observation (`hasMember`) listing them, through at most MAX_DEPTH levels of panels."""
+    parents = [p for p in items if (p.type == "DiagnosticReport" and "result" in p.resource)
+               or (p.type == "Observation" and "hasMember" in p.resource)]
+    inherited: dict[int, tuple[When, Item]] = {}
+    if not parents:                   # (a search result of lab values alone)
+        return inherited
+    own: dict[int, Optional[When]] = {}
+    for item in items:
+        if item.type in ("Observation", "DiagnosticReport"):
+            own[id(item.resource)] = item.own_time()
+    for _ in range(MAX_DEPTH):
+        changed = False
+        for parent in parents:
+            t = own.get(id(parent.resource))
+            if t is None and id(parent.resource) in inherited:
+                t = inherited[id(parent.resource)][0]
+            if t is None:
+                continue
+            refs = parent.resource.get("result" if parent.type == "DiagnosticReport" else "hasMember")
+            for ref in as_list(refs):
+                child = index.resolve(reference(ref), parent)
+                if (child is None or child.type != "Observation" or own.get(id(child.resource)) is not None
+                        or id(child.resource) in inherited):
+                    continue
+                inherited[id(child.resource)] = (t, parent)
+                changed = True
+        if not changed:
+            break
+    return inherited
