@@ -146,12 +146,10 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
         return None
     if fhir_status == "unknown":
         warnings.append(f"{item.label}: status 'unknown'; counted as active.")
-    concept, display = _med_concept(item, index, warnings)
-    rxnorm, rx_display = _rxnorm(concept, known_rxnorm)
-    name = as_str(as_dict(concept).get("text")) or rx_display or concept_text(concept) or display
-    if not name and not rxnorm:
-        warnings.append(f"{item.label}: the drug has neither a name nor an RxNorm code; skipped.")
+    drug = _drug(item, index, known_rxnorm, warnings)
+    if drug is None:
         return None
+    name, rxnorm = drug
     start = first_when([("authoredOn", res.get("authoredOn")),
                         ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
                         ("effectiveDateTime", res.get("effectiveDateTime"))], item.label, warnings)
@@ -183,12 +181,10 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str],
         why = f"status {fhir_status!r}: nothing was given" if fhir_status else "no status"
         warnings.append(f"{item.label}: {why}; skipped.")
         return None
-    concept, display = _med_concept(item, index, warnings)
-    rxnorm, rx_display = _rxnorm(concept, known_rxnorm)
-    name = as_str(as_dict(concept).get("text")) or rx_display or concept_text(concept) or display
-    if not name and not rxnorm:
-        warnings.append(f"{item.label}: the drug has neither a name nor an RxNorm code; skipped.")
+    drug = _drug(item, index, known_rxnorm, warnings)
+    if drug is None:
         return None
+    name, rxnorm = drug
     period = as_dict(res.get("effectivePeriod"))
     if item.type == "MedicationAdministration":
         start = first_when([("effectiveDateTime", res.get("effectiveDateTime")), ("effectivePeriod.start",
@@ -208,6 +204,18 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str],
     if status != "active":
         med["end"] = end.isoformat()
     return {k: v for k, v in med.items() if v is not None}, start
+
+
+def _drug(item: Item, index: Index, known_rxnorm: frozenset[str],
+          warnings: list[str]) -> Optional[tuple[Optional[str], Optional[str]]]:
+    """(name, RxNorm code) of the drug of a medication resource; None (with a warning) when it has neither."""
+    concept, display = _med_concept(item, index, warnings)
+    rxnorm, rx_display = _rxnorm(concept, known_rxnorm)
+    name = as_str(as_dict(concept).get("text")) or rx_display or concept_text(concept) or display
+    if not name and not rxnorm:
+        warnings.append(f"{item.label}: the drug has neither a name nor an RxNorm code; skipped.")
+        return None
+    return name, rxnorm
 
 
 def _med_concept(item: Item, index: Index, warnings: list[str]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
