@@ -147,15 +147,17 @@ def _placed_in_time(labs: list[LabValue], skipped: list[Problem], warnings: list
     dated = any(lab.utc is not None for lab in labs)
     kept = []
     for lab in labs:
-        shown = f"{lab.test} {fmt(lab.value) if is_number(lab.value) else lab.value} {lab.unit}"
-        if lab.utc is not None and lab.utc > limit:
-            why = f"{shown} is dated {lab.utc.date().isoformat()}, after today: a result cannot come from the future"
-        elif lab.utc is None and dated:
-            why = (f"{shown} has no usable date of its own while the other values are dated: it cannot be placed "
-                   f"among them, and would otherwise be taken as the current value")
-        else:
+        future = lab.utc is not None and lab.utc > limit
+        if not future and (lab.utc is not None or not dated):
             kept.append(lab)
             continue
+        shown = f"{lab.test} {fmt(lab.value) if is_number(lab.value) else lab.value} {lab.unit}"
+        if future:
+            assert lab.utc is not None
+            why = f"{shown} is dated {lab.utc.date().isoformat()}, after today: a result cannot come from the future"
+        else:
+            why = (f"{shown} has no usable date of its own while the other values are dated: it cannot be placed "
+                   f"among them, and would otherwise be taken as the current value")
         skipped.append(Problem(lab.item.loc, why))
         warnings.append(f"{lab.item.label}: {why}; left out.")
     return kept
