@@ -494,3 +494,21 @@ def test_fhir_a_dose_given_or_a_supply_dispensed_is_a_drug_taken(client):
     not_given = doc({"resourceType": "MedicationAdministration", "status": "not-done",
                      "medicationCodeableConcept": {"text": "clozapine"}, "effectiveDateTime": "2025-03-09T20:00:00Z"})
     assert not not_given["causes"] and any("nothing was given" in w for w in not_given["warnings"])
+
+
+def test_fhir_a_temperature_sent_as_a_component_of_a_vital_signs_panel_is_read(client):
+    """A vital-signs panel whose temperature was a component had been 'a code leukodx does not use'."""
+    b = _lab_bundle(("751-8", 0.3, "10*9/L", "2025-03-10T08:00:00Z"))
+    b["entry"].append({"resource": {
+        "resourceType": "Observation", "id": "vs", "status": "final", "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85353-1"}]}, "effectiveDateTime": "2025-03-10T07:00:00Z",
+        "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                       "valueQuantity": {"value": 118, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}},
+                      {"code": {"coding": [{"system": "http://loinc.org", "code": "8333-7"}]},
+                       "valueQuantity": {"value": 38.9, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}]}})
+    from leukodx.api.fhir import bundle_to_case
+    history = bundle_to_case(b)[0]["history"]
+    assert (history["temperature_c"], history["temperature_site"]) == (38.9, "tympanic")
+    doc = client.post("/v1/assess/fhir", json=b).json()
+    assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]
+    assert [w for w in doc["warnings"] if "does not use" in w] == []

@@ -47,7 +47,7 @@ from .datatypes import (UCUM, When, as_dict, as_list, as_str, code_label, codes,
 from .duplicates import preferred
 from . import panels
 from .resources import Index, Item
-from .vitals import Weight, body_weight, vital_codes
+from .vitals import Weight, body_weight, has_temperature_component, vital_codes
 
 __all__ = ["LabValue", "map_observations"]
 
@@ -118,7 +118,8 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if code is None and not parts:
             if any(c in vitals.weight for c in loinc):
                 body_weight(item, weights, warnings)
-            elif not any(c in vitals.temperature or c in kb.pgx_codes for c in loinc):   # read elsewhere
+            elif not any(c in vitals.temperature or c in kb.pgx_codes for c in loinc) and \
+                    not has_temperature_component(res, vitals):                            # read elsewhere
                 key = code_label(res.get("code"), loinc)
                 ignored[key] = ignored.get(key, 0) + 1
             continue
@@ -176,8 +177,8 @@ def _keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int]
     lower = _lower_count(old, lab, spec) if conflict else None
     if lower is not None:
         replace = lower is lab
-        warning = (f"{lab.item.label}: a second {lab.test} value {when}, {_shown(lab)}, conflicts with {_shown(old)} of "
-                   f"{old.item.label}; neither status, issued nor meta.lastUpdated says which is right, so the lower "
+        warning = (f"{lab.item.label}: a second {lab.test} value {when}, {_shown(lab)}, conflicts with "
+                   f"{_shown(old)} of {old.item.label}; neither status, issued nor meta.lastUpdated says which is right, so the lower "
                    f"count, {_shown(lower)}, was used (the worse side): check which result is valid.")
     warnings.append(warning)
     if conflict:

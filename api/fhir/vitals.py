@@ -7,13 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
-from typing import NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import registry, unreadable
 
-from .datatypes import RESULT_STATUSES, as_dict, as_str, after, codings, is_number, quantity_unit
+from .datatypes import RESULT_STATUSES, as_dict, as_list, as_str, after, codings, is_number, loinc_codes, quantity_unit
 from .resources import Item
 
 __all__ = ["Temperature", "VitalCodes", "vital_codes", "body_weight", "latest_weight", "temperature"]
@@ -52,15 +52,38 @@ def vital_codes(kb: KnowledgeBase) -> VitalCodes:
     return found
 
 
-def _site(item: Item, codes: VitalCodes) -> Optional[str]:
+def _site(loinc: list[str] | tuple[str, ...], body_site: Any, codes: VitalCodes) -> Optional[str]:
     """Where a temperature was taken: from its LOINC code, else from its bodySite (SNOMED CT)."""
-    for code in item.loinc:
+    for code in loinc:
         if code in codes.site_of_loinc:
             return codes.site_of_loinc[code]
-    for c in codings(item.resource.get("bodySite")):
+    for c in codings(body_site):
         if as_str(c.get("system")) == SNOMED and as_str(c.get("code")) in codes.site_of_body_site:
             return codes.site_of_body_site[as_str(c.get("code")) or ""]
     return None
+
+
+def has_temperature_component(res: dict[str, Any], codes: VitalCodes) -> bool:
+    return any(not codes.temperature.isdisjoint(loinc_codes(as_dict(c).get("code")))
+               for c in as_list(res.get("component")))
+
+
+def _temperature_parts(mine: list[Item], codes: VitalCodes) -> Iterator[tuple[Item, dict[str, Any], Optional[str]]]:
+    """(Observation, what holds the reading, site) of each temperature: an Observation coded as one, or a
+    component of one (a vital-signs panel sent with its readings as components: status, time and
+    bodySite are the Observation's)."""
+    for item in mine:
+        if item.type != "Observation":
+            continue
+        res = item.resource
+        if not codes.temperature.isdisjoint(item.loinc):
+            yield item, res, _site(item.loinc, res.get("bodySite"), codes)
+            continue
+        for component in as_list(res.get("component")):
+            part = as_dict(component)
+            loinc = loinc_codes(part.get("code"))
+            if not codes.temperature.isdisjoint(loinc):
+                yield item, part, _site(loinc, res.get("bodySite"), codes)
 
 
 def body_weight(item: Item, weights: list[Weight], warnings: list[str]) -> None:
@@ -104,11 +127,8 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
     codes = vital_codes(kb)
     later = old = 0
     readings: list[tuple[datetime, float, str]] = []
-    for item in mine:
-        res = item.resource
-        if item.type != "Observation" or codes.temperature.isdisjoint(item.loinc):
-            continue
-        if as_str(res.get("status")) not in RESULT_STATUSES:
+    for item, res, site in _temperature_parts(mine, codes):
+        if as_str(item.resource.get("status")) not in RESULT_STATUSES:
             continue
         q = as_dict(res.get("valueQuantity"))
         unit = quantity_unit(q)
@@ -132,7 +152,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
         if ref is not None and (ref - utc_naive(when).date()).days > max_age_days:
             old += 1
             continue
-        readings.append((utc_naive(when), round(float(celsius), 1), _site(item, codes) or ""))
+        readings.append((utc_naive(when), round(float(celsius), 1), site or ""))
     if later:
         warnings.append(f"{later} body temperature{'s' if later != 1 else ''} measured after the date the case is "
                         f"judged at ({ref}) {'were' if later != 1 else 'was'} left out.")
