@@ -104,7 +104,8 @@ def _check_vitals(kb: KnowledgeBase, need: Any, problems: list[str]) -> None:
     codes = [*temp.get("unspecified_loinc", []), *(kb.vitals.get("body_weight") or {}).get("loinc", [])]
     codes += [c for site in sites.values() for c in site.get("loinc", [])]
     body_sites = [c for site in sites.values() for c in site.get("body_site", [])]
-    for kind, listed in (("LOINC", codes), ("bodySite", body_sites)):
+    snomed = [c for site in sites.values() for c in site.get("snomed", [])]
+    for kind, listed in (("LOINC", codes), ("bodySite", body_sites), ("SNOMED CT", snomed)):
         for code in sorted({c for c in listed if listed.count(c) > 1}):
             problems.append(f"vitals.yaml: {kind} code {code} is listed more than once")
     for code in sorted(set(codes) & set(kb.loinc)):

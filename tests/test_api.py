@@ -512,3 +512,22 @@ def test_fhir_a_temperature_sent_as_a_component_of_a_vital_signs_panel_is_read(c
     doc = client.post("/v1/assess/fhir", json=b).json()
     assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]
     assert [w for w in doc["warnings"] if "does not use" in w] == []
+
+
+def test_fhir_a_temperature_coded_only_in_snomed_ct_is_read(client):
+    """The MII ICU forehead temperature carries only a SNOMED CT code (415922000) and bodySite forehead."""
+    b = _lab_bundle(("751-8", 0.3, "10*9/L", "2025-03-10T08:00:00Z"))
+    b["entry"].append({"resource": {
+        "resourceType": "Observation", "id": "t", "status": "final", "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "415922000"}]},
+        "bodySite": {"coding": [{"system": "http://snomed.info/sct", "code": "52795006"}]},
+        "effectiveDateTime": "2025-03-10T07:00:00Z",
+        "valueQuantity": {"value": 38.7, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}})
+    from leukodx.api.fhir import bundle_to_case
+    history = bundle_to_case(b)[0]["history"]
+    assert (history["temperature_c"], history["temperature_site"]) == (38.7, "temporal")
+    doc = client.post("/v1/assess/fhir", json=b).json()
+    assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]
+    assert [w for w in doc["warnings"] if "does not use" in w] == []
+    vitals = {s["id"]: s for s in client.get("/cds-services").json()["services"]}["leukodx-patient-view"]["prefetch"]["vitals"]
+    assert "http://snomed.info/sct|415922000" in vitals and "http://loinc.org|8333-7" in vitals

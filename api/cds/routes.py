@@ -29,7 +29,7 @@ from ..config import Settings
 from ..deps import CDS_TYPES, LeanRoute, engine, read_body
 from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
-from ..fhir.vitals import vital_codes
+from ..fhir.vitals import VitalCodes, vital_codes
 from ..offload import INLINE_MAX_BYTES, run_cpu
 from ..problems import ProblemError
 from ..reports import store_report
@@ -50,7 +50,7 @@ def _loinc_list(codes: Iterable[str]) -> str:
     return ",".join(f"http://loinc.org|{c}" for c in codes)
 
 
-def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str], vitals: Iterable[str]) -> dict[str, str]:
+def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str], vitals: VitalCodes) -> dict[str, str]:
     """The prefetch templates: reads, patient references, token equality, _sort and _count only
     (CDS Hooks 2.0.1's recommended query subset). `observations` asks for the lab codes of the knowledge
     base and the CBC panel (whose values may come as its components); `pgx` for the TPMT/NUDT15 result
@@ -62,7 +62,8 @@ def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str], vitals: Iterabl
         "observations": f"Observation?patient={_P}&code={_loinc_list([*kb_loinc, *CBC_PANEL_LOINC])}&_sort=-date"
                         f"&_count=200",
         "pgx": f"Observation?patient={_P}&code={_loinc_list(pgx_loinc)}&_sort=-date&_count=50",
-        "vitals": f"Observation?patient={_P}&code={_loinc_list(vitals)}&_sort=-date&_count=50",
+        "vitals": f"Observation?patient={_P}&code={_loinc_list(vitals.all)},"
+                  f"{','.join(f'http://snomed.info/sct|{c}' for c in vitals.snomed)}&_sort=-date&_count=50",
         "medicationRequests": f"MedicationRequest?patient={_P}&_sort=-authoredon&_count=100",
         "medicationStatements": f"MedicationStatement?patient={_P}&_count=100",
         "conditions": f"Condition?patient={_P}&clinical-status=active&_count=100",
@@ -123,7 +124,7 @@ def _templates(eng: Engine) -> dict[str, str]:
     """The prefetch templates of the engine's knowledge base, built once per version (every call uses them)."""
     found = _TEMPLATES.get(eng.kb.version)
     if found is None:
-        found = _TEMPLATES[eng.kb.version] = _prefetch(sorted(eng.kb.loinc), eng.kb.pgx_codes, vital_codes(eng.kb).all)
+        found = _TEMPLATES[eng.kb.version] = _prefetch(sorted(eng.kb.loinc), eng.kb.pgx_codes, vital_codes(eng.kb))
     return found
 
 

@@ -47,7 +47,7 @@ from .datatypes import (UCUM, When, as_dict, as_list, as_str, code_label, codes,
 from .duplicates import preferred
 from . import panels
 from .resources import Index, Item
-from .vitals import Weight, body_weight, has_temperature_component, vital_codes
+from .vitals import Weight, body_weight, is_temperature_observation, vital_codes
 
 __all__ = ["LabValue", "map_observations"]
 
@@ -118,8 +118,8 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if code is None and not parts:
             if any(c in vitals.weight for c in loinc):
                 body_weight(item, weights, warnings)
-            elif not any(c in vitals.temperature or c in kb.pgx_codes for c in loinc) and \
-                    not has_temperature_component(res, vitals):                            # read elsewhere
+            # a genotype or a temperature is read elsewhere; any other code is named as not used
+            elif not any(c in kb.pgx_codes for c in loinc) and not is_temperature_observation(res, vitals):
                 key = code_label(res.get("code"), loinc)
                 ignored[key] = ignored.get(key, 0) + 1
             continue

@@ -32,10 +32,26 @@ class VitalCodes:
     weight: frozenset[str]                   # LOINC codes of a body weight
     site_of_loinc: dict[str, str]            # LOINC code -> site
     site_of_body_site: dict[str, str]        # SNOMED CT bodySite code -> site
+    site_of_snomed: dict[str, str]           # SNOMED CT observable code of a temperature -> site
+
+    def is_temperature(self, concept: Any) -> bool:
+        """Whether an Observation's (or component's) ``code`` is a body temperature (LOINC or SNOMED CT)."""
+        return not self.temperature.isdisjoint(loinc_codes(concept)) or bool(self.snomed_codes(concept))
+
+    def snomed_codes(self, concept: Any) -> list[str]:
+        """The SNOMED CT temperature codes of ``concept``."""
+        return [code for c in codings(concept) if as_str(c.get("system")) == SNOMED
+                and (code := as_str(c.get("code")) or "") in self.site_of_snomed]
 
     @property
     def all(self) -> tuple[str, ...]:
+        """Every LOINC code of a temperature or a weight."""
         return tuple(sorted(self.temperature | self.weight))
+
+    @property
+    def snomed(self) -> tuple[str, ...]:
+        """Every SNOMED CT code of a temperature."""
+        return tuple(sorted(self.site_of_snomed))
 
 
 def vital_codes(kb: KnowledgeBase) -> VitalCodes:
@@ -48,24 +64,28 @@ def vital_codes(kb: KnowledgeBase) -> VitalCodes:
         found = kb.derived["vital_codes"] = VitalCodes(
             temperature=frozenset(temp.get("unspecified_loinc", [])) | frozenset(by_loinc),
             weight=frozenset(kb.vitals["body_weight"]["loinc"]), site_of_loinc=by_loinc,
-            site_of_body_site={c: name for name, site in sites.items() for c in site.get("body_site", [])})
+            site_of_body_site={c: name for name, site in sites.items() for c in site.get("body_site", [])},
+            site_of_snomed={c: name for name, site in sites.items() for c in site.get("snomed", [])})
     return found
 
 
-def _site(loinc: list[str] | tuple[str, ...], body_site: Any, codes: VitalCodes) -> Optional[str]:
-    """Where a temperature was taken: from its LOINC code, else from its bodySite (SNOMED CT)."""
-    for code in loinc:
+def _site(concept: Any, body_site: Any, codes: VitalCodes) -> Optional[str]:
+    """Where a temperature was taken: from its code (LOINC, SNOMED CT), else from its bodySite."""
+    for code in loinc_codes(concept):
         if code in codes.site_of_loinc:
             return codes.site_of_loinc[code]
+    for code in codes.snomed_codes(concept):
+        return codes.site_of_snomed[code]
     for c in codings(body_site):
         if as_str(c.get("system")) == SNOMED and as_str(c.get("code")) in codes.site_of_body_site:
             return codes.site_of_body_site[as_str(c.get("code")) or ""]
     return None
 
 
-def has_temperature_component(res: dict[str, Any], codes: VitalCodes) -> bool:
-    return any(not codes.temperature.isdisjoint(loinc_codes(as_dict(c).get("code")))
-               for c in as_list(res.get("component")))
+def is_temperature_observation(res: dict[str, Any], codes: VitalCodes) -> bool:
+    """A temperature Observation, or one with a temperature among its components (read by :func:`temperature`)."""
+    return codes.is_temperature(res.get("code")) or any(codes.is_temperature(as_dict(c).get("code"))
+                                                       for c in as_list(res.get("component")))
 
 
 def _temperature_parts(mine: list[Item], codes: VitalCodes) -> Iterator[tuple[Item, dict[str, Any], Optional[str]]]:
@@ -76,14 +96,13 @@ def _temperature_parts(mine: list[Item], codes: VitalCodes) -> Iterator[tuple[It
         if item.type != "Observation":
             continue
         res = item.resource
-        if not codes.temperature.isdisjoint(item.loinc):
-            yield item, res, _site(item.loinc, res.get("bodySite"), codes)
+        if codes.is_temperature(res.get("code")):
+            yield item, res, _site(res.get("code"), res.get("bodySite"), codes)
             continue
         for component in as_list(res.get("component")):
             part = as_dict(component)
-            loinc = loinc_codes(part.get("code"))
-            if not codes.temperature.isdisjoint(loinc):
-                yield item, part, _site(loinc, res.get("bodySite"), codes)
+            if codes.is_temperature(part.get("code")):
+                yield item, part, _site(part.get("code"), res.get("bodySite"), codes)
 
 
 def body_weight(item: Item, weights: list[Weight], warnings: list[str]) -> None:
