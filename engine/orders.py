@@ -4,7 +4,9 @@ A thiopurine is checked against the patient's TPMT and NUDT15 phenotypes: the CP
 starting-dose change of rules/pgx/dose_adjustments.yaml (a fraction of the ordered dose, a change
 of frequency, or an alternative drug), or genotyping when a phenotype is unknown. Clozapine is
 checked against the label's ANC thresholds (rules/orders.yaml, thresholds.yaml) and the current
-assessment. Adapters turn an :class:`OrderCheck` into their own format (a CDS card with
+assessment. Any drug is checked against its own label's count thresholds (rules/label_thresholds.yaml:
+the assessment's rules of the family ``labels`` that fired for it) and against the interactions of
+rules/interactions.yaml it takes part in (with the patient's drugs or another draft). Adapters turn an :class:`OrderCheck` into their own format (a CDS card with
 suggestions); they decide nothing.
 """
 from __future__ import annotations
@@ -48,7 +50,7 @@ class OrderCheck(BaseModel):
     order: str
     drug: str
     drug_name: str
-    topic: Literal["thiopurine_pgx", "clozapine_anc"]
+    topic: Literal["thiopurine_pgx", "clozapine_anc", "drug_label", "interaction"]
     priority: Priority
     summary: str
     detail: str
@@ -185,7 +187,42 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             out.append(_with_interactions(kb, check, drug, assessment))
         elif drug["id"] == "clozapine":
             out.append(_clozapine(kb, order, drug, assessment))
+        elif assessment is not None:
+            out += [c for c in (_label(kb, order, drug, assessment), _interactions(kb, order, drug, assessment)) if c]
     return out
+
+
+def _label(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:
+    """The drug's own label asks not to use it at the patient's current counts (a rule of the family
+    ``labels`` fired for it: valganciclovir with haemoglobin 7.2)."""
+    fired = [rid for rid in dict.fromkeys(r for s in a.steps for r in s.rules)
+             if rid.startswith(f"labels.{drug['id']}_")]
+    if not fired:
+        return None
+    rules = [kb.rule(rid) for rid in fired]
+    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="drug_label", priority="critical",
+                      cancel="recommended", summary=f"{drug['name'].capitalize()} ordered below its label's count "
+                                                    f"threshold: do not start",
+                      detail=" ".join(r.statement for r in rules),
+                      sources=list(dict.fromkeys(src for r in rules for src in r.sources)))
+
+
+def _interactions(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:
+    """The interactions of rules/interactions.yaml the ordered drug takes part in (the assessment found
+    them with the draft counted as taken): methotrexate ordered for a patient on co-trimoxazole."""
+    by_id = {i["id"]: i for i in kb.interactions}
+    mine = [found for found in a.interactions
+            if any(drug["id"] in side.get("drugs", []) or set(drug.get("classes", [])) & set(side.get("classes", []))
+                   for side in by_id.get(found.id, {}).get("sides", []))]
+    if not mine:
+        return None
+    others = [n for found in mine for side in found.drugs for n in side if n != drug["name"]]
+    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="interaction",
+                      priority="warning", cancel="possible",
+                      summary=f"{drug['name'].capitalize()} with {', '.join(dict.fromkeys(others)) or 'another drug'}: "
+                              f"a combination that raises marrow toxicity",
+                      detail="\n\n".join(f"**{f.title}.** {f.effect} {f.action}" for f in mine),
+                      sources=list(dict.fromkeys(src for f in mine for src in f.sources)))
 
 
 def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],

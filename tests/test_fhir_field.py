@@ -450,3 +450,35 @@ def test_a_deceased_patient_and_results_a_report_lists_but_the_data_lacks_are_na
               "result": [{"reference": "Observation/wbc"}, {"reference": "Observation/anc-not-fetched"}]}
     m = mapped(patient(), report, obs("6690-2", 3.0, oid="wbc"))
     assert has(m.warnings, "DiagnosticReport/r", "1 result it lists is not in the data", "Observation/anc-not-fetched")
+
+
+# ---- order checks beyond thiopurines and clozapine ----------------------------------------------------
+
+def test_an_order_that_makes_an_interacting_pair_gets_a_warning_card(client):
+    """Methotrexate ordered for a patient on co-trimoxazole, with normal counts, had given no card: the
+    engine found the interaction, but only the thiopurine and clozapine checks reached a card."""
+    on_bactrim = bundle({"resourceType": "MedicationRequest", "id": "m0", "status": "active", "intent": "order",
+                         "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-11-20",
+                         "medicationCodeableConcept": {"text": "Bactrim DS"}}, kind="searchset")
+    mtx = order(medicationCodeableConcept={"text": "methotrexate 2.5 mg tablet"})
+    cards = hook_call(client, "order-sign", {"observations": normal_cbc(), "medicationRequests": on_bactrim}, mtx)
+    [card] = [c for c in cards if c["source"]["topic"]["code"] == "drug-interaction"]
+    assert card["indicator"] == "warning" and "Methotrexate with trimethoprim-sulfamethoxazole" in card["summary"]
+    assert "medsafe_methotrexate_trimethoprim_2022" in card["detail"]
+    action = card["suggestions"][0]["actions"][0]
+    assert (action["type"], action["resourceId"]) == ("delete", "MedicationRequest/ord1")
+    alone = hook_call(client, "order-sign", {"observations": normal_cbc()}, mtx)
+    assert not [c for c in alone if c["source"]["topic"]["code"] == "drug-interaction"]
+
+
+def test_an_order_below_its_labels_count_threshold_gets_a_critical_card(client):
+    """Valganciclovir ordered with haemoglobin 7.2 (label: do not use below 8 g/dL) had given no card."""
+    low_hb = bundle(obs("6690-2", 5.0, t=RECENT), obs("751-8", 3.0, t=RECENT), obs("718-7", 7.2, "g/dL", t=RECENT),
+                    kind="searchset")
+    valgan = order(medicationCodeableConcept={"text": "valganciclovir 450 mg tablet"})
+    cards = hook_call(client, "order-sign", {"observations": low_hb}, valgan)
+    [card] = [c for c in cards if c["source"]["topic"]["code"] == "drug-label"]
+    assert card["indicator"] == "critical" and "haemoglobin below 8" in card["detail"]
+    assert card["suggestions"][0]["isRecommended"] is True
+    fine = hook_call(client, "order-sign", {"observations": normal_cbc()}, valgan)
+    assert not [c for c in fine if c["source"]["topic"]["code"] == "drug-label"]

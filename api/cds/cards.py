@@ -40,7 +40,9 @@ TIER_WORDS = {"mild": "Mild neutropenia", "moderate": "Moderate neutropenia", "s
 TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),
           "data": ("data-quality", "Data leukodx could not use"),
           "thiopurine_pgx": ("thiopurine-pgx", "Thiopurine pharmacogenomics"),
-          "clozapine_anc": ("clozapine-anc", "Clozapine ANC monitoring")}
+          "clozapine_anc": ("clozapine-anc", "Clozapine ANC monitoring"),
+          "drug_label": ("drug-label", "A drug's label count thresholds"),
+          "interaction": ("drug-interaction", "Drug interactions raising marrow toxicity")}
 DISCLAIMER = "_leukodx supports and does not replace clinical judgement._"
 
 
@@ -159,8 +161,11 @@ def _service_request(patient_id: Optional[str], code: Optional[dict[str, Any]], 
 
 
 def _has_something_to_say(a: Assessment) -> bool:
+    """An alert, a cause, a low count, or an immediate or urgent step (a label's threshold for haemoglobin or
+    platelets: valganciclovir with haemoglobin 7.2 had given no card)."""
     return bool(a.alerts or a.causes or a.risk_tier.tier in TIER_WORDS or a.risk_tier.tier_at_least or
-                any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings))
+                any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings) or
+                any(s.urgency in ("immediate", "urgent") for s in a.steps))
 
 
 def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str]) -> list[Card]:
@@ -292,9 +297,11 @@ def order_card(check: OrderCheck, order: dict[str, Any], hook_instance: str, pat
     if check.topic == "thiopurine_pgx":
         source = _source(f"CPIC thiopurine guideline (leukodx knowledge base {kb_version})", check.topic,
                          "https://cpicpgx.org/guidelines/guideline-for-thiopurines-and-tpmt/")
-    else:
+    elif check.topic == "clozapine_anc":
         source = _source("Clozapine prescribing information (ANC monitoring)", check.topic,
                          "https://dailymed.nlm.nih.gov/")
+    else:
+        source = _source(f"leukodx knowledge base {kb_version}", check.topic)
     # at most one suggestion is recommended; the EHR offers one choice of them
     return Card(uuid=cid, summary=_summary(check.summary), indicator=check.priority, detail=detail, source=source,
                 suggestions=suggestions or None, selectionBehavior="at-most-one" if suggestions else None,
