@@ -482,3 +482,12 @@ def test_an_order_below_its_labels_count_threshold_gets_a_critical_card(client):
     assert card["suggestions"][0]["isRecommended"] is True
     fine = hook_call(client, "order-sign", {"observations": normal_cbc()}, valgan)
     assert not [c for c in fine if c["source"]["topic"]["code"] == "drug-label"]
+
+
+def test_of_several_rxnorm_codings_the_one_leukodx_knows_names_the_drug(client):
+    """An order coded [an RxNorm code leukodx does not know, azathioprine 50 mg tablet 197388] for a TPMT poor
+    metabolizer had been read by its first coding and got no thiopurine card."""
+    pgx = bundle(genotype("*3A/*3A"), kind="searchset")
+    cc = {"coding": [{"system": RXNORM, "code": "2587196"}, {"system": RXNORM, "code": "197388"}]}
+    cards = hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx}, order(medicationCodeableConcept=cc))
+    assert any(c["indicator"] == "critical" and c["source"]["topic"]["code"] == "thiopurine-pgx" for c in cards)

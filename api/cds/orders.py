@@ -36,7 +36,7 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
     if not drafts:
         return []
     orders, by_key, unread = [], {}, []
-    for index, (order, drug) in enumerate(zip(drafts, fhir.order_drugs(drafts, resources))):
+    for index, (order, drug) in enumerate(zip(drafts, fhir.order_drugs(drafts, resources, fhir.known_rxnorm_codes(eng.kb)))):
         key = str(order.get("id") or f"#{index}")     # an order without an id still gets its own card uuid
         if drug.unread:                                # said on a card, never dropped in silence
             named = f"Draft order MedicationRequest/{key}" if order.get("id") else f"Draft order {index + 1}"

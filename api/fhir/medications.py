@@ -23,12 +23,13 @@ from typing import Any, Optional, Union
 
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.units import dose_rate, registry
+from leukodx.engine.vocabulary import load_products
 
 from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, fmt, is_number,
                         later_warning, quantity_unit, reference)
 from .resources import Index, Item, walk_readable
 
-__all__ = ["map_medications", "medication_name_and_code", "order_drugs", "OrderDrug", "RXNORM", "MED_STATUS"]
+__all__ = ["map_medications", "medication_name_and_code", "known_rxnorm_codes", "order_drugs", "OrderDrug", "RXNORM", "MED_STATUS"]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 EVENT_TYPES = ("MedicationAdministration", "MedicationDispense")
@@ -43,10 +44,7 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
                     include_draft: bool, warnings: list[str]) -> list[dict[str, Any]]:
     """``case.medications`` from the patient's MedicationRequests, MedicationStatements, administrations
     and dispenses, in input order (an RxNorm code of a drug in ``kb`` is preferred over other RxNorm codings)."""
-    known_rxnorm = kb.derived.get("rxnorm_codes")
-    if known_rxnorm is None:     # every RxNorm code of rules/drugs, once per knowledge base
-        known_rxnorm = kb.derived["rxnorm_codes"] = frozenset(code for d in kb.drugs
-                                                              for code in (d.get("rxnorm") or []))
+    known_rxnorm = known_rxnorm_codes(kb)
     meds: list[dict[str, Any]] = []
     later: list[str] = []
     for item in mine:
@@ -69,9 +67,20 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
     return meds
 
 
-def medication_name_and_code(resource: dict[str, Any]) -> tuple[Optional[str], Optional[str]]:
+def known_rxnorm_codes(kb: KnowledgeBase) -> frozenset[str]:
+    """Every RxNorm code leukodx reads: the ingredient codes of rules/drugs.yaml and the product codes of
+    rules/rxnorm_products.json (worked out once per knowledge base)."""
+    found = kb.derived.get("rxnorm_codes")
+    if found is None:
+        found = kb.derived["rxnorm_codes"] = frozenset(
+            [code for d in kb.drugs for code in (d.get("rxnorm") or [])] + list(load_products()))
+    return found
+
+
+def medication_name_and_code(resource: dict[str, Any], known: frozenset[str] = frozenset()
+                             ) -> tuple[Optional[str], Optional[str]]:
     """(name, RxNorm code) of a MedicationRequest/MedicationStatement's own medicationCodeableConcept."""
-    return _name_and_code(resource.get("medicationCodeableConcept"))
+    return _name_and_code(resource.get("medicationCodeableConcept"), known)
 
 
 @dataclass
@@ -81,27 +90,28 @@ class OrderDrug:
     unread: Optional[str]          # why no drug could be read from the order (None when one was)
 
 
-def order_drugs(orders: list[dict[str, Any]], data: Any) -> list[OrderDrug]:
+def order_drugs(orders: list[dict[str, Any]], data: Any, known: frozenset[str] = frozenset()) -> list[OrderDrug]:
     """The drug of each draft order (a MedicationRequest being written), as the mapping reads it for
     the assessment: its ``medicationCodeableConcept``, else the Medication its ``medicationReference``
     points to (``#id`` in its ``contained``, or a Medication in ``data``: the prefetch, the draftOrders),
-    else the reference's display. ``unread`` says why an order's drug could not be told at all. The
-    data is indexed only when an order needs it (a prefetch can hold years of labs)."""
+    else the reference's display; of several RxNorm codings, one in ``known`` (:func:`known_rxnorm_codes`)
+    first. ``unread`` says why an order's drug could not be told at all. The data is indexed only when an
+    order needs it (a prefetch can hold years of labs)."""
     index: Optional[Index] = None
     out: list[OrderDrug] = []
     for order in orders:
         if isinstance(order.get("medicationCodeableConcept"), dict):
-            name, code = medication_name_and_code(order)
+            name, code = medication_name_and_code(order, known)
             out.append(OrderDrug(name, code, None if name or code else "its medicationCodeableConcept names no "
                                                                        "drug (no text, display or RxNorm code)"))
             continue
         if index is None:
             index = Index(walk_readable([*orders, data]))
-        out.append(_referenced_drug(order, index))
+        out.append(_referenced_drug(order, index, known))
     return out
 
 
-def _referenced_drug(order: dict[str, Any], index: Index) -> OrderDrug:
+def _referenced_drug(order: dict[str, Any], index: Index, known: frozenset[str]) -> OrderDrug:
     ref_obj = as_dict(order.get("medicationReference"))
     ref, display = reference(ref_obj), as_str(ref_obj.get("display"))
     if not ref and not display:
@@ -110,7 +120,8 @@ def _referenced_drug(order: dict[str, Any], index: Index) -> OrderDrug:
         return OrderDrug(None, None, f"{why}, and it has no medicationReference")
     target = index.resolve(ref, Item(order, "", None, None))
     medication = target is not None and target.type == "Medication"
-    name, code = _name_and_code(target.resource.get("code")) if target is not None and medication else (None, None)
+    name, code = (_name_and_code(target.resource.get("code"), known) if target is not None and medication
+                  else (None, None))
     if name or code:
         return OrderDrug(name, code, None)
     if display:
@@ -119,10 +130,11 @@ def _referenced_drug(order: dict[str, Any], index: Index) -> OrderDrug:
     return OrderDrug(None, None, f"its medicationReference {ref!r} {why}")
 
 
-def _name_and_code(concept: Any) -> tuple[Optional[str], Optional[str]]:
-    code = next((as_str(c.get("code")) for c in codings(concept) if "rxnorm" in str(c.get("system", "")).lower()),
-                None)
-    return concept_text(concept), code
+def _name_and_code(concept: Any, known: frozenset[str]) -> tuple[Optional[str], Optional[str]]:
+    """(name, RxNorm code): of several RxNorm codings, one leukodx reads first (a thiopurine's product code
+    second after an unknown one had hidden the thiopurine)."""
+    rx = [code for c in codings(concept) if "rxnorm" in str(c.get("system", "")).lower() and (code := as_str(c.get("code")))]
+    return concept_text(concept), next((c for c in rx if c in known), rx[0] if rx else None)
 
 
 def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_draft: bool,
