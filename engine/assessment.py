@@ -191,7 +191,8 @@ class CpicRecommendation(_Out):
 class Pharmacogenomics(_Out):
     tpmt: GeneStatus
     nudt15: GeneStatus
-    tpmt_reliable: bool = True          # False: a TPMT activity measured too soon after a transfusion
+    tpmt_reliable: bool = True          # False: a TPMT result CPIC's caveats make unreliable (transfusion, HSCT ...)
+    nudt15_reliable: bool = True        # False: a NUDT15 genotype from a blood sample after an allogeneic HSCT
     recommendations: list[CpicRecommendation] = []
     note: Optional[str] = None          # why no CPIC recommendation is shown for a thiopurine taken
 

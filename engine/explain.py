@@ -69,12 +69,13 @@ def _pharmacogenomics(kb: KnowledgeBase, nc: NormCase, d: Derived) -> Pharmacoge
     never for a TPMT activity measured too soon after a transfusion (unreliable), and only when both genes
     are known (the note says what is missing instead)."""
     thiopurines = sorted({m.drug_id for m in nc.meds if "thiopurine" in m.classes and m.drug_id})
-    days = d.facts.get("tpmt_activity_days_after_transfusion")
-    reliable = not (days is not None and 0 <= days <= kb.value("tpmt_activity_transfusion_days"))
+    reasons = _unreliable_tpmt(kb, d.facts)
+    reliable = not reasons
     recs, note = [], None
     if thiopurines and not reliable:
-        note = (f"The TPMT activity was measured {days:g} days after a red cell transfusion and reflects donor cells: "
-                f"no CPIC dose is given from it. Genotype TPMT and NUDT15.")
+        note = (f"The TPMT result is unreliable: {'; '.join(reasons)}. No CPIC dose is given from it. Genotype TPMT "
+                f"and NUDT15" + (" on a pre-transplant DNA sample." if d.facts.get("tpmt_after_allogeneic_hsct")
+                                 else "."))
     elif thiopurines:
         unknown = [g.gene for g in (nc.tpmt, nc.nudt15) if g.phenotype == "unknown"]
         if unknown:
@@ -84,7 +85,25 @@ def _pharmacogenomics(kb: KnowledgeBase, nc: NormCase, d: Derived) -> Pharmacoge
                                                                (nc.tpmt.phenotype, nc.nudt15.phenotype) else "") + ".")
         else:
             recs = [rec for drug in thiopurines if (rec := pgx.recommendation(kb, drug, nc.tpmt, nc.nudt15))]
-    return Pharmacogenomics(tpmt=nc.tpmt, nudt15=nc.nudt15, tpmt_reliable=reliable, recommendations=recs, note=note)
+    return Pharmacogenomics(tpmt=nc.tpmt, nudt15=nc.nudt15, tpmt_reliable=reliable,
+                            nudt15_reliable=not d.facts.get("tpmt_after_allogeneic_hsct"), recommendations=recs,
+                            note=note)
+
+
+def _unreliable_tpmt(kb: KnowledgeBase, facts: dict[str, Any]) -> list[str]:
+    """Why the TPMT result cannot be relied on (the facts of rules thiopurine.*: CPIC's caveats), if at all."""
+    reasons = []
+    days = facts.get("tpmt_activity_days_after_transfusion")
+    if days is not None and 0 <= days <= kb.value("tpmt_activity_transfusion_days"):
+        what = "activity" if facts.get("tpmt_method") == "activity" else "result (method not given)"
+        reasons.append(f"the {what} was obtained {days:g} days after a red cell transfusion (donor cells)")
+    if facts.get("tpmt_after_allogeneic_hsct"):
+        reasons.append("it may come from after the allogeneic HSCT (the donor's cells and DNA)")
+    if facts.get("tpmt_activity_on_thiopurine"):
+        reasons.append("the activity was measured on a thiopurine, which raises it")
+    if facts.get("tpmt_activity_with_acute_leukemia"):
+        reasons.append("an activity in acute leukaemia may be falsely low")
+    return reasons
 
 
 def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[Firing], causes: list[CauseOut],

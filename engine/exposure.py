@@ -62,10 +62,30 @@ def patient_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> Non
     facts["nudt15_phenotype"] = nc.nudt15.phenotype
     if h.tpmt_method:
         facts["tpmt_method"] = h.tpmt_method
-        if h.tpmt_method == "activity" and transfusion:
-            tested = _as_day(h.tpmt_test_date) if h.tpmt_test_date else as_of   # undated: assume tested now
-            if tested:
-                facts["tpmt_activity_days_after_transfusion"] = _days(tested, transfusion)
+    _tpmt_result_facts(nc, facts)
+
+
+def _tpmt_result_facts(nc: NormCase, facts: dict[str, Any]) -> None:
+    """When a TPMT result was obtained, against what can make it unreliable (CPIC): a transfusion before it
+    (an activity, or a result whose method is not given), an allogeneic HSCT before it (a blood sample holds
+    the donor's cells and DNA), a thiopurine already taken (raises the activity), an acute leukaemia
+    (activity falsely low at diagnosis). An undated result is taken as obtained at the case date."""
+    h = nc.case.history
+    if not h.tpmt:
+        return
+    tested = _as_day(h.tpmt_test_date) if h.tpmt_test_date else nc.as_of
+    transfusion = h.last_transfusion and _as_day(h.last_transfusion)
+    if h.tpmt_method in ("activity", None) and transfusion and tested:
+        facts["tpmt_activity_days_after_transfusion"] = _days(tested, transfusion)
+    if nc.transplant_organ == "hsct":
+        hsct = h.transplant.date if h.transplant else None
+        if hsct is None or tested is None or _as_day(hsct) <= tested:
+            facts["tpmt_after_allogeneic_hsct"] = True
+    if h.tpmt_method == "activity":
+        if h.tpmt_test_date and any("thiopurine" in m.classes and m.start and m.start < tested for m in nc.meds):
+            facts["tpmt_activity_on_thiopurine"] = True
+        if "acute_leukemia" in nc.conditions:
+            facts["tpmt_activity_with_acute_leukemia"] = True
 
 
 def _as_day(v: Any) -> date:

@@ -168,8 +168,10 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
     results given (a phenotype word or a diplotype; an unreadable one counts as unknown)."""
     if assessment is not None:
         t, n = assessment.pharmacogenomics.tpmt, assessment.pharmacogenomics.nudt15
-        if not assessment.pharmacogenomics.tpmt_reliable:     # activity after a transfusion: as if untested
+        if not assessment.pharmacogenomics.tpmt_reliable:     # CPIC's caveats (transfusion, HSCT ...): as if untested
             t = _resolve(kb, "tpmt", None)
+        if not assessment.pharmacogenomics.nudt15_reliable:   # a blood sample after an allogeneic HSCT
+            n = _resolve(kb, "nudt15", None)
     else:
         t, n = (_resolve(kb, gene, value) for gene, value in (("tpmt", tpmt), ("nudt15", nudt15)))
     oncologic = set(assessment.conditions) & kb.oncologic_conditions if assessment is not None else set()
