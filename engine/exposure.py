@@ -101,7 +101,9 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
     for med in nc.meds:
         active, stop_unknown, last_dose = _exposure(med, as_of)
         recent = active or stop_unknown or (last_dose is not None and last_dose <= recent_days)
-        days_on = _days(as_of, med.start) if active else None
+        # days on the drug: to the case date while taken; for a course stopped recently, its length (a drug
+        # stopped two days ago after 24 days stays in the onset windows that its days on decide)
+        days_on = _days(as_of, med.start) if active else (_days(med.end, med.start) if recent and med.end else None)
         for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
             if active:
                 facts[f"{stem}_active"] = True

@@ -52,3 +52,17 @@ def test_a_drug_stopped_on_a_day_not_given_stays_a_suspect(engine):
     assert "thiopurine_myelotoxicity" in {c.id for c in stopped.causes}
     assert any("stopped on a day not given" in w for w in stopped.warnings)
     assert "thiopurine_myelotoxicity" not in {c.id for c in completed.causes}
+
+
+def test_a_drug_stopped_days_ago_keeps_the_onset_window_of_its_course(engine):
+    """Methimazole taken for 48 days and stopped 3 days before ANC 0.3 had dropped from likely to possible:
+    days on the drug were counted only while it was taken."""
+    def assess(status, end=None, start="2025-01-18"):
+        med = {"name": "methimazole", "status": status, "start": start, **({"end": end} if end else {})}
+        return engine.assess(base_case(as_of="2025-03-10", labs=[lab("wbc", 2.1), lab("anc", 0.3)], medications=[med]))
+    stopped, taken = assess("stopped", "2025-03-07"), assess("active")
+    rules = lambda a: {e.rule for c in a.causes if c.id == "idiosyncratic_drug_agranulocytosis" for e in c.evidence}
+    assert rules(stopped) == rules(taken)
+    assert "drug_induced.idiosyncratic_in_window" in rules(stopped)
+    long_ago = assess("stopped", "2024-01-07", start="2023-11-01")   # before the recent-drug window: no suspect
+    assert "idiosyncratic_drug_agranulocytosis" not in {c.id for c in long_ago.causes}

@@ -286,3 +286,15 @@ def test_duffy_null_prevalent_ancestries_by_country(kb, ancestry, prevalent):
     """Jamaican and Eritrean patients on clozapine had not been asked for a Duffy phenotype (Merz 2023:
     Duffy-null is common in sub-Saharan Africa and the African diaspora)."""
     assert bool(kb.duffy_ancestry.search(ancestry)) is prevalent
+
+
+@pytest.mark.parametrize("text", ["URTI", "upper respiratory tract infection", "RSV bronchiolitis", "common cold"])
+def test_common_viral_illnesses_are_viral_infections(kb, text):
+    """A well 10-month-old with an 'upper respiratory tract infection' had not been read as infected, so the
+    marrow was not deferred to after the infection."""
+    assert match_conditions(kb, text) == ["viral_infection"]
+
+
+@pytest.mark.parametrize("ancestry", ["Yoruba", "Igbo", "Akan", "Fulani", "Wolof", "Cape Verdean", "Emirati"])
+def test_duffy_null_prevalent_ancestries_by_people(kb, ancestry):
+    assert kb.duffy_ancestry.search(ancestry)
