@@ -155,9 +155,10 @@ def _clozapine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Op
         entry = spec["no_anc"]
         return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(**numbers),
                           detail=" ".join(entry["detail"].format(**numbers).split()))
-    entry = spec["proceed"]
+    duffy_null = a.risk_tier.duffy_null_note is not None
+    entry = spec["mild" if a.risk_tier.anc < kb.value("clozapine_start_anc") and not duffy_null else "proceed"]
     return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(anc=f"{a.risk_tier.anc:g}"),
-                      detail=" ".join(entry["detail"].split()))
+                      detail=" ".join(entry["detail"].format(**numbers).split()))
 
 
 def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], assessment: Optional[Assessment],

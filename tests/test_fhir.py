@@ -295,7 +295,8 @@ def test_medication_statuses_and_draft_filtering():
     assert has(warnings, "MedicationRequest/draft", "draft", "include_draft=True")
     assert has(warnings, "MedicationRequest/entered-in-error", "skipped")
     with_draft, _ = bundle_to_case(bundle(WBC, *meds), include_draft=True)
-    assert {"name": "drug draft", "status": "active", "start": "2025-01-01"} in with_draft["medications"]
+    # a draft being signed is not taken yet: it starts at the case date, whatever day it was written
+    assert {"name": "drug draft", "status": "active", "start": "2025-03-10"} in with_draft["medications"]
 
 
 def test_medication_statement_fields_dose_and_indication():

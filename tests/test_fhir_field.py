@@ -491,3 +491,20 @@ def test_of_several_rxnorm_codings_the_one_leukodx_knows_names_the_drug(client):
     cc = {"coding": [{"system": RXNORM, "code": "2587196"}, {"system": RXNORM, "code": "197388"}]}
     cards = hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx}, order(medicationCodeableConcept=cc))
     assert any(c["indicator"] == "critical" and c["source"]["topic"]["code"] == "thiopurine-pgx" for c in cards)
+
+
+def test_clozapine_drafted_yesterday_is_a_new_start_and_a_patient_on_it_at_anc_1_2_continues_three_times_weekly(client):
+    """A clozapine draft with authoredOn yesterday at ANC 1.2 had been 'may proceed' (its days on the drug counted
+    from authoredOn), and a patient on clozapine at ANC 1.2 was told to monitor weekly (label: three times a week)."""
+    yesterday = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+    mild = bundle(obs("6690-2", 3.0, t=RECENT), obs("751-8", 1.2, t=RECENT), kind="searchset")
+    draft = order(medicationCodeableConcept={"text": "clozapine 25 mg tablet"}, authoredOn=yesterday)
+    [card] = [c for c in hook_call(client, "order-sign", {"observations": mild}, draft)
+              if c["source"]["topic"]["code"] == "clozapine-anc"]
+    assert card["indicator"] == "critical" and "do not start" in card["summary"]
+    on_it = bundle({"resourceType": "MedicationRequest", "id": "c0", "status": "active", "intent": "order",
+                    "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-01-05",
+                    "medicationCodeableConcept": {"text": "clozapine 100 mg tablet"}}, kind="searchset")
+    [card] = [c for c in hook_call(client, "order-sign", {"observations": mild, "medicationRequests": on_it}, draft)
+              if c["source"]["topic"]["code"] == "clozapine-anc"]
+    assert card["indicator"] == "warning" and "three times a week" in card["summary"]

@@ -57,6 +57,9 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
         if mapped is None:
             continue
         med, start = mapped
+        if include_draft and as_str(item.resource.get("status")) == "draft" and ref is not None:
+            med["start"] = ref.isoformat()     # a draft being signed is not taken yet: it starts now, whatever
+            start = ref                        # day it was written (clozapine's starting threshold applies)
         if after(start, ref):
             later.append(item.label)
             continue
