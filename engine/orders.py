@@ -187,7 +187,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             malignant = True if (oncologic or indication & kb.oncologic_conditions) else (
                 False if indication or (assessment is not None and assessment.conditions) else None)
             check = _thiopurine(kb, order, drug, t, n, malignant)
-            out.append(_with_interactions(kb, check, drug, assessment))
+            out.append(_held(_with_interactions(kb, check, drug, assessment), drug, assessment))
         elif drug["id"] == "clozapine":
             out.append(_clozapine(kb, order, drug, assessment))
         elif assessment is not None:
@@ -226,6 +226,21 @@ def _interactions(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a:
                               f"a combination that raises marrow toxicity",
                       detail="\n\n".join(f"**{f.title}.** {f.effect} {f.action}" for f in mine),
                       sources=list(dict.fromkeys(src for f in mine for src in f.sources)))
+
+
+def _held(check: OrderCheck, drug: dict[str, Any], a: Optional[Assessment]) -> OrderCheck:
+    """A thiopurine ordered while the current ANC is a moderate or worse neutropenia (the assessment's tier):
+    the check says so first, at least as a warning, so that a CPIC 'normal starting dose' is never read alone
+    beside ANC 0.3. The dose advice stands; whether to start now is the clinician's, with the assessment."""
+    if a is None or a.risk_tier.tier not in ("moderate", "severe", "profound") or a.risk_tier.anc is None:
+        return check
+    priority = check.priority if check.priority == "critical" else "warning"
+    return check.model_copy(update={
+        "priority": priority,
+        "summary": f"ANC {a.risk_tier.anc:g} now ({a.risk_tier.tier} neutropenia); {check.summary}",
+        "detail": f"**Current count:** {a.risk_tier.basis} A thiopurine suppresses the marrow further; the "
+                  f"assessment card says what explains the count and what to do first.\n\n{check.detail}",
+        "sources": list(dict.fromkeys([*check.sources, *a.risk_tier.sources]))})
 
 
 def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],

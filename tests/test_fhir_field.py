@@ -508,3 +508,17 @@ def test_clozapine_drafted_yesterday_is_a_new_start_and_a_patient_on_it_at_anc_1
     [card] = [c for c in hook_call(client, "order-sign", {"observations": mild, "medicationRequests": on_it}, draft)
               if c["source"]["topic"]["code"] == "clozapine-anc"]
     assert card["indicator"] == "warning" and "three times a week" in card["summary"]
+
+
+def test_a_thiopurine_ordered_at_a_severe_neutropenia_is_never_only_a_normal_starting_dose(client):
+    """Azathioprine for a TPMT and NUDT15 normal patient with ANC 0.3 had got an info card 'normal starting dose'."""
+    severe = bundle(obs("6690-2", 1.0, t=RECENT), obs("751-8", 0.3, t=RECENT), kind="searchset")
+    pgx = bundle(genotype("*1/*1"), kind="searchset")
+    [card] = [c for c in hook_call(client, "order-sign", {"observations": severe, "pgx": pgx},
+                                   order(medicationCodeableConcept=AZA_CC))
+              if c["source"]["topic"]["code"] == "thiopurine-pgx"]
+    assert card["indicator"] == "warning" and card["summary"].startswith("ANC 0.3 now (severe neutropenia)")
+    [calm] = [c for c in hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx},
+                                   order(medicationCodeableConcept=AZA_CC))
+              if c["source"]["topic"]["code"] == "thiopurine-pgx"]
+    assert "ANC" not in calm["summary"]
