@@ -522,3 +522,19 @@ def test_a_thiopurine_ordered_at_a_severe_neutropenia_is_never_only_a_normal_sta
                                    order(medicationCodeableConcept=AZA_CC))
               if c["source"]["topic"]["code"] == "thiopurine-pgx"]
     assert "ANC" not in calm["summary"]
+
+
+def test_a_dose_change_is_offered_as_an_update_only_for_one_daily_dose_in_mass_units(client):
+    """A TPMT poor metabolizer's 75 mg twice daily (two instructions) had become 7.5 mg three times a week plus the
+    untouched 75 mg daily; 3 tablets had become 2.4 tablets. Those orders keep the advice, without an update."""
+    pgx = bundle(genotype("TPMT *1/*3A; NUDT15 *1/*1", code="93193-1"), kind="searchset")
+    def updates(**dosage):
+        draft = order(medicationCodeableConcept=AZA_CC, **dosage)
+        return [a for c in hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx}, draft)
+                for s in c.get("suggestions") or [] for a in s["actions"] if a["type"] == "update"]
+    once = updates()                                  # 150 mg daily, one instruction
+    assert [a["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] for a in once] == [120.0]
+    dose = lambda v, unit="mg", code="mg": {"doseAndRate": [{"doseQuantity": {"value": v, "unit": unit, "code": code}}]}
+    assert updates(dosageInstruction=[dose(75), dose(75)]) == []
+    assert updates(dosageInstruction=[{**dose(75), "timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}}]) == []
+    assert updates(dosageInstruction=[dose(3, "tablet", "TAB")]) == []

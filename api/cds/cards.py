@@ -246,11 +246,39 @@ def note_left_out(cards: list[Card], items: list[str]) -> None:
         cards[0].detail = (cards[0].detail or "") + f"\n\n**Not assessed ({len(items)}):** {shown}"
 
 
+MASS_DOSE_CODES = ("mg", "g", "ug", "mcg", "mg/kg", "mg/m2")   # doses a factor can scale into a prescription
+
+
+def _one_daily_dose(order: dict[str, Any]) -> bool:
+    """The order is one dose a day in a unit of mass: one dosage instruction with one dose, and a timing of
+    once a day or none (the dose quantity is then the daily dose that CPIC's factors and frequencies apply to)."""
+    instructions = order.get("dosageInstruction")
+    if not isinstance(instructions, list) or len(instructions) != 1 or not isinstance(instructions[0], dict):
+        return False
+    rates = instructions[0].get("doseAndRate")
+    if not isinstance(rates, list) or len(rates) != 1 or not isinstance(rates[0], dict):
+        return False
+    dose = rates[0].get("doseQuantity")
+    if not isinstance(dose, dict) or dose.get("code", dose.get("unit")) not in MASS_DOSE_CODES:
+        return False       # tablets, ml ...: 80% of 3 tablets is no prescription
+    timing = instructions[0].get("timing")
+    repeat = timing.get("repeat") if isinstance(timing, dict) else None
+    if timing is None or repeat is None:
+        return timing is None or not (timing.get("code") or timing.get("event"))
+    if not isinstance(repeat, dict):
+        return False
+    once_a_day = {"frequency": repeat.get("frequency", 1), "period": repeat.get("period", 1),
+                  "periodUnit": repeat.get("periodUnit")} == {"frequency": 1, "period": 1, "periodUnit": "d"}
+    return once_a_day and not (set(repeat) - {"frequency", "period", "periodUnit", "boundsPeriod", "boundsDuration"})
+
+
 def _changed_order(order: dict[str, Any], check: OrderCheck) -> Optional[dict[str, Any]]:
     """The draft order with the engine's dose change applied (dose and, where CPIC says so, frequency)."""
     change = check.dose_change
     if change is None or (change.factor is None and change.times is None):
         return None
+    if not _one_daily_dose(order):
+        return None        # two instructions, two doses a day, every other day ...: scaling one dose would be wrong
     new = copy.deepcopy(order)
     try:
         instruction = new["dosageInstruction"][0]
