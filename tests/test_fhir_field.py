@@ -538,3 +538,20 @@ def test_a_dose_change_is_offered_as_an_update_only_for_one_daily_dose_in_mass_u
     assert updates(dosageInstruction=[dose(75), dose(75)]) == []
     assert updates(dosageInstruction=[{**dose(75), "timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}}]) == []
     assert updates(dosageInstruction=[dose(3, "tablet", "TAB")]) == []
+
+
+def test_two_drafts_with_one_id_get_cards_with_distinct_uuids(client):
+    """Azathioprine and mercaptopurine drafts both with id d1 had given two cards with one uuid (CDS Hooks: each
+    card's uuid is unique), the first card's update carrying the second order."""
+    pgx = bundle(genotype("TPMT *1/*3A; NUDT15 *1/*1", code="93193-1"), kind="searchset")
+    aza = order(id="d1", medicationCodeableConcept=AZA_CC)
+    mp = order(id="d1", medicationCodeableConcept={"text": "mercaptopurine 50 mg tablet"})
+    cards = hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx}, aza, extra_drafts=(mp,))
+    pgx_cards = [c for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx"]
+    assert len(pgx_cards) == 2 and len({c["uuid"] for c in cards}) == len(cards)
+    for card in pgx_cards:
+        drug = "zathioprine" if "Azathioprine" in card["summary"] else "ercaptopurine"
+        for s in card.get("suggestions") or []:
+            for a in s["actions"]:
+                if a["type"] == "update":
+                    assert drug in json.dumps(a["resource"]["medicationCodeableConcept"]).lower()

@@ -35,9 +35,12 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
     """A card per ordered drug the engine's order check speaks about."""
     if not drafts:
         return []
-    orders, by_key, unread = [], {}, []
+    orders, by_key, unread, seen = [], {}, [], set()
     for index, (order, drug) in enumerate(zip(drafts, fhir.order_drugs(drafts, resources, fhir.known_rxnorm_codes(eng.kb)))):
         key = str(order.get("id") or f"#{index}")     # an order without an id still gets its own card uuid
+        if key in seen:
+            key = f"{key}#{index}"                      # two drafts with one id: each its own card uuid
+        seen.add(key)
         if drug.unread:                                # said on a card, never dropped in silence
             named = f"Draft order MedicationRequest/{key}" if order.get("id") else f"Draft order {index + 1}"
             unread.append(C.unread_order_card(hook.hookInstance, key, named[:100], drug.unread, eng.kb.version))
