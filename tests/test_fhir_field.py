@@ -555,3 +555,18 @@ def test_two_drafts_with_one_id_get_cards_with_distinct_uuids(client):
             for a in s["actions"]:
                 if a["type"] == "update":
                     assert drug in json.dumps(a["resource"]["medicationCodeableConcept"]).lower()
+
+
+@pytest.mark.parametrize("selection", ["https://ehr.example.org/fhir/MedicationRequest/ord1", "ord1", "MedicationRequest/zzz"])
+def test_an_order_select_selection_named_another_way_or_not_found_never_silences_the_check(client, selection):
+    """A selection as an absolute URL, a bare id, or naming no draft had given zero cards for a TPMT poor
+    metabolizer's azathioprine order."""
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "order-select",
+            "context": {"userId": "Practitioner/1", "patientId": "p1", "selections": [selection],
+                        "draftOrders": bundle(order(medicationCodeableConcept=AZA_CC))},
+            "prefetch": {"patient": patient(), "observations": normal_cbc(), "medicationRequests": None,
+                         "medicationStatements": None, "conditions": None, **POOR}}
+    cards = client.post("/cds-services/leukodx-order-select", json=body).json()["cards"]
+    assert any(c["indicator"] == "critical" and c["source"]["topic"]["code"] == "thiopurine-pgx" for c in cards)
+    named = [c for c in cards if "was not found among the draft orders" in c["summary"]]
+    assert bool(named) is (selection == "MedicationRequest/zzz")

@@ -222,6 +222,15 @@ def unassessed_card(hook_instance: str, reasons: list[str], indicator: str = "in
         "**What could not be used**\n" + "\n".join(f"- {r}" for r in shown), indicator)
 
 
+def unmatched_selection_card(hook_instance: str, selections: list[str], kb_version: str) -> Card:
+    """order-select named selections that are no draft order of the call: every draft order was checked instead."""
+    shown = ", ".join(repr(s[:100]) for s in selections[:5]) + (", ..." if len(selections) > 5 else "")
+    return _data_card(hook_instance, "selection-unmatched", "The selected order was not found among the draft orders; "
+                      "all drafts were checked", f"The selections {shown} name no draft order of this call "
+                      f"(by MedicationRequest/id, id, URL or fullUrl), so every draft order was checked.\n\n"
+                      f"{DISCLAIMER}", "warning", kb_version)
+
+
 def unread_order_card(hook_instance: str, key: str, order: str, why: str, kb_version: str) -> Card:
     """A draft order whose drug could not be read: the order check did not run, and the card says so
     (an unreadable thiopurine order must not pass as one leukodx had nothing to say about)."""

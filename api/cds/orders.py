@@ -10,24 +10,46 @@ from .. import fhir
 from . import cards as C
 from .models import Card, HookRequest
 
-__all__ = ["draft_orders", "order_cards"]
+__all__ = ["draft_orders", "order_cards", "unmatched_selections"]
 
 
 def draft_orders(hook: HookRequest, kind: str = "MedicationRequest") -> list[dict[str, Any]]:
-    """The draft MedicationRequests of an order hook (the selected ones, for order-select); with ``kind``
+    """The draft MedicationRequests of an order hook (the selected ones, for order-select: a selection names a
+    draft as ``MedicationRequest/<id>``, its id alone, a URL ending so, or its entry's fullUrl; when no draft
+    matches any selection, every draft, so that a misnamed selection never silences the check); with ``kind``
     "Medication", the Medications the draftOrders Bundle holds (a draft may reference one)."""
     drafts = hook.context.get("draftOrders") if hook.hook in ("order-select", "order-sign") else None
     if not isinstance(drafts, dict):
         return []
-    selections = set(hook.context.get("selections") or []) if hook.hook == "order-select" else set()
-    out = []
+    selections = [s for s in hook.context.get("selections") or [] if isinstance(s, str)] \
+        if hook.hook == "order-select" and kind == "MedicationRequest" else []
+    found = []
     for entry in drafts.get("entry") or []:
         res = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(res, dict) and res.get("resourceType") == kind:
-            if kind == "MedicationRequest" and selections and f"MedicationRequest/{res.get('id')}" not in selections:
-                continue
-            out.append(res)
-    return out
+            found.append((res, entry.get("fullUrl")))
+    if not selections:
+        return [res for res, _ in found]
+    chosen = [res for res, full_url in found if any(_selects(s, res, full_url) for s in selections)]
+    return chosen or ([res for res, _ in found] if unmatched_selections(hook) else [])
+
+
+def unmatched_selections(hook: HookRequest) -> list[str]:
+    """The order-select selections that may name a medication order (MedicationRequest/..., or an id alone) and
+    name no draft of the call (said on a card; every draft is then checked). A selection of another kind of
+    order (NutritionOrder/...) is not leukodx's."""
+    if hook.hook != "order-select" or not isinstance(hook.context.get("draftOrders"), dict):
+        return []
+    found = [(e.get("resource"), e.get("fullUrl")) for e in hook.context["draftOrders"].get("entry") or []
+             if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    return [s for s in hook.context.get("selections") or [] if isinstance(s, str)
+            and ("MedicationRequest/" in s or "/" not in s) and not any(_selects(s, res, url) for res, url in found)]
+
+
+def _selects(selection: str, res: dict[str, Any], full_url: Any) -> bool:
+    rid = res.get("id")
+    ref = f"{res.get('resourceType')}/{rid}"
+    return bool(selection == full_url or (rid and (selection in (ref, rid) or selection.endswith(f"/{ref}"))))
 
 
 def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[Assessment],

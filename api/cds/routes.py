@@ -37,7 +37,7 @@ from ..tracing import traced
 from . import cards as C
 from .auth import AuthError, JwtVerifier, verifier_from_settings
 from .models import Card, CardsResponse, FeedbackRequest, HookRequest
-from .orders import draft_orders, order_cards
+from .orders import draft_orders, order_cards, unmatched_selections
 
 router = APIRouter(tags=["CDS Hooks"])
 log = logging.getLogger("leukodx.cds")
@@ -260,8 +260,9 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     drafts = draft_orders(hook)
     resources += draft_orders(hook, "Medication")   # after the prefetch keys: named as draftOrders
     today = datetime.now(timezone.utc).date()
-    for d in drafts:                   # an order being written starts today
-        d.setdefault("authoredOn", today.isoformat())
+    # an order being written starts today (the mapping dates a draft so; one of another status is dated here),
+    # on copies: the drafts themselves go back unchanged in the cards' update actions
+    dated = [d if "authoredOn" in d else {**d, "authoredOn": today.isoformat()} for d in drafts]
     assessment: Optional[Assessment] = None
     left_out: list[str] = list(notes)
     problems: list[str] = []
@@ -269,7 +270,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     mismatch = False
     try:
         # the case is named by the call, not by the patient: the report behind the card's link keeps no patient id
-        mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + drafts, kb=eng.kb,
+        mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + dated, kb=eng.kb,
                                                              case_id=f"cds-call-{hook.hookInstance}"[:200],
                                                              patient_id=patient_id, as_of=today, include_draft=True)),
                                inline=small)
@@ -309,6 +310,9 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         if cards and settings.report_link_minutes > 0:
             report = cards[0], to_json(assessment, indent=None)
     cards += traced("leukodx.orders", order_cards)(eng, drafts, assessment, resources, hook, patient_id)
+    unmatched = unmatched_selections(hook)
+    if unmatched:
+        cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))
     if left_out:
         if not cards and assessment is not None:
             cards.append(C.checked_card(assessment, hook.hookInstance))
