@@ -12,6 +12,7 @@ from .assessment import Assessment, NotAssessed
 from .errors import CaseError, KnowledgeBaseError, LeukodxError, Problem
 from .orders import OrderCheck, OrderInput
 from .pipeline import ENGINE_VERSION, Engine, assess, get_engine
+from .vocabulary import rxnorm_codes
 
-__all__ = ["assess", "Engine", "get_engine", "ENGINE_VERSION", "Assessment", "NotAssessed", "OrderInput", "OrderCheck", "CaseError",
-           "KnowledgeBaseError", "LeukodxError", "Problem"]
+__all__ = ["assess", "Engine", "get_engine", "ENGINE_VERSION", "Assessment", "NotAssessed", "OrderInput", "OrderCheck",
+           "CaseError", "KnowledgeBaseError", "LeukodxError", "Problem", "rxnorm_codes"]

@@ -51,6 +51,16 @@ def load_products(path: Optional[Path] = None) -> dict[str, Product]:
     return {str(code): Product(*row) for code, row in doc.get("products", {}).items()}
 
 
+def rxnorm_codes(kb: KnowledgeBase) -> frozenset[str]:
+    """Every RxNorm code leukodx reads: the ingredient codes of rules/drugs.yaml and the product codes of
+    rules/rxnorm_products.json (worked out once per knowledge base)."""
+    found = kb.derived.get("rxnorm_codes")
+    if found is None:
+        found = kb.derived["rxnorm_codes"] = frozenset(
+            [code for d in kb.drugs for code in (d.get("rxnorm") or [])] + list(load_products()))
+    return found
+
+
 def product_problems(kb: KnowledgeBase, products: Optional[Mapping[str, Product]] = None) -> list[str]:
     """What is wrong with the product-code map against ``kb``: a drug id drugs.yaml does not have, a
     code that is not an RxCUI, a term type other than SCD/SBD/GPCK/BPCK, or a product code that is

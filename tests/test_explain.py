@@ -39,19 +39,16 @@ def test_a_patient_on_no_drug_is_not_shown_a_chemotherapy_label(engine):
 def test_tpmt_results_cpic_calls_unreliable_give_no_cpic_dose(engine):
     """A TPMT 'normal' of unrecorded method 3 weeks after a transfusion, and TPMT/NUDT15 genotyped from blood after
     an allogeneic HSCT, had been dosed from as if reliable."""
-    meds = [{"name": "azathioprine", "start": "2025-02-24", "indication": "Crohn's disease"}]
-    transfused = engine.assess(base_case(labs=[lab("wbc", 2.9), lab("anc", 1.6)], medications=meds, history={
-        "tpmt": "normal", "nudt15": "normal", "tpmt_test_date": "2025-02-12", "last_transfusion": "2025-01-22"}))
-    p = transfused.pharmacogenomics
+    def pgx(**history):
+        return engine.assess(base_case(labs=[lab("wbc", 2.9), lab("anc", 1.4)], history=history, medications=[
+            {"name": "azathioprine", "start": "2025-02-24", "indication": "Crohn's disease"}])).pharmacogenomics
+    hsct = {"tpmt": "*1/*1", "tpmt_method": "genotype", "nudt15": "*1/*1",
+            "transplant": {"organ": "allogeneic HSCT", "date": "2024-06-03"}}
+    p = pgx(tpmt="normal", nudt15="normal", tpmt_test_date="2025-02-12", last_transfusion="2025-01-22")
     assert (p.tpmt_reliable, p.nudt15_reliable, p.recommendations) == (False, True, [])
     assert "method not given" in p.note
-    hsct = engine.assess(base_case(labs=[lab("wbc", 3.4), lab("anc", 1.4)], medications=meds, history={
-        "tpmt": "*1/*1", "tpmt_method": "genotype", "nudt15": "*1/*1", "tpmt_test_date": "2025-01-02",
-        "transplant": {"organ": "allogeneic HSCT", "date": "2024-06-03"}}))
-    p = hsct.pharmacogenomics
+    p = pgx(**hsct, tpmt_test_date="2025-01-02")
     assert (p.tpmt_reliable, p.nudt15_reliable, p.recommendations) == (False, False, [])
     assert "pre-transplant" in p.note
-    before = engine.assess(base_case(labs=[lab("wbc", 3.4), lab("anc", 1.4)], medications=meds, history={
-        "tpmt": "*1/*1", "tpmt_method": "genotype", "nudt15": "*1/*1", "tpmt_test_date": "2024-05-02",
-        "transplant": {"organ": "allogeneic HSCT", "date": "2024-06-03"}}))
-    assert before.pharmacogenomics.tpmt_reliable and before.pharmacogenomics.recommendations
+    before = pgx(**hsct, tpmt_test_date="2024-05-02")
+    assert before.tpmt_reliable and before.recommendations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from leukodx.engine import Assessment, Engine, OrderInput
+from leukodx.engine import Assessment, Engine, OrderInput, rxnorm_codes
 
 from .. import fhir
 from . import cards as C
@@ -58,7 +58,7 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
     if not drafts:
         return []
     orders, by_key, unread, seen = [], {}, [], set()
-    for index, (order, drug) in enumerate(zip(drafts, fhir.order_drugs(drafts, resources, fhir.known_rxnorm_codes(eng.kb)))):
+    for index, (order, drug) in enumerate(zip(drafts, fhir.order_drugs(drafts, resources, rxnorm_codes(eng.kb)))):
         key = str(order.get("id") or f"#{index}")     # an order without an id still gets its own card uuid
         if key in seen:
             key = f"{key}#{index}"                      # two drafts with one id: each its own card uuid

@@ -23,13 +23,13 @@ from typing import Any, Optional, Union
 
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.units import dose_rate, registry
-from leukodx.engine.vocabulary import load_products
+from leukodx.engine import rxnorm_codes
 
 from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, fmt, is_number,
                         later_warning, quantity_unit, reference)
 from .resources import Index, Item, walk_readable
 
-__all__ = ["map_medications", "medication_name_and_code", "known_rxnorm_codes", "order_drugs", "OrderDrug", "RXNORM", "MED_STATUS"]
+__all__ = ["map_medications", "medication_name_and_code", "order_drugs", "OrderDrug", "RXNORM", "MED_STATUS"]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 EVENT_TYPES = ("MedicationAdministration", "MedicationDispense")
@@ -44,7 +44,7 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
                     include_draft: bool, warnings: list[str]) -> list[dict[str, Any]]:
     """``case.medications`` from the patient's MedicationRequests, MedicationStatements, administrations
     and dispenses, in input order (an RxNorm code of a drug in ``kb`` is preferred over other RxNorm codings)."""
-    known_rxnorm = known_rxnorm_codes(kb)
+    known_rxnorm = rxnorm_codes(kb)
     meds: list[dict[str, Any]] = []
     later: list[str] = []
     for item in mine:
@@ -70,16 +70,6 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
     return meds
 
 
-def known_rxnorm_codes(kb: KnowledgeBase) -> frozenset[str]:
-    """Every RxNorm code leukodx reads: the ingredient codes of rules/drugs.yaml and the product codes of
-    rules/rxnorm_products.json (worked out once per knowledge base)."""
-    found = kb.derived.get("rxnorm_codes")
-    if found is None:
-        found = kb.derived["rxnorm_codes"] = frozenset(
-            [code for d in kb.drugs for code in (d.get("rxnorm") or [])] + list(load_products()))
-    return found
-
-
 def medication_name_and_code(resource: dict[str, Any], known: frozenset[str] = frozenset()
                              ) -> tuple[Optional[str], Optional[str]]:
     """(name, RxNorm code) of a MedicationRequest/MedicationStatement's own medicationCodeableConcept."""
@@ -97,7 +87,7 @@ def order_drugs(orders: list[dict[str, Any]], data: Any, known: frozenset[str] =
     """The drug of each draft order (a MedicationRequest being written), as the mapping reads it for
     the assessment: its ``medicationCodeableConcept``, else the Medication its ``medicationReference``
     points to (``#id`` in its ``contained``, or a Medication in ``data``: the prefetch, the draftOrders),
-    else the reference's display; of several RxNorm codings, one in ``known`` (:func:`known_rxnorm_codes`)
+    else the reference's display; of several RxNorm codings, one in ``known`` (the engine's ``rxnorm_codes``)
     first. ``unread`` says why an order's drug could not be told at all. The data is indexed only when an
     order needs it (a prefetch can hold years of labs)."""
     index: Optional[Index] = None
