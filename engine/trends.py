@@ -1,7 +1,7 @@
 """Trends over the count series: one point per draw (samples.py), ending at the current CBC.
 
 * ``count_drop_pct``: the fall of the current count from the highest of the previous
-  ``trend_lookback_days``;
+  ``trend_lookback_days``; ``count_rise_pct``: its rise from the count before it, when it rose;
 * ``low_span_days``: how long the count has been low;
 * ``cyclic_intervals``: nadir-to-nadir intervals of cyclic length with recovery between.
 """
@@ -53,6 +53,9 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
     prior = [v for t, v in series[:-1] if (latest_t - t).days <= window]
     if prior and max(prior) > 0:
         facts["count_drop_pct"] = _r(max(0.0, (max(prior) - latest_v) / max(prior) * 100.0))
+    before = series[-2][1]
+    if before > 0 and latest_v > before:        # rising again from the count before: recovery from a nadir
+        facts["count_rise_pct"] = _r((latest_v - before) / before * 100.0)
     if low is None:
         return
     run_start = None

@@ -183,3 +183,16 @@ def test_an_anc_derived_from_a_wbc_reported_as_a_bound_is_the_tier_or_worse(engi
     assert "bound" in a.risk_tier.basis and "severe or worse" in a.risk_tier.basis
     plain = engine.assess(base_case(labs=[lab("wbc", 0.5), lab("neutrophils_pct", 40, "%")]))
     assert (plain.risk_tier.tier, plain.risk_tier.tier_at_least) == ("severe", None)
+
+
+def test_a_count_recovering_from_its_nadir_is_not_falling(engine):
+    """ANC 4.0, then 0.1, 0.6 and now 1.3 (recovering after a drug was stopped) had been called falling: the
+    fall was measured from the 90-day maximum whatever came after the nadir."""
+    def findings(*values):
+        days = ["2025-01-10", "2025-02-01", "2025-02-20", "2025-03-10"][-len(values):]
+        labs = [lab("anc", v, time=f"{d}T08:00:00Z") for v, d in zip(values, days)]
+        labs += [lab("wbc", 5.0, time="2025-03-10T08:00:00Z")]
+        return {f.id for f in engine.assess(base_case(labs=labs)).findings}
+    assert "falling_counts" not in findings(4.0, 0.1, 0.6, 1.3)
+    assert "falling_counts" in findings(4.0, 3.9, 1.0, 1.1)       # a small uptick after a fall is still a fall
+    assert "falling_counts" in findings(4.0, 3.8, 2.0)
