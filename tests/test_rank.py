@@ -66,3 +66,14 @@ def test_a_drug_stopped_days_ago_keeps_the_onset_window_of_its_course(engine):
     assert "drug_induced.idiosyncratic_in_window" in rules(stopped)
     long_ago = assess("stopped", "2024-01-07", start="2023-11-01")   # before the recent-drug window: no suspect
     assert "idiosyncratic_drug_agranulocytosis" not in {c.id for c in long_ago.causes}
+
+
+def test_the_rheumatology_withhold_rule_does_not_stop_a_transplant_recipients_immunosuppression(engine):
+    """Tacrolimus for GVHD prophylaxis at day +10 had been urgently 'withheld' by the BSR DMARD rule."""
+    def hold_rules(**history):
+        a = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 0.8)], history=history,
+                                    medications=[{"name": "tacrolimus", "start": "2025-01-20"}]))
+        return {r for s in a.steps if s.id == "hold_or_reduce_suspect_drug" for r in s.rules}
+    assert "drug_induced.immunosuppressant_withhold" in hold_rules(conditions=["rheumatoid arthritis"])
+    assert "drug_induced.immunosuppressant_withhold" not in hold_rules(
+        transplant={"organ": "kidney", "date": "2024-06-01"})
