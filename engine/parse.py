@@ -191,7 +191,7 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _CACHED_SCALAR = 64                 # scalars up to this length have their tag and value kept (see _scalar)
 _RESOLVER = yaml.resolver.Resolver()
 _SCALARS = yaml.constructor.SafeConstructor()      # PyYAML's own constructors for each scalar tag
-_DECIMAL = re.compile(r"[-+]?[0-9]+")
+_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")   # a leading zero is YAML 1.1 octal: PyYAML constructs it
 _EVENT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when available
 
 

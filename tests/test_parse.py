@@ -158,3 +158,10 @@ def test_a_fahrenheit_temperature_is_refused_with_its_celsius_value():
         "history.temperature_c: 101.3 is not a body temperature in Celsius (25-45); if it is 101.3 F, send 38.5"]
     with pytest.raises(CaseError, match="less than or equal to 45"):
         get_engine().assess(base_case(history={"temperature_c": 150}))      # not a body temperature either way
+
+
+@pytest.mark.parametrize("word", ["010", "+010", "-010", "0_10", "01_0", "09", "0", "-0", "1_000"])
+def test_a_leading_zero_is_read_as_pyyaml_reads_it(word):
+    """'010' is YAML 1.1 octal (8) for PyYAML; the fast path had read it as decimal 10 (found by the property test)."""
+    text = f"v: {word}\n"
+    assert build_yaml(text, "case") == yaml.safe_load(text)
