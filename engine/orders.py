@@ -187,7 +187,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             malignant = True if (oncologic or indication & kb.oncologic_conditions) else (
                 False if indication or (assessment is not None and assessment.conditions) else None)
             check = _thiopurine(kb, order, drug, t, n, malignant)
-            out.append(_held(_with_interactions(kb, check, drug, assessment), drug, assessment))
+            out.append(_with_current_count(_with_interactions(kb, check, drug, assessment), assessment))
         elif drug["id"] == "clozapine":
             out.append(_clozapine(kb, order, drug, assessment))
         elif assessment is not None:
@@ -228,7 +228,7 @@ def _interactions(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a:
                       sources=list(dict.fromkeys(src for f in mine for src in f.sources)))
 
 
-def _held(check: OrderCheck, drug: dict[str, Any], a: Optional[Assessment]) -> OrderCheck:
+def _with_current_count(check: OrderCheck, a: Optional[Assessment]) -> OrderCheck:
     """A thiopurine ordered while the current ANC is a moderate or worse neutropenia (the assessment's tier):
     the check says so first, at least as a warning, so that a CPIC 'normal starting dose' is never read alone
     beside ANC 0.3. The dose advice stands; whether to start now is the clinician's, with the assessment."""
