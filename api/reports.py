@@ -8,7 +8,12 @@ for another process's write lock), those of the calls that reach this point in t
 loop in one transaction; when the lock is held longer, the queued ones go together once it is free.
 Other databases: written in a thread, in the same batches. Each call waits for its own report's commit
 before its card links to it: a link never leads to a report that was not stored. Expired reports are
-deleted, and SQLite's log copied into the database file, by a thread, as each falls due."""
+deleted, and SQLite's log copied into the database file, by a thread, as each falls due.
+
+Answers first: a call whose report was just committed resumes in the loop's next turn, behind the
+calls that arrived meanwhile; each of those would run its whole assessment before the answers already
+made went out. A new call therefore waits one turn while such answers wait (:func:`answers_first`), so
+each call's answer leaves as soon as its report is stored, at the cost of one turn of the loop."""
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +31,7 @@ from .deps import settings as app_settings
 from .offload import loop_local, run_cpu
 from .problems import ProblemError
 
-__all__ = ["router", "store_report", "open_report_store"]
+__all__ = ["router", "store_report", "open_report_store", "answers_first"]
 
 router = APIRouter(tags=["CDS Hooks"])
 log = logging.getLogger("leukodx.reports")
@@ -80,7 +85,11 @@ class _Batch:
         if not self.writing:
             self.writing = True
             asyncio.get_running_loop().create_task(self._write())
-        return await future
+        try:
+            return await future
+        finally:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                _resuming()[0] -= 1          # set by _write: this call has resumed
 
     async def _write(self) -> None:
         try:
@@ -93,9 +102,11 @@ class _Batch:
                         if not future.done():
                             future.set_exception(e)
                     continue
+                resuming = _resuming()
                 for (_, future), token in zip(batch, tokens):
                     if not future.done():            # its caller may have gone (cancelled)
                         future.set_result(token)
+                        resuming[0] += 1
         finally:
             self.writing = False
 
@@ -141,6 +152,19 @@ class _Batch:
 
 
 _BATCHES: dict[Any, tuple[asyncio.AbstractEventLoop, Any]] = {}
+_RESUMING: dict[Any, tuple[asyncio.AbstractEventLoop, Any]] = {}
+
+
+def _resuming() -> list[int]:
+    """The running loop's count of calls whose report is stored and that have not resumed yet."""
+    return loop_local(_RESUMING, None, lambda: [0])
+
+
+async def answers_first() -> None:
+    """Wait one turn of the loop while calls whose reports were just stored wait to send their answers
+    (the module's docstring): called by a CDS call before it starts its own work."""
+    if _resuming()[0] > 0:
+        await asyncio.sleep(0)
 
 
 def _batch(settings: Settings) -> _Batch:

@@ -80,6 +80,44 @@ def test_reports_of_calls_in_the_same_turn_of_the_loop_share_one_transaction(set
     assert [json.loads(store.get(t))["call"] for t in tokens] == ["alone", *range(8)] and len(set(tokens)) == 9
 
 
+def test_answers_whose_reports_are_stored_go_out_before_a_new_call_starts_its_work(settings):
+    """A call that arrives in the loop's turn in which earlier calls' reports are committed waits one turn,
+    so those calls send their answers first (without it, its work ran before they resumed); a call
+    arriving when no answer waits does not wait, and a cancelled caller leaves no answer waiting."""
+    events: list[str] = []
+
+    async def earlier(i: int) -> None:
+        await reports.store_report(settings, json.dumps({"call": i}))
+        events.append(f"answer {i}")
+
+    async def arriving() -> None:
+        await reports.answers_first()
+        events.append("new work")
+
+    async def scenario() -> tuple[list[str], list[int], list[str]]:
+        await reports.store_report(settings, "{}")               # the store opened and the writer idle
+        calls = [asyncio.get_running_loop().create_task(earlier(i)) for i in range(3)]
+        await asyncio.sleep(0)            # the calls queued their reports; the writer runs in the next turn
+        new = asyncio.get_running_loop().create_task(arriving())    # in the writer's turn, behind it
+        await asyncio.gather(*calls, new)
+        after = list(reports._resuming())
+        alone: list[str] = []
+        start = asyncio.get_running_loop().create_task(arriving())  # nothing waits: no turn lost
+        start.add_done_callback(lambda _: alone.append("done"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        cancelled = asyncio.get_running_loop().create_task(reports.store_report(settings, "{}"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        await asyncio.sleep(0.01)
+        return after, list(reports._resuming()), alone
+    after, after_cancel, alone = asyncio.run(scenario())
+    assert events[:4] == ["answer 0", "answer 1", "answer 2", "new work"]
+    assert after == [0] and after_cancel == [0]
+    assert alone == ["done"]
+
+
 def test_a_report_waits_for_another_process_lock_without_holding_the_event_loop(settings):
     """Another process holds SQLite's write lock: the report is written once it lets go, and the
     event loop runs other work meanwhile (a write sleeping in SQLite's lock wait would stop it)."""

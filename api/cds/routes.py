@@ -32,7 +32,7 @@ from ..fhir import FetchError, fetch_queries, fill_template
 from ..fhir.vitals import VitalCodes, vital_codes
 from ..offload import INLINE_MAX_BYTES, run_cpu
 from ..problems import ProblemError
-from ..reports import store_report
+from ..reports import answers_first, store_report
 from ..tracing import traced
 from . import cards as C
 from .auth import AuthError, JwtVerifier, verifier_from_settings
@@ -212,6 +212,7 @@ _CALL_ERRORS = {400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM,
 async def call_service(service_id: str, request: Request) -> Response:
     """A CDS service call (a LeanRoute, registered below: it takes the engine and settings itself and
     returns its cards serialized)."""
+    await answers_first()                            # the answers already made go out before this call's work
     eng, settings = await engine(request), await app_settings(request)
     audit.note_client(await _authorize(request, settings))
     if service_id not in SERVICES:
@@ -331,13 +332,31 @@ def add_call_route(app: FastAPI) -> None:
 async def _link_report(card: Card, report: str, request: Request, settings: Settings) -> None:
     """Link the card to the full assessment in leukodx's own page. If the report cannot be stored the
     cards still go out, without the link: the link is a convenience, the cards are not."""
-    base = settings.cds_public_base_url.rstrip("/") or str(request.base_url).rstrip("/")
+    base = settings.cds_public_base_url.rstrip("/") or _request_base(request)
     try:
         token = await store_report(settings, report)   # batched with others (reports.py)
     except Exception as e:   # noqa: BLE001 - the database down or locked must not cost the cards
         log.warning("report link left out: the report could not be stored (%s)", type(e).__name__)
         return
     C.add_report_link(card, f"{base}/report/{token}", settings.report_link_minutes)
+
+
+_BASES: dict[tuple[Any, ...], str] = {}
+
+
+def _request_base(request: Request) -> str:
+    """The request's own base URL (Starlette builds a URL object for it, 2% of a call), remembered for
+    the few (scheme, Host, server, root path) a worker sees; a Host header is the caller's, so the
+    memory is bounded."""
+    scope = request.scope
+    key = (scope.get("scheme"), request.headers.get("host"), tuple(scope.get("server") or ()),
+           scope.get("app_root_path", scope.get("root_path", "")))
+    base = _BASES.get(key)
+    if base is None:
+        if len(_BASES) >= 64:
+            _BASES.clear()
+        base = _BASES[key] = str(request.base_url).rstrip("/")
+    return base
 
 
 def _prefetch_mismatch(hook: HookRequest, templates: dict[str, str], patient_id: str) -> str:
