@@ -122,7 +122,12 @@ class CauseOut(_Out):
     sources: list[str]
 
 
-class StepOut(_Out):
+class _Shared(_Out):
+    """An entry the engine builds once and puts in every assessment that has it (engine/explain.py)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepOut(_Shared):
     id: str
     title: str
     urgency: Urgency
@@ -132,7 +137,7 @@ class StepOut(_Out):
     sources: list[str]
 
 
-class BlockedStep(_Out):
+class BlockedStep(_Shared):
     id: str
     title: str
     reason: str
