@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, ContextManager, Iterator, Optional, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, TypeVar
 
 from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event,
                         insert, select, update)
@@ -347,26 +347,29 @@ class ReportStore(_Expiring):
     def _key(token: str) -> str:
         return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
-    def put(self, body: str, minutes: float, now: Optional[float] = None) -> str:
+    def put(self, body: str | bytes, minutes: float, now: Optional[float] = None) -> str:
         return self.put_many([body], minutes, now)[0]
 
-    def put_many(self, bodies: list[str], minutes: float, now: Optional[float] = None) -> list[str]:
-        """Keep several assessments in one transaction (one commit, one flush to disk); their tokens,
-        in order, once committed."""
+    def put_many(self, bodies: Sequence[str | bytes], minutes: float, now: Optional[float] = None) -> list[str]:
+        """Keep several assessments (JSON, as text or UTF-8) in one transaction (one commit, one flush to
+        disk); their tokens, in order, once committed."""
         now = time.time() if now is None else now
-        tokens, rows = self._rows(bodies, minutes, now)
+        tokens, rows = self._rows([b.decode() if isinstance(b, bytes) else b for b in bodies], minutes, now)
         self.purge(now)
         self.store.write(lambda conn: conn.execute(insert(reports_table), rows))
         return tokens
 
-    def try_put_many(self, bodies: list[str], minutes: float, now: Optional[float] = None) -> Optional[list[str]]:
+    def try_put_many(self, bodies: Sequence[str | bytes], minutes: float,
+                     now: Optional[float] = None) -> Optional[list[str]]:
         """:meth:`put_many` waiting at most a few milliseconds for a lock (an SQLite file;
         FeedbackStore.try_insert): the tokens, or None while the database is busy. Expired rows are
-        not purged here (``purge``, in a thread)."""
+        not purged here (``purge``, in a thread). A body given as UTF-8 is stored as it is (SQLite keeps
+        it as a blob; :meth:`get` gives it back as text)."""
         tokens, rows = self._rows(bodies, minutes, time.time() if now is None else now)
         return tokens if self.store.try_insert(reports_table, rows) else None
 
-    def _rows(self, bodies: list[str], minutes: float, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+    def _rows(self, bodies: Sequence[str | bytes], minutes: float,
+              now: float) -> tuple[list[str], list[dict[str, Any]]]:
         import secrets
         tokens = [secrets.token_urlsafe(32) for _ in bodies]
         return tokens, [{"key": self._key(t), "expires_at": now + minutes * 60, "body": b}
@@ -377,7 +380,9 @@ class ReportStore(_Expiring):
         with self.store.engine.connect() as conn:
             row = conn.execute(select(reports_table.c.body).where(
                 reports_table.c.key == self._key(token), reports_table.c.expires_at > now)).first()
-        return row[0] if row else None
+        if row is None:
+            return None
+        return row[0].decode() if isinstance(row[0], bytes) else row[0]
 
 
 _STORES: dict[str, FeedbackStore] = {}

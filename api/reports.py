@@ -53,7 +53,7 @@ class _Batch:
 
     def __init__(self, db_url: str, minutes: float) -> None:
         self.db_url, self.minutes = db_url, minutes
-        self.waiting: list[tuple[str, asyncio.Future[str]]] = []
+        self.waiting: list[tuple[str | bytes, asyncio.Future[str]]] = []
         self.writing = False
         self.housekeeping: Optional[asyncio.Task[None]] = None   # purge or checkpoint, in a thread
         self.store: Any = None          # ReportStore, opened in a thread (it may migrate the database)
@@ -74,7 +74,7 @@ class _Batch:
         if self.store is None:
             self.store, self.inline = store, store.store.sqlite and not store.store.memory
 
-    async def add(self, body: str) -> str:
+    async def add(self, body: str | bytes) -> str:
         if self.store is None:
             await self.open()
         # Queued for the writer task, which runs once the calls ready in this turn of the event loop
@@ -110,7 +110,7 @@ class _Batch:
         finally:
             self.writing = False
 
-    async def _put(self, bodies: list[str]) -> list[str]:
+    async def _put(self, bodies: list[str | bytes]) -> list[str]:
         """The queued reports in one transaction. An SQLite file: on the event loop, tried again every
         millisecond while another process holds the write lock (for up to LOCK_WAIT_SECONDS), so no
         thread has to win the GIL back from a busy loop (that hand-over cost 5-20 ms a write under
@@ -172,7 +172,7 @@ def _batch(settings: Settings) -> _Batch:
     return loop_local(_BATCHES, (db_url, minutes), lambda: _Batch(db_url, minutes))
 
 
-async def store_report(settings: Settings, assessment_json: str) -> str:
+async def store_report(settings: Settings, assessment_json: str | bytes) -> str:
     """Keep an assessment for the report link; returns the token once the report is committed."""
     return await _batch(settings).add(assessment_json)
 

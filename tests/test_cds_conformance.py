@@ -575,17 +575,17 @@ def test_a_call_waiting_for_its_report_holds_no_assessment(svc, answers, monkeyp
     import gc
     import weakref
     seen: list[Any] = []
-    real_to_json, real_store = cds_routes.to_json, cds_routes.store_report
+    real_to_json, real_store = cds_routes.to_json_bytes, cds_routes.store_report
 
-    def to_json(assessment, indent=2):
+    def to_json_bytes(assessment):
         seen.append(weakref.ref(assessment))
-        return real_to_json(assessment, indent)
+        return real_to_json(assessment)
 
     async def store_report(settings, body):
         gc.collect()
         seen.append([ref() is None for ref in seen])
         return await real_store(settings, body)
-    monkeypatch.setattr(cds_routes, "to_json", to_json)
+    monkeypatch.setattr(cds_routes, "to_json_bytes", to_json_bytes)
     monkeypatch.setattr(cds_routes, "store_report", store_report)
     a = answers["patient-view severe"]
     r = svc.post(f"/cds-services/{a['service']}", json=a["body"])

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import yaml
 
 from leukodx.api import reports
 from leukodx.api.config import Settings
@@ -225,3 +226,19 @@ def test_a_store_that_cannot_be_opened_is_tried_again_by_the_next_call(settings,
         return await reports.store_report(settings, '{"call": 2}')
     token = asyncio.run(two_calls())
     assert report_store_for(settings.feedback_db_url).get(token) == '{"call": 2}'
+
+
+def test_a_report_given_as_utf8_is_stored_as_it_is_and_read_back_as_the_same_text(settings):
+    """The CDS route hands the serializer's UTF-8 to the store (no text made only to be encoded again);
+    the report page reads the same JSON back as text, a non-ASCII letter of a citation included, and
+    the bytes are those of the assessment's canonical JSON."""
+    from leukodx.engine import get_engine
+    from leukodx.engine.render import to_json, to_json_bytes
+    from conftest import CASES
+    case = yaml.safe_load((CASES / "thiopurine" / "tpmt-poor-azathioprine-severe-neutropenia.yaml").read_text())
+    a = get_engine().assess(case)
+    assert to_json_bytes(a) == to_json(a, indent=None).encode()
+    body = json.dumps({"citation": "Christen D, Brümmendorf T", "n": 1}, ensure_ascii=False)
+    token = asyncio.run(reports.store_report(settings, body.encode()))
+    stored = report_store_for(settings.feedback_db_url).get(token)
+    assert stored == body and isinstance(stored, str)

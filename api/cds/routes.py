@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from leukodx.engine import Assessment, CaseError, Engine, NotAssessed
-from leukodx.engine.render import to_json
+from leukodx.engine.render import to_json_bytes
 from leukodx.engine.parse import load_json_document, problems_from_validation
 
 from .. import audit, fhir, metrics
@@ -225,11 +225,12 @@ async def call_service(service_id: str, request: Request) -> Response:
     if report is not None:                           # the call's objects are freed while its report is written
         await _link_report(*report, request, settings)
     metrics.cards_returned(service_id, cards)   # counted by indicator, and their uuids in the audit record
-    return Response(CardsResponse(cards=cards).model_dump_json(exclude_none=True), media_type="application/json")
+    answer = CardsResponse(cards=cards)
+    return Response(answer.__pydantic_serializer__.to_json(answer, exclude_none=True), media_type="application/json")
 
 
 async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
-                  settings: Settings) -> Response | tuple[list[Card], Optional[tuple[Card, str]]]:
+                  settings: Settings) -> Response | tuple[list[Card], Optional[tuple[Card, bytes]]]:
     """The cards of a call, and the card to link to its report with the report's body (the assessment as
     JSON) when there is one; or the OperationOutcome saying why there can be no cards."""
     small = len(body) <= INLINE_MAX_BYTES           # parsed, mapped and assessed on the loop (api/offload.py)
@@ -299,7 +300,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
             "patient_mismatch": mismatch, "left_out": len(left_out), "notes": len(notes),
             "where": _REF.sub(r"\1/-", "; ".join(where[:10]))[:500]})
     cards: list[Card] = []
-    report: Optional[tuple[Card, str]] = None
+    report: Optional[tuple[Card, bytes]] = None
     if assessment is None and problems:
         cards.append(C.unassessed_card(hook.hookInstance, problems + notes, "warning" if mismatch else "info"))
     elif assessment is None:
@@ -309,7 +310,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     else:
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
         if cards and settings.report_link_minutes > 0:
-            report = cards[0], to_json(assessment, indent=None)
+            report = cards[0], to_json_bytes(assessment)
     cards += traced("leukodx.orders", order_cards)(eng, drafts, assessment, resources, hook, patient_id)
     unmatched = unmatched_selections(hook)
     if unmatched:
@@ -329,7 +330,7 @@ def add_call_route(app: FastAPI) -> None:
                              response_model_exclude_none=True, responses=_CALL_ERRORS)
 
 
-async def _link_report(card: Card, report: str, request: Request, settings: Settings) -> None:
+async def _link_report(card: Card, report: bytes, request: Request, settings: Settings) -> None:
     """Link the card to the full assessment in leukodx's own page. If the report cannot be stored the
     cards still go out, without the link: the link is a convenience, the cards are not."""
     base = settings.cds_public_base_url.rstrip("/") or _request_base(request)
