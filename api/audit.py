@@ -250,7 +250,7 @@ class Auditor:
             logging.getLogger("leukodx.api").error("audit record not written", extra={"error_type": type(e).__name__})
             return
         from . import metrics
-        metrics.AUDIT_RECORDS.labels(fields["event"], fields["outcome"]).inc()
+        metrics.labelled(metrics.AUDIT_RECORDS, fields["event"], fields["outcome"]).inc()
 
 
 # -- the middleware ---------------------------------------------------------------------------------

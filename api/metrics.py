@@ -45,7 +45,7 @@ from leukodx.engine import CaseError, Engine, get_engine
 from . import audit, tracing
 
 __all__ = ["install", "http_observer", "route_template", "observed_engine", "ObservedEngine", "observed_fetch",
-           "cards_returned", "note_engine"]
+           "cards_returned", "note_engine", "labelled"]
 
 disable_created_metrics()   # no *_created series: a start time per label set doubles the series for nothing
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests by route template, method and status",
@@ -66,6 +66,20 @@ ENGINE_FAILURES = Counter("leukodx_engine_failures", "Rules-engine calls that fa
 ENGINE_RECYCLES = Counter("leukodx_engine_recycles", "Rules engines rebuilt after a failure")
 AUDIT_RECORDS = Counter("leukodx_audit_records", "Audit records written, by event and outcome", ["event", "outcome"])
 AUDIT_FAILURES = Counter("leukodx_audit_write_failures", "Audit records that could not be written")
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, kept: prometheus-client checks the values and takes a lock on each call
+    (a few microseconds, about seven times a CDS call), and keeps each label set's child for the
+    process's life anyway, so keeping them here adds no series and no memory that grows with traffic."""
+    key = (id(metric), values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child
 
 
 # -- HTTP -------------------------------------------------------------------------------------------
@@ -89,8 +103,8 @@ def http_observer(routes: Callable[[], Iterable[Any]]) -> Callable[[Scope, int, 
         if scope.get("path") == "/metrics":
             return
         labels = (route_template(scope, routes), scope.get("method", ""), str(status))
-        HTTP_REQUESTS.labels(*labels).inc()
-        HTTP_LATENCY.labels(*labels).observe(seconds)
+        labelled(HTTP_REQUESTS, *labels).inc()
+        labelled(HTTP_LATENCY, *labels).observe(seconds)
     return observe
 
 
@@ -155,9 +169,9 @@ class ObservedEngine:
                 ENGINE_FAILURES.labels("assess").inc()
                 raise
             tier = a.risk_tier.tier
-            ASSESSMENTS.labels(channel, tier).inc()
+            labelled(ASSESSMENTS, channel, tier).inc()
             for alert in a.alerts:
-                ALERTS.labels(alert.id).inc()
+                labelled(ALERTS, alert.id).inc()
             s.set_attribute("leukodx.tier", tier)
             s.set_attribute("leukodx.alerts", [x.id for x in a.alerts])
             s.set_attribute("leukodx.kb_version", a.kb_version)
@@ -200,5 +214,5 @@ def cards_returned(service: str, cards: Iterable[Any]) -> None:
     """The cards of one CDS call: counted by indicator and written to the audit record."""
     cards = list(cards)
     for card in cards:
-        CARDS.labels(service, card.indicator).inc()
+        labelled(CARDS, service, card.indicator).inc()
     audit.note_cards(cards)

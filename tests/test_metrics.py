@@ -236,3 +236,17 @@ def test_a_route_the_router_did_not_name_is_found_by_its_template():
     assert template("GET", "/no/such/page") == "none"
     healthz = next(r for r in app.routes if getattr(r, "path", "") == "/healthz")
     assert template("GET", "/no/such/page", route=healthz) == "/healthz"
+
+
+def test_a_kept_labelled_child_counts_into_the_same_series_as_labels():
+    """api/metrics.labelled keeps prometheus-client's child of a label set: counting through it and
+    through ``labels`` adds up in one series, and another label set is another child."""
+    from prometheus_client import CollectorRegistry, Counter
+    from leukodx.api.metrics import labelled
+    c = Counter("leukodx_test_kept_children", "test", ["a", "b"], registry=CollectorRegistry())
+    labelled(c, "x", "y").inc()
+    labelled(c, "x", "y").inc(2)
+    c.labels("x", "y").inc()
+    labelled(c, "x", "z").inc()
+    assert labelled(c, "x", "y") is c.labels("x", "y")
+    assert c.labels("x", "y")._value.get() == 4 and c.labels("x", "z")._value.get() == 1
