@@ -119,7 +119,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             if any(c in vitals.weight for c in loinc):
                 body_weight(item, weights, warnings)
             # a genotype or a temperature is read elsewhere; any other code is named as not used
-            elif not any(c in kb.pgx_codes for c in loinc) and not is_temperature_observation(res, vitals):
+            elif not any(c in kb.pgx_codes for c in loinc) and not is_temperature_observation(res, vitals, loinc):
                 key = code_label(res.get("code"), loinc)
                 ignored[key] = ignored.get(key, 0) + 1
             continue

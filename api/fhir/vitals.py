@@ -34,9 +34,11 @@ class VitalCodes:
     site_of_body_site: dict[str, str]        # SNOMED CT bodySite code -> site
     site_of_snomed: dict[str, str]           # SNOMED CT observable code of a temperature -> site
 
-    def is_temperature(self, concept: Any) -> bool:
-        """Whether an Observation's (or component's) ``code`` is a body temperature (LOINC or SNOMED CT)."""
-        return not self.temperature.isdisjoint(loinc_codes(concept)) or bool(self.snomed_codes(concept))
+    def is_temperature(self, concept: Any, loinc: Optional[tuple[str, ...]] = None) -> bool:
+        """Whether an Observation's (or component's) ``code`` is a body temperature (LOINC or SNOMED CT);
+        ``loinc``: its LOINC codes when already read (an Observation's ``Item.loinc``)."""
+        return (not self.temperature.isdisjoint(loinc_codes(concept) if loinc is None else loinc)
+                or bool(self.snomed_codes(concept)))
 
     def snomed_codes(self, concept: Any) -> list[str]:
         """The SNOMED CT temperature codes of ``concept``."""
@@ -82,9 +84,9 @@ def _site(concept: Any, body_site: Any, codes: VitalCodes) -> Optional[str]:
     return None
 
 
-def is_temperature_observation(res: dict[str, Any], codes: VitalCodes) -> bool:
+def is_temperature_observation(res: dict[str, Any], codes: VitalCodes, loinc: Optional[tuple[str, ...]] = None) -> bool:
     """A temperature Observation, or one with a temperature among its components (read by :func:`temperature`)."""
-    return codes.is_temperature(res.get("code")) or any(codes.is_temperature(as_dict(c).get("code"))
+    return codes.is_temperature(res.get("code"), loinc) or any(codes.is_temperature(as_dict(c).get("code"))
                                                        for c in as_list(res.get("component")))
 
 
@@ -96,7 +98,7 @@ def _temperature_parts(mine: list[Item], codes: VitalCodes) -> Iterator[tuple[It
         if item.type != "Observation":
             continue
         res = item.resource
-        if codes.is_temperature(res.get("code")):
+        if codes.is_temperature(res.get("code"), item.loinc):
             yield item, res, _site(res.get("code"), res.get("bodySite"), codes)
             continue
         for component in as_list(res.get("component")):
