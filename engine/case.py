@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = ["Case", "Lab", "Medication", "Dose", "Patient", "History", "Transplant", "SMEAR_FINDINGS",
            "TEMPERATURE_SITES", "MAX_LABS", "MAX_MEDICATIONS", "MAX_UNIT"]
@@ -134,18 +135,24 @@ class Case(_Model):
     rationale: Optional[Annotated[str, Field(max_length=5000)]] = None
     as_of: Optional[When] = Field(None, description="date the case is judged at; default: the latest lab time")
     patient: Patient = Field(default_factory=Patient)   # a factory: a default instance is deep-copied per case
-    labs: Annotated[list[Lab], Field(max_length=MAX_LABS, validate_default=True)] = []
+    labs: Annotated[list[Lab], Field(max_length=MAX_LABS, description=(
+        "at least one lab value; none only with a body temperature (history.temperature_c): a fever with no "
+        "blood count is assessed for the count it needs"))] = []
     medications: Annotated[list[Medication], Field(max_length=MAX_MEDICATIONS)] = []
     history: History = Field(default_factory=History)
     expect: SkipJsonSchema[Optional[dict[str, Any]]] = Field(
         None, description="a case file's expected outcome, read by `leukodx replay` (cli/replay.py); ignored here")
 
-    @field_validator("labs")
-    @classmethod
-    def _some_labs(cls, labs: list[Lab]) -> list[Lab]:
-        if not labs:
-            raise ValueError("no lab values: leukodx needs at least one lab value, such as a WBC or an ANC")
-        return labs
+    @model_validator(mode="after")
+    def _something_to_assess(self) -> "Case":
+        """A lab value, or at least a temperature: a febrile patient with no blood count at all is a
+        patient whose febrile neutropenia cannot be ruled out (rule alerts.fever_without_current_count)."""
+        if not self.labs and self.history.temperature_c is None:
+            raise ValidationError.from_exception_data("Case", [InitErrorDetails(
+                type=PydanticCustomError("value_error", "no lab values: leukodx needs at least one lab value, such "
+                                                        "as a WBC or an ANC (or, with no blood count, a body "
+                                                        "temperature)"), loc=("labs",), input=self.labs)])
+        return self
 
 
 def schema() -> dict[str, Any]:

@@ -132,6 +132,30 @@ def test_patient_view_febrile_neutropenia_leads_the_summary(client):
     assert "Emergency care for febrile neutropenia" in card["detail"]
 
 
+def test_patient_view_fever_with_no_blood_count_at_all_asks_for_one(client):
+    """A febrile patient on azathioprine whose record holds no blood count at all: the card says febrile
+    neutropenia cannot be ruled out and asks for a CBC with differential now (it had been silent: no lab,
+    no case). A normal temperature with no count says nothing, as no data at all does."""
+    def temp(value: float) -> dict:
+        return {"resourceType": "Observation", "id": "t", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+                "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": RECENT,
+                "valueQuantity": {"value": value, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}
+    aza = {"resourceType": "MedicationRequest", "id": "m", "status": "active", "intent": "order",
+           "subject": {"reference": f"Patient/{PATIENT}"}, "authoredOn": "2026-01-05",
+           "medicationCodeableConcept": {"text": "azathioprine 100 mg daily"}}
+    pre = prefetch([temp(39.0)])
+    pre["medicationRequests"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": aza}]}
+    cards = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+    assert len(cards) == 1
+    card = cards[0]
+    assert card["indicator"] == "warning" and "Fever without a current neutrophil count" in card["summary"]
+    assert card["detail"].startswith("**No blood count.**")
+    assert "Repeat CBC with manual differential" in card["detail"] and "*immediate*" in card["detail"]
+    afebrile = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch([temp(36.8)])))
+    assert afebrile.json() == {"cards": []}
+
+
 def test_patient_view_normal_counts_give_no_cards(client):
     r = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(CBC_NORMAL)))
     assert r.json() == {"cards": []}

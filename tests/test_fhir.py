@@ -776,3 +776,22 @@ def test_a_split_dose_is_summed_and_mixed_dosages_are_not_read_as_one():
     doses = {m["name"]: m.get("dose") for m in case["medications"]}
     assert doses == {"azathioprine": {"value": 200.0, "unit": "mg/d"}, "methotrexate": None}
     assert has(warnings, "MedicationRequest/b", "2 dosage instructions (10 mg/d; as directed)", "not applied")
+
+
+def test_a_temperature_without_a_lab_is_mapped_only_on_a_known_case_date():
+    """A fever with no blood count makes a case with no labs when the case date is known (the CDS call's
+    today, the REST as_of); without one nothing dates the case, and the mapping refuses as for no data."""
+    from datetime import date
+    from leukodx.api.fhir import FhirMappingError, map_bundle
+    from leukodx.engine import get_engine
+    temp = {"resourceType": "Observation", "id": "t", "status": "final", "subject": {"reference": "Patient/p"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+            "effectiveDateTime": "2026-11-30T08:00:00Z",
+            "valueQuantity": {"value": 38.9, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}
+    kb = get_engine().kb
+    mapped = map_bundle([temp], kb=kb, patient_id="p", as_of=date(2026, 12, 1))
+    assert mapped.case["labs"] == [] and mapped.case["history"]["temperature_c"] == 38.9
+    a = get_engine().assess(mapped.case, partial=True)
+    assert [x.id for x in a.alerts] == ["fever_without_current_count"]
+    with pytest.raises(FhirMappingError, match="no lab value"):
+        map_bundle([temp], kb=kb, patient_id="p")

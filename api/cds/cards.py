@@ -113,7 +113,7 @@ def _headline(a: Assessment) -> str:
 
 def _detail(a: Assessment) -> str:
     t = a.risk_tier
-    lines = [f"**Blood count of {_drawn(a)}.** {a.cbc.note}",
+    lines = [(f"**Blood count of {_drawn(a)}.** " if a.cbc.tests else "**No blood count.** ") + a.cbc.note,
              f"**Risk tier:** {t.tier}" + (f" - ANC {_n(t.anc)} x10^9/L ({(t.anc_source or '').replace('_', ' ')})"
                                            if t.anc is not None else " - no ANC available"),
              t.basis]

@@ -306,7 +306,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     elif assessment is None:
         pass                           # the EHR has no blood count for this patient: nothing to say
     elif not assessment.cbc.current and not assessment.alerts:   # an old count alone says nothing acute
-        cards.append(C.stale_card(assessment, hook.hookInstance))
+        if assessment.cbc.tests:                     # and a temperature with no count at all, nothing
+            cards.append(C.stale_card(assessment, hook.hookInstance))
     else:
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
         if cards and settings.report_link_minutes > 0:

@@ -70,8 +70,9 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     are kept (the current CBC and the trend need the recent ones); the older ones are counted in
     ``not_assessed``. Raises :class:`FhirMappingError` when the data is not FHIR resources, when
     no Patient (and no ``patient_id``) says whose data it is and the resources name several subjects,
-    or when it holds no lab value leukodx can use for this patient (each skipped lab Observation is
-    then a problem with its reason, and data of another patient is named).
+    or when it holds no lab value leukodx can use for this patient (each skipped lab Observation is then a
+    problem with its reason, and data of another patient is named); but with ``as_of`` given, a body
+    temperature alone makes a case with no labs: a fever with no blood count is one the engine must see.
     """
     warnings: list[str] = []
     left_out: list[NotAssessed] = []
@@ -95,7 +96,15 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     labs, weights, skipped = map_observations(kb, items, mine, index, warnings)
     labs = _placed_in_time(labs, skipped, warnings)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in skipped]
-    if not labs:
+    if len(labs) > max_labs:
+        left_out.append(_keep_recent(labs, max_labs, warnings))
+
+    lab_times = [lab.utc for lab in labs if lab.utc is not None]
+    ref = utc_date(as_of) if as_of is not None else (max(lab_times).date() if lab_times else None)
+    temp = temperature(mine, ref, warnings, kb)
+    # a temperature without a count is assessed (a fever needs a count), on a known case date only: with no
+    # lab and no as_of, nothing would date the case, and a fever of years ago would read as one of today
+    if not labs and (temp.celsius is None or as_of is None):
         problems = list(skipped)
         theirs_labs = [i for i in theirs if i.type == "Observation"]
         if theirs_labs:
@@ -105,11 +114,6 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         raise FhirMappingError([Problem("", "no lab value leukodx can use: it needs an Observation with a LOINC "
                                             "code of rules/labs.yaml (a WBC, ANC, differential ...), a usable "
                                             "status and a valueQuantity with a unit"), *problems])
-    if len(labs) > max_labs:
-        left_out.append(_keep_recent(labs, max_labs, warnings))
-
-    lab_times = [lab.utc for lab in labs if lab.utc is not None]
-    ref = utc_date(as_of) if as_of is not None else (max(lab_times).date() if lab_times else None)
 
     case: dict[str, Any] = {"id": case_id or default_id(choice)}
     if as_of is not None:
@@ -123,7 +127,6 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     pgx_skipped: list[Problem] = []
     history: dict[str, Any] = map_pgx(kb, mine, warnings, pgx_skipped)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in pgx_skipped]
-    temp = temperature(mine, ref, warnings, kb)
     if temp.celsius is not None:
         history["temperature_c"] = temp.celsius
         if temp.site:
