@@ -3,7 +3,7 @@ and gather the full citation of every source cited anywhere in it."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from . import pgx
 from .assessment import (AlertOut, Assessment, BlockedStep, CauseOut, FindingOut, InteractionOut, MissingItem,
@@ -86,8 +86,9 @@ def _blocked_step(kb: KnowledgeBase, sid: str, fs: list[Firing]) -> BlockedStep:
 
 
 def _step_order(kb: KnowledgeBase) -> dict[str, int]:
-    order: dict[str, int] = kb.derived.get("step_order") or kb.derived.setdefault(
-        "step_order", {sid: i for i, sid in enumerate(kb.steps)})
+    order: Optional[dict[str, int]] = kb.derived.get("step_order")
+    if order is None:
+        order = kb.derived["step_order"] = {sid: i for i, sid in enumerate(kb.steps)}
     return order
 
 

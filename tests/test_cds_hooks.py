@@ -154,6 +154,12 @@ def test_patient_view_fever_with_no_blood_count_at_all_asks_for_one(client):
     assert "Repeat CBC with manual differential" in card["detail"] and "*immediate*" in card["detail"]
     afebrile = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch([temp(36.8)])))
     assert afebrile.json() == {"cards": []}
+    # a normal temperature beside a count that could not be used: said so, never "CBC checked"
+    cancelled = {**obs("6690-2", 1.2, "10*9/L"), "status": "cancelled"}
+    unread = cards_of(client.post("/cds-services/leukodx-patient-view",
+                                  json=request("patient-view", prefetch([cancelled, temp(36.8)]))))
+    assert len(unread) == 1 and unread[0]["summary"].startswith("leukodx could not assess this patient")
+    assert "status 'cancelled' is not a result" in unread[0]["detail"]
 
 
 def test_patient_view_normal_counts_give_no_cards(client):

@@ -26,7 +26,7 @@ from leukodx.engine.parse import load_json_document, problems_from_validation
 
 from .. import audit, fhir, metrics
 from ..config import Settings
-from ..deps import CDS_TYPES, LeanRoute, engine, read_body
+from ..deps import CDS_TYPES, LeanRoute, base_url, engine, read_body
 from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
 from ..fhir.vitals import VitalCodes, vital_codes
@@ -317,9 +317,12 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     if unmatched:
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))
     if left_out:
-        if not cards and assessment is not None:
-            cards.append(C.checked_card(assessment, hook.hookInstance))
-        C.note_left_out(cards, left_out)
+        if not cards and assessment is not None and not assessment.cbc.tests:
+            cards.append(C.unassessed_card(hook.hookInstance, left_out))   # a temperature, and no count to check
+        else:
+            if not cards and assessment is not None:
+                cards.append(C.checked_card(assessment, hook.hookInstance))
+            C.note_left_out(cards, left_out)
     return cards, report
 
 
@@ -334,31 +337,13 @@ def add_call_route(app: FastAPI) -> None:
 async def _link_report(card: Card, report: bytes, request: Request, settings: Settings) -> None:
     """Link the card to the full assessment in leukodx's own page. If the report cannot be stored the
     cards still go out, without the link: the link is a convenience, the cards are not."""
-    base = settings.cds_public_base_url.rstrip("/") or _request_base(request)
+    base = settings.cds_public_base_url.rstrip("/") or base_url(request)
     try:
         token = await store_report(settings, report)   # batched with others (reports.py)
     except Exception as e:   # noqa: BLE001 - the database down or locked must not cost the cards
         log.warning("report link left out: the report could not be stored (%s)", type(e).__name__)
         return
     C.add_report_link(card, f"{base}/report/{token}", settings.report_link_minutes)
-
-
-_BASES: dict[tuple[Any, ...], str] = {}
-
-
-def _request_base(request: Request) -> str:
-    """The request's own base URL (Starlette builds a URL object for it, 2% of a call), remembered for
-    the few (scheme, Host, server, root path) a worker sees; a Host header is the caller's, so the
-    memory is bounded."""
-    scope = request.scope
-    key = (scope.get("scheme"), request.headers.get("host"), tuple(scope.get("server") or ()),
-           scope.get("app_root_path", scope.get("root_path", "")))
-    base = _BASES.get(key)
-    if base is None:
-        if len(_BASES) >= 64:
-            _BASES.clear()
-        base = _BASES[key] = str(request.base_url).rstrip("/")
-    return base
 
 
 def _prefetch_mismatch(hook: HookRequest, templates: dict[str, str], patient_id: str) -> str:
