@@ -157,7 +157,7 @@ class TraceItem(_Out):
     facts: dict[str, Scalar]
 
 
-class SourceOut(_Out):
+class SourceOut(_Shared):
     id: str
     citation: str
     year: int

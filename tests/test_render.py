@@ -111,3 +111,23 @@ def test_the_report_lengths_are_known(reports):
     print(f"text report lines over {len(lines)} cases: median {statistics.median(lines)}, "
           f"min {lines[0]}, 90th percentile {lines[int(0.9 * len(lines))]}, max {lines[-1]}")
     assert lines[-1] < 150
+
+
+def test_the_report_bytes_are_the_serializers_own_for_every_case(reports):
+    """to_json_bytes puts each shared step's and source's JSON, made once, into the rest of the assessment
+    serialized apart: the bytes must be those of pydantic's serializer for the whole, on every case of the
+    library (some with steps not advised, sources with non-ASCII letters), the first time and again from
+    the cache, and for an assessment read back from JSON, whose entries are nobody's shared ones."""
+    from leukodx.engine.assessment import Assessment
+    from leukodx.engine.render import to_json_bytes
+    blocked = 0
+    for name, (a, _) in reports.items():
+        whole = a.__pydantic_serializer__.to_json(a) + b"\n"
+        assert to_json_bytes(a) == whole, name
+        assert to_json_bytes(a) == whole, name
+        blocked += bool(a.steps_not_advised)
+    assert blocked >= 3                       # the blocked steps' place is spliced on real cases too
+    a = next(a for a, _ in reports.values() if a.steps_not_advised)
+    again = Assessment.model_validate_json(to_json_bytes(a))
+    assert again.steps[0] is not a.steps[0]
+    assert to_json_bytes(again) == to_json_bytes(a)
