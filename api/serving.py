@@ -71,6 +71,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _refused_logged_at = 0.0
     _receiving = 0          # requests of this worker whose body is still arriving
     on_closed: Optional[Callable[[], None]] = None    # told of every closed connection (Acceptor, balancing)
+    # told of a connection idle between requests; True when it handed it to another worker (Acceptor, balancing)
+    on_idle: Optional[Callable[[asyncio.Transport], bool]] = None
 
     def __init__(self, config: Config, server_state: Any, app_state: dict[str, Any],
                  _loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
@@ -83,6 +85,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._guard: Optional[asyncio.TimerHandle] = None
         self._head_bytes = 0
         self._receiving_body = False
+        self._begun = self._answered = 0      # requests whose first byte was read; responses sent in full
 
     # -- timers ---------------------------------------------------------------------------------
     def _arm(self, seconds: float) -> None:
@@ -129,6 +132,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- parser callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._begun += 1
         super().on_message_begin()
         self._head_bytes = 0
         if self._guard is None:
@@ -165,6 +169,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._set_receiving(False)
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        # Idle: every request begun is answered, not a byte of another read (the parser holds nothing), and
+        # the answer is out of leukodx's buffers. Only then may the connection move to another worker.
+        self._answered += 1
+        super().on_response_complete()
+        if GuardedHttpToolsProtocol.on_idle is not None and self._answered == self._begun and not self.pipeline \
+                and not self.transport.is_closing() and not self.transport.get_write_buffer_size():
+            GuardedHttpToolsProtocol.on_idle(self.transport)
+
     def _set_receiving(self, receiving: bool) -> None:
         if receiving != self._receiving_body:
             self._receiving_body = receiving
@@ -195,6 +208,7 @@ class WorkerServer(Server):
             self.servers.append(acceptor)         # type: ignore[arg-type]
         if ledger is not None:
             GuardedHttpToolsProtocol.on_closed = self.servers[0].connection_closed   # type: ignore[attr-defined]
+            GuardedHttpToolsProtocol.on_idle = self.servers[0].hand_over_idle        # type: ignore[attr-defined]
 
 
 def _worker_ledger() -> Optional[Ledger]:

@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Union
 from pydantic import BaseModel
 from pydantic_core import to_json as to_json_value
 
-from .assessment import Assessment, NormalizedLab, SourceOut
+from .assessment import Assessment, SourceOut
 
 __all__ = ["to_json", "to_json_bytes", "to_text"]
 
