@@ -20,9 +20,9 @@ from pydantic import TypeAdapter
 from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, ReferenceLimit, RiskTier
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormLab
-from .exposure import drug_facts, patient_facts, started_after
+from .exposure import drug_facts, earlier_anc_facts, patient_facts, started_after
 from .samples import DIFFERENTIAL_TESTS, Sample, age_days, group_samples
-from .trends import series_facts
+from .trends import anc_by_draw, series_facts
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
 
@@ -262,6 +262,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         series_facts(kb, nc, samples, cbc, derived_points["anc"], facts)
     patient_facts(kb, nc, facts)
     drug_facts(kb, nc, facts)
+    earlier_anc_facts(nc, anc_by_draw(samples, derived_points["anc"]), cbc.time if cbc is not None else None, facts)
     count_day = cbc.time.date() if cbc is not None and cbc.time is not None else None
     suspects = kb.derived.get("cause_drug_classes")
     if suspects is None:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormMed
 
-__all__ = ["patient_facts", "drug_facts", "active_interactions", "started_after"]
+__all__ = ["patient_facts", "drug_facts", "active_interactions", "started_after", "earlier_anc_facts"]
 
 
 def _r(x: float) -> float:
@@ -197,6 +197,25 @@ def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> N
         if low:
             for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
                 facts[f"{stem}_low_before_start"] = True
+
+
+def earlier_anc_facts(nc: NormCase, anc_points: dict[Optional[datetime], float], current: Optional[datetime],
+                      facts: dict[str, Any]) -> None:
+    """The lowest ANC of an earlier draw (any but the current count's, dated) taken while a course of a drug
+    was taken, from the day after its start (a count of the start day is its baseline, as for
+    `_low_before_start`) to its end (to the case date while taken, or when stopped on a day not given: it may
+    have been stopped for that count): `drug_<id>_lowest_earlier_anc`. A value reported as a bound ("<0.5")
+    counts as the bound."""
+    for med in nc.meds:
+        if med.start is None or med.drug_id is None:
+            continue
+        active, stop_unknown, _ = _exposure(med, nc.as_of)
+        end = nc.as_of if active or stop_unknown else med.end or med.start
+        on = [v for t, v in anc_points.items() if t is not None and t != current and end is not None
+              and med.start < t.date() <= end]
+        if on:
+            key = f"drug_{med.drug_id}_lowest_earlier_anc"
+            facts[key] = min(facts.get(key, min(on)), min(on))
 
 
 def started_after(meds: list[NormMed], count_day: Optional[date]) -> list[NormMed]:

@@ -151,7 +151,15 @@ def _clozapine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Op
         entry = spec["below_threshold"]
         return OrderCheck(**base, priority=entry["priority"], cancel="recommended",
                           summary=entry["summary"].format(anc=shown, **numbers), detail=alert.description)
-    if a is None or a.risk_tier.anc is None or not a.cbc.current:
+    no_anc = a is None or a.risk_tier.anc is None or not a.cbc.current
+    again = next((x for x in a.alerts if x.id == "clozapine_rechallenge"), None) if a else None
+    if again is not None:                  # an earlier count on clozapine was severe: whatever the current one
+        entry = spec["after_severe"]
+        detail = again.description + (" " + " ".join(spec["no_anc"]["detail"].format(**numbers).split()) if no_anc
+                                      else "")
+        return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(**numbers),
+                          detail=detail)
+    if no_anc:
         entry = spec["no_anc"]
         return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(**numbers),
                           detail=" ".join(entry["detail"].format(**numbers).split()))

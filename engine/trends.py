@@ -25,17 +25,8 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
                   derived_anc: dict[str, tuple[Optional[datetime], float, str]], facts: dict[str, Any]) -> None:
     """Trend facts over the ANC series (the WBC series when the current CBC has no ANC), one point per draw,
     ending at the current CBC."""
-    anc_points: dict[Optional[datetime], float] = {}
-    wbc_points: dict[Optional[datetime], float] = {}
-    for sample in samples:
-        reported = sample.values.get("anc")
-        derived = derived_anc.get(sample.key)
-        if reported is not None and derived is not None:
-            anc_points[sample.time] = min(reported.value, derived[1])   # the safer side, as for the tier
-        elif reported is not None or derived is not None:
-            anc_points[sample.time] = reported.value if reported is not None else derived[1]   # type: ignore[index]
-        if "wbc" in sample.values:
-            wbc_points[sample.time] = sample.values["wbc"].value
+    anc_points = anc_by_draw(samples, derived_anc)
+    wbc_points = {sample.time: sample.values["wbc"].value for sample in samples if "wbc" in sample.values}
     # the ANC series where it has at least two points and reaches the current CBC, else the WBC series
     use_anc = cbc.time in anc_points and (len(anc_points) >= 2 or len(wbc_points) < 2)
     basis, points = ("anc", anc_points) if use_anc else ("wbc", wbc_points)
@@ -67,6 +58,21 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
     facts["low_span_days"] = float((latest_t - run_start).days) if run_start else 0.0
     if basis == "anc":
         facts["cyclic_intervals"] = float(cyclic_intervals(kb, series))
+
+
+def anc_by_draw(samples: list[Sample], derived_anc: dict[str, tuple[Optional[datetime], float, str]]
+                ) -> dict[Optional[datetime], float]:
+    """The ANC of each draw that has one: reported, derived from its WBC and differential, or the lower of
+    the two when both are there (the safer side, as for the tier)."""
+    out: dict[Optional[datetime], float] = {}
+    for sample in samples:
+        reported = sample.values.get("anc")
+        derived = derived_anc.get(sample.key)
+        if reported is not None and derived is not None:
+            out[sample.time] = min(reported.value, derived[1])
+        elif reported is not None or derived is not None:
+            out[sample.time] = reported.value if reported is not None else derived[1]   # type: ignore[index]
+    return out
 
 
 def cyclic_intervals(kb: KnowledgeBase, series: list[tuple[datetime, float]]) -> int:

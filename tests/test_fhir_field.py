@@ -510,6 +510,24 @@ def test_clozapine_drafted_yesterday_is_a_new_start_and_a_patient_on_it_at_anc_1
     assert card["indicator"] == "warning" and "three times a week" in card["summary"]
 
 
+def test_clozapine_ordered_again_after_a_course_stopped_at_anc_0_3_is_not_may_proceed(client):
+    """A clozapine draft for a patient whose earlier course (a stopped MedicationRequest) reached ANC 0.3 had got
+    'may proceed' on a normal current ANC; the label advises no rechallenge after an ANC below 0.5 on clozapine."""
+    counts = bundle(obs("751-8", 0.3, t="2025-02-19T08:00:00Z"), obs("6690-2", 1.5, t="2025-02-19T08:00:00Z"),
+                    obs("6690-2", 5.0, t=RECENT), obs("751-8", 2.6, t=RECENT), kind="searchset")
+    earlier = bundle({"resourceType": "MedicationRequest", "id": "c-old", "status": "stopped", "intent": "order",
+                      "subject": {"reference": "Patient/p1"}, "authoredOn": "2025-01-06",
+                      "dispenseRequest": {"validityPeriod": {"start": "2025-01-06", "end": "2025-02-20"}},
+                      "medicationCodeableConcept": {"text": "clozapine 100 mg tablet"}}, kind="searchset")
+    draft = order(medicationCodeableConcept={"text": "clozapine 25 mg tablet"})
+    cards = hook_call(client, "order-sign", {"observations": counts, "medicationRequests": earlier}, draft)
+    [card] = [c for c in cards if c["source"]["topic"]["code"] == "clozapine-anc"]
+    assert card["indicator"] == "warning" and "no rechallenge unless the benefit outweighs the risk" in card["summary"]
+    alone = hook_call(client, "order-sign", {"observations": counts}, draft)   # no earlier course: not a rechallenge
+    [card] = [c for c in alone if c["source"]["topic"]["code"] == "clozapine-anc"]
+    assert card["indicator"] == "info" and "may proceed" in card["summary"]
+
+
 def test_a_thiopurine_ordered_at_a_severe_neutropenia_is_never_only_a_normal_starting_dose(client):
     """Azathioprine for a TPMT and NUDT15 normal patient with ANC 0.3 had got an info card 'normal starting dose'."""
     severe = bundle(obs("6690-2", 1.0, t=RECENT), obs("751-8", 0.3, t=RECENT), kind="searchset")

@@ -94,6 +94,50 @@ def test_clozapine_without_a_current_anc_asks_for_a_baseline(engine):
     assert c.priority == "warning" and "at least 1.5" in c.detail and "at least 1" in c.detail
 
 
+EARLIER_COURSE = {"name": "clozapine", "status": "stopped", "start": "2024-01-10", "end": "2024-02-20"}
+SEVERE_ON_IT = [lab("anc", 0.3, time="2024-02-19T08:00:00Z"), lab("wbc", 1.5, time="2024-02-19T08:00:00Z")]
+
+
+@pytest.mark.parametrize("earlier_anc, flagged", [(0.3, True), (0.49, True), (0.5, False), (0.8, False)])
+def test_clozapine_ordered_again_after_a_severe_count_on_an_earlier_course(engine, earlier_anc, flagged):
+    """Clozapine label (general population): an ANC below 0.5 on clozapine means no rechallenge unless the
+    benefit outweighs the risk; 0.5-1.0 means interrupt, and treatment may resume. The order being written
+    (a new course today) is checked against the earlier course's counts, whatever the current ANC."""
+    a = engine.assess(base_case(labs=[lab("anc", earlier_anc, time="2024-02-19T08:00:00Z"), lab("wbc", 4.0),
+                                      lab("anc", 2.5)],
+                                medications=[EARLIER_COURSE, {"name": "clozapine", "start": "2025-03-10"}]))
+    assert ("clozapine_rechallenge" in [x.id for x in a.alerts]) is flagged
+    c = check(engine, CLOZ, a)
+    assert c.priority == ("warning" if flagged else "info")
+    assert c.summary.startswith("An earlier ANC on clozapine was below 0.5") is flagged
+    assert c.cancel == "no"
+
+
+def test_a_severe_count_before_clozapine_or_on_its_first_day_is_not_a_rechallenge(engine):
+    """The count of the day a course starts is its baseline (as for a count low before a drug started); one
+    from before any clozapine is not a count on clozapine."""
+    for start in ("2024-02-19", "2024-03-01"):
+        a = engine.assess(base_case(labs=[*SEVERE_ON_IT, lab("wbc", 4.0), lab("anc", 2.5)],
+                                    medications=[{"name": "clozapine", "start": start}]))
+        assert "clozapine_rechallenge" not in [x.id for x in a.alerts], start
+
+
+def test_clozapine_rechallenge_with_no_current_anc_also_asks_for_a_baseline(engine):
+    a = engine.assess(base_case(labs=[*SEVERE_ON_IT, lab("hemoglobin", 13.0, "g/dL")],
+                                medications=[EARLIER_COURSE, {"name": "clozapine", "start": "2025-03-10"}]))
+    c = check(engine, CLOZ, a)
+    assert c.summary.startswith("An earlier ANC on clozapine was below 0.5")
+    assert "not to rechallenge" in c.detail and "baseline ANC of at least 1.5" in c.detail
+
+
+def test_a_current_count_below_the_threshold_still_says_interrupt_after_an_earlier_severe_one(engine):
+    a = engine.assess(base_case(labs=[*SEVERE_ON_IT, lab("wbc", 2.0), lab("anc", 0.7)],
+                                medications=[EARLIER_COURSE, {"name": "clozapine", "start": "2025-02-01"}]))
+    assert {"clozapine_rechallenge", "clozapine_neutropenia"} <= {x.id for x in a.alerts}
+    c = check(engine, CLOZ, a)
+    assert (c.priority, c.cancel) == ("critical", "recommended")
+
+
 def test_other_drugs_get_no_check(engine):
     assert engine.check_orders([OrderInput(key="x", name="amoxicillin"), OrderInput(key="y", name="zzz")], None) == []
 
