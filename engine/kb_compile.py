@@ -90,11 +90,14 @@ def _label_family(kb: "KnowledgeBase", problems: list[str]) -> "FamilySpec | Non
     for i, t in enumerate(kb.label_thresholds):
         try:
             test, unit = t["test"], ("g/dL" if t["test"] == "hemoglobin" else "x10^9/L")
+            # `below` a value, or `at_or_below` it where the label's range includes the value itself
+            op, bound, words = (("le", t["at_or_below"], "at or below") if "at_or_below" in t
+                                else ("lt", t["below"], "below"))
             rules.append({
-                "id": f"labels.{t['drug']}_{test}_{str(t['below']).replace('.', '_')}",
-                "statement": f"The {t['drug'].replace('_', ' ')} label: {names.get(test, test)} below {t['below']:g} "
+                "id": f"labels.{t['drug']}_{test}_{str(bound).replace('.', '_')}",
+                "statement": f"The {t['drug'].replace('_', ' ')} label: {names.get(test, test)} {words} {bound:g} "
                              f"{unit}: {t['action']}.",
-                "when": {f"drug_{t['drug']}_active": True, test: {"lt": t["below"]}},
+                "when": {f"drug_{t['drug']}_active": True, test: {op: bound}},
                 "then": [{"step": t["step"], "urgency": t["urgency"]}], "sources": t["sources"]})
         except (KeyError, TypeError, ValueError) as e:
             problems.append(f"label_thresholds.yaml: labels[{i}]: {e}")
