@@ -11,13 +11,15 @@ suggestions); they decide nothing.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import pgx
 from .assessment import Assessment, CpicRecommendation, GeneStatus
+from .case import Dose
 from .kb import KnowledgeBase
+from .normalize import _dose_mg_kg_day
 from .vocabulary import DrugIndex, match_conditions
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
@@ -34,6 +36,8 @@ class OrderInput(BaseModel):
     name: Optional[str] = None
     rxnorm: Optional[str] = None
     indication: Optional[str] = None
+    dose: Optional[Union[Dose, str]] = None           # the ordered daily dose, as a case's medication gives it
+    weight_kg: Optional[Annotated[float, Field(gt=0, le=1000)]] = None   # the patient's, for mg/kg/day
 
 
 class DoseChange(BaseModel):
@@ -195,7 +199,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             malignant = True if (oncologic or indication & kb.oncologic_conditions) else (
                 False if indication or (assessment is not None and assessment.conditions) else None)
             check = _thiopurine(kb, order, drug, t, n, malignant)
-            out.append(_with_current_count(_with_interactions(kb, check, drug, assessment), assessment))
+            out.append(_with_current_count(_with_interactions(kb, check, drug, assessment, order), assessment))
         elif drug["id"] == "clozapine":
             out.append(_clozapine(kb, order, drug, assessment))
         elif assessment is not None:
@@ -252,8 +256,10 @@ def _with_current_count(check: OrderCheck, a: Optional[Assessment]) -> OrderChec
 
 
 def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],
-                       assessment: Optional[Assessment]) -> OrderCheck:
-    """A dose reduction an interaction demands (allopurinol with azathioprine: a quarter) on top of CPIC's."""
+                       assessment: Optional[Assessment], order: OrderInput) -> OrderCheck:
+    """A dose reduction an interaction demands (allopurinol with azathioprine: a quarter) on top of CPIC's;
+    none when the dose ordered is already at or below that share of the normal starting dose (the
+    interaction's ``normal_start_mg_kg_day``): a dose reduced on purpose is not cut again."""
     if assessment is None:
         return check
     by_id = {i["id"]: i for i in kb.interactions}
@@ -264,6 +270,19 @@ def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any
             continue
         factor = spec["dose_factor"]
         base = check.dose_change
+        target = spec.get("normal_start_mg_kg_day", {}).get(drug["id"], 0.0) * factor * (
+            base.factor if base and base.factor else 1.0)
+        per_kg = _dose_mg_kg_day(order.dose, order.weight_kg)[0]
+        if per_kg is not None and per_kg <= target * (1 + 1e-9):
+            return check.model_copy(update={
+                "dose_change": None, "adjust": "no", "priority": "critical" if check.priority == "critical" else "warning",
+                "summary": f"{check.summary}; with {' and '.join(found.drugs[1])}: {per_kg:.2g} mg/kg/day, already reduced",
+                "detail": f"**{found.title}.** {found.effect} {found.action} The dose ordered, {per_kg:.2g} mg/kg/day, "
+                          f"is not cut again: it is at or below {target:.2g} mg/kg/day ({factor:.0%} of the normal "
+                          f"starting dose of "
+                          f"{spec['normal_start_mg_kg_day'][drug['id']]:g} mg/kg/day"
+                          f"{', after the CPIC reduction' if base and base.factor else ''}).\n\n{check.detail}",
+                "sources": list(dict.fromkeys([*check.sources, *found.sources]))})
         wording = (f"{base.wording if base else 'the normal dose'}, then cut to {factor:.0%} for "
                    f"{' and '.join(found.drugs[1])} ({found.title.lower()})")
         change = DoseChange(factor=(base.factor if base and base.factor else 1.0) * factor,
@@ -271,7 +290,12 @@ def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any
                             percent_range=base.percent_range if base else None)
         priority = "critical" if check.priority == "critical" else "warning"
         return check.model_copy(update={
-            "dose_change": change, "adjust": "recommended" if check.adjust == "no" else check.adjust,
+            # the card offers one choice (at-most-one): the cut is the recommended one unless cancelling is; the
+            # genotyping an unknown phenotype asks for is then offered, not recommended
+            "dose_change": change, "adjust": ("possible" if check.cancel == "recommended" else "recommended")
+            if check.adjust == "no" else check.adjust,
+            "genotype": "possible" if check.genotype == "recommended" and check.cancel != "recommended"
+            else check.genotype,
             "priority": priority, "summary": f"{check.summary}; with {' and '.join(found.drugs[1])}: cut the dose",
             "detail": f"**{found.title}.** {found.effect} {found.action}\n\n{check.detail}",
             "sources": list(dict.fromkeys([*check.sources, *found.sources]))})

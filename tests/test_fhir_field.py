@@ -528,6 +528,29 @@ def test_clozapine_ordered_again_after_a_course_stopped_at_anc_0_3_is_not_may_pr
     assert card["indicator"] == "info" and "may proceed" in card["summary"]
 
 
+def test_an_azathioprine_order_already_cut_for_allopurinol_is_not_cut_again(client):
+    """An azathioprine draft of 25 mg a day (0.36 mg/kg/day at 70 kg: a quarter of CPIC's normal 2-3 mg/kg/day)
+    beside allopurinol had been offered a change to 6.25 mg a day; a draft of 150 mg a day is still cut to 37.5."""
+    counts = bundle(obs("6690-2", 5.0, t=RECENT), obs("751-8", 3.0, t=RECENT),
+                    obs("29463-7", 70, unit="kg", t=RECENT), kind="searchset")
+    allopurinol = bundle({"resourceType": "MedicationRequest", "id": "allo", "status": "active", "intent": "order",
+                          "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-01-05",
+                          "medicationCodeableConcept": {"text": "allopurinol 100 mg tablet"}}, kind="searchset")
+    daily = {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}
+
+    def card_for(mg):
+        draft = order(medicationCodeableConcept=AZA_CC, dosageInstruction=[{"timing": daily, "doseAndRate": [
+            {"doseQuantity": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}}]}])
+        cards = hook_call(client, "order-sign", {"observations": counts, "medicationRequests": allopurinol}, draft)
+        return next(c for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx")
+    kept = card_for(25)
+    assert "0.36 mg/kg/day, already reduced" in kept["summary"] and "is not cut again" in kept["detail"]
+    assert not [a for s in kept.get("suggestions", []) for a in s.get("actions", []) if a["type"] == "update"]
+    cut = card_for(150)
+    updated = [a["resource"] for s in cut.get("suggestions", []) for a in s.get("actions", []) if a["type"] == "update"]
+    assert [r["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] for r in updated] == [37.5]
+
+
 def test_a_thiopurine_ordered_at_a_severe_neutropenia_is_never_only_a_normal_starting_dose(client):
     """Azathioprine for a TPMT and NUDT15 normal patient with ANC 0.3 had got an info card 'normal starting dose'."""
     severe = bundle(obs("6690-2", 1.0, t=RECENT), obs("751-8", 0.3, t=RECENT), kind="searchset")

@@ -181,6 +181,42 @@ def test_allopurinol_cuts_the_thiopurine_dose_to_a_quarter_on_top_of_cpic(engine
     assert "normal starting dose" not in c.summary.split(";")[1]
 
 
+@pytest.mark.parametrize("dose, weight, cut", [
+    ({"value": 25, "unit": "mg/day"}, 70, False),       # 0.36 mg/kg/day: a quarter of CPIC's 2-3 mg/kg/day already
+    ({"value": 50, "unit": "mg/day"}, 70, False),       # 0.71: still within a quarter of 3 mg/kg/day
+    ({"value": 150, "unit": "mg/day"}, 70, True),       # 2.1 mg/kg/day: a normal dose, cut to a quarter
+    ({"value": 25, "unit": "mg/day"}, None, True),      # mg/kg/day unknown without the weight: cut, as before
+    (None, 70, True),                                   # no dose ordered: cut, as before
+    ("25 mg/day", 70, False),                           # a dose in the order's text
+    ("25 mg daily", 70, True)])                         # text leukodx cannot read as a dose per day: cut, as before
+def test_a_thiopurine_dose_already_cut_for_allopurinol_is_not_cut_again(engine, dose, weight, cut):
+    """An azathioprine order already at a quarter of the normal starting dose (CPIC: 2-3 mg/kg/day), beside
+    allopurinol, had been cut to a quarter again (6.25 mg a day)."""
+    a = engine.assess(base_case(medications=[{"name": "azathioprine", "start": "2025-01-01"},
+                                             {"name": "allopurinol", "start": "2025-02-01"}],
+                                history={"tpmt": "normal", "nudt15": "normal"}))
+    c = check(engine, OrderInput(key="o1", name="azathioprine", dose=dose, weight_kg=weight), a)
+    assert c.priority == "warning"
+    assert (c.dose_change is not None and c.dose_change.factor == 0.25) is cut
+    assert (c.adjust == "recommended") is cut
+    assert ("already reduced" in c.summary) is not cut
+    assert ("is not cut again" in c.detail) is not cut
+    assert "allopurinol" in c.summary
+
+
+@pytest.mark.parametrize("mg_day, cut", [(35, False), (50, True)])
+def test_a_tpmt_intermediate_order_is_compared_with_a_quarter_of_cpics_reduced_dose(engine, mg_day, cut):
+    """TPMT intermediate: CPIC's reduced start (the dose table's 80%) and then a quarter for allopurinol,
+    3 x 0.8 x 0.25 = 0.6 mg/kg/day: 35 mg/day at 70 kg (0.5) is within it, 50 mg/day (0.71) is cut to 20%."""
+    a = engine.assess(base_case(medications=[{"name": "azathioprine", "start": "2025-01-01"},
+                                             {"name": "allopurinol", "start": "2025-02-01"}],
+                                history={"tpmt": "intermediate", "nudt15": "normal"}))
+    dose = {"value": mg_day, "unit": "mg/day"}
+    c = check(engine, OrderInput(key="o1", name="azathioprine", dose=dose, weight_kg=70), a)
+    assert (c.dose_change.factor if c.dose_change else None) == (0.2 if cut else None)
+    assert ("after the CPIC reduction" in c.detail) is not cut
+
+
 @pytest.mark.parametrize("indication,recommended", [("Crohn's disease", "cancel"),
                                                      ("acute lymphoblastic leukaemia", "adjust"), (None, "genotype")])
 def test_at_most_one_action_is_recommended_for_a_poor_metabolizer_with_the_other_gene_untested(engine, indication,

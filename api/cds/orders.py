@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from pydantic import ValidationError
+
 from leukodx.engine import Assessment, Engine, OrderInput, rxnorm_codes
 
 from .. import fhir
@@ -53,8 +55,10 @@ def _selects(selection: str, res: dict[str, Any], full_url: Any) -> bool:
 
 
 def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[Assessment],
-                 resources: list[Any], hook: HookRequest, patient_id: str) -> list[Card]:
-    """A card per ordered drug the engine's order check speaks about."""
+                 resources: list[Any], hook: HookRequest, patient_id: str, weight_kg: Optional[float] = None
+                 ) -> list[Card]:
+    """A card per ordered drug the engine's order check speaks about (each order with its daily dose, and
+    the patient's weight as the FHIR mapping read it, so that the check can tell the dose in mg/kg/day)."""
     if not drafts:
         return []
     orders, by_key, unread, seen = [], {}, [], set()
@@ -69,7 +73,11 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
             continue
         reason = (order.get("reasonCode") or [{}])[0] if isinstance(order.get("reasonCode"), list) else {}
         indication = reason.get("text") if isinstance(reason, dict) and isinstance(reason.get("text"), str) else None
-        orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, indication=indication))
+        try:
+            orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, indication=indication,
+                                     dose=fhir.order_dose(order), weight_kg=weight_kg))
+        except ValidationError:                         # a dose or weight it cannot read: checked without them
+            orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, indication=indication))
         by_key[key] = order
     history = fhir.pgx_results(eng.kb, resources, patient_id) if assessment is None else {}   # never another patient's
     checks = eng.check_orders(orders, assessment, history.get("tpmt"), history.get("nudt15"))

@@ -270,6 +270,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     problems: list[str] = []
     where: list[str] = []            # what was left out or refused, by place only (for the log)
     mismatch = False
+    weight: Optional[float] = None   # the patient's, for the order check's mg/kg/day
     try:
         # the case is named by the call, not by the patient: the report behind the card's link keeps no patient id
         mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + dated, kb=eng.kb,
@@ -277,6 +278,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
                                                              patient_id=patient_id, as_of=today, include_draft=True)),
                                inline=small)
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
+        weight = mapped.case["patient"].get("weight_kg")
         assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
@@ -312,7 +314,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
         if cards and settings.report_link_minutes > 0:
             report = cards[0], to_json_bytes(assessment)
-    cards += traced("leukodx.orders", order_cards)(eng, drafts, assessment, resources, hook, patient_id)
+    cards += traced("leukodx.orders", order_cards)(eng, drafts, assessment, resources, hook, patient_id, weight)
     unmatched = unmatched_selections(hook)
     if unmatched:
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))

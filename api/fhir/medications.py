@@ -29,7 +29,8 @@ from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_
                         later_warning, quantity_unit, reference)
 from .resources import Index, Item, walk_readable
 
-__all__ = ["map_medications", "medication_name_and_code", "order_drugs", "OrderDrug", "RXNORM", "MED_STATUS"]
+__all__ = ["map_medications", "medication_name_and_code", "order_drugs", "order_dose", "OrderDrug", "RXNORM",
+           "MED_STATUS"]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 EVENT_TYPES = ("MedicationAdministration", "MedicationDispense")
@@ -164,11 +165,9 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
                           ("dispenseRequest.validityPeriod.end",
                            as_dict(as_dict(res.get("dispenseRequest")).get("validityPeriod")).get("end"))],
                          item.label, warnings)
-    dosages = as_list(res.get("dosageInstruction")) or as_list(res.get("dosage"))
     med: dict[str, Any] = {"name": name, "rxnorm": rxnorm, "status": status,
                            "start": start.isoformat() if start else None, "end": end.isoformat() if end else None,
-                           "dose": (_total_dose([_dose(as_dict(d)) for d in dosages], item.label, warnings)
-                                    if dosages else None),
+                           "dose": order_dose(res, item.label, warnings),
                            "indication": _indication(item, index)}
     return {k: v for k, v in med.items() if v is not None}, start
 
@@ -247,6 +246,15 @@ def _rxnorm(concept: Optional[dict[str, Any]], known: frozenset[str]) -> tuple[O
         return None, None
     best = next((c for c in rx if as_str(c.get("code")) in known), rx[0])
     return as_str(best.get("code")), as_str(best.get("display"))
+
+
+def order_dose(res: dict[str, Any], label: str = "", warnings: Optional[list[str]] = None
+               ) -> Union[dict[str, Any], str, None]:
+    """The daily dose of a medication resource as ``case.medications[].dose`` takes it (the module's
+    docstring); None without dosage instructions. Why several could not be added up goes to ``warnings``."""
+    dosages = as_list(res.get("dosageInstruction")) or as_list(res.get("dosage"))
+    return _total_dose([_dose(as_dict(d)) for d in dosages], label, [] if warnings is None else warnings) \
+        if dosages else None
 
 
 def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
