@@ -270,25 +270,25 @@ def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any
             continue
         factor = spec["dose_factor"]
         base = check.dose_change
-        target = spec.get("normal_start_mg_kg_day", {}).get(drug["id"], 0.0) * factor * (
-            base.factor if base and base.factor else 1.0)
+        cpic = base.factor if base and base.factor else 1.0
+        normal = spec.get("normal_start_mg_kg_day", {}).get(drug["id"])
         per_kg = _dose_mg_kg_day(order.dose, order.weight_kg)[0]
-        if per_kg is not None and per_kg <= target * (1 + 1e-9):
+        priority = "critical" if check.priority == "critical" else "warning"
+        others = " and ".join(found.drugs[1])
+        if per_kg is not None and normal is not None and per_kg <= normal * cpic * factor * (1 + 1e-9):
             return check.model_copy(update={
-                "dose_change": None, "adjust": "no", "priority": "critical" if check.priority == "critical" else "warning",
-                "summary": f"{check.summary}; with {' and '.join(found.drugs[1])}: {per_kg:.2g} mg/kg/day, already reduced",
+                "dose_change": None, "adjust": "no", "priority": priority,
+                "summary": f"{check.summary}; with {others}: {per_kg:.2g} mg/kg/day, already reduced",
                 "detail": f"**{found.title}.** {found.effect} {found.action} The dose ordered, {per_kg:.2g} mg/kg/day, "
-                          f"is not cut again: it is at or below {target:.2g} mg/kg/day ({factor:.0%} of the normal "
-                          f"starting dose of "
-                          f"{spec['normal_start_mg_kg_day'][drug['id']]:g} mg/kg/day"
-                          f"{', after the CPIC reduction' if base and base.factor else ''}).\n\n{check.detail}",
+                          f"is not cut again: it is at or below {normal * cpic * factor:.2g} mg/kg/day ({factor:.0%} "
+                          f"of the normal starting dose of {normal:g} mg/kg/day"
+                          f"{', after the CPIC reduction' if cpic < 1 else ''}).\n\n{check.detail}",
                 "sources": list(dict.fromkeys([*check.sources, *found.sources]))})
         wording = (f"{base.wording if base else 'the normal dose'}, then cut to {factor:.0%} for "
-                   f"{' and '.join(found.drugs[1])} ({found.title.lower()})")
-        change = DoseChange(factor=(base.factor if base and base.factor else 1.0) * factor,
+                   f"{others} ({found.title.lower()})")
+        change = DoseChange(factor=cpic * factor,
                             times=base.times if base else None, per=base.per if base else None, wording=wording,
                             percent_range=base.percent_range if base else None)
-        priority = "critical" if check.priority == "critical" else "warning"
         return check.model_copy(update={
             # the card offers one choice (at-most-one): the cut is the recommended one unless cancelling is; the
             # genotyping an unknown phenotype asks for is then offered, not recommended
@@ -296,7 +296,7 @@ def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any
             if check.adjust == "no" else check.adjust,
             "genotype": "possible" if check.genotype == "recommended" and check.cancel != "recommended"
             else check.genotype,
-            "priority": priority, "summary": f"{check.summary}; with {' and '.join(found.drugs[1])}: cut the dose",
+            "priority": priority, "summary": f"{check.summary}; with {others}: cut the dose",
             "detail": f"**{found.title}.** {found.effect} {found.action}\n\n{check.detail}",
             "sources": list(dict.fromkeys([*check.sources, *found.sources]))})
     return check

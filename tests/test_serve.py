@@ -311,7 +311,6 @@ def test_a_two_worker_server_serves_half_the_connections_in_each_worker(tmp_path
         stop_server(proc)
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
 def test_connections_left_uneven_move_to_the_worker_with_fewer_and_lose_nothing(tmp_path):
     """Connections stay with the worker they were first given, and that split can be off (a worker busy in

@@ -23,6 +23,6 @@ from .pgx import pgx_results
 from .resources import MAX_DEPTH, MAX_RESOURCES, FhirMappingError, resources_from, resources_of_type
 
 __all__ = ["FhirMappingError", "Mapped", "map_bundle", "bundle_to_case", "resources_from", "resources_of_type",
-           "pgx_results", "medication_name_and_code", "order_drugs", "order_dose", "OrderDrug", "MAX_DEPTH", "MAX_RESOURCES",
-           "fetch_queries", "fill_template", "FetchError", "FetchOutcome", "UNUSABLE", "pages_note", "not_available",
-           "check_url", "address_allowed", "MAX_BODY", "MAX_CALL_BYTES"]
+           "pgx_results", "medication_name_and_code", "order_drugs", "order_dose", "OrderDrug", "MAX_DEPTH",
+           "MAX_RESOURCES", "fetch_queries", "fill_template", "FetchError", "FetchOutcome", "UNUSABLE", "pages_note",
+           "not_available", "check_url", "address_allowed", "MAX_BODY", "MAX_CALL_BYTES"]
