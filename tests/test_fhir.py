@@ -663,6 +663,30 @@ def test_a_genomics_reporting_genotype_takes_its_gene_from_the_gene_studied_comp
     assert not has(warnings, "CYP2C9")
 
 
+def test_a_tpmt_result_held_in_its_interpretation_or_a_component_is_read_and_disagreement_is_named():
+    """A TPMT result with no value of its own, its phenotype in `interpretation` or in a component (as some
+    laboratories send it), had been dropped ("without a phenotype or diplotype")."""
+    by_interpretation = pgx("80738-8")
+    by_interpretation["interpretation"] = [{"text": "Intermediate metabolizer"}]
+    history, _ = pgx_history(by_interpretation)
+    assert history == {"tpmt": "intermediate"}
+    by_component = pgx("84413-4", components=[("48018-6", "HGNC:12014", "TPMT")])
+    by_component["component"].append({"code": {"text": "Diplotype"}, "valueString": "*1/*3A"})
+    history, _ = pgx_history(by_component)
+    assert history == {"tpmt": "*1/*3A"}
+    flagged = pgx("80738-8")                                # the lab's normal flag, not a phenotype
+    v3 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+    flagged["interpretation"] = [{"coding": [{"system": v3, "code": "N", "display": "Normal"}]}]
+    history, warnings = pgx_history(flagged)
+    assert "tpmt" not in history and has(warnings, "without a phenotype or diplotype")
+    torn = pgx("80738-8")
+    torn["interpretation"] = [{"text": "Poor metabolizer"}]
+    torn["component"] = [{"code": {"text": "Phenotype"}, "valueString": "Normal metabolizer"}]
+    history, warnings = pgx_history(torn)
+    assert "tpmt" not in history
+    assert has(warnings, "say different things", "Poor metabolizer", "Normal metabolizer")
+
+
 def test_a_two_gene_result_is_cut_at_each_gene_and_never_lends_one_gene_the_other_gene_s_result():
     history, _ = pgx_history(pgx("93193-1", value="TPMT *1/*1; NUDT15 *1/*3"))
     assert history == {"nudt15": "*1/*3", "tpmt": "*1/*1"}

@@ -3,8 +3,9 @@
 An Observation is a TPMT or NUDT15 result when its code (text or a coding display) names the gene,
 or when it carries a LOINC code of rules/pgx/result_codes.yaml (the gene then comes from the code,
 from the value for a two-gene test, or from the `gene-studied` component of an HL7 Genomics
-Reporting genotype). Its value (``valueString`` or ``valueCodeableConcept``) must hold a diplotype
-(``*1/*3A``) or a metabolizer phenotype word, and its status must be a result's, as for a lab value
+Reporting genotype). Its value (``valueString`` or ``valueCodeableConcept``; without one, its
+``interpretation`` or a component's value, when they agree) must hold a diplotype (``*1/*3A``) or a
+metabolizer phenotype word, and its status must be a result's, as for a lab value
 (final, amended, corrected, preliminary: an entered-in-error or cancelled genotype is skipped with a
 warning); the latest result of each gene wins (by its own time, as for a lab value), and of two at the
 same time the one whose status, issued or meta.lastUpdated supersedes the other (a corrected genotype). Single-variant results and measured enzyme activities
@@ -30,6 +31,7 @@ from .resources import Item, walk_readable
 __all__ = ["pgx_results", "map_pgx", "MAX_RESULT_TEXT"]
 
 _PGX_GENE = re.compile(r"\b(TPMT|NUDT15)\b", re.IGNORECASE)
+_PHENOTYPE_OR_STAR = re.compile(r"\*\d|metaboli[sz]er", re.IGNORECASE)
 MAX_RESULT_TEXT = 10_000   # a longer result text is not searched for a diplotype (1 MB took 0.35 s, 5 MB 1.7 s)
 _NOT_READ = {"variant": "a single-variant result; a phenotype needs the whole diplotype",
              "activity": "a measured enzyme activity; leukodx does not turn a number into a phenotype"}
@@ -65,6 +67,8 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
         genes = _genes(kb, res, spec, value)
         if not genes:
             continue
+        if not value and not (spec is not None and spec["kind"] in _NOT_READ):
+            value = _elsewhere(kb, res, item.label, warnings)
         named = "/".join(g.upper() for g in genes)
         why = not_a_result(as_str(res.get("status")))
         if why:                                    # as for a lab value: a retracted genotype is no genotype
@@ -143,6 +147,24 @@ def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]
         # the IG's value is often "TPMT *1/*3A" even when the component is coded without a display
         return sorted({g.lower() for g in _PGX_GENE.findall(studied or value or "")})
     return [spec["gene"]]
+
+
+def _elsewhere(kb: KnowledgeBase, res: dict[str, Any], label: str, warnings: list[str]) -> Optional[str]:
+    """A result without a value of its own, from what else it holds: its ``interpretation`` text, or a
+    ``component``'s value (not the gene-studied one), where a diplotype or a metabolizer phrase is read. Only
+    when they all say the same: two that differ are named, and none is used."""
+    texts = [concept_text(c) for c in as_list(res.get("interpretation"))]
+    texts += [as_str(c.get("valueString")) or concept_text(c.get("valueCodeableConcept"))
+              for c in as_list(res.get("component"))
+              if isinstance(c, dict) and kb.gene_studied_code not in loinc_codes(c.get("code"))]
+    # a diplotype or a metabolizer phrase only: an interpretation flag "Normal" (v3 N) says nothing of a phenotype
+    found = {text: read for text in texts if text and len(text) <= MAX_RESULT_TEXT
+             and _PHENOTYPE_OR_STAR.search(text) and (read := result_in_text(text)) is not None}
+    if len(set(found.values())) > 1:
+        warnings.append(f"{label}: no value, and its interpretation and components say different things "
+                        f"({', '.join(repr(t[:60]) for t in found)}); not used.")
+        return None
+    return next(iter(found), None)
 
 
 def _per_gene(genes: list[str], value: str) -> list[tuple[str, Optional[str]]]:
