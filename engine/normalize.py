@@ -324,6 +324,11 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
                             f"recently (a recent suspect), with no date for its last dose.")
         med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) & kb.oncologic_conditions)
         dose, per_day, why = _dose_mg_kg_day(med.dose, case.patient.weight_kg)
+        top = match.drug.get("max_label_mg_kg_day")
+        if dose is not None and top and dose > top * kb.value("implausible_dose_factor"):
+            why = (f"{dose:.3g} mg/kg/day is more than {kb.value('implausible_dose_factor'):g} times the label's highest "
+                   f"dose ({top:g} mg/kg/day): taken as an entry or unit error and not used; check the dose and its unit")
+            dose = per_day = None
         if why:
             warnings.append(f"medications[{i}] {text!r}: {why}; dose-based rules were not applied to it.")
         meds.append(NormMed(index=i, text=text, drug_id=match.drug["id"], drug_name=match.drug["name"],

@@ -133,3 +133,19 @@ def test_a_lower_limit_of_zero_is_a_real_limit(engine):
     assert not [w for w in a.warnings if ".lln:" in w]
     wbc = engine.assess(base_case(labs=[lab("wbc", 3.2, lln=0), lab("anc", 2.0)]))     # not for a WBC
     assert [w.split(":")[0] for w in wbc.warnings if ".lln:" in w] == ["labs[0].lln"] and wbc.ctcae.wbc.grade == 1
+
+
+@pytest.mark.parametrize("dose, used", [({"value": 150, "unit": "mg/kg/day"}, False),   # mg/kg written for mg
+                                        ({"value": 21, "unit": "mg/kg/day"}, False),    # just over 4 x 5 mg/kg/day
+                                        ({"value": 20, "unit": "mg/kg/day"}, True),     # 4 x the label's highest
+                                        ({"value": 300, "unit": "mg/day"}, True)])      # 4.3 mg/kg/day at 70 kg
+def test_an_implausible_azathioprine_dose_is_named_and_not_used(engine, dose, used):
+    """Azathioprine 150 mg/kg/day (the label's highest is 5) had been read as a real dose: named now as an entry
+    or unit error, and no dose rule reads it; the drug itself still counts (a suspect), and a high but possible
+    dose still raises the rule for a dose above the usual one."""
+    a = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 0.8)],
+                                medications=[{"name": "azathioprine", "start": "2025-01-01", "dose": dose}]))
+    fired = {t.rule for t in a.trace}
+    assert ("thiopurine.azathioprine_above_usual_dose" in fired) is used
+    assert any("entry or unit error" in w and "medications[0]" in w for w in a.warnings) is not used
+    assert "thiopurine_myelotoxicity" in {c.id for c in a.causes}
