@@ -258,11 +258,12 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     if age is not None and age < 1:
         warnings.append(f"The neutropenia tiers (ANC below {kb.value('neutropenia_anc'):g}) apply from 1 year of age; "
                         f"an infant's normal ANC can be lower.")
+    anc_points = anc_by_draw(samples, derived_points["anc"])     # the ANC of each draw: trends and drug courses
     if cbc is not None:
-        series_facts(kb, nc, samples, cbc, derived_points["anc"], facts)
+        series_facts(kb, nc, samples, cbc, anc_points, facts)
     patient_facts(kb, nc, facts)
     drug_facts(kb, nc, facts)
-    earlier_anc_facts(nc, anc_by_draw(samples, derived_points["anc"]), cbc.time if cbc is not None else None, facts)
+    earlier_anc_facts(nc, anc_points, cbc.time if cbc is not None else None, facts)
     count_day = cbc.time.date() if cbc is not None and cbc.time is not None else None
     suspects = kb.derived.get("cause_drug_classes")
     if suspects is None:

@@ -23,7 +23,7 @@ from .units import UnitProblem, conversion_factor, dose_rate
 from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, duffy_prevalent, match_conditions, match_organ,
                          read_conditions)
 
-__all__ = ["NormLab", "NormMed", "NormCase", "normalize", "PCT_TESTS"]
+__all__ = ["NormLab", "NormMed", "NormCase", "normalize", "dose_mg_kg_day", "PCT_TESTS"]
 
 PCT_TESTS = ("neutrophils_pct", "bands_pct", "lymphocytes_pct", "monocytes_pct", "eosinophils_pct",
              "basophils_pct", "blasts_pct")
@@ -172,7 +172,7 @@ def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:
 _DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+)*)")
 
 
-def _dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]
+def dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]
                     ) -> tuple[Optional[float], Optional[float], Optional[str]]:
     """(mg/kg/day, mg/day, why not) from a dose with a unit of mass per time (mg/kg/day needs the weight) or
     mass per body mass per time (mg/day then needs it). The reason is given when a dose was sent but cannot be
@@ -323,7 +323,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             warnings.append(f"medications[{i}] {text!r} was stopped on a day not given: it was treated as possibly stopped "
                             f"recently (a recent suspect), with no date for its last dose.")
         med_onco = oncologic or bool(med.indication and set(match_conditions(kb, med.indication)) & kb.oncologic_conditions)
-        dose, per_day, why = _dose_mg_kg_day(med.dose, case.patient.weight_kg)
+        dose, per_day, why = dose_mg_kg_day(med.dose, case.patient.weight_kg)
         top = match.drug.get("max_label_mg_kg_day")
         if dose is not None and top and dose > top * kb.value("implausible_dose_factor"):
             why = (f"{dose:.3g} mg/kg/day is more than {kb.value('implausible_dose_factor'):g} times the label's highest "

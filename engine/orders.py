@@ -19,7 +19,7 @@ from . import pgx
 from .assessment import Assessment, CpicRecommendation, GeneStatus
 from .case import Dose
 from .kb import KnowledgeBase
-from .normalize import _dose_mg_kg_day
+from .normalize import dose_mg_kg_day
 from .vocabulary import DrugIndex, match_conditions
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
@@ -272,7 +272,7 @@ def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any
         base = check.dose_change
         cpic = base.factor if base and base.factor else 1.0
         normal = spec.get("normal_start_mg_kg_day", {}).get(drug["id"])
-        per_kg = _dose_mg_kg_day(order.dose, order.weight_kg)[0]
+        per_kg = dose_mg_kg_day(order.dose, order.weight_kg)[0]
         priority = "critical" if check.priority == "critical" else "warning"
         others = " and ".join(found.drugs[1])
         if per_kg is not None and normal is not None and per_kg <= normal * cpic * factor * (1 + 1e-9):

@@ -14,7 +14,7 @@ from .kb import KnowledgeBase
 from .normalize import NormCase
 from .samples import Sample
 
-__all__ = ["series_facts", "cyclic_intervals"]
+__all__ = ["series_facts", "anc_by_draw", "cyclic_intervals"]
 
 
 def _r(x: float) -> float:
@@ -22,10 +22,9 @@ def _r(x: float) -> float:
 
 
 def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sample,
-                  derived_anc: dict[str, tuple[Optional[datetime], float, str]], facts: dict[str, Any]) -> None:
-    """Trend facts over the ANC series (the WBC series when the current CBC has no ANC), one point per draw,
-    ending at the current CBC."""
-    anc_points = anc_by_draw(samples, derived_anc)
+                  anc_points: dict[Optional[datetime], float], facts: dict[str, Any]) -> None:
+    """Trend facts over the ANC series (``anc_points``: :func:`anc_by_draw`; the WBC series when the current
+    CBC has no ANC), one point per draw, ending at the current CBC."""
     wbc_points = {sample.time: sample.values["wbc"].value for sample in samples if "wbc" in sample.values}
     # the ANC series where it has at least two points and reaches the current CBC, else the WBC series
     use_anc = cbc.time in anc_points and (len(anc_points) >= 2 or len(wbc_points) < 2)

@@ -253,8 +253,9 @@ def order_dose(res: dict[str, Any], label: str = "", warnings: Optional[list[str
     """The daily dose of a medication resource as ``case.medications[].dose`` takes it (the module's
     docstring); None without dosage instructions. Why several could not be added up goes to ``warnings``."""
     dosages = as_list(res.get("dosageInstruction")) or as_list(res.get("dosage"))
-    return _total_dose([_dose(as_dict(d)) for d in dosages], label, [] if warnings is None else warnings) \
-        if dosages else None
+    if not dosages:
+        return None
+    return _total_dose([_dose(as_dict(d)) for d in dosages], label, [] if warnings is None else warnings)
 
 
 def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
