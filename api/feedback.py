@@ -1,4 +1,6 @@
-"""The service's one database: CDS Hooks feedback, and the JWT ids already used (replay protection).
+"""The service's one database: CDS Hooks feedback, the JWT ids already used (replay protection), and
+the reports behind the CDS cards' links. One module on purpose: every table of the database and
+every query on it in one place, beside the schema its migrations make (api/migrations/).
 
 An embedded SQLite file by default; PostgreSQL for several replicas (``postgresql://`` or
 ``postgresql+psycopg://``, driver from ``pip install 'leukodx[postgres]'``: psycopg 3); other
@@ -37,10 +39,10 @@ import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, TypeVar, Union
 
-from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event,
-                        insert, select, update)
+from sqlalchemy import (Column, DateTime, Float, Integer, LargeBinary, MetaData, String, Table, Text, create_engine,
+                        delete, event, insert, select, update)
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -48,7 +50,7 @@ from sqlalchemy.pool import StaticPool
 from . import migrations
 from .cds.models import FeedbackEntry
 
-__all__ = ["FeedbackStore", "SqlReplayStore", "ReportStore", "StoreError", "engine_url", "make_engine", "store_for", "report_store_for", "reset_cache"]
+__all__ = ["FeedbackStore", "SqlReplayStore", "ReportStore", "ReportIncomplete", "StoreError", "engine_url", "make_engine", "store_for", "report_store_for", "reset_cache"]
 
 # The tables as the queries below see them; their schema is made by api/migrations/ (kept equal to
 # this by tests/test_postgres.py::test_migrations_from_empty_to_head_give_the_schema_the_code_uses).
@@ -64,11 +66,22 @@ feedback_table = Table(
     Column("override_reason", Text, nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
-reports_table = Table(
+reports_table = Table(                                          # written until 0003; read and purged
     "cds_reports", metadata,
     Column("key", String(64), primary_key=True),               # sha256(token), hex
     Column("expires_at", Float, nullable=False, index=True),   # POSIX seconds
     Column("body", Text, nullable=False),                      # the Assessment, JSON
+)
+report_links_table = Table(
+    "cds_report_links", metadata,
+    Column("key", String(64), primary_key=True),               # sha256(token), hex
+    Column("expires_at", Float, nullable=False, index=True),   # POSIX seconds
+    Column("body", LargeBinary, nullable=False),               # the Assessment, JSON, shared parts by digest
+)
+report_parts_table = Table(
+    "cds_report_parts", metadata,
+    Column("digest", String(32), primary_key=True),            # sha256(body), first 32 hex digits
+    Column("body", LargeBinary, nullable=False),               # a step's or a source's JSON
 )
 jti_table = Table(
     "cds_jti", metadata,
@@ -77,6 +90,7 @@ jti_table = Table(
 )
 
 T = TypeVar("T")
+Report = Union[str, bytes, Sequence[bytes]]    # JSON whole, or in pieces (engine/render.py to_json_pieces)
 _RETRIES = 4
 WAL_RESTART_BYTES = 64 * 1024 * 1024
 # try_insert's wait for another connection's write lock (a report insert holds it for about 0.1 ms):
@@ -98,12 +112,14 @@ def _locked(e: Exception) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _insert_sql(table: Table, columns: tuple[str, ...]) -> str:
-    """SQLite's INSERT into ``table``'s ``columns`` (names checked against the table)."""
+def _insert_sql(table: Table, columns: tuple[str, ...], or_ignore: bool = False) -> str:
+    """SQLite's INSERT into ``table``'s ``columns`` (names checked against the table); ``or_ignore``: a row
+    whose key is there already is left out."""
     unknown = set(columns) - set(table.c.keys())
     if unknown:
         raise ValueError(f"not columns of {table.name}: {sorted(unknown)}")
-    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    return (f"INSERT{' OR IGNORE' if or_ignore else ''} INTO {table.name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})")
 
 
 def engine_url(url: str) -> URL:
@@ -192,8 +208,9 @@ class FeedbackStore:
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def try_insert(self, table: Table, rows: list[dict[str, Any]]) -> bool:
-        """Insert ``rows`` in one transaction, waiting at most :data:`FAST_LOCK_WAIT_MS` for a lock
+    def try_insert(self, table: Table, rows: list[dict[str, Any]],
+                   shared: Optional[tuple[Table, list[dict[str, Any]]]] = None) -> bool:
+        """Insert ``rows`` (and first the rows of ``shared``, each unless its key is there already) in one transaction, waiting at most :data:`FAST_LOCK_WAIT_MS` for a lock
         (an SQLite file only): True once committed, False while another connection holds the
         database's write lock longer. Short writes can then run on the event loop, which must never
         sleep long in a lock wait. It uses a connection of its own that does not wait for the disk
@@ -219,8 +236,11 @@ class FeedbackStore:
                     return False
                 raise
             try:
-                columns = tuple(rows[0])
-                fast.executemany(_insert_sql(table, columns), [tuple(r[c] for c in columns) for r in rows])
+                for into, values, or_ignore in ((*(shared or (table, [])), True), (table, rows, False)):
+                    if values:
+                        columns = tuple(values[0])
+                        fast.executemany(_insert_sql(into, columns, or_ignore),
+                                         [tuple(r[c] for c in columns) for r in values])
                 fast.execute("COMMIT")
             except BaseException:
                 fast.execute("ROLLBACK")
@@ -274,9 +294,10 @@ class FeedbackStore:
 
 
 class _Expiring:
-    """A table of rows with ``expires_at``: expired rows are deleted at most every ``purge_every``
-    seconds per process, not on every write."""
+    """A table of rows with ``expires_at`` (or several): expired rows are deleted at most every
+    ``purge_every`` seconds per process, not on every write."""
     table: Table
+    also_purged: tuple[Table, ...] = ()
 
     def __init__(self, store: FeedbackStore, purge_every: float = PURGE_EVERY_SECONDS):
         self.store = store
@@ -290,7 +311,10 @@ class _Expiring:
             if now < self._next_purge:
                 return
             self._next_purge = now + self.purge_every
-        self.store.write(lambda conn: conn.execute(delete(self.table).where(self.table.c.expires_at <= now)))
+        def purge(conn: Any) -> None:
+            for table in (self.table, *self.also_purged):
+                conn.execute(delete(table).where(table.c.expires_at <= now))
+        self.store.write(purge)
 
     def purge_due(self, now: float) -> bool:
         return now >= self._next_purge
@@ -336,53 +360,128 @@ class SqlReplayStore(_Expiring):
             return len(conn.execute(select(jti_table.c.key)).all())
 
 
+class ReportIncomplete(RuntimeError):
+    """A stored report names a shared part the database does not hold (nothing in leukodx deletes one)."""
+
+
 class ReportStore(_Expiring):
     """Full assessments behind the CDS card's report link, for ``minutes`` each. The link's token is 32
     random bytes (unguessable, no patient identifier in it); the database keeps only its SHA-256, so a
     copy of the database opens no report. ``get`` never returns an expired row; expired rows are
-    deleted as new ones are written, at most once a minute."""
-    table = reports_table
+    deleted as new ones are written, at most once a minute.
+
+    A report given in pieces (engine/render.py ``to_json_pieces``) is kept with each shared piece (a
+    step's or a source's JSON, the same in every report that has it: over half of a report's bytes) in
+    ``cds_report_parts``, once per database, named in the report by its digest after a NUL byte (which
+    JSON text never holds); ``get`` puts the report back together, the same bytes. Parts are never
+    deleted: a few hundred per knowledge base, a few hundred KB. Reports written before revision 0003
+    (``cds_reports``, whole) are still read until they expire."""
+    table = report_links_table
+    also_purged = (reports_table,)
+    MARK = b"\0"
+
+    def __init__(self, store: FeedbackStore, purge_every: float = PURGE_EVERY_SECONDS):
+        super().__init__(store, purge_every)
+        self._parts_stored: set[str] = set()     # digests committed to this database (by this process)
 
     @staticmethod
     def _key(token: str) -> str:
         return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
-    def put(self, body: str | bytes, minutes: float, now: Optional[float] = None) -> str:
+    def put(self, body: Report, minutes: float, now: Optional[float] = None) -> str:
         return self.put_many([body], minutes, now)[0]
 
-    def put_many(self, bodies: Sequence[str | bytes], minutes: float, now: Optional[float] = None) -> list[str]:
-        """Keep several assessments (JSON, as text or UTF-8) in one transaction (one commit, one flush to
-        disk); their tokens, in order, once committed."""
+    def put_many(self, bodies: Sequence[Report], minutes: float, now: Optional[float] = None) -> list[str]:
+        """Keep several assessments (JSON: text, UTF-8 or render's pieces) in one transaction (one commit,
+        one flush to disk); their tokens, in order, once committed."""
         now = time.time() if now is None else now
-        tokens, rows = self._rows([b.decode() if isinstance(b, bytes) else b for b in bodies], minutes, now)
+        tokens, rows, parts = self._rows(bodies, minutes, now)
         self.purge(now)
-        self.store.write(lambda conn: conn.execute(insert(reports_table), rows))
+
+        def write(conn: Any) -> None:
+            if parts:
+                self._insert_parts(conn, parts)
+            conn.execute(insert(report_links_table), rows)
+        self.store.write(write)
+        self._parts_stored.update(p["digest"] for p in parts)
         return tokens
 
-    def try_put_many(self, bodies: Sequence[str | bytes], minutes: float,
+    def try_put_many(self, bodies: Sequence[Report], minutes: float,
                      now: Optional[float] = None) -> Optional[list[str]]:
         """:meth:`put_many` waiting at most a few milliseconds for a lock (an SQLite file;
         FeedbackStore.try_insert): the tokens, or None while the database is busy. Expired rows are
-        not purged here (``purge``, in a thread). A body given as UTF-8 is stored as it is (SQLite keeps
-        it as a blob; :meth:`get` gives it back as text)."""
-        tokens, rows = self._rows(bodies, minutes, time.time() if now is None else now)
-        return tokens if self.store.try_insert(reports_table, rows) else None
+        not purged here (``purge``, in a thread)."""
+        tokens, rows, parts = self._rows(bodies, minutes, time.time() if now is None else now)
+        if not self.store.try_insert(report_links_table, rows, (report_parts_table, parts)):
+            return None
+        self._parts_stored.update(p["digest"] for p in parts)
+        return tokens
 
-    def _rows(self, bodies: Sequence[str | bytes], minutes: float,
-              now: float) -> tuple[list[str], list[dict[str, Any]]]:
+    def _rows(self, bodies: Sequence[Report], minutes: float,
+              now: float) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The tokens, the rows, and the shared parts not yet known to be stored."""
         import secrets
         tokens = [secrets.token_urlsafe(32) for _ in bodies]
-        return tokens, [{"key": self._key(t), "expires_at": now + minutes * 60, "body": b}
-                        for t, b in zip(tokens, bodies)]
+        parts: dict[str, bytes] = {}
+        rows = [{"key": self._key(t), "expires_at": now + minutes * 60, "body": self._body(b, parts)}
+                for t, b in zip(tokens, bodies)]
+        return tokens, rows, [{"digest": d, "body": p} for d, p in parts.items() if d not in self._parts_stored]
+
+    def _body(self, report: Report, parts: dict[str, bytes]) -> bytes:
+        if isinstance(report, (str, bytes)):
+            body = report.encode() if isinstance(report, str) else report
+            if self.MARK in body:
+                raise ValueError("a report is JSON text, which holds no NUL byte")
+            return body
+        out: list[bytes] = []
+        for piece in report:
+            digest = getattr(piece, "digest", None)
+            if digest is None:
+                out.append(piece)
+            else:
+                out += (self.MARK, digest.encode("ascii"))
+                parts[digest] = piece
+        return b"".join(out)
+
+    def _insert_parts(self, conn: Any, parts: list[dict[str, Any]]) -> None:
+        """Each part unless the database holds it already (another process or replica may have stored it)."""
+        dialect = conn.dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            conn.execute(dialect_insert(report_parts_table).on_conflict_do_nothing(), parts)
+            return
+        held = set(conn.execute(select(report_parts_table.c.digest).where(
+            report_parts_table.c.digest.in_([p["digest"] for p in parts]))).scalars())
+        missing = [p for p in parts if p["digest"] not in held]
+        if missing:
+            conn.execute(insert(report_parts_table), missing)
 
     def get(self, token: str, now: Optional[float] = None) -> Optional[str]:
+        """The report as JSON text, or None once expired or if unknown; :class:`ReportIncomplete` if a
+        shared part it names is not in the database."""
         now = time.time() if now is None else now
+        key = self._key(token)
         with self.store.engine.connect() as conn:
-            row = conn.execute(select(reports_table.c.body).where(
-                reports_table.c.key == self._key(token), reports_table.c.expires_at > now)).first()
-        if row is None:
-            return None
-        return row[0].decode() if isinstance(row[0], bytes) else row[0]
+            for table in (report_links_table, reports_table):
+                row = conn.execute(select(table.c.body).where(table.c.key == key, table.c.expires_at > now)).first()
+                if row is not None:
+                    break
+            else:
+                return None
+            body = row[0].encode() if isinstance(row[0], str) else bytes(row[0])
+            if self.MARK not in body:
+                return body.decode()
+            head, *rest = body.split(self.MARK)
+            digests = {piece[:32].decode("ascii") for piece in rest}
+            parts = dict(conn.execute(select(report_parts_table.c.digest, report_parts_table.c.body).where(
+                report_parts_table.c.digest.in_(sorted(digests)))).tuples().all())
+        if digests - set(parts):
+            raise ReportIncomplete(f"{len(digests - set(parts))} of the report's {len(digests)} shared parts "
+                                   "are missing from the database")
+        return b"".join([head] + [bytes(parts[p[:32].decode("ascii")]) + p[32:] for p in rest]).decode()
 
 
 _STORES: dict[str, FeedbackStore] = {}

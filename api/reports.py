@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, Response
@@ -30,6 +30,9 @@ from .config import Settings
 from .deps import settings as app_settings
 from .offload import loop_local, run_cpu
 from .problems import ProblemError
+
+if TYPE_CHECKING:                    # api/feedback.py imports SQLAlchemy: loaded on first use (_store)
+    from .feedback import Report
 
 __all__ = ["router", "store_report", "open_report_store", "answers_first"]
 
@@ -53,7 +56,7 @@ class _Batch:
 
     def __init__(self, db_url: str, minutes: float) -> None:
         self.db_url, self.minutes = db_url, minutes
-        self.waiting: list[tuple[str | bytes, asyncio.Future[str]]] = []
+        self.waiting: list[tuple[Report, asyncio.Future[str]]] = []
         self.writing = False
         self.housekeeping: Optional[asyncio.Task[None]] = None   # purge or checkpoint, in a thread
         self.store: Any = None          # ReportStore, opened in a thread (it may migrate the database)
@@ -74,7 +77,7 @@ class _Batch:
         if self.store is None:
             self.store, self.inline = store, store.store.sqlite and not store.store.memory
 
-    async def add(self, body: str | bytes) -> str:
+    async def add(self, body: Report) -> str:
         if self.store is None:
             await self.open()
         # Queued for the writer task, which runs once the calls ready in this turn of the event loop
@@ -110,7 +113,7 @@ class _Batch:
         finally:
             self.writing = False
 
-    async def _put(self, bodies: list[str | bytes]) -> list[str]:
+    async def _put(self, bodies: list[Report]) -> list[str]:
         """The queued reports in one transaction. An SQLite file: on the event loop, tried again every
         millisecond while another process holds the write lock (for up to LOCK_WAIT_SECONDS), so no
         thread has to win the GIL back from a busy loop (that hand-over cost 5-20 ms a write under
@@ -172,8 +175,9 @@ def _batch(settings: Settings) -> _Batch:
     return loop_local(_BATCHES, (db_url, minutes), lambda: _Batch(db_url, minutes))
 
 
-async def store_report(settings: Settings, assessment_json: str | bytes) -> str:
-    """Keep an assessment for the report link; returns the token once the report is committed."""
+async def store_report(settings: Settings, assessment_json: Report) -> str:
+    """Keep an assessment for the report link (its JSON: text, UTF-8, or engine/render.py's pieces, whose
+    shared parts the database keeps once); returns the token once the report is committed."""
     return await _batch(settings).add(assessment_json)
 
 
@@ -201,7 +205,13 @@ def report_page(token: str) -> HTMLResponse:
 @router.get("/v1/reports/{token}", summary="The full assessment behind a CDS card's report link",
             responses={404: {"description": "Expired or unknown"}})
 def report(token: str, settings: Settings = Depends(app_settings)) -> Response:
-    body = _store(settings.feedback_db_url).get(token) if _TOKEN.match(token) else None
+    from .feedback import ReportIncomplete
+    try:
+        body = _store(settings.feedback_db_url).get(token) if _TOKEN.match(token) else None
+    except ReportIncomplete as e:
+        log.error("report %s... could not be put back together: %s", token[:6], e)
+        raise ProblemError(500, "Report incomplete", "This report could not be read back whole from the database; "
+                           "the card it came with stands on its own.") from None
     if body is None:
         raise ProblemError(404, "Not found", "This report has expired or does not exist.")
     return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})

@@ -10,6 +10,7 @@ at the end, one numbered entry each. Lines are wrapped at 100 characters, never 
 hyphen, so a URL is always whole on one line and can be clicked or copied."""
 from __future__ import annotations
 
+import hashlib
 import re
 import textwrap
 from datetime import date, datetime
@@ -20,7 +21,7 @@ from pydantic_core import to_json as to_json_value
 
 from .assessment import Assessment, SourceOut
 
-__all__ = ["to_json", "to_json_bytes", "to_text"]
+__all__ = ["to_json", "to_json_bytes", "to_json_pieces", "SharedJson", "to_text"]
 
 WIDTH = 100
 
@@ -34,38 +35,64 @@ def to_json(a: Assessment, indent: int | None = 2) -> str:
 def to_json_bytes(a: Assessment) -> bytes:
     """:func:`to_json` without indentation, as the UTF-8 bytes pydantic's serializer writes: no text made
     of them only to be encoded again (a 13 KB assessment with one non-ASCII letter in a citation costs
-    the encoder about 12 instructions a character).
+    the encoder about 12 instructions a character). The same bytes as the serializer's for the whole (a
+    test compares them on every case file)."""
+    return b"".join(to_json_pieces(a))
+
+
+def to_json_pieces(a: Assessment) -> list[bytes]:
+    """The bytes of :func:`to_json_bytes` in pieces, each shared entry's a :class:`SharedJson` of its own.
 
     The steps and the sources, over half of a typical assessment's bytes, are entries the engine builds
     once per knowledge base and shares, frozen (engine/explain.py): each one's JSON is made once too and
-    put in its place in the rest, serialized with those three fields empty. The bytes are the same as
-    the serializer's for the whole (a test compares them on every case file)."""
+    put in its place in the rest, serialized with those three fields empty. A store that keeps many
+    assessments (the report links, api/feedback.py) keeps each shared piece once, by its digest."""
     ser = a.__pydantic_serializer__
     hollow = ser.to_json(a.model_copy(update={"steps": [], "steps_not_advised": [], "sources": {}}))
     head, steps_at, rest = hollow.partition(_STEPS_AT)
     middle, sources_at, tail = rest.partition(_SOURCES_AT)
     if not steps_at or not sources_at:                      # not the layout expected: the plain way
-        return ser.to_json(a) + b"\n"
-    return b"".join((head, b',"steps":[', b",".join(map(_shared_json, a.steps)),
-                     b'],"steps_not_advised":[', b",".join(map(_shared_json, a.steps_not_advised)), b"],",
-                     middle, b',"sources":{', b",".join(_shared_json(s, key) for key, s in a.sources.items()),
-                     b'},"trace":', tail, b"\n"))
+        return [ser.to_json(a) + b"\n"]
+    out = [head, b',"steps":[']
+    _joined(out, map(_shared_json, a.steps))
+    out.append(b'],"steps_not_advised":[')
+    _joined(out, map(_shared_json, a.steps_not_advised))
+    out += (b"],", middle, b',"sources":{')
+    _joined(out, (_shared_json(s, key) for key, s in a.sources.items()))
+    out += (b'},"trace":', tail, b"\n")
+    return out
+
+
+class SharedJson(bytes):
+    """The JSON of an entry the engine shares (a step, a source with its key), made once per entry, and
+    ``digest``: the first 32 hex digits of its SHA-256, which name it wherever it is kept."""
+    digest: str
 
 
 _STEPS_AT = b',"steps":[],"steps_not_advised":[],'   # a JSON string cannot hold an unescaped quote, so only
 _SOURCES_AT = b',"sources":{},"trace":'               # the Assessment's own fields can match these
-_SHARED: dict[tuple[int, Optional[str]], tuple[object, bytes]] = {}
+_SHARED: dict[tuple[int, Optional[str]], tuple[object, SharedJson]] = {}
 _SHARED_MAX = 4096        # entries; the knowledge base has a few hundred steps and sources
 
 
-def _shared_json(entry: BaseModel, key: Optional[str] = None) -> bytes:
+def _joined(out: list[bytes], pieces: Iterable[bytes]) -> None:
+    """``pieces`` appended to ``out`` with a comma between each two."""
+    for i, piece in enumerate(pieces):
+        if i:
+            out.append(b",")
+        out.append(piece)
+
+
+def _shared_json(entry: BaseModel, key: Optional[str] = None) -> SharedJson:
     """The JSON of a shared, frozen entry (with its key in a mapping: ``"key":{...}``), made once."""
     hit = _SHARED.get((id(entry), key))
     if hit is not None and hit[0] is entry:
         return hit[1]
     if len(_SHARED) >= _SHARED_MAX:
         _SHARED.clear()
-    out = to_json_value({key: entry})[1:-1] if key is not None else entry.__pydantic_serializer__.to_json(entry)
+    out = SharedJson(to_json_value({key: entry})[1:-1] if key is not None
+                     else entry.__pydantic_serializer__.to_json(entry))
+    out.digest = hashlib.sha256(out).hexdigest()[:32]
     _SHARED[(id(entry), key)] = (entry, out)
     return out
 

@@ -524,7 +524,7 @@ def test_the_report_link_opens_the_full_assessment_then_expires(svc, answers, tm
     (GET /v1/reports/<token>). Unknown, malformed and expired tokens are 404 problems; with
     LEUKODX_REPORT_LINK_MINUTES=0 no link is sent."""
     from urllib.parse import urlsplit
-    from leukodx.api.feedback import ReportStore, reports_table, store_for
+    from leukodx.api.feedback import ReportStore, report_links_table, store_for
 
     a = answers["patient-view severe"]
     link = next(lk for c in a["json"]["cards"] for lk in c.get("links", []))
@@ -546,7 +546,7 @@ def test_the_report_link_opens_the_full_assessment_then_expires(svc, answers, tm
     t = store.put('{"x": 1}', minutes=1, now=1000.0)
     assert store.get(t, now=1059.0) == '{"x": 1}' and store.get(t, now=1061.0) is None
     with store.store.engine.connect() as conn:                  # the database holds the hash, not the token
-        rows = conn.execute(reports_table.select()).all()
+        rows = conn.execute(report_links_table.select()).all()
     assert [r.key for r in rows] == [hashlib.sha256(t.encode()).hexdigest()] and len(t) >= 40
     settings = Settings(cds_auth="off", report_link_minutes=0, feedback_db_url=f"sqlite:///{tmp_path}/fb.db")
     with TestClient(create_app(settings)) as off:
@@ -575,9 +575,9 @@ def test_a_call_waiting_for_its_report_holds_no_assessment(svc, answers, monkeyp
     import gc
     import weakref
     seen: list[Any] = []
-    real_to_json, real_store = cds_routes.to_json_bytes, cds_routes.store_report
+    real_to_json, real_store = cds_routes.to_json_pieces, cds_routes.store_report
 
-    def to_json_bytes(assessment):
+    def to_json_pieces(assessment):
         seen.append(weakref.ref(assessment))
         return real_to_json(assessment)
 
@@ -585,7 +585,7 @@ def test_a_call_waiting_for_its_report_holds_no_assessment(svc, answers, monkeyp
         gc.collect()
         seen.append([ref() is None for ref in seen])
         return await real_store(settings, body)
-    monkeypatch.setattr(cds_routes, "to_json_bytes", to_json_bytes)
+    monkeypatch.setattr(cds_routes, "to_json_pieces", to_json_pieces)
     monkeypatch.setattr(cds_routes, "store_report", store_report)
     a = answers["patient-view severe"]
     r = svc.post(f"/cds-services/{a['service']}", json=a["body"])

@@ -27,10 +27,11 @@ from typing import Iterator, Optional
 
 import jwt
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, inspect, insert, text
 
-from conftest import LEUKODX, free_port, start_server, stop_server
+from conftest import CASES, LEUKODX, free_port, start_server, stop_server
 from leukodx.api import migrations
 from leukodx.api.cds.models import FeedbackEntry
 from leukodx.api.feedback import (FeedbackStore, SqlReplayStore, StoreError, engine_url, feedback_table, jti_table,
@@ -185,8 +186,10 @@ def test_migrations_from_empty_to_head_give_the_schema_the_code_uses(any_url):
     assert migrations.current(engine) == migrations.HEAD
     with engine.connect() as conn:
         tables = set(inspect(conn).get_table_names())
-        assert tables == {"alembic_version", "cds_feedback", "cds_jti", "cds_reports"}
+        assert tables == {"alembic_version", "cds_feedback", "cds_jti", "cds_reports", "cds_report_links",
+                          "cds_report_parts"}
         assert {i["name"] for i in inspect(conn).get_indexes("cds_reports")} == {"ix_cds_reports_expires_at"}
+        assert {i["name"] for i in inspect(conn).get_indexes("cds_report_links")} == {"ix_cds_report_links_expires_at"}
         assert {i["name"] for i in inspect(conn).get_indexes("cds_jti")} == {"ix_cds_jti_expires_at"}
         assert {i["name"] for i in inspect(conn).get_indexes("cds_feedback")} == {"ix_cds_feedback_card"}
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
@@ -393,12 +396,19 @@ def test_report_links_of_concurrent_calls_are_stored_in_postgresql(pg_url):
     reset_cache()
     settings = Settings(cds_auth="off", feedback_db_url=pg_url, report_link_minutes=5)
 
+    from leukodx.engine import get_engine
+    from leukodx.engine.render import to_json_bytes, to_json_pieces
+    assessed = get_engine().assess(yaml.safe_load((CASES / "tiers" / "tier-severe-anc-exactly-0-1.yaml").read_text()))
+
     async def calls() -> list[str]:
-        return await asyncio.gather(*(reports.store_report(settings, json.dumps({"call": i})) for i in range(12)))
+        return await asyncio.gather(*(reports.store_report(settings, json.dumps({"call": i})) for i in range(12)),
+                                    *(reports.store_report(settings, to_json_pieces(assessed)) for _ in range(3)))
     try:
         tokens = asyncio.run(calls())
         store = report_store_for(pg_url)
-        assert [json.loads(store.get(t))["call"] for t in tokens] == list(range(12))
+        assert [json.loads(store.get(t))["call"] for t in tokens[:12]] == list(range(12))
+        # render's pieces: the shared parts kept once (ON CONFLICT DO NOTHING), each report read back whole
+        assert [store.get(t) for t in tokens[12:]] == [to_json_bytes(assessed).decode()] * 3
     finally:
         report_store_for(pg_url).store.engine.dispose()
         reset_cache()

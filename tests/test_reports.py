@@ -5,12 +5,14 @@ before its token is handed out."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import delete, func, insert, select
 
 from leukodx.api import reports
 from leukodx.api.config import Settings
@@ -242,3 +244,87 @@ def test_a_report_given_as_utf8_is_stored_as_it_is_and_read_back_as_the_same_tex
     token = asyncio.run(reports.store_report(settings, body.encode()))
     stored = report_store_for(settings.feedback_db_url).get(token)
     assert stored == body and isinstance(stored, str)
+
+
+def _assessed(*names: str) -> list:
+    from leukodx.engine import get_engine
+    from conftest import CASES
+    return [get_engine().assess(yaml.safe_load((CASES / name).read_text())) for name in names]
+
+
+def test_a_report_in_pieces_keeps_each_shared_part_once_and_reads_back_the_same_bytes(settings):
+    """The CDS route hands render's pieces to the store: each shared step's and source's JSON is kept once in
+    the database however many reports have it, each report's own row holds the rest, and the report read
+    back is the assessment's canonical JSON, byte for byte; on the event loop's path and the thread's."""
+    from leukodx.api.feedback import report_links_table, report_parts_table
+    from leukodx.engine.render import SharedJson, to_json_bytes, to_json_pieces
+    first, second = _assessed("thiopurine/tpmt-poor-azathioprine-severe-neutropenia.yaml",
+                              "drugs/clozapine-restarted-after-anc-0-3-on-earlier-course.yaml")
+    pieces = [to_json_pieces(a) for a in (first, first, second)]
+    shared = {p.digest: bytes(p) for ps in pieces for p in ps if isinstance(p, SharedJson)}
+    assert len(shared) > 10 and all(hashlib.sha256(b).hexdigest()[:32] == d for d, b in shared.items())
+
+    async def stored() -> list[str]:
+        return [await reports.store_report(settings, ps) for ps in pieces]          # one at a time
+    tokens = asyncio.run(stored())
+    store = report_store_for(settings.feedback_db_url)
+    tokens.append(store.put_many([pieces[2]], minutes=5)[0])                        # the thread's path
+    for token, a in zip(tokens, (first, first, second, second)):
+        assert store.get(token) == to_json_bytes(a).decode()
+    with store.store.engine.connect() as conn:
+        parts = dict(conn.execute(select(report_parts_table.c.digest, report_parts_table.c.body)).tuples().all())
+        rows = conn.execute(select(report_links_table.c.key, report_links_table.c.body)).tuples().all()
+    assert {d: bytes(b) for d, b in parts.items()} == shared                        # each once
+    own = dict(rows)[store._key(tokens[0])]                 # a NUL and a 32-digit digest for each shared piece
+    named = [p for p in pieces[0] if isinstance(p, SharedJson)]
+    assert len(rows) == 4 and len(own) == len(to_json_bytes(first)) - sum(map(len, named)) + 33 * len(named)
+
+    # another process (its own store, knowing of no part) stores the same pieces: nothing twice, no error
+    reset_cache()
+    other = report_store_for(settings.feedback_db_url)
+    assert other.get(other.put(pieces[0], minutes=5)) == to_json_bytes(first).decode()
+    with other.store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(report_parts_table)).scalar() == len(shared)
+
+
+def test_a_report_missing_a_shared_part_is_a_500_problem_not_a_partial_report(settings):
+    """A report names a part the database does not hold (nothing in leukodx deletes one, but a database can be
+    restored from a copy): the page's request gets a problem saying so, never the report with a piece missing."""
+    from fastapi.testclient import TestClient
+    from leukodx.api.app import create_app
+    from leukodx.api.feedback import ReportIncomplete, report_parts_table
+    from leukodx.engine.render import to_json_pieces
+    (a,) = _assessed("thiopurine/tpmt-poor-azathioprine-severe-neutropenia.yaml")
+    token = asyncio.run(reports.store_report(settings, to_json_pieces(a)))
+    store = report_store_for(settings.feedback_db_url)
+    store.store.write(lambda conn: conn.execute(delete(report_parts_table).where(
+        report_parts_table.c.digest == conn.execute(select(report_parts_table.c.digest)).scalars().first())))
+    with pytest.raises(ReportIncomplete, match="1 of the report's"):
+        store.get(token)
+    with TestClient(create_app(settings)) as client:
+        r = client.get(f"/v1/reports/{token}")
+    assert r.status_code == 500 and r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["title"] == "Report incomplete" and '"steps"' not in r.text
+
+
+def test_reports_written_before_revision_0003_are_still_read_then_purged(settings):
+    """A report kept whole in ``cds_reports`` by the previous release (a rolling upgrade) opens until it
+    expires, and the purge deletes the expired rows of both tables."""
+    from leukodx.api.feedback import report_links_table, reports_table
+    store = report_store_for(settings.feedback_db_url)
+    store.store.write(lambda conn: conn.execute(insert(reports_table).values(
+        key=store._key("old-token-0123456789abcdef"), expires_at=1060.0, body='{"old": true}')))
+    new = store.put('{"new": true}', minutes=1, now=1000.0)
+    assert store.get("old-token-0123456789abcdef", now=1059.0) == '{"old": true}'
+    assert store.get(new, now=1059.0) == '{"new": true}'
+    store.purge(1061.0)
+    with store.store.engine.connect() as conn:
+        for table in (reports_table, report_links_table):
+            assert conn.execute(select(func.count()).select_from(table)).scalar() == 0, table.name
+
+
+def test_a_whole_report_with_a_nul_byte_is_refused(settings):
+    """NUL marks a shared part in a stored report, and JSON text never holds one: a body with one is not JSON."""
+    store = report_store_for(settings.feedback_db_url)
+    with pytest.raises(ValueError, match="NUL"):
+        store.put('{"x": "\0"}', minutes=1)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from leukodx.engine import Assessment, CaseError, Engine, NotAssessed
-from leukodx.engine.render import to_json_bytes
+from leukodx.engine.render import to_json_pieces
 from leukodx.engine.parse import load_json_document, problems_from_validation
 
 from .. import audit, fhir, metrics
@@ -230,7 +230,7 @@ async def call_service(service_id: str, request: Request) -> Response:
 
 
 async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
-                  settings: Settings) -> Response | tuple[list[Card], Optional[tuple[Card, bytes]]]:
+                  settings: Settings) -> Response | tuple[list[Card], Optional[tuple[Card, list[bytes]]]]:
     """The cards of a call, and the card to link to its report with the report's body (the assessment as
     JSON) when there is one; or the OperationOutcome saying why there can be no cards."""
     small = len(body) <= INLINE_MAX_BYTES           # parsed, mapped and assessed on the loop (api/offload.py)
@@ -302,7 +302,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
             "patient_mismatch": mismatch, "left_out": len(left_out), "notes": len(notes),
             "where": _REF.sub(r"\1/-", "; ".join(where[:10]))[:500]})
     cards: list[Card] = []
-    report: Optional[tuple[Card, bytes]] = None
+    report: Optional[tuple[Card, list[bytes]]] = None
     if assessment is None and problems:
         cards.append(C.unassessed_card(hook.hookInstance, problems + notes, "warning" if mismatch else "info"))
     elif assessment is None:
@@ -313,7 +313,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     else:
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
         if cards and settings.report_link_minutes > 0:
-            report = cards[0], to_json_bytes(assessment)
+            report = cards[0], to_json_pieces(assessment)
     cards += traced("leukodx.orders", order_cards)(eng, drafts, assessment, resources, hook, patient_id, weight)
     unmatched = unmatched_selections(hook)
     if unmatched:
@@ -336,7 +336,7 @@ def add_call_route(app: FastAPI) -> None:
                              response_model_exclude_none=True, responses=_CALL_ERRORS)
 
 
-async def _link_report(card: Card, report: bytes, request: Request, settings: Settings) -> None:
+async def _link_report(card: Card, report: list[bytes], request: Request, settings: Settings) -> None:
     """Link the card to the full assessment in leukodx's own page. If the report cannot be stored the
     cards still go out, without the link: the link is a convenience, the cards are not."""
     base = settings.cds_public_base_url.rstrip("/") or base_url(request)

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 __all__ = ["HEAD", "SchemaError", "current", "ensure", "upgrade", "downgrade", "offline_sql", "alembic_config"]
 
-HEAD = "0002"                      # the newest revision in versions/ (tests/test_postgres.py checks it)
+HEAD = "0003"                      # the newest revision in versions/ (tests/test_postgres.py checks it)
 LOCK_KEY = 7_412_331_016_452       # PostgreSQL advisory lock held while migrating ("leukodx" migrations)
 VERSION_TABLE = "alembic_version"
 
