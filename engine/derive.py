@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Optional
 
 from pydantic import TypeAdapter
@@ -142,6 +142,33 @@ def _current_values(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc:
     return current
 
 
+def _earlier_anc(kb: KnowledgeBase, samples: list[Sample], cbc: Optional[Sample],
+                 derived_points: dict[str, dict[str, tuple[Optional[datetime], float, str]]], wbc: Optional[float]
+                 ) -> Optional[tuple[Sample, float, Optional[NormLab], str]]:
+    """The current draw has a WBC and no ANC: the ANC of the latest earlier draw within
+    anc_from_earlier_draw_hours, when it is below that WBC (an ANC cannot exceed the WBC, so a lower
+    earlier ANC is the worse side, and an old normal ANC never masks a new low WBC). The draw, the ANC,
+    its reported value's lab (None: derived there) and how it was had."""
+    if cbc is None or cbc.time is None or wbc is None:
+        return None
+    window = timedelta(hours=kb.value("anc_from_earlier_draw_hours"))
+    for sample in reversed(samples):                       # newest first
+        if sample.time is None or sample.time >= cbc.time:
+            continue
+        if cbc.time - sample.time > window:
+            return None
+        given, point = sample.values.get("anc"), derived_points["anc"].get(sample.key)
+        if given is None and point is None:
+            continue
+        if given is not None and (point is None or given.value <= point[1]):
+            value, lab, text = given.value, given, _as_reported(given)
+        else:
+            assert point is not None
+            value, lab, text = point[1], None, f"derived from {point[2]}"
+        return (sample, value, lab, text) if value < wbc else None
+    return None
+
+
 def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None) -> Derived:
     warnings: list[str] = []
     samples = group_samples(nc.labs, kb.value("cbc_same_draw_hours"))
@@ -209,6 +236,26 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                 warnings.append(f"{target}: the reported absolute count {given.value:g} and the one computed from "
                                 f"the differential ({text} = {value:g}) differ by more than {tolerance:.0%}; the "
                                 f"reported value was used.")
+    earlier = _earlier_anc(kb, samples, cbc, derived_points, values.get("wbc")) if "anc" not in values else None
+    if earlier is not None:             # the current draw's WBC with no differential: an earlier, lower ANC
+        assert cbc is not None and cbc.time is not None
+        anc_draw, value, lab, text = earlier
+        values["anc"] = value
+        if lab is not None:
+            current["anc"] = lab
+            if lab.lln is not None:
+                llns["anc"] = lab.lln
+            anc_source = "reported"
+        else:
+            derived_current["anc"] = anc_draw.key
+            facts["anc_derived"] = True
+            anc_source = "derived"
+        hours = (cbc.time - anc_draw.time).total_seconds() / 3600
+        anc_text = (f"{text}, from the draw of {anc_draw.time:%Y-%m-%d %H:%M}, {hours:.3g} h before the latest count "
+                    f"(WBC {values['wbc']:g} with no differential, which bounds the ANC above at that value)")
+        warnings.append(f"ANC: the latest count (WBC {values['wbc']:g}, {cbc.time:%Y-%m-%d %H:%M}) has no differential; "
+                        f"the ANC {value:g} of the draw {hours:.3g} h before it, lower than that WBC, was used for "
+                        f"the tier and the alerts. Repeat the differential.")
     # the ANC cannot exceed the WBC of the same draw: a bound when no ANC can be had
     anc_at_most: Optional[float] = None
     if "anc" not in values and "wbc" in values:
@@ -276,7 +323,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     tier = tier_for(kb, anc)
     facts["risk_tier"] = tier
     anc_lab = current.get("anc") if derived_current.get("anc") is None else None
-    anc_time = (anc_lab.time if anc_lab else cbc.time) if cbc is not None else None
+    anc_time = (anc_lab.time if anc_lab else earlier[0].time if earlier else cbc.time) if cbc is not None else None
     anc_age = age_days(anc_time, nc.as_of)
     when = f" (blood drawn {anc_time.date().isoformat()}, {anc_age} days before {nc.as_of.isoformat()})" \
         if anc_time is not None and anc_age is not None and nc.as_of else ""
