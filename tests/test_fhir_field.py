@@ -408,8 +408,10 @@ def test_an_analysers_corrected_wbc_and_loinc_written_other_ways_are_read():
 
 def test_a_count_sent_as_text_is_read_when_its_unit_can_be_told():
     """An ANC sent as valueString '<0.1' (how labs report a critical count) had left the tier unknown and the
-    priority info. A number plausible in only one of the test's usual units is read in it, with a warning;
-    one plausible in two ('<100': 100 x10^9/L or 100 /uL) is not guessed."""
+    priority info. A number plausible in only one of the test's usual units is read in it, with a warning; an
+    upper bound plausible in two ('<100': 100 x10^9/L or 100 /uL) in the one giving the lower count (a lab
+    reports a bound only at the bottom of its range: the red-team's '<100' had been left out, and the card
+    said "no differential"); a zero in any unit; a number plausible in two and not a bound is not guessed."""
     def anc_text(text):
         o = obs("751-8", 0)
         del o["valueQuantity"]
@@ -421,7 +423,15 @@ def test_a_count_sent_as_text_is_read_when_its_unit_can_be_told():
     assert has(m.warnings, "valueString '<0.1' read as <0.1 10^9/L")
     assert assess(m.case).risk_tier.tier == "profound"
     assert values(anc_text("0,3"), "751-8") == [0.3]
-    for unread in ("<100", "see comment", "1,200"):
+    m = anc_text("<100")
+    [anc] = [lab for lab in m.case["labs"] if lab["loinc"] == "751-8"]
+    assert (anc["value"], anc["unit"], anc.get("comparator")) == (100, "/uL", "<")
+    assert has(m.warnings, "valueString '<100' read as <100 /uL", "lowest of its plausible readings")
+    assert assess(m.case).risk_tier.tier == "profound"
+    for zero in ("0", "0.0"):
+        m = anc_text(zero)
+        assert values(m, "751-8") == [0] and assess(m.case).risk_tier.tier == "profound", zero
+    for unread in ("100", "see comment", "1,200"):
         m = anc_text(unread)
         assert values(m, "751-8") == [] and any("valueString" in n.reason for n in m.not_assessed), unread
 
@@ -611,3 +621,58 @@ def test_an_order_select_selection_named_another_way_or_not_found_never_silences
     assert any(c["indicator"] == "critical" and c["source"]["topic"]["code"] == "thiopurine-pgx" for c in cards)
     named = [c for c in cards if "was not found among the draft orders" in c["summary"]]
     assert bool(named) is (selection == "MedicationRequest/zzz")
+
+
+# ---- 8. the red-team's second round: the EHR's own today, and a recount without a differential -------
+
+def test_a_count_dated_by_the_day_alone_on_the_ehrs_today_ahead_of_utc_is_todays(client):
+    """Sydney's morning bloods dated by the day alone read as tomorrow in UTC: the mapping kept them (a day
+    ahead is allowed) and the engine then refused them as "in the future", so the card spoke of a normal
+    count 20 days old. The case is now judged on the EHR's date: agranulocytosis, critical."""
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()
+    old = (datetime.now(timezone.utc) - timedelta(days=20)).strftime("%Y-%m-%dT08:00:00Z")
+    labs = bundle(obs("6690-2", 1.2, t=tomorrow), obs("751-8", 0.3, t=tomorrow),
+                  obs("6690-2", 6.0, t=old), obs("751-8", 3.1, t=old), kind="searchset")
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": patient(), "observations": labs, "pgx": None, "medicationRequests": None,
+                         "medicationStatements": None, "conditions": None}}
+    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"], cards[0]["summary"]
+    assert not any("in the future" in c["detail"] for c in cards)
+    m = mapped(patient(), obs("751-8", 0.3, t=tomorrow), as_of=datetime.now(timezone.utc).date())
+    assert m.case["as_of"] == tomorrow and m.not_assessed == []
+    two_days = (datetime.now(timezone.utc) + timedelta(days=2)).date().isoformat()   # beyond the day allowed
+    m = mapped(patient(), obs("751-8", 3.0, t=old), obs("751-8", 0.3, t=two_days), as_of=datetime.now(timezone.utc).date())
+    assert values(m, "751-8") == [3.0] and has([n.reason for n in m.not_assessed], "after today")
+
+
+def test_a_wbc_only_recount_hours_after_an_anc_of_0_3_keeps_the_agranulocytosis_card(client):
+    """A CBC with ANC 0.3 at 06:00 and a WBC-only recount at 09:00: the recount had become the current count,
+    bounding the ANC at its WBC only ("mild or worse", info), while the earlier ANC, lower than that bound,
+    still holds (rules/thresholds.yaml anc_from_earlier_draw_hours)."""
+    day = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%d")
+    labs = bundle(obs("6690-2", 1.0, t=f"{day}T06:00:00Z"), obs("751-8", 0.3, t=f"{day}T06:00:00Z"),
+                  obs("6690-2", 1.1, t=f"{day}T09:00:00Z"), kind="searchset")
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": patient(), "observations": labs, "pgx": None, "medicationRequests": None,
+                         "medicationStatements": None, "conditions": None}}
+    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"], cards[0]["summary"]
+    assert "3 h before the latest count" in cards[0]["detail"]
+
+
+@pytest.mark.parametrize("unit,value", [("degrees C", 38.9), ("deg C", 38.9), ("Celsius", 38.9), ("ºC", 38.9),
+                                        ("℃", 38.9), ("C°", 38.9), ("deg F", 102.0), ("degrees F", 102.0),
+                                        ("Fahrenheit", 102.0), ("℉", 102.0), ("Cel", 38.9), ("[degF]", 102.0)])
+def test_a_temperature_with_its_unit_in_free_text_is_read(unit, value):
+    """A body temperature whose unit was free text ("degrees C", "℃") had been dropped with a warning only, and
+    with ANC 0.8 the febrile neutropenia emergency with it."""
+    temp = {"resourceType": "Observation", "id": "t1", "status": "final", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]}, "effectiveDateTime": RECENT,
+            "valueQuantity": {"value": value, "unit": unit}}
+    m = mapped(patient(), obs("6690-2", 2.0, t=RECENT), obs("751-8", 0.8, t=RECENT), temp,
+               as_of=datetime.now(timezone.utc).date())
+    assert m.case["history"]["temperature_c"] == 38.9, m.warnings
+    assert "febrile_neutropenia" in [a.id for a in assess(m.case).alerts]

@@ -100,6 +100,11 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         left_out.append(_keep_recent(labs, max_labs, warnings))
 
     lab_times = [lab.utc for lab in labs if lab.utc is not None]
+    if as_of is not None and lab_times:
+        # The EHR's today can be a day ahead of UTC's: a count drawn this morning in Sydney and dated by the
+        # day alone reads as tomorrow in UTC. Such a result was kept above (up to FUTURE_TOLERANCE_DAYS ahead);
+        # the case is judged on its date, so that the engine does not refuse as "in the future" what is today's.
+        as_of = max(utc_date(as_of), max(lab_times).date())
     ref = utc_date(as_of) if as_of is not None else (max(lab_times).date() if lab_times else None)
     temp = temperature(mine, ref, warnings, kb)
     # a temperature without a count is assessed (a fever needs a count), on a known case date only: with no

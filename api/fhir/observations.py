@@ -226,10 +226,9 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
         if text_value is None:
             skip(_absent_value_reason(res))
             return None
-        q = text_value
+        q, why_unit = text_value
         warnings.append(f"{name}: valueString {as_str(res.get('valueString'))!r} read as "
-                        f"{q.get('comparator', '')}{fmt(q['value'])} {q['unit']}, the only unit of "
-                        f"{test} in which that number is a plausible count.")
+                        f"{q.get('comparator', '')}{fmt(q['value'])} {q['unit']}, {why_unit}.")
     unit = _value_unit(q, spec, name, warnings)
     if unit is None:
         skip("valueQuantity has neither a unit nor a UCUM code")
@@ -359,22 +358,34 @@ def _one_draw_per_time(labs: list[LabValue], specimens: set[str], warnings: list
 _TEXT_NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+)\s*$")
 
 
-def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[dict[str, Any]]:
+def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[tuple[dict[str, Any], str]]:
     """A count sent as text ("<0.1", "0,3"): a valueQuantity, when the number is plausible in exactly one
     of the test's usual units (``suggest``, rules/labs.yaml): "<0.1" is an ANC in 10^9/L, never 0.1 cells
-    per uL. None when the text is not a number, or the unit cannot be told."""
+    per uL. A zero is zero in any unit. An upper bound plausible in several ("<100": cells per uL, or
+    10^9/L) is read in the unit giving the lowest count: a laboratory reports a bound only at the bottom
+    of its analyser's range, and the lower reading is the worse side. With why the unit was chosen; None
+    when the text is not a number, or the unit cannot be told."""
     m = _TEXT_NUMBER.match(as_str(res.get("valueString")) or "")
     if m is None or spec.get("dimension") != "count_per_volume":
         return None
     value = float(m.group(2).replace(",", "."))
-    units = [u for u in spec.get("suggest", []) if (f := _factor(u, spec)) is not None
-             and spec["plausible"][0] <= value * f <= spec["plausible"][1]]
-    if len(units) != 1:
+    comparator = m.group(1)
+    factors = {u: f for u in spec.get("suggest", []) if (f := _factor(u, spec)) is not None}
+    units = [u for u, f in factors.items() if spec["plausible"][0] <= value * f <= spec["plausible"][1]]
+    if value == 0 and comparator is None and factors and spec.get("zero_allowed"):
+        unit, why = next(iter(factors)), "as a zero is the same count in any unit"
+    elif len(units) == 1:
+        unit, why = units[0], "the only one of its usual units in which that number is a plausible count"
+    elif len(units) > 1 and comparator in ("<", "<="):
+        unit = min(units, key=lambda u: value * factors[u])
+        why = (f"the lowest of its plausible readings (in {' or '.join(units)}): a laboratory reports an upper bound "
+               f"at the bottom of its range, and the lower count is the worse side")
+    else:
         return None
-    out: dict[str, Any] = {"value": value, "unit": units[0]}
-    if m.group(1):
-        out["comparator"] = m.group(1)
-    return out
+    out: dict[str, Any] = {"value": value, "unit": unit}
+    if comparator:
+        out["comparator"] = comparator
+    return out, why
 
 
 def _absent_value_reason(res: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ and converted with the engine's unit registry (pint). Which codes are a temperat
 the site each temperature code or bodySite names, are the knowledge base's (rules/vitals.yaml)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
@@ -20,7 +21,18 @@ __all__ = ["Temperature", "VitalCodes", "vital_codes", "body_weight", "latest_we
 
 SNOMED = "http://snomed.info/sct"
 _WEIGHT_UNITS = {"[lb_av]": "lb", "[oz_av]": "oz", "lbs": "lb", "kgs": "kg"}
-_TEMPERATURE_UNITS = {"Cel": "degC", "°C": "degC", "C": "degC", "[degF]": "degF", "°F": "degF", "F": "degF"}
+# A temperature's unit as EHRs write it, by its letters alone (spaces, dots and case aside; the degree sign in any of
+# its look-alikes): UCUM's Cel and [degF], and the free text of the red-team's EHR data ("degrees C", "deg F", "℃").
+_TEMPERATURE_UNITS = {**dict.fromkeys(("cel", "°c", "c", "degc", "degreec", "degreesc", "celsius", "degreecelsius",
+                                       "degreescelsius", "°celsius", "c°"), "degC"),
+                      **dict.fromkeys(("[degf]", "°f", "f", "degf", "degreef", "degreesf", "fahrenheit",
+                                       "degreefahrenheit", "degreesfahrenheit", "°fahrenheit", "f°"), "degF")}
+_DEGREE_SIGNS = str.maketrans({"º": "°", "˚": "°", "℃": "°c", "℉": "°f"})
+
+
+def _temperature_unit(unit: str) -> str:
+    """The pint unit of a temperature's unit as written (``unit`` itself when not one of the spellings above)."""
+    return _TEMPERATURE_UNITS.get(re.sub(r"[\s.]", "", unit).casefold().translate(_DEGREE_SIGNS), unit)
 
 Weight = tuple[Optional[datetime], float]   # (UTC time or None, kg)
 
@@ -160,7 +172,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
             if unreadable(unit):
                 raise ValueError("not a unit")
             ureg = registry()
-            celsius = ureg.Quantity(float(q["value"]), _TEMPERATURE_UNITS.get(unit, unit)).to("degC").magnitude
+            celsius = ureg.Quantity(float(q["value"]), _temperature_unit(unit)).to("degC").magnitude
         except Exception:
             warnings.append(f"{item.label}: body temperature unit {unit!r} was not understood.")
             continue
