@@ -676,3 +676,41 @@ def test_a_temperature_with_its_unit_in_free_text_is_read(unit, value):
                as_of=datetime.now(timezone.utc).date())
     assert m.case["history"]["temperature_c"] == 38.9, m.warnings
     assert "febrile_neutropenia" in [a.id for a in assess(m.case).alerts]
+
+
+@pytest.mark.parametrize("broken", ["empty conditions", "contained without resourceType"])
+def test_one_broken_resource_outside_the_labs_costs_only_itself(client, broken):
+    """`"conditions": {}`, or a MedicationStatement whose contained Medication has no resourceType, had made the
+    whole call "could not assess this patient" (info) with an ANC of 0.3: the broken part is now named on the
+    card and the rest assessed."""
+    pre: dict = {"conditions": {}}
+    if broken != "empty conditions":
+        statement = {"resourceType": "MedicationStatement", "id": "ms1", "status": "active",
+                     "subject": {"reference": "Patient/p1"}, "contained": [{"id": "m1", "code": {"text": "x"}}],
+                     "medicationReference": {"reference": "#m1"}}
+        pre = {"conditions": None, "medicationStatements": bundle(statement, kind="searchset")}
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": patient(), "pgx": None, "medicationRequests": None, "medicationStatements": None,
+                         "observations": bundle(obs("6690-2", 1.2, t=RECENT), obs("751-8", 0.3, t=RECENT),
+                                                kind="searchset"), **pre}}
+    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"], cards[0]["summary"]
+    assert "`resourceType` is missing" in cards[0]["detail"]
+
+
+def test_a_medication_whose_drug_cannot_be_told_is_named_on_the_card(client):
+    """A MedicationRequest whose medicationReference points to a Medication the prefetch does not hold, with no
+    display, had been dropped with a warning only: a clozapine could be missing from the causes with nothing on the
+    card saying so. It is now named among what could not be used."""
+    rx = {"resourceType": "MedicationRequest", "id": "rx1", "status": "active", "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": "Medication/elsewhere"}}
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": patient(), "pgx": None, "medicationStatements": None, "conditions": None,
+                         "medicationRequests": bundle(rx, kind="searchset"),
+                         "observations": bundle(obs("6690-2", 1.2, t=RECENT), obs("751-8", 0.3, t=RECENT),
+                                                kind="searchset")}}
+    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    assert cards[0]["indicator"] == "critical"
+    assert "a medication whose drug cannot be told" in cards[0]["detail"] and "medicationRequests" in cards[0]["detail"]

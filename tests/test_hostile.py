@@ -98,9 +98,10 @@ def test_cds_prefetch_entries_of_the_wrong_resource_type(client):
     r = client.post(CDS, json=body)
     assert r.status_code == 200 and "Traceback" not in r.text
     cards = r.json()["cards"]     # nothing assessable: one card that says so and lists each unusable entry
-    assert len(cards) == 1 and cards[0]["indicator"] == "info"
-    assert cards[0]["summary"].startswith("leukodx could not assess this patient")
+    assert len(cards) == 1 and cards[0]["summary"].startswith("leukodx could not assess this patient")
     assert cards[0]["detail"].count("must be a FHIR resource or Bundle (a JSON object)") == 4   # "...", 42, 1, 2
+    # the Observation in the "patient" key names no patient: never this one's, and a warning says so
+    assert cards[0]["indicator"] == "warning" and "belong to no patient" in cards[0]["detail"]
 
 
 def test_cds_unusable_prefetch_entries_are_named_by_their_key(client):

@@ -34,7 +34,7 @@ from .patient import (PatientChoice, belongs, choose_patient, default_id, demogr
                       subjects)
 from .pgx import map_pgx
 from .datatypes import fmt, is_number
-from .resources import FhirMappingError, Index, Item, walk
+from .resources import FhirMappingError, Index, Item, walk_parts
 from .vitals import temperature
 
 __all__ = ["Mapped", "map_bundle", "bundle_to_case"]
@@ -75,8 +75,8 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     temperature alone makes a case with no labs: a fever with no blood count is one the engine must see.
     """
     warnings: list[str] = []
-    left_out: list[NotAssessed] = []
-    items = walk(data)
+    items, broken = walk_parts(data)
+    left_out = [NotAssessed(field=p.loc or "resource", reason=p.msg) for p in broken]
     index = Index(items)
     choice = choose_patient(items, patient_id, warnings)
     _refuse_several_subjects(items, choice)
@@ -110,7 +110,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     # a temperature without a count is assessed (a fever needs a count), on a known case date only: with no
     # lab and no as_of, nothing would date the case, and a fever of years ago would read as one of today
     if not labs and (temp.celsius is None or as_of is None):
-        problems = list(skipped)
+        problems = [*broken, *skipped]
         theirs_labs = [i for i in theirs if i.type == "Observation"]
         if theirs_labs:
             shown = ", ".join(subjects(theirs_labs)[:5]) or "no patient"
@@ -125,7 +125,9 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         case["as_of"] = as_of.isoformat()
     case["patient"] = demographics(choice, weights, ref, warnings)
     case["labs"] = [lab.as_dict() for lab in labs]
-    meds = map_medications(kb, mine, index, ref, include_draft, warnings)
+    unread_drugs: list[Problem] = []
+    meds = map_medications(kb, mine, index, ref, include_draft, warnings, unread_drugs)
+    left_out += [NotAssessed(field=p.loc or "medication", reason=p.msg) for p in unread_drugs]
     if meds:
         case["medications"] = meds
     conditions = map_conditions(mine, ref, warnings)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Optional, Union
 
+from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.units import dose_rate, registry
 from leukodx.engine import rxnorm_codes
@@ -42,17 +43,20 @@ MED_STATUS = {"active": "active", "on-hold": "active", "unknown": "active", "com
 
 
 def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Optional[date],
-                    include_draft: bool, warnings: list[str]) -> list[dict[str, Any]]:
+                    include_draft: bool, warnings: list[str], unread: Optional[list[Problem]] = None
+                    ) -> list[dict[str, Any]]:
     """``case.medications`` from the patient's MedicationRequests, MedicationStatements, administrations
-    and dispenses, in input order (an RxNorm code of a drug in ``kb`` is preferred over other RxNorm codings)."""
+    and dispenses, in input order (an RxNorm code of a drug in ``kb`` is preferred over other RxNorm codings).
+    A medication being taken whose drug cannot be told (a reference to a Medication the data does not hold,
+    and no name) is a problem in ``unread``: the drug it hides may be the cause, so it is not left to a warning."""
     known_rxnorm = rxnorm_codes(kb)
     meds: list[dict[str, Any]] = []
     later: list[str] = []
     for item in mine:
         if item.type in EVENT_TYPES:
-            mapped = _given(item, index, known_rxnorm, warnings)
+            mapped = _given(item, index, known_rxnorm, warnings, unread)
         elif item.type in ("MedicationRequest", "MedicationStatement"):
-            mapped = _medication(item, index, known_rxnorm, include_draft, warnings)
+            mapped = _medication(item, index, known_rxnorm, include_draft, warnings, unread)
         else:
             continue
         if mapped is None:
@@ -132,7 +136,8 @@ def _name_and_code(concept: Any, known: frozenset[str]) -> tuple[Optional[str], 
 
 
 def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_draft: bool,
-                warnings: list[str]) -> Optional[tuple[dict[str, Any], Optional[When]]]:
+                warnings: list[str], unread: Optional[list[Problem]] = None
+                ) -> Optional[tuple[dict[str, Any], Optional[When]]]:
     res = item.resource
     fhir_status = as_str(res.get("status"))
     if res.get("doNotPerform") is True:
@@ -152,7 +157,7 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
         return None
     if fhir_status == "unknown":
         warnings.append(f"{item.label}: status 'unknown'; counted as active.")
-    drug = _drug(item, index, known_rxnorm, warnings)
+    drug = _drug(item, index, known_rxnorm, warnings, unread)
     if drug is None:
         return None
     name, rxnorm = drug
@@ -172,8 +177,8 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
     return {k: v for k, v in med.items() if v is not None}, start
 
 
-def _given(item: Item, index: Index, known_rxnorm: frozenset[str],
-           warnings: list[str]) -> Optional[tuple[dict[str, Any], Optional[When]]]:
+def _given(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: list[str],
+           unread: Optional[list[Problem]] = None) -> Optional[tuple[dict[str, Any], Optional[When]]]:
     """A MedicationAdministration (a dose given) or MedicationDispense (a supply handed over) as a course
     whose last known dose is that day: ``completed`` from its time to its end (a dispense's end is the day
     handed over plus its daysSupply), so it counts as recent for ``recent_drug_days`` after it; an
@@ -185,7 +190,7 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str],
         why = f"status {fhir_status!r}: nothing was given" if fhir_status else "no status"
         warnings.append(f"{item.label}: {why}; skipped.")
         return None
-    drug = _drug(item, index, known_rxnorm, warnings)
+    drug = _drug(item, index, known_rxnorm, warnings, unread)
     if drug is None:
         return None
     name, rxnorm = drug
@@ -210,14 +215,19 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str],
     return {k: v for k, v in med.items() if v is not None}, start
 
 
-def _drug(item: Item, index: Index, known_rxnorm: frozenset[str],
-          warnings: list[str]) -> Optional[tuple[Optional[str], Optional[str]]]:
-    """(name, RxNorm code) of the drug of a medication resource; None (with a warning) when it has neither."""
+def _drug(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: list[str],
+          unread: Optional[list[Problem]] = None) -> Optional[tuple[Optional[str], Optional[str]]]:
+    """(name, RxNorm code) of the drug of a medication resource; None (with a warning, and a problem in
+    ``unread``) when it has neither."""
     concept, display = _med_concept(item, index, warnings)
     rxnorm, rx_display = _rxnorm(concept, known_rxnorm)
     name = as_str(as_dict(concept).get("text")) or rx_display or concept_text(concept) or display
     if not name and not rxnorm:
         warnings.append(f"{item.label}: the drug has neither a name nor an RxNorm code; skipped.")
+        if unread is not None:
+            unread.append(Problem(item.loc, "a medication whose drug cannot be told (no name, no RxNorm code, no "
+                                            "Medication in the data for its reference): a drug that lowers counts "
+                                            "may be missed"))
         return None
     return name, rxnorm
 

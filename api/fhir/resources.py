@@ -98,11 +98,19 @@ class Item:
 
 def walk(data: Any) -> list[Item]:
     """Every resource in ``data`` with where it was found (see :func:`resources_from`)."""
+    items, problems = walk_parts(data)
+    if problems:
+        raise FhirMappingError(problems)
+    return items
+
+
+def walk_parts(data: Any) -> tuple[list[Item], list[Problem]]:
+    """:func:`walk`, passing over each part that is not a resource (no ``resourceType``, a string where a
+    resource belongs, a cycle, too deep) with the problem naming it: one broken contained Medication must not
+    cost the patient's blood counts. Data that is not a resource or a list of them at all is still refused."""
     walker = _Walker()
     walker.top(data)
-    if walker.problems:
-        raise FhirMappingError(walker.problems)
-    return walker.items
+    return walker.items, walker.problems
 
 
 def walk_readable(data: Any) -> list[Item]:
