@@ -39,6 +39,21 @@ def test_thioguanine_intermediate_range_is_50_to_80(engine):
     assert c.dose_change.percent_range == (50, 80) and c.dose_change.factor == 0.8
 
 
+@pytest.mark.parametrize("tpmt", ["normal", "intermediate", None])
+def test_thioguanine_for_a_nudt15_poor_metabolizer_is_25_percent_in_malignancy(engine, tpmt):
+    """CPIC's thioguanine table, NUDT15 poor metabolizer (TPMT normal, intermediate or not assigned): "reduce
+    starting doses to 25% of normal dose ... For non-malignant conditions, consider alternative non-thiopurine
+    immunosuppressant therapy". The check had offered no dose, and with TPMT unknown read "CPIC advises CPIC
+    advises"."""
+    c = check(engine, OrderInput(key="t", name="thioguanine", indication="acute myeloid leukemia"),
+              tpmt=tpmt, nudt15="poor")
+    assert (c.priority, c.adjust, c.cancel) == ("critical", "recommended", "no")
+    assert (c.dose_change.factor, c.dose_change.percent_range) == (0.25, (25, 25))
+    assert "CPIC advises CPIC" not in c.detail
+    c = check(engine, OrderInput(key="t", name="thioguanine", indication="Crohn's disease"), tpmt=tpmt, nudt15="poor")
+    assert (c.adjust, c.cancel) == ("no", "recommended")
+
+
 def test_the_2024_range_comes_before_the_superseded_2020_text(engine):
     c = check(engine, tpmt="intermediate", nudt15="intermediate")
     assert c.detail.index("20-50%") < c.detail.index("30%-80%")
