@@ -714,3 +714,17 @@ def test_a_medication_whose_drug_cannot_be_told_is_named_on_the_card(client):
     cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
     assert cards[0]["indicator"] == "critical"
     assert "a medication whose drug cannot be told" in cards[0]["detail"] and "medicationRequests" in cards[0]["detail"]
+
+
+def test_a_child_under_two_is_aged_in_months_so_that_her_anaemia_is_seen():
+    """FHIR ages were whole years: a 10-month-old was 0, matched no WHO haemoglobin row (6-23 months: 10.5 g/dL),
+    and her Hb of 8.0 went unseen ('isolated neutropenia'). Under two the age is now in months."""
+    today = datetime.now(timezone.utc).date()
+    born = (today.replace(day=1) - timedelta(days=300)).replace(day=1)       # 10 or 11 whole months ago
+    child = {**patient(), "birthDate": born.isoformat()}
+    m = mapped(child, obs("6690-2", 3.0, t=RECENT), obs("751-8", 0.8, t=RECENT), obs("718-7", 8.0, "g/dL", t=RECENT),
+               as_of=today)
+    assert 0.8 <= m.case["patient"]["age_years"] <= 0.95
+    assert "anemia" in [f.id for f in assess(m.case).findings]
+    assert mapped(patient(), obs("751-8", 0.8, t=RECENT), as_of=today).case["patient"]["age_years"] == \
+        today.year - 1980 - ((today.month, today.day) < (5, 1))          # from two on, whole years as before

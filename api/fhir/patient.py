@@ -178,7 +178,7 @@ def _patient_refs(item: Item) -> set[str]:
     return refs
 
 
-def _age(birth: Any, at: Optional[date], where: str, warnings: list[str]) -> Optional[int]:
+def _age(birth: Any, at: Optional[date], where: str, warnings: list[str]) -> Optional[float]:
     s = as_str(birth)
     if s is None:
         return None
@@ -193,7 +193,13 @@ def _age(birth: Any, at: Optional[date], where: str, warnings: list[str]) -> Opt
     except ValueError:
         warnings.append(f"{where}: birthDate {s!r} is not a date; age left out.")
         return None
-    return at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+    years = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+    if years >= 2:
+        return years
+    # under two, in whole months: WHO's haemoglobin limits change at 6 months and at 2 years (rules/
+    # reference_intervals.yaml), and a 10-month-old read as 0 years matched no row, so her anaemia went unseen
+    months = (at.year - born.year) * 12 + at.month - born.month - (at.day < born.day)
+    return round(max(months, 0) / 12, 2)
 
 
 def _ancestry(res: dict[str, Any]) -> Optional[str]:
