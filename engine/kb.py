@@ -60,6 +60,8 @@ class KnowledgeBase:
     duffy_ancestry_sources: list[str]
     duffy_null_note: str
     oncologic_conditions: frozenset[str]
+    condition_codes: dict[str, dict[str, str]]   # conditions.yaml codes: system -> {code, or prefix ending in *: id}
+    condition_codes_sources: list[str]
     suspect_classes: frozenset[str]
     causes: dict[str, CatalogueEntry]
     steps: dict[str, CatalogueEntry]
@@ -168,6 +170,8 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),
         duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),
         oncologic_conditions=frozenset(vocab.get("oncologic", [])),
+        condition_codes=_condition_codes(vocab.get("codes", {})),
+        condition_codes_sources=list(vocab.get("codes", {}).get("sources", [])),
         suspect_classes=frozenset(drug_doc.get("suspect_classes", [])),
         causes=catalogue(read_yaml(root / "causes.yaml", problems), "causes", "causes.yaml", problems),
         steps=catalogue(read_yaml(root / "steps.yaml", problems), "steps", "steps.yaml", problems),
@@ -195,3 +199,15 @@ def _load(root: Path, version: str) -> KnowledgeBase:
 def default() -> KnowledgeBase:
     """The installed knowledge base, loaded once per process."""
     return load()
+
+
+def _condition_codes(doc: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """conditions.yaml ``codes`` by system: each code (dots removed, upper case) to the condition it names."""
+    out: dict[str, dict[str, str]] = {}
+    for cid, systems in doc.items():
+        if cid == "sources":
+            continue
+        for system, codes in systems.items():
+            for code in codes:
+                out.setdefault(system, {})[str(code).replace(".", "").upper()] = cid
+    return out

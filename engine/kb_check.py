@@ -76,6 +76,10 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         need(d.get("sources"), f"drugs.yaml: {d.get('id')}")
     need(kb.duffy_ancestry_sources, "conditions.yaml: duffy_prevalent_ancestry")
     need(kb.negation_sources, "conditions.yaml: not_a_diagnosis")
+    if kb.condition_codes:
+        need(kb.condition_codes_sources, "conditions.yaml: codes")
+    for cond in {c for codes in kb.condition_codes.values() for c in codes.values()} - set(kb.conditions):
+        problems.append(f"conditions.yaml: codes: unknown condition {cond!r}")
     for cond in (kb.suspicion_counts | kb.acute_conditions) - set(kb.conditions):
         problems.append(f"conditions.yaml: not_a_diagnosis (suspicion_counts, acute): unknown condition {cond!r}")
     need(kb.ctcae.get("sources"), "ctcae.yaml")

@@ -728,3 +728,30 @@ def test_a_child_under_two_is_aged_in_months_so_that_her_anaemia_is_seen():
     assert "anemia" in [f.id for f in assess(m.case).findings]
     assert mapped(patient(), obs("751-8", 0.8, t=RECENT), as_of=today).case["patient"]["age_years"] == \
         today.year - 1980 - ((today.month, today.day) < (5, 1))          # from two on, whole years as before
+
+
+@pytest.mark.parametrize("coding,alert", [
+    ({"system": "http://snomed.info/sct", "code": "91302008"}, True),
+    ({"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "A41.9"}, True),
+    ({"system": "http://hl7.org/fhir/sid/icd-10", "code": "A40.3"}, True),
+    ({"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R65.21"}, True),
+    ({"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "J18.9"}, False),     # pneumonia: not read by code
+])
+def test_a_condition_sent_as_codes_only_is_read_by_them_or_named(client, coding, alert):
+    """A sepsis Condition coded only (SNOMED CT 91302008, ICD-10 A41.9), with no text or display, had been skipped
+    with a warning: with ANC 1.2 the card was info "mild neutropenia". Codes rules/conditions.yaml knows name the
+    condition; any other coded-only Condition is named among what could not be used."""
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                 "clinicalStatus": {"coding": [{"code": "active"}]}, "code": {"coding": [coding]}}
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": patient(), "pgx": None, "medicationStatements": None, "medicationRequests": None,
+                         "conditions": bundle(condition, kind="searchset"),
+                         "observations": bundle(obs("6690-2", 2.9, t=RECENT), obs("751-8", 1.2, t=RECENT),
+                                                kind="searchset")}}
+    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    if alert:
+        assert cards[0]["indicator"] == "critical" and "sepsis" in cards[0]["detail"].lower(), cards[0]["summary"]
+    else:
+        assert cards[0]["indicator"] != "critical"
+        assert f"a diagnosis sent as codes only (http://hl7.org/fhir/sid/icd-10-cm J18.9" in cards[0]["detail"]

@@ -11,13 +11,20 @@ which the vocabulary treats as a suspicion (rules/conditions.yaml ``not_a_diagno
   active); a resolved or inactive condition whose abatement is after the date was still current then
   (a screening judged at a past date) and is kept; resolved or inactive with no abatement date: left
   out, as the status says.
+
+A Condition with codes and no text or display is read by the codes of rules/conditions.yaml ``codes``
+(SNOMED CT sepsis, ICD-10 A40/A41 ...) as the condition they name; one whose codes name nothing leukodx
+knows is a problem in ``unread``, named on the output, not only a warning.
 """
 from __future__ import annotations
 
 from datetime import date
 from typing import Optional
 
-from .datatypes import When, after, as_dict, codes, concept_text, later_warning, parse_when
+from leukodx.engine.errors import Problem
+from leukodx.engine.kb import KnowledgeBase
+
+from .datatypes import When, after, as_dict, as_str, codes, codings, concept_text, later_warning, parse_when
 from .resources import Item
 
 __all__ = ["map_conditions"]
@@ -27,14 +34,15 @@ CONDITION_SKIP_VERIFICATION = ("refuted", "entered-in-error")
 CONDITION_UNCERTAIN_VERIFICATION = ("unconfirmed", "provisional", "differential")
 
 
-def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str]) -> list[str]:
+def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], kb: Optional[KnowledgeBase] = None,
+                   unread: Optional[list[Problem]] = None) -> list[str]:
     """The texts of the patient's Conditions current at ``ref``, in input order."""
     texts: dict[str, str] = {}
     later: list[str] = []
     for item in mine:
         if item.type != "Condition":
             continue
-        mapped = _condition(item, ref, warnings)
+        mapped = _condition(item, ref, warnings, kb, unread)
         if mapped is None:
             continue
         text, onset = mapped
@@ -48,7 +56,8 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str]) -
     return list(texts.values())
 
 
-def _condition(item: Item, ref: Optional[date], warnings: list[str]) -> Optional[tuple[str, Optional[When]]]:
+def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optional[KnowledgeBase] = None,
+               unread: Optional[list[Problem]] = None) -> Optional[tuple[str, Optional[When]]]:
     res = item.resource
     clinical = set(codes(res.get("clinicalStatus")))
     verification = set(codes(res.get("verificationStatus")))
@@ -66,11 +75,36 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str]) -> Optional
         return None
     text = concept_text(res.get("code"))
     if not text:
-        warnings.append(f"{item.label}: a Condition without text or display; skipped.")
-        return None
+        named = _coded(res.get("code"), kb)
+        if named is None:
+            shown = ", ".join(f"{as_str(c.get('system')) or 'no system'} {as_str(c.get('code'))}"
+                              for c in codings(res.get("code")) if as_str(c.get("code")))[:200]
+            warnings.append(f"{item.label}: a Condition without text or display; skipped.")
+            if unread is not None:
+                unread.append(Problem(item.loc, f"a diagnosis sent as codes only ({shown or 'no code'}), none of them "
+                                                f"one leukodx reads: not assessed"))
+            return None
+        text = named.replace("_", " ")
+        warnings.append(f"{item.label}: a Condition without text or display, read as {text!r} from its code.")
     uncertain = sorted(verification & set(CONDITION_UNCERTAIN_VERIFICATION))
     if uncertain:   # read as a suspicion: the vocabulary sets it aside (a suspicion of sepsis still counts)
         warnings.append(f"{item.label}: verification status {', '.join(uncertain)}: read as suspected {text!r}.")
         text = f"suspected {text}"
     onset, _ = parse_when(res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start"))
     return text, onset
+
+
+def _coded(concept: object, kb: Optional[KnowledgeBase]) -> Optional[str]:
+    """The condition one of the concept's codings names (rules/conditions.yaml ``codes``), or None."""
+    if kb is None:
+        return None
+    for c in codings(concept):
+        table, code = kb.condition_codes.get(as_str(c.get("system")) or ""), as_str(c.get("code"))
+        if not table or not code:
+            continue
+        key = code.replace(".", "").upper()
+        found = table.get(key) or next((cid for k, cid in table.items() if k.endswith("*") and key.startswith(k[:-1])),
+                                       None)
+        if found:
+            return found
+    return None

@@ -130,7 +130,9 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     left_out += [NotAssessed(field=p.loc or "medication", reason=p.msg) for p in unread_drugs]
     if meds:
         case["medications"] = meds
-    conditions = map_conditions(mine, ref, warnings)
+    unread_conditions: list[Problem] = []
+    conditions = map_conditions(mine, ref, warnings, kb, unread_conditions)
+    left_out += [NotAssessed(field=p.loc or "Condition", reason=p.msg) for p in unread_conditions]
     pgx_skipped: list[Problem] = []
     history: dict[str, Any] = map_pgx(kb, mine, warnings, pgx_skipped)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in pgx_skipped]
