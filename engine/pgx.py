@@ -18,6 +18,10 @@ _WORDS = {
     "possible intermediate metabolizer": "possible_intermediate",
     "poor": "poor", "pm": "poor", "poor metabolizer": "poor", "deficient": "poor", "homozygous deficient": "poor",
     "indeterminate": "indeterminate", "unknown": "unknown", "not tested": "unknown", "untested": "unknown",
+    # TPMT activity as CPIC names the phenotypes' activity (normal or high; intermediate; low or deficient)
+    "normal activity": "normal", "high activity": "normal", "intermediate activity": "intermediate",
+    "low activity": "poor", "deficient activity": "poor", "low or deficient activity": "poor",
+    "absent activity": "poor", "low or absent activity": "poor",
 }
 # Phenotype -> the words the CPIC tables use, per gene.
 CPIC_LABEL = {
@@ -28,14 +32,15 @@ CPIC_LABEL = {
                "possible_intermediate": "Possible NUDT15 intermediate metabolizer", "poor": "NUDT15 poor metabolizer",
                "indeterminate": "Indeterminate"},
 }
-_DIPLOTYPE = re.compile(r"^\s*(\*\w+)\s*/\s*(\*\w+)\s*$")
+_DIPLOTYPE = re.compile(r"^\s*(\*\w+)\s*[/|]\s*(\*\w+)\s*$")     # "|": a phased call
+_GENE_NAME = re.compile(r"\b(?:TPMT|NUDT15)\b\s*", re.IGNORECASE)     # "TPMT*3A/TPMT*3A", "low TPMT activity"
 
 
 class PhenotypeError(ValueError):
     pass
 
 
-_IN_TEXT = re.compile(r"\*\w+\s*/\s*\*\w+")
+_IN_TEXT = re.compile(r"\*\w+\s*[/|]\s*\*\w+")
 # phrases as labs write them, longest first so that "possible intermediate" wins over "intermediate"
 _PHRASES = sorted((w for w in _WORDS if len(w) > 2), key=len, reverse=True)
 
@@ -44,10 +49,13 @@ def result_in_text(text: str) -> Optional[str]:
     """A diplotype (``*1/*3A``) or a phenotype word found in a lab's free text ("TPMT: Intermediate
     metabolizer (*1/*3A)"), in the form :func:`resolve` reads; None when there is neither. The one
     reader of these words (the case and the FHIR mapping alike)."""
+    text = _GENE_NAME.sub("", text)
     m = _IN_TEXT.search(text)
     if m:
-        return m.group(0).replace(" ", "")
-    folded = " ".join(text.casefold().replace("_", " ").split())
+        return m.group(0).replace(" ", "").replace("|", "/")
+    folded = " ".join(text.casefold().replace("_", " ").replace("-", " ").split())
+    if folded in _WORDS:                      # a value that is a word alone, the short ones too ("PM", "IM")
+        return _WORDS[folded]
     return next((_WORDS[p] for p in _PHRASES if re.search(rf"\b{re.escape(p)}\b", folded)), None)
 
 
@@ -56,7 +64,7 @@ def resolve(kb: KnowledgeBase, gene: str, value: Optional[str], method: Optional
     label = "TPMT" if gene == "tpmt" else "NUDT15"
     if value is None:
         return GeneStatus(gene=label, input=None, phenotype="unknown", method=method)
-    m = _DIPLOTYPE.match(value)
+    m = _DIPLOTYPE.match(_GENE_NAME.sub("", value))
     if m:
         diplotype = f"{m.group(1).upper()}/{m.group(2).upper()}"
         phenotype = kb.diplotypes[gene].get(diplotype)

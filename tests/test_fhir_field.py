@@ -755,3 +755,26 @@ def test_a_condition_sent_as_codes_only_is_read_by_them_or_named(client, coding,
     else:
         assert cards[0]["indicator"] != "critical"
         assert f"a diagnosis sent as codes only (http://hl7.org/fhir/sid/icd-10-cm J18.9" in cards[0]["detail"]
+
+
+@pytest.mark.parametrize("value,code_text,expected", [
+    ("TPMT*3A/TPMT*3A", None, "*3A/*3A"),               # the gene written before each allele
+    ("*3A|*3A", None, "*3A/*3A"),                       # a phased call
+    ("Low or absent TPMT activity", None, "poor"),      # CPIC's phenotypes by activity
+    ("Absent activity", None, "poor"),
+    ("Intermediate activity", None, "intermediate"),
+    ("PM", None, "poor"), ("IM", None, "intermediate"),  # the abbreviation as the whole value
+    ("*3A/*3A", "Thiopurine methyltransferase genotype", "*3A/*3A"),   # the gene by its name in the code's text
+])
+def test_tpmt_results_as_laboratories_word_them_are_read(value, code_text, expected):
+    """Each had left TPMT "unknown": an azathioprine order then got "genotype before dosing" for a poor
+    metabolizer already tested, instead of the critical card (CPIC: 10% of the dose, or an alternative)."""
+    g = genotype(value)
+    if code_text:
+        g["code"] = {"text": code_text}
+    assert pgx_results(get_engine().kb, bundle(patient(), g)) == {"tpmt": expected}
+
+
+def test_a_word_of_two_letters_inside_a_text_is_not_a_phenotype():
+    """PM and IM are read only as the whole value: "seen 3 PM" or "IM injection" say nothing of TPMT."""
+    assert pgx_results(get_engine().kb, bundle(patient(), genotype("sample taken 3 PM, result to follow"))) == {}

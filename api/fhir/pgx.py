@@ -30,7 +30,13 @@ from .resources import Item, walk_readable
 
 __all__ = ["pgx_results", "map_pgx", "MAX_RESULT_TEXT"]
 
-_PGX_GENE = re.compile(r"\b(TPMT|NUDT15)\b", re.IGNORECASE)
+# the genes by symbol or by name (a code's text "Thiopurine methyltransferase genotype")
+_PGX_GENE = re.compile(r"\b(TPMT|NUDT15|thiopurine\s+S?-?\s*methyl\s*transferase|nudix\s+hydrolase\s+15)\b",
+                       re.IGNORECASE)
+
+
+def _gene_ids(text: str) -> set[str]:
+    return {"tpmt" if g.lower().startswith(("tpmt", "thiopurine")) else "nudt15" for g in _PGX_GENE.findall(text)}
 _PHENOTYPE_OR_STAR = re.compile(r"\*\d|metaboli[sz]er", re.IGNORECASE)
 MAX_RESULT_TEXT = 10_000   # a longer result text is not searched for a diplotype (1 MB took 0.35 s, 5 MB 1.7 s)
 _NOT_READ = {"variant": "a single-variant result; a phenotype needs the whole diplotype",
@@ -135,7 +141,7 @@ def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]
     """The genes an Observation reports on: named in its code's text, else given by its LOINC code."""
     code_text = " ".join(filter(None, [concept_text(res.get("code"))] +
                                 [as_str(c.get("display")) for c in codings(res.get("code"))]))
-    named = sorted({g.lower() for g in _PGX_GENE.findall(code_text)})
+    named = sorted(_gene_ids(code_text))
     if named or spec is None:
         return named
     if spec["gene"] == "both":
@@ -145,7 +151,7 @@ def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]
                                          for c in as_list(res.get("component")) if isinstance(c, dict)
                                          and kb.gene_studied_code in loinc_codes(c.get("code")))))
         # the IG's value is often "TPMT *1/*3A" even when the component is coded without a display
-        return sorted({g.lower() for g in _PGX_GENE.findall(studied or value or "")})
+        return sorted(_gene_ids(studied or value or ""))
     return [spec["gene"]]
 
 
