@@ -778,3 +778,31 @@ def test_tpmt_results_as_laboratories_word_them_are_read(value, code_text, expec
 def test_a_word_of_two_letters_inside_a_text_is_not_a_phenotype():
     """PM and IM are read only as the whole value: "seen 3 PM" or "IM injection" say nothing of TPMT."""
     assert pgx_results(get_engine().kb, bundle(patient(), genotype("sample taken 3 PM, result to follow"))) == {}
+
+
+def test_an_old_count_card_shows_what_that_count_was(client):
+    """The last count (ANC 0.05, 35 days ago, nothing since) is too old to assess: the card had said only its age;
+    it now shows the values, so that a profound count never repeated is seen."""
+    old = (datetime.now(timezone.utc) - timedelta(days=35)).strftime("%Y-%m-%dT08:00:00Z")
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"},
+            "prefetch": {"patient": patient(), "pgx": None, "medicationStatements": None, "medicationRequests": None,
+                         "conditions": None, "observations": bundle(obs("6690-2", 0.6, t=old), obs("751-8", 0.05, t=old),
+                                                                    kind="searchset")}}
+    [card] = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    assert card["summary"].startswith("No current CBC") and card["indicator"] == "info"
+    assert "Absolute neutrophil count 0.05 10^9/L" in card["detail"] and "White blood cell count 0.6" in card["detail"]
+
+
+def test_the_headline_names_a_cause_with_the_engines_likelihood():
+    """The headline had said "likely cause" of whatever came first, a cause the engine ranks less likely too."""
+    import yaml
+    from leukodx.api.cds.cards import assessment_cards
+    from conftest import CASES
+    for name, likelihood, said in (("children/child-3y-hb-10-6-anaemic-bicytopenia.yaml", "less_likely",
+                                    "cause to consider: "),
+                                   ("baseline/methotrexate-ra-normal-before-start.yaml", "possible", "possible cause: ")):
+        a = get_engine().assess(yaml.safe_load((CASES / name).read_text()))
+        assert a.causes[0].likelihood == likelihood, name
+        summary = assessment_cards(a, "h", "p1")[0].summary
+        assert said in summary and "likely cause" not in summary, summary

@@ -106,8 +106,9 @@ def _headline(a: Assessment) -> str:
             parts.insert(0, "FEBRILE NEUTROPENIA - emergency")
         elif alert.id not in ("agranulocytosis", "profound_neutropenia"):
             parts.append(alert.title)
-    if a.causes:
-        parts.append(f"likely cause: {a.causes[0].title.split(' (')[0].lower()}")
+    if a.causes:                       # the engine's own word for it: a cause it ranks less likely is not "likely"
+        word = {"likely": "likely cause", "possible": "possible cause"}.get(a.causes[0].likelihood, "cause to consider")
+        parts.append(f"{word}: {a.causes[0].title.split(' (')[0].lower()}")
     return "; ".join(parts) or f"Blood count findings ({_drawn(a)})"
 
 
@@ -202,8 +203,12 @@ def stale_card(a: Assessment, hook_instance: str) -> Card:
            f"{a.cbc.age_days} days" if a.cbc.age_days is not None else "of unknown age")
     summary = (f"No current CBC: the latest is {age} old ({_drawn(a).split(',')[0]}); not assessed"
                if a.cbc.time is not None else "No CBC to assess (no WBC or ANC)")
+    # what that count was, so that a profound count never repeated is seen (the card judges nothing of it)
+    last = [f"{lab.name} {_n(lab.value)} {lab.unit}" for lab in a.labs
+            if lab.time == a.cbc.time and lab.test in ("wbc", "anc") and a.cbc.time is not None]
+    shown = f"**Latest count ({_drawn(a).split(',')[0]}):** {', '.join(last)}.\n\n" if last else ""
     return _data_card(hook_instance, "stale", summary,
-                      f"{a.cbc.note}\n\nleukodx raises no alert and names no cause from a count this old. "
+                      f"{a.cbc.note}\n\n{shown}leukodx raises no alert and names no cause from a count this old. "
                       f"Repeat the CBC with a differential if a current assessment is needed.\n\n_{a.disclaimer}_",
                       kb_version=a.kb_version)
 
