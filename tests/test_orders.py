@@ -242,3 +242,15 @@ def test_at_most_one_action_is_recommended_for_a_poor_metabolizer_with_the_other
     advice = {"genotype": check.genotype, "adjust": check.adjust, "cancel": check.cancel}
     assert [k for k, v in advice.items() if v == "recommended"] == [recommended]
     assert advice["genotype"] in ("recommended", "possible")
+
+
+def test_clozapine_below_the_interrupt_threshold_gets_urgent_daily_monitoring(engine):
+    """The label (Table 6): ANC 0.5-0.999 in the general population, interrupt and check the ANC daily. The
+    monitoring step had been routine there while the milder 1.0-1.5 band got it urgent (three times weekly)."""
+    import yaml
+    from conftest import CASES
+    for name in ("clozapine-general-anc-0-9-interrupt.yaml", "clozapine-weekly-falling-still-above-1-0.yaml"):
+        folder = "drugs" if "interrupt" in name else "series"
+        a = engine.assess(yaml.safe_load((CASES / folder / name).read_text()))
+        [step] = [s for s in a.steps if s.id == "serial_cbc_monitoring"]
+        assert step.urgency == "urgent", name
