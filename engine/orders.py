@@ -199,7 +199,10 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             malignant = True if (oncologic or indication & kb.oncologic_conditions) else (
                 False if indication or (assessment is not None and assessment.conditions) else None)
             check = _thiopurine(kb, order, drug, t, n, malignant)
-            out.append(_with_current_count(_with_interactions(kb, check, drug, assessment, order), assessment))
+            interacting = _with_interactions(kb, check, drug, assessment, order)
+            if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
+                interacting = _already_reduced(kb, check, drug, order, _pattern(t.phenotype, n.phenotype))
+            out.append(_with_current_count(interacting, assessment))
         elif drug["id"] == "clozapine":
             out.append(_clozapine(kb, order, drug, assessment))
         elif assessment is not None:
@@ -255,6 +258,25 @@ def _with_current_count(check: OrderCheck, a: Optional[Assessment]) -> OrderChec
         "sources": list(dict.fromkeys([*check.sources, *a.risk_tier.sources]))})
 
 
+def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any], order: OrderInput,
+                     pattern: str) -> OrderCheck:
+    """CPIC's cut left out when the dose ordered is already within its reduced starting doses for the phenotype
+    (pgx/dose_adjustments.yaml ``reduced_up_to_mg_kg_day``): "dose reduction may not be recommended"."""
+    reduced_to = _adjustment(kb, drug["id"], pattern).get("reduced_up_to_mg_kg_day", {}).get(drug["id"])
+    if reduced_to is None or check.dose_change is None:
+        return check
+    per_kg = dose_mg_kg_day(order.dose, order.weight_kg)[0]
+    if per_kg is None or per_kg > reduced_to * (1 + 1e-9):
+        return check
+    return check.model_copy(update={
+        "dose_change": None, "adjust": "no",
+        "summary": check.summary.replace("start at a reduced dose (CPIC)",
+                                         f"{per_kg:.2g} mg/kg/day is already a reduced dose (CPIC)"),
+        "detail": f"**The dose ordered, {per_kg:.2g} mg/kg/day, is already within CPIC's reduced starting doses** (up "
+                  f"to {reduced_to:g} mg/kg/day for {drug['name']}): it is not cut again; adjust it by the counts."
+                  f"\n\n{check.detail}"})
+
+
 def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],
                        assessment: Optional[Assessment], order: OrderInput) -> OrderCheck:
     """A dose reduction an interaction demands (allopurinol with azathioprine: a quarter) on top of CPIC's;
@@ -284,7 +306,7 @@ def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any
                           f"of the normal starting dose of {normal:g} mg/kg/day"
                           f"{', after the CPIC reduction' if cpic < 1 else ''}).\n\n{check.detail}",
                 "sources": list(dict.fromkeys([*check.sources, *found.sources]))})
-        wording = (f"{base.wording if base else 'the normal dose'}, then cut to {factor:.0%} for "
+        wording = (f"{base.wording if base else 'the dose ordered'}, then cut to {factor:.0%} for "
                    f"{others} ({found.title.lower()})")
         change = DoseChange(factor=cpic * factor,
                             times=base.times if base else None, per=base.per if base else None, wording=wording,

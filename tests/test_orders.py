@@ -254,3 +254,22 @@ def test_clozapine_below_the_interrupt_threshold_gets_urgent_daily_monitoring(en
         a = engine.assess(yaml.safe_load((CASES / folder / name).read_text()))
         [step] = [s for s in a.steps if s.id == "serial_cbc_monitoring"]
         assert step.urgency == "urgent", name
+
+
+@pytest.mark.parametrize("drug,dose,cut", [
+    ("mercaptopurine", "50 mg/day", False),    # 0.71 mg/kg/day: within CPIC's 0.45-1.2
+    ("mercaptopurine", "100 mg/day", True),    # 1.43 mg/kg/day: a normal starting dose, cut to 80%
+    ("azathioprine", "150 mg/day", False),     # 2.14 mg/kg/day: within CPIC's 0.6-2.4
+    ("azathioprine", "200 mg/day", True),      # 2.86 mg/kg/day: cut
+])
+def test_an_intermediate_metabolizers_order_already_within_cpics_reduced_range_is_not_cut_again(engine, drug, dose,
+                                                                                                  cut):
+    """CPIC, TPMT or NUDT15 intermediate: "start with reduced starting doses (30%-80% of normal dose) ... (e.g., 0.6 -
+    2.4 mg/kg/day)" for azathioprine, "0.45-1.2 mg/kg/day" for mercaptopurine; "if normal starting dose is already
+    < ... 1.5 mg/kg/day, dose reduction may not be recommended". An order of 0.71 mg/kg/day had been cut to 80%."""
+    c = check(engine, OrderInput(key="o", name=drug, dose=dose, weight_kg=70), tpmt="intermediate", nudt15="normal")
+    assert c.priority == "warning"
+    if cut:
+        assert (c.adjust, c.dose_change.factor) == ("recommended", 0.8)
+    else:
+        assert (c.adjust, c.dose_change) == ("no", None) and "already within CPIC's reduced starting doses" in c.detail
