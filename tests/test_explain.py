@@ -27,7 +27,8 @@ def test_a_patient_on_no_drug_is_not_shown_a_chemotherapy_label(engine):
     """The referral, marrow and B12 rules cited the lomustine label for their chemotherapy-nadir exception, so a
     patient on no drug saw a chemotherapy label among the sources (the clinical red-team). The window's source
     stays on its threshold (rules/thresholds.yaml chemotherapy_nadir_window_days)."""
-    isolated = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 0.5), lab("hemoglobin", 14, "g/dL"),
+    isolated = engine.assess(base_case(labs=[lab("anc", 0.6, time="2024-11-01T08:00:00Z"),   # persisting: referred
+                                             lab("wbc", 2.0), lab("anc", 0.5), lab("hemoglobin", 14, "g/dL"),
                                              lab("platelets", 250)]))
     pancytopenic = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 0.4), lab("hemoglobin", 8.5, "g/dL"),
                                                  lab("platelets", 60)]))
