@@ -104,6 +104,21 @@ def hook_call(client, hook, pre, *orders, extra_drafts=()):
     return cards
 
 
+def patient_view(client, **prefetch):
+    """The cards of a patient-view call for Patient/p1 with these prefetch values (the others null)."""
+    pre = {"patient": patient(), "observations": None, "pgx": None, "medicationRequests": None,
+           "medicationStatements": None, "conditions": None, **prefetch}
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
+            "context": {"userId": "Practitioner/1", "patientId": "p1"}, "prefetch": pre}
+    r = client.post("/cds-services/leukodx-patient-view", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()["cards"]
+
+
+def severe_cbc(t=RECENT):
+    return bundle(obs("6690-2", 1.2, t=t), obs("751-8", 0.3, t=t), kind="searchset")
+
+
 def normal_cbc(t=RECENT):
     return bundle(obs("6690-2", 5.0, t=t), obs("751-8", 3.0, t=t), kind="searchset")
 
@@ -335,13 +350,8 @@ def test_components_of_codes_leukodx_does_not_read_leave_the_observation_ignored
 
 
 def test_cds_patient_view_assesses_a_cbc_sent_as_components(client):
-    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-            "context": {"userId": "Practitioner/1", "patientId": "p1"},
-            "prefetch": {"patient": patient(), "pgx": None, "medicationRequests": None,
-                         "medicationStatements": None, "conditions": None,
-                         "observations": bundle({**panel(("6690-2", 1.8, "10*3/uL"), ("751-8", 0.3, "10*3/uL")),
-                                                 "effectiveDateTime": RECENT}, kind="searchset")}}
-    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    cards = patient_view(client, observations=bundle({**panel(("6690-2", 1.8, "10*3/uL"), ("751-8", 0.3, "10*3/uL")),
+                                                      "effectiveDateTime": RECENT}, kind="searchset"))
     assert cards and cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"]
 
 
@@ -633,11 +643,7 @@ def test_a_count_dated_by_the_day_alone_on_the_ehrs_today_ahead_of_utc_is_todays
     old = (datetime.now(timezone.utc) - timedelta(days=20)).strftime("%Y-%m-%dT08:00:00Z")
     labs = bundle(obs("6690-2", 1.2, t=tomorrow), obs("751-8", 0.3, t=tomorrow),
                   obs("6690-2", 6.0, t=old), obs("751-8", 3.1, t=old), kind="searchset")
-    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-            "context": {"userId": "Practitioner/1", "patientId": "p1"},
-            "prefetch": {"patient": patient(), "observations": labs, "pgx": None, "medicationRequests": None,
-                         "medicationStatements": None, "conditions": None}}
-    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    cards = patient_view(client, observations=labs)
     assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"], cards[0]["summary"]
     assert not any("in the future" in c["detail"] for c in cards)
     m = mapped(patient(), obs("751-8", 0.3, t=tomorrow), as_of=datetime.now(timezone.utc).date())
@@ -654,11 +660,7 @@ def test_a_wbc_only_recount_hours_after_an_anc_of_0_3_keeps_the_agranulocytosis_
     day = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%d")
     labs = bundle(obs("6690-2", 1.0, t=f"{day}T06:00:00Z"), obs("751-8", 0.3, t=f"{day}T06:00:00Z"),
                   obs("6690-2", 1.1, t=f"{day}T09:00:00Z"), kind="searchset")
-    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-            "context": {"userId": "Practitioner/1", "patientId": "p1"},
-            "prefetch": {"patient": patient(), "observations": labs, "pgx": None, "medicationRequests": None,
-                         "medicationStatements": None, "conditions": None}}
-    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    cards = patient_view(client, observations=labs)
     assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"], cards[0]["summary"]
     assert "3 h before the latest count" in cards[0]["detail"]
 
@@ -689,12 +691,7 @@ def test_one_broken_resource_outside_the_labs_costs_only_itself(client, broken):
                      "subject": {"reference": "Patient/p1"}, "contained": [{"id": "m1", "code": {"text": "x"}}],
                      "medicationReference": {"reference": "#m1"}}
         pre = {"conditions": None, "medicationStatements": bundle(statement, kind="searchset")}
-    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-            "context": {"userId": "Practitioner/1", "patientId": "p1"},
-            "prefetch": {"patient": patient(), "pgx": None, "medicationRequests": None, "medicationStatements": None,
-                         "observations": bundle(obs("6690-2", 1.2, t=RECENT), obs("751-8", 0.3, t=RECENT),
-                                                kind="searchset"), **pre}}
-    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    cards = patient_view(client, observations=severe_cbc(), **pre)
     assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"], cards[0]["summary"]
     assert "`resourceType` is missing" in cards[0]["detail"]
 
@@ -705,13 +702,7 @@ def test_a_medication_whose_drug_cannot_be_told_is_named_on_the_card(client):
     card saying so. It is now named among what could not be used."""
     rx = {"resourceType": "MedicationRequest", "id": "rx1", "status": "active", "intent": "order",
           "subject": {"reference": "Patient/p1"}, "medicationReference": {"reference": "Medication/elsewhere"}}
-    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-            "context": {"userId": "Practitioner/1", "patientId": "p1"},
-            "prefetch": {"patient": patient(), "pgx": None, "medicationStatements": None, "conditions": None,
-                         "medicationRequests": bundle(rx, kind="searchset"),
-                         "observations": bundle(obs("6690-2", 1.2, t=RECENT), obs("751-8", 0.3, t=RECENT),
-                                                kind="searchset")}}
-    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    cards = patient_view(client, medicationRequests=bundle(rx, kind="searchset"), observations=severe_cbc())
     assert cards[0]["indicator"] == "critical"
     assert "a medication whose drug cannot be told" in cards[0]["detail"] and "medicationRequests" in cards[0]["detail"]
 
@@ -743,18 +734,13 @@ def test_a_condition_sent_as_codes_only_is_read_by_them_or_named(client, coding,
     condition; any other coded-only Condition is named among what could not be used."""
     condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
                  "clinicalStatus": {"coding": [{"code": "active"}]}, "code": {"coding": [coding]}}
-    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-            "context": {"userId": "Practitioner/1", "patientId": "p1"},
-            "prefetch": {"patient": patient(), "pgx": None, "medicationStatements": None, "medicationRequests": None,
-                         "conditions": bundle(condition, kind="searchset"),
-                         "observations": bundle(obs("6690-2", 2.9, t=RECENT), obs("751-8", 1.2, t=RECENT),
-                                                kind="searchset")}}
-    cards = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    cards = patient_view(client, conditions=bundle(condition, kind="searchset"),
+                         observations=bundle(obs("6690-2", 2.9, t=RECENT), obs("751-8", 1.2, t=RECENT), kind="searchset"))
     if alert:
         assert cards[0]["indicator"] == "critical" and "sepsis" in cards[0]["detail"].lower(), cards[0]["summary"]
     else:
         assert cards[0]["indicator"] != "critical"
-        assert f"a diagnosis sent as codes only (http://hl7.org/fhir/sid/icd-10-cm J18.9" in cards[0]["detail"]
+        assert "a diagnosis sent as codes only (http://hl7.org/fhir/sid/icd-10-cm J18.9" in cards[0]["detail"]
 
 
 @pytest.mark.parametrize("value,code_text,expected", [
@@ -784,12 +770,8 @@ def test_an_old_count_card_shows_what_that_count_was(client):
     """The last count (ANC 0.05, 35 days ago, nothing since) is too old to assess: the card had said only its age;
     it now shows the values, so that a profound count never repeated is seen."""
     old = (datetime.now(timezone.utc) - timedelta(days=35)).strftime("%Y-%m-%dT08:00:00Z")
-    body = {"hookInstance": str(uuid.uuid4()), "hook": "patient-view",
-            "context": {"userId": "Practitioner/1", "patientId": "p1"},
-            "prefetch": {"patient": patient(), "pgx": None, "medicationStatements": None, "medicationRequests": None,
-                         "conditions": None, "observations": bundle(obs("6690-2", 0.6, t=old), obs("751-8", 0.05, t=old),
-                                                                    kind="searchset")}}
-    [card] = client.post("/cds-services/leukodx-patient-view", json=body).json()["cards"]
+    [card] = patient_view(client, observations=bundle(obs("6690-2", 0.6, t=old), obs("751-8", 0.05, t=old),
+                                                       kind="searchset"))
     assert card["summary"].startswith("No current CBC") and card["indicator"] == "info"
     assert "Absolute neutrophil count 0.05 10^9/L" in card["detail"] and "White blood cell count 0.6" in card["detail"]
 
