@@ -50,7 +50,8 @@ from sqlalchemy.pool import StaticPool
 from . import migrations
 from .cds.models import FeedbackEntry
 
-__all__ = ["FeedbackStore", "SqlReplayStore", "ReportStore", "ReportIncomplete", "StoreError", "engine_url", "make_engine", "store_for", "report_store_for", "reset_cache"]
+__all__ = ["FeedbackStore", "SqlReplayStore", "ReportStore", "ReportIncomplete", "StoreError", "engine_url",
+           "make_engine", "store_for", "report_store_for", "reset_cache"]
 
 # The tables as the queries below see them; their schema is made by api/migrations/ (kept equal to
 # this by tests/test_postgres.py::test_migrations_from_empty_to_head_give_the_schema_the_code_uses).
@@ -210,7 +211,8 @@ class FeedbackStore:
 
     def try_insert(self, table: Table, rows: list[dict[str, Any]],
                    shared: Optional[tuple[Table, list[dict[str, Any]]]] = None) -> bool:
-        """Insert ``rows`` (and first the rows of ``shared``, each unless its key is there already) in one transaction, waiting at most :data:`FAST_LOCK_WAIT_MS` for a lock
+        """Insert ``rows`` (and first the rows of ``shared``, each unless its key is there already) in one
+        transaction, waiting at most :data:`FAST_LOCK_WAIT_MS` for a lock
         (an SQLite file only): True once committed, False while another connection holds the
         database's write lock longer. Short writes can then run on the event loop, which must never
         sleep long in a lock wait. It uses a connection of its own that does not wait for the disk

@@ -253,9 +253,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         hours = (cbc.time - anc_draw.time).total_seconds() / 3600
         anc_text = (f"{text}, from the draw of {anc_draw.time:%Y-%m-%d %H:%M}, {hours:.3g} h before the latest count "
                     f"(WBC {values['wbc']:g} with no differential, which bounds the ANC above at that value)")
-        warnings.append(f"ANC: the latest count (WBC {values['wbc']:g}, {cbc.time:%Y-%m-%d %H:%M}) has no differential; "
-                        f"the ANC {value:g} of the draw {hours:.3g} h before it, lower than that WBC, was used for "
-                        f"the tier and the alerts. Repeat the differential.")
+        warnings.append(f"ANC: the latest count (WBC {values['wbc']:g}, {cbc.time:%Y-%m-%d %H:%M}) has no "
+                        f"differential; the ANC {value:g} of the draw {hours:.3g} h before it, lower than that WBC, "
+                        f"was used for the tier and the alerts. Repeat the differential.")
     # the ANC cannot exceed the WBC of the same draw: a bound when no ANC can be had
     anc_at_most: Optional[float] = None
     if "anc" not in values and "wbc" in values:
