@@ -788,3 +788,13 @@ def test_the_headline_names_a_cause_with_the_engines_likelihood():
         assert a.causes[0].likelihood == likelihood, name
         summary = assessment_cards(a, "h", "p1")[0].summary
         assert said in summary and "likely cause" not in summary, summary
+
+
+def test_a_deceased_patients_cards_say_so_first(client):
+    """A patient recorded as deceased was named only in the mapping's warnings, which a CDS card never shows: the
+    clinician could act on another patient's record. The first card now says it before anything else."""
+    dead = {**patient(), "deceasedDateTime": "2025-06-01"}
+    [first, *_] = patient_view(client, patient=dead, observations=severe_cbc())
+    assert first["detail"].startswith("**Check first:** The patient is recorded as deceased (2025-06-01)")
+    assert first["indicator"] == "critical"
+    assert "Check first" not in patient_view(client, observations=severe_cbc())[0]["detail"]

@@ -253,6 +253,12 @@ def add_report_link(card: Card, url: str, minutes: float) -> None:
         autolaunchable=False, autoLaunchable=False)]
 
 
+def note_cautions(cards: list[Card], cautions: list[str]) -> None:
+    """Put what must be checked before acting (the patient recorded as deceased) first in the first card."""
+    if cards and cautions:
+        cards[0].detail = "**Check first:** " + " ".join(cautions) + "\n\n" + (cards[0].detail or "")
+
+
 def note_left_out(cards: list[Card], items: list[str]) -> None:
     """Add a line naming what was left out to the first card."""
     if cards and items:

@@ -271,6 +271,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     where: list[str] = []            # what was left out or refused, by place only (for the log)
     mismatch = False
     weight: Optional[float] = None   # the patient's, for the order check's mg/kg/day
+    cautions: list[str] = []         # what must be checked before acting on any card (a deceased patient)
     try:
         # the case is named by the call, not by the patient: the report behind the card's link keeps no patient id
         mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + dated, kb=eng.kb,
@@ -278,7 +279,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
                                                              patient_id=patient_id, as_of=today, include_draft=True)),
                                inline=small)
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
-        weight = mapped.case["patient"].get("weight_kg")
+        weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
         assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
@@ -325,6 +326,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
             if not cards and assessment is not None:
                 cards.append(C.checked_card(assessment, hook.hookInstance))
             C.note_left_out(cards, left_out)
+    C.note_cautions(cards, cautions)
     return cards, report
 
 

@@ -17,7 +17,7 @@ contract; the same input always gives the same case and the same warnings in the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Optional
 
@@ -47,10 +47,12 @@ _SUBJECT_TYPES = ("Observation", "MedicationRequest", "MedicationStatement", "Me
 @dataclass
 class Mapped:
     """A case dict in the engine's contract, and what the mapping left out: ``warnings`` (text) and
-    ``not_assessed`` (each resource or group of resources left out, with the reason)."""
+    ``not_assessed`` (each resource or group of resources left out, with the reason); ``cautions``: the
+    warnings a clinician must see before acting (the patient recorded as deceased), which a CDS card shows."""
     case: dict[str, Any]
     warnings: list[str]
     not_assessed: list[NotAssessed]
+    cautions: list[str] = field(default_factory=list)
 
     def noted_in(self, assessment: Assessment) -> Assessment:
         """The assessment of this case with what the mapping left out in it: its warnings (marked
@@ -123,7 +125,8 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     case: dict[str, Any] = {"id": case_id or default_id(choice)}
     if as_of is not None:
         case["as_of"] = as_of.isoformat()
-    case["patient"] = demographics(choice, weights, ref, warnings)
+    cautions: list[str] = []
+    case["patient"] = demographics(choice, weights, ref, warnings, cautions)
     case["labs"] = [lab.as_dict() for lab in labs]
     unread_drugs: list[Problem] = []
     meds = map_medications(kb, mine, index, ref, include_draft, warnings, unread_drugs)
@@ -146,7 +149,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         history["conditions"] = conditions
     if history:
         case["history"] = history
-    return Mapped(case, warnings, left_out)
+    return Mapped(case, warnings, left_out, cautions)
 
 
 def _placed_in_time(labs: list[LabValue], skipped: list[Problem], warnings: list[str]) -> list[LabValue]:

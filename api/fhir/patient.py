@@ -130,7 +130,7 @@ def several_subjects(items: list[Item], choice: PatientChoice, types: tuple[str,
 
 
 def demographics(choice: PatientChoice, weights: list[Weight], ref: Optional[date],
-                 warnings: list[str]) -> dict[str, Any]:
+                 warnings: list[str], cautions: Optional[list[str]] = None) -> dict[str, Any]:
     """``case.patient``: sex from ``gender``, age at ``ref`` (else at the latest weight), the latest
     weight, and the text of the US Core race and ethnicity extensions as ancestry."""
     out: dict[str, Any] = {}
@@ -148,8 +148,11 @@ def demographics(choice: PatientChoice, weights: list[Weight], ref: Optional[dat
             out["age_years"] = age
         died = as_str(res.get("deceasedDateTime"))
         if died or res.get("deceasedBoolean") is True:
-            warnings.append(f"{where}: the patient is recorded as deceased{f' ({died[:10]})' if died else ''}: "
-                            f"check that this is the right patient before acting on the assessment.")
+            caution = (f"the patient is recorded as deceased{f' ({died[:10]})' if died else ''}: check that this is "
+                       f"the right patient before acting on the assessment")
+            warnings.append(f"{where}: {caution}.")
+            if cautions is not None:
+                cautions.append(caution[0].upper() + caution[1:] + ".")
     if weight is not None:
         out["weight_kg"] = weight
     if choice.item is not None:
