@@ -47,6 +47,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
+from leukodx.engine.render import SharedJson
+
 from . import migrations
 from .cds.models import FeedbackEntry
 
@@ -437,12 +439,11 @@ class ReportStore(_Expiring):
             return body
         out: list[bytes] = []
         for piece in report:
-            digest = getattr(piece, "digest", None)
-            if digest is None:
-                out.append(piece)
+            if type(piece) is SharedJson:        # (getattr with a default costs an exception on plain bytes)
+                out += (self.MARK, piece.digest.encode("ascii"))
+                parts[piece.digest] = piece
             else:
-                out += (self.MARK, digest.encode("ascii"))
-                parts[digest] = piece
+                out.append(piece)
         return b"".join(out)
 
     def _insert_parts(self, conn: Any, parts: list[dict[str, Any]]) -> None:
