@@ -798,3 +798,14 @@ def test_a_deceased_patients_cards_say_so_first(client):
     assert first["detail"].startswith("**Check first:** The patient is recorded as deceased (2025-06-01)")
     assert first["indicator"] == "critical"
     assert "Check first" not in patient_view(client, observations=severe_cbc())[0]["detail"]
+
+
+def test_a_string_among_a_prefetch_bundles_entries_costs_only_itself(client):
+    """One entry that is not an object among a Bundle's entries had made the whole call a 400: no cards, though the
+    other entries held an ANC of 0.3. The entry is named on the card and the rest assessed (an `entry` that is not
+    a list at all is still a 400: tests/test_hostile_limits.py)."""
+    labs = severe_cbc()
+    labs["entry"].append("a string")
+    cards = patient_view(client, observations=labs)
+    assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"]
+    assert "a Bundle entry must be a JSON object, not a string" in cards[0]["detail"]

@@ -61,8 +61,11 @@ class HookRequest(_Open):
             raise ValueError("context.selections must be a list of strings (references such as MedicationRequest/1)")
         for key, value in (self.prefetch or {}).items():
             if isinstance(value, dict) and value.get("resourceType") == "Bundle":
-                _list_of_objects(value.get("entry"), f"prefetch.{key}.entry")
-                _list_of_objects(value.get("link"), f"prefetch.{key}.link")
+                # a list, each item not checked here: the FHIR mapping names an entry that is not an object and
+                # assesses the rest (one string among a Bundle's entries had made the whole call a 400, no cards)
+                for part in ("entry", "link"):
+                    if value.get(part) is not None and not isinstance(value[part], list):
+                        raise ValueError(f"prefetch.{key}.{part} must be a list")
         return self
 
     def __repr__(self) -> str:   # never print the access token
