@@ -143,13 +143,14 @@ def _current_values(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc:
 
 
 def _earlier_anc(kb: KnowledgeBase, samples: list[Sample], cbc: Optional[Sample],
-                 derived_points: dict[str, dict[str, tuple[Optional[datetime], float, str]]], wbc: Optional[float]
+                 anc_points: dict[Optional[datetime], float],
+                 derived_anc: dict[str, tuple[Optional[datetime], float, str]], values: dict[str, float]
                  ) -> Optional[tuple[Sample, float, Optional[NormLab], str]]:
-    """The current draw has a WBC and no ANC: the ANC of the latest earlier draw within
-    anc_from_earlier_draw_hours, when it is below that WBC (an ANC cannot exceed the WBC, so a lower
-    earlier ANC is the worse side, and an old normal ANC never masks a new low WBC). The draw, the ANC,
-    its reported value's lab (None: derived there) and how it was had."""
-    if cbc is None or cbc.time is None or wbc is None:
+    """The current draw has a WBC and no ANC: the ANC (trends.anc_by_draw) of the latest earlier draw within
+    anc_from_earlier_draw_hours when below that WBC, the worse side (an old normal ANC never masks a new low WBC):
+    the draw, the ANC, its reported value's lab (None: derived there) and how it was had."""
+    wbc = values.get("wbc")
+    if cbc is None or cbc.time is None or wbc is None or "anc" in values:
         return None
     window = timedelta(hours=kb.value("anc_from_earlier_draw_hours"))
     for sample in reversed(samples):                       # newest first
@@ -157,14 +158,14 @@ def _earlier_anc(kb: KnowledgeBase, samples: list[Sample], cbc: Optional[Sample]
             continue
         if cbc.time - sample.time > window:
             return None
-        given, point = sample.values.get("anc"), derived_points["anc"].get(sample.key)
-        if given is None and point is None:
+        value = anc_points.get(sample.time)
+        if value is None:
             continue
-        if given is not None and (point is None or given.value <= point[1]):
-            value, lab, text = given.value, given, _as_reported(given)
+        given = sample.values.get("anc")
+        if given is not None and given.value == value:
+            lab, text = given, _as_reported(given)
         else:
-            assert point is not None
-            value, lab, text = point[1], None, f"derived from {point[2]}"
+            lab, text = None, f"derived from {derived_anc[sample.key][2]}"
         return (sample, value, lab, text) if value < wbc else None
     return None
 
@@ -236,7 +237,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                 warnings.append(f"{target}: the reported absolute count {given.value:g} and the one computed from "
                                 f"the differential ({text} = {value:g}) differ by more than {tolerance:.0%}; the "
                                 f"reported value was used.")
-    earlier = _earlier_anc(kb, samples, cbc, derived_points, values.get("wbc")) if "anc" not in values else None
+    anc_points = anc_by_draw(samples, derived_points["anc"])     # the ANC of each draw: trends, courses, recounts
+    earlier = _earlier_anc(kb, samples, cbc, anc_points, derived_points["anc"], values)
     if earlier is not None:             # the current draw's WBC with no differential: an earlier, lower ANC
         assert cbc is not None and cbc.time is not None
         anc_draw, value, lab, text = earlier
@@ -305,7 +307,6 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     if age is not None and age < 1:
         warnings.append(f"The neutropenia tiers (ANC below {kb.value('neutropenia_anc'):g}) apply from 1 year of age; "
                         f"an infant's normal ANC can be lower.")
-    anc_points = anc_by_draw(samples, derived_points["anc"])     # the ANC of each draw: trends and drug courses
     if cbc is not None:
         series_facts(kb, nc, samples, cbc, anc_points, facts)
     patient_facts(kb, nc, facts)

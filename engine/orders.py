@@ -24,6 +24,8 @@ from .vocabulary import DrugIndex, match_conditions
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
 
+_REDUCED_START = "start at a reduced dose (CPIC)"     # what an intermediate metabolizer's check says to do
+
 Priority = Literal["critical", "warning", "info"]
 Advice = Literal["recommended", "possible", "no"]
 _INTERMEDIATE = ("intermediate", "possible_intermediate")
@@ -134,7 +136,7 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
         if rec.comments:
             detail += f"\n\n{rec.comments}"
     what = ("drastically reduce the dose or use an alternative (CPIC)" if poor else
-            "start at a reduced dose (CPIC)" if row["priority"] == "warning" and change else
+            _REDUCED_START if row["priority"] == "warning" and change else
             "normal starting dose (CPIC)" if pattern == "normal" else "monitor closely (CPIC)")
     # a poor metabolizer's dose or drug change does not wait for the other gene: when one is recommended, genotyping
     # is offered beside it, not recommended too (a card lets the clinician choose at most one suggestion)
@@ -270,7 +272,7 @@ def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],
         return check
     return check.model_copy(update={
         "dose_change": None, "adjust": "no",
-        "summary": check.summary.replace("start at a reduced dose (CPIC)",
+        "summary": check.summary.replace(_REDUCED_START,
                                          f"{per_kg:.2g} mg/kg/day is already a reduced dose (CPIC)"),
         "detail": f"**The dose ordered, {per_kg:.2g} mg/kg/day, is already within CPIC's reduced starting doses** (up "
                   f"to {reduced_to:g} mg/kg/day for {drug['name']}): it is not cut again; adjust it by the counts."

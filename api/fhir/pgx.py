@@ -33,10 +33,6 @@ __all__ = ["pgx_results", "map_pgx", "MAX_RESULT_TEXT"]
 # the genes by symbol or by name (a code's text "Thiopurine methyltransferase genotype")
 _PGX_GENE = re.compile(r"\b(TPMT|NUDT15|thiopurine\s+S?-?\s*methyl\s*transferase|nudix\s+hydrolase\s+15)\b",
                        re.IGNORECASE)
-
-
-def _gene_ids(text: str) -> set[str]:
-    return {"tpmt" if g.lower().startswith(("tpmt", "thiopurine")) else "nudt15" for g in _PGX_GENE.findall(text)}
 _PHENOTYPE_OR_STAR = re.compile(r"\*\d|metaboli[sz]er", re.IGNORECASE)
 MAX_RESULT_TEXT = 10_000   # a longer result text is not searched for a diplotype (1 MB took 0.35 s, 5 MB 1.7 s)
 _NOT_READ = {"variant": "a single-variant result; a phenotype needs the whole diplotype",
@@ -135,6 +131,11 @@ def _same_time(gene: str, new: Result, found: dict[str, Result], warnings: list[
                                          f"{old_item.label}, and nothing says which is right; the first was used"))
     if replace:
         found[gene] = new
+
+
+def _gene_ids(text: str) -> set[str]:
+    """The genes ``text`` names, by symbol or by name."""
+    return {"tpmt" if g.lower().startswith(("tpmt", "thiopurine")) else "nudt15" for g in _PGX_GENE.findall(text)}
 
 
 def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]], value: Optional[str]) -> list[str]:
