@@ -71,7 +71,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         if opening is not None and not opening.done():
             opening.cancel()
 
+    # FastAPI's own telemetry off: leukodx alone decides what leaves the process (api/tracing.py scrubs the
+    # query string, which names the patient; FastAPI's would export it, its metrics and its log records
+    # when FASTAPI_OTEL_AUTO_CONFIGURE=true or a global provider is set); it also read the environment
+    # three times a request.
     app = FastAPI(title="leukodx", version=ENGINE_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
                   generate_unique_id_function=lambda route: route.name,   # operation ids: assess, call_service ...
                   description="Leukopenia decision support: risk tier, ranked causes and next diagnostic steps, "
                               "each traced to its source. Supports and does not replace clinical judgement.")

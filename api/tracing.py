@@ -13,7 +13,8 @@ CDS request body), ``leukodx.fhir.fetch`` (the queries to the EHR's FHIR server)
 (FHIR to a case), ``leukodx.assess`` (``engine.assess``: parse, normalize, reason, rank and explain
 of the case), ``leukodx.orders`` (the order check) and ``leukodx.cards``. No span carries patient
 data: no query string (``?patient=`` is cut from the URL attributes), no body, no exception message
-(only its type).
+(only its type). FastAPI's own telemetry is switched off (api/app.py), whatever the environment asks
+of it (``FASTAPI_OTEL_AUTO_CONFIGURE``): nothing else leaves the process.
 """
 from __future__ import annotations
 
