@@ -3,9 +3,9 @@
 pint does every conversion. What this module adds:
 
 * ``engine/units.txt``: the scale words (``tenpow9``) and molar masses pint needs;
-* :func:`to_pint_expression`: lab spellings (``10*3/uL``, ``x10E9/L``, ``K/uL``, ``G/L``,
-  ``/nL``, ``cells/mm3``, ``x10(3)/mcL`` ...) rewritten as pint expressions, so that ``K/uL``
-  is never read as kelvin;
+* :func:`to_pint_expression`: lab spellings (``10*3/uL``, ``x10E9/L``, ``×10⁹/L``, ``10*2/uL``, ``K/uL``,
+  ``G/L``, ``B/L``, ``THOU/uL``, ``Tsd/µl``, ``/nL``, ``cells/mm3``, ``cells/cumm``, ``x10(3)/mcL`` ...)
+  rewritten as pint expressions, so that ``K/uL`` is never read as kelvin nor ``B/L`` as bytes;
 * :func:`conversion_factor`: parse, check the dimension, and ask pint for the factor to the
   test's normalised unit, once per (spelling, dimension) thanks to an LRU cache. The hot path
   multiplies.
@@ -61,24 +61,48 @@ def registry() -> pint.UnitRegistry:
     raise RuntimeError("unreachable")
 
 
-_POWER = re.compile(r"^\s*(?:x|\*|×)?\s*10\s*(?:\*\*|\*|\^|e|E)?\s*\(?\s*(3|6|9|12)\s*\)?\s*", re.UNICODE)
+# "10^N" and its spellings, read as the multiplier tenpowN (engine/units.txt). N = 3, 6, 9, 12 with any separator
+# or none ("10*3", "x10E9", "x10(3)", "10^12", "109": UNIT_STRINGS.tsv and the cases); any other N from 1 to 12
+# only after UCUM's "*" or a "^" (Japanese labs: WBC in 10^2/uL, platelets in 10^4/uL), so "102/uL" is not
+# guessed. A longer number after it ("10^99") is not read as one.
+_POWER = re.compile(r"^\s*(?:x|\*|×)?\s*10\s*(?:(?:\*\*|\*|\^|e|E)?\s*\(?\s*(3|6|9|12)\s*\)?"
+                    r"|(?:\*\*|\*|\^)\s*(1[0-2]|[1-9]))(?!\d)\s*", re.UNICODE)
 _PREFIX_WORDS = {
-    # spelling (case matters: G is giga, g is gram) -> pint expression for the multiplier
-    "K": "tenpow3", "k": "tenpow3", "Thousand": "tenpow3", "Thousands": "tenpow3", "thousand": "tenpow3",
-    "thousands": "tenpow3", "G": "tenpow9", "Gpt": "tenpow9", "giga": "tenpow9", "Giga": "tenpow9",
-    "T": "tenpow12", "Tpt": "tenpow12", "M": "tenpow6", "Mill": "tenpow6", "million": "tenpow6", "millions": "tenpow6",
+    # spelling (case matters: G is giga, g is gram) -> pint expression for the multiplier; read only before a
+    # volume of _VOLUME_WORDS, so that pint's own K (kelvin), B (byte), thou (length) never reach a count.
+    # THOU, Tsd, GIGA, B and cumm below are lab conventions seen in feeds, not (yet) in UNIT_STRINGS.tsv.
+    "K": "tenpow3", "k": "tenpow3",                          # K/uL, K/ul: UNIT_STRINGS.tsv (Synthea, HL7 R4)
+    "Thousand": "tenpow3", "Thousands": "tenpow3",           # Thousands Per MicroLiter: UNIT_STRINGS.tsv (Swiss)
+    "thousand": "tenpow3", "thousands": "tenpow3",           # the same, lower case
+    "THOU": "tenpow3", "Thou": "tenpow3", "thou": "tenpow3",  # THOU/uL, THOU/MCL, thou/mm3: US lab reports
+    "Tsd": "tenpow3",                                        # Tsd/µl: German lab reports (Tausend pro Mikroliter)
+    "G": "tenpow9", "Gpt": "tenpow9",                        # G/L (French), Gpt/L (German Gigapartikel)
+    "giga": "tenpow9", "Giga": "tenpow9", "GIGA": "tenpow9",  # giga/l, GIGA/L: French lab reports, spelled out
+    "B": "tenpow9",                                          # B/L: billion (10^9) per litre, lab convention
+    "T": "tenpow12", "Tpt": "tenpow12",                      # T/L, Tpt/L (RBC; German Terapartikel)
+    "M": "tenpow6", "Mill": "tenpow6",                       # M/uL, Mill/uL (RBC): US and German lab reports
+    "million": "tenpow6", "millions": "tenpow6",             # the same, spelled out
 }
 _VOLUME_WORDS = {
+    # UCUM and SI volumes (any case): /uL, /nL, 10*3/mm3, cells/mm3 are in UNIT_STRINGS.tsv; cmm is cubic mm
     "l": "liter", "dl": "deciliter", "ml": "milliliter", "ul": "microliter", "nl": "nanoliter", "fl": "femtoliter",
     "mm3": "millimeter ** 3", "mm^3": "millimeter ** 3", "mm**3": "millimeter ** 3", "cmm": "millimeter ** 3",
-    "microliter": "microliter", "microlitre": "microliter", "liter": "liter", "litre": "liter", "nanoliter": "nanoliter",
+    "microliter": "microliter", "microlitre": "microliter", "liter": "liter", "litre": "liter",
+    "nanoliter": "nanoliter",
+    # cells/cumm, /cu mm, K/cumm: cubic millimetre (= uL), on Indian and older US lab reports
+    "cumm": "millimeter ** 3", "cu mm": "millimeter ** 3", "cu.mm": "millimeter ** 3", "cu. mm": "millimeter ** 3",
 }
 _MASS_WORDS = {"g": "gram", "mg": "milligram", "ug": "microgram", "ng": "nanogram", "pg": "picogram",
                "mol": "mole", "mmol": "millimole", "umol": "micromole", "nmol": "nanomole", "pmol": "picomole"}
+# Superscript digits after "10" ("x10⁹/L", "×10³/mm³", "10³/µL": the typeset form on lab reports) are the
+# exponent: "10⁹" becomes "10^9", never 109. Elsewhere only "³" is rewritten ("mm³" -> "mm3"), as before.
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+_SUPERSCRIPT_POWER = re.compile(r"10\s*([⁰¹²³⁴⁵⁶⁷⁸⁹]+)")
 
 
 def _clean(spelling: str) -> str:
     s = spelling.strip()
+    s = _SUPERSCRIPT_POWER.sub(lambda m: "10^" + m.group(1).translate(_SUPERSCRIPTS), s)
     s = s.replace("µ", "u").replace("μ", "u").replace("×", "x").replace("³", "3")
     s = re.sub(r"(?i)\bmc(?=[lLgG])", "u", s)          # mcL, mcg -> uL, ug
     s = re.sub(r"(?i)\s+per\s+", "/", s)                 # "Thousands Per MicroLiter"
@@ -100,7 +124,7 @@ def to_pint_expression(spelling: str) -> str:
     multiplier = ""
     m = _POWER.match(s)
     if m:
-        multiplier, s = f"tenpow{m.group(1)}", s[m.end():].strip()
+        multiplier, s = f"tenpow{m.group(1) or m.group(2)}", s[m.end():].strip()
     if "/" in s:
         num, _, den = s.partition("/")
         num, den = num.strip(), den.strip()
@@ -168,6 +192,8 @@ def _conversion_factor(spelling: str, dimension: str, target: str, molar_mass: s
     except Exception:  # pint raises several types for unparseable strings
         raise UnitProblem(f"unknown unit {spelling!r}; expected {wording}") from None
     quantity = ureg.Quantity(1.0, unit)
+    if "bit" in dict(quantity.to_root_units().unit_items()):   # pint's B, kB, bit: dimensionless, never a lab unit
+        raise UnitProblem(f"unknown unit {spelling!r}; expected {wording}")
     target_unit = ureg.parse_units(_TARGETS[target])
     if quantity.check(want):
         factor = quantity.to(target_unit).magnitude
@@ -190,6 +216,7 @@ class DoseRate:
     spelling: str        # the spelling pint reads (UCUM's `mg/(kg.d)` becomes `mg/(kg*d)`)
     per_kg: bool         # mass per body mass per time (mg/kg/day), else mass per time (mg/day)
     factor: float        # to mg/kg/day (per_kg) or mg/day
+    period_days: float = 1.0   # the time the dose is given per: 1 for mg/day or mg/kg/day, 7 for mg/wk
 
 
 def dose_rate(unit: str) -> Optional[DoseRate]:
@@ -206,12 +233,15 @@ def _dose_rate(unit: str) -> Optional[DoseRate]:
         numerator = spelling.split("/", 1)[0].strip().strip("(")
         try:
             q = ureg.Quantity(1.0, ureg.parse_units(spelling))
-            if not ureg.Quantity(1.0, ureg.parse_units(numerator)).check("[mass]"):
+            mass = ureg.Quantity(1.0, ureg.parse_units(numerator))
+            if not mass.check("[mass]"):
                 continue
             if q.check("1/[time]"):        # mg/kg/day: mass over mass over time
-                return DoseRate(spelling, True, float(q.to("milligram / kilogram / day").magnitude))
+                return DoseRate(spelling, True, float(q.to("milligram / kilogram / day").magnitude),
+                                float((mass / q).to("kilogram * day").magnitude))
             if q.check("[mass]/[time]"):
-                return DoseRate(spelling, False, float(q.to("milligram / day").magnitude))
+                return DoseRate(spelling, False, float(q.to("milligram / day").magnitude),
+                                float((mass / q).to("day").magnitude))
         except Exception:   # pint raises several types for spellings it cannot read  # noqa: BLE001
             continue
     return None

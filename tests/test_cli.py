@@ -116,7 +116,7 @@ def test_assess_takes_a_fhir_bundle_file_as_ehr_data(tmp_path):
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
         {"resource": {"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1970-01-01"}},
         {"resource": obs("w", "6690-2", 1.4, "10*9/L")}, {"resource": obs("a", "751-8", 0.3, "10*9/L")},
-        {"resource": obs("t", "777-3", 210, "K/cumm")}]}
+        {"resource": obs("t", "777-3", 210, "K/hpf")}]}
     path = tmp_path / "bundle.json"
     path.write_text(json.dumps(bundle))
     out = run("assess", str(path))

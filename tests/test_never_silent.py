@@ -148,7 +148,7 @@ def test_every_value_carries_its_date_and_age(engine):
 
 # ---- 5. partial data ---------------------------------------------------------------------------------
 
-UNREADABLE = case([lab("wbc", 2.0), lab("anc", 0.3), lab("platelets", 210, "K/cumm")], temperature_c=38.6)
+UNREADABLE = case([lab("wbc", 2.0), lab("anc", 0.3), lab("platelets", 210, "K/hpf")], temperature_c=38.6)
 
 
 def test_a_persons_case_stays_strict(engine):
@@ -159,16 +159,16 @@ def test_a_persons_case_stays_strict(engine):
 
 def test_partial_mode_leaves_out_what_cannot_be_read_and_says_so(engine):
     a = engine.assess(UNREADABLE, partial=True)
-    assert [(n.field, n.value) for n in a.not_assessed] == [("labs[2]", "platelets 210 K/cumm")]
-    assert "unknown unit 'K/cumm'" in a.not_assessed[0].reason
+    assert [(n.field, n.value) for n in a.not_assessed] == [("labs[2]", "platelets 210 K/hpf")]
+    assert "unknown unit 'K/hpf'" in a.not_assessed[0].reason
     assert {"febrile_neutropenia", "agranulocytosis"} <= alerts(a)
     assert "NOT ASSESSED (1)" in to_text(a)
 
 
 def test_partial_mode_with_nothing_readable_is_still_an_error(engine):
     with pytest.raises(CaseError) as e:
-        engine.assess(case([lab("wbc", 2.0, "K/cumm")]), partial=True)
-    assert "no lab value could be read" in str(e.value) and "K/cumm" in str(e.value)
+        engine.assess(case([lab("wbc", 2.0, "K/hpf")]), partial=True)
+    assert "no lab value could be read" in str(e.value) and "K/hpf" in str(e.value)
 
 
 def test_partial_mode_drops_a_bad_history_field_and_keeps_the_rest(engine):
@@ -190,7 +190,7 @@ def fhir_obs(code, value, unit, when=RECENT, oid=None, subject=PATIENT):
 
 def test_rest_fhir_leaves_out_an_unreadable_observation(client):
     bundle = searchset(fhir_obs("6690-2", 2.0, "10*9/L"), fhir_obs("751-8", 0.3, "10*9/L"),
-                       fhir_obs("777-3", 210, "K/cumm", oid="plt"))
+                       fhir_obs("777-3", 210, "K/hpf", oid="plt"))
     r = client.post("/v1/assess/fhir", content=json.dumps(bundle), headers={"content-type": "application/fhir+json"})
     assert r.status_code == 200, r.text
     doc = r.json()
@@ -209,15 +209,15 @@ def post(client, pre, hook="patient-view"):
 
 
 def test_cds_unreadable_unit_among_good_labs_still_raises_the_critical_card(client):
-    pre = prefetch([obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L"), obs("777-3", 210, "K/cumm")])
+    pre = prefetch([obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L"), obs("777-3", 210, "K/hpf")])
     hook_instance, r = post(client, pre)
     cards = cards_of(r)
     assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"]
-    assert "Not assessed (1)" in cards[0]["detail"] and "K/cumm" in cards[0]["detail"]
+    assert "Not assessed (1)" in cards[0]["detail"] and "K/hpf" in cards[0]["detail"]
     logged = [json.loads(line) for line in LOG_CAPTURE.getvalue().splitlines() if hook_instance in line]
     partial = [r for r in logged if r["msg"] == "cds partial data"]
     assert len(partial) == 1 and partial[0]["where"] == "labs[2] (Observation/-)"
-    assert "K/cumm" not in json.dumps(partial[0])       # where, never what (docs/security.md: no case values)
+    assert "K/hpf" not in json.dumps(partial[0])       # where, never what (docs/security.md: no case values)
 
 
 def test_cds_log_names_where_data_was_left_out_never_the_text(client):
@@ -239,10 +239,10 @@ def test_cds_log_names_where_data_was_left_out_never_the_text(client):
 
 
 def test_cds_nothing_readable_gives_one_info_card(client):
-    _, r = post(client, prefetch([obs("6690-2", 1.0, "K/cumm")]))
+    _, r = post(client, prefetch([obs("6690-2", 1.0, "K/hpf")]))
     cards = cards_of(r)
     assert [c["indicator"] for c in cards] == ["info"]
-    assert cards[0]["summary"].startswith("leukodx could not assess") and "K/cumm" in cards[0]["detail"]
+    assert cards[0]["summary"].startswith("leukodx could not assess") and "K/hpf" in cards[0]["detail"]
 
 
 @pytest.mark.parametrize("year", [1967, 1988, 2009])

@@ -11,8 +11,11 @@ from leukodx.engine.units import UnitProblem, conversion_factor
 
 COUNT_SPELLINGS_1E9 = ["10^9/L", "10*9/L", "x10E9/L", "G/L", "Gpt/L", "/nL", "/nl", "10^3/uL", "10*3/uL",
                        "x10(3)/mcL", "K/uL", "K/ul", "10*3/mm3", "x10*9/L", "Thousands Per MicroLiter", "10^3/µL",
-                       "x10e3/uL", "10e9/L"]
-COUNT_SPELLINGS_PER_UL = ["/uL", "cells/uL", "cells/mm3", "/mm3", "/µL", "/mcL"]
+                       "x10e3/uL", "10e9/L",
+                       # field spellings (tests/test_units_field.py): cumm, THOU, GIGA, Tsd, superscripts, B = billion
+                       "K/cumm", "THOU/uL", "THOU/MCL", "thou/mm3", "GIGA/L", "Tsd/µl", "10⁹/L", "×10⁹/L",
+                       "x 10⁹/l", "×10³/mm³", "B/L"]
+COUNT_SPELLINGS_PER_UL = ["/uL", "cells/uL", "cells/mm3", "/mm3", "/µL", "/mcL", "cells/cumm", "/cumm", "/cu mm"]
 
 
 def factor(spelling, dimension="count_per_volume", target="10^9/L", mw=None):
