@@ -298,3 +298,100 @@ def test_common_viral_illnesses_are_viral_infections(kb, text):
 @pytest.mark.parametrize("ancestry", ["Yoruba", "Igbo", "Akan", "Fulani", "Wolof", "Cape Verdean", "Emirati"])
 def test_duffy_null_prevalent_ancestries_by_people(kb, ancestry):
     assert kb.duffy_ancestry.search(ancestry)
+
+
+# ---- Clinical review: pregnancy as gestation, haematological malignancies by name, acute infections ----
+
+@pytest.mark.parametrize("text", [
+    "G2P1, 30 weeks gestation", "30 weeks' gestation", "30 wks gestation", "30+2 weeks gestation",
+    "30/40 weeks", "30+2/40", "30 weeks pregnant", "gestational age 30 weeks", "gestation: 30+4 weeks",
+    "second trimester", "3rd-trimester", "IUP at 30 weeks", "antenatal booking bloods", "antepartum",
+    "primigravida at 30 weeks", "multigravida",
+])
+def test_pregnancy_written_as_gestation_is_pregnancy(kb, text):
+    """Only 'pregnan' had matched, so a woman 'G2P1, 30 weeks gestation' had her haemoglobin judged against the
+    non-pregnant cut-off (WHO 2024: 12.0, not 11.0 g/dL)."""
+    assert match_conditions(kb, text) == ["pregnancy"]
+
+
+@pytest.mark.parametrize("text", [
+    "30 weeks", "visual acuity 20/40", "BP 120/40", "G2P1", "gravida 2 para 2",   # weeks alone, acuity, parity
+    "born at 30 weeks gestation", "ex-30 weeks gestation", "delivered at 38 weeks gestation",
+    "history of gestational diabetes", "metformin HCl",
+])
+def test_gestation_like_words_that_are_not_a_current_pregnancy(kb, text):
+    assert match_conditions(kb, text) == []
+
+
+@pytest.mark.parametrize("text,expected", [
+    # the mature lymphoid neoplasms read as lymphoma (marrow infiltration, marrow.malignancy_known)
+    ("hairy cell leukaemia", {"lymphoma", "hematologic_malignancy", "cancer"}),
+    ("hairy-cell leukemia", {"lymphoma", "hematologic_malignancy", "cancer"}),
+    ("HCL in remission after cladribine", {"lymphoma", "hematologic_malignancy", "cancer"}),
+    ("T-PLL", {"lymphoma", "hematologic_malignancy", "cancer"}),
+    ("T-prolymphocytic leukaemia", {"lymphoma", "hematologic_malignancy", "cancer"}),
+    ("B-PLL", {"lymphoma", "hematologic_malignancy", "cancer"}),
+    ("Waldenström macroglobulinaemia", {"lymphoma", "hematologic_malignancy", "cancer"}),
+    ("Waldenstrom's macroglobulinemia", {"lymphoma", "hematologic_malignancy", "cancer"}),
+    # the myeloid neoplasms no narrower id names: a known haematological malignancy
+    ("CML", {"hematologic_malignancy", "cancer"}),
+    ("chronic myeloid leukaemia on imatinib", {"hematologic_malignancy", "cancer"}),
+    ("chronic myelogenous leukemia", {"hematologic_malignancy", "cancer"}),
+    ("CMML", {"hematologic_malignancy", "cancer"}),
+    ("chronic myelomonocytic leukaemia", {"hematologic_malignancy", "cancer"}),
+    ("JMML", {"hematologic_malignancy", "cancer"}),
+    ("juvenile myelomonocytic leukemia", {"hematologic_malignancy", "cancer"}),
+    ("polycythaemia vera", {"hematologic_malignancy", "cancer"}),
+    ("polycythemia rubra vera", {"hematologic_malignancy", "cancer"}),
+    ("essential thrombocythaemia", {"hematologic_malignancy", "cancer"}),
+    ("essential thrombocythemia", {"hematologic_malignancy", "cancer"}),
+    ("myeloproliferative neoplasm", {"hematologic_malignancy", "cancer"}),
+    ("MPN, JAK2 V617F positive", {"hematologic_malignancy", "cancer"}),
+    ("primary myelofibrosis", {"myelofibrosis", "hematologic_malignancy", "cancer"}),
+    ("MDS/MPN", {"myelodysplastic_syndrome", "hematologic_malignancy", "cancer"}),
+    # the AML subtypes named by their lineage are acute leukaemias ("acute leuk" alone had missed them)
+    ("acute myelomonocytic leukaemia", {"acute_leukemia", "hematologic_malignancy", "cancer"}),
+    ("acute megakaryoblastic leukemia", {"acute_leukemia", "hematologic_malignancy", "cancer"}),
+    # not a neoplasm
+    ("secondary polycythaemia", set()), ("reactive thrombocytosis", set()), ("marrow fibrosis", {"myelofibrosis"}),
+])
+def test_haematological_malignancies_by_name(kb, text, expected):
+    assert set(match_conditions(kb, text)) == expected
+
+
+@pytest.mark.parametrize("text,kept,set_aside", [
+    ("not pregnant", set(), {"pregnancy"}),
+    ("pregnancy test negative", set(), {"pregnancy"}),       # 'pregnan' alone had left the cue unread
+    ("no IUP seen on scan", set(), {"pregnancy"}),
+    ("no CML", set(), {"hematologic_malignancy", "cancer"}),
+    ("CML ruled out", set(), {"hematologic_malignancy", "cancer"}),
+    ("?hairy cell leukaemia", set(), {"lymphoma", "hematologic_malignancy", "cancer"}),
+    ("no dengue", set(), {"viral_infection"}),
+    ("dengue NS1 antigen negative", set(), {"viral_infection"}),
+    ("dengue fever, NS1 positive", {"viral_infection"}, set()),
+    ("Salmonella Typhi bacteraemia", {"sepsis"}, set()),      # a bloodstream infection, as before
+    ("no malaria", set(), set()),                             # not in the vocabulary at all (see below)
+])
+def test_new_wordings_negated_or_not(kb, text, kept, set_aside):
+    found, aside = read_conditions(kb, text)
+    assert set(found) == kept
+    assert {cid for cid, _ in aside} == set_aside
+
+
+@pytest.mark.parametrize("text", ["typhoid fever", "enteric fever", "brucellosis", "falciparum malaria",
+                                  "visceral leishmaniasis", "kala-azar", "scrub typhus", "rickettsial infection"])
+def test_infections_without_a_catalogued_source_are_named_unrecognised(engine, text):
+    """No source leukodx has read names these infections as causes of leukopenia, so no condition id reads them
+    (a typhoid with a positive blood culture is read through 'bacteraemia'); they are listed as unrecognised,
+    never dropped silently."""
+    a = engine.assess(base_case(labs=[lab("wbc", 2.8), lab("anc", 1.2)], history={"conditions": [text]}))
+    assert not a.conditions
+    assert [(u.kind, u.text) for u in a.unrecognised] == [("condition", text)]
+
+
+def test_gestation_wording_selects_the_pregnancy_anaemia_cutoff(engine):
+    labs = [lab("wbc", 7.0), lab("anc", 4.5), lab("hemoglobin", 11.4, "g/dL")]
+    pregnant = engine.assess(base_case(labs=labs, history={"conditions": ["G2P1, 30 weeks gestation"]}))
+    parity_only = engine.assess(base_case(labs=labs, history={"conditions": ["G2P2"]}))
+    assert "anemia" not in {f.id for f in pregnant.findings}
+    assert "anemia" in {f.id for f in parity_only.findings}
