@@ -94,7 +94,8 @@ def _as_day(v: Any) -> date:
 
 def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
     """Per class and per drug: active, recent (active or stopped within recent_drug_days), days on,
-    days since the last dose, and the highest computable dose in mg/kg/day."""
+    days since the last dose, and the highest computable dose in mg/kg/day; per drug, a weekly drug
+    given daily (taken now or recently)."""
     as_of = nc.as_of
     recent_days = kb.value("recent_drug_days")
     suspect = False
@@ -118,6 +119,8 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
             if med.dose_mg_kg_day is not None:
                 key = f"{stem}_dose_mg_kg_day"
                 facts[key] = _r(max(facts.get(key, 0.0), med.dose_mg_kg_day))
+        if recent and med.daily_instead_of_weekly:     # an overdose taken lately still has its toxicity ahead
+            facts[f"drug_{med.drug_id}_daily_instead_of_weekly"] = True
         if recent and med.classes & kb.suspect_classes:
             suspect = True
         if "anti_cd20" in med.classes and last_dose is not None and last_dose <= kb.value("anti_cd20_suspect_days"):

@@ -7,7 +7,6 @@ count, percentages above 100, a date after ``as_of``, an unknown TPMT/NUDT15 dip
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -15,11 +14,12 @@ from typing import Any, Optional, Union
 
 from . import pgx
 from .assessment import GeneStatus, Unrecognised
-from .case import Case, Dose
+from .case import Case
 from .errors import CaseError, Problem
 from .kb import KnowledgeBase
 from .timeutil import utc_date, utc_naive
-from .units import UnitProblem, conversion_factor, dose_rate
+from .doses import dose_mg_kg_day, dosed_daily
+from .units import UnitProblem, conversion_factor
 from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, duffy_prevalent, match_conditions, match_organ,
                          read_conditions)
 
@@ -60,6 +60,7 @@ class NormMed:
     end: Optional[date]
     dose_mg_kg_day: Optional[float]
     dose_mg_day: Optional[float] = None
+    daily_instead_of_weekly: bool = False     # a weekly drug (drugs.yaml weekly_when_non_oncologic) given daily
 
 
 @dataclass
@@ -167,36 +168,6 @@ def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:
         return False
     low, high = spec["plausible"]
     return low <= value * f <= high
-
-
-_DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+)*)")
-
-
-def dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]
-                    ) -> tuple[Optional[float], Optional[float], Optional[str]]:
-    """(mg/kg/day, mg/day, why not) from a dose with a unit of mass per time (mg/kg/day needs the weight) or
-    mass per body mass per time (mg/day then needs it). The reason is given when a dose was sent but cannot be
-    read, so that it is never ignored silently."""
-    if dose is None:
-        return None, None, None
-    shown = dose if isinstance(dose, str) else f"{dose.value:g} {dose.unit}"
-    if isinstance(dose, str):
-        m = _DOSE_TEXT.search(dose)
-        if not m:
-            return None, None, f"the dose {shown!r} has no number and unit leukodx can read"
-        value, unit = float(m.group(1)), m.group(2)
-    else:
-        value, unit = dose.value, dose.unit
-    rate = dose_rate(unit)
-    if rate is None:
-        return None, None, (f"the dose {shown!r} is not a mass per day (mg/day) or per kg per day (mg/kg/day), "
-                            f"which the dose rules read (units of activity or doses per take are not converted)")
-    if rate.per_kg:
-        return value * rate.factor, (value * rate.factor * weight_kg if weight_kg else None), None
-    per_day = value * rate.factor
-    if not weight_kg:
-        return None, per_day, f"the dose {shown!r} needs the patient's weight to give mg/kg/day"
-    return per_day / weight_kg, per_day, None
 
 
 def _classes(drug: dict[str, Any], oncologic: bool) -> frozenset[str]:
@@ -333,7 +304,9 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             warnings.append(f"medications[{i}] {text!r}: {why}; dose-based rules were not applied to it.")
         meds.append(NormMed(index=i, text=text, drug_id=match.drug["id"], drug_name=match.drug["name"],
                             classes=_classes(match.drug, med_onco), status=med.status, start=start, end=end,
-                            dose_mg_kg_day=dose, dose_mg_day=per_day))
+                            dose_mg_kg_day=dose, dose_mg_day=per_day,
+                            daily_instead_of_weekly=bool(match.drug.get("weekly_when_non_oncologic") and not med_onco
+                                                         and dosed_daily(med.dose))))
 
     tpmt = nudt15 = None
     try:

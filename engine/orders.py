@@ -19,7 +19,7 @@ from . import pgx
 from .assessment import Assessment, CpicRecommendation, GeneStatus
 from .case import Dose
 from .kb import KnowledgeBase
-from .normalize import dose_mg_kg_day
+from .doses import dose_mg_kg_day
 from .vocabulary import DrugIndex, match_conditions
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]

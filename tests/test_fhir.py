@@ -781,7 +781,7 @@ def test_a_dose_per_take_with_its_timing_is_read_as_a_dose_per_day():
                                              "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk"}}}])
     case, _ = bundle_to_case(bundle(obs("6690-2", 2.8, code="10*9/L"), obs("29463-7", 50, code="kg"), aza, weekly))
     doses = {m["name"]: m["dose"] for m in case["medications"]}
-    assert doses == {"azathioprine": {"value": 250.0, "unit": "mg/d"}, "methotrexate": {"value": 2.0, "unit": "mg/d"}}
+    assert doses == {"azathioprine": {"value": 250.0, "unit": "mg/d"}, "methotrexate": {"value": 14.0, "unit": "mg/wk"}}
     a = assess(case)
     assert "thiopurine.azathioprine_above_usual_dose" in {t.rule for t in a.trace}
 

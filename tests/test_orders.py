@@ -203,7 +203,8 @@ def test_allopurinol_cuts_the_thiopurine_dose_to_a_quarter_on_top_of_cpic(engine
     ({"value": 25, "unit": "mg/day"}, None, True),      # mg/kg/day unknown without the weight: cut, as before
     (None, 70, True),                                   # no dose ordered: cut, as before
     ("25 mg/day", 70, False),                           # a dose in the order's text
-    ("25 mg daily", 70, True)])                         # text leukodx cannot read as a dose per day: cut, as before
+    ("25 mg daily", 70, False),                         # a mass per take and how often: 25 mg/day
+    ("25 mg", 70, True)])                               # text leukodx cannot read as a dose per day: cut, as before
 def test_a_thiopurine_dose_already_cut_for_allopurinol_is_not_cut_again(engine, dose, weight, cut):
     """An azathioprine order already at a quarter of the normal starting dose (CPIC: 2-3 mg/kg/day), beside
     allopurinol, had been cut to a quarter again (6.25 mg a day)."""

@@ -11,8 +11,9 @@ in ``contained``, ``Medication/<id>`` or a ``fullUrl``): ``name`` is its text or
 ``effectivePeriod.start`` or ``effectiveDateTime``; ``end`` (stopped/completed only):
 ``effectivePeriod.end`` or ``dispenseRequest.validityPeriod.end``. ``dose``: the first dose
 quantity as ``{value, unit}`` when its unit is a mass per time (mg/d) or per body mass per time
-(mg/kg/d), or a mass per take with its ``timing.repeat`` (frequency per period) as a dose per day, else the
-dosage text. ``indication``: ``reasonCode[0]``, else the Condition that
+(mg/kg/d), or a mass per take with its ``timing.repeat`` (frequency per period) as a dose per that period
+(125 mg twice a day: 250 mg/d; methotrexate 15 mg once a week: 15 mg/wk, so that a weekly dose stays weekly
+and a daily one daily for the engine's frequency check), else the dosage text. ``indication``: ``reasonCode[0]``, else the Condition that
 ``reasonReference[0]`` points to. A medication that starts after the case date is left out.
 """
 from __future__ import annotations
@@ -278,9 +279,9 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
     rate_unit = rate.spelling if rate else None
     if rate_unit:
         return {"value": value, "unit": rate_unit}
-    per_day = _per_day(value, unit, as_dict(as_dict(dosage.get("timing")).get("repeat")))
-    if per_day is not None:
-        return per_day
+    per_period = _per_period(value, unit, as_dict(as_dict(dosage.get("timing")).get("repeat")))
+    if per_period is not None:
+        return per_period
     if text:
         return text
     if is_number(value) and unit:
@@ -296,31 +297,37 @@ def _total_dose(doses: list[Union[dict[str, Any], str, None]], label: str,
     given = [d for d in doses if d is not None]
     if len(given) <= 1:
         return given[0] if given else None
-    per_day = [d for d in given if isinstance(d, dict)]
-    if len(per_day) == len(given) and len({d["unit"] for d in per_day}) == 1:
-        return {"value": float(f"{sum(float(d['value']) for d in per_day):.6g}"), "unit": per_day[0]["unit"]}
+    rates = [d for d in given if isinstance(d, dict)]
+    if len(rates) == len(given) and len({d["unit"] for d in rates}) == 1:
+        return {"value": float(f"{sum(float(d['value']) for d in rates):.6g}"), "unit": rates[0]["unit"]}
+    read = [dose_rate(d["unit"]) for d in rates]
+    if len(rates) == len(given) and all(read) and len({r.per_kg for r in read if r}) == 1:   # mg/d and mg/wk
+        total = sum(float(d["value"]) * r.factor for d, r in zip(rates, read) if r)
+        return {"value": float(f"{total:.6g}"), "unit": "mg/kg/d" if read[0] and read[0].per_kg else "mg/d"}
     shown = "; ".join(d if isinstance(d, str) else f"{fmt(d['value'])} {d['unit']}" for d in given)[:200]
     warnings.append(f"{label}: its {len(given)} dosage instructions ({shown}) could not be added up into a dose per "
                     f"day; dose-based rules were not applied to it.")
     return None
 
 
-_PERIOD_UNITS = {"s": "second", "min": "minute", "h": "hour", "d": "day", "wk": "week", "mo": "month", "a": "year"}
+_PERIOD_UNITS = frozenset({"s", "min", "h", "d", "wk", "mo", "a"})     # FHIR's UnitsOfTime (UCUM codes)
 
 
-def _per_day(value: Any, unit: Optional[str], repeat: dict[str, Any]) -> Optional[dict[str, Any]]:
+def _per_period(value: Any, unit: Optional[str], repeat: dict[str, Any]) -> Optional[dict[str, Any]]:
     """A dose per take (``doseQuantity`` 50 mg) with its timing (``frequency`` takes per ``period``
-    ``periodUnit``: 2 per 1 d) as a dose per day ({value: 100, unit: mg/d}), for the dose rules; None when
-    either is missing or not a mass (per body mass). The period is converted with pint."""
+    ``periodUnit``: 2 per 1 d) as a dose per unit of that period ({value: 100, unit: mg/d}; 1 per 2 wk:
+    {value: 7.5, unit: mg/wk}; periods shorter than a day per day), for the dose rules (which convert it to mg/day with pint) and the engine's
+    check of how often a weekly drug is taken; None when either is missing or not a mass (per body mass)."""
     frequency, period, period_unit = repeat.get("frequency"), repeat.get("period"), as_str(repeat.get("periodUnit"))
     if not (is_number(value) and unit and is_number(frequency) and is_number(period) and period > 0
             and period_unit in _PERIOD_UNITS):
         return None
-    daily = dose_rate(f"{unit}/d")
-    if daily is None:
+    if period_unit in ("s", "min", "h"):      # a dose every 12 h reads as a dose per day
+        period, period_unit = registry().Quantity(float(period), period_unit).to("day").magnitude, "d"
+    rate = dose_rate(f"{unit}/{period_unit}")
+    if rate is None:
         return None
-    days = registry().Quantity(float(period), _PERIOD_UNITS[period_unit]).to("day").magnitude
-    return {"value": float(f"{float(value) * float(frequency) / days:.6g}"), "unit": daily.spelling}
+    return {"value": float(f"{float(value) * float(frequency) / float(period):.6g}"), "unit": rate.spelling}
 
 
 def _indication(item: Item, index: Index) -> Optional[str]:
