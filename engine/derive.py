@@ -21,7 +21,7 @@ from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, ReferenceLi
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormLab
 from .exposure import drug_facts, earlier_anc_facts, patient_facts, started_after
-from .samples import DIFFERENTIAL_TESTS, Sample, age_days, group_samples
+from .samples import DIFFERENTIAL_TESTS, Sample, age_days, days_text, group_samples
 from .trends import anc_by_draw, series_facts
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
@@ -326,7 +326,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     anc_lab = current.get("anc") if derived_current.get("anc") is None else None
     anc_time = (anc_lab.time if anc_lab else earlier[0].time if earlier else cbc.time) if cbc is not None else None
     anc_age = age_days(anc_time, nc.as_of)
-    when = f" (blood drawn {anc_time.date().isoformat()}, {anc_age} days before {nc.as_of.isoformat()})" \
+    when = f" (blood drawn {anc_time.date().isoformat()}, {days_text(anc_age)} before {nc.as_of.isoformat()})" \
         if anc_time is not None and anc_age is not None and nc.as_of else ""
     tier_at_least = None
     if cbc is None and latest_cbc is not None:
@@ -407,7 +407,7 @@ def _cbc_status(nc: NormCase, cbc: Optional[Sample], latest: Optional[Sample], l
             note = "The current CBC has no collection time; it was taken as current."
         else:
             note = (f"Current CBC drawn {cbc.time.date().isoformat()}"
-                    + (f", {age} days before {nc.as_of.isoformat()}" if age is not None and nc.as_of else "") + ".")
+                    + (f", {days_text(age)} before {nc.as_of}" if age is not None and nc.as_of else "") + ".")
         return CbcStatus(current=True, time=_utc(cbc.time), age_days=age, max_age_days=max_age,
                          tests=sorted(cbc.values), note=note)
     if latest is not None and latest.time is not None:

@@ -80,6 +80,7 @@ class KnowledgeBase:
     label_thresholds: list[dict[str, Any]]
     vitals: dict[str, Any]           # rules/vitals.yaml: body temperature codes and sites, body weight codes
     tier_priority_sources: list[str]
+    step_priority: dict[str, str]    # an immediate or urgent step's least priority (rules/alerts.yaml)
     pgx_codes: dict[str, Any]        # rules/pgx/result_codes.yaml: LOINC code -> {gene, kind, display}
     gene_studied_code: str           # the genotype component that names the gene
     rules: list[Rule] = field(default_factory=list)
@@ -185,6 +186,7 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         label_thresholds=(read_yaml(root / "label_thresholds.yaml", problems) or {}).get("labels", []),
         vitals=read_yaml(root / "vitals.yaml", problems) or {},
         tier_priority=alert_doc.get("tier_priority", {}), tier_priority_sources=alert_doc.get("tier_priority_sources", []),
+        step_priority=alert_doc.get("step_priority", {}),
         pgx_codes=pgx_codes.get("codes", {}), gene_studied_code=str(pgx_codes.get("gene_studied_component", "")),
     )
     compile_rules(kb, root, problems)

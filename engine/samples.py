@@ -79,3 +79,8 @@ def age_days(t: Optional[datetime], as_of: Optional[date]) -> Optional[int]:
     if t is None or as_of is None:
         return None
     return (as_of - t.date()).days
+
+
+def days_text(n: int) -> str:
+    """'1 day', '3 days'."""
+    return f"{n} day" if n == 1 else f"{n} days"

@@ -743,6 +743,25 @@ def test_a_condition_sent_as_codes_only_is_read_by_them_or_named(client, coding,
         assert "a diagnosis sent as codes only (http://hl7.org/fhir/sid/icd-10-cm J18.9" in cards[0]["detail"]
 
 
+@pytest.mark.parametrize("code", [
+    {"coding": [{"system": "http://snomed.info/sct", "code": "386661006"}]},              # Fever (finding)
+    {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R50.9"}]},
+    {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "D70.1"},        # neutropenic fever as US
+                {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R50.81"}]},      # coders code it
+    {"coding": [{"system": "http://snomed.info/sct", "code": "409089005"}]},             # Febrile neutropenia
+    {"text": "Fever"}])
+def test_a_fever_recorded_as_a_condition_with_anc_0_3_is_febrile_neutropenia(client, code):
+    """An active 'Fever' Condition (text, SNOMED CT or ICD-10 R50) with ANC 0.3 and no temperature had been a
+    severe-neutropenia card with no febrile-neutropenia alert, the fever listed as 'not a condition leukodx knows'."""
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                 "clinicalStatus": {"coding": [{"code": "active"}]}, "code": code}
+    cards = patient_view(client, conditions=bundle(condition, kind="searchset"), observations=severe_cbc())
+    assert cards[0]["indicator"] == "critical" and cards[0]["summary"].startswith("FEBRILE NEUTROPENIA")
+    resolved = {**condition, "clinicalStatus": {"coding": [{"code": "resolved"}]}}
+    cards = patient_view(client, conditions=bundle(resolved, kind="searchset"), observations=severe_cbc())
+    assert not cards[0]["summary"].startswith("FEBRILE NEUTROPENIA")
+
+
 @pytest.mark.parametrize("value,code_text,expected", [
     ("TPMT*3A/TPMT*3A", None, "*3A/*3A"),               # the gene written before each allele
     ("*3A|*3A", None, "*3A/*3A"),                       # a phased call
@@ -759,6 +778,17 @@ def test_tpmt_results_as_laboratories_word_them_are_read(value, code_text, expec
     if code_text:
         g["code"] = {"text": code_text}
     assert pgx_results(get_engine().kb, bundle(patient(), g)) == {"tpmt": expected}
+
+
+@pytest.mark.parametrize("system,read", [("http://www.pharmvar.org", True), ("http://loinc.org", False)])
+def test_a_genotype_coded_with_pharmvar_and_no_display_is_read(system, read):
+    """The Genomics Reporting IG's value, a PharmVar coding "TPMT*3A/TPMT*3A" with no text or display, had been
+    dropped: a documented poor metabolizer's azathioprine order got "TPMT status unknown: genotype before
+    dosing". A code of another system is no allele call."""
+    g = genotype("x")
+    del g["valueString"]
+    g["valueCodeableConcept"] = {"coding": [{"system": system, "code": "TPMT*3A/TPMT*3A"}]}
+    assert pgx_results(get_engine().kb, bundle(patient(), g)) == ({"tpmt": "*3A/*3A"} if read else {})
 
 
 def test_a_word_of_two_letters_inside_a_text_is_not_a_phenotype():
@@ -809,3 +839,32 @@ def test_a_string_among_a_prefetch_bundles_entries_costs_only_itself(client):
     cards = patient_view(client, observations=labs)
     assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"]
     assert "a Bundle entry must be a JSON object, not a string" in cards[0]["detail"]
+
+
+MTX_CC = {"coding": [{"system": RXNORM, "code": "6851", "display": "methotrexate"}]}
+
+
+@pytest.mark.parametrize("repeat,daily", [({"frequency": 1, "period": 1, "periodUnit": "d"}, True),
+                                          ({"frequency": 2, "period": 1, "periodUnit": "d"}, True),
+                                          ({"frequency": 1, "period": 1, "periodUnit": "wk"}, False),
+                                          ({"frequency": 2, "period": 1, "periodUnit": "wk"}, False)])
+def test_methotrexate_given_daily_for_arthritis_gets_a_critical_card_whatever_the_count(client, repeat, daily):
+    """Methotrexate 10 mg once a day for rheumatoid arthritis, as an EHR's timing says it (no text), is the
+    daily-instead-of-weekly error (ISMP 2018; FDA 2019): a critical card at normal counts, and at the order's
+    signing. Once or twice a week it is the intended regimen, and the weekly dose is kept as a weekly dose."""
+    dosage = [{"timing": {"repeat": repeat},
+               "doseAndRate": [{"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}]}]
+    rx = {"resourceType": "MedicationRequest", "id": "mtx", "status": "active", "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-01-05", "medicationCodeableConcept": MTX_CC,
+          "reasonCode": [{"text": "rheumatoid arthritis"}], "dosageInstruction": dosage}
+    cards = patient_view(client, medicationRequests=bundle(rx, kind="searchset"), observations=normal_cbc())
+    flagged = [c for c in cards if "Methotrexate given daily" in c["summary"] + c.get("detail", "")]
+    assert bool(flagged) is daily
+    if daily:
+        assert flagged[0]["indicator"] == "critical"
+    signed = hook_call(client, "order-sign", {"observations": normal_cbc()},
+                       order(medicationCodeableConcept=MTX_CC, reasonCode=[{"text": "rheumatoid arthritis"}],
+                             dosageInstruction=dosage))
+    assert any("Methotrexate given daily" in c["summary"] + c.get("detail", "") for c in signed) is daily
+    m = mapped(patient(), obs("751-8", 3.0, t=RECENT), rx, as_of=datetime.now(timezone.utc).date())
+    assert m.case["medications"][0]["dose"]["unit"] == ("mg/d" if daily else "mg/wk")

@@ -21,8 +21,8 @@ from leukodx.engine import Assessment, OrderCheck
 
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
-__all__ = ["assessment_cards", "order_card", "unread_order_card", "stale_card", "unassessed_card", "checked_card",
-           "note_left_out", "OVERRIDE_REASONS", "card_id"]
+__all__ = ["assessment_cards", "urgent_steps", "order_card", "unread_order_card", "stale_card", "unassessed_card",
+           "checked_card", "note_left_out", "OVERRIDE_REASONS", "card_id"]
 
 _NS = uuid.UUID("6f1c2b7e-4d0a-4f59-9a59-1f7b3d6a8c21")
 TOPIC_SYSTEM = "urn:leukodx:cds-topic"
@@ -78,12 +78,14 @@ def _card(hook_instance: str, key: str, summary: str, indicator: str, detail: st
                 selectionBehavior=selection if suggestions else None, overrideReasons=OVERRIDE_REASONS)
 
 
-def _drawn(a: Assessment) -> str:
-    """When the count the card rests on was drawn, e.g. "2026-11-30, 1 day ago"."""
-    if a.cbc.time is None:
+def _drawn(a: Assessment, anc: bool = False) -> str:
+    """When the count the card rests on was drawn, e.g. "2026-11-30, 1 day ago"; with ``anc``, when the tier's ANC
+    was (an earlier draw's, carried over a WBC with no differential, is not today's)."""
+    tier = a.risk_tier
+    t, n = (tier.anc_time, tier.anc_age_days) if anc and tier.anc_time else (a.cbc.time, a.cbc.age_days)
+    if t is None:
         return "undated"
-    day = a.cbc.time.date() if isinstance(a.cbc.time, datetime) else a.cbc.time
-    n = a.cbc.age_days
+    day = t.date() if isinstance(t, datetime) else t
     ago = "" if n is None else (", today" if n == 0 else f", {n} day{'s' if n != 1 else ''} ago")
     return f"{day.isoformat()}{ago}"
 
@@ -92,7 +94,7 @@ def _headline(a: Assessment) -> str:
     tier = a.risk_tier
     parts = []
     if tier.tier in TIER_WORDS:
-        parts.append(f"{TIER_WORDS[tier.tier]} (ANC {_n(tier.anc)} x10^9/L, {_drawn(a)})")
+        parts.append(f"{TIER_WORDS[tier.tier]} (ANC {_n(tier.anc)} x10^9/L, {_drawn(a, anc=True)})")
     elif tier.tier_at_least:
         parts.append(f"Neutropenia {tier.tier_at_least} or worse (WBC {_n(tier.anc_at_most)} x10^9/L, no differential, "
                      f"{_drawn(a)})")
@@ -109,6 +111,9 @@ def _headline(a: Assessment) -> str:
     if a.causes:                       # the engine's own word for it: a cause it ranks less likely is not "likely"
         word = {"likely": "likely cause", "possible": "possible cause"}.get(a.causes[0].likelihood, "cause to consider")
         parts.append(f"{word}: {a.causes[0].title.split(' (')[0].lower()}")
+    step = next((s for s in a.steps if s.urgency in ("immediate", "urgent")), None)
+    if not parts and step is not None:   # a label's haemoglobin or platelet threshold: the step and what it rests on
+        parts = [f"{step.title} ({step.urgency})"] + [", ".join(f.title for f in a.findings[:3])] * bool(a.findings)
     return "; ".join(parts) or f"Blood count findings ({_drawn(a)})"
 
 
@@ -134,7 +139,9 @@ def _detail(a: Assessment) -> str:
             for e in c.evidence[:4]:
                 lines.append(f"    - *{e.direction}*: {e.statement} [{', '.join(e.sources)}]")
     if a.steps:
-        lines += ["", "**Next steps**"] + [f"- *{s.urgency}*: {s.title}" for s in a.steps]
+        lines += ["", "**Next steps**"] + [f"- *{s.urgency}*: {s.title}" + (
+            f" - {' '.join(s.reasons[:2])}" if s.urgency in ("immediate", "urgent") and s.reasons else "")
+            for s in a.steps]      # why an urgent step is urgent: the drug and the value its label names
     if a.steps_not_advised:
         lines += [f"- *not advised*: {b.title} - {b.reason}" for b in a.steps_not_advised]
     if a.missing_data:
@@ -161,12 +168,16 @@ def _service_request(patient_id: Optional[str], code: Optional[dict[str, Any]], 
     return resource
 
 
+def urgent_steps(a: Assessment) -> bool:
+    """An immediate or urgent step: a label's threshold for haemoglobin or platelets (valganciclovir with
+    haemoglobin 7.2 had given no card; with no current WBC or ANC beside it, no card either)."""
+    return any(s.urgency in ("immediate", "urgent") for s in a.steps)
+
+
 def _has_something_to_say(a: Assessment) -> bool:
-    """An alert, a cause, a low count, or an immediate or urgent step (a label's threshold for haemoglobin or
-    platelets: valganciclovir with haemoglobin 7.2 had given no card)."""
+    """An alert, a cause, a low count, or an immediate or urgent step."""
     return bool(a.alerts or a.causes or a.risk_tier.tier in TIER_WORDS or a.risk_tier.tier_at_least or
-                any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings) or
-                any(s.urgency in ("immediate", "urgent") for s in a.steps))
+                any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings) or urgent_steps(a))
 
 
 def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str]) -> list[Card]:
@@ -207,6 +218,10 @@ def stale_card(a: Assessment, hook_instance: str) -> Card:
     last = [f"{lab.name} {_n(lab.value)} {lab.unit}" for lab in a.labs
             if lab.time == a.cbc.time and lab.test in ("wbc", "anc") and a.cbc.time is not None]
     shown = f"**Latest count ({_drawn(a).split(',')[0]}):** {', '.join(last)}.\n\n" if last else ""
+    day = str(a.cbc.time)[:10] if a.cbc.time is not None else None
+    later = [f"{lab.name} {_n(lab.value)} {lab.unit} ({str(lab.time)[:10]})" for lab in a.labs   # other tests of
+             if lab.time is not None and day is not None and str(lab.time)[:10] > day]     # a later day: shown
+    shown += f"**Since then:** {', '.join(later[:8])}.\n\n" if later else ""
     return _data_card(hook_instance, "stale", summary,
                       f"{a.cbc.note}\n\n{shown}leukodx raises no alert and names no cause from a count this old. "
                       f"Repeat the CBC with a differential if a current assessment is needed.\n\n_{a.disclaimer}_",
@@ -214,7 +229,14 @@ def stale_card(a: Assessment, hook_instance: str) -> Card:
 
 
 def checked_card(a: Assessment, hook_instance: str) -> Card:
-    """A current CBC with nothing to flag, shown only when some data could not be read."""
+    """A current CBC with nothing to flag, shown only when some data could not be read. With no neutrophil count
+    to be had (an ANC sent in a unit or as a text that could not be read), it says so, as a warning: an unread ANC
+    is not a normal one (it had said "no neutropenia found" beside an unread ANC of 0.3)."""
+    if a.risk_tier.tier == "unknown":
+        return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: neutrophil count unknown; some values "
+                          f"could not be read", f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\nNeutropenia is not ruled out: "
+                          f"check the values below in the EHR, or repeat the CBC with a differential.\n\n"
+                          f"_{a.disclaimer}_", "warning", a.kb_version)
     return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: no neutropenia or leukopenia found",
                       f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\n_{a.disclaimer}_", kb_version=a.kb_version)
 

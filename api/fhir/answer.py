@@ -218,8 +218,8 @@ class _Builder:
         rationale = [rt.basis]
         if rt.anc_time is not None:
             rationale.append(f"Neutrophil count drawn {_when(rt.anc_time)}"
-                             + (f", {rt.anc_age_days} days before {a.as_of}." if rt.anc_age_days is not None
-                                and a.as_of else "."))
+                             + (f", {rt.anc_age_days} day{'' if rt.anc_age_days == 1 else 's'} before {a.as_of}."
+                                if rt.anc_age_days is not None and a.as_of else "."))
         if rt.anc_at_most is not None:
             rationale.append(f"ANC at most {_num(rt.anc_at_most)} x10^9/L.")
         if rt.tier_at_least:

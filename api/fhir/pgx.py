@@ -65,7 +65,8 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
             spec = None
         else:
             spec = next(kb.pgx_codes[c] for c in item.loinc if c in kb.pgx_codes)
-        value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept"))
+        value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept")) or \
+            _pharmvar_code(res.get("valueCodeableConcept"))
         genes = _genes(kb, res, spec, value)
         if not genes:
             continue
@@ -136,6 +137,16 @@ def _same_time(gene: str, new: Result, found: dict[str, Result], warnings: list[
 def _gene_ids(text: str) -> set[str]:
     """The genes ``text`` names, by symbol or by name."""
     return {"tpmt" if g.lower().startswith(("tpmt", "thiopurine")) else "nudt15" for g in _PGX_GENE.findall(text)}
+
+
+_PHARMVAR = ("http://www.pharmvar.org", "https://www.pharmvar.org")
+
+
+def _pharmvar_code(concept: Any) -> Optional[str]:
+    """A genotype coded with PharmVar's star-allele names and no text or display ("TPMT*3A/TPMT*3A", the HL7
+    Genomics Reporting IG's way): the code is the allele call. Codes of other systems are not allele names."""
+    return next((code for c in codings(concept) if as_str(c.get("system")) in _PHARMVAR
+                 and (code := as_str(c.get("code")))), None)
 
 
 def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]], value: Optional[str]) -> list[str]:
