@@ -868,3 +868,42 @@ def test_methotrexate_given_daily_for_arthritis_gets_a_critical_card_whatever_th
     assert any("Methotrexate given daily" in c["summary"] + c.get("detail", "") for c in signed) is daily
     m = mapped(patient(), obs("751-8", 3.0, t=RECENT), rx, as_of=datetime.now(timezone.utc).date())
     assert m.case["medications"][0]["dose"]["unit"] == ("mg/d" if daily else "mg/wk")
+
+
+def test_a_daily_recount_26_hours_after_an_anc_of_0_2_keeps_it_and_dates_it(client):
+    """A daily CBC without a differential drawn 26 h after ANC 0.2 had lost it (a 24 h window): WBC 5.0 gave no
+    card at all. Within IDSA's 48 h the ANC stands, and the headline dates it by its own draw, not as today's."""
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    at = lambda h: (now - timedelta(hours=h)).strftime("%Y-%m-%dT%H:%M:%SZ")      # noqa: E731
+    labs = bundle(obs("6690-2", 0.9, t=at(26)), obs("751-8", 0.2, t=at(26)), obs("6690-2", 5.0, t=at(0)),
+                  kind="searchset")
+    cards = patient_view(client, observations=labs)
+    assert cards[0]["indicator"] == "critical" and "ANC 0.2" in cards[0]["summary"], cards[0]["summary"]
+    assert f"ANC 0.2 x10^9/L, {at(26)[:10]}" in cards[0]["summary"]
+
+
+def test_an_anc_that_cannot_be_read_is_never_called_no_neutropenia(client):
+    """WBC 4.1 with the ANC in a unit leukodx cannot read: the card had said "no neutropenia or leukopenia found"
+    (info) beside an unread ANC that could be 0.3."""
+    labs = bundle(obs("6690-2", 4.1, t=RECENT), obs("751-8", 300, "K/hpf", t=RECENT), kind="searchset")
+    [card] = patient_view(client, observations=labs)
+    assert card["indicator"] == "warning" and "neutrophil count unknown" in card["summary"]
+    assert "no neutropenia" not in card["summary"] and "K/hpf" in card["detail"]
+
+
+def test_a_labels_haemoglobin_and_platelet_limits_with_no_white_count_get_a_card_naming_the_drug(client):
+    """Valganciclovir with Hb 6.5 and platelets 8 drawn today and no WBC or ANC: the engine raised the label's
+    urgent hold, and the service gave no card (nor one beside an ANC 35 days old, whose card showed only that
+    count). The card is a warning headed by the step, its reasons naming the drug and the label's limits."""
+    rx = {"resourceType": "MedicationRequest", "id": "vg", "status": "active", "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-01-05",
+          "medicationCodeableConcept": {"text": "valganciclovir"}}
+    today = [obs("718-7", 6.5, "g/dL", t=RECENT), obs("777-3", 8, t=RECENT)]
+    old = (datetime.now(timezone.utc) - timedelta(days=35)).strftime("%Y-%m-%dT08:00:00Z")
+    for labs in (today, today + [obs("751-8", 1.8, t=old)]):
+        cards = patient_view(client, observations=bundle(*labs, kind="searchset"),
+                             medicationRequests=bundle(rx, kind="searchset"))
+        assert cards[0]["indicator"] == "warning" and cards[0]["summary"].startswith("Hold or reduce the suspect drug")
+        assert "The valganciclovir label: haemoglobin below 8 g/dL" in cards[0]["detail"]
+    [stale] = patient_view(client, observations=bundle(*today, obs("751-8", 1.8, t=old), kind="searchset"))
+    assert "**Since then:**" in stale["detail"] and "Platelet count 8" in stale["detail"]
