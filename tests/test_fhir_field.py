@@ -907,3 +907,5 @@ def test_a_labels_haemoglobin_and_platelet_limits_with_no_white_count_get_a_card
         assert "The valganciclovir label: haemoglobin below 8 g/dL" in cards[0]["detail"]
     [stale] = patient_view(client, observations=bundle(*today, obs("751-8", 1.8, t=old), kind="searchset"))
     assert "**Since then:**" in stale["detail"] and "Platelet count 8" in stale["detail"]
+    [alone] = patient_view(client, observations=bundle(*today, kind="searchset"))    # no drug, no white count
+    assert alone["summary"] == "Anaemia, Thrombocytopenia with no WBC or ANC: CBC with differential needed"

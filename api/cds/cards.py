@@ -21,8 +21,8 @@ from leukodx.engine import Assessment, OrderCheck
 
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
-__all__ = ["assessment_cards", "urgent_steps", "order_card", "unread_order_card", "stale_card", "unassessed_card",
-           "checked_card", "note_left_out", "OVERRIDE_REASONS", "card_id"]
+__all__ = ["assessment_cards", "urgent_steps", "cytopenia_without_white_count", "order_card", "unread_order_card",
+           "stale_card", "unassessed_card", "checked_card", "note_left_out", "OVERRIDE_REASONS", "card_id"]
 
 _NS = uuid.UUID("6f1c2b7e-4d0a-4f59-9a59-1f7b3d6a8c21")
 TOPIC_SYSTEM = "urn:leukodx:cds-topic"
@@ -114,6 +114,8 @@ def _headline(a: Assessment) -> str:
     step = next((s for s in a.steps if s.urgency in ("immediate", "urgent")), None)
     if not parts and step is not None:   # a label's haemoglobin or platelet threshold: the step and what it rests on
         parts = [f"{step.title} ({step.urgency})"] + [", ".join(f.title for f in a.findings[:3])] * bool(a.findings)
+    elif not parts and cytopenia_without_white_count(a):
+        parts = [", ".join(f.title for f in a.findings[:3]) + " with no WBC or ANC: CBC with differential needed"]
     return "; ".join(parts) or f"Blood count findings ({_drawn(a)})"
 
 
@@ -174,10 +176,17 @@ def urgent_steps(a: Assessment) -> bool:
     return any(s.urgency in ("immediate", "urgent") for s in a.steps)
 
 
+def cytopenia_without_white_count(a: Assessment) -> bool:
+    """Anaemia or thrombocytopenia drawn with no WBC or ANC at all (Hb 6.5 and platelets 8 had given no card):
+    the card names them and asks for the count with a differential."""
+    return not a.cbc.tests and any(f.id in ("anemia", "thrombocytopenia") for f in a.findings)
+
+
 def _has_something_to_say(a: Assessment) -> bool:
-    """An alert, a cause, a low count, or an immediate or urgent step."""
+    """An alert, a cause, a low count, an immediate or urgent step, or cytopenias with no white count."""
     return bool(a.alerts or a.causes or a.risk_tier.tier in TIER_WORDS or a.risk_tier.tier_at_least or
-                any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings) or urgent_steps(a))
+                any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings) or urgent_steps(a)
+                or cytopenia_without_white_count(a))
 
 
 def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str]) -> list[Card]:

@@ -308,7 +308,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         cards.append(C.unassessed_card(hook.hookInstance, problems + notes, "warning" if mismatch else "info"))
     elif assessment is None:
         pass                           # the EHR has no blood count for this patient: nothing to say
-    elif not assessment.cbc.current and not assessment.alerts and not C.urgent_steps(assessment):
+    elif not assessment.cbc.current and not assessment.alerts and not C.urgent_steps(assessment) \
+            and not C.cytopenia_without_white_count(assessment):
         if assessment.cbc.tests:   # an old count alone says nothing acute; a temperature with no count, nothing
             cards.append(C.stale_card(assessment, hook.hookInstance))
     else:
