@@ -53,3 +53,15 @@ def test_tpmt_results_cpic_calls_unreliable_give_no_cpic_dose(engine):
     assert "pre-transplant" in p.note
     before = pgx(**hsct, tpmt_test_date="2024-05-02")
     assert before.tpmt_reliable and before.recommendations
+
+
+def test_ciclosporin_treating_aplastic_anaemia_is_not_held_urgently_by_the_dmard_rule(engine):
+    """Ciclosporin for severe aplastic anaemia, ANC 0.3: the rheumatology DMARD rule (BSR) had asked for an urgent
+    hold of the treatment of the marrow failure itself; with rheumatoid arthritis instead, it still does."""
+    def hold(condition):
+        a = engine.assess(base_case(labs=[lab("wbc", 1.0), lab("anc", 0.3)],
+                                    medications=[{"name": "ciclosporin", "start": "2025-01-01"}],
+                                    history={"conditions": [condition]}))
+        return next((s.urgency for s in a.steps if s.id == "hold_or_reduce_suspect_drug"), None)
+    assert hold("severe aplastic anaemia") != "urgent"
+    assert hold("rheumatoid arthritis") == "urgent"
