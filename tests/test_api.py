@@ -531,3 +531,18 @@ def test_fhir_a_temperature_coded_only_in_snomed_ct_is_read(client):
     assert [w for w in doc["warnings"] if "does not use" in w] == []
     vitals = {s["id"]: s for s in client.get("/cds-services").json()["services"]}["leukodx-patient-view"]["prefetch"]["vitals"]
     assert "http://snomed.info/sct|415922000" in vitals and "http://loinc.org|8333-7" in vitals
+
+
+def test_fhir_a_temperature_coded_only_as_snomed_ct_body_temperature_is_read(client):
+    """SNOMED CT 386725007 (Body temperature, no site) alone: 39.1 C had been left out, and with it the
+    febrile-neutropenia alert beside ANC 0.3."""
+    b = _lab_bundle(("751-8", 0.3, "10*9/L", "2025-03-10T08:00:00Z"))
+    b["entry"].append({"resource": {
+        "resourceType": "Observation", "id": "t", "status": "final", "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "386725007"}]},
+        "effectiveDateTime": "2025-03-10T07:00:00Z",
+        "valueQuantity": {"value": 39.1, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}})
+    doc = client.post("/v1/assess/fhir", json=b).json()
+    assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]
+    vitals = {s["id"]: s for s in client.get("/cds-services").json()["services"]}["leukodx-patient-view"]["prefetch"]["vitals"]
+    assert "http://snomed.info/sct|386725007" in vitals

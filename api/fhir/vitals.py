@@ -45,12 +45,15 @@ class VitalCodes:
     site_of_loinc: dict[str, str]            # LOINC code -> site
     site_of_body_site: dict[str, str]        # SNOMED CT bodySite code -> site
     site_of_snomed: dict[str, str]           # SNOMED CT observable code of a temperature -> site
+    unspecified_snomed: frozenset[str] = frozenset()   # SNOMED CT "body temperature", no site
 
     def is_temperature(self, concept: Any, loinc: Optional[tuple[str, ...]] = None) -> bool:
         """Whether an Observation's (or component's) ``code`` is a body temperature (LOINC or SNOMED CT);
         ``loinc``: its LOINC codes when already read (an Observation's ``Item.loinc``)."""
         return (not self.temperature.isdisjoint(loinc_codes(concept) if loinc is None else loinc)
-                or bool(self.snomed_codes(concept)))
+                or bool(self.snomed_codes(concept))
+                or any(as_str(c.get("system")) == SNOMED and as_str(c.get("code")) in self.unspecified_snomed
+                       for c in codings(concept)))
 
     def snomed_codes(self, concept: Any) -> list[str]:
         """The SNOMED CT temperature codes of ``concept``."""
@@ -65,7 +68,7 @@ class VitalCodes:
     @property
     def snomed(self) -> tuple[str, ...]:
         """Every SNOMED CT code of a temperature."""
-        return tuple(sorted(self.site_of_snomed))
+        return tuple(sorted(set(self.site_of_snomed) | self.unspecified_snomed))
 
 
 def vital_codes(kb: KnowledgeBase) -> VitalCodes:
@@ -79,7 +82,8 @@ def vital_codes(kb: KnowledgeBase) -> VitalCodes:
             temperature=frozenset(temp.get("unspecified_loinc", [])) | frozenset(by_loinc),
             weight=frozenset(kb.vitals["body_weight"]["loinc"]), site_of_loinc=by_loinc,
             site_of_body_site={c: name for name, site in sites.items() for c in site.get("body_site", [])},
-            site_of_snomed={c: name for name, site in sites.items() for c in site.get("snomed", [])})
+            site_of_snomed={c: name for name, site in sites.items() for c in site.get("snomed", [])},
+            unspecified_snomed=frozenset(temp.get("unspecified_snomed", [])))
     return found
 
 
