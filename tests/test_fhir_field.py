@@ -909,3 +909,16 @@ def test_a_labels_haemoglobin_and_platelet_limits_with_no_white_count_get_a_card
     assert "**Since then:**" in stale["detail"] and "Platelet count 8" in stale["detail"]
     [alone] = patient_view(client, observations=bundle(*today, kind="searchset"))    # no drug, no white count
     assert alone["summary"] == "Anaemia, Thrombocytopenia with no WBC or ANC: CBC with differential needed"
+
+
+@pytest.mark.parametrize("severity,named", [("warning", True), ("error", True), ("information", False)])
+def test_a_searchs_operation_outcome_saying_results_were_left_out_is_on_the_card(client, severity, named):
+    """An OperationOutcome in the observations searchset ("some results were suppressed") had been ignored: the
+    card gave no hint that the counts it rested on might not be all of them. A search's information is not."""
+    outcome = {"resourceType": "OperationOutcome", "id": "oo", "issue": [
+        {"severity": severity, "code": "suppressed", "diagnostics": "Some results were suppressed (sensitive)"}]}
+    labs = severe_cbc()
+    labs["entry"].append({"resource": outcome, "search": {"mode": "outcome"}})
+    cards = patient_view(client, observations=labs)
+    assert cards[0]["indicator"] == "critical"
+    assert ("Some results were suppressed" in cards[0]["detail"]) is named

@@ -252,7 +252,8 @@ def test_cds_old_counts_give_one_info_card_with_their_age(client, year):
     cards = cards_of(r)
     assert [c["indicator"] for c in cards] == ["info"]
     years = int((datetime.now(timezone.utc).date() - datetime(year, 4, 1).date()).days / 365.25)
-    assert cards[0]["summary"] == f"No current CBC: the latest is {years} years old ({year}-04-01); not assessed"
+    assert cards[0]["summary"] == (f"No current CBC in the data sent: the latest is {years} years old ({year}-04-01); "
+                                   "not assessed")
     assert "malignancy" not in json.dumps(cards).lower()
 
 

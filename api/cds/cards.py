@@ -221,7 +221,7 @@ def stale_card(a: Assessment, hook_instance: str) -> Card:
     years = a.cbc.age_days / 365.25 if a.cbc.age_days is not None else None
     age = (f"{int(years)} years" if years is not None and years >= 2 else
            f"{a.cbc.age_days} days" if a.cbc.age_days is not None else "of unknown age")
-    summary = (f"No current CBC: the latest is {age} old ({_drawn(a).split(',')[0]}); not assessed"
+    summary = (f"No current CBC in the data sent: the latest is {age} old ({_drawn(a).split(',')[0]}); not assessed"
                if a.cbc.time is not None else "No CBC to assess (no WBC or ANC)")
     # what that count was, so that a profound count never repeated is seen (the card judges nothing of it)
     last = [f"{lab.name} {_n(lab.value)} {lab.unit}" for lab in a.labs

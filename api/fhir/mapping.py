@@ -33,7 +33,7 @@ from .observations import LabValue, map_observations
 from .patient import (PatientChoice, belongs, choose_patient, default_id, demographics, several_subjects,
                       subjects)
 from .pgx import map_pgx
-from .datatypes import fmt, is_number
+from .datatypes import as_dict, as_list, as_str, concept_text, fmt, is_number
 from .resources import FhirMappingError, Index, Item, walk_parts
 from .vitals import temperature
 
@@ -78,7 +78,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     """
     warnings: list[str] = []
     items, broken = walk_parts(data)
-    left_out = [NotAssessed(field=p.loc or "resource", reason=p.msg) for p in broken]
+    left_out = [NotAssessed(field=p.loc or "resource", reason=p.msg) for p in broken] + _search_outcomes(items)
     index = Index(items)
     choice = choose_patient(items, patient_id, warnings)
     _refuse_several_subjects(items, choice)
@@ -200,6 +200,24 @@ def _refuse_several_subjects(items: list[Item], choice: PatientChoice) -> None:
                                                    f"({shown}) and no Patient resource says which one this is; "
                                                    f"data of two patients is never merged: say which patient with "
                                                    f"?patient=ID (POST /v1/assess/fhir) or --patient ID (CLI)")])
+
+
+def _search_outcomes(items: list[Item]) -> list[NotAssessed]:
+    """An OperationOutcome among the data with an error or warning (a search's "some results were suppressed"):
+    the results may be incomplete, and the card says so with the EHR's own words (a search's information
+    issues, "N results", are not)."""
+    out = []
+    for item in items:
+        if item.type != "OperationOutcome":
+            continue
+        issues = [as_dict(i) for i in as_list(item.resource.get("issue"))
+                  if as_str(as_dict(i).get("severity")) in ("fatal", "error", "warning")]
+        if issues:
+            said = "; ".join(filter(None, (as_str(i.get("diagnostics")) or concept_text(i.get("details"))
+                                           or as_str(i.get("code")) for i in issues[:3])))[:200]
+            out.append(NotAssessed(field=item.loc, reason=f"the EHR reported that the data may be incomplete: "
+                                                          f"{said or 'an issue with no text'}"))
+    return out
 
 
 def _theirs(theirs: list, wanted: str, warnings: list[str]) -> NotAssessed:
