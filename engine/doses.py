@@ -22,9 +22,12 @@ _DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+
 # read before a day ("15 mg once weekly, do not take daily" is weekly; "twice weekly" is not "twice daily").
 # The abbreviations are the Latin ones prescriptions use (od/qd once daily, bid/tid/qid two to four times
 # daily, qNh every N hours, qod every other day, qhs at bedtime).
+# A duration ("for 2 weeks", "x 10 days") says how long, not how often: only "every N weeks" and the words of a
+# frequency count.
 _TAKES: list[tuple[re.Pattern[str], Optional[float]]] = [
     (re.compile(r"\b(?:twice|two times|2 ?x) (?:a |per |each )?week|\btwice weekly\b", re.I), 2 / 7),
-    (re.compile(r"\bweekly\b|\b(?:a|per|each|every) week\b|\bweeks?\b|\bq ?wk\b|\bwk\b|/ ?w(?:ee)?k\b", re.I), 1 / 7),
+    (re.compile(r"\bevery (\d+) weeks?\b|\bq ?(\d+) ?wks?\b", re.I), None),                    # 1 / (7 N)
+    (re.compile(r"\bweekly\b|\b(?:once )?(?:a|per|each|every) week\b|\bq ?wk\b|/ ?w(?:ee)?k\b", re.I), 1 / 7),
     (re.compile(r"\bevery other day\b|\balternate days\b|\bq\.?o\.?d\b", re.I), 1 / 2),
     (re.compile(r"\b(?:every|q) ?(\d+(?:\.\d+)?) ?(?:hours?|hrs?|h)\b", re.I), None),      # 24 / N
     (re.compile(r"\bq\.?i\.?d\b|\bfour times (?:a |per )?day\b|\bfour times daily\b", re.I), 4),
@@ -40,9 +43,9 @@ def takes_per_day(text: str) -> Optional[float]:
     for pattern, takes in _TAKES:
         m = pattern.search(text)
         if m:
-            if takes is None:                      # every N hours
-                hours = float(m.group(1))
-                return 24 / hours if hours > 0 else None
+            if takes is None:                      # every N weeks, every N hours
+                n = float(next(g for g in m.groups() if g))
+                return None if n <= 0 else (1 / (7 * n) if "w" in m.group(0).lower() else 24 / n)
             return takes
     return None
 

@@ -1,0 +1,48 @@
+"""Dose texts as prescriptions write them (engine/doses.py): how many takes a day a sig says, the dose per day
+it gives, and whether a dose is taken daily (the methotrexate daily-dosing alert reads it)."""
+from __future__ import annotations
+
+import pytest
+
+from leukodx.engine.case import Dose
+from leukodx.engine.doses import dose_mg_kg_day, dosed_daily, takes_per_day
+
+
+@pytest.mark.parametrize("text,takes", [
+    ("75mg OD", 1), ("10 mg daily", 1), ("5 mg at night", 1), ("20 mg once a day", 1), ("1 g q.d.", 1),
+    ("150 mg twice daily", 2), ("150 mg BID", 2), ("1 g q12h", 2), ("500 mg tid", 3), ("100 mg q8h", 3),
+    ("1 g four times a day", 4), ("2 g every 4 hours", 6),
+    ("50 mg every other day", 0.5), ("15 mg once weekly", 1 / 7), ("20 mg once a week", 1 / 7),
+    ("2.5 mg twice weekly", 2 / 7), ("7.5 mg every 2 weeks", 1 / 14), ("40 mg q2wk", 1 / 14),
+    # a week named first decides: the sig warns against daily use
+    ("15 mg once weekly on Mondays, do not take daily", 1 / 7),
+    # a duration is how long, not how often
+    ("500 mg tid for 2 weeks", 3), ("10 mg daily for 3 weeks", 1), ("1 g qd x 10 days", 1),
+    ("150 mg", None), ("as directed", None), ("500 mg for 7 days", None),
+])
+def test_takes_per_day(text, takes):
+    assert takes_per_day(text) == (pytest.approx(takes) if takes is not None else None)
+
+
+@pytest.mark.parametrize("dose,per_day", [
+    ("75mg OD", 75), ("150 mg twice daily", 300), ("2 g every 4 hours", 12000), ("10 mg/day", 10),
+    ("15 mg once weekly", 15 / 7), (Dose(value=15, unit="mg/wk"), 15 / 7), (Dose(value=100, unit="mg/d"), 100),
+])
+def test_a_mass_per_take_and_how_often_is_a_dose_per_day(dose, per_day):
+    per_kg, mg_day, why = dose_mg_kg_day(dose, 50)
+    assert (mg_day, per_kg, why) == (pytest.approx(per_day), pytest.approx(per_day / 50), None)
+
+
+@pytest.mark.parametrize("dose", ["150 mg", "2 tabs bid", "as directed"])
+def test_a_dose_that_cannot_be_read_says_why(dose):
+    per_kg, mg_day, why = dose_mg_kg_day(dose, 50)
+    assert per_kg is None and mg_day is None and repr(dose) in why
+
+
+@pytest.mark.parametrize("dose,daily", [
+    ("10 mg daily", True), ("2.5 mg bid", True), ("15 mg once weekly, not daily", False), ("15 mg", False),
+    (Dose(value=10, unit="mg/day"), True), (Dose(value=15, unit="mg/wk"), False), (Dose(value=1, unit="mg/h"), True),
+    (None, False),
+])
+def test_dosed_daily(dose, daily):
+    assert dosed_daily(dose) is daily
