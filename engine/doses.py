@@ -16,37 +16,58 @@ from .units import dose_rate
 
 __all__ = ["dose_mg_kg_day", "dosed_daily", "takes_per_day"]
 
+_DECIMAL_COMMA = re.compile(r"(\d),(\d{1,2})(?!\d)")
+_THOUSANDS = re.compile(r"(\d),(\d{3})(?!\d)")
 _DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+)*)")
 
-# How often a dose text says a dose is taken, in takes per day; the first that matches decides, so a week is
-# read before a day ("15 mg once weekly, do not take daily" is weekly; "twice weekly" is not "twice daily").
-# The abbreviations are the Latin ones prescriptions use (od/qd once daily, bid/tid/qid two to four times
-# daily, qNh every N hours, qod every other day, qhs at bedtime).
-# A duration ("for 2 weeks", "x 10 days") says how long, not how often: only "every N weeks" and the words of a
-# frequency count.
-_TAKES: list[tuple[re.Pattern[str], Optional[float]]] = [
-    (re.compile(r"\b(?:twice|two times|2 ?x) (?:a |per |each )?week|\btwice weekly\b", re.I), 2 / 7),
-    (re.compile(r"\bevery (\d+) weeks?\b|\bq ?(\d+) ?wks?\b", re.I), None),                    # 1 / (7 N)
-    (re.compile(r"\bweekly\b|\b(?:once )?(?:a|per|each|every) week\b|\bq ?wk\b|/ ?w(?:ee)?k\b", re.I), 1 / 7),
-    (re.compile(r"\bevery other day\b|\balternate days\b|\bq\.?o\.?d\b", re.I), 1 / 2),
-    (re.compile(r"\b(?:every|q) ?(\d+(?:\.\d+)?) ?(?:hours?|hrs?|h)\b", re.I), None),      # 24 / N
-    (re.compile(r"\bq\.?i\.?d\b|\bfour times (?:a |per )?day\b|\bfour times daily\b", re.I), 4),
-    (re.compile(r"\bt\.?i\.?d\b|\bthree times (?:a |per )?day\b|\bthree times daily\b", re.I), 3),
-    (re.compile(r"\bb\.?i\.?d\b|\b(?:twice|two times) (?:a |per )?day\b|\btwice daily\b", re.I), 2),
-    (re.compile(r"\bdaily\b|\b(?:once )?(?:a|per|each|every) day\b|\bo\.?d\b|\bq\.?d\b|\bnightly\b|\bq ?(?:am|pm|hs)\b"
-                r"|\bevery (?:morning|evening|night)\b|\bat (?:night|bedtime)\b|/ ?d(?:ay)?\b", re.I), 1),
+# How often a dose text says a dose is taken, in takes per day: the frequency written first decides ("15 mg once
+# weekly, do not take daily" is weekly; "300 mg daily, FBC every 2 weeks" daily), the table's order where two
+# start at one place ("twice weekly" is not "twice daily"; "on Mondays" is once a week, "Mon/Wed/Fri" three times).
+# The abbreviations are those prescriptions use: od, qd,
+# mane, nocte, om once daily; bd/bid, tds/tid, qds/qid two to four times; qNh and "N-hourly" every N hours;
+# qod every other day; qhs at bedtime. A duration ("for 2 weeks", "x 10 days") says how long, not how often.
+_WEEKDAY = r"(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)(?:day)?s?"
+_N = r"(\d+(?:\.\d+)?|one|two|three|four|five|six|seven|eight|twelve|twenty-four)"
+_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "twelve": 12,
+            "twenty-four": 24}
+_TAKES: list[tuple[re.Pattern[str], Union[float, str]]] = [
+    (re.compile(rf"\b{_N} ?(?:x|times) (?:a |per |each )?week|\btwice (?:a |per |each )?week(?:ly)?\b", re.I),
+     "per week"),
+    (re.compile(r"\bevery other week\b|\bfortnightly\b|\balternate weeks\b", re.I), 1 / 14),
+    (re.compile(rf"\bevery {_N} weeks?\b|\bq ?(\d+) ?wks?\b", re.I), "every N weeks"),
+    (re.compile(r"\bweekly\b|\b(?:once )?(?:a|per|each|every) week\b|\bq ?wk?\b|/ ?w(?:ee)?k\b|\bevery 7 days\b"
+                r"|\bq ?7 ?d\b", re.I), 1 / 7),
+    (re.compile(rf"\b{_WEEKDAY}\b(?:\s*(?:[/,&+]|and)\s*{_WEEKDAY}\b)*", re.I), "weekdays"),
+    (re.compile(r"\bevery other day\b|\balternate days\b|\bq\.?o\.?d\b|\bevery 48 ?h", re.I), 1 / 2),
+    (re.compile(rf"\b(?:every|q\.?) ?{_N}\.? ?(?:hours?|hrs?|h)\b\.?|\b{_N}[ -]?hourly\b|/ ?{_N} ?h\b", re.I),
+     "every N hours"),
+    (re.compile(rf"\b{_N} ?(?:x|times) (?:a |per |each )?(?:day|daily)\b|\b{_N} ?x (?:t[aä]glich|tgl)", re.I),
+     "per day"),
+    (re.compile(r"\bq\.?i\.?d\b|\bq\.?d\.?s\b", re.I), 4),
+    (re.compile(r"\bt\.?i\.?d\b|\bt\.?d\.?s\b", re.I), 3),
+    (re.compile(r"\bb\.?i\.?d\b|\bb\.?d\b|\btwice (?:a |per )?day\b|\btwice daily\b", re.I), 2),
+    (re.compile(r"\bdaily\b|\b(?:once )?(?:a|per|each|every) day\b|\bo\.?d\b|\bq\.? ?d(?:ay)?\b|\bnightly\b"
+                r"|\bq ?(?:am|pm|hs)\b|\b(?:every|each|in the) (?:morning|evening|night)\b|\bat (?:night|bedtime)\b"
+                r"|\bmane\b|\bnocte\b|\bo\.?m\b|\b1-0-0\b|\b0-0-1\b|/ ?d(?:ay)?\b", re.I), 1),
 ]
+
+
+def _number(text: str) -> float:
+    return float(_NUMBERS.get(text.lower(), text) if not text[0].isdigit() else text)
 
 
 def takes_per_day(text: str) -> Optional[float]:
     """How many takes a day a dose text says (1/7 for weekly, 2 for twice daily); None when it says none."""
-    for pattern, takes in _TAKES:
-        m = pattern.search(text)
-        if m:
-            if takes is None:                      # every N weeks, every N hours
-                n = float(next(g for g in m.groups() if g))
-                return None if n <= 0 else (1 / (7 * n) if "w" in m.group(0).lower() else 24 / n)
+    found = [(m.start(), i, m, takes) for i, (pattern, takes) in enumerate(_TAKES) if (m := pattern.search(text))]
+    for _, _, m, takes in sorted(found, key=lambda f: (f[0], f[1]))[:1]:
+        if isinstance(takes, (int, float)):
             return takes
+        if takes == "weekdays":                    # "on Mondays": once a week; "Mon/Wed/Fri": three times
+            return len(re.findall(rf"\b{_WEEKDAY}\b", m.group(0), re.I)) / 7
+        n = next((_number(g) for g in m.groups() if g), 2.0)     # "twice a week": no number, two
+        if n <= 0:
+            return None
+        return {"per week": n / 7, "every N weeks": 1 / (7 * n), "every N hours": 24 / n, "per day": n}[takes]
     return None
 
 
@@ -72,6 +93,7 @@ def dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]
     shown = dose if isinstance(dose, str) else f"{dose.value:g} {dose.unit}"
     takes = None
     if isinstance(dose, str):
+        dose = _THOUSANDS.sub(r"\1\2", _DECIMAL_COMMA.sub(r"\1.\2", dose))   # "2,5 mg" is 2.5 mg; "1,000 mg" 1000
         m = _DOSE_TEXT.search(dose)
         if not m:
             return None, None, f"the dose {shown!r} has no number and unit leukodx can read"

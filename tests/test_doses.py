@@ -19,6 +19,16 @@ from leukodx.engine.doses import dose_mg_kg_day, dosed_daily, takes_per_day
     # a duration is how long, not how often
     ("500 mg tid for 2 weeks", 3), ("10 mg daily for 3 weeks", 1), ("1 g qd x 10 days", 1),
     ("150 mg", None), ("as directed", None), ("500 mg for 7 days", None),
+    # the frequency written first decides: a monitoring note after the dose is not its frequency
+    ("300 mg daily, FBC every 2 weeks", 1), ("2 g q4h for 6 weeks", 6),
+    # British, Australian and German sigs
+    ("10 mg BD", 2), ("500 mg TDS", 3), ("1 g QDS", 4), ("10 mg mane", 1), ("10 mg nocte", 1), ("10 mg OM", 1),
+    ("10 mg in the morning", 1), ("1-0-0", 1), ("10 mg 1x täglich", 1), ("300 mg 3x daily", 3),
+    ("2 g 4-hourly", 6), ("2 g 6 hourly", 4), ("2 g q.8.h.", 3), ("2 g every four hours", 6),
+    # weekly, by the week or by its days
+    ("every 7 days", 1 / 7), ("q7d", 1 / 7), ("QW", 1 / 7), ("fortnightly", 1 / 14), ("every other week", 1 / 14),
+    ("three times weekly", 3 / 7), ("Mon/Wed/Fri", 3 / 7), ("15 mg on Fridays at night", 1 / 7),
+    ("7.5 mg Monday morning; folic acid 5 mg daily other days", 1 / 7),
 ])
 def test_takes_per_day(text, takes):
     assert takes_per_day(text) == (pytest.approx(takes) if takes is not None else None)
@@ -27,6 +37,7 @@ def test_takes_per_day(text, takes):
 @pytest.mark.parametrize("dose,per_day", [
     ("75mg OD", 75), ("150 mg twice daily", 300), ("2 g every 4 hours", 12000), ("10 mg/day", 10),
     ("15 mg once weekly", 15 / 7), (Dose(value=15, unit="mg/wk"), 15 / 7), (Dose(value=100, unit="mg/d"), 100),
+    ("2,5 mg/kg/d", 125), ("1,000 mg daily", 1000),         # a decimal comma; a thousands separator
 ])
 def test_a_mass_per_take_and_how_often_is_a_dose_per_day(dose, per_day):
     per_kg, mg_day, why = dose_mg_kg_day(dose, 50)

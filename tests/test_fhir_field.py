@@ -844,15 +844,22 @@ def test_a_string_among_a_prefetch_bundles_entries_costs_only_itself(client):
 MTX_CC = {"coding": [{"system": RXNORM, "code": "6851", "display": "methotrexate"}]}
 
 
-@pytest.mark.parametrize("repeat,daily", [({"frequency": 1, "period": 1, "periodUnit": "d"}, True),
-                                          ({"frequency": 2, "period": 1, "periodUnit": "d"}, True),
-                                          ({"frequency": 1, "period": 1, "periodUnit": "wk"}, False),
-                                          ({"frequency": 2, "period": 1, "periodUnit": "wk"}, False)])
-def test_methotrexate_given_daily_for_arthritis_gets_a_critical_card_whatever_the_count(client, repeat, daily):
+@pytest.mark.parametrize("timing,daily", [
+    ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}, True),
+    ({"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}, True),
+    ({"repeat": {"frequency": 7, "period": 1, "periodUnit": "wk"}}, True),
+    ({"code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation", "code": "QD"}]}}, True),
+    ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "wk"}}, False),
+    ({"repeat": {"frequency": 2, "period": 1, "periodUnit": "wk"}}, False),
+    ({"repeat": {"frequency": 1, "period": 7, "periodUnit": "d"}}, False),          # once a week, in days
+    ({"repeat": {"frequency": 1, "period": 168, "periodUnit": "h"}}, False),        # and in hours
+    ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "d", "dayOfWeek": ["mon"]}}, False)])   # on Mondays
+def test_methotrexate_given_daily_for_arthritis_gets_a_critical_card_whatever_the_count(client, timing, daily):
     """Methotrexate 10 mg once a day for rheumatoid arthritis, as an EHR's timing says it (no text), is the
     daily-instead-of-weekly error (ISMP 2018; FDA 2019): a critical card at normal counts, and at the order's
-    signing. Once or twice a week it is the intended regimen, and the weekly dose is kept as a weekly dose."""
-    dosage = [{"timing": {"repeat": repeat},
+    signing. Once or twice a week it is the intended regimen, however the timing writes it (1 per 7 d had been
+    flagged), and the weekly dose is kept as a weekly dose."""
+    dosage = [{"timing": timing,
                "doseAndRate": [{"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}]}]
     rx = {"resourceType": "MedicationRequest", "id": "mtx", "status": "active", "intent": "order",
           "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-01-05", "medicationCodeableConcept": MTX_CC,

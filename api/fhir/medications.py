@@ -11,9 +11,10 @@ in ``contained``, ``Medication/<id>`` or a ``fullUrl``): ``name`` is its text or
 ``effectivePeriod.start`` or ``effectiveDateTime``; ``end`` (stopped/completed only):
 ``effectivePeriod.end`` or ``dispenseRequest.validityPeriod.end``. ``dose``: the first dose
 quantity as ``{value, unit}`` when its unit is a mass per time (mg/d) or per body mass per time
-(mg/kg/d), or a mass per take with its ``timing.repeat`` (frequency per period) as a dose per that period
-(125 mg twice a day: 250 mg/d; methotrexate 15 mg once a week: 15 mg/wk, so that a weekly dose stays weekly
-and a daily one daily for the engine's frequency check), else the dosage text. ``indication``: ``reasonCode[0]``, else the Condition that
+(mg/kg/d), or a mass per take with its timing (``timing.repeat`` frequency per period, ``dayOfWeek``, or a
+``timing.code`` such as BID) as a dose per day when taken daily or more often, per week when less often (125 mg
+twice a day: 250 mg/d; methotrexate 15 mg once a week: 15 mg/wk, so that a weekly dose stays weekly and a daily
+one daily for the engine's frequency check), else the dosage text. ``indication``: ``reasonCode[0]``, else the Condition that
 ``reasonReference[0]`` points to. A medication that starts after the case date is left out.
 """
 from __future__ import annotations
@@ -279,11 +280,13 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
     rate_unit = rate.spelling if rate else None
     if rate_unit:
         return {"value": value, "unit": rate_unit}
-    per_period = _per_period(value, unit, as_dict(as_dict(dosage.get("timing")).get("repeat")))
-    if per_period is not None:
+    per_period = _per_period(value, unit, as_dict(dosage.get("timing")))
+    if isinstance(per_period, dict):
         return per_period
     if text:
         return text
+    if per_period is not None:
+        return per_period
     if is_number(value) and unit:
         return f"{fmt(value)} {unit}"
     return None
@@ -311,23 +314,40 @@ def _total_dose(doses: list[Union[dict[str, Any], str, None]], label: str,
 
 
 _PERIOD_UNITS = frozenset({"s", "min", "h", "d", "wk", "mo", "a"})     # FHIR's UnitsOfTime (UCUM codes)
+# HL7's timing abbreviations (GTSAbbreviation, ``timing.code``) as takes per week, for a timing sent without repeat
+_TIMING_CODES = {"QD": 7, "AM": 7, "PM": 7, "BED": 7, "BID": 14, "TID": 21, "QID": 28, "QOD": 3.5, "WK": 1,
+                 "Q1H": 168, "Q2H": 84, "Q3H": 56, "Q4H": 42, "Q6H": 28, "Q8H": 21}
 
 
-def _per_period(value: Any, unit: Optional[str], repeat: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """A dose per take (``doseQuantity`` 50 mg) with its timing (``frequency`` takes per ``period``
-    ``periodUnit``: 2 per 1 d) as a dose per unit of that period ({value: 100, unit: mg/d}; 1 per 2 wk:
-    {value: 7.5, unit: mg/wk}; periods shorter than a day per day), for the dose rules (which convert it to mg/day with pint) and the engine's
-    check of how often a weekly drug is taken; None when either is missing or not a mass (per body mass)."""
-    frequency, period, period_unit = repeat.get("frequency"), repeat.get("period"), as_str(repeat.get("periodUnit"))
-    if not (is_number(value) and unit and is_number(frequency) and is_number(period) and period > 0
-            and period_unit in _PERIOD_UNITS):
+def _takes_per_week(timing: dict[str, Any]) -> Optional[float]:
+    """How many takes a week a timing gives: ``frequency`` per ``period`` ``periodUnit`` (pint converts the
+    period), on each ``dayOfWeek`` when named (1 per 1 d on Monday is once a week), else its ``code``."""
+    repeat = as_dict(timing.get("repeat"))
+    frequency, period, unit = repeat.get("frequency"), repeat.get("period"), as_str(repeat.get("periodUnit"))
+    days = [d for d in as_list(repeat.get("dayOfWeek")) if isinstance(d, str)]
+    if is_number(frequency) and is_number(period) and period > 0 and frequency > 0 and unit in _PERIOD_UNITS:
+        span = registry().Quantity(float(period), unit).to("day").magnitude
+        return float(frequency) * len(days) if days and span <= 1 else float(frequency) * 7 / span
+    if days:
+        return float(len(days))
+    code = next((as_str(c.get("code")) for c in codings(timing.get("code")) if as_str(c.get("code"))), None)
+    return _TIMING_CODES.get((code or "").upper())
+
+
+def _per_period(value: Any, unit: Optional[str], timing: dict[str, Any]) -> Union[dict[str, Any], str, None]:
+    """A dose per take (``doseQuantity`` 50 mg) with its timing as a dose per day when it is taken daily or more
+    often (2 per 1 d: {value: 100, unit: mg/d}) and per week when less often (1 per 7 d, or 1 per 1 wk: {value: 15,
+    unit: mg/wk}), for the dose rules (pint converts it to mg/day) and the engine's check of how often a weekly
+    drug is taken; a dose per take that is not a mass (4 tablets) as a text that says how often ("4 {tbl} 1 time a
+    day"); None without a value, a unit or a timing."""
+    per_week = _takes_per_week(timing)
+    if not (is_number(value) and unit and per_week):
         return None
-    if period_unit in ("s", "min", "h"):      # a dose every 12 h reads as a dose per day
-        period, period_unit = registry().Quantity(float(period), period_unit).to("day").magnitude, "d"
-    rate = dose_rate(f"{unit}/{period_unit}")
+    daily = per_week >= 7
+    rate = dose_rate(f"{unit}/{'d' if daily else 'wk'}")
     if rate is None:
-        return None
-    return {"value": float(f"{float(value) * float(frequency) / float(period):.6g}"), "unit": rate.spelling}
+        return f"{fmt(value)} {unit} {fmt(per_week / 7 if daily else per_week)} times a {'day' if daily else 'week'}"
+    return {"value": float(f"{float(value) * (per_week / 7 if daily else per_week):.6g}"), "unit": rate.spelling}
 
 
 def _indication(item: Item, index: Index) -> Optional[str]:
