@@ -395,3 +395,38 @@ def test_gestation_wording_selects_the_pregnancy_anaemia_cutoff(engine):
     parity_only = engine.assess(base_case(labs=labs, history={"conditions": ["G2P2"]}))
     assert "anemia" not in {f.id for f in pregnant.findings}
     assert "anemia" in {f.id for f in parity_only.findings}
+
+
+@pytest.mark.parametrize("text,fever", [
+    ("Fever", True), ("pyrexia", True), ("Pyrexia of unknown origin", True), ("febrile illness", True),
+    ("temp 38.9, fever since yesterday", True), ("FUO - fever of unknown origin", True),
+    # febrile neutropenia is its own condition, with its own cues
+    ("Febrile neutropenia (resolved)", False), ("febrile neutropenia prophylaxis", False),
+    # named diseases and other things whose name holds the word, however written
+    ("Fever blister", False), ("Hay-fever", False), ("rheumatic-fever", False), ("Q-fever", False),
+    ("Fever, rheumatic", False), ("familial Mediterranean fever", False), ("febrile seizure as a child", False),
+    ("scarlet fever 1990", False), ("typhoid fever vaccine", False),
+    # absent, over
+    ("Fever: No", False), ("fever absent", False), ("non-febrile", False), ("afebrile", False), ("no fever", False),
+    ("Fever of unknown origin - resolved 2019", False), ("Fever (resolved)", False),
+])
+def test_a_fever_is_read_only_where_the_text_says_the_patient_has_one(kb, text, fever):
+    """A fever condition makes febrile neutropenia with a low ANC: the second red team found it read in
+    "Febrile neutropenia (resolved)", "Hay-fever", "Fever: No" and "febrile neutropenia prophylaxis" (a
+    pegfilgrastim order's indication)."""
+    found, _ = read_conditions(kb, text)
+    assert ("fever" in found) is fever
+
+
+@pytest.mark.parametrize("text,cancer", [
+    ("malignant hypertension", False), ("neuroleptic malignant syndrome", False), ("benign tumour", False),
+    ("anti-TNF (tumour necrosis factor) failure", False), ("CA 19-9 raised", False),
+    ("malignant melanoma", True), ("brain tumour", True), ("gestational trophoblastic neoplasia", True),
+    ("molar pregnancy", True), ("mycosis fungoides", True), ("Sézary syndrome", True),
+    ("Langerhans cell histiocytosis", True), ("Ca breast", True), ("maintenance chemotherapy", True),
+])
+def test_cancer_is_read_where_there_is_one(kb, text, cancer):
+    """A cancer among the conditions makes methotrexate chemotherapy (no daily-dosing alert): "malignant
+    hypertension" and "tumour necrosis factor" had silenced the alert, and GTN's daily methotrexate raised it."""
+    found, _ = read_conditions(kb, text)
+    assert ("cancer" in found) is cancer
