@@ -184,7 +184,8 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
     levels = [a.severity for a in alerts] + [kb.tier_priority.get(d.risk_tier.tier, "info")]
     if d.risk_tier.tier_at_least:
         levels.append(kb.tier_priority.get(d.risk_tier.tier_at_least, "info"))
-    levels += [kb.step_priority.get(s.urgency, "info") for s in steps]
+    levels += [kb.step_priority[s.id] for s in steps
+               if s.id in kb.step_priority and s.urgency in ("immediate", "urgent")]
     priority = min(levels, key=order.index)
     return Assessment(
         case_id=nc.case.id, priority=priority, unrecognised=nc.unrecognised, as_of=nc.as_of, kb_version=kb.version, engine_version=engine_version,

@@ -80,7 +80,7 @@ class KnowledgeBase:
     label_thresholds: list[dict[str, Any]]
     vitals: dict[str, Any]           # rules/vitals.yaml: body temperature codes and sites, body weight codes
     tier_priority_sources: list[str]
-    step_priority: dict[str, str]    # an immediate or urgent step's least priority (rules/alerts.yaml)
+    step_priority: dict[str, str]    # step id -> the least priority it gives when immediate or urgent
     pgx_codes: dict[str, Any]        # rules/pgx/result_codes.yaml: LOINC code -> {gene, kind, display}
     gene_studied_code: str           # the genotype component that names the gene
     rules: list[Rule] = field(default_factory=list)

@@ -171,15 +171,17 @@ def _service_request(patient_id: Optional[str], code: Optional[dict[str, Any]], 
 
 
 def urgent_steps(a: Assessment) -> bool:
-    """An immediate or urgent step: a label's threshold for haemoglobin or platelets (valganciclovir with
-    haemoglobin 7.2 had given no card; with no current WBC or ANC beside it, no card either)."""
-    return any(s.urgency in ("immediate", "urgent") for s in a.steps)
+    """An immediate or urgent step that raises the assessment's priority (rules/alerts.yaml step_priority): a
+    label's threshold for haemoglobin or platelets (valganciclovir with haemoglobin 7.2 had given no card; with no
+    current WBC or ANC beside it, no card either)."""
+    return a.priority != "info" and any(s.urgency in ("immediate", "urgent") for s in a.steps)
 
 
 def cytopenia_without_white_count(a: Assessment) -> bool:
-    """Anaemia or thrombocytopenia drawn with no WBC or ANC at all (Hb 6.5 and platelets 8 had given no card):
-    the card names them and asks for the count with a differential."""
-    return not a.cbc.tests and any(f.id in ("anemia", "thrombocytopenia") for f in a.findings)
+    """Anaemia and thrombocytopenia drawn with no WBC or ANC at all (Hb 6.5 and platelets 8 had given no card):
+    two lineages low, the card names them and asks for the count with a differential (one alone, an anaemia
+    just below its limit, is not a leukopenia service's to raise)."""
+    return not a.cbc.tests and {"anemia", "thrombocytopenia"} <= {f.id for f in a.findings}
 
 
 def _has_something_to_say(a: Assessment) -> bool:
