@@ -74,6 +74,8 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         need(t.get("sources"), f"thresholds.yaml: {k}")
     for d in kb.drugs:
         need(d.get("sources"), f"drugs.yaml: {d.get('id')}")
+        if d.get("weekly_when_non_oncologic") and d["weekly_when_non_oncologic"] not in kb.alerts:
+            problems.append(f"drugs.yaml: {d.get('id')}: weekly_when_non_oncologic names no alert of alerts.yaml")
     need(kb.duffy_ancestry_sources, "conditions.yaml: duffy_prevalent_ancestry")
     need(kb.negation_sources, "conditions.yaml: not_a_diagnosis")
     if kb.condition_codes:

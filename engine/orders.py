@@ -19,7 +19,7 @@ from . import pgx
 from .assessment import Assessment, CpicRecommendation, GeneStatus
 from .case import Dose
 from .kb import KnowledgeBase
-from .doses import dose_mg_kg_day
+from .doses import dose_mg_kg_day, dosed_daily
 from .vocabulary import DrugIndex, match_conditions
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
@@ -56,7 +56,7 @@ class OrderCheck(BaseModel):
     order: str
     drug: str
     drug_name: str
-    topic: Literal["thiopurine_pgx", "clozapine_anc", "drug_label", "interaction"]
+    topic: Literal["thiopurine_pgx", "clozapine_anc", "drug_label", "interaction", "dosing_frequency"]
     priority: Priority
     summary: str
     detail: str
@@ -209,7 +209,28 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             out.append(_clozapine(kb, order, drug, assessment))
         elif assessment is not None:
             out += [c for c in (_label(kb, order, drug, assessment), _interactions(kb, order, drug, assessment)) if c]
+        daily = _daily_instead_of_weekly(kb, order, drug, assessment, bool(oncologic))
+        if daily is not None:
+            out.append(daily)
     return out
+
+
+def _daily_instead_of_weekly(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment],
+                             oncologic: bool) -> Optional[OrderCheck]:
+    """A weekly drug (drugs.yaml ``weekly_when_non_oncologic``: the alert it raises) ordered daily with no
+    oncologic indication: ISMP's hard stop, at the order's signing even with no blood count to assess (with
+    one, the assessment's own alert says it, on the patient's card)."""
+    alert_id = drug.get("weekly_when_non_oncologic")
+    if not alert_id or not dosed_daily(order.dose) or (a is not None and any(x.id == alert_id for x in a.alerts)):
+        return None
+    named = set(match_conditions(kb, order.indication)) if order.indication else set()
+    if (named & kb.oncologic_conditions) if named else oncologic:
+        return None
+    alert = kb.alerts[alert_id]
+    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="dosing_frequency",
+                      priority=alert.severity or "critical", cancel="possible",
+                      summary=f"{alert.title}: verify the frequency before signing", detail=alert.description,
+                      sources=list(alert.sources))
 
 
 def _label(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:

@@ -929,3 +929,18 @@ def test_a_searchs_operation_outcome_saying_results_were_left_out_is_on_the_card
     cards = patient_view(client, observations=labs)
     assert cards[0]["indicator"] == "critical"
     assert ("Some results were suppressed" in cards[0]["detail"]) is named
+
+
+def test_methotrexate_ordered_daily_with_no_blood_count_is_stopped_at_signing(client):
+    """Methotrexate 10 mg daily for rheumatoid arthritis signed for a patient with no Observations: no card at all
+    (the alert needs an assessment, and there was no count to assess). ISMP's hard stop belongs at the order: the
+    order check says it; for an oncologic indication, or once a week, it does not."""
+    def cards_for(text, reason="rheumatoid arthritis"):
+        draft = order(medicationCodeableConcept=MTX_CC, reasonCode=[{"text": reason}],
+                      dosageInstruction=[{"text": text}])
+        return [c for c in hook_call(client, "order-sign", {}, draft)
+                if c["source"]["topic"]["code"] == "dosing-frequency"]
+    [card] = cards_for("10 mg daily")
+    assert card["indicator"] == "critical" and card["summary"].startswith("Methotrexate given daily")
+    assert cards_for("10 mg daily", "acute lymphoblastic leukaemia") == []
+    assert cards_for("10 mg once weekly") == []

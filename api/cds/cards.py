@@ -42,7 +42,8 @@ TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),
           "thiopurine_pgx": ("thiopurine-pgx", "Thiopurine pharmacogenomics"),
           "clozapine_anc": ("clozapine-anc", "Clozapine ANC monitoring"),
           "drug_label": ("drug-label", "A drug's label count thresholds"),
-          "interaction": ("drug-interaction", "Drug interactions raising marrow toxicity")}
+          "interaction": ("drug-interaction", "Drug interactions raising marrow toxicity"),
+          "dosing_frequency": ("dosing-frequency", "A weekly drug ordered daily")}
 DISCLAIMER = "_leukodx supports and does not replace clinical judgement._"
 
 
