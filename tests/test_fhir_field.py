@@ -760,6 +760,9 @@ def test_a_fever_recorded_as_a_condition_with_anc_0_3_is_febrile_neutropenia(cli
     resolved = {**condition, "clinicalStatus": {"coding": [{"code": "resolved"}]}}
     cards = patient_view(client, conditions=bundle(resolved, kind="searchset"), observations=severe_cbc())
     assert not cards[0]["summary"].startswith("FEBRILE NEUTROPENIA")
+    old = {**condition, "onsetDateTime": "2019-03-01"}          # an episode of 2019 left active on the list
+    cards = patient_view(client, conditions=bundle(old, kind="searchset"), observations=severe_cbc())
+    assert not cards[0]["summary"].startswith("FEBRILE NEUTROPENIA")
 
 
 @pytest.mark.parametrize("value,code_text,expected", [

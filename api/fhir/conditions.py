@@ -23,6 +23,7 @@ from typing import Optional
 
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
+from leukodx.engine.timeutil import utc_date
 
 from .datatypes import When, after, as_dict, as_str, codes, codings, concept_text, later_warning, parse_when
 from .resources import Item
@@ -48,6 +49,11 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], k
         text, onset = mapped
         if after(onset, ref):
             later.append(item.label)
+            continue
+        if kb is not None and _old_fever(text, onset, ref, kb):
+            days = kb.value("current_temperature_max_age_days")
+            warnings.append(f"{item.label}: a fever recorded with its onset on {utc_date(onset)} is not a fever now "
+                            f"(a temperature older than {days:g} days is not current either); not counted.")
             continue
         texts.setdefault(text.casefold(), text)
     if later:
@@ -92,6 +98,17 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
         text = f"suspected {text}"
     onset, _ = parse_when(res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start"))
     return text, onset
+
+
+def _old_fever(text: str, onset: Optional[When], ref: Optional[date], kb: Optional[KnowledgeBase]) -> bool:
+    """A fever (or febrile neutropenia) on the problem list whose onset is older than a current temperature may be
+    (rules/thresholds.yaml current_temperature_max_age_days): an episode of 2019 left active is no fever now."""
+    if kb is None or ref is None or onset is None:
+        return False
+    day = utc_date(onset)
+    if day is None or (ref - day).days <= kb.value("current_temperature_max_age_days"):
+        return False
+    return any(p.search(text) for cid in ("fever", "febrile_neutropenia") if (p := kb.conditions.get(cid)))
 
 
 def _coded(concept: object, kb: Optional[KnowledgeBase]) -> Optional[str]:
