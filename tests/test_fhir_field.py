@@ -947,3 +947,16 @@ def test_methotrexate_ordered_daily_with_no_blood_count_is_stopped_at_signing(cl
     assert card["indicator"] == "critical" and card["summary"].startswith("Methotrexate given daily")
     assert cards_for("10 mg daily", "acute lymphoblastic leukaemia") == []
     assert cards_for("10 mg once weekly") == []
+
+
+def test_a_wbc_with_no_differential_and_another_value_unread_is_not_a_warning(client):
+    """WBC 6.0 with no differential beside a lymphocyte count in a unit leukodx cannot read had been the warning
+    "neutrophil count unknown" (the second red team): nothing that could give the ANC was unread. An unread ANC
+    beside it still is the warning."""
+    other = bundle(obs("6690-2", 6.0, t=RECENT), obs("731-0", 2.0, "K/hpf", t=RECENT), kind="searchset")
+    [card] = patient_view(client, observations=other)
+    assert card["indicator"] == "info" and card["summary"].endswith("no ANC (no differential); some other values "
+                                                                      "could not be read")
+    anc = bundle(obs("6690-2", 6.0, t=RECENT), obs("751-8", 300, "K/hpf", t=RECENT), kind="searchset")
+    [card] = patient_view(client, observations=anc)
+    assert card["indicator"] == "warning" and "neutrophil count unknown" in card["summary"]

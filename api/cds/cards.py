@@ -22,7 +22,8 @@ from leukodx.engine import Assessment, OrderCheck
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
 __all__ = ["assessment_cards", "urgent_steps", "cytopenia_without_white_count", "order_card", "unread_order_card",
-           "stale_card", "unassessed_card", "checked_card", "note_left_out", "OVERRIDE_REASONS", "card_id"]
+           "stale_card", "unassessed_card", "checked_card", "note_left_out", "OVERRIDE_REASONS", "card_id",
+           "NEUTROPHIL_TESTS"]
 
 _NS = uuid.UUID("6f1c2b7e-4d0a-4f59-9a59-1f7b3d6a8c21")
 TOPIC_SYSTEM = "urn:leukodx:cds-topic"
@@ -35,6 +36,7 @@ OVERRIDE_REASONS = [Coding(system=NON_ADHERENCE, code=code, display=display) for
     ("does-not-align-preferences", "Recommendation does not align with patient preferences or values"))]
 CBC_WITH_DIFFERENTIAL = {"system": "http://loinc.org", "code": "57021-8",
                          "display": "CBC W Auto Differential panel - Blood"}
+NEUTROPHIL_TESTS = ("anc", "wbc", "neutrophils_pct", "bands_pct")   # the values an ANC is had from (rules/labs.yaml)
 TIER_WORDS = {"mild": "Mild neutropenia", "moderate": "Moderate neutropenia", "severe": "Severe neutropenia",
               "profound": "Profound neutropenia"}
 TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),
@@ -240,10 +242,15 @@ def stale_card(a: Assessment, hook_instance: str) -> Card:
                       kb_version=a.kb_version)
 
 
-def checked_card(a: Assessment, hook_instance: str) -> Card:
+def checked_card(a: Assessment, hook_instance: str, counts_unread: bool = True) -> Card:
     """A current CBC with nothing to flag, shown only when some data could not be read. With no neutrophil count
-    to be had (an ANC sent in a unit or as a text that could not be read), it says so, as a warning: an unread ANC
-    is not a normal one (it had said "no neutropenia found" beside an unread ANC of 0.3)."""
+    to be had, it says so: as a warning when a count that could give the ANC was left unread (an ANC in a unit or
+    a text that could not be read: an unread ANC is not a normal one, and it had said "no neutropenia found" beside
+    an unread ANC of 0.3), as information when only other values were (a WBC with no differential)."""
+    if a.risk_tier.tier == "unknown" and not counts_unread:
+        return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: no ANC (no differential); some other "
+                          f"values could not be read", f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\n_{a.disclaimer}_",
+                          kb_version=a.kb_version)
     if a.risk_tier.tier == "unknown":
         return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: neutrophil count unknown; some values "
                           f"could not be read", f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\nNeutropenia is not ruled out: "

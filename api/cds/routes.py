@@ -267,6 +267,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     dated = [d if "authoredOn" in d else {**d, "authoredOn": today.isoformat()} for d in drafts]
     assessment: Optional[Assessment] = None
     left_out: list[str] = list(notes)
+    counts_unread = True           # whether a value that could give the ANC was left unread (set once assessed)
     problems: list[str] = []
     where: list[str] = []            # what was left out or refused, by place only (for the log)
     mismatch = False
@@ -282,6 +283,9 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
         assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
+        counts_unread = any("observation" in n.field.lower() for n in mapped.not_assessed) or any(
+            {(n.value or "").split(" ")[0], n.reason.split(":")[0]} & set(C.NEUTROPHIL_TESTS)
+            for n in assessment.not_assessed)
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
                                                                   if u.suggestions else "")
                      for u in assessment.unrecognised]
@@ -325,7 +329,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
             cards.append(C.unassessed_card(hook.hookInstance, left_out))   # a temperature, and no count to check
         else:
             if not cards and assessment is not None:
-                cards.append(C.checked_card(assessment, hook.hookInstance))
+                cards.append(C.checked_card(assessment, hook.hookInstance, counts_unread))
             C.note_left_out(cards, left_out)
     C.note_cautions(cards, cautions)
     return cards, report
