@@ -23,10 +23,10 @@ _DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+
 # How often a dose text says a dose is taken, in takes per day: the frequency written first decides ("15 mg once
 # weekly, do not take daily" is weekly; "300 mg daily, FBC every 2 weeks" daily), the table's order where two
 # start at one place ("twice weekly" is not "twice daily"; "on Mondays" is once a week, "Mon/Wed/Fri" three times).
-# The abbreviations are those prescriptions use: od, qd,
-# mane, nocte, om once daily; bd/bid, tds/tid, qds/qid two to four times; qNh and "N-hourly" every N hours;
-# qod every other day; qhs at bedtime. A duration ("for 2 weeks", "x 10 days") says how long, not how often.
-_WEEKDAY = r"(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)(?:day)?s?"
+# The abbreviations are those prescriptions use: od, qd, mane, nocte, om once daily; bd/bid, tds/tid, qds/qid two
+# to four times; qNh and "N-hourly" every N hours; qod every other day; qhs at bedtime. A duration ("for 2 weeks",
+# "x 10 days") says how long, not how often. Saturday and Sunday only in full ("avoid sun" is no weekday).
+_WEEKDAY = r"(?:(?:mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri)(?:day)?s?|(?:satur|sun)days?)"
 _N = r"(\d+(?:\.\d+)?|one|two|three|four|five|six|seven|eight|twelve|twenty-four)"
 _NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "twelve": 12,
             "twenty-four": 24}

@@ -28,7 +28,8 @@ from leukodx.engine.doses import dose_mg_kg_day, dosed_daily, takes_per_day
     # weekly, by the week or by its days
     ("every 7 days", 1 / 7), ("q7d", 1 / 7), ("QW", 1 / 7), ("fortnightly", 1 / 14), ("every other week", 1 / 14),
     ("three times weekly", 3 / 7), ("Mon/Wed/Fri", 3 / 7), ("15 mg on Fridays at night", 1 / 7),
-    ("7.5 mg Monday morning; folic acid 5 mg daily other days", 1 / 7),
+    ("7.5 mg Monday morning; folic acid 5 mg daily other days", 1 / 7), ("15 mg on Sundays", 1 / 7),
+    ("Wednesday", 1 / 7), ("avoid sun; take 10 mg daily", 1),
 ])
 def test_takes_per_day(text, takes):
     assert takes_per_day(text) == (pytest.approx(takes) if takes is not None else None)
