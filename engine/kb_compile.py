@@ -97,12 +97,15 @@ def _label_family(kb: "KnowledgeBase", problems: list[str]) -> "FamilySpec | Non
                 "id": f"labels.{t['drug']}_{test}_{str(bound).replace('.', '_')}",
                 "statement": f"The {t['drug'].replace('_', ' ')} label: {names.get(test, test)} {words} {bound:g} "
                              f"{unit}: {t['action']}.",
-                "when": {f"drug_{t['drug']}_active": True, test: {op: bound}},
+                "when": {f"drug_{t['drug']}_active": True, test: {op: bound},
+                         **({f"{t['with_class']}_active": True} if t.get("with_class") else {})},
                 "then": [{"step": t["step"], "urgency": t["urgency"]}], "sources": t["sources"]})
         except (KeyError, TypeError, ValueError) as e:
             problems.append(f"label_thresholds.yaml: labels[{i}]: {e}")
     try:
-        return FamilySpec.model_validate({"family": "labels", "stage": 3, "title": "Counts at which a drug's label "
+        # stage 2: a label's rule reads only counts and drugs, no conclusion of another rule, so it need not wait
+        # for stage 3, whose rulesets are full (docs/performance.md, the packing cliff)
+        return FamilySpec.model_validate({"family": "labels", "stage": 2, "title": "Counts at which a drug's label "
                                           "asks to interrupt or not start it", "rules": rules})
     except ValidationError as e:
         problems.append(f"label_thresholds.yaml: {e.errors()[0]['msg']}")
