@@ -899,6 +899,11 @@ def test_an_anc_that_cannot_be_read_is_never_called_no_neutropenia(client):
     [card] = patient_view(client, observations=labs)
     assert card["indicator"] == "warning" and "neutrophil count unknown" in card["summary"]
     assert "no neutropenia" not in card["summary"] and "K/hpf" in card["detail"]
+    absent = obs("751-8", 0.3, t=RECENT)            # an ANC the lab could not give (the mapping leaves it out)
+    del absent["valueQuantity"]
+    absent["dataAbsentReason"] = {"text": "Clumped specimen"}
+    [card] = patient_view(client, observations=bundle(obs("6690-2", 4.1, t=RECENT), absent, kind="searchset"))
+    assert card["indicator"] == "warning" and "neutrophil count unknown" in card["summary"]
 
 
 def test_a_labels_haemoglobin_and_platelet_limits_with_no_white_count_get_a_card_naming_the_drug(client):

@@ -284,8 +284,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
         counts_unread = any("observation" in n.field.lower() for n in mapped.not_assessed) or any(
-            {(n.value or "").split(" ")[0], n.reason.split(":")[0]} & set(C.NEUTROPHIL_TESTS)
-            for n in assessment.not_assessed)
+            {(n.value or "").split(" ")[0], re.split(r"[ :(]", n.reason, maxsplit=1)[0]} & set(C.NEUTROPHIL_TESTS)
+            for n in (*mapped.not_assessed, *assessment.not_assessed))
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
                                                                   if u.suggestions else "")
                      for u in assessment.unrecognised]
