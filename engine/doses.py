@@ -53,7 +53,7 @@ _TAKES: list[tuple[re.Pattern[str], Union[float, str]]] = [
 
 
 def _number(text: str) -> float:
-    return float(_NUMBERS.get(text.lower(), text) if not text[0].isdigit() else text)
+    return float(_NUMBERS.get(text.lower(), text))
 
 
 def takes_per_day(text: str) -> Optional[float]:

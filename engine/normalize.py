@@ -20,7 +20,7 @@ from .kb import KnowledgeBase
 from .timeutil import utc_date, utc_naive
 from .doses import dose_mg_kg_day, dosed_daily
 from .units import UnitProblem, conversion_factor
-from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, duffy_prevalent, match_conditions, match_organ,
+from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, duffy_prevalent, match_organ, oncologic_use,
                          read_conditions)
 
 __all__ = ["NormLab", "NormMed", "NormCase", "normalize", "dose_mg_kg_day", "PCT_TESTS"]
@@ -293,10 +293,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
         if med.status == "stopped" and end is None:
             warnings.append(f"medications[{i}] {text!r} was stopped on a day not given: it was treated as possibly stopped "
                             f"recently (a recent suspect), with no date for its last dose.")
-        # the order's own indication, when it names a condition, decides (methotrexate for rheumatoid arthritis in
-        # a patient with a past basal cell carcinoma is not chemotherapy); else any cancer among the conditions
-        named = set(match_conditions(kb, med.indication)) if med.indication else set()
-        med_onco = bool(named & kb.oncologic_conditions) if named else oncologic
+        med_onco = oncologic_use(kb, med.indication, oncologic)
         dose, per_day, why = dose_mg_kg_day(med.dose, case.patient.weight_kg)
         top = match.drug.get("max_label_mg_kg_day")
         if dose is not None and top and dose > top * kb.value("implausible_dose_factor"):

@@ -20,7 +20,7 @@ from .assessment import Assessment, CpicRecommendation, GeneStatus
 from .case import Dose
 from .kb import KnowledgeBase
 from .doses import dose_mg_kg_day, dosed_daily
-from .vocabulary import DrugIndex, match_conditions
+from .vocabulary import DrugIndex, match_conditions, oncologic_use
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
 
@@ -223,8 +223,7 @@ def _daily_instead_of_weekly(kb: KnowledgeBase, order: OrderInput, drug: dict[st
     alert_id = drug.get("weekly_when_non_oncologic")
     if not alert_id or not dosed_daily(order.dose) or (a is not None and any(x.id == alert_id for x in a.alerts)):
         return None
-    named = set(match_conditions(kb, order.indication)) if order.indication else set()
-    if (named & kb.oncologic_conditions) if named else oncologic:
+    if oncologic_use(kb, order.indication, oncologic):
         return None
     alert = kb.alerts[alert_id]
     return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="dosing_frequency",

@@ -264,6 +264,13 @@ class DrugIndex:
         return out
 
 
+def oncologic_use(kb: KnowledgeBase, indication: Optional[str], cancer_among_conditions: bool) -> bool:
+    """Whether a drug is used to treat cancer: its own indication decides when it names a condition (methotrexate
+    for rheumatoid arthritis beside a past skin cancer is not chemotherapy); else any cancer among the conditions."""
+    named = set(match_conditions(kb, indication)) if indication else set()
+    return bool(named & kb.oncologic_conditions) if named else cancer_among_conditions
+
+
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:
     """The knowledge base's conditions a text gives the patient (one pattern each), leaving out those it
     says are absent, uncertain, someone else's, over or being prevented (:func:`read_conditions`)."""
