@@ -2,9 +2,9 @@
 
 * the current CBC: values grouped into draws (samples.py), the latest draw with a WBC or ANC no older
   than current_cbc_max_age_days; older counts are history;
-* ANC = WBC x (neutrophils% + bands%) / 100 within one draw when no absolute count is given (likewise
-  lymphocytes); a reported ANC that disagrees with the derived one by more than
-  anc_disagreement_fraction gives way to the lower; without any ANC, the WBC bounds it (anc_max);
+* ANC = WBC x (neutrophils% + bands%) / 100, or segmented + band neutrophil counts, within one draw when no
+  absolute count is given (samples.derived_count; likewise lymphocytes); a reported ANC that disagrees with the
+  derived one by more than anc_disagreement_fraction gives way to the lower; without any ANC, the WBC bounds it (anc_max);
 * the neutrophil risk tier and CTCAE grades (tables from rules/), with the count's date and age;
 * trends (trends.py) and the patient's context and drug exposure (exposure.py) as facts;
 * one flat fact per attribute, typed (float, bool, str) as rules/facts.yaml declares.
@@ -21,14 +21,14 @@ from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, ReferenceLi
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormLab
 from .exposure import drug_facts, earlier_anc_facts, patient_facts, started_after
-from .samples import DIFFERENTIAL_TESTS, Sample, age_days, days_text, group_samples
+from .samples import (DERIVABLE, DIFFERENTIAL_TESTS, Sample, age_days, days_text, derived_count, from_upper_bound,
+                      group_samples)
 from .trends import anc_by_draw, series_facts
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
 
 _NUTRIENT_TESTS = ("vitamin_b12", "folate", "copper")
 _LABS = TypeAdapter(list[NormalizedLab])
-_DERIVABLE = (("anc", ("neutrophils_pct", "bands_pct")), ("lymphocytes", ("lymphocytes_pct",)))
 
 
 @dataclass
@@ -42,10 +42,6 @@ class Derived:
     cbc: Optional[CbcStatus] = None
     reference_limits: list[ReferenceLimit] = field(default_factory=list)
     count_day: Optional[date] = None     # the day the current count was drawn (rank: a drug started later is no cause)
-
-
-def _r(x: float) -> float:
-    return float(f"{x:.6g}")
 
 
 def _shown(lab: NormLab) -> float:
@@ -105,22 +101,6 @@ def _utc(t: Optional[datetime]) -> Optional[datetime]:
     """Sample times are kept as naive UTC inside the engine; the output says so (RFC 3339, with Z). (combine:
     6x faster than ``replace(tzinfo=...)``, and every lab of a case takes it.)"""
     return datetime.combine(t.date(), t.time(), timezone.utc) if t is not None else None
-
-
-def _derived_count(sample: Sample, target: str, pcts: tuple[str, ...]) -> Optional[tuple[float, str]]:
-    """WBC x (percentages) / 100 within one draw, with the arithmetic as text."""
-    wbc = sample.values.get("wbc")
-    if wbc is None or pcts[0] not in sample.values:
-        return None
-    present = [p for p in pcts if p in sample.values]
-    value = _r(wbc.value * sum(sample.values[p].value for p in present) / 100.0)
-    parts = " + ".join(f"{p.replace('_pct', '')} {sample.values[p].value:g}%" for p in present)
-    return value, f"WBC {wbc.value:g} x ({parts}) / 100"
-
-
-def _from_upper_bound(sample: Sample, pcts: tuple[str, ...]) -> bool:
-    """A count derived in ``sample`` rests on a WBC or percentage reported as below a value (``<``)."""
-    return any(lab.comparator in ("<", "<=") for test, lab in sample.values.items() if test == "wbc" or test in pcts)
 
 
 def _current_values(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Optional[Sample]
@@ -183,8 +163,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     # absolute counts derived within each draw
     derived_points: dict[str, dict[str, tuple[Optional[datetime], float, str]]] = {"anc": {}, "lymphocytes": {}}
     for sample in samples:
-        for target, pcts in _DERIVABLE:
-            got = _derived_count(sample, target, pcts)
+        for target, pcts in DERIVABLE:
+            got = derived_count(sample, target, pcts)
             if got is not None:
                 derived_points[target][sample.key] = (sample.time, got[0], got[1])
 
@@ -197,7 +177,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     anc_below = False                        # the ANC was derived from a WBC or percentage reported as "<" a value
     tolerance = kb.value("anc_disagreement_fraction")
     if cbc is not None:
-        for target, _pcts in _DERIVABLE:
+        for target, _pcts in DERIVABLE:
             point = derived_points[target].get(cbc.key)
             given = cbc.values.get(target)
             if point is None:
@@ -212,7 +192,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                 facts[f"{target}_derived"] = True
                 if target == "anc":
                     anc_source, anc_text = "derived", f"derived from {text}"
-                    anc_below = _from_upper_bound(cbc, _pcts)
+                    anc_below = from_upper_bound(cbc, _pcts)
                     if anc_below:
                         anc_text += " (from a value reported as a bound: the ANC is below it)"
                 continue

@@ -159,6 +159,7 @@ def _num(v: float) -> str:
 
 SHORT_NAMES = {"wbc": "WBC", "anc": "ANC", "lymphocytes": "Lymphocytes", "monocytes": "Monocytes",
                "eosinophils": "Eosinophils", "basophils": "Basophils", "platelets": "Platelets",
+               "segmented_neutrophils": "Segmented neutrophils", "bands": "Bands",
                "neutrophils_pct": "Neutrophils %", "bands_pct": "Bands %", "lymphocytes_pct": "Lymphocytes %",
                "monocytes_pct": "Monocytes %", "eosinophils_pct": "Eosinophils %", "basophils_pct": "Basophils %",
                "blasts_pct": "Blasts %", "hemoglobin": "Haemoglobin", "mcv": "MCV", "vitamin_b12": "Vitamin B12",

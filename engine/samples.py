@@ -5,8 +5,8 @@ that lists them) are one draw. Other timed values are one draw when collected wi
 ``cbc_same_draw_hours`` of the draw's first value and no test repeats in it. Untimed values are one
 draw, the current one. A draw's time is the collection time of its first value.
 
-The current CBC is the latest draw with a WBC or an ANC that is at most ``current_cbc_max_age_days``
-old at ``as_of``; older draws are history (trends and review of prior counts only).
+The current CBC is the latest draw with a WBC or an ANC (or counted segmented neutrophils) that is at most
+``current_cbc_max_age_days`` old at ``as_of``; older draws are history (trends and review of prior counts only).
 """
 from __future__ import annotations
 
@@ -16,15 +16,21 @@ from typing import Iterable, Optional
 
 from .normalize import NormLab
 
-__all__ = ["Sample", "group_samples", "age_days", "COUNT_TESTS", "DIFFERENTIAL_TESTS"]
+__all__ = ["Sample", "group_samples", "age_days", "COUNT_TESTS", "DIFFERENTIAL_TESTS", "DERIVABLE", "derived_count",
+           "from_upper_bound"]
 
 # The counts a neutrophil tier can rest on.
-COUNT_TESTS = ("wbc", "anc")
+COUNT_TESTS = ("wbc", "anc", "segmented_neutrophils")
 # The counts and percentages of one CBC with differential: taken from the current CBC only, so that a tier
 # never mixes draws.
-DIFFERENTIAL_TESTS = frozenset({"wbc", "anc", "lymphocytes", "monocytes", "eosinophils", "basophils",
+DIFFERENTIAL_TESTS = frozenset({"wbc", "anc", "segmented_neutrophils", "bands", "lymphocytes", "monocytes",
+                                "eosinophils", "basophils",
                                 "neutrophils_pct", "bands_pct", "lymphocytes_pct", "monocytes_pct",
                                 "eosinophils_pct", "basophils_pct", "blasts_pct"})
+# Counts derived within one draw when it gives none: (count, the percentages of the WBC it is made of).
+DERIVABLE = (("anc", ("neutrophils_pct", "bands_pct")), ("lymphocytes", ("lymphocytes_pct",)))
+# A manual differential's neutrophils as counts: segmented and band forms apart (rules/labs.yaml).
+_ANC_PARTS = ("segmented_neutrophils", "bands")
 
 
 @dataclass
@@ -84,3 +90,35 @@ def age_days(t: Optional[datetime], as_of: Optional[date]) -> Optional[int]:
 def days_text(n: int) -> str:
     """'1 day', '3 days'."""
     return f"{n} day" if n == 1 else f"{n} days"
+
+
+def derived_count(sample: Sample, target: str, pcts: tuple[str, ...]) -> Optional[tuple[float, str]]:
+    """A count the draw does not give, with the arithmetic as text: the ANC as segmented + band neutrophils when the
+    draw counts them (a band percentage of its WBC when bands are given only as a percentage), else WBC x
+    (percentages) / 100. Segmented neutrophils without any band value: the ANC is at least them, and is taken as
+    them (the lower side) when the draw reports no ANC; beside a reported one they would only understate it."""
+    values = sample.values
+    segs, bands = values.get("segmented_neutrophils"), values.get("bands")
+    if target == "anc" and segs is not None and (bands is not None or "anc" not in values):
+        value, text = segs.value, f"segmented neutrophils {segs.value:g}"
+        if bands is not None:
+            value, text = value + bands.value, f"{text} + band neutrophils {bands.value:g}"
+        elif "wbc" in values and "bands_pct" in values:
+            wbc, pct = values["wbc"].value, values["bands_pct"].value
+            value, text = value + wbc * pct / 100.0, f"{text} + WBC {wbc:g} x bands {pct:g}% / 100"
+        else:
+            text += " (no band count in the draw: the ANC is at least this)"
+        return float(f"{value:.6g}"), text
+    wbc = values.get("wbc")
+    if wbc is None or pcts[0] not in values:
+        return None
+    present = [p for p in pcts if p in values]
+    value = float(f"{wbc.value * sum(values[p].value for p in present) / 100.0:.6g}")
+    parts = " + ".join(f"{p.replace('_pct', '')} {values[p].value:g}%" for p in present)
+    return value, f"WBC {wbc.value:g} x ({parts}) / 100"
+
+
+def from_upper_bound(sample: Sample, pcts: tuple[str, ...]) -> bool:
+    """A count derived in ``sample`` rests on a WBC, count or percentage reported as below a value (``<``)."""
+    return any(lab.comparator in ("<", "<=") for test, lab in sample.values.items()
+               if test == "wbc" or test in pcts or test in _ANC_PARTS)

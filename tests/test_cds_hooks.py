@@ -132,6 +132,18 @@ def test_patient_view_febrile_neutropenia_leads_the_summary(client):
     assert "Emergency care for febrile neutropenia" in card["detail"]
 
 
+def test_patient_view_reads_a_manual_differential_sent_as_counts(client):
+    """No 751-8: segmented (30451-9) and band (26507-4) neutrophil counts make the ANC (0.3 + 0.1 = 0.4, severe);
+    before they were read, the card said only that the ANC was unknown."""
+    labs = [obs("6690-2", 1.5, "10*9/L"), obs("30451-9", 300, "/uL"), obs("26507-4", 100, "/uL"),
+            obs("718-7", 12.5, "g/dL"), obs("777-3", 210, "10*9/L")]
+    card = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(labs))))[0]
+    assert card["indicator"] == "critical" and "Severe neutropenia" in card["summary"], card["summary"]
+    assert "ANC 0.4" in card["summary"] + card["detail"]
+    query = client.get("/cds-services").json()["services"][0]["prefetch"]["observations"]
+    assert all(f"http://loinc.org|{c}" in query for c in ("30451-9", "768-2", "26507-4", "763-3"))
+
+
 def test_patient_view_fever_with_no_blood_count_at_all_asks_for_one(client):
     """A febrile patient on azathioprine whose record holds no blood count at all: the card says febrile
     neutropenia cannot be ruled out and asks for a CBC with differential now (it had been silent: no lab,

@@ -36,7 +36,8 @@ OVERRIDE_REASONS = [Coding(system=NON_ADHERENCE, code=code, display=display) for
     ("does-not-align-preferences", "Recommendation does not align with patient preferences or values"))]
 CBC_WITH_DIFFERENTIAL = {"system": "http://loinc.org", "code": "57021-8",
                          "display": "CBC W Auto Differential panel - Blood"}
-NEUTROPHIL_TESTS = ("anc", "wbc", "neutrophils_pct", "bands_pct")   # the values an ANC is had from (rules/labs.yaml)
+# the values an ANC is had from (rules/labs.yaml)
+NEUTROPHIL_TESTS = ("anc", "wbc", "segmented_neutrophils", "bands", "neutrophils_pct", "bands_pct")
 TIER_WORDS = {"mild": "Mild neutropenia", "moderate": "Moderate neutropenia", "severe": "Severe neutropenia",
               "profound": "Profound neutropenia"}
 TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),

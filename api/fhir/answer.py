@@ -72,7 +72,8 @@ TIER_DISPLAY = {"normal": "No neutropenia", "mild": "Mild neutropenia", "moderat
 LIKELIHOOD_DISPLAY = {"likely": "Likely", "possible": "Possible", "less_likely": "Less likely"}
 NO_PATIENT = {"display": "patient not identified in the input"}
 # the values the tier and the CTCAE grades rest on (a derived ANC or lymphocyte count comes from these)
-BASIS_TESTS = ("anc", "wbc", "neutrophils_pct", "bands_pct", "lymphocytes", "lymphocytes_pct")
+BASIS_TESTS = ("anc", "wbc", "segmented_neutrophils", "bands", "neutrophils_pct", "bands_pct", "lymphocytes",
+               "lymphocytes_pct")
 
 
 # ---------------------------------------------------------------------------------------------
