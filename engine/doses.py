@@ -2,7 +2,8 @@
 
 A dose is ``{value, unit}`` with a unit of mass per time (``mg/day``, ``mg/wk``) or of mass per body mass
 per time (``mg/kg/day``), or a text as prescriptions write it: "150 mg/day", or a mass per take with how
-often it is taken ("75mg OD", "150 mg twice daily", "2 g every 4 hours", "15 mg once weekly"). Every
+often it is taken ("75mg OD", "150 mg twice daily", "2 g every 4 hours", "15 mg once weekly"), the mass of one
+tablet when the text counts tablets ("50 mg tablets, take 6 daily" is 300 mg a day). Every
 conversion goes through pint (engine/units.py); this module only reads how many takes a day a text says
 (the sig abbreviations below). A dose that cannot be read is given a reason, never ignored silently.
 """
@@ -30,6 +31,23 @@ _WEEKDAY = r"(?:(?:mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri)(?:day)?s?|(?:satur|sun
 _N = r"(\d+(?:\.\d+)?|one|two|three|four|five|six|seven|eight|twelve|twenty-four)"
 _NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "twelve": 12,
             "twenty-four": 24}
+# How many tablets (capsules ...) a take is, when the mass is the strength of one: "50 mg tablets, take 6 daily",
+# "2 tabs of 50 mg bd", "two 50 mg tablets daily", "6 x 50 mg", "2.5 mg x 6 weekly" (six 2.5 mg tablets). A range
+# ("1-2 tablets") is no count: the dose is then not read, and says so.
+_FORM = r"(?:tablets?|tabs?|capsules?|caps?|pills?)"
+_MASS = r"\d+(?:\.\d+)?\s*(?:mg|g|mcg|µg|μg|micrograms?|milligrams?)\b"
+_NOT_A_COUNT = (r"(?!\s*(?:mg|g|mcg|µg|μg|micrograms?|milligrams?|ml|x|times|hours?|hrs?|h|days?|d|weeks?|wks?"
+                r"|months?|doses?|to|or|-)\b)")
+_COUNTS = [re.compile(p, re.I) for p in (
+    rf"\b{_N}(?![\d.])\s*(?:x\s*)?(?:{_MASS}\s*)?{_FORM}\b",          # 6 tablets; two 50 mg tablets; 3 x 50 mg tabs
+    rf"\b{_N}(?![\d.])\s*[x×]\s*(?={_MASS})",                          # 6 x 50 mg
+    rf"(?<=mg|cg| g)\s*(?:{_FORM}\s*)?[x×]\s*{_N}\b{_NOT_A_COUNT}",   # 2.5 mg x 6 (not: x 10 days)
+    rf"\btake\s+{_N}\b{_NOT_A_COUNT}",                         # (50 mg tablets,) take 6 daily
+)]
+_STRENGTH_AFTER = re.compile(rf"\s*(?:{_FORM}\b|each\b|per {_FORM}|/\s*{_FORM}|[x×]\s*{_N})", re.I)
+_STRENGTH_BEFORE = re.compile(rf"(?:{_FORM}\s*(?:of|\(|,)?|[x×])\s*$", re.I)
+_RANGE = re.compile(rf"\b\d+\s*(?:-|to|or)\s*\d+\s*{_FORM}|\btake\s+\d+\s*(?:-|to|or)\s*\d+\b", re.I)
+
 _TAKES: list[tuple[re.Pattern[str], Union[float, str]]] = [
     (re.compile(rf"\b{_N} ?(?:x|times) (?:a |per |each )?week|\btwice (?:a |per |each )?week(?:ly)?\b", re.I),
      "per week"),
@@ -54,6 +72,39 @@ _TAKES: list[tuple[re.Pattern[str], Union[float, str]]] = [
 
 def _number(text: str) -> float:
     return float(_NUMBERS.get(text.lower(), text))
+
+
+def _tablets_per_take(text: str) -> Optional[float]:
+    """How many tablets (capsules ...) a take is, when the text says (None: it does not)."""
+    for pattern in _COUNTS:
+        m = pattern.search(text)
+        if m:
+            return _number(next(g for g in m.groups() if g))
+    return None
+
+
+def _per_take(text: str) -> tuple[Optional[tuple[float, str]], Optional[str]]:
+    """The mass a take is: (value, unit), or why it cannot be told. The first mass is the dose, times the tablets a
+    take is when the text counts them and that mass is one tablet's ("50 mg tablets", "6 x 50 mg", "6 tablets (50
+    mg)", "50 mg each"); a second mass must then be the first over the count ("150 mg (3 x 50 mg)")."""
+    if _RANGE.search(text):
+        return None, "gives a range of tablets"
+    masses = [m for m in _DOSE_TEXT.finditer(text) if not re.fullmatch(rf"{_FORM}|x|times", m.group(2), re.I)]
+    if not masses:
+        return None, None
+    first = masses[0]
+    value, unit = float(first.group(1)), first.group(2)
+    count = _tablets_per_take(text)
+    if count is None or dose_rate(unit) is not None:     # no count, or the dose is already a rate (mg/day)
+        return (value, unit), None
+    if len(masses) > 1 and masses[1].group(2) == unit:
+        if abs(value - count * float(masses[1].group(1))) <= 1e-9 * value:
+            return (value, unit), None
+        return None, f"gives {value:g} {unit} and {count:g} x {float(masses[1].group(1)):g} {unit}, which disagree"
+    if _STRENGTH_AFTER.match(text, first.end()) or _STRENGTH_BEFORE.search(text, 0, first.start()):
+        return (value * count, unit), None
+    return None, (f"gives {value:g} {unit} and {count:g} tablets; whether {value:g} {unit} is one tablet or the take "
+                  f"cannot be told")
 
 
 def takes_per_day(text: str) -> Optional[float]:
@@ -94,10 +145,10 @@ def dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]
     takes = None
     if isinstance(dose, str):
         dose = _THOUSANDS.sub(r"\1\2", _DECIMAL_COMMA.sub(r"\1.\2", dose))   # "2,5 mg" is 2.5 mg; "1,000 mg" 1000
-        m = _DOSE_TEXT.search(dose)
-        if not m:
-            return None, None, f"the dose {shown!r} has no number and unit leukodx can read"
-        value, unit = float(m.group(1)), m.group(2)
+        mass, problem = _per_take(dose)
+        if mass is None:
+            return None, None, f"the dose {shown!r} {problem or 'has no number and unit leukodx can read'}"
+        value, unit = mass
         takes = takes_per_day(dose)
     else:
         value, unit = dose.value, dose.unit

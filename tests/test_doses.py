@@ -45,10 +45,32 @@ def test_a_mass_per_take_and_how_often_is_a_dose_per_day(dose, per_day):
     assert (mg_day, per_kg, why) == (pytest.approx(per_day), pytest.approx(per_day / 50), None)
 
 
-@pytest.mark.parametrize("dose", ["150 mg", "2 tabs bid", "as directed"])
-def test_a_dose_that_cannot_be_read_says_why(dose):
+@pytest.mark.parametrize("dose,per_day", [
+    # the mass is one tablet's, and the text says how many tablets a take is
+    ("50 mg tablets, take 6 daily", 300), ("take 6 tablets (50 mg) daily", 300), ("6 x 50 mg daily", 300),
+    ("6x50mg daily", 300), ("6 tablets of 50 mg daily", 300), ("6 tablets daily (50 mg each)", 300),
+    ("two 50 mg tablets daily", 100), ("2 x 25 mg tablets twice daily", 100),
+    ("azathioprine 50mg tabs: 3 tabs od", 150),
+    ("2.5 mg x 6 weekly", 15 / 7), ("2.5 mg tablets x 6 once weekly", 15 / 7),
+    # the first mass is the take, the count in brackets agrees with it
+    ("150 mg (3 x 50 mg) daily", 150), ("7.5 mg (3 x 2.5 mg tablets) weekly", 7.5 / 7), ("1 tablet (50 mg) daily", 50),
+    # a count of days is a duration, not of tablets; a count of takes is a frequency
+    ("1 g qd x 10 days", 1000), ("300 mg 3x daily", 900), ("take 150 mg daily", 150),
+])
+def test_a_tablet_count_multiplies_the_strength_of_one_tablet(dose, per_day):
+    assert dose_mg_kg_day(dose, 50)[1] == pytest.approx(per_day)
+
+
+@pytest.mark.parametrize("dose,reason", [
+    ("150 mg", "not a mass per day"), ("2 tabs bid", "no number and unit"), ("as directed", "no number and unit"),
+    ("1-2 tablets daily", "range of tablets"), ("take 1-2 tablets (50 mg) daily", "range of tablets"),
+    ("150 mg (2 x 50 mg) daily", "disagree"),
+    # whether the mass is one tablet or the whole take cannot be told: never guessed
+    ("100 mg daily (2 tabs)", "cannot be told"), ("50 mg, 3 tablets daily", "cannot be told"),
+])
+def test_a_dose_that_cannot_be_read_says_why(dose, reason):
     per_kg, mg_day, why = dose_mg_kg_day(dose, 50)
-    assert per_kg is None and mg_day is None and repr(dose) in why
+    assert per_kg is None and mg_day is None and repr(dose) in why and reason in why
 
 
 @pytest.mark.parametrize("dose,daily", [
