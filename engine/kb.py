@@ -143,6 +143,7 @@ def _load(root: Path, version: str) -> KnowledgeBase:
     drugs = drug_doc.get("drugs", [])
     classes = {c for d in drugs for c in d.get("classes", [])}
     classes |= {d[k] for d in drugs for k in ("subclass", "oncologic_class", "non_oncologic_class") if d.get(k)}
+    classes |= {c for d in drugs for c in (d.get("class_when_treating") or {}).values()}
     vocab = read_yaml(root / "conditions.yaml", problems) or {}
     duffy = vocab.get("duffy_prevalent_ancestry", {})
     negation = vocab.get("not_a_diagnosis", {})

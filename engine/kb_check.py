@@ -76,6 +76,8 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         need(d.get("sources"), f"drugs.yaml: {d.get('id')}")
         if d.get("weekly_when_non_oncologic") and d["weekly_when_non_oncologic"] not in kb.alerts:
             problems.append(f"drugs.yaml: {d.get('id')}: weekly_when_non_oncologic names no alert of alerts.yaml")
+        for cond in set(d.get("class_when_treating") or {}) - set(kb.conditions):
+            problems.append(f"drugs.yaml: {d.get('id')}: class_when_treating names an unknown condition {cond!r}")
     need(kb.duffy_ancestry_sources, "conditions.yaml: duffy_prevalent_ancestry")
     need(kb.negation_sources, "conditions.yaml: not_a_diagnosis")
     if kb.condition_codes:

@@ -170,7 +170,10 @@ def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:
     return low <= value * f <= high
 
 
-def _classes(drug: dict[str, Any], oncologic: bool) -> frozenset[str]:
+def _classes(drug: dict[str, Any], oncologic: bool, conditions: set[str]) -> frozenset[str]:
+    treating = drug.get("class_when_treating")
+    if treating and not conditions.isdisjoint(treating):      # ciclosporin in aplastic anaemia (drugs.yaml)
+        return frozenset(treating[c] for c in sorted(conditions & treating.keys()))
     classes = set(drug.get("classes", []))
     if drug.get("subclass"):
         classes.add(drug["subclass"])
@@ -303,7 +306,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
         if why:
             warnings.append(f"medications[{i}] {text!r}: {why}; dose-based rules were not applied to it.")
         meds.append(NormMed(index=i, text=text, drug_id=match.drug["id"], drug_name=match.drug["name"],
-                            classes=_classes(match.drug, med_onco), status=med.status, start=start, end=end,
+                            classes=_classes(match.drug, med_onco, conditions), status=med.status, start=start, end=end,
                             dose_mg_kg_day=dose, dose_mg_day=per_day,
                             daily_instead_of_weekly=bool(match.drug.get("weekly_when_non_oncologic") and not med_onco
                                                          and dosed_daily(med.dose))))
