@@ -129,7 +129,21 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
         facts["any_suspect_drug_recent"] = True
     for interaction in active_interactions(kb, nc):
         facts[f"interaction_{interaction['id']}"] = True
+        if _dose_already_cut(interaction, nc):
+            facts[f"interaction_{interaction['id']}_dose_already_cut"] = True
     _baseline_facts(kb, nc, facts)
+
+
+def _dose_already_cut(interaction: dict[str, Any], nc: NormCase) -> bool:
+    """Every drug taken now on the interaction's first side whose dose it cuts (``dose_factor``) is dosed at or
+    below that share of its normal starting dose (``normal_start_mg_kg_day``): reduced for the interaction already.
+    A dose not known is not taken as cut."""
+    factor, normal = interaction.get("dose_factor"), interaction.get("normal_start_mg_kg_day") or {}
+    if not factor:
+        return False
+    taken = [m for m in nc.meds if m.drug_id in normal and _exposure(m, nc.as_of)[0]]
+    return bool(taken) and all(m.dose_mg_kg_day is not None and m.dose_mg_kg_day <= normal[m.drug_id] * factor + 1e-9
+                               for m in taken)
 
 
 def _recent(kb: KnowledgeBase, nc: NormCase) -> list[Any]:
