@@ -60,6 +60,7 @@ def _edit(path: Path, fn) -> None:
     ("unknown threshold", "unknown threshold"),
     ("unknown cause", "unknown cause id"),
     ("finding read at its own stage", "earlier stages"),
+    ("drug class for an unknown condition", "class_when_treating names an unknown condition"),
 ])
 def test_rules_check_catches(kb_copy, defect, message):
     logic = kb_copy / "logic" / "benign.yaml"
@@ -88,6 +89,9 @@ def test_rules_check_catches(kb_copy, defect, message):
     elif defect == "finding read at its own stage":
         _edit(kb_copy / "logic" / "findings.yaml",
               lambda d: d["rules"][0].update(when={"finding_neutropenia": True}))
+    elif defect == "drug class for an unknown condition":
+        _edit(kb_copy / "drugs.yaml",
+              lambda d: d["drugs"][0].update(class_when_treating={"aplastic_anaemia_typo": "aplastic_anemia_treatment"}))
     with pytest.raises(KnowledgeBaseError) as e:
         load(kb_copy)
     assert any(message in p for p in e.value.problems), e.value.problems
