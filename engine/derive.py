@@ -260,6 +260,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     if latest_cbc is not None and cbc is None:
         facts["cbc_stale"] = True
         facts["latest_cbc_age_days"] = float(latest_age or 0)
+    elif cbc is not None and latest_age is not None:
+        facts["cbc_age_days"] = float(latest_age)
 
     # normalized labs out (originals kept), then derived ones: validated as one list (an EHR's case has hundreds,
     # and one call into pydantic-core for all of them costs a quarter less than a constructor call for each)
