@@ -14,7 +14,10 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = ["Case", "Lab", "Medication", "Dose", "Patient", "History", "Transplant", "SMEAR_FINDINGS",
-           "TEMPERATURE_SITES", "MAX_LABS", "MAX_MEDICATIONS", "MAX_UNIT"]
+           "TEMPERATURE_SITES", "MAX_LABS", "MAX_MEDICATIONS", "MAX_UNIT", "BODY_TEMPERATURE_C",
+           "bare_temperature_scale"]
+
+BODY_TEMPERATURE_C = (25.0, 45.0)     # a body temperature in Celsius, hypothermia to hyperpyrexia (an input guard)
 
 MAX_LABS = 2000
 MAX_MEDICATIONS = 500
@@ -106,7 +109,7 @@ class History(_Model):
     last_transfusion: Optional[When] = None
     transplant: Optional[Transplant] = None
     conditions: Annotated[list[Text], Field(max_length=200)] = []
-    temperature_c: Optional[Annotated[Number, Field(ge=25, le=45)]] = Field(
+    temperature_c: Optional[Annotated[Number, Field(ge=BODY_TEMPERATURE_C[0], le=BODY_TEMPERATURE_C[1])]] = Field(
         None, description="highest recent body temperature in degrees Celsius")
     temperature_site: Optional[Literal[TEMPERATURE_SITES]] = Field(  # type: ignore[valid-type]
         None, description="where the temperature was taken: " + ", ".join(TEMPERATURE_SITES))
@@ -120,13 +123,25 @@ class History(_Model):
     def _not_fahrenheit(cls, value: Any) -> Any:
         """A temperature of 77-113 is a body temperature in Fahrenheit, not Celsius: say so, with the
         Celsius value (converted by pint), rather than only "at most 45"."""
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 45 < value <= 113:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > BODY_TEMPERATURE_C[1] \
+                and bare_temperature_scale(value) == "[degF]":
             from .units import registry
             celsius = round(registry().Quantity(float(value), "degF").to("degC").magnitude, 1)
-            if 25 <= celsius <= 45:
-                raise ValueError(f"{value:g} is not a body temperature in Celsius (25-45); if it is {value:g} F, "
-                                 f"send {celsius:.1f}")
+            raise ValueError(f"{value:g} is not a body temperature in Celsius (25-45); if it is {value:g} F, "
+                             f"send {celsius:.1f}")
         return value
+
+
+def bare_temperature_scale(value: float) -> Optional[str]:
+    """The one scale a body temperature given without a unit can be on: ``Cel`` when it lies in the contract's
+    Celsius range (:data:`BODY_TEMPERATURE_C`), ``[degF]`` when its Celsius value does (77-113); None when
+    neither (the ranges do not overlap, so a value never fits both)."""
+    low, high = BODY_TEMPERATURE_C
+    if low <= value <= high:
+        return "Cel"
+    from .units import registry
+    celsius = registry().Quantity(float(value), "degF").to("degC").magnitude
+    return "[degF]" if low <= round(celsius, 1) <= high else None
 
 
 class Case(_Model):

@@ -35,7 +35,7 @@ from .patient import (PatientChoice, belongs, choose_patient, default_id, demogr
 from .pgx import map_pgx
 from .datatypes import as_dict, as_list, as_str, concept_text, fmt, is_number
 from .resources import FhirMappingError, Index, Item, walk_parts
-from .vitals import temperature
+from .vitals import latest_temperature_day, temperature
 
 __all__ = ["Mapped", "map_bundle", "bundle_to_case"]
 
@@ -108,7 +108,16 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         # the case is judged on its date, so that the engine does not refuse as "in the future" what is today's.
         as_of = max(utc_date(as_of), max(lab_times).date())
     ref = utc_date(as_of) if as_of is not None else (max(lab_times).date() if lab_times else None)
-    temp = temperature(mine, ref, warnings, kb)
+    if as_of is None and ref is not None:
+        # a fever measured within current_temperature_max_age_days after the last count (the same evening, past
+        # UTC midnight) is the case's now, not a reading "after the case date" left out; a later one (years
+        # after the last count) is still left out and named
+        later = latest_temperature_day(mine, kb)
+        if later is not None and 0 < (later - ref).days <= kb.value("current_temperature_max_age_days"):
+            ref = as_of = later
+    unread_temperatures: list[Problem] = []
+    temp = temperature(mine, ref, warnings, kb, unread_temperatures)
+    left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in unread_temperatures]
     # a temperature without a count is assessed (a fever needs a count), on a known case date only: with no
     # lab and no as_of, nothing would date the case, and a fever of years ago would read as one of today
     if not labs and (temp.celsius is None or as_of is None):

@@ -10,14 +10,18 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, Iterator, NamedTuple, Optional
 
+from leukodx.engine.case import bare_temperature_scale
+from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import registry, unreadable
 
-from .datatypes import RESULT_STATUSES, as_dict, as_list, as_str, after, codings, is_number, loinc_codes, quantity_unit
+from .datatypes import (RESULT_STATUSES, after, as_dict, as_list, as_str, codings, fmt, is_number, loinc_codes,
+                        quantity_unit)
 from .resources import Item
 
-__all__ = ["Temperature", "VitalCodes", "vital_codes", "body_weight", "latest_weight", "temperature"]
+__all__ = ["Temperature", "VitalCodes", "vital_codes", "body_weight", "latest_weight", "temperature",
+           "latest_temperature_day"]
 
 SNOMED = "http://snomed.info/sct"
 _WEIGHT_UNITS = {"[lb_av]": "lb", "[oz_av]": "oz", "lbs": "lb", "kgs": "kg"}
@@ -36,6 +40,8 @@ def _temperature_unit(unit: str) -> str:
 
 Weight = tuple[Optional[datetime], float]   # (UTC time or None, kg)
 
+
+_BARE_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")   # a temperature sent as text ("38.9")
 
 @dataclass(frozen=True)
 class VitalCodes:
@@ -154,7 +160,15 @@ class Temperature(NamedTuple):
     sustained: bool                          # a fever sustained over fever_sustained_hours (see _sustained)
 
 
-def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: KnowledgeBase) -> Temperature:
+def latest_temperature_day(mine: list[Item], kb: KnowledgeBase) -> Optional[date]:
+    """The day of the latest body temperature with a result status (UTC), or None."""
+    days = [utc_naive(when).date() for item, _, _ in _temperature_parts(mine, vital_codes(kb))
+            if as_str(item.resource.get("status")) in RESULT_STATUSES and (when := item.own_time([])) is not None]
+    return max(days, default=None)
+
+
+def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: KnowledgeBase,
+                unread: Optional[list[Problem]] = None) -> Temperature:
     """The highest body temperature (a code of rules/vitals.yaml), in Celsius, where it was taken, and
     whether a fever was sustained, of those not after the case date and at most ``current_temperature_max_age_days``
     before it (an older one says nothing about fever now; without a case date, before the latest
@@ -168,17 +182,29 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
         if as_str(item.resource.get("status")) not in RESULT_STATUSES:
             continue
         q = as_dict(res.get("valueQuantity"))
-        unit = quantity_unit(q)
-        if not is_number(q.get("value")) or unit is None:
+        value, unit = q.get("value"), quantity_unit(q)
+        if not is_number(value) and not q and _BARE_NUMBER.match(as_str(res.get("valueString")) or ""):
+            value = float(as_str(res.get("valueString")) or "")              # "38.9" sent as text
+        if is_number(value) and unit is None and (unit := bare_temperature_scale(float(value))) is not None:
+            warnings.append(f"{item.label}: body temperature {fmt(float(value))} sent without a unit was read in "
+                            f"{'Celsius' if unit == 'Cel' else 'Fahrenheit'}, the only scale a body temperature of "
+                            f"{fmt(float(value))} can be on.")
+        if not is_number(value) or unit is None:
             warnings.append(f"{item.label}: body temperature without a value and unit was not used.")
+            if unread is not None:
+                unread.append(Problem(item.loc, "a body temperature with no number or unit leukodx can read: not "
+                                                "assessed (fever not judged from it)"))
             continue
         try:
             if unreadable(unit):
                 raise ValueError("not a unit")
             ureg = registry()
-            celsius = ureg.Quantity(float(q["value"]), _temperature_unit(unit)).to("degC").magnitude
+            celsius = ureg.Quantity(float(value), _temperature_unit(unit)).to("degC").magnitude
         except Exception:
             warnings.append(f"{item.label}: body temperature unit {unit!r} was not understood.")
+            if unread is not None:
+                unread.append(Problem(item.loc, f"a body temperature in {unit!r}, a unit leukodx does not read: not "
+                                                f"assessed (fever not judged from it)"))
             continue
         when = item.own_time(warnings)
         if when is None:
