@@ -43,7 +43,11 @@ router = APIRouter(tags=["CDS Hooks"])
 log = logging.getLogger("leukodx.cds")
 
 _P = "{{context.patientId}}"
-CBC_PANEL_LOINC = ("58410-2",)    # CBC panel - Blood by Automated count (as Synthea codes it)
+# CBC and differential panels whose values may be components: 58410-2 (Synthea's), 57021-8, 57782-5, 69742-5, 24318-8,
+# 69738-3 (value sets of github.com/nmdp-ig/cibmtr-reporting-ig, build/input/fsh/terminology/observations/); the
+# vital-signs panel 85353-1 (FHIR R4 value set observation-vitalsignresult), whose temperature may be a component.
+CBC_PANEL_LOINC = ("58410-2", "57021-8", "57782-5", "69742-5", "24318-8", "69738-3")
+VITALS_PANEL_LOINC = ("85353-1",)
 
 
 def _loinc_list(codes: Iterable[str]) -> str:
@@ -62,7 +66,7 @@ def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str], vitals: VitalCo
         "observations": f"Observation?patient={_P}&code={_loinc_list([*kb_loinc, *CBC_PANEL_LOINC])}&_sort=-date"
                         f"&_count=200",
         "pgx": f"Observation?patient={_P}&code={_loinc_list(pgx_loinc)}&_sort=-date&_count=50",
-        "vitals": f"Observation?patient={_P}&code={_loinc_list(vitals.all)},"
+        "vitals": f"Observation?patient={_P}&code={_loinc_list([*vitals.all, *VITALS_PANEL_LOINC])},"
                   f"{','.join(f'http://snomed.info/sct|{c}' for c in vitals.snomed)}&_sort=-date&_count=50",
         "medicationRequests": f"MedicationRequest?patient={_P}&_sort=-authoredon&_count=100",
         "medicationStatements": f"MedicationStatement?patient={_P}&_count=100",

@@ -96,7 +96,9 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
     if uncertain:   # read as a suspicion: the vocabulary sets it aside (a suspicion of sepsis still counts)
         warnings.append(f"{item.label}: verification status {', '.join(uncertain)}: read as suspected {text!r}.")
         text = f"suspected {text}"
-    onset, _ = parse_when(res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start"))
+    # without an onset, the day it was recorded bounds it (a "neutropenic fever" recorded in 2024 is not one now)
+    onset, _ = parse_when(res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start")
+                          or res.get("recordedDate"))
     return text, onset
 
 

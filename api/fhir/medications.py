@@ -36,6 +36,11 @@ __all__ = ["map_medications", "medication_name_and_code", "order_drugs", "order_
            "MED_STATUS"]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+RXNORM_OID = "urn:oid:2.16.840.1.113883.6.88"     # RxNorm's HL7 OID, as CDA-derived feeds write the system
+
+
+def _is_rxnorm(system: object) -> bool:
+    return "rxnorm" in str(system or "").lower() or str(system or "").strip() == RXNORM_OID
 EVENT_TYPES = ("MedicationAdministration", "MedicationDispense")
 EVENT_STATUS = {"MedicationAdministration": {"completed": "completed", "in-progress": "active", "on-hold": "active"},
                 "MedicationDispense": {"completed": "completed"}}
@@ -133,7 +138,7 @@ def _referenced_drug(order: dict[str, Any], index: Index, known: frozenset[str])
 def _name_and_code(concept: Any, known: frozenset[str]) -> tuple[Optional[str], Optional[str]]:
     """(name, RxNorm code): of several RxNorm codings, one leukodx reads first (a thiopurine's product code
     second after an unknown one had hidden the thiopurine)."""
-    rx = [code for c in codings(concept) if "rxnorm" in str(c.get("system", "")).lower() and (code := as_str(c.get("code")))]
+    rx = [code for c in codings(concept) if _is_rxnorm(c.get("system")) and (code := as_str(c.get("code")))]
     return concept_text(concept), next((c for c in rx if c in known), rx[0] if rx else None)
 
 
@@ -253,7 +258,7 @@ def _med_concept(item: Item, index: Index, warnings: list[str]) -> tuple[Optiona
 
 def _rxnorm(concept: Optional[dict[str, Any]], known: frozenset[str]) -> tuple[Optional[str], Optional[str]]:
     """(RxNorm code, RxNorm display): a code the knowledge base knows first, else the first RxNorm coding."""
-    rx = [c for c in codings(concept) if as_str(c.get("system")) == RXNORM and as_str(c.get("code"))]
+    rx = [c for c in codings(concept) if _is_rxnorm(c.get("system")) and as_str(c.get("code"))]
     if not rx:
         return None, None
     best = next((c for c in rx if as_str(c.get("code")) in known), rx[0])
