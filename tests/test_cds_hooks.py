@@ -142,6 +142,10 @@ def test_patient_view_reads_a_manual_differential_sent_as_counts(client):
     assert "ANC 0.4" in card["summary"] + card["detail"]
     query = client.get("/cds-services").json()["services"][0]["prefetch"]["observations"]
     assert all(f"http://loinc.org|{c}" in query for c in ("30451-9", "768-2", "26507-4", "763-3"))
+    # and the CBC panels whose values may come as components, and the vital-signs panel's temperature
+    assert all(f"http://loinc.org|{c}" in query for c in ("58410-2", "57021-8", "69742-5", "57782-5"))
+    vitals = client.get("/cds-services").json()["services"][0]["prefetch"]["vitals"]
+    assert "http://loinc.org|85353-1" in vitals
 
 
 def test_patient_view_fever_with_no_blood_count_at_all_asks_for_one(client):

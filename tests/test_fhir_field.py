@@ -680,6 +680,70 @@ def test_a_temperature_with_its_unit_in_free_text_is_read(unit, value):
     assert "febrile_neutropenia" in [a.id for a in assess(m.case).alerts]
 
 
+def _temperature(**value):
+    return {"resourceType": "Observation", "id": "t1", "status": "final", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]}, "effectiveDateTime": RECENT,
+            **value}
+
+
+@pytest.mark.parametrize("value,celsius", [({"valueQuantity": {"value": 38.9}}, 38.9),
+                                           ({"valueString": "38.9"}, 38.9),
+                                           ({"valueQuantity": {"value": 102.0}}, 38.9)])
+def test_a_temperature_sent_without_a_unit_is_read_on_the_only_scale_it_fits(value, celsius):
+    """A temperature with no unit (38.9, or "38.9" as text) had been dropped with a warning the card never showed,
+    and with ANC 0.4 the febrile neutropenia emergency with it: 25-45 can only be Celsius, 77-113 only Fahrenheit."""
+    m = mapped(patient(), obs("6690-2", 1.5, t=RECENT), obs("751-8", 0.4, t=RECENT), _temperature(**value),
+               as_of=datetime.now(timezone.utc).date())
+    assert m.case["history"]["temperature_c"] == celsius, m.warnings
+    assert has(m.warnings, "sent without a unit was read in")
+    assert "febrile_neutropenia" in [a.id for a in assess(m.case).alerts]
+
+
+def test_a_temperature_that_cannot_be_read_is_named_as_not_assessed():
+    """60 with no unit fits no body temperature scale; one in "mmHg" has no temperature unit: each is named as not
+    assessed (the card lists it) instead of a warning only."""
+    for value in ({"valueQuantity": {"value": 60}}, {"valueQuantity": {"value": 38.9, "unit": "mmHg"}}):
+        m = mapped(patient(), obs("6690-2", 1.5, t=RECENT), obs("751-8", 0.4, t=RECENT), _temperature(**value),
+                   as_of=datetime.now(timezone.utc).date())
+        assert "temperature_c" not in m.case.get("history", {})
+        assert any("body temperature" in n.reason for n in m.not_assessed), m.not_assessed
+
+
+def test_without_a_case_date_a_fever_after_the_last_count_sets_it():
+    """REST without as_of had judged the case at the latest lab's UTC day and left out a fever measured the same
+    evening after UTC midnight ("measured after the date the case is judged at"), and febrile neutropenia with it."""
+    day = (datetime.now(timezone.utc) - timedelta(days=3)).date()
+    labs = [obs("6690-2", 1.5, t=f"{day}T17:30:00-05:00"), obs("751-8", 0.3, t=f"{day}T17:30:00-05:00")]
+    fever = _temperature(valueQuantity={"value": 39.0, "unit": "Cel", "system": UCUM, "code": "Cel"},
+                         effectiveDateTime=f"{day}T20:30:00-05:00")
+    m = mapped(patient(), *labs, fever)
+    assert m.case["as_of"] == (day + timedelta(days=1)).isoformat() and m.case["history"]["temperature_c"] == 39.0
+    assert "febrile_neutropenia" in [a.id for a in assess(m.case).alerts]
+
+
+def test_an_rxnorm_code_under_its_oid_is_read():
+    """RxNorm written as its HL7 OID (urn:oid:2.16.840.1.113883.6.88, as CDA-derived feeds do) was "no RxNorm code",
+    and the drug unknown."""
+    request = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+               "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-10-01",
+               "medicationCodeableConcept": {"coding": [{"system": "urn:oid:2.16.840.1.113883.6.88", "code": "1256"}]}}
+    m = mapped(patient(), obs("6690-2", 2.0), obs("751-8", 0.8), request)
+    assert [med["rxnorm"] for med in m.case["medications"]] == ["1256"], m.warnings
+    assert "thiopurine_myelotoxicity" in [c.id for c in assess(m.case).causes]
+
+
+def test_a_fever_condition_recorded_long_ago_without_an_onset_is_not_a_fever_now(client):
+    """An active "Neutropenic fever" with no onset, recorded in 2024, had raised febrile neutropenia beside an ANC
+    of 0.3 today: the day it was recorded bounds its onset."""
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                 "clinicalStatus": {"coding": [{"code": "active"}]}, "code": {"text": "Neutropenic fever"},
+                 "recordedDate": "2024-10-01"}
+    m = mapped(patient(), obs("6690-2", 1.0, t=RECENT), obs("751-8", 0.3, t=RECENT), condition,
+               as_of=datetime.now(timezone.utc).date())
+    assert "febrile_neutropenia" not in [a.id for a in assess(m.case).alerts]
+    assert has(m.warnings, "is not a fever now")
+
+
 @pytest.mark.parametrize("broken", ["empty conditions", "contained without resourceType"])
 def test_one_broken_resource_outside_the_labs_costs_only_itself(client, broken):
     """`"conditions": {}`, or a MedicationStatement whose contained Medication has no resourceType, had made the
