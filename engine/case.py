@@ -14,13 +14,14 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = ["Case", "Lab", "Medication", "Dose", "Patient", "History", "Transplant", "SMEAR_FINDINGS",
-           "TEMPERATURE_SITES", "MAX_LABS", "MAX_MEDICATIONS", "MAX_UNIT", "BODY_TEMPERATURE_C",
-           "bare_temperature_scale"]
+           "TEMPERATURE_SITES", "MAX_LABS", "MAX_MEDICATIONS", "MAX_CONDITIONS", "MAX_TEXT", "MAX_UNIT",
+           "BODY_TEMPERATURE_C", "bare_temperature_scale"]
 
 BODY_TEMPERATURE_C = (25.0, 45.0)     # a body temperature in Celsius, hypothermia to hyperpyrexia (an input guard)
 
 MAX_LABS = 2000
 MAX_MEDICATIONS = 500
+MAX_CONDITIONS = 200
 MAX_TEXT = 500
 MAX_UNIT = 60          # the longest unit spelling read (real ones are under 20 characters: UNIT_STRINGS.tsv)
 
@@ -108,7 +109,7 @@ class History(_Model):
     tpmt_test_date: Optional[When] = None
     last_transfusion: Optional[When] = None
     transplant: Optional[Transplant] = None
-    conditions: Annotated[list[Text], Field(max_length=200)] = []
+    conditions: Annotated[list[Text], Field(max_length=MAX_CONDITIONS)] = []
     temperature_c: Optional[Annotated[Number, Field(ge=BODY_TEMPERATURE_C[0], le=BODY_TEMPERATURE_C[1])]] = Field(
         None, description="highest recent body temperature in degrees Celsius")
     temperature_site: Optional[Literal[TEMPERATURE_SITES]] = Field(  # type: ignore[valid-type]

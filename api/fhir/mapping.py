@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Optional
 
 from leukodx.engine.assessment import Assessment, NotAssessed
-from leukodx.engine.case import MAX_LABS
+from leukodx.engine.case import MAX_CONDITIONS, MAX_LABS, MAX_MEDICATIONS, MAX_TEXT
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_date
@@ -33,7 +33,7 @@ from .observations import LabValue, map_observations
 from .patient import (PatientChoice, belongs, choose_patient, default_id, demographics, several_subjects,
                       subjects)
 from .pgx import map_pgx
-from .datatypes import as_dict, as_list, as_str, concept_text, fmt, is_number
+from .datatypes import as_dict, as_list, as_str, concept_text, fmt, is_number, parse_when
 from .resources import FhirMappingError, Index, Item, walk_parts
 from .vitals import latest_temperature_day, temperature
 
@@ -141,10 +141,17 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     meds = map_medications(kb, mine, index, ref, include_draft, warnings, unread_drugs)
     left_out += [NotAssessed(field=p.loc or "medication", reason=p.msg) for p in unread_drugs]
     if meds:
-        case["medications"] = meds
+        case["medications"] = _fitted_medications(meds, warnings, left_out)
     unread_conditions: list[Problem] = []
-    conditions = map_conditions(mine, ref, warnings, kb, unread_conditions)
+    conditions = [_fitted_text(c, "a Condition's text", warnings) for c in
+                  map_conditions(mine, ref, warnings, kb, unread_conditions)]
     left_out += [NotAssessed(field=p.loc or "Condition", reason=p.msg) for p in unread_conditions]
+    if len(conditions) > MAX_CONDITIONS:
+        left_out.append(NotAssessed(field="Condition", value=f"{len(conditions) - MAX_CONDITIONS} conditions",
+                                    reason=f"beyond the first {MAX_CONDITIONS} current conditions of the list"))
+        warnings.append(f"{len(conditions) - MAX_CONDITIONS} current conditions beyond the first {MAX_CONDITIONS} "
+                        f"were not read.")
+        del conditions[MAX_CONDITIONS:]
     pgx_skipped: list[Problem] = []
     history: dict[str, Any] = map_pgx(kb, mine, warnings, pgx_skipped)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in pgx_skipped]
@@ -241,6 +248,51 @@ def _theirs(theirs: list, wanted: str, warnings: list[str]) -> NotAssessed:
                        reason=f"{n} resource{'' if one else 's'} belong{'s' if one else ''} to another patient than "
                               f"{wanted} (or name{'s' if one else ''} no subject) and {'was' if one else 'were'} not "
                               f"used")
+
+
+def _fitted_text(text: str, what: str, warnings: list[str]) -> str:
+    """A text cut to the case contract's MAX_TEXT characters (its start read), so that a long one costs its tail
+    and not the whole resource (a 728-character sig had lost the azathioprine it belonged to)."""
+    if len(text) <= MAX_TEXT:
+        return text
+    warnings.append(f"{what} of {len(text)} characters was read to its first {MAX_TEXT}.")
+    return text[:MAX_TEXT]
+
+
+def _fitted_medications(meds: list[dict[str, Any]], warnings: list[str], left_out: list[NotAssessed]
+                        ) -> list[dict[str, Any]]:
+    """The medications within the case contract: texts cut to MAX_TEXT, except a dose text (cut, it could be read
+    as another dose: it is left out, and the dose rules skip the drug); beyond MAX_MEDICATIONS, the active ones
+    and then the most recently started kept, the rest named as not assessed (501 orders had lost the whole
+    assessment)."""
+    for med in meds:
+        for key in ("name", "indication"):
+            if isinstance(med.get(key), str):
+                med[key] = _fitted_text(med[key], f"a medication's {key}", warnings)
+        if isinstance(med.get("dose"), str) and len(med["dose"]) > MAX_TEXT:
+            warnings.append(f"the dose text of {med.get('name') or med.get('rxnorm')!r} has {len(med['dose'])} "
+                            f"characters (more than {MAX_TEXT}): it was not read, and dose-based rules were not "
+                            f"applied to the drug.")
+            del med["dose"]
+    if len(meds) <= MAX_MEDICATIONS:
+        return meds
+    ranked = sorted(meds, key=lambda m: (m.get("status") != "active", -_day_number(m.get("start"))))
+    dropped = len(meds) - MAX_MEDICATIONS
+    left_out.append(NotAssessed(field="medication", value=f"{dropped} medications",
+                                reason=f"beyond the {MAX_MEDICATIONS} kept (the active ones, then the most recently "
+                                       f"started): older stopped orders"))
+    warnings.append(f"{dropped} medications beyond the {MAX_MEDICATIONS} active or most recently started were not "
+                    f"read.")
+    keep = {id(m) for m in ranked[:MAX_MEDICATIONS]}
+    return [m for m in meds if id(m) in keep]
+
+
+def _day_number(when: Any) -> int:
+    """A medication's start (ISO text) as a day number for sorting; 0 when it has none."""
+    day = utc_date(when) if isinstance(when, (date, datetime)) else None
+    if day is None and isinstance(when, str):
+        day = utc_date(parse_when(when)[0])
+    return day.toordinal() if day else 0
 
 
 def _keep_recent(labs: list[LabValue], max_labs: int, warnings: list[str]) -> NotAssessed:
