@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 import uuid
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
-from leukodx.engine import Assessment, OrderCheck
+from leukodx.engine import Assessment, NotAssessed, OrderCheck
 
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
-__all__ = ["assessment_cards", "urgent_steps", "cytopenia_without_white_count", "order_card", "unread_order_card",
+__all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count", "order_card",
+           "unread_order_card",
            "stale_card", "unassessed_card", "checked_card", "note_left_out", "OVERRIDE_REASONS", "card_id",
            "NEUTROPHIL_TESTS"]
 
@@ -195,10 +197,24 @@ def _has_something_to_say(a: Assessment) -> bool:
                 or cytopenia_without_white_count(a))
 
 
-def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str]) -> list[Card]:
-    """The assessment card, or no card when the counts give nothing to say."""
+def neutrophil_value_unread(not_assessed: Iterable[NotAssessed]) -> bool:
+    """Whether a value that gives the ANC (an ANC, neutrophil counts or percentages: not the WBC) was sent and left
+    unread: named by its test, in its value or at the start of its reason ("anc (LOINC 751-8): ...")."""
+    wanted = set(NEUTROPHIL_TESTS) - {"wbc"}
+    return any({(n.value or "").split(" ")[0], re.split(r"[ :(]", n.reason, maxsplit=1)[0]} & wanted
+               for n in not_assessed)
+
+
+def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str],
+                     anc_unread: bool = False) -> list[Card]:
+    """The assessment card, or no card when the counts give nothing to say. With no neutrophil count and one sent
+    but unread (``anc_unread``), at least a warning: an unread ANC is not a normal one (an ANC of 0.3 sent as
+    "0.3 LL" had left a WBC of 1.8 an information card)."""
     if not _has_something_to_say(a):
         return []
+    priority = a.priority
+    if anc_unread and a.risk_tier.tier == "unknown" and priority == "info":
+        priority = "warning"
     cited = [s for x in a.alerts for s in x.sources] + [s for c in a.causes[:1] for s in c.sources] + \
         list(a.risk_tier.sources)         # the tier's guidelines when alerts and causes cite no primary source
     primary = [s for s in cited if s in a.sources and a.sources[s].kind in ("guideline", "label", "study")]
@@ -212,7 +228,7 @@ def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str
                 type="create", description="Create a ServiceRequest for a CBC with automated differential",
                 resource=_service_request(patient_id, CBC_WITH_DIFFERENTIAL, "CBC with differential",
                                           step.reasons[0]))])]
-    return [_card(hook_instance, "assessment", _headline(a), a.priority, _detail(a),
+    return [_card(hook_instance, "assessment", _headline(a), priority, _detail(a),
                   _source(f"leukodx knowledge base {a.kb_version}", "assessment", url), suggestions, "any")]
 
 

@@ -272,6 +272,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     assessment: Optional[Assessment] = None
     left_out: list[str] = list(notes)
     counts_unread = True           # whether a value that could give the ANC was left unread (set once assessed)
+    anc_unread = False             # whether one that gives it (not the WBC) was
     problems: list[str] = []
     where: list[str] = []            # what was left out or refused, by place only (for the log)
     mismatch = False
@@ -287,9 +288,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
         assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
-        counts_unread = any("observation" in n.field.lower() for n in mapped.not_assessed) or any(
-            {(n.value or "").split(" ")[0], re.split(r"[ :(]", n.reason, maxsplit=1)[0]} & set(C.NEUTROPHIL_TESTS)
-            for n in (*mapped.not_assessed, *assessment.not_assessed))
+        anc_unread = C.neutrophil_value_unread((*mapped.not_assessed, *assessment.not_assessed))
+        counts_unread = anc_unread or any("observation" in n.field.lower() for n in mapped.not_assessed)
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
                                                                   if u.suggestions else "")
                      for u in assessment.unrecognised]
@@ -321,7 +321,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         if assessment.cbc.tests:   # an old count alone says nothing acute; a temperature with no count, nothing
             cards.append(C.stale_card(assessment, hook.hookInstance))
     else:
-        cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id)
+        cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id, anc_unread)
         if cards and settings.report_link_minutes > 0:
             report = cards[0], to_json_pieces(assessment)
     cards += traced("leukodx.orders", order_cards)(eng, drafts, assessment, resources, hook, patient_id, weight)

@@ -234,6 +234,9 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
         skip("valueQuantity has neither a unit nor a UCUM code")
         return None
     value = q["value"]
+    if isinstance(value, str) and _DECIMAL.match(value):     # a decimal sent as a JSON string ("0.4"): FHIR's
+        warnings.append(f"{name}: valueQuantity.value {value!r} is text; read as the number it writes.")
+        value = float(value)                                  # decimal type forbids it, but the number is plain
     comparator = as_str(q.get("comparator"))
     if comparator:
         shown = fmt(value) if is_number(value) else repr(value)
@@ -355,7 +358,12 @@ def _one_draw_per_time(labs: list[LabValue], specimens: set[str], warnings: list
                         f"blood draw (the same collection time).")
 
 
-_TEXT_NUMBER = re.compile(r"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+)\s*$")
+# a count as text: a comparator, the number, then perhaps its unit ("0.3 K/uL") and the laboratory's flag ("L",
+# "(LL)", "*": the flag says low or high, never the unit)
+_DECIMAL = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")
+_FLAG = r"(?:\(?(?:L|LL|H|HH|A|AA)\)?|\*)"
+_TEXT_NUMBER = re.compile(rf"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+)(?![\d.,])"
+                          rf"(?:\s*{_FLAG}|\s+(?!{_FLAG}\s*$)([^\s()]+)(?:\s+{_FLAG})?)?\s*$")
 
 
 def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[tuple[dict[str, Any], str]]:
@@ -370,6 +378,11 @@ def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[tuple[dic
         return None
     value = float(m.group(2).replace(",", "."))
     comparator = m.group(1)
+    if m.group(3):                      # the unit written after it: read as a valueQuantity's would be
+        out: dict[str, Any] = {"value": value, "unit": m.group(3)}
+        if comparator:
+            out["comparator"] = comparator
+        return out, "its unit as written after the number"
     factors = {u: f for u in spec.get("suggest", []) if (f := _factor(u, spec)) is not None}
     units = [u for u, f in factors.items() if spec["plausible"][0] <= value * f <= spec["plausible"][1]]
     if value == 0 and comparator is None and factors and spec.get("zero_allowed"):
@@ -382,7 +395,7 @@ def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[tuple[dic
                f"at the bottom of its range, and the lower count is the worse side")
     else:
         return None
-    out: dict[str, Any] = {"value": value, "unit": unit}
+    out = {"value": value, "unit": unit}
     if comparator:
         out["comparator"] = comparator
     return out, why
