@@ -577,12 +577,12 @@ def test_no_usable_lab_is_a_mapping_error():
 
 
 def test_values_the_contract_refuses_are_passed_to_the_engine():
-    case, _ = bundle_to_case(bundle(obs("6690-2", 3.8, code="/uL"), obs("751-8", "1.2", code="10*9/L",
+    case, _ = bundle_to_case(bundle(obs("6690-2", 3.8, code="/uL"), obs("751-8", "1,2", code="10*9/L",
                                                                          time="2025-03-09")))
-    assert [lab["value"] for lab in case["labs"]] == [3.8, "1.2"]
+    assert [lab["value"] for lab in case["labs"]] == [3.8, "1,2"]   # (a plain "1.2" is read as the number)
     with pytest.raises(CaseError) as err:              # the contract refuses the text first ...
         assess(case)
-    assert [(p.loc, p.msg) for p in err.value.problems] == [("labs[1].value", "must be a number, not the text '1.2'")]
+    assert [(p.loc, p.msg) for p in err.value.problems] == [("labs[1].value", "must be a number, not the text '1,2'")]
     case["labs"].pop()
     with pytest.raises(CaseError) as err:              # ... then normalisation the WBC sent in the wrong unit
         assess(case)

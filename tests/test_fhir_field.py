@@ -744,6 +744,66 @@ def test_a_fever_condition_recorded_long_ago_without_an_onset_is_not_a_fever_now
     assert has(m.warnings, "is not a fever now")
 
 
+def _request(oid, name, *, status="active", authored="2026-10-01", text=None):
+    res = {"resourceType": "MedicationRequest", "id": oid, "status": status, "intent": "order",
+           "subject": {"reference": "Patient/p1"}, "authoredOn": authored, "medicationCodeableConcept": {"text": name}}
+    if text:
+        res["dosageInstruction"] = [{"text": text}]
+    return res
+
+
+def test_more_medications_than_the_contract_holds_keep_the_active_ones_and_the_card():
+    """501 orders had made the whole call "could not assess this patient" beside an ANC of 0.4: the active ones and
+    the most recently started are kept, the rest named as not assessed."""
+    old = [_request(f"old{i}", "paracetamol", status="completed", authored="2015-01-01") for i in range(520)]
+    m = mapped(patient(), obs("6690-2", 1.2, t=RECENT), obs("751-8", 0.4, t=RECENT),
+               _request("aza", "azathioprine 50 mg tablet"), *old, as_of=datetime.now(timezone.utc).date())
+    names = [x["name"] for x in m.case["medications"]]
+    assert len(names) == 500 and "azathioprine 50 mg tablet" in names
+    assert any("21 medications" == (n.value or "") for n in m.not_assessed), m.not_assessed
+    a = assess(m.case)
+    assert a.risk_tier.tier == "severe" and "thiopurine_myelotoxicity" in [c.id for c in a.causes]
+
+
+def test_a_long_sig_or_condition_text_costs_only_its_tail():
+    """A 728-character dosage text had dropped the azathioprine it belonged to (and its cause); a 600-character
+    Condition had been lost whole: the sig is left out (cut, it could read as another dose), the texts cut."""
+    sig = "Take 50 mg by mouth daily. " + "Monitor full blood count weekly for 8 weeks, then monthly. " * 12
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+                 "clinicalStatus": {"coding": [{"code": "active"}]},
+                 "code": {"text": "Crohn disease of the ileum " + "with stricturing behaviour, " * 22}}
+    m = mapped(patient(), obs("6690-2", 2.0, t=RECENT), obs("751-8", 0.8, t=RECENT),
+               _request("aza", "azathioprine", text=sig), condition, as_of=datetime.now(timezone.utc).date())
+    med = m.case["medications"][0]
+    assert med["name"] == "azathioprine" and "dose" not in med and has(m.warnings, "was not read")
+    assert len(m.case["history"]["conditions"][0]) == 500
+    assert "thiopurine_myelotoxicity" in [c.id for c in assess(m.case).causes]
+
+
+def _anc(**value):
+    res = obs("751-8", 0, t=RECENT)
+    del res["valueQuantity"]
+    return {**res, **value}
+
+
+@pytest.mark.parametrize("value", [{"valueString": "0.3 L"}, {"valueString": "0.3 K/uL"}, {"valueString": "0.30 (LL)"},
+                                   {"valueString": "0.3*"}, {"valueString": "300 /uL H"},
+                                   {"valueQuantity": {"value": "0.3", "unit": "10*3/uL", "code": "10*3/uL"}}])
+def test_an_anc_written_with_its_unit_or_flag_as_text_is_read(client, value):
+    """An ANC sent as "0.3 L" (a laboratory's low flag), "0.3 K/uL" (its unit) or "0.3" in valueQuantity.value had
+    been left unread, and WBC 1.8 made an information card."""
+    cards = patient_view(client, observations=bundle(obs("6690-2", 1.8, t=RECENT), _anc(**value), kind="searchset"))
+    assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"], cards[0]["summary"]
+
+
+def test_an_anc_sent_but_unread_beside_a_low_wbc_is_at_least_a_warning(client):
+    """An ANC that cannot be read ("LOW", no number) beside WBC 1.8 had left the leukopenia card at information: an
+    unread ANC is not a normal one."""
+    cards = patient_view(client, observations=bundle(obs("6690-2", 1.8, t=RECENT), _anc(valueString="LOW"),
+                                                     kind="searchset"))
+    assert cards[0]["indicator"] == "warning" and "Not assessed" in cards[0]["detail"], cards[0]
+
+
 @pytest.mark.parametrize("broken", ["empty conditions", "contained without resourceType"])
 def test_one_broken_resource_outside_the_labs_costs_only_itself(client, broken):
     """`"conditions": {}`, or a MedicationStatement whose contained Medication has no resourceType, had made the
