@@ -804,6 +804,14 @@ def test_an_anc_sent_but_unread_beside_a_low_wbc_is_at_least_a_warning(client):
     assert cards[0]["indicator"] == "warning" and "Not assessed" in cards[0]["detail"], cards[0]
 
 
+def test_results_dated_only_by_month_are_history_not_the_current_count(client):
+    """A CBC dated "2023-05" (a partial date, valid FHIR) and nothing else had been undated, so current: a critical
+    card with an urgent marrow in 2026. Dated by the month's first day, it is an old count."""
+    labs = bundle(obs("6690-2", 1.2, t="2023-05"), obs("751-8", 0.3, t="2023-05"), kind="searchset")
+    cards = patient_view(client, observations=labs)
+    assert cards and cards[0]["indicator"] == "info" and "No current CBC" in cards[0]["summary"], cards
+
+
 @pytest.mark.parametrize("broken", ["empty conditions", "contained without resourceType"])
 def test_one_broken_resource_outside_the_labs_costs_only_itself(client, broken):
     """`"conditions": {}`, or a MedicationStatement whose contained Medication has no resourceType, had made the

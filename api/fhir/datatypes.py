@@ -17,7 +17,7 @@ from leukodx.engine.timeutil import When, utc_date
 
 __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "codings", "codes", "concept_text",
            "reference", "not_a_result", "code_label", "quantity_unit", "parse_when", "first_when", "own_time", "after",
-           "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE"]
+           "partial_first_day", "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE"]
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -174,6 +174,21 @@ def own_time(res: dict[str, Any]) -> tuple[Optional[When], list[str]]:
                         ("effectiveInstant", res.get("effectiveInstant")),
                         ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
                         ("issued", res.get("issued"))])
+
+
+def partial_first_day(res: dict[str, Any], label: str, warnings: list[str]) -> Optional[date]:
+    """The first day of an Observation's time when it has only a partial one ("2023-05"), with a warning; None
+    otherwise. Never undated: an undated value is taken as current, and a 2023 ANC had made today's critical card."""
+    for name in ("effectiveDateTime", "effectivePeriod.start", "issued"):
+        raw = as_dict(res.get("effectivePeriod")).get("start") if name == "effectivePeriod.start" else res.get(name)
+        text = as_str(raw) or ""
+        year, _, month = text.partition("-")
+        if PARTIAL_DATE.match(text) and int(year) >= 1 and 1 <= int(month or 1) <= 12:
+            day = date(int(year), int(month or 1), 1)
+            warnings.append(f"{label}: {name} {text!r}, a partial date, was dated by its first day ({day}): a value "
+                            f"of that time is history, never the current count.")
+            return day
+    return None
 
 
 def after(when: Optional[When], ref: Optional[date]) -> bool:

@@ -43,7 +43,7 @@ from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
 from .datatypes import (UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt, is_number,
-                        not_a_result, quantity_unit)
+                        not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
 from . import panels
 from .resources import Index, Item
@@ -129,6 +129,8 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if time is None and id(res) in inherited:
             time, parent = inherited[id(res)]
             borrowed.append(parent)
+        if time is None:
+            time = partial_first_day(res, item.label, warnings)
         for part, part_code in parts:
             test = kb.loinc[part_code]
             lab = _lab_value(part, test, part_code, kb.tests[test], time, warnings, skipped)
