@@ -17,6 +17,10 @@ _WORDS = {
     "possible_intermediate": "possible_intermediate", "possible intermediate": "possible_intermediate",
     "possible intermediate metabolizer": "possible_intermediate",
     "poor": "poor", "pm": "poor", "poor metabolizer": "poor", "deficient": "poor", "homozygous deficient": "poor",
+    # a genotype reported by zygosity (CPIC: one no-function allele is intermediate, two are poor)
+    "heterozygous variant": "intermediate", "heterozygous mutant": "intermediate",
+    "homozygous variant": "poor", "homozygous mutant": "poor", "homozygous wild type": "normal",
+    "homozygous wildtype": "normal",
     "indeterminate": "indeterminate", "unknown": "unknown", "not tested": "unknown", "untested": "unknown",
     # TPMT activity as CPIC names the phenotypes' activity (normal or high; intermediate; low or deficient)
     "normal activity": "normal", "high activity": "normal", "intermediate activity": "intermediate",

@@ -812,6 +812,24 @@ def test_results_dated_only_by_month_are_history_not_the_current_count(client):
     assert cards and cards[0]["indicator"] == "info" and "No current CBC" in cards[0]["summary"], cards
 
 
+@pytest.mark.parametrize("value,phenotype", [("Homozygous variant", "poor"), ("TPMT heterozygous variant",
+                                                                             "intermediate"),
+                                             ("Homozygous wild type", "normal")])
+def test_a_genotype_reported_by_zygosity_is_read(value, phenotype):
+    """"Homozygous variant" (two no-function alleles: CPIC's poor metabolizer) had read as status unknown, and an
+    azathioprine order for a poor metabolizer got only "genotype before dosing"."""
+    assert pgx_results(get_engine().kb, bundle(patient(), genotype(value))) == {"tpmt": phenotype}
+
+
+def test_a_tpmt_activity_number_is_named_as_not_assessed():
+    """A TPMT activity (21563-2, 2.0 U/mL) is not turned into a phenotype; it had been a warning only, so the
+    order card said "status unknown" with no word of the result: it is now listed as not assessed."""
+    activity = {**genotype("x", code="21563-2"), "valueQuantity": {"value": 2.0, "unit": "U/mL"}}
+    del activity["valueString"]
+    m = mapped(patient(), obs("6690-2", 5.0), obs("751-8", 3.0), activity)
+    assert [n.reason.split(":")[0] for n in m.not_assessed] == ["TPMT result '2.0 U/mL'"], m.not_assessed
+
+
 @pytest.mark.parametrize("broken", ["empty conditions", "contained without resourceType"])
 def test_one_broken_resource_outside_the_labs_costs_only_itself(client, broken):
     """`"conditions": {}`, or a MedicationStatement whose contained Medication has no resourceType, had made the

@@ -88,6 +88,9 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
             shown = value or _quantity(res.get("valueQuantity")) or "without a value"
             warnings.append(f"{item.label}: {named} result {shown!r} was not used: {_NOT_READ[spec['kind']]}; give "
                             f"the laboratory's phenotype or diplotype.")
+            if skipped is not None:        # a result exists: the card says so, not "status unknown" alone
+                skipped.append(Problem(item.loc, f"{named} result {shown[:60]!r}: {_NOT_READ[spec['kind']]}; read "
+                                                 f"the laboratory's interpretation"))
             continue
         if not value:
             warnings.append(f"{item.label}: {named} result without a phenotype or diplotype was not used.")
@@ -101,6 +104,9 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
                                 f"the {gene.upper()} result was not used.")
             elif mapped is None:
                 warnings.append(f"{item.label}: {gene.upper()} result {part!r} was not understood.")
+                if skipped is not None:
+                    skipped.append(Problem(item.loc, f"{gene.upper()} result {part[:60]!r}: not a phenotype or "
+                                                     f"diplotype leukodx reads; read the laboratory's report"))
             elif gene not in found or _later(utc, found[gene][0]):
                 found[gene] = (utc, mapped, item)
             elif utc == found[gene][0]:
