@@ -4,7 +4,8 @@
   than current_cbc_max_age_days; older counts are history;
 * ANC = WBC x (neutrophils% + bands%) / 100, or segmented + band neutrophil counts, within one draw when no
   absolute count is given (samples.derived_count; likewise lymphocytes); a reported ANC that disagrees with the
-  derived one by more than anc_disagreement_fraction gives way to the lower; without any ANC, the WBC bounds it (anc_max);
+  derived one by more than anc_disagreement_fraction gives way to the lower, and so does an ANC-only recount
+  within cbc_same_draw_hours of a lower ANC (samples.lower_recount); without any ANC, the WBC bounds it (anc_max);
 * the neutrophil risk tier and CTCAE grades (tables from rules/), with the count's date and age;
 * trends (trends.py) and the patient's context and drug exposure (exposure.py) as facts;
 * one flat fact per attribute, typed (float, bool, str) as rules/facts.yaml declares.
@@ -22,7 +23,7 @@ from .kb import KnowledgeBase
 from .normalize import NormCase, NormLab
 from .exposure import drug_facts, earlier_anc_facts, patient_facts, started_after
 from .samples import (DERIVABLE, DIFFERENTIAL_TESTS, Sample, age_days, days_text, derived_count, from_upper_bound,
-                      group_samples)
+                      group_samples, lower_recount)
 from .trends import anc_by_draw, series_facts
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
@@ -238,6 +239,19 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         warnings.append(f"ANC: the latest count (WBC {values['wbc']:g}, {cbc.time:%Y-%m-%d %H:%M}) has no "
                         f"differential; the ANC {value:g} of the draw {hours:.3g} h before it, lower than that WBC, "
                         f"was used for the tier and the alerts. Repeat the differential.")
+    recount = lower_recount(samples, cbc, anc_points, kb.value("cbc_same_draw_hours"), tolerance)
+    if recount is not None:             # an ANC-only recount shortly after a lower ANC: the lower stands
+        assert cbc is not None and cbc.time is not None and recount[0].time is not None
+        (draw, low), minutes = recount, (cbc.time - recount[0].time).total_seconds() / 60
+        warnings.append(f"ANC: the latest count ({values['anc']:g}, {cbc.time:%Y-%m-%d %H:%M}) has no WBC and comes "
+                        f"{minutes:.0f} min after an ANC of {low:g}: counts that far apart that close together cannot "
+                        f"both be right; the lower was used for the tier and the alerts. Repeat the CBC with a "
+                        f"differential.")
+        anc_text = (f"the lower of two ANCs {minutes:.0f} min apart ({low:g} at {draw.time:%H:%M}, {values['anc']:g} "
+                    f"after)")
+        values["anc"], anc_source = low, "reported"
+        if "anc" in draw.values:
+            current["anc"] = draw.values["anc"]
     # the ANC cannot exceed the WBC of the same draw: a bound when no ANC can be had
     anc_at_most: Optional[float] = None
     if "anc" not in values and "wbc" in values:

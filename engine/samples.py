@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 from .normalize import NormLab
 
 __all__ = ["Sample", "group_samples", "age_days", "COUNT_TESTS", "DIFFERENTIAL_TESTS", "DERIVABLE", "derived_count",
-           "from_upper_bound"]
+           "from_upper_bound", "lower_recount"]
 
 # The counts a neutrophil tier can rest on.
 COUNT_TESTS = ("wbc", "anc", "segmented_neutrophils")
@@ -122,3 +122,23 @@ def from_upper_bound(sample: Sample, pcts: tuple[str, ...]) -> bool:
     """A count derived in ``sample`` rests on a WBC, count or percentage reported as below a value (``<``)."""
     return any(lab.comparator in ("<", "<=") for test, lab in sample.values.items()
                if test == "wbc" or test in pcts or test in _ANC_PARTS)
+
+
+def lower_recount(samples: list[Sample], cbc: Optional[Sample], anc_points: dict[Optional[datetime], float],
+                  window_hours: float, tolerance: float) -> Optional[tuple[Sample, float]]:
+    """The current draw is an ANC with no WBC (a recount) and the latest earlier draw within ``window_hours`` had
+    an ANC lower by more than ``tolerance`` (a fraction of the higher): that draw and its ANC. Two counts that far
+    apart that close together cannot both be right, and the lower is the worse side (an ANC of 1.6 ten minutes
+    after 0.3 had made the 0.3 history and the card silent)."""
+    if cbc is None or cbc.time is None or "wbc" in cbc.values or anc_points.get(cbc.time) is None:
+        return None
+    current = anc_points[cbc.time]
+    for sample in reversed(samples):                       # newest first
+        if sample.time is None or sample.time >= cbc.time:
+            continue
+        if cbc.time - sample.time > timedelta(hours=window_hours):
+            return None
+        value = anc_points.get(sample.time)
+        if value is not None:
+            return (sample, value) if current > 0 and (current - value) / current > tolerance else None
+    return None
