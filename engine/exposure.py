@@ -9,7 +9,7 @@ from typing import Any, Optional
 from .kb import KnowledgeBase
 from .normalize import NormCase, NormMed
 
-__all__ = ["patient_facts", "drug_facts", "active_interactions", "started_after", "earlier_anc_facts"]
+__all__ = ["suspect_meds", "patient_facts", "drug_facts", "active_interactions", "started_after", "earlier_anc_facts"]
 
 
 def _r(x: float) -> float:
@@ -144,6 +144,22 @@ def _dose_already_cut(interaction: dict[str, Any], nc: NormCase) -> bool:
     taken = [m for m in nc.meds if m.drug_id in normal and _exposure(m, nc.as_of)[0]]
     return bool(taken) and all(m.dose_mg_kg_day is not None and m.dose_mg_kg_day <= normal[m.drug_id] * factor + 1e-9
                                for m in taken)
+
+
+def suspect_meds(kb: KnowledgeBase, nc: NormCase) -> list[NormMed]:
+    """The medications a cause may name as its agent: taken now, stopped on a day not given, or last taken within
+    their class's window (recent_drug_days; a cytotoxic drug's nadir window, an anti-CD20 antibody's suspect
+    window). A mycophenolate stopped 16 months before had been named beside today's tacrolimus."""
+    windows = {"cytotoxic_chemotherapy": kb.value("chemotherapy_nadir_window_days"),
+               "anti_cd20": kb.value("anti_cd20_suspect_days")}
+    default = kb.value("recent_drug_days")
+    out = []
+    for med in nc.meds:
+        active, stop_unknown, last_dose = _exposure(med, nc.as_of)
+        window = max([windows[c] for c in med.classes if c in windows], default=default)
+        if active or stop_unknown or last_dose is None or last_dose <= window:
+            out.append(med)
+    return out
 
 
 def _recent(kb: KnowledgeBase, nc: NormCase) -> list[Any]:

@@ -14,7 +14,7 @@ from .assessment import Assessment, NotAssessed
 from .case import Case
 from .derive import derive
 from .explain import build_assessment
-from .exposure import active_interactions
+from .exposure import active_interactions, suspect_meds
 from .kb import KnowledgeBase, default as default_kb
 from .normalize import NormCase, normalize
 from .orders import OrderCheck, OrderInput, check_orders
@@ -61,7 +61,7 @@ class Engine:
         d = derive(self.kb, nc, ctcae_version)
         firings, _ = run_stages(self.kb, self.reasoner, d.facts)
         interactions = active_interactions(self.kb, nc)
-        causes = rank_causes(self.kb, firings, nc.meds, interactions, d.count_day)
+        causes = rank_causes(self.kb, firings, suspect_meds(self.kb, nc), interactions, d.count_day)
         return build_assessment(self.kb, nc, d, firings, causes, ENGINE_VERSION, left_out, interactions)
 
     def check_orders(self, orders: list[OrderInput], assessment: Optional[Assessment] = None,

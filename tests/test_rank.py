@@ -77,3 +77,18 @@ def test_the_rheumatology_withhold_rule_does_not_stop_a_transplant_recipients_im
     assert "drug_induced.immunosuppressant_withhold" in hold_rules(conditions=["rheumatoid arthritis"])
     assert "drug_induced.immunosuppressant_withhold" not in hold_rules(
         transplant={"organ": "kidney", "date": "2024-06-01"})
+
+
+def test_a_drug_stopped_long_ago_is_not_named_beside_todays(engine):
+    """Mycophenolate stopped 14 months before had been named as an agent of immunosuppressant myelotoxicity beside
+    the tacrolimus taken now: an agent is a drug taken now or within its class's window (recent_drug_days; a
+    cytotoxic drug's nadir window)."""
+    meds = [{"name": "mycophenolate mofetil", "status": "stopped", "start": "2022-01-01", "end": "2024-01-10"},
+            {"name": "tacrolimus", "start": "2024-01-10"}]
+    a = engine.assess(base_case(labs=[lab("wbc", 3.0), lab("anc", 1.2)], medications=meds,
+                                history={"transplant": {"organ": "heart"}}))
+    assert [c.agents for c in a.causes if c.id == "immunosuppressant_myelotoxicity"] == [["tacrolimus"]]
+    chemo = [{"name": "cyclophosphamide", "status": "completed", "start": "2025-02-01", "end": "2025-02-01",
+              "indication": "breast cancer"}]
+    b = engine.assess(base_case(labs=[lab("wbc", 1.5), lab("anc", 0.4)], medications=chemo))   # 37 days after
+    assert [c.agents for c in b.causes if c.id == "cytotoxic_chemotherapy"] == [["cyclophosphamide"]]
