@@ -2,7 +2,8 @@
 
 * ``count_drop_pct``: the fall of the current count from the highest of the previous
   ``trend_lookback_days``; ``count_rise_pct``: its rise from the count before it, when it rose;
-* ``low_span_days``: how long the count has been low;
+* ``low_span_days``: how long the count has been low; ``low_run_drop_pct``: the current count's fall from the
+  highest count of that low run;
 * ``cyclic_intervals``: nadir-to-nadir intervals of cyclic length with recovery between.
 """
 from __future__ import annotations
@@ -55,6 +56,9 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
         else:
             break
     facts["low_span_days"] = float((latest_t - run_start).days) if run_start else 0.0
+    run = [v for t, v in series if run_start is not None and t >= run_start]
+    if len(run) >= 2 and max(run) > 0:          # however long ago the run began (a lookback would miss it)
+        facts["low_run_drop_pct"] = _r(max(0.0, (max(run) - latest_v) / max(run) * 100.0))
     if basis == "anc":
         facts["cyclic_intervals"] = float(cyclic_intervals(kb, series))
 
