@@ -92,3 +92,14 @@ def test_a_drug_stopped_long_ago_is_not_named_beside_todays(engine):
               "indication": "breast cancer"}]
     b = engine.assess(base_case(labs=[lab("wbc", 1.5), lab("anc", 0.4)], medications=chemo))   # 37 days after
     assert [c.agents for c in b.causes if c.id == "cytotoxic_chemotherapy"] == [["cyclophosphamide"]]
+
+
+def test_fever_from_a_diagnosis_alone_is_said_to_be_one(engine):
+    """Febrile neutropenia raised from "Neutropenic fever" on the problem list, with no temperature, had read as a
+    measured 38.3 C: the output now says the fever came from a diagnosis; with a temperature it does not."""
+    labs = [lab("wbc", 1.0), lab("anc", 0.3)]
+    said = "not from a measured temperature"
+    a = engine.assess(base_case(labs=labs, history={"conditions": ["Neutropenic fever"]}))
+    assert "febrile_neutropenia" in [x.id for x in a.alerts] and [w for w in a.warnings if said in w]
+    b = engine.assess(base_case(labs=labs, history={"conditions": ["Neutropenic fever"], "temperature_c": 38.9}))
+    assert "febrile_neutropenia" in [x.id for x in b.alerts] and not [w for w in b.warnings if said in w]
