@@ -124,8 +124,8 @@ class History(_Model):
     def _not_fahrenheit(cls, value: Any) -> Any:
         """A temperature of 77-113 is a body temperature in Fahrenheit, not Celsius: say so, with the
         Celsius value (converted by pint), rather than only "at most 45"."""
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > BODY_TEMPERATURE_C[1] \
-                and bare_temperature_scale(value) == "[degF]":
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and bare_temperature_scale(value) == "[degF]":
             from .units import registry
             celsius = round(registry().Quantity(float(value), "degF").to("degC").magnitude, 1)
             raise ValueError(f"{value:g} is not a body temperature in Celsius (25-45); if it is {value:g} F, "

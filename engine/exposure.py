@@ -153,23 +153,19 @@ def suspect_meds(kb: KnowledgeBase, nc: NormCase) -> list[NormMed]:
     windows = {"cytotoxic_chemotherapy": kb.value("chemotherapy_nadir_window_days"),
                "anti_cd20": kb.value("anti_cd20_suspect_days")}
     default = kb.value("recent_drug_days")
-    out = []
-    for med in nc.meds:
-        active, stop_unknown, last_dose = _exposure(med, nc.as_of)
-        window = max([windows[c] for c in med.classes if c in windows], default=default)
-        if active or stop_unknown or last_dose is None or last_dose <= window:
-            out.append(med)
-    return out
+    return [m for m in nc.meds
+            if _taken_within(m, nc.as_of, max([windows[c] for c in m.classes if c in windows], default=default))]
 
 
 def _recent(kb: KnowledgeBase, nc: NormCase) -> list[Any]:
     """The medications taken now or stopped within recent_drug_days."""
-    out = []
-    for med in nc.meds:
-        active, stop_unknown, last_dose = _exposure(med, nc.as_of)
-        if active or stop_unknown or (last_dose is not None and last_dose <= kb.value("recent_drug_days")):
-            out.append(med)
-    return out
+    return [m for m in nc.meds if _taken_within(m, nc.as_of, kb.value("recent_drug_days"))]
+
+
+def _taken_within(med: NormMed, as_of: Optional[date], days: float) -> bool:
+    """Taken now, stopped on a day not given, or last taken at most ``days`` before ``as_of``."""
+    active, stop_unknown, last_dose = _exposure(med, as_of)
+    return active or stop_unknown or (last_dose is not None and last_dose <= days)
 
 
 def _exposure(med: NormMed, as_of: Optional[date]) -> tuple[bool, bool, Optional[float]]:

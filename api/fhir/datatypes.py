@@ -17,13 +17,15 @@ from leukodx.engine.timeutil import When, utc_date
 
 __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "codings", "codes", "concept_text",
            "reference", "not_a_result", "code_label", "quantity_unit", "parse_when", "first_when", "own_time", "after",
-           "partial_first_day", "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE"]
+           "partial_first_day", "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE",
+           "DECIMAL_TEXT"]
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 _LOINC_SYSTEMS = frozenset({LOINC, None, "http://loinc.org/", "urn:oid:2.16.840.1.113883.6.1"})
 RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
+DECIMAL_TEXT = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")     # a plain decimal written as text ("0.4", "38.9")
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CACHED_TEXT = 64                   # date text up to this length is parsed once and kept (see parse_when)
 
@@ -167,20 +169,22 @@ def _first_when(candidates: list[tuple[str, Any]]) -> tuple[Optional[When], list
     return None, unusable
 
 
+def _time_fields(res: dict[str, Any]) -> list[tuple[str, Any]]:
+    """An Observation's (or DiagnosticReport's) time fields, in the order they are read."""
+    return [("effectiveDateTime", res.get("effectiveDateTime")), ("effectiveInstant", res.get("effectiveInstant")),
+            ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")), ("issued", res.get("issued"))]
+
+
 def own_time(res: dict[str, Any]) -> tuple[Optional[When], list[str]]:
     """An Observation's (or DiagnosticReport's) own time: effective[x], else ``issued``; and what is present
     but cannot be used (see :func:`first_when`). :meth:`~.resources.Item.own_time` keeps it."""
-    return _first_when([("effectiveDateTime", res.get("effectiveDateTime")),
-                        ("effectiveInstant", res.get("effectiveInstant")),
-                        ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
-                        ("issued", res.get("issued"))])
+    return _first_when(_time_fields(res))
 
 
 def partial_first_day(res: dict[str, Any], label: str, warnings: list[str]) -> Optional[date]:
     """The first day of an Observation's time when it has only a partial one ("2023-05"), with a warning; None
     otherwise. Never undated: an undated value is taken as current, and a 2023 ANC had made today's critical card."""
-    for name in ("effectiveDateTime", "effectivePeriod.start", "issued"):
-        raw = as_dict(res.get("effectivePeriod")).get("start") if name == "effectivePeriod.start" else res.get(name)
+    for name, raw in _time_fields(res):
         text = as_str(raw) or ""
         year, _, month = text.partition("-")
         if PARTIAL_DATE.match(text) and int(year) >= 1 and 1 <= int(month or 1) <= 12:

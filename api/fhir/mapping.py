@@ -288,10 +288,8 @@ def _fitted_medications(meds: list[dict[str, Any]], warnings: list[str], left_ou
 
 
 def _day_number(when: Any) -> int:
-    """A medication's start (ISO text) as a day number for sorting; 0 when it has none."""
-    day = utc_date(when) if isinstance(when, (date, datetime)) else None
-    if day is None and isinstance(when, str):
-        day = utc_date(parse_when(when)[0])
+    """A mapped medication's start (ISO text) as a day number for sorting; 0 when it has none."""
+    day = utc_date(parse_when(when)[0]) if isinstance(when, str) else None
     return day.toordinal() if day else 0
 
 

@@ -42,8 +42,8 @@ from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
-from .datatypes import (UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt, is_number,
-                        not_a_result, partial_first_day, quantity_unit)
+from .datatypes import (DECIMAL_TEXT, UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
+                        is_number, not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
 from . import panels
 from .resources import Index, Item
@@ -236,7 +236,7 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
         skip("valueQuantity has neither a unit nor a UCUM code")
         return None
     value = q["value"]
-    if isinstance(value, str) and _DECIMAL.match(value):     # a decimal sent as a JSON string ("0.4"): FHIR's
+    if isinstance(value, str) and DECIMAL_TEXT.match(value):     # a decimal sent as a JSON string ("0.4"): FHIR's
         warnings.append(f"{name}: valueQuantity.value {value!r} is text; read as the number it writes.")
         value = float(value)                                  # decimal type forbids it, but the number is plain
     comparator = as_str(q.get("comparator"))
@@ -362,7 +362,6 @@ def _one_draw_per_time(labs: list[LabValue], specimens: set[str], warnings: list
 
 # a count as text: a comparator, the number, then perhaps its unit ("0.3 K/uL") and the laboratory's flag ("L",
 # "(LL)", "*": the flag says low or high, never the unit)
-_DECIMAL = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")
 _FLAG = r"(?:\(?(?:L|LL|H|HH|A|AA)\)?|\*)"
 _TEXT_NUMBER = re.compile(rf"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+)(?![\d.,])"
                           rf"(?:\s*{_FLAG}|\s+(?!{_FLAG}\s*$)([^\s()]+)(?:\s+{_FLAG})?)?\s*$")
