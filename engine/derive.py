@@ -249,9 +249,16 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                         f"differential.")
         anc_text = (f"the lower of two ANCs {minutes:.0f} min apart ({low:g} at {draw.time:%H:%M}, {values['anc']:g} "
                     f"after)")
-        values["anc"], anc_source = low, "reported"
-        if "anc" in draw.values:
-            current["anc"] = draw.values["anc"]
+        values["anc"] = low
+        reported = draw.values.get("anc")
+        llns.pop("anc", None)
+        if reported is not None and reported.value == low:
+            current["anc"], anc_source = reported, "reported"
+            if reported.lln is not None:
+                llns["anc"] = reported.lln
+        else:                           # that draw's ANC was its WBC and differential's
+            derived_current["anc"], anc_source = draw.key, "derived"
+            facts["anc_derived"] = True
     # the ANC cannot exceed the WBC of the same draw: a bound when no ANC can be had
     anc_at_most: Optional[float] = None
     if "anc" not in values and "wbc" in values:
@@ -320,7 +327,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     tier = tier_for(kb, anc)
     facts["risk_tier"] = tier
     anc_lab = current.get("anc") if derived_current.get("anc") is None else None
-    anc_time = (anc_lab.time if anc_lab else earlier[0].time if earlier else cbc.time) if cbc is not None else None
+    anc_time = (anc_lab.time if anc_lab else earlier[0].time if earlier else recount[0].time if recount else cbc.time
+                ) if cbc is not None else None
     anc_age = age_days(anc_time, nc.as_of)
     when = f" (blood drawn {anc_time.date().isoformat()}, {days_text(anc_age)} before {nc.as_of.isoformat()})" \
         if anc_time is not None and anc_age is not None and nc.as_of else ""
