@@ -402,6 +402,29 @@ def test_only_a_normal_range_for_anyone_gives_the_lower_limit():
     assert lln(newborn)[0] is None and lln(newborn, {"low": low(4.0)})[0] == 4.0
 
 
+def test_an_age_specific_range_is_the_lower_limit_for_a_patient_of_that_age():
+    """A child's WBC came with the lab's ranges by age (referenceRange.age): they had all been left out, and the
+    engine then asked for "the lab's age-specific lower limit" the lab had sent. Ages are whole units completed on
+    the value's day (T is 2026-12-01): born 2015-12-02 is 10 years old, born 2015-12-01 is 11."""
+    def lln(born, *ranges):
+        child = {**patient(), "birthDate": born} if born else {k: v for k, v in patient().items() if k != "birthDate"}
+        m = mapped(child, obs("6690-2", 4.2, referenceRange=list(ranges)))
+        return next(lab for lab in m.case["labs"] if lab["loinc"] == "6690-2").get("lln"), m.warnings
+    low = lambda v: {"value": v, "unit": "10*3/uL", "system": UCUM, "code": "10*3/uL"}
+    years = lambda lo, hi, u="a": {"low": {"value": lo, "unit": u}, "high": {"value": hi, "unit": u}}
+    bands = [{"low": low(5.0), "age": years(1, 10)}, {"low": low(4.5), "age": years(11, 17, "years")},
+             {"low": low(4.0)}]
+    assert lln("2015-12-02", *bands)[0] == 5.0       # 10 years and 364 days: still in 1-10
+    assert lln("2015-12-01", *bands)[0] == 4.5       # 11 today
+    assert lln("1980-05-01", *bands)[0] == 4.0       # an adult: the range for any age
+    assert lln("2026-11-20", {"low": low(9.0), "age": years(0, 28, "d")}, {"low": low(4.0)})[0] == 9.0
+    assert lln("2026-04-01", {"low": low(6.0), "age": years(0, 0.5)}, {"low": low(4.0)})[0] == 4.0   # 8 months
+    value, warnings = lln(None, {"low": low(5.0), "age": years(1, 10)})
+    assert value is None and has(warnings, "cannot be checked against the patient's age")
+    value, warnings = lln("2020-01-01", {"low": low(5.0), "age": years(1, 10, "decades")})
+    assert value is None and has(warnings, "does not hold the patient's age")
+
+
 def test_an_analysers_corrected_wbc_and_loinc_written_other_ways_are_read():
     """WBC 0.8 coded 33256-9 (corrected for nucleated red cells: what analysers report as the WBC) had been
     "a code leukodx does not use", and an ANC whose system was 'http://loinc.org/' or LOINC's OID too."""

@@ -30,7 +30,7 @@ from leukodx.engine.timeutil import utc_date
 from .conditions import map_conditions
 from .medications import map_medications
 from .observations import LabValue, map_observations
-from .patient import (PatientChoice, belongs, choose_patient, default_id, demographics, several_subjects,
+from .patient import (PatientChoice, belongs, birth_date, choose_patient, default_id, demographics, several_subjects,
                       subjects)
 from .pgx import map_pgx
 from .datatypes import as_dict, as_list, as_str, concept_text, fmt, is_number, parse_when
@@ -95,7 +95,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     if theirs:
         left_out.append(_theirs(theirs, wanted, warnings))
 
-    labs, weights, skipped = map_observations(kb, items, mine, index, warnings)
+    labs, weights, skipped = map_observations(kb, items, mine, index, warnings, birth_date(choice))
     labs = _placed_in_time(labs, skipped, warnings)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in skipped]
     if len(labs) > max_labs:

@@ -33,18 +33,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Optional
 
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
-from leukodx.engine.timeutil import utc_naive
+from leukodx.engine.timeutil import utc_date, utc_naive
 from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
 from .datatypes import (DECIMAL_TEXT, UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
                         is_number, not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
+from .patient import completed_age
 from . import panels
 from .resources import Index, Item
 from .vitals import Weight, body_weight, is_temperature_observation, vital_codes
@@ -88,10 +89,11 @@ class LabValue:
         return out
 
 
-def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], index: Index,
-                     warnings: list[str]) -> tuple[list[LabValue], list[Weight], list[Problem]]:
+def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], index: Index, warnings: list[str],
+                     born: Optional[date] = None) -> tuple[list[LabValue], list[Weight], list[Problem]]:
     """(lab values, body weights, skipped lab Observations) of the patient's Observations ``mine``;
-    ``items`` (all resources) give the times and draws of reports and panels."""
+    ``items`` (all resources) give the times and draws of reports and panels; ``born`` (the patient's birth
+    date) chooses an age-specific reference range."""
     inherited = panels.inherited_times(items, index)
     withdrawn = panels.withdrawn(items, index)
     draws, specimens = panels.draws(items, index)
@@ -133,7 +135,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             time = partial_first_day(res, item.label, warnings)
         for part, part_code in parts:
             test = kb.loinc[part_code]
-            lab = _lab_value(part, test, part_code, kb.tests[test], time, warnings, skipped)
+            lab = _lab_value(part, test, part_code, kb.tests[test], time, warnings, skipped, born)
             if lab is None:
                 continue
             lab.specimen = draws.get(id(res))
@@ -208,7 +210,7 @@ def _shown(lab: LabValue) -> str:
 
 
 def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Optional[When],
-               warnings: list[str], skipped: list[Problem]) -> Optional[LabValue]:
+               warnings: list[str], skipped: list[Problem], born: Optional[date] = None) -> Optional[LabValue]:
     res = item.resource
     name = f"{item.label}, LOINC {code} ({test})"
 
@@ -249,7 +251,8 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
         else:
             warnings.append(f"{name}: reported as {comparator}{shown} {unit}, with an unknown comparator; {shown} was "
                             f"used as the value.")
-    lab = LabValue(item, test, code, value, unit, time, *_lln(res, unit, spec, name, warnings))
+    aged = (born, utc_date(time)) if born is not None and time is not None else None
+    lab = LabValue(item, test, code, value, unit, time, *_lln(res, unit, spec, name, warnings, aged))
     lab.comparator = comparator if comparator in COMPARATORS else None
     return lab
 
@@ -300,17 +303,21 @@ def _value_unit(q: dict[str, Any], spec: dict[str, Any], where: str, warnings: l
     return None
 
 
-def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str,
-         warnings: list[str]) -> tuple[Optional[float], Optional[str]]:
+def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str, warnings: list[str],
+         aged: Optional[tuple[date, date]] = None) -> tuple[Optional[float], Optional[str]]:
     """(the lower limit of the value's normal range, its unit when it is not the value's ``unit``). The
-    range is the first ``referenceRange`` that is a normal range for anyone: no ``type`` or type normal,
-    and no ``appliesTo`` or ``age`` (a treatment range, or a newborn's, had been read as the lower limit of
-    normal); one that is not is named in a warning."""
+    range is the first ``referenceRange`` that is a normal range for this patient: no ``type`` or type
+    normal, no ``appliesTo``, and an ``age`` only when it holds the patient's age on the value's day
+    (``aged``: birth date, that day); one of those for the patient's age is taken before one for any age (a
+    treatment range, or a newborn's, had been read as the lower limit of normal, and a child's own range
+    had been left out). One that is not for this patient is named in a warning."""
     ranges = [as_dict(r) for r in as_list(res.get("referenceRange"))]
-    usable = [r for r in ranges if _normal_range_for_anyone(r)]
+    usable = sorted((r for r in ranges if _normal_range(r) and (not r.get("age") or _holds_age(r["age"], aged))),
+                    key=lambda r: not r.get("age"))
     if ranges and not usable and any("low" in r for r in ranges):
-        warnings.append(f"{where}: referenceRange is not a normal range for any patient (its type, appliesTo or "
-                        f"age); the lower limit of normal was left out.")
+        warnings.append(f"{where}: referenceRange is not a normal range for this patient (its type, appliesTo, "
+                        f"or an age range that {'does not hold' if aged else 'cannot be checked against'} the "
+                        f"patient's age); the lower limit of normal was left out.")
     low = as_dict(usable[0].get("low")) if usable else {}
     value = low.get("value")
     if not is_number(value):
@@ -327,13 +334,40 @@ def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str,
     return value, low_unit
 
 
-def _normal_range_for_anyone(r: dict[str, Any]) -> bool:
-    """No type or type normal, no age, and no population in ``appliesTo`` (US Core's own examples put the
-    meaning "normal" there: that is no population)."""
+def _normal_range(r: dict[str, Any]) -> bool:
+    """No type or type normal, and no population in ``appliesTo`` (US Core's own examples put the meaning
+    "normal" there: that is no population)."""
     kinds = set(codes(r.get("type")))
     populations = {c for concept in as_list(r.get("appliesTo")) for c in codes(concept)} - {"normal"}
     unnamed = any(not codes(concept) for concept in as_list(r.get("appliesTo")))   # a population in text only
-    return (not kinds or "normal" in kinds) and not populations and not unnamed and not r.get("age")
+    return (not kinds or "normal" in kinds) and not populations and not unnamed
+
+
+_AGE_UNITS = {"a": "years", "mo": "months", "wk": "weeks", "d": "days"}     # UCUM, and the words
+_AGE_UNITS |= {word + plural: word + "s" for word in ("year", "month", "week", "day") for plural in ("", "s")}
+_DAYS_IN = {"years": 365.25, "months": 30.4375, "weeks": 7, "days": 1}
+
+
+def _holds_age(age: Any, aged: Optional[tuple[date, date]]) -> bool:
+    """A referenceRange's ``age`` (a Range of years, months, weeks or days) holds the patient's age: whole
+    units completed on the value's day, as laboratories band ages ("5-11 years" holds 11 years and 9
+    months); a bound that is not a whole number is compared in days. Unreadable, or no age to check: no."""
+    if aged is None or not isinstance(age, dict) or not (age.get("low") or age.get("high")):
+        return False
+    born, day = aged
+    for side in ("low", "high"):
+        q = as_dict(age.get(side))
+        if not q:
+            continue
+        bound, unit = q.get("value"), _AGE_UNITS.get((quantity_unit(q) or "").strip().lower())
+        if not is_number(bound) or unit is None:
+            return False
+        whole = float(bound).is_integer()
+        mine = completed_age(born, day, unit) if whole else (day - born).days
+        limit = bound if whole else bound * _DAYS_IN[unit]
+        if (mine < limit) if side == "low" else (mine > limit):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from .datatypes import PARTIAL_DATE, as_dict, as_list, as_str
 from .resources import REFERENCE, Item, subject_ref
 from .vitals import Weight, latest_weight
 
-__all__ = ["PatientChoice", "choose_patient", "belongs", "subjects", "several_subjects", "demographics", "default_id"]
+__all__ = ["PatientChoice", "choose_patient", "belongs", "subjects", "several_subjects", "demographics", "default_id",
+           "birth_date", "completed_age"]
 
 SEXES = ("female", "male", "other", "unknown")
 RACE_EXT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
@@ -181,6 +182,32 @@ def _patient_refs(item: Item) -> set[str]:
     return refs
 
 
+def birth_date(choice: PatientChoice) -> Optional[date]:
+    """The chosen Patient's birthDate (a partial one by its first day), or None (no Patient, none given, not a
+    date: :func:`demographics` says which)."""
+    return _born(as_str(choice.item.resource.get("birthDate"))) if choice.item is not None else None
+
+
+def completed_age(born: date, at: date, unit: str) -> int:
+    """Whole ``unit``s (years, months, weeks or days) from ``born`` to ``at``."""
+    if unit == "years":
+        return at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+    if unit == "months":
+        return (at.year - born.year) * 12 + at.month - born.month - (at.day < born.day)
+    return (at - born).days // (7 if unit == "weeks" else 1)
+
+
+def _born(s: Optional[str]) -> Optional[date]:
+    if s is None:
+        return None
+    if PARTIAL_DATE.match(s):
+        s = s + ("-01" if len(s) == 7 else "-01-01")
+    try:
+        return date.fromisoformat(s[:10])
+    except ValueError:
+        return None
+
+
 def _age(birth: Any, at: Optional[date], where: str, warnings: list[str]) -> Optional[float]:
     s = as_str(birth)
     if s is None:
@@ -188,21 +215,18 @@ def _age(birth: Any, at: Optional[date], where: str, warnings: list[str]) -> Opt
     if at is None:
         warnings.append(f"{where}: no as_of and no dated lab, so age_years could not be computed.")
         return None
-    if PARTIAL_DATE.match(s):
-        s = s + ("-01" if len(s) == 7 else "-01-01")
-        warnings.append(f"{where}: birthDate {as_str(birth)!r} is a partial date; the age may be a year off.")
-    try:
-        born = date.fromisoformat(s[:10])
-    except ValueError:
+    born = _born(s)
+    if born is None:
         warnings.append(f"{where}: birthDate {s!r} is not a date; age left out.")
         return None
-    years = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+    if PARTIAL_DATE.match(s):
+        warnings.append(f"{where}: birthDate {s!r} is a partial date; the age may be a year off.")
+    years = completed_age(born, at, "years")
     if years >= 2:
         return years
     # under two, in whole months: WHO's haemoglobin limits change at 6 months and at 2 years (rules/
     # reference_intervals.yaml), and a 10-month-old read as 0 years matched no row, so her anaemia went unseen
-    months = (at.year - born.year) * 12 + at.month - born.month - (at.day < born.day)
-    return round(max(months, 0) / 12, 2)
+    return round(max(completed_age(born, at, "months"), 0) / 12, 2)
 
 
 def _ancestry(res: dict[str, Any]) -> Optional[str]:
