@@ -16,8 +16,9 @@ which spelling of the unit to send. What it decides is format:
   it (severe, not moderate), and one above ``>`` a bound as the bound; a warning says so;
 * the time is ``effectiveDateTime``, ``effectiveInstant``, ``effectivePeriod.start`` or ``issued``,
   else the time of the DiagnosticReport (``result``) or panel Observation (``hasMember``) listing it;
-* the first normal ``referenceRange``'s ``low`` -> ``lln``, with ``lln_unit`` when its unit is not the value's (the
-  engine converts it); left out with a warning when the engine does not read that unit;
+* the first normal ``referenceRange``'s ``low`` (one for the patient's age first) -> ``lln``, with ``lln_unit``
+  when its unit is not the value's (the engine converts it); left out with a warning when the engine does not
+  read that unit;
 * the draw (``specimen``) is the Observation's specimen, else its report or panel; the values of
   reports and panels (and of none) collected at one time are one draw, whatever report holds them;
 * of two values of one test at the same time one is kept: the corrected/amended over the final over
@@ -45,7 +46,7 @@ from .components import lab_components
 from .datatypes import (DECIMAL_TEXT, UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
                         is_number, not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
-from .patient import completed_age
+from .patient import holds_age
 from . import panels
 from .resources import Index, Item
 from .vitals import Weight, body_weight, is_temperature_observation, vital_codes
@@ -312,7 +313,7 @@ def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str, warni
     treatment range, or a newborn's, had been read as the lower limit of normal, and a child's own range
     had been left out). One that is not for this patient is named in a warning."""
     ranges = [as_dict(r) for r in as_list(res.get("referenceRange"))]
-    usable = sorted((r for r in ranges if _normal_range(r) and (not r.get("age") or _holds_age(r["age"], aged))),
+    usable = sorted((r for r in ranges if _normal_range(r) and (not r.get("age") or holds_age(r["age"], aged))),
                     key=lambda r: not r.get("age"))
     if ranges and not usable and any("low" in r for r in ranges):
         warnings.append(f"{where}: referenceRange is not a normal range for this patient (its type, appliesTo, "
@@ -341,33 +342,6 @@ def _normal_range(r: dict[str, Any]) -> bool:
     populations = {c for concept in as_list(r.get("appliesTo")) for c in codes(concept)} - {"normal"}
     unnamed = any(not codes(concept) for concept in as_list(r.get("appliesTo")))   # a population in text only
     return (not kinds or "normal" in kinds) and not populations and not unnamed
-
-
-_AGE_UNITS = {"a": "years", "mo": "months", "wk": "weeks", "d": "days"}     # UCUM, and the words
-_AGE_UNITS |= {word + plural: word + "s" for word in ("year", "month", "week", "day") for plural in ("", "s")}
-_DAYS_IN = {"years": 365.25, "months": 30.4375, "weeks": 7, "days": 1}
-
-
-def _holds_age(age: Any, aged: Optional[tuple[date, date]]) -> bool:
-    """A referenceRange's ``age`` (a Range of years, months, weeks or days) holds the patient's age: whole
-    units completed on the value's day, as laboratories band ages ("5-11 years" holds 11 years and 9
-    months); a bound that is not a whole number is compared in days. Unreadable, or no age to check: no."""
-    if aged is None or not isinstance(age, dict) or not (age.get("low") or age.get("high")):
-        return False
-    born, day = aged
-    for side in ("low", "high"):
-        q = as_dict(age.get(side))
-        if not q:
-            continue
-        bound, unit = q.get("value"), _AGE_UNITS.get((quantity_unit(q) or "").strip().lower())
-        if not is_number(bound) or unit is None:
-            return False
-        whole = float(bound).is_integer()
-        mine = completed_age(born, day, unit) if whole else (day - born).days
-        limit = bound if whole else bound * _DAYS_IN[unit]
-        if (mine < limit) if side == "low" else (mine > limit):
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------

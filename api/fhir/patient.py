@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Optional
 
-from .datatypes import PARTIAL_DATE, as_dict, as_list, as_str
+from .datatypes import PARTIAL_DATE, as_dict, as_list, as_str, is_number, quantity_unit
 from .resources import REFERENCE, Item, subject_ref
 from .vitals import Weight, latest_weight
 
 __all__ = ["PatientChoice", "choose_patient", "belongs", "subjects", "several_subjects", "demographics", "default_id",
-           "birth_date", "completed_age"]
+           "birth_date", "completed_age", "holds_age"]
 
 SEXES = ("female", "male", "other", "unknown")
 RACE_EXT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
@@ -195,6 +195,33 @@ def completed_age(born: date, at: date, unit: str) -> int:
     if unit == "months":
         return (at.year - born.year) * 12 + at.month - born.month - (at.day < born.day)
     return (at - born).days // (7 if unit == "weeks" else 1)
+
+
+_AGE_UNITS = {"a": "years", "mo": "months", "wk": "weeks", "d": "days"}     # UCUM, and the words
+_AGE_UNITS |= {word + plural: word + "s" for word in ("year", "month", "week", "day") for plural in ("", "s")}
+_DAYS_IN = {"years": 365.25, "months": 30.4375, "weeks": 7, "days": 1}
+
+
+def holds_age(age: Any, aged: Optional[tuple[date, date]]) -> bool:
+    """A referenceRange's ``age`` (a Range of years, months, weeks or days) holds the patient's age: whole
+    units completed on the value's day, as laboratories band ages ("5-11 years" holds 11 years and 9
+    months); a bound that is not a whole number is compared in days. Unreadable, or no age to check: no."""
+    if aged is None or not isinstance(age, dict) or not (age.get("low") or age.get("high")):
+        return False
+    born, day = aged
+    for side in ("low", "high"):
+        q = as_dict(age.get(side))
+        if not q:
+            continue
+        bound, unit = q.get("value"), _AGE_UNITS.get((quantity_unit(q) or "").strip().lower())
+        if not is_number(bound) or unit is None:
+            return False
+        whole = float(bound).is_integer()
+        mine = completed_age(born, day, unit) if whole else (day - born).days
+        limit = bound if whole else bound * _DAYS_IN[unit]
+        if (mine < limit) if side == "low" else (mine > limit):
+            return False
+    return True
 
 
 def _born(s: Optional[str]) -> Optional[date]:
