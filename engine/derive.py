@@ -177,6 +177,17 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     anc_text = ""
     anc_below = False                        # the ANC was derived from a WBC or percentage reported as "<" a value
     tolerance = kb.value("anc_disagreement_fraction")
+
+    def stand_in(draw: Sample, lab: Optional[NormLab]) -> str:
+        """An earlier draw's ANC stands for the current draw's: its reported value ``lab``, else its derived one."""
+        llns.pop("anc", None)
+        if lab is None:
+            derived_current["anc"], facts["anc_derived"] = draw.key, True
+            return "derived"
+        current["anc"] = lab
+        if lab.lln is not None:
+            llns["anc"] = lab.lln
+        return "reported"
     if cbc is not None:
         for target, _pcts in DERIVABLE:
             point = derived_points[target].get(cbc.key)
@@ -223,16 +234,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     if earlier is not None:             # the current draw's WBC with no differential: an earlier, lower ANC
         assert cbc is not None and cbc.time is not None
         anc_draw, value, lab, text = earlier
-        values["anc"] = value
-        if lab is not None:
-            current["anc"] = lab
-            if lab.lln is not None:
-                llns["anc"] = lab.lln
-            anc_source = "reported"
-        else:
-            derived_current["anc"] = anc_draw.key
-            facts["anc_derived"] = True
-            anc_source = "derived"
+        values["anc"], anc_source = value, stand_in(anc_draw, lab)
         hours = (cbc.time - anc_draw.time).total_seconds() / 3600
         anc_text = (f"{text}, from the draw of {anc_draw.time:%Y-%m-%d %H:%M}, {hours:.3g} h before the latest count "
                     f"(WBC {values['wbc']:g} with no differential, which bounds the ANC above at that value)")
@@ -249,16 +251,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                         f"differential.")
         anc_text = (f"the lower of two ANCs {minutes:.0f} min apart ({low:g} at {draw.time:%H:%M}, {values['anc']:g} "
                     f"after)")
-        values["anc"] = low
         reported = draw.values.get("anc")
-        llns.pop("anc", None)
-        if reported is not None and reported.value == low:
-            current["anc"], anc_source = reported, "reported"
-            if reported.lln is not None:
-                llns["anc"] = reported.lln
-        else:                           # that draw's ANC was its WBC and differential's
-            derived_current["anc"], anc_source = draw.key, "derived"
-            facts["anc_derived"] = True
+        values["anc"], anc_source = low, stand_in(draw, reported if reported is not None and reported.value == low
+                                                  else None)
     # the ANC cannot exceed the WBC of the same draw: a bound when no ANC can be had
     anc_at_most: Optional[float] = None
     if "anc" not in values and "wbc" in values:
