@@ -30,7 +30,7 @@ Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
 When = Union[datetime, date]
 
 # Where a body temperature was taken (rules/vitals.yaml says which sites a fever guideline relies on).
-TEMPERATURE_SITES = ("oral", "core", "rectal", "axillary", "tympanic", "temporal")
+TEMPERATURE_SITES = ("oral", "core", "rectal", "axillary", "tympanic", "temporal", "other")
 SMEAR_FINDINGS = ("blasts", "dysplasia", "hypersegmented_neutrophils", "large_granular_lymphocytes",
                   "leukocyte_agglutination", "platelet_clumping")
 SmearFinding = Literal["blasts", "dysplasia", "hypersegmented_neutrophils", "large_granular_lymphocytes",

@@ -237,6 +237,10 @@ def _snomed(code: str) -> dict:
     ({"code": "8310-5", "value": 38.6, "bodySite": _snomed("52795006")}, "temporal"),    # forehead
     ({"code": "8310-5", "value": 38.6}, None),
     ({"code": "8331-1", "value": 38.6, "bodySite": _snomed("422543003")}, "oral"),       # the code says more
+    ({"code": "75539-7", "value": 38.6}, "temporal"),   # a temporal-artery scanner: "a code leukodx does not use"
+    ({"code": "76011-6", "value": 38.6}, "tympanic"),   # ear
+    ({"code": "76010-8", "value": 38.6}, "other"),      # nasal (VSAC's Body Temperature value set)
+    ({"code": "8310-5", "value": 38.6, "bodySite": _snomed("26893007")}, "other"),       # groin
 ])
 def test_fhir_a_temperature_from_any_site_is_read_with_its_site(client, temperature, site):
     """Only 8310-5 and 8331-1 were read: an ICU's tympanic or rectal temperature was "a code leukodx does not
@@ -257,6 +261,7 @@ def test_fhir_an_axillary_temperature_below_the_threshold_asks_for_an_oral_one(c
     assert "missing_data.reliable_temperature" in missing({"code": "8328-7", "value": 37.9})
     assert "missing_data.reliable_temperature" not in missing({"code": "8331-1", "value": 37.9})
     assert "missing_data.reliable_temperature" not in missing({"code": "8310-5", "value": 37.9})   # site not said
+    assert "missing_data.reliable_temperature" in missing({"code": "75539-7", "value": 37.9})   # temporal artery
 
 
 def test_fhir_the_highest_recent_temperature_is_used_not_the_latest(client):
