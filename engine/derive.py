@@ -7,7 +7,7 @@
   derived one by more than anc_disagreement_fraction gives way to the lower, and so does an ANC-only recount
   within cbc_same_draw_hours of a lower ANC (samples.lower_recount); without any ANC, the WBC bounds it (anc_max);
 * the neutrophil risk tier and CTCAE grades (tables from rules/), with the count's date and age;
-* trends (trends.py) and the patient's context and drug exposure (exposure.py) as facts;
+* trends (trends.py), the patient's context and drug exposure (exposure.py) and lower limits (limits.py) as facts;
 * one flat fact per attribute, typed (float, bool, str) as rules/facts.yaml declares.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pydantic import TypeAdapter
 
 from .assessment import CbcStatus, Ctcae, CtcaeGrade, NormalizedLab, ReferenceLimit, RiskTier
 from .kb import KnowledgeBase
+from .limits import reference_limits
 from .normalize import NormCase, NormLab
 from .exposure import drug_facts, earlier_anc_facts, patient_facts, started_after
 from .samples import (DERIVABLE, DIFFERENTIAL_TESTS, Sample, age_days, days_text, derived_count, from_upper_bound,
@@ -265,7 +266,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         facts[test] = float(v)
     for test, v in llns.items():
         facts[f"{test}_lln"] = float(v)
-    limits = _reference_limits(kb, nc, llns, facts)
+    limits = reference_limits(kb, nc, llns, facts)
     facts.setdefault("lymphocytes_lln", kb.value("lymphocytes_lln_default"))
     for test in _NUTRIENT_TESTS:
         if test in values and f"{test}_lln" not in facts:
@@ -345,6 +346,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                  f"{when}{bound}.")
     else:
         basis = "No ANC: neither an absolute neutrophil count nor a WBC with neutrophil percentage was given."
+    if anc is None and "last_anc" in facts:     # the latest ANC there is (exposure.earlier_anc_facts)
+        basis += (f" The latest ANC, {facts['last_anc']:g} x10^9/L, was drawn {days_text(int(facts['last_anc_age_days']))}"
+                  f" before {nc.as_of}; no neutrophil count since.")
     duffy_note = kb.duffy_null_note if nc.case.patient.duffy_null else None
     shown_anc = _shown(anc_lab) if anc_lab is not None and anc_lab.comparator and anc == anc_lab.value else anc
     risk = RiskTier(tier=tier, anc=shown_anc, basis=basis, anc_derived=bool(facts.get("anc_derived")),
@@ -360,35 +364,6 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     ctcae = ctcae_grades(kb, {k: values[k] for k in ("wbc", "anc", "lymphocytes") if k in values}, grade_llns, version)
     return Derived(facts=facts, current=values, labs_out=labs_out, risk_tier=risk, ctcae=ctcae, warnings=warnings,
                    cbc=cbc_status, reference_limits=limits, count_day=count_day)
-
-
-def _reference_limits(kb: KnowledgeBase, nc: NormCase, llns: dict[str, float], facts: dict[str, Any]
-                      ) -> list[ReferenceLimit]:
-    """The lower limit of WBC and haemoglobin: the lab's when given, else rules/reference_intervals.yaml by
-    age, sex and pregnancy. Sets `<test>_lln` and says which was used."""
-    p = nc.case.patient
-    pregnant = "pregnancy" in nc.conditions
-    out: list[ReferenceLimit] = []
-    for test, table in kb.reference_intervals.items():
-        unit = kb.tests[test]["unit"]
-        if test in llns:
-            out.append(ReferenceLimit(test=test, lln=llns[test], unit=unit, basis="the lab's lower limit"))
-            continue
-        for row in table.get("rows", []):
-            if row.get("pregnant") and not pregnant:
-                continue
-            if row.get("age_unknown"):
-                if p.age_years is not None:
-                    continue
-            elif p.age_years is None or not (row.get("min_age", 0) <= p.age_years < row.get("max_age", 200)):
-                continue
-            if "sex" in row and p.sex not in row["sex"]:
-                continue
-            facts[f"{test}_lln"] = float(row["lln"])
-            out.append(ReferenceLimit(test=test, lln=float(row["lln"]), unit=unit, basis=row["basis"],
-                                      sources=list(table.get("sources", []))))
-            break
-    return out
 
 
 def _cutoffs_text(kb: KnowledgeBase) -> str:
