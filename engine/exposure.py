@@ -234,7 +234,14 @@ def earlier_anc_facts(nc: NormCase, anc_points: dict[Optional[datetime], float],
     was taken, from the day after its start (a count of the start day is its baseline, as for
     `_low_before_start`) to its end (to the case date while taken, or when stopped on a day not given: it may
     have been stopped for that count): `drug_<id>_lowest_earlier_anc`. A value reported as a bound ("<0.5")
-    counts as the bound."""
+    counts as the bound. With no ANC now (a WBC alone, or no current count), the latest ANC there is and its age:
+    `last_anc`, `last_anc_age_days`."""
+    if "anc" not in facts and nc.as_of is not None:
+        dated = [t for t in anc_points if t is not None and t.date() <= nc.as_of]
+        if dated:
+            latest = max(dated)
+            facts["last_anc"] = float(anc_points[latest])
+            facts["last_anc_age_days"] = float((nc.as_of - latest.date()).days)
     for med in nc.meds:
         if med.start is None or med.drug_id is None:
             continue
