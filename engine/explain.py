@@ -183,7 +183,8 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
     order = ("critical", "warning", "info")
     levels = [a.severity for a in alerts] + [kb.tier_priority.get(d.risk_tier.tier, "info")]
     if d.risk_tier.tier_at_least:
-        levels.append(kb.tier_priority.get(d.risk_tier.tier_at_least, "info"))
+        at_least = d.risk_tier.tier_at_least
+        levels.append(kb.tier_at_least_priority.get(at_least) or kb.tier_priority.get(at_least, "info"))
     levels += [kb.step_priority[s.id] for s in steps
                if s.id in kb.step_priority and s.urgency in ("immediate", "urgent")]
     priority = min(levels, key=order.index)

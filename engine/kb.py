@@ -75,6 +75,7 @@ class KnowledgeBase:
     dose_adjustments: list[dict[str, Any]]
     orders: dict[str, Any]
     tier_priority: dict[str, str]
+    tier_at_least_priority: dict[str, str]   # a tier known only as "this or worse" -> its least priority
     reference_intervals: dict[str, Any]
     interactions: list[dict[str, Any]]
     label_thresholds: list[dict[str, Any]]
@@ -186,7 +187,9 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         interactions=(read_yaml(root / "interactions.yaml", problems) or {}).get("interactions", []),
         label_thresholds=(read_yaml(root / "label_thresholds.yaml", problems) or {}).get("labels", []),
         vitals=read_yaml(root / "vitals.yaml", problems) or {},
-        tier_priority=alert_doc.get("tier_priority", {}), tier_priority_sources=alert_doc.get("tier_priority_sources", []),
+        tier_priority=alert_doc.get("tier_priority", {}),
+        tier_at_least_priority=alert_doc.get("tier_at_least_priority", {}),
+        tier_priority_sources=alert_doc.get("tier_priority_sources", []),
         step_priority=alert_doc.get("step_priority", {}),
         pgx_codes=pgx_codes.get("codes", {}), gene_studied_code=str(pgx_codes.get("gene_studied_component", "")),
     )
