@@ -268,7 +268,8 @@ def test_cds_an_old_count_with_a_fever_now_is_a_warning_card(client):
     _, r = post(client, prefetch([obs("6690-2", 1.0, "10*9/L", when), obs("751-8", 0.2, "10*9/L", when)],
                                  vitals=searchset(temp)))
     cards = cards_of(r)
-    assert cards[0]["indicator"] == "warning" and cards[0]["summary"] == "Fever without a current neutrophil count"
+    assert cards[0]["indicator"] == "warning" and cards[0]["summary"] == (
+        "Fever without a current neutrophil count; Agranulocytosis not shown to have recovered")   # 0.2 45 days ago
     assert "raises no alert" not in json.dumps(cards)
 
 
@@ -368,3 +369,69 @@ def test_a_past_or_excluded_sepsis_is_not_the_emergency(engine, text):
     a = engine.assess(case([lab("wbc", 2.0), lab("anc", 1.2)], conditions=[text]))
     assert "neutropenia_with_sepsis" not in alerts(a)
     assert any("was not read as sepsis" in w for w in a.warnings)
+
+
+# ---- 7. a count sent, refused or bounded, is never an information card (red-team, 2026-12-03) ----------
+
+def _days_ago(days: int) -> str:
+    return (datetime.now(timezone.utc) - timedelta(days=days)).strftime("%Y-%m-%dT08:00:00Z")
+
+
+@pytest.mark.parametrize("anc", [3.0, -0.3])     # above its WBC; negative
+def test_cds_an_anc_the_engine_refuses_makes_the_card_a_warning(client, anc):
+    """The engine's refusals name the LOINC code first ("751-8 3.0 10*3/uL"): they had been missed, and an ANC
+    above its WBC of 2.5 left an information card about the WBC alone."""
+    cards = cards_of(post(client, prefetch([obs("6690-2", 2.5, "10*9/L"), obs("751-8", anc, "10*9/L")]))[1])
+    assert cards[0]["indicator"] == "warning" and "751-8" in cards[0]["detail"]
+
+
+def test_cds_a_wbc_of_1_2_with_no_differential_is_a_warning(client):
+    """ANC <= 1.2: mild or worse, and the worse side is profound (it had been an information card)."""
+    cards = cards_of(post(client, prefetch([obs("6690-2", 1.2, "10*9/L")]))[1])
+    assert [c["indicator"] for c in cards] == ["warning"] and "mild or worse" in cards[0]["summary"]
+
+
+def test_cds_an_unread_wbc_with_nothing_assessed_is_a_warning(client):
+    """A WBC of 1.0 sent per mm3 (0.001 x10^9/L, implausible) beside neutrophils 30%: nothing could be assessed,
+    and the ANC may be 0.3."""
+    cards = cards_of(post(client, prefetch([obs("6690-2", 1.0, "/mm3"), obs("770-8", 30, "%")]))[1])
+    assert [c["indicator"] for c in cards] == ["warning"]
+    assert cards[0]["summary"].startswith("leukodx could not assess")
+
+
+@pytest.mark.parametrize("days", [3, 20])
+def test_cds_an_agranulocytosis_not_measured_since_is_a_warning(client, days):
+    """ANC 0.2 some days ago, and today a WBC of 5.0 without a differential: no card had been given (the old ANC
+    is carried over only within 48 hours). A WBC does not show the neutrophils recovered."""
+    then = _days_ago(days)
+    pre = prefetch([obs("6690-2", 1.0, "10*9/L", then), obs("751-8", 0.2, "10*9/L", then),
+                    obs("6690-2", 5.0, "10*9/L", _days_ago(0))])
+    cards = cards_of(post(client, pre)[1])
+    assert [c["indicator"] for c in cards] == ["warning"]
+    assert cards[0]["summary"] == "Agranulocytosis not shown to have recovered"
+    assert f"The latest ANC, 0.2 x10^9/L, was drawn {days} days before" in cards[0]["detail"]
+
+
+@pytest.mark.parametrize("days,alerted", [(32, True), (90, True), (91, False)])
+def test_a_stale_agranulocytosis_within_3_months_is_an_alert(engine, days, alerted):
+    drawn = (datetime(2026, 12, 1, 8) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    a = engine.assess(case([lab("anc", 0.05, time=drawn)], as_of="2026-12-01"))
+    assert not a.cbc.current and ("agranulocytosis_not_remeasured" in alerts(a)) is alerted
+    assert a.priority == ("warning" if alerted else "info")
+
+
+def test_a_current_anc_or_a_moderate_last_one_raises_no_recovery_alert(engine):
+    then, now = "2026-11-25T08:00:00Z", "2026-12-01T08:00:00Z"
+    recovered = engine.assess(case([lab("anc", 0.2, time=then), lab("wbc", 5.0, time=now), lab("anc", 3.1, time=now)],
+                                   as_of="2026-12-01"))
+    moderate = engine.assess(case([lab("anc", 0.7, time=then), lab("wbc", 5.0, time=now)], as_of="2026-12-01"))
+    assert "agranulocytosis_not_remeasured" not in alerts(recovered) | alerts(moderate)
+
+
+def test_fhir_an_unread_value_text_is_cut_in_the_reason(client):
+    """An 800 KB valueString had been copied whole into the card and the stored report."""
+    anc = obs("751-8", 0, "10*9/L")
+    del anc["valueQuantity"]
+    anc["valueString"] = "see narrative " + "x" * 800_000
+    cards = cards_of(post(client, prefetch([obs("6690-2", 2.0, "10*9/L"), anc]))[1])
+    assert len(json.dumps(cards)) < 20_000 and "see narrative xxx" in json.dumps(cards)

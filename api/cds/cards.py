@@ -16,7 +16,7 @@ import hashlib
 import re
 import uuid
 from datetime import datetime
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from leukodx.engine import Assessment, NotAssessed, OrderCheck
 
@@ -197,12 +197,17 @@ def _has_something_to_say(a: Assessment) -> bool:
                 or cytopenia_without_white_count(a))
 
 
-def neutrophil_value_unread(not_assessed: Iterable[NotAssessed]) -> bool:
-    """Whether a value that gives the ANC (an ANC, neutrophil counts or percentages: not the WBC) was sent and left
-    unread: named by its test, in its value or at the start of its reason ("anc (LOINC 751-8): ...")."""
-    wanted = set(NEUTROPHIL_TESTS) - {"wbc"}
-    return any({(n.value or "").split(" ")[0], re.split(r"[ :(]", n.reason, maxsplit=1)[0]} & wanted
-               for n in not_assessed)
+def neutrophil_value_unread(not_assessed: Iterable[NotAssessed], loinc: Mapping[str, str]) -> bool:
+    """Whether a value that gives the ANC (an ANC, a WBC, neutrophil counts or percentages) was sent and left unread:
+    named by its test or its LOINC code (``loinc``: code -> test) at the start of its value ("751-8 3.0 10*3/uL") or
+    of its reason ("anc (LOINC 751-8): ...", "ANC 3 10^9/L is above the WBC", "value: anc is negative"). The
+    engine's refusals had been missed (they name the LOINC code first), so an ANC above its WBC, negative or
+    written "0,2" left an information card."""
+    for n in not_assessed:
+        words = (n.value or "").split(" ", 1)[:1] + re.split(r"[ :(]", n.reason.lower().removeprefix("value: "), 1)[:1]
+        if {loinc.get(w, w) for w in words} & set(NEUTROPHIL_TESTS):
+            return True
+    return False
 
 
 def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str],

@@ -272,7 +272,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     assessment: Optional[Assessment] = None
     left_out: list[str] = list(notes)
     counts_unread = True           # whether a value that could give the ANC was left unread (set once assessed)
-    anc_unread = False             # whether one that gives it (not the WBC) was
+    anc_unread = False             # whether one that gives it (a WBC too) was
     problems: list[str] = []
     where: list[str] = []            # what was left out or refused, by place only (for the log)
     mismatch = False
@@ -288,7 +288,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
         assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
-        anc_unread = C.neutrophil_value_unread((*mapped.not_assessed, *assessment.not_assessed))
+        anc_unread = C.neutrophil_value_unread((*mapped.not_assessed, *assessment.not_assessed), eng.kb.loinc)
         counts_unread = anc_unread or any("observation" in n.field.lower() for n in mapped.not_assessed)
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
                                                                   if u.suggestions else "")
@@ -330,7 +330,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))
     if left_out:
         if not cards and assessment is not None and not assessment.cbc.tests:
-            cards.append(C.unassessed_card(hook.hookInstance, left_out))   # a temperature, and no count to check
+            # a temperature or a differential, and no count to check: a warning when a count sent was unread
+            cards.append(C.unassessed_card(hook.hookInstance, left_out, "warning" if anc_unread else "info"))
         else:
             if not cards and assessment is not None:
                 cards.append(C.checked_card(assessment, hook.hookInstance, counts_unread))

@@ -306,12 +306,11 @@ def _value_unit(q: dict[str, Any], spec: dict[str, Any], where: str, warnings: l
 
 def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str, warnings: list[str],
          aged: Optional[tuple[date, date]] = None) -> tuple[Optional[float], Optional[str]]:
-    """(the lower limit of the value's normal range, its unit when it is not the value's ``unit``). The
-    range is the first ``referenceRange`` that is a normal range for this patient: no ``type`` or type
-    normal, no ``appliesTo``, and an ``age`` only when it holds the patient's age on the value's day
-    (``aged``: birth date, that day); one of those for the patient's age is taken before one for any age (a
-    treatment range, or a newborn's, had been read as the lower limit of normal, and a child's own range
-    had been left out). One that is not for this patient is named in a warning."""
+    """(the lower limit of the value's normal range, its unit when it is not the value's ``unit``). The range is
+    the first ``referenceRange`` that is a normal range for this patient: no ``type`` or type normal, no
+    ``appliesTo``, and an ``age`` only when it holds the patient's age on the value's day (``aged``: birth date,
+    that day), taken before one for any age (a treatment range, or a newborn's, had been read as the lower limit
+    of normal, and a child's own range left out). One that is not for this patient is named in a warning."""
     ranges = [as_dict(r) for r in as_list(res.get("referenceRange"))]
     usable = sorted((r for r in ranges if _normal_range(r) and (not r.get("age") or holds_age(r["age"], aged))),
                     key=lambda r: not r.get("age"))
@@ -414,7 +413,8 @@ def _absent_value_reason(res: dict[str, Any]) -> str:
     for key in ("valueString", "valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio"):
         if key in res:
             shown = res[key] if key in ("valueString", "valueBoolean", "valueInteger") else concept_text(res[key])
+            shown = shown[:60] + "..." if isinstance(shown, str) and len(shown) > 60 else shown   # an 800 KB text
             return f"no valueQuantity.value (it has {key} {shown!r})" if shown is not None else \
                 f"no valueQuantity.value (it has {key})"
     reason = concept_text(res.get("dataAbsentReason"))
-    return f"no valueQuantity.value (dataAbsentReason: {reason})" if reason else "no valueQuantity.value"
+    return f"no valueQuantity.value (dataAbsentReason: {reason[:60]})" if reason else "no valueQuantity.value"
