@@ -973,10 +973,16 @@ def test_a_word_of_two_letters_inside_a_text_is_not_a_phenotype():
 
 
 def test_an_old_count_card_shows_what_that_count_was(client):
-    """The last count (ANC 0.05, 35 days ago, nothing since) is too old to assess: the card had said only its age;
-    it now shows the values, so that a profound count never repeated is seen."""
+    """The last count (ANC 0.05, 35 days ago, nothing since) is too old to assess: the card had said only its age,
+    then showed the values in an information card; a profound count never repeated is now a warning (the
+    agranulocytosis is not shown to have recovered) that says what the count was. At 200 days it is history."""
     old = (datetime.now(timezone.utc) - timedelta(days=35)).strftime("%Y-%m-%dT08:00:00Z")
     [card] = patient_view(client, observations=bundle(obs("6690-2", 0.6, t=old), obs("751-8", 0.05, t=old),
+                                                       kind="searchset"))
+    assert (card["summary"], card["indicator"]) == ("Agranulocytosis not shown to have recovered", "warning")
+    assert "The latest ANC, 0.05 x10^9/L, was drawn 35 days before" in card["detail"]
+    older = (datetime.now(timezone.utc) - timedelta(days=200)).strftime("%Y-%m-%dT08:00:00Z")
+    [card] = patient_view(client, observations=bundle(obs("6690-2", 0.6, t=older), obs("751-8", 0.05, t=older),
                                                        kind="searchset"))
     assert card["summary"].startswith("No current CBC") and card["indicator"] == "info"
     assert "Absolute neutrophil count 0.05 10^9/L" in card["detail"] and "White blood cell count 0.6" in card["detail"]
