@@ -65,3 +65,14 @@ def test_ciclosporin_treating_aplastic_anaemia_is_not_held_urgently_by_the_dmard
         return next((s.urgency for s in a.steps if s.id == "hold_or_reduce_suspect_drug"), None)
     assert hold("severe aplastic anaemia") != "urgent"
     assert hold("rheumatoid arthritis") == "urgent"
+
+
+def test_a_thiopurine_is_held_urgently_below_a_wbc_of_2_5(engine):
+    """Singh 2022 (Table 6): WBC 1.5-2.5 stop for a week and restart lower; the hold had been routine above 1.5."""
+    def hold(wbc, anc):
+        a = engine.assess(base_case(labs=[lab("wbc", wbc), lab("anc", anc)],
+                                    medications=[{"name": "azathioprine", "start": "2024-06-01",
+                                                  "indication": "Crohn's disease"}]))
+        return next((s.urgency for s in a.steps if s.id == "hold_or_reduce_suspect_drug"), None)
+    assert hold(2.0, 1.2) == "urgent" and hold(1.4, 1.2) == "urgent"
+    assert hold(2.6, 1.2) == "routine"     # 2.5-3.5: check metabolites or reduce
