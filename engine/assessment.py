@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["Assessment", "NormalizedLab", "FindingOut", "RiskTier", "CtcaeGrade", "Ctcae", "AlertOut", "Evidence",
            "CauseOut", "StepOut", "BlockedStep", "MissingItem", "TraceItem", "SourceOut", "GeneStatus",
@@ -61,6 +61,8 @@ AncSource = Literal["reported", "derived", "lower_of_reported_and_derived", "bou
 class RiskTier(_Out):
     tier: Tier
     anc: Optional[float]
+    anc_comparator: Optional[Literal["<", "<=", ">", ">="]] = Field(
+        None, description="the ANC is a bound, not a measurement: below (<, <=) or above (>, >=) the value shown")
     basis: str
     anc_derived: bool = False
     anc_source: Optional[AncSource] = None

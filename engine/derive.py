@@ -329,12 +329,14 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     when = f" (blood drawn {anc_time.date().isoformat()}, {days_text(anc_age)} before {nc.as_of.isoformat()})" \
         if anc_time is not None and anc_age is not None and nc.as_of else ""
     tier_at_least = None
+    reported_bound = anc_lab is not None and bool(anc_lab.comparator) and anc == anc_lab.value
+    comparator = "<" if anc_below else anc_lab.comparator if reported_bound else None   # type: ignore[union-attr]
     if cbc is None and latest_cbc is not None:
         assert latest_cbc.time is not None and latest_age is not None
         basis = (f"No current CBC: the latest count was drawn {latest_cbc.time.date().isoformat()}, {latest_age} days "
                  f"before {nc.as_of}; counts older than {max_age} days are history and set no tier.")
     elif anc is not None:
-        if anc_below and anc < kb.value("neutropenia_anc"):
+        if comparator in ("<", "<=") and kb.value("profound_anc") <= anc < kb.value("neutropenia_anc"):  # or worse
             tier_at_least = tier
         worse = f"; the tier is {tier} or worse" if tier_at_least else ""
         basis = f"ANC {round(anc, 2):g} x10^9/L {anc_text}{when}{worse}."
@@ -350,8 +352,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         basis += (f" The latest ANC, {facts['last_anc']:g} x10^9/L, was drawn {days_text(int(facts['last_anc_age_days']))}"
                   f" before {nc.as_of}; no neutrophil count since.")
     duffy_note = kb.duffy_null_note if nc.case.patient.duffy_null else None
-    shown_anc = _shown(anc_lab) if anc_lab is not None and anc_lab.comparator and anc == anc_lab.value else anc
-    risk = RiskTier(tier=tier, anc=shown_anc, basis=basis, anc_derived=bool(facts.get("anc_derived")),
+    shown_anc = _shown(anc_lab) if reported_bound else anc                  # type: ignore[arg-type]
+    risk = RiskTier(tier=tier, anc=shown_anc, anc_comparator=comparator, basis=basis,
+                    anc_derived=bool(facts.get("anc_derived")),
                     anc_source=anc_source if cbc is not None else None, anc_time=_utc(anc_time), anc_age_days=anc_age,
                     anc_at_most=None if anc_at_most is None else float(f"{anc_at_most:.10g}"),
                     tier_at_least=tier_at_least,

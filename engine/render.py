@@ -254,8 +254,10 @@ def to_text(a: Assessment) -> str:
     anc = ""
     if r.anc is not None:
         how = " as reported" if r.anc_source == "reported" else ""
-        anc = f" (ANC {r.anc:g} x10^9/L{how}" + (f", {_when(r.anc_time)[:10]}" if r.anc_time else "") + ")"
-    at_least = f" - {r.tier_at_least.upper()} OR WORSE (ANC at most {r.anc_at_most:g}, the WBC)" if r.tier_at_least else ""
+        anc = f" (ANC {r.anc_comparator or ''}{r.anc:g} x10^9/L{how}" + (f", {_when(r.anc_time)[:10]}" if r.anc_time
+                                                                          else "") + ")"
+    at_least = (f" - {r.tier_at_least.upper()} OR WORSE" + (f" (ANC at most {r.anc_at_most:g}, the WBC)"
+                                                            if r.anc_at_most is not None else "")) if r.tier_at_least else ""
     w(f"RISK TIER: {r.tier.upper()}{anc}{at_least}{cite(r.sources)}")
     # a reported ANC's basis only restates the line above and the count's date: not repeated
     restates = r.anc_source == "reported" and r.anc is not None and r.basis.startswith(

@@ -435,3 +435,18 @@ def test_fhir_an_unread_value_text_is_cut_in_the_reason(client):
     anc["valueString"] = "see narrative " + "x" * 800_000
     cards = cards_of(post(client, prefetch([obs("6690-2", 2.0, "10*9/L"), anc]))[1])
     assert len(json.dumps(cards)) < 20_000 and "see narrative xxx" in json.dumps(cards)
+
+
+@pytest.mark.parametrize("comparator,value,tier,at_least,priority", [
+    ("<", 1.5, "mild", "mild", "warning"),        # below 1.5: mild or worse (it had been a plain "mild", info)
+    ("<", 0.5, "severe", "severe", "critical"),
+    ("<", 0.1, "profound", None, "critical"),     # nothing is worse than profound
+    (">", 0.2, "severe", None, "critical"),       # judged as the bound (the safe side), shown as a bound
+])
+def test_an_anc_reported_as_a_bound_is_shown_and_judged_as_one(engine, comparator, value, tier, at_least, priority):
+    a = engine.assess(case([lab("wbc", 2.0), lab("anc", value, comparator=comparator)]))
+    r = a.risk_tier
+    assert (r.tier, r.tier_at_least, r.anc_comparator, a.priority) == (tier, at_least, comparator, priority)
+    from leukodx.api.cds.cards import assessment_cards
+    assert f"(ANC {comparator}{value:g} x10^9/L" in assessment_cards(a, "h", "p")[0].summary
+    assert f"ANC {comparator}{value:g} x10^9/L" in to_text(a)

@@ -100,7 +100,9 @@ def _headline(a: Assessment) -> str:
     tier = a.risk_tier
     parts = []
     if tier.tier in TIER_WORDS:
-        parts.append(f"{TIER_WORDS[tier.tier]} (ANC {_n(tier.anc)} x10^9/L, {_drawn(a, anc=True)})")
+        worse = " or worse" if tier.tier_at_least else ""       # an ANC reported as a bound ("<1.5"), shown as one
+        parts.append(f"{TIER_WORDS[tier.tier]}{worse} (ANC {tier.anc_comparator or ''}{_n(tier.anc)} x10^9/L, "
+                     f"{_drawn(a, anc=True)})")
     elif tier.tier_at_least:
         parts.append(f"Neutropenia {tier.tier_at_least} or worse (WBC {_n(tier.anc_at_most)} x10^9/L, no differential, "
                      f"{_drawn(a)})")

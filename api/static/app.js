@@ -550,7 +550,7 @@ function render(a) {
   // the tier as a badge with the ANC and its date; the count it rests on
   const t = a.risk_tier;
   const source = { reported: "reported", derived: "derived", lower_of_reported_and_derived: "lower of reported and derived", bounded_by_wbc: "bounded by the WBC" }[t.anc_source] || "";
-  const ancText = t.anc !== null ? `ANC ${t.anc} ${x109("10^9/L")}` + (source ? ` (${source})` : "") + (t.anc_time ? `, drawn ${when(t.anc_time)}` : "") +
+  const ancText = t.anc !== null ? `ANC ${t.anc_comparator || ""}${t.anc} ${x109("10^9/L")}` + (source ? ` (${source})` : "") + (t.anc_time ? `, drawn ${when(t.anc_time)}` : "") +
     (t.anc_age_days !== null && t.anc_age_days !== undefined ? `, ${t.anc_age_days} day${t.anc_age_days === 1 ? "" : "s"} before the assessment date` : "")
     : t.tier_at_least ? `${t.tier_at_least} or worse: the ANC cannot exceed the WBC ${t.anc_at_most} ${x109("10^9/L")}` : "no ANC";
   const summary = el("div", { class: "summary" },
