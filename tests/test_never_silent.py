@@ -450,3 +450,28 @@ def test_an_anc_reported_as_a_bound_is_shown_and_judged_as_one(engine, comparato
     from leukodx.api.cds.cards import assessment_cards
     assert f"(ANC {comparator}{value:g} x10^9/L" in assessment_cards(a, "h", "p")[0].summary
     assert f"ANC {comparator}{value:g} x10^9/L" in to_text(a)
+
+
+@pytest.mark.parametrize("system,code", [("https://loinc.org", "751-8"), ("http://loinc.org", "751\u20118"),
+                                         ("http://loinc.org", "\uff17\uff15\uff11-8")])
+def test_cds_loinc_written_another_way_is_read(client, system, code):
+    anc = obs("751-8", 0.3, "10*9/L")
+    anc["code"]["coding"][0].update(system=system, code=code)
+    cards = cards_of(post(client, prefetch([obs("6690-2", 4.5, "10*9/L"), anc]))[1])
+    assert cards[0]["indicator"] == "critical" and "ANC 0.3" in cards[0]["summary"]
+
+
+@pytest.mark.parametrize("concept,unread", [
+    ({"text": "ANC"}, True),
+    ({"coding": [{"system": "http://hospital.example/lab", "code": "NEUT#", "display": "Neutrophils absolute"}]}, True),
+    ({"text": "Leukocytes [#/volume] in Urine"}, False),        # not a blood count
+    ({"text": "Neutrophil cytoplasmic Ab"}, False),
+])
+def test_cds_a_count_named_but_coded_otherwise_is_named_as_unread(client, concept, unread):
+    """An ANC of 0.3 coded by text alone beside a WBC of 2.5 had been ignored with the unused codes: the card said
+    "no neutrophil count" as if none had been taken."""
+    named = obs("751-8", 0.3, "10*9/L")
+    named["code"] = concept
+    cards = cards_of(post(client, prefetch([obs("6690-2", 2.5, "10*9/L"), named]))[1])
+    assert (cards[0]["indicator"] == "warning") is unread
+    assert ("not a LOINC code leukodx reads" in cards[0]["detail"]) is unread

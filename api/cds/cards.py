@@ -201,10 +201,9 @@ def _has_something_to_say(a: Assessment) -> bool:
 
 def neutrophil_value_unread(not_assessed: Iterable[NotAssessed], loinc: Mapping[str, str]) -> bool:
     """Whether a value that gives the ANC (an ANC, a WBC, neutrophil counts or percentages) was sent and left unread:
-    named by its test or its LOINC code (``loinc``: code -> test) at the start of its value ("751-8 3.0 10*3/uL") or
-    of its reason ("anc (LOINC 751-8): ...", "ANC 3 10^9/L is above the WBC", "value: anc is negative"). The
-    engine's refusals had been missed (they name the LOINC code first), so an ANC above its WBC, negative or
-    written "0,2" left an information card."""
+    named by its test or LOINC code (``loinc``: code -> test) first in its value ("751-8 3.0 10*3/uL") or reason
+    ("anc (LOINC 751-8): ...", "ANC 3 ... is above the WBC", "value: anc is negative"). The engine's refusals (LOINC
+    code first) had been missed: an ANC above its WBC, negative or written "0,2" left an information card."""
     for n in not_assessed:
         words = (n.value or "").split(" ", 1)[:1] + re.split(r"[ :(]", n.reason.lower().removeprefix("value: "), 1)[:1]
         if {loinc.get(w, w) for w in words} & set(NEUTROPHIL_TESTS):

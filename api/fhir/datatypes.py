@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any, Optional, Sequence
@@ -22,7 +23,9 @@ __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
-_LOINC_SYSTEMS = frozenset({LOINC, None, "http://loinc.org/", "urn:oid:2.16.840.1.113883.6.1"})
+_LOINC_SYSTEMS = frozenset({LOINC, None, "http://loinc.org/", "https://loinc.org", "https://loinc.org/",
+                            "urn:oid:2.16.840.1.113883.6.1"})
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d", "-"))
 RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
 DECIMAL_TEXT = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")     # a plain decimal written as text ("0.4", "38.9")
@@ -78,10 +81,11 @@ def concept_text(concept: Any) -> Optional[str]:
 
 
 def loinc_codes(concept: Any) -> list[str]:
-    """LOINC codes of a CodeableConcept: codings of system http://loinc.org (also written with a closing
-    slash, or as LOINC's OID), or of no system."""
-    return [code for c in codings(concept)
-            if as_str(c.get("system")) in _LOINC_SYSTEMS and (code := as_str(c.get("code")))]
+    """LOINC codes of a CodeableConcept: codings of system http://loinc.org (also written with https, a closing
+    slash, or as LOINC's OID), or of no system; a code typed with another dash or full-width digits ("751\u20118")
+    as LOINC writes it."""
+    return [code if code.isascii() else unicodedata.normalize("NFKC", code).translate(_DASHES)
+            for c in codings(concept) if as_str(c.get("system")) in _LOINC_SYSTEMS and (code := as_str(c.get("code")))]
 
 
 def code_label(concept: Any, loinc: Sequence[str]) -> str:

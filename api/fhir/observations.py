@@ -46,6 +46,7 @@ from .components import lab_components
 from .datatypes import (DECIMAL_TEXT, UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
                         is_number, not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
+from .unread import absent_value_reason, named_count
 from .patient import holds_age
 from . import panels
 from .resources import Index, Item
@@ -125,6 +126,9 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             elif not any(c in kb.pgx_codes for c in loinc) and not is_temperature_observation(res, vitals, loinc):
                 key = code_label(res.get("code"), loinc)
                 ignored[key] = ignored.get(key, 0) + 1
+                if (named := named_count(res)) is not None and _has_value(res):   # a count sent, coded otherwise
+                    skipped.append(Problem(item.loc, f"{named}: named {concept_text(res.get('code'))!r}, but coded "
+                                                     f"{key}, not a LOINC code leukodx reads; not used"))
             continue
         if code is not None and (not parts or _has_value(res)):   # (a value only in components: read those)
             parts.insert(0, (item, code))
@@ -224,12 +228,12 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
     has_value = q.get("value") is not None
     why = not_a_result(status)
     if why:
-        skip(why + ("" if has_value else f" and it has {_absent_value_reason(res)}"))
+        skip(why + ("" if has_value else f" and it has {absent_value_reason(res)}"))
         return None
     if not has_value:
         text_value = _text_value(res, spec)
         if text_value is None:
-            skip(_absent_value_reason(res))
+            skip(absent_value_reason(res))
             return None
         q, why_unit = text_value
         warnings.append(f"{name}: valueString {as_str(res.get('valueString'))!r} read as "
@@ -407,14 +411,3 @@ def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[tuple[dic
     if comparator:
         out["comparator"] = comparator
     return out, why
-
-
-def _absent_value_reason(res: dict[str, Any]) -> str:
-    for key in ("valueString", "valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio"):
-        if key in res:
-            shown = res[key] if key in ("valueString", "valueBoolean", "valueInteger") else concept_text(res[key])
-            shown = shown[:60] + "..." if isinstance(shown, str) and len(shown) > 60 else shown   # an 800 KB text
-            return f"no valueQuantity.value (it has {key} {shown!r})" if shown is not None else \
-                f"no valueQuantity.value (it has {key})"
-    reason = concept_text(res.get("dataAbsentReason"))
-    return f"no valueQuantity.value (dataAbsentReason: {reason[:60]})" if reason else "no valueQuantity.value"

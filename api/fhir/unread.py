@@ -1,0 +1,47 @@
+"""What an Observation leukodx cannot read says about itself.
+
+* :func:`named_count`: a count named but coded otherwise. A neutrophil count coded with a local code only, with
+  text alone ("ANC"), or with LOINC's system written another way had been ignored with the codes leukodx does not
+  use, and the card had said "no differential": a count that was sent and could not be read is not one that was
+  never taken. Such an Observation is named as not assessed, by the test its name says, so that the card says the
+  count is unknown (a warning), not absent.
+* :func:`absent_value_reason`: why a lab Observation has no value leukodx reads, with at most 60 characters of
+  what it has instead (an 800 KB valueString had filled the card).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+from .datatypes import codings, concept_text, as_str
+
+__all__ = ["named_count", "absent_value_reason"]
+
+_NAMES = (("anc", re.compile(r"\b(anc|absolute neutrophils?|(segmented |band )?neutrophils?|segs|granulocytes?)\b",
+                             re.I)),
+          ("wbc", re.compile(r"\b(wbc|white (blood )?cells?|leu[ck]ocytes?)\b", re.I)))
+# not a blood count: antibodies, enzymes, markers, and counts in other fluids
+_NOT_A_COUNT = re.compile(r"antibod|\bab\b|\bigg|anca|phosphatase|elastase|gelatinase|esterase|\bcd\d|urine|"
+                          r"\bcsf\b|fluid|stool|f(a)?eces|synovial|pleural|periton|ascit|dialys|sputum|bronch|"
+                          r"lavage|semen", re.I)
+
+
+def named_count(res: dict[str, Any]) -> Optional[str]:
+    """The test (``anc`` or ``wbc``) an Observation's code text or display names, when it names a blood count."""
+    concept = res.get("code")
+    texts = [t for t in (concept_text(concept), *(as_str(c.get("display")) for c in codings(concept))) if t]
+    if any(_NOT_A_COUNT.search(t) for t in texts):
+        return None
+    return next((test for test, pattern in _NAMES if any(pattern.search(t) for t in texts)), None)
+
+
+def absent_value_reason(res: dict[str, Any]) -> str:
+    """Why there is no value: what the Observation has instead, or its dataAbsentReason."""
+    for key in ("valueString", "valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio"):
+        if key in res:
+            shown = res[key] if key in ("valueString", "valueBoolean", "valueInteger") else concept_text(res[key])
+            shown = shown[:60] + "..." if isinstance(shown, str) and len(shown) > 60 else shown
+            return f"no valueQuantity.value (it has {key} {shown!r})" if shown is not None else \
+                f"no valueQuantity.value (it has {key})"
+    reason = concept_text(res.get("dataAbsentReason"))
+    return f"no valueQuantity.value (dataAbsentReason: {reason[:60]})" if reason else "no valueQuantity.value"
