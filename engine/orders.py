@@ -204,7 +204,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
                 interacting = _already_reduced(kb, check, drug, order, _pattern(t.phenotype, n.phenotype))
-            out.append(_with_current_count(interacting, assessment))
+            out.append(_with_current_count(kb, interacting, assessment))
         elif drug["id"] == "clozapine":
             out.append(_clozapine(kb, order, drug, assessment))
         elif assessment is not None:
@@ -265,19 +265,23 @@ def _interactions(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a:
                       sources=list(dict.fromkeys(src for f in mine for src in f.sources)))
 
 
-def _with_current_count(check: OrderCheck, a: Optional[Assessment]) -> OrderCheck:
-    """A thiopurine ordered while the current ANC is a moderate or worse neutropenia (the assessment's tier):
-    the check says so first, at least as a warning, so that a CPIC 'normal starting dose' is never read alone
-    beside ANC 0.3. The dose advice stands; whether to start now is the clinician's, with the assessment."""
-    if a is None or a.risk_tier.tier not in ("moderate", "severe", "profound") or a.risk_tier.anc is None:
+def _with_current_count(kb: KnowledgeBase, check: OrderCheck, a: Optional[Assessment]) -> OrderCheck:
+    """A thiopurine ordered while the current ANC is below 1.0 (moderate or worse neutropenia): a thiopurine is
+    withdrawn at that count (Singh 2022, Table 6; thiopurine.severe_on_thiopurine), so the check says first not to
+    start it now, critical, so that a CPIC 'normal starting dose' is never read alone
+    beside ANC 0.4 (it had been a warning). The dose advice stands for when the count has recovered."""
+    r = a.risk_tier if a is not None else None
+    if r is None or r.anc is None or r.tier == "unknown" or r.anc >= kb.value("moderate_anc"):
         return check
-    priority = check.priority if check.priority == "critical" else "warning"
     return check.model_copy(update={
-        "priority": priority,
-        "summary": f"ANC {a.risk_tier.anc:g} now ({a.risk_tier.tier} neutropenia); {check.summary}",
-        "detail": f"**Current count:** {a.risk_tier.basis} A thiopurine suppresses the marrow further; the "
-                  f"assessment card says what explains the count and what to do first.\n\n{check.detail}",
-        "sources": list(dict.fromkeys([*check.sources, *a.risk_tier.sources]))})
+        "priority": "critical",
+        "summary": f"ANC {r.anc_comparator or ''}{r.anc:g} now ({r.tier} neutropenia): do not start until the count "
+                   f"recovers; {check.summary}",
+        "detail": f"**Current count:** {r.basis} A thiopurine suppresses the marrow further, and one already taken is "
+                  f"withdrawn below an ANC of {kb.value('moderate_anc'):g} x10^9/L (Singh 2022); the assessment card "
+                  f"says what explains the count and what to do first. The dose below is for when the count has "
+                  f"recovered.\n\n{check.detail}",
+        "sources": list(dict.fromkeys([*check.sources, *r.sources, "singh_ibd_thiopurines_2022"]))})
 
 
 def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any], order: OrderInput,

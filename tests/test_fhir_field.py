@@ -595,13 +595,16 @@ def test_an_azathioprine_order_already_cut_for_allopurinol_is_not_cut_again(clie
 
 
 def test_a_thiopurine_ordered_at_a_severe_neutropenia_is_never_only_a_normal_starting_dose(client):
-    """Azathioprine for a TPMT and NUDT15 normal patient with ANC 0.3 had got an info card 'normal starting dose'."""
+    """Azathioprine for a TPMT and NUDT15 normal patient with ANC 0.3 had got an info card 'normal starting dose',
+    then a warning beside it; a thiopurine is withdrawn below an ANC of 1.0 (Singh 2022): do not start it now
+    (critical)."""
     severe = bundle(obs("6690-2", 1.0, t=RECENT), obs("751-8", 0.3, t=RECENT), kind="searchset")
     pgx = bundle(genotype("*1/*1"), kind="searchset")
     [card] = [c for c in hook_call(client, "order-sign", {"observations": severe, "pgx": pgx},
                                    order(medicationCodeableConcept=AZA_CC))
               if c["source"]["topic"]["code"] == "thiopurine-pgx"]
-    assert card["indicator"] == "warning" and card["summary"].startswith("ANC 0.3 now (severe neutropenia)")
+    assert card["indicator"] == "critical"
+    assert card["summary"].startswith("ANC 0.3 now (severe neutropenia): do not start until the count recovers")
     [calm] = [c for c in hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx},
                                    order(medicationCodeableConcept=AZA_CC))
               if c["source"]["topic"]["code"] == "thiopurine-pgx"]
