@@ -209,19 +209,19 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             out.append(_clozapine(kb, order, drug, assessment))
         elif assessment is not None:
             out += [c for c in (_label(kb, order, drug, assessment), _interactions(kb, order, drug, assessment)) if c]
-        daily = _daily_instead_of_weekly(kb, order, drug, assessment, bool(oncologic))
+        daily = _daily_instead_of_weekly(kb, order, drug, bool(oncologic))
         if daily is not None:
             out.append(daily)
     return out
 
 
-def _daily_instead_of_weekly(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment],
+def _daily_instead_of_weekly(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any],
                              oncologic: bool) -> Optional[OrderCheck]:
     """A weekly drug (drugs.yaml ``weekly_when_non_oncologic``: the alert it raises) ordered daily with no
-    oncologic indication: ISMP's hard stop, at the order's signing even with no blood count to assess (with
-    one, the assessment's own alert says it, on the patient's card)."""
+    oncologic indication: ISMP's hard stop, on the order's own card, with or without a blood count (the patient's
+    card is about the drugs taken, not the order being signed)."""
     alert_id = drug.get("weekly_when_non_oncologic")
-    if not alert_id or not dosed_daily(order.dose) or (a is not None and any(x.id == alert_id for x in a.alerts)):
+    if not alert_id or not dosed_daily(order.dose):
         return None
     if oncologic_use(kb, order.indication, oncologic):
         return None

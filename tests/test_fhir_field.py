@@ -1147,3 +1147,22 @@ def test_a_wbc_with_no_differential_and_another_value_unread_is_not_a_warning(cl
     anc = bundle(obs("6690-2", 6.0, t=RECENT), obs("751-8", 300, "K/hpf", t=RECENT), kind="searchset")
     [card] = patient_view(client, observations=anc)
     assert card["indicator"] == "warning" and "neutrophil count unknown" in card["summary"]
+
+
+def test_a_draft_order_is_not_a_drug_taken_on_the_patients_card(client):
+    """ANC 0.3 yesterday and an azathioprine draft being signed: the draft had been taken as the cause ("a low white
+    count on a thiopurine points to it", an urgent hold) and the marrow and serology work-up of an unexplained
+    agranulocytosis had gone. The patient's card is the same with or without the draft; the order card speaks
+    about the draft."""
+    severe = bundle(obs("6690-2", 1.2, t=RECENT), obs("751-8", 0.3, t=RECENT), kind="searchset")
+    pgx = bundle(genotype("*1/*1"), kind="searchset")
+
+    def patient_card(*drafts):
+        cards = hook_call(client, "order-sign", {"observations": severe, "pgx": pgx}, *drafts)
+        return next(c for c in cards if c["source"]["topic"]["code"] != "thiopurine-pgx"), cards
+    alone, _ = patient_card(order(id="lis", medicationCodeableConcept={"text": "lisinopril 10 mg"}))
+    with_draft, cards = patient_card(order(medicationCodeableConcept=AZA_CC))
+    assert with_draft["summary"] == alone["summary"] and "thiopurine" not in with_draft["summary"].lower()
+    assert "Bone marrow" in with_draft["detail"] and "Hold or reduce" not in with_draft["detail"]
+    order_card = next(c for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx")
+    assert order_card["indicator"] == "critical" and "do not start" in order_card["summary"]

@@ -14,7 +14,7 @@ import logging
 import re
 from datetime import datetime, timezone
 from functools import lru_cache, partial
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -29,7 +29,6 @@ from ..config import Settings
 from ..deps import CDS_TYPES, LeanRoute, base_url, engine, read_body
 from ..deps import settings as app_settings
 from ..fhir import FetchError, fetch_queries, fill_template
-from ..fhir.vitals import VitalCodes, vital_codes
 from ..offload import INLINE_MAX_BYTES, run_cpu
 from ..problems import ProblemError
 from ..reports import answers_first, store_report
@@ -38,41 +37,10 @@ from . import cards as C
 from .auth import AuthError, JwtVerifier, verifier_from_settings
 from .models import Card, CardsResponse, FeedbackRequest, HookRequest
 from .orders import draft_orders, order_cards, unmatched_selections
+from .prefetch import templates as _templates
 
 router = APIRouter(tags=["CDS Hooks"])
 log = logging.getLogger("leukodx.cds")
-
-_P = "{{context.patientId}}"
-# CBC and differential panels whose values may be components: 58410-2 (Synthea's), 57021-8, 57782-5, 69742-5, 24318-8,
-# 69738-3 (value sets of github.com/nmdp-ig/cibmtr-reporting-ig, build/input/fsh/terminology/observations/); the
-# vital-signs panel 85353-1 (FHIR R4 value set observation-vitalsignresult), whose temperature may be a component.
-CBC_PANEL_LOINC = ("58410-2", "57021-8", "57782-5", "69742-5", "24318-8", "69738-3")
-VITALS_PANEL_LOINC = ("85353-1",)
-
-
-def _loinc_list(codes: Iterable[str]) -> str:
-    return ",".join(f"http://loinc.org|{c}" for c in codes)
-
-
-def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str], vitals: VitalCodes) -> dict[str, str]:
-    """The prefetch templates: reads, patient references, token equality, _sort and _count only
-    (CDS Hooks 2.0.1's recommended query subset). `observations` asks for the lab codes of the knowledge
-    base and the CBC panel (whose values may come as its components); `pgx` for the TPMT/NUDT15 result
-    codes of rules/pgx/result_codes.yaml (HL7 Genomics Reporting genotypes of other genes come with them);
-    `vitals` for body temperature and weight (without it no EHR sends a temperature, and febrile neutropenia
-    could never be seen; every site's code of rules/vitals.yaml)."""
-    return {
-        "patient": f"Patient/{_P}",
-        "observations": f"Observation?patient={_P}&code={_loinc_list([*kb_loinc, *CBC_PANEL_LOINC])}&_sort=-date"
-                        f"&_count=200",
-        "pgx": f"Observation?patient={_P}&code={_loinc_list(pgx_loinc)}&_sort=-date&_count=50",
-        "vitals": f"Observation?patient={_P}&code={_loinc_list([*vitals.all, *VITALS_PANEL_LOINC])},"
-                  f"{','.join(f'http://snomed.info/sct|{c}' for c in vitals.snomed)}&_sort=-date&_count=50",
-        "medicationRequests": f"MedicationRequest?patient={_P}&_sort=-authoredon&_count=100",
-        "medicationStatements": f"MedicationStatement?patient={_P}&_count=100",
-        "conditions": f"Condition?patient={_P}&clinical-status=active&_count=100",
-    }
-
 
 SERVICES: dict[str, dict[str, str]] = {
     "leukodx-patient-view": {
@@ -119,17 +87,6 @@ async def _authorize(request: Request, settings: Settings) -> Optional[dict[str,
         log.error("cds auth misconfigured: LEUKODX_CDS_ISSUERS is not valid")
         audit.note_reason("unauthorized: LEUKODX_CDS_ISSUERS is not valid")
         raise ProblemError(401, "Unauthorized") from None
-
-
-_TEMPLATES: dict[str, dict[str, str]] = {}     # knowledge-base version -> its prefetch templates
-
-
-def _templates(eng: Engine) -> dict[str, str]:
-    """The prefetch templates of the engine's knowledge base, built once per version (every call uses them)."""
-    found = _TEMPLATES.get(eng.kb.version)
-    if found is None:
-        found = _TEMPLATES[eng.kb.version] = _prefetch(sorted(eng.kb.loinc), eng.kb.pgx_codes, vital_codes(eng.kb))
-    return found
 
 
 @router.get("/cds-services", summary="CDS Hooks discovery")
@@ -269,7 +226,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     # an order being written starts today (the mapping dates a draft so; one of another status is dated here),
     # on copies: the drafts themselves go back unchanged in the cards' update actions
     dated = [d if "authoredOn" in d else {**d, "authoredOn": today.isoformat()} for d in drafts]
-    assessment: Optional[Assessment] = None
+    assessment: Optional[Assessment] = None   # the patient's assessment
+    ordered: Optional[Assessment] = None      # the same with the draft orders counted as taken (the order check)
     left_out: list[str] = list(notes)
     counts_unread = True           # whether a value that could give the ANC was left unread (set once assessed)
     anc_unread = False             # whether one that gives it (a WBC too) was
@@ -286,7 +244,9 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
                                inline=small)
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
         weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
-        assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
+        ordered = assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
+        if mapped.drafts:          # the patient's card: the drafts being signed are not taken yet (Mapped.without_drafts)
+            assessment = await run_cpu(partial(eng.assess, mapped.without_drafts(), partial=True), inline=small)
         left_out += [_left_out_text(n) for n in assessment.not_assessed]
         anc_unread = C.neutrophil_value_unread((*mapped.not_assessed, *assessment.not_assessed), eng.kb.loinc)
         counts_unread = anc_unread or any("observation" in n.field.lower() for n in mapped.not_assessed)
@@ -324,7 +284,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id, anc_unread)
         if cards and settings.report_link_minutes > 0:
             report = cards[0], to_json_pieces(assessment)
-    cards += traced("leukodx.orders", order_cards)(eng, drafts, assessment, resources, hook, patient_id, weight)
+    cards += traced("leukodx.orders", order_cards)(eng, drafts, ordered, resources, hook, patient_id, weight)
     unmatched = unmatched_selections(hook)
     if unmatched:
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))

@@ -72,6 +72,7 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
         if include_draft and as_str(item.resource.get("status")) == "draft" and ref is not None:
             med["start"] = ref.isoformat()     # a draft being signed is not taken yet: it starts now, whatever
             start = ref                        # day it was written (clozapine's starting threshold applies)
+            med["_draft"] = True               # (map_bundle takes the mark off: Mapped.drafts)
         if after(start, ref):
             later.append(item.label)
             continue
