@@ -190,7 +190,7 @@ def test_a_later_retracted_genotype_leaves_the_earlier_final_one():
 def test_a_corrected_genotype_at_the_same_time_replaces_the_original():
     """A TPMT *1/*1 (final) and its correction *3A/*3A (status corrected, issued later) at the same effective time:
     the first had stayed, and a poor metabolizer was shown as normal. Nothing to choose between two different
-    final results at one time: the first stays, and the conflict is named."""
+    final results at one time: the poorer function is used (a genotype does not change), and the conflict named."""
     m = mapped(patient(), obs("6690-2", 3.0), obs("751-8", 1.2), genotype("*1/*1", t="2024-06-01", oid="g1"),
                genotype("*3A/*3A", t="2024-06-01", status="corrected", oid="g2"))
     assert m.case["history"]["tpmt"] == "*3A/*3A"
@@ -201,8 +201,8 @@ def test_a_corrected_genotype_at_the_same_time_replaces_the_original():
     assert later_issued.case["history"]["tpmt"] == "*3A/*3A"
     undecided = mapped(patient(), obs("6690-2", 3.0), obs("751-8", 1.2), genotype("*1/*1", t="2024-06-01"),
                        genotype("*3A/*3A", t="2024-06-01"))
-    assert undecided.case["history"]["tpmt"] == "*1/*1"
-    assert any("conflicts" in n.reason and "TPMT" in n.reason for n in undecided.not_assessed)
+    assert undecided.case["history"]["tpmt"] == "*3A/*3A"
+    assert any("TPMT results disagree" in n.reason for n in undecided.not_assessed)
 
 
 def test_order_sign_gives_no_poor_metabolizer_card_from_a_retracted_genotype(client):
@@ -1166,3 +1166,15 @@ def test_a_draft_order_is_not_a_drug_taken_on_the_patients_card(client):
     assert "Bone marrow" in with_draft["detail"] and "Hold or reduce" not in with_draft["detail"]
     order_card = next(c for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx")
     assert order_card["indicator"] == "critical" and "do not start" in order_card["summary"]
+
+
+@pytest.mark.parametrize("first,second,used", [("*3A/*3A", "*1/*1", "*3A/*3A"), ("*1/*1", "*3A/*3A", "*3A/*3A"),
+                                              ("*1/*1", "normal", "normal"), ("*1/*3A", "*1/*1", "*1/*3A")])
+def test_tpmt_results_that_disagree_use_the_poorer_function_and_say_so(first, second, used):
+    """TPMT *3A/*3A of 2023 and *1/*1 of 2024: the later had won in silence, and an azathioprine order got 'normal
+    starting dose'. A genotype does not change: the poorer is used and the disagreement named."""
+    m = mapped(patient(), obs("751-8", 3.0, t=RECENT), genotype(first, t="2023-03-01", oid="g1"),
+               genotype(second, t="2024-03-01", oid="g2"), as_of=datetime.now(timezone.utc).date())
+    assert m.case["history"]["tpmt"] == used
+    named = [n for n in m.not_assessed if "results disagree" in n.reason]
+    assert len(named) == (0 if {first, second} == {"*1/*1", "normal"} else 1)

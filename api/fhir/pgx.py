@@ -7,8 +7,10 @@ Reporting genotype). Its value (``valueString`` or ``valueCodeableConcept``; wit
 ``interpretation`` or a component's value, when they agree) must hold a diplotype (``*1/*3A``) or a
 metabolizer phenotype word, and its status must be a result's, as for a lab value
 (final, amended, corrected, preliminary: an entered-in-error or cancelled genotype is skipped with a
-warning); the latest result of each gene wins (by its own time, as for a lab value), and of two at the
-same time the one whose status, issued or meta.lastUpdated supersedes the other (a corrected genotype). Single-variant results and measured enzyme activities
+warning); of results giving one phenotype the latest is used; results that disagree are named, and the poorer
+function is used (a genotype does not change: one of them is wrong); of two at the same time the one whose status,
+issued or meta.lastUpdated supersedes the other (a corrected genotype). Single-variant results and measured
+enzyme activities
 are named in a warning, never turned into a phenotype. The words are passed on as the case contract
 spells them; the engine resolves diplotypes and phenotypes.
 """
@@ -20,7 +22,7 @@ from typing import Any, Optional
 
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
-from leukodx.engine.pgx import result_in_text
+from leukodx.engine.pgx import PhenotypeError, resolve, result_in_text
 from leukodx.engine.timeutil import utc_naive
 
 from .datatypes import as_dict, as_list, as_str, codings, concept_text, loinc_codes, not_a_result
@@ -107,14 +109,43 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
                 if skipped is not None:
                     skipped.append(Problem(item.loc, f"{gene.upper()} result {part[:60]!r}: not a phenotype or "
                                                      f"diplotype leukodx reads; read the laboratory's report"))
-            elif gene not in found or _later(utc, found[gene][0]):
+            elif gene not in found:
                 found[gene] = (utc, mapped, item)
             elif utc == found[gene][0]:
-                _same_time(gene, (utc, mapped, item), found, warnings, skipped)
+                _same_time(kb, gene, (utc, mapped, item), found, warnings, skipped)
+            else:
+                found[gene] = _one_of_two(kb, gene, found[gene], (utc, mapped, item), warnings, skipped)
     return {gene: value for gene, (_, value, _) in sorted(found.items())}
 
 
 Result = tuple[Optional[datetime], str, Item]     # (UTC time, result, its Observation)
+
+
+_POORER_FIRST = ("poor", "intermediate", "possible_intermediate", "indeterminate", "normal")
+
+
+def _one_of_two(kb: KnowledgeBase, gene: str, old: Result, new: Result, warnings: list[str],
+                skipped: Optional[list[Problem]]) -> Result:
+    """Two results of ``gene`` at different times: the later when they give one phenotype; when they do not, the
+    poorer function, named as a conflict. A germline genotype does not change, so one of the two is wrong, and the
+    poorer is the safe side for dosing (a poor metabolizer's *3A/*3A of 2023 had been replaced in silence by a
+    *1/*1 of 2024, and the order card said "normal starting dose")."""
+    def rank(result: Result) -> int:
+        try:
+            phenotype = resolve(kb, gene, result[1]).phenotype
+        except PhenotypeError:
+            return len(_POORER_FIRST)
+        return _POORER_FIRST.index(phenotype) if phenotype in _POORER_FIRST else len(_POORER_FIRST)
+    if rank(old) == rank(new):
+        return new if _later(new[0], old[0]) else old
+    kept, other = (old, new) if rank(old) < rank(new) else (new, old)
+    why = (f"{gene.upper()} results disagree: {kept[1]!r} ({kept[2].label}) and {other[1]!r} ({other[2].label}); a "
+           f"genotype does not change, so one is wrong: the poorer function, {kept[1]!r}, was used. Check which "
+           f"result is valid before dosing.")
+    warnings.append(why)
+    if skipped is not None:
+        skipped.append(Problem(other[2].loc, why))
+    return kept
 
 
 def _later(a: Optional[datetime], b: Optional[datetime]) -> bool:
@@ -122,20 +153,20 @@ def _later(a: Optional[datetime], b: Optional[datetime]) -> bool:
     return a is not None and (b is None or a > b)
 
 
-def _same_time(gene: str, new: Result, found: dict[str, Result], warnings: list[str],
+def _same_time(kb: KnowledgeBase, gene: str, new: Result, found: dict[str, Result], warnings: list[str],
                skipped: Optional[list[Problem]]) -> None:
     """Two results of ``gene`` at the same time: the one whose status, issued or meta.lastUpdated says it
-    supersedes the other (a corrected genotype over the original) stays, as for a lab value; two that differ
-    with nothing to choose between them are named (the first stays)."""
+    supersedes the other (a corrected genotype over the original) stays, as for a lab value; of two that differ
+    with nothing to choose between them, the poorer function (:func:`_one_of_two`)."""
     utc, value, item = new
     old_value, old_item = found[gene][1], found[gene][2]
     when = f"at {utc.isoformat()}" if utc is not None else "without a time"
     replace, warning, conflict = preferred(old_item, old_value, item, value, f"{gene.upper()} result {when}")
+    if conflict:
+        found[gene] = _one_of_two(kb, gene, found[gene], new, warnings, skipped)
+        return
     if replace or value != old_value:
         warnings.append(warning)
-    if conflict and skipped is not None:
-        skipped.append(Problem(item.loc, f"{gene.upper()} result {value!r} {when} conflicts with {old_value!r} of "
-                                         f"{old_item.label}, and nothing says which is right; the first was used"))
     if replace:
         found[gene] = new
 
