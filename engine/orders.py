@@ -266,22 +266,39 @@ def _interactions(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a:
 
 
 def _with_current_count(kb: KnowledgeBase, check: OrderCheck, a: Optional[Assessment]) -> OrderCheck:
-    """A thiopurine ordered while the current ANC is below 1.0 (moderate or worse neutropenia): a thiopurine is
-    withdrawn at that count (Singh 2022, Table 6; thiopurine.severe_on_thiopurine), so the check says first not to
-    start it now, critical, so that a CPIC 'normal starting dose' is never read alone
-    beside ANC 0.4 (it had been a warning). The dose advice stands for when the count has recovered."""
-    r = a.risk_tier if a is not None else None
-    if r is None or r.anc is None or r.tier == "unknown" or r.anc >= kb.value("moderate_anc"):
+    """A thiopurine ordered at counts that advise against starting it now: the check says so first, so that a CPIC
+    'normal starting dose' is never read alone beside them. Critical when a thiopurine already taken would be
+    stopped (Singh 2022, Table 6: an ANC below 1.0, or one that can only be below it, a WBC below 1.5 with no
+    differential; a WBC below 2.5); a warning at a mild neutropenia (UK DMARD monitoring withholds below 1.6), or
+    with no current count (the label's CBC monitoring starts with the first dose). The dose advice stands for when
+    the counts allow; a dose change is then no longer the recommended action (it had been, beside "do not
+    start": critical only). With a normal current count, the check as it is."""
+    if a is None:
+        return check
+    r, wbc = a.risk_tier, (a.ctcae.wbc.value if a.ctcae.wbc is not None else None)
+    anc = r.anc if r.anc is not None else r.anc_at_most if r.tier_at_least else None
+    tier = f" ({r.tier} neutropenia)" if r.tier in ("mild", "moderate", "severe", "profound") else ""
+    said = (f"ANC {r.anc_comparator or ''}{anc:g} now{tier}" if r.anc is not None else f"WBC {anc:g} with no "
+            f"differential now") if anc is not None else (f"WBC {wbc:g} now" if wbc is not None else "the count now")
+    if anc is not None and anc < kb.value("moderate_anc") or wbc is not None and wbc < kb.value("thiopurine_stop_wbc"):
+        priority, what = "critical", f"{said}: do not start until the count recovers"
+    elif anc is not None and anc < kb.value("dmard_withhold_anc"):
+        priority, what = "warning", (f"{said}: agree the start with the prescriber (a DMARD is withheld below "
+                                     f"{kb.value('dmard_withhold_anc'):g})")
+    elif not a.cbc.current:
+        priority, what = "warning", "no current blood count: take a CBC with differential before starting"
+    else:
         return check
     return check.model_copy(update={
-        "priority": "critical",
-        "summary": f"ANC {r.anc_comparator or ''}{r.anc:g} now ({r.tier} neutropenia): do not start until the count "
-                   f"recovers; {check.summary}",
-        "detail": f"**Current count:** {r.basis} A thiopurine suppresses the marrow further, and one already taken is "
-                  f"withdrawn below an ANC of {kb.value('moderate_anc'):g} x10^9/L (Singh 2022); the assessment card "
-                  f"says what explains the count and what to do first. The dose below is for when the count has "
-                  f"recovered.\n\n{check.detail}",
-        "sources": list(dict.fromkeys([*check.sources, *r.sources, "singh_ibd_thiopurines_2022"]))})
+        "priority": "critical" if "critical" in (priority, check.priority) else priority,
+        "adjust": "possible" if priority == "critical" and check.adjust == "recommended" else check.adjust,
+        "summary": f"{what[0].upper()}{what[1:]}; {check.summary}",
+        "detail": f"**Current count:** {r.basis} A thiopurine suppresses the marrow further: one already taken is "
+                  f"withdrawn below an ANC of {kb.value('moderate_anc'):g} or a WBC of 1.5 x10^9/L and stopped for a "
+                  f"week at a WBC of 1.5-2.5 (Singh 2022); the assessment card says what explains the count and what "
+                  f"to do first. The dose below is for when the counts allow.\n\n{check.detail}",
+        "sources": list(dict.fromkeys([*check.sources, *r.sources, "singh_ibd_thiopurines_2022",
+                                       "nhs_dg_sulfasalazine_monitoring", "imuran_label"]))})
 
 
 def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any], order: OrderInput,

@@ -1178,3 +1178,34 @@ def test_tpmt_results_that_disagree_use_the_poorer_function_and_say_so(first, se
     assert m.case["history"]["tpmt"] == used
     named = [n for n in m.not_assessed if "results disagree" in n.reason]
     assert len(named) == (0 if {first, second} == {"*1/*1", "normal"} else 1)
+
+
+@pytest.mark.parametrize("labs,indicator,said", [
+    ((("6690-2", 1.3),), "critical", "WBC 1.3 with no differential now: do not start"),   # the ANC can only be < 1.3
+    ((("6690-2", 2.0), ("751-8", 1.1)), "critical", "ANC 1.1 now (mild neutropenia): do not start"),   # WBC < 2.5
+    ((("6690-2", 3.6), ("751-8", 1.2)), "warning", "ANC 1.2 now (mild neutropenia): agree the start"),
+])
+def test_a_thiopurine_order_says_what_the_counts_advise_first(client, labs, indicator, said):
+    """A WBC of 1.3 with no differential, or WBC 2.0 with ANC 1.1, had given an information card 'normal starting
+    dose (CPIC)' (Singh 2022 stops a thiopurine below a WBC of 2.5 or an ANC of 1.0)."""
+    counts = bundle(*(obs(code, value, t=RECENT) for code, value in labs), kind="searchset")
+    pgx = bundle(genotype("*1/*1"), kind="searchset")
+    [card] = [c for c in hook_call(client, "order-sign", {"observations": counts, "pgx": pgx},
+                                   order(medicationCodeableConcept=AZA_CC))
+              if c["source"]["topic"]["code"] == "thiopurine-pgx"]
+    assert card["indicator"] == indicator and card["summary"].startswith(said)
+
+
+def test_a_thiopurine_order_with_no_current_count_asks_for_one_and_a_do_not_start_recommends_no_dose():
+    from leukodx.engine.orders import OrderInput
+    eng = get_engine()
+    old = eng.assess({"id": "t", "as_of": "2026-12-01", "patient": {"age_years": 40},
+                      "labs": [{"test": "anc", "value": 3.0, "unit": "10^9/L", "time": "2024-01-01T08:00:00Z"}]})
+    [check] = eng.check_orders([OrderInput(key="o", name="azathioprine", indication="Crohn's disease")], old)
+    assert check.priority == "warning" and check.summary.startswith("No current blood count: take a CBC")
+    severe = eng.assess({"id": "t", "as_of": "2026-12-01", "patient": {"age_years": 40, "weight_kg": 70},
+                         "labs": [{"test": "anc", "value": 0.3, "unit": "10^9/L", "time": "2026-12-01T08:00:00Z"}],
+                         "history": {"tpmt": "intermediate", "nudt15": "normal"}})
+    [check] = eng.check_orders([OrderInput(key="o", name="azathioprine", dose={"value": 250, "unit": "mg/d"},
+                                           weight_kg=70, indication="Crohn's disease")], severe)
+    assert check.priority == "critical" and check.dose_change is not None and check.adjust != "recommended"
