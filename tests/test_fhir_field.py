@@ -1209,3 +1209,21 @@ def test_a_thiopurine_order_with_no_current_count_asks_for_one_and_a_do_not_star
     [check] = eng.check_orders([OrderInput(key="o", name="azathioprine", dose={"value": 250, "unit": "mg/d"},
                                            weight_kg=70, indication="Crohn's disease")], severe)
     assert check.priority == "critical" and check.dose_change is not None and check.adjust != "recommended"
+
+
+def test_a_draft_referencing_a_medication_by_its_bundle_fullurl_is_checked(client):
+    """draftOrders with the azathioprine Medication as a Bundle entry referenced by its urn:uuid fullUrl: 'leukodx
+    could not tell which drug is ordered; not checked' for a TPMT poor metabolizer."""
+    url = f"urn:uuid:{uuid.uuid4()}"
+    draft = order(medicationReference={"reference": url})
+    pgx = bundle(genotype("*3A/*3A"), kind="searchset")
+    body = {"hookInstance": str(uuid.uuid4()), "hook": "order-sign",
+            "context": {"userId": "Practitioner/1", "patientId": "p1", "draftOrders": {
+                "resourceType": "Bundle", "type": "collection",
+                "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": draft},
+                          {"fullUrl": url, "resource": {**AZA_MED, "id": "m1"}}]}},
+            "prefetch": {"patient": patient(), "observations": normal_cbc(), "pgx": pgx, "medicationRequests": None,
+                         "medicationStatements": None, "conditions": None}}
+    cards = client.post("/cds-services/leukodx-order-sign", json=body).json()["cards"]
+    assert [c["indicator"] for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx"] == ["critical"]
+    assert not [c for c in cards if "could not tell which drug" in c["summary"]]

@@ -19,7 +19,8 @@ def draft_orders(hook: HookRequest, kind: str = "MedicationRequest") -> list[dic
     """The draft MedicationRequests of an order hook (the selected ones, for order-select: a selection names a
     draft as ``MedicationRequest/<id>``, its id alone, a URL ending so, or its entry's fullUrl; when no draft
     matches any selection, every draft, so that a misnamed selection never silences the check); with ``kind``
-    "Medication", the Medications the draftOrders Bundle holds (a draft may reference one)."""
+    "Medication", the Medications the draftOrders Bundle holds (a draft may reference one), as a Bundle of them with
+    their fullUrls (a reference to ``urn:uuid:...`` had found nothing, and the order went unchecked)."""
     drafts = hook.context.get("draftOrders") if hook.hook in ("order-select", "order-sign") else None
     if not isinstance(drafts, dict):
         return []
@@ -30,6 +31,10 @@ def draft_orders(hook: HookRequest, kind: str = "MedicationRequest") -> list[dic
         res = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(res, dict) and res.get("resourceType") == kind:
             found.append((res, entry.get("fullUrl")))
+    if kind == "Medication":
+        return [{"resourceType": "Bundle", "type": "collection",
+                 "entry": [{"resource": res, **({"fullUrl": url} if isinstance(url, str) else {})}
+                           for res, url in found]}] if found else []
     if not selections:
         return [res for res, _ in found]
     chosen = [res for res, full_url in found if any(_selects(s, res, full_url) for s in selections)]
