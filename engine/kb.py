@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .case import SMEAR_FINDINGS
 from .errors import KnowledgeBaseError
@@ -63,6 +63,7 @@ class KnowledgeBase:
     condition_codes: dict[str, dict[str, str]]   # conditions.yaml codes: system -> {code, or prefix ending in *: id}
     condition_codes_sources: list[str]
     suspect_classes: frozenset[str]
+    not_systemic: Optional[re.Pattern[str]]     # a medication text naming a topical or eye form (drugs.yaml)
     causes: dict[str, CatalogueEntry]
     steps: dict[str, CatalogueEntry]
     alerts: dict[str, CatalogueEntry]
@@ -176,6 +177,8 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         condition_codes=_condition_codes(vocab.get("codes", {})),
         condition_codes_sources=list(vocab.get("codes", {}).get("sources", [])),
         suspect_classes=frozenset(drug_doc.get("suspect_classes", [])),
+        not_systemic=re.compile(r"\b(" + "|".join(map(re.escape, drug_doc["not_systemic_forms"])) + r")\b", re.I)
+        if drug_doc.get("not_systemic_forms") else None,
         causes=catalogue(read_yaml(root / "causes.yaml", problems), "causes", "causes.yaml", problems),
         steps=catalogue(read_yaml(root / "steps.yaml", problems), "steps", "steps.yaml", problems),
         alerts=alerts, findings=findings,

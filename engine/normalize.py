@@ -293,6 +293,11 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             unrecognised.append(Unrecognised(field=f"medications[{i}]", text=text, kind="drug",
                                              suggestions=drugs.suggest(med.name) if suggest else []))
             continue
+        if kb.not_systemic is not None and (form := kb.not_systemic.search(
+                f"{med.name or ''} {med.dose if isinstance(med.dose, str) else ''}")):
+            warnings.append(f"medications[{i}] {text!r}: {form.group(0).lower()!r} names a form not taken "
+                            f"systemically; not weighed as a cause of the count (rules/drugs.yaml, not_systemic_forms).")
+            continue
         if med.status == "stopped" and end is None:
             warnings.append(f"medications[{i}] {text!r} was stopped on a day not given: it was treated as possibly stopped "
                             f"recently (a recent suspect), with no date for its last dose.")
