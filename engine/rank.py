@@ -29,7 +29,10 @@ def _agents(kb: KnowledgeBase, cause_id: str, meds: list[NormMed], interactions:
     if entry.agents_from == "interactions":      # the combination is the agent, not one drug of it
         return [" + ".join("/".join(side) for side in i["names"]) for i in interactions]
     classes = set(entry.drug_classes)
-    return sorted({m.drug_name or m.text for m in meds if m.classes & classes})
+    # the most recently started first (a drug started 35 days ago before one taken for 5 years), then by name
+    mine = sorted((m for m in meds if m.classes & classes),
+                  key=lambda m: (-(m.start.toordinal() if m.start else 0), m.drug_name or m.text))
+    return list(dict.fromkeys(m.drug_name or m.text for m in mine))
 
 
 def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed],

@@ -103,3 +103,15 @@ def test_fever_from_a_diagnosis_alone_is_said_to_be_one(engine):
     assert "febrile_neutropenia" in [x.id for x in a.alerts] and [w for w in a.warnings if said in w]
     b = engine.assess(base_case(labs=labs, history={"conditions": ["Neutropenic fever"], "temperature_c": 38.9}))
     assert "febrile_neutropenia" in [x.id for x in b.alerts] and not [w for w in b.warnings if said in w]
+
+
+def test_a_new_drug_in_its_onset_window_is_weighed_and_named_first_beside_an_old_one_of_its_class(engine):
+    """Carbimazole on day 35 beside carbamazepine for 5 years (both on Andersohn's list; onset typically 19-60
+    days): the class's window had been judged on the 5 years alone (weight 4, 'outside the window'), and the
+    agents listed alphabetically, the anticonvulsant first."""
+    a = engine.assess(base_case(labs=[lab("wbc", 2.1), lab("anc", 0.3)], medications=[
+        {"name": "carbamazepine", "start": "2020-01-10"}, {"name": "carbimazole", "start": "2025-02-03"}]))
+    [cause] = [c for c in a.causes if c.id == "idiosyncratic_drug_agranulocytosis"]
+    rules = {e.rule for e in cause.evidence}
+    assert "drug_induced.idiosyncratic_in_window" in rules and "drug_induced.idiosyncratic_outside_window" not in rules
+    assert cause.agents == ["carbimazole", "carbamazepine"]
