@@ -203,9 +203,10 @@ def active_interactions(kb: KnowledgeBase, nc: NormCase) -> list[dict[str, Any]]
 
 
 def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
-    """A drug whose patient was already neutropenic before it started, and whose count has not fallen by
-    falling_drop_pct since: `drug_<id>_low_before_start` and `<class>_low_before_start` (evidence
-    against that drug). The count is the reported ANC, else the WBC against its lower limit."""
+    """A drug whose patient was already neutropenic or leukopenic before it started, and whose count has not fallen
+    by falling_drop_pct since: `drug_<id>_low_before_start` and `<class>_low_before_start` (evidence against that
+    drug). Neutropenic by the reported ANC; leukopenic by the WBC against its lower limit, when the ANC has not
+    fallen."""
     current_anc, current_wbc = facts.get("anc"), facts.get("wbc")
     falling = kb.value("falling_drop_pct")
 
@@ -218,11 +219,14 @@ def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> N
                   and lab.test in ("anc", "wbc")]
         anc = max((lab for lab in before if lab.test == "anc"), key=lambda lab: lab.time, default=None)
         wbc = max((lab for lab in before if lab.test == "wbc"), key=lambda lab: lab.time, default=None)
-        low = None
-        if anc is not None and current_anc is not None:
-            low = anc.value < kb.value("neutropenia_anc") and not_fallen(anc.value, current_anc)
-        elif wbc is not None and current_wbc is not None and "wbc_lln" in facts:
-            low = wbc.value < facts["wbc_lln"] and not_fallen(wbc.value, current_wbc)
+        anc_low = anc is not None and current_anc is not None and anc.value < kb.value("neutropenia_anc") \
+            and not_fallen(anc.value, current_anc)
+        anc_fell = anc is not None and current_anc is not None and not not_fallen(anc.value, current_anc)
+        # a WBC low before (WBC 3.4 before sulfasalazine, 3.3 on it: the ANC of 1.9 had decided alone) counts too,
+        # unless the ANC has fallen since
+        wbc_low = wbc is not None and current_wbc is not None and "wbc_lln" in facts \
+            and wbc.value < facts["wbc_lln"] and not_fallen(wbc.value, current_wbc) and not anc_fell
+        low = anc_low or wbc_low
         if low:
             for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
                 facts[f"{stem}_low_before_start"] = True
