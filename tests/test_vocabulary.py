@@ -24,6 +24,7 @@ def test_unicode_tricks_in_drug_names_still_match(engine):
     ("hiv infection, on ART", {"hiv", "viral_infection"}, set()),
     ("Crohn's disease", {"crohns_disease", "inflammatory_bowel_disease"}, set()),
     ("cap on a tooth", set(), {"pneumonia"}),
+    ("spleen enlarged to 19 cm on ultrasound", {"splenomegaly"}, set()),   # had been unrecognised
 ])
 def test_condition_vocabulary_does_not_mistake_words_for_abbreviations(kb, text, expected, absent):
     found = set(match_conditions(kb, text))
