@@ -333,13 +333,20 @@ def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any
         first = spec.get("sides", [{}])[0]
         if not spec.get("dose_factor") or drug["id"] not in first.get("drugs", []):
             continue
+        others = " and ".join(found.drugs[1])
+        if set(found.drugs[1]) & set(spec.get("dose_factor_not_with", [])):   # febuxostat: contraindicated
+            return check.model_copy(update={
+                "dose_change": None, "adjust": "no", "priority": "critical",
+                "summary": f"{check.summary}; with {others}: contraindicated, do not combine",
+                "detail": f"**{found.title}.** {found.effect} {found.action} No dose makes this combination right "
+                          f"(the quarter dose is for allopurinol that cannot be avoided).\n\n{check.detail}",
+                "sources": list(dict.fromkeys([*check.sources, *found.sources]))})
         factor = spec["dose_factor"]
         base = check.dose_change
         cpic = base.factor if base and base.factor else 1.0
         normal = spec.get("normal_start_mg_kg_day", {}).get(drug["id"])
         per_kg = dose_mg_kg_day(order.dose, order.weight_kg)[0]
         priority = "critical" if check.priority == "critical" else "warning"
-        others = " and ".join(found.drugs[1])
         if per_kg is not None and normal is not None and per_kg <= normal * cpic * factor * (1 + 1e-9):
             return check.model_copy(update={
                 "dose_change": None, "adjust": "no", "priority": priority,

@@ -274,3 +274,19 @@ def test_an_intermediate_metabolizers_order_already_within_cpics_reduced_range_i
         assert (c.adjust, c.dose_change.factor) == ("recommended", 0.8)
     else:
         assert (c.adjust, c.dose_change) == ("no", None) and "already within CPIC's reduced starting doses" in c.detail
+
+
+def test_a_thiopurine_ordered_with_febuxostat_is_contraindicated_not_cut_to_a_quarter(engine):
+    """Febuxostat is contraindicated with azathioprine and mercaptopurine (its label): the order card had
+    recommended the quarter dose that is for allopurinol that cannot be avoided."""
+    def check(other):
+        a = engine.assess(base_case(medications=[{"name": other, "start": "2024-01-01"},   # the draft, as CDS counts it
+                                                 {"name": "azathioprine", "start": "2025-03-10"}],
+                                    history={"tpmt": "normal", "nudt15": "normal"}))
+        [c] = engine.check_orders([OrderInput(key="o", name="azathioprine", dose={"value": 150, "unit": "mg/d"},
+                                              weight_kg=70, indication="Crohn's disease")], a)
+        return c
+    febuxostat, allopurinol = check("febuxostat"), check("allopurinol")
+    assert febuxostat.priority == "critical" and febuxostat.dose_change is None and febuxostat.adjust == "no"
+    assert "contraindicated" in febuxostat.summary
+    assert allopurinol.dose_change is not None and allopurinol.dose_change.factor == 0.25
