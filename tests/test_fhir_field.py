@@ -1227,3 +1227,22 @@ def test_a_draft_referencing_a_medication_by_its_bundle_fullurl_is_checked(clien
     cards = client.post("/cds-services/leukodx-order-sign", json=body).json()["cards"]
     assert [c["indicator"] for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx"] == ["critical"]
     assert not [c for c in cards if "could not tell which drug" in c["summary"]]
+
+
+@pytest.mark.parametrize("mg,updated", [(150, True), (-200, False), (1e308, False)])
+def test_a_dose_update_states_the_new_dose_and_never_scales_an_impossible_one(client, mg, updated):
+    """A TPMT intermediate's azathioprine 150 mg a day: the update's text had been only 'one ... of the daily dose
+    (leukodx order check)', the prescriber's text lost; -200 mg had become a recommended -160 mg."""
+    draft = order(medicationCodeableConcept=AZA_CC, dosageInstruction=[{"text": "150 mg daily with food", "doseAndRate":
+                                                                        [{"doseQuantity": {"value": mg, "unit": "mg",
+                                                                                           "system": UCUM, "code": "mg"}}]}])
+    pgx = bundle(genotype("TPMT *1/*3A; NUDT15 *1/*1", code="93193-1"), kind="searchset")
+    [card] = [c for c in hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx}, draft)
+              if c["source"]["topic"]["code"] == "thiopurine-pgx"]
+    updates = [a["resource"] for s in card.get("suggestions", []) for a in s["actions"] if a["type"] == "update"]
+    assert bool(updates) is updated
+    if updated:
+        [new] = updates
+        value = new["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"]
+        assert 0 < value < 150 and new["dosageInstruction"][0]["text"].startswith(f"{value:g} mg")
+        assert new["dosageInstruction"][0]["text"].endswith("Before: 150 mg daily with food")

@@ -7,11 +7,11 @@ maps them to card fields, suggestions and FHIR resources.
 * data cards: no current CBC (how old the latest is), nothing assessable (what could not be read),
   a checked CBC with nothing to flag when something was left out;
 * order cards: one per ordered thiopurine or clozapine, from :class:`leukodx.engine.OrderCheck`, with
-  suggestions (update the draft order to the adjusted dose and frequency, delete it, order genotyping).
+  suggestions (update the draft order to the adjusted dose and frequency: dose_update.py; delete it; order
+  genotyping).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import re
 import uuid
@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from leukodx.engine import Assessment, NotAssessed, OrderCheck
 
+from .dose_update import changed_order
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
 __all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count", "order_card",
@@ -330,54 +331,6 @@ def note_left_out(cards: list[Card], items: list[str]) -> None:
         cards[0].detail = (cards[0].detail or "") + f"\n\n**Not assessed ({len(items)}):** {shown}"
 
 
-MASS_DOSE_CODES = ("mg", "g", "ug", "mcg", "mg/kg", "mg/m2")   # doses a factor can scale into a prescription
-
-
-def _one_daily_dose(order: dict[str, Any]) -> bool:
-    """The order is one dose a day in a unit of mass: one dosage instruction with one dose, and a timing of
-    once a day or none (the dose quantity is then the daily dose that CPIC's factors and frequencies apply to)."""
-    instructions = order.get("dosageInstruction")
-    if not isinstance(instructions, list) or len(instructions) != 1 or not isinstance(instructions[0], dict):
-        return False
-    rates = instructions[0].get("doseAndRate")
-    if not isinstance(rates, list) or len(rates) != 1 or not isinstance(rates[0], dict):
-        return False
-    dose = rates[0].get("doseQuantity")
-    if not isinstance(dose, dict) or dose.get("code", dose.get("unit")) not in MASS_DOSE_CODES:
-        return False       # tablets, ml ...: 80% of 3 tablets is no prescription
-    timing = instructions[0].get("timing")
-    repeat = timing.get("repeat") if isinstance(timing, dict) else None
-    if timing is None or repeat is None:
-        return timing is None or not (timing.get("code") or timing.get("event"))
-    if not isinstance(repeat, dict):
-        return False
-    once_a_day = {"frequency": repeat.get("frequency", 1), "period": repeat.get("period", 1),
-                  "periodUnit": repeat.get("periodUnit")} == {"frequency": 1, "period": 1, "periodUnit": "d"}
-    return once_a_day and not (set(repeat) - {"frequency", "period", "periodUnit", "boundsPeriod", "boundsDuration"})
-
-
-def _changed_order(order: dict[str, Any], check: OrderCheck) -> Optional[dict[str, Any]]:
-    """The draft order with the engine's dose change applied (dose and, where CPIC says so, frequency)."""
-    change = check.dose_change
-    if change is None or (change.factor is None and change.times is None):
-        return None
-    if not _one_daily_dose(order):
-        return None        # two instructions, two doses a day, every other day ...: scaling one dose would be wrong
-    new = copy.deepcopy(order)
-    try:
-        instruction = new["dosageInstruction"][0]
-        if change.factor is not None:
-            dose = instruction["doseAndRate"][0]["doseQuantity"]
-            dose["value"] = float(f"{float(dose['value']) * change.factor:.3g}")
-    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
-        return None
-    if change.times is not None:
-        instruction["timing"] = {"repeat": {"frequency": change.times, "period": 1,
-                                            "periodUnit": {"day": "d", "week": "wk"}[change.per or "day"]}}
-    instruction["text"] = f"{change.wording} (leukodx order check)"
-    return new
-
-
 def order_card(check: OrderCheck, order: dict[str, Any], hook_instance: str, patient_id: Optional[str],
                kb_version: str) -> Card:
     """The card of one order check, with the suggestions it allows."""
@@ -391,7 +344,7 @@ def order_card(check: OrderCheck, order: dict[str, Any], hook_instance: str, pat
                 type="create", description="Create a ServiceRequest for TPMT and NUDT15 genotyping",
                 resource=_service_request(patient_id, None, "TPMT and NUDT15 genotype",
                                           f"{check.drug_name} ordered; CPIC dosing needs the phenotypes"))]))
-    changed = _changed_order(order, check) if check.adjust != "no" and order_ref else None
+    changed = changed_order(order, check) if check.adjust != "no" and order_ref else None
     if changed is not None and check.dose_change is not None:
         suggestions.append(Suggestion(
             label=f"Change the dose to {check.dose_change.wording}", uuid=card_id(cid, "update"),
