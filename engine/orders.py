@@ -204,7 +204,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
                 interacting = _already_reduced(kb, check, drug, order, _pattern(t.phenotype, n.phenotype))
-            out.append(_with_current_count(kb, interacting, assessment))
+            out.append(_with_current_count(kb, _above_label(kb, interacting, drug, order), assessment))
         elif drug["id"] == "clozapine":
             out.append(_clozapine(kb, order, drug, assessment))
         elif assessment is not None:
@@ -263,6 +263,22 @@ def _interactions(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a:
                               f"a combination that raises marrow toxicity",
                       detail="\n\n".join(f"**{f.title}.** {f.effect} {f.action}" for f in mine),
                       sources=list(dict.fromkeys(src for f in mine for src in f.sources)))
+
+
+def _above_label(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any], order: OrderInput) -> OrderCheck:
+    """An order above the label's highest daily dose per kg (drugs.yaml max_label_mg_kg_day): at least a warning
+    that says so first (azathioprine 600 mg a day for 70 kg, 8.6 mg/kg/day, had been 'normal starting dose');
+    beyond implausible_dose_factor times it, probably an entry or unit error."""
+    top, per_kg = drug.get("max_label_mg_kg_day"), dose_mg_kg_day(order.dose, order.weight_kg)[0]
+    if not top or per_kg is None or per_kg <= top:
+        return check
+    error = per_kg > top * kb.value("implausible_dose_factor")
+    said = (f"{per_kg:.2g} mg/kg/day is above the label's highest dose ({top:g} mg/kg/day)"
+            + (": probably an entry or unit error" if error else "") + "; check the dose")
+    return check.model_copy(update={
+        "priority": "critical" if check.priority == "critical" else "warning",
+        "summary": f"{said}; {check.summary}", "detail": f"**{said[0].upper()}{said[1:]}.**\n\n{check.detail}",
+        "sources": list(dict.fromkeys([*check.sources, *drug.get("sources", [])]))})
 
 
 def _with_current_count(kb: KnowledgeBase, check: OrderCheck, a: Optional[Assessment]) -> OrderCheck:

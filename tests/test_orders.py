@@ -290,3 +290,16 @@ def test_a_thiopurine_ordered_with_febuxostat_is_contraindicated_not_cut_to_a_qu
     assert febuxostat.priority == "critical" and febuxostat.dose_change is None and febuxostat.adjust == "no"
     assert "contraindicated" in febuxostat.summary
     assert allopurinol.dose_change is not None and allopurinol.dose_change.factor == 0.25
+
+
+@pytest.mark.parametrize("mg,said", [(210, None), (600, "above the label's highest dose (5 mg/kg/day)"),
+                                     (2000, "probably an entry or unit error")])
+def test_an_order_above_the_labels_highest_dose_says_so_first(engine, mg, said):
+    """Azathioprine 600 mg a day for 70 kg (8.6 mg/kg/day) had been 'normal starting dose (CPIC)'."""
+    a = engine.assess(base_case(history={"tpmt": "normal", "nudt15": "normal"}))
+    [check] = engine.check_orders([OrderInput(key="o", name="azathioprine", dose={"value": mg, "unit": "mg/d"},
+                                              weight_kg=70, indication="Crohn's disease")], a)
+    if said is None:
+        assert check.priority == "info" and "label" not in check.summary
+    else:
+        assert check.priority == "warning" and said in check.summary
