@@ -76,3 +76,13 @@ def test_a_thiopurine_is_held_urgently_below_a_wbc_of_2_5(engine):
         return next((s.urgency for s in a.steps if s.id == "hold_or_reduce_suspect_drug"), None)
     assert hold(2.0, 1.2) == "urgent" and hold(1.4, 1.2) == "urgent"
     assert hold(2.6, 1.2) == "routine"     # 2.5-3.5: check metabolites or reduce
+
+
+def test_methotrexate_is_withheld_at_an_eosinophilia_above_0_5(engine):
+    """The DMARD protocol withholds at an unexplained eosinophilia above 0.5 x10^9/L (NHS Dumfries and Galloway)."""
+    def hold(eos):
+        a = engine.assess(base_case(labs=[lab("wbc", 6.0), lab("anc", 3.5), lab("eosinophils", eos)],
+                                    medications=[{"name": "methotrexate", "start": "2024-01-10",
+                                                  "dose": "20 mg once weekly", "indication": "rheumatoid arthritis"}]))
+        return next((s.urgency for s in a.steps if s.id == "hold_or_reduce_suspect_drug"), None)
+    assert hold(0.7) == "urgent" and hold(0.4) is None
