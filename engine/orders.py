@@ -100,14 +100,18 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
     base = {"order": order.key, "drug": did, "drug_name": name, "topic": "thiopurine_pgx"}
     unknown = [g.gene for g in (tpmt, nudt15) if g.phenotype == "unknown"]
     poor = "poor" in (tpmt.phenotype, nudt15.phenotype)
-    if unknown and not poor:
+    # one gene intermediate, the other untested: that gene's reduced start at least (CPIC's TPMT intermediate: 30-80%;
+    # it had been "genotype before dosing" with the full dose standing), and the other gene genotyped
+    intermediate = unknown and any(g.phenotype in _INTERMEDIATE for g in (tpmt, nudt15))
+    if unknown and not poor and not intermediate:
         return OrderCheck(**base, priority="warning", genotype="recommended",
                           summary=f"{name.capitalize()} ordered with {' and '.join(unknown)} status unknown: genotype "
                                   f"before dosing (CPIC)",
                           detail=f"**{pheno}.** CPIC doses {name} by TPMT and NUDT15 phenotype; genotype "
                                  f"{' and '.join(unknown)} before starting, and monitor the CBC closely meanwhile.",
                           sources=["relling_cpic_2019"])
-    pattern = _pattern(tpmt.phenotype, nudt15.phenotype)
+    pattern = _pattern(*(g.phenotype if g.phenotype != "unknown" or not intermediate else "normal"
+                         for g in (tpmt, nudt15)))
     row = _adjustment(kb, did, pattern)
     rec = None if unknown else pgx.recommendation(kb, did, tpmt, nudt15)
     sources = list(dict.fromkeys([*row["sources"], *(rec.sources if rec else [])]))
@@ -124,10 +128,14 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
         # malignancy: the reduced dose; other uses: another drug; indication unknown: both possible
         adjust = ("recommended" if malignant else "no" if malignant is False else "possible") if change else "no"
         cancel = "recommended" if malignant is False else "possible" if malignant is None else "no"
-    if unknown:          # a poor metabolizer with the other gene untested: still critical
+    if unknown and poor:          # a poor metabolizer with the other gene untested: still critical
         detail = (f"**{pheno}.** A poor metabolizer faces life-threatening myelosuppression at normal doses; CPIC "
                   f"advises {row['wording']}, or an alternative drug for non-malignant conditions. Genotype "
                   f"{' and '.join(unknown)} as well.")
+    elif unknown:
+        detail = (f"**{pheno}.** CPIC advises {row['wording']} for the intermediate metabolizer (at least: with the "
+                  f"other gene also intermediate, the start is lower still). Genotype {' and '.join(unknown)} as well, "
+                  f"and monitor the CBC closely.")
     else:
         assert rec is not None
         detail = f"**{pheno}** ({rec.classification} recommendation)\n\n{rec.update_2024 or rec.recommendation}"

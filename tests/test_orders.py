@@ -64,6 +64,15 @@ def test_unknown_status_asks_for_genotyping(engine):
     assert (c.priority, c.genotype, c.adjust, c.cancel, c.dose_change) == ("warning", "recommended", "no", "no", None)
 
 
+def test_an_intermediate_metabolizer_with_the_other_gene_untested_starts_reduced(engine):
+    """TPMT intermediate with no NUDT15 result had been 'genotype before dosing' with the full dose standing: CPIC's
+    intermediate start (30-80%) at least, and NUDT15 genotyped as well."""
+    c = check(engine, tpmt="intermediate")
+    assert (c.priority, c.adjust, c.genotype) == ("warning", "recommended", "possible")
+    assert c.dose_change is not None and c.dose_change.percent_range == (30, 80)
+    assert "NUDT15 unknown" in c.summary and "Genotype NUDT15" in c.detail
+
+
 def test_a_poor_metabolizer_with_the_other_gene_untested_is_still_critical(engine):
     c = check(engine, tpmt="poor")
     assert c.priority == "critical" and c.genotype == "recommended"
