@@ -148,7 +148,8 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
             "normal starting dose (CPIC)" if pattern == "normal" else "monitor closely (CPIC)")
     # a poor metabolizer's dose or drug change does not wait for the other gene: when one is recommended, genotyping
     # is offered beside it, not recommended too (a card lets the clinician choose at most one suggestion)
-    genotype: Advice = "no" if not unknown else "possible" if "recommended" in (adjust, cancel) else "recommended"
+    # nor is it the recommended action for a poor metabolizer at all (the other gene does not change that advice)
+    genotype: Advice = "no" if not unknown else "possible" if poor or "recommended" in (adjust, cancel) else "recommended"
     return OrderCheck(**base, priority=row["priority"], summary=f"{name.capitalize()} for a {pheno}: {what}",
                       detail=detail, genotype=genotype, adjust=adjust, cancel=cancel,
                       dose_change=change, recommendation=rec, sources=sources)
