@@ -102,7 +102,7 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
     poor = "poor" in (tpmt.phenotype, nudt15.phenotype)
     # one gene intermediate, the other untested: that gene's reduced start at least (CPIC's TPMT intermediate: 30-80%;
     # it had been "genotype before dosing" with the full dose standing), and the other gene genotyped
-    intermediate = unknown and any(g.phenotype in _INTERMEDIATE for g in (tpmt, nudt15))
+    intermediate = bool(unknown) and any(g.phenotype in _INTERMEDIATE for g in (tpmt, nudt15))
     if unknown and not poor and not intermediate:
         return OrderCheck(**base, priority="warning", genotype="recommended",
                           summary=f"{name.capitalize()} ordered with {' and '.join(unknown)} status unknown: genotype "
@@ -319,9 +319,9 @@ def _with_current_count(kb: KnowledgeBase, check: OrderCheck, a: Optional[Assess
         "adjust": "possible" if priority == "critical" and check.adjust == "recommended" else check.adjust,
         "summary": f"{what[0].upper()}{what[1:]}; {check.summary}",
         "detail": f"**Current count:** {r.basis} A thiopurine suppresses the marrow further: one already taken is "
-                  f"withdrawn below an ANC of {kb.value('moderate_anc'):g} or a WBC of 1.5 x10^9/L and stopped for a "
-                  f"week at a WBC of 1.5-2.5 (Singh 2022); the assessment card says what explains the count and what "
-                  f"to do first. The dose below is for when the counts allow.\n\n{check.detail}",
+                  f"withdrawn below an ANC of {kb.value('moderate_anc'):g} x10^9/L and held below a WBC of "
+                  f"{kb.value('thiopurine_stop_wbc'):g} (Singh 2022); the assessment card says what explains the count "
+                  f"and what to do first. The dose below is for when the counts allow.\n\n{check.detail}",
         "sources": list(dict.fromkeys([*check.sources, *r.sources, "singh_ibd_thiopurines_2022",
                                        "nhs_dg_sulfasalazine_monitoring", "imuran_label"]))})
 
