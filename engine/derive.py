@@ -329,8 +329,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     when = f" (blood drawn {anc_time.date().isoformat()}, {days_text(anc_age)} before {nc.as_of.isoformat()})" \
         if anc_time is not None and anc_age is not None and nc.as_of else ""
     tier_at_least = None
-    reported_bound = anc_lab is not None and bool(anc_lab.comparator) and anc == anc_lab.value
-    comparator = "<" if anc_below else anc_lab.comparator if reported_bound else None   # type: ignore[union-attr]
+    bound = anc_lab.comparator if anc_lab is not None and anc == anc_lab.value else None   # reported as "<0.1"
+    comparator = "<" if anc_below else bound
     if cbc is None and latest_cbc is not None:
         assert latest_cbc.time is not None and latest_age is not None
         basis = (f"No current CBC: the latest count was drawn {latest_cbc.time.date().isoformat()}, {latest_age} days "
@@ -352,7 +352,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         basis += (f" The latest ANC, {facts['last_anc']:g} x10^9/L, was drawn {days_text(int(facts['last_anc_age_days']))}"
                   f" before {nc.as_of}; no neutrophil count since.")
     duffy_note = kb.duffy_null_note if nc.case.patient.duffy_null else None
-    shown_anc = _shown(anc_lab) if reported_bound else anc                  # type: ignore[arg-type]
+    shown_anc = _shown(anc_lab) if anc_lab is not None and bound else anc
     risk = RiskTier(tier=tier, anc=shown_anc, anc_comparator=comparator, basis=basis,
                     anc_derived=bool(facts.get("anc_derived")),
                     anc_source=anc_source if cbc is not None else None, anc_time=_utc(anc_time), anc_age_days=anc_age,

@@ -302,9 +302,13 @@ def _with_current_count(kb: KnowledgeBase, check: OrderCheck, a: Optional[Assess
         return check
     r, wbc = a.risk_tier, (a.ctcae.wbc.value if a.ctcae.wbc is not None else None)
     anc = r.anc if r.anc is not None else r.anc_at_most if r.tier_at_least else None
-    tier = f" ({r.tier} neutropenia)" if r.tier in ("mild", "moderate", "severe", "profound") else ""
-    said = (f"ANC {r.anc_comparator or ''}{anc:g} now{tier}" if r.anc is not None else f"WBC {anc:g} with no "
-            f"differential now") if anc is not None else (f"WBC {wbc:g} now" if wbc is not None else "the count now")
+    if r.anc is not None:
+        said = f"ANC {r.anc_comparator or ''}{r.anc:g} now" + (
+            f" ({r.tier} neutropenia)" if r.tier in ("mild", "moderate", "severe", "profound") else "")
+    elif anc is not None:
+        said = f"WBC {anc:g} with no differential now"
+    else:
+        said = f"WBC {wbc:g} now" if wbc is not None else "the count now"
     if anc is not None and anc < kb.value("moderate_anc") or wbc is not None and wbc < kb.value("thiopurine_stop_wbc"):
         priority, what = "critical", f"{said}: do not start until the count recovers"
     elif anc is not None and anc < kb.value("dmard_withhold_anc"):

@@ -7,9 +7,9 @@ from typing import Any, Optional
 
 from leukodx.engine import OrderCheck
 
-__all__ = ["changed_order", "MASS_DOSE_CODES"]
+__all__ = ["changed_order"]
 
-MASS_DOSE_CODES = ("mg", "g", "ug", "mcg", "mg/kg", "mg/m2")   # doses a factor can scale into a prescription
+_MASS_DOSE_CODES = ("mg", "g", "ug", "mcg", "mg/kg", "mg/m2")   # doses a factor can scale into a prescription
 
 
 def _one_daily_dose(order: dict[str, Any]) -> bool:
@@ -22,7 +22,7 @@ def _one_daily_dose(order: dict[str, Any]) -> bool:
     if not isinstance(rates, list) or len(rates) != 1 or not isinstance(rates[0], dict):
         return False
     dose = rates[0].get("doseQuantity")
-    if not isinstance(dose, dict) or dose.get("code", dose.get("unit")) not in MASS_DOSE_CODES:
+    if not isinstance(dose, dict) or dose.get("code", dose.get("unit")) not in _MASS_DOSE_CODES:
         return False       # tablets, ml ...: 80% of 3 tablets is no prescription
     timing = instructions[0].get("timing")
     repeat = timing.get("repeat") if isinstance(timing, dict) else None
