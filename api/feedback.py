@@ -480,7 +480,7 @@ class ReportStore(_Expiring):
             head, *rest = body.split(self.MARK)
             digests = {piece[:32].decode("ascii") for piece in rest}
             parts = dict(conn.execute(select(report_parts_table.c.digest, report_parts_table.c.body).where(
-                report_parts_table.c.digest.in_(sorted(digests)))).tuples().all())
+                report_parts_table.c.digest.in_(sorted(digests)))).all())
         if digests - set(parts):
             raise ReportIncomplete(f"{len(digests - set(parts))} of the report's {len(digests)} shared parts "
                                    "are missing from the database")

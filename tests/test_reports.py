@@ -272,8 +272,8 @@ def test_a_report_in_pieces_keeps_each_shared_part_once_and_reads_back_the_same_
     for token, a in zip(tokens, (first, first, second, second)):
         assert store.get(token) == to_json_bytes(a).decode()
     with store.store.engine.connect() as conn:
-        parts = dict(conn.execute(select(report_parts_table.c.digest, report_parts_table.c.body)).tuples().all())
-        rows = conn.execute(select(report_links_table.c.key, report_links_table.c.body)).tuples().all()
+        parts = dict(conn.execute(select(report_parts_table.c.digest, report_parts_table.c.body)).all())
+        rows = conn.execute(select(report_links_table.c.key, report_links_table.c.body)).all()
     assert {d: bytes(b) for d, b in parts.items()} == shared                        # each once
     own = dict(rows)[store._key(tokens[0])]                 # a NUL and a 32-digit digest for each shared piece
     named = [p for p in pieces[0] if isinstance(p, SharedJson)]
