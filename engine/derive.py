@@ -346,6 +346,11 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                  else "; the WBC does not bound the ANC below the neutropenia cutoff")
         basis = (f"No ANC: no neutrophil count or percentage in the same draw as the WBC {round(anc_at_most, 2):g} x10^9/L"
                  f"{when}{bound}.")
+    elif (pct := max((lab for lab in nc.labs if lab.test in ("neutrophils_pct", "bands_pct")),
+                     key=lambda lab: lab.time or datetime.min, default=None)) is not None:
+        drawn = f" (drawn {pct.time.date().isoformat()})" if pct.time is not None else ""
+        basis = (f"No ANC: a {pct.test.split('_')[0].rstrip('s')} percentage of {_shown(pct):g} %{drawn} came with no "
+                 f"WBC from the same draw, so the ANC cannot be derived; neutropenia is neither found nor ruled out.")
     else:
         basis = "No ANC: neither an absolute neutrophil count nor a WBC with neutrophil percentage was given."
     if anc is None and "last_anc" in facts:     # the latest ANC there is (exposure.earlier_anc_facts)

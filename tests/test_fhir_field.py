@@ -1246,3 +1246,25 @@ def test_a_dose_update_states_the_new_dose_and_never_scales_an_impossible_one(cl
         value = new["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"]
         assert 0 < value < 150 and new["dosageInstruction"][0]["text"].startswith(f"{value:g} mg")
         assert new["dosageInstruction"][0]["text"].endswith("Before: 150 mg daily with food")
+
+
+def test_a_neutrophil_percentage_with_no_white_count_says_the_anc_cannot_be_derived(client):
+    """Neutrophils 4 % drawn today and no WBC or ANC had given no card at all, as if nothing had been drawn: the
+    ANC cannot be derived, and the card says so (neither found nor ruled out) and offers the CBC with differential."""
+    [card] = patient_view(client, observations=bundle(obs("770-8", 4, "%", t=RECENT), kind="searchset"))
+    assert card["summary"] == "Neutrophil percentage with no WBC: the ANC cannot be derived; CBC with differential needed"
+    assert "a neutrophil percentage of 4 %" in card["detail"] and "neither found nor ruled out" in card["detail"]
+    assert card["suggestions"][0]["label"].startswith("Order a CBC with differential")
+    [card] = patient_view(client, observations=bundle(obs("770-8", 4, "%", t=RECENT), obs("6690-2", 0.9, t=RECENT),
+                                                      kind="searchset"))      # with its WBC: the ANC of 0.04
+    assert card["indicator"] == "critical" and "ANC 0.04" in card["summary"]
+
+
+def test_a_patient_prefetch_of_another_patient_is_named_first_on_the_card(client):
+    """The EHR's `patient` prefetch held Patient/p2 for a call about p1: it was set aside with a warning no one
+    saw (the card said nothing), although it means the EHR's other prefetches may not be this patient's either."""
+    cards = patient_view(client, patient=patient("p2"), observations=severe_cbc())
+    assert cards[0]["indicator"] == "critical"
+    assert cards[0]["detail"].startswith("**Check first:** The Patient resource sent (Patient/p2) is not Patient/p1")
+    [own] = [c for c in patient_view(client, observations=severe_cbc()) if c["indicator"] == "critical"]
+    assert "Check first" not in own["detail"]

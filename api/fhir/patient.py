@@ -34,6 +34,7 @@ class PatientChoice:
     refs: set[str]              # references that point to the patient (Patient/<id>, fullUrl)
     filtering: bool             # only resources of this patient are used
     unnamed_kept: bool = False  # (when filtering) a resource that names no subject is the patient's too
+    caution: Optional[str] = None   # what must be checked before acting on the data (another patient's Patient)
 
     @property
     def wanted(self) -> str:
@@ -58,11 +59,19 @@ def choose_patient(items: list[Item], patient_id: Optional[str], warnings: list[
                    or p.full_url in (pid, f"urn:uuid:{pid}")]
         chosen = matches[0] if matches else None
         refs = {f"Patient/{pid}"} | {r for m in matches for r in _patient_refs(m)}   # all copies of this patient
-        if chosen is None:
+        caution = None
+        if chosen is None and distinct:    # the EHR sent someone else's Patient: its other data may be theirs too
+            named = sorted({r for p in distinct for r in _patient_refs(p) if r.startswith("Patient/")})
+            others = ", ".join(named[:3])[:200]
+            caution = (f"The Patient resource sent ({others or distinct[0].label}) is not Patient/{pid[:64]}, the "
+                       f"patient of this request: it was not used (sex, age, weight and ancestry unknown); check that "
+                       f"the data is this patient's before acting.")
+            warnings.append(caution)
+        elif chosen is None:
             warnings.append(f"No Patient resource with id {pid!r}: sex, age, weight and ancestry are unknown.")
         elif len(distinct) > len(matches):
             warnings.append(f"{len(distinct)} Patient resources; used {chosen.label} and only its data.")
-        return PatientChoice(chosen, refs, True)
+        return PatientChoice(chosen, refs, True, caution=caution)
     if not distinct:
         warnings.append("No Patient resource: sex, age, weight and ancestry are unknown.")
         return PatientChoice(None, set(), False)
@@ -136,6 +145,8 @@ def demographics(choice: PatientChoice, weights: list[Weight], ref: Optional[dat
     weight, and the text of the US Core race and ethnicity extensions as ancestry."""
     out: dict[str, Any] = {}
     weight = latest_weight(weights, ref)
+    if choice.caution and cautions is not None:
+        cautions.append(choice.caution)
     if choice.item is not None:
         res, where = choice.item.resource, choice.item.label
         gender = as_str(res.get("gender"))
