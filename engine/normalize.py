@@ -25,6 +25,7 @@ from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, duffy_prevalent, match_or
 
 __all__ = ["NormLab", "NormMed", "NormCase", "normalize", "dose_mg_kg_day", "PCT_TESTS"]
 
+WHITE_PARTS = ("anc", "segmented_neutrophils", "bands", "lymphocytes", "monocytes", "eosinophils", "basophils")
 PCT_TESTS = ("neutrophils_pct", "bands_pct", "lymphocytes_pct", "monocytes_pct", "eosinophils_pct",
              "basophils_pct", "blasts_pct")
 
@@ -232,18 +233,32 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
 
     # the ANC cannot exceed the WBC of the same sample: neutrophils are white cells (the engine bounds an unknown
     # ANC by the WBC for the same reason). Which of the two is wrong cannot be told, so the ANC is the item
-    # named: left out of a partial assessment, the WBC then bounds the ANC, and no tier rests on the ANC.
+    # named: left out of a partial assessment, the WBC then bounds the ANC, and no tier rests on the ANC. The same
+    # holds for every other white cell counted, one by one and together (lymphocytes 5.0 beside a WBC of 3.0 had
+    # passed unremarked).
     counts: dict[Any, dict[str, NormLab]] = defaultdict(dict)
     for lab in labs:
-        if lab.test in ("wbc", "anc") and (lab.time is not None or lab.specimen):
+        if lab.test in ("wbc", *WHITE_PARTS) and (lab.time is not None or lab.specimen):
             counts[lab.specimen or lab.time].setdefault(lab.test, lab)
     margin = kb.value("anc_above_wbc_margin")      # the two may differ by their rounding
-    for pair in counts.values():
-        wbc, anc = pair.get("wbc"), pair.get("anc")
-        if wbc is not None and anc is not None and anc.value > wbc.value + margin:
-            problems.append(Problem(f"labs[{anc.index}].value", f"ANC {_fmt(anc.value)} {anc.unit} is above the WBC "
-                                    f"{_fmt(wbc.value)} {wbc.unit} of the same draw (labs[{wbc.index}]): neutrophils are "
+    for draw in counts.values():
+        wbc = draw.get("wbc")
+        if wbc is None:
+            continue
+        over = [part for test in WHITE_PARTS if (part := draw.get(test)) is not None and part.value > wbc.value + margin]
+        for part in over:
+            name = "ANC" if part.test == "anc" else part.test.replace("_", " ")
+            problems.append(Problem(f"labs[{part.index}].value", f"{name} {_fmt(part.value)} {part.unit} is above the "
+                                    f"WBC {_fmt(wbc.value)} {wbc.unit} of the same draw (labs[{wbc.index}]): they are "
                                     f"white cells, so one of the two values is wrong"))
+        neutrophils = [draw["anc"]] if "anc" in draw else [draw[t] for t in ("segmented_neutrophils", "bands") if t in draw]
+        parts = neutrophils + [draw[t] for t in ("lymphocytes", "monocytes", "eosinophils", "basophils") if t in draw]
+        total = sum(part.value for part in parts)
+        if not over and len(parts) > 1 and total > wbc.value + margin * len(parts):
+            problems.append(Problem("labs", f"the white cells counted in the draw of labs[{wbc.index}] add up to "
+                                    f"{_fmt(round(total, 6))} ({', '.join(f'{p.test} {_fmt(p.value)}' for p in parts)}), "
+                                    f"above its WBC {_fmt(wbc.value)} {wbc.unit}: one of the values is wrong",
+                                    tuple(f"labs[{p.index}]" for p in parts)))
 
     # dates must not lie after as_of
     def not_future(where: str, v: Union[date, datetime, None]) -> None:

@@ -104,6 +104,24 @@ def test_an_anc_above_the_wbc_of_its_draw_is_refused_and_left_out_of_a_partial_a
                                   lab("wbc", 7.0, time="2025-03-01T08:00:00Z")]))   # strict: not refused
 
 
+def test_other_white_cells_above_the_wbc_of_their_draw_are_refused_one_by_one_and_together(kb, engine):
+    """Lymphocytes 5.0 beside a WBC of 3.0 had passed unremarked, and so had parts adding up to more than the
+    WBC: every white cell counted is a part of the WBC. Within each part's rounding margin they pass."""
+    problems = normalize_problems(kb, base_case(labs=[lab("wbc", 3.0), lab("anc", 1.2), lab("lymphocytes", 5.0)]))
+    assert len(problems) == 1 and problems[0].startswith("labs[2].value: lymphocytes 5 10^9/L is above the WBC 3")
+    together = [lab("wbc", 3.0), lab("anc", 1.2), lab("lymphocytes", 1.6), lab("monocytes", 0.5)]
+    problems = normalize_problems(kb, base_case(labs=together))
+    assert len(problems) == 1 and "add up to 3.3" in problems[0] and "above its WBC 3" in problems[0]
+    a = engine.assess(base_case(labs=together), partial=True)      # which one is wrong cannot be told: all set aside
+    assert sorted(n.field for n in a.not_assessed) == ["labs[1]", "labs[2]", "labs[3]"]
+    assert a.risk_tier.anc is None and a.risk_tier.anc_at_most == 3.0
+    rounded = [lab("wbc", 3.0), lab("anc", 1.25), lab("lymphocytes", 1.25), lab("monocytes", 0.6)]   # 3.1: rounding
+    assert engine.assess(base_case(labs=rounded)).risk_tier.tier == "mild"          # strict: not refused
+    segments = [lab("wbc", 3.0), lab("segmented_neutrophils", 2.0), lab("bands", 0.5), lab("anc", 2.5),
+                lab("lymphocytes", 0.4)]                  # the ANC is the segments and bands: not counted twice
+    assert engine.assess(base_case(labs=segments)).risk_tier.anc == 2.5
+
+
 def test_an_implausible_lower_limit_is_set_aside_and_the_count_still_read(engine):
     """WBC 6.0 x10^9/L with a lab LLN of 4500 (written per uL) had graded CTCAE 1 and found leukopenia for a
     normal count: the limit is not used (a warning says so) and the value is judged on leukodx's limits."""
