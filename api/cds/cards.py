@@ -23,8 +23,8 @@ from leukodx.engine import Assessment, NotAssessed, OrderCheck
 from .dose_update import changed_order
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
-__all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "needs_white_count", "order_card",
-           "unread_order_card",
+__all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count",
+           "percentage_without_white_count", "order_card", "unread_order_card",
            "stale_card", "unassessed_card", "checked_card", "note_left_out", "OVERRIDE_REASONS", "card_id",
            "NEUTROPHIL_TESTS"]
 
@@ -202,16 +202,11 @@ def percentage_without_white_count(a: Assessment) -> bool:
         lab.age_days is None or lab.age_days <= a.cbc.max_age_days) for lab in a.labs)   # undated: taken as current
 
 
-def needs_white_count(a: Assessment) -> bool:
-    """Values drawn with no WBC or ANC that cannot be judged without one, or that say something with none."""
-    return cytopenia_without_white_count(a) or percentage_without_white_count(a)
-
-
 def _has_something_to_say(a: Assessment) -> bool:
     """An alert, a cause, a low count, an immediate or urgent step, or cytopenias with no white count."""
     return bool(a.alerts or a.causes or a.risk_tier.tier in TIER_WORDS or a.risk_tier.tier_at_least or
                 any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings) or urgent_steps(a)
-                or needs_white_count(a))
+                or cytopenia_without_white_count(a) or percentage_without_white_count(a))
 
 
 def neutrophil_value_unread(not_assessed: Iterable[NotAssessed], loinc: Mapping[str, str]) -> bool:

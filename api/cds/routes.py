@@ -277,7 +277,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     elif assessment is None:
         pass                           # the EHR has no blood count for this patient: nothing to say
     elif not assessment.cbc.current and not assessment.alerts and not C.urgent_steps(assessment) \
-            and not C.needs_white_count(assessment):
+            and not C.cytopenia_without_white_count(assessment) \
+            and (anc_unread or not C.percentage_without_white_count(assessment)):   # a WBC sent unread: named below
         if assessment.cbc.tests:   # an old count alone says nothing acute; a temperature with no count, nothing
             cards.append(C.stale_card(assessment, hook.hookInstance))
     else:
