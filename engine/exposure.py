@@ -123,7 +123,10 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
             facts[f"drug_{med.drug_id}_daily_instead_of_weekly"] = True
         if recent and med.classes & kb.suspect_classes:
             suspect = True
-        if "anti_cd20" in med.classes and last_dose is not None and last_dose <= kb.value("anti_cd20_suspect_days"):
+        # an anti-CD20 antibody is a suspect from the late-onset window's start (rituximab 27 days before the count
+        # explained nothing, yet had switched the viral and autoimmune serology off)
+        if "anti_cd20" in med.classes and last_dose is not None and \
+                kb.value("anti_cd20_min_days") <= last_dose <= kb.value("anti_cd20_suspect_days"):
             suspect = True
     if suspect:
         facts["any_suspect_drug_recent"] = True
