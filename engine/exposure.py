@@ -99,6 +99,7 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
     as_of = nc.as_of
     recent_days = kb.value("recent_drug_days")
     suspect = False
+    taken, stopped = False, False       # a suspect drug taken now; one taken recently and stopped
     for med in nc.meds:
         active, stop_unknown, last_dose = _exposure(med, as_of)
         recent = active or stop_unknown or (last_dose is not None and last_dose <= recent_days)
@@ -123,6 +124,7 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
             facts[f"drug_{med.drug_id}_daily_instead_of_weekly"] = True
         if recent and med.classes & kb.suspect_classes:
             suspect = True
+            taken, stopped = taken or active, stopped or not active
         # an anti-CD20 antibody is a suspect from the late-onset window's start (rituximab 27 days before the count
         # explained nothing, yet had switched the viral and autoimmune serology off)
         if "anti_cd20" in med.classes and last_dose is not None and \
@@ -130,6 +132,8 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
             suspect = True
     if suspect:
         facts["any_suspect_drug_recent"] = True
+    if stopped and not taken:
+        facts["suspect_drugs_all_stopped"] = True
     for interaction in active_interactions(kb, nc):
         facts[f"interaction_{interaction['id']}"] = True
         if _dose_already_cut(interaction, nc):

@@ -86,3 +86,19 @@ def test_methotrexate_is_withheld_at_an_eosinophilia_above_0_5(engine):
                                                   "dose": "20 mg once weekly", "indication": "rheumatoid arthritis"}]))
         return next((s.urgency for s in a.steps if s.id == "hold_or_reduce_suspect_drug"), None)
     assert hold(0.7) == "urgent" and hold(0.4) is None
+
+
+def test_a_suspect_already_stopped_is_not_held_but_one_still_taken_is(engine):
+    """Methimazole stopped 10 days ago: nothing left to hold (it had been an urgent hold), the count followed; with
+    propylthiouracil started in its place the hold stands, for the drug still taken."""
+    labs = [lab("wbc", 1.2), lab("anc", 0.2)]
+    stopped = {"name": "methimazole", "status": "stopped", "start": "2025-01-05", "end": "2025-02-28",
+               "dose": {"value": 20, "unit": "mg/day"}}
+    a = engine.assess(base_case(labs=labs, medications=[stopped]))
+    assert "hold_or_reduce_suspect_drug" not in {s.id for s in a.steps}
+    assert [b.id for b in a.steps_not_advised] == ["hold_or_reduce_suspect_drug"]
+    assert "serial_cbc_monitoring" in {s.id for s in a.steps}
+    taken = {"name": "propylthiouracil", "status": "active", "start": "2025-02-28", "dose": {"value": 300, "unit": "mg/day"}}
+    a = engine.assess(base_case(labs=labs, medications=[stopped, taken]))
+    assert {s.id: s.urgency for s in a.steps}["hold_or_reduce_suspect_drug"] == "urgent"
+    assert not a.steps_not_advised
