@@ -388,3 +388,14 @@ def test_a_streamed_body_over_the_limit_is_413_and_a_client_gone_mid_body_is_499
     assert status == 413 and read == 3                                      # refused at the chunk that passed it
     status, read = _asgi_call(app, "/v1/assess", [b"{"], complete=False)
     assert (status, read) == (499, 1)
+
+
+@pytest.mark.parametrize("link", [5, True, "x"])
+def test_a_resource_whose_link_is_not_a_list_is_no_bundle_page_and_no_crash(client, link):
+    """A Patient (or any single resource) whose `link` is a number or true had been read as a Bundle's paging
+    links: a 500, and the patient's ANC of 0.3 went without a card. Only a Bundle's links page."""
+    body = request("patient-view", prefetch(CBC_SEVERE))
+    body["prefetch"]["patient"]["link"] = link
+    r = client.post("/cds-services/leukodx-patient-view", json=body)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["cards"][0]["indicator"] == "critical"

@@ -130,8 +130,8 @@ async def _gather(hook: HookRequest, settings: Settings,
         if value is None:              # the EHR has no such data
             continue
         needs_fetch = value is ... or (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome")
-        paged = isinstance(value, dict) and any(l.get("relation") == "next" for l in value.get("link") or []
-                                                if isinstance(l, dict))
+        links = value.get("link") if isinstance(value, dict) and value.get("resourceType") == "Bundle" else None
+        paged = isinstance(links, list) and any(l.get("relation") == "next" for l in links if isinstance(l, dict))
         if not needs_fetch and not paged:
             resources.append(value)
             keys.append(key)
