@@ -6,66 +6,26 @@ of frequency, or an alternative drug), or genotyping when a phenotype is unknown
 checked against the label's ANC thresholds (rules/orders.yaml, thresholds.yaml) and the current
 assessment. Any drug is checked against its own label's count thresholds (rules/label_thresholds.yaml:
 the assessment's rules of the family ``labels`` that fired for it) and against the interactions of
-rules/interactions.yaml it takes part in (with the patient's drugs or another draft). Adapters turn an :class:`OrderCheck` into their own format (a CDS card with
-suggestions); they decide nothing.
+rules/interactions.yaml it takes part in (with the patient's drugs or another draft); a drug leukodx does not
+know is named for a patient with something at stake. The checks of drugs other than thiopurines are in
+order_others.py, the models in order_models.py. Adapters turn an :class:`OrderCheck` into their own format (a
+CDS card with suggestions); they decide nothing.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Optional
 
 from . import pgx
-from .assessment import Assessment, CpicRecommendation, GeneStatus
-from .case import Dose
+from .assessment import Assessment, GeneStatus
 from .kb import KnowledgeBase
-from .doses import dose_mg_kg_day, dosed_daily
-from .vocabulary import DrugIndex, match_conditions, oncologic_use
+from .doses import dose_mg_kg_day
+from .order_models import INTERMEDIATE, Advice, DoseChange, OrderCheck, OrderInput
+from .order_others import clozapine_check, daily_instead_of_weekly, interactions_check, label_check, not_known
+from .vocabulary import DrugIndex, match_conditions
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
 
 _REDUCED_START = "start at a reduced dose (CPIC)"     # what an intermediate metabolizer's check says to do
-
-Priority = Literal["critical", "warning", "info"]
-Advice = Literal["recommended", "possible", "no"]
-_INTERMEDIATE = ("intermediate", "possible_intermediate")
-
-
-class OrderInput(BaseModel):
-    """A draft medication order as an adapter reads it."""
-    model_config = ConfigDict(extra="forbid")
-    key: str
-    name: Optional[str] = None
-    rxnorm: Optional[str] = None
-    indication: Optional[str] = None
-    dose: Optional[Union[Dose, str]] = None           # the ordered daily dose, as a case's medication gives it
-    weight_kg: Optional[Annotated[float, Field(gt=0, le=1000)]] = None   # the patient's, for mg/kg/day
-
-
-class DoseChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    factor: Optional[float] = None          # multiply the ordered dose by this
-    times: Optional[int] = None             # new frequency: times per `per`
-    per: Optional[Literal["day", "week"]] = None
-    wording: str
-    percent_range: Optional[tuple[int, int]] = None
-
-
-class OrderCheck(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    order: str
-    drug: str
-    drug_name: str
-    topic: Literal["thiopurine_pgx", "clozapine_anc", "drug_label", "interaction", "dosing_frequency"]
-    priority: Priority
-    summary: str
-    detail: str
-    genotype: Advice = "no"                 # order TPMT and NUDT15 genotyping
-    adjust: Advice = "no"                   # change the ordered dose as dose_change says
-    cancel: Advice = "no"                   # choose another drug
-    dose_change: Optional[DoseChange] = None
-    recommendation: Optional[CpicRecommendation] = None
-    sources: list[str]
 
 
 def _pattern(tpmt: str, nudt15: str) -> str:
@@ -73,9 +33,9 @@ def _pattern(tpmt: str, nudt15: str) -> str:
         return "tpmt_poor"
     if nudt15 == "poor":
         return "nudt15_poor"
-    if tpmt in _INTERMEDIATE and nudt15 in _INTERMEDIATE:
+    if tpmt in INTERMEDIATE and nudt15 in INTERMEDIATE:
         return "both_intermediate"
-    if tpmt in _INTERMEDIATE or nudt15 in _INTERMEDIATE:
+    if tpmt in INTERMEDIATE or nudt15 in INTERMEDIATE:
         return "one_intermediate"
     if tpmt == "normal" and nudt15 == "normal":
         return "normal"
@@ -102,7 +62,7 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
     poor = "poor" in (tpmt.phenotype, nudt15.phenotype)
     # one gene intermediate, the other untested: that gene's reduced start at least (CPIC's TPMT intermediate: 30-80%;
     # it had been "genotype before dosing" with the full dose standing), and the other gene genotyped
-    intermediate = bool(unknown) and any(g.phenotype in _INTERMEDIATE for g in (tpmt, nudt15))
+    intermediate = bool(unknown) and any(g.phenotype in INTERMEDIATE for g in (tpmt, nudt15))
     if unknown and not poor and not intermediate:
         return OrderCheck(**base, priority="warning", genotype="recommended",
                           summary=f"{name.capitalize()} ordered with {' and '.join(unknown)} status unknown: genotype "
@@ -155,35 +115,6 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
                       dose_change=change, recommendation=rec, sources=sources)
 
 
-def _clozapine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment]) -> OrderCheck:
-    spec = kb.orders["clozapine"]
-    numbers = {k: f"{kb.value(k):g}" for k in kb.thresholds}
-    base = {"order": order.key, "drug": drug["id"], "drug_name": drug["name"], "topic": "clozapine_anc",
-            "sources": list(spec["sources"])}
-    alert = next((x for x in a.alerts if x.id == "clozapine_neutropenia"), None) if a else None
-    if alert is not None:
-        shown = a.risk_tier.anc if a.risk_tier.anc is not None else f"at most {a.risk_tier.anc_at_most:g}"
-        entry = spec["below_threshold"]
-        return OrderCheck(**base, priority=entry["priority"], cancel="recommended",
-                          summary=entry["summary"].format(anc=shown, **numbers), detail=alert.description)
-    no_anc = a is None or a.risk_tier.anc is None or not a.cbc.current
-    again = next((x for x in a.alerts if x.id == "clozapine_rechallenge"), None) if a else None
-    if again is not None:                  # an earlier count on clozapine was severe: whatever the current one
-        entry = spec["after_severe"]
-        detail = again.description + (" " + " ".join(spec["no_anc"]["detail"].format(**numbers).split()) if no_anc
-                                      else "")
-        return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(**numbers),
-                          detail=detail)
-    if no_anc:
-        entry = spec["no_anc"]
-        return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(**numbers),
-                          detail=" ".join(entry["detail"].format(**numbers).split()))
-    duffy_null = a.risk_tier.duffy_null_note is not None
-    entry = spec["mild" if a.risk_tier.anc < kb.value("clozapine_start_anc") and not duffy_null else "proceed"]
-    return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(anc=f"{a.risk_tier.anc:g}"),
-                      detail=" ".join(entry["detail"].format(**numbers).split()))
-
-
 def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], assessment: Optional[Assessment],
                  tpmt: Optional[str] = None, nudt15: Optional[str] = None) -> list[OrderCheck]:
     """One check per ordered drug leukodx has something to say about (thiopurines, clozapine).
@@ -203,6 +134,8 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
     for order in orders:
         match = drugs.lookup(order.name, order.rxnorm)
         if match is None:
+            unknown = not_known(order, t.phenotype, n.phenotype, assessment)
+            out += [unknown] if unknown is not None else []
             continue
         drug = match.drug
         if "thiopurine" in drug.get("classes", []):
@@ -215,63 +148,13 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
                 interacting = _already_reduced(kb, check, drug, order, _pattern(t.phenotype, n.phenotype))
             out.append(_with_current_count(kb, _above_label(kb, interacting, drug, order), assessment))
         elif drug["id"] == "clozapine":
-            out.append(_clozapine(kb, order, drug, assessment))
+            out.append(clozapine_check(kb, order, drug, assessment))
         elif assessment is not None:
-            out += [c for c in (_label(kb, order, drug, assessment), _interactions(kb, order, drug, assessment)) if c]
-        daily = _daily_instead_of_weekly(kb, order, drug, bool(oncologic))
+            out += [c for c in (label_check(kb, order, drug, assessment), interactions_check(kb, order, drug, assessment)) if c]
+        daily = daily_instead_of_weekly(kb, order, drug, bool(oncologic))
         if daily is not None:
             out.append(daily)
     return out
-
-
-def _daily_instead_of_weekly(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any],
-                             oncologic: bool) -> Optional[OrderCheck]:
-    """A weekly drug (drugs.yaml ``weekly_when_non_oncologic``: the alert it raises) ordered daily with no
-    oncologic indication: ISMP's hard stop, on the order's own card, with or without a blood count (the patient's
-    card is about the drugs taken, not the order being signed)."""
-    alert_id = drug.get("weekly_when_non_oncologic")
-    if not alert_id or not dosed_daily(order.dose):
-        return None
-    if oncologic_use(kb, order.indication, oncologic):
-        return None
-    alert = kb.alerts[alert_id]
-    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="dosing_frequency",
-                      priority=alert.severity or "critical", cancel="possible",
-                      summary=f"{alert.title}: verify the frequency before signing", detail=alert.description,
-                      sources=list(alert.sources))
-
-
-def _label(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:
-    """The drug's own label asks not to use it at the patient's current counts (a rule of the family
-    ``labels`` fired for it: valganciclovir with haemoglobin 7.2)."""
-    fired = [rid for rid in dict.fromkeys(r for s in a.steps for r in s.rules)
-             if rid.startswith(f"labels.{drug['id']}_")]
-    if not fired:
-        return None
-    rules = [kb.rule(rid) for rid in fired]
-    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="drug_label", priority="critical",
-                      cancel="recommended", summary=f"{drug['name'].capitalize()} ordered below its label's count "
-                                                    f"threshold: do not start",
-                      detail=" ".join(r.statement for r in rules),
-                      sources=list(dict.fromkeys(src for r in rules for src in r.sources)))
-
-
-def _interactions(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:
-    """The interactions of rules/interactions.yaml the ordered drug takes part in (the assessment found
-    them with the draft counted as taken): methotrexate ordered for a patient on co-trimoxazole."""
-    by_id = {i["id"]: i for i in kb.interactions}
-    mine = [found for found in a.interactions
-            if any(drug["id"] in side.get("drugs", []) or set(drug.get("classes", [])) & set(side.get("classes", []))
-                   for side in by_id.get(found.id, {}).get("sides", []))]
-    if not mine:
-        return None
-    others = [n for found in mine for side in found.drugs for n in side if n != drug["name"]]
-    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="interaction",
-                      priority="warning", cancel="possible",
-                      summary=f"{drug['name'].capitalize()} with {', '.join(dict.fromkeys(others)) or 'another drug'}: "
-                              f"a combination that raises marrow toxicity",
-                      detail="\n\n".join(f"**{f.title}.** {f.effect} {f.action}" for f in mine),
-                      sources=list(dict.fromkeys(src for f in mine for src in f.sources)))
 
 
 def _above_label(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any], order: OrderInput) -> OrderCheck:

@@ -24,7 +24,7 @@ from .dose_update import changed_order
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
 __all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count",
-           "percentage_without_white_count", "order_card", "unread_order_card",
+           "percentage_without_white_count", "order_card", "unread_order_card", "other_patients_order_card",
            "stale_card", "unassessed_card", "checked_card", "note_left_out", "OVERRIDE_REASONS", "card_id",
            "NEUTROPHIL_TESTS"]
 
@@ -49,7 +49,8 @@ TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),
           "clozapine_anc": ("clozapine-anc", "Clozapine ANC monitoring"),
           "drug_label": ("drug-label", "A drug's label count thresholds"),
           "interaction": ("drug-interaction", "Drug interactions raising marrow toxicity"),
-          "dosing_frequency": ("dosing-frequency", "A weekly drug ordered daily")}
+          "dosing_frequency": ("dosing-frequency", "A weekly drug ordered daily"),
+          "unknown_drug": ("unknown-drug", "A drug leukodx does not know")}
 DISCLAIMER = "_leukodx supports and does not replace clinical judgement._"
 
 
@@ -320,6 +321,17 @@ def unread_order_card(hook_instance: str, key: str, order: str, why: str, kb_ver
                       kb_version=kb_version)
 
 
+def other_patients_order_card(hook_instance: str, key: str, order: str, subject: str, patient_id: str,
+                              kb_version: str) -> Card:
+    """A draft order whose subject is another patient: not checked against this one's data, and said (a warning: the
+    EHR may be about to sign an order on the wrong record)."""
+    return _data_card(hook_instance, f"order-other-patient|{key}", f"{order} is for {subject}, not for this patient: "
+                      f"not checked", f"{order} names {subject} as its subject; this call is about "
+                      f"Patient/{patient_id[:64]}. leukodx checks an order only against its own patient's genotypes "
+                      f"and counts, so this one was not checked. Make sure the order is on the right record before "
+                      f"signing.\n\n{DISCLAIMER}", "warning", kb_version)
+
+
 def add_report_link(card: Card, url: str, minutes: float) -> None:
     """The card's link to the full assessment in leukodx's page (an absolute, short-lived URL)."""
     card.links = [*(card.links or []), Link(
@@ -367,7 +379,8 @@ def order_card(check: OrderCheck, order: dict[str, Any], hook_instance: str, pat
                                       isRecommended=check.cancel == "recommended", actions=[Action(
                                           type="delete", description=f"Delete the draft {check.drug_name} order",
                                           resourceId=order_ref)]))
-    detail = f"{check.detail}\n\n_Sources: {', '.join(check.sources)}_\n\n{DISCLAIMER}"
+    cited = f"_Sources: {', '.join(check.sources)}_\n\n" if check.sources else ""
+    detail = f"{check.detail}\n\n{cited}{DISCLAIMER}"
     if check.topic == "thiopurine_pgx":
         source = _source(f"CPIC thiopurine guideline (leukodx knowledge base {kb_version})", check.topic,
                          "https://cpicpgx.org/guidelines/guideline-for-thiopurines-and-tpmt/")

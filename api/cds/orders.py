@@ -2,6 +2,7 @@
 per ordered drug the engine's order check speaks about (or one saying its drug could not be read)."""
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from pydantic import ValidationError
@@ -72,6 +73,12 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
         if key in seen:
             key = f"{key}#{index}"                      # two drafts with one id: each its own card uuid
         seen.add(key)
+        other = _another_patients(order, patient_id)
+        if other is not None:      # never checked against this patient's genotype and counts
+            named = f"Draft order MedicationRequest/{key}" if order.get("id") else f"Draft order {index + 1}"
+            unread.append(C.other_patients_order_card(hook.hookInstance, key, named[:100], other[:100], patient_id,
+                                                      eng.kb.version))
+            continue
         if drug.unread:                                # said on a card, never dropped in silence
             named = f"Draft order MedicationRequest/{key}" if order.get("id") else f"Draft order {index + 1}"
             unread.append(C.unread_order_card(hook.hookInstance, key, named[:100], drug.unread, eng.kb.version))
@@ -87,3 +94,17 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
     history = fhir.pgx_results(eng.kb, resources, patient_id) if assessment is None else {}   # never another patient's
     checks = eng.check_orders(orders, assessment, history.get("tpmt"), history.get("nudt15"))
     return [C.order_card(c, by_key[c.order], hook.hookInstance, patient_id, eng.kb.version) for c in checks] + unread
+
+
+_PATIENT = re.compile(r"(?:^|/)Patient/([^/]+?)(?:/_history/[^/]*)?$")
+
+
+def _another_patients(order: dict[str, Any], patient_id: str) -> Optional[str]:
+    """The subject of a draft order that names a patient other than the call's (a draft for Patient/B had been
+    checked against Patient/A's TPMT and count: a critical "do not start" with a delete action); None when it
+    names this patient, none, or one that cannot be told (``urn:uuid:``)."""
+    subject = order.get("subject")
+    ref = subject.get("reference") if isinstance(subject, dict) else None
+    m = _PATIENT.search(ref) if isinstance(ref, str) else None
+    return ref if m and m.group(1) != patient_id.strip().removeprefix("Patient/") else None
+

@@ -1,0 +1,119 @@
+"""Order checks of drugs other than thiopurines: clozapine against the label's ANC thresholds (rules/orders.yaml),
+any drug against its own label's count thresholds and the interactions it takes part in, a weekly drug ordered daily,
+and a drug leukodx does not know, ordered for a patient with something at stake. engine/orders.py calls them."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .assessment import Assessment
+from .doses import dosed_daily
+from .kb import KnowledgeBase
+from .order_models import INTERMEDIATE, OrderCheck, OrderInput
+from .vocabulary import oncologic_use
+
+__all__ = ["clozapine_check", "label_check", "interactions_check", "daily_instead_of_weekly", "not_known"]
+
+
+def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment]) -> OrderCheck:
+    spec = kb.orders["clozapine"]
+    numbers = {k: f"{kb.value(k):g}" for k in kb.thresholds}
+    base = {"order": order.key, "drug": drug["id"], "drug_name": drug["name"], "topic": "clozapine_anc",
+            "sources": list(spec["sources"])}
+    alert = next((x for x in a.alerts if x.id == "clozapine_neutropenia"), None) if a else None
+    if alert is not None:
+        shown = a.risk_tier.anc if a.risk_tier.anc is not None else f"at most {a.risk_tier.anc_at_most:g}"
+        entry = spec["below_threshold"]
+        return OrderCheck(**base, priority=entry["priority"], cancel="recommended",
+                          summary=entry["summary"].format(anc=shown, **numbers), detail=alert.description)
+    no_anc = a is None or a.risk_tier.anc is None or not a.cbc.current
+    again = next((x for x in a.alerts if x.id == "clozapine_rechallenge"), None) if a else None
+    if again is not None:                  # an earlier count on clozapine was severe: whatever the current one
+        entry = spec["after_severe"]
+        detail = again.description + (" " + " ".join(spec["no_anc"]["detail"].format(**numbers).split()) if no_anc
+                                      else "")
+        return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(**numbers),
+                          detail=detail)
+    if no_anc:
+        entry = spec["no_anc"]
+        return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(**numbers),
+                          detail=" ".join(entry["detail"].format(**numbers).split()))
+    duffy_null = a.risk_tier.duffy_null_note is not None
+    entry = spec["mild" if a.risk_tier.anc < kb.value("clozapine_start_anc") and not duffy_null else "proceed"]
+    return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(anc=f"{a.risk_tier.anc:g}"),
+                      detail=" ".join(entry["detail"].format(**numbers).split()))
+
+
+def not_known(order: OrderInput, tpmt: str, nudt15: str, a: Optional[Assessment]) -> Optional[OrderCheck]:
+    """A drug none of leukodx's names, brands or RxNorm codes matches, ordered for a patient with something at stake
+    (a low or unread neutrophil count, an alert, a reduced TPMT or NUDT15 function): said, never passed in silence
+    (Imurel, a European brand of azathioprine, had been signed for a TPMT poor metaboliser with no card). For
+    others it is not said: most drugs ordered are none of leukodx's business."""
+    stakes = [f"{gene} {phenotype.replace('_', ' ')} function" for gene, phenotype in (("TPMT", tpmt), ("NUDT15", nudt15))
+              if phenotype in ("poor", *INTERMEDIATE)]
+    tier = a.risk_tier if a is not None else None
+    if tier is not None and (tier.tier in ("mild", "moderate", "severe", "profound") or tier.tier_at_least):
+        stakes.append(f"a {tier.tier_at_least} or worse neutropenia" if tier.tier_at_least else f"a {tier.tier} neutropenia")
+    elif a is not None and a.alerts:
+        stakes.append(a.alerts[0].title.lower())
+    if not stakes:
+        return None
+    name = order.name[:80]
+    return OrderCheck(order=order.key, drug="", drug_name=name, topic="unknown_drug", priority="info",
+                      summary=f"{name!r} is not a drug leukodx knows: not checked against {'; '.join(stakes)}",
+                      detail=f"leukodx checks an ordered drug against its knowledge base (rules/drugs.yaml): a "
+                             f"thiopurine against TPMT and NUDT15, clozapine against the ANC, the drugs whose labels "
+                             f"set count limits, and the interactions that raise marrow toxicity. {name!r} matched none "
+                             f"of its names, brands or RxNorm codes, so nothing was checked, although this patient has "
+                             f"{'; '.join(stakes)}. Check the drug yourself (a brand of a thiopurine or of clozapine "
+                             f"needs the checks above).",
+                      sources=[])
+
+
+def daily_instead_of_weekly(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any],
+                             oncologic: bool) -> Optional[OrderCheck]:
+    """A weekly drug (drugs.yaml ``weekly_when_non_oncologic``: the alert it raises) ordered daily with no
+    oncologic indication: ISMP's hard stop, on the order's own card, with or without a blood count (the patient's
+    card is about the drugs taken, not the order being signed)."""
+    alert_id = drug.get("weekly_when_non_oncologic")
+    if not alert_id or not dosed_daily(order.dose):
+        return None
+    if oncologic_use(kb, order.indication, oncologic):
+        return None
+    alert = kb.alerts[alert_id]
+    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="dosing_frequency",
+                      priority=alert.severity or "critical", cancel="possible",
+                      summary=f"{alert.title}: verify the frequency before signing", detail=alert.description,
+                      sources=list(alert.sources))
+
+
+def label_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:
+    """The drug's own label asks not to use it at the patient's current counts (a rule of the family
+    ``labels`` fired for it: valganciclovir with haemoglobin 7.2)."""
+    fired = [rid for rid in dict.fromkeys(r for s in a.steps for r in s.rules)
+             if rid.startswith(f"labels.{drug['id']}_")]
+    if not fired:
+        return None
+    rules = [kb.rule(rid) for rid in fired]
+    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="drug_label", priority="critical",
+                      cancel="recommended", summary=f"{drug['name'].capitalize()} ordered below its label's count "
+                                                    f"threshold: do not start",
+                      detail=" ".join(r.statement for r in rules),
+                      sources=list(dict.fromkeys(src for r in rules for src in r.sources)))
+
+
+def interactions_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:
+    """The interactions of rules/interactions.yaml the ordered drug takes part in (the assessment found
+    them with the draft counted as taken): methotrexate ordered for a patient on co-trimoxazole."""
+    by_id = {i["id"]: i for i in kb.interactions}
+    mine = [found for found in a.interactions
+            if any(drug["id"] in side.get("drugs", []) or set(drug.get("classes", [])) & set(side.get("classes", []))
+                   for side in by_id.get(found.id, {}).get("sides", []))]
+    if not mine:
+        return None
+    others = [n for found in mine for side in found.drugs for n in side if n != drug["name"]]
+    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="interaction",
+                      priority="warning", cancel="possible",
+                      summary=f"{drug['name'].capitalize()} with {', '.join(dict.fromkeys(others)) or 'another drug'}: "
+                              f"a combination that raises marrow toxicity",
+                      detail="\n\n".join(f"**{f.title}.** {f.effect} {f.action}" for f in mine),
+                      sources=list(dict.fromkeys(src for f in mine for src in f.sources)))
