@@ -106,11 +106,13 @@ def _pharmacogenomics(kb: KnowledgeBase, nc: NormCase, d: Derived) -> Pharmacoge
                                  else "."))
     elif thiopurines:
         unknown = [g.gene for g in (nc.tpmt, nc.nudt15) if g.phenotype == "unknown"]
-        if unknown:
+        recs = [rec for drug in thiopurines if (rec := pgx.one_gene_recommendation(kb, drug, nc.tpmt, nc.nudt15))]
+        if recs:
+            note = (f"{unknown[0]} not tested: CPIC's dose for the other gene's result alone is given (its alert for "
+                    f"no {unknown[0]} result on file); genotype {unknown[0]} as well.")
+        elif unknown:
             note = (f"{' and '.join(unknown)} not tested: CPIC's recommendation needs both TPMT and NUDT15; genotype "
-                    f"{' and '.join(unknown)} before dosing" + (" (a poor metabolizer of the gene that is known is at "
-                                                                "high risk whatever the other)" if "poor" in
-                                                               (nc.tpmt.phenotype, nc.nudt15.phenotype) else "") + ".")
+                    f"{' and '.join(unknown)} before dosing.")
         else:
             recs = [rec for drug in thiopurines if (rec := pgx.recommendation(kb, drug, nc.tpmt, nc.nudt15))]
     return Pharmacogenomics(tpmt=nc.tpmt, nudt15=nc.nudt15, tpmt_reliable=reliable,

@@ -8,7 +8,7 @@ from typing import Optional
 from .assessment import CpicRecommendation, GeneStatus
 from .kb import KnowledgeBase
 
-__all__ = ["resolve", "recommendation", "result_in_text", "PhenotypeError", "CPIC_LABEL"]
+__all__ = ["resolve", "recommendation", "one_gene_recommendation", "result_in_text", "PhenotypeError", "CPIC_LABEL"]
 
 _WORDS = {
     "normal": "normal", "nm": "normal", "normal metabolizer": "normal", "wild type": "normal", "wildtype": "normal",
@@ -88,7 +88,35 @@ def recommendation(kb: KnowledgeBase, drug: str, tpmt: GeneStatus, nudt15: GeneS
     """The CPIC row for a thiopurine and the two phenotypes; None when either gene is unknown."""
     if tpmt.phenotype == "unknown" or nudt15.phenotype == "unknown":
         return None
-    t, n = CPIC_LABEL["tpmt"][tpmt.phenotype], CPIC_LABEL["nudt15"][nudt15.phenotype]
+    return _row(kb, drug, CPIC_LABEL["tpmt"][tpmt.phenotype], CPIC_LABEL["nudt15"][nudt15.phenotype])
+
+
+def one_gene_recommendation(kb: KnowledgeBase, drug: str, tpmt: GeneStatus, nudt15: GeneStatus
+                            ) -> Optional[CpicRecommendation]:
+    """With one gene untested and the other of reduced function (intermediate, possible intermediate or poor), CPIC's
+    post-test alert for "No <gene> result on file" gives the known gene's dose, as with the other gene normal, adding
+    that it is not known whether the other gene's result would further change it (a TPMT poor metabolizer starting
+    mercaptopurine had been given no dose at all). None otherwise (a normal result alone: no reason to adjust)."""
+    genes = {"tpmt": tpmt, "nudt15": nudt15}
+    missing = [g for g, status in genes.items() if status.phenotype == "unknown"]
+    if len(missing) != 1:
+        return None
+    other, known = missing[0], genes["nudt15" if missing[0] == "tpmt" else "tpmt"]
+    if known.phenotype not in ("intermediate", "possible_intermediate", "poor"):
+        return None
+    labels = {g: CPIC_LABEL[g]["normal" if g == other else status.phenotype] for g, status in genes.items()}
+    rec = _row(kb, drug, labels["tpmt"], labels["nudt15"], untested=other)
+    gene = other.upper()
+    on_file = f"No {gene} result on file"
+    return rec.model_copy(update={
+        f"{other}_phenotype": on_file,
+        "note": f"{on_file}: CPIC's post-test alert for this case gives the dose of the {known.gene} result alone (as "
+                f"with {gene} normal); it is not known whether {gene} results would further change the recommended "
+                f"dose or drug. Genotype {gene}."})
+
+
+def _row(kb: KnowledgeBase, drug: str, t: str, n: str, untested: Optional[str] = None) -> CpicRecommendation:
+    """The row of CPIC's table; with ``untested``, without that gene's implication (its result is not known)."""
     row = next((r for r in kb.cpic if r["drug"] == drug and r["tpmt_phenotype"] == t and r["nudt15_phenotype"] == n),
                None)
     if row is None:  # the table has every pair; a missing row is a knowledge-base defect
@@ -99,5 +127,5 @@ def recommendation(kb: KnowledgeBase, drug: str, tpmt: GeneStatus, nudt15: GeneS
     return CpicRecommendation(
         drug=drug, tpmt_phenotype=t, nudt15_phenotype=n, recommendation=row["recommendation"],
         classification=row["classification"],
-        implications=[x for x in (row["tpmt_implication"], row["nudt15_implication"]) if x and x != "n/a"],
+        implications=[x for g in ("tpmt", "nudt15") if (x := row[f"{g}_implication"]) and x != "n/a" and g != untested],
         comments=row["comments"] or None, update_2024=row["superseded_note"] or None, sources=sources)

@@ -197,10 +197,24 @@ def test_a_tpmt_activity_soon_after_a_transfusion_gives_no_cpic_dose(engine):
     assert check(engine, assessment=a).genotype == "recommended"
 
 
-def test_with_nudt15_untested_no_cpic_row_and_the_note_says_why(engine):
+def test_with_nudt15_untested_cpics_dose_for_the_tpmt_result_alone_and_the_note_says_why(engine):
+    """CPIC's post-test alerts for "No NUDT15 result on file" give a reduced TPMT result's dose as with NUDT15 normal
+    (a TPMT poor metaboliser starting mercaptopurine had been given no dose at all); a normal one, none."""
     a = engine.assess(base_case(medications=AZA_ACTIVE, history={"tpmt": "intermediate"}))
     p = a.pharmacogenomics
-    assert p.recommendations == [] and p.note.startswith("NUDT15 not tested")
+    assert p.note.startswith("NUDT15 not tested") and "genotype NUDT15 as well" in p.note
+    [rec] = p.recommendations
+    assert (rec.tpmt_phenotype, rec.nudt15_phenotype) == ("TPMT intermediate metabolizer", "No NUDT15 result on file")
+    assert "(30%-80% of normal dose)" in rec.recommendation and rec.note.startswith("No NUDT15 result on file: CPIC's post-test alert")
+    assert len(rec.implications) == 1 and "NUDT15" not in rec.implications[0]
+    poor = engine.assess(base_case(medications=[{"name": "mercaptopurine", "start": "2025-03-01",
+                                                 "indication": "acute lymphoblastic leukaemia"}],
+                                   history={"tpmt": "*3A/*3A"})).pharmacogenomics
+    assert "10 mg/m2/day given just 3 days/week" in poor.recommendations[0].recommendation
+    nudt15_only = engine.assess(base_case(medications=AZA_ACTIVE, history={"nudt15": "poor"})).pharmacogenomics
+    assert nudt15_only.recommendations[0].tpmt_phenotype == "No TPMT result on file"
+    normal = engine.assess(base_case(medications=AZA_ACTIVE, history={"tpmt": "normal"})).pharmacogenomics
+    assert normal.recommendations == [] and "needs both TPMT and NUDT15" in normal.note
 
 
 def test_the_text_report_puts_the_2024_update_before_the_2020_text(engine):
