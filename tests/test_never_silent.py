@@ -399,6 +399,17 @@ def test_cds_an_unread_wbc_with_nothing_assessed_is_a_warning(client):
     assert cards[0]["summary"].startswith("leukodx could not assess")
 
 
+@pytest.mark.parametrize("value,unit", [(0.3, "Kcells"), (1e308, "10*9/L")])
+def test_cds_an_unread_anc_alone_is_a_warning(client, value, unit):
+    """The only value an ANC of 0.3 in a unit leukodx does not read, or an impossible one: nothing could be assessed,
+    and the card had been information, as if the patient had nothing to flag."""
+    cards = cards_of(post(client, prefetch([obs("751-8", value, unit)]))[1])
+    assert [c["indicator"] for c in cards] == ["warning"]
+    assert cards[0]["summary"].startswith("leukodx could not assess")
+    other = cards_of(post(client, prefetch([obs("718-7", 1e308, "g/dL")]))[1])      # a haemoglobin: no count at stake
+    assert [c["indicator"] for c in other] == ["info"]
+
+
 @pytest.mark.parametrize("days", [3, 20])
 def test_cds_an_agranulocytosis_not_measured_since_is_a_warning(client, days):
     """ANC 0.2 some days ago, and today a WBC of 5.0 without a differential: no card had been given (the old ANC

@@ -236,6 +236,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     mismatch = False
     weight: Optional[float] = None   # the patient's, for the order check's mg/kg/day
     cautions: list[str] = []         # what must be checked before acting on any card (a deceased patient)
+    mapped: Optional[fhir.Mapped] = None
     try:
         # the case is named by the call, not by the patient: the report behind the card's link keeps no patient id
         mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + dated, kb=eng.kb,
@@ -257,14 +258,23 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         where += [f"{u.field} (an unknown {u.kind})" for u in assessment.unrecognised]
     except fhir.FhirMappingError as e:
         mismatch = any(p.loc == "subject" for p in e.problems)
+        # an ANC or WBC that could not be read, and nothing else: not a patient with nothing to flag (an ANC of 0.3 in
+        # a unit leukodx does not read had been an information card)
+        anc_unread = C.neutrophil_value_unread([NotAssessed(field=p.loc or "Observation", reason=p.msg)
+                                                for p in e.problems], eng.kb.loinc)
         # no lab Observation at all (nothing skipped, nobody else's): nothing to assess and nothing hidden
         nothing = len(e.problems) == 1 and e.problems[0].loc == "" and not notes
         problems = [] if nothing else [p.msg if p.loc in ("", "subject") else f"{_named(p.loc)}: {p.msg}"
                                        for p in e.problems]
         where += [_named(p.loc) or "the data" for p in e.problems]
-    except CaseError as e:
+    except CaseError as e:       # nothing the engine could read: a count among what it refused is a warning
         problems = [str(p) for p in e.problems]
         where += [p.loc for p in e.problems]
+        labs = (mapped.case.get("labs") or []) if mapped is not None else []
+        refused = [labs[int(m.group(1))] for p in e.problems for m in [_LAB_AT.match(p.loc)]
+                   if m and int(m.group(1)) < len(labs)]
+        anc_unread = C.neutrophil_value_unread([NotAssessed(field="labs", reason="", value=str(
+            lab.get("test") or lab.get("loinc") or "")) for lab in refused], eng.kb.loinc)
     if problems or left_out:   # where, never what: no case value, drug or condition text, id or patient reference
         log.warning("cds partial data", extra={
             "hook_instance": hook.hookInstance, "service": service_id, "assessed": assessment is not None,
@@ -273,7 +283,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     cards: list[Card] = []
     report: Optional[tuple[Card, list[bytes]]] = None
     if assessment is None and problems:
-        cards.append(C.unassessed_card(hook.hookInstance, problems + notes, "warning" if mismatch else "info"))
+        cards.append(C.unassessed_card(hook.hookInstance, problems + notes,
+                                       "warning" if mismatch or anc_unread else "info"))
     elif assessment is None:
         pass                           # the EHR has no blood count for this patient: nothing to say
     elif not assessment.cbc.current and not assessment.alerts and not C.urgent_steps(assessment) \
@@ -340,6 +351,7 @@ def _prefetch_mismatch(hook: HookRequest, templates: dict[str, str], patient_id:
 
 
 _REF = re.compile(r"\b([A-Z][A-Za-z]+)/[^\s,;:()]+")
+_LAB_AT = re.compile(r"labs\[(\d+)\]")        # a case problem's place: the lab it is about
 
 
 _KEYS: contextvars.ContextVar[list[str]] = contextvars.ContextVar("prefetch_keys", default=[])
