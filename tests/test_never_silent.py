@@ -238,10 +238,11 @@ def test_cds_log_names_where_data_was_left_out_never_the_text(client):
     assert not [line for line in logged if "MARKPHI" in line]
 
 
-def test_cds_nothing_readable_gives_one_info_card(client):
+def test_cds_nothing_readable_gives_one_card_a_warning_for_an_unread_count(client):
+    """A WBC of 1.0 in a unit leukodx cannot read, alone: one card naming it, a warning (it may be a leukopenia)."""
     _, r = post(client, prefetch([obs("6690-2", 1.0, "K/hpf")]))
     cards = cards_of(r)
-    assert [c["indicator"] for c in cards] == ["info"]
+    assert [c["indicator"] for c in cards] == ["warning"]
     assert cards[0]["summary"].startswith("leukodx could not assess") and "K/hpf" in cards[0]["detail"]
 
 
