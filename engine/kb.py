@@ -33,7 +33,7 @@ from .kb_compile import compile_rules
 from .kb_models import CatalogueEntry, Conclusion, Rule, Source
 from .kb_read import DocumentCache, catalogue, diplotypes, entries, patterns, read_yaml, use_cache, version_of
 
-__all__ = ["KnowledgeBase", "Rule", "Conclusion", "load", "default", "rules_dir", "TIERS", "URGENCY_ORDER"]
+__all__ = ["KnowledgeBase", "Rule", "Conclusion", "load", "default", "rules_dir", "code_system", "TIERS", "URGENCY_ORDER"]
 
 TIERS = ("normal", "mild", "moderate", "severe", "profound", "unknown")
 URGENCY_ORDER = {"immediate": 0, "urgent": 1, "routine": 2}
@@ -211,12 +211,21 @@ def default() -> KnowledgeBase:
 
 
 def _condition_codes(doc: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """conditions.yaml ``codes`` by system: each code (dots removed, upper case) to the condition it names."""
+    """conditions.yaml ``codes`` by system (lower case, as ``code_system`` reads a coding's): each code (dots removed,
+    upper case) to the condition it names; a system's other names (``system_aliases``: its OID) share its table."""
     out: dict[str, dict[str, str]] = {}
     for cid, systems in doc.items():
-        if cid == "sources":
+        if cid in ("sources", "system_aliases"):
             continue
         for system, codes in systems.items():
             for code in codes:
-                out.setdefault(system, {})[str(code).replace(".", "").upper()] = cid
+                out.setdefault(system.lower(), {})[str(code).replace(".", "").upper()] = cid
+    for alias, system in doc.get("system_aliases", {}).items():
+        out[alias.lower()] = out.setdefault(system.lower(), {})
     return out
+
+
+def code_system(system: object) -> str:
+    """A coding's system as the knowledge base's code tables key it: trimmed, lower case, no trailing slash
+    ("http://snomed.info/SCT/" is SNOMED CT)."""
+    return system.strip().rstrip("/").lower() if isinstance(system, str) else ""

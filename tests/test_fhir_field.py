@@ -902,6 +902,11 @@ def test_a_child_under_two_is_aged_in_months_so_that_her_anaemia_is_seen():
     ({"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "A41.9"}, True),
     ({"system": "http://hl7.org/fhir/sid/icd-10", "code": "A40.3"}, True),
     ({"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R65.21"}, True),
+    ({"system": "http://snomed.info/sct", "code": "76571007"}, True),                   # septic shock
+    ({"system": "http://snomed.info/sct", "code": "10001005"}, True),                   # bacterial sepsis
+    ({"system": "urn:oid:2.16.840.1.113883.6.90", "code": "A41.9"}, True),              # ICD-10-CM by its OID
+    ({"system": "urn:oid:2.16.840.1.113883.6.96", "code": "91302008"}, True),           # SNOMED CT by its OID
+    ({"system": "http://snomed.info/SCT/", "code": "91302008"}, True),                  # case and a trailing slash
     ({"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "J18.9"}, False),     # pneumonia: not read by code
 ])
 def test_a_condition_sent_as_codes_only_is_read_by_them_or_named(client, coding, alert):

@@ -22,7 +22,7 @@ from datetime import date
 from typing import Optional
 
 from leukodx.engine.errors import Problem
-from leukodx.engine.kb import KnowledgeBase
+from leukodx.engine.kb import KnowledgeBase, code_system
 from leukodx.engine.timeutil import utc_date
 
 from .datatypes import When, after, as_dict, as_str, codes, codings, concept_text, later_warning, parse_when
@@ -118,7 +118,7 @@ def _coded(concept: object, kb: Optional[KnowledgeBase]) -> Optional[str]:
     if kb is None:
         return None
     for c in codings(concept):
-        table, code = kb.condition_codes.get(as_str(c.get("system")) or ""), as_str(c.get("code"))
+        table, code = kb.condition_codes.get(code_system(c.get("system"))), as_str(c.get("code"))
         if not table or not code:
             continue
         key = code.replace(".", "").upper()
