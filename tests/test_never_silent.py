@@ -465,7 +465,10 @@ def test_an_anc_reported_as_a_bound_is_shown_and_judged_as_one(engine, comparato
 
 
 @pytest.mark.parametrize("system,code", [("https://loinc.org", "751-8"), ("http://loinc.org", "751\u20118"),
-                                         ("http://loinc.org", "\uff17\uff15\uff11-8")])
+                                         ("http://loinc.org", "\uff17\uff15\uff11-8"),
+                                         ("http://loinc.org", "751-8\u200b"), ("http://loinc.org", " 751-8 "),
+                                         ("HTTP://LOINC.ORG", "751-8"), ("http://loinc.org|2.77", "751-8"),
+                                         ("LN", "751-8"), ("urn:oid:2.16.840.1.113883.6.1", "751-8")])
 def test_cds_loinc_written_another_way_is_read(client, system, code):
     anc = obs("751-8", 0.3, "10*9/L")
     anc["code"]["coding"][0].update(system=system, code=code)
@@ -476,7 +479,11 @@ def test_cds_loinc_written_another_way_is_read(client, system, code):
 @pytest.mark.parametrize("concept,unread", [
     ({"text": "ANC"}, True),
     ({"coding": [{"system": "http://hospital.example/lab", "code": "NEUT#", "display": "Neutrophils absolute"}]}, True),
+    ({"coding": [{"system": "https://ncez.mzcr.cz/standards/fhir/CodeSystem/nclp", "code": "12369",
+                  "display": "Neutrofily - absolutn\u00ed po\u010det"}]}, True),      # Czech
+    ({"text": "Neutrophile absolut"}, True),                        # German
     ({"text": "Leukocytes [#/volume] in Urine"}, False),        # not a blood count
+    ({"text": "Leukozyten im Urin"}, False),
     ({"text": "Neutrophil cytoplasmic Ab"}, False),
 ])
 def test_cds_a_count_named_but_coded_otherwise_is_named_as_unread(client, concept, unread):
@@ -487,3 +494,20 @@ def test_cds_a_count_named_but_coded_otherwise_is_named_as_unread(client, concep
     cards = cards_of(post(client, prefetch([obs("6690-2", 2.5, "10*9/L"), named]))[1])
     assert (cards[0]["indicator"] == "warning") is unread
     assert ("not a LOINC code leukodx reads" in cards[0]["detail"]) is unread
+
+
+def test_cds_a_panel_component_named_a_count_but_coded_otherwise_is_named_as_unread(client):
+    """A CBC panel whose WBC component has its LOINC code and whose "Absolute Neutrophils" component has only the
+    EHR's local code: the ANC had been dropped unseen and the card said the WBC had no differential."""
+    panel = obs("57021-8", 0, "10*9/L")
+    del panel["valueQuantity"]
+    panel["component"] = [
+        {"code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]},
+         "valueQuantity": {"value": 3.2, "unit": "10*9/L", "system": "http://unitsofmeasure.org", "code": "10*9/L"}},
+        {"code": {"coding": [{"system": "urn:oid:1.2.840.114350.1.13.1.1.7.2.768282", "code": "1534435",
+                              "display": "Absolute Neutrophils"}]},
+         "valueQuantity": {"value": 0.3, "unit": "10*9/L", "system": "http://unitsofmeasure.org", "code": "10*9/L"}}]
+    cards = cards_of(post(client, prefetch([panel]))[1])
+    assert cards[0]["indicator"] == "warning"
+    assert "component[1]: anc: named 'Absolute Neutrophils'" in cards[0]["detail"]
+

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 
 from .datatypes import as_list, code_label, loinc_codes
 from .resources import Item
+from .unread import named_count_left_out
 
 __all__ = ["lab_components", "FROM_PARENT"]
 
@@ -25,23 +27,28 @@ FROM_PARENT = ("resourceType", "id", "status", "issued", "meta")      # what a c
 _FROM_COMPONENT = ("code", "dataAbsentReason", "referenceRange")       # and value[x]: what it has of its own
 
 
-def lab_components(kb: KnowledgeBase, item: Item, labels: dict[str, int]) -> list[tuple[Item, str]]:
+def lab_components(kb: KnowledgeBase, item: Item, labels: dict[str, int], skipped: list[Problem]
+                   ) -> list[tuple[Item, str]]:
     """(stand-in Item, LOINC code) of each component of the Observation ``item`` with a code of
-    rules/labs.yaml; when there is one, the other components' codes are counted in ``labels``."""
+    rules/labs.yaml; when there is one, the other components' codes are counted in ``labels``, and one that
+    names a blood count (unread.named_count: "Absolute Neutrophils" under a local code) is named in ``skipped``
+    (it had been left out unseen, and the card said there was no differential)."""
     known: list[tuple[Item, str]] = []
-    others: list[str] = []
+    others: list[tuple[int, dict[str, Any], str]] = []
     for i, comp in enumerate(as_list(item.resource.get("component"))):
         if not isinstance(comp, dict):
             continue
         codes = loinc_codes(comp.get("code"))
         code = next((c for c in codes if c in kb.loinc), None)
         if code is None:
-            others.append(code_label(comp.get("code"), codes))
+            others.append((i, comp, code_label(comp.get("code"), codes)))
         else:
             known.append((_stand_in(item, i, comp), code))
     if known:
-        for label in others:
+        for i, comp, label in others:
             labels[label] = labels.get(label, 0) + 1
+            left_out = named_count_left_out(f"{item.loc}.component[{i}]" if item.loc else f"component[{i}]", comp, label)
+            skipped += [left_out] if left_out is not None else []
     return known
 
 

@@ -23,8 +23,9 @@ __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
-_LOINC_SYSTEMS = frozenset({LOINC, None, "http://loinc.org/", "https://loinc.org", "https://loinc.org/",
-                            "urn:oid:2.16.840.1.113883.6.1"})
+# LOINC's system as EHRs write it, once trimmed, lower-cased and stripped of a closing slash and a "|version": its
+# URI (http or https), its OID, and HL7 v2's name for it ("LN", as v2-to-FHIR conversions leave it)
+_LOINC_SYSTEMS = frozenset({"http://loinc.org", "https://loinc.org", "urn:oid:2.16.840.1.113883.6.1", "ln"})
 _DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d", "-"))
 RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
@@ -81,11 +82,22 @@ def concept_text(concept: Any) -> Optional[str]:
 
 
 def loinc_codes(concept: Any) -> list[str]:
-    """LOINC codes of a CodeableConcept: codings of system http://loinc.org (also written with https, a closing
-    slash, or as LOINC's OID), or of no system; a code typed with another dash or full-width digits ("751\u20118")
-    as LOINC writes it."""
-    return [code if code.isascii() else unicodedata.normalize("NFKC", code).translate(_DASHES)
-            for c in codings(concept) if as_str(c.get("system")) in _LOINC_SYSTEMS and (code := as_str(c.get("code")))]
+    """LOINC codes of a CodeableConcept: codings of system http://loinc.org (also written with https, in capitals,
+    with a closing slash or a version, as LOINC's OID or HL7 v2's "LN"), or of no system; a code typed with another
+    dash or full-width digits ("751\u20118") as LOINC writes it, and without spaces or invisible characters (a
+    zero-width space copied in with "751-8" had left an ANC of 0.3 unread and unnamed)."""
+    return [code if code.isascii() and code.strip() == code else _plain_code(code)
+            for c in codings(concept) if _is_loinc(c.get("system")) and (code := as_str(c.get("code")))]
+
+
+def _is_loinc(system: Any) -> bool:
+    return system is None or (isinstance(system, str) and
+                              system.strip().split("|")[0].rstrip("/").lower() in _LOINC_SYSTEMS)
+
+
+def _plain_code(code: str) -> str:
+    return "".join(ch for ch in unicodedata.normalize("NFKC", code).translate(_DASHES)
+                   if not ch.isspace() and unicodedata.category(ch) != "Cf")
 
 
 def code_label(concept: Any, loinc: Sequence[str]) -> str:

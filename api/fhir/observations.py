@@ -43,10 +43,10 @@ from leukodx.engine.timeutil import utc_date, utc_naive
 from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
-from .datatypes import (DECIMAL_TEXT, UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
+from .datatypes import (DECIMAL_TEXT, UCUM, When, as_dict, as_list, as_str, code_label, codes, fmt,
                         is_number, not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
-from .unread import absent_value_reason, named_count
+from .unread import absent_value_reason, has_value, named_count_left_out
 from .patient import holds_age
 from . import panels
 from .resources import Index, Item
@@ -118,7 +118,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             continue
         loinc = item.loinc
         code = next((c for c in loinc if c in kb.loinc), None)
-        parts = lab_components(kb, item, ignored_parts) if "component" in res else []
+        parts = lab_components(kb, item, ignored_parts, skipped) if "component" in res else []
         if code is None and not parts:
             if any(c in vitals.weight for c in loinc):
                 body_weight(item, weights, warnings)
@@ -126,11 +126,10 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             elif not any(c in kb.pgx_codes for c in loinc) and not is_temperature_observation(res, vitals, loinc):
                 key = code_label(res.get("code"), loinc)
                 ignored[key] = ignored.get(key, 0) + 1
-                if (named := named_count(res)) is not None and _has_value(res):   # a count sent, coded otherwise
-                    skipped.append(Problem(item.loc, f"{named}: named {concept_text(res.get('code'))!r}, but coded "
-                                                     f"{key}, not a LOINC code leukodx reads; not used"))
+                if (left_out := named_count_left_out(item.loc, res, key)) is not None:   # a count coded otherwise
+                    skipped.append(left_out)
             continue
-        if code is not None and (not parts or _has_value(res)):   # (a value only in components: read those)
+        if code is not None and (not parts or has_value(res)):   # (a value only in components: read those)
             parts.insert(0, (item, code))
         time = item.own_time(warnings)
         if time is None and id(res) in inherited:
@@ -160,11 +159,6 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             warnings.append(f"{n} {what}{'s' if n != 1 else ''} of codes leukodx does not use "
                             f"{'were' if n != 1 else 'was'} ignored ({shown}).")
     return labs, weights, skipped
-
-
-def _has_value(res: dict[str, Any]) -> bool:
-    """The Observation has a value of its own (value[x] or a dataAbsentReason), not only in components."""
-    return "dataAbsentReason" in res or any(k.startswith("value") for k in res)
 
 
 def _keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int], labs: list[LabValue],

@@ -13,15 +13,19 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
+from leukodx.engine.errors import Problem
+
 from .datatypes import codings, concept_text, as_str
 
-__all__ = ["named_count", "absent_value_reason"]
+__all__ = ["named_count", "named_count_left_out", "absent_value_reason", "has_value"]
 
-_NAMES = (("anc", re.compile(r"\b(anc|absolute neutrophils?|(segmented |band )?neutrophils?|segs|granulocytes?)\b",
-                             re.I)),
-          ("wbc", re.compile(r"\b(wbc|white (blood )?cells?|leu[ck]ocytes?)\b", re.I)))
+# in English and as European laboratories name them (Neutrofily, Neutrophile, neutrófilos, polynucléaires neutrophiles,
+# Leukozyten, leucocitos, leukocyty ...)
+_NAMES = (("anc", re.compile(r"\b(anc|absolute neutrophils?|(segmented |band )?neutro(phil|fil|fíl)\w*|polynucl\w*|segs|"
+                             r"granulo[cz]\w*)", re.I)),
+          ("wbc", re.compile(r"\b(wbc|white (blood )?cells?|leu[ck]o[ckz]\w*|leucocit\w*)", re.I)))
 # not a blood count: antibodies, enzymes, markers, and counts in other fluids
-_NOT_A_COUNT = re.compile(r"antibod|\bab\b|\bigg|anca|phosphatase|elastase|gelatinase|esterase|\bcd\d|urine|"
+_NOT_A_COUNT = re.compile(r"antibod|\bab\b|\bigg|anca|phosphatase|elastase|gelatinase|esterase|\bcd\d|urin|"
                           r"\bcsf\b|fluid|stool|f(a)?eces|synovial|pleural|periton|ascit|dialys|sputum|bronch|"
                           r"lavage|semen", re.I)
 
@@ -33,6 +37,22 @@ def named_count(res: dict[str, Any]) -> Optional[str]:
     if any(_NOT_A_COUNT.search(t) for t in texts):
         return None
     return next((test for test, pattern in _NAMES if any(pattern.search(t) for t in texts)), None)
+
+
+def named_count_left_out(loc: str, res: dict[str, Any], coded: str) -> Optional[Problem]:
+    """The Observation (or component) at ``loc``, coded ``coded``, left out by name when it names a blood count and
+    has a value or says why it has none; None otherwise."""
+    named = named_count(res)
+    if named is None or not has_value(res):
+        return None
+    return Problem(loc, f"{named}: named {concept_text(res.get('code'))!r}, but coded {coded}, not a LOINC code leukodx "
+                        f"reads; not used")
+
+
+def has_value(res: dict[str, Any]) -> bool:
+    """The Observation (or component) has a value of its own (value[x] or a dataAbsentReason), not only in
+    components."""
+    return "dataAbsentReason" in res or any(k.startswith("value") for k in res)
 
 
 def absent_value_reason(res: dict[str, Any]) -> str:
