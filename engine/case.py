@@ -68,6 +68,18 @@ class Lab(_Model):
     ref: Optional[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         None, description="where the value came from (a FHIR reference such as Observation/123), echoed in the output")
 
+    @field_validator("time", mode="before")
+    @classmethod
+    def _day_alone(cls, v: Any) -> Any:
+        """A time written as a day alone ("2026-12-03") stays a date: its draw's hour is unknown (samples.py pairs it
+        with the one timed draw of that day), not midnight (a JSON string had been read as a datetime)."""
+        if isinstance(v, str) and len(v) == 10 and v[4] == "-" and v[7] == "-":
+            try:
+                return date.fromisoformat(v)
+            except ValueError:
+                return v
+        return v
+
     @model_validator(mode="after")
     def _test_or_loinc(self) -> "Lab":
         if not self.test and not self.loinc:

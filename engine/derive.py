@@ -308,6 +308,10 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                         f"an infant's normal ANC can be lower.")
     if cbc is not None:
         series_facts(kb, nc, samples, cbc, anc_points, facts)
+        alone = [lab for lab in cbc.values.values() if lab.day_only]
+        if alone and len(alone) < len(cbc.values) and cbc.time is not None:     # paired by samples.group_samples
+            warnings.append(f"{', '.join(kb.tests[lab.test]['name'] for lab in alone)}, dated {cbc.time.date()} with no "
+                            f"time of day, was taken as part of that day's only timed draw ({cbc.time:%H:%M}).")
     patient_facts(kb, nc, facts)
     drug_facts(kb, nc, facts)
     earlier_anc_facts(nc, anc_points, cbc.time if cbc is not None else None, facts)

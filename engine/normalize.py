@@ -47,6 +47,7 @@ class NormLab:
     specimen: Optional[str] = None
     ref: Optional[str] = None
     comparator: Optional[str] = None  # the value was a bound ("<0.5"); below a "<" bound, value is just under it
+    day_only: bool = False            # dated by its day alone (a date, no time of day)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem],
     return NormLab(index=i, test=test, value=normalized, unit=spec["unit"],
                    time=utc_naive(lab.time) if lab.time else None, lln=lln, original_value=value,
                    original_unit=lab.unit, original_test=lab.test, loinc=lab.loinc, specimen=lab.specimen,
-                   ref=lab.ref, comparator=lab.comparator)
+                   ref=lab.ref, comparator=lab.comparator,
+                   day_only=lab.time is not None and not isinstance(lab.time, datetime))
 
 
 def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:

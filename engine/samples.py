@@ -68,12 +68,28 @@ def group_samples(labs: Iterable[NormLab], window_hours: float) -> list[Sample]:
     samples = list(by_specimen.values())
     window = timedelta(hours=window_hours)
     current: Optional[Sample] = None
-    for lab in sorted(loose, key=lambda x: (x.time, x.index)):
+    for lab in sorted((x for x in loose if not x.day_only), key=lambda x: (x.time, x.index)):
         assert lab.time is not None
         if current is None or current.time is None or lab.time - current.time > window or lab.test in current.values:
             current = Sample(f"draw:{lab.time.isoformat()}", lab.time)
             samples.append(current)
         current.values[lab.test] = lab
+    # a value dated by its day alone belongs with the one timed draw of that day that lacks its test (a WBC dated
+    # 2026-12-03 and neutrophils 15 % at 06:26 had not been paired: an ANC of 0.27 unseen); else with that day's
+    # other day-only values
+    timed = [s for s in samples if s.key.startswith("draw:")]
+    for lab in sorted((x for x in loose if x.day_only), key=lambda x: (x.time, x.index)):
+        assert lab.time is not None
+        day = [s for s in timed if s.time is not None and s.time.date() == lab.time.date()]
+        if len(day) == 1 and lab.test not in day[0].values:
+            day[0].values[lab.test] = lab
+            continue
+        key = f"day:{lab.time.date().isoformat()}"
+        own = next((s for s in samples if s.key == key and lab.test not in s.values), None)
+        if own is None:
+            samples.append(own := Sample(key if not any(s.key == key for s in samples) else f"{key}#{lab.index}",
+                                         lab.time))
+        own.values[lab.test] = lab
     if untimed.values:
         samples.append(untimed)
     samples.sort(key=_sort_key)

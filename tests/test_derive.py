@@ -196,3 +196,16 @@ def test_a_count_recovering_from_its_nadir_is_not_falling(engine):
     assert "falling_counts" not in findings(4.0, 0.1, 0.6, 1.3)
     assert "falling_counts" in findings(4.0, 3.9, 1.0, 1.1)       # a small uptick after a fall is still a fall
     assert "falling_counts" in findings(4.0, 3.8, 2.0)
+
+
+def test_a_value_dated_by_its_day_alone_joins_that_days_only_timed_draw(engine):
+    """A WBC of 1.8 dated 2025-03-10 (no time of day; as JSON text, as an EHR sends it) and neutrophils 15 % at 06:26:
+    they had not been paired, and an ANC of 0.27 went unseen. With two timed draws that day, which one is unknown:
+    not paired."""
+    day = [{"test": "wbc", "value": 1.8, "unit": "10^9/L", "time": "2025-03-10"},
+           lab("neutrophils_pct", 15, "%", time="2025-03-10T06:26:00Z")]
+    a = engine.assess(base_case(labs=day))
+    assert (a.risk_tier.tier, a.risk_tier.anc) == ("severe", 0.27)
+    assert any("dated 2025-03-10 with no time of day" in w for w in a.warnings)
+    two = day + [lab("neutrophils_pct", 60, "%", time="2025-03-10T18:00:00Z")]
+    assert engine.assess(base_case(labs=two)).risk_tier.anc is None
