@@ -85,6 +85,8 @@ class KnowledgeBase:
     step_priority: dict[str, str]    # step id -> the least priority it gives when immediate or urgent
     pgx_codes: dict[str, Any]        # rules/pgx/result_codes.yaml: LOINC code -> {gene, kind, display}
     gene_studied_code: str           # the genotype component that names the gene
+    pgx_answers: dict[str, str]      # result_codes.yaml answers: LOINC answer code -> phenotype word
+    pgx_hgnc: dict[str, str]         # result_codes.yaml hgnc: HGNC gene id -> gene symbol
     rules: list[Rule] = field(default_factory=list)
     families: dict[str, list[Rule]] = field(default_factory=dict)   # family -> rules, KB order
     family_titles: dict[str, str] = field(default_factory=dict)
@@ -195,6 +197,8 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         tier_priority_sources=alert_doc.get("tier_priority_sources", []),
         step_priority=alert_doc.get("step_priority", {}),
         pgx_codes=pgx_codes.get("codes", {}), gene_studied_code=str(pgx_codes.get("gene_studied_component", "")),
+        pgx_answers={str(k).upper(): str(v) for k, v in (pgx_codes.get("answers") or {}).items()},
+        pgx_hgnc={str(k).upper(): str(v) for k, v in (pgx_codes.get("hgnc") or {}).items()},
     )
     compile_rules(kb, root, problems)
     check_references(kb, problems)

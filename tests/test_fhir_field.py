@@ -1288,3 +1288,33 @@ def test_a_draft_order_for_another_patient_is_never_checked_against_this_one(cli
     assert (len(pgx), len(named)) == ((0, 1) if other else (1, 0))
     if other:
         assert named[0]["indicator"] == "warning" and "Patient/p2" in named[0]["summary"]
+
+
+def _coded_result(code, value, **extra):
+    res = genotype(None, code=code, **extra)
+    del res["valueString"]
+    return {**res, **value}
+
+
+@pytest.mark.parametrize("result,expected", [
+    # a phenotype as a LOINC answer with no display (the Genomics Reporting IG's value set): had been "status unknown"
+    (_coded_result("79713-4", {"valueCodeableConcept": {"coding": [{"system": "http://loinc.org", "code": "LA9657-3"}]}}),
+     {"tpmt": "poor"}),
+    (_coded_result("79713-4", {"valueCodeableConcept": {"coding": [{"system": "http://loinc.org", "code": "LA10317-8"}]}}),
+     {"tpmt": "intermediate"}),
+    # the IG's genotype with the gene as its HGNC id alone and the allele call as a PharmVar code
+    (_coded_result("84413-4", {"valueCodeableConcept": {"coding": [{"system": "http://www.pharmvar.org", "code": "*3A/*3A"}]},
+                               "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "48018-6"}]},
+                                              "valueCodeableConcept": {"coding": [
+                                                  {"system": "http://www.genenames.org/geneId", "code": "HGNC:12014"}]}}]}),
+     {"tpmt": "*3A/*3A"}),
+    # a diplotype and the phenotype it gives, in two components: they agree (they had been called a disagreement)
+    (_coded_result("80738-8", {"component": [{"code": {"text": "Diplotype"}, "valueString": "*1/*3A"},
+                                             {"code": {"text": "Phenotype"}, "valueString": "Intermediate metabolizer"}]}),
+     {"tpmt": "*1/*3A"}),
+    (_coded_result("80738-8", {"component": [{"code": {"text": "Diplotype"}, "valueString": "*1/*3A"},
+                                             {"code": {"text": "Phenotype"}, "valueString": "Poor metabolizer"}]}),
+     {}),                                                                   # they disagree: named, not used
+])
+def test_tpmt_results_coded_without_text_are_read(result, expected):
+    assert pgx_results(get_engine().kb, bundle(patient(), result), "p1") == expected

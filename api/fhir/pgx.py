@@ -68,12 +68,12 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
         else:
             spec = next(kb.pgx_codes[c] for c in item.loinc if c in kb.pgx_codes)
         value = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept")) or \
-            _pharmvar_code(res.get("valueCodeableConcept"))
+            _pharmvar_code(res.get("valueCodeableConcept")) or _answer(kb, res.get("valueCodeableConcept"))
         genes = _genes(kb, res, spec, value)
         if not genes:
             continue
         if not value and not (spec is not None and spec["kind"] in _NOT_READ):
-            value = _elsewhere(kb, res, item.label, warnings)
+            value = _elsewhere(kb, res, item.label, warnings, genes)
         named = "/".join(g.upper() for g in genes)
         why = not_a_result(as_str(res.get("status")))
         if why:                                    # as for a lab value: a retracted genotype is no genotype
@@ -186,6 +186,19 @@ def _pharmvar_code(concept: Any) -> Optional[str]:
                  and (code := as_str(c.get("code")))), None)
 
 
+def _answer(kb: KnowledgeBase, concept: Any) -> Optional[str]:
+    """A phenotype coded as a LOINC answer with no text or display (LA9657-3, "Poor metabolizer"): its word
+    (rules/pgx/result_codes.yaml answers). A TPMT poor metabolizer sent so had been "status unknown"."""
+    return next((kb.pgx_answers[code.upper()] for c in codings(concept) if loinc_codes({"coding": [c]})
+                 and (code := as_str(c.get("code"))) and code.upper() in kb.pgx_answers), None)
+
+
+def _hgnc(kb: KnowledgeBase, component: dict[str, Any]) -> Optional[str]:
+    """The gene symbol of a gene-studied component coded with its HGNC id alone ("HGNC:12014", no display)."""
+    return next((kb.pgx_hgnc[code.upper()] for c in codings(component.get("valueCodeableConcept"))
+                 if (code := as_str(c.get("code"))) and code.upper() in kb.pgx_hgnc), None)
+
+
 def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]], value: Optional[str]) -> list[str]:
     """The genes an Observation reports on: named in its code's text, else given by its LOINC code."""
     code_text = " ".join(filter(None, [concept_text(res.get("code"))] +
@@ -196,7 +209,7 @@ def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]
     if spec["gene"] == "both":
         return ["nudt15", "tpmt"]
     if spec["gene"] == "component":
-        studied = " ".join(filter(None, (concept_text(c.get("valueCodeableConcept"))
+        studied = " ".join(filter(None, (concept_text(c.get("valueCodeableConcept")) or _hgnc(kb, c)
                                          for c in as_list(res.get("component")) if isinstance(c, dict)
                                          and kb.gene_studied_code in loinc_codes(c.get("code")))))
         # the IG's value is often "TPMT *1/*3A" even when the component is coded without a display
@@ -204,10 +217,12 @@ def _genes(kb: KnowledgeBase, res: dict[str, Any], spec: Optional[dict[str, Any]
     return [spec["gene"]]
 
 
-def _elsewhere(kb: KnowledgeBase, res: dict[str, Any], label: str, warnings: list[str]) -> Optional[str]:
+def _elsewhere(kb: KnowledgeBase, res: dict[str, Any], label: str, warnings: list[str], genes: list[str]
+               ) -> Optional[str]:
     """A result without a value of its own, from what else it holds: its ``interpretation`` text, or a
     ``component``'s value (not the gene-studied one), where a diplotype or a metabolizer phrase is read. Only
-    when they all say the same: two that differ are named, and none is used."""
+    when they all say the same phenotype (a diplotype *1/*3A beside "Intermediate metabolizer" agree: they had been
+    called a disagreement and the result dropped), the diplotype first; two that differ are named, and none is used."""
     texts = [concept_text(c) for c in as_list(res.get("interpretation"))]
     texts += [as_str(c.get("valueString")) or concept_text(c.get("valueCodeableConcept"))
               for c in as_list(res.get("component"))
@@ -215,11 +230,21 @@ def _elsewhere(kb: KnowledgeBase, res: dict[str, Any], label: str, warnings: lis
     # a diplotype or a metabolizer phrase only: an interpretation flag "Normal" (v3 N) says nothing of a phenotype
     found = {text: read for text in texts if text and len(text) <= MAX_RESULT_TEXT
              and _PHENOTYPE_OR_STAR.search(text) and (read := result_in_text(text)) is not None}
-    if len(set(found.values())) > 1:
+    if len({_phenotype(kb, genes, read) for read in found.values()}) > 1:
         warnings.append(f"{label}: no value, and its interpretation and components say different things "
                         f"({', '.join(repr(t[:60]) for t in found)}); not used.")
         return None
-    return next(iter(found), None)
+    return next((t for t, read in found.items() if read.startswith("*")), next(iter(found), None))
+
+
+def _phenotype(kb: KnowledgeBase, genes: list[str], read: str) -> str:
+    """The phenotype a diplotype or word stands for, for a result about one gene (else the text itself)."""
+    if len(genes) != 1:
+        return read
+    try:
+        return resolve(kb, genes[0], read).phenotype
+    except PhenotypeError:
+        return read
 
 
 def _per_gene(genes: list[str], value: str) -> list[tuple[str, Optional[str]]]:
