@@ -1067,6 +1067,26 @@ def test_methotrexate_given_daily_for_arthritis_gets_a_critical_card_whatever_th
     assert m.case["medications"][0]["dose"]["unit"] == ("mg/d" if daily else "mg/wk")
 
 
+@pytest.mark.parametrize("timing,dose,daily", [
+    ({"repeat": {"when": ["MORN"]}}, {"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}, True),
+    ({"code": {"text": "Daily"}}, {"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}, True),
+    ({"code": {"text": "once weekly"}}, {"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}},
+     False),
+    ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+     {"doseRange": {"low": {"value": 7.5, "unit": "mg", "system": UCUM, "code": "mg"},
+                    "high": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}}, True),
+])
+def test_methotrexate_daily_by_event_words_or_a_dose_range_is_caught(client, timing, dose, daily):
+    """Every morning (repeat.when MORN), a timing only in words ("Daily"), or a daily dose given as a range: the
+    daily methotrexate had gone unseen (no card, at the patient's view and at signing)."""
+    dosage = [{"timing": timing, "doseAndRate": [dose]}]
+    signed = hook_call(client, "order-sign", {"observations": normal_cbc()},
+                       order(medicationCodeableConcept=MTX_CC, reasonCode=[{"text": "rheumatoid arthritis"}],
+                             dosageInstruction=dosage))
+    flagged = [c for c in signed if c["summary"].startswith("Methotrexate given daily")]
+    assert [c["indicator"] for c in flagged] == (["critical"] if daily else [])
+
+
 def test_a_daily_recount_26_hours_after_an_anc_of_0_2_keeps_it_and_dates_it(client):
     """A daily CBC without a differential drawn 26 h after ANC 0.2 had lost it (a 24 h window): WBC 5.0 gave no
     card at all. Within IDSA's 48 h the ANC stands, and the headline dates it by its own draw, not as today's."""

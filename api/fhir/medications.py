@@ -280,7 +280,10 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
     """{value, unit} for a mass per time or mass per body mass per time; else the dosage text."""
     text = as_str(dosage.get("text"))
     rate = as_dict(as_list(dosage.get("doseAndRate"))[0] if as_list(dosage.get("doseAndRate")) else {})
-    q = as_dict(rate.get("doseQuantity")) or as_dict(dosage.get("doseQuantity"))  # STU3 kept it on dosage
+    # STU3 kept the quantity on dosage; a range is read at its top, the most that may be given (methotrexate 7.5-10
+    # mg daily as a doseRange had gone unread, and the daily-methotrexate check with it)
+    q = as_dict(rate.get("doseQuantity")) or as_dict(dosage.get("doseQuantity")) or \
+        as_dict(as_dict(rate.get("doseRange")).get("high"))
     value, unit = q.get("value"), quantity_unit(q)
     rate = dose_rate(unit) if is_number(value) and unit else None
     rate_unit = rate.spelling if rate else None
@@ -336,6 +339,9 @@ def _takes_per_week(timing: dict[str, Any]) -> Optional[float]:
         return float(frequency) * len(days) if days and span <= 1 else float(frequency) * 7 / span
     if days:
         return float(len(days))
+    when = {w for w in as_list(repeat.get("when")) if isinstance(w, str)}
+    if when and not is_number(frequency) and not is_number(period):   # "every morning" (MORN): each day, at each
+        return 7.0 * len(when)
     code = next((as_str(c.get("code")) for c in codings(timing.get("code")) if as_str(c.get("code"))), None)
     return _TIMING_CODES.get((code or "").upper())
 
@@ -347,6 +353,9 @@ def _per_period(value: Any, unit: Optional[str], timing: dict[str, Any]) -> Unio
     drug is taken; a dose per take that is not a mass (4 tablets) as a text that says how often ("4 {tbl} 1 time a
     day"); None without a value, a unit or a timing."""
     per_week = _takes_per_week(timing)
+    said = concept_text(timing.get("code"))
+    if is_number(value) and unit and not per_week and said:     # a timing only in words ("Daily"): said with the dose
+        return f"{fmt(value)} {unit} {said[:60]}"
     if not (is_number(value) and unit and per_week):
         return None
     daily = per_week >= 7
