@@ -1338,3 +1338,16 @@ def _coded_result(code, value, **extra):
 ])
 def test_tpmt_results_coded_without_text_are_read(result, expected):
     assert pgx_results(get_engine().kb, bundle(patient(), result), "p1") == expected
+
+
+@pytest.mark.parametrize("value,duffy", [("Fy(a-b-) Duffy null", True), ("Fy(a-,b-)", True), ("Duffy negative", True),
+                                         ("Fy(a+b-)", False), ("Fy(a-b+)", False), ("see report", None)])
+def test_a_duffy_blood_group_result_gives_the_duffy_status(value, duffy):
+    """A Fy(a-b-) result had been ignored: a Duffy-null patient's ANC of 1.2 on clozapine got the general population's
+    "do not start", and a Duffy test was suggested again. A result saying neither is named, the status left unknown."""
+    result = {"resourceType": "Observation", "id": "fy", "status": "final", "subject": {"reference": "Patient/p1"},
+              "effectiveDateTime": "2025-10-29", "code": {"text": "Duffy blood group phenotype"},
+              "valueCodeableConcept": {"text": value}}
+    m = mapped(patient(), obs("751-8", 1.2, t=RECENT), result, as_of=datetime.now(timezone.utc).date())
+    assert m.case["patient"].get("duffy_null") is duffy
+    assert any("Duffy result 'see report' was not understood" in w for w in m.warnings) is (duffy is None)

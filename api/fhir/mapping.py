@@ -30,8 +30,8 @@ from leukodx.engine.timeutil import utc_date
 from .conditions import map_conditions
 from .medications import map_medications
 from .observations import LabValue, map_observations
-from .patient import (PatientChoice, belongs, birth_date, choose_patient, default_id, demographics, several_subjects,
-                      subjects)
+from .patient import (PatientChoice, belongs, birth_date, choose_patient, default_id, demographics, duffy_status,
+                      several_subjects, subjects)
 from .pgx import map_pgx
 from .datatypes import as_dict, as_list, as_str, concept_text, fmt, is_number, parse_when
 from .resources import FhirMappingError, Index, Item, walk_parts
@@ -144,6 +144,9 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         case["as_of"] = as_of.isoformat()
     cautions: list[str] = []
     case["patient"] = demographics(choice, weights, ref, warnings, cautions)
+    duffy = duffy_status(mine, warnings)
+    if duffy is not None:
+        case["patient"]["duffy_null"] = duffy
     case["labs"] = [lab.as_dict() for lab in labs]
     unread_drugs: list[Problem] = []
     meds = map_medications(kb, mine, index, ref, include_draft, warnings, unread_drugs)

@@ -12,16 +12,17 @@ mapping refuse to merge two of them.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Optional
 
-from .datatypes import PARTIAL_DATE, as_dict, as_list, as_str, is_number, quantity_unit
+from .datatypes import PARTIAL_DATE, as_dict, as_list, as_str, codings, concept_text, is_number, quantity_unit
 from .resources import REFERENCE, Item, subject_ref
 from .vitals import Weight, latest_weight
 
-__all__ = ["PatientChoice", "choose_patient", "belongs", "subjects", "several_subjects", "demographics", "default_id",
-           "birth_date", "completed_age", "holds_age"]
+__all__ = ["PatientChoice", "choose_patient", "duffy_status", "belongs", "subjects", "several_subjects", "demographics",
+           "default_id", "birth_date", "completed_age", "holds_age"]
 
 SEXES = ("female", "male", "other", "unknown")
 RACE_EXT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
@@ -283,3 +284,33 @@ def _ancestry(res: dict[str, Any]) -> Optional[str]:
         if text:
             parts.append(text)
     return "; ".join(parts)[:500] or None
+
+
+# A Duffy blood group result (an Observation whose code names the Duffy group) as laboratories write its phenotype:
+# Fy(a-b-) is the Duffy-null phenotype, an Fy(a+...) or Fy(...b+) one is not; "Duffy null" or "Duffy negative" in
+# words. ISBT's notation; the engine weighs the status (merz_2023), the mapping only reads it.
+_DUFFY_CODE = re.compile(r"duffy|\bfy\s*\(|\bfy[ab]\b", re.I)
+_FY = re.compile(r"fy\s*\(\s*a\s*([+-])\s*,?\s*b\s*([+-])\s*\)", re.I)
+_DUFFY_NULL_WORDS = re.compile(r"duffy[- ]?(null|negative)|\bfy\s*null", re.I)
+
+
+def duffy_status(items: list[Item], warnings: list[str]) -> Optional[bool]:
+    """The patient's Duffy-null status from a Duffy blood group Observation (the latest), None when there is none
+    or it says neither (named in ``warnings``). A Fy(a-b-) result had been ignored: a Duffy-null patient's ANC of
+    1.2 on clozapine got the general population's "do not start"."""
+    found: list[tuple[str, bool]] = []
+    for item in items:
+        res = item.resource
+        if item.type != "Observation" or not _DUFFY_CODE.search(" ".join(filter(None, [
+                concept_text(res.get("code")), *(as_str(c.get("display")) for c in codings(res.get("code")))]))):
+            continue
+        text = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept")) or ""
+        fy = _FY.search(text)
+        if fy or _DUFFY_NULL_WORDS.search(text):
+            when = as_str(res.get("effectiveDateTime")) or as_str(res.get("issued")) or ""
+            found.append((when, bool(_DUFFY_NULL_WORDS.search(text)) or (fy is not None and fy.groups() == ("-", "-"))))
+        elif text:
+            warnings.append(f"{item.label}: Duffy result {text[:60]!r} was not understood (Fy(a-b-) is Duffy null); "
+                            f"Duffy status left unknown.")
+    return max(found)[1] if found else None
+
