@@ -325,6 +325,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
 
     anc = values.get("anc")
     tier = tier_for(kb, anc)
+    infant_lln = llns.get("anc") if age is not None and age < 1 else None     # the laboratory's limit for the age
+    if tier == "mild" and infant_lln is not None and anc is not None and anc >= infant_lln:
+        tier, facts["anc_normal_for_age"] = "normal", True      # the 1.5 cut-off applies from 1 year of age
     facts["risk_tier"] = tier
     anc_lab = current.get("anc") if derived_current.get("anc") is None else None
     anc_time = (anc_lab.time if anc_lab else earlier[0].time if earlier else recount[0].time if recount else cbc.time
@@ -344,6 +347,9 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
             tier_at_least = tier
         worse = f"; the tier is {tier} or worse" if tier_at_least else ""
         basis = f"ANC {round(anc, 2):g} x10^9/L {anc_text}{when}{worse}."
+        if facts.get("anc_normal_for_age"):
+            basis += (f" It is at or above the laboratory's lower limit for this infant ({infant_lln:g}): the 1.5 "
+                      f"cut-off is for patients older than 1 year.")
     elif anc_at_most is not None:
         tier_at_least = tier_for(kb, anc_at_most) if anc_at_most < kb.value("neutropenia_anc") else None
         bound = (f"; the ANC cannot exceed the WBC, so the tier is {tier_at_least} or worse" if tier_at_least
