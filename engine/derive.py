@@ -74,7 +74,10 @@ def tier_for(kb: KnowledgeBase, anc: Optional[float]) -> str:
     return "profound"
 
 
-def ctcae_grades(kb: KnowledgeBase, values: dict[str, float], llns: dict[str, float], version: str) -> Ctcae:
+def ctcae_grades(kb: KnowledgeBase, values: dict[str, float], llns: dict[str, float], version: str,
+                 no_default: frozenset[str] = frozenset()) -> Ctcae:
+    """CTCAE grades; a test in ``no_default`` (a child's WBC with no limit for the age) is not graded 1 against the
+    adult default LLN (a 9-month-old's WBC of 3.0 had been "grade 1, < LLN 4")."""
     spec = kb.ctcae["versions"][version]
     out: dict[str, Optional[CtcaeGrade]] = {}
     notes: list[str] = []
@@ -82,7 +85,7 @@ def ctcae_grades(kb: KnowledgeBase, values: dict[str, float], llns: dict[str, fl
         if test not in values:
             continue
         v = values[test]
-        lln = llns.get(test, term.get("default_lln"))
+        lln = llns.get(test, None if test in no_default else term.get("default_lln"))
         grade, criterion = 0, "not decreased"
         for g in term["grades"]:
             bound = lln if g["below"] == "lln" else g["below"]
@@ -379,7 +382,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     cbc_status = _cbc_status(nc, cbc, latest_cbc, latest_age, max_age)
     version = ctcae_version or kb.ctcae.get("default_version", "5.0")
     grade_llns = {k: facts[f"{k}_lln"] for k in ("wbc", "lymphocytes", "anc") if f"{k}_lln" in facts}
-    ctcae = ctcae_grades(kb, {k: values[k] for k in ("wbc", "anc", "lymphocytes") if k in values}, grade_llns, version)
+    ctcae = ctcae_grades(kb, {k: values[k] for k in ("wbc", "anc", "lymphocytes") if k in values}, grade_llns, version,
+                         frozenset({"wbc"}) if "wbc" in values and "wbc_lln" not in facts else frozenset())
     return Derived(facts=facts, current=values, labs_out=labs_out, risk_tier=risk, ctcae=ctcae, warnings=warnings,
                    cbc=cbc_status, reference_limits=limits, count_day=count_day)
 

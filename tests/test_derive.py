@@ -209,3 +209,13 @@ def test_a_value_dated_by_its_day_alone_joins_that_days_only_timed_draw(engine):
     assert any("dated 2025-03-10 with no time of day" in w for w in a.warnings)
     two = day + [lab("neutrophils_pct", 60, "%", time="2025-03-10T18:00:00Z")]
     assert engine.assess(base_case(labs=two)).risk_tier.anc is None
+
+
+def test_a_childs_wbc_with_no_limit_for_the_age_is_not_graded_against_the_adult_limit(engine):
+    """A 9-month-old's WBC of 3.0 with no lower limit from the lab had been "CTCAE grade 1 (< LLN 4)" beside the
+    warning that no limit for the age was known: grade 1 needs the LLN; grade 2 (< 3.0) does not."""
+    baby = {"age_years": 0.75, "sex": "male", "weight_kg": 9}
+    grade = engine.assess(base_case(patient=baby, labs=[lab("wbc", 3.0)])).ctcae.wbc
+    assert grade.grade == 0 and "grade 1 needs the lab's LLN" in grade.criterion
+    assert engine.assess(base_case(patient=baby, labs=[lab("wbc", 2.5)])).ctcae.wbc.grade == 2
+    assert engine.assess(base_case(patient=baby, labs=[lab("wbc", 3.0, lln=6.0)])).ctcae.wbc.grade == 1
