@@ -102,3 +102,14 @@ def test_a_suspect_already_stopped_is_not_held_but_one_still_taken_is(engine):
     a = engine.assess(base_case(labs=labs, medications=[stopped, taken]))
     assert {s.id: s.urgency for s in a.steps}["hold_or_reduce_suspect_drug"] == "urgent"
     assert not a.steps_not_advised
+
+
+def test_azathioprine_outside_bowel_disease_is_withheld_urgently_at_the_dmard_limits(engine):
+    """SLE on azathioprine at WBC 3.3: the DMARD withhold is urgent, as for methotrexate (it had been routine). In
+    Crohn's disease the IBD guidance's lower limits decide: routine at WBC 3.3."""
+    labs = [lab("wbc", 3.3), lab("anc", 1.3)]
+    aza = {"name": "azathioprine", "status": "active", "start": "2024-11-01", "indication": "SLE"}
+    urgency = lambda conditions: {s.id: s.urgency for s in engine.assess(base_case(   # noqa: E731
+        labs=labs, medications=[aza], history={"conditions": conditions})).steps}["hold_or_reduce_suspect_drug"]
+    assert urgency(["systemic lupus erythematosus"]) == "urgent"
+    assert urgency(["Crohn's disease"]) == "routine"
