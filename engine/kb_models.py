@@ -72,6 +72,9 @@ class CatalogueEntry(_Strict):
     drug_classes: list[str] = []
     severity: Optional[Literal["critical", "warning"]] = None   # alerts only
     agents_from: Optional[Literal["interactions"]] = None        # causes whose agents are combinations
+    # causes whose drugs act within an onset window (two thresholds of thresholds.yaml, in days on the drug): a
+    # drug within it is named first among the agents
+    onset_window: Optional[tuple[str, str]] = None
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,28 @@ from .reason import Firing
 __all__ = ["rank_causes"]
 
 
-def _agents(kb: KnowledgeBase, cause_id: str, meds: list[NormMed], interactions: list[dict[str, Any]]) -> list[str]:
+def _agents(kb: KnowledgeBase, cause_id: str, meds: list[NormMed], interactions: list[dict[str, Any]],
+            count_day: Optional[date] = None) -> list[str]:
     entry = kb.causes[cause_id]
     if entry.agents_from == "interactions":      # the combination is the agent, not one drug of it
         return [" + ".join("/".join(side) for side in i["names"]) for i in interactions]
     classes = set(entry.drug_classes)
-    # the most recently started first (a drug started 35 days ago before one taken for 5 years), then by name
+    # a drug taken within the cause's onset window on the count's day first (methimazole stopped on day 51 before
+    # the propylthiouracil of day 10 that replaced it), then the most recently started (a drug started 35 days ago
+    # before one taken for 5 years), then by name
     mine = sorted((m for m in meds if m.classes & classes),
-                  key=lambda m: (-(m.start.toordinal() if m.start else 0), m.drug_name or m.text))
+                  key=lambda m: (not _in_window(kb, entry.onset_window, m, count_day),
+                                 -(m.start.toordinal() if m.start else 0), m.drug_name or m.text))
     return list(dict.fromkeys(m.drug_name or m.text for m in mine))
+
+
+def _in_window(kb: KnowledgeBase, window: Optional[tuple[str, str]], med: NormMed, count_day: Optional[date]) -> bool:
+    """The drug had been taken for a number of days within ``window`` when the count was drawn (or when it stopped,
+    if before)."""
+    if window is None or med.start is None or count_day is None:
+        return False
+    last = med.end if med.end is not None and med.end < count_day else count_day
+    return kb.value(window[0]) <= (last - med.start).days <= kb.value(window[1])
 
 
 def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed],
@@ -67,7 +80,7 @@ def rank_causes(kb: KnowledgeBase, firings: list[Firing], meds: list[NormMed],
     before = [m for m in meds if id(m) not in later]
     for _, _, _, _, cid, score, items in scored:
         entry = kb.causes[cid]
-        agents = _agents(kb, cid, before, interactions or [])
+        agents = _agents(kb, cid, before, interactions or [], count_day)
         if entry.drug_classes and not agents and later and _agents(kb, cid, meds, interactions or []):
             continue                                  # every agent started after the count
         key = frozenset(agents)

@@ -115,3 +115,17 @@ def test_a_new_drug_in_its_onset_window_is_weighed_and_named_first_beside_an_old
     rules = {e.rule for e in cause.evidence}
     assert "drug_induced.idiosyncratic_in_window" in rules and "drug_induced.idiosyncratic_outside_window" not in rules
     assert cause.agents == ["carbimazole", "carbamazepine"]
+
+
+def test_the_drug_within_its_onset_window_is_named_first(engine):
+    """Methimazole stopped after 51 days and propylthiouracil started 10 days ago in its place, ANC 0.2: the agents
+    had read "propylthiouracil, methimazole" (newest first), although the onset window (19-60 days) fits methimazole."""
+    meds = [{"name": "methimazole", "status": "stopped", "start": "2025-01-08", "end": "2025-02-28"},
+            {"name": "propylthiouracil", "status": "active", "start": "2025-02-28"}]
+    a = engine.assess(base_case(labs=[lab("wbc", 1.4), lab("anc", 0.2)], medications=meds))
+    cause = next(c for c in a.causes if c.id == "idiosyncratic_drug_agranulocytosis")
+    assert cause.agents == ["methimazole", "propylthiouracil"]
+    both_out = [{**m, "start": "2024-01-08"} for m in meds[:1]] + meds[1:]     # methimazole for a year: newest first
+    cause = next(c for c in engine.assess(base_case(labs=[lab("wbc", 1.4), lab("anc", 0.2)], medications=both_out)).causes
+                 if c.id == "idiosyncratic_drug_agranulocytosis")
+    assert cause.agents == ["propylthiouracil", "methimazole"]
