@@ -1351,3 +1351,17 @@ def test_a_duffy_blood_group_result_gives_the_duffy_status(value, duffy):
     m = mapped(patient(), obs("751-8", 1.2, t=RECENT), result, as_of=datetime.now(timezone.utc).date())
     assert m.case["patient"].get("duffy_null") is duffy
     assert any("Duffy result 'see report' was not understood" in w for w in m.warnings) is (duffy is None)
+
+
+@pytest.mark.parametrize("days_ago,alert", [(1, True), (0, True), (10, False)])
+def test_a_dose_given_yesterday_means_the_patient_is_on_the_drug(client, days_ago, alert):
+    """Clozapine 100 mg given yesterday (MedicationAdministration, completed), ANC 0.8: the course had been read as
+    ended with that dose, and the label's ANC alert for a patient on clozapine was not raised. Ten days ago: a
+    course that stopped (recent, not taken)."""
+    given = (datetime.now(timezone.utc) - timedelta(days=days_ago)).strftime("%Y-%m-%dT07:00:00Z")
+    admin = {"resourceType": "MedicationAdministration", "id": "ma", "status": "completed",
+             "subject": {"reference": "Patient/p1"}, "effectiveDateTime": given,
+             "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "2626", "display": "clozapine"}]}}
+    cards = patient_view(client, medicationRequests=bundle(admin, kind="searchset"),
+                         observations=bundle(obs("6690-2", 2.9, t=RECENT), obs("751-8", 0.8, t=RECENT), kind="searchset"))
+    assert ("Clozapine with ANC below the label threshold" in cards[0]["summary"]) is alert

@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
+from leukodx.engine.timeutil import utc_date
 from leukodx.engine.units import dose_rate, registry
 from leukodx.engine import rxnorm_codes
 
@@ -61,7 +62,7 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
     later: list[str] = []
     for item in mine:
         if item.type in EVENT_TYPES:
-            mapped = _given(item, index, known_rxnorm, warnings, unread)
+            mapped = _given(item, index, known_rxnorm, warnings, unread, ref)
         elif item.type in ("MedicationRequest", "MedicationStatement"):
             mapped = _medication(item, index, known_rxnorm, include_draft, warnings, unread)
         else:
@@ -186,11 +187,15 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
 
 
 def _given(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: list[str],
-           unread: Optional[list[Problem]] = None) -> Optional[tuple[dict[str, Any], Optional[When]]]:
+           unread: Optional[list[Problem]] = None, ref: Optional[date] = None
+           ) -> Optional[tuple[dict[str, Any], Optional[When]]]:
     """A MedicationAdministration (a dose given) or MedicationDispense (a supply handed over) as a course
     whose last known dose is that day: ``completed`` from its time to its end (a dispense's end is the day
     handed over plus its daysSupply), so it counts as recent for ``recent_drug_days`` after it; an
-    administration in progress or on hold is active. Other statuses mean nothing was given: skipped."""
+    administration in progress or on hold is active, and so is a course whose last dose was given on the case's
+    day ``ref`` or the day before, or whose supply lasts to ``ref`` (clozapine given yesterday had been a course
+    ended, and the label's ANC alert for a patient on clozapine was not raised). Other statuses mean nothing was
+    given: skipped."""
     res = item.resource
     fhir_status = as_str(res.get("status"))
     status = EVENT_STATUS[item.type].get(fhir_status or "")
@@ -216,6 +221,8 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: lis
     if start is None:
         warnings.append(f"{item.label}: no time when it was given; skipped.")
         return None
+    if status != "active" and ref is not None and (utc_date(end) or ref) >= ref - timedelta(days=1):
+        status = "active"                          # given yesterday or today, or supplied to today: still taken
     med = {"name": name, "rxnorm": rxnorm, "status": "active" if status == "active" else "completed",
            "start": start.isoformat(), "indication": _indication(item, index)}
     if status != "active":
