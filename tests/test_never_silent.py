@@ -511,3 +511,13 @@ def test_cds_a_panel_component_named_a_count_but_coded_otherwise_is_named_as_unr
     assert cards[0]["indicator"] == "warning"
     assert "component[1]: anc: named 'Absolute Neutrophils'" in cards[0]["detail"]
 
+
+
+def test_cds_an_anc_given_as_a_coded_answers_text_is_read(client):
+    """An ANC sent as valueCodeableConcept {"text": "<0.1"} beside a WBC of 0.6: it had gone unread, and the card
+    was a warning for the WBC alone. Read as a valueString's "<0.1" is: a bound, profound."""
+    anc = obs("751-8", 0.1, "10*9/L")
+    del anc["valueQuantity"]
+    anc["valueCodeableConcept"] = {"text": "<0.1"}
+    cards = cards_of(post(client, prefetch([obs("6690-2", 0.6, "10*9/L"), anc]))[1])
+    assert cards[0]["indicator"] == "critical" and "ANC <0.1" in cards[0]["summary"]

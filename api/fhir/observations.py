@@ -43,7 +43,7 @@ from leukodx.engine.timeutil import utc_date, utc_naive
 from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
-from .datatypes import (DECIMAL_TEXT, UCUM, When, as_dict, as_list, as_str, code_label, codes, fmt,
+from .datatypes import (DECIMAL_TEXT, UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
                         is_number, not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
 from .unread import absent_value_reason, has_value, named_count_left_out
@@ -230,7 +230,8 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
             skip(absent_value_reason(res))
             return None
         q, why_unit = text_value
-        warnings.append(f"{name}: valueString {as_str(res.get('valueString'))!r} read as "
+        field, text = _value_text(res)
+        warnings.append(f"{name}: {field} {text!r} read as "
                         f"{q.get('comparator', '')}{fmt(q['value'])} {q['unit']}, {why_unit}.")
     unit = _value_unit(q, spec, name, warnings)
     if unit is None:
@@ -372,6 +373,15 @@ _TEXT_NUMBER = re.compile(rf"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+)(?![\d.,])"
                           rf"(?:\s*{_FLAG}|\s+(?!{_FLAG}\s*$)([^\s()]+)(?:\s+{_FLAG})?)?\s*$")
 
 
+def _value_text(res: dict[str, Any]) -> tuple[str, str]:
+    """A value sent as text, and the field it came in: valueString, or a valueCodeableConcept's text ("<0.1" as a
+    coded answer's text had gone unread beside a WBC of 0.6)."""
+    if as_str(res.get("valueString")):
+        return "valueString", res["valueString"]
+    text = concept_text(res.get("valueCodeableConcept")) if "valueCodeableConcept" in res else None
+    return ("valueCodeableConcept text", text) if text else ("", "")
+
+
 def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[tuple[dict[str, Any], str]]:
     """A count sent as text ("<0.1", "0,3"): a valueQuantity, when the number is plausible in exactly one
     of the test's usual units (``suggest``, rules/labs.yaml): "<0.1" is an ANC in 10^9/L, never 0.1 cells
@@ -379,7 +389,7 @@ def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[tuple[dic
     10^9/L) is read in the unit giving the lowest count: a laboratory reports a bound only at the bottom
     of its analyser's range, and the lower reading is the worse side. With why the unit was chosen; None
     when the text is not a number, or the unit cannot be told."""
-    m = _TEXT_NUMBER.match(as_str(res.get("valueString")) or "")
+    m = _TEXT_NUMBER.match(_value_text(res)[1])
     if m is None or spec.get("dimension") != "count_per_volume":
         return None
     value = float(m.group(2).replace(",", "."))
