@@ -107,6 +107,7 @@ def _clean(spelling: str) -> str:
     s = re.sub(r"(?i)\bmc(?=[lLgG])", "u", s)          # mcL, mcg -> uL, ug
     s = re.sub(r"(?i)\s+per\s+", "/", s)                 # "Thousands Per MicroLiter"
     s = re.sub(r"(?i)\bcells?\b\s*", "", s)              # cells/uL -> /uL (a cell is a count)
+    s = re.sub(r"\{[^{}]*\}", "", s)                     # UCUM annotations are unity: /100{WBC} is /100 (percent)
     return re.sub(r"\s+", " ", s).strip()
 
 
@@ -119,7 +120,7 @@ def to_pint_expression(spelling: str) -> str:
     s = _clean(spelling)
     if not s:
         raise UnitProblem("unit is empty")
-    if s == "%":
+    if s in ("%", "/100"):          # per hundred (UCUM's /100{WBC}: per hundred leukocytes) is a percentage
         return "percent"
     multiplier = ""
     m = _POWER.match(s)

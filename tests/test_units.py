@@ -65,6 +65,9 @@ def test_hemoglobin_6_2_mmol_is_10_g_dl():
     ("mcg/dL", "mass_per_volume", "ug/dL", "copper_molar_mass", 1.0),
     ("fL", "volume", "fL", None, 1.0),
     ("%", "fraction", "%", None, 1.0),
+    ("/100{WBC}", "fraction", "%", None, 1.0),         # UCUM: per hundred leukocytes (a differential's percentage)
+    ("/100{leukocytes}", "fraction", "%", None, 1.0),
+    ("{cells}/uL", "count_per_volume", "10^9/L", None, 0.001),   # a UCUM annotation is unity
 ])
 def test_other_lab_units(spelling, dimension, target, mw, expected):
     assert factor(spelling, dimension, target, mw) == pytest.approx(expected, rel=1e-4)
