@@ -340,6 +340,24 @@ def test_invalid_requests(client, mutate, status):
     assert r.status_code == status and r.headers["content-type"].startswith("application/problem+json")
 
 
+@pytest.mark.parametrize("auth", [
+    {"token_type": "bearer"},                         # RFC 6749 5.1: case-insensitive
+    {"subject": None},                                # no subject
+    {"access_token": "x" * 10_000},                   # longer than the service accepts
+])
+def test_an_unusable_fhir_authorization_is_set_aside_not_a_400(client, auth):
+    """A malformed fhirAuthorization beside a complete prefetch had been a 400, and the cards of a patient with an
+    ANC of 0.3 were lost: the token is never needed then. When something must be fetched, the card says why it
+    could not be (a lower-case "bearer" is Bearer, so that token is used)."""
+    token = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
+             "subject": "app", **auth}
+    token = {k: v for k, v in token.items() if v is not None}
+    body = {**request("patient-view", prefetch(CBC_SEVERE)), "fhirServer": "https://ehr.example/fhir",
+            "fhirAuthorization": token}
+    r = client.post("/cds-services/leukodx-patient-view", json=body)
+    assert r.status_code == 200 and cards_of(r)[0]["indicator"] == "critical"
+
+
 def test_unknown_service_and_oversized_prefetch(client):
     assert client.post("/cds-services/nope", json=request("patient-view", None)).status_code == 404
     big = request("patient-view", prefetch(CBC_NORMAL, conditions={"junk": "x" * CDS_LIMIT}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 __all__ = ["Coding", "FhirAuthorization", "HookRequest", "Source", "Action", "Suggestion", "Link", "Card",
            "CardsResponse", "FeedbackEntry", "FeedbackRequest", "card_violations"]
@@ -40,6 +40,30 @@ class HookRequest(_Open):
     fhirAuthorization: Optional[FhirAuthorization] = None
     context: dict[str, Any]
     prefetch: Optional[dict[str, Any]] = None
+    _auth_problem: Optional[str] = PrivateAttr(None)   # why an fhirAuthorization object sent could not be used
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _usable_authorization(cls, data: Any, handler: Any) -> "HookRequest":
+        """An fhirAuthorization object the service cannot use (no subject, a token longer than any it accepts, an
+        expires_in beyond an integer) is set aside and said, not a 400: with the prefetch complete the token is never
+        needed, and a refusal had dropped the cards of a patient with an ANC of 0.3. A token_type is read without
+        regard to case (RFC 6749 5.1: "bearer" is Bearer)."""
+        problem = None
+        auth = data.get("fhirAuthorization") if isinstance(data, dict) else None
+        if isinstance(auth, dict):
+            if isinstance(auth.get("token_type"), str) and auth["token_type"].lower() == "bearer":
+                auth = {**auth, "token_type": "Bearer"}
+            try:
+                FhirAuthorization.model_validate(auth)
+            except ValidationError as e:
+                problem = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'fhirAuthorization'}: {x['msg']}"
+                                    for x in e.errors()[:3])[:300]
+                auth = None
+            data = {**data, "fhirAuthorization": auth}
+        request = handler(data)
+        request._auth_problem = problem
+        return request
 
     @model_validator(mode="after")
     def _cds_r_1(self) -> "HookRequest":

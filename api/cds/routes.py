@@ -142,7 +142,8 @@ async def _gather(hook: HookRequest, settings: Settings,
             if not hook.fhirServer:
                 raise FetchError("no fhirServer was given")
             if hook.fhirAuthorization is None:   # every FHIR call carries the EHR's access token
-                raise FetchError("no fhirAuthorization access token was given for the fhirServer")
+                raise FetchError("no fhirAuthorization access token was given for the fhirServer" if hook._auth_problem
+                                 is None else f"the fhirAuthorization sent could not be used ({hook._auth_problem})")
             to_fetch[key] = fill_template(template, hook.context, None)
         except FetchError as e:
             cannot(key, str(e))
