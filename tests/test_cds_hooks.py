@@ -356,6 +356,10 @@ def test_an_unusable_fhir_authorization_is_set_aside_not_a_400(client, auth):
             "fhirAuthorization": token}
     r = client.post("/cds-services/leukodx-patient-view", json=body)
     assert r.status_code == 200 and cards_of(r)[0]["indicator"] == "critical"
+    if "subject" in auth:                             # a fetch that needed it names why it could not be made
+        del body["prefetch"]["conditions"]
+        detail = cards_of(client.post("/cds-services/leukodx-patient-view", json=body))[0]["detail"]
+        assert "'conditions' could not be had (the fhirAuthorization sent could not be used (subject:" in detail
 
 
 def test_unknown_service_and_oversized_prefetch(client):
