@@ -336,6 +336,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     anc_time = (anc_lab.time if anc_lab else earlier[0].time if earlier else recount[0].time if recount else cbc.time
                 ) if cbc is not None else None
     anc_age = age_days(anc_time, nc.as_of)
+    if anc is not None and anc_age is not None:
+        facts["anc_age_days"] = float(anc_age)
     when = f" (blood drawn {anc_time.date().isoformat()}, {days_text(anc_age)} before {nc.as_of.isoformat()})" \
         if anc_time is not None and anc_age is not None and nc.as_of else ""
     tier_at_least = None

@@ -2,6 +2,8 @@
 findings, missing data and the trace of the rules that fired with the facts they read."""
 from __future__ import annotations
 
+import pytest
+
 from conftest import base_case, lab
 
 
@@ -113,3 +115,17 @@ def test_azathioprine_outside_bowel_disease_is_withheld_urgently_at_the_dmard_li
         labs=labs, medications=[aza], history={"conditions": conditions})).steps}["hold_or_reduce_suspect_drug"]
     assert urgency(["systemic lupus erythematosus"]) == "urgent"
     assert urgency(["Crohn's disease"]) == "routine"
+
+
+@pytest.mark.parametrize("started,drawn,overdue", [
+    ("2025-01-10", "2025-03-02", True),      # day 59 (weekly): 8 days old
+    ("2025-01-10", "2025-03-05", False),     # 5 days old
+    ("2024-07-01", "2025-02-20", True),      # month 8 (every 2 weeks): 18 days old
+    ("2024-07-01", "2025-02-28", False),     # 10 days old
+])
+def test_clozapine_monitoring_overdue_follows_the_labels_intervals(engine, started, drawn, overdue):
+    """Weekly for 6 months, every 2 weeks for months 6-12, then monthly (clozapine label)."""
+    t = f"{drawn}T08:00:00Z"
+    a = engine.assess(base_case(labs=[lab("wbc", 6.0, time=t), lab("anc", 3.0, time=t)],
+                                medications=[{"name": "clozapine", "status": "active", "start": started}]))
+    assert ("clozapine_anc_overdue" in {x.id for x in a.alerts}) is overdue
