@@ -1296,18 +1296,22 @@ def test_a_patient_prefetch_of_another_patient_is_named_first_on_the_card(client
 
 
 @pytest.mark.parametrize("subject,other", [("Patient/p2", True), ("https://ehr.example/fhir/Patient/p2/_history/3", True),
-                                           ("Patient/p1", False), ("https://ehr.example/fhir/Patient/p1", False)])
+                                           ("Group/g1", True), ("Patient/p1", False), ("Patient/p1 ", False),
+                                           ("https://ehr.example/fhir/Patient/p1", False), (None, False)])
 def test_a_draft_order_for_another_patient_is_never_checked_against_this_one(client, subject, other):
     """A draft azathioprine whose subject is Patient/p2, in a call about p1 (TPMT poor): it had been checked against
-    p1's genotype, a critical "do not start" with a delete action. It is named, as a warning, and not checked."""
-    draft = order(medicationCodeableConcept={"text": "azathioprine 50 mg"}, subject={"reference": subject})
+    p1's genotype, a critical "do not start" with a delete action. It is named, as a warning, and not checked. A
+    draft naming no subject is the hook's patient's, checked and counted (it had been checked but left out of the
+    assessment)."""
+    draft = order(medicationCodeableConcept={"text": "azathioprine 50 mg"},
+                  subject={"reference": subject} if subject else None)
     cards = hook_call(client, "order-sign", {"observations": normal_cbc(),
                                             "pgx": bundle(genotype("*3A/*3A"), kind="searchset")}, draft)
     pgx = [c for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx"]
     named = [c for c in cards if "not for this patient: not checked" in c["summary"]]
     assert (len(pgx), len(named)) == ((0, 1) if other else (1, 0))
     if other:
-        assert named[0]["indicator"] == "warning" and "Patient/p2" in named[0]["summary"]
+        assert named[0]["indicator"] == "warning" and subject in named[0]["summary"]
 
 
 def _coded_result(code, value, **extra):

@@ -344,3 +344,11 @@ def test_an_order_above_the_labels_highest_dose_says_so_first(engine, mg, said):
         assert check.priority == "info" and "label" not in check.summary
     else:
         assert check.priority == "warning" and said in check.summary
+
+
+def test_clozapine_below_the_interrupt_threshold_is_critical_even_without_the_alert(engine):
+    """An assessment that does not count the clozapine as taken (so no clozapine alert) and an ANC of 0.4: the check
+    had fallen into the 1.0-1.5 branch, "continue clozapine with the ANC three times a week"."""
+    a = engine.assess(base_case(labs=[lab("wbc", 1.5), lab("anc", 0.4)]))
+    c = check(engine, OrderInput(key="o", name="clozapine"), a)
+    assert (c.priority, c.cancel) == ("critical", "recommended") and "below the clozapine threshold" in c.summary

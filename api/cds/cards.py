@@ -323,10 +323,10 @@ def unread_order_card(hook_instance: str, key: str, order: str, why: str, kb_ver
 
 def other_patients_order_card(hook_instance: str, key: str, order: str, subject: str, patient_id: str,
                               kb_version: str) -> Card:
-    """A draft order whose subject is another patient: not checked against this one's data, and said (a warning: the
-    EHR may be about to sign an order on the wrong record)."""
+    """A draft order whose subject is another patient, or one that cannot be told to be this one: not checked against
+    this one's data, and said (a warning: the EHR may be about to sign an order on the wrong record)."""
     return _data_card(hook_instance, f"order-other-patient|{key}", f"{order} is for {subject}, not for this patient: "
-                      f"not checked", f"{order} names {subject} as its subject; this call is about "
+                      f"not checked", f"{order} names {subject} as its subject, not this patient; this call is about "
                       f"Patient/{patient_id[:64]}. leukodx checks an order only against its own patient's genotypes "
                       f"and counts, so this one was not checked. Make sure the order is on the right record before "
                       f"signing.\n\n{DISCLAIMER}", "warning", kb_version)

@@ -100,11 +100,16 @@ _PATIENT = re.compile(r"(?:^|/)Patient/([^/]+?)(?:/_history/[^/]*)?$")
 
 
 def _another_patients(order: dict[str, Any], patient_id: str) -> Optional[str]:
-    """The subject of a draft order that names a patient other than the call's (a draft for Patient/B had been
-    checked against Patient/A's TPMT and count: a critical "do not start" with a delete action); None when it
-    names this patient, none, or one that cannot be told (``urn:uuid:``)."""
+    """The subject of a draft order that is not the call's patient (a draft for Patient/B had been checked against
+    Patient/A's TPMT and count: a critical "do not start" with a delete action), or that cannot be told to be (a
+    urn:uuid, a Group, an identifier alone: the assessment leaves such a draft out, and the order check had taken it
+    as the patient's); None when it names this patient or no subject (the hook's patient: routes.py)."""
     subject = order.get("subject")
+    if not subject:
+        return None
     ref = subject.get("reference") if isinstance(subject, dict) else None
-    m = _PATIENT.search(ref) if isinstance(ref, str) else None
-    return ref if m and m.group(1) != patient_id.strip().removeprefix("Patient/") else None
+    m = _PATIENT.search(ref.strip()) if isinstance(ref, str) else None
+    if m and m.group(1) == patient_id.strip().removeprefix("Patient/"):
+        return None
+    return ref.strip() if isinstance(ref, str) and ref.strip() else "a subject with no reference"
 

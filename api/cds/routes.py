@@ -226,7 +226,10 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     today = datetime.now(timezone.utc).date()
     # an order being written starts today (the mapping dates a draft so; one of another status is dated here),
     # on copies: the drafts themselves go back unchanged in the cards' update actions
-    dated = [d if "authoredOn" in d else {**d, "authoredOn": today.isoformat()} for d in drafts]
+    # and a draft naming no subject is the hook's patient's (the order is written in that patient's chart): it had been
+    # left out of the assessment while the order check took it as the patient's
+    dated = [{**d, **({} if "authoredOn" in d else {"authoredOn": today.isoformat()}),
+              **({} if d.get("subject") else {"subject": {"reference": f"Patient/{patient_id}"}})} for d in drafts]
     assessment: Optional[Assessment] = None   # the patient's assessment
     ordered: Optional[Assessment] = None      # the same with the draft orders counted as taken (the order check)
     left_out: list[str] = list(notes)

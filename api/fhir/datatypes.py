@@ -91,8 +91,8 @@ def loinc_codes(concept: Any) -> list[str]:
 
 
 def _is_loinc(system: Any) -> bool:
-    return system is None or (isinstance(system, str) and
-                              system.strip().split("|")[0].rstrip("/").lower() in _LOINC_SYSTEMS)
+    return system is None or system == LOINC or (isinstance(system, str) and
+                                                 system.strip().split("|")[0].rstrip("/").lower() in _LOINC_SYSTEMS)
 
 
 def _plain_code(code: str) -> str:
