@@ -1369,3 +1369,19 @@ def test_a_dose_given_yesterday_means_the_patient_is_on_the_drug(client, days_ag
     cards = patient_view(client, medicationRequests=bundle(admin, kind="searchset"),
                          observations=bundle(obs("6690-2", 2.9, t=RECENT), obs("751-8", 0.8, t=RECENT), kind="searchset"))
     assert ("Clozapine with ANC below the label threshold" in cards[0]["summary"]) is alert
+
+
+def test_a_dispense_still_in_supply_does_not_restart_a_course_its_prescriber_stopped(client):
+    """Sulfasalazine dispensed 20 days ago for 30 days, and its prescription stopped 10 days ago; ANC 0.6: the supply
+    had made it "taken now" and raised an urgent hold again. The prescriber's stop ends the course."""
+    day = lambda n: (datetime.now(timezone.utc) - timedelta(days=n)).date().isoformat()   # noqa: E731
+    ssz = {"coding": [{"system": RXNORM, "code": "9524", "display": "sulfasalazine"}]}
+    dispense = {"resourceType": "MedicationDispense", "id": "md", "status": "completed",
+                "subject": {"reference": "Patient/p1"}, "whenHandedOver": day(20), "daysSupply": {"value": 30},
+                "medicationCodeableConcept": ssz}
+    rx = {"resourceType": "MedicationRequest", "id": "mr", "status": "stopped", "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "authoredOn": day(60), "medicationCodeableConcept": ssz,
+          "dispenseRequest": {"validityPeriod": {"start": day(60), "end": day(10)}}}
+    m = mapped(patient(), obs("751-8", 0.6, t=RECENT), dispense, rx, as_of=datetime.now(timezone.utc).date())
+    given = next(med for med in m.case["medications"] if med.get("status") == "completed" and med["start"] == day(20))
+    assert given["end"] >= day(10) and all(med["status"] != "active" for med in m.case["medications"])

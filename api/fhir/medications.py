@@ -81,7 +81,22 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
     if later:
         assert ref is not None
         warnings.append(later_warning(len(later), "medication", "started", ref, later))
+    _ended_by_prescriber(meds)
     return meds
+
+
+def _ended_by_prescriber(meds: list[dict[str, Any]]) -> None:
+    """A dose given or supplied lately (``_given``: taken now) of a drug whose prescription or statement was stopped
+    or completed after it was given ends when that one does: a sulfasalazine dispensed for 30 days 20 days ago and
+    stopped by its prescriber 10 days ago had been "taken now", and an urgent hold raised again."""
+    for med in meds:
+        if not med.pop("_event", False) or med["status"] != "active":
+            continue
+        same = [m for m in meds if m is not med and m["status"] in ("stopped", "completed") and m.get("end")
+                and m["end"] >= med["start"] and ((med.get("rxnorm") and m.get("rxnorm") == med.get("rxnorm"))
+                                                  or (m.get("name") or "").casefold() == (med.get("name") or "").casefold())]
+        if same:
+            med["status"], med["end"] = "completed", max(m["end"] for m in same)
 
 
 def medication_name_and_code(resource: dict[str, Any], known: frozenset[str] = frozenset()
@@ -221,10 +236,11 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: lis
     if start is None:
         warnings.append(f"{item.label}: no time when it was given; skipped.")
         return None
-    if status != "active" and ref is not None and (utc_date(end) or ref) >= ref - timedelta(days=1):
-        status = "active"                          # given yesterday or today, or supplied to today: still taken
+    lately = status != "active" and ref is not None and (utc_date(end) or ref) >= ref - timedelta(days=1)
+    if lately:                                     # given yesterday or today, or supplied to today: still taken
+        status = "active"                          # (unless its prescriber stopped it since: _ended_by_prescriber)
     med = {"name": name, "rxnorm": rxnorm, "status": "active" if status == "active" else "completed",
-           "start": start.isoformat(), "indication": _indication(item, index)}
+           "start": start.isoformat(), "indication": _indication(item, index), "_event": lately}
     if status != "active":
         med["end"] = end.isoformat()
     return {k: v for k, v in med.items() if v is not None}, start
