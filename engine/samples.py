@@ -48,6 +48,9 @@ def _sort_key(s: Sample) -> tuple[int, datetime]:
     return (1, datetime.max) if s.time is None else (0, s.time)
 
 
+_DAY, _ZONES = timedelta(days=1), timedelta(hours=14)
+
+
 def group_samples(labs: Iterable[NormLab], window_hours: float) -> list[Sample]:
     """Group values into draws, oldest first (the untimed draw last)."""
     by_specimen: dict[str, Sample] = {}
@@ -80,7 +83,8 @@ def group_samples(labs: Iterable[NormLab], window_hours: float) -> list[Sample]:
     timed = [s for s in samples if s.key.startswith("draw:")]
     for lab in sorted((x for x in loose if x.day_only), key=lambda x: (x.time, x.index)):
         assert lab.time is not None
-        day = [s for s in timed if s.time is not None and s.time.date() == lab.time.date()]
+        # the day as the laboratory's clock read it: up to 14 hours either side of the UTC day (UTC-12 to UTC+14)
+        day = [s for s in timed if s.time is not None and -_ZONES <= s.time - lab.time <= _DAY + _ZONES]
         if len(day) == 1 and lab.test not in day[0].values:
             day[0].values[lab.test] = lab
             continue

@@ -209,6 +209,10 @@ def test_a_value_dated_by_its_day_alone_joins_that_days_only_timed_draw(engine):
     assert any("dated 2025-03-10 with no time of day" in w for w in a.warnings)
     two = day + [lab("neutrophils_pct", 60, "%", time="2025-03-10T18:00:00Z")]
     assert engine.assess(base_case(labs=two)).risk_tier.anc is None
+    # the laboratory's own day: 2025-03-09 22:00 at UTC-8 is 06:00 UTC on the 10th, the WBC dated the 9th
+    local = [{"test": "wbc", "value": 1.8, "unit": "10^9/L", "time": "2025-03-09"},
+             lab("neutrophils_pct", 15, "%", time="2025-03-09T22:00:00-08:00")]
+    assert engine.assess(base_case(labs=local)).risk_tier.anc == 0.27
 
 
 def test_a_childs_wbc_with_no_limit_for_the_age_is_not_graded_against_the_adult_limit(engine):
