@@ -468,7 +468,8 @@ def test_an_anc_reported_as_a_bound_is_shown_and_judged_as_one(engine, comparato
                                          ("http://loinc.org", "\uff17\uff15\uff11-8"),
                                          ("http://loinc.org", "751-8\u200b"), ("http://loinc.org", " 751-8 "),
                                          ("HTTP://LOINC.ORG", "751-8"), ("http://loinc.org|2.77", "751-8"),
-                                         ("LN", "751-8"), ("urn:oid:2.16.840.1.113883.6.1", "751-8")])
+                                         ("LN", "751-8"), ("LOINC", "751-8"),
+                                         ("urn:oid:2.16.840.1.113883.6.1", "751-8")])
 def test_cds_loinc_written_another_way_is_read(client, system, code):
     anc = obs("751-8", 0.3, "10*9/L")
     anc["code"]["coding"][0].update(system=system, code=code)
@@ -482,6 +483,8 @@ def test_cds_loinc_written_another_way_is_read(client, system, code):
     ({"coding": [{"system": "https://ncez.mzcr.cz/standards/fhir/CodeSystem/nclp", "code": "12369",
                   "display": "Neutrofily - absolutn\u00ed po\u010det"}]}, True),      # Czech
     ({"text": "Neutrophile absolut"}, True),                        # German
+    ({"text": "Neutr\u00f3filos absolutos"}, True),                  # Spanish
+    ({"text": "Polys #"}, True),
     ({"text": "Leukocytes [#/volume] in Urine"}, False),        # not a blood count
     ({"text": "Leukozyten im Urin"}, False),
     ({"text": "Neutrophil cytoplasmic Ab"}, False),

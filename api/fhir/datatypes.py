@@ -24,8 +24,8 @@ __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 # LOINC's system as EHRs write it, once trimmed, lower-cased and stripped of a closing slash and a "|version": its
-# URI (http or https), its OID, and HL7 v2's name for it ("LN", as v2-to-FHIR conversions leave it)
-_LOINC_SYSTEMS = frozenset({"http://loinc.org", "https://loinc.org", "urn:oid:2.16.840.1.113883.6.1", "ln"})
+# URI (http or https), its OID, HL7 v2's name for it ("LN", as v2-to-FHIR conversions leave it), or its name
+_LOINC_SYSTEMS = frozenset({"http://loinc.org", "https://loinc.org", "urn:oid:2.16.840.1.113883.6.1", "ln", "loinc"})
 _DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d", "-"))
 RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")

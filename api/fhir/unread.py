@@ -21,8 +21,8 @@ __all__ = ["named_count", "named_count_left_out", "absent_value_reason", "has_va
 
 # in English and as European laboratories name them (Neutrofily, Neutrophile, neutrófilos, polynucléaires neutrophiles,
 # Leukozyten, leucocitos, leukocyty ...)
-_NAMES = (("anc", re.compile(r"\b(anc|absolute neutrophils?|(segmented |band )?neutro(phil|fil|fíl)\w*|polynucl\w*|segs|"
-                             r"granulo[cz]\w*)", re.I)),
+_NAMES = (("anc", re.compile(r"\b(anc|absolute neutrophils?|(segmented |band )?neutr[oó](phil|fil|fíl)\w*|polynucl\w*|segs|"
+                             r"polys?\b|pmns?\b|granulo[cz]\w*)", re.I)),
           ("wbc", re.compile(r"\b(wbc|white (blood )?cells?|leu[ck]o[ckz]\w*|leucocit\w*)", re.I)))
 # not a blood count: antibodies, enzymes, markers, and counts in other fluids
 _NOT_A_COUNT = re.compile(r"antibod|\bab\b|\bigg|anca|phosphatase|elastase|gelatinase|esterase|\bcd\d|urin|"
