@@ -1345,7 +1345,10 @@ def test_tpmt_results_coded_without_text_are_read(result, expected):
 
 
 @pytest.mark.parametrize("value,duffy", [("Fy(a-b-) Duffy null", True), ("Fy(a-,b-)", True), ("Duffy negative", True),
-                                         ("Fy(a+b-)", False), ("Fy(a-b+)", False), ("see report", None)])
+                                         ("Fy(a\u2212b\u2212)", True), ("Fy(a\u2013b\u2013)", True),
+                                         ("Fya negative, Fyb negative", True), ("FY:-1,-2", True),
+                                         ("Fy(a+b-)", False), ("Fy(a-b+)", False), ("FY:1,-2", False),
+                                         ("Fya positive, Fyb negative", False), ("see report", None)])
 def test_a_duffy_blood_group_result_gives_the_duffy_status(value, duffy):
     """A Fy(a-b-) result had been ignored: a Duffy-null patient's ANC of 1.2 on clozapine got the general population's
     "do not start", and a Duffy test was suggested again. A result saying neither is named, the status left unknown."""

@@ -289,9 +289,16 @@ def _ancestry(res: dict[str, Any]) -> Optional[str]:
 # A Duffy blood group result (an Observation whose code names the Duffy group) as laboratories write its phenotype:
 # Fy(a-b-) is the Duffy-null phenotype, an Fy(a+...) or Fy(...b+) one is not; "Duffy null" or "Duffy negative" in
 # words. ISBT's notation; the engine weighs the status (merz_2023), the mapping only reads it.
-_DUFFY_CODE = re.compile(r"duffy|\bfy\s*\(|\bfy[ab]\b", re.I)
-_FY = re.compile(r"fy\s*\(\s*a\s*([+-])\s*,?\s*b\s*([+-])\s*\)", re.I)
+_DUFFY_CODE = re.compile(r"duffy|\bfy\s*\(|\bfy[ab]\b|\bfy\s*:", re.I)
+_FY = re.compile(r"fy\s*\(\s*a\s*([+-])\s*,?\s*b\s*([+-])\s*\)"          # Fy(a-b-)
+                 r"|fy\s*:\s*(-?)1\s*,\s*(-?)2\b"                             # ISBT FY:-1,-2
+                 r"|fya\s*(pos\w*|neg\w*|[+-])\W+fyb\s*(pos\w*|neg\w*|[+-])", re.I)   # Fya negative, Fyb negative
 _DUFFY_NULL_WORDS = re.compile(r"duffy[- ]?(null|negative)|\bfy\s*null", re.I)
+_MINUS = str.maketrans(dict.fromkeys("\u2212\u2010\u2011\u2012\u2013\u2014\ufe63\uff0d", "-"))
+
+
+def _negative(sign: str) -> bool:
+    return sign == "-" or sign.lower().startswith("neg")         # ISBT: FY:1 (no minus) is positive
 
 
 def duffy_status(items: list[Item], warnings: list[str]) -> Optional[bool]:
@@ -304,11 +311,12 @@ def duffy_status(items: list[Item], warnings: list[str]) -> Optional[bool]:
         if item.type != "Observation" or not _DUFFY_CODE.search(" ".join(filter(None, [
                 concept_text(res.get("code")), *(as_str(c.get("display")) for c in codings(res.get("code")))]))):
             continue
-        text = as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept")) or ""
+        text = (as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept")) or "").translate(_MINUS)
         fy = _FY.search(text)
         if fy or _DUFFY_NULL_WORDS.search(text):
             when = as_str(res.get("effectiveDateTime")) or as_str(res.get("issued")) or ""
-            found.append((when, bool(_DUFFY_NULL_WORDS.search(text)) or (fy is not None and fy.groups() == ("-", "-"))))
+            signs = [g for g in fy.groups() if g is not None] if fy else []
+            found.append((when, bool(_DUFFY_NULL_WORDS.search(text)) or (len(signs) == 2 and all(map(_negative, signs)))))
         elif text:
             warnings.append(f"{item.label}: Duffy result {text[:60]!r} was not understood (Fy(a-b-) is Duffy null); "
                             f"Duffy status left unknown.")
