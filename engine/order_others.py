@@ -52,20 +52,22 @@ def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], 
 
 def not_known(order: OrderInput, tpmt: str, nudt15: str, a: Optional[Assessment]) -> Optional[OrderCheck]:
     """A drug none of leukodx's names, brands or RxNorm codes matches, ordered for a patient with something at stake
-    (a low or unread neutrophil count, an alert, a reduced TPMT or NUDT15 function): said, never passed in silence
-    (Imurel, a European brand of azathioprine, had been signed for a TPMT poor metaboliser with no card). For
-    others it is not said: most drugs ordered are none of leukodx's business."""
+    (a neutropenia or leukopenia, a reduced TPMT or NUDT15 function): said, never passed in silence (Imurel, a
+    European brand of azathioprine, had been signed for a TPMT poor metaboliser with no card); a warning for a poor
+    metaboliser or a severe count. For others it is not said: most drugs ordered are none of leukodx's business."""
     stakes = [f"{gene} {phenotype.replace('_', ' ')} function" for gene, phenotype in (("TPMT", tpmt), ("NUDT15", nudt15))
               if phenotype in ("poor", *INTERMEDIATE)]
     tier = a.risk_tier if a is not None else None
     if tier is not None and (tier.tier in ("mild", "moderate", "severe", "profound") or tier.tier_at_least):
         stakes.append(f"a {tier.tier_at_least} or worse neutropenia" if tier.tier_at_least else f"a {tier.tier} neutropenia")
-    elif a is not None and a.alerts:
-        stakes.append(a.alerts[0].title.lower())
+    elif a is not None and any(f.id == "leukopenia" for f in a.findings):     # a low WBC with no differential
+        stakes.append("a leukopenia")
     if not stakes:
         return None
     name = order.name[:80]
-    return OrderCheck(order=order.key, drug="", drug_name=name, topic="unknown_drug", priority="info",
+    high = "poor" in (tpmt, nudt15) or (tier is not None and tier.tier in ("severe", "profound"))
+    return OrderCheck(order=order.key, drug="", drug_name=name, topic="unknown_drug",
+                      priority="warning" if high else "info",
                       summary=f"{name!r} is not a drug leukodx knows: not checked against {'; '.join(stakes)}",
                       detail=f"leukodx checks an ordered drug against its knowledge base (rules/drugs.yaml): a "
                              f"thiopurine against TPMT and NUDT15, clozapine against the ANC, the drugs whose labels "

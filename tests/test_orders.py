@@ -175,11 +175,13 @@ def test_a_drug_leukodx_does_not_know_is_named_when_something_is_at_stake(engine
     unchecked; for anyone else it is not (most drugs ordered are none of leukodx's business)."""
     imurel = OrderInput(key="o", name="Imurel 50 mg comprimidos")
     c = check(engine, imurel, tpmt="*3A/*3A", nudt15="*1/*1")
-    assert (c.topic, c.priority) == ("unknown_drug", "info")
+    assert (c.topic, c.priority) == ("unknown_drug", "warning")
     assert c.summary == "'Imurel 50 mg comprimidos' is not a drug leukodx knows: not checked against TPMT poor function"
     severe = engine.assess(base_case(labs=[lab("wbc", 1.5), lab("anc", 0.4)]))
     assert check(engine, imurel, severe).summary.endswith("not checked against a severe neutropenia")
     assert engine.check_orders([imurel], engine.assess(base_case()), None, None) == []
+    leukopenia = engine.assess(base_case(labs=[lab("wbc", 3.0)]))          # no differential
+    assert check(engine, imurel, leukopenia).priority == "info"
     assert engine.check_orders([imurel], None, "*1/*1", "*1/*1") == []
 
 # ---- where CPIC's row is not shown (issue 14.2) ------------------------------------------------------
