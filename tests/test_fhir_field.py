@@ -1072,6 +1072,8 @@ def test_methotrexate_given_daily_for_arthritis_gets_a_critical_card_whatever_th
     ({"code": {"text": "Daily"}}, {"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}, True),
     ({"code": {"text": "once weekly"}}, {"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}},
      False),
+    ({"repeat": {"when": ["MORN"], "periodUnit": "wk"}},                  # a morning each week: not daily
+     {"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}, False),
     ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
      {"doseRange": {"low": {"value": 7.5, "unit": "mg", "system": UCUM, "code": "mg"},
                     "high": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}}, True),

@@ -363,7 +363,7 @@ def _takes_per_week(timing: dict[str, Any]) -> Optional[float]:
     if days:
         return float(len(days))
     when = {w for w in as_list(repeat.get("when")) if isinstance(w, str)}
-    if when and not is_number(frequency) and not is_number(period):   # "every morning" (MORN): each day, at each
+    if when and not is_number(frequency) and not is_number(period) and not unit:   # "every morning": each day, at each
         return 7.0 * len(when)
     code = next((as_str(c.get("code")) for c in codings(timing.get("code")) if as_str(c.get("code"))), None)
     return _TIMING_CODES.get((code or "").upper())
