@@ -332,6 +332,7 @@ def test_hooks_library_order_contexts_are_accepted(client):
     (lambda b: b["context"].pop("patientId"), 400),
     (lambda b: b.update(fhirAuthorization={"access_token": "t", "token_type": "Bearer", "expires_in": 1,
                                            "scope": "s", "subject": "s"}), 400),
+    (lambda b: b.update(fhirAuthorization={"access_token": "t", "token_type": "bearer"}), 400),   # cds-r-1 still
 ])
 def test_invalid_requests(client, mutate, status):
     body = request("patient-view", prefetch(CBC_NORMAL))

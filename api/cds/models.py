@@ -51,7 +51,7 @@ class HookRequest(_Open):
         regard to case (RFC 6749 5.1: "bearer" is Bearer)."""
         problem = None
         auth = data.get("fhirAuthorization") if isinstance(data, dict) else None
-        if isinstance(auth, dict):
+        if isinstance(auth, dict) and data.get("fhirServer"):    # without fhirServer: cds-r-1's 400, malformed or not
             if isinstance(auth.get("token_type"), str) and auth["token_type"].lower() == "bearer":
                 auth = {**auth, "token_type": "Bearer"}
             try:
