@@ -308,9 +308,9 @@ def duffy_status(items: list[Item], warnings: list[str]) -> Optional[bool]:
     found: list[tuple[str, bool]] = []
     for item in items:
         res = item.resource
-        if item.type != "Observation" or not _DUFFY_CODE.search(" ".join(filter(None, [
+        if item.type != "Observation" or "valueQuantity" in res or not _DUFFY_CODE.search(" ".join(filter(None, [
                 concept_text(res.get("code")), *(as_str(c.get("display")) for c in codings(res.get("code")))]))):
-            continue
+            continue                # (a measured value is no blood group phenotype: a lab's count is passed over fast)
         text = (as_str(res.get("valueString")) or concept_text(res.get("valueCodeableConcept")) or "").translate(_MINUS)
         fy = _FY.search(text)
         if fy or _DUFFY_NULL_WORDS.search(text):
