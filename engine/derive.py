@@ -24,7 +24,7 @@ from .limits import reference_limits
 from .normalize import NormCase, NormLab
 from .exposure import drug_facts, earlier_anc_facts, patient_facts, started_after
 from .samples import (DERIVABLE, DIFFERENTIAL_TESTS, Sample, age_days, days_text, derived_count, from_upper_bound,
-                      group_samples, lower_recount)
+                      group_samples, lower_recount, unpaired_percentage)
 from .trends import anc_by_draw, series_facts
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
@@ -360,7 +360,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         bound = (f"; the ANC cannot exceed the WBC, so the tier is {tier_at_least} or worse" if tier_at_least
                  else "; the WBC does not bound the ANC below the neutropenia cutoff")
         basis = (f"No ANC: no neutrophil count or percentage in the same draw as the WBC {round(anc_at_most, 2):g} x10^9/L"
-                 f"{when}{bound}.")
+                 f"{when}{bound}.{unpaired_percentage(samples, cbc) if cbc is not None else ''}")
     elif (pct := max((lab for lab in nc.labs if lab.test in ("neutrophils_pct", "bands_pct")),
                      key=lambda lab: lab.time or datetime.min, default=None)) is not None:
         drawn = f" (drawn {pct.time.date().isoformat()})" if pct.time is not None else ""

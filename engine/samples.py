@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 from .normalize import NormLab
 
 __all__ = ["Sample", "group_samples", "age_days", "COUNT_TESTS", "DIFFERENTIAL_TESTS", "DERIVABLE", "derived_count",
-           "from_upper_bound", "lower_recount"]
+           "from_upper_bound", "lower_recount", "unpaired_percentage"]
 
 # The counts a neutrophil tier can rest on.
 COUNT_TESTS = ("wbc", "anc", "segmented_neutrophils")
@@ -162,3 +162,20 @@ def lower_recount(samples: list[Sample], cbc: Optional[Sample], anc_points: dict
         if value is not None:
             return (sample, value) if current > 0 and (current - value) / current > tolerance else None
     return None
+
+
+def unpaired_percentage(samples: list[Sample], cbc: Sample) -> str:
+    """A neutrophil percentage of another draw within a day of ``cbc`` (which has a WBC and none), said with the ANC it
+    would give if the two were one draw; "" when there is none. A WBC dated by the day and a percentage of a day with
+    two timed draws cannot be paired (group_samples), and the percentage had gone unmentioned."""
+    if cbc.time is None or "wbc" not in cbc.values:
+        return ""
+    near = [(s, s.values["neutrophils_pct"]) for s in samples if s is not cbc and s.time is not None
+            and "neutrophils_pct" in s.values and abs(s.time - cbc.time) <= _DAY + _ZONES]
+    if not near:
+        return ""
+    s, pct = max(near, key=lambda x: x[0].time or datetime.min)
+    wbc = cbc.values["wbc"].value
+    return (f" A neutrophil percentage of {pct.value:g} % drawn {s.time:%Y-%m-%d %H:%M} UTC could not be tied to this "
+            f"WBC's draw; if they are one draw, the ANC is {wbc * pct.value / 100:.2g} x10^9/L.")
+

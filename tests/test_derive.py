@@ -208,7 +208,10 @@ def test_a_value_dated_by_its_day_alone_joins_that_days_only_timed_draw(engine):
     assert (a.risk_tier.tier, a.risk_tier.anc) == ("severe", 0.27)
     assert any("dated 2025-03-10 with no time of day" in w for w in a.warnings)
     two = day + [lab("neutrophils_pct", 60, "%", time="2025-03-10T18:00:00Z")]
-    assert engine.assess(base_case(labs=two)).risk_tier.anc is None
+    unpaired = engine.assess(base_case(labs=two)).risk_tier
+    assert unpaired.anc is None            # said, with the ANC it would give (the latest percentage: 60 %)
+    assert "A neutrophil percentage of 60 % drawn 2025-03-10 18:00 UTC could not be tied" in unpaired.basis
+    assert "the ANC is 1.1 x10^9/L" in unpaired.basis
     # the laboratory's own day: 2025-03-09 22:00 at UTC-8 is 06:00 UTC on the 10th, the WBC dated the 9th
     local = [{"test": "wbc", "value": 1.8, "unit": "10^9/L", "time": "2025-03-09"},
              lab("neutrophils_pct", 15, "%", time="2025-03-09T22:00:00-08:00")]
