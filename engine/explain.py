@@ -111,8 +111,10 @@ def _pharmacogenomics(kb: KnowledgeBase, nc: NormCase, d: Derived) -> Pharmacoge
             note = (f"{unknown[0]} not tested: CPIC's dose for the other gene's result alone is given (its alert for "
                     f"no {unknown[0]} result on file); genotype {unknown[0]} as well.")
         elif unknown:
+            undetermined = [g.gene for g in (nc.tpmt, nc.nudt15) if g.phenotype == "indeterminate"]
             note = (f"{' and '.join(unknown)} not tested: CPIC's recommendation needs both TPMT and NUDT15; genotype "
-                    f"{' and '.join(unknown)} before dosing.")
+                    f"{' and '.join(unknown)} before dosing." + (f" {undetermined[0]} is indeterminate: its result gives "
+                                                                 f"no phenotype either." if undetermined else ""))
         else:
             recs = [rec for drug in thiopurines if (rec := pgx.recommendation(kb, drug, nc.tpmt, nc.nudt15))]
     return Pharmacogenomics(tpmt=nc.tpmt, nudt15=nc.nudt15, tpmt_reliable=reliable,

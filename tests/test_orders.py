@@ -354,3 +354,9 @@ def test_clozapine_below_the_interrupt_threshold_is_critical_even_without_the_al
     a = engine.assess(base_case(labs=[lab("wbc", 1.5), lab("anc", 0.4)]))
     c = check(engine, OrderInput(key="o", name="clozapine"), a)
     assert (c.priority, c.cancel) == ("critical", "recommended") and "below the clozapine threshold" in c.summary
+
+
+def test_an_indeterminate_result_beside_an_untested_gene_is_named_too(engine):
+    """TPMT indeterminate and NUDT15 untested: the note had named only NUDT15 as unknown."""
+    p = engine.assess(base_case(medications=AZA_ACTIVE, history={"tpmt": "indeterminate"})).pharmacogenomics
+    assert p.recommendations == [] and p.note.endswith("TPMT is indeterminate: its result gives no phenotype either.")
