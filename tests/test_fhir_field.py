@@ -1390,3 +1390,13 @@ def test_a_dispense_still_in_supply_does_not_restart_a_course_its_prescriber_sto
     m = mapped(patient(), obs("751-8", 0.6, t=RECENT), dispense, rx, as_of=datetime.now(timezone.utc).date())
     given = next(med for med in m.case["medications"] if med.get("status") == "completed" and med["start"] == day(20))
     assert given["end"] >= day(10) and all(med["status"] != "active" for med in m.case["medications"])
+
+
+def test_a_value_dated_by_the_day_beside_a_timed_one_of_the_same_test_is_named(client):
+    """A WBC of 1.8 dated by the day alone and a WBC of 7.0 at 07:00 the same day: no card had named either; which
+    is the later cannot be told. The timed one is used, the other named as not assessed."""
+    day = RECENT[:10]
+    wbc_day = obs("6690-2", 1.8, t=day)
+    cards = patient_view(client, observations=bundle(wbc_day, obs("6690-2", 7.0, t=RECENT), obs("751-8", 4.0, t=RECENT),
+                                                     kind="searchset"))
+    assert f"wbc 1.8 10*3/uL is dated {day} with no time of day" in cards[0]["detail"]

@@ -189,14 +189,23 @@ def _placed_in_time(labs: list[LabValue], skipped: list[Problem], warnings: list
     named as not assessed."""
     limit = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=FUTURE_TOLERANCE_DAYS)
     dated = any(lab.utc is not None for lab in labs)
+    # a value dated by its day alone beside a timed value of the same test that day: which is later cannot be told
+    timed = {(lab.test, lab.utc.date()): lab for lab in labs if lab.utc is not None and isinstance(lab.time, datetime)}
     kept = []
     for lab in labs:
         future = lab.utc is not None and lab.utc > limit
-        if not future and (lab.utc is not None or not dated):
+        twin = timed.get((lab.test, lab.utc.date())) if lab.utc is not None and not isinstance(lab.time, datetime) \
+            else None
+        if not future and twin is None and (lab.utc is not None or not dated):
             kept.append(lab)
             continue
         shown = f"{lab.test} {fmt(lab.value) if is_number(lab.value) else lab.value} {lab.unit}"
-        if future:
+        if twin is not None and not future:
+            assert twin.utc is not None
+            why = (f"{shown} is dated {lab.time} with no time of day, beside {twin.test} "
+                   f"{fmt(twin.value) if is_number(twin.value) else twin.value} {twin.unit} at {twin.utc:%H:%M} UTC the "
+                   f"same day: which is the later cannot be told, and the timed one was used")
+        elif future:
             assert lab.utc is not None
             why = f"{shown} is dated {lab.utc.date().isoformat()}, after today: a result cannot come from the future"
         else:
