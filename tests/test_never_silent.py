@@ -524,3 +524,16 @@ def test_cds_an_anc_given_as_a_coded_answers_text_is_read(client):
     anc["valueCodeableConcept"] = {"text": "<0.1"}
     cards = cards_of(post(client, prefetch([obs("6690-2", 0.6, "10*9/L"), anc]))[1])
     assert cards[0]["indicator"] == "critical" and "ANC <0.1" in cards[0]["summary"]
+
+
+def test_cds_an_old_count_on_the_first_page_only_is_a_warning(client):
+    """The EHR sent the first page of a paged observations search (a next link, no fhirServer to follow it) and its
+    latest count is 2 years old: the current count may be on a later page, and the card had been information."""
+    old = (datetime.now(timezone.utc) - timedelta(days=800)).strftime("%Y-%m-%dT08:00:00Z")
+    pre = prefetch([obs("6690-2", 5.0, "10*9/L", old), obs("751-8", 3.0, "10*9/L", old)])
+    pre["observations"]["link"] = [{"relation": "next", "url": "https://ehr.example/fhir/Observation?page=2"}]
+    [card] = cards_of(post(client, pre)[1])
+    assert card["indicator"] == "warning" and "in the first page of counts sent" in card["summary"]
+    del pre["observations"]["link"]
+    [card] = cards_of(post(client, pre)[1])
+    assert card["indicator"] == "info"

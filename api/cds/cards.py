@@ -255,8 +255,10 @@ def _data_card(hook_instance: str, key: str, summary: str, detail: str, indicato
     return _card(hook_instance, key, summary, indicator, detail, _source(label, "data"))
 
 
-def stale_card(a: Assessment, hook_instance: str) -> Card:
-    """No current CBC: no acute card; one info card saying how old the latest count is."""
+def stale_card(a: Assessment, hook_instance: str, first_page_only: bool = False) -> Card:
+    """No current CBC: no acute card; one info card saying how old the latest count is. A warning when the counts
+    sent were only the first page of the EHR's search (a current count may be on a later one: a 2-year-old count on
+    page 1 had been an information card)."""
     years = a.cbc.age_days / 365.25 if a.cbc.age_days is not None else None
     age = (f"{int(years)} years" if years is not None and years >= 2 else
            f"{a.cbc.age_days} days" if a.cbc.age_days is not None else "of unknown age")
@@ -270,10 +272,14 @@ def stale_card(a: Assessment, hook_instance: str) -> Card:
     later = [f"{lab.name} {_n(lab.value)} {lab.unit} ({str(lab.time)[:10]})" for lab in a.labs   # other tests of
              if lab.time is not None and day is not None and str(lab.time)[:10] > day]     # a later day: shown
     shown += f"**Since then:** {', '.join(later[:8])}.\n\n" if later else ""
+    if first_page_only:
+        summary = summary.replace("in the data sent", "in the first page of counts sent")
+        shown += ("**Only the first page of the counts was had:** a current count may be on a later page; check the "
+                  "EHR before taking this as the latest.\n\n")
     return _data_card(hook_instance, "stale", summary,
                       f"{a.cbc.note}\n\n{shown}leukodx raises no alert and names no cause from a count this old. "
                       f"Repeat the CBC with a differential if a current assessment is needed.\n\n_{a.disclaimer}_",
-                      kb_version=a.kb_version)
+                      "warning" if first_page_only else "info", a.kb_version)
 
 
 def checked_card(a: Assessment, hook_instance: str, counts_unread: bool = True) -> Card:

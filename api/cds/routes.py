@@ -102,9 +102,9 @@ def _operation_outcome(status: int, text: str, diagnostics: str) -> JSONResponse
 
 
 async def _gather(hook: HookRequest, settings: Settings,
-                  templates: dict[str, str]) -> tuple[list[Any], list[str], list[str], bool]:
+                  templates: dict[str, str]) -> tuple[list[Any], list[str], list[str], bool, set[str]]:
     """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys,
-    notes, whether anything was fetched from the FHIR server)."""
+    notes, whether anything was fetched from the FHIR server, the keys of which only a first page was had)."""
     prefetch = hook.prefetch or {}
     resources: list[Any] = []
     keys: list[str] = []            # the prefetch key each resource came from, to name it in messages
@@ -112,11 +112,13 @@ async def _gather(hook: HookRequest, settings: Settings,
     notes: list[str] = []
     paged_values: dict[str, Any] = {}
     to_fetch: dict[str, str] = {}
+    first_page_only: set[str] = set()
 
     def cannot(key: str, why: str) -> None:
         if key in paged_values:
             resources.append(paged_values[key])
             keys.append(key)
+            first_page_only.add(key)
             notes.append(f"prefetch '{key}' holds only its first page ({why})")
         elif key in REQUIRED_KEYS:
             missing.append(f"{key}: {why}")
@@ -162,7 +164,7 @@ async def _gather(hook: HookRequest, settings: Settings,
             if out.note:
                 notes.append(f"'{key}' is partial ({out.note})")
     _KEYS.set(keys)
-    return resources, missing, notes, bool(to_fetch)
+    return resources, missing, notes, bool(to_fetch), first_page_only
 
 
 _PROBLEM = {"content": {"application/problem+json": {}}, "description": "Problem details (RFC 9457)"}
@@ -212,7 +214,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     if not isinstance(patient_id, str) or not patient_id:
         raise ProblemError(400, "Invalid CDS Hooks request", "context.patientId is required")
 
-    resources, missing, notes, fetched = await _gather(hook, settings, _templates(eng))
+    resources, missing, notes, fetched, first_page_only = await _gather(hook, settings, _templates(eng))
     small = small and not fetched                   # what a FHIR server sent can be of any size
     if missing:
         why = "; ".join(missing) + _prefetch_mismatch(hook, _templates(eng), patient_id)
@@ -295,7 +297,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
             and not C.cytopenia_without_white_count(assessment) \
             and (anc_unread or not C.percentage_without_white_count(assessment)):   # a WBC sent unread: named below
         if assessment.cbc.tests:   # an old count alone says nothing acute; a temperature with no count, nothing
-            cards.append(C.stale_card(assessment, hook.hookInstance))
+            cards.append(C.stale_card(assessment, hook.hookInstance, "observations" in first_page_only))
     else:
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id, anc_unread)
         if cards and settings.report_link_minutes > 0:
