@@ -400,6 +400,14 @@ def test_invalid_feedback_is_refused(client, entry):
     assert list(feedback_store.store_for(get_settings().feedback_db_url).export()) == []
 
 
+def test_feedback_sent_as_text_plain_is_refused_like_a_service_call(client):
+    """A text/plain POST needs no CORS preflight: the service calls refused it (415) but feedback had been stored."""
+    body = (SPEC / "spec-v2.0.1" / "feedback-accepted.json").read_bytes()
+    r = client.post("/cds-services/leukodx-patient-view/feedback", content=body, headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    assert list(feedback_store.store_for(get_settings().feedback_db_url).export()) == []
+
+
 # ---- security: JWT on every call -----------------------------------------------------------------
 
 ISS = "https://ehr.example.org"

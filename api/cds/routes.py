@@ -380,14 +380,15 @@ def _left_out_text(n: NotAssessed) -> str:
 
 
 @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards",
-             responses={400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM})
+             responses={400: _PROBLEM, 401: _PROBLEM, 404: _PROBLEM, 413: _PROBLEM, 415: _PROBLEM})
 async def feedback(service_id: str, request: Request, settings: Settings = Depends(app_settings)) -> JSONResponse:
     audit.note_client(await _authorize(request, settings))
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
-    try:
-        body = FeedbackRequest.model_validate(load_json_document(await request.body(), "feedback",
-                                                                 settings.max_body_bytes, settings.max_depth))
+    raw = await read_body(request, CDS_TYPES)   # JSON only, as the service calls: a text/plain POST (no CORS
+    try:                                        # preflight) had been stored
+        body = FeedbackRequest.model_validate(load_json_document(raw, "feedback", settings.max_body_bytes,
+                                                                 settings.max_depth))
     except CaseError as e:
         raise ProblemError(400, "Invalid feedback", e.problems[0].msg if e.problems else "") from None
     except ValidationError as e:
