@@ -363,6 +363,18 @@ def test_an_unusable_fhir_authorization_is_set_aside_not_a_400(client, auth):
         assert "'conditions' could not be had (the fhirAuthorization sent could not be used (subject:" in detail
 
 
+def test_a_token_scoped_to_another_patient_is_not_used(client):
+    """fhirAuthorization.patient names another patient than context.patientId: nothing is fetched with it, and the
+    card says why ('conditions' was missing from the prefetch)."""
+    token = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
+             "subject": "app", "patient": "someone-else"}
+    body = {**request("patient-view", prefetch(CBC_SEVERE)), "fhirServer": "https://ehr.example/fhir",
+            "fhirAuthorization": token}
+    del body["prefetch"]["conditions"]
+    detail = cards_of(client.post("/cds-services/leukodx-patient-view", json=body))[0]["detail"]
+    assert "'conditions' could not be had (the fhirAuthorization token is for another patient" in detail
+
+
 def test_unknown_service_and_oversized_prefetch(client):
     assert client.post("/cds-services/nope", json=request("patient-view", None)).status_code == 404
     big = request("patient-view", prefetch(CBC_NORMAL, conditions={"junk": "x" * CDS_LIMIT}))

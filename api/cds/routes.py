@@ -146,6 +146,10 @@ async def _gather(hook: HookRequest, settings: Settings,
             if hook.fhirAuthorization is None:   # every FHIR call carries the EHR's access token
                 raise FetchError("no fhirAuthorization access token was given for the fhirServer" if hook._auth_problem
                                  is None else f"the fhirAuthorization sent could not be used ({hook._auth_problem})")
+            scoped = hook.fhirAuthorization.patient
+            if scoped and scoped.strip().removeprefix("Patient/") != str(hook.context.get("patientId", "")).strip():
+                raise FetchError("the fhirAuthorization token is for another patient than context.patientId; it "
+                                 "was not used")     # an EHR's mix-up: another patient's data must never be fetched
             to_fetch[key] = fill_template(template, hook.context, None)
         except FetchError as e:
             cannot(key, str(e))
