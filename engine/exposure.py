@@ -134,11 +134,13 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
         facts["any_suspect_drug_recent"] = True
     if stopped and not taken:
         facts["suspect_drugs_all_stopped"] = True
+    interacting: set[str] = set()
     for interaction in active_interactions(kb, nc):
         facts[f"interaction_{interaction['id']}"] = True
+        interacting.update(name for side in interaction["names"] for name in side)
         if _dose_already_cut(interaction, nc):
             facts[f"interaction_{interaction['id']}_dose_already_cut"] = True
-    _baseline_facts(kb, nc, facts)
+    _baseline_facts(kb, nc, facts, interacting)
 
 
 def _dose_already_cut(interaction: dict[str, Any], nc: NormCase) -> bool:
@@ -209,11 +211,13 @@ def active_interactions(kb: KnowledgeBase, nc: NormCase) -> list[dict[str, Any]]
     return out
 
 
-def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
+def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any], interacting: set[str]) -> None:
     """A drug whose patient was already neutropenic or leukopenic before it started, and whose count has not fallen
     by falling_drop_pct since: `drug_<id>_low_before_start` and `<class>_low_before_start` (evidence against that
     drug). Neutropenic by the reported ANC; leukopenic by the WBC against its lower limit, when the ANC has not
-    fallen."""
+    fallen. A drug whose patient had a normal ANC before it started and is neutropenic now, the ANC having fallen
+    by falling_drop_pct: `drug_<id>_fell_after_start` and `<class>_fell_after_start` (evidence for it), unless it
+    takes part in an interaction (``interacting``: the combination is then the suspect, rules/interactions.yaml)."""
     current_anc, current_wbc = facts.get("anc"), facts.get("wbc")
     falling = kb.value("falling_drop_pct")
 
@@ -234,9 +238,12 @@ def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> N
         wbc_low = wbc is not None and current_wbc is not None and "wbc_lln" in facts \
             and wbc.value < facts["wbc_lln"] and not_fallen(wbc.value, current_wbc) and not anc_fell
         low = anc_low or wbc_low
-        if low:
-            for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
-                facts[f"{stem}_low_before_start"] = True
+        # normal before the drug and neutropenic since, having fallen: the count's course points at it
+        fell = anc_fell and anc is not None and current_anc is not None \
+            and anc.value >= kb.value("neutropenia_anc") > current_anc \
+            and (med.drug_name or med.text) not in interacting   # a combination's drug: the combination is the suspect
+        for stem in [f"drug_{med.drug_id}", *sorted(med.classes)] if low or fell else []:
+            facts[f"{stem}_{'low_before_start' if low else 'fell_after_start'}"] = True
 
 
 def earlier_anc_facts(nc: NormCase, anc_points: dict[Optional[datetime], float], current: Optional[datetime],
