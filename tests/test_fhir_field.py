@@ -1003,7 +1003,7 @@ def test_the_headline_names_a_cause_with_the_engines_likelihood():
     from conftest import CASES
     for name, likelihood, said in (("children/child-3y-hb-10-6-anaemic-bicytopenia.yaml", "less_likely",
                                     "cause to consider: "),
-                                   ("baseline/methotrexate-ra-normal-before-start.yaml", "possible", "possible cause: ")):
+                                   ("baseline/methotrexate-ra-anc-1-3-before-start.yaml", "possible", "possible cause: ")):
         a = get_engine().assess(yaml.safe_load((CASES / name).read_text()))
         assert a.causes[0].likelihood == likelihood, name
         summary = assessment_cards(a, "h", "p1")[0].summary
