@@ -239,11 +239,12 @@ def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any], inte
             and wbc.value < facts["wbc_lln"] and not_fallen(wbc.value, current_wbc) and not anc_fell
         low = anc_low or wbc_low
         # normal before the drug and neutropenic since, having fallen: the count's course points at it
-        fell = anc_fell and anc is not None and current_anc is not None \
-            and anc.value >= kb.value("neutropenia_anc") > current_anc \
+        fell = anc_fell and anc.value >= kb.value("neutropenia_anc") > current_anc \
             and (med.drug_name or med.text) not in interacting   # a combination's drug: the combination is the suspect
-        for stem in [f"drug_{med.drug_id}", *sorted(med.classes)] if low or fell else []:
-            facts[f"{stem}_{'low_before_start' if low else 'fell_after_start'}"] = True
+        if low or fell:
+            kind = "low_before_start" if low else "fell_after_start"
+            for stem in [f"drug_{med.drug_id}", *sorted(med.classes)]:
+                facts[f"{stem}_{kind}"] = True
 
 
 def earlier_anc_facts(nc: NormCase, anc_points: dict[Optional[datetime], float], current: Optional[datetime],

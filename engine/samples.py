@@ -174,7 +174,7 @@ def unpaired_percentage(samples: list[Sample], cbc: Sample) -> str:
             and "neutrophils_pct" in s.values and abs(s.time - cbc.time) <= _DAY + _ZONES]
     if not near:
         return ""
-    s, pct = max(near, key=lambda x: x[0].time or datetime.min)
+    s, pct = max(near, key=lambda x: x[0].time)
     wbc = cbc.values["wbc"].value
     return (f" A neutrophil percentage of {pct.value:g} % drawn {s.time:%Y-%m-%d %H:%M} UTC could not be tied to this "
             f"WBC's draw; if they are one draw, the ANC is {wbc * pct.value / 100:.2g} x10^9/L.")

@@ -73,15 +73,14 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
         if key in seen:
             key = f"{key}#{index}"                      # two drafts with one id: each its own card uuid
         seen.add(key)
+        named = (f"Draft order MedicationRequest/{key}" if order.get("id") else f"Draft order {index + 1}")[:100]
         other = _another_patients(order, patient_id)
         if other is not None:      # never checked against this patient's genotype and counts
-            named = f"Draft order MedicationRequest/{key}" if order.get("id") else f"Draft order {index + 1}"
-            unread.append(C.other_patients_order_card(hook.hookInstance, key, named[:100], other[:100], patient_id,
+            unread.append(C.other_patients_order_card(hook.hookInstance, key, named, other[:100], patient_id,
                                                       eng.kb.version))
             continue
         if drug.unread:                                # said on a card, never dropped in silence
-            named = f"Draft order MedicationRequest/{key}" if order.get("id") else f"Draft order {index + 1}"
-            unread.append(C.unread_order_card(hook.hookInstance, key, named[:100], drug.unread, eng.kb.version))
+            unread.append(C.unread_order_card(hook.hookInstance, key, named, drug.unread, eng.kb.version))
             continue
         reason = (order.get("reasonCode") or [{}])[0] if isinstance(order.get("reasonCode"), list) else {}
         indication = reason.get("text") if isinstance(reason, dict) and isinstance(reason.get("text"), str) else None

@@ -131,10 +131,7 @@ def _one_of_two(kb: KnowledgeBase, gene: str, old: Result, new: Result, warnings
     poorer is the safe side for dosing (a poor metabolizer's *3A/*3A of 2023 had been replaced in silence by a
     *1/*1 of 2024, and the order card said "normal starting dose")."""
     def rank(result: Result) -> int:
-        try:
-            phenotype = resolve(kb, gene, result[1]).phenotype
-        except PhenotypeError:
-            return len(_POORER_FIRST)
+        phenotype = _phenotype(kb, [gene], result[1])      # an unreadable result ranks last
         return _POORER_FIRST.index(phenotype) if phenotype in _POORER_FIRST else len(_POORER_FIRST)
     if rank(old) == rank(new):
         return new if _later(new[0], old[0]) else old
