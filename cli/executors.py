@@ -66,6 +66,8 @@ class Executor:
                 except (OSError, TimeoutError, ValueError) as e:
                     raise ScreenError(f"--dask {self.dask}: cannot reach the scheduler: {e}") from None
             self._close.insert(0, client)
+            if self.dask == "local":
+                self._close.insert(0, _Quiet(client))
         workers = max(1, sum(client.nthreads().values()))
 
         def submit(fn: Callable[[dict[str, Any]], Any],
@@ -92,6 +94,25 @@ class Executor:
                 thing.shutdown(wait=True, cancel_futures=True)
             else:
                 thing.close()
+
+
+class _Quiet:
+    """Stops the heartbeats of the workers of a cluster this run started, before it is closed: a heartbeat in
+    flight while the scheduler shuts down is logged by the worker as an error with two tracebacks (about one
+    run in ten), which a user would read as a failed screen."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def close(self) -> None:
+        try:
+            self.client.run(_stop_heartbeat)
+        except Exception:   # noqa: BLE001 - best effort: the cluster is being closed either way
+            pass
+
+
+def _stop_heartbeat(dask_worker: Any) -> None:
+    dask_worker.periodic_callbacks["heartbeat"].stop()
 
 
 def _in_process(fn: Callable[[dict[str, Any]], Any],
