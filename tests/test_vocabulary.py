@@ -64,7 +64,7 @@ def test_condition_vocabulary_does_not_mistake_words_for_abbreviations(kb, text,
     ("Chronic hepatitis B (HBeAg negative)", {"hepatitis_b", "viral_infection"}, set()),
     ("Lupus with negative ANA", {"sle"}, set()),
     ("HIV (viral load not detected)", {"hiv", "viral_infection"}, set()),
-    ("HIV on cotrimoxazole/PJP prophylaxis", {"hiv", "viral_infection"}, set()),
+    ("HIV on cotrimoxazole/PJP prophylaxis", {"hiv", "viral_infection"}, {"pneumonia", "pneumonia_not_community_acquired"}),
     ("AML on posaconazole prophylaxis", {"acute_leukemia", "hematologic_malignancy", "cancer"}, set()),
     ("No longer on chemotherapy for breast cancer", {"solid_cancer", "cancer"}, set()),
     # the second re-verification: a past acute condition is not current; more absences; populations, not targets
@@ -82,7 +82,7 @@ def test_condition_vocabulary_does_not_mistake_words_for_abbreviations(kb, text,
     ("Hep B immune (vaccinated)", set(), {"hepatitis_b"}),
     ("HIV post-exposure prophylaxis", set(), {"hiv", "viral_infection"}),
     ("Mother had lupus", set(), {"sle"}),
-    ("PJP prophylaxis in HIV", {"hiv", "viral_infection"}, set()),
+    ("PJP prophylaxis in HIV", {"hiv", "viral_infection"}, {"pneumonia", "pneumonia_not_community_acquired"}),
     ("No treatment for CLL yet", {"cll", "hematologic_malignancy", "cancer"}, set()),
     ("No flare of lupus since 2022", {"sle"}, set()),
     ("Urosepsis", {"sepsis"}, set()),
@@ -110,6 +110,22 @@ def test_a_ruled_out_diagnosis_changes_nothing_but_a_warning(engine):
     said = [w for w in negated.warnings if "was not read as" in w]
     assert len(said) == 3 and "'ruled out'" in said[0] and "prophyla" in said[2]
     assert not negated.unrecognised
+
+
+@pytest.mark.parametrize("condition,severe_cap", [("community-acquired pneumonia", True), ("Pneumonia", True),
+                                                    ("Pneumocystis jirovecii pneumonia", False), ("PJP", False),
+                                                    ("hospital-acquired pneumonia", False), ("VAP", False),
+                                                    ("Pneumonia; history of PJP", True)])
+def test_the_severe_cap_criterion_is_for_community_acquired_pneumonia(engine, condition, severe_cap):
+    """Leukopenia is a minor criterion of severe community-acquired pneumonia (ats_idsa_cap_2019); a Pneumocystis
+    pneumonia (the vignette: HIV, co-trimoxazole) had it, and sepsis ranked above the drug. Every pneumonia is
+    still an acute infection."""
+    a = engine.assess(base_case(labs=[lab("wbc", 2.6), lab("anc", 1.2)], history={"conditions": [condition]}))
+    fired = "infection.pneumonia_leukopenia" in {e.rule for c in a.causes for e in c.evidence}
+    assert fired is severe_cap
+    assert ("sepsis" in {c.id for c in a.causes}) is severe_cap
+    assert any("severe community-acquired pneumonia" in w for w in a.warnings) is severe_cap
+    assert "pneumonia" in a.conditions
 
 
 @pytest.mark.parametrize("text,organ", [("kidney allograft", "kidney"), ("allo-HCT", "hsct"),
