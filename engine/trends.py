@@ -3,7 +3,8 @@
 * ``count_drop_pct``: the fall of the current count from the highest of the previous
   ``trend_lookback_days``; ``count_rise_pct``: its rise from the count before it, when it rose;
 * ``low_span_days``: how long the count has been low; ``low_run_drop_pct``: the current count's fall from the
-  highest count of that low run;
+  highest count of that low run; ``wbc_low_span_days``: how long the WBC has been below its LLN, when the
+  series is the ANC's (a leukopenia can persist while the ANC has only just fallen);
 * ``cyclic_intervals``: nadir-to-nadir intervals of cyclic length with recovery between.
 """
 from __future__ import annotations
@@ -47,20 +48,34 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
     before = series[-2][1]
     if before > 0 and latest_v > before:        # rising again from the count before: recovery from a nadir
         facts["count_rise_pct"] = _r((latest_v - before) / before * 100.0)
+    if basis == "anc":
+        wbc_low = facts.get("wbc_lln")
+        if wbc_low is not None and len(wbc_points) >= 2 and cbc.time in wbc_points:
+            wbc_series = sorted(((t or as_of_dt, v) for t, v in wbc_points.items() if (t or as_of_dt) is not None),
+                                key=lambda p: p[0])
+            facts["wbc_low_span_days"] = float(_low_run(wbc_series, wbc_low)[0])
     if low is None:
         return
+    span, run = _low_run(series, low)
+    facts["low_span_days"] = float(span)
+    if len(run) >= 2 and max(run) > 0:          # however long ago the run began (a lookback would miss it)
+        facts["low_run_drop_pct"] = _r(max(0.0, (max(run) - latest_v) / max(run) * 100.0))
+    if basis == "anc":
+        facts["cyclic_intervals"] = float(cyclic_intervals(kb, series))
+
+
+def _low_run(series: list[tuple[datetime, float]], low: float) -> tuple[int, list[float]]:
+    """The days since the run of counts below ``low`` that ends the series began (0 when the last is not low),
+    and the run's counts."""
     run_start = None
     for t, v in reversed(series):
         if v < low:
             run_start = t
         else:
             break
-    facts["low_span_days"] = float((latest_t - run_start).days) if run_start else 0.0
-    run = [v for t, v in series if run_start is not None and t >= run_start]
-    if len(run) >= 2 and max(run) > 0:          # however long ago the run began (a lookback would miss it)
-        facts["low_run_drop_pct"] = _r(max(0.0, (max(run) - latest_v) / max(run) * 100.0))
-    if basis == "anc":
-        facts["cyclic_intervals"] = float(cyclic_intervals(kb, series))
+    if run_start is None:
+        return 0, []
+    return (series[-1][0] - run_start).days, [v for t, v in series if t >= run_start]
 
 
 def anc_by_draw(samples: list[Sample], derived_anc: dict[str, tuple[Optional[datetime], float, str]]
