@@ -164,8 +164,9 @@ class Case(_Model):
     as_of: Optional[When] = Field(None, description="date the case is judged at; default: the latest lab time")
     patient: Patient = Field(default_factory=Patient)   # a factory: a default instance is deep-copied per case
     labs: Annotated[list[Lab], Field(max_length=MAX_LABS, description=(
-        "at least one lab value; none only with a body temperature (history.temperature_c): a fever with no "
-        "blood count is assessed for the count it needs"))] = []
+        "at least one lab value; none only with a body temperature (history.temperature_c) or a medication: a "
+        "fever with no blood count is assessed for the count it needs, and a drug with no count for what it "
+        "needs without one (a monitoring overdue, a TPMT or NUDT15 poor metabolizer, a daily methotrexate)"))] = []
     medications: Annotated[list[Medication], Field(max_length=MAX_MEDICATIONS)] = []
     history: History = Field(default_factory=History)
     expect: SkipJsonSchema[Optional[dict[str, Any]]] = Field(
@@ -173,13 +174,14 @@ class Case(_Model):
 
     @model_validator(mode="after")
     def _something_to_assess(self) -> "Case":
-        """A lab value, or at least a temperature: a febrile patient with no blood count at all is a
-        patient whose febrile neutropenia cannot be ruled out (rule alerts.fever_without_current_count)."""
-        if not self.labs and self.history.temperature_c is None:
+        """A lab value, or at least a temperature or a medication: a febrile patient with no blood count at all is
+        a patient whose febrile neutropenia cannot be ruled out (rule alerts.fever_without_current_count), and a
+        patient on clozapine with no ANC on record is one whose monitoring is overdue (alerts.clozapine_anc_overdue)."""
+        if not self.labs and self.history.temperature_c is None and not self.medications:
             raise ValidationError.from_exception_data("Case", [InitErrorDetails(
                 type=PydanticCustomError("value_error", "no lab values: leukodx needs at least one lab value, such "
                                                         "as a WBC or an ANC (or, with no blood count, a body "
-                                                        "temperature)"), loc=("labs",), input=self.labs)])
+                                                        "temperature or a medication)"), loc=("labs",), input=self.labs)])
         return self
 
 

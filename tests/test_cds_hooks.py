@@ -178,6 +178,38 @@ def test_patient_view_fever_with_no_blood_count_at_all_asks_for_one(client):
     assert "status 'cancelled' is not a result" in unread[0]["detail"]
 
 
+def _med(drug: str, status: str = "active", oid: str = "m1") -> dict:
+    return {"resourceType": "MedicationRequest", "id": oid, "status": status, "intent": "order",
+            "subject": {"reference": f"Patient/{PATIENT}"}, "authoredOn": "2026-01-05",
+            "medicationCodeableConcept": {"text": drug}}
+
+
+def test_drugs_with_no_blood_count_on_record_are_assessed_for_what_needs_no_count(client):
+    """Clozapine and no ANC on record at all had been no card ("nothing to assess"): monitoring is overdue. A
+    thiopurine in a TPMT poor metabolizer is an alert without a count. A drug that needs nothing without a count
+    (an unknown one, a stopped one) still says nothing, as no data at all does."""
+    def call(*meds: dict, **extra) -> list[dict]:
+        pre = prefetch([], medicationRequests=searchset(*meds), **extra)
+        return cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+    cloz = call(_med("clozapine 200 mg daily"))
+    assert [(c["indicator"], c["summary"]) for c in cloz] == [("warning", "Clozapine ANC monitoring overdue")]
+    aza = call(_med("azathioprine 100 mg daily"), pgx=searchset(pgx_obs("TPMT", "Poor metabolizer")))
+    assert [c["indicator"] for c in aza] == ["critical"] and "poor metabolizer" in aza[0]["summary"]
+    assert call(_med("atorvastatin 20 mg daily")) == []
+    assert call(_med("clozapine 200 mg daily", status="stopped")) == []
+
+
+def test_an_order_with_no_blood_count_and_no_other_drug_gets_the_order_check_alone(client):
+    """The draft was all there was: the order check asks for a baseline count; no patient card is made from the
+    draft (it is not taken yet) and the call is not refused."""
+    pre = prefetch([])
+    r = client.post("/cds-services/leukodx-order-select", json=request(
+        "order-select", pre, selections=["MedicationRequest/d1"],
+        draftOrders=draft_bundle(thiopurine_order("clozapine", "d1", 12.5))))
+    cards = cards_of(r)
+    assert len(cards) == 1 and "Clozapine ordered without a current ANC" in cards[0]["summary"]
+
+
 def test_patient_view_normal_counts_give_no_cards(client):
     r = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(CBC_NORMAL)))
     assert r.json() == {"cards": []}

@@ -247,6 +247,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     weight: Optional[float] = None   # the patient's, for the order check's mg/kg/day
     cautions: list[str] = []         # what must be checked before acting on any card (a deceased patient)
     mapped: Optional[fhir.Mapped] = None
+    drugs_alone = False
     try:
         # the case is named by the call, not by the patient: the report behind the card's link keeps no patient id
         mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + dated, kb=eng.kb,
@@ -256,16 +257,22 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
         weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
         ordered = assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
+        # no count and no temperature: only what the drugs need without one (a monitoring overdue, a poor metabolizer)
+        drugs_alone = not mapped.case["labs"] and "temperature_c" not in mapped.case.get("history", {})
         if mapped.drafts:          # the patient's card: the drafts being signed are not taken yet (Mapped.without_drafts)
-            assessment = await run_cpu(partial(eng.assess, mapped.without_drafts(), partial=True), inline=small)
-        left_out += [_left_out_text(n) for n in assessment.not_assessed]
-        anc_unread = C.neutrophil_value_unread((*mapped.not_assessed, *assessment.not_assessed), eng.kb.loinc)
+            try:
+                assessment = await run_cpu(partial(eng.assess, mapped.without_drafts(), partial=True), inline=small)
+            except CaseError:      # the drafts were all there was (no count, no other drug): no patient card
+                assessment = None
+        read = assessment or ordered
+        left_out += [_left_out_text(n) for n in read.not_assessed]
+        anc_unread = C.neutrophil_value_unread((*mapped.not_assessed, *read.not_assessed), eng.kb.loinc)
         counts_unread = anc_unread or any("observation" in n.field.lower() for n in mapped.not_assessed)
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
                                                                   if u.suggestions else "")
-                     for u in assessment.unrecognised]
-        where += [_named(n.field) for n in (*mapped.not_assessed, *assessment.not_assessed)]
-        where += [f"{u.field} (an unknown {u.kind})" for u in assessment.unrecognised]
+                     for u in read.unrecognised]
+        where += [_named(n.field) for n in (*mapped.not_assessed, *read.not_assessed)]
+        where += [f"{u.field} (an unknown {u.kind})" for u in read.unrecognised]
     except fhir.FhirMappingError as e:
         mismatch = any(p.loc == "subject" for p in e.problems)
         # an ANC or WBC that could not be read, and nothing else: not a patient with nothing to flag (an ANC of 0.3 in
@@ -310,7 +317,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     unmatched = unmatched_selections(hook)
     if unmatched:
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))
-    if left_out:
+    if left_out and not (drugs_alone and not cards):     # drugs alone, nothing to flag: as with no data at all
         if not cards and assessment is not None and not assessment.cbc.tests:
             # a temperature or a differential, and no count to check: a warning when a count sent was unread
             cards.append(C.unassessed_card(hook.hookInstance, left_out, "warning" if anc_unread else "info"))

@@ -82,7 +82,8 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     no Patient (and no ``patient_id``) says whose data it is and the resources name several subjects,
     or when it holds no lab value leukodx can use for this patient (each skipped lab Observation is then a
     problem with its reason, and data of another patient is named); but with ``as_of`` given, a body
-    temperature alone makes a case with no labs: a fever with no blood count is one the engine must see.
+    temperature alone makes a case with no labs: a fever with no blood count is one the engine must see; and
+    so does a medication when no lab Observation was sent at all.
     """
     warnings: list[str] = []
     items, broken = walk_parts(data)
@@ -128,6 +129,9 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in unread_temperatures]
     # a temperature without a count is assessed (a fever needs a count), on a known case date only: with no
     # lab and no as_of, nothing would date the case, and a fever of years ago would read as one of today
+    # so is a medication without a count, when no lab was sent at all (none skipped, none of another patient's):
+    # clozapine with no ANC on record is monitoring overdue, a thiopurine in a poor metabolizer an alert
+    nothing: Optional[FhirMappingError] = None
     if not labs and (temp.celsius is None or as_of is None):
         problems = [*broken, *skipped]
         theirs_labs = [i for i in theirs if i.type == "Observation"]
@@ -135,9 +139,11 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
             shown = ", ".join(subjects(theirs_labs)[:5]) or "no patient"
             problems.insert(0, Problem("subject", f"the lab Observations belong to {shown}, not to {wanted}; data "
                                                   f"of another patient is never used"))
-        raise FhirMappingError([Problem("", "no lab value leukodx can use: it needs an Observation with a LOINC "
-                                            "code of rules/labs.yaml (a WBC, ANC, differential ...), a usable "
-                                            "status and a valueQuantity with a unit"), *problems])
+        nothing = FhirMappingError([Problem("", "no lab value leukodx can use: it needs an Observation with a LOINC "
+                                                "code of rules/labs.yaml (a WBC, ANC, differential ...), a usable "
+                                                "status and a valueQuantity with a unit"), *problems])
+        if as_of is None or problems:
+            raise nothing
 
     case: dict[str, Any] = {"id": case_id or default_id(choice)}
     if as_of is not None:
@@ -155,6 +161,8 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     if meds:
         case["medications"] = _fitted_medications(meds, warnings, left_out)
         drafts = [i for i, med in enumerate(case["medications"]) if med.pop("_draft", False)]
+    elif nothing is not None:
+        raise nothing
     unread_conditions: list[Problem] = []
     conditions = [_fitted_text(c, "a Condition's text", warnings) for c in
                   map_conditions(mine, ref, warnings, kb, unread_conditions)]
