@@ -104,6 +104,24 @@ def test_an_anc_above_the_wbc_of_its_draw_is_refused_and_left_out_of_a_partial_a
                                   lab("wbc", 7.0, time="2025-03-01T08:00:00Z")]))   # strict: not refused
 
 
+def test_a_differential_of_fractions_sent_as_percentages_is_refused_not_read_as_agranulocytosis(kb, engine):
+    """Neutrophils 0.35 "%" beside lymphocytes 0.45, monocytes 0.12 ... (adding up to 1) gave an ANC of 0.011 and
+    critical agranulocytosis and profound-neutropenia alerts for a patient whose ANC is 1.12."""
+    fractions = [lab("wbc", 3.2), lab("neutrophils_pct", 0.35, "%"), lab("lymphocytes_pct", 0.45, "%"),
+                 lab("monocytes_pct", 0.12, "%"), lab("eosinophils_pct", 0.06, "%"), lab("basophils_pct", 0.02, "%")]
+    problems = normalize_problems(kb, base_case(labs=fractions))
+    assert len(problems) == 1 and "add up to 1 percent" in problems[0] and "fractions of 1" in problems[0]
+    a = engine.assess(base_case(labs=fractions), partial=True)
+    assert sorted(n.field for n in a.not_assessed) == [f"labs[{i}]" for i in range(1, 6)]
+    assert not {x.id for x in a.alerts} & {"agranulocytosis", "profound_neutropenia"} and a.risk_tier.anc is None
+    # the same fractions with the unit 1 are read; a real low percentage alone, or two parts, are not refused
+    assert engine.assess(base_case(labs=[lab("wbc", 3.2), *[{**x, "unit": "1"} for x in fractions[1:]]])
+                         ).risk_tier.anc == pytest.approx(1.12)
+    assert engine.assess(base_case(labs=[lab("wbc", 3.2), lab("neutrophils_pct", 0.4, "%")])).risk_tier.tier == "profound"
+    assert engine.assess(base_case(labs=[lab("wbc", 3.2), lab("neutrophils_pct", 0.5, "%"),
+                                         lab("lymphocytes_pct", 0.5, "%")])).risk_tier.tier == "profound"
+
+
 def test_other_white_cells_above_the_wbc_of_their_draw_are_refused_one_by_one_and_together(kb, engine):
     """Lymphocytes 5.0 beside a WBC of 3.0 had passed unremarked, and so had parts adding up to more than the
     WBC: every white cell counted is a part of the WBC. Within each part's rounding margin they pass."""

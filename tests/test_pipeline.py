@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from leukodx.engine import CaseError
 from leukodx.engine.render import to_json
 
 from conftest import base_case, lab
@@ -68,6 +70,26 @@ def test_a_partial_assessment_never_changes_the_callers_case(engine):
     assert {"labs[1]", "medications[1]", "history.tpmt", "history.last_transfusion",
             "patient.weight_kg"} <= left_out, left_out
     assert case == before
+
+
+def test_a_dose_that_cannot_be_read_is_left_out_and_the_drug_kept(engine):
+    """A negative azathioprine dose had taken the whole drug out of an EHR's assessment, and with it the TPMT
+    poor metabolizer's critical alert; a clozapine dose of 1e308 took the clozapine alert."""
+    labs = [lab("wbc", 5.0), lab("anc", 2.5)]
+    aza = {"name": "azathioprine", "start": "2025-01-01", "dose": {"value": -50, "unit": "mg/day"},
+           "indication": "x" * 100_000}
+    case = base_case(labs=labs, medications=[aza], history={"tpmt": "*3A/*3A"})
+    before = copy.deepcopy(case)
+    a = engine.assess(case, partial=True)
+    assert case == before
+    assert "thiopurine_high_risk_genotype" in {x.id for x in a.alerts}
+    assert sorted(n.field for n in a.not_assessed) == ["medications[0].dose", "medications[0].indication"]
+    assert all("the drug was assessed without its" in n.reason for n in a.not_assessed)
+    cloz = {"name": "clozapine", "start": "2024-01-01", "dose": {"value": 1e308, "unit": "mg/day"}}
+    b = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 0.8)], medications=[cloz]), partial=True)
+    assert "clozapine_neutropenia" in {x.id for x in b.alerts}
+    with pytest.raises(CaseError):                  # a person's case is still refused
+        engine.assess(base_case(labs=labs, medications=[aza]))
 
 
 def test_what_a_partial_assessment_leaves_out_is_named_by_the_callers_index_and_part(engine):
