@@ -537,3 +537,66 @@ def test_cds_an_old_count_on_the_first_page_only_is_a_warning(client):
     del pre["observations"]["link"]
     [card] = cards_of(post(client, pre)[1])
     assert card["indicator"] == "info"
+
+
+# ---- the eighth red-team round's EHR shapes (CDS Hooks) -------------------------------------------------------------
+
+def _patient_view(client, labs, **extra) -> list[dict]:
+    return cards_of(client.post("/cds-services/leukodx-patient-view",
+                                json=request("patient-view", prefetch(labs, **extra))))
+
+
+def _summary(cards: list[dict]) -> list[tuple[str, str]]:
+    return [(c["indicator"], c["summary"]) for c in cards]
+
+
+@pytest.mark.parametrize("time_field", [
+    {"effectivePeriod": {"end": "2024-01-10T08:00:00Z"}},       # a period's end bounds the draw
+    {"effectiveDateTime": "2016-12-31T23:59:60Z"},             # a leap second, which FHIR's dateTime allows
+])
+def test_an_old_count_dated_by_a_period_end_or_a_leap_second_is_history_not_today(client, time_field):
+    """Both had been read as undated, so current: today's critical card for a count 2 to 10 years old."""
+    anc = {k: v for k, v in obs("751-8", 0.3, "10*9/L").items() if k != "effectiveDateTime"} | time_field
+    cards = _patient_view(client, [anc])
+    assert len(cards) == 1 and cards[0]["indicator"] == "info" and "No current CBC" in cards[0]["summary"]
+
+
+def test_an_anc_whose_time_cannot_be_read_is_named_never_current(client):
+    anc = obs("751-8", 0.3, "10*9/L") | {"effectiveDateTime": "2026-13-45T99:00:00Z"}
+    cards = _patient_view(client, [anc])
+    assert [c["indicator"] for c in cards] == ["warning"]        # an ANC sent and unread, not a normal one
+    assert "its time cannot be read" in cards[0]["detail"] and "Severe" not in cards[0]["summary"]
+
+
+def test_a_count_about_someone_else_focus_is_left_out_and_named(client):
+    """Observation.focus names who the value is about when it is not the subject (a newborn): a newborn's ANC of
+    0.2 had set the mother's tier to severe."""
+    own = [obs("6690-2", 6.0, "10*9/L"), obs("751-8", 3.5, "10*9/L")]
+    newborn = obs("751-8", 0.2, "10*9/L", when=RECENT.replace("T08", "T09"), oid="nb") | {
+        "focus": [{"reference": "Patient/newborn9"}]}
+    cards = _patient_view(client, own + [newborn])
+    assert all("Severe" not in c["summary"] and c["indicator"] == "info" for c in cards)
+    assert "its focus is Patient/newborn9, not the patient" in cards[0]["detail"]
+    mine = obs("751-8", 0.2, "10*9/L") | {"focus": [{"reference": f"Patient/{PATIENT}"}]}   # the patient: kept
+    assert "Severe" in _patient_view(client, [obs("6690-2", 1.0, "10*9/L"), mine])[0]["summary"]
+
+
+@pytest.mark.parametrize("observations,said", [
+    ({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": {"resourceType": "OperationOutcome", "issue": [
+            {"severity": "error", "code": "timeout", "diagnostics": "lab system timed out"}]},
+         "search": {"mode": "outcome"}}]}, "lab system timed out"),
+    ({"resourceType": "Bundle", "type": "batch-response", "entry": [{"response": {"status": "503"}}]},
+     "status '503'"),
+    ({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"fullUrl": "https://ehr.example/fhir/Observation/anc9"}]}, "a fullUrl alone"),
+    ({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
+        "resourceType": "Observation", "id": "cbc", "status": "final", "subject": {"reference": f"Patient/{PATIENT}"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "58410-2"}]}, "effectiveDateTime": RECENT,
+        "hasMember": [{"reference": "Observation/wbcM"}, {"reference": "Observation/ancM"}]}}]},
+     "2 results it lists are not in the data"),
+])
+def test_a_lab_search_that_failed_or_holds_nothing_readable_is_said_not_silent(client, observations, said):
+    """Each had answered {"cards": []}, as for a patient with no blood count at all."""
+    cards = _patient_view(client, [], observations=observations)
+    assert len(cards) == 1 and said in cards[0]["detail"]

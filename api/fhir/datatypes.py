@@ -31,6 +31,7 @@ RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observati
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
 DECIMAL_TEXT = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")     # a plain decimal written as text ("0.4", "38.9")
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_LEAP_SECOND = re.compile(r"^(\d{4}-\d{2}-\d{2}T23:59:)60(?=[.Z+-]|$)")   # FHIR's dateTime allows it; Python does not
 _CACHED_TEXT = 64                   # date text up to this length is parsed once and kept (see parse_when)
 
 
@@ -161,7 +162,7 @@ def _parse_when(s: str) -> tuple[Optional[When], Optional[str]]:
     try:
         if _FULL_DATE.match(s):
             return date.fromisoformat(s), None
-        return datetime.fromisoformat(s.replace("z", "Z")), None
+        return datetime.fromisoformat(_LEAP_SECOND.sub(r"\g<1>59", s.replace("z", "Z"))), None
     except ValueError:
         return None, f"{s!r} is not a FHIR date or dateTime"
 
@@ -188,7 +189,8 @@ def _first_when(candidates: list[tuple[str, Any]]) -> tuple[Optional[When], list
 def _time_fields(res: dict[str, Any]) -> list[tuple[str, Any]]:
     """An Observation's (or DiagnosticReport's) time fields, in the order they are read."""
     return [("effectiveDateTime", res.get("effectiveDateTime")), ("effectiveInstant", res.get("effectiveInstant")),
-            ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")), ("issued", res.get("issued"))]
+            ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
+            ("effectivePeriod.end", as_dict(res.get("effectivePeriod")).get("end")), ("issued", res.get("issued"))]
 
 
 def own_time(res: dict[str, Any]) -> tuple[Optional[When], list[str]]:

@@ -30,6 +30,7 @@ from leukodx.engine.timeutil import utc_date
 from .conditions import map_conditions
 from .medications import map_medications
 from .observations import LabValue, map_observations
+from .panels import results_not_sent
 from .patient import (PatientChoice, belongs, birth_date, choose_patient, default_id, demographics, duffy_status,
                       several_subjects, subjects)
 from .pgx import map_pgx
@@ -87,7 +88,8 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     """
     warnings: list[str] = []
     items, broken = walk_parts(data)
-    left_out = [NotAssessed(field=p.loc or "resource", reason=p.msg) for p in broken] + _search_outcomes(items)
+    outcomes = _search_outcomes(items)
+    left_out = [NotAssessed(field=p.loc or "resource", reason=p.msg) for p in broken] + outcomes
     index = Index(items)
     choice = choose_patient(items, patient_id, warnings)
     _refuse_several_subjects(items, choice)
@@ -105,6 +107,9 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         left_out.append(_theirs(theirs, wanted, warnings))
 
     labs, weights, skipped = map_observations(kb, items, mine, index, warnings, birth_date(choice))
+    unsent = results_not_sent(mine, index, warnings)    # named on the card when no lab value could be read
+    if unsent and not any(lab.test in ("wbc", "anc") for lab in labs):   # or when no white count could
+        left_out += [NotAssessed(field=p.loc, reason=p.msg) for p in unsent]
     labs = _placed_in_time(labs, skipped, warnings)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in skipped]
     if len(labs) > max_labs:
@@ -133,7 +138,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     # clozapine with no ANC on record is monitoring overdue, a thiopurine in a poor metabolizer an alert
     nothing: Optional[FhirMappingError] = None
     if not labs and (temp.celsius is None or as_of is None):
-        problems = [*broken, *skipped]
+        problems = [*broken, *skipped, *unsent, *(Problem(n.field, n.reason) for n in outcomes)]   # a failed search
         theirs_labs = [i for i in theirs if i.type == "Observation"]
         if theirs_labs:
             shown = ", ".join(subjects(theirs_labs)[:5]) or "no patient"

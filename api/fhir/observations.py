@@ -14,8 +14,8 @@ which spelling of the unit to send. What it decides is format:
   tells whether it reads a spelling, and whether two spellings are one unit);
 * a ``comparator`` (``<0.5``) is sent with the bound: the engine judges a count below ``<`` 0.5 as below
   it (severe, not moderate), and one above ``>`` a bound as the bound; a warning says so;
-* the time is ``effectiveDateTime``, ``effectiveInstant``, ``effectivePeriod.start`` or ``issued``,
-  else the time of the DiagnosticReport (``result``) or panel Observation (``hasMember``) listing it;
+* the time is ``effectiveDateTime``, ``effectiveInstant``, ``effectivePeriod.start``, ``effectivePeriod.end`` or
+  ``issued``, else the time of the DiagnosticReport (``result``) or panel Observation (``hasMember``) listing it;
 * the first normal ``referenceRange``'s ``low`` (one for the patient's age first) -> ``lln``, with ``lln_unit``
   when its unit is not the value's (the engine converts it); left out with a warning when the engine does not
   read that unit;
@@ -49,7 +49,7 @@ from .duplicates import preferred
 from .unread import absent_value_reason, has_value, named_count_left_out
 from .patient import holds_age
 from . import panels
-from .resources import Index, Item
+from .resources import Index, Item, other_focus, unreadable_time
 from .vitals import Weight, body_weight, is_temperature_observation, vital_codes
 
 __all__ = ["LabValue", "map_observations"]
@@ -135,8 +135,11 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if time is None and id(res) in inherited:
             time, parent = inherited[id(res)]
             borrowed.append(parent)
-        if time is None:
-            time = partial_first_day(res, item.label, warnings)
+        time = time if time is not None else partial_first_day(res, item.label, warnings)
+        why = other_focus(item) or (unreadable_time(item) if time is None else None)
+        if why:                # someone else's value (a newborn's ANC), or a time sent that cannot be read
+            skipped += [Problem(part.loc, f"{kb.loinc[c]} (LOINC {c}): {why}") for part, c in parts]
+            continue
         for part, part_code in parts:
             test = kb.loinc[part_code]
             lab = _lab_value(part, test, part_code, kb.tests[test], time, warnings, skipped, born)
@@ -146,7 +149,6 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             lab.utc = utc_naive(time) if time is not None else None
             _keep_one(lab, first_at, labs, warnings, skipped, kb.tests[test])
     _one_draw_per_time(labs, specimens, warnings)
-    panels.results_not_sent(mine, index, warnings)
     if borrowed:
         parents = ", ".join(dict.fromkeys(p.label for p in borrowed))
         n = len(borrowed)

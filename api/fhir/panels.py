@@ -1,9 +1,12 @@
 """Reports and panels around lab Observations: the draw a value belongs to, the time a value without its
 own takes from the report or panel listing it, the values a report or panel entered in error withdraws,
-and the results a report lists that the data does not hold. Read by :mod:`.observations`."""
+and the results a report or panel lists that the data does not hold. Read by :mod:`.observations` and
+:mod:`.mapping`."""
 from __future__ import annotations
 
 from typing import Optional
+
+from leukodx.engine.errors import Problem
 
 from .datatypes import When, as_list, as_str, reference
 from .resources import MAX_DEPTH, Index, Item
@@ -11,18 +14,25 @@ from .resources import MAX_DEPTH, Index, Item
 __all__ = ["draws", "inherited_times", "results_not_sent", "withdrawn"]
 
 
-def results_not_sent(mine: list[Item], index: Index, warnings: list[str]) -> None:
-    """Name the results a DiagnosticReport lists that are not in the data (not fetched with it): a report's
-    ANC left out of the prefetch is otherwise never seen."""
+def results_not_sent(mine: list[Item], index: Index, warnings: list[str]) -> list[Problem]:
+    """Name the results a DiagnosticReport (``result``) or a panel Observation (``hasMember``) lists that are not
+    in the data (not fetched with it): a report's ANC left out of the prefetch is otherwise never seen. Returned
+    as problems too, which the mapping names on the card when nothing else could be read (a CBC panel whose WBC
+    and ANC were not sent had given no card)."""
+    problems: list[Problem] = []
     for item in mine:
-        if item.type == "DiagnosticReport":
-            missing = [ref for r in as_list(item.resource.get("result")) if (ref := reference(r))
-                       and index.resolve(ref, item) is None]
-            if missing:
-                shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-                warnings.append(f"{item.label}: {len(missing)} result{'s' if len(missing) != 1 else ''} it lists "
-                                f"{'are' if len(missing) != 1 else 'is'} not in the data and could not be read "
-                                f"({shown}).")
+        field = {"DiagnosticReport": "result", "Observation": "hasMember"}.get(item.type)
+        if field is None or field not in item.resource:
+            continue
+        missing = [ref for r in as_list(item.resource.get(field)) if (ref := reference(r))
+                   and index.resolve(ref, item) is None]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            said = (f"{len(missing)} result{'s' if len(missing) != 1 else ''} it lists "
+                    f"{'are' if len(missing) != 1 else 'is'} not in the data and could not be read ({shown})")
+            warnings.append(f"{item.label}: {said}.")
+            problems.append(Problem(item.loc, said))
+    return problems
 
 
 def draws(items: list[Item], index: Index) -> tuple[dict[int, str], set[str]]:

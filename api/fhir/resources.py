@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from leukodx.engine.errors import Problem
 
-from .datatypes import When, as_str, kind, loinc_codes, own_time, reference
+from .datatypes import When, as_dict, as_list, as_str, kind, loinc_codes, own_time, reference
 
 __all__ = ["FhirMappingError", "resources_from", "resources_of_type", "MAX_DEPTH", "MAX_RESOURCES"]
 
@@ -169,6 +169,26 @@ class Index:
         return None
 
 
+def unreadable_time(item: Item) -> Optional[str]:
+    """Why an Observation with no usable time is not undated: a time was sent and cannot be read. An undated value
+    is taken as current, and a 2016 ANC dated with a leap second had made today's critical card."""
+    item.own_time()
+    unusable = item._time[1] if item._time else []
+    return (f"its time cannot be read ({'; '.join(unusable)}): a value whose date is unknown is never taken as "
+            f"current") if unusable else None
+
+
+def other_focus(item: Item) -> Optional[str]:
+    """Why an Observation is about someone other than its subject: a ``focus`` that is not the subject (a fetus, a
+    newborn, a donor: FHIR R4 Observation.focus). A newborn's ANC of 0.2 had set the mother's tier."""
+    subject = subject_ref(item)
+    focus = [f for f in as_list(item.resource.get("focus")) if reference(f) != subject or subject is None]
+    if not focus:
+        return None
+    named = reference(focus[0]) or as_str(as_dict(focus[0]).get("display")) or "someone else"
+    return f"its focus is {named}, not the patient: a value about someone else is never the patient's"
+
+
 def subject_ref(item: Optional[Item]) -> Optional[str]:
     """subject (or patient) reference, a contained resource's falling back to its container's."""
     while item is not None:
@@ -277,8 +297,16 @@ class _Walker:
                 self.problems.append(Problem(where, f"a Bundle entry must be a JSON object, not {kind(entry)}"))
                 continue
             res = entry.get("resource")
-            if res is None:
-                continue                      # search outcome links, transaction responses ...
+            if res is None:                   # a transaction's request, a batch's answer with nothing in it ...
+                response = as_dict(entry.get("response"))
+                status = as_str(response.get("status")) or ""
+                if response and not status.startswith("2"):   # a search the EHR could not answer: never silent
+                    self.problems.append(Problem(where, f"the EHR answered this entry with status {status!r}: "
+                                                        f"its data was not sent"))
+                elif not (response or entry.get("request") or as_dict(entry.get("search")).get("mode") == "outcome"):
+                    self.problems.append(Problem(where, "an entry with no resource (a fullUrl alone): nothing in "
+                                                        "it could be read"))
+                continue
             if not isinstance(res, dict):
                 self.problems.append(Problem(_join(where, "resource"), f"must be a resource (a JSON object), "
                                                                       f"not {kind(res)}"))
