@@ -24,7 +24,7 @@ def reference_limits(kb: KnowledgeBase, nc: NormCase, llns: dict[str, float], fa
             out.append(ReferenceLimit(test=test, lln=llns[test], unit=unit, basis="the lab's lower limit"))
             continue
         for row in table.get("rows", []):
-            if row.get("pregnant") and not pregnant:
+            if (row.get("pregnant") and not pregnant) or ("condition" in row and row["condition"] not in nc.conditions):
                 continue
             if row.get("age_unknown"):
                 if p.age_years is not None:
