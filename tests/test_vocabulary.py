@@ -328,7 +328,22 @@ def test_duffy_null_prevalent_ancestries_by_people(kb, ancestry):
 def test_pregnancy_written_as_gestation_is_pregnancy(kb, text):
     """Only 'pregnan' had matched, so a woman 'G2P1, 30 weeks gestation' had her haemoglobin judged against the
     non-pregnant cut-off (WHO 2024: 12.0, not 11.0 g/dL)."""
-    assert match_conditions(kb, text) == ["pregnancy"]
+    assert match_conditions(kb, text)[0] == "pregnancy"
+    assert ("pregnancy_second_trimester" in match_conditions(kb, text)) is (text == "second trimester")
+
+
+@pytest.mark.parametrize("text,second", [
+    ("24 weeks gestation", True), ("14 weeks gestation", True), ("27+6/40", True), ("20 weeks pregnant", True),
+    ("13+6 weeks gestation", False), ("28 weeks gestation", False), ("born at 24 weeks gestation", False),
+    ("1st trimester", False)])
+def test_the_second_trimester_is_read_from_words_or_weeks_14_to_27(kb, engine, text, second):
+    """Its haemoglobin cutoff is 10.5 g/dL, not 11.0 (who_anaemia_2024): Hb 10.7 at 24 weeks had been anaemia, a
+    bicytopenia, MDS and a marrow."""
+    assert ("pregnancy_second_trimester" in match_conditions(kb, text)) is second
+    a = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", 3.0), lab("hemoglobin", 10.7, "g/dL")],
+                                history={"conditions": [text]}))
+    if "born" not in text:
+        assert ("anemia" in {f.id for f in a.findings}) is not second
 
 
 @pytest.mark.parametrize("text", [
