@@ -153,6 +153,15 @@ def _int_or_infinity(token: str) -> Union[int, float]:
     return value
 
 
+def _float_or_nan(token: str) -> float:
+    """A float; one too small for it (``1e-400``), which reads as 0, as NaN, which every numeric check refuses as
+    not finite: an ANC of 1e-400 had been read as 0 (profound neutropenia)."""
+    value = float(token)
+    if value == 0.0 and token.lstrip("-0.")[:1] not in ("", "e", "E"):    # a digit other than 0 before the exponent
+        return math.nan
+    return value
+
+
 def _decode(data: Union[str, bytes], name: str, max_bytes: int) -> str:
     if isinstance(data, bytes):
         if len(data) > max_bytes:
@@ -179,6 +188,7 @@ def load_json_document(data: Union[bytes, str], name: str, max_bytes: int, max_d
     long_ints = _LONG_DIGITS in raw.translate(_DIGIT_MAP)
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                          parse_float=_float_or_nan,   # a Python call per float: 0.15 us (a regex: 6 us a KB)
                           **({"parse_int": _int_or_infinity} if long_ints else {}))
     except RecursionError:   # unreachable after the scan; kept so no parser error can escape as a 500
         raise _too_deep(name, max_depth) from None

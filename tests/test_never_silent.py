@@ -600,3 +600,17 @@ def test_a_lab_search_that_failed_or_holds_nothing_readable_is_said_not_silent(c
     """Each had answered {"cards": []}, as for a patient with no blood count at all."""
     cards = _patient_view(client, [], observations=observations)
     assert len(cards) == 1 and said in cards[0]["detail"]
+
+
+def test_a_decimal_comma_is_read_in_a_temperature_and_a_count_sent_as_text(client):
+    """"38,9" C had gone unread beside an ANC of 0.3 (no febrile neutropenia), and a WBC "3,2"; "3,200" stays
+    unread (a thousands separator or a decimal: it cannot be told)."""
+    temp = {"resourceType": "Observation", "id": "t", "status": "final", "subject": {"reference": f"Patient/{PATIENT}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]}, "effectiveDateTime": RECENT,
+            "valueString": "38,9"}
+    wbc = {k: v for k, v in obs("6690-2", 0, "10*9/L").items() if k != "valueQuantity"} | {"valueString": "3,2 10*9/L"}
+    cards = _patient_view(client, [wbc, obs("751-8", 0.3, "10*9/L")], vitals=searchset(temp))
+    assert "FEBRILE NEUTROPENIA" in cards[0]["summary"] and "not assessed" not in cards[0]["detail"].lower()
+    thousands = wbc | {"valueString": "3,200"}
+    detail = _patient_view(client, [thousands, obs("751-8", 0.3, "10*9/L")])[0]["detail"]
+    assert "3,200" in detail

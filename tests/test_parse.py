@@ -3,13 +3,15 @@ the field and the reason. Each case here is refused by ``parse_case`` itself, be
 refusals that need the knowledge base (units, codes, plausibility, dates) are in test_normalize.py."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leukodx.engine import CaseError
-from leukodx.engine.parse import build_yaml, parse_case
+from leukodx.engine.parse import build_yaml, load_json_document, parse_case
 
 from conftest import ROOT, base_case, lab
 
@@ -165,3 +167,14 @@ def test_a_leading_zero_is_read_as_pyyaml_reads_it(word):
     """'010' is YAML 1.1 octal (8) for PyYAML; the fast path had read it as decimal 10 (found by the property test)."""
     text = f"v: {word}\n"
     assert build_yaml(text, "case") == yaml.safe_load(text)
+
+
+def test_a_number_too_small_for_a_float_is_not_read_as_zero(engine):
+    """An ANC of 1e-400 had been read as 0: profound neutropenia, from a number no laboratory sends."""
+    doc = load_json_document(b'{"a": 1e-400, "b": -1E-999, "c": 0.0, "d": 0e5, "e": 2.5e-3}', "case", 1000)
+    assert math.isnan(doc["a"]) and math.isnan(doc["b"]) and (doc["c"], doc["d"], doc["e"]) == (0.0, 0.0, 0.0025)
+    body = (b'{"id": "t", "as_of": "2025-03-10", "labs": [{"test": "wbc", "value": 1.8, "unit": "10^9/L", '
+            b'"time": "2025-03-10T08:00:00Z"}, {"test": "anc", "value": 1e-400, "unit": "10^9/L", '
+            b'"time": "2025-03-10T08:00:00Z"}]}')
+    a = engine.assess(load_json_document(body, "case", 10_000), partial=True)
+    assert a.risk_tier.tier == "unknown" and [n.field for n in a.not_assessed] == ["labs[1]"]

@@ -19,7 +19,7 @@ from leukodx.engine.timeutil import When, utc_date
 __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "codings", "codes", "concept_text",
            "reference", "not_a_result", "code_label", "quantity_unit", "parse_when", "first_when", "own_time", "after",
            "partial_first_day", "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE",
-           "DECIMAL_TEXT"]
+           "DECIMAL_TEXT", "COMMA_DECIMAL_TEXT"]
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -30,6 +30,7 @@ _DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212\ufe6
 RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
 DECIMAL_TEXT = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")     # a plain decimal written as text ("0.4", "38.9")
+COMMA_DECIMAL_TEXT = re.compile(r"^\s*\d+,\d{1,2}\s*$")   # "38,9": one or two digits after it, never thousands
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _LEAP_SECOND = re.compile(r"^(\d{4}-\d{2}-\d{2}T23:59:)60(?=[.Z+-]|$)")   # FHIR's dateTime allows it; Python does not
 _CACHED_TEXT = 64                   # date text up to this length is parsed once and kept (see parse_when)

@@ -371,7 +371,8 @@ def _one_draw_per_time(labs: list[LabValue], specimens: set[str], warnings: list
 # a count as text: a comparator, the number, then perhaps its unit ("0.3 K/uL") and the laboratory's flag ("L",
 # "(LL)", "*": the flag says low or high, never the unit)
 _FLAG = r"(?:\(?(?:L|LL|H|HH|A|AA)\)?|\*)"
-_TEXT_NUMBER = re.compile(rf"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+)(?![\d.,])"
+# "0,3", "3,2": a decimal comma (one or two digits after it: never a thousands separator)
+_TEXT_NUMBER = re.compile(rf"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+|\d+,\d{{1,2}})(?![\d.,])"
                           rf"(?:\s*{_FLAG}|\s+(?!{_FLAG}\s*$)([^\s()]+)(?:\s+{_FLAG})?)?\s*$")
 
 

@@ -16,8 +16,8 @@ from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import registry, unreadable
 
-from .datatypes import (DECIMAL_TEXT, RESULT_STATUSES, after, as_dict, as_list, as_str, codings, fmt, is_number,
-                        loinc_codes, quantity_unit)
+from .datatypes import (COMMA_DECIMAL_TEXT, DECIMAL_TEXT, RESULT_STATUSES, after, as_dict, as_list, as_str, codings,
+                        fmt, is_number, loinc_codes, quantity_unit)
 from .resources import Item
 
 __all__ = ["Temperature", "VitalCodes", "vital_codes", "body_weight", "latest_weight", "temperature",
@@ -181,8 +181,9 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
             continue
         q = as_dict(res.get("valueQuantity"))
         value, unit = q.get("value"), quantity_unit(q)
-        if not is_number(value) and not q and DECIMAL_TEXT.match(as_str(res.get("valueString")) or ""):
-            value = float(as_str(res.get("valueString")) or "")              # "38.9" sent as text
+        text = as_str(res.get("valueString")) or ""
+        if not is_number(value) and not q and (DECIMAL_TEXT.match(text) or COMMA_DECIMAL_TEXT.match(text)):
+            value = float(text.replace(",", "."))              # "38.9" (or "38,9") sent as text
         if is_number(value) and unit is None and (unit := bare_temperature_scale(float(value))) is not None:
             warnings.append(f"{item.label}: body temperature {fmt(float(value))} sent without a unit was read in "
                             f"{'Celsius' if unit == 'Cel' else 'Fahrenheit'}, the only scale a body temperature of "
