@@ -547,3 +547,12 @@ def test_a_cds_call_is_json_or_415(client, ctype, status):
     assert r.status_code == status
     if status == 415:
         assert r.headers["content-type"].startswith("application/problem+json") and "application/json" in r.text
+
+
+@pytest.mark.parametrize("hook", ["order-sign", "order-select"])
+def test_an_order_hook_without_its_draft_orders_is_refused_naming_the_field(client, hook):
+    """draftOrders is REQUIRED in both hooks' contexts: an order-sign without it had answered the patient's card
+    alone, saying nothing of the orders it never checked."""
+    context = {"selections": ["MedicationRequest/d1"]} if hook == "order-select" else {}
+    r = client.post(f"/cds-services/leukodx-{hook}", json=request(hook, prefetch(CBC_SEVERE), **context))
+    assert r.status_code == 400 and "context.draftOrders is required" in r.text

@@ -75,6 +75,10 @@ class HookRequest(_Open):
     def _shapes(self) -> "HookRequest":
         """The parts the service walks must have their FHIR shape (a wrong type is a 400, not a 500)."""
         drafts = self.context.get("draftOrders")
+        if drafts is None and self.hook in ("order-select", "order-sign"):
+            # REQUIRED in both hooks' contexts (HL7 CDS Hooks library): without it no order is checked, and an answer
+            # with the patient's card alone had said nothing of that
+            raise ValueError(f"context.draftOrders is required for {self.hook}: the orders to check")
         if drafts is not None:
             if not isinstance(drafts, dict):
                 raise ValueError("context.draftOrders must be a FHIR Bundle (an object)")
