@@ -614,3 +614,13 @@ def test_a_decimal_comma_is_read_in_a_temperature_and_a_count_sent_as_text(clien
     thousands = wbc | {"valueString": "3,200"}
     detail = _patient_view(client, [thousands, obs("751-8", 0.3, "10*9/L")])[0]["detail"]
     assert "3,200" in detail
+
+
+def test_a_neutrophil_count_set_aside_beside_a_normal_one_is_a_warning_not_none_found(client):
+    """An ANC of 0.2 dated a week ahead was set aside beside an older ANC of 3.0, under "no neutropenia or
+    leukopenia found" as information. Two values that conflict at one time are read (the lower is used): info."""
+    ahead = (datetime.now(timezone.utc) + timedelta(days=7)).strftime("%Y-%m-%dT08:00:00Z")
+    cards = _patient_view(client, [obs("6690-2", 6.0, "10*9/L"), obs("751-8", 3.0, "10*9/L"),
+                                   obs("751-8", 0.2, "10*9/L", when=ahead, oid="ahead")])
+    assert _summary(cards) == [("warning", cards[0]["summary"])] and "could not be used" in cards[0]["summary"]
+    assert "after today" in cards[0]["detail"]

@@ -216,6 +216,8 @@ def neutrophil_value_unread(not_assessed: Iterable[NotAssessed], loinc: Mapping[
     ("anc (LOINC 751-8): ...", "ANC 3 ... is above the WBC", "value: anc is negative"). The engine's refusals (LOINC
     code first) had been missed: an ANC above its WBC, negative or written "0,2" left an information card."""
     for n in not_assessed:
+        if "conflicts with" in n.reason:     # of two conflicting values the lower was used: read, not unread
+            continue
         words = (n.value or "").split(" ", 1)[:1] + re.split(r"[ :(]", n.reason.lower().removeprefix("value: "), 1)[:1]
         if {loinc.get(w, w) for w in words} & set(NEUTROPHIL_TESTS):
             return True
@@ -224,14 +226,14 @@ def neutrophil_value_unread(not_assessed: Iterable[NotAssessed], loinc: Mapping[
 
 def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str],
                      anc_unread: bool = False) -> list[Card]:
-    """The assessment card, or no card when the counts give nothing to say. With no neutrophil count and one sent
-    but unread (``anc_unread``), at least a warning: an unread ANC is not a normal one (an ANC of 0.3 sent as
-    "0.3 LL" had left a WBC of 1.8 an information card)."""
+    """The assessment card, or no card when the counts give nothing to say. With a neutrophil count sent but unread
+    (``anc_unread``), at least a warning: an unread ANC is not a normal one (an ANC of 0.3 sent as "0.3 LL" had left
+    a WBC of 1.8 an information card)."""
     if not _has_something_to_say(a):
         return []
     priority = a.priority
-    if anc_unread and a.risk_tier.tier == "unknown" and priority == "info":
-        priority = "warning"
+    if anc_unread and priority == "info":    # an ANC of 0.2 dated after today, set aside beside an older normal one,
+        priority = "warning"                  # had been an information card saying no neutropenia was found
     cited = [s for x in a.alerts for s in x.sources] + [s for c in a.causes[:1] for s in c.sources] + \
         list(a.risk_tier.sources)         # the tier's guidelines when alerts and causes cite no primary source
     primary = [s for s in cited if s in a.sources and a.sources[s].kind in ("guideline", "label", "study")]
@@ -282,11 +284,12 @@ def stale_card(a: Assessment, hook_instance: str, first_page_only: bool = False)
                       "warning" if first_page_only else "info", a.kb_version)
 
 
-def checked_card(a: Assessment, hook_instance: str, counts_unread: bool = True) -> Card:
+def checked_card(a: Assessment, hook_instance: str, counts_unread: bool = True, anc_unread: bool = False) -> Card:
     """A current CBC with nothing to flag, shown only when some data could not be read. With no neutrophil count
     to be had, it says so: as a warning when a count that could give the ANC was left unread (an ANC in a unit or
     a text that could not be read: an unread ANC is not a normal one, and it had said "no neutropenia found" beside
-    an unread ANC of 0.3), as information when only other values were (a WBC with no differential)."""
+    an unread ANC of 0.3), as information when only other values were (a WBC with no differential). With a
+    neutrophil count known and another unread (``anc_unread``), a warning too."""
     if a.risk_tier.tier == "unknown" and not counts_unread:
         return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: no ANC (no differential); some other "
                           f"values could not be read", f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\n_{a.disclaimer}_",
@@ -296,6 +299,10 @@ def checked_card(a: Assessment, hook_instance: str, counts_unread: bool = True) 
                           f"could not be read", f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\nNeutropenia is not ruled out: "
                           f"check the values below in the EHR, or repeat the CBC with a differential.\n\n"
                           f"_{a.disclaimer}_", "warning", a.kb_version)
+    if anc_unread:     # an ANC of 0.2 dated after today, set aside beside an older normal one: never "none found"
+        return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: no neutropenia in the counts read; a "
+                          f"neutrophil count sent could not be used", f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\n"
+                          f"Check the neutrophil count below in the EHR.\n\n_{a.disclaimer}_", "warning", a.kb_version)
     return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: no neutropenia or leukopenia found",
                       f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\n_{a.disclaimer}_", kb_version=a.kb_version)
 

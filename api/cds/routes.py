@@ -323,7 +323,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
             cards.append(C.unassessed_card(hook.hookInstance, left_out, "warning" if anc_unread else "info"))
         else:
             if not cards and assessment is not None:
-                cards.append(C.checked_card(assessment, hook.hookInstance, counts_unread))
+                cards.append(C.checked_card(assessment, hook.hookInstance, counts_unread, anc_unread))
             C.note_left_out(cards, left_out)
     C.note_cautions(cards, cautions)
     return cards, report
