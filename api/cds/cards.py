@@ -216,7 +216,7 @@ def neutrophil_value_unread(not_assessed: Iterable[NotAssessed], loinc: Mapping[
     ("anc (LOINC 751-8): ...", "ANC 3 ... is above the WBC", "value: anc is negative"). The engine's refusals (LOINC
     code first) had been missed: an ANC above its WBC, negative or written "0,2" left an information card."""
     for n in not_assessed:
-        if "conflicts with" in n.reason:     # of two conflicting values the lower was used: read, not unread
+        if "conflicts with" in n.reason or "its focus is" in n.reason:   # the lower of two was used; someone else's
             continue
         words = (n.value or "").split(" ", 1)[:1] + re.split(r"[ :(]", n.reason.lower().removeprefix("value: "), 1)[:1]
         if {loinc.get(w, w) for w in words} & set(NEUTROPHIL_TESTS):
