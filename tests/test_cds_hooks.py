@@ -452,6 +452,16 @@ def test_feedback_sent_as_text_plain_is_refused_like_a_service_call(client):
     assert list(feedback_store.store_for(get_settings().feedback_db_url).export()) == []
 
 
+def test_feedback_above_its_body_limit_is_413_as_the_calls_are(client):
+    entry = {"card": "c", "outcome": "accepted", "outcomeTimestamp": "2020-01-01T00:00:00Z"}
+    big = json.dumps({"feedback": [entry] * (get_settings().max_body_bytes // 80 + 10)}).encode()
+    assert len(big) > get_settings().max_body_bytes
+    r = client.post("/cds-services/leukodx-patient-view/feedback", content=big,
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.text
+    assert list(feedback_store.store_for(get_settings().feedback_db_url).export()) == []
+
+
 # ---- security: JWT on every call -----------------------------------------------------------------
 
 ISS = "https://ehr.example.org"

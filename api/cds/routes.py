@@ -397,7 +397,9 @@ async def feedback(service_id: str, request: Request, settings: Settings = Depen
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
     raw = await read_body(request, CDS_TYPES)   # JSON only, as the service calls: a text/plain POST (no CORS
-    try:                                        # preflight) had been stored
+    if len(raw) > settings.max_body_bytes:      # preflight) had been stored; above its own limit, a 413 as the calls'
+        raise ProblemError(413, "Feedback too large", f"feedback is larger than {settings.max_body_bytes} bytes")
+    try:
         body = FeedbackRequest.model_validate(load_json_document(raw, "feedback", settings.max_body_bytes,
                                                                  settings.max_depth))
     except CaseError as e:

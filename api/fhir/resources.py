@@ -181,8 +181,10 @@ def unreadable_time(item: Item) -> Optional[str]:
 def other_focus(item: Item) -> Optional[str]:
     """Why an Observation is about someone other than its subject: a ``focus`` that is not the subject (a fetus, a
     newborn, a donor: FHIR R4 Observation.focus). A newborn's ANC of 0.2 had set the mother's tier."""
+    if "focus" not in item.resource:
+        return None
     subject = subject_ref(item)
-    focus = [f for f in as_list(item.resource.get("focus")) if reference(f) != subject or subject is None]
+    focus = [f for f in as_list(item.resource["focus"]) if reference(f) != subject or subject is None]
     if not focus:
         return None
     named = reference(focus[0]) or as_str(as_dict(focus[0]).get("display")) or "someone else"
