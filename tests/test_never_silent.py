@@ -624,3 +624,14 @@ def test_a_neutrophil_count_set_aside_beside_a_normal_one_is_a_warning_not_none_
                                    obs("751-8", 0.2, "10*9/L", when=ahead, oid="ahead")])
     assert _summary(cards) == [("warning", cards[0]["summary"])] and "could not be used" in cards[0]["summary"]
     assert "after today" in cards[0]["detail"]
+
+
+def test_a_count_naming_no_subject_is_not_used_and_makes_the_card_a_warning(client):
+    """An ANC of 0.3 with no subject in the patient's search: whose it is cannot be told, so it is never used; it
+    had left a WBC of 1.8 an information card. Another patient's named ANC stays someone else's (no escalation)."""
+    nobody = {k: v for k, v in obs("751-8", 0.3, "10*9/L", oid="nb").items() if k != "subject"}
+    cards = _patient_view(client, [obs("6690-2", 1.8, "10*9/L"), nobody])
+    assert [c["indicator"] for c in cards] == ["warning"] and "names no subject" in cards[0]["detail"]
+    assert "ANC 0.3" not in cards[0]["summary"]
+    other = obs("751-8", 0.3, "10*9/L", oid="ot") | {"subject": {"reference": "Patient/someone-else"}}
+    assert [c["indicator"] for c in _patient_view(client, [obs("6690-2", 1.8, "10*9/L"), other])] == ["info"]

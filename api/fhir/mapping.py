@@ -35,7 +35,7 @@ from .patient import (PatientChoice, belongs, birth_date, choose_patient, defaul
                       several_subjects, subjects)
 from .pgx import map_pgx
 from .datatypes import as_dict, as_list, as_str, concept_text, fmt, is_number, parse_when
-from .resources import FhirMappingError, Index, Item, walk_parts
+from .resources import FhirMappingError, Index, Item, subject_ref, walk_parts
 from .vitals import latest_temperature_day, temperature
 
 __all__ = ["Mapped", "map_bundle", "bundle_to_case"]
@@ -105,6 +105,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     wanted = f"Patient/{patient_id.strip().removeprefix('Patient/')}" if patient_id else choice.wanted
     if theirs:
         left_out.append(_theirs(theirs, wanted, warnings))
+        left_out += _nobodys_counts(theirs, kb)
 
     labs, weights, skipped = map_observations(kb, items, mine, index, warnings, birth_date(choice))
     unsent = results_not_sent(mine, index, warnings)    # named on the card when no lab value could be read
@@ -283,6 +284,19 @@ def _theirs(theirs: list, wanted: str, warnings: list[str]) -> NotAssessed:
                        reason=f"{n} resource{'' if one else 's'} belong{'s' if one else ''} to another patient than "
                               f"{wanted} (or name{'s' if one else ''} no subject) and {'was' if one else 'were'} not "
                               f"used")
+
+
+def _nobodys_counts(theirs: list[Item], kb: KnowledgeBase) -> list[NotAssessed]:
+    """Each lab value among them that names no subject at all, by its test: never used (whose it is cannot be told),
+    but a count sent and unread, which the card shows as such (an ANC of 0.3 with no subject, in a search for the
+    patient's, had left an information card)."""
+    out = []
+    for item in theirs:
+        test = next((kb.loinc[c] for c in item.loinc if c in kb.loinc), None) if item.type == "Observation" else None
+        if test is not None and subject_ref(item) is None:
+            out.append(NotAssessed(field=item.loc, value=test, reason=f"{test}: the Observation names no subject, so "
+                                                                      f"whose count it is cannot be told; not used"))
+    return out
 
 
 def _fitted_text(text: str, what: str, warnings: list[str]) -> str:
