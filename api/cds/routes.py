@@ -396,8 +396,10 @@ async def feedback(service_id: str, request: Request, settings: Settings = Depen
     audit.note_client(await _authorize(request, settings))
     if service_id not in SERVICES:
         raise ProblemError(404, "Not found", f"No CDS service {service_id!r}.")
-    raw = await read_body(request, CDS_TYPES)   # JSON only, as the service calls: a text/plain POST (no CORS
-    if len(raw) > settings.max_body_bytes:      # preflight) had been stored; above its own limit, a 413 as the calls'
+    # JSON only, as the service calls: a text/plain POST (no CORS preflight) had been stored; above its own body
+    # limit a 413, as the calls get
+    raw = await read_body(request, CDS_TYPES)
+    if len(raw) > settings.max_body_bytes:
         raise ProblemError(413, "Feedback too large", f"feedback is larger than {settings.max_body_bytes} bytes")
     try:
         body = FeedbackRequest.model_validate(load_json_document(raw, "feedback", settings.max_body_bytes,
