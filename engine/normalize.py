@@ -232,9 +232,10 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             problems.append(Problem("labs", f"differential percentages{when} add up to {_fmt(round(total, 6))} percent "
                                             f"({', '.join(f'{k} {_fmt(v)}' for k, v in sorted(pcts.items()))}); "
                                             f"they cannot exceed 100", tuple(pct_index[t])))
-        elif len(pcts) >= 3 and total <= 1.0 + 0.05 and max(pcts.values()) <= 1.0:
+        elif len(pcts) >= 2 and max(pcts.values()) <= 1.0 and total <= 1.05 and (len(pcts) >= 3 or total >= 0.95):
             # 35% neutrophils sent as 0.35 "%" gave an ANC of 0.011 and two critical alerts: a differential of three
-            # parts or more adding up to 1 percent is one of fractions of 1, and is refused rather than rescaled
+            # parts or more adding up to at most 1 percent, or of two adding up to 1, is one of fractions of 1, and
+            # is refused rather than rescaled
             when = f" at {t.isoformat()}" if t else ""
             problems.append(Problem("labs", f"differential percentages{when} add up to {_fmt(round(total, 6))} percent "
                                             f"({', '.join(f'{k} {_fmt(v)}' for k, v in sorted(pcts.items()))}): "

@@ -635,3 +635,41 @@ def test_a_count_naming_no_subject_is_not_used_and_makes_the_card_a_warning(clie
     assert "ANC 0.3" not in cards[0]["summary"]
     other = obs("751-8", 0.3, "10*9/L", oid="ot") | {"subject": {"reference": "Patient/someone-else"}}
     assert [c["indicator"] for c in _patient_view(client, [obs("6690-2", 1.8, "10*9/L"), other])] == ["info"]
+
+
+def test_drugs_still_assessed_when_the_lab_search_failed(client):
+    """A failed lab search (an OperationOutcome alone) had cancelled the drug's own alert: a TPMT poor metaboliser
+    on azathioprine got "could not assess" (info). The search's failure is still named."""
+    failed = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
+        "resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout",
+                                                       "diagnostics": "lab system timed out"}]}}]}
+    aza = {"resourceType": "MedicationRequest", "id": "m", "status": "active", "intent": "order",
+           "subject": {"reference": f"Patient/{PATIENT}"}, "authoredOn": "2026-01-05",
+           "medicationCodeableConcept": {"text": "azathioprine 100 mg daily"}}
+    tpmt = {"resourceType": "Observation", "id": "pgx-TPMT", "status": "final", "code": {"text": "TPMT phenotype"},
+            "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": "2024-01-01",
+            "valueCodeableConcept": {"text": "Poor metabolizer"}}
+    cards = _patient_view(client, [], observations=failed, medicationRequests=searchset(aza), pgx=searchset(tpmt))
+    assert cards[0]["indicator"] == "critical" and "poor metabolizer" in cards[0]["summary"]
+    assert "lab system timed out" in cards[0]["detail"]
+    statin = aza | {"medicationCodeableConcept": {"text": "atorvastatin 20 mg"}}
+    alone = _patient_view(client, [], observations=failed, medicationRequests=searchset(statin))
+    assert len(alone) == 1 and "lab system timed out" in alone[0]["detail"]
+
+
+@pytest.mark.parametrize("text", ["38,9 °C", "101.2 F", "101,2 ℉", "38,9"])
+def test_a_temperature_written_with_its_scale_is_read(client, text):
+    """Only a bare number sent as text was read: "38,9 °C" beside an ANC of 0.3 missed a febrile neutropenia."""
+    temp = {"resourceType": "Observation", "id": "t", "status": "final", "subject": {"reference": f"Patient/{PATIENT}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]}, "effectiveDateTime": RECENT,
+            "valueString": text}
+    cards = _patient_view(client, [obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L")], vitals=searchset(temp))
+    assert "FEBRILE NEUTROPENIA" in cards[0]["summary"]
+
+
+@pytest.mark.parametrize("time_field", [{"effectiveDateTime": "2016-12-31T05:29:60+05:30"},
+                                        {"effectiveTiming": {"event": ["2019-01-01T08:00:00Z"]}}])
+def test_a_leap_second_at_an_offset_and_a_timing_event_date_a_count(client, time_field):
+    anc = {k: v for k, v in obs("751-8", 0.3, "10*9/L").items() if k != "effectiveDateTime"} | time_field
+    cards = _patient_view(client, [anc])
+    assert "No current CBC" in cards[0]["summary"]

@@ -118,8 +118,11 @@ def test_a_differential_of_fractions_sent_as_percentages_is_refused_not_read_as_
     assert engine.assess(base_case(labs=[lab("wbc", 3.2), *[{**x, "unit": "1"} for x in fractions[1:]]])
                          ).risk_tier.anc == pytest.approx(1.12)
     assert engine.assess(base_case(labs=[lab("wbc", 3.2), lab("neutrophils_pct", 0.4, "%")])).risk_tier.tier == "profound"
-    assert engine.assess(base_case(labs=[lab("wbc", 3.2), lab("neutrophils_pct", 0.5, "%"),
-                                         lab("lymphocytes_pct", 0.5, "%")])).risk_tier.tier == "profound"
+    assert engine.assess(base_case(labs=[lab("wbc", 3.2), lab("neutrophils_pct", 0.4, "%"),
+                                         lab("lymphocytes_pct", 0.3, "%")])).risk_tier.tier == "profound"
+    two = normalize_problems(kb, base_case(labs=[lab("wbc", 5.0), lab("neutrophils_pct", 0.62, "%"),
+                                                 lab("lymphocytes_pct", 0.38, "%")]))     # two parts adding up to 1
+    assert len(two) == 1 and "fractions of 1" in two[0]
 
 
 def test_other_white_cells_above_the_wbc_of_their_draw_are_refused_one_by_one_and_together(kb, engine):

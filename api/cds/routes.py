@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from leukodx.engine import Assessment, CaseError, Engine, NotAssessed
+from leukodx.engine import Assessment, CaseError, Engine, NotAssessed, Problem
 from leukodx.engine.render import to_json_pieces
 from leukodx.engine.parse import load_json_document, problems_from_validation
 
@@ -281,8 +281,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
                                                 for p in e.problems], eng.kb.loinc)
         # no lab Observation at all (nothing skipped, nobody else's): nothing to assess and nothing hidden
         nothing = len(e.problems) == 1 and e.problems[0].loc == "" and not notes
-        problems = [] if nothing else [p.msg if p.loc in ("", "subject") else f"{_named(p.loc)}: {p.msg}"
-                                       for p in e.problems]
+        problems = [] if nothing else _problem_texts(e.problems)
         where += [_named(p.loc) or "the data" for p in e.problems]
     except CaseError as e:       # nothing the engine could read: a count among what it refused is a warning
         problems = [str(p) for p in e.problems]
@@ -317,7 +316,11 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     unmatched = unmatched_selections(hook)
     if unmatched:
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))
-    if left_out and not (drugs_alone and not cards):     # drugs alone, nothing to flag: as with no data at all
+    if drugs_alone and not cards:   # drugs alone, nothing to flag: as with no lab at all, or with none readable
+        if mapped is not None and (len(mapped.labs_unread) > 1 or notes):    # (the first: "no lab value ...")
+            cards.append(C.unassessed_card(hook.hookInstance, _problem_texts(mapped.labs_unread) + notes,
+                                           "warning" if anc_unread else "info"))
+    elif left_out:
         if not cards and assessment is not None and not assessment.cbc.tests:
             # a temperature or a differential, and no count to check: a warning when a count sent was unread
             cards.append(C.unassessed_card(hook.hookInstance, left_out, "warning" if anc_unread else "info"))
@@ -327,6 +330,10 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
             C.note_left_out(cards, left_out)
     C.note_cautions(cards, cautions)
     return cards, report
+
+
+def _problem_texts(problems: list[Problem]) -> list[str]:
+    return [p.msg if p.loc in ("", "subject") else f"{_named(p.loc)}: {p.msg}" for p in problems]
 
 
 def add_call_route(app: FastAPI) -> None:

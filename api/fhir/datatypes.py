@@ -19,7 +19,7 @@ from leukodx.engine.timeutil import When, utc_date
 __all__ = ["When", "as_dict", "as_list", "as_str", "is_number", "kind", "fmt", "codings", "codes", "concept_text",
            "reference", "not_a_result", "code_label", "quantity_unit", "parse_when", "first_when", "own_time", "after",
            "partial_first_day", "later_warning", "loinc_codes", "UCUM", "LOINC", "RESULT_STATUSES", "PARTIAL_DATE",
-           "DECIMAL_TEXT", "COMMA_DECIMAL_TEXT"]
+           "DECIMAL_TEXT"]
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -30,9 +30,9 @@ _DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212\ufe6
 RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
 DECIMAL_TEXT = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")     # a plain decimal written as text ("0.4", "38.9")
-COMMA_DECIMAL_TEXT = re.compile(r"^\s*\d+,\d{1,2}\s*$")   # "38,9": one or two digits after it, never thousands
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_LEAP_SECOND = re.compile(r"^(\d{4}-\d{2}-\d{2}T23:59:)60(?=[.Z+-]|$)")   # FHIR's dateTime allows it; Python does not
+# a leap second, which FHIR's dateTime allows (at any offset: 05:29:60+05:30) and Python does not
+_LEAP_SECOND = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:)60(?=[.Z+-]|$)")
 _CACHED_TEXT = 64                   # date text up to this length is parsed once and kept (see parse_when)
 
 
@@ -191,7 +191,17 @@ def _time_fields(res: dict[str, Any]) -> list[tuple[str, Any]]:
     """An Observation's (or DiagnosticReport's) time fields, in the order they are read."""
     return [("effectiveDateTime", res.get("effectiveDateTime")), ("effectiveInstant", res.get("effectiveInstant")),
             ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
-            ("effectivePeriod.end", as_dict(res.get("effectivePeriod")).get("end")), ("issued", res.get("issued"))]
+            ("effectivePeriod.end", as_dict(res.get("effectivePeriod")).get("end")),
+            ("effectiveTiming.event", _first_event(res.get("effectiveTiming"))), ("issued", res.get("issued"))]
+
+
+def _first_event(timing: Any) -> Any:
+    """A Timing's first event date; a Timing with none is a time sent that cannot be read (an effectiveTiming of a
+    2019 ANC, unread, had left it undated: today's critical card)."""
+    if timing is None:
+        return None
+    events = as_list(as_dict(timing).get("event"))
+    return events[0] if events and isinstance(events[0], str) else "a Timing with no event date"
 
 
 def own_time(res: dict[str, Any]) -> tuple[Optional[When], list[str]]:

@@ -55,6 +55,9 @@ class Mapped:
     not_assessed: list[NotAssessed]
     cautions: list[str] = field(default_factory=list)
     drafts: list[int] = field(default_factory=list)     # places in case["medications"] of draft orders being signed
+    # with drugs and no lab value: why no lab could be used ("no lab value leukodx can use", then a failed search or
+    # unread values), said when the drugs give nothing to flag
+    labs_unread: list[Problem] = field(default_factory=list)
 
     def without_drafts(self) -> dict[str, Any]:
         """The case as the patient is now: the draft orders being signed are not taken yet, so they explain
@@ -135,8 +138,9 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in unread_temperatures]
     # a temperature without a count is assessed (a fever needs a count), on a known case date only: with no
     # lab and no as_of, nothing would date the case, and a fever of years ago would read as one of today
-    # so is a medication without a count, when no lab was sent at all (none skipped, none of another patient's):
-    # clozapine with no ANC on record is monitoring overdue, a thiopurine in a poor metabolizer an alert
+    # so is a medication without a count (clozapine with no ANC on record is monitoring overdue, a thiopurine in a
+    # poor metabolizer an alert), even when the lab search failed or its values could not be read (kept in
+    # Mapped.labs_unread)
     nothing: Optional[FhirMappingError] = None
     if not labs and (temp.celsius is None or as_of is None):
         problems = [*broken, *skipped, *unsent, *(Problem(n.field, n.reason) for n in outcomes)]   # a failed search
@@ -148,7 +152,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         nothing = FhirMappingError([Problem("", "no lab value leukodx can use: it needs an Observation with a LOINC "
                                                 "code of rules/labs.yaml (a WBC, ANC, differential ...), a usable "
                                                 "status and a valueQuantity with a unit"), *problems])
-        if as_of is None or problems:
+        if as_of is None:
             raise nothing
 
     case: dict[str, Any] = {"id": case_id or default_id(choice)}
@@ -192,7 +196,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         history["conditions"] = conditions
     if history:
         case["history"] = history
-    return Mapped(case, warnings, left_out, cautions, drafts)
+    return Mapped(case, warnings, left_out, cautions, drafts, nothing.problems if nothing is not None else [])
 
 
 def _placed_in_time(labs: list[LabValue], skipped: list[Problem], warnings: list[str]) -> list[LabValue]:

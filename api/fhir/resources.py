@@ -183,12 +183,18 @@ def other_focus(item: Item) -> Optional[str]:
     newborn, a donor: FHIR R4 Observation.focus). A newborn's ANC of 0.2 had set the mother's tier."""
     if "focus" not in item.resource:
         return None
-    subject = subject_ref(item)
-    focus = [f for f in as_list(item.resource["focus"]) if reference(f) != subject or subject is None]
+    subject = _type_and_id(subject_ref(item))
+    focus = [f for f in as_list(item.resource["focus"]) if subject is None or _type_and_id(reference(f)) != subject]
     if not focus:
         return None
     named = reference(focus[0]) or as_str(as_dict(focus[0]).get("display")) or "someone else"
     return f"its focus is {named}, not the patient: a value about someone else is never the patient's"
+
+
+def _type_and_id(ref: Optional[str]) -> Optional[tuple[str, str]]:
+    """("Patient", "p1") of "Patient/p1", of its absolute URL and of a version of it; the text itself otherwise."""
+    m = REFERENCE.search(ref or "")
+    return (m.group(1), m.group(2)) if m else ((ref, "") if ref else None)
 
 
 def subject_ref(item: Optional[Item]) -> Optional[str]:

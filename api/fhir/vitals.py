@@ -16,8 +16,8 @@ from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import registry, unreadable
 
-from .datatypes import (COMMA_DECIMAL_TEXT, DECIMAL_TEXT, RESULT_STATUSES, after, as_dict, as_list, as_str, codings,
-                        fmt, is_number, loinc_codes, quantity_unit)
+from .datatypes import (RESULT_STATUSES, after, as_dict, as_list, as_str, codings, fmt, is_number, loinc_codes,
+                        quantity_unit)
 from .resources import Item
 
 __all__ = ["Temperature", "VitalCodes", "vital_codes", "body_weight", "latest_weight", "temperature",
@@ -32,6 +32,10 @@ _TEMPERATURE_UNITS = {**dict.fromkeys(("cel", "°c", "c", "degc", "degreec", "de
                       **dict.fromkeys(("[degf]", "°f", "f", "degf", "degreef", "degreesf", "fahrenheit",
                                        "degreefahrenheit", "degreesfahrenheit", "°fahrenheit", "f°"), "degF")}
 _DEGREE_SIGNS = str.maketrans({"º": "°", "˚": "°", "℃": "°c", "℉": "°f"})
+# a body temperature written as text: the number (a decimal point or comma, one or two digits after it) and perhaps
+# its scale ("38,9", "38.9 °C", "101,2 F")
+_TEMPERATURE_TEXT = re.compile(r"^\s*(\d{2,3}(?:[.,]\d{1,2})?)\s*°?\s*"
+                               r"(c|f|cel|degc|degf|\[degf\]|celsius|fahrenheit)?\s*$", re.IGNORECASE)
 
 
 def _temperature_unit(unit: str) -> str:
@@ -182,8 +186,10 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
         q = as_dict(res.get("valueQuantity"))
         value, unit = q.get("value"), quantity_unit(q)
         text = as_str(res.get("valueString")) or ""
-        if not is_number(value) and not q and (DECIMAL_TEXT.match(text) or COMMA_DECIMAL_TEXT.match(text)):
-            value = float(text.replace(",", "."))              # "38.9" (or "38,9") sent as text
+        if not is_number(value) and not q and (m := _TEMPERATURE_TEXT.match(text.translate(_DEGREE_SIGNS))):
+            value = float(m.group(1).replace(",", "."))        # "38.9", "38,9", "38,9 °C", "101.2 F" sent as text
+            unit = "[degF]" if (m.group(2) or "").lower() in ("f", "degf", "[degf]", "fahrenheit") else \
+                "Cel" if m.group(2) else None
         if is_number(value) and unit is None and (unit := bare_temperature_scale(float(value))) is not None:
             warnings.append(f"{item.label}: body temperature {fmt(float(value))} sent without a unit was read in "
                             f"{'Celsius' if unit == 'Cel' else 'Fahrenheit'}, the only scale a body temperature of "
