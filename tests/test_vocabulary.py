@@ -463,3 +463,18 @@ def test_cancer_is_read_where_there_is_one(kb, text, cancer):
     hypertension" and "tumour necrosis factor" had silenced the alert, and GTN's daily methotrexate raised it."""
     found, _ = read_conditions(kb, text)
     assert ("cancer" in found) is cancer
+
+
+def test_a_recorded_fever_set_aside_by_a_measurement_is_said_and_the_gestation_asked_for(engine):
+    """A fever on the problem list with 37.9 C measured at ANC 0.3 had gone without a word; a pregnant patient's Hb
+    between the trimesters' cutoffs (10.5 and 11.0) with no weeks given had no question about them."""
+    a = engine.assess(base_case(labs=[lab("wbc", 1.2), lab("anc", 0.3)],
+                                history={"conditions": ["Fever"], "temperature_c": 37.9}))
+    assert "febrile_neutropenia" not in {x.id for x in a.alerts}
+    assert any("recorded among the conditions" in w for w in a.warnings)
+    b = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", 3.0), lab("hemoglobin", 10.7, "g/dL")],
+                                history={"conditions": ["pregnant"]}))
+    assert any(m.item.startswith("Weeks of gestation") for m in b.missing_data)
+    c = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", 3.0), lab("hemoglobin", 10.4, "g/dL")],
+                                history={"conditions": ["pregnant"]}))
+    assert not any(m.item.startswith("Weeks of gestation") for m in c.missing_data)    # anaemia by either cutoff
