@@ -247,7 +247,6 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     weight: Optional[float] = None   # the patient's, for the order check's mg/kg/day
     cautions: list[str] = []         # what must be checked before acting on any card (a deceased patient)
     mapped: Optional[fhir.Mapped] = None
-    drugs_alone = False
     try:
         # the case is named by the call, not by the patient: the report behind the card's link keeps no patient id
         mapped = await run_cpu(traced("leukodx.map", partial(fhir.map_bundle, resources + dated, kb=eng.kb,
@@ -257,8 +256,6 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
         weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
         ordered = assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
-        # no count and no temperature: only what the drugs need without one (a monitoring overdue, a poor metabolizer)
-        drugs_alone = not mapped.case["labs"] and "temperature_c" not in mapped.case.get("history", {})
         if mapped.drafts:          # the patient's card: the drafts being signed are not taken yet (Mapped.without_drafts)
             try:
                 assessment = await run_cpu(partial(eng.assess, mapped.without_drafts(), partial=True), inline=small)
@@ -316,8 +313,9 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     unmatched = unmatched_selections(hook)
     if unmatched:
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))
+    drugs_alone = mapped is not None and mapped.drugs_alone()
     if drugs_alone and not cards:   # drugs alone, nothing to flag: as with no lab at all, or with none readable
-        if mapped is not None and (len(mapped.labs_unread) > 1 or notes):    # (the first: "no lab value ...")
+        if len(mapped.labs_unread) > 1 or notes:    # (the first: "no lab value ...")
             cards.append(C.unassessed_card(hook.hookInstance, _problem_texts(mapped.labs_unread) + notes,
                                            "warning" if anc_unread else "info"))
     elif left_out:

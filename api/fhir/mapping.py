@@ -59,6 +59,11 @@ class Mapped:
     # unread values), said when the drugs give nothing to flag
     labs_unread: list[Problem] = field(default_factory=list)
 
+    def drugs_alone(self) -> bool:
+        """No lab value and no temperature: the case holds only what the drugs need without a count (a monitoring
+        overdue, a poor metabolizer)."""
+        return not self.case["labs"] and "temperature_c" not in self.case.get("history", {})
+
     def without_drafts(self) -> dict[str, Any]:
         """The case as the patient is now: the draft orders being signed are not taken yet, so they explain
         nothing of the count (a draft azathioprine had been named the cause of an agranulocytosis and had taken
