@@ -478,3 +478,13 @@ def test_a_recorded_fever_set_aside_by_a_measurement_is_said_and_the_gestation_a
     c = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", 3.0), lab("hemoglobin", 10.4, "g/dL")],
                                 history={"conditions": ["pregnant"]}))
     assert not any(m.item.startswith("Weeks of gestation") for m in c.missing_data)    # anaemia by either cutoff
+
+
+@pytest.mark.parametrize("med", [{"name": "Neulasta", "status": "completed", "start": "2025-03-05", "end": "2025-03-05"},
+                                 {"name": "filgrastim-sndz", "start": "2025-03-01"}])
+def test_a_growth_factor_taken_lately_is_named_beside_a_leukocytosis(engine, med):
+    """G-CSF had been an unknown drug; one pegfilgrastim injection recorded as completed 5 days before explained
+    nothing of a WBC of 21."""
+    a = engine.assess(base_case(labs=[lab("wbc", 21.0), lab("anc", 18.0)], medications=[med]))
+    assert not a.unrecognised
+    assert any("myeloid growth factors" in w for w in a.warnings)
