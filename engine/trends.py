@@ -5,6 +5,8 @@
 * ``low_span_days``: how long the count has been low; ``low_run_drop_pct``: the current count's fall from the
   highest count of that low run; ``wbc_low_span_days``: how long the WBC has been below its LLN, when the
   series is the ANC's (a leukopenia can persist while the ANC has only just fallen);
+* ``steady_fall_pct``: the fall of the current count from the first of three or more counts each lower than the
+  one before (a steady fall, however slow);
 * ``cyclic_intervals``: nadir-to-nadir intervals of cyclic length with recovery between.
 """
 from __future__ import annotations
@@ -45,6 +47,11 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
     prior = [v for t, v in series[:-1] if (latest_t - t).days <= window]
     if prior and max(prior) > 0:
         facts["count_drop_pct"] = _r(max(0.0, (max(prior) - latest_v) / max(prior) * 100.0))
+    tail = 1                     # the points of the strictly falling run that ends the series
+    while tail < len(series) and series[-tail - 1][1] > series[-tail][1]:
+        tail += 1
+    if tail >= 3 and series[-tail][1] > 0:     # a steady fall, however slow (2.2, 1.8, 1.5, 1.3, 1.1 over two years)
+        facts["steady_fall_pct"] = _r((series[-tail][1] - latest_v) / series[-tail][1] * 100.0)
     before = series[-2][1]
     if before > 0 and latest_v > before:        # rising again from the count before: recovery from a nadir
         facts["count_rise_pct"] = _r((latest_v - before) / before * 100.0)
