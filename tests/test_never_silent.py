@@ -673,3 +673,12 @@ def test_a_leap_second_at_an_offset_and_a_timing_event_date_a_count(client, time
     anc = {k: v for k, v in obs("751-8", 0.3, "10*9/L").items() if k != "effectiveDateTime"} | time_field
     cards = _patient_view(client, [anc])
     assert "No current CBC" in cards[0]["summary"]
+
+
+@pytest.mark.parametrize("birth", ["2099-01-01", "not-a-date"])
+def test_a_birth_date_that_cannot_be_used_is_named_first_and_never_an_infants_age(client, birth):
+    """A birthDate in the future had been read as 0 years old (an infant's limits); one that is not a date left the
+    age silently unknown."""
+    patient = {"resourceType": "Patient", "id": PATIENT, "gender": "female", "birthDate": birth}
+    cards = _patient_view(client, [obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L")], patient=patient)
+    assert cards[0]["detail"].startswith("**Check first:** The Patient's birthDate")

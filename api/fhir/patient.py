@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Optional
 
 from .datatypes import PARTIAL_DATE, as_dict, as_list, as_str, codings, concept_text, is_number, quantity_unit
@@ -159,6 +159,9 @@ def demographics(choice: PatientChoice, weights: list[Weight], ref: Optional[dat
         age = _age(res.get("birthDate"), at, where, warnings)
         if age is not None:
             out["age_years"] = age
+        elif at is not None and (birth := as_str(res.get("birthDate"))) and cautions is not None:
+            cautions.append(f"The Patient's birthDate {birth[:40]!r} cannot be used (not a date, or a future one): "
+                            f"the age is unknown and no age-specific limit was applied.")
         died = as_str(res.get("deceasedDateTime"))
         if died or res.get("deceasedBoolean") is True:
             caution = (f"the patient is recorded as deceased{f' ({died[:10]})' if died else ''}: check that this is "
@@ -257,6 +260,9 @@ def _age(birth: Any, at: Optional[date], where: str, warnings: list[str]) -> Opt
     born = _born(s)
     if born is None:
         warnings.append(f"{where}: birthDate {s!r} is not a date; age left out.")
+        return None
+    if born > at + timedelta(days=1):   # had read as 0 years old (a day's time-zone slack for a newborn)
+        warnings.append(f"{where}: birthDate {s!r} is after {at.isoformat()}; age left out.")
         return None
     if PARTIAL_DATE.match(s):
         warnings.append(f"{where}: birthDate {s!r} is a partial date; the age may be a year off.")
