@@ -227,20 +227,16 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             pct_index[lab.time].append(f"labs[{lab.index}]")
     for t, pcts in by_time.items():
         total = sum(pcts.values())
-        if total > 100.0 + 1e-9:
-            when = f" at {t.isoformat()}" if t else ""
-            problems.append(Problem("labs", f"differential percentages{when} add up to {_fmt(round(total, 6))} percent "
-                                            f"({', '.join(f'{k} {_fmt(v)}' for k, v in sorted(pcts.items()))}); "
-                                            f"they cannot exceed 100", tuple(pct_index[t])))
-        elif len(pcts) >= 2 and max(pcts.values()) <= 1.0 and total <= 1.05 and (len(pcts) >= 3 or total >= 0.95):
-            # 35% neutrophils sent as 0.35 "%" gave an ANC of 0.011 and two critical alerts: a differential of three
-            # parts or more adding up to at most 1 percent, or of two adding up to 1, is one of fractions of 1, and
-            # is refused rather than rescaled
-            when = f" at {t.isoformat()}" if t else ""
-            problems.append(Problem("labs", f"differential percentages{when} add up to {_fmt(round(total, 6))} percent "
-                                            f"({', '.join(f'{k} {_fmt(v)}' for k, v in sorted(pcts.items()))}): "
-                                            f"fractions of 1 sent as percentages? Send them in % (35 for 35%) or "
-                                            f"with the unit 1", tuple(pct_index[t])))
+        # 35% neutrophils sent as 0.35 "%" gave an ANC of 0.011 and two critical alerts: a differential of three
+        # parts or more adding up to at most 1 percent, or of two adding up to 1, is one of fractions of 1, and is
+        # refused rather than rescaled
+        fractions = len(pcts) >= 2 and max(pcts.values()) <= 1.0 and total <= 1.05 and (len(pcts) >= 3 or total >= 0.95)
+        if total > 100.0 + 1e-9 or fractions:
+            said = (f"differential percentages{f' at {t.isoformat()}' if t else ''} add up to {_fmt(round(total, 6))} "
+                    f"percent ({', '.join(f'{k} {_fmt(v)}' for k, v in sorted(pcts.items()))})")
+            why = ("fractions of 1 sent as percentages? Send them in % (35 for 35%) or with the unit 1" if fractions
+                   else "they cannot exceed 100")
+            problems.append(Problem("labs", f"{said}{': ' if fractions else '; '}{why}", tuple(pct_index[t])))
 
     # the ANC cannot exceed the WBC of the same sample: neutrophils are white cells (the engine bounds an unknown
     # ANC by the WBC for the same reason). Which of the two is wrong cannot be told, so the ANC is the item

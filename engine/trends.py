@@ -36,8 +36,7 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
     if not points:
         return
     as_of_dt = datetime.combine(nc.as_of, datetime.min.time()) if nc.as_of else None
-    series = sorted(((t or as_of_dt, v) for t, v in points.items() if (t or as_of_dt) is not None),
-                    key=lambda p: p[0])
+    series = _in_time(points, as_of_dt)
     facts["series_points"] = float(len(series)) if series else 1.0
     if len(series) < 2:
         return
@@ -58,9 +57,7 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
     if basis == "anc":
         wbc_low = facts.get("wbc_lln")
         if wbc_low is not None and len(wbc_points) >= 2 and cbc.time in wbc_points:
-            wbc_series = sorted(((t or as_of_dt, v) for t, v in wbc_points.items() if (t or as_of_dt) is not None),
-                                key=lambda p: p[0])
-            facts["wbc_low_span_days"] = float(_low_run(wbc_series, wbc_low)[0])
+            facts["wbc_low_span_days"] = float(_low_run(_in_time(wbc_points, as_of_dt), wbc_low)[0])
     if low is None:
         return
     span, run = _low_run(series, low)
@@ -69,6 +66,11 @@ def series_facts(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Sa
         facts["low_run_drop_pct"] = _r(max(0.0, (max(run) - latest_v) / max(run) * 100.0))
     if basis == "anc":
         facts["cyclic_intervals"] = float(cyclic_intervals(kb, series))
+
+
+def _in_time(points: dict[Optional[datetime], float], as_of_dt: Optional[datetime]) -> list[tuple[datetime, float]]:
+    """The points oldest first, an untimed one at the case's date (none without one)."""
+    return sorted(((t or as_of_dt, v) for t, v in points.items() if (t or as_of_dt) is not None), key=lambda p: p[0])
 
 
 def _low_run(series: list[tuple[datetime, float]], low: float) -> tuple[int, list[float]]:

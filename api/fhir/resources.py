@@ -172,8 +172,7 @@ class Index:
 def unreadable_time(item: Item) -> Optional[str]:
     """Why an Observation with no usable time is not undated: a time was sent and cannot be read. An undated value
     is taken as current, and a 2016 ANC dated with a leap second had made today's critical card."""
-    item.own_time()
-    unusable = item._time[1] if item._time else []
+    unusable = own_time(item.resource)[1]
     return (f"its time cannot be read ({'; '.join(unusable)}): a value whose date is unknown is never taken as "
             f"current") if unusable else None
 

@@ -188,8 +188,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
         text = as_str(res.get("valueString")) or ""
         if not is_number(value) and not q and (m := _TEMPERATURE_TEXT.match(text.translate(_DEGREE_SIGNS))):
             value = float(m.group(1).replace(",", "."))        # "38.9", "38,9", "38,9 °C", "101.2 F" sent as text
-            unit = "[degF]" if (m.group(2) or "").lower() in ("f", "degf", "[degf]", "fahrenheit") else \
-                "Cel" if m.group(2) else None
+            unit = m.group(2)                                  # its scale read as a valueQuantity's unit is
         if is_number(value) and unit is None and (unit := bare_temperature_scale(float(value))) is not None:
             warnings.append(f"{item.label}: body temperature {fmt(float(value))} sent without a unit was read in "
                             f"{'Celsius' if unit == 'Cel' else 'Fahrenheit'}, the only scale a body temperature of "
