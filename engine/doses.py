@@ -13,9 +13,9 @@ import re
 from typing import Optional, Union
 
 from .case import Dose
-from .units import dose_rate
+from .units import DoseRate, dose_rate
 
-__all__ = ["dose_mg_kg_day", "dosed_daily", "takes_per_day"]
+__all__ = ["dose_mg_kg_day", "dose_mg_m2_day", "dosed_daily", "takes_per_day"]
 
 _DECIMAL_COMMA = re.compile(r"(\d),(\d{1,2})(?!\d)")
 _THOUSANDS = re.compile(r"(\d),(\d{3})(?!\d)")
@@ -134,20 +134,17 @@ def dosed_daily(dose: Union[Dose, str, None]) -> bool:
     return rate is not None and rate.period_days <= 1
 
 
-def dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]
-                   ) -> tuple[Optional[float], Optional[float], Optional[str]]:
-    """(mg/kg/day, mg/day, why not) from a dose with a unit of mass per time (mg/kg/day needs the weight), of
-    mass per body mass per time (mg/day then needs it), or a text giving a mass per take and how often it is
-    taken. The reason is given when a dose was sent but cannot be read, so that it is never ignored silently."""
-    if dose is None:
-        return None, None, None
+def _daily_rate(dose: Union[Dose, str]) -> tuple[Optional[float], Optional[DoseRate], str, Optional[str]]:
+    """(value, rate, the dose as shown, why not): a dose with a unit of mass per time (per body mass or surface
+    area or not), or a text giving a mass per take and how often it is taken, read as a value in ``rate``'s
+    unit; the reason when it cannot be read."""
     shown = dose if isinstance(dose, str) else f"{dose.value:g} {dose.unit}"
     takes = None
     if isinstance(dose, str):
         dose = _THOUSANDS.sub(r"\1\2", _DECIMAL_COMMA.sub(r"\1.\2", dose))   # "2,5 mg" is 2.5 mg; "1,000 mg" 1000
         mass, problem = _per_take(dose)
         if mass is None:
-            return None, None, f"the dose {shown!r} {problem or 'has no number and unit leukodx can read'}"
+            return None, None, shown, f"the dose {shown!r} {problem or 'has no number and unit leukodx can read'}"
         value, unit = mass
         takes = takes_per_day(dose)
     else:
@@ -156,12 +153,37 @@ def dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]
     if rate is None and takes is not None:     # a mass per take, times the takes a day: 75 mg OD is 75 mg/d
         rate, value = dose_rate(f"{unit}/d"), value * takes
     if rate is None:
-        return None, None, (f"the dose {shown!r} is not a mass per day (mg/day), per kg per day (mg/kg/day) or per "
-                            f"take with how often it is taken (75 mg twice daily), which the dose rules read (units "
-                            f"of activity are not converted)")
+        return None, None, shown, (
+            f"the dose {shown!r} is not a mass per day (mg/day), per kg per day (mg/kg/day) or per take with how "
+            f"often it is taken (75 mg twice daily), which the dose rules read (units of activity are not converted)")
+    return value, rate, shown, None
+
+
+def dose_mg_kg_day(dose: Union[Dose, str, None], weight_kg: Optional[float]
+                   ) -> tuple[Optional[float], Optional[float], Optional[str]]:
+    """(mg/kg/day, mg/day, why not) from a dose with a unit of mass per time (mg/kg/day needs the weight), of
+    mass per body mass per time (mg/day then needs it), or a text giving a mass per take and how often it is
+    taken. The reason is given when a dose was sent but cannot be read, so that it is never ignored silently;
+    a dose per m2 of body surface area is not converted (no height: :func:`dose_mg_m2_day` reads it)."""
+    if dose is None:
+        return None, None, None
+    value, rate, shown, why = _daily_rate(dose)
+    if rate is None or value is None:
+        return None, None, why
+    if rate.per_m2:
+        return None, None, (f"the dose {shown!r} is per m2 of body surface area and cannot be converted to mg/kg/day "
+                            f"without the patient's height")
     if rate.per_kg:
         return value * rate.factor, (value * rate.factor * weight_kg if weight_kg else None), None
     per_day = value * rate.factor
     if not weight_kg:
         return None, per_day, f"the dose {shown!r} needs the patient's weight to give mg/kg/day"
     return per_day / weight_kg, per_day, None
+
+
+def dose_mg_m2_day(dose: Union[Dose, str, None]) -> Optional[float]:
+    """mg/m2/day from a dose per body surface area (75 mg/m2/day, or 75 mg/m2 once daily); None for any other."""
+    if dose is None:
+        return None
+    value, rate, _, _ = _daily_rate(dose)
+    return value * rate.factor if rate is not None and value is not None and rate.per_m2 else None

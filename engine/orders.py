@@ -18,7 +18,7 @@ from typing import Any, Optional
 from . import pgx
 from .assessment import Assessment, GeneStatus
 from .kb import KnowledgeBase
-from .doses import dose_mg_kg_day
+from .doses import dose_mg_kg_day, dose_mg_m2_day
 from .order_models import INTERMEDIATE, Advice, DoseChange, OrderCheck, OrderInput
 from .order_others import clozapine_check, daily_instead_of_weekly, interactions_check, label_check, not_known
 from .vocabulary import DrugIndex, match_conditions
@@ -216,20 +216,24 @@ def _with_current_count(kb: KnowledgeBase, check: OrderCheck, a: Optional[Assess
 def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any], order: OrderInput,
                      pattern: str) -> OrderCheck:
     """CPIC's cut left out when the dose ordered is already within its reduced starting doses for the phenotype
-    (pgx/dose_adjustments.yaml ``reduced_up_to_mg_kg_day``): "dose reduction may not be recommended"."""
-    reduced_to = _adjustment(kb, drug["id"], pattern).get("reduced_up_to_mg_kg_day", {}).get(drug["id"])
-    if reduced_to is None or check.dose_change is None:
+    (pgx/dose_adjustments.yaml ``reduced_up_to_mg_kg_day``, or ``reduced_up_to_mg_m2_day`` for a dose per body
+    surface area): "dose reduction may not be recommended"."""
+    row = _adjustment(kb, drug["id"], pattern)
+    if check.dose_change is None:
         return check
-    per_kg = dose_mg_kg_day(order.dose, order.weight_kg)[0]
-    if per_kg is None or per_kg > reduced_to * (1 + 1e-9):
-        return check
-    return check.model_copy(update={
-        "dose_change": None, "adjust": "no",
-        "summary": check.summary.replace(_REDUCED_START,
-                                         f"{per_kg:.2g} mg/kg/day is already a reduced dose (CPIC)"),
-        "detail": f"**The dose ordered, {per_kg:.2g} mg/kg/day, is already within CPIC's reduced starting doses** (up "
-                  f"to {reduced_to:g} mg/kg/day for {drug['name']}): it is not cut again; adjust it by the counts."
-                  f"\n\n{check.detail}"})
+    for key, dose, unit in (("reduced_up_to_mg_kg_day", dose_mg_kg_day(order.dose, order.weight_kg)[0], "mg/kg/day"),
+                            ("reduced_up_to_mg_m2_day", dose_mg_m2_day(order.dose), "mg/m2/day")):
+        reduced_to = row.get(key, {}).get(drug["id"])
+        if reduced_to is None or dose is None or dose > reduced_to * (1 + 1e-9):
+            continue
+        shown = f"{dose:.2g} {unit}" if unit == "mg/kg/day" else f"{dose:.3g} {unit}"
+        return check.model_copy(update={
+            "dose_change": None, "adjust": "no",
+            "summary": check.summary.replace(_REDUCED_START, f"{shown} is already a reduced dose (CPIC)"),
+            "detail": f"**The dose ordered, {shown}, is already within CPIC's reduced starting doses** (up "
+                      f"to {reduced_to:g} {unit} for {drug['name']}): it is not cut again; adjust it by the counts."
+                      f"\n\n{check.detail}"})
+    return check
 
 
 def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],

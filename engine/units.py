@@ -216,14 +216,15 @@ def _conversion_factor(spelling: str, dimension: str, target: str, molar_mass: s
 class DoseRate:
     spelling: str        # the spelling pint reads (UCUM's `mg/(kg.d)` becomes `mg/(kg*d)`)
     per_kg: bool         # mass per body mass per time (mg/kg/day), else mass per time (mg/day)
-    factor: float        # to mg/kg/day (per_kg) or mg/day
+    factor: float        # to mg/kg/day (per_kg), mg/m2/day (per_m2) or mg/day
     period_days: float = 1.0   # the time the dose is given per: 1 for mg/day or mg/kg/day, 7 for mg/wk
+    per_m2: bool = False       # mass per body surface area per time (mg/m2/day): neither of the above
 
 
 def dose_rate(unit: str) -> Optional[DoseRate]:
-    """A dose unit of mass per time or mass per body mass per time, through pint; None for any other
-    (a dose per take, a unit pint cannot read, a text longer than any unit). The one reader of dose
-    units (case and FHIR alike)."""
+    """A dose unit of mass per time, per body mass per time or per body surface area per time (mg/m2/day),
+    through pint; None for any other (a dose per take, a unit pint cannot read, a text longer than any
+    unit). The one reader of dose units (case and FHIR alike)."""
     return None if unreadable(unit) else _dose_rate(unit)
 
 
@@ -243,6 +244,9 @@ def _dose_rate(unit: str) -> Optional[DoseRate]:
             if q.check("[mass]/[time]"):
                 return DoseRate(spelling, False, float(q.to("milligram / day").magnitude),
                                 float((mass / q).to("day").magnitude))
+            if q.check("[mass]/[length]**2/[time]"):
+                return DoseRate(spelling, False, float(q.to("milligram / m2 / day").magnitude),
+                                float((mass / q).to("m2 * day").magnitude), per_m2=True)
         except Exception:   # pint raises several types for spellings it cannot read  # noqa: BLE001
             continue
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from leukodx.engine.case import Dose
-from leukodx.engine.doses import dose_mg_kg_day, dosed_daily, takes_per_day
+from leukodx.engine.doses import dose_mg_kg_day, dose_mg_m2_day, dosed_daily, takes_per_day
 
 
 @pytest.mark.parametrize("text,takes", [
@@ -71,6 +71,22 @@ def test_a_tablet_count_multiplies_the_strength_of_one_tablet(dose, per_day):
 def test_a_dose_that_cannot_be_read_says_why(dose, reason):
     per_kg, mg_day, why = dose_mg_kg_day(dose, 50)
     assert per_kg is None and mg_day is None and repr(dose) in why and reason in why
+
+
+@pytest.mark.parametrize("dose,per_m2", [
+    (Dose(value=75, unit="mg/m2/day"), 75), (Dose(value=60, unit="mg/(m2.d)"), 60), (Dose(value=1, unit="g/m2/d"), 1000),
+    ("50 mg/m2 once daily", 50), ("375 mg/m2 weekly", 375 / 7), (Dose(value=50, unit="mg/m²/d"), 50),
+])
+def test_a_dose_per_body_surface_area_is_read_per_m2_and_never_as_mg_per_day(dose, per_m2):
+    """Mercaptopurine 75 mg/m2/day (CPIC's normal starting dose in leukaemia): read per m2 for the order check; never
+    as 75 mg/day (there is no height to convert it to mg/kg/day), and the dose rules say so."""
+    assert dose_mg_m2_day(dose) == pytest.approx(per_m2)
+    per_kg, mg_day, why = dose_mg_kg_day(dose, 20)
+    assert per_kg is None and mg_day is None and "per m2 of body surface area" in why
+
+
+def test_a_dose_not_per_body_surface_area_has_no_dose_per_m2():
+    assert [dose_mg_m2_day(d) for d in (Dose(value=75, unit="mg/day"), "75 mg daily", "as directed", None)] == [None] * 4
 
 
 @pytest.mark.parametrize("dose,daily", [

@@ -796,10 +796,16 @@ def test_a_split_dose_is_summed_and_mixed_dosages_are_not_read_as_one():
                         dosageInstruction=[dosage(100), dosage(100)])
     mixed = med_request(id="b", authoredOn="2025-01-01", medicationCodeableConcept={"text": "methotrexate"},
                         dosageInstruction=[dosage(10), {"text": "as directed"}])
-    case, warnings = bundle_to_case(bundle(obs("6690-2", 2.8, code="10*9/L"), split, mixed))
+    per_m2 = med_request(id="c", authoredOn="2025-01-01", medicationCodeableConcept={"text": "mercaptopurine"},
+                         dosageInstruction=[dosage(25, "mg/m2"), dosage(25, "mg/m2")])
+    m2_and_mg = med_request(id="d", authoredOn="2025-01-01", medicationCodeableConcept={"text": "thioguanine"},
+                            dosageInstruction=[dosage(40, "mg/m2"), dosage(10)])
+    case, warnings = bundle_to_case(bundle(obs("6690-2", 2.8, code="10*9/L"), split, mixed, per_m2, m2_and_mg))
     doses = {m["name"]: m.get("dose") for m in case["medications"]}
-    assert doses == {"azathioprine": {"value": 200.0, "unit": "mg/d"}, "methotrexate": None}
+    assert doses == {"azathioprine": {"value": 200.0, "unit": "mg/d"}, "methotrexate": None,
+                     "mercaptopurine": {"value": 50.0, "unit": "mg/m2/d"}, "thioguanine": None}
     assert has(warnings, "MedicationRequest/b", "2 dosage instructions (10 mg/d; as directed)", "not applied")
+    assert has(warnings, "MedicationRequest/d", "2 dosage instructions (40 mg/m2/d; 10 mg/d)", "not applied")
 
 
 def test_a_temperature_without_a_lab_is_mapped_only_on_a_known_case_date():

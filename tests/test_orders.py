@@ -319,6 +319,25 @@ def test_an_intermediate_metabolizers_order_already_within_cpics_reduced_range_i
         assert (c.adjust, c.dose_change) == ("no", None) and "already within CPIC's reduced starting doses" in c.detail
 
 
+@pytest.mark.parametrize("drug,dose,cut", [
+    ("mercaptopurine", "50 mg/m2 once daily", False),             # within CPIC's 25-60 mg/m2/day
+    ("mercaptopurine", {"value": 60, "unit": "mg/m2/d"}, False),  # the upper end itself
+    ("mercaptopurine", {"value": 75, "unit": "mg/m2/d"}, True),   # CPIC's normal starting dose: cut to 80%
+    ("thioguanine", {"value": 40, "unit": "mg/(m2.d)"}, False),   # within CPIC's 20-48 mg/m2/day
+    ("thioguanine", {"value": 60, "unit": "mg/m2/day"}, True),
+])
+def test_a_dose_per_body_surface_area_already_within_cpics_reduced_range_is_not_cut_again(engine, drug, dose, cut):
+    """CPIC, TPMT intermediate: mercaptopurine "e.g., start at 25-60 mg/m2/day ... if normal starting dose is already
+    <75mg/m2/day ..., dose reduction may not be recommended"; thioguanine "(e.g. 20-48 mg/m2/day)". A child's
+    50 mg/m2/day (a dose per m2 is not read as mg/kg/day) had been cut to 40."""
+    c = check(engine, OrderInput(key="o", name=drug, dose=dose, weight_kg=20), tpmt="intermediate", nudt15="normal")
+    assert c.priority == "warning"
+    if cut:
+        assert c.adjust == "recommended" and c.dose_change.factor == 0.8
+    else:
+        assert (c.adjust, c.dose_change) == ("no", None) and "mg/m2/day, is already within CPIC's reduced" in c.detail
+
+
 def test_a_thiopurine_ordered_with_febuxostat_is_contraindicated_not_cut_to_a_quarter(engine):
     """Febuxostat is contraindicated with azathioprine and mercaptopurine (its label): the order card had
     recommended the quarter dose that is for allopurinol that cannot be avoided."""

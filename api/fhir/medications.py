@@ -336,9 +336,11 @@ def _total_dose(doses: list[Union[dict[str, Any], str, None]], label: str,
     if len(rates) == len(given) and len({d["unit"] for d in rates}) == 1:
         return {"value": float(f"{sum(float(d['value']) for d in rates):.6g}"), "unit": rates[0]["unit"]}
     read = [dose_rate(d["unit"]) for d in rates]
-    if len(rates) == len(given) and all(read) and len({r.per_kg for r in read if r}) == 1:   # mg/d and mg/wk
+    if len(rates) == len(given) and all(read) and len({(r.per_kg, r.per_m2) for r in read if r}) == 1:   # mg/d, mg/wk
         total = sum(float(d["value"]) * r.factor for d, r in zip(rates, read) if r)
-        return {"value": float(f"{total:.6g}"), "unit": "mg/kg/d" if read[0] and read[0].per_kg else "mg/d"}
+        first = read[0]
+        return {"value": float(f"{total:.6g}"),
+                "unit": "mg/kg/d" if first and first.per_kg else "mg/m2/d" if first and first.per_m2 else "mg/d"}
     shown = "; ".join(d if isinstance(d, str) else f"{fmt(d['value'])} {d['unit']}" for d in given)[:200]
     warnings.append(f"{label}: its {len(given)} dosage instructions ({shown}) could not be added up into a dose per "
                     f"day; dose-based rules were not applied to it.")
