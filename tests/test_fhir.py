@@ -391,13 +391,33 @@ def test_a_comparator_is_sent_as_a_bound_and_a_count_below_it_is_judged_below_it
     assert a.risk_tier.tier == "severe" and "agranulocytosis" in {x.id for x in a.alerts}
 
 
-def test_unit_and_code_that_disagree_use_the_code_with_a_warning():
-    case, warnings = bundle_to_case(bundle(obs("6690-2", 3.1, unit="/uL", code="10*3/uL", rid="w")))
-    assert case["labs"][0]["unit"] == "10*3/uL"
-    assert has(warnings, "Observation/w", "'/uL'", "'10*3/uL'", "different units")
+def test_unit_and_code_that_disagree_leave_the_value_out_and_say_so():
+    """An ANC of 300 with unit text '/uL' and UCUM code '10*3/uL' had been read in the code's unit: 300 x10^9/L,
+    normal, and no card (red-team round 10). The value is in one of the two and nothing says which: left out,
+    named with both units; a unit and code that are one unit (K/uL, 10*3/uL) are read."""
+    from leukodx.api.fhir import FhirMappingError
+    w = obs("6690-2", 3.1, rid="w")
+    w["valueQuantity"] = {"value": 3.1, "unit": "/uL", "system": "http://unitsofmeasure.org", "code": "10*3/uL"}
+    anc = obs("751-8", 0.3, unit="10*9/L", code="10*9/L", rid="a")
+    case, warnings = bundle_to_case(bundle(w, anc))
+    assert [resolved_test(lab) for lab in case["labs"]] == ["anc"]
+    assert has(warnings, "Observation/w", "'/uL'", "'10*3/uL'", "different units", "1000-fold", "skipped")
+    with pytest.raises(FhirMappingError, match="different units"):      # nothing else: the mapping says why
+        bundle_to_case(bundle(w))
     same, warnings = bundle_to_case(bundle(obs("6690-2", 3.1, unit="K/uL", code="10*3/uL")))
     assert same["labs"][0]["unit"] == "10*3/uL" and not has(warnings, "different units")
-    assert assess(case).labs[0].value == pytest.approx(3.1)
+    assert assess(same).labs[0].value == pytest.approx(3.1)
+
+
+@pytest.mark.parametrize("system", ["urn:oid:2.16.840.1.113883.6.8", "https://unitsofmeasure.org",
+                                    "http://unitsofmeasure.org/", "HTTP://UNITSOFMEASURE.ORG"])
+def test_ucum_is_read_however_its_system_is_spelled(system):
+    """A count with only a UCUM code (no unit text) had been refused when UCUM was named by its OID (CDA-derived
+    feeds), with https or a trailing slash, and the refusal said it had 'neither a unit nor a UCUM code'."""
+    o = obs("751-8", 0.3, rid="a")
+    o["valueQuantity"] = {"value": 0.3, "system": system, "code": "10*9/L"}
+    case, _ = bundle_to_case(bundle(o))
+    assert [(resolved_test(lab), lab["unit"]) for lab in case["labs"]] == [("anc", "10*9/L")]
 
 
 def test_unit_choice_without_ucum_and_without_any_unit():

@@ -128,10 +128,22 @@ def reference(x: Any) -> Optional[str]:
     return as_str(as_dict(x).get("reference"))
 
 
+# UCUM as FHIR names it, and as feeds converted from CDA or written by hand name it: its OID (HL7's OID registry,
+# 2.16.840.1.113883.6.8), https, a trailing slash (a count with only a UCUM code had been refused under these)
+_UCUM_SYSTEMS = frozenset({UCUM, UCUM + "/", "https://unitsofmeasure.org", "https://unitsofmeasure.org/",
+                           "urn:oid:2.16.840.1.113883.6.8", "http://www.unitsofmeasure.org",
+                           "https://www.unitsofmeasure.org"})
+
+
+def is_ucum(system: Optional[str]) -> bool:
+    """The Quantity's system is UCUM, however a feed spells it."""
+    return system is not None and system.strip().lower() in _UCUM_SYSTEMS
+
+
 def quantity_unit(q: dict[str, Any]) -> Optional[str]:
     """The unit of a Quantity: its UCUM code, else its unit text, else a code without a system."""
     code, unit, system = as_str(q.get("code")), as_str(q.get("unit")), as_str(q.get("system"))
-    if code and system == UCUM:
+    if code and is_ucum(system):
         return code
     if unit:
         return unit

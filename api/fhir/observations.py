@@ -8,10 +8,9 @@ The mapping reads the knowledge base's LOINC table only to choose the Observatio
 test in warnings and to keep one value per test and time; the engine's factors only to choose
 which spelling of the unit to send. What it decides is format:
 
-* the unit is ``valueQuantity.code`` when its system is UCUM, else ``valueQuantity.unit`` (else a
-  code with no system); when unit and code both exist and mean different units for the test, the
-  code wins and a warning says so (the engine's :func:`~leukodx.engine.units.conversion_factor`
-  tells whether it reads a spelling, and whether two spellings are one unit);
+* the unit is ``valueQuantity.code`` when its system is UCUM (however spelled), else ``valueQuantity.unit``
+  (else a code with no system); when unit and code both exist and mean different units for the test, the
+  value is left out, never read in either (:mod:`.lab_units`);
 * a ``comparator`` (``<0.5``) is sent with the bound: the engine judges a count below ``<`` 0.5 as below
   it (severe, not moderate), and one above ``>`` a bound as the bound; a warning says so;
 * the time is ``effectiveDateTime``, ``effectiveInstant``, ``effectivePeriod.start``, ``effectivePeriod.end`` or
@@ -31,7 +30,6 @@ warning and a problem naming the Observation.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -43,9 +41,10 @@ from leukodx.engine.timeutil import utc_date, utc_naive
 from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
-from .datatypes import (DECIMAL_TEXT, UCUM, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
+from .datatypes import (DECIMAL_TEXT, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
                         is_number, not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
+from .lab_units import UnitConflict, factor_to_test_unit, readable_unit, value_unit
 from .unread import absent_value_reason, has_value, named_count_left_out
 from .patient import holds_age
 from . import panels
@@ -55,7 +54,6 @@ from .vitals import Weight, body_weight, is_temperature_observation, vital_codes
 __all__ = ["LabValue", "map_observations"]
 
 COMPARATORS = ("<", "<=", ">", ">=")
-_UCUM_ANNOTATION = re.compile(r"\{[^{}]*\}")
 
 
 @dataclass
@@ -235,7 +233,11 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
         field, text = _value_text(res)
         warnings.append(f"{name}: {field} {text!r} read as "
                         f"{q.get('comparator', '')}{fmt(q['value'])} {q['unit']}, {why_unit}.")
-    unit = _value_unit(q, spec, name, warnings)
+    try:
+        unit = value_unit(q, spec, name, warnings)
+    except UnitConflict as e:
+        skip(str(e))
+        return None
     if unit is None:
         skip("valueQuantity has neither a unit nor a UCUM code")
         return None
@@ -259,52 +261,6 @@ def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Opt
     return lab
 
 
-# ---------------------------------------------------------------------------------------------
-# Units: which spelling to send. The engine converts; here its factors are only compared.
-
-
-def _factor(spelling: str, spec: dict[str, Any]) -> Optional[float]:
-    """The engine's factor from ``spelling`` to the test's unit, or None when the engine cannot read it."""
-    try:
-        return conversion_factor(spelling, spec["dimension"], spec["unit"], spec.get("molar_mass")).factor
-    except Exception:  # UnitProblem, or pint on odd spellings: the engine will say why
-        return None
-
-
-def _same_unit(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-9)
-
-
-def _readable(spelling: str, spec: dict[str, Any]) -> str:
-    """A UCUM code with annotations (`10*3/uL{cells}`) the engine cannot read, without them."""
-    if _factor(spelling, spec) is None:
-        bare = _UCUM_ANNOTATION.sub("", spelling).strip()
-        if bare and _factor(bare, spec) is not None:
-            return bare
-    return spelling
-
-
-def _value_unit(q: dict[str, Any], spec: dict[str, Any], where: str, warnings: list[str]) -> Optional[str]:
-    code, unit, system = as_str(q.get("code")), as_str(q.get("unit")), as_str(q.get("system"))
-    if code and system == UCUM:
-        code = _readable(code, spec)
-        if unit and unit != code:
-            f_code, f_unit = _factor(code, spec), _factor(unit, spec)
-            if f_code is not None and f_unit is not None and not _same_unit(f_code, f_unit):
-                warnings.append(f"{where}: valueQuantity.unit {unit!r} and its UCUM code {code!r} are different "
-                                f"units; the code {code!r} was used.")
-            elif f_code is None and f_unit is not None:
-                warnings.append(f"{where}: UCUM code {code!r} is not a unit leukodx reads; the unit text {unit!r} "
-                                f"was used.")
-                return unit
-        return code
-    if unit:
-        return unit
-    if code and not system:
-        return _readable(code, spec)
-    return None
-
-
 def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str, warnings: list[str],
          aged: Optional[tuple[date, date]] = None) -> tuple[Optional[float], Optional[str]]:
     """(the lower limit of the value's normal range, its unit when it is not the value's ``unit``). The range is
@@ -326,9 +282,9 @@ def _lln(res: dict[str, Any], unit: str, spec: dict[str, Any], where: str, warni
     low_unit = quantity_unit(low)
     if low_unit is None or low_unit == unit:
         return value, None
-    low_unit = _readable(low_unit, spec)
-    if _factor(low_unit, spec) is None:
-        if _factor(unit, spec) is not None:
+    low_unit = readable_unit(low_unit, spec)
+    if factor_to_test_unit(low_unit, spec) is None:
+        if factor_to_test_unit(unit, spec) is not None:
             warnings.append(f"{where}: referenceRange[0].low is in {low_unit!r}, which leukodx does not read; "
                             f"the lower limit of normal was left out.")
         return None, None
@@ -402,7 +358,7 @@ def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[tuple[dic
         if comparator:
             out["comparator"] = comparator
         return out, "its unit as written after the number"
-    factors = {u: f for u in spec.get("suggest", []) if (f := _factor(u, spec)) is not None}
+    factors = {u: f for u in spec.get("suggest", []) if (f := factor_to_test_unit(u, spec)) is not None}
     units = [u for u, f in factors.items() if spec["plausible"][0] <= value * f <= spec["plausible"][1]]
     if value == 0 and comparator is None and factors and spec.get("zero_allowed"):
         unit, why = next(iter(factors)), "as a zero is the same count in any unit"
