@@ -498,6 +498,43 @@ def test_a_condition_counts_when_it_was_current_at_the_date_judged():
     assert later["history"]["conditions"] == ["Crohn's disease"]
 
 
+@pytest.mark.parametrize("clinical,verification", [
+    ({"coding": [{"code": "active"}]}, {"text": "Refuted"}),
+    ({"coding": [{"code": "active"}]}, {"coding": [{"code": "REFUTED"}]}),
+    ({"coding": [{"code": "active"}]}, {"coding": [{"display": "Entered in Error"}]}),
+    ({"coding": [{"code": "Resolved"}]}, None),
+    ({"text": "Resolved"}, None),
+    ({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "display": "Inactive"}]}, None),
+])
+def test_a_condition_status_is_read_from_its_codes_displays_or_text_in_any_case(clinical, verification):
+    """A sepsis marked refuted or resolved in text only, a display only or capitals had been an active sepsis, and a
+    mild neutropenia an emergency (red-team round 10)."""
+    c = {"resourceType": "Condition", "code": {"text": "Sepsis"}, "clinicalStatus": clinical}
+    if verification:
+        c["verificationStatus"] = verification
+    case, _ = bundle_to_case(bundle(WBC, c))
+    assert "conditions" not in case.get("history", {})
+
+
+def test_an_acute_episode_left_active_for_months_and_an_abatement_still_to_come_are_not_current():
+    """A sepsis recorded 'active' three years before had made a mild neutropenia critical 'emergency department now';
+    an 'inactive' one abating in the future was current. An acute illness is current for acute_condition_max_age_days
+    after its onset (or recorded date) at most; a chronic one is not aged; an abatement after today is no date."""
+    from datetime import datetime, timedelta, timezone
+    def cond(text, **more):
+        return {"resourceType": "Condition", "code": {"text": text}, "clinicalStatus": {"coding": [{"code": "active"}]},
+                **more}
+    soon = (datetime.now(timezone.utc).date() + timedelta(days=5)).isoformat()
+    data = bundle(WBC, cond("Urosepsis", onsetDateTime="2022-03-01"), cond("Pneumonia", recordedDate="2024-11-01"),
+                  cond("Sepsis", onsetDateTime="2025-02-20"), cond("Crohn's disease", onsetDateTime="2010-01-01"),
+                  cond("Influenza", clinicalStatus={"coding": [{"code": "inactive"}]}, abatementDateTime=soon))
+    case, warnings = bundle_to_case(data)          # judged at the lab's date, 2025-03-10
+    assert case["history"]["conditions"] == ["Sepsis", "Crohn's disease"]
+    assert has(warnings, "'Urosepsis', an acute illness, dates from 2022-03-01", "not taken as current")
+    assert has(warnings, "'Pneumonia', an acute illness, dates from 2024-11-01")
+    assert has(warnings, f"abatement date {soon} is in the future", "(inactive) was taken")
+
+
 def test_nested_bundles_contained_resources_and_empty_entries():
     inner = bundle(obs("751-8", 0.7, code="10*9/L"), kind="searchset")
     inner["entry"].append({"fullUrl": "https://ehr.example/fhir/Observation/x", "search": {"mode": "outcome"}})

@@ -18,7 +18,7 @@ knows is a problem in ``unread``, named on the output, not only a warning.
 """
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Optional
 
 from leukodx.engine.errors import Problem
@@ -50,10 +50,9 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], k
         if after(onset, ref):
             later.append(item.label)
             continue
-        if kb is not None and _old_fever(text, onset, ref, kb):
-            days = kb.value("current_temperature_max_age_days")
-            warnings.append(f"{item.label}: a fever recorded with its onset on {utc_date(onset)} is not a fever now "
-                            f"(a temperature older than {days:g} days is not current either); not counted.")
+        stale = _stale_episode(text, onset, ref, kb)
+        if stale is not None:
+            warnings.append(f"{item.label}: {stale}; not counted.")
             continue
         texts.setdefault(text.casefold(), text)
     if later:
@@ -65,8 +64,7 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], k
 def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optional[KnowledgeBase] = None,
                unread: Optional[list[Problem]] = None) -> Optional[tuple[str, Optional[When]]]:
     res = item.resource
-    clinical = set(codes(res.get("clinicalStatus")))
-    verification = set(codes(res.get("verificationStatus")))
+    clinical, verification = _status(res.get("clinicalStatus")), _status(res.get("verificationStatus"))
     if verification & set(CONDITION_SKIP_VERIFICATION):
         return None
     abated, _ = parse_when(res.get("abatementDateTime") or as_dict(res.get("abatementPeriod")).get("end"))
@@ -76,6 +74,10 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
             if not ended:
                 warnings.append(f"{item.label}: abated on {abated.isoformat()[:10]} although its clinical status "
                                 f"is {', '.join(sorted(clinical)) or 'not given'}; not counted as current.")
+            return None
+        if ended and after(abated, datetime.now(timezone.utc).date()):   # an abatement still to come is no date
+            warnings.append(f"{item.label}: its abatement date {abated.isoformat()[:10]} is in the future; its "
+                            f"clinical status ({', '.join(sorted(ended))}) was taken: not counted as current.")
             return None
     elif ended:
         return None
@@ -102,15 +104,38 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
     return text, onset
 
 
-def _old_fever(text: str, onset: Optional[When], ref: Optional[date], kb: Optional[KnowledgeBase]) -> bool:
-    """A fever (or febrile neutropenia) on the problem list whose onset is older than a current temperature may be
-    (rules/thresholds.yaml current_temperature_max_age_days): an episode of 2019 left active is no fever now."""
-    if kb is None or ref is None or onset is None:
-        return False
-    day = utc_date(onset)
-    if day is None or (ref - day).days <= kb.value("current_temperature_max_age_days"):
-        return False
-    return any(p.search(text) for cid in ("fever", "febrile_neutropenia") if (p := kb.conditions.get(cid)))
+def _status(concept: object) -> set[str]:
+    """A Condition's clinical or verification status as FHIR's codes, from its codes, displays or text in any case
+    ("Refuted", {"text": "refuted"}, "Entered in error"): a refuted sepsis written as text only, or a code in capitals,
+    had been taken as an active one."""
+    said = [*codes(concept), *(as_str(c.get("display")) for c in codings(concept)), as_str(as_dict(concept).get("text"))]
+    return {"-".join(w.casefold().split()) for w in said if w}
+
+
+def _stale_episode(text: str, onset: Optional[When], ref: Optional[date], kb: Optional[KnowledgeBase]
+                   ) -> Optional[str]:
+    """Why an acute episode on the problem list is not current, or None: a fever (or febrile neutropenia) whose onset
+    is older than a current temperature may be (current_temperature_max_age_days: an episode of 2019 left active is
+    no fever now); another acute condition (conditions.yaml not_a_diagnosis ``acute``: sepsis, pneumonia ...) older
+    than acute_condition_max_age_days (a sepsis recorded three years before had made a mild neutropenia an
+    emergency)."""
+    if kb is None or ref is None or onset is None or (day := utc_date(onset)) is None:
+        return None
+    age = (ref - day).days
+    named = [cid for cid in kb.acute_conditions | {"fever"} if (p := kb.conditions.get(cid)) and p.search(text)]
+    if not named:
+        return None
+    if {"fever", "febrile_neutropenia"} & set(named):
+        days = kb.value("current_temperature_max_age_days")
+        if age > days:
+            return (f"a fever recorded with its onset on {day} is not a fever now (a temperature older than {days:g} "
+                    f"days is not current either)")
+        return None
+    days = kb.value("acute_condition_max_age_days")
+    if age > days:
+        return (f"{text[:80]!r}, an acute illness, dates from {day} and is still marked active: an episode older than "
+                f"{days:g} days is not taken as current")
+    return None
 
 
 def _coded(concept: object, kb: Optional[KnowledgeBase]) -> Optional[str]:
