@@ -84,6 +84,24 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def _duffy_from_diagnosis(case: Case, conditions: set[str], warnings: list[str]) -> Case:
+    """A documented benign ethnic neutropenia (Duffy-null associated neutrophil count) with no Duffy status given is
+    read as the Duffy-null phenotype, so that the clozapine label's BEN thresholds apply (starting clozapine at an
+    ANC of 1.2 had been 'do not start'); a Duffy status given is kept, and a disagreement named."""
+    if "benign_ethnic_neutropenia" not in conditions:
+        return case
+    if case.patient.duffy_null is False:
+        warnings.append("history.conditions names benign ethnic neutropenia but patient.duffy_null is false: the "
+                        "Duffy status given was used (the clozapine label's BEN thresholds do not apply).")
+        return case
+    if case.patient.duffy_null is None:
+        warnings.append("history.conditions names benign ethnic neutropenia (Duffy-null associated neutrophil count): "
+                        "read as a Duffy-null phenotype (patient.duffy_null), so the clozapine label's BEN "
+                        "thresholds apply.")
+        return case.model_copy(update={"patient": case.patient.model_copy(update={"duffy_null": True})})
+    return case
+
+
 def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem],
                    warnings: list[str]) -> Optional[NormLab]:
     where = f"labs[{i}]"
@@ -296,6 +314,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
         if not found and not aside and where.startswith("history."):
             unrecognised.append(Unrecognised(field=where, text=text, kind="condition"))
     oncologic = bool(conditions & kb.oncologic_conditions)
+    case = _duffy_from_diagnosis(case, conditions, warnings)
 
     drugs = drugs or DrugIndex(kb)
     meds: list[NormMed] = []

@@ -188,3 +188,18 @@ def test_an_implausible_azathioprine_dose_is_named_and_not_used(engine, dose, us
     assert ("thiopurine.azathioprine_above_usual_dose" in fired) is used
     assert any("entry or unit error" in w and "medications[0]" in w for w in a.warnings) is not used
     assert "thiopurine_myelotoxicity" in {c.id for c in a.causes}
+
+
+@pytest.mark.parametrize("text,given,read", [
+    ("Benign ethnic neutropenia", None, True), ("Duffy-null associated neutrophil count (DANC)", None, True),
+    ("ethnic neutropenia", None, True), ("Benign ethnic neutropenia", False, False),
+    ("Benign ethnic neutropenia", True, True), ("Crohn's disease", None, None),
+])
+def test_a_documented_benign_ethnic_neutropenia_is_read_as_duffy_null_when_no_status_is_given(kb, text, given, read):
+    """The clozapine label's BEN thresholds had not applied to a patient whose problem list says benign ethnic
+    neutropenia (no Duffy phenotype sent): starting at an ANC of 1.2 was 'do not start' (red-team round 10). A Duffy
+    status given wins, and a disagreement is named."""
+    patient = {"age_years": 30, "sex": "female", **({} if given is None else {"duffy_null": given})}
+    nc = normalize(kb, parse_case(base_case(patient=patient, history={"conditions": [text]})))
+    assert nc.case.patient.duffy_null is read
+    assert any("benign ethnic neutropenia" in w for w in nc.warnings) is (text != "Crohn's disease" and given is not True)
