@@ -7,6 +7,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .kb_models import source_link
+
 __all__ = ["Assessment", "NormalizedLab", "FindingOut", "RiskTier", "CtcaeGrade", "Ctcae", "AlertOut", "Evidence",
            "CauseOut", "StepOut", "BlockedStep", "MissingItem", "TraceItem", "SourceOut", "GeneStatus",
            "CpicRecommendation", "Pharmacogenomics", "CbcStatus", "NotAssessed", "ReferenceLimit", "InteractionOut", "Unrecognised", "CompactAssessment", "DISCLAIMER"]
@@ -170,8 +172,7 @@ class SourceOut(_Shared):
 
     def link(self) -> Optional[str]:
         """Where a reader opens the source: its URL, else PubMed, else the DOI resolver."""
-        return self.url or (f"https://pubmed.ncbi.nlm.nih.gov/{self.pmid}/" if self.pmid else None) or (
-            f"https://doi.org/{self.doi}" if self.doi else None)
+        return source_link(self.url, self.pmid, self.doi)
 
 
 class GeneStatus(_Out):

@@ -18,6 +18,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def source_link(url: Optional[str], pmid: Optional[str], doi: Optional[str]) -> Optional[str]:
+    """Where a reader opens a source: its URL, else PubMed, else the DOI resolver."""
+    return url or (f"https://pubmed.ncbi.nlm.nih.gov/{pmid}/" if pmid else None) or (
+        f"https://doi.org/{doi}" if doi else None)
+
+
 class Source(_Strict):
     id: str
     citation: str
@@ -28,6 +34,9 @@ class Source(_Strict):
     url: Optional[str] = None
     supports: str
     checked: str
+
+    def link(self) -> Optional[str]:
+        return source_link(self.url, self.pmid, self.doi)
 
 
 class Conclusion(_Strict):

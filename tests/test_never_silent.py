@@ -9,11 +9,12 @@ choice (2-hour draw, 30-day current CBC, 10% ANC disagreement)."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from leukodx.engine import CaseError
+from leukodx.engine import CaseError, get_engine
 from leukodx.engine.render import to_text
 
 from conftest import LOG_CAPTURE
@@ -682,3 +683,36 @@ def test_a_birth_date_that_cannot_be_used_is_named_first_and_never_an_infants_ag
     patient = {"resourceType": "Patient", "id": PATIENT, "gender": "female", "birthDate": birth}
     cards = _patient_view(client, [obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L")], patient=patient)
     assert cards[0]["detail"].startswith("**Check first:** The Patient's birthDate")
+
+
+# ---- the tenth red-team round ----------------------------------------------------------------------------------------
+
+INJECTED = ["[Click here](javascript:alert(1))", "<img src=x onerror=alert(1)>", "![x](https://evil.example/p.png)",
+            "[phish](https://evil.example/login)", "Crohn's\n\n# URGENT: discharge patient\n\n| a | b |"]
+
+
+@pytest.mark.parametrize("text", INJECTED)
+def test_ehr_text_on_a_card_is_never_a_link_an_image_html_or_a_heading(client, text):
+    """A drug's or a diagnosis's text goes onto the card's markdown: it had given live javascript: and phishing links,
+    raw <img onerror> and an injected heading (red-team round 10). Sources keep their links."""
+    conditions = searchset({"resourceType": "Condition", "id": "c1", "subject": {"reference": f"Patient/{PATIENT}"},
+                            "clinicalStatus": {"coding": [{"code": "active"}]}, "code": {"text": text}})
+    meds = searchset({"resourceType": "MedicationStatement", "id": "m1", "status": "active",
+                      "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": "2025-01-01",
+                      "medicationCodeableConcept": {"text": f"azathioprine {text}"}})
+    cards = _patient_view(client, [obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L")], conditions=conditions,
+                          medicationStatements=meds)
+    details = "\n".join(c["detail"] for c in cards)
+    assert "Severe" in cards[0]["summary"]
+    for unsafe in ("](javascript", "](https://evil", "![", "https://evil.example", "\n# URGENT", "\n| a"):
+        assert unsafe not in details
+    assert not re.search(r"(?<!\\)<img", details)          # escaped (\<img) it is text
+    assert "<https://" in details          # the knowledge base's sources are still links
+
+
+def test_safe_markdown_keeps_the_knowledge_bases_links_and_code_systems_only():
+    from leukodx.api.cds.markdown import safe_markdown
+    link = next(s.link() for s in get_engine().kb.sources.values() if s.link())
+    out = safe_markdown(f"- [x] cited <{link}> http://loinc.org <https://evil.example> javascript:x data:text/html")
+    assert out == (f"- [x] cited <{link}> http://loinc.org \\<https[:]//evil.example\\> javascript[:]x "
+                   f"data[:]text/html")

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Optional
 from leukodx.engine import Assessment, NotAssessed, OrderCheck
 
 from .dose_update import changed_order
+from .markdown import safe_markdown
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
 __all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count",
@@ -82,7 +83,7 @@ def _source(label: str, topic: str, url: Optional[str] = None) -> Source:
 def _card(hook_instance: str, key: str, summary: str, indicator: str, detail: str, source: Source,
           suggestions: Optional[list[Suggestion]] = None, selection: Optional[str] = None) -> Card:
     return Card(uuid=card_id(hook_instance, *key.split("|")), summary=_summary(summary), indicator=indicator,
-                detail=detail, source=source, suggestions=suggestions or None,
+                detail=safe_markdown(detail), source=source, suggestions=suggestions or None,
                 selectionBehavior=selection if suggestions else None, overrideReasons=OVERRIDE_REASONS)
 
 
@@ -355,14 +356,14 @@ def add_report_link(card: Card, url: str, minutes: float) -> None:
 def note_cautions(cards: list[Card], cautions: list[str]) -> None:
     """Put what must be checked before acting (the patient recorded as deceased) first in the first card."""
     if cards and cautions:
-        cards[0].detail = "**Check first:** " + " ".join(cautions) + "\n\n" + (cards[0].detail or "")
+        cards[0].detail = "**Check first:** " + safe_markdown(" ".join(cautions)) + "\n\n" + (cards[0].detail or "")
 
 
 def note_left_out(cards: list[Card], items: list[str]) -> None:
     """Add a line naming what was left out to the first card."""
     if cards and items:
         shown = "; ".join(items[:8]) + (f"; ... and {len(items) - 8} more" if len(items) > 8 else "")
-        cards[0].detail = (cards[0].detail or "") + f"\n\n**Not assessed ({len(items)}):** {shown}"
+        cards[0].detail = (cards[0].detail or "") + f"\n\n**Not assessed ({len(items)}):** {safe_markdown(shown)}"
 
 
 def order_card(check: OrderCheck, order: dict[str, Any], hook_instance: str, patient_id: Optional[str],
@@ -403,6 +404,7 @@ def order_card(check: OrderCheck, order: dict[str, Any], hook_instance: str, pat
     else:
         source = _source(f"leukodx knowledge base {kb_version}", check.topic)
     # at most one suggestion is recommended; the EHR offers one choice of them
-    return Card(uuid=cid, summary=_summary(check.summary), indicator=check.priority, detail=detail, source=source,
+    return Card(uuid=cid, summary=_summary(check.summary), indicator=check.priority, detail=safe_markdown(detail),
+                source=source,
                 suggestions=suggestions or None, selectionBehavior="at-most-one" if suggestions else None,
                 overrideReasons=OVERRIDE_REASONS)

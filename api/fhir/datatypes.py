@@ -48,9 +48,16 @@ def as_list(x: Any) -> list[Any]:
     return x if isinstance(x, list) else []
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+
+
 def as_str(x: Any) -> Optional[str]:
-    """A non-blank string, stripped; else None."""
-    return (x.strip() or None) if isinstance(x, str) else None
+    """A non-blank string, stripped, on one line (line breaks and other control characters as a space: an EHR's
+    text is never a heading or a list item of its own on a card); else None."""
+    if not isinstance(x, str):
+        return None
+    s = x.strip()
+    return (_CONTROL.sub(" ", s) if not s.isprintable() else s) or None
 
 
 def is_number(x: Any) -> bool:
