@@ -716,3 +716,15 @@ def test_safe_markdown_keeps_the_knowledge_bases_links_and_code_systems_only():
     out = safe_markdown(f"- [x] cited <{link}> http://loinc.org <https://evil.example> javascript:x data:text/html")
     assert out == (f"- [x] cited <{link}> http://loinc.org \\<https[:]//evil.example\\> javascript[:]x "
                    f"data[:]text/html")
+
+
+@pytest.mark.parametrize("status", ["entered-in-error", "cancelled"])
+def test_an_anc_the_lab_withdrew_does_not_make_a_normal_count_a_warning(client, status):
+    """A withdrawn ANC beside a normal CBC had made the card a warning, 'check the neutrophil count' (red-team round
+    10): the lab took it back, so no neutrophil value is missing. An ANC left unread for another reason still does."""
+    normal = [obs("6690-2", 6.0, "10*9/L"), obs("751-8", 3.5, "10*9/L")]
+    withdrawn = obs("751-8", 0.2, "10*9/L", oid="gone") | {"status": status}
+    [card] = _patient_view(client, normal + [withdrawn])
+    assert card["indicator"] == "info" and "no neutropenia or leukopenia found" in card["summary"]
+    unread = obs("751-8", 0.2, "10*9/L", oid="unknown") | {"status": "unknown"}
+    assert [c["indicator"] for c in _patient_view(client, normal + [unread])] == ["warning"]

@@ -22,6 +22,7 @@ from leukodx.engine import Assessment, NotAssessed, OrderCheck
 
 from .dose_update import changed_order
 from .markdown import safe_markdown
+from ..fhir.datatypes import WITHDRAWN
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
 __all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count",
@@ -217,8 +218,9 @@ def neutrophil_value_unread(not_assessed: Iterable[NotAssessed], loinc: Mapping[
     ("anc (LOINC 751-8): ...", "ANC 3 ... is above the WBC", "value: anc is negative"). The engine's refusals (LOINC
     code first) had been missed: an ANC above its WBC, negative or written "0,2" left an information card."""
     for n in not_assessed:
-        if "conflicts with" in n.reason or "its focus is" in n.reason:   # the lower of two was used; someone else's
-            continue
+        if any(said in n.reason for said in ("conflicts with", "its focus is", WITHDRAWN)):
+            continue        # the lower of two was used; someone else's; one the lab took back (a mild CBC had been
+                            # made a warning "check the neutrophil count" by an ANC entered in error)
         words = (n.value or "").split(" ", 1)[:1] + re.split(r"[ :(]", n.reason.lower().removeprefix("value: "), 1)[:1]
         if {loinc.get(w, w) for w in words} & set(NEUTROPHIL_TESTS):
             return True

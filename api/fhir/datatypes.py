@@ -28,6 +28,8 @@ LOINC = "http://loinc.org"
 _LOINC_SYSTEMS = frozenset({"http://loinc.org", "https://loinc.org", "urn:oid:2.16.840.1.113883.6.1", "ln", "loinc"})
 _DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d", "-"))
 RESULT_STATUSES = ("final", "amended", "corrected", "preliminary")   # Observation statuses that are results
+WITHDRAWN_STATUSES = ("entered-in-error", "cancelled")   # a value the lab took back: no value was ever read
+WITHDRAWN = "withdrawn by the lab"
 PARTIAL_DATE = re.compile(r"^\d{4}(-\d{2})?$")
 DECIMAL_TEXT = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")     # a plain decimal written as text ("0.4", "38.9")
 _FULL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -126,6 +128,8 @@ def not_a_result(status: Optional[str]) -> Optional[str]:
     """Why an Observation of this status is not a result (None when it is one)."""
     if status in RESULT_STATUSES:
         return None
+    if status in WITHDRAWN_STATUSES:
+        return f"status {status!r}: {WITHDRAWN}, not a result"
     shown = f"status {status!r}" if status else "no status"
     return f"{shown} is not a result (final, amended, corrected or preliminary)"
 
