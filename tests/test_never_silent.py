@@ -728,3 +728,20 @@ def test_an_anc_the_lab_withdrew_does_not_make_a_normal_count_a_warning(client, 
     assert card["indicator"] == "info" and "no neutropenia or leukopenia found" in card["summary"]
     unread = obs("751-8", 0.2, "10*9/L", oid="unknown") | {"status": "unknown"}
     assert [c["indicator"] for c in _patient_view(client, normal + [unread])] == ["warning"]
+
+
+@pytest.mark.parametrize("coding", [{"system": "http://snomed.info/sct", "code": "30630007"},
+                                    {"system": "urn:oid:1.2.3.4.5", "code": "NEUT#"}])
+def test_a_count_coded_only_in_another_system_and_named_nowhere_is_never_silent(client, coding):
+    """An ANC of 0.3 coded only with SNOMED CT (or a local code), no display, beside a normal WBC had given no card at
+    all (red-team round 10): a value in a blood cell count unit that cannot be identified may be the ANC. A count
+    with a LOINC code leukodx does not read (a CD4 count) is another test's and is not named."""
+    anc = obs("751-8", 0.3, "10*9/L", oid="snomed") | {"code": {"coding": [coding]}}
+    normal = [obs("6690-2", 6.2, "10*9/L"), obs("777-3", 250, "10*9/L")]
+    [card] = _patient_view(client, normal + [anc])          # no ANC can be had: the neutrophil count is unknown
+    assert card["indicator"] == "warning" and "neutrophil count unknown" in card["summary"]
+    assert "0.3 10*9/L" in card["detail"] and "which count it is cannot be told" in card["detail"]
+    [card] = _patient_view(client, normal + [obs("751-8", 3.1, "10*9/L"), anc])     # an ANC read, another not
+    assert card["indicator"] == "warning" and "a count that may be one, could not be used" in card["summary"]
+    cd4 = obs("24467-3", 350, "/uL", oid="cd4")
+    assert _patient_view(client, normal + [obs("751-8", 3.1, "10*9/L"), cd4]) == []

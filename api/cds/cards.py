@@ -23,6 +23,7 @@ from leukodx.engine import Assessment, NotAssessed, OrderCheck
 from .dose_update import changed_order
 from .markdown import safe_markdown
 from ..fhir.datatypes import WITHDRAWN
+from ..fhir.unread import UNNAMED_COUNT
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
 __all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count",
@@ -221,6 +222,8 @@ def neutrophil_value_unread(not_assessed: Iterable[NotAssessed], loinc: Mapping[
         if any(said in n.reason for said in ("conflicts with", "its focus is", WITHDRAWN)):
             continue        # the lower of two was used; someone else's; one the lab took back (a mild CBC had been
                             # made a warning "check the neutrophil count" by an ANC entered in error)
+        if UNNAMED_COUNT in n.reason:      # a count coded only in a system leukodx does not read: it may be the ANC
+            return True
         words = (n.value or "").split(" ", 1)[:1] + re.split(r"[ :(]", n.reason.lower().removeprefix("value: "), 1)[:1]
         if {loinc.get(w, w) for w in words} & set(NEUTROPHIL_TESTS):
             return True
@@ -304,8 +307,9 @@ def checked_card(a: Assessment, hook_instance: str, counts_unread: bool = True, 
                           f"_{a.disclaimer}_", "warning", a.kb_version)
     if anc_unread:     # an ANC of 0.2 dated after today, set aside beside an older normal one: never "none found"
         return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: no neutropenia in the counts read; a "
-                          f"neutrophil count sent could not be used", f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\n"
-                          f"Check the neutrophil count below in the EHR.\n\n_{a.disclaimer}_", "warning", a.kb_version)
+                          f"neutrophil count, or a count that may be one, could not be used",
+                          f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\nCheck the count named below in the EHR.\n\n"
+                          f"_{a.disclaimer}_", "warning", a.kb_version)
     return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: no neutropenia or leukopenia found",
                       f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\n_{a.disclaimer}_", kb_version=a.kb_version)
 

@@ -45,7 +45,7 @@ from .datatypes import (DECIMAL_TEXT, When, as_dict, as_list, as_str, code_label
                         is_number, not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
 from .lab_units import UnitConflict, factor_to_test_unit, readable_unit, value_unit
-from .unread import absent_value_reason, has_value, named_count_left_out
+from .unread import UNNAMED_COUNT, absent_value_reason, has_value, named_count_left_out
 from .patient import holds_age
 from . import panels
 from .resources import Index, Item, other_focus, unreadable_time
@@ -124,7 +124,8 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             elif not any(c in kb.pgx_codes for c in loinc) and not is_temperature_observation(res, vitals, loinc):
                 key = code_label(res.get("code"), loinc)
                 ignored[key] = ignored.get(key, 0) + 1
-                if (left_out := named_count_left_out(item.loc, res, key)) is not None:   # a count coded otherwise
+                left_out = named_count_left_out(item.loc, res, key) or _unnamed_count(kb, item, loinc, key)
+                if left_out is not None:                     # a count coded otherwise, or coded only otherwise
                     skipped.append(left_out)
             continue
         if code is not None and (not parts or has_value(res)):   # (a value only in components: read those)
@@ -159,6 +160,18 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             warnings.append(f"{n} {what}{'s' if n != 1 else ''} of codes leukodx does not use "
                             f"{'were' if n != 1 else 'was'} ignored ({shown}).")
     return labs, weights, skipped
+
+
+def _unnamed_count(kb: KnowledgeBase, item: Item, loinc: list[str], key: str) -> Optional[Problem]:
+    """A value in a blood-cell-count unit (10*9/L, /uL ...) coded only in another system (SNOMED CT, a local code) and
+    named nowhere: it may be the ANC (an ANC of 0.3 coded SNOMED 30630007 alone, beside a normal WBC, had given no
+    card). A LOINC code leukodx does not read is another test's (a CD4 count): not named."""
+    q = as_dict(item.resource.get("valueQuantity"))
+    unit = quantity_unit(q)
+    if loinc or not is_number(q.get("value")) or not unit or factor_to_test_unit(unit, kb.tests["anc"]) is None:
+        return None
+    return Problem(item.loc, f"a blood cell count ({fmt(q['value'])} {unit}) coded only {key}, with no LOINC code or "
+                             f"name leukodx reads: {UNNAMED_COUNT}; not used")
 
 
 def _keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int], labs: list[LabValue],

@@ -17,7 +17,10 @@ from leukodx.engine.errors import Problem
 
 from .datatypes import codings, concept_text, as_str
 
-__all__ = ["named_count", "named_count_left_out", "absent_value_reason", "has_value"]
+__all__ = ["named_count", "named_count_left_out", "absent_value_reason", "has_value", "UNNAMED_COUNT"]
+
+# said of a value in a blood-cell-count unit whose code and name leukodx cannot read: it may be the ANC
+UNNAMED_COUNT = "which count it is cannot be told"
 
 # in English and as European laboratories name them (Neutrofily, Neutrophile, neutrófilos, polynucléaires neutrophiles,
 # Leukozyten, leucocitos, leukocyty ...)
