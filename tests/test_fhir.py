@@ -882,3 +882,16 @@ def test_a_temperature_without_a_lab_is_mapped_only_on_a_known_case_date():
     assert [x.id for x in a.alerts] == ["fever_without_current_count"]
     with pytest.raises(FhirMappingError, match="no lab value"):
         map_bundle([temp], kb=kb, patient_id="p")
+
+
+def test_of_two_loinc_codes_the_one_whose_test_the_unit_fits_is_read():
+    """An Observation coded 770-8 (neutrophils %) and 751-8 (ANC) with 0.3 10*9/L had been read under the first code
+    and refused as a percentage (red-team round 10); with a % unit, the percentage is read."""
+    both = obs("770-8", 0.3, unit="10*9/L", code="10*9/L", rid="n")
+    both["code"]["coding"].append({"system": LOINC, "code": "751-8"})
+    pct = obs("770-8", 40, unit="%", code="%", rid="p")
+    pct["code"]["coding"].append({"system": LOINC, "code": "751-8"})
+    case, _ = bundle_to_case(bundle(both))
+    assert [(lab["loinc"], lab["value"]) for lab in case["labs"]] == [("751-8", 0.3)]
+    case, _ = bundle_to_case(bundle(obs("6690-2", 5.0, unit="10*9/L", code="10*9/L"), pct))
+    assert [(lab["loinc"], lab["value"]) for lab in case["labs"]] == [("6690-2", 5.0), ("770-8", 40)]

@@ -727,6 +727,21 @@ def test_a_temperature_sent_without_a_unit_is_read_on_the_only_scale_it_fits(val
     assert "febrile_neutropenia" in [a.id for a in assess(m.case).alerts]
 
 
+def test_a_temperature_whose_unit_and_code_are_two_scales_is_named_not_read_in_either():
+    """38.6 with unit 'Cel' and UCUM code [degF] had been read as 3.7 C, and the case refused with 'history.temperature_c
+    (3.7): Input should be greater than or equal to 25' (red-team round 10): named by its Observation now."""
+    temp = _temperature(valueQuantity={"value": 38.6, "unit": "Cel", "system": UCUM, "code": "[degF]"})
+    m = mapped(patient(), obs("6690-2", 2.0, t=RECENT), obs("751-8", 0.8, t=RECENT), temp,
+               as_of=datetime.now(timezone.utc).date())
+    assert "temperature_c" not in m.case.get("history", {})
+    assert [n.reason for n in m.not_assessed if "body temperature" in n.reason] == [
+        "a body temperature of 38.6 with the unit 'Cel' and its UCUM code '[degF]', two different scales: which one "
+        "it is in cannot be told; not assessed"]
+    same = _temperature(valueQuantity={"value": 38.6, "unit": "°C", "system": UCUM, "code": "Cel"})
+    m = mapped(patient(), obs("6690-2", 2.0, t=RECENT), same, as_of=datetime.now(timezone.utc).date())
+    assert m.case["history"]["temperature_c"] == 38.6
+
+
 def test_a_temperature_that_cannot_be_read_is_named_as_not_assessed():
     """60 with no unit fits no body temperature scale; one in "mmHg" has no temperature unit: each is named as not
     assessed (the card lists it) instead of a warning only."""

@@ -151,9 +151,11 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         problems = [*broken, *skipped, *unsent, *(Problem(n.field, n.reason) for n in outcomes)]   # a failed search
         theirs_labs = [i for i in theirs if i.type == "Observation"]
         if theirs_labs:
-            shown = ", ".join(subjects(theirs_labs)[:5]) or "no patient"
-            problems.insert(0, Problem("subject", f"the lab Observations belong to {shown}, not to {wanted}; data "
-                                                  f"of another patient is never used"))
+            named = subjects(theirs_labs)[:5]
+            problems.insert(0, Problem("subject", f"the lab Observations belong to {', '.join(named)}, not to {wanted}; "
+                                                  f"data of another patient is never used" if named else
+                                       f"the lab Observations belong to no patient (no subject): they cannot be told "
+                                       f"to be {wanted}'s and are not used; send each with its subject"))
         nothing = FhirMappingError([Problem("", "no lab value leukodx can use: it needs an Observation with a LOINC "
                                                 "code of rules/labs.yaml (a WBC, ANC, differential ...), a usable "
                                                 "status and a valueQuantity with a unit"), *problems])

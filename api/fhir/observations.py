@@ -115,7 +115,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             skipped.append(Problem(item.loc, why))
             continue
         loinc = item.loinc
-        code = next((c for c in loinc if c in kb.loinc), None)
+        code = _code_for_unit(kb, res, [c for c in loinc if c in kb.loinc])
         parts = lab_components(kb, item, ignored_parts, skipped) if "component" in res else []
         if code is None and not parts:
             if any(c in vitals.weight for c in loinc):
@@ -160,6 +160,17 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             warnings.append(f"{n} {what}{'s' if n != 1 else ''} of codes leukodx does not use "
                             f"{'were' if n != 1 else 'was'} ignored ({shown}).")
     return labs, weights, skipped
+
+
+def _code_for_unit(kb: KnowledgeBase, res: dict[str, Any], known: list[str]) -> Optional[str]:
+    """Of the LOINC codes leukodx reads, the first whose test the value's unit fits (an Observation coded both 770-8,
+    neutrophils %, and 751-8, the ANC, with 0.3 10*9/L had been read as a percentage and refused); the first, when
+    none or one is known or the unit fits none."""
+    if len(known) < 2:
+        return known[0] if known else None
+    unit = quantity_unit(as_dict(res.get("valueQuantity")))
+    fits = [c for c in known if unit and factor_to_test_unit(unit, kb.tests[kb.loinc[c]]) is not None]
+    return (fits or known)[0]
 
 
 def _unnamed_count(kb: KnowledgeBase, item: Item, loinc: list[str], key: str) -> Optional[Problem]:

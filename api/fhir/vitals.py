@@ -16,8 +16,8 @@ from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_naive
 from leukodx.engine.units import registry, unreadable
 
-from .datatypes import (RESULT_STATUSES, after, as_dict, as_list, as_str, codings, fmt, is_number, loinc_codes,
-                        quantity_unit)
+from .datatypes import (RESULT_STATUSES, after, as_dict, as_list, as_str, codings, fmt, is_number, is_ucum,
+                        loinc_codes, quantity_unit)
 from .resources import Item
 
 __all__ = ["Temperature", "VitalCodes", "vital_codes", "body_weight", "latest_weight", "temperature",
@@ -41,6 +41,15 @@ _TEMPERATURE_TEXT = re.compile(r"^\s*(\d{2,3}(?:[.,]\d{1,2})?)\s*°?\s*"
 def _temperature_unit(unit: str) -> str:
     """The pint unit of a temperature's unit as written (``unit`` itself when not one of the spellings above)."""
     return _TEMPERATURE_UNITS.get(re.sub(r"[\s.]", "", unit).casefold().translate(_DEGREE_SIGNS), unit)
+
+def _two_scales(q: dict[str, Any]) -> bool:
+    """A temperature whose unit text and UCUM code name two different scales (Celsius and Fahrenheit)."""
+    unit, code = as_str(q.get("unit")), as_str(q.get("code"))
+    if not (is_number(q.get("value")) and unit and code and is_ucum(as_str(q.get("system")))):
+        return False
+    scales = {_temperature_unit(unit), _temperature_unit(code)}
+    return len(scales) == 2 and scales <= {"degC", "degF"}
+
 
 Weight = tuple[Optional[datetime], float]   # (UTC time or None, kg)
 
@@ -185,6 +194,14 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
             continue
         q = as_dict(res.get("valueQuantity"))
         value, unit = q.get("value"), quantity_unit(q)
+        if _two_scales(q):       # 38.6 'Cel' coded [degF] had been 3.7 C, and the case refused naming its own field
+            said = f"{as_str(q.get('unit'))!r} and its UCUM code {as_str(q.get('code'))!r}"
+            warnings.append(f"{item.label}: body temperature {fmt(float(value))} has the unit {said}, two scales; "
+                            f"not used.")
+            if unread is not None:
+                unread.append(Problem(item.loc, f"a body temperature of {fmt(float(value))} with the unit {said}, two "
+                                                f"different scales: which one it is in cannot be told; not assessed"))
+            continue
         text = as_str(res.get("valueString")) or ""
         if not is_number(value) and not q and (m := _TEMPERATURE_TEXT.match(text.translate(_DEGREE_SIGNS))):
             value = float(m.group(1).replace(",", "."))        # "38.9", "38,9", "38,9 °C", "101.2 F" sent as text
