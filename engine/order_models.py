@@ -45,7 +45,8 @@ class OrderCheck(BaseModel):
     priority: Priority
     summary: str
     detail: str
-    genotype: Advice = "no"                 # order TPMT and NUDT15 genotyping
+    genotype: Advice = "no"                 # order genotyping of the genes in genes_to_test
+    genes_to_test: list[Literal["TPMT", "NUDT15"]] = []   # the genes whose status is unknown
     adjust: Advice = "no"                   # change the ordered dose as dose_change says
     cancel: Advice = "no"                   # choose another drug
     dose_change: Optional[DoseChange] = None

@@ -64,7 +64,7 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
     # it had been "genotype before dosing" with the full dose standing), and the other gene genotyped
     intermediate = bool(unknown) and any(g.phenotype in INTERMEDIATE for g in (tpmt, nudt15))
     if unknown and not poor and not intermediate:
-        return OrderCheck(**base, priority="warning", genotype="recommended",
+        return OrderCheck(**base, priority="warning", genotype="recommended", genes_to_test=unknown,
                           summary=f"{name.capitalize()} ordered with {' and '.join(unknown)} status unknown: genotype "
                                   f"before dosing (CPIC)",
                           detail=f"**{pheno}.** CPIC doses {name} by TPMT and NUDT15 phenotype; genotype "
@@ -111,7 +111,7 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
     # nor is it the recommended action for a poor metabolizer at all (the other gene does not change that advice)
     genotype: Advice = "no" if not unknown else "possible" if poor or "recommended" in (adjust, cancel) else "recommended"
     return OrderCheck(**base, priority=row["priority"], summary=f"{name.capitalize()} for a {pheno}: {what}",
-                      detail=detail, genotype=genotype, adjust=adjust, cancel=cancel,
+                      detail=detail, genotype=genotype, genes_to_test=unknown, adjust=adjust, cancel=cancel,
                       dose_change=change, recommendation=rec, sources=sources)
 
 

@@ -175,7 +175,7 @@ def test_patient_view_fever_with_no_blood_count_at_all_asks_for_one(client):
     unread = cards_of(client.post("/cds-services/leukodx-patient-view",
                                   json=request("patient-view", prefetch([cancelled, temp(36.8)]))))
     assert len(unread) == 1 and unread[0]["summary"].startswith("leukodx could not assess this patient")
-    assert "status 'cancelled' is not a result" in unread[0]["detail"]
+    assert "status 'cancelled': withdrawn by the lab, not a result" in unread[0]["detail"]
 
 
 def _med(drug: str, status: str = "active", oid: str = "m1") -> dict:
@@ -329,6 +329,7 @@ def test_order_select_unknown_status_asks_for_genotyping(client):
     assert card["indicator"] == "warning" and "genotype" in card["summary"].lower()
     action = card["suggestions"][0]["actions"][0]
     assert action["type"] == "create" and action["resource"]["resourceType"] == "ServiceRequest"
+    assert card["suggestions"][0]["label"] == "Order TPMT and NUDT15 genotyping"     # neither gene known
 
 
 def test_order_select_only_looks_at_the_selected_orders(client):

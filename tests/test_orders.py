@@ -62,6 +62,7 @@ def test_the_2024_range_comes_before_the_superseded_2020_text(engine):
 def test_unknown_status_asks_for_genotyping(engine):
     c = check(engine)
     assert (c.priority, c.genotype, c.adjust, c.cancel, c.dose_change) == ("warning", "recommended", "no", "no", None)
+    assert c.genes_to_test == ["TPMT", "NUDT15"]
 
 
 def test_an_intermediate_metabolizer_with_the_other_gene_untested_starts_reduced(engine):
@@ -71,6 +72,8 @@ def test_an_intermediate_metabolizer_with_the_other_gene_untested_starts_reduced
     assert (c.priority, c.adjust, c.genotype) == ("warning", "recommended", "possible")
     assert c.dose_change is not None and c.dose_change.percent_range == (30, 80)
     assert "NUDT15 unknown" in c.summary and "Genotype NUDT15" in c.detail
+    assert c.genes_to_test == ["NUDT15"]        # TPMT is known: the suggestion orders NUDT15 alone
+    assert check(engine, tpmt="normal", nudt15="normal").genes_to_test == []
 
 
 def test_a_poor_metabolizer_with_the_other_gene_untested_is_still_critical(engine):

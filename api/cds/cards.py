@@ -378,12 +378,13 @@ def order_card(check: OrderCheck, order: dict[str, Any], hook_instance: str, pat
     cid = card_id(hook_instance, check.topic, check.order)
     order_ref = f"MedicationRequest/{order['id']}" if order.get("id") else None
     suggestions: list[Suggestion] = []
-    if check.genotype != "no":
+    if check.genotype != "no":     # only the genes not known (TPMT known: NUDT15 alone had been re-ordered with it)
+        genes = " and ".join(check.genes_to_test or ("TPMT", "NUDT15"))
         suggestions.append(Suggestion(
-            label="Order TPMT and NUDT15 genotyping", uuid=card_id(cid, "genotype"),
+            label=f"Order {genes} genotyping", uuid=card_id(cid, "genotype"),
             isRecommended=check.genotype == "recommended", actions=[Action(
-                type="create", description="Create a ServiceRequest for TPMT and NUDT15 genotyping",
-                resource=_service_request(patient_id, None, "TPMT and NUDT15 genotype",
+                type="create", description=f"Create a ServiceRequest for {genes} genotyping",
+                resource=_service_request(patient_id, None, f"{genes} genotype",
                                           f"{check.drug_name} ordered; CPIC dosing needs the phenotypes"))]))
     changed = changed_order(order, check) if check.adjust != "no" and order_ref else None
     if changed is not None and check.dose_change is not None:
