@@ -895,3 +895,24 @@ def test_of_two_loinc_codes_the_one_whose_test_the_unit_fits_is_read():
     assert [(lab["loinc"], lab["value"]) for lab in case["labs"]] == [("751-8", 0.3)]
     case, _ = bundle_to_case(bundle(obs("6690-2", 5.0, unit="10*9/L", code="10*9/L"), pct))
     assert [(lab["loinc"], lab["value"]) for lab in case["labs"]] == [("6690-2", 5.0), ("770-8", 40)]
+
+
+@pytest.mark.parametrize("ingredient,read", [
+    ({"itemCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1256"}]}},
+     {"rxnorm": "1256"}),
+    ({"item": {"concept": {"text": "azathioprine"}}}, {"name": "azathioprine"}),              # R5
+    ({"itemReference": {"reference": "#aza"}}, {"name": "azathioprine"}),
+])
+def test_a_drug_named_only_by_its_medications_ingredient_is_read(ingredient, read):
+    """A compounded azathioprine coded by NDC alone (no display), its ingredient RxNorm 1256, had been 'not in the
+    data' and the thiopurine missed (red-team round 10)."""
+    med = {"resourceType": "Medication", "id": "m", "code": {"coding": [{"system": "http://hl7.org/fhir/sid/ndc",
+                                                                           "code": "99999-0001-01"}]},
+           "ingredient": [ingredient]}
+    aza = {"resourceType": "Medication", "id": "aza", "code": {"text": "azathioprine"}}
+    request = med_request(id="r", authoredOn="2025-01-01", medicationReference={"reference": "#m"},
+                          contained=[med, aza])
+    case, warnings = bundle_to_case(bundle(obs("6690-2", 2.8, code="10*9/L"), request))
+    [drug] = case["medications"]
+    assert {k: drug.get(k) for k in read} == read, warnings
+    assert ("thiopurine_myelotoxicity", ["azathioprine"]) in [(c.id, c.agents) for c in assess(case).causes]

@@ -4,10 +4,12 @@
     datatypes.py     read FHIR data types (strings, codes, quantities, dates) without raising
     patient.py       which patient, which resources are theirs, demographics
     observations.py  lab Observations -> case.labs
+    lab_units.py     a lab value's unit: which spelling, never one of two that disagree
     components.py    lab values in an Observation's components (a CBC panel sent as one Observation)
     duplicates.py    two values of one test at one time: which is kept
     vitals.py        body weight and temperature
     medications.py   MedicationRequest/MedicationStatement -> case.medications
+    dosage.py        dosage instructions -> the dose per day (or week)
     conditions.py    Condition -> history.conditions
     pgx.py           TPMT/NUDT15 results -> history.tpmt/nudt15
     mapping.py       map_bundle: the case, with what was left out (the entry point)

@@ -6,10 +6,10 @@ active (warned); entered-in-error, intended and not-taken are skipped, and so ar
 ``doNotPerform`` true or an intent of proposal, plan or option (not an order); ``draft`` too unless
 ``include_draft`` (the order being signed in a CDS Hooks call), when it counts as active. The drug
 is ``medicationCodeableConcept`` or the Medication that ``medicationReference`` points to (``#id``
-in ``contained``, ``Medication/<id>`` or a ``fullUrl``): ``name`` is its text or display,
-``rxnorm`` its RxNorm code (one the knowledge base knows first). ``start``: ``authoredOn``,
+in ``contained``, ``Medication/<id>`` or a ``fullUrl``; its first ingredient leukodx knows when its own code names
+no drug it knows): ``name`` is its text or display, ``rxnorm`` its RxNorm code (one the knowledge base knows first). ``start``: ``authoredOn``,
 ``effectivePeriod.start`` or ``effectiveDateTime``; ``end`` (stopped/completed only):
-``effectivePeriod.end`` or ``dispenseRequest.validityPeriod.end``. ``dose``: the first dose
+``effectivePeriod.end`` or ``dispenseRequest.validityPeriod.end``. ``dose`` (:mod:`.dosage`): the first dose
 quantity as ``{value, unit}`` when its unit is a mass per time (mg/d) or per body mass per time
 (mg/kg/d), or a mass per take with its timing (``timing.repeat`` frequency per period, ``dayOfWeek``, or a
 ``timing.code`` such as BID) as a dose per day when taken daily or more often, per week when less often (125 mg
@@ -21,16 +21,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_date
-from leukodx.engine.units import dose_rate, registry
 from leukodx.engine import rxnorm_codes
 
-from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, fmt, is_number,
-                        later_warning, quantity_unit, reference)
+from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, is_number,
+                        later_warning, reference)
+from .dosage import order_dose
 from .resources import Index, Item, walk_readable
 
 __all__ = ["map_medications", "medication_name_and_code", "order_drugs", "order_dose", "OrderDrug", "RXNORM",
@@ -142,7 +142,7 @@ def _referenced_drug(order: dict[str, Any], index: Index, known: frozenset[str])
         return OrderDrug(None, None, f"{why}, and it has no medicationReference")
     target = index.resolve(ref, Item(order, "", None, None))
     medication = target is not None and target.type == "Medication"
-    name, code = (_name_and_code(target.resource.get("code"), known) if target is not None and medication
+    name, code = (_name_and_code(medication_code(target, index, known), known) if target is not None and medication
                   else (None, None))
     if name or code:
         return OrderDrug(name, code, None)
@@ -250,7 +250,7 @@ def _drug(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: list
           unread: Optional[list[Problem]] = None) -> Optional[tuple[Optional[str], Optional[str]]]:
     """(name, RxNorm code) of the drug of a medication resource; None (with a warning, and a problem in
     ``unread``) when it has neither."""
-    concept, display = _med_concept(item, index, warnings)
+    concept, display = _med_concept(item, index, warnings, known_rxnorm)
     rxnorm, rx_display = _rxnorm(concept, known_rxnorm)
     name = as_str(as_dict(concept).get("text")) or rx_display or concept_text(concept) or display
     if not name and not rxnorm:
@@ -263,7 +263,8 @@ def _drug(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: list
     return name, rxnorm
 
 
-def _med_concept(item: Item, index: Index, warnings: list[str]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+def _med_concept(item: Item, index: Index, warnings: list[str], known: frozenset[str] = frozenset()
+                 ) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     """(CodeableConcept of the drug, fallback display name)."""
     res = item.resource
     if isinstance(res.get("medicationCodeableConcept"), dict):
@@ -272,12 +273,39 @@ def _med_concept(item: Item, index: Index, warnings: list[str]) -> tuple[Optiona
     ref, display = reference(ref_obj), as_str(ref_obj.get("display"))
     target = index.resolve(ref, item)
     if target is not None and target.type == "Medication":
-        return as_dict(target.resource.get("code")), display
+        return medication_code(target, index, known), display
     if ref or display:
         used = f"; its display {display!r} was used as the name" if display else ""
         warnings.append(f"{item.label}: medicationReference {ref!r} does not resolve to a Medication in the "
                         f"data{used}.")
     return None, display
+
+
+def medication_code(medication: Item, index: Index, known: frozenset[str]) -> dict[str, Any]:
+    """A Medication's drug: its ``code``, or, when that names no drug leukodx knows by RxNorm, the first ingredient
+    that does (``ingredient.itemCodeableConcept``, R5's ``item.concept``, or ``itemReference`` to a Medication), else the
+    first ingredient named when the code names nothing (a compounded azathioprine coded by NDC alone, with its
+    ingredient coded RxNorm 1256, had been 'not in the data')."""
+    code = as_dict(medication.resource.get("code"))
+    if _rxnorm(code, known)[0] in known:
+        return code
+    concepts = []
+    for ingredient in as_list(medication.resource.get("ingredient")):
+        ing = as_dict(ingredient)
+        item = as_dict(ing.get("item"))
+        concept = as_dict(ing.get("itemCodeableConcept")) or as_dict(item.get("concept"))
+        ref = reference(ing.get("itemReference")) or reference(item.get("reference"))
+        target = index.resolve(ref, medication) if ref and not concept else None
+        if target is not None and target.type == "Medication":
+            concept = as_dict(target.resource.get("code"))
+        if concept:
+            concepts.append(concept)
+    first_known = next((c for c in concepts if _rxnorm(c, known)[0] in known), None)
+    if first_known is not None:
+        return first_known
+    if not concept_text(code) and not _rxnorm(code, known)[0]:
+        return next((c for c in concepts if concept_text(c) or _rxnorm(c, known)[0]), code)
+    return code
 
 
 def _rxnorm(concept: Optional[dict[str, Any]], known: frozenset[str]) -> tuple[Optional[str], Optional[str]]:
@@ -287,107 +315,6 @@ def _rxnorm(concept: Optional[dict[str, Any]], known: frozenset[str]) -> tuple[O
         return None, None
     best = next((c for c in rx if as_str(c.get("code")) in known), rx[0])
     return as_str(best.get("code")), as_str(best.get("display"))
-
-
-def order_dose(res: dict[str, Any], label: str = "", warnings: Optional[list[str]] = None
-               ) -> Union[dict[str, Any], str, None]:
-    """The daily dose of a medication resource as ``case.medications[].dose`` takes it (the module's
-    docstring); None without dosage instructions. Why several could not be added up goes to ``warnings``."""
-    dosages = as_list(res.get("dosageInstruction")) or as_list(res.get("dosage"))
-    if not dosages:
-        return None
-    return _total_dose([_dose(as_dict(d)) for d in dosages], label, [] if warnings is None else warnings)
-
-
-def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
-    """{value, unit} for a mass per time or mass per body mass per time; else the dosage text."""
-    text = as_str(dosage.get("text"))
-    rate = as_dict(as_list(dosage.get("doseAndRate"))[0] if as_list(dosage.get("doseAndRate")) else {})
-    # STU3 kept the quantity on dosage; a range is read at its top, the most that may be given (methotrexate 7.5-10
-    # mg daily as a doseRange had gone unread, and the daily-methotrexate check with it)
-    q = as_dict(rate.get("doseQuantity")) or as_dict(dosage.get("doseQuantity")) or \
-        as_dict(as_dict(rate.get("doseRange")).get("high"))
-    value, unit = q.get("value"), quantity_unit(q)
-    rate = dose_rate(unit) if is_number(value) and unit else None
-    rate_unit = rate.spelling if rate else None
-    if rate_unit:
-        return {"value": value, "unit": rate_unit}
-    per_period = _per_period(value, unit, as_dict(dosage.get("timing")))
-    if isinstance(per_period, dict):
-        return per_period
-    if text:
-        return text
-    if per_period is not None:
-        return per_period
-    if is_number(value) and unit:
-        return f"{fmt(value)} {unit}"
-    return None
-
-
-def _total_dose(doses: list[Union[dict[str, Any], str, None]], label: str,
-                warnings: list[str]) -> Union[dict[str, Any], str, None]:
-    """The dose of all the dosage instructions: their sum when each is a dose per day in one unit (100 mg in
-    the morning and 100 mg in the evening: 200 mg/d; the first alone had hidden a split dose). Instructions
-    that cannot be added up give no dose, with a warning: one part is never taken for the whole."""
-    given = [d for d in doses if d is not None]
-    if len(given) <= 1:
-        return given[0] if given else None
-    rates = [d for d in given if isinstance(d, dict)]
-    if len(rates) == len(given) and len({d["unit"] for d in rates}) == 1:
-        return {"value": float(f"{sum(float(d['value']) for d in rates):.6g}"), "unit": rates[0]["unit"]}
-    read = [dose_rate(d["unit"]) for d in rates]
-    if len(rates) == len(given) and all(read) and len({(r.per_kg, r.per_m2) for r in read if r}) == 1:   # mg/d, mg/wk
-        total = sum(float(d["value"]) * r.factor for d, r in zip(rates, read) if r)
-        first = read[0]
-        return {"value": float(f"{total:.6g}"),
-                "unit": "mg/kg/d" if first and first.per_kg else "mg/m2/d" if first and first.per_m2 else "mg/d"}
-    shown = "; ".join(d if isinstance(d, str) else f"{fmt(d['value'])} {d['unit']}" for d in given)[:200]
-    warnings.append(f"{label}: its {len(given)} dosage instructions ({shown}) could not be added up into a dose per "
-                    f"day; dose-based rules were not applied to it.")
-    return None
-
-
-_PERIOD_UNITS = frozenset({"s", "min", "h", "d", "wk", "mo", "a"})     # FHIR's UnitsOfTime (UCUM codes)
-# HL7's timing abbreviations (GTSAbbreviation, ``timing.code``) as takes per week, for a timing sent without repeat
-_TIMING_CODES = {"QD": 7, "AM": 7, "PM": 7, "BED": 7, "BID": 14, "TID": 21, "QID": 28, "QOD": 3.5, "WK": 1,
-                 "Q1H": 168, "Q2H": 84, "Q3H": 56, "Q4H": 42, "Q6H": 28, "Q8H": 21}
-
-
-def _takes_per_week(timing: dict[str, Any]) -> Optional[float]:
-    """How many takes a week a timing gives: ``frequency`` per ``period`` ``periodUnit`` (pint converts the
-    period), on each ``dayOfWeek`` when named (1 per 1 d on Monday is once a week), else its ``code``."""
-    repeat = as_dict(timing.get("repeat"))
-    frequency, period, unit = repeat.get("frequency"), repeat.get("period"), as_str(repeat.get("periodUnit"))
-    days = [d for d in as_list(repeat.get("dayOfWeek")) if isinstance(d, str)]
-    if is_number(frequency) and is_number(period) and period > 0 and frequency > 0 and unit in _PERIOD_UNITS:
-        span = registry().Quantity(float(period), unit).to("day").magnitude
-        return float(frequency) * len(days) if days and span <= 1 else float(frequency) * 7 / span
-    if days:
-        return float(len(days))
-    when = {w for w in as_list(repeat.get("when")) if isinstance(w, str)}
-    if when and not is_number(frequency) and not is_number(period) and not unit:   # "every morning": each day, at each
-        return 7.0 * len(when)
-    code = next((as_str(c.get("code")) for c in codings(timing.get("code")) if as_str(c.get("code"))), None)
-    return _TIMING_CODES.get((code or "").upper())
-
-
-def _per_period(value: Any, unit: Optional[str], timing: dict[str, Any]) -> Union[dict[str, Any], str, None]:
-    """A dose per take (``doseQuantity`` 50 mg) with its timing as a dose per day when it is taken daily or more
-    often (2 per 1 d: {value: 100, unit: mg/d}) and per week when less often (1 per 7 d, or 1 per 1 wk: {value: 15,
-    unit: mg/wk}), for the dose rules (pint converts it to mg/day) and the engine's check of how often a weekly
-    drug is taken; a dose per take that is not a mass (4 tablets) as a text that says how often ("4 {tbl} 1 time a
-    day"); None without a value, a unit or a timing."""
-    per_week = _takes_per_week(timing)
-    said = concept_text(timing.get("code"))
-    if is_number(value) and unit and not per_week and said:     # a timing only in words ("Daily"): said with the dose
-        return f"{fmt(value)} {unit} {said[:60]}"
-    if not (is_number(value) and unit and per_week):
-        return None
-    daily = per_week >= 7
-    rate = dose_rate(f"{unit}/{'d' if daily else 'wk'}")
-    if rate is None:
-        return f"{fmt(value)} {unit} {fmt(per_week / 7 if daily else per_week)} times a {'day' if daily else 'week'}"
-    return {"value": float(f"{float(value) * (per_week / 7 if daily else per_week):.6g}"), "unit": rate.spelling}
 
 
 def _indication(item: Item, index: Index) -> Optional[str]:
