@@ -95,6 +95,7 @@ class Dose(_Model):
 class Medication(_Model):
     name: Optional[Text] = None
     rxnorm: Optional[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]] = None
+    atc: Optional[Annotated[str, Field(pattern=r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$")]] = None   # WHO ATC, 5th level
     status: Literal["active", "stopped", "completed"] = "active"
     start: Optional[When] = None
     end: Optional[When] = None
@@ -103,8 +104,8 @@ class Medication(_Model):
 
     @model_validator(mode="after")
     def _name_or_code(self) -> "Medication":
-        if not self.name and not self.rxnorm:
-            raise ValueError("give `name` or `rxnorm`")
+        if not self.name and not self.rxnorm and not self.atc:
+            raise ValueError("give `name`, `rxnorm` or `atc`")
         return self
 
 

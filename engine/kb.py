@@ -63,6 +63,7 @@ class KnowledgeBase:
     condition_codes: dict[str, dict[str, str]]   # conditions.yaml codes: system -> {code, or prefix ending in *: id}
     condition_codes_sources: list[str]
     suspect_classes: frozenset[str]
+    atc_sources: list[str]                      # drugs.yaml atc_sources: where the drugs' ATC codes come from
     not_systemic: Optional[re.Pattern[str]]     # a medication text naming a topical or eye form (drugs.yaml)
     causes: dict[str, CatalogueEntry]
     steps: dict[str, CatalogueEntry]
@@ -179,6 +180,7 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         condition_codes=_condition_codes(vocab.get("codes", {})),
         condition_codes_sources=list(vocab.get("codes", {}).get("sources", [])),
         suspect_classes=frozenset(drug_doc.get("suspect_classes", [])),
+        atc_sources=list(drug_doc.get("atc_sources", [])),
         not_systemic=re.compile(r"\b(" + "|".join(map(re.escape, drug_doc["not_systemic_forms"])) + r")\b", re.I)
         if drug_doc.get("not_systemic_forms") else None,
         causes=catalogue(read_yaml(root / "causes.yaml", problems), "causes", "causes.yaml", problems),

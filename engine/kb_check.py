@@ -2,6 +2,7 @@
 table cites exists, every source is cited, every catalogue entry is concluded by some rule."""
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -78,6 +79,12 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
             problems.append(f"drugs.yaml: {d.get('id')}: weekly_when_non_oncologic names no alert of alerts.yaml")
         for cond in set(d.get("class_when_treating") or {}) - set(kb.conditions):
             problems.append(f"drugs.yaml: {d.get('id')}: class_when_treating names an unknown condition {cond!r}")
+        for code in d.get("atc") or []:
+            if not re.fullmatch(r"[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}", str(code)):
+                problems.append(f"drugs.yaml: {d.get('id')}: atc {code!r} is not a WHO ATC 5th-level code")
+    if any(d.get("atc") for d in kb.drugs) and not kb.atc_sources:
+        problems.append("drugs.yaml: atc codes need atc_sources")
+    need(kb.atc_sources, "drugs.yaml: atc_sources")
     need(kb.duffy_ancestry_sources, "conditions.yaml: duffy_prevalent_ancestry")
     need(kb.negation_sources, "conditions.yaml: not_a_diagnosis")
     if kb.condition_codes:

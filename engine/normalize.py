@@ -326,8 +326,8 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             problems.append(Problem(f"medications[{i}].end", f"end {end} is before start {start}"))
         if med.status == "active" and end and as_of and end < as_of:
             warnings.append(f"medications[{i}] is 'active' but ended on {end}; it was treated as stopped then.")
-        text = med.name or f"RxNorm {med.rxnorm}"
-        match = drugs.lookup(med.name, med.rxnorm)
+        text = med.name or (f"RxNorm {med.rxnorm}" if med.rxnorm else f"ATC {med.atc}")
+        match = drugs.lookup(med.name, med.rxnorm, med.atc)
         if match is None:
             suggest = bool(med.name) and unknown_drugs < SUGGEST_MAX_NAMES   # bounded work per case
             unknown_drugs += 1

@@ -22,6 +22,7 @@ class OrderInput(BaseModel):
     key: str
     name: Optional[str] = None
     rxnorm: Optional[str] = None
+    atc: Optional[str] = None                         # WHO ATC code, when no RxNorm code names the drug
     indication: Optional[str] = None
     dose: Optional[Union[Dose, str]] = None           # the ordered daily dose, as a case's medication gives it
     weight_kg: Optional[Annotated[float, Field(gt=0, le=1000)]] = None   # the patient's, for mg/kg/day

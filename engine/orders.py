@@ -132,7 +132,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
     oncologic = set(assessment.conditions) & kb.oncologic_conditions if assessment is not None else set()
     out: list[OrderCheck] = []
     for order in orders:
-        match = drugs.lookup(order.name, order.rxnorm)
+        match = drugs.lookup(order.name, order.rxnorm, order.atc)
         if match is None:
             unknown = not_known(order, t.phenotype, n.phenotype, assessment)
             out += [unknown] if unknown is not None else []

@@ -26,8 +26,9 @@ def _describe(item: Any) -> Optional[str]:
     if isinstance(item, dict):
         if "value" in item and ("test" in item or "loinc" in item):
             return " ".join(str(item.get(k)) for k in ("test", "loinc", "value", "unit") if item.get(k) is not None)[:200]
-        if "name" in item or "rxnorm" in item:
-            return str(item.get("name") or f"RxNorm {item.get('rxnorm')}")[:200]
+        if "name" in item or "rxnorm" in item or "atc" in item:
+            return str(item.get("name") or (f"RxNorm {item['rxnorm']}" if item.get("rxnorm") else
+                                            f"ATC {item.get('atc')}"))[:200]
         return None
     return None if item is None else str(item)[:200]
 

@@ -128,8 +128,8 @@ class DrugMatch:
 
 
 class DrugIndex:
-    """Looks a medication up by RxNorm code (ingredient, else product), exact name, or the longest
-    known name inside it; suggests close names for a name it does not know."""
+    """Looks a medication up by RxNorm code (ingredient, else product), WHO ATC code, exact name, or the
+    longest known name inside it; suggests close names for a name it does not know."""
 
     def __init__(self, kb: KnowledgeBase, products: Optional[Mapping[str, Product]] = None):
         self.kb = kb
@@ -159,13 +159,23 @@ class DrugIndex:
         names = sorted(self._by_name, key=len, reverse=True)
         return re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b")
 
-    def lookup(self, name: Optional[str], rxnorm: Optional[str]) -> Optional[DrugMatch]:
+    @cached_property
+    def _by_atc(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for d in self.kb.drugs:          # a code two drugs share (mycophenolate's L04AA06) gives the first
+            for code in d.get("atc", []) or []:
+                out.setdefault(code, d)
+        return out
+
+    def lookup(self, name: Optional[str], rxnorm: Optional[str], atc: Optional[str] = None) -> Optional[DrugMatch]:
         code = clean_text(str(rxnorm)) if rxnorm else ""
         if code in self._by_code:
             return DrugMatch(self._by_code[code], f"RxNorm {code}")
         if code in self._by_product:
             drug, product = self._by_product[code]
             return DrugMatch(drug, f"RxNorm {code} ({product.tty} {product.name})")
+        if atc and atc in self._by_atc:
+            return DrugMatch(self._by_atc[atc], f"ATC {atc}")
         if not name:
             return None
         key = _key(name)

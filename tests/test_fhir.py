@@ -279,7 +279,7 @@ def test_unresolvable_medication_reference_warns_and_uses_its_display():
     assert case["medications"] == [{"name": "Imuran", "status": "active"}]
     assert has(warnings, "MedicationRequest/a", "'Medication/nowhere' does not resolve", "display 'Imuran'")
     assert has(warnings, "MedicationRequest/b", "does not resolve")
-    assert has(warnings, "MedicationRequest/b", "neither a name nor an RxNorm code; skipped")
+    assert has(warnings, "MedicationRequest/b", "neither a name nor an RxNorm or ATC code; skipped")
 
 
 def test_medication_statuses_and_draft_filtering():
@@ -916,3 +916,20 @@ def test_a_drug_named_only_by_its_medications_ingredient_is_read(ingredient, rea
     [drug] = case["medications"]
     assert {k: drug.get(k) for k in read} == read, warnings
     assert ("thiopurine_myelotoxicity", ["azathioprine"]) in [(c.id, c.agents) for c in assess(case).causes]
+
+
+@pytest.mark.parametrize("system", ["http://www.whocc.no/atc", "urn:oid:2.16.840.1.113883.6.73"])
+def test_a_drug_coded_with_atc_alone_is_read_as_its_drug(system):
+    """European EHRs code medications with WHO ATC: azathioprine L04AX01 sent with no name and no RxNorm code had been
+    a medication whose drug cannot be told (a thiopurine missed)."""
+    request = med_request(id="r", authoredOn="2025-01-01",
+                          medicationCodeableConcept={"coding": [{"system": system, "code": "L04AX01"}]})
+    case, _ = bundle_to_case(bundle(obs("6690-2", 2.8, code="10*9/L"), request))
+    assert [(m.get("name"), m.get("atc")) for m in case["medications"]] == [(None, "L04AX01")]
+    assert ("thiopurine_myelotoxicity", ["azathioprine"]) in [(c.id, c.agents) for c in assess(case).causes]
+
+
+def test_an_order_coded_with_atc_alone_gets_its_check(engine):
+    from leukodx.engine import OrderInput
+    [c] = engine.check_orders([OrderInput(key="o", atc="L01BB02")], None, "poor", "normal")
+    assert (c.drug, c.topic, c.priority) == ("mercaptopurine", "thiopurine_pgx", "critical")

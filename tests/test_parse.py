@@ -40,7 +40,7 @@ def parse_problems(raw) -> list[str]:
     ("id: a\nid: b\nlabs: []\n", "", "duplicated key"),
     (base_case(labs=[{"value": 3, "unit": "10^9/L"}]), "labs[0]", "give `test` or `loinc`"),
     (base_case(labs=[{"test": "wbc", "value": 3}]), "labs[0].unit", "required"),
-    (base_case(medications=[{"status": "active"}]), "medications[0]", "give `name` or `rxnorm`"),
+    (base_case(medications=[{"status": "active"}]), "medications[0]", "give `name`, `rxnorm` or `atc`"),
     (base_case(patient={"sex": "f"}), "patient.sex", "female"),
     (base_case(surprise=1), "surprise", "unknown field"),
     (base_case(as_of="0000-01-01"), "as_of", ""),

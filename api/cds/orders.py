@@ -85,10 +85,11 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
         reason = (order.get("reasonCode") or [{}])[0] if isinstance(order.get("reasonCode"), list) else {}
         indication = reason.get("text") if isinstance(reason, dict) and isinstance(reason.get("text"), str) else None
         try:
-            orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, indication=indication,
+            orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, atc=drug.atc, indication=indication,
                                      dose=fhir.order_dose(order), weight_kg=weight_kg))
         except ValidationError:                         # a dose or weight it cannot read: checked without them
-            orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, indication=indication))
+            orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, atc=drug.atc,
+                                     indication=indication))
         by_key[key] = order
     history = fhir.pgx_results(eng.kb, resources, patient_id) if assessment is None else {}   # never another patient's
     checks = eng.check_orders(orders, assessment, history.get("tpmt"), history.get("nudt15"))

@@ -19,6 +19,7 @@ one daily for the engine's frequency check), else the dosage text. ``indication`
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Optional
@@ -110,6 +111,7 @@ class OrderDrug:
     name: Optional[str]
     rxnorm: Optional[str]
     unread: Optional[str]          # why no drug could be read from the order (None when one was)
+    atc: Optional[str] = None      # its WHO ATC code, when it has one
 
 
 def order_drugs(orders: list[dict[str, Any]], data: Any, known: frozenset[str] = frozenset()) -> list[OrderDrug]:
@@ -124,8 +126,9 @@ def order_drugs(orders: list[dict[str, Any]], data: Any, known: frozenset[str] =
     for order in orders:
         if isinstance(order.get("medicationCodeableConcept"), dict):
             name, code = medication_name_and_code(order, known)
-            out.append(OrderDrug(name, code, None if name or code else "its medicationCodeableConcept names no "
-                                                                       "drug (no text, display or RxNorm code)"))
+            atc = atc_code(order["medicationCodeableConcept"])
+            out.append(OrderDrug(name, code, None if name or code or atc else "its medicationCodeableConcept names "
+                                                                              "no drug (no text, display or code)", atc))
             continue
         if index is None:
             index = Index(walk_readable([*orders, data]))
@@ -142,10 +145,10 @@ def _referenced_drug(order: dict[str, Any], index: Index, known: frozenset[str])
         return OrderDrug(None, None, f"{why}, and it has no medicationReference")
     target = index.resolve(ref, Item(order, "", None, None))
     medication = target is not None and target.type == "Medication"
-    name, code = (_name_and_code(medication_code(target, index, known), known) if target is not None and medication
-                  else (None, None))
-    if name or code:
-        return OrderDrug(name, code, None)
+    concept = medication_code(target, index, known) if target is not None and medication else None
+    name, code = _name_and_code(concept, known) if concept is not None else (None, None)
+    if name or code or atc_code(concept):
+        return OrderDrug(name, code, None, atc_code(concept))
     if display:
         return OrderDrug(display, None, None)
     why = "names no drug" if medication else "does not resolve to a Medication in the request"
@@ -184,7 +187,6 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
     drug = _drug(item, index, known_rxnorm, warnings, unread)
     if drug is None:
         return None
-    name, rxnorm = drug
     start = first_when([("authoredOn", res.get("authoredOn")),
                         ("effectivePeriod.start", as_dict(res.get("effectivePeriod")).get("start")),
                         ("effectiveDateTime", res.get("effectiveDateTime"))], item.label, warnings)
@@ -194,7 +196,7 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
                           ("dispenseRequest.validityPeriod.end",
                            as_dict(as_dict(res.get("dispenseRequest")).get("validityPeriod")).get("end"))],
                          item.label, warnings)
-    med: dict[str, Any] = {"name": name, "rxnorm": rxnorm, "status": status,
+    med: dict[str, Any] = {**drug, "status": status,
                            "start": start.isoformat() if start else None, "end": end.isoformat() if end else None,
                            "dose": order_dose(res, item.label, warnings),
                            "indication": _indication(item, index)}
@@ -221,7 +223,6 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: lis
     drug = _drug(item, index, known_rxnorm, warnings, unread)
     if drug is None:
         return None
-    name, rxnorm = drug
     period = as_dict(res.get("effectivePeriod"))
     if item.type == "MedicationAdministration":
         start = first_when([("effectiveDateTime", res.get("effectiveDateTime")), ("effectivePeriod.start",
@@ -239,7 +240,7 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: lis
     lately = status != "active" and ref is not None and (utc_date(end) or ref) >= ref - timedelta(days=1)
     if lately:                                     # given yesterday or today, or supplied to today: still taken
         status = "active"                          # (unless its prescriber stopped it since: _ended_by_prescriber)
-    med = {"name": name, "rxnorm": rxnorm, "status": "active" if status == "active" else "completed",
+    med = {**drug, "status": "active" if status == "active" else "completed",
            "start": start.isoformat(), "indication": _indication(item, index), "_event": lately}
     if status != "active":
         med["end"] = end.isoformat()
@@ -247,20 +248,35 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: lis
 
 
 def _drug(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: list[str],
-          unread: Optional[list[Problem]] = None) -> Optional[tuple[Optional[str], Optional[str]]]:
-    """(name, RxNorm code) of the drug of a medication resource; None (with a warning, and a problem in
-    ``unread``) when it has neither."""
+          unread: Optional[list[Problem]] = None) -> Optional[dict[str, Optional[str]]]:
+    """{name, rxnorm, atc} of the drug of a medication resource; None (with a warning, and a problem in
+    ``unread``) when it has none of them."""
     concept, display = _med_concept(item, index, warnings, known_rxnorm)
     rxnorm, rx_display = _rxnorm(concept, known_rxnorm)
     name = as_str(as_dict(concept).get("text")) or rx_display or concept_text(concept) or display
-    if not name and not rxnorm:
-        warnings.append(f"{item.label}: the drug has neither a name nor an RxNorm code; skipped.")
+    atc = atc_code(concept)
+    if not name and not rxnorm and not atc:
+        warnings.append(f"{item.label}: the drug has neither a name nor an RxNorm or ATC code; skipped.")
         if unread is not None:
-            unread.append(Problem(item.loc, "a medication whose drug cannot be told (no name, no RxNorm code, no "
-                                            "Medication in the data for its reference): a drug that lowers counts "
+            unread.append(Problem(item.loc, "a medication whose drug cannot be told (no name, no RxNorm or ATC code, "
+                                            "no Medication in the data for its reference): a drug that lowers counts "
                                             "may be missed"))
         return None
-    return name, rxnorm
+    return {"name": name, "rxnorm": rxnorm, "atc": atc}
+
+
+# WHO's ATC as FHIR names it (http://www.whocc.no/atc) and as feeds converted from CDA name it (its HL7 OID)
+_ATC_SYSTEMS = frozenset({"http://www.whocc.no/atc", "https://www.whocc.no/atc", "urn:oid:2.16.840.1.113883.6.73"})
+_ATC_CODE = re.compile(r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$")
+
+
+def atc_code(concept: Any) -> Optional[str]:
+    """The first WHO ATC 5th-level code among the concept's codings (a substance: L04AX01 is azathioprine)."""
+    for c in codings(concept):
+        system, code = (as_str(c.get("system")) or "").lower().rstrip("/"), (as_str(c.get("code")) or "").upper()
+        if system in _ATC_SYSTEMS and _ATC_CODE.match(code):
+            return code
+    return None
 
 
 def _med_concept(item: Item, index: Index, warnings: list[str], known: frozenset[str] = frozenset()
