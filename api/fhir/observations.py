@@ -179,7 +179,8 @@ def _unnamed_count(kb: KnowledgeBase, item: Item, loinc: list[str], key: str) ->
     card). A LOINC code leukodx does not read is another test's (a CD4 count): not named."""
     q = as_dict(item.resource.get("valueQuantity"))
     unit = quantity_unit(q)
-    if loinc or not is_number(q.get("value")) or not unit or factor_to_test_unit(unit, kb.tests["anc"]) is None:
+    if loinc or concept_text(item.resource.get("code")) or not is_number(q.get("value")) or not unit \
+            or factor_to_test_unit(unit, kb.tests["anc"]) is None:      # named (urine leukocytes): not the blood's
         return None
     return Problem(item.loc, f"a blood cell count ({fmt(q['value'])} {unit}) coded only {key}, with no LOINC code or "
                              f"name leukodx reads: {UNNAMED_COUNT}; not used")
