@@ -527,9 +527,10 @@ def test_an_acute_episode_left_active_for_months_and_an_abatement_still_to_come_
     soon = (datetime.now(timezone.utc).date() + timedelta(days=5)).isoformat()
     data = bundle(WBC, cond("Urosepsis", onsetDateTime="2022-03-01"), cond("Pneumonia", recordedDate="2024-11-01"),
                   cond("Sepsis", onsetDateTime="2025-02-20"), cond("Crohn's disease", onsetDateTime="2010-01-01"),
+                  cond("HIV", onsetDateTime="2015-01-01"), cond("Chronic hepatitis B", onsetDateTime="2012-01-01"),
                   cond("Influenza", clinicalStatus={"coding": [{"code": "inactive"}]}, abatementDateTime=soon))
     case, warnings = bundle_to_case(data)          # judged at the lab's date, 2025-03-10
-    assert case["history"]["conditions"] == ["Sepsis", "Crohn's disease"]
+    assert case["history"]["conditions"] == ["Sepsis", "Crohn's disease", "HIV", "Chronic hepatitis B"]  # chronic
     assert has(warnings, "'Urosepsis', an acute illness, dates from 2022-03-01", "not taken as current")
     assert has(warnings, "'Pneumonia', an acute illness, dates from 2024-11-01")
     assert has(warnings, f"abatement date {soon} is in the future", "(inactive) was taken")

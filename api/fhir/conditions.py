@@ -122,10 +122,12 @@ def _stale_episode(text: str, onset: Optional[When], ref: Optional[date], kb: Op
     if kb is None or ref is None or onset is None or (day := utc_date(onset)) is None:
         return None
     age = (ref - day).days
-    named = [cid for cid in kb.acute_conditions | {"fever"} if (p := kb.conditions.get(cid)) and p.search(text)]
-    if not named:
+    if age <= kb.value("current_temperature_max_age_days"):
         return None
-    if {"fever", "febrile_neutropenia"} & set(named):
+    named = {cid for cid, p in kb.conditions.items() if p.search(text)}
+    if not named or named - kb.acute_conditions - {"fever"}:     # a chronic one named too ("HIV" is a viral
+        return None                                               # infection and HIV): kept
+    if {"fever", "febrile_neutropenia"} & named:
         days = kb.value("current_temperature_max_age_days")
         if age > days:
             return (f"a fever recorded with its onset on {day} is not a fever now (a temperature older than {days:g} "
