@@ -463,7 +463,7 @@ EVERYTHING = {
 }
 # Case fields the form leaves to the document box on purpose: codes and provenance an EHR sends, not a clinician.
 NOT_ON_THE_FORM = {"id", "title", "rationale", "labs.loinc", "labs.specimen", "labs.ref", "labs.lln_unit",
-                   "medications.rxnorm"}
+                   "medications.rxnorm", "medications.atc"}
 
 
 def leaves(schema: dict, defs: dict, prefix: str = "") -> set[str]:
