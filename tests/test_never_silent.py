@@ -716,6 +716,9 @@ def test_safe_markdown_keeps_the_knowledge_bases_links_and_code_systems_only():
     out = safe_markdown(f"- [x] cited <{link}> http://loinc.org <https://evil.example> javascript:x data:text/html")
     assert out == (f"- [x] cited <{link}> http://loinc.org \\<https[:]//evil.example\\> javascript[:]x "
                    f"data[:]text/html")
+    # another host behind a code system's name, a bare www., an e-mail address; a word before a colon is a word
+    out = safe_markdown("https://hl7.org@evil.example/x www.evil.example/login a@evil.example Lab data: 3 FILE:x")
+    assert out == "https[:]//hl7.org\\@evil.example/x www\\.evil.example/login a\\@evil.example Lab data: 3 FILE[:]x"
 
 
 @pytest.mark.parametrize("status", ["entered-in-error", "cancelled"])
