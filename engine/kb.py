@@ -54,6 +54,7 @@ class KnowledgeBase:
     negation: dict[str, re.Pattern[str]]  # conditions.yaml not_a_diagnosis: absent/uncertain cues before and after
     suspicion_counts: frozenset[str]      # conditions a suspicion is enough for (the emergency gate)
     acute_conditions: frozenset[str]      # conditions a past mention does not make current
+    episode_conditions: frozenset[str]    # acute ones an old problem-list entry is read as past for
     negation_sources: list[str]
     transplant_organs: dict[str, re.Pattern[str]]
     duffy_ancestry: re.Pattern[str]
@@ -173,6 +174,7 @@ def _load(root: Path, version: str) -> KnowledgeBase:
                             "past_after", "pseudo")},
         suspicion_counts=frozenset(negation.get("suspicion_counts", [])),
         acute_conditions=frozenset(negation.get("acute", [])),
+        episode_conditions=frozenset(negation.get("episodes", [])),
         negation_sources=negation.get("sources", []),
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),
         duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),

@@ -91,7 +91,9 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         need(kb.condition_codes_sources, "conditions.yaml: codes")
     for cond in {c for codes in kb.condition_codes.values() for c in codes.values()} - set(kb.conditions):
         problems.append(f"conditions.yaml: codes: unknown condition {cond!r}")
-    for cond in (kb.suspicion_counts | kb.acute_conditions) - set(kb.conditions):
+    for cond in kb.episode_conditions - kb.acute_conditions:     # read as past: only an acute one's past cue counts
+        problems.append(f"conditions.yaml: not_a_diagnosis: episode {cond!r} is not in acute")
+    for cond in (kb.suspicion_counts | kb.acute_conditions | kb.episode_conditions) - set(kb.conditions):
         problems.append(f"conditions.yaml: not_a_diagnosis (suspicion_counts, acute): unknown condition {cond!r}")
     need(kb.ctcae.get("sources"), "ctcae.yaml")
     _check_vitals(kb, need, problems)

@@ -18,6 +18,7 @@ knows is a problem in ``unread``, named on the output, not only a warning.
 """
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timezone
 from typing import Optional
 
@@ -25,7 +26,8 @@ from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase, code_system
 from leukodx.engine.timeutil import utc_date
 
-from .datatypes import When, after, as_dict, as_str, codes, codings, concept_text, later_warning, parse_when
+from .datatypes import (PARTIAL_DATE, When, after, as_dict, as_str, codes, codings, concept_text, later_warning,
+                        parse_when)
 from .resources import Item
 
 __all__ = ["map_conditions"]
@@ -52,8 +54,8 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], k
             continue
         stale = _stale_episode(text, onset, ref, kb)
         if stale is not None:
-            warnings.append(f"{item.label}: {stale}; not counted.")
-            continue
+            why, text = stale
+            warnings.append(f"{item.label}: {why}.")
         texts.setdefault(text.casefold(), text)
     if later:
         assert ref is not None
@@ -99,8 +101,11 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
         warnings.append(f"{item.label}: verification status {', '.join(uncertain)}: read as suspected {text!r}.")
         text = f"suspected {text}"
     # without an onset, the day it was recorded bounds it (a "neutropenic fever" recorded in 2024 is not one now)
-    onset, _ = parse_when(res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start")
-                          or res.get("recordedDate"))
+    raw = res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start") or res.get("recordedDate")
+    onset, _ = parse_when(raw)
+    if onset is None and PARTIAL_DATE.match(as_str(raw) or ""):   # "2020", "2020-05": its first day (a year-only
+        year, _, month = str(raw).strip().partition("-")           # onset had left a 2020 sepsis current)
+        onset = date(int(year), int(month or 1), 1) if int(year) >= 1 and 1 <= int(month or 1) <= 12 else None
     return text, onset
 
 
@@ -109,35 +114,42 @@ def _status(concept: object) -> set[str]:
     ("Refuted", {"text": "refuted"}, "Entered in error"): a refuted sepsis written as text only, or a code in capitals,
     had been taken as an active one."""
     said = [*codes(concept), *(as_str(c.get("display")) for c in codings(concept)), as_str(as_dict(concept).get("text"))]
-    return {"-".join(w.casefold().split()) for w in said if w}
+    words = {"-".join(w.casefold().replace("_", " ").split()) for w in said if w}
+    return words | {code for w in words for phrase, code in _STATUS_PHRASES if phrase in w}
+
+
+# statuses written as phrases ("No longer active", "Ruled out", "Not confirmed"): the FHIR code they say
+_STATUS_PHRASES = (("not-active", "inactive"), ("no-longer-active", "inactive"), ("ruled-out", "refuted"),
+                   ("not-confirmed", "unconfirmed"), ("unconfirm", "unconfirmed"), ("error", "entered-in-error"))
 
 
 def _stale_episode(text: str, onset: Optional[When], ref: Optional[date], kb: Optional[KnowledgeBase]
-                   ) -> Optional[str]:
-    """Why an acute episode on the problem list is not current, or None: a fever (or febrile neutropenia) whose onset
-    is older than a current temperature may be (current_temperature_max_age_days: an episode of 2019 left active is
-    no fever now); another acute condition (conditions.yaml not_a_diagnosis ``acute``: sepsis, pneumonia ...) older
-    than acute_condition_max_age_days (a sepsis recorded three years before had made a mild neutropenia an
-    emergency)."""
+                   ) -> Optional[tuple[str, str]]:
+    """(why, the text read as past: "history of ...") for an acute episode on the problem list that is not current, or
+    None: a fever (or febrile neutropenia) whose onset is older than a current temperature may be
+    (current_temperature_max_age_days: an episode of 2019 left active is no fever now); another episode
+    (conditions.yaml not_a_diagnosis ``episodes``: sepsis, pneumonia ...) older than acute_condition_max_age_days (a
+    sepsis recorded three years before had made a mild neutropenia an emergency). Read as past, never dropped: the
+    vocabulary sets the episode aside and keeps a chronic condition the same text names ("Sepsis in CLL patient")."""
     if kb is None or ref is None or onset is None or (day := utc_date(onset)) is None:
         return None
     age = (ref - day).days
     if age <= kb.value("current_temperature_max_age_days"):
         return None
-    named = {cid for cid, p in kb.conditions.items() if p.search(text)}
-    if not named or named - kb.acute_conditions - {"fever"}:     # a chronic one named too ("HIV" is a viral
-        return None                                               # infection and HIV): kept
-    if {"fever", "febrile_neutropenia"} & named:
-        days = kb.value("current_temperature_max_age_days")
-        if age > days:
-            return (f"a fever recorded with its onset on {day} is not a fever now (a temperature older than {days:g} "
-                    f"days is not current either)")
+    named = {cid for cid in kb.episode_conditions | {"fever"} if (p := kb.conditions.get(cid)) and p.search(text)}
+    if not named:
         return None
-    days = kb.value("acute_condition_max_age_days")
-    if age > days:
-        return (f"{text[:80]!r}, an acute illness, dates from {day} and is still marked active: an episode older than "
-                f"{days:g} days is not taken as current")
-    return None
+    if {"fever", "febrile_neutropenia"} & named:
+        days, what = kb.value("current_temperature_max_age_days"), "a fever recorded with its onset on"
+    else:
+        days, what = kb.value("acute_condition_max_age_days"), "an acute illness recorded with its onset on"
+    if age <= days:
+        return None
+    return (f"{what} {day} and still marked active is not current (older than {days:g} days): read as past",
+            _PAST.sub(r"\1history of ", text))
+
+
+_PAST = re.compile(r"(^|[,;:.]\s*)")     # each clause's start: the vocabulary's past cue counts within its clause
 
 
 def _coded(concept: object, kb: Optional[KnowledgeBase]) -> Optional[str]:
