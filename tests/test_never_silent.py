@@ -748,3 +748,28 @@ def test_a_count_coded_only_in_another_system_and_named_nowhere_is_never_silent(
     assert card["indicator"] == "warning" and "a count that may be one, could not be used" in card["summary"]
     cd4 = obs("24467-3", 350, "/uL", oid="cd4")
     assert _patient_view(client, normal + [obs("751-8", 3.1, "10*9/L"), cd4]) == []
+
+
+@pytest.mark.parametrize("display,unit,extra,said", [
+    ("NEUT#", "10*9/L", {}, "not a LOINC code leukodx reads"),     # analysers' abbreviations name the ANC
+    ("ABS NEUT", "10*9/L", {}, "not a LOINC code leukodx reads"),
+    ("GRAN#", "10*9/L", {}, "not a LOINC code leukodx reads"),
+    ("12345", "10*9/L", {}, "which count it is cannot be told"),   # a display that names nothing
+    ("12345", "10*9/L", {"status": "entered-in-error"}, None),     # withdrawn: nothing unread
+    ("12345", "10*9/L", {"focus": [{"reference": "Patient/newborn"}]}, None),   # someone else's
+    ("PLT", "10*9/L", {}, None),                                   # another blood count
+    ("HIV viral load", "{copies}/mL", {}, None),
+    ("CD19 abs", "/uL", {}, None),
+])
+def test_a_locally_coded_count_is_named_when_it_may_be_the_anc_and_quiet_otherwise(client, display, unit, extra, said):
+    """An ANC of 0.3 coded locally with an analyser's abbreviation (NEUT#, ABS NEUT, GRAN#) beside a normal count gave
+    no card; a withdrawn value, someone else's, another cell count or a viral load had made normal counts a warning
+    (red-team round 11)."""
+    count = obs("751-8", 0.3, unit, oid="local") | {"code": {"coding": [
+        {"system": "urn:oid:1.2.3.4.5", "code": "L1", "display": display}]}} | extra
+    cards = _patient_view(client, [obs("6690-2", 6.2, "10*9/L"), obs("751-8", 3.1, "10*9/L"), count])
+    if said is None:
+        assert all(c["indicator"] == "info" for c in cards) and not any("cannot be told" in c["detail"] for c in cards)
+    else:
+        [card] = cards
+        assert card["indicator"] == "warning" and said in card["detail"]

@@ -45,7 +45,7 @@ from .datatypes import (DECIMAL_TEXT, When, as_dict, as_list, as_str, code_label
                         is_number, not_a_result, partial_first_day, quantity_unit)
 from .duplicates import preferred
 from .lab_units import UnitConflict, factor_to_test_unit, readable_unit, value_unit
-from .unread import UNNAMED_COUNT, absent_value_reason, has_value, named_count_left_out
+from .unread import UNNAMED_COUNT, absent_value_reason, has_value, named_count_left_out, not_the_anc
 from .patient import holds_age
 from . import panels
 from .resources import Index, Item, other_focus, unreadable_time
@@ -177,10 +177,12 @@ def _unnamed_count(kb: KnowledgeBase, item: Item, loinc: list[str], key: str) ->
     """A value in a blood-cell-count unit (10*9/L, /uL ...) coded only in another system (SNOMED CT, a local code) and
     named nowhere: it may be the ANC (an ANC of 0.3 coded SNOMED 30630007 alone, beside a normal WBC, had given no
     card). A LOINC code leukodx does not read is another test's (a CD4 count): not named."""
-    q = as_dict(item.resource.get("valueQuantity"))
-    unit = quantity_unit(q)
-    if loinc or concept_text(item.resource.get("code")) or not is_number(q.get("value")) or not unit \
-            or factor_to_test_unit(unit, kb.tests["anc"]) is None:      # named (urine leukocytes): not the blood's
+    res = item.resource
+    q = as_dict(res.get("valueQuantity"))
+    unit, named = quantity_unit(q), concept_text(res.get("code"))
+    if loinc or (named and not_the_anc(named)) or not is_number(q.get("value")) or not unit or "{" in unit \
+            or not_a_result(as_str(res.get("status"))) or other_focus(item) \
+            or factor_to_test_unit(unit, kb.tests["anc"]) is None:   # ({copies}/mL: a viral load)
         return None
     return Problem(item.loc, f"a blood cell count ({fmt(q['value'])} {unit}) coded only {key}, with no LOINC code or "
                              f"name leukodx reads: {UNNAMED_COUNT}; not used")

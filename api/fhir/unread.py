@@ -17,7 +17,7 @@ from leukodx.engine.errors import Problem
 
 from .datatypes import codings, concept_text, as_str
 
-__all__ = ["named_count", "named_count_left_out", "absent_value_reason", "has_value", "UNNAMED_COUNT"]
+__all__ = ["named_count", "named_count_left_out", "absent_value_reason", "has_value", "not_the_anc", "UNNAMED_COUNT"]
 
 # said of a value in a blood-cell-count unit whose code and name leukodx cannot read: it may be the ANC
 UNNAMED_COUNT = "which count it is cannot be told"
@@ -25,12 +25,23 @@ UNNAMED_COUNT = "which count it is cannot be told"
 # in English and as European laboratories name them (Neutrofily, Neutrophile, neutrófilos, polynucléaires neutrophiles,
 # Leukozyten, leucocitos, leukocyty ...)
 _NAMES = (("anc", re.compile(r"\b(anc|absolute neutrophils?|(segmented |band )?neutr[oó](phil|fil|fíl)\w*|polynucl\w*|segs|"
-                             r"polys?\b|pmns?\b|granulo[cz]\w*)", re.I)),
+                             r"polys?\b|pmns?\b|granulo[cz]\w*|neut(?:#|\b)|abs\.? ?neut\w*|gran(?:#|\b)|agc\b|ne ?#)",
+                             re.I)),
           ("wbc", re.compile(r"\b(wbc|white (blood )?cells?|leu[ck]o[ckz]\w*|leucocit\w*)", re.I)))
 # not a blood count: antibodies, enzymes, markers, and counts in other fluids
 _NOT_A_COUNT = re.compile(r"antibod|\bab\b|\bigg|anca|phosphatase|elastase|gelatinase|esterase|\bcd\d|urin|"
                           r"\bcsf\b|fluid|stool|f(a)?eces|synovial|pleural|periton|ascit|dialys|sputum|bronch|"
                           r"lavage|semen", re.I)
+
+
+# other blood cells (platelets, red cells, lymphocytes ...): a count named so, coded otherwise, is not the ANC
+_OTHER_CELLS = re.compile(r"\b(plt|platelet|thrombo|rbc|red (blood )?cell|erythro|retic|lymph|mono|eos|baso|nrbc|"
+                          r"blast|cd\d|sperm|copies|viral load|rna|dna)", re.I)
+
+
+def not_the_anc(text: str) -> bool:
+    """A test's name that says it is not the blood's neutrophil count (urine leukocytes, platelets, a CD4 count)."""
+    return bool(_NOT_A_COUNT.search(text) or _OTHER_CELLS.search(text))
 
 
 def named_count(res: dict[str, Any]) -> Optional[str]:
