@@ -942,3 +942,24 @@ def test_an_order_coded_with_atc_alone_gets_its_check(engine):
     from leukodx.engine import OrderInput
     [c] = engine.check_orders([OrderInput(key="o", atc="L01BB02")], None, "poor", "normal")
     assert (c.drug, c.topic, c.priority) == ("mercaptopurine", "thiopurine_pgx", "critical")
+
+
+def test_a_named_medication_keeps_its_name_and_an_excipient_is_no_drug():
+    """'Imuran' sent with a methotrexate ingredient had been read as methotrexate (azathioprine lost); an ingredient
+    marked isActive false had been taken as the drug; a compounded product's name keeps its ingredient beside it."""
+    rx = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    def med(code, *ingredients):
+        return {"resourceType": "Medication", "id": "m", "code": code, "ingredient": list(ingredients)}
+    def read(medication):
+        request = med_request(id="r", authoredOn="2025-01-01", medicationReference={"reference": "#m"},
+                              contained=[medication])
+        case, _ = bundle_to_case(bundle(obs("6690-2", 2.8, code="10*9/L"), request))
+        return [(m.get("name"), m.get("rxnorm"), m.get("atc")) for m in case["medications"]]
+    mtx = {"itemCodeableConcept": {"coding": [{"system": rx, "code": "6851", "display": "methotrexate"}]}}
+    assert read(med({"text": "Imuran"}, mtx)) == [("Imuran (methotrexate)", None, None)]
+    assert read(med({"text": "Pharmacy compounded suspension"}, {"itemCodeableConcept": {"text": "azathioprine"}})) \
+        == [("Pharmacy compounded suspension (azathioprine)", None, None)]
+    excipient = {"isActive": False, "itemCodeableConcept": {"coding": [{"system": rx, "code": "1256"}]}}
+    atc = {"itemCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc", "code": "L01BB02"}]}}
+    assert read(med({"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "1"}]}, excipient, atc)) == [
+        (None, None, "L01BB02")]

@@ -298,16 +298,20 @@ def _med_concept(item: Item, index: Index, warnings: list[str], known: frozenset
 
 
 def medication_code(medication: Item, index: Index, known: frozenset[str]) -> dict[str, Any]:
-    """A Medication's drug: its ``code``, or, when that names no drug leukodx knows by RxNorm, the first ingredient
-    that does (``ingredient.itemCodeableConcept``, R5's ``item.concept``, or ``itemReference`` to a Medication), else the
-    first ingredient named when the code names nothing (a compounded azathioprine coded by NDC alone, with its
-    ingredient coded RxNorm 1256, had been 'not in the data')."""
+    """A Medication's drug: its ``code``; when that names no drug (no text, display or known RxNorm code), its first
+    active ingredient leukodx knows by RxNorm or ATC, else the first one named (``ingredient.itemCodeableConcept``,
+    R5's ``item.concept``, or ``itemReference`` to a Medication): a compounded azathioprine coded by NDC alone, its
+    ingredient RxNorm 1256, had been 'not in the data'. A named product keeps its name, with its ingredients' names
+    after it ("Pharmacy compounded suspension (azathioprine)"): a name is never replaced by an ingredient's (an
+    "Imuran" sent with a methotrexate ingredient stays azathioprine, the first name found)."""
     code = as_dict(medication.resource.get("code"))
     if _rxnorm(code, known)[0] in known:
         return code
     concepts = []
     for ingredient in as_list(medication.resource.get("ingredient")):
         ing = as_dict(ingredient)
+        if ing.get("isActive") is False:                # an excipient, not the drug
+            continue
         item = as_dict(ing.get("item"))
         concept = as_dict(ing.get("itemCodeableConcept")) or as_dict(item.get("concept"))
         ref = reference(ing.get("itemReference")) or reference(item.get("reference"))
@@ -316,12 +320,12 @@ def medication_code(medication: Item, index: Index, known: frozenset[str]) -> di
             concept = as_dict(target.resource.get("code"))
         if concept:
             concepts.append(concept)
-    first_known = next((c for c in concepts if _rxnorm(c, known)[0] in known), None)
-    if first_known is not None:
-        return first_known
-    if not concept_text(code) and not _rxnorm(code, known)[0]:
-        return next((c for c in concepts if concept_text(c) or _rxnorm(c, known)[0]), code)
-    return code
+    name = concept_text(code)
+    if name:
+        parts = [n for c in concepts if (n := concept_text(c) or _rxnorm(c, known)[1])]
+        return {**code, "text": f"{name} ({', '.join(parts)})"[:300]} if parts else code
+    first_known = next((c for c in concepts if _rxnorm(c, known)[0] in known or atc_code(c)), None)
+    return first_known or next((c for c in concepts if concept_text(c) or _rxnorm(c, known)[0]), code)
 
 
 def _rxnorm(concept: Optional[dict[str, Any]], known: frozenset[str]) -> tuple[Optional[str], Optional[str]]:
