@@ -963,3 +963,15 @@ def test_a_named_medication_keeps_its_name_and_an_excipient_is_no_drug():
     atc = {"itemCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc", "code": "L01BB02"}]}}
     assert read(med({"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "1"}]}, excipient, atc)) == [
         (None, None, "L01BB02")]
+
+
+def test_one_value_sent_in_two_units_is_not_a_conflict():
+    """The same ANC sent as 1.2 10*9/L and as 1200 /uL had been named a conflict ('nothing says which is right')."""
+    a = obs("751-8", 1.2, unit="10*9/L", code="10*9/L", rid="a")
+    b = obs("751-8", 1200, unit="/uL", code="/uL", rid="b")
+    c = obs("751-8", 1300, unit="/uL", code="/uL", rid="c")
+    case, warnings = bundle_to_case(bundle(a, b))
+    assert [lab["value"] for lab in case["labs"]] == [1.2]
+    assert has(warnings, "Observation/b", "with the same value") and not has(warnings, "conflicts")
+    case, warnings = bundle_to_case(bundle(a, c))          # a real disagreement still is one
+    assert has(warnings, "Observation/c", "conflicts with 1.2 10*9/L")

@@ -9,7 +9,7 @@ from leukodx.engine import OrderCheck
 
 __all__ = ["changed_order"]
 
-_MASS_DOSE_CODES = ("mg", "g", "ug", "mcg", "mg/kg", "mg/m2")   # doses a factor can scale into a prescription
+_MASS_DOSE_CODES = ("mg", "g", "ug", "mcg", "mg/kg", "mg/m2", "g/m2", "ug/m2")   # doses a factor can scale
 
 
 def _one_daily_dose(order: dict[str, Any]) -> bool:

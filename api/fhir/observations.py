@@ -203,7 +203,9 @@ def _keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int]
         return
     old = labs[at]
     when = f"at {lab.time.isoformat()}" if lab.time is not None else "without a time"
-    replace, warning, conflict = preferred(old.item, _shown(old), lab.item, _shown(lab), f"{lab.test} value {when}")
+    second = _shown(lab)       # one value in two units (1.2 10*9/L, 1200 /uL) is one value, not a conflict
+    first = second if _in_test_unit(old, spec) == _in_test_unit(lab, spec) is not None else _shown(old)
+    replace, warning, conflict = preferred(old.item, first, lab.item, second, f"{lab.test} value {when}")
     lower = _lower_count(old, lab, spec) if conflict else None
     if lower is not None:
         replace = lower is lab
@@ -229,6 +231,11 @@ def _lower_count(a: LabValue, b: LabValue, spec: dict[str, Any]) -> Optional[Lab
     except Exception:      # an unreadable unit: the engine names it
         return None
     return b if y < x else a
+
+
+def _in_test_unit(lab: LabValue, spec: dict[str, Any]) -> Optional[float]:
+    factor = factor_to_test_unit(lab.unit, spec) if is_number(lab.value) else None
+    return None if factor is None else round(float(lab.value) * factor, 9)
 
 
 def _shown(lab: LabValue) -> str:
