@@ -343,19 +343,28 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             warnings.append(f"medications[{i}] {text!r} was stopped on a day not given: it was treated as possibly stopped "
                             f"recently (a recent suspect), with no date for its last dose.")
         med_onco = oncologic_use(kb, med.indication, oncologic)
-        dose, per_day, why = dose_mg_kg_day(med.dose, case.patient.weight_kg)
-        top = match.drug.get("max_label_mg_kg_day")
-        if dose is not None and top and dose > top * kb.value("implausible_dose_factor"):
-            why = (f"{dose:.3g} mg/kg/day is more than {kb.value('implausible_dose_factor'):g} times the label's highest "
-                   f"dose ({top:g} mg/kg/day): taken as an entry or unit error and not used; check the dose and its unit")
-            dose = per_day = None
-        if why:
-            warnings.append(f"medications[{i}] {text!r}: {why}; dose-based rules were not applied to it.")
-        meds.append(NormMed(index=i, text=text, drug_id=match.drug["id"], drug_name=match.drug["name"],
-                            classes=_classes(match.drug, med_onco, conditions), status=med.status, start=start, end=end,
-                            dose_mg_kg_day=dose, dose_mg_day=per_day,
-                            daily_instead_of_weekly=bool(match.drug.get("weekly_when_non_oncologic") and not med_onco
-                                                         and dosed_daily(med.dose))))
+        matches = [match]
+        named = drugs.lookup(med.name, None) if med.name and (med.rxnorm or med.atc) else None
+        if named is not None and named.drug["id"] != match.drug["id"]:     # never one drug lost to the other
+            matches.append(named)
+            warnings.append(f"medications[{i}]: its code ({match.matched}) is {match.drug['name']} but its name "
+                            f"{med.name!r} is {named.drug['name']}: both were assessed; check which is given.")
+        for m in matches:
+            dose, per_day, why = dose_mg_kg_day(med.dose, case.patient.weight_kg)
+            top = m.drug.get("max_label_mg_kg_day")
+            if dose is not None and top and dose > top * kb.value("implausible_dose_factor"):
+                why = (f"{dose:.3g} mg/kg/day is more than {kb.value('implausible_dose_factor'):g} times the label's "
+                       f"highest dose ({top:g} mg/kg/day): taken as an entry or unit error and not used; check the dose "
+                       f"and its unit")
+                dose = per_day = None
+            said = f"medications[{i}] {text!r}: {why}; dose-based rules were not applied to it."
+            if why and said not in warnings:
+                warnings.append(said)
+            meds.append(NormMed(index=i, text=text, drug_id=m.drug["id"], drug_name=m.drug["name"],
+                                classes=_classes(m.drug, med_onco, conditions), status=med.status, start=start, end=end,
+                                dose_mg_kg_day=dose, dose_mg_day=per_day,
+                                daily_instead_of_weekly=bool(m.drug.get("weekly_when_non_oncologic") and not med_onco
+                                                             and dosed_daily(med.dose))))
 
     tpmt = nudt15 = None
     try:

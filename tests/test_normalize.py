@@ -203,3 +203,15 @@ def test_a_documented_benign_ethnic_neutropenia_is_read_as_duffy_null_when_no_st
     nc = normalize(kb, parse_case(base_case(patient=patient, history={"conditions": [text]})))
     assert nc.case.patient.duffy_null is read
     assert any("benign ethnic neutropenia" in w for w in nc.warnings) is (text != "Crohn's disease" and given is not True)
+
+
+@pytest.mark.parametrize("code", [{"rxnorm": "1256"}, {"atc": "L04AX01"}])
+def test_a_code_and_a_name_naming_two_drugs_are_both_assessed(kb, code):
+    """ATC (or RxNorm) azathioprine with the text 'Clozapine 100 mg' had been azathioprine alone: clozapine's
+    monitoring was lost without a word (red-team round 11). Both are kept and the disagreement named."""
+    case = base_case(medications=[{"name": "Clozapine 100 mg", **code, "start": "2025-01-01"}])
+    nc = normalize(kb, parse_case(case))
+    assert [m.drug_id for m in nc.meds] == ["azathioprine", "clozapine"]
+    assert any("but its name 'Clozapine 100 mg' is clozapine: both were assessed" in w for w in nc.warnings)
+    same = normalize(kb, parse_case(base_case(medications=[{"name": "Imuran 50 mg", **code, "start": "2025-01-01"}])))
+    assert [m.drug_id for m in same.meds] == ["azathioprine"] and not any("both were" in w for w in same.warnings)
