@@ -30,3 +30,10 @@ def test_no_tokens_or_case_values_in_the_logs(request):
             case_ids.append(doc["id"])
     leaked = [s for s in TOKENS + PLANTED + case_ids if s in logs]
     assert leaked == []
+
+
+def test_a_hostile_resource_id_is_masked_whole_in_the_log():
+    """An Observation id with spaces ('<img src=x onerror=alert(1)>') had been logged after its first word."""
+    from leukodx.api.cds.routes import _REF
+    logged = _REF.sub(r"\1/-", "prefetch 'observations'.entry[0].resource (Observation/<img src=x onerror=alert 1>); x")
+    assert logged == "prefetch 'observations'.entry[0].resource (Observation/-); x"

@@ -16,7 +16,7 @@ __all__ = ["safe_markdown"]
 _AUTOLINK = re.compile(r"<(https?://[^\s<>]+)>")
 # what makes a link of text: a scheme (before a non-space) or GFM's bare www.; checked by str.find on the lowered
 # text, which costs a small part of one regular expression over a card's few KB
-_SCHEMES = ("https:", "http:", "ftp:", "file:", "javascript:", "vbscript:", "data:", "www.")
+_SCHEMES = ("https:", "http:", "ftp:", "file:", "javascript:", "vbscript:", "data:", "mailto:", "www.")
 # the code systems a message names (a coding's system): their hosts are left as they are (followed by a path only:
 # https://hl7.org@evil.example is another host)
 _TERMINOLOGY = re.compile(r"(?i)https?://(?:[a-z0-9-]+\.)*(?:hl7\.org|loinc\.org|snomed\.info|unitsofmeasure\.org|"

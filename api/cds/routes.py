@@ -372,7 +372,8 @@ def _prefetch_mismatch(hook: HookRequest, templates: dict[str, str], patient_id:
     return out
 
 
-_REF = re.compile(r"\b([A-Z][A-Za-z]+)/[^\s,;:()]+")
+# a reference in a log line, masked up to the label's end (an id with spaces had been logged in part)
+_REF = re.compile(r"\b([A-Z][A-Za-z]+)/[^,;()]+")
 _LAB_AT = re.compile(r"labs\[(\d+)\]")        # a case problem's place: the lab it is about
 
 
