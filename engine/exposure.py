@@ -7,6 +7,7 @@ from datetime import date, datetime
 from typing import Any, Optional
 
 from .kb import KnowledgeBase
+from .pgx import cpic_pattern, cpic_reduced_dose
 from .normalize import NormCase, NormMed
 
 __all__ = ["suspect_meds", "patient_facts", "drug_facts", "active_interactions", "started_after", "earlier_anc_facts"]
@@ -140,7 +141,22 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
         interacting.update(name for side in interaction["names"] for name in side)
         if _dose_already_cut(interaction, nc):
             facts[f"interaction_{interaction['id']}_dose_already_cut"] = True
+    if _thiopurine_dose_already_reduced(kb, nc):
+        facts["thiopurine_dose_within_cpic_reduced"] = True
     _baseline_facts(kb, nc, facts, interacting)
+
+
+def _thiopurine_dose_already_reduced(kb: KnowledgeBase, nc: NormCase) -> bool:
+    """One gene intermediate (CPIC's 30-80% row), and every thiopurine taken now dosed at or below the upper end of
+    CPIC's reduced starting doses (pgx/dose_adjustments.yaml reduced_up_to_mg_kg_day: mercaptopurine 1.2): "if
+    normal starting dose is already < ... 1.5 mg/kg/day, dose reduction may not be recommended". A dose not known
+    is not taken as reduced."""
+    pattern = cpic_pattern(nc.tpmt.phenotype, nc.nudt15.phenotype)
+    if pattern != "one_intermediate":
+        return False
+    taken = [m for m in nc.meds if "thiopurine" in m.classes and _exposure(m, nc.as_of)[0]]
+    return bool(taken) and all(m.dose_mg_kg_day is not None and (top := cpic_reduced_dose(kb, m.drug_id or "", pattern))
+                               is not None and m.dose_mg_kg_day <= top + 1e-9 for m in taken)
 
 
 def _dose_already_cut(interaction: dict[str, Any], nc: NormCase) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import pgx
+from .pgx import cpic_pattern
 from .assessment import Assessment, GeneStatus
 from .kb import KnowledgeBase
 from .doses import dose_mg_kg_day, dose_mg_m2_day
@@ -26,20 +27,6 @@ from .vocabulary import DrugIndex, match_conditions
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
 
 _REDUCED_START = "start at a reduced dose (CPIC)"     # what an intermediate metabolizer's check says to do
-
-
-def _pattern(tpmt: str, nudt15: str) -> str:
-    if tpmt == "poor":
-        return "tpmt_poor"
-    if nudt15 == "poor":
-        return "nudt15_poor"
-    if tpmt in INTERMEDIATE and nudt15 in INTERMEDIATE:
-        return "both_intermediate"
-    if tpmt in INTERMEDIATE or nudt15 in INTERMEDIATE:
-        return "one_intermediate"
-    if tpmt == "normal" and nudt15 == "normal":
-        return "normal"
-    return "indeterminate"
 
 
 def _adjustment(kb: KnowledgeBase, drug: str, pattern: str) -> dict[str, Any]:
@@ -70,7 +57,7 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
                           detail=f"**{pheno}.** CPIC doses {name} by TPMT and NUDT15 phenotype; genotype "
                                  f"{' and '.join(unknown)} before starting, and monitor the CBC closely meanwhile.",
                           sources=["relling_cpic_2019"])
-    pattern = _pattern(*(g.phenotype if g.phenotype != "unknown" or not intermediate else "normal"
+    pattern = cpic_pattern(*(g.phenotype if g.phenotype != "unknown" or not intermediate else "normal"
                          for g in (tpmt, nudt15)))
     row = _adjustment(kb, did, pattern)
     rec = None if unknown else pgx.recommendation(kb, did, tpmt, nudt15)
@@ -145,7 +132,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             check = _thiopurine(kb, order, drug, t, n, malignant)
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
-                interacting = _already_reduced(kb, check, drug, order, _pattern(t.phenotype, n.phenotype))
+                interacting = _already_reduced(kb, check, drug, order, cpic_pattern(t.phenotype, n.phenotype))
             out.append(_with_current_count(kb, _above_label(kb, interacting, drug, order), assessment))
         elif drug["id"] == "clozapine":
             out.append(clozapine_check(kb, order, drug, assessment))

@@ -7,8 +7,10 @@ from typing import Optional
 
 from .assessment import CpicRecommendation, GeneStatus
 from .kb import KnowledgeBase
+from .order_models import INTERMEDIATE
 
-__all__ = ["resolve", "recommendation", "one_gene_recommendation", "result_in_text", "PhenotypeError", "CPIC_LABEL"]
+__all__ = ["resolve", "recommendation", "one_gene_recommendation", "result_in_text", "PhenotypeError", "CPIC_LABEL",
+           "cpic_pattern", "cpic_reduced_dose"]
 
 _WORDS = {
     "normal": "normal", "nm": "normal", "normal metabolizer": "normal", "wild type": "normal", "wildtype": "normal",
@@ -129,3 +131,29 @@ def _row(kb: KnowledgeBase, drug: str, t: str, n: str, untested: Optional[str] =
         classification=row["classification"],
         implications=[x for g in ("tpmt", "nudt15") if (x := row[f"{g}_implication"]) and x != "n/a" and g != untested],
         comments=row["comments"] or None, update_2024=row["superseded_note"] or None, sources=sources)
+
+
+
+def cpic_pattern(tpmt: str, nudt15: str) -> str:
+    """Which row pattern of pgx/dose_adjustments.yaml a TPMT and NUDT15 phenotype pair falls in (first match wins)."""
+    if tpmt == "poor":
+        return "tpmt_poor"
+    if nudt15 == "poor":
+        return "nudt15_poor"
+    if tpmt in INTERMEDIATE and nudt15 in INTERMEDIATE:
+        return "both_intermediate"
+    if tpmt in INTERMEDIATE or nudt15 in INTERMEDIATE:
+        return "one_intermediate"
+    if tpmt == "normal" and nudt15 == "normal":
+        return "normal"
+    return "indeterminate"
+
+
+def cpic_reduced_dose(kb: KnowledgeBase, drug: str, pattern: str) -> Optional[float]:
+    """The upper end of CPIC's reduced starting doses in mg/kg/day for the drug at the pattern
+    (``reduced_up_to_mg_kg_day``), None when the row gives none."""
+    for row in kb.dose_adjustments:
+        if row.get("pattern") == pattern and drug in row.get("drugs", []):
+            return (row.get("reduced_up_to_mg_kg_day") or {}).get(drug)
+    return None
+

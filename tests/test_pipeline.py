@@ -105,3 +105,15 @@ def test_what_a_partial_assessment_leaves_out_is_named_by_the_callers_index_and_
     assert left_out[0][1] == "unit: String should have at most 60 characters"
     assert "'furlongs'" in left_out[1][1] and "'parsecs'" in left_out[2][1]
     assert a.risk_tier.tier == "moderate"          # the ANC 0.8 the caller sent as labs[1] was assessed
+
+
+@pytest.mark.parametrize("mg_day,urgency", [(50, "routine"), (84, "routine"), (100, "urgent"), (None, "urgent")])
+def test_the_cpic_dose_step_is_routine_when_the_dose_is_already_within_cpics_reduced_range(engine, mg_day, urgency):
+    """TPMT intermediate on mercaptopurine 0.71 mg/kg/day (70 kg) had an urgent 'adjust to CPIC' step (vignette round
+    10): CPIC's reduced starting doses go up to 1.2 mg/kg/day (84 mg at 70 kg), 'dose reduction may not be
+    recommended' below its normal dose. 1.43 mg/kg/day, or a dose not known, keeps it urgent."""
+    med = {"name": "mercaptopurine", "start": "2025-01-01", **({"dose": {"value": mg_day, "unit": "mg/day"}}
+                                                              if mg_day else {})}
+    a = engine.assess(base_case(medications=[med], history={"tpmt": "intermediate", "nudt15": "normal"}))
+    [step] = [s for s in a.steps if s.id == "thiopurine_dose_per_cpic"]
+    assert step.urgency == urgency
