@@ -142,6 +142,24 @@ def test_clozapine_ordered_again_after_a_severe_count_on_an_earlier_course(engin
     assert c.cancel == "no"
 
 
+def test_benign_ethnic_neutropenia_gets_the_no_rechallenge_advice_below_0_5_too(engine):
+    """PMC9243911 Table 7 (BEN), severe neutropenia below 500/uL: interrupt, do not rechallenge unless the prescriber
+    determines benefits outweigh risks. A Duffy-null patient restarted after an ANC of 0.3 on clozapine had been
+    'may proceed', and a current 0.45 never said 'no rechallenge' (red-team round 11)."""
+    ben = {"age_years": 40, "sex": "male", "weight_kg": 80, "duffy_null": True}
+    again = engine.assess(base_case(patient=ben, labs=[lab("anc", 0.3, time="2024-02-19T08:00:00Z"), lab("wbc", 4.0),
+                                                       lab("anc", 2.5)],
+                                    medications=[EARLIER_COURSE, {"name": "clozapine", "start": "2025-03-10"}]))
+    assert "clozapine_rechallenge" in [x.id for x in again.alerts]
+    assert check(engine, CLOZ, again).summary.startswith("An earlier ANC on clozapine was below 0.5")
+    now = engine.assess(base_case(patient=ben, labs=[lab("wbc", 2.0), lab("anc", 0.45)],
+                                  medications=[{"name": "clozapine", "start": "2024-06-01"}]))
+    assert {"clozapine_no_rechallenge", "clozapine_neutropenia"} <= {x.id for x in now.alerts}
+    moderate = engine.assess(base_case(patient=ben, labs=[lab("wbc", 2.5), lab("anc", 0.8)],
+                                       medications=[{"name": "clozapine", "start": "2024-06-01"}]))
+    assert "clozapine_no_rechallenge" not in [x.id for x in moderate.alerts]      # BEN 0.5-1.0: continue
+
+
 def test_a_severe_count_before_clozapine_or_on_its_first_day_is_not_a_rechallenge(engine):
     """The count of the day a course starts is its baseline (as for a count low before a drug started); one
     from before any clozapine is not a count on clozapine."""
