@@ -19,7 +19,7 @@ from . import pgx
 from .pgx import cpic_pattern
 from .assessment import Assessment, GeneStatus
 from .kb import KnowledgeBase
-from .doses import dose_mg_kg_day, dose_mg_m2_day
+from .doses import dose_mg_kg_day, dose_mg_m2_day, dosed_daily
 from .order_models import INTERMEDIATE, Advice, DoseChange, OrderCheck, OrderInput
 from .order_others import clozapine_check, daily_instead_of_weekly, interactions_check, label_check, not_known
 from .vocabulary import DrugIndex, match_conditions
@@ -206,8 +206,8 @@ def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],
     (pgx/dose_adjustments.yaml ``reduced_up_to_mg_kg_day``, or ``reduced_up_to_mg_m2_day`` for a dose per body
     surface area): "dose reduction may not be recommended"."""
     row = _adjustment(kb, drug["id"], pattern)
-    if check.dose_change is None:
-        return check
+    if check.dose_change is None or not dosed_daily(order.dose):    # 75 mg/m2 once a week is no reduced daily dose
+        return check                                                 # (10.7 a day on average had been "already reduced")
     for key, dose, unit in (("reduced_up_to_mg_kg_day", dose_mg_kg_day(order.dose, order.weight_kg)[0], "mg/kg/day"),
                             ("reduced_up_to_mg_m2_day", dose_mg_m2_day(order.dose), "mg/m2/day")):
         reduced_to = row.get(key, {}).get(drug["id"])

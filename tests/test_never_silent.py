@@ -711,14 +711,17 @@ def test_ehr_text_on_a_card_is_never_a_link_an_image_html_or_a_heading(client, t
 
 
 def test_safe_markdown_keeps_the_knowledge_bases_links_and_code_systems_only():
-    from leukodx.api.cds.markdown import safe_markdown
+    from leukodx.api.cds.markdown import safe_markdown, safe_text
     link = next(s.link() for s in get_engine().kb.sources.values() if s.link())
     out = safe_markdown(f"- [x] cited <{link}> http://loinc.org <https://evil.example> javascript:x data:text/html")
     assert out == (f"- [x] cited <{link}> http://loinc.org \\<https[:]//evil.example\\> javascript[:]x "
                    f"data[:]text/html")
     # another host behind a code system's name, a bare www., an e-mail address; a word before a colon is a word
     out = safe_markdown("https://hl7.org@evil.example/x www.evil.example/login a@evil.example Lab data: 3 FILE:x")
-    assert out == "https[:]//hl7.org\\@evil.example/x www\\.evil.example/login a\\@evil.example Lab data: 3 FILE[:]x"
+    assert out == "https[:]//hl7.org[@]evil.example/x www\\.evil.example/login a[@]evil.example Lab data: 3 FILE[:]x"
+    # the summary is plain text: nothing escaped with backslashes, no link either
+    assert safe_text("Azathioprine <https://evil.example> a@b.c javascript:x") == \
+        "Azathioprine <https[:]//evil.example> a[@]b.c javascript[:]x"
 
 
 @pytest.mark.parametrize("status", ["entered-in-error", "cancelled"])

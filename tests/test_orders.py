@@ -346,6 +346,7 @@ def test_an_intermediate_metabolizers_order_already_within_cpics_reduced_range_i
     ("mercaptopurine", {"value": 75, "unit": "mg/m2/d"}, True),   # CPIC's normal starting dose: cut to 80%
     ("thioguanine", {"value": 40, "unit": "mg/(m2.d)"}, False),   # within CPIC's 20-48 mg/m2/day
     ("thioguanine", {"value": 60, "unit": "mg/m2/day"}, True),
+    ("mercaptopurine", "75 mg/m2 once weekly", True),            # a weekly dose is no reduced daily dose
 ])
 def test_a_dose_per_body_surface_area_already_within_cpics_reduced_range_is_not_cut_again(engine, drug, dose, cut):
     """CPIC, TPMT intermediate: mercaptopurine "e.g., start at 25-60 mg/m2/day ... if normal starting dose is already

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Optional
 from leukodx.engine import Assessment, NotAssessed, OrderCheck
 
 from .dose_update import changed_order
-from .markdown import safe_markdown
+from .markdown import safe_markdown, safe_text
 from ..fhir.datatypes import WITHDRAWN
 from ..fhir.unread import UNNAMED_COUNT
 from .models import Action, Card, Coding, Link, Source, Suggestion
@@ -74,6 +74,8 @@ def _n(x: float) -> str:
 
 
 def _summary(text: str) -> str:
+    """The card's plain-text summary under 140 characters, with no URL or e-mail address an EHR could link."""
+    text = safe_text(text)
     return text if len(text) < 140 else text[:136].rstrip() + "..."
 
 

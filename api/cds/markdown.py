@@ -2,16 +2,17 @@
 card's detail inside leukodx's own markdown, and must never become a link, an image, raw HTML or a script there
 (red-team round 10: `[Click here](javascript:alert(1))` in a drug's name was a live link, `<img onerror>` raw HTML).
 leukodx's own markdown uses bold, italics, lists and autolinks to its knowledge base's sources only, so the rest is
-neutralised on the whole detail: inline links and images lose their bracket, `<`, `>` and `@` are escaped, and a URL
-(or a bare www.) that is not one of the knowledge base's sources or a code system's (hl7.org, loinc.org ...) is
-written so that no renderer links it (`https[:]//...`). Line breaks
+neutralised on the whole detail: inline links and images lose their bracket, `<` and `>` are escaped, `@` is
+written `[@]` (GFM links an e-mail address even with its `@` escaped), and a URL (or a bare www.) that is not one of
+the knowledge base's sources or a code system's (hl7.org, loinc.org ...) is written so that no renderer links it
+(`https[:]//...`). The summary, plain text by the specification, gets the last two only (:func:`safe_text`). Line breaks
 in EHR text are removed where it is read (api/fhir/datatypes.py ``as_str``)."""
 from __future__ import annotations
 
 import re
 from functools import lru_cache
 
-__all__ = ["safe_markdown"]
+__all__ = ["safe_markdown", "safe_text"]
 
 _AUTOLINK = re.compile(r"<(https?://[^\s<>]+)>")
 # what makes a link of text: a scheme (before a non-space) or GFM's bare www.; checked by str.find on the lowered
@@ -51,8 +52,14 @@ def _defang(text: str) -> str:
 
 
 def _neutral(text: str) -> str:
-    return _defang(text.replace("\\", "\\\\").replace("<", "\\<").replace(">", "\\>").replace("@", "\\@")
+    return _defang(text.replace("\\", "\\\\").replace("<", "\\<").replace(">", "\\>").replace("@", "[@]")
                    .replace("](", "]\\(").replace("![", "!\\["))
+
+
+def safe_text(text: str) -> str:
+    """Plain text (a card's summary) with no scheme or e-mail address a renderer would link: ``https[:]//``,
+    ``name[@]host``; nothing escaped with backslashes, which plain text would show."""
+    return _defang(text.replace("@", "[@]"))
 
 
 def safe_markdown(text: str) -> str:
