@@ -15,7 +15,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = ["Case", "Lab", "Medication", "Dose", "Patient", "History", "Transplant", "SMEAR_FINDINGS",
            "TEMPERATURE_SITES", "MAX_LABS", "MAX_MEDICATIONS", "MAX_CONDITIONS", "MAX_TEXT", "MAX_UNIT",
-           "BODY_TEMPERATURE_C", "bare_temperature_scale"]
+           "BODY_TEMPERATURE_C", "bare_temperature_scale", "ATC_CODE"]
 
 BODY_TEMPERATURE_C = (25.0, 45.0)     # a body temperature in Celsius, hypothermia to hyperpyrexia (an input guard)
 
@@ -87,6 +87,9 @@ class Lab(_Model):
         return self
 
 
+ATC_CODE = r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$"     # a WHO ATC 5th-level code (a substance: L04AX01)
+
+
 class Dose(_Model):
     value: Annotated[Number, Field(ge=0)]
     unit: Annotated[str, Field(min_length=1, max_length=40)]
@@ -95,7 +98,7 @@ class Dose(_Model):
 class Medication(_Model):
     name: Optional[Text] = None
     rxnorm: Optional[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]] = None
-    atc: Optional[Annotated[str, Field(pattern=r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$")]] = None   # WHO ATC, 5th level
+    atc: Optional[Annotated[str, Field(pattern=ATC_CODE)]] = None   # WHO ATC, 5th level
     status: Literal["active", "stopped", "completed"] = "active"
     start: Optional[When] = None
     end: Optional[When] = None

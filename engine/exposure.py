@@ -7,7 +7,7 @@ from datetime import date, datetime
 from typing import Any, Optional
 
 from .kb import KnowledgeBase
-from .pgx import cpic_pattern, cpic_reduced_dose
+from .pgx import cpic_pattern, dose_adjustment
 from .normalize import NormCase, NormMed
 
 __all__ = ["suspect_meds", "patient_facts", "drug_facts", "active_interactions", "started_after", "earlier_anc_facts"]
@@ -155,8 +155,10 @@ def _thiopurine_dose_already_reduced(kb: KnowledgeBase, nc: NormCase) -> bool:
     if pattern != "one_intermediate":
         return False
     taken = [m for m in nc.meds if "thiopurine" in m.classes and _exposure(m, nc.as_of)[0]]
-    return bool(taken) and all(m.dose_mg_kg_day is not None and (top := cpic_reduced_dose(kb, m.drug_id or "", pattern))
-                               is not None and m.dose_mg_kg_day <= top + 1e-9 for m in taken)
+    tops = [dose_adjustment(kb, m.drug_id or "", pattern).get("reduced_up_to_mg_kg_day", {}).get(m.drug_id)
+            for m in taken]
+    return bool(taken) and all(m.dose_mg_kg_day is not None and top is not None and m.dose_mg_kg_day <= top + 1e-9
+                               for m, top in zip(taken, tops))
 
 
 def _dose_already_cut(interaction: dict[str, Any], nc: NormCase) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from .case import ATC_CODE
+
 if TYPE_CHECKING:
     from .kb import KnowledgeBase
 
@@ -80,7 +82,7 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         for cond in set(d.get("class_when_treating") or {}) - set(kb.conditions):
             problems.append(f"drugs.yaml: {d.get('id')}: class_when_treating names an unknown condition {cond!r}")
         for code in d.get("atc") or []:
-            if not re.fullmatch(r"[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}", str(code)):
+            if not re.match(ATC_CODE, str(code)):
                 problems.append(f"drugs.yaml: {d.get('id')}: atc {code!r} is not a WHO ATC 5th-level code")
     if any(d.get("atc") for d in kb.drugs) and not kb.atc_sources:
         problems.append("drugs.yaml: atc codes need atc_sources")

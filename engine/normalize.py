@@ -349,8 +349,9 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             matches.append(named)
             warnings.append(f"medications[{i}]: its code ({match.matched}) is {match.drug['name']} but its name "
                             f"{med.name!r} is {named.drug['name']}: both were assessed; check which is given.")
+        read_dose = dose_mg_kg_day(med.dose, case.patient.weight_kg)
         for m in matches:
-            dose, per_day, why = dose_mg_kg_day(med.dose, case.patient.weight_kg)
+            dose, per_day, why = read_dose
             top = m.drug.get("max_label_mg_kg_day")
             if dose is not None and top and dose > top * kb.value("implausible_dose_factor"):
                 why = (f"{dose:.3g} mg/kg/day is more than {kb.value('implausible_dose_factor'):g} times the label's "

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import pgx
-from .pgx import cpic_pattern
+from .pgx import cpic_pattern, dose_adjustment
 from .assessment import Assessment, GeneStatus
 from .kb import KnowledgeBase
 from .doses import dose_mg_kg_day, dose_mg_m2_day, dosed_daily
@@ -27,13 +27,6 @@ from .vocabulary import DrugIndex, match_conditions
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
 
 _REDUCED_START = "start at a reduced dose (CPIC)"     # what an intermediate metabolizer's check says to do
-
-
-def _adjustment(kb: KnowledgeBase, drug: str, pattern: str) -> dict[str, Any]:
-    for row in kb.dose_adjustments:
-        if row["pattern"] == pattern and drug in row["drugs"]:
-            return row
-    raise LookupError(f"pgx/dose_adjustments.yaml has no row for {drug}, {pattern}")   # rules check prevents it
 
 
 def _phenotype(status: GeneStatus) -> str:
@@ -59,7 +52,7 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
                           sources=["relling_cpic_2019"])
     pattern = cpic_pattern(*(g.phenotype if g.phenotype != "unknown" or not intermediate else "normal"
                          for g in (tpmt, nudt15)))
-    row = _adjustment(kb, did, pattern)
+    row = dose_adjustment(kb, did, pattern)
     rec = None if unknown else pgx.recommendation(kb, did, tpmt, nudt15)
     sources = list(dict.fromkeys([*row["sources"], *(rec.sources if rec else [])]))
     change = None
@@ -205,7 +198,7 @@ def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],
     """CPIC's cut left out when the dose ordered is already within its reduced starting doses for the phenotype
     (pgx/dose_adjustments.yaml ``reduced_up_to_mg_kg_day``, or ``reduced_up_to_mg_m2_day`` for a dose per body
     surface area): "dose reduction may not be recommended"."""
-    row = _adjustment(kb, drug["id"], pattern)
+    row = dose_adjustment(kb, drug["id"], pattern)
     if check.dose_change is None or not dosed_daily(order.dose):    # 75 mg/m2 once a week is no reduced daily dose
         return check                                                 # (10.7 a day on average had been "already reduced")
     for key, dose, unit in (("reduced_up_to_mg_kg_day", dose_mg_kg_day(order.dose, order.weight_kg)[0], "mg/kg/day"),

@@ -10,7 +10,7 @@ from .kb import KnowledgeBase
 from .order_models import INTERMEDIATE
 
 __all__ = ["resolve", "recommendation", "one_gene_recommendation", "result_in_text", "PhenotypeError", "CPIC_LABEL",
-           "cpic_pattern", "cpic_reduced_dose"]
+           "cpic_pattern", "dose_adjustment"]
 
 _WORDS = {
     "normal": "normal", "nm": "normal", "normal metabolizer": "normal", "wild type": "normal", "wildtype": "normal",
@@ -133,7 +133,6 @@ def _row(kb: KnowledgeBase, drug: str, t: str, n: str, untested: Optional[str] =
         comments=row["comments"] or None, update_2024=row["superseded_note"] or None, sources=sources)
 
 
-
 def cpic_pattern(tpmt: str, nudt15: str) -> str:
     """Which row pattern of pgx/dose_adjustments.yaml a TPMT and NUDT15 phenotype pair falls in (first match wins)."""
     if tpmt == "poor":
@@ -149,11 +148,10 @@ def cpic_pattern(tpmt: str, nudt15: str) -> str:
     return "indeterminate"
 
 
-def cpic_reduced_dose(kb: KnowledgeBase, drug: str, pattern: str) -> Optional[float]:
-    """The upper end of CPIC's reduced starting doses in mg/kg/day for the drug at the pattern
-    (``reduced_up_to_mg_kg_day``), None when the row gives none."""
+def dose_adjustment(kb: KnowledgeBase, drug: str, pattern: str) -> dict:
+    """The row of pgx/dose_adjustments.yaml for the drug at the pattern (the knowledge base check asks for exactly
+    one)."""
     for row in kb.dose_adjustments:
-        if row.get("pattern") == pattern and drug in row.get("drugs", []):
-            return (row.get("reduced_up_to_mg_kg_day") or {}).get(drug)
-    return None
-
+        if row["pattern"] == pattern and drug in row["drugs"]:
+            return row
+    raise LookupError(f"pgx/dose_adjustments.yaml has no row for {drug}, {pattern}")   # rules check prevents it

@@ -21,9 +21,8 @@ from typing import Any, Iterable, Mapping, Optional
 from leukodx.engine import Assessment, NotAssessed, OrderCheck
 
 from .dose_update import changed_order
+from ..fhir import UNNAMED_COUNT, WITHDRAWN
 from .markdown import safe_markdown, safe_text
-from ..fhir.datatypes import WITHDRAWN
-from ..fhir.unread import UNNAMED_COUNT
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
 __all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count",

@@ -19,12 +19,15 @@ The names below are the public API; everything else is internal to this package.
 """
 from .fetch import (MAX_BODY, MAX_CALL_BYTES, UNUSABLE, FetchError, FetchOutcome, address_allowed, check_url,
                     fetch_queries, fill_template, not_available, pages_note)
+from .datatypes import WITHDRAWN
+from .dosage import order_dose
 from .mapping import Mapped, bundle_to_case, map_bundle
-from .medications import OrderDrug, medication_name_and_code, order_dose, order_drugs
+from .medications import OrderDrug, medication_name_and_code, order_drugs
 from .pgx import pgx_results
 from .resources import MAX_DEPTH, MAX_RESOURCES, FhirMappingError, resources_from, resources_of_type
+from .unread import UNNAMED_COUNT
 
 __all__ = ["FhirMappingError", "Mapped", "map_bundle", "bundle_to_case", "resources_from", "resources_of_type",
            "pgx_results", "medication_name_and_code", "order_drugs", "order_dose", "OrderDrug", "MAX_DEPTH",
            "MAX_RESOURCES", "fetch_queries", "fill_template", "FetchError", "FetchOutcome", "UNUSABLE", "pages_note",
-           "not_available", "check_url", "address_allowed", "MAX_BODY", "MAX_CALL_BYTES"]
+           "not_available", "check_url", "address_allowed", "MAX_BODY", "MAX_CALL_BYTES", "WITHDRAWN", "UNNAMED_COUNT"]

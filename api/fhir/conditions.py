@@ -26,8 +26,8 @@ from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase, code_system
 from leukodx.engine.timeutil import utc_date
 
-from .datatypes import (PARTIAL_DATE, When, after, as_dict, as_str, codes, codings, concept_text, later_warning,
-                        parse_when)
+from .datatypes import (When, after, as_dict, as_str, codes, codings, concept_text, later_warning, parse_when,
+                        partial_day)
 from .resources import Item
 
 __all__ = ["map_conditions"]
@@ -102,11 +102,8 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
         text = f"suspected {text}"
     # without an onset, the day it was recorded bounds it (a "neutropenic fever" recorded in 2024 is not one now)
     raw = res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start") or res.get("recordedDate")
-    onset, _ = parse_when(raw)
-    if onset is None and PARTIAL_DATE.match(as_str(raw) or ""):   # "2020", "2020-05": its first day (a year-only
-        year, _, month = str(raw).strip().partition("-")           # onset had left a 2020 sepsis current)
-        onset = date(int(year), int(month or 1), 1) if int(year) >= 1 and 1 <= int(month or 1) <= 12 else None
-    return text, onset
+    onset, _ = parse_when(raw)      # "2020", "2020-05": its first day (a year-only onset had left a 2020 sepsis current)
+    return text, onset if onset is not None else partial_day(as_str(raw))
 
 
 def _status(concept: object) -> set[str]:
@@ -136,7 +133,7 @@ def _stale_episode(text: str, onset: Optional[When], ref: Optional[date], kb: Op
     age = (ref - day).days
     if age <= kb.value("current_temperature_max_age_days"):
         return None
-    named = {cid for cid in kb.episode_conditions | {"fever"} if (p := kb.conditions.get(cid)) and p.search(text)}
+    named = {cid for cid in kb.episode_conditions if (p := kb.conditions.get(cid)) and p.search(text)}
     if not named:
         return None
     if {"fever", "febrile_neutropenia"} & named:

@@ -233,14 +233,22 @@ def own_time(res: dict[str, Any]) -> tuple[Optional[When], list[str]]:
     return _first_when(_time_fields(res))
 
 
+def partial_day(text: Optional[str]) -> Optional[date]:
+    """The first day of a partial date ("2023" -> 2023-01-01, "2023-05" -> 2023-05-01); None for any other text."""
+    text = (text or "").strip()
+    if not PARTIAL_DATE.match(text):
+        return None
+    year, _, month = text.partition("-")
+    return date(int(year), int(month or 1), 1) if int(year) >= 1 and 1 <= int(month or 1) <= 12 else None
+
+
 def partial_first_day(res: dict[str, Any], label: str, warnings: list[str]) -> Optional[date]:
     """The first day of an Observation's time when it has only a partial one ("2023-05"), with a warning; None
     otherwise. Never undated: an undated value is taken as current, and a 2023 ANC had made today's critical card."""
     for name, raw in _time_fields(res):
         text = as_str(raw) or ""
-        year, _, month = text.partition("-")
-        if PARTIAL_DATE.match(text) and int(year) >= 1 and 1 <= int(month or 1) <= 12:
-            day = date(int(year), int(month or 1), 1)
+        day = partial_day(text)
+        if day is not None:
             warnings.append(f"{label}: {name} {text!r}, a partial date, was dated by its first day ({day}): a value "
                             f"of that time is history, never the current count.")
             return day

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Optional
 
+from leukodx.engine.case import ATC_CODE
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_date
@@ -267,7 +268,7 @@ def _drug(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: list
 
 # WHO's ATC as FHIR names it (http://www.whocc.no/atc) and as feeds converted from CDA name it (its HL7 OID)
 _ATC_SYSTEMS = frozenset({"http://www.whocc.no/atc", "https://www.whocc.no/atc", "urn:oid:2.16.840.1.113883.6.73"})
-_ATC_CODE = re.compile(r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$")
+_ATC_CODE = re.compile(ATC_CODE)
 
 
 def atc_code(concept: Any) -> Optional[str]:

@@ -38,7 +38,6 @@ from typing import Any, Optional
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_date, utc_naive
-from leukodx.engine.units import conversion_factor
 
 from .components import lab_components
 from .datatypes import (DECIMAL_TEXT, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
@@ -224,16 +223,16 @@ def _keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int]
 def _lower_count(a: LabValue, b: LabValue, spec: dict[str, Any]) -> Optional[LabValue]:
     """The lower of two values of a blood count (in the test's unit), None for another test or when a
     unit cannot be converted."""
-    if spec.get("dimension") != "count_per_volume" or not (is_number(a.value) and is_number(b.value)):
+    if spec.get("dimension") != "count_per_volume":
         return None
-    try:
-        x, y = (float(v.value) * conversion_factor(v.unit, spec["dimension"], spec["unit"]).factor for v in (a, b))
-    except Exception:      # an unreadable unit: the engine names it
+    x, y = _in_test_unit(a, spec), _in_test_unit(b, spec)
+    if x is None or y is None:      # an unreadable unit: the engine names it
         return None
     return b if y < x else a
 
 
 def _in_test_unit(lab: LabValue, spec: dict[str, Any]) -> Optional[float]:
+    """The value in the test's unit (None when it is no number or its unit cannot be read)."""
     factor = factor_to_test_unit(lab.unit, spec) if is_number(lab.value) else None
     return None if factor is None else round(float(lab.value) * factor, 9)
 
