@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import durable_rules_engine
+from pydantic_core import to_json
 
 from . import conditions as C
 from .errors import KnowledgeBaseError, ReasoningError
@@ -117,7 +118,7 @@ class DurableReasoner:
         # Only what this ruleset's rules read: a fact's size is bounded by the knowledge base, not by the case.
         fact = {k: v for k, v in facts.items() if k in reads}
         fact.update(kind="case", sid=SESSION)
-        text = json.dumps(fact)
+        text = _json(fact)
         fired: set[str] = set()
         with _LOCK:
             try:
@@ -150,6 +151,14 @@ class DurableReasoner:
                 raise ReasoningError(f"durable-rules could not retract a case from {ruleset}: {e}") from e
         fired.discard(_CATCH_ALL)
         return {self._rule_of[name] for name in fired}
+
+
+def _json(fact: dict[str, Any]) -> str:
+    """The fact as durable-rules reads it: pydantic-core's encoder (a quarter of ``json.dumps``'s time; the same
+    text for every float :func:`typed_facts` lets through), or ``json.dumps``'s ASCII escapes when a text holds
+    another letter, as the rulesets' definitions were written."""
+    text = to_json(fact).decode()
+    return text if text.isascii() else json.dumps(fact)
 
 
 class PlainEvaluator:

@@ -719,6 +719,11 @@ def test_safe_markdown_keeps_the_knowledge_bases_links_and_code_systems_only():
     # another host behind a code system's name, a bare www., an e-mail address; a word before a colon is a word
     out = safe_markdown("https://hl7.org@evil.example/x www.evil.example/login a@evil.example Lab data: 3 FILE:x")
     assert out == "https[:]//hl7.org[@]evil.example/x www\\.evil.example/login a[@]evil.example Lab data: 3 FILE[:]x"
+    # at the very start, after a colon, in any case, beside letters outside ASCII (the work is on UTF-8 bytes)
+    assert safe_markdown("javascript:a :JavaScript:b ü https://x.example é www.y <ü>") == \
+        "javascript[:]a :JavaScript[:]b ü https[:]//x.example é www\\.y \\<ü\\>"
+    assert safe_markdown("Lab data: x, vbscript:y mailto:z xhttps://a") == \
+        "Lab data: x, vbscript[:]y mailto[:]z xhttps://a"      # a scheme inside a word is not one
     # the summary is plain text: nothing escaped with backslashes, no link either
     assert safe_text("Azathioprine <https://evil.example> a@b.c javascript:x") == \
         "Azathioprine <https[:]//evil.example> a[@]b.c javascript[:]x"

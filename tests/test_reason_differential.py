@@ -53,7 +53,7 @@ def _value(name: str):
     if t is float:
         pool = sorted(CONSTS.get(name, set()) | {0.0, 1.0, 100.0})
         return st.one_of(st.sampled_from(pool), st.floats(min_value=0, max_value=500, allow_nan=False))
-    return st.sampled_from(sorted(CONSTS.get(name, set()) | {"other"}))
+    return st.sampled_from(sorted(CONSTS.get(name, set()) | {"other", "pöor"}))   # "pöor": not ASCII
 
 
 facts_strategy = st.fixed_dictionaries({}, optional={name: _value(name) for name in sorted(TYPES)})
@@ -129,6 +129,22 @@ def test_a_case_leaves_its_rulesets_session_empty():
         left = durable_rules_engine.get_facts(reasoner._handles[ruleset], SESSION)
         assert json.loads(left) == [], (ruleset, left)
     assert fired_any
+
+
+def test_a_text_outside_ascii_reaches_durable_rules_as_its_rulesets_are_written(monkeypatch):
+    """durable-rules compares texts as written: a ruleset written with JSON's ASCII escapes does not match
+    the same letter sent unescaped (measured: {"x": "p\\u00e9"} in a rule, "p\u00e9" in UTF-8 in a fact, no
+    firing). The rulesets are written by ``json.dumps`` (escaped), so a fact holding such a letter must be too."""
+    from leukodx.engine import reason
+    sent: list[str] = []
+    real = reason.durable_rules_engine.assert_fact
+    monkeypatch.setattr(reason.durable_rules_engine, "assert_fact",
+                        lambda handle, text: (sent.append(text), real(handle, text))[1])
+    ruleset = next(k for k, rules in KB.rulesets.items() for r in rules for f in r.facts if TYPES.get(f) is str)
+    text_fact = next(f for r in KB.rulesets[ruleset] for f in r.facts if TYPES.get(f) is str)
+    facts = typed_facts({text_fact: "pöor"})
+    assert DurableReasoner(KB).fire(ruleset, facts) == PLAIN.fire(ruleset, facts)
+    assert sent and sent[0].isascii() and json.loads(sent[0])[text_fact] == "pöor"
 
 
 def test_a_case_left_in_a_session_is_an_error_never_an_empty_answer(monkeypatch):
