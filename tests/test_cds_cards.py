@@ -21,3 +21,18 @@ def test_numbers_are_at_the_labs_resolution_and_the_source_is_primary(client, kb
     for c in cards:
         for s in c.get("suggestions") or []:
             assert isinstance(s["isRecommended"], bool)
+
+
+def test_the_knowledge_bases_own_lines_are_made_safe_as_the_rest():
+    """A card's sources and disclaimer are the knowledge base's text, made safe once per process (the rest of the
+    detail on every call): a citation that held markup would still reach the card escaped."""
+    from leukodx.api.cds.cards import assessment_cards
+    from leukodx.engine import get_engine
+    from pathlib import Path
+    a = get_engine().assess(Path(__file__).parents[1] / "cases" / "thiopurine" /
+                            "tpmt-poor-azathioprine-severe-neutropenia.yaml")
+    [card] = assessment_cards(a, "h", "p1")
+    cited = next(sid for sid in sorted(a.sources) if f"- [{sid}] " in card.detail)
+    hostile = a.sources[cited].model_copy(update={"citation": "<img src=x onerror=alert(1)> [see](javascript:x)"})
+    [card] = assessment_cards(a.model_copy(update={"sources": {**a.sources, cited: hostile}}), "h", "p1")
+    assert f"- [{cited}] \\<img src=x onerror=alert(1)\\> [see]\\(javascript[:]x)" in card.detail

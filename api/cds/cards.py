@@ -22,7 +22,7 @@ from leukodx.engine import Assessment, NotAssessed, OrderCheck
 
 from .dose_update import changed_order
 from ..fhir import UNNAMED_COUNT, WITHDRAWN
-from .markdown import safe_markdown, safe_text
+from .markdown import safe_kb_line, safe_markdown, safe_text
 from .models import Action, Card, Coding, Link, Source, Suggestion
 
 __all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count",
@@ -84,9 +84,10 @@ def _source(label: str, topic: str, url: Optional[str] = None) -> Source:
 
 
 def _card(hook_instance: str, key: str, summary: str, indicator: str, detail: str, source: Source,
-          suggestions: Optional[list[Suggestion]] = None, selection: Optional[str] = None) -> Card:
+          suggestions: Optional[list[Suggestion]] = None, selection: Optional[str] = None, safe_tail: str = "") -> Card:
+    """``detail`` made safe (:func:`safe_markdown`), then ``safe_tail``, markdown made safe already."""
     return Card(uuid=card_id(hook_instance, *key.split("|")), summary=_summary(summary), indicator=indicator,
-                detail=safe_markdown(detail), source=source, suggestions=suggestions or None,
+                detail=safe_markdown(detail) + safe_tail, source=source, suggestions=suggestions or None,
                 selectionBehavior=selection if suggestions else None, overrideReasons=OVERRIDE_REASONS)
 
 
@@ -135,7 +136,9 @@ def _headline(a: Assessment) -> str:
     return "; ".join(parts) or f"Blood count findings ({_drawn(a)})"
 
 
-def _detail(a: Assessment) -> str:
+def _detail(a: Assessment) -> tuple[str, str]:
+    """The assessment card's detail: what the case gave (to be made safe), and its sources and disclaimer, the
+    knowledge base's text only, made safe already."""
     t = a.risk_tier
     lines = [(f"**Blood count of {_drawn(a)}.** " if a.cbc.tests else "**No blood count.** ") + a.cbc.note,
              f"**Risk tier:** {t.tier}" + (f" - ANC {_n(t.anc)} x10^9/L ({(t.anc_source or '').replace('_', ' ')})"
@@ -166,13 +169,10 @@ def _detail(a: Assessment) -> str:
         lines += ["", "**Would sharpen the assessment:** " + "; ".join(m.item.split(":")[0] for m in a.missing_data)]
     cited = sorted({s for c in a.causes[:5] for s in c.sources} | {s for x in a.alerts for s in x.sources} |
                    {s for x in a.steps for s in x.sources})
-    if cited:
-        lines += ["", "**Sources**"]
-        for sid in cited:
-            link = a.sources[sid].link()
-            lines.append(f"- [{sid}] {a.sources[sid].citation}" + (f" <{link}>" if link else ""))
-    lines += ["", f"_{a.disclaimer}_"]
-    return "\n".join(lines)
+    sources = [(sid, a.sources[sid].citation, a.sources[sid].link()) for sid in cited]
+    tail = ["", "**Sources**"] + [safe_kb_line(f"- [{sid}] {text}" + (f" <{link}>" if link else ""))
+                                  for sid, text, link in sources] if cited else []
+    return "\n".join(lines), "\n".join(["", *tail, "", safe_kb_line(f"_{a.disclaimer}_")])
 
 
 def _service_request(patient_id: Optional[str], code: Optional[dict[str, Any]], text: str, reason: str
@@ -254,8 +254,9 @@ def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str
                 type="create", description="Create a ServiceRequest for a CBC with automated differential",
                 resource=_service_request(patient_id, CBC_WITH_DIFFERENTIAL, "CBC with differential",
                                           step.reasons[0]))])]
-    return [_card(hook_instance, "assessment", _headline(a), priority, _detail(a),
-                  _source(f"leukodx knowledge base {a.kb_version}", "assessment", url), suggestions, "any")]
+    body, tail = _detail(a)
+    return [_card(hook_instance, "assessment", _headline(a), priority, body,
+                  _source(f"leukodx knowledge base {a.kb_version}", "assessment", url), suggestions, "any", tail)]
 
 
 def _data_card(hook_instance: str, key: str, summary: str, detail: str, indicator: str = "info",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-__all__ = ["safe_markdown", "safe_text"]
+__all__ = ["safe_markdown", "safe_text", "safe_kb_line"]
 
 # The work is done on the text's UTF-8 bytes: a card's detail holds letters outside ASCII (a citation's "ü", a
 # "≥"), which put str.lower and str.replace on their slow path. Every marker looked for is ASCII, and no byte of a
@@ -87,3 +87,10 @@ def safe_markdown(text: str) -> str:
             at = m.end()
     out.append(_neutral(data[at:]))
     return b"".join(out).decode("utf-8", "surrogatepass")
+
+
+@lru_cache(maxsize=4096)
+def safe_kb_line(text: str) -> str:
+    """:func:`safe_markdown` of a line of the knowledge base's own text (a source's citation, the disclaimer: never
+    a case's, so nothing of a patient is kept), made once per process."""
+    return safe_markdown(text)
