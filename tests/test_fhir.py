@@ -544,6 +544,34 @@ def test_an_acute_episode_left_active_for_months_and_an_abatement_still_to_come_
     assert not {"pneumonia", "fever"} & set(a.conditions)      # (the sepsis of 2025-02-20 is current)
 
 
+def test_an_acute_episode_whose_onset_is_an_age_or_a_text_is_placed_in_time():
+    """A sepsis 'active' with onsetAge 5 years (of a patient born in 1970) had been read as undated, so current: a mild
+    neutropenia became 'emergency department now'. An onset given as an age is placed by the birth date (a Range of
+    ages by its upper bound, the latest it can have begun), one given as text by the date or the one year it names;
+    text that names no date ('in childhood') and an age with no birth date leave it dated by when it was recorded."""
+    def cond(text, **more):
+        return {"resourceType": "Condition", "code": {"text": text}, "clinicalStatus": {"coding": [{"code": "active"}]},
+                **more}
+    def age(value, unit="a"):
+        return {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+    patient = {"resourceType": "Patient", "id": "p", "birthDate": "1970-01-01", "gender": "female"}
+    conditions = [cond("Sepsis", onsetAge=age(5)), cond("Pneumonia", onsetRange={"low": age(20), "high": age(30)}),
+                  cond("Febrile neutropenia", onsetString="since March 2019"), cond("Malaria", onsetString="2024-12-20"),
+                  cond("Influenza", onsetAge=age(660, "mo")),   # 55 years: 2025-01-01, 68 days before the lab
+                  cond("COVID-19", onsetString="in childhood")]
+    case, warnings = bundle_to_case(bundle(patient, WBC, *conditions))         # judged at the lab's date, 2025-03-10
+    assert case["history"]["conditions"] == [
+        "history of Sepsis", "history of Pneumonia", "history of Febrile neutropenia", "Malaria", "Influenza",
+        "COVID-19"]
+    assert has(warnings, "an acute illness recorded with its onset on 1975-01-01", "read as past")
+    assert has(warnings, "onset on 2000-01-01") and has(warnings, "onset on 2019-01-01")
+    # no birth date: the age cannot be placed, and it says so; the recorded date still bounds it
+    case, warnings = bundle_to_case(bundle(WBC, cond("Sepsis", onsetAge=age(5), recordedDate="2020-01-01"),
+                                           cond("Pneumonia", onsetAge=age(5))))
+    assert case["history"]["conditions"] == ["history of Sepsis", "Pneumonia"]
+    assert has(warnings, "its onset is an age that cannot be placed in time")
+
+
 def test_nested_bundles_contained_resources_and_empty_entries():
     inner = bundle(obs("751-8", 0.7, code="10*9/L"), kind="searchset")
     inner["entry"].append({"fullUrl": "https://ehr.example/fhir/Observation/x", "search": {"mode": "outcome"}})

@@ -5,7 +5,9 @@ each text once (case-insensitively), when it was current at the date the case is
 whose verification status is unconfirmed, provisional or differential is given as "suspected <text>",
 which the vocabulary treats as a suspicion (rules/conditions.yaml ``not_a_diagnosis``):
 
-* its onset is not after that date (a later one did not exist then: left out with a warning);
+* its onset is not after that date (a later one did not exist then: left out with a warning). The onset is
+  ``onsetDateTime`` or ``onsetPeriod.start``; an ``onsetAge`` (or an ``onsetRange`` of ages, by its upper bound)
+  placed by the patient's birth date; the date, or the one year, an ``onsetString`` names; else ``recordedDate``;
 * it had not abated by then: an ``abatementDateTime`` (or ``abatementPeriod.end``) on or before the
   date leaves it out, whatever its clinical status says (with a warning when the status still says
   active); a resolved or inactive condition whose abatement is after the date was still current then
@@ -28,6 +30,7 @@ from leukodx.engine.timeutil import utc_date
 
 from .datatypes import (When, after, as_dict, as_str, codes, codings, concept_text, later_warning, parse_when,
                         partial_day)
+from .patient import reached_age
 from .resources import Item
 
 __all__ = ["map_conditions"]
@@ -38,14 +41,15 @@ CONDITION_UNCERTAIN_VERIFICATION = ("unconfirmed", "provisional", "differential"
 
 
 def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], kb: Optional[KnowledgeBase] = None,
-                   unread: Optional[list[Problem]] = None) -> list[str]:
-    """The texts of the patient's Conditions current at ``ref``, in input order."""
+                   unread: Optional[list[Problem]] = None, born: Optional[date] = None) -> list[str]:
+    """The texts of the patient's Conditions current at ``ref``, in input order; ``born``, the patient's birth date,
+    places an onset given as an age."""
     texts: dict[str, str] = {}
     later: list[str] = []
     for item in mine:
         if item.type != "Condition":
             continue
-        mapped = _condition(item, ref, warnings, kb, unread)
+        mapped = _condition(item, ref, warnings, kb, unread, born)
         if mapped is None:
             continue
         text, onset = mapped
@@ -64,7 +68,8 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], k
 
 
 def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optional[KnowledgeBase] = None,
-               unread: Optional[list[Problem]] = None) -> Optional[tuple[str, Optional[When]]]:
+               unread: Optional[list[Problem]] = None, born: Optional[date] = None
+               ) -> Optional[tuple[str, Optional[When]]]:
     res = item.resource
     clinical, verification = _status(res.get("clinicalStatus")), _status(res.get("verificationStatus"))
     if verification & set(CONDITION_SKIP_VERIFICATION):
@@ -100,10 +105,45 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
     if uncertain:   # read as a suspicion: the vocabulary sets it aside (a suspicion of sepsis still counts)
         warnings.append(f"{item.label}: verification status {', '.join(uncertain)}: read as suspected {text!r}.")
         text = f"suspected {text}"
+    raw = res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start")
+    if not raw and (res.get("onsetAge") or res.get("onsetRange")):
+        at = _onset_at_age(res, born)       # a sepsis "at age 5" of a 56-year-old had been an active one
+        if at is not None:
+            return text, at
+        warnings.append(f"{item.label}: its onset is an age that cannot be placed in time (no birth date, or not an "
+                        f"age in years, months, weeks or days); dated by when it was recorded, if it was.")
+    if not raw and (said := _said_when(as_str(res.get("onsetString")))) is not None:
+        return text, said                   # "2019-03-04"; "since 1998": that year's first day
     # without an onset, the day it was recorded bounds it (a "neutropenic fever" recorded in 2024 is not one now)
-    raw = res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start") or res.get("recordedDate")
+    raw = raw or res.get("recordedDate")
     onset, _ = parse_when(raw)      # "2020", "2020-05": its first day (a year-only onset had left a 2020 sepsis current)
     return text, onset if onset is not None else partial_day(as_str(raw))
+
+
+_YEAR = re.compile(r"(?<![0-9])(1[89][0-9]{2}|2[0-9]{3})(?![0-9])")
+
+
+def _said_when(text: Optional[str]) -> Optional[When]:
+    """When an onset's text says it began: a FHIR date in it, else the first day of the one year it names ("since
+    March 2019"), else None ("in childhood", "two weeks ago", two years)."""
+    if not text:
+        return None
+    when = parse_when(text)[0] or partial_day(text)
+    if when is not None:
+        return when
+    years = set(_YEAR.findall(text))
+    return date(int(years.pop()), 1, 1) if len(years) == 1 else None
+
+
+def _onset_at_age(res: dict, born: Optional[date]) -> Optional[date]:
+    """The day of an onset given as an Age, or as a Range of ages by its upper bound (the latest it can have begun:
+    what is older than a limit at that day was older still at any other)."""
+    if born is None:
+        return None
+    if res.get("onsetAge"):
+        return reached_age(born, res.get("onsetAge"))
+    span = as_dict(res.get("onsetRange"))
+    return reached_age(born, span.get("high") or span.get("low"))
 
 
 def _status(concept: object) -> set[str]:

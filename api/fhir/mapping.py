@@ -182,7 +182,7 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         raise nothing
     unread_conditions: list[Problem] = []
     conditions = [_fitted_text(c, "a Condition's text", warnings) for c in
-                  map_conditions(mine, ref, warnings, kb, unread_conditions)]
+                  map_conditions(mine, ref, warnings, kb, unread_conditions, birth_date(choice))]
     left_out += [NotAssessed(field=p.loc or "Condition", reason=p.msg) for p in unread_conditions]
     if len(conditions) > MAX_CONDITIONS:
         left_out.append(NotAssessed(field="Condition", value=f"{len(conditions) - MAX_CONDITIONS} conditions",

@@ -12,6 +12,7 @@ mapping refuse to merge two of them.
 """
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -22,7 +23,7 @@ from .resources import REFERENCE, Item, subject_ref
 from .vitals import Weight, latest_weight
 
 __all__ = ["PatientChoice", "choose_patient", "duffy_status", "belongs", "subjects", "several_subjects", "demographics",
-           "default_id", "birth_date", "completed_age", "holds_age"]
+           "default_id", "birth_date", "completed_age", "holds_age", "reached_age"]
 
 SEXES = ("female", "male", "other", "unknown")
 RACE_EXT = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
@@ -215,6 +216,24 @@ def completed_age(born: date, at: date, unit: str) -> int:
 _AGE_UNITS = {"a": "years", "mo": "months", "wk": "weeks", "d": "days"}     # UCUM, and the words
 _AGE_UNITS |= {word + plural: word + "s" for word in ("year", "month", "week", "day") for plural in ("", "s")}
 _DAYS_IN = {"years": 365.25, "months": 30.4375, "weeks": 7, "days": 1}
+
+
+def reached_age(born: date, age: Any) -> Optional[date]:
+    """The day a patient born on ``born`` reached ``age`` (a FHIR Age: years, months, weeks or days): whole years and
+    months on the calendar (the 29th of February's birthday in a common year on the 28th), the rest in days; None
+    when it cannot be read or lies beyond the calendar."""
+    q = as_dict(age)
+    value, unit = q.get("value"), _AGE_UNITS.get((quantity_unit(q) or "").strip().lower())
+    if not is_number(value) or unit is None or value < 0:
+        return None
+    try:
+        if float(value).is_integer() and unit in ("years", "months"):
+            year, month = divmod(born.month - 1 + int(value) * (12 if unit == "years" else 1), 12)
+            year, month = born.year + year, month + 1
+            return date(year, month, min(born.day, calendar.monthrange(year, month)[1]))
+        return born + timedelta(days=float(value) * _DAYS_IN[unit])
+    except (OverflowError, ValueError):     # beyond year 9999
+        return None
 
 
 def holds_age(age: Any, aged: Optional[tuple[date, date]]) -> bool:
