@@ -129,3 +129,15 @@ def test_the_drug_within_its_onset_window_is_named_first(engine):
     cause = next(c for c in engine.assess(base_case(labs=[lab("wbc", 1.4), lab("anc", 0.2)], medications=both_out)).causes
                  if c.id == "idiosyncratic_drug_agranulocytosis")
     assert cause.agents == ["propylthiouracil", "methimazole"]
+
+
+def test_a_normal_copper_ranks_copper_deficiency_after_every_cause_with_evidence_left(engine):
+    """After gastric bypass with anaemia and neutropenia, a measured normal copper had left copper deficiency third,
+    above aplastic anaemia: the normal level outweighs the setting. A low copper makes it the leading cause."""
+    labs = [lab("wbc", 2.5), lab("anc", 0.8), lab("hemoglobin", 9.6, "g/dL"), lab("platelets", 185), lab("mcv", 93, "fL")]
+    case = base_case(patient={"sex": "female", "age_years": 58}, history={"conditions": ["gastric bypass"]})
+    normal = engine.assess({**case, "labs": labs + [lab("copper", 96, "ug/dL")]})
+    copper = next(c for c in normal.causes if c.id == "copper_deficiency")
+    assert copper.score <= 0 and copper.rank == len(normal.causes) and copper.likelihood == "less_likely"
+    low = engine.assess({**case, "labs": labs + [lab("copper", 30, "ug/dL")]})
+    assert low.causes[0].id == "copper_deficiency"
