@@ -115,6 +115,9 @@ def test_clozapine_against_the_label_threshold(engine, anc, priority):
     c = check(engine, CLOZ, a)
     assert (c.topic, c.priority) == ("clozapine_anc", priority)
     assert (c.cancel == "recommended") is (priority == "critical")
+    # the patient's own assessment says it as loudly as the order check: at 0.8 the label interrupts clozapine today
+    # (the patient-view card had been a warning)
+    assert a.priority == ("critical" if anc < 1.0 else "info")
 
 
 def test_clozapine_without_a_current_anc_asks_for_a_baseline(engine):
