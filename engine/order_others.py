@@ -20,8 +20,10 @@ def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], 
     base = {"order": order.key, "drug": drug["id"], "drug_name": drug["name"], "topic": "clozapine_anc",
             "sources": list(spec["sources"])}
     alert = next((x for x in a.alerts if x.id == "clozapine_neutropenia"), None) if a else None
+    # the ANC as reported: "<0.5" is not "0.5", which is not below 0.5 (the comparator had been dropped)
+    anc = f"{a.risk_tier.anc_comparator or ''}{a.risk_tier.anc:g}" if a and a.risk_tier.anc is not None else None
     if alert is not None:
-        shown = a.risk_tier.anc if a.risk_tier.anc is not None else f"at most {a.risk_tier.anc_at_most:g}"
+        shown = anc if anc is not None else f"at most {a.risk_tier.anc_at_most:g}"
         entry = spec["below_threshold"]
         return OrderCheck(**base, priority=entry["priority"], cancel="recommended",
                           summary=entry["summary"].format(anc=shown, **numbers), detail=alert.description)
@@ -43,10 +45,10 @@ def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], 
         # draft the assessment left out had been told "continue, ANC three times a week" at ANC 0.4)
         entry = spec["below_threshold"]
         return OrderCheck(**base, priority=entry["priority"], cancel="recommended",
-                          summary=entry["summary"].format(anc=f"{a.risk_tier.anc:g}", **numbers),
+                          summary=entry["summary"].format(anc=anc, **numbers),
                           detail=kb.alerts["clozapine_neutropenia"].description)
     entry = spec["mild" if a.risk_tier.anc < kb.value("clozapine_start_anc") and not duffy_null else "proceed"]
-    return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(anc=f"{a.risk_tier.anc:g}"),
+    return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(anc=anc),
                       detail=" ".join(entry["detail"].format(**numbers).split()))
 
 

@@ -120,6 +120,14 @@ def test_clozapine_against_the_label_threshold(engine, anc, priority):
     assert a.priority == ("critical" if anc < 1.0 else "info")
 
 
+def test_clozapine_below_a_bound_says_the_bound(engine):
+    """An ANC reported as "<0.5" had been 'ANC 0.5 x10^9/L is below the clozapine threshold': 0.5 is not below 0.5."""
+    a = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", 0.5, comparator="<")],
+                                medications=[{"name": "clozapine", "start": "2024-01-01"}]))
+    c = check(engine, CLOZ, a)
+    assert c.priority == "critical" and c.summary.startswith("ANC <0.5 x10^9/L is below the clozapine threshold")
+
+
 def test_clozapine_without_a_current_anc_asks_for_a_baseline(engine):
     a = engine.assess(base_case(labs=[lab("hemoglobin", 13.0, "g/dL")]))
     c = check(engine, CLOZ, a)
