@@ -191,6 +191,8 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
         levels.append(kb.tier_at_least_priority.get(at_least) or kb.tier_priority.get(at_least, "info"))
     levels += [kb.step_priority[s.id] for s in steps
                if s.id in kb.step_priority and s.urgency in ("immediate", "urgent")]
+    levels += [kb.grade_priority[g.grade] for g in (d.ctcae.wbc, d.ctcae.anc, d.ctcae.lymphocytes)
+               if g is not None and g.grade in kb.grade_priority]
     priority = min(levels, key=order.index)
     return Assessment(
         case_id=nc.case.id, priority=priority, unrecognised=nc.unrecognised, as_of=nc.as_of, kb_version=kb.version, engine_version=engine_version,

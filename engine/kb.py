@@ -85,6 +85,8 @@ class KnowledgeBase:
     vitals: dict[str, Any]           # rules/vitals.yaml: body temperature codes and sites, body weight codes
     tier_priority_sources: list[str]
     step_priority: dict[str, str]    # step id -> the least priority it gives when immediate or urgent
+    grade_priority: dict[int, str]   # CTCAE grade of a count -> the least priority it gives
+    grade_priority_sources: list[str]
     pgx_codes: dict[str, Any]        # rules/pgx/result_codes.yaml: LOINC code -> {gene, kind, display}
     gene_studied_code: str           # the genotype component that names the gene
     pgx_answers: dict[str, str]      # result_codes.yaml answers: LOINC answer code -> phenotype word
@@ -200,6 +202,8 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         tier_at_least_priority=alert_doc.get("tier_at_least_priority", {}),
         tier_priority_sources=alert_doc.get("tier_priority_sources", []),
         step_priority=alert_doc.get("step_priority", {}),
+        grade_priority={int(k): v for k, v in (alert_doc.get("grade_priority") or {}).items()},
+        grade_priority_sources=alert_doc.get("grade_priority_sources", []),
         pgx_codes=pgx_codes.get("codes", {}), gene_studied_code=str(pgx_codes.get("gene_studied_component", "")),
         pgx_answers={str(k).upper(): str(v) for k, v in (pgx_codes.get("answers") or {}).items()},
         pgx_hgnc={str(k).upper(): str(v) for k, v in (pgx_codes.get("hgnc") or {}).items()},

@@ -56,6 +56,9 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
             problems.append(f"pgx/result_codes.yaml: {code}: needs gene (tpmt, nudt15, both, component) and kind "
                             f"(genotype, interpretation, variant, activity)")
     need(kb.tier_priority_sources, "alerts.yaml: tier_priority")
+    need(kb.grade_priority_sources, "alerts.yaml: grade_priority")
+    if kb.grade_priority and not kb.grade_priority_sources:
+        problems.append("alerts.yaml: grade_priority has no grade_priority_sources")
     drug_ids = {d.get("id") for d in kb.drugs}
     for i in kb.interactions:
         need(i.get("sources"), f"interactions.yaml: {i.get('id')}")

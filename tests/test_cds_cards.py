@@ -36,3 +36,15 @@ def test_the_knowledge_bases_own_lines_are_made_safe_as_the_rest():
     hostile = a.sources[cited].model_copy(update={"citation": "<img src=x onerror=alert(1)> [see](javascript:x)"})
     [card] = assessment_cards(a.model_copy(update={"sources": {**a.sources, cited: hostile}}), "h", "p1")
     assert f"- [{cited}] \\<img src=x onerror=alert(1)\\> [see]\\(javascript[:]x)" in card.detail
+
+
+def test_a_grade_4_lymphopenia_is_a_warning_that_gives_the_count(client):
+    """Lymphocytes 0.15 (CTCAE grade 4: life-threatening consequences, urgent intervention) beside a normal ANC had
+    been an information card whose summary gave no count; grade 3 (0.35) stays information."""
+    def card(lymphocytes):
+        pre = prefetch([obs("6690-2", 5.0, "10*9/L"), obs("751-8", 4.6, "10*9/L"), obs("731-0", lymphocytes, "10*9/L")])
+        [c] = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+        return c["indicator"], c["summary"]
+    indicator, summary = card(0.15)
+    assert indicator == "warning" and summary.startswith("Lymphopenia (lymphocytes 0.15 x10^9/L, ")
+    assert card(0.35)[0] == "info"

@@ -117,7 +117,8 @@ def _headline(a: Assessment) -> str:
         wbc = a.ctcae.wbc.value if a.ctcae.wbc else None
         parts.append(f"Leukopenia (WBC {_n(wbc)} x10^9/L, {_drawn(a)})" if wbc is not None else "Leukopenia")
     elif any(f.id == "lymphopenia" for f in a.findings):
-        parts.append(f"Lymphopenia ({_drawn(a)})")
+        count = f"lymphocytes {_n(a.ctcae.lymphocytes.value)} x10^9/L, " if a.ctcae.lymphocytes else ""
+        parts.append(f"Lymphopenia ({count}{_drawn(a)})")
     for alert in a.alerts:
         if alert.id == "febrile_neutropenia":
             parts.insert(0, "FEBRILE NEUTROPENIA - emergency")
