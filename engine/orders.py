@@ -140,16 +140,26 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
 def _above_label(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any], order: OrderInput) -> OrderCheck:
     """An order above the label's highest daily dose per kg (drugs.yaml max_label_mg_kg_day): at least a warning
     that says so first (azathioprine 600 mg a day for 70 kg, 8.6 mg/kg/day, had been 'normal starting dose');
-    beyond implausible_dose_factor times it, probably an entry or unit error."""
-    top, per_kg = drug.get("max_label_mg_kg_day"), dose_mg_kg_day(order.dose, order.weight_kg)[0]
+    beyond implausible_dose_factor times it, probably an entry or unit error. No dose change is then offered: CPIC
+    reduces a normal starting dose, and a cut of this one (15,000 mg to 12,000 mg a day) had been one click away.
+    With no weight the dose cannot be checked against it: a change offered says so (1,500 mg of azathioprine a day
+    had been cut to 1,200 mg with nothing said)."""
+    top = drug.get("max_label_mg_kg_day")
+    per_kg, per_day, _ = dose_mg_kg_day(order.dose, order.weight_kg)
+    if top and per_kg is None and per_day is not None and check.adjust != "no":
+        said = (f"The weight is not known, so {per_day:g} mg a day could not be checked against the label's highest "
+                f"dose ({top:g} mg/kg/day): check it before changing it.")
+        return check.model_copy(update={"detail": f"**{said}**\n\n{check.detail}",
+                                        "sources": list(dict.fromkeys([*check.sources, *drug.get("sources", [])]))})
     if not top or per_kg is None or per_kg <= top:
         return check
     error = per_kg > top * kb.value("implausible_dose_factor")
     said = (f"{per_kg:.2g} mg/kg/day is above the label's highest dose ({top:g} mg/kg/day)"
             + (": probably an entry or unit error" if error else "") + "; check the dose")
+    kept = "" if check.adjust == "no" else " No dose change is offered: CPIC's reduction is of a normal starting dose."
     return check.model_copy(update={
-        "priority": "critical" if check.priority == "critical" else "warning",
-        "summary": f"{said}; {check.summary}", "detail": f"**{said[0].upper()}{said[1:]}.**\n\n{check.detail}",
+        "priority": "critical" if check.priority == "critical" else "warning", "adjust": "no",
+        "summary": f"{said}; {check.summary}", "detail": f"**{said[0].upper()}{said[1:]}.**{kept}\n\n{check.detail}",
         "sources": list(dict.fromkeys([*check.sources, *drug.get("sources", [])]))})
 
 

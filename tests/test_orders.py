@@ -400,6 +400,23 @@ def test_an_order_above_the_labels_highest_dose_says_so_first(engine, mg, said):
         assert check.priority == "warning" and said in check.summary
 
 
+def test_no_dose_change_is_offered_for_a_dose_above_the_label_and_none_goes_unchecked_unsaid(engine):
+    """Azathioprine 15,000 mg a day for 70 kg in a TPMT intermediate metaboliser had been offered a one-click change to
+    12,000 mg (80%, CPIC) beside 'probably an entry or unit error'; with no weight, 1,500 mg to 1,200 mg with nothing
+    said (red-team round 12). CPIC reduces a normal starting dose: above the label's highest, no change is offered;
+    with no weight to check the dose against it, the check says so."""
+    a = engine.assess(base_case(history={"tpmt": "intermediate", "nudt15": "normal"}))
+    def order(mg, weight):
+        [c] = engine.check_orders([OrderInput(key="o", name="azathioprine", dose={"value": mg, "unit": "mg/d"},
+                                              weight_kg=weight, indication="Crohn's disease")], a)
+        return c
+    above, normal, unweighed = order(15000, 70), order(200, 70), order(1500, None)   # 200: 2.9 mg/kg/day
+    assert above.adjust == "no" and "No dose change is offered" in above.detail and "entry or unit error" in above.summary
+    assert normal.adjust == "recommended" and normal.dose_change is not None and "weight" not in normal.detail
+    assert unweighed.adjust == "recommended" and unweighed.detail.startswith(
+        "**The weight is not known, so 1500 mg a day could not be checked against the label's highest dose")
+
+
 def test_clozapine_below_the_interrupt_threshold_is_critical_even_without_the_alert(engine):
     """An assessment that does not count the clozapine as taken (so no clozapine alert) and an ANC of 0.4: the check
     had fallen into the 1.0-1.5 branch, "continue clozapine with the ANC three times a week"."""
