@@ -15,7 +15,7 @@ from typing import Optional, Union
 from .case import Dose
 from .units import DoseRate, dose_rate
 
-__all__ = ["dose_mg_kg_day", "dose_mg_m2_day", "dosed_daily", "takes_per_day"]
+__all__ = ["dose_mg_kg_day", "dose_mg_m2_day", "dosed_daily", "taken_more_often_than", "takes_per_day"]
 
 _DECIMAL_COMMA = re.compile(r"(\d),(\d{1,2})(?!\d)")
 _THOUSANDS = re.compile(r"(\d),(\d{3})(?!\d)")
@@ -132,6 +132,18 @@ def dosed_daily(dose: Union[Dose, str, None]) -> bool:
         return takes is not None and takes >= 1
     rate = dose_rate(dose.unit)
     return rate is not None and rate.period_days <= 1
+
+
+def taken_more_often_than(dose: Union[Dose, str, None], takes_a_week: float) -> bool:
+    """The dose is taken more than ``takes_a_week`` times a week (fewer than 7): a unit per day or shorter (mg/day,
+    mg/kg/day, mg/h; not mg/wk, which says nothing of how often), or a text that says how often ("every other day",
+    "5 times a week", "daily"). No dose, or one that says neither: False."""
+    if dose is None:
+        return False
+    if isinstance(dose, str):
+        takes = takes_per_day(dose)
+        return takes is not None and takes * 7 > takes_a_week + 1e-9
+    return dosed_daily(dose)
 
 
 def _daily_rate(dose: Union[Dose, str]) -> tuple[Optional[float], Optional[DoseRate], str, Optional[str]]:

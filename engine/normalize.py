@@ -18,7 +18,7 @@ from .case import Case
 from .errors import CaseError, Problem
 from .kb import KnowledgeBase
 from .timeutil import utc_date, utc_naive
-from .doses import dose_mg_kg_day, dosed_daily
+from .doses import dose_mg_kg_day, taken_more_often_than
 from .units import UnitProblem, conversion_factor
 from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, duffy_prevalent, match_organ, oncologic_use,
                          read_conditions)
@@ -62,7 +62,8 @@ class NormMed:
     end: Optional[date]
     dose_mg_kg_day: Optional[float]
     dose_mg_day: Optional[float] = None
-    daily_instead_of_weekly: bool = False     # a weekly drug (drugs.yaml weekly_when_non_oncologic) given daily
+    daily_instead_of_weekly: bool = False     # a weekly drug (drugs.yaml weekly_when_non_oncologic) given daily, or
+                                              # more often than weekly_drug_max_takes_a_week
 
 
 @dataclass
@@ -365,7 +366,8 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
                                 classes=_classes(m.drug, med_onco, conditions), status=med.status, start=start, end=end,
                                 dose_mg_kg_day=dose, dose_mg_day=per_day,
                                 daily_instead_of_weekly=bool(m.drug.get("weekly_when_non_oncologic") and not med_onco
-                                                             and dosed_daily(med.dose))))
+                                                             and taken_more_often_than(
+                                                                 med.dose, kb.value("weekly_drug_max_takes_a_week")))))
 
     tpmt = nudt15 = None
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .assessment import Assessment
-from .doses import dosed_daily
+from .doses import taken_more_often_than
 from .kb import KnowledgeBase
 from .order_models import INTERMEDIATE, OrderCheck, OrderInput
 from .vocabulary import oncologic_use
@@ -86,7 +86,7 @@ def daily_instead_of_weekly(kb: KnowledgeBase, order: OrderInput, drug: dict[str
     oncologic indication: ISMP's hard stop, on the order's own card, with or without a blood count (the patient's
     card is about the drugs taken, not the order being signed)."""
     alert_id = drug.get("weekly_when_non_oncologic")
-    if not alert_id or not dosed_daily(order.dose):
+    if not alert_id or not taken_more_often_than(order.dose, kb.value("weekly_drug_max_takes_a_week")):
         return None
     if oncologic_use(kb, order.indication, oncologic):
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from leukodx.engine.case import Dose
-from leukodx.engine.doses import dose_mg_kg_day, dose_mg_m2_day, dosed_daily, takes_per_day
+from leukodx.engine.doses import dose_mg_kg_day, dose_mg_m2_day, dosed_daily, taken_more_often_than, takes_per_day
 
 
 @pytest.mark.parametrize("text,takes", [
@@ -96,3 +96,14 @@ def test_a_dose_not_per_body_surface_area_has_no_dose_per_m2():
 ])
 def test_dosed_daily(dose, daily):
     assert dosed_daily(dose) is daily
+
+
+@pytest.mark.parametrize("dose,often", [
+    ("10 mg every other day", True), ("10 mg 5 times a week", True), ("10 mg QOD", True), ("10 mg daily", True),
+    ("2.5 mg three times a week", False), ("15 mg once weekly", False), ("15 mg twice a week", False), ("15 mg", False),
+    (Dose(value=10, unit="mg/day"), True), (Dose(value=35, unit="mg/wk"), False), (None, False),
+])
+def test_taken_more_than_three_times_a_week(dose, often):
+    """A weekly drug's frequency error is not only daily: every other day and five days a week are more than three
+    takes a week (a dose per week says nothing of how often, and is not judged)."""
+    assert taken_more_often_than(dose, 3) is often

@@ -1085,6 +1085,30 @@ def test_methotrexate_given_daily_for_arthritis_gets_a_critical_card_whatever_th
     assert m.case["medications"][0]["dose"]["unit"] == ("mg/d" if daily else "mg/wk")
 
 
+@pytest.mark.parametrize("timing,flagged", [
+    ({"repeat": {"frequency": 1, "period": 2, "periodUnit": "d"}}, True),          # every other day: 3.5 a week
+    ({"repeat": {"frequency": 5, "period": 1, "periodUnit": "wk"}}, True),
+    ({"code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation", "code": "QOD"}]}},
+     True),
+    ({"repeat": {"frequency": 3, "period": 1, "periodUnit": "wk"}}, False)])        # a weekly dose in three takes
+def test_methotrexate_every_other_day_or_most_days_is_caught_like_daily(client, timing, flagged):
+    """Methotrexate 10 mg every other day, or five times a week, for rheumatoid arthritis had given no card: only once
+    a day or more often was caught (red-team round 12). More than three takes a week is not a weekly regimen; three
+    (a weekly dose divided 12 hours apart) is not flagged. The dosage's text ("10 mg") does not hide its timing."""
+    dosage = [{"text": "10 mg", "timing": timing,
+               "doseAndRate": [{"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}]}]
+    rx = {"resourceType": "MedicationRequest", "id": "mtx", "status": "active", "intent": "order",
+          "subject": {"reference": "Patient/p1"}, "authoredOn": "2026-01-05", "medicationCodeableConcept": MTX_CC,
+          "reasonCode": [{"text": "rheumatoid arthritis"}], "dosageInstruction": dosage}
+    cards = patient_view(client, medicationRequests=bundle(rx, kind="searchset"), observations=normal_cbc())
+    assert any(c["summary"].startswith("Methotrexate given daily or most days") for c in cards) is flagged
+    signed = hook_call(client, "order-sign", {"observations": normal_cbc()},
+                       order(medicationCodeableConcept=MTX_CC, reasonCode=[{"text": "rheumatoid arthritis"}],
+                             dosageInstruction=dosage))
+    assert [c["indicator"] for c in signed if c["summary"].startswith("Methotrexate given daily")] == \
+        (["critical"] if flagged else [])
+
+
 @pytest.mark.parametrize("timing,dose,daily", [
     ({"repeat": {"when": ["MORN"]}}, {"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}, True),
     ({"code": {"text": "Daily"}}, {"doseQuantity": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"}}, True),

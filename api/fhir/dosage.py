@@ -35,7 +35,13 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
     rate_unit = rate.spelling if rate else None
     if rate_unit:
         return {"value": value, "unit": rate_unit}
-    per_period = _per_period(value, unit, as_dict(dosage.get("timing")))
+    timing = as_dict(dosage.get("timing"))
+    per_week = _takes_per_week(timing)
+    if is_number(value) and unit and per_week and 3 < per_week < 7:
+        # every other day, 5 days a week: said with how often, which a dose per week would lose and the dosage's text
+        # may not say ("10 mg"): methotrexate every other day had given no card
+        return f"{fmt(value)} {unit} {fmt(per_week)} times a week"
+    per_period = _per_period(value, unit, timing)
     if isinstance(per_period, dict):
         return per_period
     if text:
