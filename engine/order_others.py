@@ -112,13 +112,19 @@ def label_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: A
                       sources=list(dict.fromkeys(src for r in rules for src in r.sources)))
 
 
+def _cuts_the_dose(spec: dict[str, Any], drug: dict[str, Any]) -> bool:
+    """The interaction cuts this drug's dose (allopurinol with a thiopurine): the thiopurine's own check says it."""
+    return bool(spec.get("dose_factor")) and drug["id"] in spec.get("sides", [{}])[0].get("drugs", [])
+
+
 def interactions_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:
     """The interactions of rules/interactions.yaml the ordered drug takes part in (the assessment found
     them with the draft counted as taken): methotrexate ordered for a patient on co-trimoxazole."""
     by_id = {i["id"]: i for i in kb.interactions}
     mine = [found for found in a.interactions
             if any(drug["id"] in side.get("drugs", []) or set(drug.get("classes", [])) & set(side.get("classes", []))
-                   for side in by_id.get(found.id, {}).get("sides", []))]
+                   for side in by_id.get(found.id, {}).get("sides", []))
+            and not _cuts_the_dose(by_id.get(found.id, {}), drug)]
     if not mine:
         return None
     others = [n for found in mine for side in found.drugs for n in side if n != drug["name"]]

@@ -127,6 +127,8 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
                 interacting = _already_reduced(kb, check, drug, order, cpic_pattern(t.phenotype, n.phenotype))
             out.append(_with_current_count(kb, _above_label(kb, interacting, drug, order), assessment))
+            other = interactions_check(kb, order, drug, assessment) if assessment is not None else None
+            out += [other] if other is not None else []      # azathioprine beside mercaptopurine: one thiopurine twice
         elif drug["id"] == "clozapine":
             out.append(clozapine_check(kb, order, drug, assessment))
         elif assessment is not None:

@@ -429,3 +429,20 @@ def test_an_indeterminate_result_beside_an_untested_gene_is_named_too(engine):
     """TPMT indeterminate and NUDT15 untested: the note had named only NUDT15 as unknown."""
     p = engine.assess(base_case(medications=AZA_ACTIVE, history={"tpmt": "indeterminate"})).pharmacogenomics
     assert p.recommendations == [] and p.note.endswith("TPMT is indeterminate: its result gives no phenotype either.")
+
+
+def test_a_second_thiopurine_is_named_as_one_thiopurine_taken_twice(engine):
+    """Mercaptopurine ordered for a patient on azathioprine had been 'normal starting dose (CPIC)', an information card:
+    azathioprine is broken down to 6-mercaptopurine, so the two are one thiopurine twice (red-team round 12). The
+    allopurinol beside a thiopurine stays in the thiopurine's own check (its dose cut), not in a second card."""
+    def checks(other):
+        a = engine.assess(base_case(medications=[{"name": other, "start": "2024-01-01"},
+                                                 {"name": "mercaptopurine", "start": "2025-03-10"}],   # the draft
+                                    history={"tpmt": "normal", "nudt15": "normal"}))
+        return engine.check_orders([OrderInput(key="o", name="mercaptopurine", dose={"value": 75, "unit": "mg/d"},
+                                               weight_kg=70, indication="Crohn's disease")], a)
+    dose, twice = checks("azathioprine")
+    assert dose.topic == "thiopurine_pgx" and (twice.topic, twice.priority) == ("interaction", "warning")
+    assert "azathioprine" in twice.summary and "broken down to 6-mercaptopurine" in twice.detail
+    [cut] = checks("allopurinol")
+    assert cut.topic == "thiopurine_pgx" and cut.dose_change is not None and cut.dose_change.factor == 0.25
