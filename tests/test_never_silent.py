@@ -781,3 +781,19 @@ def test_a_locally_coded_count_is_named_when_it_may_be_the_anc_and_quiet_otherwi
     else:
         [card] = cards
         assert card["indicator"] == "warning" and said in card["detail"]
+
+
+def test_an_anc_of_0_3_hours_before_a_normal_one_is_not_set_aside(client):
+    """ANC 0.3 yesterday at 08:00 and 1.8 at 16:00 had given no card at all, and with a fever since, still none (red-team
+    round 12): a low ANC is acted on for 48 hours (IDSA), and the higher count hours later does not set it aside."""
+    day = RECENT[:10]
+    labs = [obs("6690-2", 1.2, "10*9/L", f"{day}T08:00:00Z"), obs("751-8", 0.3, "10*9/L", f"{day}T08:00:00Z"),
+            obs("6690-2", 4.0, "10*9/L", f"{day}T16:00:00Z", oid="w2"), obs("751-8", 1.8, "10*9/L", f"{day}T16:00:00Z", oid="a2")]
+    [card] = _patient_view(client, labs)
+    assert card["indicator"] == "warning" and "ANC below 0.5 within the last 48 hours" in card["summary"]
+    fever = {"resourceType": "Observation", "id": "t1", "status": "final",
+             "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+             "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": f"{day}T18:00:00Z",
+             "valueQuantity": {"value": 38.6, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}
+    [card] = _patient_view(client, labs, vitals=searchset(fever))
+    assert card["indicator"] == "critical" and card["summary"].startswith("FEBRILE NEUTROPENIA")
