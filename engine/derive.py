@@ -308,7 +308,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                             f"age-specific lower limit (lln) so that it can be judged.")
     if age is not None and age < 1:
         warnings.append(f"The neutropenia tiers (ANC below {kb.value('neutropenia_anc'):g}) apply from 1 year of age; "
-                        f"an infant's normal ANC can be lower.")
+                        f"an infant's normal range differs with age (it is not always lower: a newborn's is higher in "
+                        f"the first days): judge the count by the laboratory's limit for the age.")
     if cbc is not None:
         series_facts(kb, nc, samples, cbc, anc_points, facts)
         alone = [lab for lab in cbc.values.values() if lab.day_only]
