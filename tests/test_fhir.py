@@ -572,6 +572,27 @@ def test_an_acute_episode_whose_onset_is_an_age_or_a_text_is_placed_in_time():
     assert has(warnings, "its onset is an age that cannot be placed in time")
 
 
+def test_an_active_order_whose_period_ended_is_a_completed_course():
+    """A clozapine order still 'active' whose dosage bounds ended 60 days before had been counted as taken (red-team
+    round 12): an order or statement whose period (effectivePeriod.end, or every dosage's boundsPeriod.end) ended
+    before the date the case is judged at is a course completed then. A period ending later, or a dosage with no
+    bounds beside one with them, leaves it active."""
+    def bounded(end, *more):
+        return [{"timing": {"repeat": {"boundsPeriod": {"start": "2024-06-01", "end": end}}}}, *more]
+    ended = med_request(id="m1", medicationCodeableConcept=AZA, authoredOn="2024-06-01",
+                        dosageInstruction=bounded("2025-01-09"))      # the lab is dated 2025-03-10
+    case, warnings = bundle_to_case(bundle(WBC, ended))
+    assert (case["medications"][0]["status"], case["medications"][0]["end"]) == ("completed", "2025-01-09")
+    assert has(warnings, "status active, but its period ended on 2025-01-09")
+    by_period = med_request(id="m2", medicationCodeableConcept=AZA, authoredOn="2024-06-01",
+                            effectivePeriod={"start": "2024-06-01", "end": "2024-12-31"})
+    assert bundle_to_case(bundle(WBC, by_period))[0]["medications"][0]["status"] == "completed"
+    for still in (bounded("2025-06-30"), bounded("2025-01-09", {"text": "50 mg daily"})):
+        case, _ = bundle_to_case(bundle(WBC, med_request(id="m3", medicationCodeableConcept=AZA, authoredOn="2024-06-01",
+                                                         dosageInstruction=still)))
+        assert case["medications"][0]["status"] == "active" and "end" not in case["medications"][0]
+
+
 def test_nested_bundles_contained_resources_and_empty_entries():
     inner = bundle(obs("751-8", 0.7, code="10*9/L"), kind="searchset")
     inner["entry"].append({"fullUrl": "https://ehr.example/fhir/Observation/x", "search": {"mode": "outcome"}})

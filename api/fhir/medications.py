@@ -9,7 +9,8 @@ is ``medicationCodeableConcept`` or the Medication that ``medicationReference`` 
 in ``contained``, ``Medication/<id>`` or a ``fullUrl``; its first ingredient leukodx knows when its own code names
 no drug it knows): ``name`` is its text or display, ``rxnorm`` its RxNorm code (one the knowledge base knows first). ``start``: ``authoredOn``,
 ``effectivePeriod.start`` or ``effectiveDateTime``; ``end`` (stopped/completed only):
-``effectivePeriod.end`` or ``dispenseRequest.validityPeriod.end``. ``dose`` (:mod:`.dosage`): the first dose
+``effectivePeriod.end`` or ``dispenseRequest.validityPeriod.end``; one still active whose period ended (its
+``effectivePeriod.end``, or every dosage's ``boundsPeriod.end``) is completed then. ``dose`` (:mod:`.dosage`): the first dose
 quantity as ``{value, unit}`` when its unit is a mass per time (mg/d) or per body mass per time
 (mg/kg/d), or a mass per take with its timing (``timing.repeat`` frequency per period, ``dayOfWeek``, or a
 ``timing.code`` such as BID) as a dose per day when taken daily or more often, per week when less often (125 mg
@@ -31,7 +32,7 @@ from leukodx.engine.timeutil import utc_date
 from leukodx.engine import rxnorm_codes
 
 from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, is_number,
-                        later_warning, reference)
+                        later_warning, parse_when, reference)
 from .dosage import order_dose
 from .resources import Index, Item, walk_readable
 
@@ -79,12 +80,32 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
         if after(start, ref):
             later.append(item.label)
             continue
+        _ended_by_its_period(item, med, ref, warnings)
         meds.append(med)
     if later:
         assert ref is not None
         warnings.append(later_warning(len(later), "medication", "started", ref, later))
     _ended_by_prescriber(meds)
     return meds
+
+
+def _ended_by_its_period(item: Item, med: dict[str, Any], ref: Optional[date], warnings: list[str]) -> None:
+    """An order or statement still 'active' whose period ended before ``ref`` (``effectivePeriod.end``, or the
+    latest ``timing.repeat.boundsPeriod.end`` when every dosage has one) is taken as completed then: a clozapine
+    course whose bounds ended 60 days before had been counted as taken (red-team round 12)."""
+    if med.get("status") != "active" or med.get("_draft") or ref is None:
+        return
+    res = item.resource
+    ends = [as_dict(res.get("effectivePeriod")).get("end")]
+    dosages = [as_dict(d) for d in as_list(res.get("dosageInstruction") or res.get("dosage"))]
+    bounds = [as_dict(as_dict(as_dict(d.get("timing")).get("repeat")).get("boundsPeriod")).get("end") for d in dosages]
+    if dosages and all(bounds):
+        ends += bounds
+    days = [day for e in ends if e and (day := utc_date(parse_when(e)[0])) is not None]
+    if days and max(days) < ref:
+        med["status"], med["end"] = "completed", max(days).isoformat()
+        warnings.append(f"{item.label}: status active, but its period ended on {max(days).isoformat()}; counted as "
+                        f"completed then.")
 
 
 def _ended_by_prescriber(meds: list[dict[str, Any]]) -> None:
