@@ -797,3 +797,20 @@ def test_an_anc_of_0_3_hours_before_a_normal_one_is_not_set_aside(client):
              "valueQuantity": {"value": 38.6, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}
     [card] = _patient_view(client, labs, vitals=searchset(fever))
     assert card["indicator"] == "critical" and card["summary"].startswith("FEBRILE NEUTROPENIA")
+
+
+def test_a_neonates_anc_below_the_neonatal_limit_is_never_silent(client):
+    """A 1-day-old's ANC of 1.6 had given no card, and a 2-day-old's 1.0 an information card (red-team round 12): in
+    the first month the lower limit is term neonates' 1.75 (higher still before 72 hours), and neutropenia then is a
+    sign of early-onset sepsis. A 2-month-old's 1.6 is judged by the tiers (no neonatal alert)."""
+    def card(born_days_ago, anc):
+        born = (datetime.now(timezone.utc) - timedelta(days=born_days_ago)).date().isoformat()
+        pre = prefetch([obs("6690-2", 9.0, "10*9/L"), obs("751-8", anc, "10*9/L")])
+        pre["patient"]["birthDate"] = born
+        cards = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+        return [(c["indicator"], c["summary"]) for c in cards]
+    [(indicator, summary)] = card(1, 1.6)
+    assert indicator == "warning" and "Neutropenia in a neonate" in summary
+    [(indicator, summary)] = card(2, 1.0)
+    assert indicator == "warning" and "Neutropenia in a neonate" in summary
+    assert all("neonate" not in s for _, s in card(62, 1.6))
