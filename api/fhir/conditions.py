@@ -20,9 +20,10 @@ knows is a problem in ``unread``, named on the output, not only a warning.
 """
 from __future__ import annotations
 
+import calendar
 import re
-from datetime import date, datetime, timezone
-from typing import Optional
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Optional
 
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase, code_system
@@ -52,11 +53,11 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], k
         mapped = _condition(item, ref, warnings, kb, unread, born)
         if mapped is None:
             continue
-        text, onset = mapped
+        text, onset, latest = mapped
         if after(onset, ref):
             later.append(item.label)
             continue
-        stale = _stale_episode(text, onset, ref, kb)
+        stale = _stale_episode(text, latest, ref, kb)
         if stale is not None:
             why, text = stale
             warnings.append(f"{item.label}: {why}.")
@@ -69,7 +70,7 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], k
 
 def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optional[KnowledgeBase] = None,
                unread: Optional[list[Problem]] = None, born: Optional[date] = None
-               ) -> Optional[tuple[str, Optional[When]]]:
+               ) -> Optional[tuple[str, Optional[When], Optional[date]]]:
     res = item.resource
     clinical, verification = _status(res.get("clinicalStatus")), _status(res.get("verificationStatus"))
     if verification & set(CONDITION_SKIP_VERIFICATION):
@@ -105,45 +106,82 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
     if uncertain:   # read as a suspicion: the vocabulary sets it aside (a suspicion of sepsis still counts)
         warnings.append(f"{item.label}: verification status {', '.join(uncertain)}: read as suspected {text!r}.")
         text = f"suspected {text}"
+    first, last = _onset(res, born, item.label, warnings)
+    recorded = _days(as_str(res.get("recordedDate")))
+    if first is None:       # without an onset, the day it was recorded bounds it (a "neutropenic fever" recorded in
+        return text, recorded[0], recorded[1]                            # 2024 is not one now)
+    if recorded[1] is not None and (last is None or recorded[1] < last):
+        last = recorded[1]                                               # it began before it was recorded
+    return text, first, last
+
+
+def _onset(res: dict[str, Any], born: Optional[date], label: str, warnings: list[str]
+           ) -> tuple[Optional[When], Optional[date]]:
+    """(the earliest, the latest day) a Condition's onset can have been: from ``onsetDateTime`` or
+    ``onsetPeriod.start`` ("2020" from 2020-01-01 to 2020-12-31); an ``onsetAge`` placed by the birth date (age 56:
+    from the 56th birthday to the day before the 57th), an ``onsetRange`` of ages from its low to its high bound; the
+    date, or the one year, an ``onsetString`` names. The earliest says whether it existed at a date, the latest
+    whether it is older than a limit: a sepsis 'at age 56' of a 56-year-old, or 'since 1 Dec 2026', had been read as
+    begun on the year's first day, and so as past."""
     raw = res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start")
-    if not raw and (res.get("onsetAge") or res.get("onsetRange")):
-        at = _onset_at_age(res, born)       # a sepsis "at age 5" of a 56-year-old had been an active one
-        if at is not None:
-            return text, at
-        warnings.append(f"{item.label}: its onset is an age that cannot be placed in time (no birth date, or not an "
-                        f"age in years, months, weeks or days); dated by when it was recorded, if it was.")
-    if not raw and (said := _said_when(as_str(res.get("onsetString")))) is not None:
-        return text, said                   # "2019-03-04"; "since 1998": that year's first day
-    # without an onset, the day it was recorded bounds it (a "neutropenic fever" recorded in 2024 is not one now)
-    raw = raw or res.get("recordedDate")
-    onset, _ = parse_when(raw)      # "2020", "2020-05": its first day (a year-only onset had left a 2020 sepsis current)
-    return text, onset if onset is not None else partial_day(as_str(raw))
+    if raw:
+        when = parse_when(raw)[0]
+        return (when, utc_date(when)) if when is not None else _days(as_str(raw))
+    if res.get("onsetAge") or res.get("onsetRange"):
+        span = as_dict(res.get("onsetRange"))
+        low, high = (res.get("onsetAge"),) * 2 if res.get("onsetAge") else (span.get("low"), span.get("high"))
+        first = _aged(born, low)[0] if low else born          # no low bound: it can have begun at birth
+        last = _aged(born, high)[1] if high else None
+        if first is not None and (not high or last is not None):
+            return first, last
+        warnings.append(f"{label}: its onset is an age that cannot be placed in time (no birth date, or not an age in "
+                        f"years, months, weeks or days); dated by when it was recorded, if it was.")
+        return None, None
+    return _said(as_str(res.get("onsetString")))
+
+
+def _aged(born: Optional[date], age: Any) -> tuple[Optional[date], Optional[date]]:
+    """(the day a patient born on ``born`` reached ``age``, the last day at that age): age 56 years, from the 56th
+    birthday to the day before the 57th; a fraction of a unit, that day alone."""
+    first = reached_age(born, age) if born is not None else None
+    value = as_dict(age).get("value")
+    if first is None or not float(value).is_integer():
+        return first, first
+    after = reached_age(born, {**as_dict(age), "value": value + 1})
+    return first, (after - timedelta(days=1) if after is not None else first)
+
+
+def _days(text: Optional[str]) -> tuple[Optional[When], Optional[date]]:
+    """(the first, the last day) of a FHIR date or dateTime: a partial one ("2020", "2020-05") spans its year or
+    month; anything else: (None, None)."""
+    when = parse_when(text)[0] if text else None
+    if when is not None:
+        return when, utc_date(when)
+    first = partial_day(text)
+    if first is None:
+        return None, None
+    text = (text or "").strip()
+    if len(text) == 4:
+        return first, date(first.year, 12, 31)
+    return first, date(first.year, first.month, calendar.monthrange(first.year, first.month)[1])
 
 
 _YEAR = re.compile(r"(?<![0-9])(1[89][0-9]{2}|2[0-9]{3})(?![0-9])")
 
 
-def _said_when(text: Optional[str]) -> Optional[When]:
-    """When an onset's text says it began: a FHIR date in it, else the first day of the one year it names ("since
-    March 2019"), else None ("in childhood", "two weeks ago", two years)."""
+def _said(text: Optional[str]) -> tuple[Optional[When], Optional[date]]:
+    """When an onset's text says it began: a FHIR date in it, else the one year it names ("since March 2019": from
+    its first to its last day), else (None, None) ("in childhood", "two weeks ago", two years)."""
     if not text:
-        return None
-    when = parse_when(text)[0] or partial_day(text)
-    if when is not None:
-        return when
+        return None, None
+    first, last = _days(text)
+    if first is not None:
+        return first, last
     years = set(_YEAR.findall(text))
-    return date(int(years.pop()), 1, 1) if len(years) == 1 else None
-
-
-def _onset_at_age(res: dict, born: Optional[date]) -> Optional[date]:
-    """The day of an onset given as an Age, or as a Range of ages by its upper bound (the latest it can have begun:
-    what is older than a limit at that day was older still at any other)."""
-    if born is None:
-        return None
-    if res.get("onsetAge"):
-        return reached_age(born, res.get("onsetAge"))
-    span = as_dict(res.get("onsetRange"))
-    return reached_age(born, span.get("high") or span.get("low"))
+    if len(years) != 1:
+        return None, None
+    year = int(years.pop())
+    return date(year, 1, 1), date(year, 12, 31)
 
 
 def _status(concept: object) -> set[str]:
@@ -160,7 +198,7 @@ _STATUS_PHRASES = (("not-active", "inactive"), ("no-longer-active", "inactive"),
                    ("not-confirmed", "unconfirmed"), ("unconfirm", "unconfirmed"), ("error", "entered-in-error"))
 
 
-def _stale_episode(text: str, onset: Optional[When], ref: Optional[date], kb: Optional[KnowledgeBase]
+def _stale_episode(text: str, latest: Optional[date], ref: Optional[date], kb: Optional[KnowledgeBase]
                    ) -> Optional[tuple[str, str]]:
     """(why, the text read as past: "history of ...") for an acute episode on the problem list that is not current, or
     None: a fever (or febrile neutropenia) whose onset is older than a current temperature may be
@@ -168,8 +206,9 @@ def _stale_episode(text: str, onset: Optional[When], ref: Optional[date], kb: Op
     (conditions.yaml not_a_diagnosis ``episodes``: sepsis, pneumonia ...) older than acute_condition_max_age_days (a
     sepsis recorded three years before had made a mild neutropenia an emergency). Read as past, never dropped: the
     vocabulary sets the episode aside and keeps a chronic condition the same text names ("Sepsis in CLL patient")."""
-    if kb is None or ref is None or onset is None or (day := utc_date(onset)) is None:
+    if kb is None or ref is None or latest is None:          # the latest day it can have begun
         return None
+    day = latest
     age = (ref - day).days
     if age <= kb.value("current_temperature_max_age_days"):
         return None
@@ -177,9 +216,9 @@ def _stale_episode(text: str, onset: Optional[When], ref: Optional[date], kb: Op
     if not named:
         return None
     if {"fever", "febrile_neutropenia"} & named:
-        days, what = kb.value("current_temperature_max_age_days"), "a fever recorded with its onset on"
+        days, what = kb.value("current_temperature_max_age_days"), "a fever recorded with its onset on or before"
     else:
-        days, what = kb.value("acute_condition_max_age_days"), "an acute illness recorded with its onset on"
+        days, what = kb.value("acute_condition_max_age_days"), "an acute illness recorded with its onset on or before"
     if age <= days:
         return None
     return (f"{what} {day} and still marked active is not current (older than {days:g} days): read as past",
