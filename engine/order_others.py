@@ -22,6 +22,12 @@ def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], 
     alert = next((x for x in a.alerts if x.id == "clozapine_neutropenia"), None) if a else None
     # the ANC as reported: "<0.5" is not "0.5", which is not below 0.5 (the comparator had been dropped)
     anc = f"{a.risk_tier.anc_comparator or ''}{a.risk_tier.anc:g}" if a and a.risk_tier.anc is not None else None
+    earlier = next((x for x in a.alerts if x.id == "agranulocytosis_hours_before"), None) if a else None
+    if earlier is not None:      # an ANC below 0.5 a day before a current 1.6 had been "clozapine may proceed"
+        entry = spec["hours_before"]
+        return OrderCheck(**{**base, "sources": list(dict.fromkeys([*spec["sources"], *earlier.sources]))},
+                          priority=entry["priority"], cancel="recommended", summary=entry["summary"].format(**numbers),
+                          detail=f"{earlier.description} {kb.alerts['clozapine_neutropenia'].description}")
     if alert is not None:
         shown = anc if anc is not None else f"at most {a.risk_tier.anc_at_most:g}"
         entry = spec["below_threshold"]

@@ -128,6 +128,16 @@ def test_clozapine_below_a_bound_says_the_bound(engine):
     assert c.priority == "critical" and c.summary.startswith("ANC <0.5 x10^9/L is below the clozapine threshold")
 
 
+def test_clozapine_after_an_anc_below_0_5_the_day_before_is_not_started(engine):
+    """ANC 0.3 yesterday evening and 1.6 today: the clozapine order had been 'may proceed' (red-team round 13). The
+    low count is not set aside by a higher one hours later: the order waits for a repeat count."""
+    a = engine.assess(base_case(labs=[lab("wbc", 1.8, time="2025-03-09T20:00:00Z"), lab("anc", 0.3, time="2025-03-09T20:00:00Z"),
+                                      lab("wbc", 3.1), lab("anc", 1.6)]))
+    c = check(engine, CLOZ, a)
+    assert (c.priority, c.cancel) == ("critical", "recommended")
+    assert c.summary.startswith("An ANC below 0.5 x10^9/L within the last 48 hours: do not start or continue clozapine")
+
+
 def test_clozapine_without_a_current_anc_asks_for_a_baseline(engine):
     a = engine.assess(base_case(labs=[lab("hemoglobin", 13.0, "g/dL")]))
     c = check(engine, CLOZ, a)
