@@ -318,8 +318,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                             f"time of day, was taken as part of that day's only timed draw ({cbc.time:%H:%M}).")
     patient_facts(kb, nc, facts)
     drug_facts(kb, nc, facts)
-    earlier_anc_facts(nc, anc_points, cbc.time if cbc is not None else None, facts,
-                      timedelta(hours=kb.value("anc_from_earlier_draw_hours")))
+    earlier_anc_facts(kb, nc, anc_points, cbc.time if cbc is not None else None, facts,
+                      {s.time: s.values["wbc"].value for s in samples if "wbc" in s.values and s.time not in anc_points})
     count_day = cbc.time.date() if cbc is not None and cbc.time is not None else None
     suspects = kb.derived.get("cause_drug_classes")
     if suspects is None:

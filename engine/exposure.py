@@ -265,17 +265,21 @@ def _baseline_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any], inte
                 facts[f"{stem}_{kind}"] = True
 
 
-def earlier_anc_facts(nc: NormCase, anc_points: dict[Optional[datetime], float], current: Optional[datetime],
-                      facts: dict[str, Any], window: Optional[timedelta] = None) -> None:
+def earlier_anc_facts(kb: KnowledgeBase, nc: NormCase, anc_points: dict[Optional[datetime], float],
+                      current: Optional[datetime], facts: dict[str, Any],
+                      wbc_only: Optional[dict[Optional[datetime], float]] = None) -> None:
     """The lowest ANC of an earlier draw (any but the current count's, dated) taken while a course of a drug
     was taken, from the day after its start (a count of the start day is its baseline, as for
     `_low_before_start`) to its end (to the case date while taken, or when stopped on a day not given: it may
     have been stopped for that count): `drug_<id>_lowest_earlier_anc`. A value reported as a bound ("<0.5")
     counts as the bound. With no ANC now (a WBC alone, or no current count), the latest ANC there is and its age:
-    `last_anc`, `last_anc_age_days`. With one, the lowest ANC of the draws within ``window`` before it:
-    `lowest_anc_hours_before` (an ANC of 0.3 in the morning had been left unsaid beside 1.8 in the afternoon)."""
-    if "anc" in facts and current is not None and window is not None:
-        before = [v for t, v in anc_points.items() if t is not None and current - window <= t < current]
+    `last_anc`, `last_anc_age_days`. With one, the lowest ANC of the draws within anc_from_earlier_draw_hours before
+    it, a draw's WBC with no ANC (``wbc_only``) counting as its bound: `lowest_anc_hours_before` (an ANC of 0.3 in
+    the morning, or a WBC of 0.4, had been left unsaid beside 1.8 in the afternoon)."""
+    window = timedelta(hours=kb.value("anc_from_earlier_draw_hours"))
+    if "anc" in facts and current is not None:
+        before = [v for t, v in {**(wbc_only or {}), **anc_points}.items()
+                  if t is not None and current - window <= t < current]
         if before:
             facts["lowest_anc_hours_before"] = float(min(before))
     if "anc" not in facts and nc.as_of is not None:

@@ -814,3 +814,11 @@ def test_a_neonates_anc_below_the_neonatal_limit_is_never_silent(client):
     [(indicator, summary)] = card(2, 1.0)
     assert indicator == "warning" and "Neutropenia in a neonate" in summary
     assert all("neonate" not in s for _, s in card(62, 1.6))
+
+
+def test_a_wbc_of_0_4_hours_before_a_higher_count_bounds_the_anc_then(engine):
+    """A WBC of 0.4 with no differential 12 hours before a count with an ANC of 1.8 had not been taken as a low ANC
+    (red-team round 13): the ANC cannot exceed the WBC, so that draw's ANC was below 0.5."""
+    a = engine.assess(case([lab("wbc", 0.4, time="2025-03-09T20:00:00Z"), lab("wbc", 4.0), lab("anc", 1.8)],
+                           temperature_c=38.6))
+    assert {"agranulocytosis_hours_before", "febrile_neutropenia"} <= alerts(a)
