@@ -29,6 +29,7 @@ _DOSE_TEXT = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Zµμ]+(?:\s*/\s*[a-zA-Z0-9]+
 # "x 10 days") says how long, not how often. Saturday and Sunday only in full ("avoid sun" is no weekday).
 _WEEKDAY = r"(?:(?:mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri)(?:day)?s?|(?:satur|sun)days?)"
 _N = r"(\d+(?:\.\d+)?|one|two|three|four|five|six|seven|eight|twelve|twenty-four)"
+_DAY_ORDER = ["mo", "tu", "we", "th", "fr", "sa", "su"]
 _NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "twelve": 12,
             "twenty-four": 24}
 # How many tablets (capsules ...) a take is, when the mass is the strength of one: "50 mg tablets, take 6 daily",
@@ -49,14 +50,21 @@ _STRENGTH_BEFORE = re.compile(rf"(?:{_FORM}\s*(?:of|\(|,)?|[x×])\s*$", re.I)
 _RANGE = re.compile(rf"\b\d+\s*(?:-|to|or)\s*\d+\s*{_FORM}|\btake\s+\d+\s*(?:-|to|or)\s*\d+\b", re.I)
 
 _TAKES: list[tuple[re.Pattern[str], Union[float, str]]] = [
-    (re.compile(rf"\b{_N} ?(?:x|times) (?:a |per |each )?week|\btwice (?:a |per |each )?week(?:ly)?\b", re.I),
-     "per week"),
+    # a weekly dose divided into takes hours apart ("2.5 mg every 12 hours for 3 doses once a week", "q12h x3 weekly"):
+    # its takes a week, not every N hours
+    (re.compile(rf"\b(?:every|q\.?) ?\d+ ?(?:hours?|hrs?|h)\b[^.;]{{0,30}}?(?:\bx ?|\bfor |\b){_N} ?(?:doses?|times)?"
+                rf"[^.;]{{0,30}}?\b(?:weekly|(?:once )?(?:a|per|each|every) week)\b", re.I), "per week"),
+    (re.compile(rf"\b{_N} ?(?:x|times) ?(?:/ ?|a |per |each )?week|\btwice (?:a |per |each )?week(?:ly)?\b"
+                rf"|\b{_N} days? (?:a|per|each) week\b", re.I), "per week"),      # "4x/week", "5 days a week"
+    (re.compile(rf"\b({_WEEKDAY})\s*(?:-|–|to|through|thru)\s*({_WEEKDAY})\b", re.I), "weekday range"),   # Mon-Fri
     (re.compile(r"\bevery other week\b|\bfortnightly\b|\balternate weeks\b", re.I), 1 / 14),
     (re.compile(rf"\bevery {_N} weeks?\b|\bq ?(\d+) ?wks?\b", re.I), "every N weeks"),
     (re.compile(r"\bweekly\b|\b(?:once )?(?:a|per|each|every) week\b|\bq ?wk?\b|/ ?w(?:ee)?k\b|\bevery 7 days\b"
                 r"|\bq ?7 ?d\b", re.I), 1 / 7),
     (re.compile(rf"\b{_WEEKDAY}\b(?:\s*(?:[/,&+]|and)\s*{_WEEKDAY}\b)*", re.I), "weekdays"),
-    (re.compile(r"\bevery other day\b|\balternate days\b|\bq\.?o\.?d\b|\bevery 48 ?h", re.I), 1 / 2),
+    (re.compile(r"\bevery (?:other|second) day\b|\balternate days\b|\bq\.?o\.?d\b|\bevery 48 ?h|\bq ?2 ?d\b", re.I),
+     1 / 2),
+    (re.compile(rf"\bevery {_N} days\b", re.I), "every N days"),
     (re.compile(rf"\b(?:every|q\.?) ?{_N}\.? ?(?:hours?|hrs?|h)\b\.?|\b{_N}[ -]?hourly\b|/ ?{_N} ?h\b", re.I),
      "every N hours"),
     (re.compile(rf"\b{_N} ?(?:x|times) (?:a |per |each )?(?:day|daily)\b|\b{_N} ?x (?:t[aä]glich|tgl)", re.I),
@@ -115,10 +123,14 @@ def takes_per_day(text: str) -> Optional[float]:
             return takes
         if takes == "weekdays":                    # "on Mondays": once a week; "Mon/Wed/Fri": three times
             return len(re.findall(rf"\b{_WEEKDAY}\b", m.group(0), re.I)) / 7
+        if takes == "weekday range":               # "Mon-Fri": five days; "Sat to Mon": three
+            first, last = (_DAY_ORDER.index(d[:2].lower()) for d in m.groups())
+            return ((last - first) % 7 + 1) / 7
         n = next((_number(g) for g in m.groups() if g), 2.0)     # "twice a week": no number, two
         if n <= 0:
             return None
-        return {"per week": n / 7, "every N weeks": 1 / (7 * n), "every N hours": 24 / n, "per day": n}[takes]
+        return {"per week": n / 7, "every N weeks": 1 / (7 * n), "every N days": 1 / n, "every N hours": 24 / n,
+                "per day": n}[takes]
     return None
 
 

@@ -100,7 +100,11 @@ def test_dosed_daily(dose, daily):
 
 @pytest.mark.parametrize("dose,often", [
     ("10 mg every other day", True), ("10 mg 5 times a week", True), ("10 mg QOD", True), ("10 mg daily", True),
+    ("10 mg 5 days a week", True), ("10 mg every 2 days", True), ("10 mg Mon-Fri", True), ("10 mg 4x/week", True),
+    ("10 mg Monday to Friday", True), ("10 mg every second day", True), ("10 mg Q2D", True), ("10 mg q48h", True),
     ("2.5 mg three times a week", False), ("15 mg once weekly", False), ("15 mg twice a week", False), ("15 mg", False),
+    ("2.5 mg every 12 hours for 3 doses once a week", False), ("2.5 mg q12h x3 weekly", False),   # a divided weekly dose
+    ("10 mg Mon/Wed/Fri", False), ("10 mg every 3 days", False),
     (Dose(value=10, unit="mg/day"), True), (Dose(value=35, unit="mg/wk"), False), (None, False),
 ])
 def test_taken_more_than_three_times_a_week(dose, often):

@@ -1090,7 +1090,10 @@ def test_methotrexate_given_daily_for_arthritis_gets_a_critical_card_whatever_th
     ({"repeat": {"frequency": 5, "period": 1, "periodUnit": "wk"}}, True),
     ({"code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation", "code": "QOD"}]}},
      True),
-    ({"repeat": {"frequency": 3, "period": 1, "periodUnit": "wk"}}, False)])        # a weekly dose in three takes
+    ({"code": {"coding": [{"code": "Q2D"}]}}, True),
+    ({"repeat": {"frequency": 3, "period": 1, "periodUnit": "wk"}}, False),         # a weekly dose in three takes
+    ({"repeat": {"frequency": 1, "period": 12, "periodUnit": "h", "count": 3}}, False),   # 12 hours apart, 3 in all
+    ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "d", "count": 3}}, True)])    # 3 daily takes are daily
 def test_methotrexate_every_other_day_or_most_days_is_caught_like_daily(client, timing, flagged):
     """Methotrexate 10 mg every other day, or five times a week, for rheumatoid arthritis had given no card: only once
     a day or more often was caught (red-team round 12). More than three takes a week is not a weekly regimen; three

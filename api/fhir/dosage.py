@@ -78,7 +78,8 @@ def _total_dose(doses: list[Union[dict[str, Any], str, None]], label: str,
 
 _PERIOD_UNITS = frozenset({"s", "min", "h", "d", "wk", "mo", "a"})     # FHIR's UnitsOfTime (UCUM codes)
 # HL7's timing abbreviations (GTSAbbreviation, ``timing.code``) as takes per week, for a timing sent without repeat
-_TIMING_CODES = {"QD": 7, "AM": 7, "PM": 7, "BED": 7, "BID": 14, "TID": 21, "QID": 28, "QOD": 3.5, "WK": 1,
+_TIMING_CODES = {"QD": 7, "AM": 7, "PM": 7, "BED": 7, "BID": 14, "TID": 21, "QID": 28, "QOD": 3.5, "Q2D": 3.5, "WK": 1,
+                 "Q48H": 3.5,                 # not HL7's, but sent by EHRs for every other day
                  "Q1H": 168, "Q2H": 84, "Q3H": 56, "Q4H": 42, "Q6H": 28, "Q8H": 21}
 
 
@@ -90,7 +91,11 @@ def _takes_per_week(timing: dict[str, Any]) -> Optional[float]:
     days = [d for d in as_list(repeat.get("dayOfWeek")) if isinstance(d, str)]
     if is_number(frequency) and is_number(period) and period > 0 and frequency > 0 and unit in _PERIOD_UNITS:
         span = registry().Quantity(float(period), unit).to("day").magnitude
-        return float(frequency) * len(days) if days and span <= 1 else float(frequency) * 7 / span
+        takes = float(frequency) * len(days) if days and span <= 1 else float(frequency) * 7 / span
+        count = repeat.get("count")         # takes in all, within a day and a half (2.5 mg every 12 hours, 3 times):
+        if is_number(count) and 0 < count <= takes and count * span <= 1.5:     # a weekly dose divided, not a daily
+            return float(count)                                                  # one (3 daily takes still are)
+        return takes
     if days:
         return float(len(days))
     when = {w for w in as_list(repeat.get("when")) if isinstance(w, str)}
