@@ -215,12 +215,14 @@ def active_interactions(kb: KnowledgeBase, nc: NormCase) -> list[dict[str, Any]]
     out: list[dict[str, Any]] = []
     if not recent:               # no drug taken: no interaction (most CDS calls)
         return out
+    now = [m for m in recent if _exposure(m, nc.as_of)[0]]
     for interaction in kb.interactions:
         names = []
+        taken = now if interaction.get("taken_now") else recent     # a switch from one to the other is no duplication
         for side in interaction["sides"]:
             drugs, classes, needs = set(side.get("drugs", [])), set(side.get("classes", [])), side.get("with_class")
             low = side.get("not_at_or_below_mg_day", {})     # e.g. aspirin at antiplatelet doses does not count
-            names.append(sorted({m.drug_name or m.text for m in recent if (m.drug_id in drugs or m.classes & classes)
+            names.append(sorted({m.drug_name or m.text for m in taken if (m.drug_id in drugs or m.classes & classes)
                                  and (needs is None or needs in m.classes)
                                  and not (m.drug_id in low and m.dose_mg_day is not None
                                           and m.dose_mg_day <= low[m.drug_id])}))

@@ -456,3 +456,8 @@ def test_a_second_thiopurine_is_named_as_one_thiopurine_taken_twice(engine):
     assert "azathioprine" in twice.summary and "broken down to 6-mercaptopurine" in twice.detail
     [cut] = checks("allopurinol")
     assert cut.topic == "thiopurine_pgx" and cut.dose_change is not None and cut.dose_change.factor == 0.25
+    # a switch: azathioprine stopped yesterday for the mercaptopurine ordered is not both taken (it had been warned)
+    a = engine.assess(base_case(medications=[{"name": "azathioprine", "start": "2024-01-01", "status": "stopped",
+                                              "end": "2025-03-09"}, {"name": "mercaptopurine", "start": "2025-03-10"}],
+                                history={"tpmt": "normal", "nudt15": "normal"}))
+    assert [c.topic for c in engine.check_orders([OrderInput(key="o", name="mercaptopurine")], a)] == ["thiopurine_pgx"]
