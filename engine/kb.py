@@ -66,6 +66,7 @@ class KnowledgeBase:
     suspect_classes: frozenset[str]
     atc_sources: list[str]                      # drugs.yaml atc_sources: where the drugs' ATC codes come from
     not_systemic: Optional[re.Pattern[str]]     # a medication text naming a topical or eye form (drugs.yaml)
+    other_product: Optional[re.Pattern[str]]    # a medication text naming another product first (drugs.yaml)
     causes: dict[str, CatalogueEntry]
     steps: dict[str, CatalogueEntry]
     alerts: dict[str, CatalogueEntry]
@@ -187,6 +188,8 @@ def _load(root: Path, version: str) -> KnowledgeBase:
         atc_sources=list(drug_doc.get("atc_sources", [])),
         not_systemic=re.compile(r"\b(" + "|".join(map(re.escape, drug_doc["not_systemic_forms"])) + r")\b", re.I)
         if drug_doc.get("not_systemic_forms") else None,
+        other_product=re.compile(r"\s*(" + "|".join(map(re.escape, drug_doc["other_products_first"])) + r")\b", re.I)
+        if drug_doc.get("other_products_first") else None,
         causes=catalogue(read_yaml(root / "causes.yaml", problems), "causes", "causes.yaml", problems),
         steps=catalogue(read_yaml(root / "steps.yaml", problems), "steps", "steps.yaml", problems),
         alerts=alerts, findings=findings,

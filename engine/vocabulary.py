@@ -181,6 +181,8 @@ class DrugIndex:
         key = _key(name)
         if key in self._by_name:
             return DrugMatch(self._by_name[key], key)
+        if self.kb.other_product is not None and self.kb.other_product.match(key):   # "folinic acid (methotrexate
+            return None                                                             # rescue)" is folinic acid
         def search() -> Optional[str]:        # longest name first: "mycophenolate sodium" before "mycophenolate"
             m = self._pattern.search(key)
             return m.group(1) if m else None

@@ -832,6 +832,7 @@ def _anc(**value):
 @pytest.mark.parametrize("value", [{"valueString": "0.3 L"}, {"valueString": "0.3 K/uL"}, {"valueString": "0.30 (LL)"},
                                    {"valueString": "0.3*"}, {"valueString": "300 /uL H"},
                                    {"valueString": "0.3 x 10^9/L"}, {"valueString": "0.3 × 10*9/L L"},   # printed forms
+                                   {"valueString": "0.3x10^9/L"}, {"valueString": "0.3 × 10⁹ /L"},
                                    {"valueQuantity": {"value": "0.3", "unit": "10*3/uL", "code": "10*3/uL"}}])
 def test_an_anc_written_with_its_unit_or_flag_as_text_is_read(client, value):
     """An ANC sent as "0.3 L" (a laboratory's low flag), "0.3 K/uL" (its unit) or "0.3" in valueQuantity.value had

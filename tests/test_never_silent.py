@@ -790,7 +790,7 @@ def test_an_anc_of_0_3_hours_before_a_normal_one_is_not_set_aside(client):
     labs = [obs("6690-2", 1.2, "10*9/L", f"{day}T08:00:00Z"), obs("751-8", 0.3, "10*9/L", f"{day}T08:00:00Z"),
             obs("6690-2", 4.0, "10*9/L", f"{day}T16:00:00Z", oid="w2"), obs("751-8", 1.8, "10*9/L", f"{day}T16:00:00Z", oid="a2")]
     [card] = _patient_view(client, labs)
-    assert card["indicator"] == "warning" and "ANC below 0.5 within the last 48 hours" in card["summary"]
+    assert card["indicator"] == "warning" and "ANC below 0.5 in the 48 hours before a higher count" in card["summary"]
     fever = {"resourceType": "Observation", "id": "t1", "status": "final",
              "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
              "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": f"{day}T18:00:00Z",

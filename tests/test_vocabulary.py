@@ -488,3 +488,18 @@ def test_a_growth_factor_taken_lately_is_named_beside_a_leukocytosis(engine, med
     a = engine.assess(base_case(labs=[lab("wbc", 21.0), lab("anc", 18.0)], medications=[med]))
     assert not a.unrecognised
     assert any("myeloid growth factors" in w for w in a.warnings)
+
+
+def test_a_product_named_first_is_that_product_not_the_drug_it_mentions(engine):
+    """'Folinic acid (methotrexate rescue)' taken daily had raised the daily-methotrexate alert (red-team round 13): a
+    text that names folinic acid, leucovorin or folic acid first is that product (drugs.yaml other_products_first);
+    methotrexate named first, with folinic acid beside it, is methotrexate."""
+    lookup = engine.drugs.lookup
+    assert [lookup(n, None) for n in ("Folinic acid (methotrexate rescue)", "Leucovorin calcium 15 mg",
+                                      "folic acid 5 mg weekly (with methotrexate)")] == [None] * 3
+    assert lookup("Methotrexate 15 mg weekly with folinic acid", None).drug["id"] == "methotrexate"
+    a = engine.assess({"id": "f", "as_of": "2025-03-10", "patient": {"age_years": 50, "sex": "female"},
+                       "labs": [{"test": "wbc", "value": 6.0, "unit": "10^9/L", "time": "2025-03-10T08:00:00Z"}],
+                       "medications": [{"name": "Folinic acid (methotrexate rescue)", "start": "2025-01-01",
+                                        "dose": "15 mg daily"}]})
+    assert "methotrexate_daily_dosing" not in {x.id for x in a.alerts}

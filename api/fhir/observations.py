@@ -360,8 +360,15 @@ def _one_draw_per_time(labs: list[LabValue], specimens: set[str], warnings: list
 # a count as text: a comparator, the number, then perhaps its unit ("0.3 K/uL") and the laboratory's flag ("L",
 # "(LL)", "*": the flag says low or high, never the unit)
 _FLAG = r"(?:\(?(?:L|LL|H|HH|A|AA)\)?|\*)"
-# "x 10^9/L", "× 10*9/L" as printed: the unit's spaces closed up ("x10^9/L"), which is then read as one
-_SPACED_POWER = re.compile(r"(?i)(?<=\s)[x×]\s*10\s*([\^*e])\s*(\d)")
+# "x 10^9/L", "× 10*9/L", "0.3x10⁹ /L" as printed: the unit's spaces closed up and set apart from the number
+# ("0.3 x10^9/L"), which is then read as one
+_SPACED_POWER = re.compile(r"(?i)(?<=[\s\d])\s*[x×]\s*10\s*([\^*e])\s*(\d)(?:\s*(/)\s*)?")
+_SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+
+
+def _closed_up(text: str) -> str:
+    text = re.sub(r"10([⁰¹²³⁴⁵⁶⁷⁸⁹]+)", lambda m: "10^" + m.group(1).translate(_SUPERSCRIPT), text)
+    return _SPACED_POWER.sub(r" x10\1\2\3", text)
 # "0,3", "3,2": a decimal comma (one or two digits after it: never a thousands separator)
 _TEXT_NUMBER = re.compile(rf"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+|\d+,\d{{1,2}})(?![\d.,])"
                           rf"(?:\s*{_FLAG}|\s+(?!{_FLAG}\s*$)([^\s()]+)(?:\s+{_FLAG})?)?\s*$")
@@ -383,7 +390,7 @@ def _text_value(res: dict[str, Any], spec: dict[str, Any]) -> Optional[tuple[dic
     10^9/L) is read in the unit giving the lowest count: a laboratory reports a bound only at the bottom
     of its analyser's range, and the lower reading is the worse side. With why the unit was chosen; None
     when the text is not a number, or the unit cannot be told."""
-    m = _TEXT_NUMBER.match(_SPACED_POWER.sub(r"x10\1\2", _value_text(res)[1]))
+    m = _TEXT_NUMBER.match(_closed_up(_value_text(res)[1]))
     if m is None or spec.get("dimension") != "count_per_volume":
         return None
     value = float(m.group(2).replace(",", "."))
