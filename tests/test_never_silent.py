@@ -822,3 +822,16 @@ def test_a_wbc_of_0_4_hours_before_a_higher_count_bounds_the_anc_then(engine):
     a = engine.assess(case([lab("wbc", 0.4, time="2025-03-09T20:00:00Z"), lab("wbc", 4.0), lab("anc", 1.8)],
                            temperature_c=38.6))
     assert {"agranulocytosis_hours_before", "febrile_neutropenia"} <= alerts(a)
+
+
+def test_a_rise_on_g_csf_is_not_asked_for_a_repeat_but_a_fever_still_counts(engine):
+    """ANC 0.4 yesterday and 2.5 today on filgrastim after chemotherapy had been given the 48-hour warning and an
+    urgent repeat count (red-team round 13): G-CSF raises the count. Without it the warning stands; with a fever the
+    earlier count still makes febrile neutropenia, G-CSF or not."""
+    labs = [lab("wbc", 1.0, time="2025-03-09T08:00:00Z"), lab("anc", 0.4, time="2025-03-09T08:00:00Z"),
+            lab("wbc", 4.0), lab("anc", 2.5)]
+    on = {**case(labs), "medications": [{"name": "Neupogen", "start": "2025-03-05"}]}
+    assert "agranulocytosis_hours_before" not in alerts(engine.assess(on))
+    assert "agranulocytosis_hours_before" in alerts(engine.assess(case(labs)))
+    febrile = {**case(labs, temperature_c=38.6), "medications": [{"name": "Neupogen", "start": "2025-03-05"}]}
+    assert "febrile_neutropenia" in alerts(engine.assess(febrile))
