@@ -11,7 +11,8 @@ from .kb import KnowledgeBase
 from .order_models import INTERMEDIATE, OrderCheck, OrderInput
 from .vocabulary import oncologic_use
 
-__all__ = ["clozapine_check", "label_check", "interactions_check", "daily_instead_of_weekly", "not_known"]
+__all__ = ["clozapine_check", "label_check", "interactions_check", "daily_instead_of_weekly", "not_known",
+           "cuts_the_dose"]
 
 
 def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment]) -> OrderCheck:
@@ -118,7 +119,7 @@ def label_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: A
                       sources=list(dict.fromkeys(src for r in rules for src in r.sources)))
 
 
-def _cuts_the_dose(spec: dict[str, Any], drug: dict[str, Any]) -> bool:
+def cuts_the_dose(spec: dict[str, Any], drug: dict[str, Any]) -> bool:
     """The interaction cuts this drug's dose (allopurinol with a thiopurine): the thiopurine's own check says it."""
     return bool(spec.get("dose_factor")) and drug["id"] in spec.get("sides", [{}])[0].get("drugs", [])
 
@@ -130,7 +131,7 @@ def interactions_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any
     mine = [found for found in a.interactions
             if any(drug["id"] in side.get("drugs", []) or set(drug.get("classes", [])) & set(side.get("classes", []))
                    for side in by_id.get(found.id, {}).get("sides", []))
-            and not _cuts_the_dose(by_id.get(found.id, {}), drug)]
+            and not cuts_the_dose(by_id.get(found.id, {}), drug)]
     if not mine:
         return None
     others = [n for found in mine for side in found.drugs for n in side if n != drug["name"]]

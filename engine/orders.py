@@ -21,7 +21,8 @@ from .assessment import Assessment, GeneStatus
 from .kb import KnowledgeBase
 from .doses import dose_mg_kg_day, dose_mg_m2_day, dosed_daily
 from .order_models import INTERMEDIATE, Advice, DoseChange, OrderCheck, OrderInput
-from .order_others import clozapine_check, daily_instead_of_weekly, interactions_check, label_check, not_known
+from .order_others import (clozapine_check, cuts_the_dose, daily_instead_of_weekly, interactions_check, label_check,
+                           not_known)
 from .vocabulary import DrugIndex, match_conditions
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
@@ -238,8 +239,7 @@ def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any
     by_id = {i["id"]: i for i in kb.interactions}
     for found in assessment.interactions:
         spec = by_id.get(found.id, {})
-        first = spec.get("sides", [{}])[0]
-        if not spec.get("dose_factor") or drug["id"] not in first.get("drugs", []):
+        if not cuts_the_dose(spec, drug):
             continue
         others = " and ".join(found.drugs[1])
         if set(found.drugs[1]) & set(spec.get("dose_factor_not_with", [])):   # febuxostat: contraindicated

@@ -86,7 +86,7 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
         indication = reason.get("text") if isinstance(reason, dict) and isinstance(reason.get("text"), str) else None
         try:
             orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, atc=drug.atc, indication=indication,
-                                     dose=fhir.order_dose(order), weight_kg=weight_kg))
+                                     dose=fhir.order_dose(order, kb=eng.kb), weight_kg=weight_kg))
         except ValidationError:                         # a dose or weight it cannot read: checked without them
             orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, atc=drug.atc,
                                      indication=indication))

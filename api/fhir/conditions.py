@@ -125,8 +125,7 @@ def _onset(res: dict[str, Any], born: Optional[date], label: str, warnings: list
     begun on the year's first day, and so as past."""
     raw = res.get("onsetDateTime") or as_dict(res.get("onsetPeriod")).get("start")
     if raw:
-        when = parse_when(raw)[0]
-        return (when, utc_date(when)) if when is not None else _days(as_str(raw))
+        return _days(as_str(raw))
     if res.get("onsetAge") or res.get("onsetRange"):
         span = as_dict(res.get("onsetRange"))
         low, high = (res.get("onsetAge"),) * 2 if res.get("onsetAge") else (span.get("low"), span.get("high"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+from leukodx.engine.kb import KnowledgeBase, default as default_kb
 from leukodx.engine.units import dose_rate, registry
 
 from .datatypes import as_dict, as_list, as_str, codings, concept_text, fmt, is_number, quantity_unit
@@ -12,17 +13,19 @@ from .datatypes import as_dict, as_list, as_str, codings, concept_text, fmt, is_
 __all__ = ["order_dose"]
 
 
-def order_dose(res: dict[str, Any], label: str = "", warnings: Optional[list[str]] = None
-               ) -> Union[dict[str, Any], str, None]:
+def order_dose(res: dict[str, Any], label: str = "", warnings: Optional[list[str]] = None,
+               kb: Optional[KnowledgeBase] = None) -> Union[dict[str, Any], str, None]:
     """The daily dose of a medication resource as ``case.medications[].dose`` takes it (the module's
-    docstring); None without dosage instructions. Why several could not be added up goes to ``warnings``."""
+    docstring); None without dosage instructions. Why several could not be added up goes to ``warnings``. The
+    knowledge base (the installed one by default) says which takes a week must be kept as said."""
     dosages = as_list(res.get("dosageInstruction")) or as_list(res.get("dosage"))
     if not dosages:
         return None
-    return _total_dose([_dose(as_dict(d)) for d in dosages], label, [] if warnings is None else warnings)
+    kb = kb or default_kb()
+    return _total_dose([_dose(as_dict(d), kb) for d in dosages], label, [] if warnings is None else warnings)
 
 
-def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
+def _dose(dosage: dict[str, Any], kb: KnowledgeBase) -> Union[dict[str, Any], str, None]:
     """{value, unit} for a mass per time or mass per body mass per time; else the dosage text."""
     text = as_str(dosage.get("text"))
     rate = as_dict(as_list(dosage.get("doseAndRate"))[0] if as_list(dosage.get("doseAndRate")) else {})
@@ -36,12 +39,12 @@ def _dose(dosage: dict[str, Any]) -> Union[dict[str, Any], str, None]:
     if rate_unit:
         return {"value": value, "unit": rate_unit}
     timing = as_dict(dosage.get("timing"))
-    per_week = _takes_per_week(timing)
-    if is_number(value) and unit and per_week and 3 < per_week < 7:
+    per_week = _takes_per_week(timing, kb.value("divided_weekly_dose_max_days"))
+    if is_number(value) and unit and per_week and kb.value("weekly_drug_max_takes_a_week") < per_week < 7:
         # every other day, 5 days a week: said with how often, which a dose per week would lose and the dosage's text
         # may not say ("10 mg"): methotrexate every other day had given no card
         return f"{fmt(value)} {unit} {fmt(per_week)} times a week"
-    per_period = _per_period(value, unit, timing)
+    per_period = _per_period(value, unit, timing, per_week)
     if isinstance(per_period, dict):
         return per_period
     if text:
@@ -83,18 +86,19 @@ _TIMING_CODES = {"QD": 7, "AM": 7, "PM": 7, "BED": 7, "BID": 14, "TID": 21, "QID
                  "Q1H": 168, "Q2H": 84, "Q3H": 56, "Q4H": 42, "Q6H": 28, "Q8H": 21}
 
 
-def _takes_per_week(timing: dict[str, Any]) -> Optional[float]:
+def _takes_per_week(timing: dict[str, Any], divided_days: float) -> Optional[float]:
     """How many takes a week a timing gives: ``frequency`` per ``period`` ``periodUnit`` (pint converts the
-    period), on each ``dayOfWeek`` when named (1 per 1 d on Monday is once a week), else its ``code``."""
+    period), on each ``dayOfWeek`` when named (1 per 1 d on Monday is once a week), else its ``code``; a ``count`` of
+    takes all within ``divided_days`` is that many (a weekly dose divided)."""
     repeat = as_dict(timing.get("repeat"))
     frequency, period, unit = repeat.get("frequency"), repeat.get("period"), as_str(repeat.get("periodUnit"))
     days = [d for d in as_list(repeat.get("dayOfWeek")) if isinstance(d, str)]
     if is_number(frequency) and is_number(period) and period > 0 and frequency > 0 and unit in _PERIOD_UNITS:
         span = registry().Quantity(float(period), unit).to("day").magnitude
         takes = float(frequency) * len(days) if days and span <= 1 else float(frequency) * 7 / span
-        count = repeat.get("count")         # takes in all, within a day and a half (2.5 mg every 12 hours, 3 times):
-        if is_number(count) and 0 < count <= takes and count * span <= 1.5:     # a weekly dose divided, not a daily
-            return float(count)                                                  # one (3 daily takes still are)
+        count = repeat.get("count")         # takes in all (2.5 mg every 12 hours, 3 times): a weekly dose divided,
+        if is_number(count) and 0 < count <= takes and count * span <= divided_days:     # not a daily one
+            return float(count)
         return takes
     if days:
         return float(len(days))
@@ -105,13 +109,13 @@ def _takes_per_week(timing: dict[str, Any]) -> Optional[float]:
     return _TIMING_CODES.get((code or "").upper())
 
 
-def _per_period(value: Any, unit: Optional[str], timing: dict[str, Any]) -> Union[dict[str, Any], str, None]:
+def _per_period(value: Any, unit: Optional[str], timing: dict[str, Any],
+                per_week: Optional[float]) -> Union[dict[str, Any], str, None]:
     """A dose per take (``doseQuantity`` 50 mg) with its timing as a dose per day when it is taken daily or more
     often (2 per 1 d: {value: 100, unit: mg/d}) and per week when less often (1 per 7 d, or 1 per 1 wk: {value: 15,
     unit: mg/wk}), for the dose rules (pint converts it to mg/day) and the engine's check of how often a weekly
     drug is taken; a dose per take that is not a mass (4 tablets) as a text that says how often ("4 {tbl} 1 time a
-    day"); None without a value, a unit or a timing."""
-    per_week = _takes_per_week(timing)
+    day"); None without a value, a unit or a timing (``per_week``: its takes a week)."""
     said = concept_text(timing.get("code"))
     if is_number(value) and unit and not per_week and said:     # a timing only in words ("Daily"): said with the dose
         return f"{fmt(value)} {unit} {said[:60]}"

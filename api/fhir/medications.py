@@ -67,7 +67,7 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
         if item.type in EVENT_TYPES:
             mapped = _given(item, index, known_rxnorm, warnings, unread, ref)
         elif item.type in ("MedicationRequest", "MedicationStatement"):
-            mapped = _medication(item, index, known_rxnorm, include_draft, warnings, unread)
+            mapped = _medication(item, index, known_rxnorm, include_draft, warnings, unread, kb)
         else:
             continue
         if mapped is None:
@@ -185,7 +185,7 @@ def _name_and_code(concept: Any, known: frozenset[str]) -> tuple[Optional[str], 
 
 
 def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_draft: bool,
-                warnings: list[str], unread: Optional[list[Problem]] = None
+                warnings: list[str], unread: Optional[list[Problem]] = None, kb: Optional[KnowledgeBase] = None
                 ) -> Optional[tuple[dict[str, Any], Optional[When]]]:
     res = item.resource
     fhir_status = as_str(res.get("status"))
@@ -220,7 +220,7 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
                          item.label, warnings)
     med: dict[str, Any] = {**drug, "status": status,
                            "start": start.isoformat() if start else None, "end": end.isoformat() if end else None,
-                           "dose": order_dose(res, item.label, warnings),
+                           "dose": order_dose(res, item.label, warnings, kb),
                            "indication": _indication(item, index)}
     return {k: v for k, v in med.items() if v is not None}, start
 
