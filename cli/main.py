@@ -164,9 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--db", help="SQLAlchemy URL (default: LEUKODX_FEEDBACK_DB_URL or sqlite:///leukodx-feedback.db)")
     fb.add_argument("--out", help="write JSON lines here instead of standard output")
     fb.set_defaults(func=_feedback)
-    from leukodx.cli.replay import add_arguments
     rp = sub.add_parser("replay", help="replay case files against their expectations")
-    add_arguments(rp)
+    rp.add_argument("paths", nargs="+", help="case files or folders (searched for .yaml/.yml/.json)")
+    rp.add_argument("--format", choices=["text", "json", "junit"], default="text")
+    rp.add_argument("--out", help="write the report here instead of standard output")
+    rp.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    rp.add_argument("--coverage", action="store_true", help="report rules no case fired and ids no case expected")
     rp.set_defaults(func=_replay)
     __import__("leukodx.cli.screen", fromlist=["register"]).register(sub)   # leukodx screen: cli/screen.py
     return p

@@ -23,7 +23,7 @@ from leukodx.engine import CaseError, Engine, get_engine
 from leukodx.engine.assessment import Assessment
 from leukodx.engine.parse import load_document, problems_from_validation
 
-__all__ = ["CaseResult", "Failure", "find_case_files", "replay_file", "check", "add_arguments", "main"]
+__all__ = ["CaseResult", "Failure", "find_case_files", "replay_file", "check", "main"]
 
 CASE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -236,14 +236,6 @@ def _junit(results: list[CaseResult]) -> str:
         out.append("  </testcase>")
     out.append("</testsuite>")
     return "\n".join(out) + "\n"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", help="case files or folders (searched for .yaml/.yml/.json)")
-    p.add_argument("--format", choices=["text", "json", "junit"], default="text")
-    p.add_argument("--out", help="write the report here instead of standard output")
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
-    p.add_argument("--coverage", action="store_true", help="report rules no case fired and ids no case expected")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -25,11 +25,12 @@ class DocumentCache:
     """The parsed YAML documents of one knowledge-base version, kept as JSON in the cache folder
     (LEUKODX_CACHE_DIR, else the user's cache) so that a new process skips YAML parsing. The version is
     the hash of every file's bytes, so an edited file never reads a stale document. JSON, not pickle: a
-    cache file can never run code. Without a writable folder, nothing is cached."""
+    cache file can never run code. Without a writable folder, nothing is cached. ``key`` names the file:
+    the version, and whatever else decides whether the cached load is still valid (kb.load)."""
 
-    def __init__(self, root: Path, version: str):
+    def __init__(self, root: Path, key: str):
         base = os.environ.get("LEUKODX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "leukodx")
-        self.root, self.path = root, Path(base) / f"kb-{version}.json"
+        self.root, self.path = root, Path(base) / f"kb-{key}.json"
         self.docs: dict[str, Any] = {}
         self.loaded = False
         try:

@@ -9,6 +9,7 @@ import yaml
 
 from leukodx.engine import Engine, KnowledgeBaseError
 from leukodx.engine.kb import load, rules_dir
+from leukodx.engine.kb_numbers import check_numbers
 from leukodx.cli.replay import find_case_files, replay_file
 
 from conftest import CASES
@@ -38,7 +39,9 @@ def test_drug_vocabulary_has_no_ambiguous_names(kb):
 
 
 @pytest.fixture
-def kb_copy(tmp_path) -> Path:
+def kb_copy(tmp_path, monkeypatch) -> Path:
+    # a cache of its own: a test that switches a check off must not leave a cache that skips it for the next
+    monkeypatch.setenv("LEUKODX_CACHE_DIR", str(tmp_path / "cache"))
     dest = tmp_path / "rules"
     shutil.copytree(rules_dir(), dest, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
     return dest
@@ -95,6 +98,26 @@ def test_rules_check_catches(kb_copy, defect, message):
     with pytest.raises(KnowledgeBaseError) as e:
         load(kb_copy)
     assert any(message in p for p in e.value.problems), e.value.problems
+
+
+def test_the_prose_check_is_skipped_only_for_files_that_passed_it(kb_copy, monkeypatch):
+    """The number-in-prose check runs once per version of the files; an edit, or a load that failed, runs it again."""
+    import leukodx.engine.kb as kb_module
+    calls = []
+
+    def counted(root, thresholds):
+        calls.append(root)
+        return check_numbers(root, thresholds)
+
+    monkeypatch.setattr(kb_module, "check_numbers", counted)
+    load(kb_copy)
+    load(kb_copy)
+    assert len(calls) == 1
+    _edit(kb_copy / "thresholds.yaml", lambda d: d["thresholds"]["neutropenia_anc"].update(value=1.0))
+    for _ in range(2):                       # refused both times: a failed load leaves no cache behind
+        with pytest.raises(KnowledgeBaseError):
+            load(kb_copy)
+    assert len(calls) == 3
 
 
 def test_a_flipped_threshold_is_refused_by_the_number_check(kb_copy):

@@ -61,3 +61,24 @@ def test_long_modules_say_why():
             if lines > 420 and "on purpose" not in doc:
                 long.append(f"{path.relative_to(ROOT)}: {lines} lines")
     assert long == []
+
+
+def test_every_public_name_of_the_engine_resolves():
+    import leukodx.engine as engine
+    missing = [name for name in engine.__all__ if getattr(engine, name, None) is None]
+    assert missing == []
+    assert set(engine.__all__) <= set(dir(engine))
+
+
+def test_the_command_line_and_the_supervisor_start_without_the_pipeline():
+    """`leukodx --help` and `leukodx serve`'s supervisor (which only starts workers) load neither pint nor the
+    pipeline: each worker builds its own engine, and the supervisor's start-up delays them all."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from leukodx.cli.main import build_parser\n"
+            "build_parser()\n"
+            "from leukodx.api.serving import serve\n"
+            "print(sorted(m for m in ('pint', 'leukodx.engine.pipeline', 'durable') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
