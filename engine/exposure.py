@@ -174,8 +174,8 @@ def _dose_already_cut(interaction: dict[str, Any], nc: NormCase) -> bool:
 
 
 def suspect_meds(kb: KnowledgeBase, nc: NormCase) -> list[NormMed]:
-    """The medications a cause may name as its agent: taken now, stopped on a day not given, or last taken within
-    their class's window (recent_drug_days; a cytotoxic drug's nadir window, an anti-CD20 antibody's suspect
+    """The medications a cause may name as its agent: taken now, stopped or completed on a day not given, or last
+    taken within their class's window (recent_drug_days; a cytotoxic drug's nadir window, an anti-CD20 antibody's suspect
     window). A mycophenolate stopped 16 months before had been named beside today's tacrolimus."""
     windows = {"cytotoxic_chemotherapy": kb.value("chemotherapy_nadir_window_days"),
                "anti_cd20": kb.value("anti_cd20_suspect_days")}
@@ -190,20 +190,21 @@ def _recent(kb: KnowledgeBase, nc: NormCase) -> list[Any]:
 
 
 def _taken_within(med: NormMed, as_of: Optional[date], days: float) -> bool:
-    """Taken now, stopped on a day not given, or last taken at most ``days`` before ``as_of``."""
+    """Taken now, stopped or completed on a day not given, or last taken at most ``days`` before ``as_of``."""
     active, stop_unknown, last_dose = _exposure(med, as_of)
     return active or stop_unknown or (last_dose is not None and last_dose <= days)
 
 
 def _exposure(med: NormMed, as_of: Optional[date]) -> tuple[bool, bool, Optional[float]]:
-    """(taken now, stopped on a day not given, days since the last dose). The last dose of a stopped or completed course is its end;
-    without an end, a completed course's is its start (a course run to its end), while a stopped one may
-    have stopped any day up to now (often because of the count): its last dose is unknown (None), and it
-    counts as recent. For an active course of a drug given in cycles (rituximab) the last dose is not
-    known either, so none is assumed."""
+    """(taken now, ended on a day not given, days since the last dose). The last dose of a stopped or completed course
+    is its end; without an end, a stopped or completed one may have ended any day from its start up to now (a stopped
+    one often because of the count): its last dose is unknown (None), and it counts as recent. (A completed course
+    had been dated by its start: carbimazole started 40 days before, completed on a day not given, had been out of
+    the 30-day window, and the card had said no drug explained an ANC of 0.3.) For an active course of a drug given in
+    cycles (rituximab) the last dose is not known either, so none is assumed."""
     if med.status == "active" and not (med.end and as_of and med.end < as_of):
         return True, False, None
-    if med.end is None and med.status == "stopped":
+    if med.end is None and med.status in ("stopped", "completed"):
         return False, True, None
     return False, False, _days(as_of, med.end or med.start)
 
@@ -272,7 +273,7 @@ def earlier_anc_facts(kb: KnowledgeBase, nc: NormCase, anc_points: dict[Optional
                       wbc_only: Optional[dict[Optional[datetime], float]] = None) -> None:
     """The lowest ANC of an earlier draw (any but the current count's, dated) taken while a course of a drug
     was taken, from the day after its start (a count of the start day is its baseline, as for
-    `_low_before_start`) to its end (to the case date while taken, or when stopped on a day not given: it may
+    `_low_before_start`) to its end (to the case date while taken, or when stopped or completed on a day not given: it may
     have been stopped for that count): `drug_<id>_lowest_earlier_anc`. A value reported as a bound ("<0.5")
     counts as the bound. With no ANC now (a WBC alone, or no current count), the latest ANC there is and its age:
     `last_anc`, `last_anc_age_days`. With one, the lowest ANC of the draws within anc_from_earlier_draw_hours before

@@ -340,9 +340,9 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             warnings.append(f"medications[{i}] {text!r}: {form.group(0).lower()!r} names a form not taken "
                             f"systemically; not weighed as a cause of the count (rules/drugs.yaml, not_systemic_forms).")
             continue
-        if med.status == "stopped" and end is None:
-            warnings.append(f"medications[{i}] {text!r} was stopped on a day not given: it was treated as possibly stopped "
-                            f"recently (a recent suspect), with no date for its last dose.")
+        if med.status in ("stopped", "completed") and end is None:
+            warnings.append(f"medications[{i}] {text!r} was {med.status} on a day not given: it was treated as possibly "
+                            f"{med.status} recently (a recent suspect), with no date for its last dose.")
         med_onco = oncologic_use(kb, med.indication, oncologic)
         matches = [match]
         named = drugs.lookup(med.name, None) if med.name and (med.rxnorm or med.atc) else None

@@ -290,8 +290,9 @@ def test_medication_statuses_and_draft_filtering():
     case, warnings = bundle_to_case(bundle(WBC, *meds))
     got = {m["name"]: (m["status"], m.get("end")) for m in case["medications"]}
     assert got == {"drug active": ("active", None), "drug on-hold": ("active", None),
-                   "drug completed": ("completed", "2025-02-01"), "drug stopped": ("stopped", "2025-02-01"),
-                   "drug cancelled": ("stopped", "2025-02-01")}
+                   "drug completed": ("completed", "2025-02-01"), "drug stopped": ("stopped", "2025-02-01")}
+    # cancelled: "withdrawn before any administrations have occurred" (FHIR R4): not taken, and said so
+    assert has(warnings, "MedicationRequest/cancelled", "withdrawn before any dose", "skipped")
     assert has(warnings, "MedicationRequest/draft", "draft", "include_draft=True")
     assert has(warnings, "MedicationRequest/entered-in-error", "skipped")
     with_draft, _ = bundle_to_case(bundle(WBC, *meds), include_draft=True)

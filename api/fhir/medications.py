@@ -1,8 +1,8 @@
 """MedicationRequest, MedicationStatement, MedicationAdministration and MedicationDispense ->
 ``case.medications`` (an administration or a dispense: see :func:`_given`).
 
-Status active/on-hold -> active, completed -> completed, stopped/cancelled -> stopped, unknown ->
-active (warned); entered-in-error, intended and not-taken are skipped, and so are a request with
+Status active/on-hold -> active, completed -> completed, stopped -> stopped, unknown -> active (warned);
+entered-in-error, cancelled (withdrawn before any dose), intended and not-taken are skipped, and so are a request with
 ``doNotPerform`` true or an intent of proposal, plan or option (not an order); ``draft`` too unless
 ``include_draft`` (the order being signed in a CDS Hooks call), when it counts as active. The drug
 is ``medicationCodeableConcept`` or the Medication that ``medicationReference`` points to (``#id``
@@ -50,7 +50,11 @@ EVENT_STATUS = {"MedicationAdministration": {"completed": "completed", "in-progr
                 "MedicationDispense": {"completed": "completed"}}
 NOT_ORDERED_INTENTS = ("proposal", "plan", "option")   # MedicationRequest intents that are not an order
 MED_STATUS = {"active": "active", "on-hold": "active", "unknown": "active", "completed": "completed",
-              "stopped": "stopped", "cancelled": "stopped", "draft": "active"}
+              "stopped": "stopped", "draft": "active"}
+# Not taken, said why. A MedicationRequest "cancelled" was "withdrawn before any administrations have occurred"
+# (FHIR R4 medicationrequest-status); read as stopped, a carbimazole order cancelled unused had been named the
+# likely cause of an ANC of 0.3 and the marrow examination dropped.
+NOT_TAKEN_WHY = {"cancelled": "withdrawn before any dose was given (FHIR); if it was taken, record it as stopped"}
 
 
 def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Optional[date],
@@ -201,7 +205,8 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
         return None
     status = MED_STATUS.get(fhir_status or "")
     if status is None:
-        why = f"status {fhir_status!r} means it is not being taken" if fhir_status else "no status"
+        why = (f"status {fhir_status!r}: {NOT_TAKEN_WHY.get(fhir_status, 'it is not being taken')}" if fhir_status
+               else "no status")
         warnings.append(f"{item.label}: {why}; skipped.")
         return None
     if fhir_status == "unknown":
