@@ -57,6 +57,7 @@ class KnowledgeBase:
     suspicion_counts: frozenset[str]      # conditions a suspicion is enough for (the emergency gate)
     acute_conditions: frozenset[str]      # conditions a past mention does not make current
     episode_conditions: frozenset[str]    # acute ones an old problem-list entry is read as past for
+    lasting_conditions: frozenset[str]    # diagnoses that still matter once over (a resolved Condition is kept)
     negation_sources: list[str]
     transplant_organs: dict[str, re.Pattern[str]]
     duffy_ancestry: re.Pattern[str]
@@ -188,6 +189,7 @@ def _load(root: Path, version: str, check_prose: bool = True) -> KnowledgeBase:
         suspicion_counts=frozenset(negation.get("suspicion_counts", [])),
         acute_conditions=frozenset(negation.get("acute", [])),
         episode_conditions=frozenset(negation.get("episodes", [])),
+        lasting_conditions=frozenset(vocab.get("history_that_lasts", [])),
         negation_sources=negation.get("sources", []),
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),
         duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),

@@ -100,6 +100,8 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
         problems.append(f"conditions.yaml: not_a_diagnosis: episode {cond!r} is not in acute")
     for cond in (kb.suspicion_counts | kb.acute_conditions | kb.episode_conditions) - set(kb.conditions):
         problems.append(f"conditions.yaml: not_a_diagnosis (suspicion_counts, acute): unknown condition {cond!r}")
+    for cond in kb.lasting_conditions - set(kb.conditions):
+        problems.append(f"conditions.yaml: history_that_lasts: unknown condition {cond!r}")
     need(kb.ctcae.get("sources"), "ctcae.yaml")
     _check_vitals(kb, need, problems)
     for v in (kb.ctcae.get("versions") or {}).values():

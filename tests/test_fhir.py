@@ -499,6 +499,23 @@ def test_a_condition_counts_when_it_was_current_at_the_date_judged():
     assert later["history"]["conditions"] == ["Crohn's disease"]
 
 
+def test_a_clozapine_agranulocytosis_over_is_kept_as_history():
+    """The clozapine label's no-rechallenge follows a clozapine agranulocytosis of any date: resolved, inactive or
+    abated, it is kept (with a warning saying so), where another resolved condition is left out; a refuted one is
+    still not read."""
+    def cond(text, clinical, abated=None, verification="confirmed"):
+        c = {"resourceType": "Condition", "code": {"text": text}, "clinicalStatus": {"coding": [{"code": clinical}]},
+             "verificationStatus": {"coding": [{"code": verification}]}, "onsetDateTime": "2023-02-01"}
+        return {**c, "abatementDateTime": abated} if abated else c
+    data = bundle(WBC, cond("Clozapine-induced agranulocytosis", "resolved"), cond("Influenza", "resolved"),
+                  cond("Agranulocytosis secondary to clozapine", "active", abated="2023-03-01"),
+                  cond("Severe neutropenia due to clozapine", "inactive", verification="refuted"))
+    case, warnings = bundle_to_case(data)
+    assert case["history"]["conditions"] == ["Clozapine-induced agranulocytosis", "Agranulocytosis secondary to clozapine"]
+    assert has(warnings, "entry[1]", "resolved, and kept as history")
+    assert has(warnings, "entry[3]", "abated, and kept as history")
+
+
 @pytest.mark.parametrize("clinical,verification", [
     ({"coding": [{"code": "active"}]}, {"text": "Refuted"}),
     ({"coding": [{"code": "active"}]}, {"coding": [{"code": "REFUTED"}]}),

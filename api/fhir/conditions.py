@@ -77,7 +77,11 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
         return None
     abated, _ = parse_when(res.get("abatementDateTime") or as_dict(res.get("abatementPeriod")).get("end"))
     ended = clinical & set(CONDITION_SKIP_CLINICAL)
-    if abated is not None and ref is not None:
+    over = ended or (abated is not None and ref is not None and not after(abated, ref))
+    if over and _lasting(concept_text(res.get("code")), kb):
+        warnings.append(f"{item.label}: {', '.join(sorted(ended)) or 'abated'}, and kept as history: a diagnosis that "
+                        f"still matters once over (rules/conditions.yaml history_that_lasts).")
+    elif abated is not None and ref is not None:
         if not after(abated, ref):            # over by the date the case is judged at
             if not ended:
                 warnings.append(f"{item.label}: abated on {abated.isoformat()[:10]} although its clinical status "
@@ -113,6 +117,11 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
     if recorded[1] is not None and (last is None or recorded[1] < last):
         last = recorded[1]                                               # it began before it was recorded
     return text, first, last
+
+
+def _lasting(text: Optional[str], kb: Optional[KnowledgeBase]) -> bool:
+    """Whether a Condition's text names a diagnosis that matters once over (a clozapine agranulocytosis)."""
+    return bool(text and kb and any(kb.conditions[c].search(text) for c in kb.lasting_conditions if c in kb.conditions))
 
 
 def _onset(res: dict[str, Any], born: Optional[date], label: str, warnings: list[str]
