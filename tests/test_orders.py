@@ -159,7 +159,7 @@ def test_clozapine_ordered_again_after_a_severe_count_on_an_earlier_course(engin
     assert ("clozapine_rechallenge" in [x.id for x in a.alerts]) is flagged
     c = check(engine, CLOZ, a)
     assert c.priority == ("warning" if flagged else "info")
-    assert c.summary.startswith("An earlier ANC on clozapine was below 0.5") is flagged
+    assert c.summary.startswith("An earlier ANC below 0.5 on clozapine") is flagged
     assert c.cancel == "no"
 
 
@@ -172,7 +172,7 @@ def test_benign_ethnic_neutropenia_gets_the_no_rechallenge_advice_below_0_5_too(
                                                        lab("anc", 2.5)],
                                     medications=[EARLIER_COURSE, {"name": "clozapine", "start": "2025-03-10"}]))
     assert "clozapine_rechallenge" in [x.id for x in again.alerts]
-    assert check(engine, CLOZ, again).summary.startswith("An earlier ANC on clozapine was below 0.5")
+    assert check(engine, CLOZ, again).summary.startswith("An earlier ANC below 0.5 on clozapine")
     now = engine.assess(base_case(patient=ben, labs=[lab("wbc", 2.0), lab("anc", 0.45)],
                                   medications=[{"name": "clozapine", "start": "2024-06-01"}]))
     assert {"clozapine_no_rechallenge", "clozapine_neutropenia"} <= {x.id for x in now.alerts}
@@ -194,7 +194,7 @@ def test_clozapine_rechallenge_with_no_current_anc_also_asks_for_a_baseline(engi
     a = engine.assess(base_case(labs=[*SEVERE_ON_IT, lab("hemoglobin", 13.0, "g/dL")],
                                 medications=[EARLIER_COURSE, {"name": "clozapine", "start": "2025-03-10"}]))
     c = check(engine, CLOZ, a)
-    assert c.summary.startswith("An earlier ANC on clozapine was below 0.5")
+    assert c.summary.startswith("An earlier ANC below 0.5 on clozapine")
     assert "not to rechallenge" in c.detail and "baseline ANC of at least 1.5" in c.detail
 
 
