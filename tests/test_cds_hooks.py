@@ -199,6 +199,25 @@ def test_drugs_with_no_blood_count_on_record_are_assessed_for_what_needs_no_coun
     assert call(_med("clozapine 200 mg daily", status="stopped")) == []
 
 
+@pytest.mark.parametrize("second, says", [
+    ("febuxostat 80 mg daily", "Febuxostat is contraindicated"),           # uloric_label
+    ("allopurinol 300 mg daily", "dose cut to a quarter"),                 # medsafe_azathioprine_allopurinol_1998
+    ("mercaptopurine 50 mg daily", "one thiopurine taken twice"),
+])
+def test_a_thiopurine_combination_to_stop_or_cut_now_is_a_card_whatever_the_count(client, second, says):
+    """Azathioprine with febuxostat (contraindicated), with allopurinol at full dose or with mercaptopurine had given no
+    card beside normal counts, or none (red-team round 14): the step to stop one, or cut the dose, is urgent."""
+    meds = searchset(_med("azathioprine 150 mg daily"), _med(second, oid="m2"))
+    normal = [obs("6690-2", 6.0, "10*9/L", RECENT), obs("751-8", 3.5, "10*9/L", RECENT)]
+    for labs in (normal, []):
+        pre = prefetch(labs, medicationRequests=meds)
+        cards = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+        assert [c["indicator"] for c in cards] == ["warning"], cards
+        assert says in cards[0]["detail"]
+    alone = prefetch(normal, medicationRequests=searchset(_med("azathioprine 150 mg daily")))
+    assert cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", alone))) == []
+
+
 def test_an_order_with_no_blood_count_and_no_other_drug_gets_the_order_check_alone(client):
     """The draft was all there was: the order check asks for a baseline count; no patient card is made from the
     draft (it is not taken yet) and the call is not refused."""
