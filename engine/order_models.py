@@ -42,7 +42,8 @@ class OrderCheck(BaseModel):
     order: str
     drug: str
     drug_name: str
-    topic: Literal["thiopurine_pgx", "clozapine_anc", "drug_label", "interaction", "dosing_frequency", "unknown_drug"]
+    topic: Literal["thiopurine_pgx", "clozapine_anc", "drug_label", "dmard_monitoring", "interaction", "dosing_frequency",
+                   "unknown_drug"]
     priority: Priority
     summary: str
     detail: str

@@ -11,8 +11,8 @@ from .kb import KnowledgeBase
 from .order_models import INTERMEDIATE, OrderCheck, OrderInput
 from .vocabulary import oncologic_use
 
-__all__ = ["clozapine_check", "label_check", "interactions_check", "daily_instead_of_weekly", "not_known",
-           "cuts_the_dose"]
+__all__ = ["clozapine_check", "label_check", "withhold_check", "interactions_check", "daily_instead_of_weekly",
+           "not_known", "cuts_the_dose"]
 
 
 def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment]) -> OrderCheck:
@@ -117,6 +117,23 @@ def label_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: A
                                                     f"threshold: do not start",
                       detail=" ".join(r.statement for r in rules),
                       sources=list(dict.fromkeys(src for r in rules for src in r.sources)))
+
+
+def withhold_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:
+    """A DMARD ordered at counts its monitoring withholds it at (rules/orders.yaml ``dmard``: its rule fired with the
+    order counted as taken): methotrexate ordered at an ANC of 0.4 had had no order card."""
+    spec = kb.orders.get("dmard")
+    classes = {*drug.get("classes", []), drug.get("non_oncologic_class")}
+    if not spec or not (classes & set(spec["classes"]) or drug["id"] in spec["drugs"]) or \
+            not any(spec["rule"] in s.rules for s in a.steps):
+        return None
+    rule = kb.rule(spec["rule"])
+    order_of = ("critical", "warning", "info")
+    priority = min(spec["priority"], kb.tier_priority.get(a.risk_tier.tier, "info"), key=order_of.index)
+    return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="dmard_monitoring",
+                      priority=priority, cancel="recommended",
+                      summary=spec["summary"].format(drug=drug["name"].capitalize()), detail=" ".join(rule.statement.split()),
+                      sources=list(rule.sources))
 
 
 def cuts_the_dose(spec: dict[str, Any], drug: dict[str, Any]) -> bool:

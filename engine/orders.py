@@ -22,7 +22,7 @@ from .kb import KnowledgeBase
 from .doses import dose_mg_kg_day, dose_mg_m2_day, dosed_daily
 from .order_models import INTERMEDIATE, Advice, DoseChange, OrderCheck, OrderInput
 from .order_others import (clozapine_check, cuts_the_dose, daily_instead_of_weekly, interactions_check, label_check,
-                           not_known)
+                           not_known, withhold_check)
 from .vocabulary import DrugIndex, match_conditions
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
@@ -133,7 +133,8 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
         elif drug["id"] == "clozapine":
             out.append(clozapine_check(kb, order, drug, assessment))
         elif assessment is not None:
-            out += [c for c in (label_check(kb, order, drug, assessment), interactions_check(kb, order, drug, assessment)) if c]
+            out += [c for c in (label_check(kb, order, drug, assessment), withhold_check(kb, order, drug, assessment),
+                                interactions_check(kb, order, drug, assessment)) if c]
         daily = daily_instead_of_weekly(kb, order, drug, bool(oncologic))
         if daily is not None:
             out.append(daily)

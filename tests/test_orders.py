@@ -397,6 +397,30 @@ def test_a_thiopurine_ordered_with_febuxostat_is_contraindicated_not_cut_to_a_qu
     assert allopurinol.dose_change is not None and allopurinol.dose_change.factor == 0.25
 
 
+@pytest.mark.parametrize("drug, labs, priority", [
+    ("methotrexate", [("wbc", 1.5), ("anc", 0.4)], "critical"),     # withheld below 1.6; a severe tier is critical
+    ("leflunomide", [("wbc", 3.0), ("anc", 1.2)], "warning"),       # neutrophils < 1.6, WBC < 3.5
+    ("sulfasalazine", [("wbc", 3.2), ("anc", 2.1)], "warning"),     # WBC < 3.5 alone
+    ("methotrexate", [("wbc", 5.0), ("anc", 2.5)], None),           # at or above every threshold: nothing to say
+])
+def test_a_dmard_ordered_at_counts_its_monitoring_withholds_it_at(engine, drug, labs, priority):
+    """UK DMARD monitoring (BSR-aligned; nhs_dg_sulfasalazine_monitoring): withhold when neutrophils fall below 1.6,
+    the WBC below 3.5 or platelets below 140. Methotrexate, leflunomide or sulfasalazine ordered at an ANC of 0.4 had
+    had no order card (red-team round 14): the order counted as taken starts today."""
+    a = engine.assess(base_case(labs=[lab(t, v) for t, v in labs],
+                                medications=[{"name": drug, "start": "2025-03-10"}],      # the draft, as CDS counts it
+                                history={"conditions": ["rheumatoid arthritis"]}))
+    checks = [c for c in engine.check_orders([OrderInput(key="o", name=drug)], a) if c.topic == "dmard_monitoring"]
+    assert [c.priority for c in checks] == ([priority] if priority else [])
+    if priority:
+        assert "do not start" in checks[0].summary and "bsr_dmard_2017" in checks[0].sources
+    transplant = engine.assess(base_case(labs=[lab(t, v) for t, v in labs],
+                                         medications=[{"name": drug, "start": "2025-03-10"}],
+                                         history={"transplant": {"organ": "kidney", "date": "2020-01-01"}}))
+    assert not [c for c in engine.check_orders([OrderInput(key="o", name=drug)], transplant)
+                if c.topic == "dmard_monitoring"]          # the transplant team's, as for a drug already taken
+
+
 @pytest.mark.parametrize("mg,said", [(210, None), (600, "above the label's highest dose (5 mg/kg/day)"),
                                      (2000, "probably an entry or unit error")])
 def test_an_order_above_the_labels_highest_dose_says_so_first(engine, mg, said):

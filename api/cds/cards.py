@@ -6,10 +6,8 @@ maps them to card fields, suggestions and FHIR resources.
   next steps with urgency and the sources; nothing when the counts give nothing to say;
 * data cards: no current CBC (how old the latest is), nothing assessable (what could not be read),
   a checked CBC with nothing to flag when something was left out;
-* order cards: one per ordered thiopurine or clozapine, from :class:`leukodx.engine.OrderCheck`, with
-  suggestions (update the draft order to the adjusted dose and frequency: dose_update.py; delete it; order
-  genotyping).
-"""
+* order cards: one per check of an ordered drug, from :class:`leukodx.engine.OrderCheck`, with suggestions (update
+  the draft order to the adjusted dose and frequency: dose_update.py; delete it; order genotyping)."""
 from __future__ import annotations
 
 import hashlib
@@ -50,6 +48,7 @@ TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),
           "thiopurine_pgx": ("thiopurine-pgx", "Thiopurine pharmacogenomics"),
           "clozapine_anc": ("clozapine-anc", "Clozapine ANC monitoring"),
           "drug_label": ("drug-label", "A drug's label count thresholds"),
+          "dmard_monitoring": ("dmard-monitoring", "DMARD blood monitoring"),
           "interaction": ("drug-interaction", "Drug interactions raising marrow toxicity"),
           "dosing_frequency": ("dosing-frequency", "A weekly drug ordered daily"),
           "unknown_drug": ("unknown-drug", "A drug leukodx does not know")}
