@@ -134,6 +134,9 @@ class History(_Model):
     splenomegaly: Optional[Annotated[bool, Field(strict=True)]] = None
     alcohol_use_disorder: Optional[Annotated[bool, Field(strict=True)]] = None
     smear_findings: Annotated[list[SmearFinding], Field(max_length=len(SMEAR_FINDINGS))] = []
+    medications_unknown: Optional[Annotated[bool, Field(strict=True)]] = Field(
+        None, description="true when the medication list could not be had (an EHR's medication search failed): no "
+                          "drug is then taken as absent, and none is weighed as a cause that is not listed")
 
     @field_validator("temperature_c", mode="before")
     @classmethod

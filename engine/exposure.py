@@ -49,6 +49,8 @@ def patient_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> Non
         facts["alcohol_use_disorder"] = False
     for s in h.smear_findings:
         facts[f"smear_{s}"] = True
+    if h.medications_unknown:
+        facts["medications_unknown"] = True
     for c in nc.conditions:
         facts[f"condition_{c}"] = True
     as_of = nc.as_of

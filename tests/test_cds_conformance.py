@@ -30,6 +30,7 @@ from leukodx.api.app import create_app
 from leukodx.api.cds.models import card_violations
 from leukodx.api.config import Settings
 from leukodx.api.fhir import UNUSABLE, fetch_queries, fill_template
+from leukodx.api.cds import gather as cds_gather
 from leukodx.api.cds import routes as cds_routes
 from leukodx.engine.kb import default as default_kb
 
@@ -732,7 +733,7 @@ def recording_fhir_server(monkeypatch, answer=_fhir_answer) -> list[httpx.Reques
         kwargs.update(transport=httpx.MockTransport(handler), allow_loopback=True)   # FHIR_BASE is loopback
         return await fetch_queries(*args, **kwargs)
 
-    monkeypatch.setattr(cds_routes, "fetch_queries", recording)
+    monkeypatch.setattr(cds_gather, "fetch_queries", recording)
     return seen
 
 

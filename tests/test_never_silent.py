@@ -835,3 +835,21 @@ def test_a_rise_on_g_csf_is_not_asked_for_a_repeat_but_a_fever_still_counts(engi
     assert "agranulocytosis_hours_before" in alerts(engine.assess(case(labs)))
     febrile = {**case(labs, temperature_c=38.6), "medications": [{"name": "Neupogen", "start": "2025-03-05"}]}
     assert "febrile_neutropenia" in alerts(engine.assess(febrile))
+
+
+def test_a_medication_list_not_had_is_not_taken_as_no_drugs(client, engine):
+    """A failed medication search (no fhirServer, or one that fails) had been read as 'no drugs': an ANC of 0.3 got an
+    urgent marrow examination 'with no drug to explain it', and the failure was named only after the sources (red-team
+    round 14). Drugs are the commonest cause (gibson_berliner_2014): the list is what is missing."""
+    labs = [lab("wbc", 1.9), lab("anc", 0.3)]
+    known, unknown = engine.assess(case(labs)), engine.assess(case(labs, medications_unknown=True))
+    assert "bone_marrow_examination" in {s.id for s in known.steps}
+    assert "bone_marrow_examination" not in {s.id for s in unknown.steps}
+    assert "hematology_referral" in {s.id for s in unknown.steps}
+    assert any(m.item.startswith("The medication list") for m in unknown.missing_data)
+    pre = prefetch([obs("6690-2", 1.9, "10*9/L"), obs("751-8", 0.3, "10*9/L")])
+    del pre["medicationRequests"], pre["medicationStatements"]          # missing keys: to be fetched, and no fhirServer
+    [card] = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+    assert card["indicator"] == "critical"
+    assert card["detail"].startswith("**Could not be had:** 'medicationRequests' could not be had")
+    assert "Bone marrow" not in card["detail"] and "The medication list" in card["detail"]

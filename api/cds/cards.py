@@ -1,11 +1,10 @@
-"""Assessment and order checks -> CDS Hooks cards (pydantic :class:`Card` models). Presentation only:
-the indicator is the engine's priority, the order advice is the engine's order check; this module
-maps them to card fields, suggestions and FHIR resources.
+"""Assessment and order checks -> CDS Hooks cards (pydantic :class:`Card` models). Presentation only: the indicator
+is the engine's priority, the order advice the engine's order check; this module maps them to card fields,
+suggestions and FHIR resources.
 
-* the assessment card: the count's date, the risk tier, alerts, ranked causes with their evidence,
-  next steps with urgency and the sources; nothing when the counts give nothing to say;
-* data cards: no current CBC (how old the latest is), nothing assessable (what could not be read),
-  a checked CBC with nothing to flag when something was left out;
+* the assessment card (the count's date, risk tier, alerts, ranked causes with their evidence, next steps with
+  urgency, sources), none when the counts give nothing to say; data cards (no current CBC, nothing assessable, a
+  checked CBC with nothing to flag when something was left out);
 * order cards: one per check of an ordered drug, from :class:`leukodx.engine.OrderCheck`, with suggestions (update
   the draft order to the adjusted dose and frequency: dose_update.py; delete it; order genotyping)."""
 from __future__ import annotations
@@ -328,9 +327,9 @@ def unmatched_selection_card(hook_instance: str, selections: list[str], kb_versi
     """order-select named selections that are no draft order of the call: every draft order was checked instead."""
     shown = ", ".join(repr(s[:100]) for s in selections[:5]) + (", ..." if len(selections) > 5 else "")
     return _data_card(hook_instance, "selection-unmatched", "The selected order was not found among the draft orders; "
-                      "all drafts were checked", f"The selections {shown} name no draft order of this call "
-                      f"(by MedicationRequest/id, id, URL or fullUrl), so every draft order was checked.\n\n"
-                      f"{DISCLAIMER}", "warning", kb_version)
+                      "all drafts were checked", f"The selections {shown} name no draft order of this call (by "
+                      f"MedicationRequest/id, id, URL or fullUrl), so every draft order was checked.\n\n{DISCLAIMER}",
+                      "warning", kb_version)
 
 
 def unread_order_card(hook_instance: str, key: str, order: str, why: str, kb_version: str) -> Card:
@@ -361,10 +360,10 @@ def add_report_link(card: Card, url: str, minutes: float) -> None:
         autolaunchable=False, autoLaunchable=False)]
 
 
-def note_cautions(cards: list[Card], cautions: list[str]) -> None:
-    """Put what must be checked before acting (the patient recorded as deceased) first in the first card."""
+def note_cautions(cards: list[Card], cautions: list[str], heading: str = "Check first") -> None:
+    """Put what must be checked before acting (the patient recorded as deceased, data the EHR could not give) first."""
     if cards and cautions:
-        cards[0].detail = "**Check first:** " + safe_markdown(" ".join(cautions)) + "\n\n" + (cards[0].detail or "")
+        cards[0].detail = f"**{heading}:** " + safe_markdown(" ".join(cautions)) + "\n\n" + (cards[0].detail or "")
 
 
 def note_left_out(cards: list[Card], items: list[str]) -> None:

@@ -9,7 +9,6 @@ OperationOutcome, means it could not be provided, so the service fetches it; if 
 """
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
 from datetime import datetime, timezone
@@ -28,13 +27,13 @@ from .. import audit, fhir, metrics
 from ..config import Settings
 from ..deps import CDS_TYPES, LeanRoute, base_url, engine, read_body
 from ..deps import settings as app_settings
-from ..fhir import FetchError, fetch_queries, fill_template
 from ..offload import INLINE_MAX_BYTES, run_cpu
 from ..problems import ProblemError
 from ..reports import answers_first, store_report
 from ..tracing import traced
 from . import cards as C
 from .auth import AuthError, JwtVerifier, verifier_from_settings
+from .gather import MEDICATION_KEYS, gather, named
 from .models import Card, CardsResponse, FeedbackRequest, HookRequest
 from .orders import draft_orders, order_cards, unmatched_selections
 from .prefetch import templates as _templates
@@ -57,12 +56,6 @@ SERVICES: dict[str, dict[str, str]] = {
         "description": "Before a thiopurine or clozapine order is signed: the CPIC-adjusted dose (or cancelling the order "
                        "for a poor metabolizer), genotyping when the status is unknown, and the clozapine ANC threshold."},
 }
-# Without the lab Observations there is nothing to assess (412); any other key that cannot be had is
-# named on the cards and the rest is assessed.
-REQUIRED_KEYS = ("observations",)
-# Keys whose absence the assessment itself reports (no temperature or weight: its missing data says what they
-# would add), so a client that cannot fill them gets no extra note on every card.
-QUIET_KEYS = ("vitals",)
 
 
 @lru_cache(maxsize=4)
@@ -99,76 +92,6 @@ def _operation_outcome(status: int, text: str, diagnostics: str) -> JSONResponse
     return JSONResponse({"resourceType": "OperationOutcome", "issue": [
         {"severity": "error", "code": "processing", "details": {"text": text}, "diagnostics": diagnostics}]},
         status_code=status, media_type="application/fhir+json")
-
-
-async def _gather(hook: HookRequest, settings: Settings,
-                  templates: dict[str, str]) -> tuple[list[Any], list[str], list[str], bool, set[str]]:
-    """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys,
-    notes, whether anything was fetched from the FHIR server, the keys of which only a first page was had)."""
-    prefetch = hook.prefetch or {}
-    resources: list[Any] = []
-    keys: list[str] = []            # the prefetch key each resource came from, to name it in messages
-    missing: list[str] = []
-    notes: list[str] = []
-    paged_values: dict[str, Any] = {}
-    to_fetch: dict[str, str] = {}
-    first_page_only: set[str] = set()
-
-    def cannot(key: str, why: str) -> None:
-        if key in paged_values:
-            resources.append(paged_values[key])
-            keys.append(key)
-            first_page_only.add(key)
-            notes.append(f"prefetch '{key}' holds only its first page ({why})")
-        elif key in REQUIRED_KEYS:
-            missing.append(f"{key}: {why}")
-        elif key in QUIET_KEYS:
-            pass
-        else:
-            notes.append(f"'{key}' could not be had ({why})")
-
-    for key, template in templates.items():
-        value = prefetch.get(key, ...)
-        if value is None:              # the EHR has no such data
-            continue
-        needs_fetch = value is ... or (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome")
-        links = value.get("link") if isinstance(value, dict) and value.get("resourceType") == "Bundle" else None
-        paged = isinstance(links, list) and any(l.get("relation") == "next" for l in links if isinstance(l, dict))
-        if not needs_fetch and not paged:
-            resources.append(value)
-            keys.append(key)
-            continue
-        if paged:
-            paged_values[key] = value
-        try:
-            if not hook.fhirServer:
-                raise FetchError("no fhirServer was given")
-            if hook.fhirAuthorization is None:   # every FHIR call carries the EHR's access token
-                raise FetchError("no fhirAuthorization access token was given for the fhirServer" if hook._auth_problem
-                                 is None else f"the fhirAuthorization sent could not be used ({hook._auth_problem})")
-            scoped = hook.fhirAuthorization.patient
-            if scoped and scoped.strip().removeprefix("Patient/") != str(hook.context.get("patientId", "")).strip():
-                raise FetchError("the fhirAuthorization token is for another patient than context.patientId; it "
-                                 "was not used")     # an EHR's mix-up: another patient's data must never be fetched
-            to_fetch[key] = fill_template(template, hook.context, None)
-        except FetchError as e:
-            cannot(key, str(e))
-    if to_fetch:
-        assert hook.fhirServer and hook.fhirAuthorization
-        outcomes = await metrics.observed_fetch(   # timed, in a span, each query's outcome counted
-            fetch_queries, hook.fhirServer, hook.fhirAuthorization.access_token, to_fetch,
-            deadline_seconds=settings.fhir_deadline_seconds, max_pages=settings.fhir_max_pages,
-            allow_private=settings.fhir_allow_private, allow_loopback=settings.fhir_allow_loopback)
-        for key, out in outcomes.items():
-            if out.resources is None:
-                cannot(key, out.note or "the FHIR server could not be used")
-                continue
-            resources.append(out.resources)
-            keys.append(key)
-            if out.note:
-                notes.append(f"'{key}' is partial ({out.note})")
-    _KEYS.set(keys)
-    return resources, missing, notes, bool(to_fetch), first_page_only
 
 
 _PROBLEM = {"content": {"application/problem+json": {}}, "description": "Problem details (RFC 9457)"}
@@ -218,7 +141,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     if not isinstance(patient_id, str) or not patient_id:
         raise ProblemError(400, "Invalid CDS Hooks request", "context.patientId is required")
 
-    resources, missing, notes, fetched, first_page_only = await _gather(hook, settings, _templates(eng))
+    resources, missing, notes, fetched, first_page_only, unhad = await gather(hook, settings, _templates(eng))
     small = small and not fetched                   # what a FHIR server sent can be of any size
     if missing:
         why = "; ".join(missing) + _prefetch_mismatch(hook, _templates(eng), patient_id)
@@ -254,6 +177,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
                                                              patient_id=patient_id, as_of=today, include_draft=True)),
                                inline=small)
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
+        if unhad & set(MEDICATION_KEYS):
+            mapped.case["history"] = {**mapped.case.get("history", {}), "medications_unknown": True}
         weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
         ordered = assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
         if mapped.drafts:          # the patient's card: the drafts being signed are not taken yet (Mapped.without_drafts)
@@ -268,7 +193,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
                                                                   if u.suggestions else "")
                      for u in read.unrecognised]
-        where += [_named(n.field) for n in (*mapped.not_assessed, *read.not_assessed)]
+        where += [named(n.field) for n in (*mapped.not_assessed, *read.not_assessed)]
         where += [f"{u.field} (an unknown {u.kind})" for u in read.unrecognised]
     except fhir.FhirMappingError as e:
         mismatch = any(p.loc == "subject" for p in e.problems)
@@ -279,7 +204,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         # no lab Observation at all (nothing skipped, nobody else's): nothing to assess and nothing hidden
         nothing = len(e.problems) == 1 and e.problems[0].loc == "" and not notes
         problems = [] if nothing else _problem_texts(e.problems)
-        where += [_named(p.loc) or "the data" for p in e.problems]
+        where += [named(p.loc) or "the data" for p in e.problems]
     except CaseError as e:       # nothing the engine could read: a count among what it refused is a warning
         problems = [str(p) for p in e.problems]
         where += [p.loc for p in e.problems]
@@ -325,13 +250,14 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         else:
             if not cards and assessment is not None:
                 cards.append(C.checked_card(assessment, hook.hookInstance, counts_unread, anc_unread))
-            C.note_left_out(cards, left_out)
+            C.note_left_out(cards, [i for i in left_out if i not in notes])   # what the EHR could not give: first
+            C.note_cautions(cards, [f"{n}." for n in notes if n in left_out], "Could not be had")
     C.note_cautions(cards, cautions)
     return cards, report
 
 
 def _problem_texts(problems: list[Problem]) -> list[str]:
-    return [p.msg if p.loc in ("", "subject") else f"{_named(p.loc)}: {p.msg}" for p in problems]
+    return [p.msg if p.loc in ("", "subject") else f"{named(p.loc)}: {p.msg}" for p in problems]
 
 
 def add_call_route(app: FastAPI) -> None:
@@ -377,23 +303,8 @@ _REF = re.compile(r"\b([A-Z][A-Za-z]+)/[^,;()]+")
 _LAB_AT = re.compile(r"labs\[(\d+)\]")        # a case problem's place: the lab it is about
 
 
-_KEYS: contextvars.ContextVar[list[str]] = contextvars.ContextVar("prefetch_keys", default=[])
-_POSITION = re.compile(r"^\[(\d+)\](.*)$")
-
-
-def _named(loc: str) -> str:
-    """`[1].entry[3].resource` (a position in the resources gathered) -> `prefetch 'observations'.entry[3].resource`."""
-    m = _POSITION.match(loc)
-    keys = _KEYS.get()
-    if not m:
-        return loc
-    i = int(m.group(1))
-    where = f"prefetch '{keys[i]}'" if i < len(keys) else "draftOrders"
-    return where + m.group(2)
-
-
 def _left_out_text(n: NotAssessed) -> str:
-    return f"{_named(n.field)}" + (f" ({n.value})" if n.value else "") + f": {n.reason}"
+    return f"{named(n.field)}" + (f" ({n.value})" if n.value else "") + f": {n.reason}"
 
 
 @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards",

@@ -1,0 +1,111 @@
+"""A CDS call's data: each prefetch key's resources, fetched from the EHR's FHIR server with the bearer token it gave
+when the key is missing (CDS Hooks 2.0.1 "Prefetch template"), and where each resource came from, to name it."""
+from __future__ import annotations
+
+import contextvars
+import re
+from typing import Any
+
+from .. import metrics
+from ..config import Settings
+from ..fhir import FetchError, fetch_queries, fill_template
+from .models import HookRequest
+
+__all__ = ["gather", "named", "REQUIRED_KEYS", "QUIET_KEYS", "MEDICATION_KEYS"]
+
+# Without the lab Observations there is nothing to assess (412); any other key that cannot be had is
+# named on the cards and the rest is assessed.
+REQUIRED_KEYS = ("observations",)
+# Keys whose absence the assessment itself reports (no temperature or weight: its missing data says what they
+# would add), so a client that cannot fill them gets no extra note on every card.
+QUIET_KEYS = ("vitals",)
+# The keys of the patient's drugs: when one could not be had the case says its medication list is unknown, so that
+# no drug is taken as absent (an ANC of 0.3 had been given a marrow examination "with no drug to explain it").
+MEDICATION_KEYS = ("medicationRequests", "medicationStatements")
+# the prefetch key each resource of this call came from, by its position (named)
+_KEYS: contextvars.ContextVar[list[str]] = contextvars.ContextVar("prefetch_keys", default=[])
+_POSITION = re.compile(r"^\[(\d+)\](.*)$")
+
+
+async def gather(hook: HookRequest, settings: Settings,
+                 templates: dict[str, str]) -> tuple[list[Any], list[str], list[str], bool, set[str], set[str]]:
+    """Resources for each prefetch key, fetching what is missing. Returns (resources, missing keys,
+    notes, whether anything was fetched from the FHIR server, the keys of which only a first page was had, the other
+    keys that could not be had at all)."""
+    prefetch = hook.prefetch or {}
+    resources: list[Any] = []
+    keys: list[str] = []            # the prefetch key each resource came from, to name it in messages
+    missing: list[str] = []
+    notes: list[str] = []
+    paged_values: dict[str, Any] = {}
+    to_fetch: dict[str, str] = {}
+    first_page_only: set[str] = set()
+    unhad: set[str] = set()
+
+    def cannot(key: str, why: str) -> None:
+        if key in paged_values:
+            resources.append(paged_values[key])
+            keys.append(key)
+            first_page_only.add(key)
+            notes.append(f"prefetch '{key}' holds only its first page ({why})")
+        elif key in REQUIRED_KEYS:
+            missing.append(f"{key}: {why}")
+        elif key in QUIET_KEYS:
+            pass
+        else:
+            unhad.add(key)
+            notes.append(f"'{key}' could not be had ({why})")
+
+    for key, template in templates.items():
+        value = prefetch.get(key, ...)
+        if value is None:              # the EHR has no such data
+            continue
+        needs_fetch = value is ... or (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome")
+        links = value.get("link") if isinstance(value, dict) and value.get("resourceType") == "Bundle" else None
+        paged = isinstance(links, list) and any(l.get("relation") == "next" for l in links if isinstance(l, dict))
+        if not needs_fetch and not paged:
+            resources.append(value)
+            keys.append(key)
+            continue
+        if paged:
+            paged_values[key] = value
+        try:
+            if not hook.fhirServer:
+                raise FetchError("no fhirServer was given")
+            if hook.fhirAuthorization is None:   # every FHIR call carries the EHR's access token
+                raise FetchError("no fhirAuthorization access token was given for the fhirServer" if hook._auth_problem
+                                 is None else f"the fhirAuthorization sent could not be used ({hook._auth_problem})")
+            scoped = hook.fhirAuthorization.patient
+            if scoped and scoped.strip().removeprefix("Patient/") != str(hook.context.get("patientId", "")).strip():
+                raise FetchError("the fhirAuthorization token is for another patient than context.patientId; it "
+                                 "was not used")     # an EHR's mix-up: another patient's data must never be fetched
+            to_fetch[key] = fill_template(template, hook.context, None)
+        except FetchError as e:
+            cannot(key, str(e))
+    if to_fetch:
+        assert hook.fhirServer and hook.fhirAuthorization
+        outcomes = await metrics.observed_fetch(   # timed, in a span, each query's outcome counted
+            fetch_queries, hook.fhirServer, hook.fhirAuthorization.access_token, to_fetch,
+            deadline_seconds=settings.fhir_deadline_seconds, max_pages=settings.fhir_max_pages,
+            allow_private=settings.fhir_allow_private, allow_loopback=settings.fhir_allow_loopback)
+        for key, out in outcomes.items():
+            if out.resources is None:
+                cannot(key, out.note or "the FHIR server could not be used")
+                continue
+            resources.append(out.resources)
+            keys.append(key)
+            if out.note:
+                notes.append(f"'{key}' is partial ({out.note})")
+    _KEYS.set(keys)
+    return resources, missing, notes, bool(to_fetch), first_page_only, unhad
+
+
+def named(loc: str) -> str:
+    """`[1].entry[3].resource` (a position in the resources gathered) -> `prefetch 'observations'.entry[3].resource`."""
+    m = _POSITION.match(loc)
+    keys = _KEYS.get()
+    if not m:
+        return loc
+    i = int(m.group(1))
+    where = f"prefetch '{keys[i]}'" if i < len(keys) else "draftOrders"
+    return where + m.group(2)
