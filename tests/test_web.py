@@ -205,6 +205,8 @@ def fill_case(page, server: str, case: dict) -> None:
         page.select_option("#temperature_site", h["temperature_site"])
     if h.get("fever_sustained_1h"):
         page.check("#sustained")
+    if h.get("medications_unknown"):
+        page.check("#meds_unknown")
     for key, sel in (("splenomegaly", "#splenomegaly"), ("alcohol_use_disorder", "#alcohol")):
         if h.get(key) is not None:
             page.select_option(sel, yes_no(h[key]))
@@ -458,8 +460,8 @@ EVERYTHING = {
     "history": {"tpmt": "intermediate", "tpmt_method": "activity", "tpmt_test_date": "2025-01-10",
                 "nudt15": "normal", "last_transfusion": "2024-12-20",
                 "transplant": {"organ": "kidney", "date": "2025-01-15"}, "temperature_c": 38.4, "temperature_site": "tympanic",
-                "fever_sustained_1h": True, "splenomegaly": True, "alcohol_use_disorder": False,
-                "smear_findings": ["dysplasia", "large_granular_lymphocytes"], "conditions": ["rheumatoid arthritis"]},
+                "fever_sustained_1h": True, "medications_unknown": True, "splenomegaly": True,
+                "alcohol_use_disorder": False, "smear_findings": ["dysplasia", "large_granular_lymphocytes"], "conditions": ["rheumatoid arthritis"]},
 }
 # Case fields the form leaves to the document box on purpose: codes and provenance an EHR sends, not a clinician.
 NOT_ON_THE_FORM = {"id", "title", "rationale", "labs.loinc", "labs.specimen", "labs.ref", "labs.lln_unit",

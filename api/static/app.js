@@ -273,6 +273,7 @@ function buildCase() {
   if (num("temperature") !== undefined) h.temperature_c = num("temperature");
   if ($("temperature_site").value) h.temperature_site = $("temperature_site").value;
   if ($("sustained").checked) h.fever_sustained_1h = true;
+  if ($("meds_unknown").checked) h.medications_unknown = true;
   if (yesNo("splenomegaly") !== undefined) h.splenomegaly = yesNo("splenomegaly");
   if (yesNo("alcohol") !== undefined) h.alcohol_use_disorder = yesNo("alcohol");
   const smear = [...document.querySelectorAll("#smear input:checked")].map((x) => x.value);
@@ -291,7 +292,7 @@ const FIELDS = { "/patient/age_years": "age", "/patient/sex": "sex", "/patient/w
   "/history/last_transfusion": "transfusion", "/history/transplant/date": "transplant_date",
   "/history/transplant": "transplant_organ", "/history/temperature_c": "temperature",
   "/history/temperature_site": "temperature_site",
-  "/history/fever_sustained_1h": "sustained", "/history/splenomegaly": "splenomegaly",
+  "/history/fever_sustained_1h": "sustained", "/history/medications_unknown": "meds_unknown", "/history/splenomegaly": "splenomegaly",
   "/history/alcohol_use_disorder": "alcohol", "/history/smear_findings": "smear-blasts", "/history/conditions": "conditions" };
 const COLUMN = { test: "test", value: "value", unit: "unit", lln: "lower limit", lln_unit: "lower limit", time: "date and time",
   name: "drug", rxnorm: "drug", status: "status", start: "start", end: "end", dose: "dose", indication: "indication" };
