@@ -853,3 +853,19 @@ def test_a_medication_list_not_had_is_not_taken_as_no_drugs(client, engine):
     assert card["indicator"] == "critical"
     assert card["detail"].startswith("**Could not be had:** 'medicationRequests' could not be had")
     assert "Bone marrow" not in card["detail"] and "The medication list" in card["detail"]
+
+
+@pytest.mark.parametrize("anc", [
+    {"status": "registered"},                                                        # no result yet, per its status
+    {"valueQuantity": {"value": 0.4, "unit": "bil/L"}},                             # a unit leukodx does not read
+])
+def test_an_anc_sent_and_set_aside_beside_a_low_wbc_is_not_called_absent(client, anc):
+    """WBC 3.0 with an ANC of 0.4 set aside (its status, its unit) had said 'no neutrophil count or percentage in
+    the same draw', the ANC named only after the sources (red-team round 14): it was sent, and it is unknown."""
+    wbc = obs("6690-2", 3.0, "10*9/L")
+    unread = {**obs("751-8", 0.4, "10*9/L"), **anc}
+    [card] = _patient_view(client, [wbc, unread])
+    assert card["indicator"] == "warning" and card["summary"].startswith("ANC sent but not readable")
+    assert "was sent and could not be used" in card["detail"]
+    [alone] = _patient_view(client, [wbc])                 # a WBC alone: no ANC was sent, and it says so
+    assert not alone["summary"].startswith("ANC sent") and "no neutrophil count or percentage" in alone["detail"]

@@ -10,22 +10,19 @@ suggestions and FHIR resources.
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from datetime import datetime
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Optional
 
-from leukodx.engine import Assessment, NotAssessed, OrderCheck
+from leukodx.engine import Assessment, OrderCheck
 
 from .dose_update import changed_order
-from ..fhir import UNNAMED_COUNT, WITHDRAWN
 from .markdown import safe_kb_line, safe_markdown, safe_text
 from .models import Action, Card, Coding, Link, Source, Suggestion
+from .signals import cytopenia_without_white_count, percentage_without_white_count, urgent_steps
 
-__all__ = ["assessment_cards", "neutrophil_value_unread", "urgent_steps", "cytopenia_without_white_count",
-           "percentage_without_white_count", "order_card", "unread_order_card", "other_patients_order_card",
-           "stale_card", "unassessed_card", "checked_card", "note_left_out", "OVERRIDE_REASONS", "card_id",
-           "NEUTROPHIL_TESTS"]
+__all__ = ["assessment_cards", "order_card", "unread_order_card", "other_patients_order_card", "stale_card",
+           "unassessed_card", "checked_card", "note_left_out", "note_cautions", "OVERRIDE_REASONS", "card_id"]
 
 _NS = uuid.UUID("6f1c2b7e-4d0a-4f59-9a59-1f7b3d6a8c21")
 TOPIC_SYSTEM = "urn:leukodx:cds-topic"
@@ -39,7 +36,6 @@ OVERRIDE_REASONS = [Coding(system=NON_ADHERENCE, code=code, display=display) for
 CBC_WITH_DIFFERENTIAL = {"system": "http://loinc.org", "code": "57021-8",
                          "display": "CBC W Auto Differential panel - Blood"}
 # the values an ANC is had from (rules/labs.yaml)
-NEUTROPHIL_TESTS = ("anc", "wbc", "segmented_neutrophils", "bands", "neutrophils_pct", "bands_pct")
 TIER_WORDS = {"mild": "Mild neutropenia", "moderate": "Moderate neutropenia", "severe": "Severe neutropenia",
               "profound": "Profound neutropenia"}
 TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),
@@ -52,6 +48,8 @@ TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),
           "dosing_frequency": ("dosing-frequency", "A weekly drug ordered daily"),
           "unknown_drug": ("unknown-drug", "A drug leukodx does not know")}
 DISCLAIMER = "_leukodx supports and does not replace clinical judgement._"
+ANC_UNREAD = ("**A neutrophil count or percentage was sent and could not be used** (named under Not assessed): the "
+              "ANC is unknown, not normal; check that value before relying on this card.")
 
 
 def card_id(hook_instance: str, *parts: str) -> str:
@@ -185,49 +183,11 @@ def _service_request(patient_id: Optional[str], code: Optional[dict[str, Any]], 
     return resource
 
 
-def urgent_steps(a: Assessment) -> bool:
-    """An immediate or urgent step that raises the assessment's priority (rules/alerts.yaml step_priority): a
-    label's threshold for haemoglobin or platelets (valganciclovir with haemoglobin 7.2 had given no card; with no
-    current WBC or ANC beside it, no card either)."""
-    return a.priority != "info" and any(s.urgency in ("immediate", "urgent") for s in a.steps)
-
-
-def cytopenia_without_white_count(a: Assessment) -> bool:
-    """Anaemia and thrombocytopenia drawn with no WBC or ANC at all (Hb 6.5 and platelets 8 had given no card):
-    two lineages low, the card names them and asks for the count with a differential (one alone, an anaemia
-    just below its limit, is not a leukopenia service's to raise)."""
-    return not a.cbc.tests and {"anemia", "thrombocytopenia"} <= {f.id for f in a.findings}
-
-
-def percentage_without_white_count(a: Assessment) -> bool:
-    """A current neutrophil (or band) percentage with no WBC or ANC: the ANC cannot be derived (neutrophils 5 %
-    with no WBC had given no card at all, as if nothing had been drawn)."""
-    return not a.cbc.tests and any(lab.test in ("neutrophils_pct", "bands_pct") and (
-        lab.age_days is None or lab.age_days <= a.cbc.max_age_days) for lab in a.labs)   # undated: taken as current
-
-
 def _has_something_to_say(a: Assessment) -> bool:
     """An alert, a cause, a low count, an immediate or urgent step, or cytopenias with no white count."""
     return bool(a.alerts or a.causes or a.risk_tier.tier in TIER_WORDS or a.risk_tier.tier_at_least or
                 any(f.id in ("leukopenia", "neutropenia", "lymphopenia") for f in a.findings) or urgent_steps(a)
                 or cytopenia_without_white_count(a) or percentage_without_white_count(a))
-
-
-def neutrophil_value_unread(not_assessed: Iterable[NotAssessed], loinc: Mapping[str, str]) -> bool:
-    """Whether a value that gives the ANC (an ANC, a WBC, neutrophil counts or percentages) was sent and left unread:
-    named by its test or LOINC code (``loinc``: code -> test) first in its value ("751-8 3.0 10*3/uL") or reason
-    ("anc (LOINC 751-8): ...", "ANC 3 ... is above the WBC", "value: anc is negative"). The engine's refusals (LOINC
-    code first) had been missed: an ANC above its WBC, negative or written "0,2" left an information card."""
-    for n in not_assessed:
-        if any(said in n.reason for said in ("conflicts with", "its focus is", WITHDRAWN)):
-            continue        # the lower of two was used; someone else's; one the lab took back (a mild CBC had been
-                            # made a warning "check the neutrophil count" by an ANC entered in error)
-        if UNNAMED_COUNT in n.reason:      # a count coded only in a system leukodx does not read: it may be the ANC
-            return True
-        words = (n.value or "").split(" ", 1)[:1] + re.split(r"[ :(]", n.reason.lower().removeprefix("value: "), 1)[:1]
-        if {loinc.get(w, w) for w in words} & set(NEUTROPHIL_TESTS):
-            return True
-    return False
 
 
 def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str],
@@ -254,7 +214,11 @@ def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str
                 resource=_service_request(patient_id, CBC_WITH_DIFFERENTIAL, "CBC with differential",
                                           step.reasons[0]))])]
     body, tail = _detail(a)
-    return [_card(hook_instance, "assessment", _headline(a), priority, body,
+    headline = _headline(a)
+    if anc_unread and a.risk_tier.anc is None:   # not "no neutrophil count in the draw": one was sent, and not read
+        headline = f"ANC sent but not readable; {headline}"
+        body = body.replace(a.risk_tier.basis, f"{a.risk_tier.basis} {ANC_UNREAD}", 1)
+    return [_card(hook_instance, "assessment", headline, priority, body,
                   _source(f"leukodx knowledge base {a.kb_version}", "assessment", url), suggestions, "any", tail)]
 
 

@@ -32,6 +32,7 @@ from ..problems import ProblemError
 from ..reports import answers_first, store_report
 from ..tracing import traced
 from . import cards as C
+from . import signals
 from .auth import AuthError, JwtVerifier, verifier_from_settings
 from .gather import MEDICATION_KEYS, gather, named
 from .models import Card, CardsResponse, FeedbackRequest, HookRequest
@@ -188,7 +189,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
                 assessment = None
         read = assessment or ordered
         left_out += [_left_out_text(n) for n in read.not_assessed]
-        anc_unread = C.neutrophil_value_unread((*mapped.not_assessed, *read.not_assessed), eng.kb.loinc)
+        anc_unread = signals.neutrophil_value_unread((*mapped.not_assessed, *read.not_assessed), eng.kb.loinc)
         counts_unread = anc_unread or any("observation" in n.field.lower() for n in mapped.not_assessed)
         left_out += [f"{u.text}: not a {u.kind} leukodx knows" + (f" (did you mean {' or '.join(u.suggestions)}?)"
                                                                   if u.suggestions else "")
@@ -199,7 +200,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         mismatch = any(p.loc == "subject" for p in e.problems)
         # an ANC or WBC that could not be read, and nothing else: not a patient with nothing to flag (an ANC of 0.3 in
         # a unit leukodx does not read had been an information card)
-        anc_unread = C.neutrophil_value_unread([NotAssessed(field=p.loc or "Observation", reason=p.msg)
+        anc_unread = signals.neutrophil_value_unread([NotAssessed(field=p.loc or "Observation", reason=p.msg)
                                                 for p in e.problems], eng.kb.loinc)
         # no lab Observation at all (nothing skipped, nobody else's): nothing to assess and nothing hidden
         nothing = len(e.problems) == 1 and e.problems[0].loc == "" and not notes
@@ -211,7 +212,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         labs = (mapped.case.get("labs") or []) if mapped is not None else []
         refused = [labs[int(m.group(1))] for p in e.problems for m in [_LAB_AT.match(p.loc)]
                    if m and int(m.group(1)) < len(labs)]
-        anc_unread = C.neutrophil_value_unread([NotAssessed(field="labs", reason="", value=str(
+        anc_unread = signals.neutrophil_value_unread([NotAssessed(field="labs", reason="", value=str(
             lab.get("test") or lab.get("loinc") or "")) for lab in refused], eng.kb.loinc)
     if problems or left_out:   # where, never what: no case value, drug or condition text, id or patient reference
         log.warning("cds partial data", extra={
@@ -225,9 +226,9 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
                                        "warning" if mismatch or anc_unread else "info"))
     elif assessment is None:
         pass                           # the EHR has no blood count for this patient: nothing to say
-    elif not assessment.cbc.current and not assessment.alerts and not C.urgent_steps(assessment) \
-            and not C.cytopenia_without_white_count(assessment) \
-            and (anc_unread or not C.percentage_without_white_count(assessment)):   # a WBC sent unread: named below
+    elif not assessment.cbc.current and not assessment.alerts and not signals.urgent_steps(assessment) \
+            and not signals.cytopenia_without_white_count(assessment) \
+            and (anc_unread or not signals.percentage_without_white_count(assessment)):   # a WBC sent unread: named below
         if assessment.cbc.tests:   # an old count alone says nothing acute; a temperature with no count, nothing
             cards.append(C.stale_card(assessment, hook.hookInstance, "observations" in first_page_only))
     else:
