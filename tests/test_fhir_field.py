@@ -1328,6 +1328,9 @@ def test_a_neutrophil_percentage_with_no_white_count_says_the_anc_cannot_be_deri
     assert card["summary"] == "Neutrophil percentage with no WBC: the ANC cannot be derived; CBC with differential needed"
     assert "a neutrophil percentage of 4 %" in card["detail"] and "neither found nor ruled out" in card["detail"]
     assert card["suggestions"][0]["label"].startswith("Order a CBC with differential")
+    # the order the step asks for: a manual differential (the automated panel had been ordered under "manual")
+    order = card["suggestions"][0]["actions"][0]["resource"]
+    assert order["code"]["coding"][0]["code"] == "57782-5" and "manual differential" in order["code"]["text"]
     [card] = patient_view(client, observations=bundle(obs("770-8", 4, "%", t=RECENT), obs("6690-2", 0.9, t=RECENT),
                                                       kind="searchset"))      # with its WBC: the ANC of 0.04
     assert card["indicator"] == "critical" and "ANC 0.04" in card["summary"]

@@ -33,8 +33,10 @@ OVERRIDE_REASONS = [Coding(system=NON_ADHERENCE, code=code, display=display) for
     ("recipient-disagrees-evidence", "Recipient disagrees with recommendation because of issues with the evidence"),
     ("recipient-concerns-outcomes", "Recipient has concerns regarding potential health outcomes"),
     ("does-not-align-preferences", "Recommendation does not align with patient preferences or values"))]
-CBC_WITH_DIFFERENTIAL = {"system": "http://loinc.org", "code": "57021-8",
-                         "display": "CBC W Auto Differential panel - Blood"}
+# the order the step asks for, a manual differential (LOINC's name, as a CMS eCQM value set of 2025-05-08 lists it; the
+# automated-differential panel 57021-8 had been ordered under a step that says "manual")
+CBC_WITH_DIFFERENTIAL = {"system": "http://loinc.org", "code": "57782-5",
+                         "display": "CBC W Ordered Manual Differential panel - Blood"}
 # the values an ANC is had from (rules/labs.yaml)
 TIER_WORDS = {"mild": "Mild neutropenia", "moderate": "Moderate neutropenia", "severe": "Severe neutropenia",
               "profound": "Profound neutropenia"}
@@ -210,9 +212,8 @@ def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str
         suggestions = [Suggestion(
             label=f"Order a CBC with differential ({step.urgency})", uuid=card_id(hook_instance, "assessment", "cbc"),
             isRecommended=True, actions=[Action(
-                type="create", description="Create a ServiceRequest for a CBC with automated differential",
-                resource=_service_request(patient_id, CBC_WITH_DIFFERENTIAL, "CBC with differential",
-                                          step.reasons[0]))])]
+                type="create", description=f"Create a ServiceRequest: {step.title}",
+                resource=_service_request(patient_id, CBC_WITH_DIFFERENTIAL, step.title, step.reasons[0]))])]
     body, tail = _detail(a)
     headline = _headline(a)
     if anc_unread and a.risk_tier.anc is None:   # not "no neutrophil count in the draw": one was sent, and not read
