@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -95,6 +96,7 @@ jti_table = Table(
 T = TypeVar("T")
 Report = Union[str, bytes, Sequence[bytes]]    # JSON whole, or in pieces (engine/render.py to_json_pieces)
 _RETRIES = 4
+SQLITE_BUSY_SECONDS = 30      # how long an SQLite connection waits for another's lock
 WAL_RESTART_BYTES = 64 * 1024 * 1024
 # try_insert's wait for another connection's write lock (a report insert holds it for about 0.1 ms):
 # long enough for most, short enough to hold an event loop no longer than a request does.
@@ -140,7 +142,7 @@ def make_engine(url: str) -> Engine:
     sqlite = u.get_backend_name() == "sqlite"
     kwargs: dict[str, Any] = {}
     if sqlite:
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS}
         if u.database in (None, "", ":memory:"):   # one in-memory database shared by every thread
             kwargs["poolclass"] = StaticPool
     elif u.get_backend_name() == "postgresql":
@@ -158,7 +160,7 @@ def make_engine(url: str) -> Engine:
         def _pragmas(conn: Any, _record: Any) -> None:
             conn.isolation_level = None              # transactions are begun below, IMMEDIATE
             cur = conn.cursor()
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
             cur.execute("PRAGMA synchronous=FULL")   # durable on power loss
             cur.close()
 
@@ -183,8 +185,11 @@ class FeedbackStore:
         self.replay = SqlReplayStore(self)
 
     def _migrate(self) -> None:
-        """This version's schema, made or checked once whatever the number of processes starting together."""
-        for attempt in range(_RETRIES + 1):
+        """This version's schema, made or checked once whatever the number of processes starting together: while
+        another process migrates a fresh SQLite file, the others retry for as long as a lock is waited for (their
+        five quick retries had run out under load, and a worker had failed with "database is locked")."""
+        deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+        for attempt in itertools.count():
             try:
                 if self.sqlite and not self.memory:     # WAL is a property of the file: set once, outside a transaction
                     raw = self.engine.raw_connection()
@@ -195,9 +200,9 @@ class FeedbackStore:
                 migrations.ensure(self.engine, self._lock)
                 return
             except OperationalError as e:
-                if attempt == _RETRIES or not (self.sqlite and _locked(e)):
+                if time.monotonic() > deadline or not (self.sqlite and _locked(e)):
                     raise
-                time.sleep(0.05 * (attempt + 1))
+                time.sleep(min(0.5, 0.05 * (attempt + 1)))
 
     def write(self, work: Callable[[Any], T]) -> T:
         """Run ``work(connection)`` in one write transaction, retried while the database is locked."""

@@ -340,7 +340,13 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             warnings.append(f"medications[{i}] {text!r}: {form.group(0).lower()!r} names a form not taken "
                             f"systemically; not weighed as a cause of the count (rules/drugs.yaml, not_systemic_forms).")
             continue
-        if med.status in ("stopped", "completed") and end is None:
+        window = kb.value("idiosyncratic_onset_max_days")
+        if med.status == "completed" and end is None and start and as_of and (as_of - start).days > window:
+            end = start      # a course completed on a day not given, begun beyond the onset window: an old one (a
+            warnings.append(f"medications[{i}] {text!r} was completed on a day not given and began "  # 2019 one had
+                            f"{(as_of - start).days} days before {as_of}, beyond the {window:g}-day onset window of "
+                            f"drug-induced agranulocytosis: dated by its start, not a recent suspect.")  # been 'likely')
+        elif med.status in ("stopped", "completed") and end is None:
             warnings.append(f"medications[{i}] {text!r} was {med.status} on a day not given: it was treated as possibly "
                             f"{med.status} recently (a recent suspect), with no date for its last dose.")
         med_onco = oncologic_use(kb, med.indication, oncologic)
@@ -383,7 +389,16 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
         raise CaseError(problems)
     assert tpmt is not None and nudt15 is not None
     return NormCase(case=case, as_of=as_of, labs=labs, meds=meds, conditions=conditions, tpmt=tpmt, nudt15=nudt15,
-                    transplant_organ=match_organ(kb, h.transplant.organ) if h.transplant else None,
+                    transplant_organ=match_organ(kb, h.transplant.organ) if h.transplant else _recipient_of(kb, h, conditions),
                     duffy_prevalent_ancestry=duffy_prevalent(kb, case.patient.ancestry), warnings=warnings,
                     unrecognised=unrecognised)
 
+
+def _recipient_of(kb: KnowledgeBase, h: Any, conditions: set[str]) -> Optional[str]:
+    """The organ of a transplant named among the conditions (conditions.yaml ``transplant_recipient``: "Kidney
+    transplant status") when the case gives no ``history.transplant``: a recipient's tacrolimus had been told
+    'withheld, do not start' by a rheumatology protocol; None when none is named."""
+    if "transplant_recipient" not in conditions:       # read as the vocabulary reads it: not "no kidney transplant"
+        return None
+    pattern = kb.conditions["transplant_recipient"]
+    return match_organ(kb, next((t for t in h.conditions if pattern.search(t)), ""))

@@ -214,6 +214,7 @@ def test_a_thiopurine_combination_to_stop_or_cut_now_is_a_card_whatever_the_coun
         cards = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
         assert [c["indicator"] for c in cards] == ["warning"], cards
         assert says in cards[0]["detail"]
+        assert f"azathioprine with {second.split()[0]}" in cards[0]["summary"]     # the drugs named (red-team 15)
     alone = prefetch(normal, medicationRequests=searchset(_med("azathioprine 150 mg daily")))
     assert cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", alone))) == []
 

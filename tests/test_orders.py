@@ -414,11 +414,20 @@ def test_a_dmard_ordered_at_counts_its_monitoring_withholds_it_at(engine, drug, 
     assert [c.priority for c in checks] == ([priority] if priority else [])
     if priority:
         assert "do not start" in checks[0].summary and "bsr_dmard_2017" in checks[0].sources
-    transplant = engine.assess(base_case(labs=[lab(t, v) for t, v in labs],
-                                         medications=[{"name": drug, "start": "2025-03-10"}],
-                                         history={"transplant": {"organ": "kidney", "date": "2020-01-01"}}))
-    assert not [c for c in engine.check_orders([OrderInput(key="o", name=drug)], transplant)
-                if c.topic == "dmard_monitoring"]          # the transplant team's, as for a drug already taken
+    for history in ({"transplant": {"organ": "kidney", "date": "2020-01-01"}},   # the transplant team's, as for a
+                    {"conditions": ["Kidney transplant status"]},                # drug already taken; named on the
+                    {"conditions": ["s/p liver transplant 2019"]},               # problem list too (red-team 15)
+                    {"conditions": ["metastatic breast cancer"]}):               # a protocol for rheumatology's DMARDs
+        other = engine.assess(base_case(labs=[lab(t, v) for t, v in labs], medications=[{"name": drug,
+                                                                                          "start": "2025-03-10"}],
+                                        history=history))
+        assert not [c for c in engine.check_orders([OrderInput(key="o", name=drug)], other)
+                    if c.topic == "dmard_monitoring"], history
+    candidate = engine.assess(base_case(labs=[lab(t, v) for t, v in labs], medications=[{"name": drug,
+                                                                                          "start": "2025-03-10"}],
+                                        history={"conditions": ["Kidney transplant candidate", "rheumatoid arthritis"]}))
+    assert len([c for c in engine.check_orders([OrderInput(key="o", name=drug)], candidate)
+                if c.topic == "dmard_monitoring"]) == bool(priority)      # a candidate is no recipient yet
 
 
 @pytest.mark.parametrize("mg,said", [(210, None), (600, "above the label's highest dose (5 mg/kg/day)"),

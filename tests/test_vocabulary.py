@@ -503,3 +503,17 @@ def test_a_product_named_first_is_that_product_not_the_drug_it_mentions(engine):
                        "medications": [{"name": "Folinic acid (methotrexate rescue)", "start": "2025-01-01",
                                         "dose": "15 mg daily"}]})
     assert "methotrexate_daily_dosing" not in {x.id for x in a.alerts}
+
+
+@pytest.mark.parametrize("text, read", [
+    ("Clozapine-induced agranulocytosis", True), ("Clozapine agranulocytosis", True),
+    ("Agranulocytosis (Clozaril)", True), ("Agranulocytosis due to Leponex", True),
+    ("Agranulocytosis 2019 (clozapine)", True), ("History of severe neutropenia on clozapine", True),
+    ("Monitoring for clozapine-induced agranulocytosis", False), ("no history of clozapine-induced agranulocytosis", False),
+    ("Agranulocytosis not due to clozapine", False), ("carbamazepine agranulocytosis", False),
+])
+def test_a_clozapine_agranulocytosis_is_read_in_the_words_problem_lists_use(engine, text, read):
+    """The clozapine label's no-rechallenge follows it (red-team rounds 14 and 15: brand names, the drug in brackets
+    after the event; a 'monitoring for' is no diagnosis)."""
+    found, _ = read_conditions(engine.kb, text)
+    assert ("clozapine_agranulocytosis" in found) is read

@@ -126,8 +126,10 @@ def _headline(a: Assessment) -> str:
         word = {"likely": "likely cause", "possible": "possible cause"}.get(a.causes[0].likelihood, "cause to consider")
         parts.append(f"{word}: {a.causes[0].title.split(' (')[0].lower()}")
     step = next((s for s in a.steps if s.urgency in ("immediate", "urgent")), None)
-    if not parts and step is not None:   # a label's haemoglobin or platelet threshold: the step and what it rests on
-        parts = [f"{step.title} ({step.urgency})"] + [", ".join(f.title for f in a.findings[:3])] * bool(a.findings)
+    if not parts and step is not None:   # a label's haemoglobin or platelet threshold, or an interaction: the step and
+        rests = [" with ".join(", ".join(side) for side in i.drugs) for i in a.interactions[:1]] or \
+            [", ".join(f.title for f in a.findings[:3])] * bool(a.findings)       # what it rests on (the drugs first)
+        parts = [f"{step.title} ({step.urgency})"] + rests
     elif not parts and cytopenia_without_white_count(a):
         parts = [", ".join(f.title for f in a.findings[:3]) + " with no WBC or ANC: CBC with differential needed"]
     elif not parts and percentage_without_white_count(a):
