@@ -869,3 +869,17 @@ def test_an_anc_sent_and_set_aside_beside_a_low_wbc_is_not_called_absent(client,
     assert "was sent and could not be used" in card["detail"]
     [alone] = _patient_view(client, [wbc])                 # a WBC alone: no ANC was sent, and it says so
     assert not alone["summary"].startswith("ANC sent") and "no neutrophil count or percentage" in alone["detail"]
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_an_unreadable_anc_beside_a_readable_one_is_named_whatever_the_order(client, first):
+    """ANC 2.5 and ANC 0.3 in a unit leukodx does not read, one draw: with the readable one first the 0.3 had been
+    named only after the sources (an information card), with it second the card had said the ANC was unknown (red-team
+    round 15). The readable value is used and the other named, as one that may be lower, in either order."""
+    wbc = obs("6690-2", 3.0, "10*9/L")
+    readable, unread = obs("751-8", 2.5, "10*9/L", oid="a1"), {**obs("751-8", 0.3, "10*9/L", oid="a2"),
+                                                               "valueQuantity": {"value": 0.3, "unit": "bil/L"}}
+    pair = [readable, unread] if first == 0 else [unread, readable]
+    [card] = _patient_view(client, [wbc, *pair])
+    assert card["indicator"] == "warning" and card["summary"].startswith("A neutrophil value not readable")
+    assert "may be lower than the one used" in card["detail"] and "ANC 2.5" in card["detail"]

@@ -50,6 +50,8 @@ TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),
           "dosing_frequency": ("dosing-frequency", "A weekly drug ordered daily"),
           "unknown_drug": ("unknown-drug", "A drug leukodx does not know")}
 DISCLAIMER = "_leukodx supports and does not replace clinical judgement._"
+ANOTHER_UNREAD = ("**Another neutrophil value was sent and could not be used** (named under Not assessed): it may be "
+                  "lower than the one used; check it before relying on this card.")
 ANC_UNREAD = ("**A neutrophil count or percentage was sent and could not be used** (named under Not assessed): the "
               "ANC is unknown, not normal; check that value before relying on this card.")
 
@@ -221,6 +223,9 @@ def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str
     if anc_unread and a.risk_tier.anc is None:   # not "no neutrophil count in the draw": one was sent, and not read
         headline = f"ANC sent but not readable; {headline}"
         body = body.replace(a.risk_tier.basis, f"{a.risk_tier.basis} {ANC_UNREAD}", 1)
+    elif anc_unread:                             # beside the one used: it may be lower (0.3 beside 2.5 had been quiet)
+        headline = f"A neutrophil value not readable; {headline}"
+        body = body.replace(a.risk_tier.basis, f"{a.risk_tier.basis} {ANOTHER_UNREAD}", 1)
     return [_card(hook_instance, "assessment", headline, priority, body,
                   _source(f"leukodx knowledge base {a.kb_version}", "assessment", url), suggestions, "any", tail)]
 
@@ -268,9 +273,10 @@ def checked_card(a: Assessment, hook_instance: str, counts_unread: bool = True, 
         return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: no ANC (no differential); some other "
                           f"values could not be read", f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\n_{a.disclaimer}_",
                           kb_version=a.kb_version)
-    if a.risk_tier.tier == "unknown":
+    if a.risk_tier.tier == "unknown":           # the basis says none was in the draw: one may have been, unread
+        basis = f"{a.risk_tier.basis} {ANC_UNREAD}" if anc_unread else a.risk_tier.basis
         return _data_card(hook_instance, "checked", f"CBC of {_drawn(a)}: neutrophil count unknown; some values "
-                          f"could not be read", f"{a.cbc.note}\n\n{a.risk_tier.basis}\n\nNeutropenia is not ruled out: "
+                          f"could not be read", f"{a.cbc.note}\n\n{basis}\n\nNeutropenia is not ruled out: "
                           f"check the values below in the EHR, or repeat the CBC with a differential.\n\n"
                           f"_{a.disclaimer}_", "warning", a.kb_version)
     if anc_unread:     # an ANC of 0.2 dated after today, set aside beside an older normal one: never "none found"

@@ -29,7 +29,8 @@ from leukodx.engine.timeutil import utc_date
 
 from .conditions import map_conditions
 from .medications import map_medications
-from .observations import LabValue, map_observations
+from .lab_values import LabValue
+from .observations import map_observations
 from .panels import results_not_sent
 from .patient import (PatientChoice, belongs, birth_date, choose_patient, default_id, demographics, duffy_status,
                       several_subjects, subjects)

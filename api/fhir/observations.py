@@ -31,7 +31,6 @@ warning and a problem naming the Observation.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Optional
 
@@ -42,7 +41,7 @@ from leukodx.engine.timeutil import utc_date, utc_naive
 from .components import lab_components
 from .datatypes import (DECIMAL_TEXT, When, as_dict, as_list, as_str, code_label, codes, concept_text, fmt,
                         is_number, not_a_result, partial_first_day, quantity_unit)
-from .duplicates import preferred
+from .lab_values import LabValue, keep_one
 from .lab_units import UnitConflict, factor_to_test_unit, readable_unit, value_unit
 from .unread import UNNAMED_COUNT, absent_value_reason, has_value, named_count_left_out, not_the_anc
 from .patient import holds_age
@@ -53,39 +52,6 @@ from .vitals import Weight, body_weight, is_temperature_observation, vital_codes
 __all__ = ["LabValue", "map_observations"]
 
 COMPARATORS = ("<", "<=", ">", ">=")
-
-
-@dataclass
-class LabValue:
-    """One lab value for the case, and the Observation it came from."""
-    item: Item
-    test: str                  # what the mapping calls it in warnings and de-duplication; not sent to the engine
-    loinc: str
-    value: Any
-    unit: str
-    time: Optional[When]
-    lln: Optional[float]
-    lln_unit: Optional[str]
-    specimen: Optional[str] = None
-    utc: Optional[datetime] = None     # ``time`` as naive UTC: what values are compared and sorted by
-    comparator: Optional[str] = None   # a bound, not a measurement ("<" 0.5)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The lab in the case contract: the engine resolves ``loinc`` to its test."""
-        out: dict[str, Any] = {"loinc": self.loinc, "value": self.value, "unit": self.unit}
-        if self.time is not None:
-            out["time"] = self.time.isoformat()
-        if self.lln is not None:
-            out["lln"] = self.lln
-        if self.lln_unit is not None:
-            out["lln_unit"] = self.lln_unit
-        if self.comparator:
-            out["comparator"] = self.comparator
-        if self.specimen:
-            out["specimen"] = self.specimen[:200]
-        rid = as_str(self.item.resource.get("id"))
-        out["ref"] = (f"Observation/{rid}" if rid else self.item.loc or "Observation")[:200]
-        return out
 
 
 def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], index: Index, warnings: list[str],
@@ -145,7 +111,7 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
                 continue
             lab.specimen = draws.get(id(res))
             lab.utc = utc_naive(time) if time is not None else None
-            _keep_one(lab, first_at, labs, warnings, skipped, kb.tests[test])
+            keep_one(lab, first_at, labs, warnings, skipped, kb.tests[test])
     _one_draw_per_time(labs, specimens, warnings)
     if borrowed:
         parents = ", ".join(dict.fromkeys(p.label for p in borrowed))
@@ -185,60 +151,6 @@ def _unnamed_count(kb: KnowledgeBase, item: Item, loinc: list[str], key: str) ->
         return None
     return Problem(item.loc, f"a blood cell count ({fmt(q['value'])} {unit}) coded only {key}, with no LOINC code or "
                              f"name leukodx reads: {UNNAMED_COUNT}; not used")
-
-
-def _keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int], labs: list[LabValue],
-              warnings: list[str], skipped: list[Problem], spec: dict[str, Any]) -> None:
-    """Add ``lab`` to ``labs`` unless a value of its test and time is there; of two, the one
-    :func:`~.duplicates.preferred` prefers stays, and a warning says which and why. Two values that
-    conflict (nothing says which is right) are also listed as not assessed, so that a CDS card shows the
-    conflict; of two blood counts the lower stays (the worse side: an automated ANC 1.6 and a manual 0.4
-    had set the tier by the order of the Bundle), of other tests the first."""
-    key = (lab.test, lab.utc)
-    at = first_at.get(key)
-    if at is None:
-        first_at[key] = len(labs)
-        labs.append(lab)
-        return
-    old = labs[at]
-    when = f"at {lab.time.isoformat()}" if lab.time is not None else "without a time"
-    second = _shown(lab)       # one value in two units (1.2 10*9/L, 1200 /uL) is one value, not a conflict
-    first = second if _in_test_unit(old, spec) == _in_test_unit(lab, spec) is not None else _shown(old)
-    replace, warning, conflict = preferred(old.item, first, lab.item, second, f"{lab.test} value {when}")
-    lower = _lower_count(old, lab, spec) if conflict else None
-    if lower is not None:
-        replace = lower is lab
-        warning = (f"{lab.item.label}: a second {lab.test} value {when}, {_shown(lab)}, conflicts with "
-                   f"{_shown(old)} of {old.item.label}; neither status, issued nor meta.lastUpdated says which is right, so the lower "
-                   f"count, {_shown(lower)}, was used (the worse side): check which result is valid.")
-    warnings.append(warning)
-    if conflict:
-        used = "the lower count was used" if lower is not None else "the first was used"
-        skipped.append(Problem(lab.item.loc, f"{lab.test} {_shown(lab)} {when} conflicts with {_shown(old)} of "
-                                             f"{old.item.label}, and nothing says which is right; {used}"))
-    if replace:
-        labs[at] = lab
-
-
-def _lower_count(a: LabValue, b: LabValue, spec: dict[str, Any]) -> Optional[LabValue]:
-    """The lower of two values of a blood count (in the test's unit), None for another test or when a
-    unit cannot be converted."""
-    if spec.get("dimension") != "count_per_volume":
-        return None
-    x, y = _in_test_unit(a, spec), _in_test_unit(b, spec)
-    if x is None or y is None:      # an unreadable unit: the engine names it
-        return None
-    return b if y < x else a
-
-
-def _in_test_unit(lab: LabValue, spec: dict[str, Any]) -> Optional[float]:
-    """The value in the test's unit (None when it is no number or its unit cannot be read)."""
-    factor = factor_to_test_unit(lab.unit, spec) if is_number(lab.value) else None
-    return None if factor is None else round(float(lab.value) * factor, 9)
-
-
-def _shown(lab: LabValue) -> str:
-    return f"{fmt(lab.value) if is_number(lab.value) else repr(lab.value)[:40]} {lab.unit}"
 
 
 def _lab_value(item: Item, test: str, code: str, spec: dict[str, Any], time: Optional[When],
