@@ -146,6 +146,15 @@ def dosed_daily(dose: Union[Dose, str, None]) -> bool:
     return rate is not None and rate.period_days <= 1
 
 
+def takes_a_week(dose: Union[Dose, str, None]) -> Optional[float]:
+    """How many times a week a dose is taken: a text's frequency ("three times a week", "Mon/Wed/Fri"), 7 for a dose
+    per day or shorter; None when it says none (a dose per week says how much, not how often)."""
+    if isinstance(dose, str):
+        takes = takes_per_day(dose)
+        return None if takes is None else takes * 7
+    return 7.0 if dosed_daily(dose) else None
+
+
 def taken_more_often_than(dose: Union[Dose, str, None], takes_a_week: float) -> bool:
     """The dose is taken more than ``takes_a_week`` times a week (fewer than 7): a unit per day or shorter (mg/day,
     mg/kg/day, mg/h; not mg/wk, which says nothing of how often), or a text that says how often ("every other day",

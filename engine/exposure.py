@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Optional
 
 from .kb import KnowledgeBase
-from .pgx import cpic_pattern, dose_adjustment
+from .pgx import cpic_pattern, dose_adjustment, within_reduced
 from .normalize import NormCase, NormMed
 
 __all__ = ["suspect_meds", "patient_facts", "drug_facts", "active_interactions", "started_after", "earlier_anc_facts"]
@@ -149,18 +149,17 @@ def drug_facts(kb: KnowledgeBase, nc: NormCase, facts: dict[str, Any]) -> None:
 
 
 def _thiopurine_dose_already_reduced(kb: KnowledgeBase, nc: NormCase) -> bool:
-    """One gene intermediate (CPIC's 30-80% row), and every thiopurine taken now dosed at or below the upper end of
-    CPIC's reduced starting doses (pgx/dose_adjustments.yaml reduced_up_to_mg_kg_day: mercaptopurine 1.2): "if
-    normal starting dose is already < ... 1.5 mg/kg/day, dose reduction may not be recommended". A dose not known
-    is not taken as reduced."""
+    """Every thiopurine taken now dosed within CPIC's reduced starting doses for the phenotype (pgx.within_reduced:
+    one gene intermediate, mercaptopurine up to 1.2 mg/kg/day; a poor metabolizer with a malignancy, mercaptopurine
+    10 mg/m2 on three days a week): "if normal starting dose is already < ... 1.5 mg/kg/day, dose reduction may not be
+    recommended". A dose not known is not taken as reduced."""
     pattern = cpic_pattern(nc.tpmt.phenotype, nc.nudt15.phenotype)
-    if pattern != "one_intermediate":
-        return False
     taken = [m for m in nc.meds if "thiopurine" in m.classes and _exposure(m, nc.as_of)[0]]
-    tops = [dose_adjustment(kb, m.drug_id or "", pattern).get("reduced_up_to_mg_kg_day", {}).get(m.drug_id)
-            for m in taken]
-    return bool(taken) and all(m.dose_mg_kg_day is not None and top is not None and m.dose_mg_kg_day <= top + 1e-9
-                               for m, top in zip(taken, tops))
+    malignant = bool(nc.conditions & kb.oncologic_conditions)
+    weight = nc.case.patient.weight_kg
+    rows = [dose_adjustment(kb, m.drug_id or "", pattern) for m in taken]
+    return bool(taken) and all(within_reduced(row, m.drug_id or "", m.dose, weight) is not None
+                               and (malignant or not row.get("malignant_only")) for m, row in zip(taken, rows))
 
 
 def _dose_already_cut(interaction: dict[str, Any], nc: NormCase) -> bool:

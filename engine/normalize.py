@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 from . import pgx
 from .assessment import GeneStatus, Unrecognised
-from .case import Case
+from .case import Case, Dose
 from .errors import CaseError, Problem
 from .kb import KnowledgeBase
 from .timeutil import utc_date, utc_naive
@@ -64,6 +64,7 @@ class NormMed:
     dose_mg_day: Optional[float] = None
     daily_instead_of_weekly: bool = False     # a weekly drug (drugs.yaml weekly_when_non_oncologic) given daily, or
                                               # more often than weekly_drug_max_takes_a_week
+    dose: Union[Dose, str, None] = None       # as the case gives it (how often it is taken: pgx.within_reduced)
 
 
 @dataclass
@@ -370,7 +371,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
                 warnings.append(said)
             meds.append(NormMed(index=i, text=text, drug_id=m.drug["id"], drug_name=m.drug["name"],
                                 classes=_classes(m.drug, med_onco, conditions), status=med.status, start=start, end=end,
-                                dose_mg_kg_day=dose, dose_mg_day=per_day,
+                                dose_mg_kg_day=dose, dose_mg_day=per_day, dose=med.dose,
                                 daily_instead_of_weekly=bool(m.drug.get("weekly_when_non_oncologic") and not med_onco
                                                              and taken_more_often_than(
                                                                  med.dose, kb.value("weekly_drug_max_takes_a_week")))))

@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import pgx
-from .pgx import cpic_pattern, dose_adjustment
+from .pgx import cpic_pattern, dose_adjustment, within_reduced
 from .assessment import Assessment, GeneStatus
 from .kb import KnowledgeBase
-from .doses import dose_mg_kg_day, dose_mg_m2_day, dosed_daily
+from .doses import dose_mg_kg_day
 from .order_models import INTERMEDIATE, Advice, DoseChange, OrderCheck, OrderInput
 from .order_others import (clozapine_check, cuts_the_dose, daily_instead_of_weekly, interactions_check, label_check,
                            not_known, withhold_check)
@@ -126,7 +126,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             check = _thiopurine(kb, order, drug, t, n, malignant)
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
-                interacting = _already_reduced(kb, check, drug, order, cpic_pattern(t.phenotype, n.phenotype))
+                interacting = _already_reduced(kb, check, drug, order, cpic_pattern(t.phenotype, n.phenotype), malignant)
             out.append(_with_current_count(kb, _above_label(kb, interacting, drug, order), assessment))
             other = interactions_check(kb, order, drug, assessment) if assessment is not None else None
             out += [other] if other is not None else []      # azathioprine beside mercaptopurine: one thiopurine twice
@@ -208,26 +208,22 @@ def _with_current_count(kb: KnowledgeBase, check: OrderCheck, a: Optional[Assess
 
 
 def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any], order: OrderInput,
-                     pattern: str) -> OrderCheck:
+                     pattern: str, malignant: Optional[bool]) -> OrderCheck:
     """CPIC's cut left out when the dose ordered is already within its reduced starting doses for the phenotype
-    (pgx/dose_adjustments.yaml ``reduced_up_to_mg_kg_day``, or ``reduced_up_to_mg_m2_day`` for a dose per body
-    surface area): "dose reduction may not be recommended"."""
+    (:func:`~.pgx.within_reduced`): "dose reduction may not be recommended". For a poor metabolizer only with a
+    malignancy (its rows' ``malignant_only``), at the row's ``reduced_priority``: mercaptopurine 10 mg/m2 on three days
+    a week in a TPMT poor metabolizer's ALL had been told, critically, to reduce the dose drastically."""
     row = dose_adjustment(kb, drug["id"], pattern)
-    if check.dose_change is None or not dosed_daily(order.dose):    # 75 mg/m2 once a week is no reduced daily dose
-        return check                                                 # (10.7 a day on average had been "already reduced")
-    for key, dose, unit in (("reduced_up_to_mg_kg_day", dose_mg_kg_day(order.dose, order.weight_kg)[0], "mg/kg/day"),
-                            ("reduced_up_to_mg_m2_day", dose_mg_m2_day(order.dose), "mg/m2/day")):
-        reduced_to = row.get(key, {}).get(drug["id"])
-        if reduced_to is None or dose is None or dose > reduced_to * (1 + 1e-9):
-            continue
-        shown = f"{dose:.2g} {unit}" if unit == "mg/kg/day" else f"{dose:.3g} {unit}"
-        return check.model_copy(update={
-            "dose_change": None, "adjust": "no",
-            "summary": check.summary.replace(_REDUCED_START, f"{shown} is already a reduced dose (CPIC)"),
-            "detail": f"**The dose ordered, {shown}, is already within CPIC's reduced starting doses** (up "
-                      f"to {reduced_to:g} {unit} for {drug['name']}): it is not cut again; adjust it by the counts."
-                      f"\n\n{check.detail}"})
-    return check
+    found = within_reduced(row, drug["id"], order.dose, order.weight_kg) if check.dose_change is not None else None
+    if found is None or (row.get("malignant_only") and not malignant):
+        return check
+    shown, reduced_to = found
+    what = "drastically reduce the dose or use an alternative (CPIC)" if row.get("malignant_only") else _REDUCED_START
+    return check.model_copy(update={
+        "dose_change": None, "adjust": "no", "cancel": "no", "priority": row.get("reduced_priority", check.priority),
+        "summary": check.summary.replace(what, f"{shown} is already a reduced dose (CPIC)"),
+        "detail": f"**The dose ordered, {shown}, is already within CPIC's reduced starting doses** (up to {reduced_to} "
+                  f"for {drug['name']}): it is not cut again; adjust it by the counts.\n\n{check.detail}"})
 
 
 def _with_interactions(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],

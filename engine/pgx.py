@@ -3,9 +3,11 @@ through the PharmCAT/CPIC tables), and the CPIC recommendation for a thiopurine.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Union
 
 from .assessment import CpicRecommendation, GeneStatus
+from .case import Dose
+from .doses import dose_mg_kg_day, dose_mg_m2_day, dosed_daily, takes_a_week
 from .kb import KnowledgeBase
 from .order_models import INTERMEDIATE
 
@@ -155,3 +157,33 @@ def dose_adjustment(kb: KnowledgeBase, drug: str, pattern: str) -> dict:
         if row["pattern"] == pattern and drug in row["drugs"]:
             return row
     raise LookupError(f"pgx/dose_adjustments.yaml has no row for {drug}, {pattern}")   # rules check prevents it
+
+
+def within_reduced(row: dict, drug: str, dose: Union[Dose, str, None], weight_kg: Optional[float]
+                   ) -> Optional[tuple[str, str]]:
+    """(the dose as shown, CPIC's reduced dose as shown) when ``dose`` is at or below the row's reduced starting dose
+    for the drug (pgx/dose_adjustments.yaml ``reduced_up_to_mg_kg_day``, ``reduced_up_to_mg_m2_day``); None otherwise,
+    or when the dose says too little. A daily dose is compared as it is (75 mg/m2 once a week is no reduced daily
+    dose); for a row with a ``frequency`` (a TPMT poor metabolizer: three days a week) the dose of each day it is
+    given, on at most that many days a week, or a weekly total with the reduced dose of those days."""
+    frequency = row.get("frequency") or {}
+    times = frequency.get("times") if frequency.get("per") == "week" else None
+    for key, unit in (("reduced_up_to_mg_kg_day", "mg/kg"), ("reduced_up_to_mg_m2_day", "mg/m2")):
+        top = (row.get(key) or {}).get(drug)
+        per_day = dose_mg_kg_day(dose, weight_kg)[0] if unit == "mg/kg" else dose_mg_m2_day(dose)
+        if top is None or per_day is None:
+            continue
+        digits = ".2g" if unit == "mg/kg" else ".3g"
+        if times is None:
+            if not dosed_daily(dose):
+                return None
+            if per_day <= top * (1 + 1e-9):
+                return f"{per_day:{digits}} {unit}/day", f"{top:g} {unit}/day"
+            continue
+        reduced = f"{top:g} {unit}/day on {times:g} days a week"
+        takes = takes_a_week(dose)
+        if takes is None and per_day * 7 <= top * times * (1 + 1e-9):
+            return f"{per_day * 7:{digits}} {unit} a week", reduced
+        if takes is not None and takes <= times + 1e-9 and per_day * 7 / takes <= top * (1 + 1e-9):
+            return f"{per_day * 7 / takes:{digits}} {unit} on {takes:g} days a week", reduced
+    return None

@@ -397,6 +397,25 @@ def test_a_thiopurine_ordered_with_febuxostat_is_contraindicated_not_cut_to_a_qu
     assert allopurinol.dose_change is not None and allopurinol.dose_change.factor == 0.25
 
 
+@pytest.mark.parametrize("dose, indication, priority, adjust, cancel", [
+    ("10 mg/m2 three times a week", "acute lymphoblastic leukemia", "warning", "no", "no"),   # CPIC's example
+    ({"value": 30, "unit": "mg/m2/wk"}, "acute lymphoblastic leukemia", "warning", "no", "no"),  # a weekly total
+    ("10 mg/m2 daily", "acute lymphoblastic leukemia", "critical", "recommended", "no"),   # not thrice weekly
+    ("20 mg/m2 three times a week", "acute lymphoblastic leukemia", "critical", "recommended", "no"),
+    ("10 mg/m2 three times a week", "Crohn's disease", "critical", "no", "recommended"),   # an alternative drug
+])
+def test_mercaptopurine_already_at_cpics_poor_metabolizer_dose_is_not_cut_again(engine, dose, indication, priority,
+                                                                                 adjust, cancel):
+    """CPIC, TPMT poor metabolizer with a malignancy: "reduce daily dose by 10-fold and reduce frequency to thrice
+    weekly instead of daily, e.g., 10 mg/m2/day given just 3 days/week". That dose had been told, critically, to be
+    reduced drastically (red-team round 14)."""
+    order = OrderInput(key="o", name="mercaptopurine", dose=dose, indication=indication)
+    c = check(engine, order, tpmt="poor", nudt15="normal")
+    assert (c.priority, c.adjust, c.cancel) == (priority, adjust, cancel)
+    if priority == "warning":
+        assert "already a reduced dose (CPIC)" in c.summary and c.cancel == "no"
+
+
 @pytest.mark.parametrize("drug, labs, priority", [
     ("methotrexate", [("wbc", 1.5), ("anc", 0.4)], "critical"),     # withheld below 1.6; a severe tier is critical
     ("leflunomide", [("wbc", 3.0), ("anc", 1.2)], "warning"),       # neutrophils < 1.6, WBC < 3.5
