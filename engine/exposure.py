@@ -199,10 +199,9 @@ def _taken_within(med: NormMed, as_of: Optional[date], days: float) -> bool:
 def _exposure(med: NormMed, as_of: Optional[date]) -> tuple[bool, bool, Optional[float]]:
     """(taken now, ended on a day not given, days since the last dose). The last dose of a stopped or completed course
     is its end; without an end, a stopped or completed one may have ended any day from its start up to now (a stopped
-    one often because of the count): its last dose is unknown (None), and it counts as recent. (A completed course
-    had been dated by its start: carbimazole started 40 days before, completed on a day not given, had been out of
-    the 30-day window, and the card had said no drug explained an ANC of 0.3.) For an active course of a drug given in
-    cycles (rituximab) the last dose is not known either, so none is assumed."""
+    one often because of the count): its last dose is unknown (None), and it counts as recent (a completed one begun
+    beyond the onset window is dated by its start by normalize). For an active course of a drug given in cycles
+    (rituximab) the last dose is not known either, so none is assumed."""
     if med.status == "active" and not (med.end and as_of and med.end < as_of):
         return True, False, None
     if med.end is None and med.status in ("stopped", "completed"):
