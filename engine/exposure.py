@@ -155,11 +155,10 @@ def _thiopurine_dose_already_reduced(kb: KnowledgeBase, nc: NormCase) -> bool:
     recommended". A dose not known is not taken as reduced."""
     pattern = cpic_pattern(nc.tpmt.phenotype, nc.nudt15.phenotype)
     taken = [m for m in nc.meds if "thiopurine" in m.classes and _exposure(m, nc.as_of)[0]]
-    malignant = bool(nc.conditions & kb.oncologic_conditions)
     weight = nc.case.patient.weight_kg
     rows = [dose_adjustment(kb, m.drug_id or "", pattern) for m in taken]
     return bool(taken) and all(within_reduced(row, m.drug_id or "", m.dose, weight) is not None
-                               and (malignant or not row.get("malignant_only")) for m, row in zip(taken, rows))
+                               and (m.oncologic or not row.get("malignant_only")) for m, row in zip(taken, rows))
 
 
 def _dose_already_cut(interaction: dict[str, Any], nc: NormCase) -> bool:

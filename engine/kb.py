@@ -58,6 +58,7 @@ class KnowledgeBase:
     acute_conditions: frozenset[str]      # conditions a past mention does not make current
     episode_conditions: frozenset[str]    # acute ones an old problem-list entry is read as past for
     lasting_conditions: frozenset[str]    # diagnoses that still matter once over (a resolved Condition is kept)
+    transplant_not_recipient: Optional[re.Pattern[str]]   # a donor, a candidate ... (conditions.yaml)
     negation_sources: list[str]
     transplant_organs: dict[str, re.Pattern[str]]
     duffy_ancestry: re.Pattern[str]
@@ -190,6 +191,8 @@ def _load(root: Path, version: str, check_prose: bool = True) -> KnowledgeBase:
         acute_conditions=frozenset(negation.get("acute", [])),
         episode_conditions=frozenset(negation.get("episodes", [])),
         lasting_conditions=frozenset(vocab.get("history_that_lasts", [])),
+        transplant_not_recipient=patterns(vocab["transplant_not_a_recipient"], "transplant_not_a_recipient", problems)
+        if vocab.get("transplant_not_a_recipient") else None,
         negation_sources=negation.get("sources", []),
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),
         duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),

@@ -65,6 +65,7 @@ class NormMed:
     daily_instead_of_weekly: bool = False     # a weekly drug (drugs.yaml weekly_when_non_oncologic) given daily, or
                                               # more often than weekly_drug_max_takes_a_week
     dose: Union[Dose, str, None] = None       # as the case gives it (how often it is taken: pgx.within_reduced)
+    oncologic: bool = False                   # used to treat cancer (vocabulary.oncologic_use: its indication first)
 
 
 @dataclass
@@ -341,16 +342,10 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
             warnings.append(f"medications[{i}] {text!r}: {form.group(0).lower()!r} names a form not taken "
                             f"systemically; not weighed as a cause of the count (rules/drugs.yaml, not_systemic_forms).")
             continue
-        window = kb.value("idiosyncratic_onset_max_days")
-        if med.status == "completed" and end is None and start and as_of and (as_of - start).days > window:
-            end = start      # a course completed on a day not given, begun beyond the onset window: an old one (a
-            warnings.append(f"medications[{i}] {text!r} was completed on a day not given and began "  # 2019 one had
-                            f"{(as_of - start).days} days before {as_of}, beyond the {window:g}-day onset window of "
-                            f"drug-induced agranulocytosis: dated by its start, not a recent suspect.")  # been 'likely')
-        elif med.status in ("stopped", "completed") and end is None:
-            warnings.append(f"medications[{i}] {text!r} was {med.status} on a day not given: it was treated as possibly "
-                            f"{med.status} recently (a recent suspect), with no date for its last dose.")
         med_onco = oncologic_use(kb, med.indication, oncologic)
+        if med.status in ("stopped", "completed") and end is None:
+            end = _undated_end(kb, med.status, f"medications[{i}] {text!r}", start, as_of,
+                               _classes(match.drug, med_onco, conditions), warnings)
         matches = [match]
         named = drugs.lookup(med.name, None) if med.name and (med.rxnorm or med.atc) else None
         if named is not None and named.drug["id"] != match.drug["id"]:     # never one drug lost to the other
@@ -371,7 +366,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
                 warnings.append(said)
             meds.append(NormMed(index=i, text=text, drug_id=m.drug["id"], drug_name=m.drug["name"],
                                 classes=_classes(m.drug, med_onco, conditions), status=med.status, start=start, end=end,
-                                dose_mg_kg_day=dose, dose_mg_day=per_day, dose=med.dose,
+                                dose_mg_kg_day=dose, dose_mg_day=per_day, dose=med.dose, oncologic=med_onco,
                                 daily_instead_of_weekly=bool(m.drug.get("weekly_when_non_oncologic") and not med_onco
                                                              and taken_more_often_than(
                                                                  med.dose, kb.value("weekly_drug_max_takes_a_week")))))
@@ -389,17 +384,37 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     if problems:
         raise CaseError(problems)
     assert tpmt is not None and nudt15 is not None
+    organ = match_organ(kb, h.transplant.organ) if h.transplant else _recipient_of(kb, h, conditions)
+    conditions -= set() if organ else {"transplant_recipient"}   # a donor, a candidate: no recipient in the output
     return NormCase(case=case, as_of=as_of, labs=labs, meds=meds, conditions=conditions, tpmt=tpmt, nudt15=nudt15,
-                    transplant_organ=match_organ(kb, h.transplant.organ) if h.transplant else _recipient_of(kb, h, conditions),
+                    transplant_organ=organ,
                     duffy_prevalent_ancestry=duffy_prevalent(kb, case.patient.ancestry), warnings=warnings,
                     unrecognised=unrecognised)
 
 
 def _recipient_of(kb: KnowledgeBase, h: Any, conditions: set[str]) -> Optional[str]:
-    """The organ of a transplant named among the conditions (conditions.yaml ``transplant_recipient``: "Kidney
-    transplant status") when the case gives no ``history.transplant``: a recipient's tacrolimus had been told
-    'withheld, do not start' by a rheumatology protocol; None when none is named."""
+    """The organ of a transplant named among the conditions ("Kidney transplant status": a recipient's tacrolimus
+    had been told 'do not start' by a rheumatology protocol), not a donor's or a candidate's; else None."""
     if "transplant_recipient" not in conditions:       # read as the vocabulary reads it: not "no kidney transplant"
         return None
-    pattern = kb.conditions["transplant_recipient"]
-    return match_organ(kb, next((t for t in h.conditions if pattern.search(t)), ""))
+    pattern, other = kb.conditions["transplant_recipient"], kb.transplant_not_recipient
+    named = [t for t in h.conditions if pattern.search(t) and not (other and other.search(t))]   # not a donor ...
+    return match_organ(kb, named[0]) if named else None
+
+
+def _undated_end(kb: KnowledgeBase, status: str, named: str, start: Optional[date], as_of: Optional[date],
+                 classes: frozenset[str], warnings: list[str]) -> Optional[date]:
+    """The end of a course stopped or completed on a day not given: none (it may have ended any day since its start,
+    a recent suspect), said in a warning; for a course completed and begun beyond the onset window of drug-induced
+    agranulocytosis (idiosyncratic_onset_max_days), its start: an old course (one of 2019 had become the 'likely'
+    cause). Not for chemotherapy or an anti-CD20 antibody, given in cycles whose last may have been days ago."""
+    window = kb.value("idiosyncratic_onset_max_days")
+    if status == "completed" and start and as_of and (as_of - start).days > window and \
+            not classes & {"cytotoxic_chemotherapy", "anti_cd20"}:
+        warnings.append(f"{named} was completed on a day not given and began {(as_of - start).days} days before "
+                        f"{as_of}, beyond the {window:g}-day onset window of drug-induced agranulocytosis: dated by its "
+                        f"start, not a recent suspect.")
+        return start
+    warnings.append(f"{named} was {status} on a day not given: it was treated as possibly {status} recently (a recent "
+                    f"suspect), with no date for its last dose.")
+    return None

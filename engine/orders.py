@@ -121,8 +121,11 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
         drug = match.drug
         if "thiopurine" in drug.get("classes", []):
             indication = set(match_conditions(kb, order.indication)) if order.indication else set()
-            malignant = True if (oncologic or indication & kb.oncologic_conditions) else (
-                False if indication or (assessment is not None and assessment.conditions) else None)
+            # the order's own indication decides when it names a condition (mercaptopurine for Crohn's disease beside
+            # a past breast cancer is no cancer treatment: CPIC's alternative drug, not its reduced dose); else the
+            # patient's conditions, as oncologic_use reads a drug taken
+            malignant = bool(indication & kb.oncologic_conditions) if indication else (
+                True if oncologic else False if assessment is not None and assessment.conditions else None)
             check = _thiopurine(kb, order, drug, t, n, malignant)
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
@@ -214,7 +217,7 @@ def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],
     malignancy (its rows' ``malignant_only``), at the row's ``reduced_priority``: mercaptopurine 10 mg/m2 on three days
     a week in a TPMT poor metabolizer's ALL had been told, critically, to reduce the dose drastically."""
     row = dose_adjustment(kb, drug["id"], pattern)
-    found = within_reduced(row, drug["id"], order.dose, order.weight_kg) if check.dose_change is not None else None
+    found = within_reduced(row, drug["id"], order.dose, order.weight_kg)
     if found is None or (row.get("malignant_only") and not malignant):
         return check
     shown, reduced_to = found

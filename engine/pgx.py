@@ -165,7 +165,7 @@ def within_reduced(row: dict, drug: str, dose: Union[Dose, str, None], weight_kg
     for the drug (pgx/dose_adjustments.yaml ``reduced_up_to_mg_kg_day``, ``reduced_up_to_mg_m2_day``); None otherwise,
     or when the dose says too little. A daily dose is compared as it is (75 mg/m2 once a week is no reduced daily
     dose); for a row with a ``frequency`` (a TPMT poor metabolizer: three days a week) the dose of each day it is
-    given, on at most that many days a week, or a weekly total with the reduced dose of those days."""
+    given, on at most that many days a week (a weekly total says neither)."""
     frequency = row.get("frequency") or {}
     times = frequency.get("times") if frequency.get("per") == "week" else None
     for key, unit in (("reduced_up_to_mg_kg_day", "mg/kg"), ("reduced_up_to_mg_m2_day", "mg/m2")):
@@ -180,10 +180,8 @@ def within_reduced(row: dict, drug: str, dose: Union[Dose, str, None], weight_kg
             if per_day <= top * (1 + 1e-9):
                 return f"{per_day:{digits}} {unit}/day", f"{top:g} {unit}/day"
             continue
-        reduced = f"{top:g} {unit}/day on {times:g} days a week"
-        takes = takes_a_week(dose)
-        if takes is None and per_day * 7 <= top * times * (1 + 1e-9):
-            return f"{per_day * 7:{digits}} {unit} a week", reduced
+        takes = takes_a_week(dose)        # None for a weekly total: 30 mg/m2 once a week is no 10 on three days
         if takes is not None and takes <= times + 1e-9 and per_day * 7 / takes <= top * (1 + 1e-9):
-            return f"{per_day * 7 / takes:{digits}} {unit} on {takes:g} days a week", reduced
+            return (f"{per_day * 7 / takes:{digits}} {unit} on {takes:g} days a week",
+                    f"{top:g} {unit}/day on {times:g} days a week")
     return None

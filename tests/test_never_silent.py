@@ -872,6 +872,16 @@ def test_an_anc_sent_and_set_aside_beside_a_low_wbc_is_not_called_absent(client,
 
 
 @pytest.mark.parametrize("first", [0, 1])
+def test_an_unreadable_percentage_beside_a_readable_one_is_named_whatever_the_order(client, first):
+    """Neutrophils 70 % and 10 "Prozent" (an ANC of 0.3 with the WBC of 3.0) in one draw (red-team round 16)."""
+    wbc = obs("6690-2", 3.0, "10*9/L")
+    readable = obs("770-8", 70, "%", oid="p1")
+    unread = {**obs("770-8", 10, "%", oid="p2"), "valueQuantity": {"value": 10, "unit": "Prozent"}}
+    [card] = _patient_view(client, [wbc, *([readable, unread] if first == 0 else [unread, readable])])
+    assert card["indicator"] == "warning" and card["summary"].startswith("A neutrophil value not readable")
+
+
+@pytest.mark.parametrize("first", [0, 1])
 def test_an_unreadable_anc_beside_a_readable_one_is_named_whatever_the_order(client, first):
     """ANC 2.5 and ANC 0.3 in a unit leukodx does not read, one draw: with the readable one first the 0.3 had been
     named only after the sources (an information card), with it second the card had said the ANC was unknown (red-team

@@ -399,7 +399,8 @@ def test_a_thiopurine_ordered_with_febuxostat_is_contraindicated_not_cut_to_a_qu
 
 @pytest.mark.parametrize("dose, indication, priority, adjust, cancel", [
     ("10 mg/m2 three times a week", "acute lymphoblastic leukemia", "warning", "no", "no"),   # CPIC's example
-    ({"value": 30, "unit": "mg/m2/wk"}, "acute lymphoblastic leukemia", "warning", "no", "no"),  # a weekly total
+    ({"value": 30, "unit": "mg/m2/wk"}, "acute lymphoblastic leukemia", "critical", "recommended", "no"),  # 30 once?
+    ("15 mg/m2 twice a week", "acute lymphoblastic leukemia", "critical", "recommended", "no"),   # above 10 a day
     ("10 mg/m2 daily", "acute lymphoblastic leukemia", "critical", "recommended", "no"),   # not thrice weekly
     ("20 mg/m2 three times a week", "acute lymphoblastic leukemia", "critical", "recommended", "no"),
     ("10 mg/m2 three times a week", "Crohn's disease", "critical", "no", "recommended"),   # an alternative drug
@@ -411,6 +412,9 @@ def test_mercaptopurine_already_at_cpics_poor_metabolizer_dose_is_not_cut_again(
     reduced drastically (red-team round 14)."""
     order = OrderInput(key="o", name="mercaptopurine", dose=dose, indication=indication)
     c = check(engine, order, tpmt="poor", nudt15="normal")
+    if dose == "10 mg/m2 daily":          # CPIC, NUDT15 poor with a malignancy: "initiate dose at 10 mg/m2/day"
+        nudt15 = check(engine, order, tpmt="normal", nudt15="poor")
+        assert (nudt15.priority, nudt15.adjust) == ("warning", "no") and "already a reduced dose" in nudt15.summary
     assert (c.priority, c.adjust, c.cancel) == (priority, adjust, cancel)
     if priority == "warning":
         assert "already a reduced dose (CPIC)" in c.summary and c.cancel == "no"
@@ -513,3 +517,17 @@ def test_a_second_thiopurine_is_named_as_one_thiopurine_taken_twice(engine):
                                               "end": "2025-03-09"}, {"name": "mercaptopurine", "start": "2025-03-10"}],
                                 history={"tpmt": "normal", "nudt15": "normal"}))
     assert [c.topic for c in engine.check_orders([OrderInput(key="o", name="mercaptopurine")], a)] == ["thiopurine_pgx"]
+
+
+def test_a_thiopurines_own_indication_decides_whether_it_treats_a_cancer(engine):
+    """Mercaptopurine 10 mg/m2 three times a week for Crohn's disease, a breast cancer also on record, TPMT poor: CPIC's
+    reduced dose is for a malignancy; for a non-malignant condition it is an alternative drug (red-team round 16: the
+    cancer on record had made it 'already a reduced dose', a warning)."""
+    med = {"name": "mercaptopurine", "start": "2025-01-10", "dose": "10 mg/m2 three times a week",
+           "indication": "Crohn's disease"}
+    a = engine.assess(base_case(medications=[med], history={"tpmt": "poor", "nudt15": "normal",
+                                                              "conditions": ["Crohn's disease", "breast cancer"]}))
+    assert "thiopurine_high_risk_genotype" in {x.id for x in a.alerts} and a.priority == "critical"
+    [c] = [c for c in engine.check_orders([OrderInput(key="o", name="mercaptopurine", dose=med["dose"],
+                                                      indication="Crohn's disease")], a) if c.topic == "thiopurine_pgx"]
+    assert (c.priority, c.cancel) == ("critical", "recommended")

@@ -57,6 +57,11 @@ def test_a_drug_stopped_on_a_day_not_given_stays_a_suspect(engine):
     assert any("beyond the 60-day onset window" in w and "dated by its start" in w for w in completed.warnings)
     assert "thiopurine_myelotoxicity" in {c.id for c in lately.causes}                 # begun 40 days before
     assert any("completed on a day not given" in w and "possibly completed recently" in w for w in lately.warnings)
+    chemo = engine.assess(base_case(as_of="2025-03-10", labs=[lab("wbc", 1.5), lab("anc", 0.3)],
+                                    medications=[{"name": "cyclophosphamide", "status": "completed",
+                                                  "start": "2024-12-10", "indication": "diffuse large B-cell lymphoma"}],
+                                    history={"conditions": ["diffuse large B-cell lymphoma"]}))
+    assert "cytotoxic_chemotherapy" in {c.id for c in chemo.causes}    # cycles: the last may have been days ago
 
 
 def test_a_drug_stopped_days_ago_keeps_the_onset_window_of_its_course(engine):

@@ -40,9 +40,12 @@ def _dose(dosage: dict[str, Any], kb: KnowledgeBase) -> Union[dict[str, Any], st
         return {"value": value, "unit": rate_unit}
     timing = as_dict(dosage.get("timing"))
     per_week = _takes_per_week(timing, kb.value("divided_weekly_dose_max_days"))
-    if is_number(value) and unit and per_week and kb.value("weekly_drug_max_takes_a_week") < per_week < 7:
+    per_m2 = bool(unit) and "m2" in unit.replace(" ", "")
+    if is_number(value) and unit and per_week and (1 if per_m2 else kb.value("weekly_drug_max_takes_a_week")) \
+            < per_week < 7:
         # every other day, 5 days a week: said with how often, which a dose per week would lose and the dosage's text
-        # may not say ("10 mg"): methotrexate every other day had given no card
+        # may not say ("10 mg"): methotrexate every other day had given no card; a dose per m2 twice or three times a
+        # week too (mercaptopurine 10 mg/m2 on 3 days a week, CPIC's dose for a TPMT poor metabolizer, is not 30 once)
         return f"{fmt(value)} {unit} {fmt(per_week)} times a week"
     per_period = _per_period(value, unit, timing, per_week)
     if isinstance(per_period, dict):

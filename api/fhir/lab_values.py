@@ -56,7 +56,7 @@ def keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int],
     :func:`~.duplicates.preferred` prefers stays, and a warning says which and why. Two values that
     conflict (nothing says which is right) are also listed as not assessed, so that a CDS card shows the
     conflict; of two blood counts the lower stays (the worse side: an automated ANC 1.6 and a manual 0.4
-    had set the tier by the order of the Bundle), of other tests the first; of a count readable and one in a unit
+    had set the tier by the order of the Bundle), of other tests the first; of a value readable and one in a unit
     leukodx does not read, the readable one, the other named as unread."""
     key = (lab.test, lab.utc)
     at = first_at.get(key)
@@ -71,9 +71,10 @@ def keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int],
     replace, warning, conflict = preferred(old.item, first, lab.item, second, f"{lab.test} value {when}")
     lower = _lower_count(old, lab, spec) if conflict else None
     unread = [v for v in (old, lab) if _in_test_unit(v, spec) is None] if conflict and lower is None else []
-    if len(unread) == 1 and spec.get("dimension") == "count_per_volume":
-        # one count readable, the other in a unit leukodx does not read: the readable one is used and the other named
-        # as unread, whatever their order (an ANC of 0.3 in bil/L beside 2.5 had been named only after the sources)
+    if len(unread) == 1:
+        # one value readable, the other in a unit leukodx does not read: the readable one is used and the other named
+        # as unread, whatever their order (an ANC of 0.3 in bil/L beside 2.5, or neutrophils 10 "Prozent" beside 70 %,
+        # had been named only after the sources in one order, and had made the ANC unknown in the other)
         kept, [gone] = (old if unread[0] is lab else lab), unread
         warnings.append(f"{gone.item.label}: {lab.test} {shown(gone)} {when} is in a unit leukodx does not read, "
                         f"beside {shown(kept)} of {kept.item.label}: the readable value was used; check the other, "
