@@ -878,7 +878,7 @@ def test_an_unreadable_percentage_beside_a_readable_one_is_named_whatever_the_or
     readable = obs("770-8", 70, "%", oid="p1")
     unread = {**obs("770-8", 10, "%", oid="p2"), "valueQuantity": {"value": 10, "unit": "Prozent"}}
     [card] = _patient_view(client, [wbc, *([readable, unread] if first == 0 else [unread, readable])])
-    assert card["indicator"] == "warning" and card["summary"].startswith("A neutrophil value not readable")
+    assert card["indicator"] == "warning" and card["summary"].startswith("A WBC or neutrophil value not readable")
 
 
 @pytest.mark.parametrize("first", [0, 1])
@@ -891,5 +891,5 @@ def test_an_unreadable_anc_beside_a_readable_one_is_named_whatever_the_order(cli
                                                                "valueQuantity": {"value": 0.3, "unit": "bil/L"}}
     pair = [readable, unread] if first == 0 else [unread, readable]
     [card] = _patient_view(client, [wbc, *pair])
-    assert card["indicator"] == "warning" and card["summary"].startswith("A neutrophil value not readable")
+    assert card["indicator"] == "warning" and card["summary"].startswith("A WBC or neutrophil value not readable")
     assert "may be lower than the one used" in card["detail"] and "ANC 2.5" in card["detail"]

@@ -62,6 +62,11 @@ def test_a_drug_stopped_on_a_day_not_given_stays_a_suspect(engine):
                                                   "start": "2024-12-10", "indication": "diffuse large B-cell lymphoma"}],
                                     history={"conditions": ["diffuse large B-cell lymphoma"]}))
     assert "cytotoxic_chemotherapy" in {c.id for c in chemo.causes}    # cycles: the last may have been days ago
+    rituximab = engine.assess(base_case(as_of="2025-03-10", labs=[lab("wbc", 1.5), lab("anc", 0.3)],
+                                        medications=[{"name": "rituximab", "status": "stopped", "start": "2024-08-10",
+                                                      "indication": "rheumatoid arthritis"}],
+                                        history={"conditions": ["rheumatoid arthritis"]}))
+    assert "anti_cd20_late_onset_neutropenia" in {c.id for c in rituximab.causes}   # its last dose not given
 
 
 def test_a_drug_stopped_days_ago_keeps_the_onset_window_of_its_course(engine):

@@ -509,6 +509,7 @@ def test_a_product_named_first_is_that_product_not_the_drug_it_mentions(engine):
     ("Clozapine-induced agranulocytosis", True), ("Clozapine agranulocytosis", True),
     ("Agranulocytosis (Clozaril)", True), ("Agranulocytosis due to Leponex", True),
     ("Agranulocytosis 2019 (clozapine)", True), ("History of severe neutropenia on clozapine", True),
+    ("Zaponex-associated neutropenia (severe)", True), ("Clozapine-associated neutropenia (mild)", False),
     ("Monitoring for clozapine-induced agranulocytosis", False), ("no history of clozapine-induced agranulocytosis", False),
     ("Agranulocytosis not due to clozapine", False), ("carbamazepine agranulocytosis", False),
 ])

@@ -50,8 +50,8 @@ TOPICS = {"assessment": ("leukopenia-assessment", "Leukopenia assessment"),
           "dosing_frequency": ("dosing-frequency", "A weekly drug ordered daily"),
           "unknown_drug": ("unknown-drug", "A drug leukodx does not know")}
 DISCLAIMER = "_leukodx supports and does not replace clinical judgement._"
-ANOTHER_UNREAD = ("**Another neutrophil value was sent and could not be used** (named under Not assessed): it may be "
-                  "lower than the one used; check it before relying on this card.")
+ANOTHER_UNREAD = ("**Another WBC or neutrophil value was sent and could not be used** (named under Not assessed): it "
+                  "may be lower than the one used; check it before relying on this card.")
 ANC_UNREAD = ("**A neutrophil count or percentage was sent and could not be used** (named under Not assessed): the "
               "ANC is unknown, not normal; check that value before relying on this card.")
 
@@ -224,7 +224,7 @@ def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str
         headline = f"ANC sent but not readable; {headline}"
         body = body.replace(a.risk_tier.basis, f"{a.risk_tier.basis} {ANC_UNREAD}", 1)
     elif anc_unread:                             # beside the one used: it may be lower (0.3 beside 2.5 had been quiet)
-        headline = f"A neutrophil value not readable; {headline}"
+        headline = f"A WBC or neutrophil value not readable; {headline}"
         body = body.replace(a.risk_tier.basis, f"{a.risk_tier.basis} {ANOTHER_UNREAD}", 1)
     return [_card(hook_instance, "assessment", headline, priority, body,
                   _source(f"leukodx knowledge base {a.kb_version}", "assessment", url), suggestions, "any", tail)]
