@@ -404,16 +404,15 @@ def _recipient_of(kb: KnowledgeBase, h: Any, conditions: set[str]) -> Optional[s
 
 def _undated_end(kb: KnowledgeBase, status: str, named: str, start: Optional[date], as_of: Optional[date],
                  classes: frozenset[str], warnings: list[str]) -> Optional[date]:
-    """The end of a course stopped or completed on a day not given: none (it may have ended any day since its start,
-    a recent suspect), said in a warning; for a course completed and begun beyond the onset window of drug-induced
-    agranulocytosis (idiosyncratic_onset_max_days), its start: an old course (one of 2019 had become the 'likely'
-    cause). Not for chemotherapy or an anti-CD20 antibody, given in cycles whose last may have been days ago."""
-    window = kb.value("idiosyncratic_onset_max_days")
-    if status == "completed" and start and as_of and (as_of - start).days > window and \
-            not classes & {"cytotoxic_chemotherapy", "anti_cd20"}:
+    """The end of a course stopped or completed on a day not given: none (it may have ended any day since its start, a
+    recent suspect), said; for a course completed and begun beyond its window (the onset window of drug-induced
+    agranulocytosis, an anti-CD20 antibody's late-onset window), its start: an old course (carbimazole, or a
+    cyclophosphamide, of 2019 had become the 'likely' cause, and the marrow was dropped)."""
+    window = max([kb.value("idiosyncratic_onset_max_days")] + [kb.value(w) for c, w in (
+        ("anti_cd20", "anti_cd20_suspect_days"), ("cytotoxic_chemotherapy", "chemotherapy_nadir_window_days")) if c in classes])
+    if status == "completed" and start and as_of and (as_of - start).days > window:
         warnings.append(f"{named} was completed on a day not given and began {(as_of - start).days} days before "
-                        f"{as_of}, beyond the {window:g}-day onset window of drug-induced agranulocytosis: dated by its "
-                        f"start, not a recent suspect.")
+                        f"{as_of}, beyond its {window:g}-day window as a suspect: dated by its start, not a recent suspect.")
         return start
     warnings.append(f"{named} was {status} on a day not given: it was treated as possibly {status} recently (a recent "
                     f"suspect), with no date for its last dose.")

@@ -124,8 +124,8 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             # the order's own indication decides when it names a condition (mercaptopurine for Crohn's disease beside
             # a past breast cancer is no cancer treatment: CPIC's alternative drug, not its reduced dose); else the
             # patient's conditions, as oncologic_use reads a drug taken
-            malignant = bool(indication & kb.oncologic_conditions) if indication else (
-                True if oncologic else False if assessment is not None and assessment.conditions else None)
+            malignant = bool(indication & kb.oncologic_conditions) if order.indication and order.indication.strip() \
+                else (True if oncologic else False if assessment is not None and assessment.conditions else None)
             check = _thiopurine(kb, order, drug, t, n, malignant)
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)

@@ -277,10 +277,12 @@ class DrugIndex:
 
 
 def oncologic_use(kb: KnowledgeBase, indication: Optional[str], cancer_among_conditions: bool) -> bool:
-    """Whether a drug is used to treat cancer: its own indication decides when it names a condition (methotrexate
-    for rheumatoid arthritis beside a past skin cancer is not chemotherapy); else any cancer among the conditions."""
-    named = set(match_conditions(kb, indication)) if indication else set()
-    return bool(named & kb.oncologic_conditions) if named else cancer_among_conditions
+    """Whether a drug is used to treat cancer: its own indication decides when one is given (methotrexate for
+    rheumatoid arthritis, or for psoriasis, which the vocabulary does not name, beside a past skin cancer is not
+    chemotherapy: a daily methotrexate for psoriasis had been silent); else any cancer among the conditions."""
+    if indication and indication.strip():
+        return bool(set(match_conditions(kb, indication)) & kb.oncologic_conditions)
+    return cancer_among_conditions
 
 
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:

@@ -1050,3 +1050,18 @@ def test_one_value_sent_in_two_units_is_not_a_conflict():
     assert has(warnings, "Observation/b", "with the same value") and not has(warnings, "conflicts")
     case, warnings = bundle_to_case(bundle(a, c))          # a real disagreement still is one
     assert has(warnings, "Observation/c", "conflicts with 1.2 10*9/L")
+
+
+def test_an_orders_indication_is_every_reason_it_gives():
+    """The order check had read only the first reasonCode's text: Crohn's disease as the second reasonCode, or only as
+    a reference to the Condition, left a thiopurine order read as a cancer's (red-team round 17)."""
+    from leukodx.api.fhir.medications import order_drugs
+    crohn = {"resourceType": "Condition", "id": "c1", "code": {"text": "Crohn's disease"}}
+    orders = [{"resourceType": "MedicationRequest", "status": "draft", "medicationCodeableConcept": {"text": "mercaptopurine"},
+               "reasonCode": [{"coding": [{"code": "K50.0"}]}, {"text": "Crohn's disease"}]},
+              {"resourceType": "MedicationRequest", "status": "draft", "medicationCodeableConcept": {"text": "mercaptopurine"},
+               "reasonReference": [{"reference": "Condition/c1"}]},
+              {"resourceType": "MedicationRequest", "status": "draft", "medicationCodeableConcept": {"text": "mercaptopurine"},
+               "reasonReference": [{"reference": "Condition/elsewhere", "display": "Ulcerative colitis"}]}]
+    got = [d.indication for d in order_drugs(orders, {"resourceType": "Bundle", "entry": [{"resource": crohn}]})]
+    assert got == ["Crohn's disease", "Crohn's disease", "Ulcerative colitis"]

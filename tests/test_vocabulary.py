@@ -518,3 +518,38 @@ def test_a_clozapine_agranulocytosis_is_read_in_the_words_problem_lists_use(engi
     after the event; a 'monitoring for' is no diagnosis)."""
     found, _ = read_conditions(engine.kb, text)
     assert ("clozapine_agranulocytosis" in found) is read
+
+
+@pytest.mark.parametrize("text, recipient", [
+    ("Kidney transplant status", True), ("Living donor kidney transplant recipient", True),
+    ("Deceased donor kidney transplant", True), ("s/p liver transplant, needs tacrolimus level", True),
+    ("Renal transplant, assessment of rejection pending", True), ("Allo-SCT for AML (matched unrelated donor)", True),
+    ("s/p allo-HSCT, needs chimerism", True), ("Kidney transplant from living related donor", True),
+    ("waiting for a kidney transplant", False), ("candidate for a liver transplant", False),
+    ("bone marrow transplant (donor)", False), ("planned allo-SCT", False), ("Allo-HSCT donor", False),
+    ("Kidney donor (living related) - s/p nephrectomy for transplant", False), ("kidney transplant - evaluation", False),
+])
+def test_a_transplant_recipient_is_told_from_a_donor_or_a_candidate(engine, text, recipient):
+    """Rounds 15-17: a recipient named only among the conditions is one (no rheumatology 'do not start' for the
+    transplant team's tacrolimus); a donor, a candidate or a plan is not (no graft failure for a donor)."""
+    a = engine.assess(base_case(history={"conditions": [text]}))
+    assert ("transplant_recipient" in a.conditions) is recipient
+
+
+@pytest.mark.parametrize("text, read", [
+    ("Monitoring for sepsis", ()), ("Monitoring for CMV reactivation", ()),
+    ("Monitoring for AML relapse after chemotherapy", ("acute_leukemia",)),
+    ("monitoring for lymphoma recurrence", ("lymphoma",)),
+])
+def test_monitoring_for_a_condition_is_no_diagnosis_but_for_its_relapse_it_is(engine, text, read):
+    found, _ = read_conditions(engine.kb, text)
+    assert set(read) <= set(found) and (bool(found) is bool(read))
+
+
+def test_a_drugs_own_indication_decides_even_when_the_vocabulary_does_not_name_it(engine):
+    """Methotrexate 10 mg daily for psoriasis (not in the vocabulary) beside a basal cell carcinoma of 2019 had been
+    counted as cancer treatment: no daily-methotrexate alert (red-team round 17)."""
+    a = engine.assess(base_case(medications=[{"name": "methotrexate", "start": "2025-03-01", "dose": "10 mg daily",
+                                              "indication": "psoriasis"}],
+                                history={"conditions": ["basal cell carcinoma 2019"]}))
+    assert "methotrexate_daily_dosing" in {x.id for x in a.alerts}

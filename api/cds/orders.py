@@ -82,8 +82,7 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
         if drug.unread:                                # said on a card, never dropped in silence
             unread.append(C.unread_order_card(hook.hookInstance, key, named, drug.unread, eng.kb.version))
             continue
-        reason = (order.get("reasonCode") or [{}])[0] if isinstance(order.get("reasonCode"), list) else {}
-        indication = reason.get("text") if isinstance(reason, dict) and isinstance(reason.get("text"), str) else None
+        indication = drug.indication                   # every reasonCode and reasonReference, as text
         try:
             orders.append(OrderInput(key=key, name=drug.name, rxnorm=drug.rxnorm, atc=drug.atc, indication=indication,
                                      dose=fhir.order_dose(order, kb=eng.kb), weight_kg=weight_kg))

@@ -21,7 +21,7 @@ one daily for the engine's frequency check), else the dosage text. ``indication`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any, Optional
 
@@ -138,6 +138,7 @@ class OrderDrug:
     rxnorm: Optional[str]
     unread: Optional[str]          # why no drug could be read from the order (None when one was)
     atc: Optional[str] = None      # its WHO ATC code, when it has one
+    indication: Optional[str] = None   # every reason the order gives, as text (_indication)
 
 
 def order_drugs(orders: list[dict[str, Any]], data: Any, known: frozenset[str] = frozenset()) -> list[OrderDrug]:
@@ -150,15 +151,19 @@ def order_drugs(orders: list[dict[str, Any]], data: Any, known: frozenset[str] =
     index: Optional[Index] = None
     out: list[OrderDrug] = []
     for order in orders:
+        if index is None and (order.get("reasonReference") or not isinstance(order.get("medicationCodeableConcept"),
+                                                                             dict)):
+            index = Index(walk_readable([*orders, data]))
+        indication = _indication(Item(order, "", None, None), index)
         if isinstance(order.get("medicationCodeableConcept"), dict):
             name, code = medication_name_and_code(order, known)
             atc = atc_code(order["medicationCodeableConcept"])
             out.append(OrderDrug(name, code, None if name or code or atc else "its medicationCodeableConcept names "
-                                                                              "no drug (no text, display or code)", atc))
+                                                                              "no drug (no text, display or code)", atc,
+                                 indication))
             continue
-        if index is None:
-            index = Index(walk_readable([*orders, data]))
-        out.append(_referenced_drug(order, index, known))
+        assert index is not None
+        out.append(replace(_referenced_drug(order, index, known), indication=indication))
     return out
 
 
@@ -364,17 +369,16 @@ def _rxnorm(concept: Optional[dict[str, Any]], known: frozenset[str]) -> tuple[O
     return as_str(best.get("code")), as_str(best.get("display"))
 
 
-def _indication(item: Item, index: Index) -> Optional[str]:
+def _indication(item: Item, index: Optional[Index]) -> Optional[str]:
+    """Every reason the request or statement gives, as text: each reasonCode's text or display, each reasonReference's
+    Condition (or its display), joined ("Crohn's disease" as the second reasonCode, or only as a reference to the
+    Condition, had left a thiopurine order read as a cancer's beside a past breast cancer). ``index`` resolves the
+    references (None: their displays only)."""
     res = item.resource
-    reason = concept_text(as_list(res.get("reasonCode"))[0] if as_list(res.get("reasonCode")) else None)
-    if reason:
-        return reason
-    refs = as_list(res.get("reasonReference"))
-    if not refs:
-        return None
-    target = index.resolve(reference(refs[0]), item)
-    if target is not None and target.type == "Condition":
-        text = concept_text(target.resource.get("code"))
-        if text:
-            return text
-    return as_str(as_dict(refs[0]).get("display"))
+    said = [t for c in as_list(res.get("reasonCode")) if (t := concept_text(c))]
+    for ref in as_list(res.get("reasonReference")):
+        target = index.resolve(reference(ref), item) if index is not None else None
+        text = concept_text(target.resource.get("code")) if target is not None and target.type == "Condition" else None
+        if text := text or as_str(as_dict(ref).get("display")):
+            said.append(text)
+    return "; ".join(dict.fromkeys(said))[:500] or None
