@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from .kb import KnowledgeBase
 from .pgx import cpic_pattern, dose_adjustment, within_reduced
-from .normalize import NormCase, NormMed
+from .normalize import CLASS_WINDOWS, NormCase, NormMed
 
 __all__ = ["suspect_meds", "patient_facts", "drug_facts", "active_interactions", "started_after", "earlier_anc_facts"]
 
@@ -157,8 +157,8 @@ def _thiopurine_dose_already_reduced(kb: KnowledgeBase, nc: NormCase) -> bool:
     taken = [m for m in nc.meds if "thiopurine" in m.classes and _exposure(m, nc.as_of)[0]]
     weight = nc.case.patient.weight_kg
     rows = [dose_adjustment(kb, m.drug_id or "", pattern) for m in taken]
-    return bool(taken) and all(within_reduced(row, m.drug_id or "", m.dose, weight) is not None
-                               and (m.oncologic or not row.get("malignant_only")) for m, row in zip(taken, rows))
+    return bool(taken) and all(within_reduced(row, m.drug_id or "", m.dose, weight, m.oncologic) is not None
+                               for m, row in zip(taken, rows))
 
 
 def _dose_already_cut(interaction: dict[str, Any], nc: NormCase) -> bool:
@@ -177,11 +177,9 @@ def suspect_meds(kb: KnowledgeBase, nc: NormCase) -> list[NormMed]:
     """The medications a cause may name as its agent: taken now, stopped or completed on a day not given, or last
     taken within their class's window (recent_drug_days; a cytotoxic drug's nadir window, an anti-CD20 antibody's suspect
     window). A mycophenolate stopped 16 months before had been named beside today's tacrolimus."""
-    windows = {"cytotoxic_chemotherapy": kb.value("chemotherapy_nadir_window_days"),
-               "anti_cd20": kb.value("anti_cd20_suspect_days")}
     default = kb.value("recent_drug_days")
-    return [m for m in nc.meds
-            if _taken_within(m, nc.as_of, max([windows[c] for c in m.classes if c in windows], default=default))]
+    return [m for m in nc.meds if _taken_within(m, nc.as_of, max(
+        [kb.value(CLASS_WINDOWS[c]) for c in m.classes if c in CLASS_WINDOWS], default=default))]
 
 
 def _recent(kb: KnowledgeBase, nc: NormCase) -> list[Any]:

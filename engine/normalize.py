@@ -23,7 +23,9 @@ from .units import UnitProblem, conversion_factor
 from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, duffy_prevalent, match_organ, oncologic_use,
                          read_conditions)
 
-__all__ = ["NormLab", "NormMed", "NormCase", "normalize", "dose_mg_kg_day", "PCT_TESTS"]
+__all__ = ["NormLab", "NormMed", "NormCase", "normalize", "dose_mg_kg_day", "PCT_TESTS", "CLASS_WINDOWS"]
+# classes that stay suspects longer than recent_drug_days, by their window's threshold (exposure.suspect_meds)
+CLASS_WINDOWS = {"cytotoxic_chemotherapy": "chemotherapy_nadir_window_days", "anti_cd20": "anti_cd20_suspect_days"}
 
 WHITE_PARTS = ("anc", "segmented_neutrophils", "bands", "lymphocytes", "monocytes", "eosinophils", "basophils")
 PCT_TESTS = ("neutrophils_pct", "bands_pct", "lymphocytes_pct", "monocytes_pct", "eosinophils_pct",
@@ -408,8 +410,7 @@ def _undated_end(kb: KnowledgeBase, status: str, named: str, start: Optional[dat
     recent suspect), said; for a course completed and begun beyond its window (the onset window of drug-induced
     agranulocytosis, an anti-CD20 antibody's late-onset window), its start: an old course (carbimazole, or a
     cyclophosphamide, of 2019 had become the 'likely' cause, and the marrow was dropped)."""
-    window = max([kb.value("idiosyncratic_onset_max_days")] + [kb.value(w) for c, w in (
-        ("anti_cd20", "anti_cd20_suspect_days"), ("cytotoxic_chemotherapy", "chemotherapy_nadir_window_days")) if c in classes])
+    window = max(kb.value(w) for w in ["idiosyncratic_onset_max_days", *(CLASS_WINDOWS.get(c) for c in classes)] if w)
     if status == "completed" and start and as_of and (as_of - start).days > window:
         warnings.append(f"{named} was completed on a day not given and began {(as_of - start).days} days before "
                         f"{as_of}, beyond its {window:g}-day window as a suspect: dated by its start, not a recent suspect.")

@@ -23,11 +23,12 @@ from .doses import dose_mg_kg_day
 from .order_models import INTERMEDIATE, Advice, DoseChange, OrderCheck, OrderInput
 from .order_others import (clozapine_check, cuts_the_dose, daily_instead_of_weekly, interactions_check, label_check,
                            not_known, withhold_check)
-from .vocabulary import DrugIndex, match_conditions
+from .vocabulary import DrugIndex, oncologic_use
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
 
 _REDUCED_START = "start at a reduced dose (CPIC)"     # what an intermediate metabolizer's check says to do
+_DRASTIC = "drastically reduce the dose or use an alternative (CPIC)"   # and a poor metabolizer's
 
 
 def _phenotype(status: GeneStatus) -> str:
@@ -84,7 +85,7 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
             detail += f"\n\n*Superseded 2020 text:* {rec.recommendation}"
         if rec.comments:
             detail += f"\n\n{rec.comments}"
-    what = ("drastically reduce the dose or use an alternative (CPIC)" if poor else
+    what = (_DRASTIC if poor else
             _REDUCED_START if row["priority"] == "warning" and change else
             "normal starting dose (CPIC)" if pattern == "normal" else "monitor closely (CPIC)")
     # a poor metabolizer's dose or drug change does not wait for the other gene: when one is recommended, genotyping
@@ -120,12 +121,11 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             continue
         drug = match.drug
         if "thiopurine" in drug.get("classes", []):
-            indication = set(match_conditions(kb, order.indication)) if order.indication else set()
-            # the order's own indication decides when it names a condition (mercaptopurine for Crohn's disease beside
-            # a past breast cancer is no cancer treatment: CPIC's alternative drug, not its reduced dose); else the
-            # patient's conditions, as oncologic_use reads a drug taken
-            malignant = bool(indication & kb.oncologic_conditions) if order.indication and order.indication.strip() \
-                else (True if oncologic else False if assessment is not None and assessment.conditions else None)
+            # the order's own indication decides when one is given (mercaptopurine for Crohn's disease beside a past
+            # breast cancer is no cancer treatment: CPIC's alternative drug, not its reduced dose), as for a drug
+            # taken; else the patient's conditions; with neither, not known
+            known = bool(order.indication and order.indication.strip()) or bool(assessment and assessment.conditions)
+            malignant = oncologic_use(kb, order.indication, bool(oncologic)) if known else None
             check = _thiopurine(kb, order, drug, t, n, malignant)
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
@@ -217,11 +217,11 @@ def _already_reduced(kb: KnowledgeBase, check: OrderCheck, drug: dict[str, Any],
     malignancy (its rows' ``malignant_only``), at the row's ``reduced_priority``: mercaptopurine 10 mg/m2 on three days
     a week in a TPMT poor metabolizer's ALL had been told, critically, to reduce the dose drastically."""
     row = dose_adjustment(kb, drug["id"], pattern)
-    found = within_reduced(row, drug["id"], order.dose, order.weight_kg)
-    if found is None or (row.get("malignant_only") and not malignant):
+    found = within_reduced(row, drug["id"], order.dose, order.weight_kg, bool(malignant))
+    if found is None:
         return check
     shown, reduced_to = found
-    what = "drastically reduce the dose or use an alternative (CPIC)" if row.get("malignant_only") else _REDUCED_START
+    what = _DRASTIC if row.get("malignant_only") else _REDUCED_START
     return check.model_copy(update={
         "dose_change": None, "adjust": "no", "cancel": "no", "priority": row.get("reduced_priority", check.priority),
         "summary": check.summary.replace(what, f"{shown} is already a reduced dose (CPIC)"),

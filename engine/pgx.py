@@ -159,13 +159,16 @@ def dose_adjustment(kb: KnowledgeBase, drug: str, pattern: str) -> dict:
     raise LookupError(f"pgx/dose_adjustments.yaml has no row for {drug}, {pattern}")   # rules check prevents it
 
 
-def within_reduced(row: dict, drug: str, dose: Union[Dose, str, None], weight_kg: Optional[float]
-                   ) -> Optional[tuple[str, str]]:
+def within_reduced(row: dict, drug: str, dose: Union[Dose, str, None], weight_kg: Optional[float],
+                   malignant: bool) -> Optional[tuple[str, str]]:
     """(the dose as shown, CPIC's reduced dose as shown) when ``dose`` is at or below the row's reduced starting dose
     for the drug (pgx/dose_adjustments.yaml ``reduced_up_to_mg_kg_day``, ``reduced_up_to_mg_m2_day``); None otherwise,
-    or when the dose says too little. A daily dose is compared as it is (75 mg/m2 once a week is no reduced daily
-    dose); for a row with a ``frequency`` (a TPMT poor metabolizer: three days a week) the dose of each day it is
-    given, on at most that many days a week (a weekly total says neither)."""
+    when the dose says too little, or for a poor metabolizer's row (``malignant_only``) when the drug does not treat a
+    malignancy (CPIC: an alternative drug then). A daily dose is compared as it is (75 mg/m2 once a week is no reduced
+    daily dose); for a row with a ``frequency`` (a TPMT poor metabolizer: three days a week) the dose of each day it
+    is given, on at most that many days a week (a weekly total says neither)."""
+    if row.get("malignant_only") and not malignant:
+        return None
     frequency = row.get("frequency") or {}
     times = frequency.get("times") if frequency.get("per") == "week" else None
     for key, unit in (("reduced_up_to_mg_kg_day", "mg/kg"), ("reduced_up_to_mg_m2_day", "mg/m2")):

@@ -139,14 +139,14 @@ def _headline(a: Assessment) -> str:
     return "; ".join(parts) or f"Blood count findings ({_drawn(a)})"
 
 
-def _detail(a: Assessment) -> tuple[str, str]:
+def _detail(a: Assessment, basis_note: str = "") -> tuple[str, str]:
     """The assessment card's detail: what the case gave (to be made safe), and its sources and disclaimer, the
     knowledge base's text only, made safe already."""
     t = a.risk_tier
     lines = [(f"**Blood count of {_drawn(a)}.** " if a.cbc.tests else "**No blood count.** ") + a.cbc.note,
              f"**Risk tier:** {t.tier}" + (f" - ANC {_n(t.anc)} x10^9/L ({(t.anc_source or '').replace('_', ' ')})"
                                            if t.anc is not None else " - no ANC available"),
-             t.basis]
+             f"{t.basis} {basis_note}".rstrip()]
     grades = [f"{n} grade {g.grade}" for n, g in (("WBC", a.ctcae.wbc), ("ANC", a.ctcae.anc),
                                                   ("lymphocytes", a.ctcae.lymphocytes)) if g]
     if grades:
@@ -218,14 +218,12 @@ def assessment_cards(a: Assessment, hook_instance: str, patient_id: Optional[str
             isRecommended=True, actions=[Action(
                 type="create", description=f"Create a ServiceRequest: {step.title}",
                 resource=_service_request(patient_id, CBC_WITH_DIFFERENTIAL, step.title, step.reasons[0]))])]
-    body, tail = _detail(a)
-    headline = _headline(a)
-    if anc_unread and a.risk_tier.anc is None:   # not "no neutrophil count in the draw": one was sent, and not read
-        headline = f"ANC sent but not readable; {headline}"
-        body = body.replace(a.risk_tier.basis, f"{a.risk_tier.basis} {ANC_UNREAD}", 1)
-    elif anc_unread:                             # beside the one used: it may be lower (0.3 beside 2.5 had been quiet)
-        headline = f"A WBC or neutrophil value not readable; {headline}"
-        body = body.replace(a.risk_tier.basis, f"{a.risk_tier.basis} {ANOTHER_UNREAD}", 1)
+    # an ANC sent and not read is not "no neutrophil count in the draw"; beside the one used it may be lower (0.3
+    # beside 2.5 had been quiet)
+    lead, note = (("ANC sent but not readable; ", ANC_UNREAD) if a.risk_tier.anc is None else
+                  ("A WBC or neutrophil value not readable; ", ANOTHER_UNREAD)) if anc_unread else ("", "")
+    body, tail = _detail(a, note)
+    headline = lead + _headline(a)
     return [_card(hook_instance, "assessment", headline, priority, body,
                   _source(f"leukodx knowledge base {a.kb_version}", "assessment", url), suggestions, "any", tail)]
 

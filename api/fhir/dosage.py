@@ -40,7 +40,7 @@ def _dose(dosage: dict[str, Any], kb: KnowledgeBase) -> Union[dict[str, Any], st
         return {"value": value, "unit": rate_unit}
     timing = as_dict(dosage.get("timing"))
     per_week = _takes_per_week(timing, kb.value("divided_weekly_dose_max_days"))
-    per_m2 = bool(unit) and "m2" in unit.replace(" ", "")
+    per_m2 = bool(is_number(value) and unit and (per_take := dose_rate(f"{unit}/d")) and per_take.per_m2)
     if is_number(value) and unit and per_week and (1 if per_m2 else kb.value("weekly_drug_max_takes_a_week")) \
             < per_week < 7:
         # every other day, 5 days a week: said with how often, which a dose per week would lose and the dosage's text
