@@ -281,7 +281,10 @@ def oncologic_use(kb: KnowledgeBase, indication: Optional[str], cancer_among_con
     rheumatoid arthritis, or for psoriasis, which the vocabulary does not name, beside a past skin cancer is not
     chemotherapy: a daily methotrexate for psoriasis had been silent); else any cancer among the conditions."""
     if indication and indication.strip():
-        return bool(set(match_conditions(kb, indication)) & kb.oncologic_conditions)
+        # a condition the indication names as past ("history of", "prior") is not what the drug treats when
+        # it names another as current: "Crohn's disease (history of ALL in childhood)"; alone, it is ("h/o ALL")
+        treated = read_conditions(kb, indication, past_for_all=True)[0] or match_conditions(kb, indication)
+        return bool(set(treated) & kb.oncologic_conditions)
     return cancer_among_conditions
 
 
@@ -295,13 +298,16 @@ _CLAUSE = re.compile(r"[,;.:]|\bbut\b", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[\s,;:\-\u2013()]*")     # between a condition's words and a cue after them
 
 
-def read_conditions(kb: KnowledgeBase, text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+def read_conditions(kb: KnowledgeBase, text: str, past_for_all: bool = False
+                    ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """The conditions a text gives the patient, and those it names but sets aside, each with the cue that
     does ("SLE ruled out": sle, "ruled out"). conditions.yaml ``not_a_diagnosis`` (NegEx's scheme, Chapman
     2001): a cue counts before the condition's words in the same clause, or right after them (past
     separators, a year and test words). An absence sets the condition aside; a suspicion too, unless a
     suspicion is enough for it (``suspicion_counts``: "suspected sepsis" is sepsis for the emergency gate); a
-    past mention, for an acute condition ("history of sepsis", "sepsis 2019, resolved"). Pseudo-cues ("no
+    past mention, for an acute condition ("history of sepsis", "sepsis 2019, resolved"), or, with
+    ``past_for_all``, a cue before any condition ("history of ALL": what a drug treats now, :func:`oncologic_use`;
+    a cue after, "ALL, treated", may be the current treatment). Pseudo-cues ("no
     longer", "gram-negative") are masked first, and suspicion phrases before absences are looked for
     ("cannot rule out sepsis" is a suspicion). Remembered per text, at most 4,096 of them."""
     def search() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -318,7 +324,8 @@ def read_conditions(kb: KnowledgeBase, text: str) -> tuple[tuple[str, ...], tupl
                 doubt = cue["uncertain_before"].search(before) or doubt_after
                 absent = (cue["absent_before"].search(_masked(cue["uncertain_before"], before))
                           or (None if doubt_after else cue["absent_after"].match(full, after)))
-                past = ((cue["past_before"].search(before) or cue["past_after"].match(full, after))
+                past = (cue["past_before"].search(before) if past_for_all else
+                        (cue["past_before"].search(before) or cue["past_after"].match(full, after))
                         if cid in kb.acute_conditions else None)
                 reason = absent or past or (doubt if cid not in kb.suspicion_counts else None)
                 if reason is None:
@@ -329,7 +336,8 @@ def read_conditions(kb: KnowledgeBase, text: str) -> tuple[tuple[str, ...], tupl
                 if reasons:
                     aside.append((cid, reasons[0]))
         return tuple(found), tuple(aside)
-    return _remembered(kb.derived.setdefault("condition_matches", {}), text, search)
+    return _remembered(kb.derived.setdefault("condition_matches_past" if past_for_all else "condition_matches", {}),
+                       text, search)
 
 
 def _masked(pattern: re.Pattern[str], text: str) -> str:

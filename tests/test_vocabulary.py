@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from leukodx.engine.vocabulary import match_conditions, match_organ, read_conditions
+from leukodx.engine.vocabulary import match_conditions, match_organ, oncologic_use, read_conditions
 
 from conftest import base_case, lab
 
@@ -86,6 +86,9 @@ def test_condition_vocabulary_does_not_mistake_words_for_abbreviations(kb, text,
     ("No treatment for CLL yet", {"cll", "hematologic_malignancy", "cancer"}, set()),
     ("No flare of lupus since 2022", {"sle"}, set()),
     ("Urosepsis", {"sepsis"}, set()),
+    ("3-year-old with sepsis", {"sepsis"}, set()),          # an age is no past (it had set the sepsis aside)
+    ("18 mo old with EBV infection", {"ebv_infection", "viral_infection"}, set()),
+    ("old sepsis", set(), {"sepsis"}),
 ])
 def test_a_negated_or_uncertain_condition_is_set_aside_with_its_cue(kb, text, kept, set_aside):
     found, aside = read_conditions(kb, text)
@@ -553,3 +556,18 @@ def test_a_drugs_own_indication_decides_even_when_the_vocabulary_does_not_name_i
                                               "indication": "psoriasis"}],
                                 history={"conditions": ["basal cell carcinoma 2019"]}))
     assert "methotrexate_daily_dosing" in {x.id for x in a.alerts}
+
+
+@pytest.mark.parametrize("indication, oncologic", [
+    ("Crohn's disease (history of ALL in childhood)", False),   # the Crohn's is treated, the ALL is past
+    ("Crohn's disease; h/o acute lymphoblastic leukaemia", False),
+    ("previously treated ALL", True),                           # a cancer alone stays what is treated
+    ("ALL, treated per UKALL 2011; Crohn's disease", True),      # "treated" after it may be the treatment now
+    ("ALL maintenance; Crohn's disease", True),                 # both current: the cancer counts
+    ("history of ALL", True),
+    ("12-year-old with ALL; Crohn's disease", True),           # an age is no past
+])
+def test_a_past_cancer_beside_the_condition_treated_is_not_the_indication(engine, indication, oncologic):
+    """Red-team round 17: mercaptopurine for "Crohn's disease (history of ALL in childhood)" was read as leukaemia
+    treatment (CPIC's reduced dose for a malignancy rather than an alternative drug)."""
+    assert oncologic_use(engine.kb, indication, cancer_among_conditions=False) is oncologic
