@@ -67,6 +67,8 @@ class KnowledgeBase:
     oncologic_conditions: frozenset[str]
     condition_codes: dict[str, dict[str, str]]   # conditions.yaml codes: system -> {code, or prefix ending in *: id}
     condition_codes_sources: list[str]
+    not_neoplasm_codes: dict[str, dict[str, str]]   # conditions.yaml not_neoplasm_codes, as condition_codes' tables
+    not_neoplasm_codes_sources: list[str]
     suspect_classes: frozenset[str]
     atc_sources: list[str]                      # drugs.yaml atc_sources: where the drugs' ATC codes come from
     not_systemic: Optional[re.Pattern[str]]     # a medication text naming a topical or eye form (drugs.yaml)
@@ -199,6 +201,10 @@ def _load(root: Path, version: str, check_prose: bool = True) -> KnowledgeBase:
         oncologic_conditions=frozenset(vocab.get("oncologic", [])),
         condition_codes=_condition_codes(vocab.get("codes", {})),
         condition_codes_sources=list(vocab.get("codes", {}).get("sources", [])),
+        not_neoplasm_codes=_condition_codes({
+            "not_a_neoplasm": {k: v for k, v in vocab.get("not_neoplasm_codes", {}).items() if k != "sources"},
+            "system_aliases": vocab.get("codes", {}).get("system_aliases", {})}),
+        not_neoplasm_codes_sources=list(vocab.get("not_neoplasm_codes", {}).get("sources", [])),
         suspect_classes=frozenset(drug_doc.get("suspect_classes", [])),
         atc_sources=list(drug_doc.get("atc_sources", [])),
         not_systemic=re.compile(r"\b(" + "|".join(map(re.escape, drug_doc["not_systemic_forms"])) + r")\b", re.I)

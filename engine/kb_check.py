@@ -94,6 +94,8 @@ def check_references(kb: KnowledgeBase, problems: list[str]) -> None:
     need(kb.negation_sources, "conditions.yaml: not_a_diagnosis")
     if kb.condition_codes:
         need(kb.condition_codes_sources, "conditions.yaml: codes")
+    if any(kb.not_neoplasm_codes.values()):
+        need(kb.not_neoplasm_codes_sources, "conditions.yaml: not_neoplasm_codes")
     for cond in {c for codes in kb.condition_codes.values() for c in codes.values()} - set(kb.conditions):
         problems.append(f"conditions.yaml: codes: unknown condition {cond!r}")
     for cond in kb.episode_conditions - kb.acute_conditions:     # read as past: only an acute one's past cue counts

@@ -1065,3 +1065,37 @@ def test_an_orders_indication_is_every_reason_it_gives():
                "reasonReference": [{"reference": "Condition/elsewhere", "display": "Ulcerative colitis"}]}]
     got = [d.indication for d in order_drugs(orders, {"resourceType": "Bundle", "entry": [{"resource": crohn}]})]
     assert got == ["Crohn's disease", "Crohn's disease", "Ulcerative colitis"]
+
+
+def test_a_reason_sent_as_an_icd10_code_only_is_read():
+    """A reasonCode with a code and no text had been dropped, so a cancer elsewhere on the record decided: a thiopurine for
+    K50.0 (Crohn's disease) beside a breast cancer read as chemotherapy (red-team round 17). An ICD-10 code of a chapter
+    without neoplasms is a reason that is no cancer; C00-C97 is a cancer; a SNOMED CT or a Z code says nothing."""
+    from leukodx.api.fhir.medications import order_drugs
+    kb = get_engine().kb
+
+    def reason(system: str, code: str) -> dict:
+        return {"resourceType": "MedicationRequest", "status": "draft", "medicationCodeableConcept": {"text": "mercaptopurine"},
+                "reasonCode": [{"coding": [{"system": system, "code": code}]}]}
+    icd, cm, oid = "http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm", "urn:oid:2.16.840.1.113883.6.90"
+    orders = [reason(icd, "K50.0"), reason(cm, "M06.9"), reason(oid, "D69.6"), reason(icd, "C91.0"), reason(cm, "C7A.1"),
+              reason(cm, "Z51.11"), reason(icd, "D46.9"), reason("http://snomed.info/sct", "34000006")]
+    got = [d.indication for d in order_drugs(orders, {"resourceType": "Bundle", "entry": []}, kb=kb)]
+    assert got == ["K50.0 (ICD-10)", "M06.9 (ICD-10)", "D69.6 (ICD-10)", "cancer", "cancer", None, None, None]
+
+    from leukodx.engine.vocabulary import oncologic_use
+    assert [oncologic_use(kb, text, cancer_among_conditions=True) for text in got] == [False, False, False, True, True,
+                                                                                       True, True, True]
+    # a drug taken, its reason a Condition coded only; and a coded-only Condition on the problem list is a cancer
+    crohn = {"resourceType": "Condition", "id": "c1", "clinicalStatus": {"coding": [{"code": "active"}]},
+             "code": {"coding": [{"system": icd, "code": "K50.9"}]}}
+    breast = {"resourceType": "Condition", "id": "c2", "clinicalStatus": {"coding": [{"code": "active"}]},
+              "code": {"coding": [{"system": cm, "code": "C50.911"}]}}
+    taken = {"resourceType": "MedicationStatement", "status": "active", "medicationCodeableConcept": {"text": "azathioprine"},
+             "effectiveDateTime": "2026-01-05", "reasonReference": [{"reference": "Condition/c1"}]}
+    wbc = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]},
+           "effectiveDateTime": "2026-06-01", "valueQuantity": {"value": 5.0, "unit": "10*9/L"}}
+    case, _ = bundle_to_case({"resourceType": "Bundle", "entry": [{"resource": r} for r in (crohn, breast, taken, wbc)]},
+                             kb=kb)
+    assert case["medications"][0]["indication"] == "K50.9 (ICD-10)"
+    assert "cancer" in case["history"]["conditions"]

@@ -68,7 +68,7 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
     if not drafts:
         return []
     orders, by_key, unread, seen = [], {}, [], set()
-    for index, (order, drug) in enumerate(zip(drafts, fhir.order_drugs(drafts, resources, rxnorm_codes(eng.kb)))):
+    for index, (order, drug) in enumerate(zip(drafts, fhir.order_drugs(drafts, resources, rxnorm_codes(eng.kb), eng.kb))):
         key = str(order.get("id") or f"#{index}")     # an order without an id still gets its own card uuid
         if key in seen:
             key = f"{key}#{index}"                      # two drafts with one id: each its own card uuid

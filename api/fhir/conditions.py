@@ -34,7 +34,7 @@ from .datatypes import (When, after, as_dict, as_str, codes, codings, concept_te
 from .patient import reached_age
 from .resources import Item
 
-__all__ = ["map_conditions"]
+__all__ = ["map_conditions", "reason_read", "coded"]
 
 CONDITION_SKIP_CLINICAL = ("resolved", "inactive")
 CONDITION_SKIP_VERIFICATION = ("refuted", "entered-in-error")
@@ -238,10 +238,27 @@ _PAST = re.compile(r"(^|[,;:.]\s*)")     # each clause's start: the vocabulary's
 
 def _coded(concept: object, kb: Optional[KnowledgeBase]) -> Optional[str]:
     """The condition one of the concept's codings names (rules/conditions.yaml ``codes``), or None."""
-    if kb is None:
-        return None
+    return coded(concept, kb.condition_codes) if kb is not None else None
+
+
+def reason_read(concept: object, kb: Optional[KnowledgeBase]) -> Optional[str]:
+    """A drug's reason (a CodeableConcept) as text: its text or display; else the condition its code names
+    (``codes``), or the code itself when ICD-10 places it in a chapter without neoplasms (``not_neoplasm_codes``:
+    "K50.9 (ICD-10)", a reason that is no cancer); else None."""
+    if text := concept_text(concept):
+        return text
+    if named := _coded(concept, kb):
+        return named.replace("_", " ")
+    for c in codings(concept) if kb is not None else ():
+        if coded({"coding": [c]}, kb.not_neoplasm_codes):
+            return f"{as_str(c.get('code'))} (ICD-10)"
+    return None
+
+
+def coded(concept: object, tables: dict[str, dict[str, str]]) -> Optional[str]:
+    """What ``tables`` (system -> code or category ending in * -> name) give one of the concept's codings, or None."""
     for c in codings(concept):
-        table, code = kb.condition_codes.get(code_system(c.get("system"))), as_str(c.get("code"))
+        table, code = tables.get(code_system(c.get("system"))), as_str(c.get("code"))
         if not table or not code:
             continue
         key = code.replace(".", "").upper()

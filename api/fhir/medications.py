@@ -33,6 +33,7 @@ from leukodx.engine import rxnorm_codes
 
 from .datatypes import (When, after, as_dict, as_list, as_str, codings, concept_text, first_when, is_number,
                         later_warning, parse_when, reference)
+from .conditions import reason_read
 from .dosage import order_dose
 from .resources import Index, Item, walk_readable
 
@@ -69,7 +70,7 @@ def map_medications(kb: KnowledgeBase, mine: list[Item], index: Index, ref: Opti
     later: list[str] = []
     for item in mine:
         if item.type in EVENT_TYPES:
-            mapped = _given(item, index, known_rxnorm, warnings, unread, ref)
+            mapped = _given(item, index, known_rxnorm, warnings, unread, ref, kb)
         elif item.type in ("MedicationRequest", "MedicationStatement"):
             mapped = _medication(item, index, known_rxnorm, include_draft, warnings, unread, kb)
         else:
@@ -141,7 +142,8 @@ class OrderDrug:
     indication: Optional[str] = None   # every reason the order gives, as text (_indication)
 
 
-def order_drugs(orders: list[dict[str, Any]], data: Any, known: frozenset[str] = frozenset()) -> list[OrderDrug]:
+def order_drugs(orders: list[dict[str, Any]], data: Any, known: frozenset[str] = frozenset(),
+                kb: Optional[KnowledgeBase] = None) -> list[OrderDrug]:
     """The drug of each draft order (a MedicationRequest being written), as the mapping reads it for
     the assessment: its ``medicationCodeableConcept``, else the Medication its ``medicationReference``
     points to (``#id`` in its ``contained``, or a Medication in ``data``: the prefetch, the draftOrders),
@@ -154,7 +156,7 @@ def order_drugs(orders: list[dict[str, Any]], data: Any, known: frozenset[str] =
         if index is None and (order.get("reasonReference") or not isinstance(order.get("medicationCodeableConcept"),
                                                                              dict)):
             index = Index(walk_readable([*orders, data]))
-        indication = _indication(Item(order, "", None, None), index)
+        indication = _indication(Item(order, "", None, None), index, kb)
         if isinstance(order.get("medicationCodeableConcept"), dict):
             name, code = medication_name_and_code(order, known)
             atc = atc_code(order["medicationCodeableConcept"])
@@ -231,12 +233,12 @@ def _medication(item: Item, index: Index, known_rxnorm: frozenset[str], include_
     med: dict[str, Any] = {**drug, "status": status,
                            "start": start.isoformat() if start else None, "end": end.isoformat() if end else None,
                            "dose": order_dose(res, item.label, warnings, kb),
-                           "indication": _indication(item, index)}
+                           "indication": _indication(item, index, kb)}
     return {k: v for k, v in med.items() if v is not None}, start
 
 
 def _given(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: list[str],
-           unread: Optional[list[Problem]] = None, ref: Optional[date] = None
+           unread: Optional[list[Problem]] = None, ref: Optional[date] = None, kb: Optional[KnowledgeBase] = None
            ) -> Optional[tuple[dict[str, Any], Optional[When]]]:
     """A MedicationAdministration (a dose given) or MedicationDispense (a supply handed over) as a course
     whose last known dose is that day: ``completed`` from its time to its end (a dispense's end is the day
@@ -273,7 +275,7 @@ def _given(item: Item, index: Index, known_rxnorm: frozenset[str], warnings: lis
     if lately:                                     # given yesterday or today, or supplied to today: still taken
         status = "active"                          # (unless its prescriber stopped it since: _ended_by_prescriber)
     med = {**drug, "status": "active" if status == "active" else "completed",
-           "start": start.isoformat(), "indication": _indication(item, index), "_event": lately}
+           "start": start.isoformat(), "indication": _indication(item, index, kb), "_event": lately}
     if status != "active":
         med["end"] = end.isoformat()
     return {k: v for k, v in med.items() if v is not None}, start
@@ -369,16 +371,17 @@ def _rxnorm(concept: Optional[dict[str, Any]], known: frozenset[str]) -> tuple[O
     return as_str(best.get("code")), as_str(best.get("display"))
 
 
-def _indication(item: Item, index: Optional[Index]) -> Optional[str]:
+def _indication(item: Item, index: Optional[Index], kb: Optional[KnowledgeBase] = None) -> Optional[str]:
     """Every reason the request or statement gives, as text: each reasonCode's text or display, each reasonReference's
     Condition (or its display), joined ("Crohn's disease" as the second reasonCode, or only as a reference to the
-    Condition, had left a thiopurine order read as a cancer's beside a past breast cancer). ``index`` resolves the
-    references (None: their displays only)."""
+    Condition, had left a thiopurine order read as a cancer's beside a past breast cancer); one given as a code only
+    as :func:`~.conditions.reason_read` reads it with ``kb``. ``index`` resolves the references (None: their displays
+    only)."""
     res = item.resource
-    said = [t for c in as_list(res.get("reasonCode")) if (t := concept_text(c))]
+    said = [t for c in as_list(res.get("reasonCode")) if (t := reason_read(c, kb))]
     for ref in as_list(res.get("reasonReference")):
         target = index.resolve(reference(ref), item) if index is not None else None
-        text = concept_text(target.resource.get("code")) if target is not None and target.type == "Condition" else None
+        text = reason_read(target.resource.get("code"), kb) if target is not None and target.type == "Condition" else None
         if text := text or as_str(as_dict(ref).get("display")):
             said.append(text)
     return "; ".join(dict.fromkeys(said))[:500] or None
