@@ -294,9 +294,11 @@ def to_text(a: Assessment) -> str:
         steps = [s for s in a.steps if s.urgency == urgency]
         if steps:
             w(f"NEXT STEPS - {urgency.upper()}")
-        for s in steps:             # why a routine step is done is on the page and in the JSON (`rationale`)
-            w(_wrap(f"- {s.title}{cite(s.sources)}" + (f": {s.rationale}" if urgency != "routine" else ""),
-                    "    ", "  "))
+        for s in steps:             # why a routine step is done is on the page and in the JSON (`reasons`)
+            # an urgent step's own reasons, as on the CDS card: the drug and the value its label names ("continue
+            # clozapine with a haematology consultation and three-times-weekly ANC" had been in the JSON only)
+            why = " ".join(s.reasons[:2]) or s.rationale
+            w(_wrap(f"- {s.title}{cite(s.sources)}" + (f": {why}" if urgency != "routine" else ""), "    ", "  "))
     if a.steps_not_advised:
         w("NOT ADVISED")
     for b in a.steps_not_advised:
