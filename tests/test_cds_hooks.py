@@ -310,6 +310,23 @@ def test_order_sign_thiopurine_for_a_poor_metabolizer_is_critical_with_actions(c
     assert update["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 15.0
 
 
+@pytest.mark.parametrize("observations", ["missing", "operation-outcome"])
+def test_an_order_is_checked_when_the_counts_could_not_be_had(client, observations):
+    """Red-team round 19: an order hook whose `observations` was left out or sent as an OperationOutcome (the spec's
+    ways of saying a prefetch could not be filled) answered 412, no card, for a TPMT poor metabolizer's azathioprine;
+    the drug check needs no count, so it runs and the card names the counts that could not be had."""
+    pre = prefetch(CBC_NORMAL, pgx=searchset(pgx_obs("TPMT", "*3A/*3A"), pgx_obs("NUDT15", "Normal metabolizer")))
+    if observations == "missing":
+        del pre["observations"]
+    else:
+        pre["observations"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    r = client.post("/cds-services/leukodx-order-sign",
+                    json=request("order-sign", pre, draftOrders=draft_bundle(thiopurine_order())))
+    assert r.status_code == 200
+    card = next(c for c in r.json()["cards"] if c["source"]["topic"]["code"] == "thiopurine-pgx")
+    assert card["indicator"] == "critical" and "'observations' could not be had" in card["detail"]
+
+
 def test_order_sign_intermediate_metabolizer_gets_the_cpic_adjusted_dose(client):
     pre = prefetch(CBC_NORMAL, pgx=searchset(pgx_obs("TPMT", "*1/*3A"), pgx_obs("NUDT15", "*1/*1")))
     body = request("order-sign", pre, draftOrders=draft_bundle(thiopurine_order(mg=150)))

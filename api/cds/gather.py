@@ -13,9 +13,11 @@ from .models import HookRequest
 
 __all__ = ["gather", "named", "REQUIRED_KEYS", "QUIET_KEYS", "MEDICATION_KEYS"]
 
-# Without the lab Observations there is nothing to assess (412); any other key that cannot be had is
-# named on the cards and the rest is assessed.
+# Without the lab Observations a patient's view has nothing to assess (412); an order is still checked (its drug, the
+# patient's genotype and other drugs: a TPMT poor metabolizer's azathioprine order had been met by a 412, no card),
+# the missing counts named on its card. Any other key that cannot be had is named on the cards and the rest assessed.
 REQUIRED_KEYS = ("observations",)
+ORDER_HOOKS = ("order-select", "order-sign")
 # Keys whose absence the assessment itself reports (no temperature or weight: its missing data says what they
 # would add), so a client that cannot fill them gets no extra note on every card.
 QUIET_KEYS = ("vitals",)
@@ -41,6 +43,7 @@ async def gather(hook: HookRequest, settings: Settings,
     to_fetch: dict[str, str] = {}
     first_page_only: set[str] = set()
     unhad: set[str] = set()
+    required = () if hook.hook in ORDER_HOOKS else REQUIRED_KEYS
 
     def cannot(key: str, why: str) -> None:
         if key in paged_values:
@@ -48,7 +51,7 @@ async def gather(hook: HookRequest, settings: Settings,
             keys.append(key)
             first_page_only.add(key)
             notes.append(f"prefetch '{key}' holds only its first page ({why})")
-        elif key in REQUIRED_KEYS:
+        elif key in required:
             missing.append(f"{key}: {why}")
         elif key in QUIET_KEYS:
             pass

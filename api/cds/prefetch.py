@@ -28,7 +28,8 @@ def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str], vitals: VitalCo
     base and the CBC panel (whose values may come as its components); `pgx` for the TPMT/NUDT15 result
     codes of rules/pgx/result_codes.yaml (HL7 Genomics Reporting genotypes of other genes come with them);
     `vitals` for body temperature and weight (without it no EHR sends a temperature, and febrile neutropenia
-    could never be seen; every site's code of rules/vitals.yaml)."""
+    could never be seen; every site's code of rules/vitals.yaml); `conditions` for every Condition, whatever its
+    status (api/fhir/conditions.py reads the status)."""
     return {
         "patient": f"Patient/{_P}",
         "observations": f"Observation?patient={_P}&code={_loinc_list([*kb_loinc, *CBC_PANEL_LOINC])}&_sort=-date"
@@ -38,7 +39,9 @@ def _prefetch(kb_loinc: Iterable[str], pgx_loinc: Iterable[str], vitals: VitalCo
                   f"{','.join(f'http://snomed.info/sct|{c}' for c in vitals.snomed)}&_sort=-date&_count=50",
         "medicationRequests": f"MedicationRequest?patient={_P}&_sort=-authoredon&_count=100",
         "medicationStatements": f"MedicationStatement?patient={_P}&_count=100",
-        "conditions": f"Condition?patient={_P}&clinical-status=active&_count=100",
+        # every status: a resolved clozapine agranulocytosis still forbids a rechallenge, a relapse or an encounter
+        # diagnosis with no status (a sepsis) is current; the mapping judges status and abatement itself
+        "conditions": f"Condition?patient={_P}&_sort=-recorded-date&_count=200",
     }
 
 
