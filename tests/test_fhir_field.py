@@ -458,6 +458,10 @@ def test_a_count_sent_as_text_is_read_when_its_unit_can_be_told():
     assert has(m.warnings, "valueString '<0.1' read as <0.1 10^9/L")
     assert assess(m.case).risk_tier.tier == "profound"
     assert values(anc_text("0,3"), "751-8") == [0.3]
+    # a unit written against the number (red-team round 19: "300/uL" had left the ANC unread), a leading point
+    for text, value in (("300/uL", 300), ("300/µL", 300), ("300/mm3", 300), ("0.3K/uL", 0.3), (".3", 0.3)):
+        m = anc_text(text)
+        assert values(m, "751-8") == [value] and assess(m.case).risk_tier.tier == "severe", text
     m = anc_text("<100")
     [anc] = [lab for lab in m.case["labs"] if lab["loinc"] == "751-8"]
     assert (anc["value"], anc["unit"], anc.get("comparator")) == (100, "/uL", "<")

@@ -281,9 +281,10 @@ _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 def _closed_up(text: str) -> str:
     text = re.sub(r"10([⁰¹²³⁴⁵⁶⁷⁸⁹]+)", lambda m: "10^" + m.group(1).translate(_SUPERSCRIPT), text)
     return _SPACED_POWER.sub(r" x10\1\2\3", text)
-# "0,3", "3,2": a decimal comma (one or two digits after it: never a thousands separator)
-_TEXT_NUMBER = re.compile(rf"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|0,\d+|\d+,\d{{1,2}})(?![\d.,])"
-                          rf"(?:\s*{_FLAG}|\s+(?!{_FLAG}\s*$)([^\s()]+)(?:\s+{_FLAG})?)?\s*$")
+# "0,3", "3,2": a decimal comma (one or two digits after it: never a thousands separator); ".3"; a unit written
+# against the number ("300/uL", "0.3K/uL": an ANC of 0.3 sent as "300/uL" had been unread) unless it is a flag ("0.3L")
+_TEXT_NUMBER = re.compile(rf"^\s*(<=|>=|<|>)?\s*(\d+(?:\.\d+)?|\.\d+|0,\d+|\d+,\d{{1,2}})(?![\d.,])"
+                          rf"(?:\s*{_FLAG}|(?:\s+|(?=[/A-Za-zµμ]))(?!{_FLAG}\s*$)([^\s()]+)(?:\s+{_FLAG})?)?\s*$")
 
 
 def _value_text(res: dict[str, Any]) -> tuple[str, str]:
