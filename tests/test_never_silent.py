@@ -855,6 +855,17 @@ def test_a_medication_list_not_had_is_not_taken_as_no_drugs(client, engine):
     assert "Bone marrow" not in card["detail"] and "The medication list" in card["detail"]
 
 
+def test_a_medication_list_had_from_one_of_its_keys_is_a_list(client):
+    """US Core profiles no MedicationStatement and CDS Hooks 2.0.1 has a server without it leave the key out: that had
+    marked every such EHR's medication list unknown and withheld the marrow for an unexplained ANC of 0.3 (red-team
+    round 19). The MedicationRequests had are the list; the statements are named as not had."""
+    pre = prefetch([obs("6690-2", 1.9, "10*9/L"), obs("751-8", 0.3, "10*9/L")])
+    del pre["medicationStatements"]
+    [card] = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+    assert card["indicator"] == "critical" and "'medicationStatements' could not be had" in card["detail"]
+    assert "Bone marrow" in card["detail"] and "The medication list" not in card["detail"]
+
+
 @pytest.mark.parametrize("anc", [
     {"status": "registered"},                                                        # no result yet, per its status
     {"valueQuantity": {"value": 0.4, "unit": "bil/L"}},                             # a unit leukodx does not read

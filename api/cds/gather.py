@@ -21,8 +21,10 @@ ORDER_HOOKS = ("order-select", "order-sign")
 # Keys whose absence the assessment itself reports (no temperature or weight: its missing data says what they
 # would add), so a client that cannot fill them gets no extra note on every card.
 QUIET_KEYS = ("vitals",)
-# The keys of the patient's drugs: when one could not be had the case says its medication list is unknown, so that
-# no drug is taken as absent (an ANC of 0.3 had been given a marrow examination "with no drug to explain it").
+# The keys of the patient's drugs: when none could be had the case says its medication list is unknown, so that no
+# drug is taken as absent (an ANC of 0.3 had been given a marrow examination "with no drug to explain it"). One had is
+# a list: US Core profiles no MedicationStatement and a server without it must leave the key out (CDS Hooks 2.0.1),
+# which had withheld every such EHR's marrow step; the other is named on the card as not had.
 MEDICATION_KEYS = ("medicationRequests", "medicationStatements")
 # the prefetch key each resource of this call came from, by its position (named)
 _KEYS: contextvars.ContextVar[list[str]] = contextvars.ContextVar("prefetch_keys", default=[])

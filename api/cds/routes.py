@@ -178,7 +178,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
                                                              patient_id=patient_id, as_of=today, include_draft=True)),
                                inline=small)
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
-        if unhad & set(MEDICATION_KEYS):
+        if set(MEDICATION_KEYS) <= unhad:
             mapped.case["history"] = {**mapped.case.get("history", {}), "medications_unknown": True}
         weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
         ordered = assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
