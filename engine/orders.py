@@ -36,7 +36,7 @@ def _phenotype(status: GeneStatus) -> str:
 
 
 def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt: GeneStatus, nudt15: GeneStatus,
-                malignant: Optional[bool]) -> OrderCheck:
+                malignant: Optional[bool], genotypes_unhad: bool = False) -> OrderCheck:
     name, did = drug["name"], drug["id"]
     pheno = f"TPMT {_phenotype(tpmt)}, NUDT15 {_phenotype(nudt15)}"
     base = {"order": order.key, "drug": did, "drug_name": name, "topic": "thiopurine_pgx"}
@@ -45,6 +45,15 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
     # one gene intermediate, the other untested: that gene's reduced start at least (CPIC's TPMT intermediate: 30-80%;
     # it had been "genotype before dosing" with the full dose standing), and the other gene genotyped
     intermediate = bool(unknown) and any(g.phenotype in INTERMEDIATE for g in (tpmt, nudt15))
+    if unknown and not poor and not intermediate and genotypes_unhad:
+        # the results could not be fetched: one may be on file (a "status unknown: genotype" had invited a second test)
+        return OrderCheck(**base, priority="warning", genotype="possible", genes_to_test=unknown,
+                          summary=f"{name.capitalize()} ordered; TPMT/NUDT15 results could not be had: check the "
+                                  f"record before dosing (CPIC)",
+                          detail=f"**TPMT/NUDT15 results could not be had.** CPIC doses {name} by TPMT and NUDT15 "
+                                 f"phenotype: find the results on file, or genotype {' and '.join(unknown)}, before "
+                                 f"starting, and monitor the CBC closely meanwhile.",
+                          sources=["relling_cpic_2019"])
     if unknown and not poor and not intermediate:
         return OrderCheck(**base, priority="warning", genotype="recommended", genes_to_test=unknown,
                           summary=f"{name.capitalize()} ordered with {' and '.join(unknown)} status unknown: genotype "
@@ -98,11 +107,13 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
 
 
 def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], assessment: Optional[Assessment],
-                 tpmt: Optional[str] = None, nudt15: Optional[str] = None) -> list[OrderCheck]:
+                 tpmt: Optional[str] = None, nudt15: Optional[str] = None,
+                 genotypes_unhad: bool = False) -> list[OrderCheck]:
     """One check per ordered drug leukodx has something to say about (thiopurines, clozapine).
 
     The phenotypes come from the assessment when there is one, else from the ``tpmt``/``nudt15``
-    results given (a phenotype word or a diplotype; an unreadable one counts as unknown)."""
+    results given (a phenotype word or a diplotype; an unreadable one counts as unknown). ``genotypes_unhad``: the
+    caller could not fetch the genotype results (an untested gene may have a result on file)."""
     if assessment is not None:
         t, n = assessment.pharmacogenomics.tpmt, assessment.pharmacogenomics.nudt15
         if not assessment.pharmacogenomics.tpmt_reliable:     # CPIC's caveats (transfusion, HSCT ...): as if untested
@@ -126,7 +137,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             # taken; else the patient's conditions; with neither, not known
             known = bool(order.indication and order.indication.strip()) or bool(assessment and assessment.conditions)
             malignant = oncologic_use(kb, order.indication, bool(oncologic)) if known else None
-            check = _thiopurine(kb, order, drug, t, n, malignant)
+            check = _thiopurine(kb, order, drug, t, n, malignant, genotypes_unhad)
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
                 interacting = _already_reduced(kb, check, drug, order, cpic_pattern(t.phenotype, n.phenotype), malignant)

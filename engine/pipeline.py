@@ -65,10 +65,11 @@ class Engine:
         return build_assessment(self.kb, nc, d, firings, causes, ENGINE_VERSION, left_out, interactions)
 
     def check_orders(self, orders: list[OrderInput], assessment: Optional[Assessment] = None,
-                     tpmt: Optional[str] = None, nudt15: Optional[str] = None) -> list[OrderCheck]:
+                     tpmt: Optional[str] = None, nudt15: Optional[str] = None,
+                     genotypes_unhad: bool = False) -> list[OrderCheck]:
         """What leukodx says about drugs being ordered (thiopurines against TPMT/NUDT15, clozapine against
         the ANC). Phenotypes come from the assessment, else from the results given. See :mod:`orders`."""
-        return check_orders(self.kb, self.drugs, orders, assessment, tpmt, nudt15)
+        return check_orders(self.kb, self.drugs, orders, assessment, tpmt, nudt15, genotypes_unhad)
 
     def _read(self, raw: Any) -> tuple[Case, NormCase]:
         case = parse_case(raw)

@@ -327,6 +327,23 @@ def test_an_order_is_checked_when_the_counts_could_not_be_had(client, observatio
     assert card["indicator"] == "critical" and "'observations' could not be had" in card["detail"]
 
 
+def test_genotype_results_that_could_not_be_had_are_not_called_untested(client):
+    """Red-team round 19: with the `pgx` key left out, an azathioprine order's card said "TPMT and NUDT15 status
+    unknown: genotype before dosing" and recommended a test that may already be on file."""
+    pre = prefetch(CBC_NORMAL)
+    del pre["pgx"]
+    cards = cards_of(client.post("/cds-services/leukodx-order-sign",
+                                 json=request("order-sign", pre, draftOrders=draft_bundle(thiopurine_order()))))
+    card = next(c for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx")
+    assert "results could not be had: check the record" in card["summary"] and "status unknown" not in card["summary"]
+    assert card["indicator"] == "warning" and not any(s.get("isRecommended") for s in card.get("suggestions", []))
+    pre["pgx"] = None                     # the EHR has none: untested, genotype
+    cards = cards_of(client.post("/cds-services/leukodx-order-sign",
+                                 json=request("order-sign", pre, draftOrders=draft_bundle(thiopurine_order()))))
+    card = next(c for c in cards if c["source"]["topic"]["code"] == "thiopurine-pgx")
+    assert "status unknown: genotype before dosing" in card["summary"]
+
+
 def test_order_sign_intermediate_metabolizer_gets_the_cpic_adjusted_dose(client):
     pre = prefetch(CBC_NORMAL, pgx=searchset(pgx_obs("TPMT", "*1/*3A"), pgx_obs("NUDT15", "*1/*1")))
     body = request("order-sign", pre, draftOrders=draft_bundle(thiopurine_order(mg=150)))

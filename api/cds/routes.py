@@ -235,7 +235,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         cards += traced("leukodx.cards", C.assessment_cards)(assessment, hook.hookInstance, patient_id, anc_unread)
         if cards and settings.report_link_minutes > 0:
             report = cards[0], to_json_pieces(assessment)
-    cards += traced("leukodx.orders", order_cards)(eng, drafts, ordered, resources, hook, patient_id, weight)
+    cards += traced("leukodx.orders", order_cards)(eng, drafts, ordered, resources, hook, patient_id, weight,
+                                                   "pgx" in unhad)
     unmatched = unmatched_selections(hook)
     if unmatched:
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))
