@@ -531,3 +531,17 @@ def test_a_thiopurines_own_indication_decides_whether_it_treats_a_cancer(engine)
     [c] = [c for c in engine.check_orders([OrderInput(key="o", name="mercaptopurine", dose=med["dose"],
                                                       indication="Crohn's disease")], a) if c.topic == "thiopurine_pgx"]
     assert (c.priority, c.cancel) == ("critical", "recommended")
+
+
+@pytest.mark.parametrize("anc,ben_clause", [(1.2, True), (0.8, False)])
+def test_clozapine_start_below_the_threshold_names_the_duffy_null_one(engine, anc, ben_clause):
+    """Red-team round 19: no prefetch asks for a Duffy result, and a Duffy-null patient's start at ANC 1.2 (the label's
+    BEN threshold is 1.0) had been a bare critical "do not start". Below 1.0 the BEN threshold is no help either."""
+    a = engine.assess(base_case(labs=[lab("wbc", 3.0), lab("anc", anc)],
+                                medications=[{"name": "clozapine", "start": base_case()["as_of"][:10]}]))
+    c = check(engine, CLOZ, a)
+    assert c.priority == "critical" and c.summary.startswith(f"ANC {anc:g} x10^9/L is below the clozapine threshold")
+    assert ("if Duffy-null/BEN" in c.summary) is ben_clause and len(c.summary) <= 140
+    duffy_null = base_case(labs=[lab("wbc", 3.0), lab("anc", 1.2)], patient={"duffy_null": True},
+                           medications=[{"name": "clozapine", "start": base_case()["as_of"][:10]}])
+    assert check(engine, CLOZ, engine.assess(duffy_null)).summary.startswith("Current ANC 1.2")
