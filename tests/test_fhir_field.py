@@ -1454,3 +1454,15 @@ def test_a_value_dated_by_the_day_beside_a_timed_one_of_the_same_test_is_named(c
     cards = patient_view(client, observations=bundle(wbc_day, obs("6690-2", 7.0, t=RECENT), obs("751-8", 4.0, t=RECENT),
                                                      kind="searchset"))
     assert f"wbc 1.8 10*3/uL is dated {day} with no time of day" in cards[0]["detail"]
+
+
+def test_every_version_of_an_observation_entered_in_error_is_withdrawn():
+    """Red-team round 19: an EHR sending an Observation's history (version 1 final, ANC 0.3; version 2 entered-in-error)
+    had the retracted 0.3 drive a critical card. FHIR's entered-in-error is the resource, every version of it."""
+    v1 = obs("751-8", 0.3, oid="same", meta={"versionId": "1", "lastUpdated": "2025-01-10T09:00:00Z"})
+    v2 = obs("751-8", 0.3, oid="same", status="entered-in-error",
+             meta={"versionId": "2", "lastUpdated": "2025-01-10T11:00:00Z"})
+    m = mapped(patient(), obs("6690-2", 3.0), v1, v2)
+    assert values(m, "751-8") == [] and any("another version of it" in n.reason for n in m.not_assessed)
+    other = obs("751-8", 2.1, oid="other")             # another Observation, not a version of it: kept
+    assert values(mapped(patient(), obs("6690-2", 3.0), other, v2), "751-8") == [2.1]

@@ -75,7 +75,9 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
             continue
         res = item.resource
         if id(res) in withdrawn:
-            why = f"it is part of {withdrawn[id(res)].label}, which was entered in error"
+            gone = withdrawn[id(res)]
+            why = (f"another version of it ({gone.label}) was entered in error" if gone.resource.get("id") ==
+                   res.get("id") and gone.type == "Observation" else f"it is part of {gone.label}, which was entered in error")
             warnings.append(f"{item.label}: {why}; skipped.")
             skipped.append(Problem(item.loc, why))
             continue

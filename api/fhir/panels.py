@@ -62,8 +62,16 @@ def draws(items: list[Item], index: Index) -> tuple[dict[int, str], set[str]]:
 def withdrawn(items: list[Item], index: Index) -> dict[int, Item]:
     """Observations that are contained in, or listed by (``result``, ``hasMember``), a DiagnosticReport or
     panel Observation whose status is entered-in-error -> that report or panel: withdrawn with it, whatever
-    their own status says (a contained resource does not exist apart from its container)."""
+    their own status says (a contained resource does not exist apart from its container); and the other versions
+    of an Observation entered in error (the same id: FHIR's entered-in-error is every version of the resource; an
+    EHR sending its history had had the ANC of 0.3 it retracted drive a critical card)."""
     out: dict[int, Item] = {}
+    retracted = {rid: item for item in items if item.type == "Observation" and item.container is None
+                 and as_str(item.resource.get("status")) == "entered-in-error" and (rid := as_str(item.resource.get("id")))}
+    for item in items if retracted else ():
+        if item.type == "Observation" and item.container is None and \
+                (other := retracted.get(as_str(item.resource.get("id")) or "")) is not None and other is not item:
+            out[id(item.resource)] = other
     for item in items:
         container = item.container
         while container is not None:
