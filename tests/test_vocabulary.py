@@ -571,3 +571,16 @@ def test_a_past_cancer_beside_the_condition_treated_is_not_the_indication(engine
     """Red-team round 17: mercaptopurine for "Crohn's disease (history of ALL in childhood)" was read as leukaemia
     treatment (CPIC's reduced dose for a malignancy rather than an alternative drug)."""
     assert oncologic_use(engine.kb, indication, cancer_among_conditions=False) is oncologic
+
+
+@pytest.mark.parametrize("pregnancy, asked", [
+    ("pregnant", True), ("pregnancy, 30 weeks gestation", False), ("third trimester pregnancy", False),
+    ("pregnancy 30/40", False), ("pregnancy at 30 weeks", False), ("8 weeks pregnant", False),
+    ("20 weeks gestation", False),
+])
+def test_a_gestation_given_is_not_asked_for(engine, pregnancy, asked):
+    """Red-team round 18: a gestation in the first or third trimester (Hb cutoff 11.0, WHO 2024) was still asked for,
+    the question only being answered by a second-trimester one."""
+    a = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", 3.0), lab("hemoglobin", 10.7, "g/dL")],
+                                history={"conditions": [pregnancy]}))
+    assert any(m.item.startswith("Weeks of gestation") for m in a.missing_data) is asked
