@@ -816,6 +816,20 @@ def test_a_neonates_anc_below_the_neonatal_limit_is_never_silent(client):
     assert all("neonate" not in s for _, s in card(62, 1.6))
 
 
+def test_an_infants_partial_birth_date_is_read_as_the_youngest_age_it_allows(client):
+    """Red-team round 19: a newborn's birthDate sent as the month alone was read as its first day (up to 33 days old)
+    and the neonatal limit was skipped with nothing said; an infant's partial date now gives the youngest age it
+    allows (an adult's stays a year off at most, said in the report)."""
+    today = datetime.now(timezone.utc).date()
+    pre = prefetch([obs("6690-2", 9.0, "10*9/L"), obs("751-8", 1.2, "10*9/L")])
+    pre["patient"]["birthDate"] = today.isoformat()[:7]                      # born this month: a neonate
+    [card] = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+    assert "Neutropenia in a neonate" in card["summary"]
+    pre["patient"]["birthDate"] = str(today.year - 40)                        # an adult's year: no neonate
+    [card] = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+    assert "neonate" not in card["summary"]
+
+
 def test_a_wbc_of_0_4_hours_before_a_higher_count_bounds_the_anc_then(engine):
     """A WBC of 0.4 with no differential 12 hours before a count with an ANC of 1.8 had not been taken as a low ANC
     (red-team round 13): the ANC cannot exceed the WBC, so that draw's ANC was below 0.5."""

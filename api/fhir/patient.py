@@ -269,6 +269,13 @@ def _born(s: Optional[str]) -> Optional[date]:
         return None
 
 
+def _last_day(first: date, partial: str) -> date:
+    """The last day a partial date ("2026-11", "2026") allows, from its first."""
+    if len(partial) == 7:
+        return first.replace(day=calendar.monthrange(first.year, first.month)[1])
+    return first.replace(month=12, day=31)
+
+
 def _age(birth: Any, at: Optional[date], where: str, warnings: list[str]) -> Optional[float]:
     s = as_str(birth)
     if s is None:
@@ -284,7 +291,15 @@ def _age(birth: Any, at: Optional[date], where: str, warnings: list[str]) -> Opt
         warnings.append(f"{where}: birthDate {s!r} is after {at.isoformat()}; age left out.")
         return None
     if PARTIAL_DATE.match(s):
-        warnings.append(f"{where}: birthDate {s!r} is a partial date; the age may be a year off.")
+        latest = min(_last_day(born, s), at)
+        if completed_age(latest, at, "years") < 2:
+            # an infant's age by the youngest its birthDate allows: a newborn's "2026-11" had been read as the 1st,
+            # 33 days old, and the neonate's limit was skipped with nothing said
+            born = latest
+            warnings.append(f"{where}: birthDate {s!r} is a partial date; an infant's age was taken as the youngest "
+                            f"it allows (born {born.isoformat()}).")
+        else:
+            warnings.append(f"{where}: birthDate {s!r} is a partial date; the age may be a year off.")
     years = completed_age(born, at, "years")
     if years >= 2:
         return years
