@@ -149,3 +149,15 @@ def test_a_defect_in_the_vital_sign_codes_is_refused(kb_copy, edit, message):
     with pytest.raises(KnowledgeBaseError) as e:
         load(kb_copy)
     assert any(message in p for p in e.value.problems), e.value.problems
+
+
+def test_families_pack_into_the_fewest_rulesets_the_limit_allows():
+    """First fit had packed stage 3's families (33, 23, 22, 21, 18, 15, 14, 13, 9, 6 and 5 rules) into four rulesets
+    of at most 60 where three hold them: each ruleset is one more assert and retract per case."""
+    from leukodx.engine.kb_compile import MAX_RULES_PER_RULESET, _fewest_packs
+    sizes = dict(zip("abcdefghijk", (33, 23, 22, 21, 18, 15, 14, 13, 9, 6, 5)))
+    packs = _fewest_packs(sizes, MAX_RULES_PER_RULESET)
+    assert len(packs) == 3 and sorted(f for p in packs for f in p) == sorted(sizes)
+    assert all(sum(sizes[f] for f in p) <= MAX_RULES_PER_RULESET for p in packs)
+    assert _fewest_packs(sizes, MAX_RULES_PER_RULESET) == packs                    # the same every time
+    assert _fewest_packs({"a": 61, "b": 1}, 60) == [["a"], ["b"]]                 # over the limit: alone (refused)
