@@ -880,6 +880,24 @@ def test_a_medication_list_had_from_one_of_its_keys_is_a_list(client):
     assert "Bone marrow" in card["detail"] and "The medication list" not in card["detail"]
 
 
+@pytest.mark.parametrize("statements", ["empty", "null"])
+@pytest.mark.parametrize("requests", ["operation-outcome", "error-entry"])
+def test_failed_medication_requests_beside_no_statements_are_no_list(client, requests, statements):
+    """Red-team round 21: MedicationRequests that failed (an OperationOutcome, or a searchset holding only an error
+    outcome) beside an empty or null MedicationStatement key had been read as "no drugs": an urgent marrow "with no
+    drug to explain it". US Core keeps the list in MedicationRequest: without them the list is unknown."""
+    pre = prefetch([obs("6690-2", 1.9, "10*9/L"), obs("751-8", 0.3, "10*9/L")])
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout",
+                                                              "diagnostics": "search timed out"}]}
+    pre["medicationRequests"] = outcome if requests == "operation-outcome" else {
+        "resourceType": "Bundle", "type": "searchset", "entry": [{"resource": outcome, "search": {"mode": "outcome"}}]}
+    pre["medicationStatements"] = {"resourceType": "Bundle", "type": "searchset", "entry": []} \
+        if statements == "empty" else None
+    [card] = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+    assert card["indicator"] == "critical" and "search timed out" in card["detail"]
+    assert "Bone marrow" not in card["detail"] and "The medication list" in card["detail"]
+
+
 @pytest.mark.parametrize("anc", [
     {"status": "registered"},                                                        # no result yet, per its status
     {"valueQuantity": {"value": 0.4, "unit": "bil/L"}},                             # a unit leukodx does not read

@@ -11,7 +11,7 @@ from ..config import Settings
 from ..fhir import FetchError, fetch_queries, fill_template
 from .models import HookRequest
 
-__all__ = ["gather", "named", "REQUIRED_KEYS", "QUIET_KEYS", "MEDICATION_KEYS"]
+__all__ = ["gather", "named", "medications_unknown", "REQUIRED_KEYS", "QUIET_KEYS", "MEDICATION_KEYS"]
 
 # Without the lab Observations a patient's view has nothing to assess (412); an order is still checked (its drug, the
 # patient's genotype and other drugs: a TPMT poor metabolizer's azathioprine order had been met by a 412, no card),
@@ -21,10 +21,7 @@ ORDER_HOOKS = ("order-select", "order-sign")
 # Keys whose absence the assessment itself reports (no temperature or weight: its missing data says what they
 # would add), so a client that cannot fill them gets no extra note on every card.
 QUIET_KEYS = ("vitals",)
-# The keys of the patient's drugs: when none could be had the case says its medication list is unknown, so that no
-# drug is taken as absent (an ANC of 0.3 had been given a marrow examination "with no drug to explain it"). One had is
-# a list: US Core profiles no MedicationStatement and a server without it must leave the key out (CDS Hooks 2.0.1),
-# which had withheld every such EHR's marrow step; the other is named on the card as not had.
+# The keys of the patient's drugs (medications_unknown says when the list is unknown).
 MEDICATION_KEYS = ("medicationRequests", "medicationStatements")
 # the prefetch key each resource of this call came from, by its position (named)
 _KEYS: contextvars.ContextVar[list[str]] = contextvars.ContextVar("prefetch_keys", default=[])
@@ -71,6 +68,9 @@ async def gather(hook: HookRequest, settings: Settings,
         if not needs_fetch and not paged:
             resources.append(value)
             keys.append(key)
+            if failed := _search_error(value):   # a search that says it failed (partly): what came is used, and named
+                unhad.add(key)
+                notes.append(f"'{key}' is incomplete: the EHR's search reported an error ({failed})")
             continue
         if paged:
             paged_values[key] = value
@@ -86,7 +86,10 @@ async def gather(hook: HookRequest, settings: Settings,
                                  "was not used")     # an EHR's mix-up: another patient's data must never be fetched
             to_fetch[key] = fill_template(template, hook.context, None)
         except FetchError as e:
-            cannot(key, str(e))
+            # an OperationOutcome sent in its place: the EHR's own reason first (it had read "no fhirServer was given"
+            # alone, as if nothing had been said)
+            said = _search_error({"resourceType": "Bundle", "entry": [{"resource": value}]}) if value is not ... else ""
+            cannot(key, f"the EHR reported: {said}; {e}" if said else str(e))
     if to_fetch:
         assert hook.fhirServer and hook.fhirAuthorization
         outcomes = await metrics.observed_fetch(   # timed, in a span, each query's outcome counted
@@ -103,6 +106,36 @@ async def gather(hook: HookRequest, settings: Settings,
                 notes.append(f"'{key}' is partial ({out.note})")
     _KEYS.set(keys)
     return resources, missing, notes, bool(to_fetch), first_page_only, unhad
+
+
+def _search_error(value: Any) -> str:
+    """The first error a search Bundle's OperationOutcome entry reports (FHIR search.mode "outcome", severity error or
+    fatal), as text; "" when it reports none. A MedicationRequest search whose only entry was such an error had been
+    read as an empty medication list."""
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle" or not isinstance(value.get("entry"), list):
+        return ""
+    for entry in value["entry"]:
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(res, dict) and res.get("resourceType") == "OperationOutcome":
+            for issue in res.get("issue") if isinstance(res.get("issue"), list) else []:
+                if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
+                    said = issue.get("diagnostics") or issue.get("code") or "no detail"
+                    return str(said)[:120]
+    return ""
+
+
+def medications_unknown(hook: HookRequest, unhad: set[str]) -> bool:
+    """Whether the patient's medication list could not be had, so that no drug is taken as absent (an ANC of 0.3 had
+    been given a marrow examination "with no drug to explain it"): the MedicationRequests could not be had and no
+    MedicationStatement holds a drug instead. US Core keeps the list in MedicationRequest and profiles no
+    MedicationStatement, whose key such a server leaves out (CDS Hooks 2.0.1): statements missing beside the requests
+    had withheld every such EHR's marrow step; an empty or null statements key beside failed requests says nothing."""
+    if "medicationRequests" not in unhad:
+        return False
+    statements = (hook.prefetch or {}).get("medicationStatements")
+    entries = statements.get("entry") if isinstance(statements, dict) and "medicationStatements" not in unhad else None
+    return not any(isinstance(e, dict) and isinstance(e.get("resource"), dict) and
+                   e["resource"].get("resourceType") == "MedicationStatement" for e in entries or [])
 
 
 def named(loc: str) -> str:

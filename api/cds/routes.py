@@ -34,7 +34,7 @@ from ..tracing import traced
 from . import cards as C
 from . import signals
 from .auth import AuthError, JwtVerifier, verifier_from_settings
-from .gather import MEDICATION_KEYS, gather, named
+from .gather import gather, medications_unknown, named
 from .models import Card, CardsResponse, FeedbackRequest, HookRequest
 from .orders import draft_orders, order_cards, unmatched_selections
 from .prefetch import templates as _templates
@@ -178,7 +178,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
                                                              patient_id=patient_id, as_of=today, include_draft=True)),
                                inline=small)
         left_out += [_left_out_text(n) for n in mapped.not_assessed]
-        if set(MEDICATION_KEYS) <= unhad:
+        if medications_unknown(hook, unhad):
             mapped.case["history"] = {**mapped.case.get("history", {}), "medications_unknown": True}
         weight, cautions = mapped.case["patient"].get("weight_kg"), mapped.cautions
         ordered = assessment = await run_cpu(partial(eng.assess, mapped.case, partial=True), inline=small)
