@@ -1466,3 +1466,17 @@ def test_every_version_of_an_observation_entered_in_error_is_withdrawn():
     assert values(m, "751-8") == [] and any("another version of it" in n.reason for n in m.not_assessed)
     other = obs("751-8", 2.1, oid="other")             # another Observation, not a version of it: kept
     assert values(mapped(patient(), obs("6690-2", 3.0), other, v2), "751-8") == [2.1]
+    # a version after the error is the resource's current state (round 21: it had been withdrawn too)
+    v3 = obs("751-8", 0.4, oid="same", meta={"versionId": "3", "lastUpdated": "2025-01-10T12:00:00Z"})
+    assert values(mapped(patient(), obs("6690-2", 3.0), v1, v2, v3), "751-8") == [0.4]
+
+
+def test_the_later_version_of_one_result_wins_over_an_earlier_status():
+    """Red-team round 21: version 10 (final, 0.3) lost to version 9 (amended, 2.5) of the same Observation, the status
+    deciding: the later version is the resource's current state."""
+    v9 = obs("751-8", 2.5, oid="anc1", status="amended", meta={"versionId": "9"})
+    v10 = obs("751-8", 0.3, oid="anc1", meta={"versionId": "10"})
+    for order in ((v9, v10), (v10, v9)):
+        assert values(mapped(patient(), obs("6690-2", 3.0), *order), "751-8") == [0.3]
+    other = obs("751-8", 2.5, oid="anc2", status="amended", meta={"versionId": "9"})   # another result: status rules
+    assert values(mapped(patient(), obs("6690-2", 3.0), other, v10), "751-8") == [2.5]

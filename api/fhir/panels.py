@@ -9,6 +9,7 @@ from typing import Optional
 from leukodx.engine.errors import Problem
 
 from .datatypes import When, as_list, as_str, reference
+from .duplicates import later_version
 from .resources import MAX_DEPTH, Index, Item
 
 __all__ = ["draws", "inherited_times", "results_not_sent", "withdrawn"]
@@ -70,7 +71,8 @@ def withdrawn(items: list[Item], index: Index) -> dict[int, Item]:
                  and as_str(item.resource.get("status")) == "entered-in-error" and (rid := as_str(item.resource.get("id")))}
     for item in items if retracted else ():
         if item.type == "Observation" and item.container is None and \
-                (other := retracted.get(as_str(item.resource.get("id")) or "")) is not None and other is not item:
+                (other := retracted.get(as_str(item.resource.get("id")) or "")) is not None and other is not item \
+                and later_version(other.resource, item.resource) is not True:   # a version after the error stands
             out[id(item.resource)] = other
     for item in items:
         container = item.container
