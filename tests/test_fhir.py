@@ -1099,3 +1099,31 @@ def test_a_reason_sent_as_an_icd10_code_only_is_read():
                              kb=kb)
     assert case["medications"][0]["indication"] == "K50.9 (ICD-10)"
     assert "cancer" in case["history"]["conditions"]
+
+
+def test_old_encounter_diagnoses_and_pregnancies_are_not_current():
+    """Red-team round 21 (the conditions prefetch now asks for every status): an infectious mononucleosis diagnosed at a
+    visit in 2015 (no clinical status) had explained an agranulocytosis of today and dropped its marrow, and a pregnancy
+    of 2019 or 2023 set the pregnancy haemoglobin limit. An encounter diagnosis of an acute illness ages like an
+    episode; a pregnancy is over 301 days after its onset (post-term: 294 days, WHO ICD-10)."""
+    kb = get_engine().kb
+
+    def condition(text, onset, **extra):
+        return {"resourceType": "Condition", "code": {"text": text}, "onsetDateTime": onset, **extra}
+    wbc = {"resourceType": "Observation", "status": "final", "effectiveDateTime": "2026-06-01",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]}, "valueQuantity": {"value": 5.0, "unit": "10*9/L"}}
+    visit = {"category": [{"coding": [{"code": "encounter-diagnosis"}]}]}
+    active = {"clinicalStatus": {"coding": [{"code": "active"}]}}
+
+    def read(*conditions):
+        case, _ = bundle_to_case({"resourceType": "Bundle", "entry": [{"resource": r} for r in (wbc, *conditions)]},
+                                 kb=kb)
+        return set(assess(case).conditions)
+    assert not {"ebv_infection", "viral_infection"} & read(condition("Infectious mononucleosis", "2015-03-01"))
+    assert not {"viral_infection"} & read(condition("Parvovirus B19 infection", "2014-05-01", **visit))
+    assert "ebv_infection" not in read(condition("Infectious mononucleosis", "2015-03-01", **active))
+    assert "ebv_infection" in read(condition("Infectious mononucleosis", "2026-05-20"))          # 12 days: current
+    assert "viral_infection" in read(condition("Chronic hepatitis B", "2014-05-01", **active))    # a chronic one stays
+    assert "pregnancy" not in read(condition("Pregnancy", "2023-01-10", **active))
+    assert "pregnancy" not in read(condition("Pregnancy", "2019-01-10", **visit))
+    assert "pregnancy" in read(condition("Pregnancy", "2026-01-10", **active))                   # 142 days: current

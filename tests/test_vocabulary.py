@@ -584,3 +584,13 @@ def test_a_gestation_given_is_not_asked_for(engine, pregnancy, asked):
     a = engine.assess(base_case(labs=[lab("wbc", 5.0), lab("anc", 3.0), lab("hemoglobin", 10.7, "g/dL")],
                                 history={"conditions": [pregnancy]}))
     assert any(m.item.startswith("Weeks of gestation") for m in a.missing_data) is asked
+
+
+def test_a_past_pregnancy_in_the_history_is_not_a_current_one(engine):
+    """Red-team round 20: "history of pregnancy-induced hypertension (2019)" set the pregnancy haemoglobin limit (11.0
+    g/dL for 12.0), and an Hb of 11.4 was no longer anaemia."""
+    labs = [lab("wbc", 3.2), lab("anc", 0.8), lab("hemoglobin", 11.4, "g/dL")]
+    past = engine.assess(base_case(labs=labs, history={"conditions": ["history of pregnancy-induced hypertension (2019)"]}))
+    now = engine.assess(base_case(labs=labs, history={"conditions": ["pregnancy, 30 weeks gestation"]}))
+    assert "pregnancy" not in past.conditions and "anemia" in {f.id for f in past.findings}
+    assert "pregnancy" in now.conditions and "anemia" not in {f.id for f in now.findings}

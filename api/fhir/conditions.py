@@ -29,7 +29,7 @@ from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase, code_system
 from leukodx.engine.timeutil import utc_date
 
-from .datatypes import (When, after, as_dict, as_str, codes, codings, concept_text, later_warning, parse_when,
+from .datatypes import (When, after, as_dict, as_list, as_str, codes, codings, concept_text, later_warning, parse_when,
                         partial_day)
 from .patient import reached_age
 from .resources import Item
@@ -57,7 +57,7 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], k
         if after(onset, ref):
             later.append(item.label)
             continue
-        stale = _stale_episode(text, latest, ref, kb)
+        stale = _stale_episode(text, latest, ref, kb, _on_problem_list(item.resource))
         if stale is not None:
             why, text = stale
             warnings.append(f"{item.label}: {why}.")
@@ -206,30 +206,46 @@ _STATUS_PHRASES = (("not-active", "inactive"), ("no-longer-active", "inactive"),
                    ("not-confirmed", "unconfirmed"), ("unconfirm", "unconfirmed"), ("error", "entered-in-error"))
 
 
-def _stale_episode(text: str, latest: Optional[date], ref: Optional[date], kb: Optional[KnowledgeBase]
-                   ) -> Optional[tuple[str, str]]:
+def _on_problem_list(res: dict[str, Any]) -> bool:
+    """A problem-list entry: its category says so, or it has a clinical status and no category saying otherwise (an
+    encounter diagnosis, or a Condition with no clinicalStatus, which FHIR R4 con-3 requires of a problem-list item,
+    is a record of a visit)."""
+    categories = {c for concept in as_list(res.get("category")) for c in codes(concept)}
+    if "problem-list-item" in categories:
+        return True
+    return "encounter-diagnosis" not in categories and bool(_status(res.get("clinicalStatus")))
+
+
+def _stale_episode(text: str, latest: Optional[date], ref: Optional[date], kb: Optional[KnowledgeBase],
+                   listed: bool = True) -> Optional[tuple[str, str]]:
     """(why, the text read as past: "history of ...") for an acute episode on the problem list that is not current, or
     None: a fever (or febrile neutropenia) whose onset is older than a current temperature may be
     (current_temperature_max_age_days: an episode of 2019 left active is no fever now); another episode
     (conditions.yaml not_a_diagnosis ``episodes``: sepsis, pneumonia ...) older than acute_condition_max_age_days (a
-    sepsis recorded three years before had made a mild neutropenia an emergency). Read as past, never dropped: the
-    vocabulary sets the episode aside and keeps a chronic condition the same text names ("Sepsis in CLL patient")."""
+    sepsis recorded three years before had made a mild neutropenia an emergency); a pregnancy older than
+    pregnancy_max_age_days; off the problem list (``listed`` False: an encounter diagnosis), any acute condition, the
+    viral infections too. Read as past, never dropped: the vocabulary sets the episode aside and keeps a chronic
+    condition the same text names ("Sepsis in CLL patient")."""
     if kb is None or ref is None or latest is None:          # the latest day it can have begun
         return None
     day = latest
     age = (ref - day).days
     if age <= kb.value("current_temperature_max_age_days"):
         return None
-    named = {cid for cid in kb.episode_conditions if (p := kb.conditions.get(cid)) and p.search(text)}
+    named = {cid for cid in (kb.episode_conditions if listed else kb.acute_conditions)
+             if (p := kb.conditions.get(cid)) and p.search(text)}
     if not named:
         return None
     if {"fever", "febrile_neutropenia"} & named:
         days, what = kb.value("current_temperature_max_age_days"), "a fever recorded with its onset on or before"
+    elif named <= {"pregnancy", "pregnancy_second_trimester", "pregnancy_not_second_trimester"}:
+        days, what = kb.value("pregnancy_max_age_days"), "a pregnancy recorded with its onset on or before"
     else:
         days, what = kb.value("acute_condition_max_age_days"), "an acute illness recorded with its onset on or before"
     if age <= days:
         return None
-    return (f"{what} {day} and still marked active is not current (older than {days:g} days): read as past",
+    marked = "still marked active" if listed else "recorded at a visit"
+    return (f"{what} {day} and {marked} is not current (older than {days:g} days): read as past",
             _PAST.sub(r"\1history of ", text))
 
 
