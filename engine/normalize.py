@@ -2,8 +2,7 @@
 
 Every problem is collected and raised together as one :class:`CaseError`: unknown test or LOINC
 code, unknown or incompatible unit, implausible value (with the unit probably meant), negative
-count, percentages above 100, a date after ``as_of``, an unknown TPMT/NUDT15 diplotype.
-"""
+count, percentages above 100, a date after ``as_of``, an unknown TPMT/NUDT15 diplotype."""
 from __future__ import annotations
 
 import math
@@ -307,18 +306,19 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
 
     # conditions: history, medication indications
     conditions: set[str] = set()
-    for where, text in [(f"history.conditions[{i}]", t) for i, t in enumerate(h.conditions)] + [
-            (f"medications[{i}].indication", m.indication) for i, m in enumerate(case.medications) if m.indication]:
+    texts = [(f"history.conditions[{i}]", t) for i, t in enumerate(h.conditions)] + [
+        (f"medications[{i}].indication", m.indication) for i, m in enumerate(case.medications) if m.indication]
+    for where, text in texts:
         found, aside = read_conditions(kb, text)
         conditions.update(found)
         if aside:
             names = " or ".join(cid.replace("_", " ") for cid, _ in aside)
-            warnings.append(f"{where} {text!r} was not read as {names}: {aside[0][1]!r} says it is absent, "
-                            f"uncertain, someone else's, over or being prevented. Enter the condition alone if "
-                            f"the patient has it.")
+            warnings.append(f"{where} {text!r} was not read as {names}: {aside[0][1]!r} says it is absent, uncertain, "
+                            f"someone else's, over or being prevented. Enter the condition alone if the patient has it.")
         if not found and not aside and where.startswith("history."):
             unrecognised.append(Unrecognised(field=where, text=text, kind="condition"))
-    oncologic = bool(conditions & kb.oncologic_conditions)
+    oncologic = any(set(read_conditions(kb, t, past_for_all=True)[0]) & kb.oncologic_conditions   # a cancer named
+                    for _, t in texts)       # only as past ("history of breast cancer") makes no drug chemotherapy
     case = _duffy_from_diagnosis(case, conditions, warnings)
 
     drugs = drugs or DrugIndex(kb)

@@ -279,12 +279,13 @@ class DrugIndex:
 def oncologic_use(kb: KnowledgeBase, indication: Optional[str], cancer_among_conditions: bool) -> bool:
     """Whether a drug is used to treat cancer: its own indication decides when one is given (methotrexate for
     rheumatoid arthritis, or for psoriasis, which the vocabulary does not name, beside a past skin cancer is not
-    chemotherapy: a daily methotrexate for psoriasis had been silent); else any cancer among the conditions."""
+    chemotherapy: a daily methotrexate for psoriasis had been silent), a cancer it names as past not counting;
+    else any current cancer among the conditions (``cancer_among_conditions``)."""
     if indication and indication.strip():
-        # a condition the indication names as past ("history of", "prior") is not what the drug treats when
-        # it names another as current: "Crohn's disease (history of ALL in childhood)"; alone, it is ("h/o ALL")
-        treated = read_conditions(kb, indication, past_for_all=True)[0] or match_conditions(kb, indication)
-        return bool(set(treated) & kb.oncologic_conditions)
+        # a cancer the indication names as past ("history of", "prior") is not what the drug treats: "Crohn's
+        # disease (history of ALL in childhood)", a daily methotrexate for "psoriasis (history of breast cancer)" (read
+        # as chemotherapy, its daily-dosing alert had been silent)
+        return bool(set(read_conditions(kb, indication, past_for_all=True)[0]) & kb.oncologic_conditions)
     return cancer_among_conditions
 
 

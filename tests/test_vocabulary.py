@@ -561,10 +561,11 @@ def test_a_drugs_own_indication_decides_even_when_the_vocabulary_does_not_name_i
 @pytest.mark.parametrize("indication, oncologic", [
     ("Crohn's disease (history of ALL in childhood)", False),   # the Crohn's is treated, the ALL is past
     ("Crohn's disease; h/o acute lymphoblastic leukaemia", False),
-    ("previously treated ALL", True),                           # a cancer alone stays what is treated
+    ("ALL", True), ("relapsed ALL", True),                      # a cancer named as current is what is treated
     ("ALL, treated per UKALL 2011; Crohn's disease", True),      # "treated" after it may be the treatment now
     ("ALL maintenance; Crohn's disease", True),                 # both current: the cancer counts
-    ("history of ALL", True),
+    ("history of ALL", False),                                  # a past cancer is no indication (round 20)
+    ("psoriasis (history of breast cancer)", False),
     ("12-year-old with ALL; Crohn's disease", True),           # an age is no past
 ])
 def test_a_past_cancer_beside_the_condition_treated_is_not_the_indication(engine, indication, oncologic):
