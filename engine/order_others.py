@@ -31,9 +31,10 @@ def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], 
                           detail=f"{earlier.description} {kb.alerts['clozapine_neutropenia'].description}")
     if alert is not None:
         shown = anc if anc is not None else f"at most {a.risk_tier.anc_at_most:g}"
-        ben_would_start = a.risk_tier.duffy_null_note is None and a.risk_tier.anc is not None and \
-            a.risk_tier.anc >= kb.value("clozapine_start_anc_ben")
-        entry = spec["below_threshold_unless_ben" if ben_would_start else "below_threshold"]
+        ben = a.risk_tier.duffy_null_note is not None
+        continues = a.risk_tier.anc is not None and a.risk_tier.anc >= kb.value(
+            "clozapine_interrupt_anc_ben" if ben else "clozapine_interrupt_anc")
+        entry = spec[("below_start_ben" if ben else "below_start") if continues else "below_threshold"]
         return OrderCheck(**base, priority=entry["priority"], cancel="recommended",
                           summary=entry["summary"].format(anc=shown, **numbers), detail=alert.description)
     no_anc = a is None or a.risk_tier.anc is None or not a.cbc.current

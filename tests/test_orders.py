@@ -540,8 +540,14 @@ def test_clozapine_start_below_the_threshold_names_the_duffy_null_one(engine, an
     a = engine.assess(base_case(labs=[lab("wbc", 3.0), lab("anc", anc)],
                                 medications=[{"name": "clozapine", "start": base_case()["as_of"][:10]}]))
     c = check(engine, CLOZ, a)
-    assert c.priority == "critical" and c.summary.startswith(f"ANC {anc:g} x10^9/L is below the clozapine threshold")
+    assert c.priority == "critical" and c.summary.startswith(f"ANC {anc:g} x10^9/L is below")
     assert ("if Duffy-null/BEN" in c.summary) is ben_clause and len(c.summary) <= 140
+    # a patient already on clozapine continues at 1.0-1.5 (label Table 6): no "interrupt" there (round 21)
+    assert ("interrupt" in c.summary) is not ben_clause and ("continues" in c.summary) is ben_clause
     duffy_null = base_case(labs=[lab("wbc", 3.0), lab("anc", 1.2)], patient={"duffy_null": True},
                            medications=[{"name": "clozapine", "start": base_case()["as_of"][:10]}])
     assert check(engine, CLOZ, engine.assess(duffy_null)).summary.startswith("Current ANC 1.2")
+    ben = base_case(labs=[lab("wbc", 3.0), lab("anc", 0.7)], patient={"duffy_null": True},
+                    medications=[{"name": "clozapine", "start": base_case()["as_of"][:10]}])
+    summary = check(engine, CLOZ, engine.assess(ben)).summary        # BEN 0.5-1.0: continue with a consult (Table 7)
+    assert "in BEN" in summary and "haematology consult" in summary and "interrupt" not in summary
