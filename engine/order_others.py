@@ -122,6 +122,29 @@ def label_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: A
                       sources=list(dict.fromkeys(src for r in rules for src in r.sources)))
 
 
+def no_count_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment]
+                   ) -> Optional[OrderCheck]:
+    """A drug whose label limits the counts it is given at, or a DMARD, ordered with no current blood count (none on
+    file, or none that could be had): rules/orders.yaml ``no_count``, with the limits it could not check."""
+    spec, dmard = kb.orders.get("no_count"), kb.orders.get("dmard")
+    if not spec or (a is not None and a.cbc.current):
+        return None
+    labels = [r for r in kb.rules if r.id.startswith(f"labels.{drug['id']}_")]
+    classes = {*drug.get("classes", []), drug.get("non_oncologic_class")}
+    cancer = bool(a is not None and set(a.conditions) & kb.oncologic_conditions)
+    protocol = dmard and (classes & set(dmard["classes"]) or drug["id"] in dmard["drugs"]) and \
+        not oncologic_use(kb, order.indication, cancer)        # rheumatology's protocol, not an oncologist's
+    rules = labels or ([kb.rule(dmard["rule"])] if protocol else [])
+    if not rules:
+        return None
+    name = drug["name"]
+    lead = spec["label"].format(drug=name) if labels else " ".join(spec["dmard"].split())
+    return OrderCheck(order=order.key, drug=drug["id"], drug_name=name, topic="drug_label" if labels else
+                      "dmard_monitoring", priority=spec["priority"], summary=spec["summary"].format(drug=name.capitalize()),
+                      detail=" ".join([lead, *(" ".join(r.statement.split()) for r in rules)]),
+                      sources=list(dict.fromkeys(src for r in rules for src in r.sources)))
+
+
 def withhold_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Assessment) -> Optional[OrderCheck]:
     """A DMARD ordered at counts its monitoring withholds it at (rules/orders.yaml ``dmard``: its rule fired with the
     order counted as taken): methotrexate ordered at an ANC of 0.4 had had no order card."""

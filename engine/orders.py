@@ -22,7 +22,7 @@ from .kb import KnowledgeBase
 from .doses import dose_mg_kg_day
 from .order_models import INTERMEDIATE, Advice, DoseChange, OrderCheck, OrderInput
 from .order_others import (clozapine_check, cuts_the_dose, daily_instead_of_weekly, interactions_check, label_check,
-                           not_known, withhold_check)
+                           no_count_check, not_known, withhold_check)
 from .vocabulary import DrugIndex, oncologic_use
 
 __all__ = ["OrderInput", "OrderCheck", "DoseChange", "check_orders"]
@@ -146,9 +146,11 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             out += [other] if other is not None else []      # azathioprine beside mercaptopurine: one thiopurine twice
         elif drug["id"] == "clozapine":
             out.append(clozapine_check(kb, order, drug, assessment))
-        elif assessment is not None:
-            out += [c for c in (label_check(kb, order, drug, assessment), withhold_check(kb, order, drug, assessment),
-                                interactions_check(kb, order, drug, assessment)) if c]
+        else:       # no current count: what could not be checked, instead of the label's and the protocol's checks
+            uncounted = no_count_check(kb, order, drug, assessment)
+            checks = (uncounted,) if uncounted else (label_check(kb, order, drug, assessment),
+                                                     withhold_check(kb, order, drug, assessment)) if assessment else ()
+            out += [c for c in (*checks, interactions_check(kb, order, drug, assessment) if assessment else None) if c]
         daily = daily_instead_of_weekly(kb, order, drug, bool(oncologic))
         if daily is not None:
             out.append(daily)

@@ -551,3 +551,19 @@ def test_clozapine_start_below_the_threshold_names_the_duffy_null_one(engine, an
                     medications=[{"name": "clozapine", "start": base_case()["as_of"][:10]}])
     summary = check(engine, CLOZ, engine.assess(ben)).summary        # BEN 0.5-1.0: continue with a consult (Table 7)
     assert "in BEN" in summary and "haematology consult" in summary and "interrupt" not in summary
+
+
+@pytest.mark.parametrize("name,topic", [("valganciclovir", "drug_label"), ("methotrexate", "dmard_monitoring"),
+                                        ("leflunomide", "dmard_monitoring")])
+def test_a_drug_with_count_limits_ordered_without_a_current_count_is_asked_for_one(engine, name, topic):
+    """Red-team round 21: valganciclovir (its label: not below ANC 0.5, platelets 25 or Hb 8) or a DMARD (baseline
+    blood tests) ordered with no count on file had had no card, where a thiopurine or clozapine is asked for one."""
+    order = OrderInput(key="o", name=name, indication="rheumatoid arthritis")
+    for assessment in (None, engine.assess(base_case(labs=[lab("wbc", 5.0, time="2020-01-01T08:00:00Z")]))):
+        c = check(engine, order, assessment)
+        assert (c.topic, c.priority) == (topic, "warning") and "without a current blood count" in c.summary
+    current = engine.assess(base_case(labs=[lab("wbc", 6.0), lab("anc", 4.0), lab("hemoglobin", 13.0, "g/dL"),
+                                            lab("platelets", 250)]))
+    assert engine.check_orders([order], current) == []            # a normal current count: nothing to say
+    oncology = OrderInput(key="o", name="methotrexate", indication="acute lymphoblastic leukaemia")
+    assert engine.check_orders([oncology], None) == []             # chemotherapy: not the DMARD protocol
