@@ -1127,3 +1127,6 @@ def test_old_encounter_diagnoses_and_pregnancies_are_not_current():
     assert "pregnancy" not in read(condition("Pregnancy", "2023-01-10", **active))
     assert "pregnancy" not in read(condition("Pregnancy", "2019-01-10", **visit))
     assert "pregnancy" in read(condition("Pregnancy", "2026-01-10", **active))                   # 142 days: current
+    for status in ("recurrence", "relapse"):      # happening now, whatever its first onset (round 21)
+        assert "sepsis" in read(condition("Sepsis", "2019-01-10", clinicalStatus={"coding": [{"code": status}]}))
+    assert "sepsis" not in read(condition("Sepsis", "2019-01-10", **active))

@@ -57,7 +57,10 @@ def map_conditions(mine: list[Item], ref: Optional[date], warnings: list[str], k
         if after(onset, ref):
             later.append(item.label)
             continue
-        stale = _stale_episode(text, latest, ref, kb, _on_problem_list(item.resource))
+        # a recurrence or a relapse is happening now (FHIR R4 condition-clinical: children of active), whatever its
+        # first onset (a recurrent febrile neutropenia recorded today had been read as an old episode)
+        again = _status(item.resource.get("clinicalStatus")) & {"recurrence", "relapse"}
+        stale = None if again else _stale_episode(text, latest, ref, kb, _on_problem_list(item.resource))
         if stale is not None:
             why, text = stale
             warnings.append(f"{item.label}: {why}.")
