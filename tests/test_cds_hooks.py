@@ -261,6 +261,16 @@ def test_missing_prefetch_without_fhir_server_is_412(client, prefetch_value):
     assert r.status_code == 412 and r.json()["resourceType"] == "OperationOutcome"
 
 
+@pytest.mark.parametrize("kind", ["bundle", "Parameters"])
+def test_a_search_answered_by_something_else_is_named_not_read_as_no_data(client, kind):
+    """Red-team round 21: `observations` as {"resourceType": "bundle"} (holding an ANC of 0.3) or a Parameters resource
+    had been read as no data: no card at all."""
+    pre = prefetch(CBC_SEVERE)
+    pre["observations"] = {**pre["observations"], "resourceType": kind}
+    r = client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre))
+    assert r.status_code == 412 and f"it is '{kind}', not a Bundle of Observation" in r.text
+
+
 def test_spec_example_patient_view_request(client):
     """The spec's own request: its prefetch has none of our keys and its fhirServer cannot be reached."""
     body = json.loads((SPEC / "spec-v2.0.1" / "request-patient-view.json").read_text())

@@ -62,7 +62,14 @@ async def gather(hook: HookRequest, settings: Settings,
         value = prefetch.get(key, ...)
         if value is None:              # the EHR has no such data
             continue
-        needs_fetch = value is ... or (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome")
+        searched = template.split("?")[0] if "?" in template else None      # a search's resource type
+        kind = value.get("resourceType") if isinstance(value, dict) else None
+        if searched and kind not in (None, "Bundle", "OperationOutcome", searched):
+            # a search answered by something else ("bundle", Parameters): named, not read as no data (it had been
+            # dropped in silence, an ANC of 0.3 inside with it)
+            cannot(key, f"it is {str(kind)[:40]!r}, not a Bundle of {searched}")
+            continue
+        needs_fetch = value is ... or kind == "OperationOutcome"
         links = value.get("link") if isinstance(value, dict) and value.get("resourceType") == "Bundle" else None
         paged = isinstance(links, list) and any(l.get("relation") == "next" for l in links if isinstance(l, dict))
         if not needs_fetch and not paged:
