@@ -15,7 +15,8 @@ __all__ = ["clozapine_check", "label_check", "withhold_check", "interactions_che
            "not_known", "cuts_the_dose"]
 
 
-def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment]) -> OrderCheck:
+def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment],
+                    conditions_unhad: bool = False) -> OrderCheck:
     spec = kb.orders["clozapine"]
     numbers = {k: f"{kb.value(k):g}" for k in kb.thresholds}
     base = {"order": order.key, "drug": drug["id"], "drug_name": drug["name"], "topic": "clozapine_anc",
@@ -58,6 +59,10 @@ def clozapine_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], 
                           summary=entry["summary"].format(anc=anc, **numbers),
                           detail=kb.alerts["clozapine_neutropenia"].description)
     entry = spec["mild" if a.risk_tier.anc < kb.value("clozapine_start_anc") and not duffy_null else "proceed"]
+    if conditions_unhad:       # a past clozapine agranulocytosis could not be looked for: never an all-clear
+        entry = {**entry, "priority": "warning" if entry["priority"] == "info" else entry["priority"],
+                 "summary": spec["conditions_unhad"]["summary"], "detail": f"{spec['conditions_unhad']['detail']} "
+                                                                            f"{entry['detail']}"}
     return OrderCheck(**base, priority=entry["priority"], summary=entry["summary"].format(anc=anc),
                       detail=" ".join(entry["detail"].format(**numbers).split()))
 

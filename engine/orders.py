@@ -36,7 +36,7 @@ def _phenotype(status: GeneStatus) -> str:
 
 
 def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt: GeneStatus, nudt15: GeneStatus,
-                malignant: Optional[bool], genotypes_unhad: bool = False) -> OrderCheck:
+                malignant: Optional[bool], unhad: frozenset[str] = frozenset()) -> OrderCheck:
     name, did = drug["name"], drug["id"]
     pheno = f"TPMT {_phenotype(tpmt)}, NUDT15 {_phenotype(nudt15)}"
     base = {"order": order.key, "drug": did, "drug_name": name, "topic": "thiopurine_pgx"}
@@ -45,7 +45,7 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
     # one gene intermediate, the other untested: that gene's reduced start at least (CPIC's TPMT intermediate: 30-80%;
     # it had been "genotype before dosing" with the full dose standing), and the other gene genotyped
     intermediate = bool(unknown) and any(g.phenotype in INTERMEDIATE for g in (tpmt, nudt15))
-    if unknown and not poor and not intermediate and genotypes_unhad:
+    if unknown and not poor and not intermediate and "genotypes" in unhad:
         # the results could not be fetched: one may be on file (a "status unknown: genotype" had invited a second test)
         return OrderCheck(**base, priority="warning", genotype="possible", genes_to_test=unknown,
                           summary=f"{name.capitalize()} ordered; TPMT/NUDT15 results could not be had: check the "
@@ -108,12 +108,13 @@ def _thiopurine(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], tpmt
 
 def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], assessment: Optional[Assessment],
                  tpmt: Optional[str] = None, nudt15: Optional[str] = None,
-                 genotypes_unhad: bool = False) -> list[OrderCheck]:
+                 unhad: frozenset[str] = frozenset()) -> list[OrderCheck]:
     """One check per ordered drug leukodx has something to say about (thiopurines, clozapine).
 
     The phenotypes come from the assessment when there is one, else from the ``tpmt``/``nudt15``
-    results given (a phenotype word or a diplotype; an unreadable one counts as unknown). ``genotypes_unhad``: the
-    caller could not fetch the genotype results (an untested gene may have a result on file)."""
+    results given (a phenotype word or a diplotype; an unreadable one counts as unknown). ``unhad``: what the caller
+    could not fetch ("genotypes": an untested gene may have a result on file; "conditions": a past clozapine
+    agranulocytosis may be on record)."""
     if assessment is not None:
         t, n = assessment.pharmacogenomics.tpmt, assessment.pharmacogenomics.nudt15
         if not assessment.pharmacogenomics.tpmt_reliable:     # CPIC's caveats (transfusion, HSCT ...): as if untested
@@ -137,7 +138,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             # taken; else the patient's conditions; with neither, not known
             known = bool(order.indication and order.indication.strip()) or bool(assessment and assessment.conditions)
             malignant = oncologic_use(kb, order.indication, bool(oncologic)) if known else None
-            check = _thiopurine(kb, order, drug, t, n, malignant, genotypes_unhad)
+            check = _thiopurine(kb, order, drug, t, n, malignant, unhad)
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
                 interacting = _already_reduced(kb, check, drug, order, cpic_pattern(t.phenotype, n.phenotype), malignant)
@@ -145,7 +146,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             other = interactions_check(kb, order, drug, assessment) if assessment is not None else None
             out += [other] if other is not None else []      # azathioprine beside mercaptopurine: one thiopurine twice
         elif drug["id"] == "clozapine":
-            out.append(clozapine_check(kb, order, drug, assessment))
+            out.append(clozapine_check(kb, order, drug, assessment, "conditions" in unhad))
         else:       # no current count: what could not be checked, instead of the label's and the protocol's checks
             uncounted = no_count_check(kb, order, drug, assessment)
             checks = (uncounted,) if uncounted else (label_check(kb, order, drug, assessment),

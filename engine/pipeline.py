@@ -66,10 +66,10 @@ class Engine:
 
     def check_orders(self, orders: list[OrderInput], assessment: Optional[Assessment] = None,
                      tpmt: Optional[str] = None, nudt15: Optional[str] = None,
-                     genotypes_unhad: bool = False) -> list[OrderCheck]:
+                     unhad: frozenset[str] = frozenset()) -> list[OrderCheck]:
         """What leukodx says about drugs being ordered (thiopurines against TPMT/NUDT15, clozapine against
         the ANC). Phenotypes come from the assessment, else from the results given. See :mod:`orders`."""
-        return check_orders(self.kb, self.drugs, orders, assessment, tpmt, nudt15, genotypes_unhad)
+        return check_orders(self.kb, self.drugs, orders, assessment, tpmt, nudt15, unhad)
 
     def _read(self, raw: Any) -> tuple[Case, NormCase]:
         case = parse_case(raw)

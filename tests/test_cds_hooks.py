@@ -354,6 +354,17 @@ def test_genotype_results_that_could_not_be_had_are_not_called_untested(client):
     assert "status unknown: genotype before dosing" in card["summary"]
 
 
+def test_a_clozapine_order_with_the_conditions_not_had_says_so(client):
+    """Red-team round 21: the `conditions` key left out: a clozapine order had been "may proceed", information."""
+    pre = prefetch(CBC_NORMAL)
+    del pre["conditions"]
+    clozapine = {**thiopurine_order(oid="draft-cloz"), "medicationCodeableConcept": {"text": "clozapine 25 mg tablet"}}
+    cards = cards_of(client.post("/cds-services/leukodx-order-sign",
+                                 json=request("order-sign", pre, draftOrders=draft_bundle(clozapine))))
+    card = next(c for c in cards if c["source"]["topic"]["code"] == "clozapine-anc")
+    assert card["indicator"] == "warning" and "conditions could not be had" in card["summary"]
+
+
 def test_order_sign_intermediate_metabolizer_gets_the_cpic_adjusted_dose(client):
     pre = prefetch(CBC_NORMAL, pgx=searchset(pgx_obs("TPMT", "*1/*3A"), pgx_obs("NUDT15", "*1/*1")))
     body = request("order-sign", pre, draftOrders=draft_bundle(thiopurine_order(mg=150)))

@@ -567,3 +567,13 @@ def test_a_drug_with_count_limits_ordered_without_a_current_count_is_asked_for_o
     assert engine.check_orders([order], current) == []            # a normal current count: nothing to say
     oncology = OrderInput(key="o", name="methotrexate", indication="acute lymphoblastic leukaemia")
     assert engine.check_orders([oncology], None) == []             # chemotherapy: not the DMARD protocol
+
+
+def test_clozapine_with_the_conditions_not_had_is_no_all_clear(engine):
+    """Red-team round 21: with the conditions search failed, a clozapine order at ANC 3.5 was "may proceed",
+    information, though a past clozapine agranulocytosis (no rechallenge) could not be looked for."""
+    a = engine.assess(base_case(labs=[lab("wbc", 6.0), lab("anc", 3.5)],
+                                medications=[{"name": "clozapine", "start": base_case()["as_of"][:10]}]))
+    assert check(engine, CLOZ, a).priority == "info"
+    [c] = engine.check_orders([CLOZ], a, unhad=frozenset({"conditions"}))
+    assert c.priority == "warning" and "conditions could not be had" in c.summary and len(c.summary) <= 140

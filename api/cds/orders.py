@@ -62,10 +62,10 @@ def _selects(selection: str, res: dict[str, Any], full_url: Any) -> bool:
 
 def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[Assessment],
                  resources: list[Any], hook: HookRequest, patient_id: str, weight_kg: Optional[float] = None,
-                 genotypes_unhad: bool = False) -> list[Card]:
+                 unhad: frozenset[str] = frozenset()) -> list[Card]:
     """A card per ordered drug the engine's order check speaks about (each order with its daily dose, and
     the patient's weight as the FHIR mapping read it, so that the check can tell the dose in mg/kg/day);
-    ``genotypes_unhad``: the genotype results could not be had."""
+    ``unhad``: what could not be had ("genotypes", "conditions")."""
     if not drafts:
         return []
     orders, by_key, unread, seen = [], {}, [], set()
@@ -92,7 +92,7 @@ def order_cards(eng: Engine, drafts: list[dict[str, Any]], assessment: Optional[
                                      indication=indication))
         by_key[key] = order
     history = fhir.pgx_results(eng.kb, resources, patient_id) if assessment is None else {}   # never another patient's
-    checks = eng.check_orders(orders, assessment, history.get("tpmt"), history.get("nudt15"), genotypes_unhad)
+    checks = eng.check_orders(orders, assessment, history.get("tpmt"), history.get("nudt15"), unhad)
     return [C.order_card(c, by_key[c.order], hook.hookInstance, patient_id, eng.kb.version) for c in checks] + unread
 
 

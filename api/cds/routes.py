@@ -236,7 +236,9 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         if cards and settings.report_link_minutes > 0:
             report = cards[0], to_json_pieces(assessment)
     cards += traced("leukodx.orders", order_cards)(eng, drafts, ordered, resources, hook, patient_id, weight,
-                                                   "pgx" in unhad)
+                                                   frozenset(kind for key, kind in (("pgx", "genotypes"),
+                                                                                    ("conditions", "conditions"))
+                                                             if key in unhad))
     unmatched = unmatched_selections(hook)
     if unmatched:
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))
