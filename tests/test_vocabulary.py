@@ -595,3 +595,11 @@ def test_a_past_pregnancy_in_the_history_is_not_a_current_one(engine):
     now = engine.assess(base_case(labs=labs, history={"conditions": ["pregnancy, 30 weeks gestation"]}))
     assert "pregnancy" not in past.conditions and "anemia" in {f.id for f in past.findings}
     assert "pregnancy" in now.conditions and "anemia" not in {f.id for f in now.findings}
+
+
+@pytest.mark.parametrize("text, read", [("suspected clozapine-induced agranulocytosis", True),
+                                        ("clozapine-induced agranulocytosis ruled out", False)])
+def test_a_suspected_clozapine_agranulocytosis_counts(kb, text, read):
+    """Red-team round 21: a provisional clozapine agranulocytosis on record (read as suspected) had been set aside, and
+    a clozapine order was "may proceed"; an absent one is still set aside."""
+    assert ("clozapine_agranulocytosis" in read_conditions(kb, text)[0]) is read
