@@ -288,6 +288,9 @@ class Assessment(_Out):
     pharmacogenomics: Pharmacogenomics
     missing_data: list[MissingItem]
     conditions: list[str] = []
+    cancer_current: bool = Field(False, description="a cancer named among the conditions as current, not only as past "
+                                 "('history of breast cancer'): a drug ordered or taken with no indication of its own "
+                                 "is taken as its treatment")
     interactions: list[InteractionOut] = []
     reference_limits: list[ReferenceLimit] = []
     not_assessed: list[NotAssessed] = []

@@ -199,5 +199,5 @@ def build_assessment(kb: KnowledgeBase, nc: NormCase, d: Derived, firings: list[
         risk_tier=d.risk_tier, cbc=d.cbc, ctcae=d.ctcae, alerts=alerts, findings=findings, causes=causes, steps=steps,
         steps_not_advised=not_advised, pharmacogenomics=pharmacogenomics,
         missing_data=[MissingItem(item=k, rules=v) for k, v in missing.items()], not_assessed=list(not_assessed),
-        conditions=sorted(nc.conditions), reference_limits=d.reference_limits, interactions=interaction_out,
+        conditions=sorted(nc.conditions), cancer_current=nc.cancer_current, reference_limits=d.reference_limits, interactions=interaction_out,
         warnings=warnings, labs=d.labs_out, sources=sources, trace=trace)

@@ -19,7 +19,7 @@ from .kb import KnowledgeBase
 from .timeutil import utc_date, utc_naive
 from .doses import dose_mg_kg_day, taken_more_often_than
 from .units import UnitProblem, conversion_factor
-from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, duffy_prevalent, match_organ, oncologic_use,
+from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, current_cancer, duffy_prevalent, match_organ, oncologic_use,
                          read_conditions)
 
 __all__ = ["NormLab", "NormMed", "NormCase", "normalize", "dose_mg_kg_day", "PCT_TESTS", "CLASS_WINDOWS"]
@@ -82,6 +82,7 @@ class NormCase:
     duffy_prevalent_ancestry: bool
     warnings: list[str] = field(default_factory=list)
     unrecognised: list[Unrecognised] = field(default_factory=list)
+    cancer_current: bool = False     # a cancer named as current: a drug without an indication treats it (oncologic_use)
 
 
 def _fmt(x: float) -> str:
@@ -317,8 +318,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
                             f"someone else's, over or being prevented. Enter the condition alone if the patient has it.")
         if not found and not aside and where.startswith("history."):
             unrecognised.append(Unrecognised(field=where, text=text, kind="condition"))
-    oncologic = any(set(read_conditions(kb, t, past_for_all=True)[0]) & kb.oncologic_conditions   # a cancer named
-                    for _, t in texts)       # only as past ("history of breast cancer") makes no drug chemotherapy
+    oncologic = any(current_cancer(kb, t) for _, t in texts)    # "history of breast cancer" makes no chemotherapy
     case = _duffy_from_diagnosis(case, conditions, warnings)
 
     drugs = drugs or DrugIndex(kb)
@@ -391,7 +391,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     return NormCase(case=case, as_of=as_of, labs=labs, meds=meds, conditions=conditions, tpmt=tpmt, nudt15=nudt15,
                     transplant_organ=organ,
                     duffy_prevalent_ancestry=duffy_prevalent(kb, case.patient.ancestry), warnings=warnings,
-                    unrecognised=unrecognised)
+                    unrecognised=unrecognised, cancer_current=oncologic)
 
 
 def _recipient_of(kb: KnowledgeBase, h: Any, conditions: set[str]) -> Optional[str]:

@@ -136,7 +136,7 @@ def no_count_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a
         return None
     labels = [r for r in kb.rules if r.id.startswith(f"labels.{drug['id']}_")]
     classes = {*drug.get("classes", []), drug.get("non_oncologic_class")}
-    cancer = bool(a is not None and set(a.conditions) & kb.oncologic_conditions)
+    cancer = a is not None and a.cancer_current
     protocol = dmard and (classes & set(dmard["classes"]) or drug["id"] in dmard["drugs"]) and \
         not oncologic_use(kb, order.indication, cancer)        # rheumatology's protocol, not an oncologist's
     rules = labels or ([kb.rule(dmard["rule"])] if protocol else [])

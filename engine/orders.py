@@ -123,7 +123,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             n = _resolve(kb, "nudt15", None)
     else:
         t, n = (_resolve(kb, gene, value) for gene, value in (("tpmt", tpmt), ("nudt15", nudt15)))
-    oncologic = set(assessment.conditions) & kb.oncologic_conditions if assessment is not None else set()
+    oncologic = assessment is not None and assessment.cancer_current     # a cancer named only as past is not one
     out: list[OrderCheck] = []
     for order in orders:
         match = drugs.lookup(order.name, order.rxnorm, order.atc)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 from .kb import KnowledgeBase, rules_dir
 
 __all__ = ["clean_text", "DrugIndex", "DrugMatch", "Product", "load_products", "product_problems",
-           "SUGGEST_MIN_RATIO", "SUGGEST_MAX_NAMES", "match_conditions", "read_conditions", "match_organ",
+           "SUGGEST_MIN_RATIO", "SUGGEST_MAX_NAMES", "match_conditions", "read_conditions", "current_cancer", "match_organ",
            "duffy_prevalent"]
 
 PRODUCTS_FILE = "rxnorm_products.json"
@@ -279,14 +279,36 @@ class DrugIndex:
 def oncologic_use(kb: KnowledgeBase, indication: Optional[str], cancer_among_conditions: bool) -> bool:
     """Whether a drug is used to treat cancer: its own indication decides when one is given (methotrexate for
     rheumatoid arthritis, or for psoriasis, which the vocabulary does not name, beside a past skin cancer is not
-    chemotherapy: a daily methotrexate for psoriasis had been silent), a cancer it names as past not counting;
-    else any current cancer among the conditions (``cancer_among_conditions``)."""
+    chemotherapy: a daily methotrexate for psoriasis had been silent), a cancer it names as past not counting
+    (:func:`current_cancer`); else any current cancer among the conditions (``cancer_among_conditions``)."""
     if indication and indication.strip():
-        # a cancer the indication names as past ("history of", "prior") is not what the drug treats: "Crohn's
-        # disease (history of ALL in childhood)", a daily methotrexate for "psoriasis (history of breast cancer)" (read
-        # as chemotherapy, its daily-dosing alert had been silent)
-        return bool(set(read_conditions(kb, indication, past_for_all=True)[0]) & kb.oncologic_conditions)
+        return current_cancer(kb, indication)
     return cancer_among_conditions
+
+
+_PAST_CANCER = re.compile(r"(?:\bhistory of|\bh/o|\bhx(?: of)?|\bprior|\bprevious|\bpast|\bremote|\bold)[\s:]*$", re.I)
+_TREATED_NOW = re.compile(r"\b(?:now|current(?:ly)?|maintenance|active|relaps\w*|recurren\w*|refractory|induction|"
+                          r"consolidation|conditioning|on (?:treatment|therapy|chemo\w*))\b", re.I)
+
+
+def current_cancer(kb: KnowledgeBase, text: str) -> bool:
+    """Whether a text names a cancer as current: not when every cancer it names comes right after a past cue
+    ("history of", "h/o", "prior", "previous") and nothing says it is treated now ("now", "maintenance", "relapsed"):
+    a daily methotrexate for "psoriasis (history of breast cancer)" had been read as chemotherapy, its daily-dosing
+    alert silent. A cue further off is no past ("previously untreated DLBCL", "maintenance after prior induction for
+    ALL", "conditioning prior to HSCT for AML" are cancers treated now)."""
+    cancers = set(match_conditions(kb, text)) & kb.oncologic_conditions
+    if not cancers:
+        return False
+    full = clean_text(text, fold=False)
+    if _TREATED_NOW.search(full):
+        return True
+    starts, end = [], -1       # each mention's start, overlapping matches as one ("breast cancer" and its "cancer")
+    for a, b in sorted((m.start(), m.end()) for cid in cancers for m in kb.conditions[cid].finditer(full)):
+        if a > end:
+            starts.append(a)
+        end = max(end, b)
+    return any(not _PAST_CANCER.search(full[:a]) for a in starts)
 
 
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:
@@ -299,16 +321,13 @@ _CLAUSE = re.compile(r"[,;.:]|\bbut\b", re.IGNORECASE)
 _SEPARATORS = re.compile(r"[\s,;:\-\u2013()]*")     # between a condition's words and a cue after them
 
 
-def read_conditions(kb: KnowledgeBase, text: str, past_for_all: bool = False
-                    ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+def read_conditions(kb: KnowledgeBase, text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """The conditions a text gives the patient, and those it names but sets aside, each with the cue that
     does ("SLE ruled out": sle, "ruled out"). conditions.yaml ``not_a_diagnosis`` (NegEx's scheme, Chapman
     2001): a cue counts before the condition's words in the same clause, or right after them (past
     separators, a year and test words). An absence sets the condition aside; a suspicion too, unless a
     suspicion is enough for it (``suspicion_counts``: "suspected sepsis" is sepsis for the emergency gate); a
-    past mention, for an acute condition ("history of sepsis", "sepsis 2019, resolved"), or, with
-    ``past_for_all``, a cue before any condition ("history of ALL": what a drug treats now, :func:`oncologic_use`;
-    a cue after, "ALL, treated", may be the current treatment). Pseudo-cues ("no
+    past mention, for an acute condition ("history of sepsis", "sepsis 2019, resolved"). Pseudo-cues ("no
     longer", "gram-negative") are masked first, and suspicion phrases before absences are looked for
     ("cannot rule out sepsis" is a suspicion). Remembered per text, at most 4,096 of them."""
     def search() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -325,8 +344,7 @@ def read_conditions(kb: KnowledgeBase, text: str, past_for_all: bool = False
                 doubt = cue["uncertain_before"].search(before) or doubt_after
                 absent = (cue["absent_before"].search(_masked(cue["uncertain_before"], before))
                           or (None if doubt_after else cue["absent_after"].match(full, after)))
-                past = (cue["past_before"].search(before) if past_for_all else
-                        (cue["past_before"].search(before) or cue["past_after"].match(full, after))
+                past = ((cue["past_before"].search(before) or cue["past_after"].match(full, after))
                         if cid in kb.acute_conditions else None)
                 reason = absent or past or (doubt if cid not in kb.suspicion_counts else None)
                 if reason is None:
@@ -337,8 +355,7 @@ def read_conditions(kb: KnowledgeBase, text: str, past_for_all: bool = False
                 if reasons:
                     aside.append((cid, reasons[0]))
         return tuple(found), tuple(aside)
-    return _remembered(kb.derived.setdefault("condition_matches_past" if past_for_all else "condition_matches", {}),
-                       text, search)
+    return _remembered(kb.derived.setdefault("condition_matches", {}), text, search)
 
 
 def _masked(pattern: re.Pattern[str], text: str) -> str:

@@ -577,3 +577,14 @@ def test_clozapine_with_the_conditions_not_had_is_no_all_clear(engine):
     assert check(engine, CLOZ, a).priority == "info"
     [c] = engine.check_orders([CLOZ], a, unhad=frozenset({"conditions"}))
     assert c.priority == "warning" and "conditions could not be had" in c.summary and len(c.summary) <= 140
+
+
+def test_a_past_cancer_on_record_makes_no_order_chemotherapy(engine):
+    """Red-team round 22: with "History of breast cancer" on the problem list, a methotrexate 10 mg daily order (no
+    indication) had no daily-dosing card, as if it were chemotherapy; the patient's own assessment had it."""
+    past = engine.assess(base_case(history={"conditions": ["History of breast cancer", "rheumatoid arthritis"]}))
+    now = engine.assess(base_case(history={"conditions": ["breast cancer, on chemotherapy"]}))
+    assert past.cancer_current is False and now.cancer_current is True and "cancer" in past.conditions
+    daily = OrderInput(key="o", name="methotrexate", dose="10 mg daily")
+    assert "dosing_frequency" in {c.topic for c in engine.check_orders([daily], past)}
+    assert "dosing_frequency" not in {c.topic for c in engine.check_orders([daily], now)}

@@ -562,6 +562,9 @@ def test_a_drugs_own_indication_decides_even_when_the_vocabulary_does_not_name_i
     ("Crohn's disease (history of ALL in childhood)", False),   # the Crohn's is treated, the ALL is past
     ("Crohn's disease; h/o acute lymphoblastic leukaemia", False),
     ("ALL", True), ("relapsed ALL", True),                      # a cancer named as current is what is treated
+    # a past cue further off, or the treatment now, keeps it current (round 22: these had been read as no cancer)
+    ("previously treated ALL", True), ("previously untreated DLBCL", True), ("history of ALL, now maintenance", True),
+    ("conditioning prior to HSCT for AML", True), ("maintenance after prior induction for ALL", True),
     ("ALL, treated per UKALL 2011; Crohn's disease", True),      # "treated" after it may be the treatment now
     ("ALL maintenance; Crohn's disease", True),                 # both current: the cancer counts
     ("history of ALL", False),                                  # a past cancer is no indication (round 20)
