@@ -354,10 +354,14 @@ def test_genotype_results_that_could_not_be_had_are_not_called_untested(client):
     assert "status unknown: genotype before dosing" in card["summary"]
 
 
-def test_a_clozapine_order_with_the_conditions_not_had_says_so(client):
-    """Red-team round 21: the `conditions` key left out: a clozapine order had been "may proceed", information."""
+@pytest.mark.parametrize("conditions", ["missing", "text", "empty object", "a list"])
+def test_a_clozapine_order_with_the_conditions_not_had_says_so(client, conditions):
+    """Red-team rounds 21 and 22: the `conditions` key left out, or sent as text, {} or a list: a clozapine order had
+    been "may proceed", information."""
     pre = prefetch(CBC_NORMAL)
     del pre["conditions"]
+    if conditions != "missing":
+        pre["conditions"] = {"text": "see chart", "empty object": {}, "a list": [1]}[conditions]
     clozapine = {**thiopurine_order(oid="draft-cloz"), "medicationCodeableConcept": {"text": "clozapine 25 mg tablet"}}
     cards = cards_of(client.post("/cds-services/leukodx-order-sign",
                                  json=request("order-sign", pre, draftOrders=draft_bundle(clozapine))))

@@ -69,6 +69,9 @@ async def gather(hook: HookRequest, settings: Settings,
             # dropped in silence, an ANC of 0.3 inside with it)
             cannot(key, f"it is {str(kind)[:40]!r}, not a Bundle of {searched}")
             continue
+        if searched and value is not ... and kind is None:
+            unhad.add(key)      # text, a number, a list, {}: the mapping names it; what it holds was not had (a
+            #                     clozapine order beside conditions sent as text had been "may proceed")
         needs_fetch = value is ... or kind == "OperationOutcome"
         links = value.get("link") if isinstance(value, dict) and value.get("resourceType") == "Bundle" else None
         paged = isinstance(links, list) and any(l.get("relation") == "next" for l in links if isinstance(l, dict))
