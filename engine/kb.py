@@ -188,7 +188,7 @@ def _load(root: Path, version: str, check_prose: bool = True) -> KnowledgeBase:
         conditions=conditions, transplant_organs=organs,
         negation={k: patterns(negation.get(k, []), f"not_a_diagnosis.{k}", problems)
                   for k in ("absent_before", "absent_after", "uncertain_before", "uncertain_after", "past_before",
-                            "past_after", "pseudo")},
+                            "past_after", "current_before", "pseudo")},
         suspicion_counts=frozenset(negation.get("suspicion_counts", [])),
         acute_conditions=frozenset(negation.get("acute", [])),
         episode_conditions=frozenset(negation.get("episodes", [])),

@@ -344,8 +344,9 @@ def read_conditions(kb: KnowledgeBase, text: str) -> tuple[tuple[str, ...], tupl
                 doubt = cue["uncertain_before"].search(before) or doubt_after
                 absent = (cue["absent_before"].search(_masked(cue["uncertain_before"], before))
                           or (None if doubt_after else cue["absent_after"].match(full, after)))
-                past = ((cue["past_before"].search(before) or cue["past_after"].match(full, after))
-                        if cid in kb.acute_conditions else None)
+                now = list(cue["current_before"].finditer(before))     # "previous C-section, current pregnancy"
+                past = ((cue["past_before"].search(before[now[-1].end():] if now else before)
+                         or cue["past_after"].match(full, after)) if cid in kb.acute_conditions else None)
                 reason = absent or past or (doubt if cid not in kb.suspicion_counts else None)
                 if reason is None:
                     found.append(cid)

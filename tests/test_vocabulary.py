@@ -598,6 +598,9 @@ def test_a_past_pregnancy_in_the_history_is_not_a_current_one(engine):
     now = engine.assess(base_case(labs=labs, history={"conditions": ["pregnancy, 30 weeks gestation"]}))
     assert "pregnancy" not in past.conditions and "anemia" in {f.id for f in past.findings}
     assert "pregnancy" in now.conditions and "anemia" not in {f.id for f in now.findings}
+    for current in ("Previous caesarean section with current pregnancy at 30 weeks",      # round 22: read as past
+                    "Prior preterm birth - current pregnancy 24 weeks"):
+        assert "pregnancy" in read_conditions(engine.kb, current)[0], current
 
 
 @pytest.mark.parametrize("text, read", [("suspected clozapine-induced agranulocytosis", True),
