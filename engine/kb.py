@@ -65,6 +65,7 @@ class KnowledgeBase:
     duffy_ancestry_sources: list[str]
     duffy_null_note: str
     oncologic_conditions: frozenset[str]
+    cancer_as_past: dict[str, re.Pattern[str]]   # conditions.yaml cancer_as_past: its cues
     condition_codes: dict[str, dict[str, str]]   # conditions.yaml codes: system -> {code, or prefix ending in *: id}
     condition_codes_sources: list[str]
     not_neoplasm_codes: dict[str, dict[str, str]]   # conditions.yaml not_neoplasm_codes, as condition_codes' tables
@@ -199,6 +200,8 @@ def _load(root: Path, version: str, check_prose: bool = True) -> KnowledgeBase:
         duffy_ancestry=patterns(duffy.get("patterns", []), "duffy_prevalent_ancestry", problems),
         duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),
         oncologic_conditions=frozenset(vocab.get("oncologic", [])),
+        cancer_as_past={k: patterns(vocab.get("cancer_as_past", {}).get(k, []), f"cancer_as_past.{k}", problems)
+                        for k in ("past_right_before", "treated_now")},
         condition_codes=_condition_codes(vocab.get("codes", {})),
         condition_codes_sources=list(vocab.get("codes", {}).get("sources", [])),
         not_neoplasm_codes=_condition_codes({

@@ -286,29 +286,25 @@ def oncologic_use(kb: KnowledgeBase, indication: Optional[str], cancer_among_con
     return cancer_among_conditions
 
 
-_PAST_CANCER = re.compile(r"(?:\bhistory of|\bh/o|\bhx(?: of)?|\bprior|\bprevious|\bpast|\bremote|\bold)[\s:]*$", re.I)
-_TREATED_NOW = re.compile(r"\b(?:now|current(?:ly)?|maintenance|active|relaps\w*|recurren\w*|refractory|induction|"
-                          r"consolidation|conditioning|on (?:treatment|therapy|chemo\w*))\b", re.I)
-
-
 def current_cancer(kb: KnowledgeBase, text: str) -> bool:
     """Whether a text names a cancer as current: not when every cancer it names comes right after a past cue
-    ("history of", "h/o", "prior", "previous") and nothing says it is treated now ("now", "maintenance", "relapsed"):
+    ("history of", "h/o", "prior", "previous") and nothing says it is treated now ("now", "maintenance", "relapsed";
+    conditions.yaml ``cancer_as_past``):
     a daily methotrexate for "psoriasis (history of breast cancer)" had been read as chemotherapy, its daily-dosing
     alert silent. A cue further off is no past ("previously untreated DLBCL", "maintenance after prior induction for
     ALL", "conditioning prior to HSCT for AML" are cancers treated now)."""
     cancers = set(match_conditions(kb, text)) & kb.oncologic_conditions
     if not cancers:
         return False
-    full = clean_text(text, fold=False)
-    if _TREATED_NOW.search(full):
+    full, cue = clean_text(text, fold=False), kb.cancer_as_past
+    if cue["treated_now"].search(full):
         return True
     starts, end = [], -1       # each mention's start, overlapping matches as one ("breast cancer" and its "cancer")
     for a, b in sorted((m.start(), m.end()) for cid in cancers for m in kb.conditions[cid].finditer(full)):
         if a > end:
             starts.append(a)
         end = max(end, b)
-    return any(not _PAST_CANCER.search(full[:a]) for a in starts)
+    return any(not cue["past_right_before"].search(full[:a]) for a in starts)
 
 
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:
