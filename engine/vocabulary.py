@@ -297,14 +297,16 @@ def current_cancer(kb: KnowledgeBase, text: str) -> bool:
     if not cancers:
         return False
     full, cue = clean_text(text, fold=False), kb.cancer_as_past
-    if cue["treated_now"].search(full):
+    if any(not cue["not_now_before"].search(full[:m.start()]) for m in cue["treated_now"].finditer(full)):
         return True
-    starts, end = [], -1       # each mention's start, overlapping matches as one ("breast cancer" and its "cancer")
+    mentions: list[list[int]] = []    # overlapping or touching matches as one ("Hodgkin lymphoma", "breast cancer")
     for a, b in sorted((m.start(), m.end()) for cid in cancers for m in kb.conditions[cid].finditer(full)):
-        if a > end:
-            starts.append(a)
-        end = max(end, b)
-    return any(not cue["past_right_before"].search(full[:a]) for a in starts)
+        if mentions and a <= mentions[-1][1] + 1:
+            mentions[-1][1] = max(mentions[-1][1], b)
+        else:
+            mentions.append([a, b])
+    return any(not cue["past_right_before"].search(full[:a]) and not cue["past_right_after"].match(full[b:])
+               for a, b in mentions)
 
 
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:

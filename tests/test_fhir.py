@@ -476,7 +476,8 @@ def test_conditions_active_ones_once():
                                                                      "code": "38341003",
                                                                      "display": "Hypertension"}]}})
     case, warnings = bundle_to_case(data)
-    assert case["history"] == {"conditions": ["Crohn's disease", "Rheumatoid arthritis", "Hypertension"]}
+    # in remission: kept, as past (a chronic condition is still read from it; a cancer is no longer treated now)
+    assert case["history"] == {"conditions": ["Crohn's disease", "history of Rheumatoid arthritis", "Hypertension"]}
     assert has(warnings, "1 condition began after 2025-03-10")
 
 
@@ -1130,3 +1131,5 @@ def test_old_encounter_diagnoses_and_pregnancies_are_not_current():
     for status in ("recurrence", "relapse"):      # happening now, whatever its first onset (round 21)
         assert "sepsis" in read(condition("Sepsis", "2019-01-10", clinicalStatus={"coding": [{"code": status}]}))
     assert "sepsis" not in read(condition("Sepsis", "2019-01-10", **active))
+    remission = {"clinicalStatus": {"coding": [{"code": "remission"}]}}     # a child of inactive (round 23)
+    assert "sepsis" not in read(condition("Sepsis", "2026-05-30", **remission))

@@ -565,6 +565,12 @@ def test_a_drugs_own_indication_decides_even_when_the_vocabulary_does_not_name_i
     # a past cue further off, or the treatment now, keeps it current (round 22: these had been read as no cancer)
     ("previously treated ALL", True), ("previously untreated DLBCL", True), ("history of ALL, now maintenance", True),
     ("conditioning prior to HSCT for AML", True), ("maintenance after prior induction for ALL", True),
+    # round 23: a treatment word negated, or words between the cue and the name, had made past cancers current
+    ("History of colon cancer, no current treatment", False), ("h/o breast cancer, no evidence of recurrence", False),
+    ("ALL - completed maintenance 2015", False), ("History of Hodgkin lymphoma", False),
+    ("History of stage I breast cancer", False), ("prior B-ALL", False), ("breast cancer survivor", False),
+    ("s/p mastectomy for breast cancer", False), ("History of myeloma, on lenalidomide", True),
+    ("history of ALL, receiving 6-MP", True), ("previous breast cancer, now metastatic", True),
     ("ALL, treated per UKALL 2011; Crohn's disease", True),      # "treated" after it may be the treatment now
     ("ALL maintenance; Crohn's disease", True),                 # both current: the cancer counts
     ("history of ALL", False),                                  # a past cancer is no indication (round 20)

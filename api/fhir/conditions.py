@@ -109,6 +109,10 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
             return None
         text = named.replace("_", " ")
         warnings.append(f"{item.label}: a Condition without text or display, read as {text!r} from its code.")
+    if "remission" in clinical:     # FHIR R4: a child of inactive; kept on record, but as past (a cancer in remission
+        # had made a daily methotrexate order chemotherapy, and a sepsis in remission was an active one)
+        warnings.append(f"{item.label}: clinical status remission: read as a past {text!r}.")
+        text = f"history of {text}"
     uncertain = sorted(verification & set(CONDITION_UNCERTAIN_VERIFICATION))
     if uncertain:   # read as a suspicion: the vocabulary sets it aside (a suspicion of sepsis still counts)
         warnings.append(f"{item.label}: verification status {', '.join(uncertain)}: read as suspected {text!r}.")
