@@ -460,6 +460,7 @@ def test_a_fever_is_read_only_where_the_text_says_the_patient_has_one(kb, text, 
     ("malignant melanoma", True), ("brain tumour", True), ("gestational trophoblastic neoplasia", True),
     ("molar pregnancy", True), ("mycosis fungoides", True), ("Sézary syndrome", True),
     ("Langerhans cell histiocytosis", True), ("Ca breast", True), ("maintenance chemotherapy", True),
+    ("Total gastrectomy for gastric Ca 2024", True), ("breast ca", True), ("breast ca 2.3", False),   # round 23
 ])
 def test_cancer_is_read_where_there_is_one(kb, text, cancer):
     """A cancer among the conditions makes methotrexate chemotherapy (no daily-dosing alert): "malignant
