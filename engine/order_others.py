@@ -130,10 +130,12 @@ def label_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: A
 def no_count_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a: Optional[Assessment]
                    ) -> Optional[OrderCheck]:
     """A drug whose label limits the counts it is given at, or a DMARD, ordered with no current blood count (none on
-    file, or none that could be had): rules/orders.yaml ``no_count``, with the limits it could not check."""
+    file, or none that could be had) or none with an ANC: rules/orders.yaml ``no_count``, with the limits it could not
+    check."""
     spec, dmard = kb.orders.get("no_count"), kb.orders.get("dmard")
-    if not spec or (a is not None and a.cbc.current):
+    if not spec or (a is not None and a.cbc.current and a.risk_tier.anc is not None):
         return None
+    what = "a current neutrophil count" if a is not None and a.cbc.current else "a current blood count"
     labels = [r for r in kb.rules if r.id.startswith(f"labels.{drug['id']}_")]
     classes = {*drug.get("classes", []), drug.get("non_oncologic_class")}
     cancer = a is not None and a.cancer_current
@@ -145,7 +147,7 @@ def no_count_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a
     name = drug["name"]
     lead = spec["label"].format(drug=name) if labels else " ".join(spec["dmard"].split())
     return OrderCheck(order=order.key, drug=drug["id"], drug_name=name, topic="drug_label" if labels else
-                      "dmard_monitoring", priority=spec["priority"], summary=spec["summary"].format(drug=name.capitalize()),
+                      "dmard_monitoring", priority=spec["priority"], summary=spec["summary"].format(drug=name.capitalize(), what=what),
                       detail=" ".join([lead, *(" ".join(r.statement.split()) for r in rules)]),
                       sources=list(dict.fromkeys(src for r in rules for src in r.sources)))
 

@@ -147,11 +147,12 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             out += [other] if other is not None else []      # azathioprine beside mercaptopurine: one thiopurine twice
         elif drug["id"] == "clozapine":
             out.append(clozapine_check(kb, order, drug, assessment, "conditions" in unhad))
-        else:       # no current count: what could not be checked, instead of the label's and the protocol's checks
-            uncounted = no_count_check(kb, order, drug, assessment)
-            checks = (uncounted,) if uncounted else (label_check(kb, order, drug, assessment),
-                                                     withhold_check(kb, order, drug, assessment)) if assessment else ()
-            out += [c for c in (*checks, interactions_check(kb, order, drug, assessment) if assessment else None) if c]
+        else:       # the label's and the protocol's checks; with neither and no count to check, what could not be
+            checks = [c for c in (label_check(kb, order, drug, assessment), withhold_check(kb, order, drug, assessment))
+                      if c] if assessment else []
+            uncounted = None if checks else no_count_check(kb, order, drug, assessment)
+            out += [c for c in (*checks, uncounted, interactions_check(kb, order, drug, assessment) if assessment
+                                else None) if c]
         daily = daily_instead_of_weekly(kb, order, drug, bool(oncologic))
         if daily is not None:
             out.append(daily)

@@ -562,6 +562,12 @@ def test_a_drug_with_count_limits_ordered_without_a_current_count_is_asked_for_o
     for assessment in (None, engine.assess(base_case(labs=[lab("wbc", 5.0, time="2020-01-01T08:00:00Z")]))):
         c = check(engine, order, assessment)
         assert (c.topic, c.priority) == (topic, "warning") and "without a current blood count" in c.summary
+    wbc_only = engine.assess(base_case(labs=[lab("wbc", 5.0)]))     # round 22: a WBC alone had given no card
+    assert "without a current neutrophil count" in check(engine, order, wbc_only).summary
+    if topic == "dmard_monitoring":      # a WBC the protocol withholds at says so itself, not "no neutrophil count"
+        low = engine.assess(base_case(labs=[lab("wbc", 1.2)], medications=[   # the order counted as taken, as CDS does
+            {"name": name, "start": base_case()["as_of"][:10], "indication": "rheumatoid arthritis"}]))
+        assert "withholds" in check(engine, order, low).summary
     current = engine.assess(base_case(labs=[lab("wbc", 6.0), lab("anc", 4.0), lab("hemoglobin", 13.0, "g/dL"),
                                             lab("platelets", 250)]))
     assert engine.check_orders([order], current) == []            # a normal current count: nothing to say
