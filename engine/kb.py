@@ -201,7 +201,8 @@ def _load(root: Path, version: str, check_prose: bool = True) -> KnowledgeBase:
         duffy_ancestry_sources=duffy.get("sources", []), duffy_null_note=" ".join(str(duffy.get("note", "")).split()),
         oncologic_conditions=frozenset(vocab.get("oncologic", [])),
         cancer_as_past={k: patterns(vocab.get("cancer_as_past", {}).get(k, []), f"cancer_as_past.{k}", problems)
-                        for k in ("past_right_before", "past_right_after", "treated_now", "not_now_before")},
+                        for k in ("past_right_before", "past_right_after", "treated_now", "not_now_before",
+                                  "chemotherapy_reason")},
         condition_codes=_condition_codes(vocab.get("codes", {})),
         condition_codes_sources=list(vocab.get("codes", {}).get("sources", [])),
         not_neoplasm_codes=_condition_codes({

@@ -103,12 +103,17 @@ def daily_instead_of_weekly(kb: KnowledgeBase, order: OrderInput, drug: dict[str
     alert_id = drug.get("weekly_when_non_oncologic")
     if not alert_id or not taken_more_often_than(order.dose, kb.value("weekly_drug_max_takes_a_week")):
         return None
-    if oncologic_use(kb, order.indication, oncologic):
-        return None
     alert = kb.alerts[alert_id]
+    summary, priority = f"{alert.title}: verify the frequency before signing", alert.severity or "critical"
+    if oncologic_use(kb, order.indication, oncologic):
+        if order.indication and order.indication.strip():
+            return None
+        # no indication of its own, a cancer on record: a question, not silence (a daily methotrexate for a patient
+        # with rheumatoid arthritis and a basal cell carcinoma had had no card)
+        summary, priority = (f"{drug['name'].capitalize()} ordered daily with no indication beside a cancer on record: "
+                             f"confirm it is the cancer's regimen, not a weekly dose"), "warning"
     return OrderCheck(order=order.key, drug=drug["id"], drug_name=drug["name"], topic="dosing_frequency",
-                      priority=alert.severity or "critical", cancel="possible",
-                      summary=f"{alert.title}: verify the frequency before signing", detail=alert.description,
+                      priority=priority, cancel="possible", summary=summary, detail=alert.description,
                       sources=list(alert.sources))
 
 
@@ -139,8 +144,8 @@ def no_count_check(kb: KnowledgeBase, order: OrderInput, drug: dict[str, Any], a
     labels = [r for r in kb.rules if r.id.startswith(f"labels.{drug['id']}_")]
     classes = {*drug.get("classes", []), drug.get("non_oncologic_class")}
     cancer = a is not None and a.cancer_current
-    protocol = dmard and (classes & set(dmard["classes"]) or drug["id"] in dmard["drugs"]) and \
-        not oncologic_use(kb, order.indication, cancer)        # rheumatology's protocol, not an oncologist's
+    protocol = dmard and (classes & set(dmard["classes"]) or drug["id"] in dmard["drugs"]) and not (
+        drug.get("oncologic_class") and oncologic_use(kb, order.indication, cancer))   # not as chemotherapy
     rules = labels or ([kb.rule(dmard["rule"])] if protocol else [])
     if not rules:
         return None

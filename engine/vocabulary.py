@@ -294,9 +294,9 @@ def current_cancer(kb: KnowledgeBase, text: str) -> bool:
     alert silent. A cue further off is no past ("previously untreated DLBCL", "maintenance after prior induction for
     ALL", "conditioning prior to HSCT for AML" are cancers treated now)."""
     cancers = set(match_conditions(kb, text)) & kb.oncologic_conditions
-    if not cancers:
-        return False
     full, cue = clean_text(text, fold=False), kb.cancer_as_past
+    if not cancers:
+        return bool(cue["chemotherapy_reason"].search(full))      # "Encounter for antineoplastic chemotherapy"
     if any(not cue["not_now_before"].search(full[:m.start()]) for m in cue["treated_now"].finditer(full)):
         return True
     mentions: list[list[int]] = []    # overlapping or touching matches as one ("Hodgkin lymphoma", "breast cancer")

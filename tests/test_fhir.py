@@ -1133,3 +1133,6 @@ def test_old_encounter_diagnoses_and_pregnancies_are_not_current():
     assert "sepsis" not in read(condition("Sepsis", "2019-01-10", **active))
     remission = {"clinicalStatus": {"coding": [{"code": "remission"}]}}     # a child of inactive (round 23)
     assert "sepsis" not in read(condition("Sepsis", "2026-05-30", **remission))
+    leukaemia = condition("Acute lymphoblastic leukemia", "2025-01-10", **remission)    # maintenance is given then
+    case, _ = bundle_to_case({"resourceType": "Bundle", "entry": [{"resource": r} for r in (wbc, leukaemia)]}, kb=kb)
+    assert assess(case).cancer_current is True

@@ -592,5 +592,21 @@ def test_a_past_cancer_on_record_makes_no_order_chemotherapy(engine):
     now = engine.assess(base_case(history={"conditions": ["breast cancer, on chemotherapy"]}))
     assert past.cancer_current is False and now.cancer_current is True and "cancer" in past.conditions
     daily = OrderInput(key="o", name="methotrexate", dose="10 mg daily")
-    assert "dosing_frequency" in {c.topic for c in engine.check_orders([daily], past)}
-    assert "dosing_frequency" not in {c.topic for c in engine.check_orders([daily], now)}
+    assert {c.topic: c.priority for c in engine.check_orders([daily], past)}["dosing_frequency"] == "critical"
+    # a current cancer and no indication: a question (round 24), not the hard stop
+    assert {c.topic: c.priority for c in engine.check_orders([daily], now)}["dosing_frequency"] == "warning"
+
+
+def test_a_daily_methotrexate_order_beside_a_cancer_on_record_is_a_question_not_silence(engine):
+    """Red-team round 24: methotrexate 10 mg daily with no indication for a patient with rheumatoid arthritis and a
+    basal cell carcinoma had no card (any current cancer lifted ISMP's hard stop); a warning now asks. Its own cancer
+    indication still lifts it; sulfasalazine (never chemotherapy) ordered with no count is still asked for one."""
+    a = engine.assess(base_case(history={"conditions": ["rheumatoid arthritis", "basal cell carcinoma"]}))
+    [c] = [c for c in engine.check_orders([OrderInput(key="o", name="methotrexate", dose="10 mg daily")], a)
+           if c.topic == "dosing_frequency"]
+    assert c.priority == "warning" and "confirm it is the cancer's regimen" in c.summary and len(c.summary) <= 140
+    own = OrderInput(key="o", name="methotrexate", dose="10 mg daily", indication="gestational trophoblastic neoplasia")
+    assert "dosing_frequency" not in {c.topic for c in engine.check_orders([own], a)}
+    old = engine.assess(base_case(labs=[lab("wbc", 5.0, time="2020-01-01T08:00:00Z")],
+                                  history={"conditions": ["rheumatoid arthritis", "basal cell carcinoma"]}))
+    assert [c.topic for c in engine.check_orders([OrderInput(key="o", name="sulfasalazine")], old)] == ["dmard_monitoring"]

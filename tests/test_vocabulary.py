@@ -572,6 +572,9 @@ def test_a_drugs_own_indication_decides_even_when_the_vocabulary_does_not_name_i
     ("History of stage I breast cancer", False), ("prior B-ALL", False), ("breast cancer survivor", False),
     ("s/p mastectomy for breast cancer", False), ("History of myeloma, on lenalidomide", True),
     ("history of ALL, receiving 6-MP", True), ("previous breast cancer, now metastatic", True),
+    # round 24: a past episode in a cancer is no past cancer; a reason naming chemotherapy is a cancer's
+    ("history of neutropenic fever in ALL", True), ("Encounter for antineoplastic chemotherapy", True),
+    ("maintenance chemo", True),
     ("ALL, treated per UKALL 2011; Crohn's disease", True),      # "treated" after it may be the treatment now
     ("ALL maintenance; Crohn's disease", True),                 # both current: the cancer counts
     ("history of ALL", False),                                  # a past cancer is no indication (round 20)

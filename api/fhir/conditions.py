@@ -109,8 +109,10 @@ def _condition(item: Item, ref: Optional[date], warnings: list[str], kb: Optiona
             return None
         text = named.replace("_", " ")
         warnings.append(f"{item.label}: a Condition without text or display, read as {text!r} from its code.")
-    if "remission" in clinical:     # FHIR R4: a child of inactive; kept on record, but as past (a cancer in remission
-        # had made a daily methotrexate order chemotherapy, and a sepsis in remission was an active one)
+    if "remission" in clinical and not (kb and any(kb.conditions[c].search(text) for c in kb.oncologic_conditions
+                                                    if c in kb.conditions)):
+        # FHIR R4: a child of inactive, read as past (a sepsis in remission had been an active one); not a cancer, whose
+        # remission is when its maintenance is given (an ALL in remission had made mercaptopurine "non-malignant")
         warnings.append(f"{item.label}: clinical status remission: read as a past {text!r}.")
         text = f"history of {text}"
     uncertain = sorted(verification & set(CONDITION_UNCERTAIN_VERIFICATION))
