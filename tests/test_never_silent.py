@@ -816,6 +816,15 @@ def test_a_neonates_anc_below_the_neonatal_limit_is_never_silent(client):
     assert all("neonate" not in s for _, s in card(62, 1.6))
 
 
+def test_a_call_without_a_patient_resource_says_the_age_is_unknown(client):
+    """Red-team round 19: with `patient` null the card applied adult limits and said nothing (a neonate's ANC of 1.2
+    is judged by the adult tiers)."""
+    pre = prefetch([obs("6690-2", 9.0, "10*9/L"), obs("751-8", 1.2, "10*9/L")])
+    pre["patient"] = None
+    [card] = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", pre)))
+    assert "No Patient resource was sent" in card["detail"]
+
+
 def test_an_infants_partial_birth_date_is_read_as_the_youngest_age_it_allows(client):
     """Red-team round 19: a newborn's birthDate sent as the month alone was read as its first day (up to 33 days old)
     and the neonatal limit was skipped with nothing said; an infant's partial date now gives the youngest age it

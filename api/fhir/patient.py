@@ -149,6 +149,9 @@ def demographics(choice: PatientChoice, weights: list[Weight], ref: Optional[dat
     weight = latest_weight(weights, ref)
     if choice.caution and cautions is not None:
         cautions.append(choice.caution)
+    elif choice.item is None and cautions is not None:   # said on the card: a child's or a neonate's limits need the age
+        cautions.append("No Patient resource was sent: the age and sex are unknown, and no age- or sex-specific limit "
+                        "was applied.")
     if choice.item is not None:
         res, where = choice.item.resource, choice.item.label
         gender = as_str(res.get("gender"))
