@@ -137,7 +137,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             # breast cancer is no cancer treatment: CPIC's alternative drug, not its reduced dose), as for a drug
             # taken; else the patient's conditions; with neither, not known
             known = bool(order.indication and order.indication.strip()) or bool(assessment and assessment.conditions)
-            malignant = oncologic_use(kb, order.indication, bool(oncologic)) if known else None
+            malignant = oncologic_use(kb, order.indication, oncologic) if known else None
             check = _thiopurine(kb, order, drug, t, n, malignant, unhad)
             interacting = _with_interactions(kb, check, drug, assessment, order)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
@@ -153,7 +153,7 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             uncounted = None if checks else no_count_check(kb, order, drug, assessment)
             out += [c for c in (*checks, uncounted, interactions_check(kb, order, drug, assessment) if assessment
                                 else None) if c]
-        daily = daily_instead_of_weekly(kb, order, drug, bool(oncologic))
+        daily = daily_instead_of_weekly(kb, order, drug, oncologic)
         if daily is not None:
             out.append(daily)
     return out

@@ -293,20 +293,22 @@ def current_cancer(kb: KnowledgeBase, text: str) -> bool:
     a daily methotrexate for "psoriasis (history of breast cancer)" had been read as chemotherapy, its daily-dosing
     alert silent. A cue further off is no past ("previously untreated DLBCL", "maintenance after prior induction for
     ALL", "conditioning prior to HSCT for AML" are cancers treated now)."""
-    cancers = set(match_conditions(kb, text)) & kb.oncologic_conditions
-    full, cue = clean_text(text, fold=False), kb.cancer_as_past
-    if not cancers:
-        return bool(cue["chemotherapy_reason"].search(full))      # "Encounter for antineoplastic chemotherapy"
-    if any(not cue["not_now_before"].search(full[:m.start()]) for m in cue["treated_now"].finditer(full)):
-        return True
-    mentions: list[list[int]] = []    # overlapping or touching matches as one ("Hodgkin lymphoma", "breast cancer")
-    for a, b in sorted((m.start(), m.end()) for cid in cancers for m in kb.conditions[cid].finditer(full)):
-        if mentions and a <= mentions[-1][1] + 1:
-            mentions[-1][1] = max(mentions[-1][1], b)
-        else:
-            mentions.append([a, b])
-    return any(not cue["past_right_before"].search(full[:a]) and not cue["past_right_after"].match(full[b:])
-               for a, b in mentions)
+    def read() -> bool:
+        cancers = set(match_conditions(kb, text)) & kb.oncologic_conditions
+        full, cue = clean_text(text, fold=False), kb.cancer_as_past
+        if not cancers:
+            return bool(cue["chemotherapy_reason"].search(full))      # "Encounter for antineoplastic chemotherapy"
+        if any(not cue["not_now_before"].search(full[:m.start()]) for m in cue["treated_now"].finditer(full)):
+            return True
+        mentions: list[list[int]] = []    # overlapping or touching matches as one ("Hodgkin lymphoma", "breast cancer")
+        for a, b in sorted((m.start(), m.end()) for cid in cancers for m in kb.conditions[cid].finditer(full)):
+            if mentions and a <= mentions[-1][1] + 1:
+                mentions[-1][1] = max(mentions[-1][1], b)
+            else:
+                mentions.append([a, b])
+        return any(not cue["past_right_before"].search(full[:a]) and not cue["past_right_after"].match(full[b:])
+                   for a, b in mentions)
+    return _remembered(kb.derived.setdefault("current_cancer", {}), text, read)   # problem lists repeat their texts
 
 
 def match_conditions(kb: KnowledgeBase, text: str) -> list[str]:

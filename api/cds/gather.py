@@ -11,7 +11,7 @@ from ..config import Settings
 from ..fhir import FetchError, fetch_queries, fill_template
 from .models import HookRequest
 
-__all__ = ["gather", "named", "medications_unknown", "REQUIRED_KEYS", "QUIET_KEYS", "MEDICATION_KEYS"]
+__all__ = ["gather", "named", "medications_unknown", "REQUIRED_KEYS", "QUIET_KEYS", "MEDICATION_KEYS", "ORDER_DATA"]
 
 # Without the lab Observations a patient's view has nothing to assess (412); an order is still checked (its drug, the
 # patient's genotype and other drugs: a TPMT poor metabolizer's azathioprine order had been met by a 412, no card),
@@ -21,6 +21,8 @@ ORDER_HOOKS = ("order-select", "order-sign")
 # Keys whose absence the assessment itself reports (no temperature or weight: its missing data says what they
 # would add), so a client that cannot fill them gets no extra note on every card.
 QUIET_KEYS = ("vitals",)
+# What the order check is told it could not have, by the prefetch key that brings it (engine check_orders ``unhad``).
+ORDER_DATA = {"pgx": "genotypes", "conditions": "conditions"}
 # The keys of the patient's drugs (medications_unknown says when the list is unknown).
 MEDICATION_KEYS = ("medicationRequests", "medicationStatements")
 # the prefetch key each resource of this call came from, by its position (named)
@@ -98,7 +100,7 @@ async def gather(hook: HookRequest, settings: Settings,
         except FetchError as e:
             # an OperationOutcome sent in its place: the EHR's own reason first (it had read "no fhirServer was given"
             # alone, as if nothing had been said)
-            said = _search_error({"resourceType": "Bundle", "entry": [{"resource": value}]}) if value is not ... else ""
+            said = _outcome_error(value) if value is not ... else ""
             cannot(key, f"the EHR reported: {said}; {e}" if said else str(e))
     if to_fetch:
         assert hook.fhirServer and hook.fhirAuthorization
@@ -119,18 +121,22 @@ async def gather(hook: HookRequest, settings: Settings,
 
 
 def _search_error(value: Any) -> str:
-    """The first error a search Bundle's OperationOutcome entry reports (FHIR search.mode "outcome", severity error or
-    fatal), as text; "" when it reports none. A MedicationRequest search whose only entry was such an error had been
-    read as an empty medication list."""
+    """The first error a search Bundle's OperationOutcome entry reports (FHIR search.mode "outcome"), as text; "" when
+    it reports none. A MedicationRequest search whose only entry was such an error had been read as an empty
+    medication list."""
     if not isinstance(value, dict) or value.get("resourceType") != "Bundle" or not isinstance(value.get("entry"), list):
         return ""
-    for entry in value["entry"]:
-        res = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(res, dict) and res.get("resourceType") == "OperationOutcome":
-            for issue in res.get("issue") if isinstance(res.get("issue"), list) else []:
-                if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
-                    said = issue.get("diagnostics") or issue.get("code") or "no detail"
-                    return str(said)[:120]
+    return next((said for entry in value["entry"] if isinstance(entry, dict)
+                 and (said := _outcome_error(entry.get("resource")))), "")
+
+
+def _outcome_error(res: Any) -> str:
+    """The first issue of severity error or fatal an OperationOutcome reports, as text ("" for anything else)."""
+    if not isinstance(res, dict) or res.get("resourceType") != "OperationOutcome":
+        return ""
+    for issue in res.get("issue") if isinstance(res.get("issue"), list) else []:
+        if isinstance(issue, dict) and issue.get("severity") in ("error", "fatal"):
+            return str(issue.get("diagnostics") or issue.get("code") or "no detail")[:120]
     return ""
 
 

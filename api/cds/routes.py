@@ -34,7 +34,7 @@ from ..tracing import traced
 from . import cards as C
 from . import signals
 from .auth import AuthError, JwtVerifier, verifier_from_settings
-from .gather import gather, medications_unknown, named
+from .gather import ORDER_DATA, gather, medications_unknown, named
 from .models import Card, CardsResponse, FeedbackRequest, HookRequest
 from .orders import draft_orders, order_cards, unmatched_selections
 from .prefetch import templates as _templates
@@ -236,9 +236,7 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         if cards and settings.report_link_minutes > 0:
             report = cards[0], to_json_pieces(assessment)
     cards += traced("leukodx.orders", order_cards)(eng, drafts, ordered, resources, hook, patient_id, weight,
-                                                   frozenset(kind for key, kind in (("pgx", "genotypes"),
-                                                                                    ("conditions", "conditions"))
-                                                             if key in unhad))
+                                                   frozenset(ORDER_DATA[k] for k in unhad if k in ORDER_DATA))
     unmatched = unmatched_selections(hook)
     if unmatched:
         cards.append(C.unmatched_selection_card(hook.hookInstance, unmatched, eng.kb.version))
