@@ -30,6 +30,12 @@ PRODUCT_TTYS = ("SCD", "SBD", "GPCK", "BPCK")
 # 0.8 takes one or two slips in a word of eight letters or more ("azathiprine" 0.96, "Imuren" 0.83)
 # and nothing for text that merely shares a few letters with a drug name ("xyzzy").
 SUGGEST_MIN_RATIO = 0.8
+# ... and only when it is a slip of the pen away: at most one letter added, dropped, changed or two swapped
+# (two in a name of SUGGEST_TWO_SLIPS_FROM letters or more). A ratio alone offered another real drug for a
+# drug leukodx does not know: "gemcitabine" for emtricitabine, "valganciclovir" for valaciclovir (a pair
+# confused in practice: Kaestli 2012, Swiss Med Wkly 142:w13639), "ganciclovir" for aciclovir, "Toradol" for
+# tramadol; typed names of those lengths that are two slips away are as likely to be another drug as a slip.
+SUGGEST_TWO_SLIPS_FROM = 13
 _SUGGEST_MIN_LETTERS = 4          # words shorter than this (mg, po, 50) are not compared on their own
 # Bounds on the comparison work one case can ask for (difflib over the vocabulary costs about 2 ms a word
 # run; 500 names of 30 words each held a worker's event loop for 37 s): the first words of a name (a drug's
@@ -263,7 +269,8 @@ class DrugIndex:
             for cand in (c for length in range(low, high + 1) for c in by_length.get(length, ())):
                 matcher.set_seq1(cand)
                 if (matcher.real_quick_ratio() >= SUGGEST_MIN_RATIO and matcher.quick_ratio() >= SUGGEST_MIN_RATIO
-                        and (r := matcher.ratio()) >= SUGGEST_MIN_RATIO):
+                        and (r := matcher.ratio()) >= SUGGEST_MIN_RATIO
+                        and _slips(unit, cand, 2 if len(unit) >= SUGGEST_TWO_SLIPS_FROM else 1)):
                     best[cand] = max(best.get(cand, (0.0, False)), (r, unit == key))
         ranked = sorted(best, key=lambda c: (-best[c][0], not best[c][1], len(c), c))
         out: list[str] = []
@@ -274,6 +281,25 @@ class DrugIndex:
             if len(out) == n:
                 break
         return out
+
+
+def _slips(a: str, b: str, most: int) -> bool:
+    """Whether ``a`` becomes ``b`` in at most ``most`` edits, each a letter added, dropped or changed, or two
+    neighbours swapped (the optimal string alignment distance)."""
+    if abs(len(a) - len(b)) > most:
+        return False
+    before: list[int] = []
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        new = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            new[j] = min(row[j] + 1, new[j - 1] + 1, row[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                new[j] = min(new[j], before[j - 2] + 1)
+        if min(new) > most:
+            return False
+        before, row = row, new
+    return row[-1] <= most
 
 
 def oncologic_use(kb: KnowledgeBase, indication: Optional[str], cancer_among_conditions: bool) -> bool:

@@ -1,8 +1,8 @@
 // leukodx clinician page: builds a case from the form (or takes a pasted/uploaded document), posts it to
 // the API and shows the Assessment. All judgement comes from the API; this page only presents it, plus
 // one convenience computed here: a drug name not in the API's list (GET /v1/drugs) is marked beside its
-// field as it is typed, with the closest known names (the same similarity, difflib's ratio >= 0.8, the
-// engine uses); after Assess, the server's own `unrecognised` list replaces these hints.
+// field as it is typed, with the closest known names (the same similarity the engine uses: difflib's
+// ratio >= 0.8 and one slip of the pen away, two in names of 13 letters or more); after Assess, the server's own `unrecognised` list replaces these hints.
 "use strict";
 
 const TESTS = {
@@ -59,6 +59,23 @@ function ratio(a, b) {
   return a.length + b.length ? (2 * matched(0, a.length, 0, b.length)) / (a.length + b.length) : 1;
 }
 
+// engine/vocabulary.py's _slips: whether a becomes b in at most `most` letters added, dropped, changed or
+// two neighbours swapped (a ratio alone offered another real drug: valganciclovir for valaciclovir).
+function slips(a, b, most) {
+  if (Math.abs(a.length - b.length) > most) return false;
+  let before = [], row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) {
+      next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] !== b[j - 1] ? 1 : 0));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) next[j] = Math.min(next[j], before[j - 2] + 1);
+    }
+    if (Math.min(...next) > most) return false;
+    before = row; row = next;
+  }
+  return row[b.length] <= most;
+}
+
 // As engine/vocabulary.py reads a name written as RxNorm writes a clinical or branded drug ("ingredient
 // strength [/ ingredient strength] dose form [brand]"): only its ingredient and brand parts are compared.
 const STRENGTH = /\b\d+(?:[.,]\d+)?\s*(?:mg|mcg|ug|µg|g|ml|unt|units?|meq|mmol|iu|%)(?:\s*\/\s*(?:ml|actuat|hr|h|g|mg|kg|l))?(?=\W|$)/giu;
@@ -99,7 +116,7 @@ function makeDrugIndex(names) {
         for (const cand of keys.keys()) {
           if (Math.abs(cand.length - u.length) > u.length * 0.5) continue;
           const r = ratio(u, cand);
-          if (r >= 0.8 && r > (best.get(cand) || 0)) best.set(cand, r);
+          if (r >= 0.8 && r > (best.get(cand) || 0) && slips(u, cand, u.length >= 13 ? 2 : 1)) best.set(cand, r);
         }
       }
       return [...best.entries()].sort((x, y) => y[1] - x[1]).slice(0, n).map(([c]) => keys.get(c));
