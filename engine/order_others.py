@@ -81,7 +81,9 @@ def not_known(order: OrderInput, tpmt: str, nudt15: str, a: Optional[Assessment]
         stakes.append("a leukopenia")
     if not stakes:
         return None
-    name = order.name[:80]
+    # by what the order gives: an unknown code with no name had ended the call in a TypeError, every card lost
+    name = (order.name or (f"RxNorm {order.rxnorm}" if order.rxnorm else f"ATC {order.atc}" if order.atc
+                           else "an unnamed drug"))[:80]
     high = "poor" in (tpmt, nudt15) or (tier is not None and tier.tier in ("severe", "profound"))
     return OrderCheck(order=order.key, drug="", drug_name=name, topic="unknown_drug",
                       priority="warning" if high else "info",

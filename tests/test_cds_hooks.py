@@ -320,6 +320,22 @@ def test_order_sign_thiopurine_for_a_poor_metabolizer_is_critical_with_actions(c
     assert update["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 15.0
 
 
+@pytest.mark.parametrize("hook", ["order-sign", "order-select"])
+def test_an_unknown_drug_ordered_with_no_name_keeps_every_card(client, hook):
+    """A draft naming its drug by an unknown RxNorm code alone, for a patient with an ANC of 0.3 (FHIR red-team
+    round 26): the order check had raised a TypeError, a 500 with every card lost, the critical one too."""
+    order = {"resourceType": "MedicationRequest", "id": "d1", "status": "draft", "intent": "order",
+             "subject": {"reference": f"Patient/{PATIENT}"},
+             "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                       "code": "999999"}]}}
+    extra = {"selections": ["MedicationRequest/d1"]} if hook == "order-select" else {}
+    cards = cards_of(client.post(f"/cds-services/leukodx-{hook}",
+                                 json=request(hook, prefetch(CBC_SEVERE), draftOrders=draft_bundle(order), **extra)))
+    assert [c["indicator"] for c in cards if c["source"]["topic"]["code"] != "unknown-drug"][:1] == ["critical"]
+    unknown = next(c for c in cards if c["source"]["topic"]["code"] == "unknown-drug")
+    assert unknown["summary"].startswith("'RxNorm 999999' is not a drug leukodx knows")
+
+
 @pytest.mark.parametrize("observations", ["missing", "operation-outcome"])
 def test_an_order_is_checked_when_the_counts_could_not_be_had(client, observations):
     """Red-team round 19: an order hook whose `observations` was left out or sent as an OperationOutcome (the spec's

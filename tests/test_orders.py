@@ -226,6 +226,20 @@ def test_a_drug_leukodx_does_not_know_is_named_when_something_is_at_stake(engine
     assert check(engine, imurel, leukopenia).priority == "info"
     assert engine.check_orders([imurel], None, "*1/*1", "*1/*1") == []
 
+
+
+@pytest.mark.parametrize("order,named", [(OrderInput(key="o", rxnorm="999999"), "'RxNorm 999999'"),
+                                         (OrderInput(key="o", atc="Z99ZZ99"), "'ATC Z99ZZ99'"),
+                                         (OrderInput(key="o"), "'an unnamed drug'")])
+def test_an_unknown_drug_with_no_name_is_named_by_its_code(engine, order, named):
+    """An unknown RxNorm or ATC code with no name (FHIR red-team round 26) had ended the order check in a TypeError:
+    a 500, the patient's critical card lost with it."""
+    severe = engine.assess(base_case(labs=[lab("wbc", 1.5), lab("anc", 0.4)]))
+    c = check(engine, order, severe)
+    assert (c.topic, c.priority) == ("unknown_drug", "warning")
+    assert c.summary == f"{named} is not a drug leukodx knows: not checked against a severe neutropenia"
+
+
 # ---- where CPIC's row is not shown (issue 14.2) ------------------------------------------------------
 
 AZA_ACTIVE = [{"name": "azathioprine", "start": "2025-01-01", "indication": "Crohn's disease"}]
