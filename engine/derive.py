@@ -353,7 +353,8 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         if comparator in ("<", "<=") and kb.value("profound_anc") <= anc < kb.value("neutropenia_anc"):  # or worse
             tier_at_least = tier
         worse = f"; the tier is {tier} or worse" if tier_at_least else ""
-        basis = f"ANC {round(anc, 2):g} x10^9/L {anc_text}{when}{worse}."
+        shown = f"{anc:.2g}" if 0 < anc < 0.01 else f"{round(anc, 2):g}"     # 0.003, not 0
+        basis = f"ANC {shown} x10^9/L {anc_text}{when}{worse}."
         if facts.get("anc_normal_for_age"):
             basis += (f" It is at or above the laboratory's lower limit for this infant ({infant_lln:g}): the 1.5 "
                       f"cut-off is for patients older than 1 year.")

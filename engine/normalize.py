@@ -145,17 +145,17 @@ def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem],
                                                       f"(it must lie between 0 and 100 percent)"))
             return None
         meant = [u for u in spec.get("suggest", []) if u != lab.unit and _plausible(value, u, spec)]
-        hint = f"; the unit was probably {meant[0]!r}" if meant else ""
-        if meant and normalized < low and spec.get("below_range_may_be_real"):
-            # Below the range of a count that can really be that low (labs.yaml): never suggest only the unit
-            # that would make it a higher count (ANC 3 /uL "probably 10^9/L" is a normal ANC).
-            hint = (f"; if it is {_fmt(value)} {lab.unit}, the count is below {_fmt(low)} {spec['unit']} (profound): "
-                    f"send value {_fmt(low)}, unit {spec['unit']!r}, comparator '<'; if the unit was {meant[0]!r}, send that "
-                    f"unit")
-        problems.append(Problem(f"{where}.value", f"{test} {_fmt(value)} {lab.unit} is not plausible "
-                                                  f"({_fmt(normalized)} {spec['unit']}; plausible range "
-                                                  f"{_fmt(low)}-{_fmt(high)} {spec['unit']}){hint}"))
-        return None
+        if normalized < low and spec.get("below_range_may_be_real"):
+            # a count that can be that low (labs.yaml), read as a 0 is: refused, an ANC of 3 /uL left the tier unknown
+            warnings.append(f"{where}: {test} {_fmt(value)} {lab.unit} ({_fmt(normalized)} {spec['unit']}) is below "
+                            f"{_fmt(low)} {spec['unit']}: read as the profound count it says" +
+                            (f"; if its unit was {meant[0]!r}, correct the unit" if meant else ""))
+        else:
+            problems.append(Problem(f"{where}.value", f"{test} {_fmt(value)} {lab.unit} is not plausible "
+                                                      f"({_fmt(normalized)} {spec['unit']}; plausible range "
+                                                      f"{_fmt(low)}-{_fmt(high)} {spec['unit']})" +
+                                                      (f"; the unit was probably {meant[0]!r}" if meant else "")))
+            return None
     lln = None
     if lab.lln is not None:
         if lab.lln < 0:

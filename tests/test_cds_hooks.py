@@ -121,6 +121,16 @@ def test_patient_view_severe_neutropenia_is_critical(client):
     assert card["suggestions"][0]["actions"][0]["resource"]["resourceType"] == "ServiceRequest"
 
 
+@pytest.mark.parametrize("value,unit", [(3, "/uL"), (0.003, "10*9/L")])
+def test_an_anc_below_five_per_microlitre_is_profound_on_the_card(client, value, unit):
+    """FHIR red-team round 26: an ANC of 3 /uL had been refused as implausible (a warning card, the tier unknown),
+    and one of 0.003 shown as "ANC 0"."""
+    labs = [obs("6690-2", 1.2, "10*9/L"), obs("751-8", value, unit)]
+    card = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(labs))))[0]
+    assert card["indicator"] == "critical"
+    assert card["summary"].startswith("Profound neutropenia (ANC 0.003 x10^9/L")
+
+
 def test_patient_view_febrile_neutropenia_leads_the_summary(client):
     temp = {"resourceType": "Observation", "id": "t", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},

@@ -27,8 +27,6 @@ def normalize_problems(kb, raw) -> list[str]:
     (base_case(labs=[lab("anc", 40, "%")]), "labs[0].unit", "percentage"),
     (base_case(labs=[lab("neutrophils_pct", 1.5, "10^9/L")]), "labs[0].unit", "absolute count"),
     (base_case(labs=[lab("wbc", 3.8, "/uL")]), "labs[0].value", "probably '10^9/L'"),
-    # below the range of a count that can be zero: a real profound count is named too, never only the higher reading
-    (base_case(labs=[lab("anc", 3, "/uL")]), "labs[0].value", "the count is below 0.005 10^9/L (profound)"),
     (base_case(labs=[lab("wbc", 3100, "10^9/L")]), "labs[0].value", "probably '/uL'"),
     (base_case(labs=[lab("hemoglobin", 120, "g/dL")]), "labs[0].value", "probably 'g/L'"),
     (base_case(labs=[lab("wbc", -1.0)]), "labs[0].value", "negative"),
@@ -49,6 +47,21 @@ def normalize_problems(kb, raw) -> list[str]:
 def test_bad_input_is_refused_with_field_and_reason(kb, raw, where, words):
     found = normalize_problems(kb, raw)
     assert any(p.startswith(where) and words.lower() in p.lower() for p in found), found
+
+
+@pytest.mark.parametrize("test,value,unit,read", [("anc", 3, "/uL", 0.003), ("anc", 0.001, "K/uL", 0.001),
+                                                  ("lymphocytes", 3, "/uL", 0.003)])
+def test_a_count_below_the_range_that_can_be_real_is_read_as_profound(engine, test, value, unit, read):
+    """An ANC of 3 /uL (FHIR red-team round 26) had been refused as implausible while an ANC of 0 was read: the
+    tier was unknown, the card a warning or only a leukopenia. It is read as the count it says, with a warning that
+    names the unit that would make it another count."""
+    a = engine.assess(base_case(labs=[lab("wbc", 1.2), lab(test, value, unit)]))
+    if test == "anc":
+        assert (a.risk_tier.tier, a.risk_tier.anc) == ("profound", read)
+        assert a.risk_tier.basis.startswith(f"ANC {read:g} x10^9/L")
+    else:
+        assert a.ctcae.lymphocytes.grade == 4
+    assert any(w.startswith("labs[1]: ") and "read as the profound count it says" in w for w in a.warnings), a.warnings
 
 
 def test_every_problem_is_reported_not_just_the_first(kb):

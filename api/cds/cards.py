@@ -68,8 +68,9 @@ def card_id(hook_instance: str, *parts: str) -> str:
 
 
 def _n(x: float) -> str:
-    """A count as a lab reports it (two decimals at most): 3.78761 -> 3.79."""
-    return f"{round(x, 2):g}"
+    """A count as a lab reports it (two decimals at most): 3.78761 -> 3.79; one below 0.01 to two significant
+    digits (an ANC of 0.003 had read "ANC 0")."""
+    return f"{x:.2g}" if 0 < abs(x) < 0.01 else f"{round(x, 2):g}"
 
 
 def _summary(text: str) -> str:
