@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any, Optional
 
 from pydantic import TypeAdapter
@@ -23,8 +23,9 @@ from .kb import KnowledgeBase
 from .limits import reference_limits
 from .normalize import NormCase, NormLab
 from .exposure import drug_facts, earlier_anc_facts, patient_facts, started_after
-from .samples import (DERIVABLE, DIFFERENTIAL_TESTS, Sample, age_days, days_text, derived_count, from_upper_bound,
-                      group_samples, lower_recount, unpaired_percentage)
+from .samples import (DERIVABLE, DIFFERENTIAL_TESTS, Sample, age_days, aware_utc, cbc_status, days_text,
+                      derived_count, from_upper_bound, group_samples, lower_recount, other_differential,
+                      unpaired_percentage)
 from .trends import anc_by_draw, series_facts
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
@@ -102,12 +103,6 @@ def ctcae_grades(kb: KnowledgeBase, values: dict[str, float], llns: dict[str, fl
     return Ctcae(version=version, notes=notes, sources=list(spec["sources"]) + list(kb.ctcae.get("sources", [])), **out)
 
 
-def _utc(t: Optional[datetime]) -> Optional[datetime]:
-    """Sample times are kept as naive UTC inside the engine; the output says so (RFC 3339, with Z). (combine:
-    6x faster than ``replace(tzinfo=...)``, and every lab of a case takes it.)"""
-    return datetime.combine(t.date(), t.time(), timezone.utc) if t is not None else None
-
-
 def _current_values(kb: KnowledgeBase, nc: NormCase, samples: list[Sample], cbc: Optional[Sample]
                     ) -> dict[str, NormLab]:
     """Current value per test: WBC, ANC and the differential from the current CBC only (when there is one);
@@ -167,9 +162,10 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
 
     # absolute counts derived within each draw
     derived_points: dict[str, dict[str, tuple[Optional[datetime], float, str]]] = {"anc": {}, "lymphocytes": {}}
+    with_bands = kb.tests["neutrophils_pct"].get("includes_bands", ())
     for sample in samples:
         for target, pcts in DERIVABLE:
-            got = derived_count(sample, target, pcts)
+            got = derived_count(sample, target, pcts, with_bands)
             if got is not None:
                 derived_points[target][sample.key] = (sample.time, got[0], got[1])
 
@@ -258,6 +254,14 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         reported = draw.values.get("anc")
         values["anc"], anc_source = low, stand_in(draw, reported if reported is not None and reported.value == low
                                                   else None)
+    other = other_differential(samples, cbc, kb.value("cbc_same_draw_hours"), with_bands)
+    if other is not None and values.get("anc") is not None and values["anc"] - other[1] > tolerance * values["anc"]:
+        draw, low, text = other          # a second differential of the draw, lower: the worse side stands
+        warnings.append(f"ANC: a differential of {draw.time:%Y-%m-%d %H:%M} with no count of its own ({text} = {low:g}, "
+                        f"with the latest WBC) is lower than the ANC {values['anc']:g} of the latest count; the lower was "
+                        f"used for the tier and the alerts. Check which differential is valid (a manual count).")
+        anc_text, values["anc"], anc_source = f"derived from {text} (a differential of {draw.time:%H:%M})", low, \
+            stand_in(draw, None)
     # the ANC cannot exceed the WBC of the same draw: a bound when no ANC can be had
     anc_at_most: Optional[float] = None
     if "anc" not in values and "wbc" in values:
@@ -288,7 +292,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     current_ids = {id(lab) for test, lab in current.items() if test not in derived_current}
     rows: list[dict[str, Any]] = [
         {"test": lab.test, "name": kb.tests[lab.test]["name"], "value": _shown(lab), "unit": lab.unit,
-         "time": _utc(lab.time), "lln": lab.lln, "age_days": age_days(lab.time, nc.as_of),
+         "time": aware_utc(lab.time), "lln": lab.lln, "age_days": age_days(lab.time, nc.as_of),
          "current": id(lab) in current_ids, "ref": lab.ref, "comparator": lab.comparator,
          "original": {"value": lab.original_value, "unit": lab.original_unit, "test": lab.original_test,
                       "loinc": lab.loinc}}
@@ -296,7 +300,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     for target, points in derived_points.items():
         for key, (t, v, text) in sorted(points.items(), key=lambda kv: kv[1][0] or datetime.max):
             rows.append({"test": target, "name": kb.tests[target]["name"], "value": v, "unit": "10^9/L",
-                         "time": _utc(t), "age_days": age_days(t, nc.as_of),
+                         "time": aware_utc(t), "age_days": age_days(t, nc.as_of),
                          "current": derived_current.get(target) == key, "derived": True, "derivation": text})
     labs_out = _LABS.validate_python(rows)
 
@@ -353,8 +357,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         if comparator in ("<", "<=") and kb.value("profound_anc") <= anc < kb.value("neutropenia_anc"):  # or worse
             tier_at_least = tier
         worse = f"; the tier is {tier} or worse" if tier_at_least else ""
-        shown = f"{anc:.2g}" if 0 < anc < 0.01 else f"{round(anc, 2):g}"     # 0.003, not 0
-        basis = f"ANC {shown} x10^9/L {anc_text}{when}{worse}."
+        basis = f"ANC {f'{anc:.2g}' if 0 < anc < 0.01 else f'{round(anc, 2):g}'} x10^9/L {anc_text}{when}{worse}."
         if facts.get("anc_normal_for_age"):
             basis += (f" It is at or above the laboratory's lower limit for this infant ({infant_lln:g}): the 1.5 "
                       f"cut-off is for patients older than 1 year.")
@@ -378,19 +381,19 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     shown_anc = _shown(anc_lab) if anc_lab is not None and bound else anc
     risk = RiskTier(tier=tier, anc=shown_anc, anc_comparator=comparator, basis=basis,
                     anc_derived=bool(facts.get("anc_derived")),
-                    anc_source=anc_source if cbc is not None else None, anc_time=_utc(anc_time), anc_age_days=anc_age,
+                    anc_source=anc_source if cbc is not None else None, anc_time=aware_utc(anc_time), anc_age_days=anc_age,
                     anc_at_most=None if anc_at_most is None else float(f"{anc_at_most:.10g}"),
                     tier_at_least=tier_at_least,
                     cutoffs=_cutoffs_text(kb), duffy_null_note=duffy_note,
                     sources=["taplitz_asco_idsa_2018_prophylaxis", "freifeld_idsa_2011"] +
                             (["merz_2023"] if duffy_note else []))
-    cbc_status = _cbc_status(nc, cbc, latest_cbc, latest_age, max_age)
+    status = cbc_status(nc.as_of, cbc, latest_cbc, latest_age, max_age)
     version = ctcae_version or kb.ctcae.get("default_version", "5.0")
     grade_llns = {k: facts[f"{k}_lln"] for k in ("wbc", "lymphocytes", "anc") if f"{k}_lln" in facts}
     ctcae = ctcae_grades(kb, {k: values[k] for k in ("wbc", "anc", "lymphocytes") if k in values}, grade_llns, version,
                          frozenset({"wbc"}) if "wbc" in values and "wbc_lln" not in facts else frozenset())
     return Derived(facts=facts, current=values, labs_out=labs_out, risk_tier=risk, ctcae=ctcae, warnings=warnings,
-                   cbc=cbc_status, reference_limits=limits, count_day=count_day)
+                   cbc=status, reference_limits=limits, count_day=count_day)
 
 
 def _cutoffs_text(kb: KnowledgeBase) -> str:
@@ -398,24 +401,3 @@ def _cutoffs_text(kb: KnowledgeBase) -> str:
     n, m, s, p = (f"{kb.value(k):.1f}" for k in ("neutropenia_anc", "moderate_anc", "severe_anc", "profound_anc"))
     return (f"normal >= {n}; mild {m} to < {n}; moderate {s} to < {m}; severe {p} to < {s}; profound < {p} "
             f"(x10^9/L); a value on a cutoff falls in the milder tier")
-
-
-def _cbc_status(nc: NormCase, cbc: Optional[Sample], latest: Optional[Sample], latest_age: Optional[int],
-                max_age: int) -> CbcStatus:
-    if cbc is not None:
-        age = age_days(cbc.time, nc.as_of)
-        if cbc.time is None:
-            note = "The current CBC has no collection time; it was taken as current."
-        else:
-            note = (f"Current CBC drawn {cbc.time.date().isoformat()}"
-                    + (f", {days_text(age)} before {nc.as_of}" if age is not None and nc.as_of else "") + ".")
-        return CbcStatus(current=True, time=_utc(cbc.time), age_days=age, max_age_days=max_age,
-                         tests=sorted(cbc.values), note=note)
-    if latest is not None and latest.time is not None:
-        years = f" (over {int(latest_age / 365.25)} years)" if latest_age and latest_age >= 730 else ""
-        return CbcStatus(current=False, time=_utc(latest.time), age_days=latest_age, max_age_days=max_age,
-                         tests=sorted(latest.values),
-                         note=f"No current CBC: the latest CBC was drawn {latest.time.date().isoformat()}, "
-                              f"{latest_age} days{years} before {nc.as_of}; it is older than {max_age} days and "
-                              f"was used for history only.")
-    return CbcStatus(current=False, max_age_days=max_age, note="No CBC: no WBC or ANC was given.")

@@ -226,3 +226,31 @@ def test_a_childs_wbc_with_no_limit_for_the_age_is_not_graded_against_the_adult_
     assert grade.grade == 0 and "grade 1 needs the lab's LLN" in grade.criterion
     assert engine.assess(base_case(patient=baby, labs=[lab("wbc", 2.5)])).ctcae.wbc.grade == 2
     assert engine.assess(base_case(patient=baby, labs=[lab("wbc", 3.0, lln=6.0)])).ctcae.wbc.grade == 1
+
+
+def test_a_neutrophil_percentage_of_all_neutrophils_is_not_added_to_a_band_percentage(engine):
+    """FHIR red-team round 26: an automated neutrophil percentage (LOINC 770-8, band forms included) and a manual band
+    percentage (764-1) had been added: 65 + 15 = 80%, an ANC of 1.6 (normal) where it is 1.3 at most. A segmented
+    percentage (769-0) still gets its bands added."""
+    def anc(code: str) -> float:
+        a = engine.assess(base_case(labs=[lab("wbc", 2.0), {"loinc": code, "value": 65, "unit": "%",
+                                                            "time": "2025-03-10T08:00:00Z"}, lab("bands_pct", 15, "%")]))
+        return a.risk_tier.anc
+    assert anc("770-8") == 1.3
+    assert anc("769-0") == 1.6
+
+
+def test_a_second_differential_of_the_draw_with_no_count_of_its_own_is_used_when_lower(engine):
+    """A manual differential resulted 90 minutes after the analyser's (segmented 10%, bands 3%), no specimen in
+    common: it had been left out unnamed, the automated 66% setting the tier (ANC 1.98, normal). The lower stands,
+    said; a higher one leaves the count as it was."""
+    def case(seg: float):
+        return base_case(labs=[lab("wbc", 3.0), {"loinc": "770-8", "value": 66, "unit": "%", "time": "2025-03-10T08:00:00Z"},
+                               {"loinc": "769-0", "value": seg, "unit": "%", "time": "2025-03-10T09:30:00Z"},
+                               lab("bands_pct", 3, "%", time="2025-03-10T09:30:00Z")])
+    a = engine.assess(case(10))
+    assert (a.risk_tier.tier, a.risk_tier.anc) == ("severe", 0.39)
+    assert any(w.startswith("ANC: a differential of 2025-03-10 09:30 with no count of its own") for w in a.warnings)
+    b = engine.assess(case(63))
+    assert (b.risk_tier.tier, b.risk_tier.anc) == ("normal", 1.98)
+    assert not any("with no count of its own" in w for w in b.warnings)

@@ -309,6 +309,17 @@ def test_two_final_counts_that_nothing_decides_keep_the_lower_and_say_they_confl
     assert has(same.warnings, "same value") and not same.not_assessed
 
 
+def test_two_neutrophil_percentages_of_one_draw_keep_the_lower_in_either_order():
+    """FHIR red-team round 26: an automated 66% (770-8) and a manual segmented 10% (769-0) at one time had set the
+    tier by the order of the Bundle (normal one way, severe the other), as two counts had before."""
+    for first, second in ((("770-8", 66), ("769-0", 10)), (("769-0", 10), ("770-8", 66))):
+        m = mapped(patient(), obs("6690-2", 3.0), obs(first[0], first[1], "%", oid="a"),
+                   obs(second[0], second[1], "%", oid="b"))
+        assert [lab["value"] for lab in m.case["labs"] if lab["unit"] == "%"] == [10], first
+        assert has(m.warnings, "Observation/b", "the lower value", "check which result is valid")
+        assert assess(m.case, partial=True).risk_tier.anc == 0.3
+
+
 # ---- 6. blood counts in components ----------------------------------------------------------------
 
 def panel(*components, status="final", code="57021-8"):

@@ -83,14 +83,15 @@ def keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int],
                                               f"beside {shown(kept)} of the same draw, which was used"))
         labs[at] = kept
         return
+    lower_one = "the lower count" if spec.get("dimension") == "count_per_volume" else "the lower value"
     if lower is not None:
         replace = lower is lab
         warning = (f"{lab.item.label}: a second {lab.test} value {when}, {shown(lab)}, conflicts with "
-                   f"{shown(old)} of {old.item.label}; neither status, issued nor meta.lastUpdated says which is right, so the lower "
-                   f"count, {shown(lower)}, was used (the worse side): check which result is valid.")
+                   f"{shown(old)} of {old.item.label}; neither status, issued nor meta.lastUpdated says which is right, so "
+                   f"{lower_one}, {shown(lower)}, was used (the worse side): check which result is valid.")
     warnings.append(warning)
     if conflict:
-        used = "the lower count was used" if lower is not None else "the first was used"
+        used = f"{lower_one} was used" if lower is not None else "the first was used"
         skipped.append(Problem(lab.item.loc, f"{lab.test} {shown(lab)} {when} conflicts with {shown(old)} of "
                                              f"{old.item.label}, and nothing says which is right; {used}"))
     if replace:
@@ -98,9 +99,9 @@ def keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int],
 
 
 def _lower_count(a: LabValue, b: LabValue, spec: dict[str, Any]) -> Optional[LabValue]:
-    """The lower of two values of a blood count (in the test's unit), None for another test or when a
-    unit cannot be converted."""
-    if spec.get("dimension") != "count_per_volume":
+    """The lower of two values of a blood count or of a percentage whose lower value is the worse side (labs.yaml
+    ``conflict_keeps_lower``), in the test's unit; None for another test or when a unit cannot be converted."""
+    if spec.get("dimension") != "count_per_volume" and not spec.get("conflict_keeps_lower"):
         return None
     x, y = _in_test_unit(a, spec), _in_test_unit(b, spec)
     if x is None or y is None:      # an unreadable unit: the engine names it
