@@ -290,7 +290,8 @@ def earlier_anc_facts(kb: KnowledgeBase, nc: NormCase, anc_points: dict[Optional
     """The lowest ANC of an earlier draw (any but the current count's, dated) taken while a course of a drug
     was taken, from the day after its start (a count of the start day is its baseline, as for
     `_low_before_start`) to its end (to the case date while taken, or when stopped or completed on a day not given: it may
-    have been stopped for that count): `drug_<id>_lowest_earlier_anc`. A value reported as a bound ("<0.5")
+    have been stopped for that count): `drug_<id>_lowest_earlier_anc`, and `<class>_taken_lowest_earlier_anc` for the
+    drugs still taken. A value reported as a bound ("<0.5")
     counts as the bound. With no ANC now (a WBC alone, or no current count), the latest ANC there is and its age:
     `last_anc`, `last_anc_age_days`. With one, the lowest ANC of the draws within anc_from_earlier_draw_hours before
     it, a draw's WBC with no ANC (``wbc_only``) counting as its bound: `lowest_anc_hours_before` (an ANC of 0.3 in
@@ -315,8 +316,9 @@ def earlier_anc_facts(kb: KnowledgeBase, nc: NormCase, anc_points: dict[Optional
         on = [v for t, v in anc_points.items() if t is not None and t != current and end is not None
               and med.start < t.date() <= end]
         if on:
-            key = f"drug_{med.drug_id}_lowest_earlier_anc"
-            facts[key] = min(facts.get(key, min(on)), min(on))
+            for key in [f"drug_{med.drug_id}_lowest_earlier_anc",
+                        *(f"{cls}_taken_lowest_earlier_anc" for cls in sorted(med.classes) if active)]:
+                facts[key] = min(facts.get(key, min(on)), min(on))
 
 
 def started_after(meds: list[NormMed], count_day: Optional[date]) -> list[NormMed]:
