@@ -27,6 +27,7 @@ from .samples import (DERIVABLE, DIFFERENTIAL_TESTS, Sample, age_days, aware_utc
                       derived_count, from_upper_bound, group_samples, lower_recount, other_differential,
                       unpaired_percentage)
 from .trends import anc_by_draw, series_facts
+from .units import count_text
 
 __all__ = ["Derived", "derive", "tier_for", "ctcae_grades"]
 
@@ -357,7 +358,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         if comparator in ("<", "<=") and kb.value("profound_anc") <= anc < kb.value("neutropenia_anc"):  # or worse
             tier_at_least = tier
         worse = f"; the tier is {tier} or worse" if tier_at_least else ""
-        basis = f"ANC {f'{anc:.2g}' if 0 < anc < 0.01 else f'{round(anc, 2):g}'} x10^9/L {anc_text}{when}{worse}."
+        basis = f"ANC {count_text(anc)} x10^9/L {anc_text}{when}{worse}."
         if facts.get("anc_normal_for_age"):
             basis += (f" It is at or above the laboratory's lower limit for this infant ({infant_lln:g}): the 1.5 "
                       f"cut-off is for patients older than 1 year.")

@@ -24,7 +24,7 @@ import pint
 
 from .case import MAX_UNIT
 
-__all__ = ["UnitProblem", "registry", "to_pint_expression", "conversion_factor", "dose_rate", "DoseRate", "DIMENSIONS",
+__all__ = ["count_text", "UnitProblem", "registry", "to_pint_expression", "conversion_factor", "dose_rate", "DoseRate", "DIMENSIONS",
            "unreadable"]
 
 #: pint dimensionality each kind of lab must have, and how to say it to a person.
@@ -250,3 +250,13 @@ def _dose_rate(unit: str) -> Optional[DoseRate]:
         except Exception:   # pint raises several types for spellings it cannot read  # noqa: BLE001
             continue
     return None
+
+
+def count_text(x: float) -> str:
+    """A count as a lab reports it, two decimals at most (3.78761 -> 3.79), never rounded up onto a round number it
+    is below (1.499 -> 1.499, 0.0996 -> 0.0996: "mild (ANC 1.5)" had contradicted "a value on a cutoff falls in the
+    milder tier"), and one below 0.01 to two significant digits (0.003, not 0)."""
+    if 0 < abs(x) < 0.01:
+        return f"{x:.2g}"
+    shown = round(x, 2)
+    return f"{x:.4g}" if shown > x and round(shown, 1) == shown else f"{shown:g}"

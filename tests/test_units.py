@@ -145,3 +145,13 @@ def test_a_power_of_a_number_is_never_given_to_pint(unit):
 @pytest.mark.parametrize("unit", ["10^9/L", "10**9/L", "10*9/L", "x10^3/uL", "10^3/mm^3", "cells/mm**3", "/mm3"])
 def test_a_unit_s_own_power_and_the_ten_power_spellings_are_still_read(unit):
     assert conversion_factor(unit, "count_per_volume", "10^9/L").factor > 0
+
+
+@pytest.mark.parametrize("value,text", [(3.78761, "3.79"), (1.2345, "1.23"), (2.0, "2"), (210, "210"), (0, "0"),
+                                        (1.499, "1.499"), (0.0996, "0.0996"), (0.996, "0.996"),   # not onto 1.5, 0.1, 1
+                                        (0.003, "0.003"), (0.0024, "0.0024")])
+def test_a_count_is_shown_as_a_lab_reports_it_never_rounded_onto_a_cutoff(value, text):
+    """Clinical red-team round 25: "MILD (ANC 1.5)" over an ANC of 1.499 contradicted the rule that a value on a
+    cutoff falls in the milder tier; FHIR round 26: an ANC of 0.003 was shown as 0."""
+    from leukodx.engine.units import count_text
+    assert count_text(value) == text

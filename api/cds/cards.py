@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from leukodx.engine import Assessment, OrderCheck
+from leukodx.engine.units import count_text
 
 from .dose_update import changed_order
 from .markdown import safe_kb_line, safe_markdown, safe_text
@@ -67,10 +68,7 @@ def card_id(hook_instance: str, *parts: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-def _n(x: float) -> str:
-    """A count as a lab reports it (two decimals at most): 3.78761 -> 3.79; one below 0.01 to two significant
-    digits (an ANC of 0.003 had read "ANC 0")."""
-    return f"{x:.2g}" if 0 < abs(x) < 0.01 else f"{round(x, 2):g}"
+_n = count_text     # a count as the engine shows it
 
 
 def _summary(text: str) -> str:
