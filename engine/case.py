@@ -73,12 +73,7 @@ class Lab(_Model):
     def _day_alone(cls, v: Any) -> Any:
         """A time written as a day alone ("2026-12-03") stays a date: its draw's hour is unknown (samples.py pairs it
         with the one timed draw of that day), not midnight (a JSON string had been read as a datetime)."""
-        if isinstance(v, str) and len(v) == 10 and v[4] == "-" and v[7] == "-":
-            try:
-                return date.fromisoformat(v)
-            except ValueError:
-                return v
-        return v
+        return day_alone(v)
 
     @model_validator(mode="after")
     def _test_or_loinc(self) -> "Lab":
@@ -164,6 +159,16 @@ def bare_temperature_scale(value: float) -> Optional[str]:
     return "[degF]" if low <= round(celsius, 1) <= high else None
 
 
+def day_alone(v: Any) -> Any:
+    """A day written alone ("2026-12-03") as a date, not a datetime at midnight; anything else as it is."""
+    if isinstance(v, str) and len(v) == 10 and v[4] == "-" and v[7] == "-":
+        try:
+            return date.fromisoformat(v)
+        except ValueError:
+            return v
+    return v
+
+
 class Case(_Model):
     id: Annotated[str, Field(min_length=1, max_length=200)] = "case"
     title: Optional[Annotated[str, Field(max_length=MAX_TEXT)]] = None
@@ -178,6 +183,12 @@ class Case(_Model):
     history: History = Field(default_factory=History)
     expect: SkipJsonSchema[Optional[dict[str, Any]]] = Field(
         None, description="a case file's expected outcome, read by `leukodx replay` (cli/replay.py); ignored here")
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _as_of_day(cls, v: Any) -> Any:
+        """A day alone is a day, in JSON as in YAML: a draw is then dated by its own day (normalize.py)."""
+        return day_alone(v)
 
     @model_validator(mode="after")
     def _something_to_assess(self) -> "Case":

@@ -290,14 +290,14 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
                                     f"above its WBC {_fmt(wbc.value)} {wbc.unit}: one of the values is wrong",
                                     tuple(f"labs[{p.index}]" for p in parts)))
 
-    # dates must not lie after as_of
     def not_future(where: str, v: Union[date, datetime, None]) -> None:
         d = utc_date(v)
         if as_of and d and d > as_of:
             problems.append(Problem(where, f"{d.isoformat()} is in the future relative to as_of {as_of.isoformat()}"))
 
-    for lab in labs:                 # (their times are naive UTC already)
-        if as_of and lab.time is not None and lab.time.date() > as_of:
+    for lab in labs:   # naive UTC; against an as_of given as a day, the draw's own day (19:30 at UTC-5 is not tomorrow)
+        given = lab.time if isinstance(case.as_of, datetime) else case.labs[lab.index].time
+        if as_of and given is not None and (given.date() if isinstance(given, datetime) else given) > as_of:
             not_future(f"labs[{lab.index}].time", lab.time)
     h = case.history
     not_future("history.tpmt_test_date", h.tpmt_test_date)

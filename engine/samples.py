@@ -102,10 +102,11 @@ def group_samples(labs: Iterable[NormLab], window_hours: float) -> list[Sample]:
 
 
 def age_days(t: Optional[datetime], as_of: Optional[date]) -> Optional[int]:
-    """Whole days from a value's collection date to as_of (None when either is unknown)."""
+    """Whole days from a value's collection date to as_of (None when either is unknown); 0 for a value whose UTC day
+    is after an as_of given as a day, drawn on that day where it was drawn (19:30 at UTC-5)."""
     if t is None or as_of is None:
         return None
-    return (as_of - t.date()).days
+    return max(0, (as_of - t.date()).days)
 
 
 def days_text(n: int) -> str:

@@ -228,3 +228,16 @@ def test_a_code_and_a_name_naming_two_drugs_are_both_assessed(kb, code):
     assert any("but its name 'Clozapine 100 mg' is clozapine: both were assessed" in w for w in nc.warnings)
     same = normalize(kb, parse_case(base_case(medications=[{"name": "Imuran 50 mg", **code, "start": "2025-01-01"}])))
     assert [m.drug_id for m in same.meds] == ["azathioprine"] and not any("both were" in w for w in same.warnings)
+
+
+def test_an_evening_draw_west_of_utc_is_on_the_day_an_as_of_day_names(engine):
+    """Clinical red-team round 25: a CBC drawn 2026-12-03 19:30 at UTC-5 (00:30 UTC the next day) with as_of
+    2026-12-03 had been refused as in the future, the ANC of 0.4 with it. Against an as_of given as a day, a draw is
+    dated by its own day; against an as_of with a time, by the instant."""
+    labs = [lab("wbc", 3.0, time="2026-12-03T19:30:00-05:00"), lab("anc", 0.4, time="2026-12-03T19:30:00-05:00")]
+    a = engine.assess(base_case(as_of="2026-12-03", labs=labs))
+    assert (a.risk_tier.tier, a.cbc.current, a.cbc.age_days) == ("severe", True, 0)
+    with pytest.raises(CaseError, match="in the future"):
+        engine.assess(base_case(as_of="2026-12-03T23:00:00Z", labs=labs))
+    with pytest.raises(CaseError, match="in the future"):
+        engine.assess(base_case(as_of="2026-12-02", labs=labs))
