@@ -723,6 +723,21 @@ def test_a_temperature_with_its_unit_in_free_text_is_read(unit, value):
     assert "febrile_neutropenia" in [a.id for a in assess(m.case).alerts]
 
 
+@pytest.mark.parametrize("ahead,kept", [(1, True), (3, False)])
+def test_a_temperature_dated_a_day_ahead_is_read_as_a_count_dated_so_is(ahead, kept):
+    """FHIR red-team round 26: a fever of 38.9 dated by the day alone, tomorrow in UTC (a zone ahead of UTC), had been
+    left out with the ANC of 0.8 beside it read, the card listing the temperature as missing; counts dated so are kept
+    (up to a day ahead). One dated days ahead is still left out."""
+    today = datetime.now(timezone.utc).date()
+    temp = {"resourceType": "Observation", "id": "t1", "status": "final", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+            "effectiveDateTime": (today + timedelta(days=ahead)).isoformat(),
+            "valueQuantity": {"value": 38.9, "unit": "Cel", "system": UCUM, "code": "Cel"}}
+    m = mapped(patient(), obs("6690-2", 2.0, t=RECENT), obs("751-8", 0.8, t=RECENT), temp, as_of=today)
+    assert (m.case.get("history", {}).get("temperature_c") == 38.9) is kept, m.warnings
+    assert ("febrile_neutropenia" in [a.id for a in assess(m.case).alerts]) is kept
+
+
 def _temperature(**value):
     return {"resourceType": "Observation", "id": "t1", "status": "final", "subject": {"reference": "Patient/p1"},
             "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]}, "effectiveDateTime": RECENT,
