@@ -271,6 +271,19 @@ def test_missing_prefetch_without_fhir_server_is_412(client, prefetch_value):
     assert r.status_code == 412 and r.json()["resourceType"] == "OperationOutcome"
 
 
+@pytest.mark.parametrize("total,named", [(250, True), (4, False), ("250", False)])
+def test_a_search_holding_fewer_results_than_its_total_with_no_next_page_is_named(client, total, named):
+    """FHIR red-team round 26: a searchset of 2 entries saying total 250, with no next link, had been read as the
+    patient's whole record; the card says what it lacks. An entry that is an included resource is no match."""
+    searched = searchset(*CBC_NORMAL)
+    searched["total"] = total
+    searched["entry"].append({"resource": {"resourceType": "Patient", "id": PATIENT}, "search": {"mode": "include"}})
+    card = cards_of(client.post("/cds-services/leukodx-patient-view",
+                                json=request("patient-view", prefetch([], observations=searched))))
+    said = "'observations' is incomplete: it holds 4 of the 250 results its search found, and no link to the rest"
+    assert (said in "".join(c["detail"] for c in card)) is named
+
+
 @pytest.mark.parametrize("kind", ["bundle", "Parameters"])
 def test_a_search_answered_by_something_else_is_named_not_read_as_no_data(client, kind):
     """Red-team round 21: `observations` as {"resourceType": "bundle"} (holding an ANC of 0.3) or a Parameters resource

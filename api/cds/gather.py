@@ -83,6 +83,9 @@ async def gather(hook: HookRequest, settings: Settings,
             if failed := _search_error(value):   # a search that says it failed (partly): what came is used, and named
                 unhad.add(key)
                 notes.append(f"'{key}' is incomplete: the EHR's search reported an error ({failed})")
+            elif short := _short_of_total(value):     # fewer matches than its total and no next page: named
+                unhad.add(key)
+                notes.append(f"'{key}' is incomplete: {short}")
             continue
         if paged:
             paged_values[key] = value
@@ -128,6 +131,19 @@ def _search_error(value: Any) -> str:
         return ""
     return next((said for entry in value["entry"] if isinstance(entry, dict)
                  and (said := _outcome_error(entry.get("resource")))), "")
+
+
+def _short_of_total(value: Any) -> str:
+    """What a search Bundle lacks when it holds fewer matches than its ``total`` says and links no next page, as text
+    ("" otherwise): a truncated search had been read as the patient's whole record (FHIR red-team round 26)."""
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+        return ""
+    total, entries = value.get("total"), value.get("entry") if isinstance(value.get("entry"), list) else []
+    matches = sum(1 for e in entries if isinstance(e, dict)
+                  and (e["search"].get("mode", "match") if isinstance(e.get("search"), dict) else "match") == "match")
+    if not isinstance(total, int) or isinstance(total, bool) or total <= matches:
+        return ""
+    return f"it holds {matches} of the {total} results its search found, and no link to the rest"
 
 
 def _outcome_error(res: Any) -> str:
