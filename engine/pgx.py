@@ -82,6 +82,15 @@ def resolve(kb: KnowledgeBase, gene: str, value: Optional[str], method: Optional
     word = " ".join(value.replace("-", " ").casefold().split())
     if word.replace(" ", "_") in _WORDS:
         word = word.replace(" ", "_")
+    if word not in _WORDS and (found := result_in_text(value)) is not None and found != value:
+        # a lab's wording ("Intermediate metabolizer (*1/*3A)"), read as the FHIR mapping reads it (it had been refused);
+        # a phenotype word beside a diplotype that gives another is refused, never resolved one way
+        status = resolve(kb, gene, found, method).model_copy(update={"input": value})
+        said = result_in_text(_IN_TEXT.sub(" ", value))
+        if status.diplotype and said is not None and said != status.phenotype:
+            raise PhenotypeError(f"{value!r} names {label} {said.replace('_', ' ')} and the diplotype {status.diplotype}, "
+                                 f"which is {status.phenotype.replace('_', ' ')}: give one")
+        return status
     if word not in _WORDS:
         raise PhenotypeError(f"{value!r} is neither a {label} phenotype (normal, intermediate, possible_intermediate, "
                              f"poor, indeterminate, unknown) nor a diplotype such as *1/*3A")

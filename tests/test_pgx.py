@@ -179,3 +179,18 @@ def test_activity_test_soon_after_transfusion_is_unreliable(engine):
     later = engine.assess(_thiopurine_case(tpmt="normal", nudt15="normal", tpmt_method="activity",
                                            tpmt_test_date="2025-02-01", last_transfusion="2024-09-01"))
     assert not any("transfusion" in w for w in later.warnings)
+
+
+@pytest.mark.parametrize("text,phenotype", [("Intermediate metabolizer (*1/*3A)", "intermediate"),
+                                            ("*1/*3A (heterozygous)", "intermediate"),
+                                            ("TPMT: poor metabolizer", "poor")])
+def test_a_case_reads_a_genotype_as_a_lab_words_it(kb, text, phenotype):
+    """Clinical red-team round 25: a case's TPMT "Intermediate metabolizer (*1/*3A)" had been refused while the FHIR
+    mapping read it (one reader: pgx.result_in_text)."""
+    status = pgx.resolve(kb, "tpmt", text)
+    assert (status.phenotype, status.input) == (phenotype, text)
+
+
+def test_a_phenotype_word_beside_a_diplotype_that_gives_another_is_refused(kb):
+    with pytest.raises(pgx.PhenotypeError, match="names TPMT poor and the diplotype \\*1/\\*1, which is normal"):
+        pgx.resolve(kb, "tpmt", "Poor metabolizer (*1/*1)")
