@@ -182,6 +182,16 @@ def conversion_factor(spelling: str, dimension: str, target: str, molar_mass: st
 
 @lru_cache(maxsize=4096)
 def _conversion_factor(spelling: str, dimension: str, target: str, molar_mass: str | None) -> Conversion:
+    try:
+        return _convert(spelling, dimension, target, molar_mass)
+    except UnitProblem:
+        raise
+    except Exception:   # noqa: BLE001 - pint on a unit it parsed and cannot take to its root units: a power that
+        # overflows ("/uL^(99*99)"), a logarithmic unit ("dB/uL"); had been a 500, a CDS call's every card lost
+        raise UnitProblem(f"unit {spelling!r} cannot be converted; expected {DIMENSIONS[dimension][1]}") from None
+
+
+def _convert(spelling: str, dimension: str, target: str, molar_mass: str | None) -> Conversion:
     ureg = registry()
     expr = to_pint_expression(spelling)
     why = unreadable(spelling, expr)

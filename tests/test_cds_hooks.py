@@ -121,6 +121,15 @@ def test_patient_view_severe_neutropenia_is_critical(client):
     assert card["suggestions"][0]["actions"][0]["resource"]["resourceType"] == "ServiceRequest"
 
 
+def test_a_white_count_in_a_unit_pint_cannot_convert_leaves_the_other_cards(client):
+    """Security red-team round 27: a WBC in "dB/uL" had raised past the unit check: a 500, the critical card of the
+    ANC of 0.3 beside it lost."""
+    labs = [obs("6690-2", 1.4, "dB/uL"), obs("751-8", 0.3, "10*9/L")]
+    cards = cards_of(client.post("/cds-services/leukodx-patient-view", json=request("patient-view", prefetch(labs))))
+    assert cards[0]["indicator"] == "critical" and "Severe neutropenia (ANC 0.3" in cards[0]["summary"]
+    assert "dB/uL" in "".join(c["detail"] for c in cards)
+
+
 @pytest.mark.parametrize("value,unit", [(3, "/uL"), (0.003, "10*9/L")])
 def test_an_anc_below_five_per_microlitre_is_profound_on_the_card(client, value, unit):
     """FHIR red-team round 26: an ANC of 3 /uL had been refused as implausible (a warning card, the tier unknown),

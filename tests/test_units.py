@@ -155,3 +155,12 @@ def test_a_count_is_shown_as_a_lab_reports_it_never_rounded_onto_a_cutoff(value,
     cutoff falls in the milder tier; FHIR round 26: an ANC of 0.003 was shown as 0."""
     from leukodx.engine.units import count_text
     assert count_text(value) == text
+
+
+@pytest.mark.parametrize("unit", ["dB/uL", "/uL^(99*99)", "km**1e308", "Np/L"])
+def test_a_unit_pint_parses_and_cannot_convert_is_a_unit_problem_not_a_crash(unit):
+    """Security red-team round 27: a logarithmic unit or a power that overflows raised pint's or Python's own error
+    past the UnitProblem handlers: a 500 on every route, a CDS call's critical card lost."""
+    from leukodx.engine.units import UnitProblem, conversion_factor
+    with pytest.raises(UnitProblem, match="cannot be converted"):
+        conversion_factor(unit, "count_per_volume", "10^9/L")
