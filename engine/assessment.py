@@ -66,6 +66,8 @@ class RiskTier(_Out):
     anc_comparator: Optional[Literal["<", "<=", ">", ">="]] = Field(
         None, description="the ANC is a bound, not a measurement: below (<, <=) or above (>, >=) the value shown")
     basis: str
+    anc_text: Optional[str] = Field(None, description="the ANC as shown: as the lab reports it, never rounded up onto a "
+                                                      "tier cutoff it is below (1.499, not 1.5)")
     anc_derived: bool = False
     anc_source: Optional[AncSource] = None
     anc_time: Optional[Union[datetime, date]] = None

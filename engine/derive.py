@@ -358,7 +358,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
         if comparator in ("<", "<=") and kb.value("profound_anc") <= anc < kb.value("neutropenia_anc"):  # or worse
             tier_at_least = tier
         worse = f"; the tier is {tier} or worse" if tier_at_least else ""
-        basis = f"ANC {count_text(anc)} x10^9/L {anc_text}{when}{worse}."
+        basis = f"ANC {count_text(anc, _tier_cutoffs(kb))} x10^9/L {anc_text}{when}{worse}."
         if facts.get("anc_normal_for_age"):
             basis += (f" It is at or above the laboratory's lower limit for this infant ({infant_lln:g}): the 1.5 "
                       f"cut-off is for patients older than 1 year.")
@@ -381,6 +381,7 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
     duffy_note = kb.duffy_null_note if nc.case.patient.duffy_null else None
     shown_anc = _shown(anc_lab) if anc_lab is not None and bound else anc
     risk = RiskTier(tier=tier, anc=shown_anc, anc_comparator=comparator, basis=basis,
+                    anc_text=None if shown_anc is None else count_text(shown_anc, _tier_cutoffs(kb)),
                     anc_derived=bool(facts.get("anc_derived")),
                     anc_source=anc_source if cbc is not None else None, anc_time=aware_utc(anc_time), anc_age_days=anc_age,
                     anc_at_most=None if anc_at_most is None else float(f"{anc_at_most:.10g}"),
@@ -395,6 +396,10 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
                          frozenset({"wbc"}) if "wbc" in values and "wbc_lln" not in facts else frozenset())
     return Derived(facts=facts, current=values, labs_out=labs_out, risk_tier=risk, ctcae=ctcae, warnings=warnings,
                    cbc=status, reference_limits=limits, count_day=count_day)
+
+
+def _tier_cutoffs(kb: KnowledgeBase) -> tuple[float, ...]:
+    return tuple(kb.value(k) for k in ("neutropenia_anc", "moderate_anc", "severe_anc", "profound_anc"))
 
 
 def _cutoffs_text(kb: KnowledgeBase) -> str:

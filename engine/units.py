@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Optional
+from typing import Iterable, Optional
 
 import pint
 
@@ -262,11 +262,11 @@ def _dose_rate(unit: str) -> Optional[DoseRate]:
     return None
 
 
-def count_text(x: float) -> str:
-    """A count as a lab reports it, two decimals at most (3.78761 -> 3.79), never rounded up onto a round number it
-    is below (1.499 -> 1.499, 0.0996 -> 0.0996: "mild (ANC 1.5)" had contradicted "a value on a cutoff falls in the
-    milder tier"), and one below 0.01 to two significant digits (0.003, not 0)."""
+def count_text(x: float, cutoffs: Iterable[float] = ()) -> str:
+    """A count as a lab reports it, two decimals at most (3.78761 -> 3.79), one below 0.01 to two significant digits
+    (0.003, not 0), and never rounded up onto or past one of ``cutoffs`` it is below (with the ANC's tier cutoffs,
+    1.499 -> 1.499: "mild (ANC 1.5)" had contradicted "a value on a cutoff falls in the milder tier")."""
     if 0 < abs(x) < 0.01:
         return f"{x:.2g}"
     shown = round(x, 2)
-    return f"{x:.4g}" if shown > x and round(shown, 1) == shown else f"{shown:g}"
+    return f"{x:.4g}" if any(x < c <= shown for c in cutoffs) else f"{shown:g}"

@@ -107,7 +107,7 @@ def _headline(a: Assessment) -> str:
     parts = []
     if tier.tier in TIER_WORDS:
         worse = " or worse" if tier.tier_at_least else ""       # an ANC reported as a bound ("<1.5"), shown as one
-        parts.append(f"{TIER_WORDS[tier.tier]}{worse} (ANC {tier.anc_comparator or ''}{_n(tier.anc)} x10^9/L, "
+        parts.append(f"{TIER_WORDS[tier.tier]}{worse} (ANC {tier.anc_comparator or ''}{tier.anc_text or _n(tier.anc)} x10^9/L, "
                      f"{_drawn(a, anc=True)})")
     elif tier.tier_at_least:
         parts.append(f"Neutropenia {tier.tier_at_least} or worse (WBC {_n(tier.anc_at_most)} x10^9/L, no differential, "
@@ -143,7 +143,7 @@ def _detail(a: Assessment, basis_note: str = "") -> tuple[str, str]:
     knowledge base's text only, made safe already."""
     t = a.risk_tier
     lines = [(f"**Blood count of {_drawn(a)}.** " if a.cbc.tests else "**No blood count.** ") + a.cbc.note,
-             f"**Risk tier:** {t.tier}" + (f" - ANC {_n(t.anc)} x10^9/L ({(t.anc_source or '').replace('_', ' ')})"
+             f"**Risk tier:** {t.tier}" + (f" - ANC {t.anc_text or _n(t.anc)} x10^9/L ({(t.anc_source or '').replace('_', ' ')})"
                                            if t.anc is not None else " - no ANC available"),
              f"{t.basis} {basis_note}".rstrip()]
     grades = [f"{n} grade {g.grade}" for n, g in (("WBC", a.ctcae.wbc), ("ANC", a.ctcae.anc),
