@@ -55,6 +55,8 @@ from urllib.parse import urlsplit
 import httpx
 import jwt
 
+from ..inflate import ACCEPT_ENCODING, TooLarge, Undecodable, read_capped
+
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "AuthError",
@@ -85,6 +87,8 @@ ALLOWED_ALGORITHMS: frozenset[str] = frozenset(_ALG_KEY)
 MIN_RSA_BITS = 2048
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_JTI_CHARS = 256
+VERIFY_THREADS = 8                    # token checks at once per worker (a JWKS fetch can wait up to 4 s)
+_VERIFY_LIMITERS: dict[Any, Any] = {}
 JWKS_MAX_BYTES = 1024 * 1024
 JWKS_TIMEOUT_SECONDS = 2.0
 JWKS_CACHE_TTL_SECONDS = 600.0
@@ -157,30 +161,63 @@ class TrustedIssuer:
 
 
 def http_fetch_jwks(url: str, *, transport: httpx.BaseTransport | None = None) -> dict:
-    """GET a JWK Set: 2 s timeouts (and a 2 s overall deadline), no redirects, at most
-    1 MiB of body, HTTP 200 and a JSON object only. ``transport`` is for tests."""
+    """GET a JWK Set: 2 s timeouts and a 2 s wall-clock deadline, no redirects, at most 1 MiB of body decoded,
+    HTTP 200 and a JSON object only. ``transport`` is for tests.
+
+    The exchange runs in a thread of its own that the caller waits for at most the deadline: httpx's timeouts are
+    per read, so an endpoint trickling its headers had held calls (and the threads /readyz needs) for minutes
+    (security red-team round 27). A fetch still stuck on a URL is not started again beside it."""
     _check_jwks_url(url, "jwks url")
-    deadline = time.monotonic() + JWKS_TIMEOUT_SECONDS
+    with _STUCK_LOCK:
+        stuck = _STUCK.get(url)
+        if stuck is not None and stuck.is_alive():
+            raise JwksFetchError("an earlier fetch of this URL has not ended")
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(target=_fetch_into, args=(url, transport, outcome), daemon=True,
+                                  name="leukodx-jwks-fetch")
+        _STUCK[url] = worker
+        worker.start()
+    worker.join(JWKS_TIMEOUT_SECONDS)
+    if worker.is_alive():
+        raise JwksFetchError("timed out")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["jwks"]
+
+
+_STUCK: dict[str, threading.Thread] = {}      # url -> its latest fetch, which may still be running
+_STUCK_LOCK = threading.Lock()
+
+
+def _fetch_into(url: str, transport: httpx.BaseTransport | None, outcome: dict[str, Any]) -> None:
+    try:
+        outcome["jwks"] = _fetch_jwks(url, transport)
+    except JwksFetchError as e:
+        outcome["error"] = e
+    except Exception as e:   # noqa: BLE001 - any other failure is a failed fetch, said by its type
+        outcome["error"] = JwksFetchError(type(e).__name__)
+
+
+def _fetch_jwks(url: str, transport: httpx.BaseTransport | None) -> dict:
     try:
         with httpx.Client(timeout=httpx.Timeout(JWKS_TIMEOUT_SECONDS), follow_redirects=False,
                           transport=transport) as client:
-            with client.stream("GET", url, headers={"Accept": "application/jwk-set+json, application/json"}) as resp:
+            with client.stream("GET", url, headers={"Accept": "application/jwk-set+json, application/json",
+                                                    "Accept-Encoding": ACCEPT_ENCODING}) as resp:
                 if resp.status_code != 200:
                     raise JwksFetchError(f"HTTP status {resp.status_code}")
                 declared = resp.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > JWKS_MAX_BYTES:
                     raise JwksFetchError("body too large")
-                body = bytearray()
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if len(body) > JWKS_MAX_BYTES:
-                        raise JwksFetchError("body too large")
-                    if time.monotonic() > deadline:
-                        raise JwksFetchError("timed out")
+                body = read_capped(resp, JWKS_MAX_BYTES)
     except httpx.HTTPError as exc:
         raise JwksFetchError(type(exc).__name__) from None
+    except TooLarge:
+        raise JwksFetchError("body too large") from None
+    except Undecodable:
+        raise JwksFetchError("content coding not read") from None
     try:
-        data = json.loads(bytes(body))
+        data = json.loads(body)
     except ValueError:
         raise JwksFetchError("not JSON") from None
     if not isinstance(data, dict):
@@ -229,28 +266,38 @@ class _JwksCache:
             return cached, False
         with self._lock:
             fetching = self._fetching.setdefault(url, threading.Lock())
-        with fetching:                        # one fetch per URL at a time
+        # one fetch per URL at a time; a caller waits for another's at most twice a fetch's deadline (waiters had had
+        # no limit: forged tokens naming a slow endpoint's issuer held every thread)
+        if not fetching.acquire(timeout=2 * JWKS_TIMEOUT_SECONDS):
+            raise AuthError("jwks fetch failed")
+        try:
+            return self._fetch_once(url, now)
+        finally:
+            fetching.release()
+
+    def _fetch_once(self, url: str, now: float) -> tuple[dict, bool]:
+        """The fetch itself, under the URL's lock: unless the call this one waited for fetched it or failed."""
+        with self._lock:
+            entry, failed = self._entries.get(url), self._failed.get(url)
+        if entry is not None and entry[1] >= now:        # fetched by the call this one waited for
+            return entry[0], False
+        if failed is not None and failed >= now:         # or failed while this one waited
+            raise AuthError("jwks fetch failed")
+        try:
+            jwks = self._fetch(url)
+            _check_jwks_shape(jwks, "fetched JWK Set")
+        except Exception as exc:  # any failure of the fetch function means "no keys"
+            log.warning("JWKS fetch failed", extra={"jwks_url": url, "error_type": type(exc).__name__})
             with self._lock:
-                entry, failed = self._entries.get(url), self._failed.get(url)
-            if entry is not None and entry[1] >= now:        # fetched by the call this one waited for
-                return entry[0], False
-            if failed is not None and failed >= now:         # or failed while this one waited
-                raise AuthError("jwks fetch failed")
-            try:
-                jwks = self._fetch(url)
-                _check_jwks_shape(jwks, "fetched JWK Set")
-            except Exception as exc:  # any failure of the fetch function means "no keys"
-                log.warning("JWKS fetch failed", extra={"jwks_url": url, "error_type": type(exc).__name__})
-                with self._lock:
-                    self._failed[url] = self._clock()
-                raise AuthError("jwks fetch failed") from None
-            with self._lock:
-                self._failed.pop(url, None)
-                self._entries[url] = (jwks, self._clock())
-                while len(self._entries) > self._max_urls:
-                    oldest = min(self._entries, key=lambda u: self._entries[u][1])
-                    del self._entries[oldest]
-            return jwks, True
+                self._failed[url] = self._clock()
+            raise AuthError("jwks fetch failed") from None
+        with self._lock:
+            self._failed.pop(url, None)
+            self._entries[url] = (jwks, self._clock())
+            while len(self._entries) > self._max_urls:
+                oldest = min(self._entries, key=lambda u: self._entries[u][1])
+                del self._entries[oldest]
+        return jwks, True
 
 
 class ReplayStore(Protocol):
@@ -393,9 +440,13 @@ class JwtVerifier:
 
     async def verify_async(self, authorization_header: str | None, audience: str) -> dict:
         """:meth:`verify` in a worker thread: a JWKS fetch or the replay store's database write never
-        holds the event loop."""
-        from starlette.concurrency import run_in_threadpool
-        return await run_in_threadpool(self.verify, authorization_header, audience)
+        holds the event loop. At most :data:`VERIFY_THREADS` at once, apart from the threads other routes run in
+        (forged tokens naming a slow JWKS endpoint's issuer had taken them all: /readyz timed out)."""
+        import anyio.to_thread
+
+        from ..offload import loop_local
+        limiter = loop_local(_VERIFY_LIMITERS, None, lambda: anyio.CapacityLimiter(VERIFY_THREADS))
+        return await anyio.to_thread.run_sync(self.verify, authorization_header, audience, limiter=limiter)
 
     # -- steps --------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
+from ..inflate import ACCEPT_ENCODING, TooLarge, Undecodable, aread_capped
+
 __all__ = ["fetch_queries", "fill_template", "FetchError", "FetchOutcome", "UNUSABLE", "pages_note", "not_available",
            "check_url", "address_allowed", "MAX_BODY", "MAX_CALL_BYTES"]
 
@@ -257,7 +259,7 @@ class _Call:
             raise FetchError("a page link leaves the fhirServer")
         address = await _resolve(parsed, allow_private=self.allow_private, allow_loopback=self.allow_loopback)
         pinned = urlunsplit((parsed.scheme, f"{address}:{parsed.port}", parsed.path or "/", parsed.query, ""))
-        headers = {"Accept": "application/fhir+json", "Host": parsed.host_header()}
+        headers = {"Accept": "application/fhir+json", "Accept-Encoding": ACCEPT_ENCODING, "Host": parsed.host_header()}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
@@ -269,11 +271,11 @@ class _Call:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_BODY:
                 raise FetchError("the answer is too large")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():   # decoded, so a gzip bomb meets the limit too
-                body += chunk
-                if len(body) > MAX_BODY:
-                    raise FetchError("the answer is too large")
+            body = await aread_capped(response, MAX_BODY)     # decoded under the cap: a gzip bomb meets it
+        except TooLarge:
+            raise FetchError("the answer is too large") from None
+        except Undecodable:
+            raise FetchError("the answer's content coding is not one leukodx reads") from None
         finally:
             await response.aclose()
         self.bytes_read += len(body)
@@ -284,7 +286,7 @@ class _Call:
 
         from ..offload import run_cpu
         try:
-            doc = await run_cpu(load_json_document, bytes(body), "FHIR answer", MAX_BODY, MAX_JSON_DEPTH,
+            doc = await run_cpu(load_json_document, body, "FHIR answer", MAX_BODY, MAX_JSON_DEPTH,
                                 abandon_on_cancel=True)
         except CaseError:
             raise FetchError("the answer is not usable JSON") from None
