@@ -608,6 +608,53 @@ def test_http_fetch_refuses(response):
     assert seen == [JKU]  # never followed a redirect
 
 
+def test_a_jwks_fetch_that_does_not_end_is_given_up_at_its_deadline_and_not_started_again_beside_it():
+    """Security red-team round 27: an endpoint trickling its headers was never cut off (httpx's timeouts are per read),
+    and forged tokens naming its issuer held calls and /readyz for minutes. The caller waits the deadline at most; a
+    fetch of that URL still running is not started again."""
+    import threading
+
+    from leukodx.api.cds.auth import JwksFetchError
+    release = threading.Event()
+
+    def stalls(request: httpx.Request) -> httpx.Response:
+        release.wait(30)
+        return httpx.Response(200, json=SPEC_JWKS_PUBLIC)
+
+    url = "https://stalling.example/jwks"
+    try:
+        with pytest.raises(JwksFetchError, match="timed out"):
+            http_fetch_jwks(url, transport=httpx.MockTransport(stalls))
+        with pytest.raises(JwksFetchError, match="an earlier fetch of this URL has not ended"):
+            http_fetch_jwks(url, transport=httpx.MockTransport(stalls))
+    finally:
+        release.set()
+
+
+def test_a_caller_waiting_for_another_callers_jwks_fetch_gives_up():
+    """The waiters of a fetch in progress had no limit; they give up after twice a fetch's deadline."""
+    import threading
+
+    from leukodx.api.cds import auth
+    started, release = threading.Event(), threading.Event()
+
+    def slow(url: str) -> dict:
+        started.set()
+        release.wait(30)
+        return SPEC_JWKS_PUBLIC
+
+    cache = auth._JwksCache(slow, Clock())
+    first = threading.Thread(target=lambda: cache.get(JKU), daemon=True)
+    first.start()
+    try:
+        assert started.wait(5)
+        with pytest.raises(AuthError, match="jwks fetch failed"):
+            cache.get(JKU)
+    finally:
+        release.set()
+        first.join(5)
+
+
 @pytest.mark.parametrize("url", ["http://ehr.example.com/jwks", "ftp://x/jwks", "file:///etc/passwd", "jwks"])
 def test_http_fetch_and_config_refuse_non_https(url):
     with pytest.raises(ValueError):

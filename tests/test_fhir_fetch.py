@@ -66,6 +66,16 @@ SERVER = textwrap.dedent('''
                 return self.send(200, None, b'{"resourceType": "Bundle", "x": "' + b"a" * (9 << 20) + b'"}')
             if mode == "notjson":
                 return self.send(200, None, b"<html>hello</html>")
+            if mode in ("gzipbomb", "gzipgzip", "gzipok"):   # 64 MiB of spaces in 64 KB, gzip once or twice
+                import gzip
+                inner = b'{"resourceType": "Patient", "id": "p"}' if mode == "gzipok" else b" " * (64 << 20)
+                data = gzip.compress(inner, 6)
+                if mode == "gzipgzip":
+                    data = gzip.compress(data, 9)
+                self.send_response(200); self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Encoding", "gzip, gzip" if mode == "gzipgzip" else "gzip")
+                self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+                return
             if mode == "outcome":
                 return self.send(200, {"resourceType": "OperationOutcome", "issue": []})
             if rest.startswith("Condition"):
@@ -212,10 +222,21 @@ def test_closed_hung_and_failing_ports_give_the_same_note(fhir):
     assert set(notes.values()) == {UNUSABLE}, notes
 
 
-@pytest.mark.parametrize("mode", ["entry5", "link5", "deep", "notjson", "big"])
+@pytest.mark.parametrize("mode", ["entry5", "link5", "deep", "notjson", "big", "gzipbomb", "gzipgzip"])
 def test_hostile_answers_are_an_outcome_not_an_exception(fhir, mode):
     out = fetch(f"{fhir}/{mode}", {"observations": "Observation?patient=p1"})["observations"]
     assert out.resources is None and out.note == UNUSABLE
+
+
+def test_a_compressed_answer_is_read_and_a_gzip_bomb_is_stopped_at_the_cap(fhir):
+    """Security red-team round 27: httpx decoded a network chunk whole, and a 3.5 KB answer had become 4.2 GB in the
+    worker. The decoding stops at the 8 MiB cap (64 MiB of spaces in 64 KB here); a compressed answer is read."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert fetch(f"{fhir}/gzipbomb", {"observations": "Observation?patient=p1"})["observations"].note == UNUSABLE
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 40 * 1024     # KiB: below the 64 MiB
+    ok = fetch(f"{fhir}/gzipok", {"patient": "Patient/p1"})["patient"]
+    assert ok.note is None and ok.resources["id"] == "p"
 
 
 def test_loopback_is_refused_unless_allowed_and_nothing_is_sent(listener):
