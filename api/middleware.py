@@ -15,9 +15,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .problems import fhir_wanted, send_problem
 
-__all__ = ["RequestContext", "BodyLimit", "configure_logging", "JsonFormatter"]
+__all__ = ["RequestContext", "BodyLimit", "configure_logging", "JsonFormatter", "masked_path"]
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# a report link's token is a bearer credential (api/reports.py): never logged or traced (the access log had kept it whole,
+# so that a copy of the log opened the report the database keeps only hashes for)
+_REPORT_TOKEN = re.compile(r"^(/report/|/v1/reports/)[^/?#]+")
+
+
+def masked_path(path: str) -> str:
+    """``path`` with a report link's token replaced by ``-``."""
+    return _REPORT_TOKEN.sub(r"\1-", path) if path.startswith(("/report/", "/v1/reports/")) else path
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -98,7 +106,7 @@ class RequestContext:
             if self.observe is not None:
                 self.observe(scope, status, seconds)
             self.log.info("request", extra={"request_id": request_id, "method": scope.get("method"),
-                                            "path": scope.get("path"), "status": status,
+                                            "path": masked_path(scope.get("path") or ""), "status": status,
                                             "duration_ms": round(seconds * 1000, 2)})
 
 

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from .middleware import masked_path
+
 __all__ = ["enabled_by_environment", "configure", "span", "traced", "scrub_server_span"]
 
 T = TypeVar("T")
@@ -88,16 +90,16 @@ def configure(app: Any, provider: Any = None) -> bool:
 
 
 def scrub_server_span(span: Any, scope: dict[str, Any]) -> None:
-    """The server span without the query string (``/v1/assess/fhir?patient=...`` names a patient)."""
-    if not span.is_recording() or not scope.get("query_string"):
+    """The server span without the query string (``/v1/assess/fhir?patient=...`` names a patient) and without a report
+    link's token in its path (a bearer credential: api/middleware.masked_path)."""
+    path = scope.get("path") or ""
+    if not span.is_recording() or not (scope.get("query_string") or masked_path(path) != path):
         return
     attributes = getattr(span, "attributes", None) or {}
-    for name in ("http.url", "url.full"):
+    for name in ("http.url", "url.full", "http.target", "url.path"):
         if name in attributes:
-            span.set_attribute(name, str(attributes[name]).split("?", 1)[0])
-    for name in ("http.target",):
-        if name in attributes and "?" in str(attributes[name]):
-            span.set_attribute(name, str(attributes[name]).split("?", 1)[0])
+            value = str(attributes[name]).split("?", 1)[0]
+            span.set_attribute(name, value.replace(path, masked_path(path)) if path else value)
     if "url.query" in attributes:
         span.set_attribute("url.query", "REDACTED")
 

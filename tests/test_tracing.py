@@ -97,6 +97,21 @@ def test_no_span_carries_the_patient_or_an_exception_message(traced_client):
     assert len(refused) == 1 and refused[0].status.description == "CaseError" and not refused[0].events
 
 
+def test_a_report_links_token_is_in_no_span_and_no_access_log_line(traced_client, caplog):
+    """Security red-team round 27: the access log line and the server span of GET /report/<token> kept the token, a
+    bearer credential the database keeps only hashes of (a copy of the log opened the patient's report)."""
+    import logging
+    client, exporter = traced_client
+    token = "tok-" + "q" * 40
+    with caplog.at_level(logging.INFO, logger="leukodx.access"):
+        for path in (f"/report/{token}", f"/v1/reports/{token}"):
+            client.get(path)          # the page (200) or the unknown report (404): logged either way
+    lines = [r for r in caplog.records if r.name == "leukodx.access"]
+    assert [getattr(r, "path", None) for r in lines[-2:]] == ["/report/-", "/v1/reports/-"]
+    text = _attribute_text(exporter.get_finished_spans())
+    assert token not in text and "/v1/reports/-" in text
+
+
 def test_tracing_is_off_without_the_otel_variables():
     assert not tracing.enabled_by_environment({})
     assert not tracing.enabled_by_environment({"OTEL_SERVICE_NAME": "x"})
