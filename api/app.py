@@ -142,7 +142,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
 
     def limit_for(path: str) -> int:
-        if path.startswith("/cds-services"):
+        if path.startswith("/cds-services") and not path.endswith("/feedback"):   # feedback: the 1 MiB of others
             return settings.cds_max_body_bytes
         return settings.fhir_max_body_bytes if path == "/v1/assess/fhir" else settings.max_body_bytes
 

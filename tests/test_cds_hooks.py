@@ -586,8 +586,21 @@ def test_feedback_above_its_body_limit_is_413_as_the_calls_are(client):
     assert len(big) > get_settings().max_body_bytes
     r = client.post("/cds-services/leukodx-patient-view/feedback", content=big,
                     headers={"content-type": "application/json"})
-    assert r.status_code == 413 and "larger than" in r.text
+    assert r.status_code == 413 and f"exceeds {get_settings().max_body_bytes} bytes" in r.text   # refused unread
     assert list(feedback_store.store_for(get_settings().feedback_db_url).export()) == []
+
+
+def test_feedback_keeps_only_the_fields_the_spec_declares(client):
+    """Security red-team round 27: a 900 KB undeclared comment and a patient's name had been stored beside a
+    userComment held to 4,000 characters."""
+    entry = {"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2020-01-01T00:00:00Z", "patientName": "Jane Roe",
+             "overrideReason": {"reason": {"code": "r", "system": "s", "display": "d", "note": "x" * 1000},
+                                "userComment": "ok", "userComment2": "y" * 900_000}}
+    r = client.post("/cds-services/leukodx-patient-view/feedback", json={"feedback": [entry], "extra": "z"})
+    assert r.status_code == 200, r.text
+    [row] = list(feedback_store.store_for(get_settings().feedback_db_url).export())
+    stored = json.dumps(row, default=str)
+    assert "Jane Roe" not in stored and "y" * 100 not in stored and "x" * 100 not in stored and '"ok"' in stored
 
 
 # ---- security: JWT on every call -----------------------------------------------------------------

@@ -154,16 +154,28 @@ class CardsResponse(_Closed):
     systemActions: Optional[list[Action]] = None     # CDS Hooks 2.0.1; leukodx sends none
 
 
-class OverrideReason(_Open):
-    reason: Optional[Coding] = None
+class _Kept(BaseModel):
+    """Feedback is stored: what it holds beyond the spec's fields is not kept (a 900 KB undeclared comment and a
+    patient's name had been stored beside a userComment held to 4,000 characters)."""
+    model_config = ConfigDict(extra="ignore")
+
+
+class ReasonCoding(_Kept):
+    system: Optional[str] = Field(None, max_length=500)
+    code: Optional[str] = Field(None, max_length=200)
+    display: Optional[str] = Field(None, max_length=500)
+
+
+class OverrideReason(_Kept):
+    reason: Optional[ReasonCoding] = None
     userComment: Optional[str] = Field(None, max_length=4000)
 
 
-class AcceptedSuggestion(_Open):
+class AcceptedSuggestion(_Kept):
     id: str = Field(min_length=1, max_length=200)
 
 
-class FeedbackEntry(_Open):
+class FeedbackEntry(_Kept):
     card: str = Field(min_length=1, max_length=200)
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] = []
@@ -179,7 +191,7 @@ class FeedbackEntry(_Open):
         return self
 
 
-class FeedbackRequest(_Open):
+class FeedbackRequest(_Kept):
     feedback: list[FeedbackEntry] = Field(min_length=1, max_length=1000)
 
 
