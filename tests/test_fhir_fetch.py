@@ -263,6 +263,14 @@ def test_private_addresses_only_with_allow_private_and_metadata_never():
     assert not address_allowed(ip.ip_address("169.254.169.254"), allow_private=True, allow_loopback=True)
     assert not address_allowed(ip.ip_address("::ffff:127.0.0.1"), allow_private=True, allow_loopback=False)
     assert address_allowed(ip.ip_address("93.184.216.34"), allow_private=False, allow_loopback=False)
+    # IPv4 carried in IPv6 (security red-team round 27: 6to4 had passed): judged as the IPv4 address it carries
+    assert not address_allowed(ip.ip_address("2002:a9fe:a9fe::1"), allow_private=True, allow_loopback=True)
+    assert not address_allowed(ip.ip_address("2002:7f00:1::1"), allow_private=True, allow_loopback=False)
+    assert not address_allowed(ip.ip_address("2002:0a01:0203::1"), allow_private=False, allow_loopback=False)
+    assert address_allowed(ip.ip_address("2002:5db8:d822::1"), allow_private=False, allow_loopback=False)
+    teredo_metadata = "2001:0:4136:e378:8000:63bf:5601:5601"    # Teredo: client 169.254.169.254 (bits inverted)
+    assert ip.ip_address(teredo_metadata).teredo[1] == ip.ip_address("169.254.169.254")
+    assert not address_allowed(ip.ip_address(teredo_metadata), allow_private=True, allow_loopback=True)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:1@192.0.2.2:2/x", "http://a@b/", "http://127.0.0.1\\@x/",

@@ -183,8 +183,12 @@ def address_allowed(ip: Union[ipaddress.IPv4Address, ipaddress.IPv6Address], *, 
     """May leukodx connect to this address? Loopback only in development; link-local (cloud
     metadata), multicast, unspecified and reserved never; other non-global addresses (private
     networks, shared and documentation ranges) only with ``allow_private``."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # an IPv4 address carried in IPv6 is judged as itself: mapped, 6to4 (2002:a9fe:a9fe:: is 169.254.169.254, the
+        # cloud metadata, and had passed where a relay routes it) and Teredo's client address
+        carried = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if carried is not None:
+            return address_allowed(carried, allow_private=allow_private, allow_loopback=allow_loopback)
     if ip.is_loopback:
         return allow_loopback
     if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
