@@ -558,3 +558,15 @@ def test_fhir_a_temperature_coded_only_as_snomed_ct_body_temperature_is_read(cli
     assert "febrile_neutropenia" in [a["id"] for a in doc["alerts"]]
     vitals = {s["id"]: s for s in client.get("/cds-services").json()["services"]}["leukodx-patient-view"]["prefetch"]["vitals"]
     assert "http://snomed.info/sct|386725007" in vitals
+
+
+def test_the_page_allows_no_inline_script_and_probes_may_use_head(client):
+    """Security red-team round 27: the CSP allowed inline scripts though the page runs none (Swagger UI's /docs, which
+    starts with one, sets its own), and HEAD /healthz was a 405 to load balancers' probes."""
+    csp = client.get("/").headers["content-security-policy"]
+    script = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
+    assert script.strip() == "script-src 'self'" and "frame-ancestors 'none'" in csp
+    assert "script-src 'self' 'unsafe-inline'" in client.get("/docs").headers["content-security-policy"]
+    for path in ("/healthz", "/readyz"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", path
