@@ -139,15 +139,11 @@ def map_bundle(data: Any, *, kb: KnowledgeBase, case_id: Optional[str] = None, p
         later = latest_temperature_day(mine, kb)
         if later is not None and 0 < (later - ref).days <= kb.value("current_temperature_max_age_days"):
             ref = as_of = later
-    measured_by = ref
-    if as_of is not None and ref is not None:
-        # a temperature dated up to FUTURE_TOLERANCE_DAYS after the case date is today's where it was taken, as a count
-        # is (a fever of 38.9 dated tomorrow in UTC had been left out, the card listing the temperature as missing)
-        later = latest_temperature_day(mine, kb)
-        if later is not None and 0 < (later - ref).days <= FUTURE_TOLERANCE_DAYS:
-            measured_by = later
     unread_temperatures: list[Problem] = []
-    temp = temperature(mine, measured_by, warnings, kb, unread_temperatures)
+    # with a case date given, a temperature dated up to FUTURE_TOLERANCE_DAYS after it is today's where it was taken, as
+    # a count is (a fever of 38.9 dated tomorrow in UTC had been left out, the card listing the temperature as missing)
+    temp = temperature(mine, ref, warnings, kb, unread_temperatures,
+                       grace_days=FUTURE_TOLERANCE_DAYS if as_of is not None else 0)
     left_out += [NotAssessed(field=p.loc or "Observation", reason=p.msg) for p in unread_temperatures]
     # a temperature without a count is assessed (a fever needs a count), on a known case date only: with no
     # lab and no as_of, nothing would date the case, and a fever of years ago would read as one of today

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Iterator, NamedTuple, Optional
 
@@ -179,9 +179,10 @@ def latest_temperature_day(mine: list[Item], kb: KnowledgeBase) -> Optional[date
 
 
 def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: KnowledgeBase,
-                unread: Optional[list[Problem]] = None) -> Temperature:
+                unread: Optional[list[Problem]] = None, grace_days: int = 0) -> Temperature:
     """The highest body temperature (a code of rules/vitals.yaml), in Celsius, where it was taken, and
-    whether a fever was sustained, of those not after the case date and at most ``current_temperature_max_age_days``
+    whether a fever was sustained, of those not after the case date (``grace_days`` after it at most) and at most
+    ``current_temperature_max_age_days``
     before it (an older one says nothing about fever now; without a case date, before the latest
     reading), and within ``fever_lookback_hours`` of the latest reading; a warning says so when it is not
     the latest."""
@@ -230,7 +231,7 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
         when = item.own_time(warnings)
         if when is None:
             continue
-        if after(when, ref):
+        if after(when, ref + timedelta(days=grace_days) if ref is not None else None):
             later += 1
             continue
         if ref is not None and (ref - utc_naive(when).date()).days > max_age_days:
