@@ -100,7 +100,7 @@ def map_pgx(kb: KnowledgeBase, mine: list[Item], warnings: list[str],
         when = item.own_time()
         utc = utc_naive(when) if when is not None else None
         for gene, part in _per_gene(genes, value):
-            mapped = result_in_text(part) if part is not None else None
+            mapped = result_in_text(part, kb.diplotypes.get(gene)) if part is not None else None
             if part is None:
                 warnings.append(f"{item.label}: {named} result {value!r} does not say which part is {gene.upper()}'s; "
                                 f"the {gene.upper()} result was not used.")
