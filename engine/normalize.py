@@ -5,7 +5,6 @@ code, unknown or incompatible unit, implausible value (with the unit probably me
 count, percentages above 100, a date after ``as_of``, an unknown TPMT/NUDT15 diplotype."""
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -16,9 +15,9 @@ from .assessment import GeneStatus, Unrecognised
 from .case import Case, Dose
 from .errors import CaseError, Problem
 from .kb import KnowledgeBase
-from .timeutil import utc_date, utc_naive
+from .timeutil import utc_date
 from .doses import dose_mg_kg_day, taken_more_often_than
-from .units import UnitProblem, conversion_factor
+from .lab_value import Doubt, NormLab, _fmt, normalize_lab
 from .vocabulary import (SUGGEST_MAX_NAMES, DrugIndex, current_cancer, duffy_prevalent, match_organ, oncologic_use,
                          read_conditions)
 
@@ -29,26 +28,6 @@ CLASS_WINDOWS = {"cytotoxic_chemotherapy": "chemotherapy_nadir_window_days", "an
 WHITE_PARTS = ("anc", "segmented_neutrophils", "bands", "lymphocytes", "monocytes", "eosinophils", "basophils")
 PCT_TESTS = ("neutrophils_pct", "bands_pct", "lymphocytes_pct", "monocytes_pct", "eosinophils_pct",
              "basophils_pct", "blasts_pct")
-
-
-@dataclass(slots=True)
-class NormLab:
-    """One lab value, read and converted. Not frozen (nothing changes it after :func:`normalize`): a frozen
-    dataclass sets each field through ``object.__setattr__``, 3x the cost, and an EHR's case has hundreds."""
-    index: int
-    test: str
-    value: float              # in the test's normalised unit
-    unit: str
-    time: Optional[datetime]  # UTC, naive; None = untimed (taken as current)
-    lln: Optional[float]
-    original_value: float
-    original_unit: str
-    original_test: Optional[str]
-    loinc: Optional[str]
-    specimen: Optional[str] = None
-    ref: Optional[str] = None
-    comparator: Optional[str] = None  # the value was a bound ("<0.5"); below a "<" bound, value is just under it
-    day_only: bool = False            # dated by its day alone (a date, no time of day)
 
 
 @dataclass(frozen=True)
@@ -85,10 +64,6 @@ class NormCase:
     cancer_current: bool = False     # a cancer named as current: a drug without an indication treats it (oncologic_use)
 
 
-def _fmt(x: float) -> str:
-    return f"{x:g}"
-
-
 def _duffy_from_diagnosis(case: Case, conditions: set[str], warnings: list[str]) -> Case:
     """A documented benign ethnic neutropenia (Duffy-null associated neutrophil count) with no Duffy status given is
     read as the Duffy-null phenotype, so that the clozapine label's BEN thresholds apply (starting clozapine at an
@@ -105,95 +80,6 @@ def _duffy_from_diagnosis(case: Case, conditions: set[str], warnings: list[str])
                         "thresholds apply.")
         return case.model_copy(update={"patient": case.patient.model_copy(update={"duffy_null": True})})
     return case
-
-
-def _normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem],
-                   warnings: list[str]) -> Optional[NormLab]:
-    where = f"labs[{i}]"
-    test = None
-    if lab.test:
-        test = lab.test.strip().lower()
-        if test not in kb.tests:
-            problems.append(Problem(f"{where}.test", f"unknown test {lab.test!r}; known tests: {', '.join(kb.tests)}"))
-            return None
-    if lab.loinc:
-        by_code = kb.loinc.get(lab.loinc.strip())
-        if by_code is None:
-            problems.append(Problem(f"{where}.loinc", f"unknown LOINC code {lab.loinc!r} (not a CBC, differential, "
-                                                      f"B12, folate or copper code leukodx knows)"))
-            return None
-        if test and test != by_code:
-            problems.append(Problem(where, f"test {test!r} and LOINC {lab.loinc} ({by_code}) disagree"))
-            return None
-        test = by_code
-    spec = kb.tests[test]
-    name = f"{where} ({test})"
-    value = lab.value + 0.0  # -0.0 -> 0.0
-    if value < 0:
-        problems.append(Problem(f"{where}.value", f"{test} is negative ({_fmt(value)}); a count or level cannot be"))
-        return None
-    try:
-        conv = conversion_factor(lab.unit, spec["dimension"], spec["unit"], spec.get("molar_mass"))
-    except UnitProblem as e:
-        problems.append(Problem(f"{where}.unit", f"{test}: {e}"))
-        return None
-    normalized = float(f"{value * conv.factor:.10g}")
-    low, high = spec["plausible"]
-    if not (normalized == 0 and spec.get("zero_allowed")) and not (low <= normalized <= high):
-        if spec["dimension"] == "fraction":
-            problems.append(Problem(f"{where}.value", f"{test} {_fmt(value)}% is not a plausible percentage "
-                                                      f"(it must lie between 0 and 100 percent)"))
-            return None
-        meant = [u for u in spec.get("suggest", []) if u != lab.unit and _plausible(value, u, spec)]
-        if normalized < low and spec.get("below_range_may_be_real"):
-            # a count that can be that low (labs.yaml), read as a 0 is: refused, an ANC of 3 /uL left the tier unknown
-            warnings.append(f"{where}: {test} {_fmt(value)} {lab.unit} ({_fmt(normalized)} {spec['unit']}) is below "
-                            f"{_fmt(low)} {spec['unit']}: read as the profound count it says" +
-                            (f"; if its unit was {meant[0]!r}, correct the unit" if meant else ""))
-        else:
-            problems.append(Problem(f"{where}.value", f"{test} {_fmt(value)} {lab.unit} is not plausible "
-                                                      f"({_fmt(normalized)} {spec['unit']}; plausible range "
-                                                      f"{_fmt(low)}-{_fmt(high)} {spec['unit']})" +
-                                                      (f"; the unit was probably {meant[0]!r}" if meant else "")))
-            return None
-    lln = None
-    if lab.lln is not None:
-        if lab.lln < 0:
-            problems.append(Problem(f"{where}.lln", f"{name}: lower limit of normal cannot be negative"))
-            return None
-        factor = conv.factor
-        if lab.lln_unit is not None and lab.lln_unit != lab.unit:
-            try:
-                factor = conversion_factor(lab.lln_unit, spec["dimension"], spec["unit"], spec.get("molar_mass")).factor
-            except UnitProblem as e:
-                problems.append(Problem(f"{where}.lln_unit", f"{test}: {e}"))
-                return None
-        lln = float(f"{lab.lln * factor:.10g}")
-        if not (lln == 0 and spec.get("lln_zero_allowed")) and not low <= lln <= high:   # a limit in another unit
-            # than the value, say (0 is a real limit where the interval starts at 0): the count itself is still read
-            given = f"{_fmt(lab.lln)} {lab.lln_unit or lab.unit}"
-            if lln != lab.lln:
-                given += f" ({_fmt(lln)} {spec['unit']})"
-            warnings.append(f"{where}.lln: {test}'s lower limit of normal {given} is not plausible (plausible range "
-                            f"{_fmt(low)}-{_fmt(high)} {spec['unit']}); it was not used, and the value was judged "
-                            f"against leukodx's own limits. Give lln_unit when the limit has another unit than the value.")
-            lln = None
-    if lab.comparator in ("<", "<="):   # a count below the bound: judged as below it (a cutoff's value is milder)
-        normalized = math.nextafter(normalized, 0.0)
-    return NormLab(index=i, test=test, value=normalized, unit=spec["unit"],
-                   time=utc_naive(lab.time) if lab.time else None, lln=lln, original_value=value,
-                   original_unit=lab.unit, original_test=lab.test, loinc=lab.loinc, specimen=lab.specimen,
-                   ref=lab.ref, comparator=lab.comparator,
-                   day_only=lab.time is not None and not isinstance(lab.time, datetime))
-
-
-def _plausible(value: float, unit: str, spec: dict[str, Any]) -> bool:
-    try:
-        f = conversion_factor(unit, spec["dimension"], spec["unit"], spec.get("molar_mass")).factor
-    except UnitProblem:
-        return False
-    low, high = spec["plausible"]
-    return low <= value * f <= high
 
 
 def _classes(drug: dict[str, Any], oncologic: bool, conditions: set[str]) -> frozenset[str]:
@@ -214,7 +100,8 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     problems: list[Problem] = []
     warnings: list[str] = []
     unrecognised: list[Unrecognised] = []
-    labs = [n for i, lab in enumerate(case.labs) if (n := _normalize_lab(kb, i, lab, problems, warnings))]
+    doubtful: dict[int, Doubt] = {}
+    labs = [n for i, lab in enumerate(case.labs) if (n := normalize_lab(kb, i, lab, problems, warnings, doubtful))]
 
     # as_of: given, else the latest lab time; never the wall clock.
     lab_times = [lab.time for lab in labs if lab.time]
@@ -273,6 +160,12 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     margin = kb.value("anc_above_wbc_margin")      # the two may differ by their rounding
     for draw in counts.values():
         wbc = draw.get("wbc")
+        for part in draw.values():   # a profound reading stands only where its other unit's is above the draw's WBC
+            doubt = doubtful.pop(part.index, None)
+            if doubt is not None and wbc is not None and doubt.other > wbc.value + margin:
+                warnings.append(doubt.accepted)
+            elif doubt is not None:
+                problems.append(doubt.refused)
         if wbc is None:
             continue
         over = [part for test in WHITE_PARTS if (part := draw.get(test)) is not None and part.value > wbc.value + margin]
@@ -289,6 +182,7 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
                                     f"{_fmt(round(total, 6))} ({', '.join(f'{p.test} {_fmt(p.value)}' for p in parts)}), "
                                     f"above its WBC {_fmt(wbc.value)} {wbc.unit}: one of the values is wrong",
                                     tuple(f"labs[{p.index}]" for p in parts)))
+    problems += [doubt.refused for doubt in doubtful.values()]     # no draw, or a second value of its test there
 
     def not_future(where: str, v: Union[date, datetime, None]) -> None:
         d = utc_date(v)

@@ -28,6 +28,10 @@ def normalize_problems(kb, raw) -> list[str]:
     (base_case(labs=[lab("neutrophils_pct", 1.5, "10^9/L")]), "labs[0].unit", "absolute count"),
     (base_case(labs=[lab("wbc", 3.8, "/uL")]), "labs[0].value", "probably '10^9/L'"),
     (base_case(labs=[lab("wbc", 3100, "10^9/L")]), "labs[0].value", "probably '/uL'"),
+    # below the range of a count that can be zero, and plausible in another unit under its draw's WBC: a unit slip
+    # as likely as a profound count (round 28: ANC 3.1 "/uL" beside a WBC of 6.2 had become a critical card)
+    (base_case(labs=[lab("wbc", 6.2), lab("anc", 3.1, "/uL")]), "labs[1].value", "if its unit was '10^9/L'"),
+    (base_case(labs=[lab("anc", 3.1, "/uL")]), "labs[0].value", "the count is profound, below 0.005"),   # no WBC
     (base_case(labs=[lab("hemoglobin", 120, "g/dL")]), "labs[0].value", "probably 'g/L'"),
     (base_case(labs=[lab("wbc", -1.0)]), "labs[0].value", "negative"),
     (base_case(labs=[lab("neutrophils_pct", 70, "%"), lab("lymphocytes_pct", 40, "%")]), "labs", "exceed 100"),
