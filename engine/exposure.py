@@ -298,7 +298,7 @@ def earlier_anc_facts(kb: KnowledgeBase, nc: NormCase, anc_points: dict[Optional
     was taken, from the day after its start (a count of the start day is its baseline, as for
     `_low_before_start`) to its end (to the case date while taken, or when stopped or completed on a day not given: it may
     have been stopped for that count): `drug_<id>_lowest_earlier_anc`, and `<class>_taken_lowest_earlier_anc` for the
-    drugs still taken. A value reported as a bound ("<0.5")
+    drugs taken now, over all their courses. A value reported as a bound ("<0.5")
     counts as the bound. With no ANC now (a WBC alone, or no current count), the latest ANC there is and its age:
     `last_anc`, `last_anc_age_days`. With one, the lowest ANC of the draws within anc_from_earlier_draw_hours before
     it, a draw's WBC with no ANC (``wbc_only``) counting as its bound: `lowest_anc_hours_before` (an ANC of 0.3 in
@@ -315,17 +315,25 @@ def earlier_anc_facts(kb: KnowledgeBase, nc: NormCase, anc_points: dict[Optional
             latest = max(dated)
             facts["last_anc"] = float(anc_points[latest])
             facts["last_anc_age_days"] = float((nc.as_of - latest.date()).days)
+    taken: dict[str, frozenset[str]] = {}       # drug -> its classes, for the drugs taken now
     for med in nc.meds:
         if med.start is None or med.drug_id is None:
             continue
         active, stop_unknown, _ = _exposure(med, nc.as_of)
+        if active:
+            taken[med.drug_id] = med.classes
         end = nc.as_of if active or stop_unknown else med.end or med.start
         on = [v for t, v in anc_points.items() if t is not None and t != current and end is not None
               and med.start < t.date() <= end]
         if on:
-            for key in [f"drug_{med.drug_id}_lowest_earlier_anc",
-                        *(f"{cls}_taken_lowest_earlier_anc" for cls in sorted(med.classes) if active)]:
-                facts[key] = min(facts.get(key, min(on)), min(on))
+            key = f"drug_{med.drug_id}_lowest_earlier_anc"
+            facts[key] = min(facts.get(key, min(on)), min(on))
+    # a drug taken now, and its lowest ANC on any course of it (restarted after an agranulocytosis on an earlier one: a
+    # rechallenge, which had passed unsaid)
+    for drug_id, classes in taken.items():
+        if (low := facts.get(f"drug_{drug_id}_lowest_earlier_anc")) is not None:
+            for cls in classes:
+                facts[f"{cls}_taken_lowest_earlier_anc"] = min(facts.get(f"{cls}_taken_lowest_earlier_anc", low), low)
 
 
 def started_after(meds: list[NormMed], count_day: Optional[date]) -> list[NormMed]:

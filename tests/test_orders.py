@@ -382,7 +382,8 @@ def test_an_intermediate_metabolizers_order_already_within_cpics_reduced_range_i
     ("mercaptopurine", "50 mg/m2 once daily", False),             # within CPIC's 25-60 mg/m2/day
     ("mercaptopurine", {"value": 60, "unit": "mg/m2/d"}, False),  # the upper end itself
     ("mercaptopurine", {"value": 75, "unit": "mg/m2/d"}, True),   # CPIC's normal starting dose: cut to 80%
-    ("thioguanine", {"value": 40, "unit": "mg/(m2.d)"}, False),   # within CPIC's 20-48 mg/m2/day
+    ("thioguanine", {"value": 30, "unit": "mg/(m2.d)"}, False),   # within 80% of the lowest normal 40 mg/m2/day
+    ("thioguanine", {"value": 45, "unit": "mg/(m2.d)"}, True),    # in CPIC's example 20-48, but a normal dose (40-60)
     ("thioguanine", {"value": 60, "unit": "mg/m2/day"}, True),
     ("mercaptopurine", "75 mg/m2 once weekly", True),            # a weekly dose is no reduced daily dose
 ])
