@@ -118,15 +118,23 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
         if len(idx) > 1:
             problems.append(Problem("labs", f"{len(idx)} values for {test} without a time (labs{idx}); give each a "
                                             f"time so they form a series", tuple(f"labs[{i}]" for i in idx[1:])))
-    # several values of one test at the same time
-    seen: dict[tuple[str, Optional[datetime]], int] = {}
+    # several values of one test at the same time: the one named (left out of a partial assessment) is the later, or
+    # of two counts or percentages whose lower side is the worse, the higher (the first had stood whatever it was:
+    # an ANC of 1.6 before 0.4, an automated 66% before a manual 10%, as FHIR's keep_one already keeps the lower)
+    seen: dict[tuple[str, Optional[datetime]], NormLab] = {}
     for lab in labs:
         if lab.time is not None:
-            key = (lab.test, lab.time)
-            if key in seen:
-                problems.append(Problem(f"labs[{lab.index}]", f"a second {lab.test} value at {lab.time.isoformat()} "
-                                                              f"(also labs[{seen[key]}])"))
-            seen[key] = lab.index
+            key, first = (lab.test, lab.time), seen.get((lab.test, lab.time))
+            if first is not None:
+                spec = kb.tests[lab.test]
+                worse_low = spec["dimension"] == "count_per_volume" or spec.get("conflict_keeps_lower")
+                named = first if worse_low and first.value > lab.value else lab
+                problems.append(Problem(f"labs[{named.index}]", f"a second {lab.test} value at {lab.time.isoformat()} "
+                                        f"(also labs[{(lab if named is first else first).index}])" +
+                                        ("; the lower is the one kept in a partial assessment" if worse_low else "")))
+                seen[key] = lab if named is first else first
+            else:
+                seen[key] = lab
 
     # percentages of one sample must not add up to more than 100
     by_time: dict[Optional[datetime], dict[str, float]] = defaultdict(dict)

@@ -245,3 +245,16 @@ def test_an_evening_draw_west_of_utc_is_on_the_day_an_as_of_day_names(engine):
         engine.assess(base_case(as_of="2026-12-03T23:00:00Z", labs=labs))
     with pytest.raises(CaseError, match="in the future"):
         engine.assess(base_case(as_of="2026-12-02", labs=labs))
+
+
+@pytest.mark.parametrize("first,second", [(("anc", 1.6, "10^9/L"), ("anc", 0.4, "10^9/L")),
+                                          (("anc", 0.4, "10^9/L"), ("anc", 1.6, "10^9/L")),
+                                          (("neutrophils_pct", 66, "%"), ("neutrophils_pct", 10, "%")),
+                                          (("neutrophils_pct", 10, "%"), ("neutrophils_pct", 66, "%"))])
+def test_of_two_values_of_one_draw_a_partial_assessment_keeps_the_lower_in_either_order(engine, first, second):
+    """Red-team round 28: in a case (not FHIR) the first of two ANCs or neutrophil percentages at one time had
+    stood, whatever it was: the tier followed the order of the list. The higher is the one left out."""
+    a = engine.assess(base_case(labs=[lab("wbc", 3.0), lab(*first), lab(*second)]), partial=True)
+    assert a.risk_tier.tier == "severe" and a.risk_tier.anc in (0.4, 0.3)
+    higher = 1 if first[1] > second[1] else 2
+    assert [n.field for n in a.not_assessed] == [f"labs[{higher}]"]
