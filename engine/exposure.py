@@ -168,8 +168,11 @@ def _unrecognised_drug_recent(nc: NormCase, recent_days: float, onset_max_days: 
                                or (nc.as_of - _as_day(med.end)).days <= recent_days):
             continue
         start = _as_day(med.start) if med.start is not None else None
-        if start is None or not any(lab.test == "anc" and lab.time is not None and lab.value >= normal_anc
-                                    and (lab.time.date() - start).days >= onset_max_days for lab in nc.labs):
+        # beside a cancer, an unknown drug may be its treatment, lowering the count cycle after cycle with normal counts
+        # between (palbociclib): tolerance is not read then
+        if start is None or nc.cancer_current or not any(
+                lab.test == "anc" and lab.time is not None and lab.value >= normal_anc
+                and (lab.time.date() - start).days >= onset_max_days for lab in nc.labs):
             return True
     return False
 

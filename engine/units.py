@@ -268,5 +268,9 @@ def count_text(x: float, cutoffs: Iterable[float] = ()) -> str:
     1.499 -> 1.499: "mild (ANC 1.5)" had contradicted "a value on a cutoff falls in the milder tier")."""
     if 0 < abs(x) < 0.01:
         return f"{x:.2g}"
-    shown = round(x, 2)
-    return f"{x:.4g}" if any(x < c <= shown for c in cutoffs) else f"{shown:g}"
+    shown = f"{round(x, 2):g}"
+    for digits in range(4, 13):   # as many digits as keep it below the cutoff (0.99999 is not "1")
+        if not any(x < c <= float(shown) for c in cutoffs):
+            break
+        shown = f"{x:.{digits}g}"
+    return shown

@@ -31,11 +31,12 @@ PRODUCT_TTYS = ("SCD", "SBD", "GPCK", "BPCK")
 # and nothing for text that merely shares a few letters with a drug name ("xyzzy").
 SUGGEST_MIN_RATIO = 0.8
 # ... and only when it is a slip of the pen away: at most one letter added, dropped, changed or two swapped
-# (two in a name of SUGGEST_TWO_SLIPS_FROM letters or more). A ratio alone offered another real drug for a
-# drug leukodx does not know: "gemcitabine" for emtricitabine, "valganciclovir" for valaciclovir (a pair
-# confused in practice: Kaestli 2012, Swiss Med Wkly 142:w13639), "ganciclovir" for aciclovir, "Toradol" for
-# tramadol; typed names of those lengths that are two slips away are as likely to be another drug as a slip.
-SUGGEST_TWO_SLIPS_FROM = 13
+# (two in a name of SUGGEST_TWO_SLIPS_FROM letters or more). A ratio alone offered another real drug for a drug
+# leukodx does not know: "gemcitabine" for emtricitabine, "valganciclovir" for valaciclovir (a pair confused in
+# practice: Kaestli 2012, Swiss Med Wkly 142:w13639), "ganciclovir" for aciclovir, "Toradol" for tramadol, and
+# two slips "dexamethasone" for betamethasone (13 letters); names of those lengths two slips away are as likely to
+# be another drug as a slip.
+SUGGEST_TWO_SLIPS_FROM = 14
 _SUGGEST_MIN_LETTERS = 4          # words shorter than this (mg, po, 50) are not compared on their own
 # Bounds on the comparison work one case can ask for (difflib over the vocabulary costs about 2 ms a word
 # run; 500 names of 30 words each held a worker's event loop for 37 s): the first words of a name (a drug's

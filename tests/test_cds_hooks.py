@@ -280,7 +280,7 @@ def test_missing_prefetch_without_fhir_server_is_412(client, prefetch_value):
     assert r.status_code == 412 and r.json()["resourceType"] == "OperationOutcome"
 
 
-@pytest.mark.parametrize("total,named", [(250, True), (4, False), ("250", False)])
+@pytest.mark.parametrize("total,named", [(250, True), (250.0, True), (4, False), ("250", False)])
 def test_a_search_holding_fewer_results_than_its_total_with_no_next_page_is_named(client, total, named):
     """FHIR red-team round 26: a searchset of 2 entries saying total 250, with no next link, had been read as the
     patient's whole record; the card says what it lacks. An entry that is an included resource is no match."""

@@ -17,7 +17,7 @@ import pytest
 from leukodx.engine import CaseError, get_engine
 from leukodx.engine.render import to_text
 
-from conftest import LOG_CAPTURE
+from conftest import LOG_CAPTURE, base_case, lab
 from test_cds_hooks import PATIENT, RECENT, cards_of, client, obs, prefetch, request, searchset  # noqa: F401
 
 T0 = "2025-03-10T08:00:00Z"
@@ -945,3 +945,18 @@ def test_an_unreadable_anc_beside_a_readable_one_is_named_whatever_the_order(cli
     [card] = _patient_view(client, [wbc, *pair])
     assert card["indicator"] == "warning" and card["summary"].startswith("A WBC or neutrophil value not readable")
     assert "may be lower than the one used" in card["detail"] and "ANC 2.5" in card["detail"]
+
+
+def test_an_unknown_drug_beside_a_cancer_holds_the_marrow_whatever_counts_were_normal_on_it(engine):
+    """Red-team round 28: palbociclib (unknown to leukodx) lowers the count cycle after cycle with normal counts between;
+    a normal ANC on it had let an urgent marrow through "with no drug to explain it". Without a cancer, a drug
+    tolerated past the onset window no longer holds the marrow (cases/marrow/unknown-drug-tolerated-...)."""
+    def case(conditions):
+        return base_case(as_of="2026-12-03", labs=[lab("wbc", 1.3, time="2026-12-03T08:00:00Z"),
+                                                   lab("anc", 0.3, time="2026-12-03T08:00:00Z"),
+                                                   lab("anc", 3.9, time="2026-06-03T08:00:00Z")],
+                         medications=[{"name": "palbociclib", "status": "active", "start": "2025-01-01"}],
+                         history={"conditions": conditions})
+    held = engine.assess(case(["metastatic breast cancer"]))
+    assert "bone_marrow_examination" not in [s.id for s in held.steps]
+    assert "bone_marrow_examination" in [s.id for s in engine.assess(case([])).steps]

@@ -150,6 +150,7 @@ def test_a_unit_s_own_power_and_the_ten_power_spellings_are_still_read(unit):
 @pytest.mark.parametrize("value,text", [(3.78761, "3.79"), (1.2345, "1.23"), (2.0, "2"), (210, "210"), (0, "0"),
                                         (0.598442, "0.6"),                                          # not a cutoff
                                         (1.499, "1.499"), (0.0996, "0.0996"), (0.996, "0.996"),   # not onto 1.5, 0.1, 1
+                                        (0.99999, "0.99999"), (1.49996, "1.49996"),                # WBC x % (round 28)
                                         (0.003, "0.003"), (0.0024, "0.0024")])
 def test_a_count_is_shown_as_a_lab_reports_it_never_rounded_onto_a_cutoff(value, text):
     """Clinical red-team round 25: "MILD (ANC 1.5)" over an ANC of 1.499 contradicted the rule that a value on a

@@ -216,7 +216,7 @@ def test_suggest_is_bounded_and_ranked(drugs):
     # real drugs leukodx does not know, close by letters to one it knows: offering that one invites the confusion
     # (valaciclovir and valganciclovir are confused in practice), so they get no suggestion
     ("emtricitabine", []), ("tenofovir/emtricitabine", []), ("valaciclovir", []), ("valacyclovir", []),
-    ("aciclovir", []), ("acyclovir", []), ("tramadol", []),
+    ("aciclovir", []), ("acyclovir", []), ("tramadol", []), ("betamethasone", []),
     ("prednisine", ["prednisone"]),     # one slip from prednisone; two from prednisolone, not offered
 ])
 def test_suggest_offers_no_other_real_drug(drugs, text, expected):

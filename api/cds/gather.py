@@ -141,6 +141,8 @@ def _short_of_total(value: Any) -> str:
     total, entries = value.get("total"), value.get("entry") if isinstance(value.get("entry"), list) else []
     matches = sum(1 for e in entries if isinstance(e, dict)
                   and (e["search"].get("mode", "match") if isinstance(e.get("search"), dict) else "match") == "match")
+    if isinstance(total, float) and total.is_integer():      # 250.0 is 250 (a total of 3.0 had passed)
+        total = int(total)
     if not isinstance(total, int) or isinstance(total, bool) or total <= matches:
         return ""
     return f"it holds {matches} of the {total} results its search found, and no link to the rest"

@@ -2,7 +2,7 @@
 // the API and shows the Assessment. All judgement comes from the API; this page only presents it, plus
 // one convenience computed here: a drug name not in the API's list (GET /v1/drugs) is marked beside its
 // field as it is typed, with the closest known names (the same similarity the engine uses: difflib's
-// ratio >= 0.8 and one slip of the pen away, two in names of 13 letters or more); after Assess, the server's own `unrecognised` list replaces these hints.
+// ratio >= 0.8 and one slip of the pen away, two in names of 14 letters or more); after Assess, the server's own `unrecognised` list replaces these hints.
 "use strict";
 
 const TESTS = {
@@ -116,7 +116,7 @@ function makeDrugIndex(names) {
         for (const cand of keys.keys()) {
           if (Math.abs(cand.length - u.length) > u.length * 0.5) continue;
           const r = ratio(u, cand);
-          if (r >= 0.8 && r > (best.get(cand) || 0) && slips(u, cand, u.length >= 13 ? 2 : 1)) best.set(cand, r);
+          if (r >= 0.8 && r > (best.get(cand) || 0) && slips(u, cand, u.length >= 14 ? 2 : 1)) best.set(cand, r);
         }
       }
       return [...best.entries()].sort((x, y) => y[1] - x[1]).slice(0, n).map(([c]) => keys.get(c));
