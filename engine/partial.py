@@ -19,7 +19,11 @@ T = TypeVar("T")
 _ITEM = re.compile(r"^(labs|medications|history\.conditions)\[(\d+)\]")
 _FIELD = re.compile(r"^(patient|history)\.([a-z_0-9]+)")
 _TOP = ("as_of", "id", "title", "rationale")
-_MEDICATION_ASIDE = ("dose", "indication")   # a medication's parts left out alone; the drug itself is kept
+# the parts of an item left out alone, the item itself kept: a medication's dose or indication (the drug is known), a
+# lab value's lower limit of normal (the value is judged against leukodx's own limits: a negative limit, or one in a
+# unit pint cannot read, had taken an ANC of 0.3 and its tier away)
+_ASIDE = {"medications": {"dose": "the drug", "indication": "the drug"},
+          "labs": {"lln": "the value", "lln_unit": "the value"}}
 
 
 def _describe(item: Any) -> Optional[str]:
@@ -72,15 +76,17 @@ def _remove(doc: dict[str, Any], problems: list[Problem], out: list[NotAssessed]
                 # should have at most 60 characters`)
                 part = p.loc[len(f"{where}[{key}]"):].lstrip(".") if p.loc.startswith(f"{where}[{key}].") else ""
                 reason = f"{part}: {p.msg}" if part and part not in p.msg else p.msg
-                aside = part.split(".")[0] if where == "medications" else ""
-                if aside in _MEDICATION_ASIDE and isinstance(item, dict):
-                    # the drug is known and only its dose (or indication) cannot be read: the drug stays, without it
-                    # (a negative azathioprine dose had taken the drug, and a TPMT poor metabolizer's alert, away)
+                aside = part.split(".")[0]
+                kept = _ASIDE.get(where, {}).get(aside)
+                if kept is not None and isinstance(item, dict):
+                    # only a part cannot be read: the item stays, without it (a negative azathioprine dose had taken
+                    # the drug, and a TPMT poor metabolizer's alert, away); a limit goes with its unit
+                    gone = ("lln", "lln_unit") if where == "labs" else (aside,)
                     if aside in item:
                         out.append(NotAssessed(field=f"{field}.{aside}", value=str(item.get(aside))[:200],
-                                               reason=f"{reason}; the drug was assessed without its {aside}"))
+                                               reason=f"{reason}; {kept} was assessed without its {aside}"))
                         doc[where] = items = list(items)       # copies of the list and the item: never the caller's
-                        items[key] = {k: v for k, v in item.items() if k != aside}
+                        items[key] = {k: v for k, v in item.items() if k not in gone}
                     continue
                 out.append(NotAssessed(field=field, value=_describe(item), reason=reason))
                 drop.setdefault(where, set()).add(key)

@@ -258,3 +258,15 @@ def test_of_two_values_of_one_draw_a_partial_assessment_keeps_the_lower_in_eithe
     assert a.risk_tier.tier == "severe" and a.risk_tier.anc in (0.4, 0.3)
     higher = 1 if first[1] > second[1] else 2
     assert [n.field for n in a.not_assessed] == [f"labs[{higher}]"]
+
+
+@pytest.mark.parametrize("limit", [{"lln": -1}, {"lln": 1.8, "lln_unit": "dB/uL"}, {"lln": 1.8, "lln_unit": "x10^9/L (ref)"}])
+def test_a_lower_limit_that_cannot_be_read_is_left_out_alone_in_a_partial_assessment(engine, limit):
+    """Security red-team round 29: a negative limit, or one in a unit that cannot be read, had taken the ANC of 0.3
+    with it (tier unknown; a CDS card's critical severe neutropenia became a warning). The limit alone is left out."""
+    a = engine.assess(base_case(labs=[lab("wbc", 1.4), lab("anc", 0.3, **limit)]), partial=True)
+    assert (a.risk_tier.tier, a.risk_tier.anc) == ("severe", 0.3)
+    [left] = a.not_assessed
+    assert left.field.startswith("labs[1].lln") and "the value was assessed without its lln" in left.reason
+    with pytest.raises(CaseError, match=r"labs\[1\]\.lln"):      # refused, naming the field, when not partial
+        engine.assess(base_case(labs=[lab("wbc", 1.4), lab("anc", 0.3, **limit)]))
