@@ -590,6 +590,22 @@ def test_feedback_above_its_body_limit_is_413_as_the_calls_are(client):
     assert list(feedback_store.store_for(get_settings().feedback_db_url).export()) == []
 
 
+@pytest.mark.parametrize("entry,why", [
+    ({"card": "c\u0000", "outcome": "accepted", "acceptedSuggestions": [{"id": "s"}],
+      "outcomeTimestamp": "2020-01-01T00:00:00Z"}, "NUL character"),
+    ({"card": "c", "outcome": "accepted", "acceptedSuggestions": [{"id": "s"}],
+      "outcomeTimestamp": "Jane Doe MRN 12345"}, "ISO 8601"),
+])
+def test_feedback_that_cannot_be_stored_as_it_should_is_a_400(client, entry, why):
+    """Security red-team round 29: a NUL character was a 500 on PostgreSQL that lost the whole batch, and any text (a
+    name, an MRN) was stored as the outcome's time."""
+    r = client.post("/cds-services/leukodx-patient-view/feedback",
+                    json={"feedback": [{"card": "ok", "outcome": "accepted", "acceptedSuggestions": [{"id": "s"}],
+                                        "outcomeTimestamp": "2020-01-01T00:00:00Z"}, entry]})
+    assert r.status_code == 400 and why in r.text, r.text
+    assert list(feedback_store.store_for(get_settings().feedback_db_url).export()) == []
+
+
 def test_feedback_keeps_only_the_fields_the_spec_declares(client):
     """Security red-team round 27: a 900 KB undeclared comment and a patient's name had been stored beside a
     userComment held to 4,000 characters."""

@@ -2,9 +2,10 @@
 of the HL7 logical models (cds-resp-1 .. cds-resp-7, cds-fb-1 .. cds-fb-3)."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 __all__ = ["Coding", "FhirAuthorization", "HookRequest", "Source", "Action", "Suggestion", "Link", "Card",
            "CardsResponse", "FeedbackEntry", "FeedbackRequest", "card_violations"]
@@ -182,6 +183,16 @@ class FeedbackEntry(_Kept):
     overrideReason: Optional[OverrideReason] = None
     outcomeTimestamp: str = Field(min_length=1, max_length=64)
 
+    @field_validator("outcomeTimestamp")
+    @classmethod
+    def _instant(cls, v: str) -> str:
+        """An ISO 8601 date and time, as the spec's instant is (any text had been stored: a name, an MRN)."""
+        try:
+            datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError("outcomeTimestamp must be an ISO 8601 date and time, such as 2026-12-03T10:00:00Z") from None
+        return v
+
     @model_validator(mode="after")
     def _invariants(self) -> "FeedbackEntry":
         if self.outcome == "accepted" and not self.acceptedSuggestions:
@@ -193,6 +204,21 @@ class FeedbackEntry(_Kept):
 
 class FeedbackRequest(_Kept):
     feedback: list[FeedbackEntry] = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        """No NUL character anywhere: PostgreSQL cannot store one (a 500 that lost the whole batch)."""
+        stack = [data]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str) and "\x00" in item:
+                raise ValueError("feedback holds a NUL character (U+0000), which cannot be stored")
+            if isinstance(item, dict):
+                stack += [*item.keys(), *item.values()]
+            elif isinstance(item, list):
+                stack += item
+        return data
 
 
 def card_violations(card: dict[str, Any]) -> list[str]:
