@@ -127,10 +127,6 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                              "rules": len(eng.kb.rules), "engine_version": ENGINE_VERSION},
                             status_code=200 if ok else 503)
 
-    # HEAD too, outside the schema: load balancers' and uptime probes' HEAD had been a 405 (security red-team round 27)
-    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
-        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
-
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,

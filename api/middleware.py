@@ -20,12 +20,13 @@ __all__ = ["RequestContext", "BodyLimit", "configure_logging", "JsonFormatter", 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # a report link's token is a bearer credential (api/reports.py): never logged or traced (the access log had kept it whole,
 # so that a copy of the log opened the report the database keeps only hashes for)
-_REPORT_TOKEN = re.compile(r"^(/report/|/v1/reports/)[^/?#]+")
+# wherever it is in the path and however spelt: a 404 for "//report/T", "/Report/T" or "/x/../report/T" had kept it
+_REPORT_TOKEN = re.compile(r"(?i)(/reports?/+)[^/?#]+")
 
 
 def masked_path(path: str) -> str:
-    """``path`` with a report link's token replaced by ``-``."""
-    return _REPORT_TOKEN.sub(r"\1-", path) if path.startswith(("/report/", "/v1/reports/")) else path
+    """``path`` with what follows a ``report`` or ``reports`` segment (a report link's token) replaced by ``-``."""
+    return _REPORT_TOKEN.sub(r"\1-", path) if "eport" in path.lower() else path
 # the page runs no inline script (api/static/app.js): none is allowed; Swagger UI's /docs page sets its own (CSP_DOCS)
 CSP = b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'"
 CSP_DOCS = CSP.replace(b"script-src 'self'", b"script-src 'self' 'unsafe-inline'")
@@ -82,9 +83,14 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
         status = 500
+        method = scope.get("method")
+        if method == "HEAD":   # a GET without its body, as Starlette's own routes take it (FastAPI's answered 405 to
+            scope = {**scope, "method": "GET"}     # uptime probes' HEAD of /, /healthz, /cds-services)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
+            if method == "HEAD" and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
@@ -107,7 +113,7 @@ class RequestContext:
             seconds = time.perf_counter() - start
             if self.observe is not None:
                 self.observe(scope, status, seconds)
-            self.log.info("request", extra={"request_id": request_id, "method": scope.get("method"),
+            self.log.info("request", extra={"request_id": request_id, "method": method,
                                             "path": masked_path(scope.get("path") or ""), "status": status,
                                             "duration_ms": round(seconds * 1000, 2)})
 

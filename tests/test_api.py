@@ -567,6 +567,16 @@ def test_the_page_allows_no_inline_script_and_probes_may_use_head(client):
     script = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
     assert script.strip() == "script-src 'self'" and "frame-ancestors 'none'" in csp
     assert "script-src 'self' 'unsafe-inline'" in client.get("/docs").headers["content-security-policy"]
-    for path in ("/healthz", "/readyz"):
+    for path in ("/healthz", "/readyz", "/", "/cds-services", "/docs", "/v1/sources", "/favicon.ico"):
         r = client.head(path)
         assert r.status_code == 200 and r.content == b"", path
+        assert r.headers["content-length"] == client.get(path).headers["content-length"], path
+    assert client.head("/v1/assess").status_code == 405          # a POST route stays one
+
+
+@pytest.mark.parametrize("path", ["/report/T0K", "/v1/reports/T0K", "//report/T0K", "/v1//reports/T0K", "/report//T0K",
+                                  "/./report/T0K", "/x/../report/T0K", "/Report/T0K", "/static/app/../../report/T0K"])
+def test_a_report_token_is_masked_however_the_path_is_spelt(path):
+    """Security red-team round 29: spellings that 404 ("//report/T", "/Report/T") had kept the token whole in the log."""
+    from leukodx.api.middleware import masked_path
+    assert "T0K" not in masked_path(path) and masked_path(path).endswith("/-")
