@@ -960,3 +960,18 @@ def test_an_unknown_drug_beside_a_cancer_holds_the_marrow_whatever_counts_were_n
     held = engine.assess(case(["metastatic breast cancer"]))
     assert "bone_marrow_examination" not in [s.id for s in held.steps]
     assert "bone_marrow_examination" in [s.id for s in engine.assess(case([])).steps]
+
+
+def test_cds_logs_mask_ids_holding_commas_and_parentheses(client):
+    """Security red-team round 29: the masking stopped at ",", ";", "(" and ")": an Observation id "x,MARKID6" and a
+    context patientId "p,MARKID3 (mrn 12345)" had reached the WARNING log in part."""
+    odd = obs("751-8", 0.3, "K/hpf", oid="x,MARKID6")
+    hook_instance, r = post(client, prefetch([obs("6690-2", 1.0, "10*9/L"), obs("751-8", 0.3, "10*9/L"), odd]))
+    assert r.status_code == 200
+    body = request("patient-view", {"patient": {"resourceType": "Patient", "id": "x,MARKID2;(z)"}})
+    body["context"]["patientId"] = "p,MARKID3 (mrn 12345)"
+    assert client.post("/cds-services/leukodx-patient-view", json=body).status_code == 412
+    logged = [line for line in LOG_CAPTURE.getvalue().splitlines()
+              if hook_instance in line or body["hookInstance"] in line]
+    assert any("cds partial data" in line for line in logged) and any("cds no data" in line for line in logged)
+    assert not [line for line in logged if "MARKID" in line]

@@ -146,8 +146,10 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     small = small and not fetched                   # what a FHIR server sent can be of any size
     if missing:
         why = "; ".join(missing) + _prefetch_mismatch(hook, _templates(eng), patient_id)
+        # the log gets what was missing, never the mismatch's patient ids or key names (an id with a comma or a
+        # parenthesis had been logged in part): the caller's OperationOutcome says it all
         log.warning("cds no data", extra={"hook_instance": hook.hookInstance, "service": service_id,
-                                          "reason": _REF.sub(r"\1/-", why)[:500]})
+                                          "reason": _REF.sub(r"\1/-", "; ".join(missing))[:500]})
         audit.note_reason("no data: " + "; ".join(missing))
         return _operation_outcome(412, "leukodx cannot assess this patient without the data it asked for.",
                                   "Prefetch missing and the FHIR server could not be used: " + why)
@@ -218,7 +220,8 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
         log.warning("cds partial data", extra={
             "hook_instance": hook.hookInstance, "service": service_id, "assessed": assessment is not None,
             "patient_mismatch": mismatch, "left_out": len(left_out), "notes": len(notes),
-            "where": _REF.sub(r"\1/-", "; ".join(where[:10]))[:500]})
+            # places only: a place's closing "(Type/id)" masked whole (an id with a comma had been logged in part)
+            "where": _REF.sub(r"\1/-", "; ".join(_PLACE_REF.sub(r"(\1/-)", w) for w in where[:10]))[:500]})
     cards: list[Card] = []
     report: Optional[tuple[Card, list[bytes]]] = None
     if assessment is None and problems:
@@ -302,6 +305,7 @@ def _prefetch_mismatch(hook: HookRequest, templates: dict[str, str], patient_id:
 
 # a reference in a log line, masked up to the label's end (an id with spaces had been logged in part)
 _REF = re.compile(r"\b([A-Z][A-Za-z]+)/[^,;()]+")
+_PLACE_REF = re.compile(r"\(([A-Z][A-Za-z]+)/.*\)$")    # a place's own reference, its last part
 _LAB_AT = re.compile(r"labs\[(\d+)\]")        # a case problem's place: the lab it is about
 
 
