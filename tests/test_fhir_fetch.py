@@ -271,6 +271,7 @@ def test_private_addresses_only_with_allow_private_and_metadata_never():
     teredo_metadata = "2001:0:4136:e378:8000:63bf:5601:5601"    # Teredo: client 169.254.169.254 (bits inverted)
     assert ip.ip_address(teredo_metadata).teredo[1] == ip.ip_address("169.254.169.254")
     assert not address_allowed(ip.ip_address(teredo_metadata), allow_private=True, allow_loopback=True)
+    assert not address_allowed(ip.ip_address("fec0::1"), allow_private=False, allow_loopback=False)   # site-local
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:1@192.0.2.2:2/x", "http://a@b/", "http://127.0.0.1\\@x/",

@@ -193,7 +193,7 @@ def address_allowed(ip: Union[ipaddress.IPv4Address, ipaddress.IPv6Address], *, 
         return allow_loopback
     if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
         return False
-    if not ip.is_global:
+    if not ip.is_global or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local):   # fec0::/10, deprecated
         return allow_private
     return True
 
