@@ -399,7 +399,12 @@ def derive(kb: KnowledgeBase, nc: NormCase, ctcae_version: Optional[str] = None)
 
 
 def _tier_cutoffs(kb: KnowledgeBase) -> tuple[float, ...]:
-    return tuple(kb.value(k) for k in ("neutropenia_anc", "moderate_anc", "severe_anc", "profound_anc"))
+    """The ANC's tier cutoffs (rules/thresholds.yaml), read once per knowledge base."""
+    cutoffs = kb.derived.get("anc_tier_cutoffs")
+    if cutoffs is None:
+        keys = ("neutropenia_anc", "moderate_anc", "severe_anc", "profound_anc")
+        cutoffs = kb.derived["anc_tier_cutoffs"] = tuple(kb.value(k) for k in keys)
+    return cutoffs
 
 
 def _cutoffs_text(kb: KnowledgeBase) -> str:
