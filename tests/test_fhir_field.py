@@ -1351,6 +1351,23 @@ def test_a_dose_update_states_the_new_dose_and_never_scales_an_impossible_one(cl
         assert new["dosageInstruction"][0]["text"].endswith("Before: 150 mg daily with food")
 
 
+def test_a_dose_update_removes_what_restates_the_old_dose(client):
+    """Order red-team round 31: the recommended update set a new dose but kept "Take 3 tablets (150 mg) by mouth once
+    daily" as the patient's instructions (the label) and the quantity to dispense for the old dose."""
+    draft = order(medicationCodeableConcept=AZA_CC, dispenseRequest={"quantity": {"value": 90}, "numberOfRepeatsAllowed": 1},
+                  dosageInstruction=[{"text": "150 mg daily", "patientInstruction": "Take 3 tablets (150 mg) by mouth once daily",
+                                      "doseAndRate": [{"doseQuantity": {"value": 150, "unit": "mg", "system": UCUM,
+                                                                        "code": "mg"}}]}])
+    pgx = bundle(genotype("TPMT *1/*3A; NUDT15 *1/*1", code="93193-1"), kind="searchset")
+    [card] = [c for c in hook_call(client, "order-sign", {"observations": normal_cbc(), "pgx": pgx}, draft)
+              if c["source"]["topic"]["code"] == "thiopurine-pgx"]
+    [new] = [a["resource"] for s in card["suggestions"] for a in s["actions"] if a["type"] == "update"]
+    instruction = new["dosageInstruction"][0]
+    assert "patientInstruction" not in instruction and "quantity" not in new["dispenseRequest"]
+    assert new["dispenseRequest"]["numberOfRepeatsAllowed"] == 1
+    assert "patientInstruction and dispenseRequest.quantity removed: written for the old dose" in instruction["text"]
+
+
 def test_a_neutrophil_percentage_with_no_white_count_says_the_anc_cannot_be_derived(client):
     """Neutrophils 4 % drawn today and no WBC or ANC had given no card at all, as if nothing had been drawn: the
     ANC cannot be derived, and the card says so (neither found nor ruled out) and offers the CBC with differential."""

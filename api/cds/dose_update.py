@@ -1,5 +1,6 @@
 """The update action of an order card: the draft order with the engine's dose change applied (its dose and,
-where CPIC says so, its frequency), or none when one dose a day cannot be told or scaled safely."""
+where CPIC says so, its frequency), or none when one dose a day cannot be told or scaled safely. What restates the
+old dose (the patient's instructions, the quantity to dispense) is removed, said in the dosage text."""
 from __future__ import annotations
 
 import copy
@@ -59,6 +60,17 @@ def changed_order(order: dict[str, Any], check: OrderCheck) -> Optional[dict[str
                                             "periodUnit": {"day": "d", "week": "wk"}[change.per or "day"]}}
     before = instruction.get("text")
     times = f", {change.times} times a {change.per or 'day'}" if change.times is not None else ""
+    # what restates the old dose goes: the patient's instructions (the label: "Take 3 tablets (150 mg) once daily" had
+    # stayed beside 15 mg three times a week) and the quantity to dispense; the prescriber writes them again
+    restated = [k for k in ("patientInstruction",) if k in instruction]
+    for key in restated:
+        del instruction[key]
+    dispense = new.get("dispenseRequest")
+    if isinstance(dispense, dict) and "quantity" in dispense:
+        del dispense["quantity"]
+        restated.append("dispenseRequest.quantity")
     instruction["text"] = (f"{dose['value']:g} {dose.get('unit') or dose.get('code') or ''}{times}: {change.wording} "
-                           f"(leukodx order check)" + (f". Before: {before}" if isinstance(before, str) else ""))
+                           f"(leukodx order check; check that the product ordered can give this dose"
+                           + (f"; {' and '.join(restated)} removed: written for the old dose" if restated else "")
+                           + ")" + (f". Before: {before}" if isinstance(before, str) else ""))
     return new
