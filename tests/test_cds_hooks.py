@@ -368,6 +368,23 @@ def test_an_unknown_drug_ordered_with_no_name_keeps_every_card(client, hook):
     assert unknown["summary"].startswith("'RxNorm 999999' is not a drug leukodx knows")
 
 
+@pytest.mark.parametrize("change,checked", [({"doNotPerform": True}, False), ({"status": "cancelled"}, False),
+                                            ({"status": "entered-in-error"}, False), ({"status": "active"}, True)])
+def test_an_order_not_to_give_or_withdrawn_is_not_checked_and_one_sent_active_is_still_a_draft(client, change, checked):
+    """Order red-team round 31: "do not give azathioprine" (doNotPerform) had got a critical card recommending its
+    deletion, a cancelled or entered-in-error draft was checked, and a draft sent with status "active" counted as a
+    drug taken on the patient's card (an urgent hold of a drug never given)."""
+    pre = prefetch(CBC_SEVERE, pgx=searchset(pgx_obs("TPMT", "*3A/*3A"), pgx_obs("NUDT15", "Normal metabolizer")))
+
+    def cards_for(draft: dict) -> list[dict]:
+        return cards_of(client.post("/cds-services/leukodx-order-sign",
+                                    json=request("order-sign", pre, draftOrders=draft_bundle(draft))))
+    cards, plain = cards_for({**thiopurine_order(), **change}), cards_for(thiopurine_order())
+    assert any(c["source"]["topic"]["code"] == "thiopurine-pgx" for c in cards) is checked
+    patient = [c["detail"] for c in cards if c["source"]["topic"]["code"] == "leukopenia-assessment"]
+    assert patient and patient == [c["detail"] for c in plain if c["source"]["topic"]["code"] == "leukopenia-assessment"]
+
+
 @pytest.mark.parametrize("observations", ["missing", "operation-outcome"])
 def test_an_order_is_checked_when_the_counts_could_not_be_had(client, observations):
     """Red-team round 19: an order hook whose `observations` was left out or sent as an OperationOutcome (the spec's

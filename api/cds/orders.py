@@ -30,7 +30,11 @@ def draft_orders(hook: HookRequest, kind: str = "MedicationRequest") -> list[dic
     found = []
     for entry in drafts.get("entry") or []:
         res = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(res, dict) and res.get("resourceType") == kind:
+        # an order not to give the drug, or one cancelled or entered in error, is no drug to be taken: not checked (a
+        # "do not give azathioprine" had got a critical card recommending its deletion)
+        if isinstance(res, dict) and res.get("resourceType") == kind and not (
+                kind == "MedicationRequest" and (res.get("doNotPerform") is True
+                                                 or res.get("status") in ("cancelled", "entered-in-error"))):
             found.append((res, entry.get("fullUrl")))
     if kind == "Medication":
         return [{"resourceType": "Bundle", "type": "collection",

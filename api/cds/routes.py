@@ -160,8 +160,11 @@ async def _answer(service_id: str, body: bytes, request: Request, eng: Engine,
     # on copies: the drafts themselves go back unchanged in the cards' update actions
     # and a draft naming no subject is the hook's patient's (the order is written in that patient's chart): it had been
     # left out of the assessment while the order check took it as the patient's
+    # and an order being signed is a draft whatever status the EHR gave it (one sent "active" had counted as a drug
+    # already taken on the patient's card: an urgent hold of a drug never given)
     dated = [{**d, **({} if "authoredOn" in d else {"authoredOn": today.isoformat()}),
-              **({} if d.get("subject") else {"subject": {"reference": f"Patient/{patient_id}"}})} for d in drafts]
+              **({} if d.get("subject") else {"subject": {"reference": f"Patient/{patient_id}"}}), "status": "draft"}
+             for d in drafts]
     assessment: Optional[Assessment] = None   # the patient's assessment
     ordered: Optional[Assessment] = None      # the same with the draft orders counted as taken (the order check)
     left_out: list[str] = list(notes)
