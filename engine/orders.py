@@ -19,6 +19,7 @@ from . import pgx
 from .pgx import cpic_pattern, dose_adjustment, within_reduced
 from .assessment import Assessment, GeneStatus
 from .kb import KnowledgeBase
+from .case import Dose
 from .doses import dose_mg_kg_day
 from .order_models import INTERMEDIATE, Advice, DoseChange, OrderCheck, OrderInput
 from .order_others import (clozapine_check, cuts_the_dose, daily_instead_of_weekly, interactions_check, label_check,
@@ -125,8 +126,9 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
         t, n = (_resolve(kb, gene, value) for gene, value in (("tpmt", tpmt), ("nudt15", nudt15)))
     oncologic = assessment is not None and assessment.cancer_current     # a cancer named only as past is not one
     out: list[OrderCheck] = []
-    for order in orders:
-        match = drugs.lookup(order.name, order.rxnorm, order.atc)
+    matches = [drugs.lookup(order.name, order.rxnorm, order.atc) for order in orders]
+    together = _together(orders, matches)
+    for order, match in zip(orders, matches):
         if match is None:
             unknown = not_known(order, t.phenotype, n.phenotype, assessment)
             out += [unknown] if unknown is not None else []
@@ -139,10 +141,16 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             known = bool(order.indication and order.indication.strip()) or bool(assessment and assessment.conditions)
             malignant = oncologic_use(kb, order.indication, oncologic) if known else None
             check = _thiopurine(kb, order, drug, t, n, malignant, unhad)
-            interacting = _with_interactions(kb, check, drug, assessment, order)
+            whole = together.get(order.key, order)     # the drug's dose over all its drafts (two tablets' strengths)
+            interacting = _with_interactions(kb, check, drug, assessment, whole)
             if interacting is check:         # no interaction's cut (which counts from CPIC's reduced dose)
-                interacting = _already_reduced(kb, check, drug, order, cpic_pattern(t.phenotype, n.phenotype), malignant)
-            out.append(_with_current_count(kb, _above_label(kb, interacting, drug, order), assessment))
+                interacting = _already_reduced(kb, check, drug, whole, cpic_pattern(t.phenotype, n.phenotype), malignant)
+            checked = _with_current_count(kb, _above_label(kb, interacting, drug, whole), assessment)
+            if whole is not order:
+                said = (f"With the other drafts of {drug['name']} in this order, {whole.dose.value:g} mg a day in all: "
+                        f"the checks of the dose are of that total.")
+                checked = checked.model_copy(update={"detail": f"**{said}**\n\n{checked.detail}"})
+            out.append(checked)
             other = interactions_check(kb, order, drug, assessment) if assessment is not None else None
             out += [other] if other is not None else []      # azathioprine beside mercaptopurine: one thiopurine twice
         elif drug["id"] == "clozapine":
@@ -156,6 +164,23 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
         daily = daily_instead_of_weekly(kb, order, drug, oncologic)
         if daily is not None:
             out.append(daily)
+    return out
+
+
+def _together(orders: list[OrderInput], matches: list[Any]) -> dict[str, OrderInput]:
+    """For a thiopurine ordered in several drafts (a 100 mg and a 50 mg tablet), each draft's order with the day's
+    dose of them all, in mg a day, when every one of them gives it (each had been judged alone: 150 mg a day in a
+    TPMT intermediate metabolizer passed twice as "already reduced", 2 x 200 mg as two normal starting doses)."""
+    by_drug: dict[str, list[OrderInput]] = {}
+    for order, match in zip(orders, matches):
+        if match is not None and "thiopurine" in match.drug.get("classes", []):
+            by_drug.setdefault(match.drug["id"], []).append(order)
+    out: dict[str, OrderInput] = {}
+    for same in by_drug.values():
+        per_day = [dose_mg_kg_day(o.dose, o.weight_kg)[1] for o in same]
+        if len(same) > 1 and all(d is not None for d in per_day):
+            total = float(f"{sum(d for d in per_day if d is not None):.6g}")
+            out.update({o.key: o.model_copy(update={"dose": Dose(value=total, unit="mg/d")}) for o in same})
     return out
 
 

@@ -628,3 +628,18 @@ def test_a_daily_methotrexate_order_beside_a_cancer_on_record_is_a_question_not_
     old = engine.assess(base_case(labs=[lab("wbc", 5.0, time="2020-01-01T08:00:00Z")],
                                   history={"conditions": ["rheumatoid arthritis", "basal cell carcinoma"]}))
     assert [c.topic for c in engine.check_orders([OrderInput(key="o", name="sulfasalazine")], old)] == ["dmard_monitoring"]
+
+
+def test_one_thiopurine_ordered_in_several_drafts_is_dosed_by_their_total(engine):
+    """Order red-team round 31: a 100 mg and a 50 mg azathioprine draft (150 mg a day, 2.1 mg/kg, for 70 kg) in a TPMT
+    intermediate metabolizer were each "already reduced"; two 200 mg drafts (5.7 mg/kg/day) two normal starting
+    doses. The dose checks are of the day's total; each draft's own cut stays proportional."""
+    def drafts(*mg):
+        return [OrderInput(key=f"o{i}", name="azathioprine", dose=f"{m} mg/day", weight_kg=70) for i, m in enumerate(mg)]
+    split = engine.check_orders(drafts(100, 50), None, "intermediate", "normal")
+    assert [(c.adjust, c.dose_change.factor) for c in split] == [("recommended", 0.8)] * 2
+    assert all("150 mg a day in all" in c.detail for c in split)
+    twice = engine.check_orders(drafts(200, 200), None, "normal", "normal")
+    assert all(c.summary.startswith("5.7 mg/kg/day is above the label's highest dose") for c in twice)
+    [alone] = engine.check_orders(drafts(100), None, "intermediate", "normal")
+    assert alone.adjust == "no" and "in all" not in alone.detail          # 1.4 mg/kg/day: already reduced
