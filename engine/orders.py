@@ -153,8 +153,10 @@ def check_orders(kb: KnowledgeBase, drugs: DrugIndex, orders: list[OrderInput], 
             out.append(checked)
             other = interactions_check(kb, order, drug, assessment) if assessment is not None else None
             out += [other] if other is not None else []      # azathioprine beside mercaptopurine: one thiopurine twice
-        elif drug["id"] == "clozapine":
+        elif drug["id"] == "clozapine":    # and its interactions (beside carbamazepine it had been "may proceed")
             out.append(clozapine_check(kb, order, drug, assessment, "conditions" in unhad))
+            other = interactions_check(kb, order, drug, assessment) if assessment is not None else None
+            out += [other] if other is not None else []
         else:       # the label's and the protocol's checks; with neither and no count to check, what could not be
             checks = [c for c in (label_check(kb, order, drug, assessment), withhold_check(kb, order, drug, assessment))
                       if c] if assessment else []

@@ -643,3 +643,14 @@ def test_one_thiopurine_ordered_in_several_drafts_is_dosed_by_their_total(engine
     assert all(c.summary.startswith("5.7 mg/kg/day is above the label's highest dose") for c in twice)
     [alone] = engine.check_orders(drafts(100), None, "intermediate", "normal")
     assert alone.adjust == "no" and "in all" not in alone.detail          # 1.4 mg/kg/day: already reduced
+
+
+def test_a_clozapine_order_beside_carbamazepine_gets_the_interactions_warning(engine):
+    """Order red-team round 31: a clozapine order for a patient on carbamazepine got only "may proceed"; only a
+    carbamazepine order had been checked for the pair."""
+    a = engine.assess(base_case(medications=[{"name": "carbamazepine", "status": "active", "start": "2024-01-01"},
+                                             {"name": "clozapine", "status": "active", "start": "2025-03-10"}]))
+    # (the assessment an order is checked against counts the draft as taken, as the CDS route makes it)
+    checks = engine.check_orders([OrderInput(key="c", name="clozapine")], a)
+    assert [c.topic for c in checks][:1] == ["clozapine_anc"]
+    assert any(c.summary.startswith("Clozapine with carbamazepine") for c in checks), [c.summary for c in checks]
