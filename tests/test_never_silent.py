@@ -975,3 +975,12 @@ def test_cds_logs_mask_ids_holding_commas_and_parentheses(client):
               if hook_instance in line or body["hookInstance"] in line]
     assert any("cds partial data" in line for line in logged) and any("cds no data" in line for line in logged)
     assert not [line for line in logged if "MARKID" in line]
+
+
+@pytest.mark.parametrize("anc,reassured", [(0.3, False), (1.2, True)])
+def test_tuberculosis_treatments_reassurance_is_never_given_beside_an_agranulocytosis(engine, anc, reassured):
+    """Clinical red-team round 30: seven weeks into isoniazid, rifampicin, pyrazinamide and ethambutol, an ANC of 0.3
+    had been told "does not always require stopping it"; that reassurance is for a milder leukopenia."""
+    a = engine.assess(base_case(labs=[lab("wbc", 2.0), lab("anc", anc)], history={"conditions": ["pulmonary tuberculosis"]}))
+    assert any("anti-tuberculous treatment does not always require stopping" in w for w in a.warnings) is reassured
+    assert ("agranulocytosis" in [x.id for x in a.alerts]) is not reassured
