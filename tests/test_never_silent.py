@@ -17,7 +17,7 @@ import pytest
 from leukodx.engine import CaseError, get_engine
 from leukodx.engine.render import to_text
 
-from conftest import LOG_CAPTURE, base_case, lab
+from conftest import LOG_CAPTURE, base_case
 from test_cds_hooks import PATIENT, RECENT, cards_of, client, obs, prefetch, request, searchset  # noqa: F401
 
 T0 = "2025-03-10T08:00:00Z"
