@@ -26,7 +26,7 @@ _REPORT_TOKEN = re.compile(r"(?i)(/reports?/+)[^/?#]+")
 
 def masked_path(path: str) -> str:
     """``path`` with what follows a ``report`` or ``reports`` segment (a report link's token) replaced by ``-``."""
-    return _REPORT_TOKEN.sub(r"\1-", path) if "eport" in path.lower() else path
+    return _REPORT_TOKEN.sub(r"\1-", path)
 # the page runs no inline script (api/static/app.js): none is allowed; Swagger UI's /docs page sets its own (CSP_DOCS)
 CSP = b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'"
 CSP_DOCS = CSP.replace(b"script-src 'self'", b"script-src 'self' 'unsafe-inline'")

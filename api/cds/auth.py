@@ -52,10 +52,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Protocol
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.to_thread
 import httpx
 import jwt
 
 from ..inflate import ACCEPT_ENCODING, TooLarge, Undecodable, read_capped
+from ..offload import loop_local
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -442,9 +445,6 @@ class JwtVerifier:
         """:meth:`verify` in a worker thread: a JWKS fetch or the replay store's database write never
         holds the event loop. At most :data:`VERIFY_THREADS` at once, apart from the threads other routes run in
         (forged tokens naming a slow JWKS endpoint's issuer had taken them all: /readyz timed out)."""
-        import anyio.to_thread
-
-        from ..offload import loop_local
         limiter = loop_local(_VERIFY_LIMITERS, None, lambda: anyio.CapacityLimiter(VERIFY_THREADS))
         return await anyio.to_thread.run_sync(self.verify, authorization_header, audience, limiter=limiter)
 
