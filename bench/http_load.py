@@ -77,12 +77,17 @@ def pinned(cpu: Optional[int]) -> Optional[Callable[[], None]]:
 
 
 def start_server(workers: int, db_dir: str, env: Optional[dict[str, str]] = None,
-                 cpu: Optional[int] = None) -> tuple[subprocess.Popen, str, float]:
+                 cpu: Optional[int] = None, python: Optional[str] = None) -> tuple[subprocess.Popen, str, float]:
     """`leukodx serve` with a database of its own in ``db_dir``: a run must not inherit the reports of
     earlier runs (a file grown to 2 GB made every report write several times slower). ``env`` is added
-    to this process's environment; ``cpu`` pins the server to one CPU."""
+    to this process's environment; ``cpu`` pins the server to one CPU. The server is the `leukodx` beside
+    ``python`` (default: this interpreter), so that it runs on the interpreter measured (the first
+    `leukodx` on the PATH may be another environment's); the PATH's only when there is none there."""
     port = free_port()
-    exe = shutil.which("leukodx") or str(Path(sys.executable).with_name("leukodx"))
+    beside = Path(python or sys.executable).with_name("leukodx")
+    exe = str(beside) if beside.exists() else shutil.which("leukodx")
+    if exe is None:
+        raise RuntimeError(f"no leukodx command beside {python or sys.executable} or on the PATH")
     env = {"LEUKODX_FEEDBACK_DB_URL": f"sqlite:///{db_dir}/leukodx-feedback.db", **os.environ,
            "LEUKODX_CDS_AUTH": "off", "LEUKODX_LOG_LEVEL": "WARNING", **(env or {})}
     t0 = time.perf_counter()

@@ -5,6 +5,7 @@ as the code; run side by side, both see the same host, and the ratio of the pair
 
     python bench/http_pair.py --baseline-ref e31d495            # this checkout (A) against a commit (B)
     python bench/http_pair.py --env-b LEUKODX_REPORT_LINK_MINUTES=0   # this checkout, two settings
+    python bench/http_pair.py --python-b /opt/venv/bin/python         # two interpreters (their own venvs)
 
 A is this checkout; B is ``--baseline-ref`` (checked out in a temporary git worktree, removed
 afterwards) or ``--baseline-path`` (a directory holding a leukodx checkout), else this checkout too.
@@ -60,7 +61,7 @@ def one_round(call: str, clients: int, duration: float, warmup: float, sides: li
         for side, cpu in zip(sides, cpus):
             db_dir = tempfile.mkdtemp(prefix="leukodx-pair-db-")
             try:
-                proc, base, _ = start_server(1, db_dir, side["env"], cpu)
+                proc, base, _ = start_server(1, db_dir, side["env"], cpu, side.get("python"))
             except BaseException:
                 shutil.rmtree(db_dir, ignore_errors=True)
                 raise
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-path", help="a directory holding a leukodx checkout for side B")
     ap.add_argument("--env-a", nargs="*", default=[], metavar="NAME=VALUE")
     ap.add_argument("--env-b", nargs="*", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--python-b", help="side B's interpreter (a venv's python with leukodx installed beside it)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []   # a container's own
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     if not missing:
         with baseline_code(args.baseline_ref, args.baseline_path) as pythonpath:
             env_b = env_pairs(args.env_b) | ({"PYTHONPATH": pythonpath} if pythonpath else {})
-            sides = [{"name": "A", "env": env_pairs(args.env_a)}, {"name": "B", "env": env_b}]
+            sides = [{"name": "A", "env": env_pairs(args.env_a), "python": sys.executable},
+                     {"name": "B", "env": env_b, "python": args.python_b or sys.executable}]
+            result["python"] = {side["name"]: side["python"] for side in sides}
             for i in range(args.rounds):
                 cpus = (allowed[0], allowed[1]) if i % 2 == 0 else (allowed[1], allowed[0])
                 result["rounds"].append(one_round(args.call, args.clients, args.duration, args.warmup, sides, cpus))

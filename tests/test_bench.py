@@ -42,11 +42,12 @@ def test_http_pair_bench():
     """Both sides answer at the same time, each on a CPU of its own (side B here: the report link off); where
     the machine lacks what it needs, it says what and measures nothing."""
     r = run("http_pair.py", "--rounds", "2", "--duration", "0.5", "--warmup", "0", "--clients", "2",
-            "--env-b", "LEUKODX_REPORT_LINK_MINUTES=0")
+            "--env-b", "LEUKODX_REPORT_LINK_MINUTES=0", "--python-b", sys.executable)
     if not r["measured"]:
         assert r["missing"] and r["rounds"] == []
         return
     assert [[x["side"] for x in pair] for pair in r["rounds"]] == [["A", "B"], ["A", "B"]]
+    assert r["python"] == {"A": sys.executable, "B": sys.executable}                 # each side's interpreter
     first, second = sorted(os.sched_getaffinity(0))[:2]                              # the CPUs this process may use
     assert [[x["cpu"] for x in pair] for pair in r["rounds"]] == [[first, second], [second, first]]   # swapped
     assert all(x["errors"] == 0 and x["requests"] > 0 for pair in r["rounds"] for x in pair)
