@@ -288,12 +288,34 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     if problems:
         raise CaseError(problems)
     assert tpmt is not None and nudt15 is not None
+    tpmt, nudt15 = (_recorded_deficiency(kb, status, conditions, warnings) for status in (tpmt, nudt15))
     organ = match_organ(kb, h.transplant.organ) if h.transplant else _recipient_of(kb, h, conditions)
     conditions -= set() if organ else {"transplant_recipient"}   # a donor, a candidate: no recipient in the output
     return NormCase(case=case, as_of=as_of, labs=labs, meds=meds, conditions=conditions, tpmt=tpmt, nudt15=nudt15,
                     transplant_organ=organ,
                     duffy_prevalent_ancestry=duffy_prevalent(kb, case.patient.ancestry), warnings=warnings,
                     unrecognised=unrecognised, cancer_current=oncologic)
+
+
+def _recorded_deficiency(kb: KnowledgeBase, status: GeneStatus, conditions: set[str],
+                         warnings: list[str]) -> GeneStatus:
+    """A gene with no result sent, whose deficiency is recorded among the conditions ("TPMT deficiency" on a problem
+    list: rules/conditions.yaml): its CPIC phenotype, said in a warning. A result sent always wins."""
+    gene = status.gene.lower()
+    found = next((word for word, cid in (("poor", f"{gene}_deficiency"), ("intermediate", f"{gene}_partial_deficiency"))
+                  if cid in conditions), None)
+    if found is None or status.phenotype == found:
+        return status
+    if status.phenotype != "unknown" or status.input is not None:
+        warnings.append(f"A {status.gene} deficiency is recorded among the conditions, but the {status.gene} result sent "
+                        f"({status.input}) was used: check which is right before dosing a thiopurine by it.")
+        return status
+    partial = found == "intermediate"
+    warnings.append(f"{status.gene} was taken as {'an' if partial else 'a'} {found} metabolizer from a "
+                    f"{'partial ' if partial else ''}{status.gene} deficiency recorded among the conditions (no "
+                    f"{status.gene} result was sent): confirm it by the genotype or an activity result before dosing "
+                    f"a thiopurine by it.")
+    return pgx.resolve(kb, gene, found).model_copy(update={"input": f"{status.gene} deficiency (a recorded condition)"})
 
 
 def _recipient_of(kb: KnowledgeBase, h: Any, conditions: set[str]) -> Optional[str]:

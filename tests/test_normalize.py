@@ -270,3 +270,25 @@ def test_a_lower_limit_that_cannot_be_read_is_left_out_alone_in_a_partial_assess
     assert left.field.startswith("labs[1].lln") and "the value was assessed without its lln" in left.reason
     with pytest.raises(CaseError, match=r"labs\[1\]\.lln"):      # refused, naming the field, when not partial
         engine.assess(base_case(labs=[lab("wbc", 1.4), lab("anc", 0.3, **limit)]))
+
+
+@pytest.mark.parametrize("history,tpmt,nudt15,said", [
+    ({"conditions": ["TPMT deficiency"]}, "poor", "unknown", "TPMT was taken as a poor metabolizer"),
+    ({"conditions": ["Thiopurine S-methyltransferase deficiency"]}, "poor", "unknown", "TPMT was taken as a poor"),
+    ({"conditions": ["Partial TPMT deficiency"]}, "intermediate", "unknown", "TPMT was taken as an intermediate"),
+    ({"conditions": ["NUDT15 deficiency"]}, "unknown", "poor", "NUDT15 was taken as a poor metabolizer"),
+    ({"conditions": ["TPMT deficiency ruled out"]}, "unknown", "unknown", None),
+    # a result sent wins over the recorded diagnosis, and the disagreement is said
+    ({"tpmt": "*1/*1", "conditions": ["TPMT deficiency"]}, "normal", "unknown", "but the TPMT result sent (*1/*1) was used"),
+    ({"tpmt": "poor", "conditions": ["TPMT deficiency"]}, "poor", "unknown", None),
+])
+def test_a_recorded_tpmt_or_nudt15_deficiency_is_read_as_the_phenotype_when_no_result_was_sent(kb, history, tpmt,
+                                                                                                nudt15, said):
+    """A problem list's "TPMT deficiency" had been an unknown condition, a thiopurine order unchecked against it."""
+    nc = normalize(kb, parse_case(base_case(history=history)))
+    assert (nc.tpmt.phenotype, nc.nudt15.phenotype) == (tpmt, nudt15)
+    about = [w for w in nc.warnings if w.startswith(("TPMT was taken", "NUDT15 was taken", "A TPMT deficiency",
+                                                      "A NUDT15 deficiency"))]
+    assert len(about) == (0 if said is None else 1)
+    if said:
+        assert said in about[0]
