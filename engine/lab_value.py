@@ -41,10 +41,12 @@ class NormLab:
 
 @dataclass(frozen=True)
 class Doubt:
-    """A count read as profound that another unit would make plausible: decided by its draw's WBC."""
+    """A count read as profound that another unit would make plausible, or one so high that only its draw's WBC can
+    show it is not a unit slip (``high``): decided by its draw's WBC."""
     other: float          # the value in the test's unit if its unit were the one probably meant
     refused: Problem      # what the case is told when that reading is possible
     accepted: str         # the warning when it is not
+    high: bool = False    # read only beside a WBC of its draw (which it cannot exceed: normalize.py)
 
 
 def normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem], warnings: list[str],
@@ -107,6 +109,16 @@ def normalize_lab(kb: KnowledgeBase, i: int, lab: Any, problems: list[Problem], 
                                                 f"WBC of its draw")
         else:
             warnings.append(said)
+    elif spec.get("above_needs_wbc") is not None and normalized > spec["above_needs_wbc"] and doubtful is not None:
+        meant = [u for u in spec.get("suggest", []) if u != lab.unit and _plausible(value, u, spec)]
+        if meant:
+            # an ANC of 300 "10^9/L" alone had been a normal count: as /uL it is 0.3, a severe neutropenia
+            other = value * conversion_factor(meant[0], spec["dimension"], spec["unit"], spec.get("molar_mass")).factor
+            doubtful[i] = Doubt(other, Problem(
+                f"{where}.value", f"{test} {_fmt(value)} {lab.unit} is above {_fmt(spec['above_needs_wbc'])} "
+                                  f"{spec['unit']}, a count only a WBC at least as high can show, and its draw has no "
+                                  f"WBC: if its unit was {meant[0]!r} it is {_fmt(other)} {spec['unit']}; send the "
+                                  f"unit meant, or the draw's WBC"), "", high=True)
     lln = None
     if lab.lln is not None:
         if lab.lln < 0:

@@ -168,11 +168,13 @@ def normalize(kb: KnowledgeBase, case: Case, drugs: Optional[DrugIndex] = None) 
     margin = kb.value("anc_above_wbc_margin")      # the two may differ by their rounding
     for draw in counts.values():
         wbc = draw.get("wbc")
-        for part in draw.values():   # a profound reading stands only where its other unit's is above the draw's WBC
-            doubt = doubtful.pop(part.index, None)
-            if doubt is not None and wbc is not None and doubt.other > wbc.value + margin:
+        for part in draw.values():   # a profound reading stands only where its other unit's is above the draw's WBC;
+            doubt = doubtful.pop(part.index, None)   # a very high one only beside a WBC (which it cannot exceed)
+            if doubt is not None and doubt.high and wbc is None:
+                problems.append(doubt.refused)
+            elif doubt is not None and not doubt.high and wbc is not None and doubt.other > wbc.value + margin:
                 warnings.append(doubt.accepted)
-            elif doubt is not None:
+            elif doubt is not None and not doubt.high:
                 problems.append(doubt.refused)
         if wbc is None:
             continue

@@ -32,6 +32,9 @@ def normalize_problems(kb, raw) -> list[str]:
     # as likely as a profound count (round 28: ANC 3.1 "/uL" beside a WBC of 6.2 had become a critical card)
     (base_case(labs=[lab("wbc", 6.2), lab("anc", 3.1, "/uL")]), "labs[1].value", "if its unit was '10^9/L'"),
     (base_case(labs=[lab("anc", 3.1, "/uL")]), "labs[0].value", "the count is profound, below 0.005"),   # no WBC
+    # above 100 with no WBC in its draw: as likely 300 /uL sent as 10^9/L (round 32: a febrile patient after docetaxel
+    # had been "normal"); beside a WBC of 400 it is read (tests/test_cases.py: safety/anc-300-beside-wbc-400-...)
+    (base_case(labs=[lab("anc", 300)]), "labs[0].value", "if its unit was '/uL' it is 0.3 10^9/L"),
     (base_case(labs=[lab("hemoglobin", 120, "g/dL")]), "labs[0].value", "probably 'g/L'"),
     (base_case(labs=[lab("wbc", -1.0)]), "labs[0].value", "negative"),
     (base_case(labs=[lab("neutrophils_pct", 70, "%"), lab("lymphocytes_pct", 40, "%")]), "labs", "exceed 100"),
