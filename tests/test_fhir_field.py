@@ -782,6 +782,21 @@ def test_a_temperature_that_cannot_be_read_is_named_as_not_assessed():
         assert any("body temperature" in n.reason for n in m.not_assessed), m.not_assessed
 
 
+@pytest.mark.parametrize("wrong,why", [(101.5, "if it was in Fahrenheit it would be 38.6 C"), (386, "(386 C) is not a body")])
+def test_a_temperature_that_is_not_a_body_temperature_is_set_aside_alone(wrong, why):
+    """A Fahrenheit 101.5 (or a typo, 386) charted as Celsius two hours after a real 38.6 C had been taken as the highest,
+    refused by the engine with every temperature, and the febrile neutropenia lost (round 33): set aside alone, named."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    real = dict(_temperature(valueQuantity={"value": 38.6, "unit": "Cel", "system": UCUM, "code": "Cel"}),
+                effectiveDateTime=(now - timedelta(hours=3)).isoformat())
+    typo = dict(_temperature(valueQuantity={"value": wrong, "unit": "Cel", "system": UCUM, "code": "Cel"}), id="t2",
+                effectiveDateTime=(now - timedelta(hours=1)).isoformat())
+    m = mapped(patient(), obs("6690-2", 2.0, t=RECENT), obs("751-8", 0.8, t=RECENT), real, typo, as_of=now.date())
+    assert m.case["history"]["temperature_c"] == 38.6
+    assert [n.reason for n in m.not_assessed if why in n.reason], m.not_assessed
+    assert "febrile_neutropenia" in [a.id for a in assess(m.case).alerts]
+
+
 def test_without_a_case_date_a_fever_after_the_last_count_sets_it():
     """REST without as_of had judged the case at the latest lab's UTC day and left out a fever measured the same
     evening after UTC midnight ("measured after the date the case is judged at"), and febrile neutropenia with it."""

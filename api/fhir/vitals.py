@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Iterator, NamedTuple, Optional
 
-from leukodx.engine.case import bare_temperature_scale
+from leukodx.engine.case import BODY_TEMPERATURE_C, bare_temperature_scale
 from leukodx.engine.errors import Problem
 from leukodx.engine.kb import KnowledgeBase
 from leukodx.engine.timeutil import utc_naive
@@ -178,6 +178,10 @@ def latest_temperature_day(mine: list[Item], kb: KnowledgeBase) -> Optional[date
     return max(days, default=None)
 
 
+def _to_celsius(value: float, unit: str) -> float:
+    return registry().Quantity(value, _temperature_unit(unit)).to("degC").magnitude
+
+
 def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: KnowledgeBase,
                 unread: Optional[list[Problem]] = None, grace_days: int = 0) -> Temperature:
     """The highest body temperature (a code of rules/vitals.yaml), in Celsius, where it was taken, and
@@ -227,6 +231,18 @@ def temperature(mine: list[Item], ref: Optional[date], warnings: list[str], kb: 
             if unread is not None:
                 unread.append(Problem(item.loc, f"a body temperature in {unit!r}, a unit leukodx does not read: not "
                                                 f"assessed (fever not judged from it)"))
+            continue
+        if not BODY_TEMPERATURE_C[0] <= celsius <= BODY_TEMPERATURE_C[1]:
+            # set aside alone, before the highest is chosen: a Fahrenheit 101.5 charted as Celsius two hours after a
+            # 38.6 C had been the highest, refused by the engine with every temperature, and the fever lost
+            scale = bare_temperature_scale(float(value))
+            other = (f"; if it was in {'Celsius' if scale == 'Cel' else 'Fahrenheit'} it would be "
+                     f"{fmt(round(_to_celsius(float(value), scale), 1))} C" if scale and scale != unit else "")
+            said = (f"a body temperature of {fmt(float(value))} {unit} ({fmt(round(float(celsius), 1))} C) is not a body "
+                    f"temperature ({fmt(BODY_TEMPERATURE_C[0])}-{fmt(BODY_TEMPERATURE_C[1])} C){other}: not used")
+            warnings.append(f"{item.label}: {said}.")
+            if unread is not None:
+                unread.append(Problem(item.loc, said))
             continue
         when = item.own_time(warnings)
         if when is None:
