@@ -309,6 +309,18 @@ def test_two_final_counts_that_nothing_decides_keep_the_lower_and_say_they_confl
     assert has(same.warnings, "same value") and not same.not_assessed
 
 
+def test_a_value_below_zero_beside_a_real_one_of_the_draw_is_set_aside_not_kept_as_the_lower():
+    """An interface's -1 placeholder beside an ANC of 0.3 had been "the lower count", then refused, and the critical
+    card lost with it (round 33); the same for a percentage of -5 beside 20%."""
+    for order in ((0.3, -1), (-1, 0.3)):
+        m = mapped(patient(), obs("6690-2", 1.0), obs("751-8", order[0], oid="a"), obs("751-8", order[1], oid="b"))
+        assert values(m, "751-8") == [0.3], order
+        assert [n for n in m.not_assessed if "below zero" in n.reason and "-1" in n.reason], m.not_assessed
+        assert assess(m.case, partial=True).risk_tier.tier == "severe"
+    pct = mapped(patient(), obs("6690-2", 2.0), obs("770-8", 20, "%", oid="a"), obs("770-8", -5, "%", oid="b"))
+    assert assess(pct.case, partial=True).risk_tier.anc == 0.4
+
+
 def test_two_neutrophil_percentages_of_one_draw_keep_the_lower_in_either_order():
     """FHIR red-team round 26: an automated 66% (770-8) and a manual segmented 10% (769-0) at one time had set the
     tier by the order of the Bundle (normal one way, severe the other), as two counts had before."""

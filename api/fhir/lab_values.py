@@ -69,6 +69,17 @@ def keep_one(lab: LabValue, first_at: dict[tuple[str, Optional[datetime]], int],
     second = shown(lab)       # one value in two units (1.2 10*9/L, 1200 /uL) is one value, not a conflict
     first = second if _in_test_unit(old, spec) == _in_test_unit(lab, spec) is not None else shown(old)
     replace, warning, conflict = preferred(old.item, first, lab.item, second, f"{lab.test} value {when}")
+    impossible = [v for v in (old, lab) if not _possible(v, spec)] if conflict else []
+    if len(impossible) == 1:
+        # a value no count or percentage can have beside one it can: the other is used (an interface's -1 placeholder
+        # beside an ANC of 0.3 had been "the lower count", then refused, and the critical card lost with it: round 33)
+        kept, [gone] = (old if impossible[0] is lab else lab), impossible
+        warnings.append(f"{gone.item.label}: {lab.test} {shown(gone)} {when} is below zero, no value a {lab.test} can "
+                        f"have, beside {shown(kept)} of {kept.item.label}: the other value was used.")
+        skipped.append(Problem(gone.item.loc, f"{lab.test} {shown(gone)} {when}: below zero, beside {shown(kept)} of "
+                                              f"the same draw, which was used"))
+        labs[at] = kept
+        return
     lower = _lower_count(old, lab, spec) if conflict else None
     unread = [v for v in (old, lab) if _in_test_unit(v, spec) is None] if conflict and lower is None else []
     if len(unread) == 1:
@@ -107,6 +118,13 @@ def _lower_count(a: LabValue, b: LabValue, spec: dict[str, Any]) -> Optional[Lab
     if x is None or y is None:      # an unreadable unit: the engine names it
         return None
     return b if y < x else a
+
+
+def _possible(lab: LabValue, spec: dict[str, Any]) -> bool:
+    """False for a value below zero (a count, a percentage or a concentration cannot be), True otherwise (a value in a
+    unit that cannot be read too: that is another question)."""
+    x = _in_test_unit(lab, spec)
+    return x is None or x >= 0
 
 
 def _in_test_unit(lab: LabValue, spec: dict[str, Any]) -> Optional[float]:
