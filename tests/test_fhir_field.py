@@ -524,6 +524,20 @@ def test_a_deceased_patient_and_results_a_report_lists_but_the_data_lacks_are_na
     assert has(m.warnings, "DiagnosticReport/r", "1 result it lists is not in the data", "Observation/anc-not-fetched")
 
 
+@pytest.mark.parametrize("status,kept", [("cancelled", False), ("entered-in-error", False), ("final", True)])
+def test_values_a_cancelled_report_lists_are_withdrawn_with_it(status, kept):
+    """A cancelled DiagnosticReport's ANC of 0.3 had driven a critical card (round 33): FHIR's cancelled report is
+    unavailable (the measurement not started or not completed), so what it lists goes with it, as with one entered in
+    error, and is named."""
+    report = {"resourceType": "DiagnosticReport", "id": "r", "status": status, "subject": {"reference": "Patient/p1"},
+              "code": {"text": "CBC"}, "effectiveDateTime": T,
+              "result": [{"reference": "Observation/wbc"}, {"reference": "Observation/anc"}]}
+    m = mapped(patient(), report, obs("6690-2", 1.0, oid="wbc"), obs("751-8", 0.3, oid="anc"), obs("718-7", 13.0, "g/dL"))
+    assert values(m, "751-8") == ([0.3] if kept else [])
+    word = "cancelled" if status == "cancelled" else "entered in error"
+    assert len([n for n in m.not_assessed if f"DiagnosticReport/r), which was {word}" in n.reason]) == (0 if kept else 2)
+
+
 # ---- order checks beyond thiopurines and clozapine ----------------------------------------------------
 
 def test_an_order_that_makes_an_interacting_pair_gets_a_warning_card(client):

@@ -77,7 +77,8 @@ def map_observations(kb: KnowledgeBase, items: list[Item], mine: list[Item], ind
         if id(res) in withdrawn:
             gone = withdrawn[id(res)]
             why = (f"another version of it ({gone.label}) was entered in error" if gone.resource.get("id") ==
-                   res.get("id") and gone.type == "Observation" else f"it is part of {gone.label}, which was entered in error")
+                   res.get("id") and gone.type == "Observation" else f"it is part of {gone.label}, which was "
+                   f"{'cancelled' if as_str(gone.resource.get('status')) == 'cancelled' else 'entered in error'}")
             warnings.append(f"{item.label}: {why}; skipped.")
             skipped.append(Problem(item.loc, why))
             continue

@@ -60,9 +60,15 @@ def draws(items: list[Item], index: Index) -> tuple[dict[int, str], set[str]]:
     return out, specimens
 
 
+# A report or panel with one of these statuses takes the values it holds or lists with it: entered in error, or
+# cancelled (FHIR R4 DiagnosticReport.status and Observation.status: "the report is unavailable because the measurement
+# was not started or not completed"; a cancelled report's ANC of 0.3 had driven a critical card: round 33).
+WITHDRAWING = frozenset({"entered-in-error", "cancelled"})
+
+
 def withdrawn(items: list[Item], index: Index) -> dict[int, Item]:
     """Observations that are contained in, or listed by (``result``, ``hasMember``), a DiagnosticReport or
-    panel Observation whose status is entered-in-error -> that report or panel: withdrawn with it, whatever
+    panel Observation whose status is entered-in-error or cancelled -> that report or panel: withdrawn with it, whatever
     their own status says (a contained resource does not exist apart from its container); and the other versions
     of an Observation entered in error (the same id: FHIR's entered-in-error is every version of the resource; an
     EHR sending its history had had the ANC of 0.3 it retracted drive a critical card)."""
@@ -78,13 +84,13 @@ def withdrawn(items: list[Item], index: Index) -> dict[int, Item]:
         container = item.container
         while container is not None:
             if container.type in ("DiagnosticReport", "Observation") and \
-                    as_str(container.resource.get("status")) == "entered-in-error":
+                    as_str(container.resource.get("status")) in WITHDRAWING:
                 out[id(item.resource)] = container
                 break
             container = container.container
     for parent in items:
         if parent.type in ("DiagnosticReport", "Observation") and \
-                as_str(parent.resource.get("status")) == "entered-in-error":
+                as_str(parent.resource.get("status")) in WITHDRAWING:
             for ref in as_list(parent.resource.get("result")) + as_list(parent.resource.get("hasMember")):
                 child = index.resolve(reference(ref), parent)
                 if child is not None and child.type == "Observation":
